@@ -1,0 +1,218 @@
+//! The configuration of `ferry proxy`: TOML in, checked settings out.
+//!
+//! Reading happens in two stages, as in ripgrep's flag handling:
+//!
+//! 1. `raw`: serde reads the TOML into structs that mirror the file, keeping the
+//!    byte span of every value that still needs checking and refusing unknown keys.
+//! 2. `check`: the raw form becomes a [`Config`] whose fields are ready to use
+//!    (addresses parsed, durations parsed, names cross-checked, relative paths
+//!    resolved against the config file's directory, referenced files read).
+//!
+//! Every failure is a [`ConfigError`]; a bad value is reported as
+//! `path:line:column: what`, with the name of the site, pool or server involved.
+//!
+//! Entry points: [`load`] (reads a file), [`parse`] (text plus the path it came
+//! from) and [`parse_duration`] (`"250ms"`, `"1m30s"`), which other crates reuse
+//! for their own settings.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_model::{Epoch, Hostname, Placement, ServerState, SiteState};
+use serde::Deserialize;
+
+mod check;
+mod duration;
+mod raw;
+
+pub use duration::parse_duration;
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file itself could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The text is not valid TOML or a value is refused; `line` and `column` are
+    /// 1-based and point at the offending value (or key).
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+/// Reads and checks the config file at `path`. Relative paths inside it are
+/// resolved against the file's directory.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Checks config `text`. `origin` is the file it came from: it names the file in
+/// error messages and its directory anchors relative paths (files named by the
+/// config, such as maintenance pages, are read here).
+pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+    check::parse(text, origin)
+}
+
+/// A checked `ferry proxy` configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub router: RouterSettings,
+    pub admin: Option<AdminSettings>,
+    pub listeners: Vec<ListenerSpec>,
+    pub pools: Vec<PoolSpec>,
+    pub remotes: Vec<RemoteSpec>,
+    pub sites: Vec<SiteSpec>,
+}
+
+/// `[router]`: this router's identity and its behaviour for every site.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterSettings {
+    /// This router's datacenter name (`[a-z0-9_-]+`); used to refuse loops.
+    pub name: String,
+    /// How long requests of a frozen site are held before they get a 503.
+    pub hold_max: Duration,
+    /// Seconds in the `Retry-After` header of 503 answers.
+    pub retry_after: u32,
+    /// SQLite state file; `None` keeps state in memory.
+    pub store: Option<PathBuf>,
+    pub access_log: AccessLog,
+    pub access_log_format: AccessLogFormat,
+    /// Client networks let through while a site is in maintenance.
+    pub operator_networks: Vec<ipnet::IpNet>,
+    /// Content of the default maintenance page (HTML), read at load time.
+    pub maintenance_page: Option<String>,
+    /// Site that serves requests whose host matches no site.
+    pub default_site: Option<Hostname>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+/// Layout of access log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// The Apache/nginx "combined" line.
+    #[default]
+    Combined,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[admin]`: the admin HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    /// Bearer token required by the API; from `token` or the trimmed content of
+    /// `token_file`.
+    pub token: Option<String>,
+}
+
+/// `[[listener]]`: an address that accepts client (or peer router) traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    pub listen: SocketAddr,
+    /// Peers are routers of other datacenters: their `X-Forwarded-For`/`Forwarded`
+    /// and PROXY v2 headers are believed.
+    pub trusted: bool,
+    /// Every connection must start with a PROXY v2 header (only on trusted listeners).
+    pub proxy_protocol: bool,
+}
+
+/// `[[pool]]`: a group of local servers that serve sites.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSpec {
+    pub name: String,
+    pub balance: Balance,
+    pub health: Option<HealthSpec>,
+    /// Consecutive connection failures that mark a server down; 0 turns it off.
+    pub passive_fall: u32,
+    pub servers: Vec<ServerSpec>,
+    /// Path rules in the order written; the router picks the longest matching prefix.
+    pub rules: Vec<PathRule>,
+}
+
+/// How a pool spreads requests over the servers of its best healthy tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConn,
+}
+
+/// `[pool.health]`: the active HTTP health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSpec {
+    pub path: String,
+    pub expect_status: u16,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down server back.
+    pub rise: u32,
+    /// Consecutive failures that take a server down.
+    pub fall: u32,
+}
+
+/// `[[pool.server]]`: one member of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    pub name: String,
+    pub address: SocketAddr,
+    /// Priority tier, 0 best; a tier serves only when every better one is down.
+    pub tier: u8,
+    pub weight: u32,
+    pub state: ServerState,
+}
+
+/// `[[pool.rule]]` / `[[site.rule]]`: requests whose path starts with `prefix`
+/// go to `pool`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathRule {
+    pub prefix: String,
+    pub pool: String,
+}
+
+/// `[[remote]]`: the router of another datacenter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSpec {
+    pub name: String,
+    pub address: SocketAddr,
+    /// Send a PROXY v2 header on each connection to carry the client address.
+    pub proxy_protocol: bool,
+}
+
+/// `[[site]]`: one hostname (or `*.` pattern) and where it is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteSpec {
+    pub host: Hostname,
+    pub placement: Placement,
+    pub state: SiteState,
+    pub epoch: Epoch,
+    /// Content of this site's maintenance page (HTML), read at load time.
+    pub maintenance_page: Option<String>,
+    pub rules: Vec<PathRule>,
+}
+
+#[cfg(test)]
+mod tests;

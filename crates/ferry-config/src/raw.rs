@@ -1,0 +1,128 @@
+//! The config file as written: serde's view of the TOML, before any checking.
+//!
+//! Fields that need a semantic check keep their [`Spanned`] position so the
+//! checker can name the line. Every table denies unknown keys so a typo is an
+//! error instead of a silently ignored setting.
+
+use ferry_model::{Epoch, ServerState, SiteState};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::{AccessLogFormat, Balance};
+
+pub(crate) type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    pub router: RawRouter,
+    pub admin: Option<RawAdmin>,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<RawListener>,
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<RawPool>,
+    #[serde(default, rename = "remote")]
+    pub remotes: Vec<RawRemote>,
+    #[serde(default, rename = "site")]
+    pub sites: Vec<RawSite>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRouter {
+    pub name: S<String>,
+    pub hold_max: Option<S<String>>,
+    pub retry_after: Option<u32>,
+    pub store: Option<S<String>>,
+    pub access_log: Option<S<String>>,
+    pub access_log_format: Option<AccessLogFormat>,
+    #[serde(default)]
+    pub operator_networks: Vec<S<String>>,
+    pub maintenance_page: Option<S<String>>,
+    pub default_site: Option<S<String>>,
+    pub connect_timeout: Option<S<String>>,
+    pub request_timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub listen: S<String>,
+    pub token: Option<S<String>>,
+    pub token_file: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListener {
+    pub listen: S<String>,
+    #[serde(default)]
+    pub trusted: bool,
+    pub proxy_protocol: Option<S<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPool {
+    pub name: S<String>,
+    #[serde(default)]
+    pub balance: Balance,
+    pub health: Option<RawHealth>,
+    pub passive_fall: Option<u32>,
+    #[serde(default, rename = "server")]
+    pub servers: Vec<RawServer>,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    pub path: Option<S<String>>,
+    pub expect_status: Option<S<i64>>,
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub rise: Option<S<i64>>,
+    pub fall: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub name: S<String>,
+    pub address: S<String>,
+    pub tier: Option<S<i64>>,
+    pub weight: Option<S<i64>>,
+    #[serde(default)]
+    pub state: ServerState,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRule {
+    pub prefix: S<String>,
+    pub pool: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRemote {
+    pub name: S<String>,
+    pub address: S<String>,
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSite {
+    pub host: S<String>,
+    pub placement: S<String>,
+    #[serde(default)]
+    pub state: SiteState,
+    #[serde(default)]
+    pub epoch: Epoch,
+    pub maintenance_page: Option<S<String>>,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RawRule>,
+}

@@ -1,0 +1,716 @@
+//! Tests of the whole pipeline: TOML text in, `Config` or a located error out.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_model::{Epoch, Hostname, Placement, ServerState, SiteState};
+
+use crate::check::line_col;
+use crate::*;
+
+const ORIGIN: &str = "conf/proxy.toml";
+
+/// The smallest config that passes: every other setting takes its default.
+const MINIMAL: &str = r#"
+[router]
+name = "dc1"
+
+[[listener]]
+listen = "127.0.0.1:8080"
+
+[[pool]]
+name = "web"
+
+[[pool.server]]
+name = "a"
+address = "127.0.0.1:8081"
+"#;
+
+fn ok(text: &str) -> Config {
+    match parse(text, Path::new(ORIGIN)) {
+        Ok(c) => c,
+        Err(e) => panic!("config refused: {e}\n{text}"),
+    }
+}
+
+/// Parses a config that must be refused; returns (line, column, message).
+fn bad(text: &str) -> (usize, usize, String) {
+    match parse(text, Path::new(ORIGIN)) {
+        Ok(_) => panic!("config accepted but should not be:\n{text}"),
+        Err(ConfigError::Invalid {
+            path,
+            line,
+            column,
+            message,
+        }) => {
+            assert_eq!(path, Path::new(ORIGIN));
+            (line, column, message)
+        }
+        Err(e) => panic!("unexpected error kind: {e}"),
+    }
+}
+
+/// 1-based number of the only line of `text` containing `needle`.
+fn line_with(text: &str, needle: &str) -> usize {
+    let hits: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(hits.len(), 1, "{needle:?} must be on exactly one line");
+    hits[0]
+}
+
+/// Asserts that `text` is refused at the line holding `needle`, with a message
+/// containing each of `words`.
+fn refused_at(text: &str, needle: &str, words: &[&str]) -> (usize, String) {
+    let (line, column, message) = bad(text);
+    assert_eq!(
+        line,
+        line_with(text, needle),
+        "wrong line for {message:?} (col {column})"
+    );
+    for w in words {
+        assert!(message.contains(w), "{message:?} lacks {w:?}");
+    }
+    (column, message)
+}
+
+fn example_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/proxy.toml")
+}
+
+#[test]
+fn example_config_loads() {
+    let path = example_path();
+    let cfg = load(&path).unwrap();
+    let dir = path.parent().unwrap();
+
+    assert_eq!(cfg.router.name, "dc1");
+    assert_eq!(cfg.router.store, Some(dir.join("dc1-state.db")));
+    assert_eq!(cfg.router.access_log, AccessLog::Stdout);
+    assert_eq!(cfg.router.operator_networks.len(), 3);
+    assert_eq!(
+        cfg.router.operator_networks[0],
+        "127.0.0.1/32".parse::<ipnet::IpNet>().unwrap()
+    );
+    assert_eq!(
+        cfg.router.operator_networks[2],
+        "::1/128".parse::<ipnet::IpNet>().unwrap()
+    );
+    let page = cfg.router.maintenance_page.as_deref().unwrap();
+    assert!(page.contains("<html"), "maintenance page content is loaded");
+    assert_eq!(
+        cfg.router.default_site,
+        Some(Hostname::parse("www.example.com").unwrap())
+    );
+
+    let admin = cfg.admin.as_ref().unwrap();
+    assert_eq!(
+        admin.listen,
+        "127.0.0.1:9090".parse::<SocketAddr>().unwrap()
+    );
+    assert!(admin.token.is_some());
+
+    assert_eq!(cfg.listeners.len(), 1);
+    assert!(!cfg.listeners[0].trusted);
+
+    let names: Vec<&str> = cfg.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["web", "backoffice", "static"]);
+    let web = &cfg.pools[0];
+    assert_eq!(web.servers.len(), 2);
+    assert_eq!(
+        (web.servers[0].tier, web.servers[1].tier),
+        (0, 1),
+        "web has a fallback tier"
+    );
+    assert_eq!(web.health.as_ref().unwrap().path, "/healthz");
+    assert_eq!(cfg.pools[1].servers.len(), 1);
+
+    assert_eq!(cfg.remotes.len(), 1);
+    assert_eq!(cfg.remotes[0].name, "dc2");
+    assert!(cfg.remotes[0].proxy_protocol);
+
+    assert_eq!(cfg.sites.len(), 3);
+    let www = &cfg.sites[0];
+    assert_eq!(www.placement, Placement::Pool("web".into()));
+    let rules: Vec<(&str, &str)> = www
+        .rules
+        .iter()
+        .map(|r| (r.prefix.as_str(), r.pool.as_str()))
+        .collect();
+    assert_eq!(rules, [("/admin", "backoffice"), ("/static", "static")]);
+    assert!(cfg.sites[1].host.is_wildcard());
+    assert_eq!(cfg.sites[1].state, SiteState::Maintenance);
+    assert!(cfg.sites[1].maintenance_page.is_some());
+    assert_eq!(cfg.sites[2].placement, Placement::Remote("dc2".into()));
+}
+
+#[test]
+fn defaults_are_applied() {
+    let cfg = ok(MINIMAL);
+    let r = &cfg.router;
+    assert_eq!(r.hold_max, Duration::from_secs(10));
+    assert_eq!(r.retry_after, 30);
+    assert_eq!(r.store, None);
+    assert_eq!(r.access_log, AccessLog::Off);
+    assert_eq!(r.access_log_format, AccessLogFormat::Combined);
+    assert!(r.operator_networks.is_empty());
+    assert_eq!(r.maintenance_page, None);
+    assert_eq!(r.default_site, None);
+    assert_eq!(r.connect_timeout, Duration::from_secs(3));
+    assert_eq!(r.request_timeout, Duration::from_secs(60));
+    assert_eq!(cfg.admin, None);
+    assert_eq!(
+        cfg.listeners,
+        [ListenerSpec {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            trusted: false,
+            proxy_protocol: false,
+        }]
+    );
+    let pool = &cfg.pools[0];
+    assert_eq!(pool.balance, Balance::RoundRobin);
+    assert_eq!(pool.health, None);
+    assert_eq!(pool.passive_fall, 3);
+    assert!(pool.rules.is_empty());
+    assert_eq!(
+        pool.servers,
+        [ServerSpec {
+            name: "a".into(),
+            address: "127.0.0.1:8081".parse().unwrap(),
+            tier: 0,
+            weight: 1,
+            state: ServerState::Ready,
+        }]
+    );
+    assert!(cfg.remotes.is_empty());
+    assert!(cfg.sites.is_empty());
+}
+
+#[test]
+fn health_and_site_defaults_are_applied() {
+    let text = format!(
+        "{MINIMAL}
+[pool.health]
+
+[[site]]
+host = \"WWW.A.com\"
+placement = \"pool:web\"
+"
+    );
+    let cfg = ok(&text);
+    assert_eq!(
+        cfg.pools[0].health,
+        Some(HealthSpec {
+            path: "/".into(),
+            expect_status: 200,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        })
+    );
+    let site = &cfg.sites[0];
+    assert_eq!(site.host.as_str(), "www.a.com", "hosts are normalised");
+    assert_eq!(site.state, SiteState::Active);
+    assert_eq!(site.epoch, Epoch(0));
+    assert_eq!(site.maintenance_page, None);
+}
+
+#[test]
+fn explicit_values_are_kept() {
+    let text = r#"
+[router]
+name = "dc-2_b"
+hold_max = "1m30s"
+retry_after = 5
+access_log = "stderr"
+access_log_format = "json"
+connect_timeout = "250ms"
+request_timeout = "2m"
+
+[[listener]]
+listen = "[::1]:8443"
+trusted = true
+proxy_protocol = true
+
+[[pool]]
+name = "web"
+balance = "least_conn"
+passive_fall = 0
+
+[[pool.server]]
+name = "a"
+address = "[::1]:81"
+tier = 15
+weight = 256
+state = "drain"
+
+[[site]]
+host = "a.com"
+placement = "pool:web"
+state = "frozen"
+epoch = 42
+"#;
+    let cfg = ok(text);
+    assert_eq!(cfg.router.hold_max, Duration::from_secs(90));
+    assert_eq!(cfg.router.retry_after, 5);
+    assert_eq!(cfg.router.access_log, AccessLog::Stderr);
+    assert_eq!(cfg.router.access_log_format, AccessLogFormat::Json);
+    assert_eq!(cfg.router.connect_timeout, Duration::from_millis(250));
+    assert_eq!(cfg.router.request_timeout, Duration::from_secs(120));
+    assert!(cfg.listeners[0].trusted && cfg.listeners[0].proxy_protocol);
+    assert_eq!(cfg.pools[0].balance, Balance::LeastConn);
+    assert_eq!(cfg.pools[0].passive_fall, 0);
+    let s = &cfg.pools[0].servers[0];
+    assert_eq!((s.tier, s.weight, s.state), (15, 256, ServerState::Drain));
+    assert_eq!(cfg.sites[0].state, SiteState::Frozen);
+    assert_eq!(cfg.sites[0].epoch, Epoch(42));
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("pages")).unwrap();
+    std::fs::write(dir.path().join("pages/down.html"), "<p>down</p>").unwrap();
+    std::fs::write(dir.path().join("site.html"), "<p>site</p>").unwrap();
+    std::fs::write(dir.path().join("admin.token"), "  s3cret\n").unwrap();
+    let abs_log = dir.path().join("abs.log");
+    let text = format!(
+        r#"
+[router]
+name = "dc1"
+store = "state/dc1.db"
+access_log = "logs/access.log"
+maintenance_page = "pages/down.html"
+
+[admin]
+listen = "127.0.0.1:9090"
+token_file = "admin.token"
+
+[[listener]]
+listen = "127.0.0.1:8080"
+
+[[pool]]
+name = "web"
+
+[[pool.server]]
+name = "a"
+address = "127.0.0.1:8081"
+
+[[site]]
+host = "a.com"
+placement = "pool:web"
+maintenance_page = "site.html"
+
+[[site]]
+host = "b.com"
+placement = "pool:web"
+maintenance_page = {abs:?}
+"#,
+        abs = dir.path().join("site.html").display().to_string()
+    );
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, &text).unwrap();
+    let cfg = load(&path).unwrap();
+    assert_eq!(cfg.router.store, Some(dir.path().join("state/dc1.db")));
+    assert_eq!(
+        cfg.router.access_log,
+        AccessLog::File(dir.path().join("logs/access.log"))
+    );
+    assert_eq!(cfg.router.maintenance_page.as_deref(), Some("<p>down</p>"));
+    assert_eq!(
+        cfg.admin.unwrap().token.as_deref(),
+        Some("s3cret"),
+        "token_file content is trimmed"
+    );
+    assert_eq!(
+        cfg.sites[0].maintenance_page.as_deref(),
+        Some("<p>site</p>")
+    );
+    assert_eq!(
+        cfg.sites[1].maintenance_page.as_deref(),
+        Some("<p>site</p>")
+    );
+
+    // An absolute access log path stays as written.
+    let text = MINIMAL.replace(
+        "name = \"dc1\"",
+        &format!(
+            "name = \"dc1\"\naccess_log = {:?}",
+            abs_log.display().to_string()
+        ),
+    );
+    let cfg = parse(&text, &path).unwrap();
+    assert_eq!(cfg.router.access_log, AccessLog::File(abs_log));
+
+    // A bare file name as origin resolves against the working directory.
+    let text = MINIMAL.replace("name = \"dc1\"", "name = \"dc1\"\nstore = \"x.db\"");
+    let cfg = parse(&text, Path::new("proxy.toml")).unwrap();
+    assert_eq!(cfg.router.store, Some(PathBuf::from("x.db")));
+}
+
+#[test]
+fn error_display_is_path_line_column_message() {
+    let text = MINIMAL.replace("name = \"dc1\"", "name = \"dc1\"\nhold_max = \"5x\"");
+    let err = parse(&text, Path::new(ORIGIN)).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "conf/proxy.toml:4:12: hold_max: invalid duration \"5x\": unknown unit \"x\" (expected ms, s, m or h)"
+    );
+}
+
+#[test]
+fn syntax_error_names_its_line() {
+    let text = MINIMAL.replace("[[pool]]", "[[pool]]\nname = \"oops");
+    let (line, _, message) = bad(&text);
+    assert_eq!(line, line_with(&text, "\"oops"));
+    assert!(!message.is_empty());
+
+    let text = MINIMAL.replace("[[pool]]", "[[pool]]\nbalance round_robin");
+    refused_at(&text, "balance round_robin", &[]);
+}
+
+#[test]
+fn unknown_keys_are_refused_with_their_name() {
+    let text = MINIMAL.replace("name = \"dc1\"", "name = \"dc1\"\nhold_mx = \"5s\"");
+    refused_at(&text, "hold_mx", &["hold_mx"]);
+
+    let text = MINIMAL.replace(
+        "address = \"127.0.0.1:8081\"",
+        "address = \"127.0.0.1:8081\"\nwieght = 3",
+    );
+    refused_at(&text, "wieght", &["wieght"]);
+
+    let text = format!("{MINIMAL}\n[[sites]]\nhost = \"a.com\"\n");
+    refused_at(&text, "[[sites]]", &["sites"]);
+}
+
+#[test]
+fn bad_duration_names_line_and_key() {
+    let text = MINIMAL.replace("name = \"dc1\"", "name = \"dc1\"\nconnect_timeout = \"10\"");
+    refused_at(&text, "connect_timeout", &["connect_timeout", "no unit"]);
+
+    let text = MINIMAL.replace("name = \"dc1\"", "name = \"dc1\"\nrequest_timeout = \"0s\"");
+    refused_at(&text, "request_timeout", &["request_timeout", "above 0"]);
+
+    let text = format!("{MINIMAL}\n[pool.health]\ninterval = \"2 s\"\n");
+    refused_at(&text, "interval", &["pool \"web\"", "interval"]);
+}
+
+#[test]
+fn bad_cidr_names_line_and_value() {
+    let text = MINIMAL.replace(
+        "name = \"dc1\"",
+        "name = \"dc1\"\noperator_networks = [\n  \"10.0.0.0/8\",\n  \"10.0.0.0/33\",\n]",
+    );
+    refused_at(&text, "/33", &["operator_networks", "10.0.0.0/33"]);
+}
+
+#[test]
+fn bad_host_names_line() {
+    let text = format!("{MINIMAL}\n[[site]]\nhost = \"a.*.com\"\nplacement = \"pool:web\"\n");
+    refused_at(&text, "a.*.com", &["a.*.com", "wildcard"]);
+
+    let text = format!("{MINIMAL}\n[[site]]\nhost = \"a b.com\"\nplacement = \"pool:web\"\n");
+    refused_at(&text, "a b.com", &["a b.com"]);
+}
+
+#[test]
+fn placement_must_name_an_existing_pool_or_remote() {
+    let text = format!("{MINIMAL}\n[[site]]\nhost = \"www.a.com\"\nplacement = \"pool:nope\"\n");
+    let (column, message) = refused_at(&text, "pool:nope", &[]);
+    assert_eq!(
+        message,
+        "site \"www.a.com\": placement \"pool:nope\" names no pool or remote"
+    );
+    assert_eq!(column, 13, "points at the value");
+
+    let text = format!("{MINIMAL}\n[[site]]\nhost = \"www.a.com\"\nplacement = \"remote:dc9\"\n");
+    refused_at(&text, "remote:dc9", &["www.a.com", "remote:dc9"]);
+
+    let text = format!("{MINIMAL}\n[[site]]\nhost = \"www.a.com\"\nplacement = \"web\"\n");
+    refused_at(&text, "placement", &["www.a.com", "pool:NAME"]);
+}
+
+#[test]
+fn rule_must_name_an_existing_pool() {
+    let text = format!(
+        "{MINIMAL}\n[[site]]\nhost = \"a.com\"\nplacement = \"pool:web\"\n\n[[site.rule]]\nprefix = \"/admin\"\npool = \"backoffice\"\n"
+    );
+    refused_at(&text, "backoffice", &["site \"a.com\"", "backoffice"]);
+
+    let text = format!("{MINIMAL}\n[[pool.rule]]\nprefix = \"/img\"\npool = \"images\"\n");
+    refused_at(&text, "images", &["pool \"web\"", "images"]);
+
+    let text = format!("{MINIMAL}\n[[pool.rule]]\nprefix = \"img\"\npool = \"web\"\n");
+    refused_at(&text, "prefix", &["\"img\"", "'/'"]);
+
+    let text = format!(
+        "{MINIMAL}\n[[pool.rule]]\nprefix = \"/img\"\npool = \"web\"\n[[pool.rule]]\nprefix = \"/img\" # again\npool = \"web\"\n"
+    );
+    refused_at(&text, "again", &["/img", "twice"]);
+}
+
+#[test]
+fn rules_may_name_pools_defined_later_and_keep_their_order() {
+    let text = format!(
+        "{MINIMAL}\n[[pool.rule]]\nprefix = \"/\"\npool = \"web\"\n[[pool.rule]]\nprefix = \"/static/img\"\npool = \"static\"\n[[pool.rule]]\nprefix = \"/static\"\npool = \"static\"\n\n[[pool]]\nname = \"static\"\n[[pool.server]]\nname = \"s\"\naddress = \"127.0.0.1:8090\"\n"
+    );
+    let cfg = ok(&text);
+    let prefixes: Vec<&str> = cfg.pools[0]
+        .rules
+        .iter()
+        .map(|r| r.prefix.as_str())
+        .collect();
+    assert_eq!(prefixes, ["/", "/static/img", "/static"]);
+}
+
+#[test]
+fn duplicate_site_names_both_lines() {
+    let text = format!(
+        "{MINIMAL}\n[[site]]\nhost = \"a.com\"\nplacement = \"pool:web\"\n\n[[site]]\nhost = \"A.com.\"\nplacement = \"pool:web\"\n"
+    );
+    let first = line_with(&text, "\"a.com\"");
+    let (_, message) = refused_at(&text, "A.com.", &["site \"a.com\"", "twice"]);
+    assert!(
+        message.contains(&format!("line {first}")),
+        "{message:?} names the first definition"
+    );
+}
+
+#[test]
+fn duplicate_pool_is_refused() {
+    let text = format!(
+        "{MINIMAL}\n[[pool]]\nname = \"web\" # again\n[[pool.server]]\nname = \"b\"\naddress = \"127.0.0.1:8082\"\n"
+    );
+    let first = text.lines().position(|l| l == "name = \"web\"").unwrap() + 1;
+    let (_, message) = refused_at(&text, "again", &["pool \"web\"", "twice"]);
+    assert!(message.contains(&format!("line {first}")), "{message:?}");
+}
+
+#[test]
+fn pool_without_servers_is_refused() {
+    let text = format!("{MINIMAL}\n[[pool]]\nname = \"empty\"\n");
+    refused_at(&text, "empty", &["pool \"empty\"", "no servers"]);
+}
+
+#[test]
+fn proxy_protocol_needs_trusted() {
+    let text = MINIMAL.replace(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:8080\"\nproxy_protocol = true",
+    );
+    refused_at(&text, "proxy_protocol", &["127.0.0.1:8080", "trusted"]);
+}
+
+#[test]
+fn default_site_must_exist() {
+    let text = MINIMAL.replace("name = \"dc1\"", "name = \"dc1\"\ndefault_site = \"b.com\"");
+    let text = format!("{text}\n[[site]]\nhost = \"a.com\"\nplacement = \"pool:web\"\n");
+    refused_at(&text, "default_site", &["default_site", "b.com"]);
+}
+
+#[test]
+fn missing_maintenance_file_names_line_and_path() {
+    let text = MINIMAL.replace(
+        "name = \"dc1\"",
+        "name = \"dc1\"\nmaintenance_page = \"no-such-page.html\"",
+    );
+    refused_at(
+        &text,
+        "maintenance_page",
+        &["no-such-page.html", "cannot read"],
+    );
+
+    let text = format!(
+        "{MINIMAL}\n[[site]]\nhost = \"a.com\"\nplacement = \"pool:web\"\nmaintenance_page = \"gone.html\"\n"
+    );
+    refused_at(&text, "gone.html", &["site \"a.com\"", "gone.html"]);
+}
+
+#[test]
+fn listener_set_is_checked() {
+    let text = "[router]\nname = \"dc1\"\n";
+    let (line, column, message) = bad(text);
+    assert_eq!((line, column), (1, 1));
+    assert!(message.contains("[[listener]]"), "{message:?}");
+
+    let text = MINIMAL.replace(
+        "[[pool]]",
+        "[[listener]]\nlisten = \"127.0.0.1:8080\" # again\n\n[[pool]]",
+    );
+    refused_at(&text, "again", &["127.0.0.1:8080", "twice"]);
+
+    let text = format!("{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:8080\" # admin\n");
+    refused_at(&text, "# admin", &["admin", "127.0.0.1:8080"]);
+}
+
+#[test]
+fn addresses_must_be_ip_and_port() {
+    let text = MINIMAL.replace("127.0.0.1:8081", "app1.internal:8081");
+    let (_, message) = refused_at(
+        &text,
+        "app1.internal",
+        &["server \"a\"", "app1.internal:8081"],
+    );
+    assert!(
+        message.contains("host names are not accepted"),
+        "{message:?}"
+    );
+
+    let text = MINIMAL.replace("127.0.0.1:8081", "127.0.0.1");
+    refused_at(&text, "address", &["IP:PORT"]);
+}
+
+#[test]
+fn numeric_ranges_are_checked() {
+    let text = MINIMAL.replace(
+        "address = \"127.0.0.1:8081\"",
+        "address = \"127.0.0.1:8081\"\ntier = 16",
+    );
+    refused_at(&text, "tier", &["tier 16", "0..=15"]);
+
+    let text = MINIMAL.replace(
+        "address = \"127.0.0.1:8081\"",
+        "address = \"127.0.0.1:8081\"\nweight = 0",
+    );
+    refused_at(&text, "weight", &["weight 0", "1..=256"]);
+
+    let text = format!("{MINIMAL}\n[pool.health]\nexpect_status = 600\n");
+    refused_at(&text, "expect_status", &["pool \"web\"", "600"]);
+
+    let text = format!("{MINIMAL}\n[pool.health]\nfall = 0\n");
+    refused_at(&text, "fall", &["fall 0"]);
+
+    let text = format!("{MINIMAL}\n[pool.health]\npath = \"healthz\"\n");
+    refused_at(&text, "healthz", &["'/'"]);
+}
+
+#[test]
+fn enumerations_refuse_unknown_values_at_their_line() {
+    let text = MINIMAL.replace(
+        "address = \"127.0.0.1:8081\"",
+        "address = \"127.0.0.1:8081\"\nstate = \"sleeping\"",
+    );
+    refused_at(&text, "sleeping", &["sleeping"]);
+
+    let text = MINIMAL.replace("name = \"web\"", "name = \"web\"\nbalance = \"random\"");
+    refused_at(&text, "random", &["random"]);
+
+    let text = MINIMAL.replace(
+        "name = \"dc1\"",
+        "name = \"dc1\"\naccess_log_format = \"xml\"",
+    );
+    refused_at(&text, "xml", &["xml"]);
+}
+
+#[test]
+fn names_are_checked() {
+    let text = MINIMAL.replace("name = \"dc1\"", "name = \"DC 1\"");
+    refused_at(&text, "DC 1", &["router name", "DC 1"]);
+
+    let text =
+        format!("{MINIMAL}\n[[pool.server]]\nname = \"a\" # again\naddress = \"127.0.0.1:8082\"\n");
+    refused_at(&text, "again", &["server \"a\"", "twice"]);
+
+    let text =
+        format!("{MINIMAL}\n[[pool.server]]\nname = \"b\"\naddress = \"127.0.0.1:8081\" # same\n");
+    refused_at(&text, "# same", &["\"b\"", "same address"]);
+}
+
+#[test]
+fn remotes_are_checked() {
+    let remote =
+        |name: &str, addr: &str| format!("\n[[remote]]\nname = \"{name}\"\naddress = \"{addr}\"\n");
+    let text = format!("{MINIMAL}{}", remote("dc1", "127.0.0.1:18080"));
+    let (line, _, message) = bad(&text);
+    assert_eq!(line, line_with(&text, "18080") - 1, "points at the name");
+    assert!(message.contains("remote \"dc1\""), "{message:?}");
+
+    let text = format!(
+        "{MINIMAL}{}{}",
+        remote("dc2", "127.0.0.1:18080"),
+        remote("dc2", "127.0.0.1:18081")
+    );
+    let (line, _, message) = bad(&text);
+    assert_eq!(line, line_with(&text, "18081") - 1);
+    assert!(
+        message.contains("remote \"dc2\" is defined twice"),
+        "{message:?}"
+    );
+
+    let text = format!("{MINIMAL}{}", remote("dc2", "127.0.0.1:8080"));
+    let (line, _, message) = bad(&text);
+    assert_eq!(line, text.lines().count());
+    assert!(message.contains("remote \"dc2\""), "{message:?}");
+    assert!(message.contains("listeners"), "{message:?}");
+
+    // A remote and a pool may share a name: placements say which one they mean.
+    let text = format!(
+        "{MINIMAL}{}\n[[site]]\nhost = \"a.com\"\nplacement = \"remote:web\"\n",
+        remote("web", "127.0.0.1:18080")
+    );
+    assert_eq!(
+        ok(&text).sites[0].placement,
+        Placement::Remote("web".into())
+    );
+}
+
+#[test]
+fn admin_token_sources_are_exclusive_and_not_empty() {
+    let text = format!(
+        "{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:9090\"\ntoken = \"x\"\ntoken_file = \"t.txt\"\n"
+    );
+    refused_at(&text, "token_file", &["mutually exclusive"]);
+
+    let text = format!("{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:9090\"\ntoken = \"\"\n");
+    refused_at(&text, "token = ", &["empty"]);
+
+    let text =
+        format!("{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:9090\"\ntoken_file = \"none.txt\"\n");
+    refused_at(&text, "none.txt", &["token_file", "none.txt"]);
+}
+
+#[test]
+fn missing_sections_and_fields_are_reported() {
+    let (_, _, message) = bad("[[listener]]\nlisten = \"127.0.0.1:8080\"\n");
+    assert!(message.contains("router"), "{message:?}");
+
+    let text = MINIMAL.replace("address = \"127.0.0.1:8081\"", "");
+    let (line, _, message) = bad(&text);
+    assert!(message.contains("address"), "{message:?}");
+    assert!(line >= line_with(&text, "[[pool.server]]"), "line {line}");
+}
+
+#[test]
+fn load_reports_unreadable_file() {
+    let err = load(Path::new("/nonexistent/ferry/proxy.toml")).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(err
+        .to_string()
+        .starts_with("/nonexistent/ferry/proxy.toml: "));
+}
+
+#[test]
+fn line_col_counts_characters() {
+    let text = "ab\néé = 1\n";
+    assert_eq!(line_col(text, 0), (1, 1));
+    assert_eq!(line_col(text, 2), (1, 3));
+    assert_eq!(line_col(text, 3), (2, 1));
+    // After two 2-byte characters: byte 7, character column 3.
+    assert_eq!(line_col(text, 7), (2, 3));
+    // Inside a character or past the end: clamped, never a panic.
+    assert_eq!(line_col(text, 4), (2, 1));
+    assert_eq!(line_col(text, 999), (3, 1));
+}
+
+#[test]
+fn non_ascii_columns_in_errors() {
+    let text = MINIMAL.replace("name = \"dc1\"", "name = \"dc1\"\n# café\nhold_max = \"é\"");
+    let (column, _) = refused_at(&text, "hold_max", &["hold_max"]);
+    assert_eq!(column, 12);
+}

@@ -1,0 +1,267 @@
+//! `ferry proxy`: the router ("predictor") that sends each site's traffic to
+//! wherever the site lives right now.
+//!
+//! - [`Proxy`]: started from a validated [`ferry_config::Config`]; binds the
+//!   traffic listeners (HTTP/1.1 and h2c) and the admin API, runs health checks,
+//!   reloads without closing listeners, shuts down gracefully.
+//! - The life of a request is in `forward.rs`; the admin API (JSON, bearer
+//!   token, described in `docs/admin-api.yaml`) in `admin.rs`; site placements,
+//!   states and epochs persist through a [`ferry_store::Store`].
+
+#![forbid(unsafe_code)]
+
+mod accesslog;
+mod admin;
+mod body;
+mod forward;
+mod health;
+mod metrics;
+mod proxy_protocol;
+mod server;
+mod state;
+mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_config::Config;
+use ferry_model::{Hostname, Placement};
+use ferry_store::{SqliteStore, Store, StoreError};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use state::ReloadReport;
+
+use server::{ConnCount, ListenerHandle};
+use state::Shared;
+
+/// Why the proxy could not start, reload or apply a change.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Config(#[from] ferry_config::ConfigError),
+    #[error("site {host}: placement {placement} names no configured pool or remote")]
+    UnknownPlacement {
+        host: Hostname,
+        placement: Placement,
+    },
+    #[error("cannot seed the site table: {0}")]
+    Seed(String),
+    #[error("access log {}: {source}", path.display())]
+    AccessLog {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no config file to reload from (the proxy was started from an in-memory config)")]
+    NoConfigFile,
+}
+
+/// A running router.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    listeners: Mutex<Vec<ListenerHandle>>,
+    admin_addr: Option<SocketAddr>,
+    health: Mutex<Vec<JoinHandle<()>>>,
+    shutdown: watch::Sender<bool>,
+    conns: Arc<ConnCount>,
+    /// Serialises reloads (SIGHUP and the admin API may race).
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl Proxy {
+    /// Opens the store named by the config (in memory when none) and starts.
+    pub async fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+    ) -> Result<Arc<Proxy>, ProxyError> {
+        let store: Arc<dyn Store> = match &config.router.store {
+            Some(path) => Arc::new(SqliteStore::open(path)?),
+            None => Arc::new(SqliteStore::in_memory()?),
+        };
+        Proxy::start_with_store(config, config_path, store).await
+    }
+
+    /// Starts with a given store (tests hand in their own).
+    pub async fn start_with_store(
+        config: Config,
+        config_path: Option<PathBuf>,
+        store: Arc<dyn Store>,
+    ) -> Result<Arc<Proxy>, ProxyError> {
+        // Bind everything before serving anything, so a port conflict fails the
+        // start without having half a router running.
+        let mut bound = Vec::new();
+        for spec in &config.listeners {
+            bound.push((server::bind(spec.listen)?, spec.clone()));
+        }
+        let admin_listener = match &config.admin {
+            Some(a) => Some(server::bind(a.listen)?),
+            None => None,
+        };
+        let shared = Arc::new(Shared::new(config, config_path, store)?);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let conns = Arc::new(ConnCount::default());
+        let mut listeners = Vec::new();
+        for (l, spec) in bound {
+            listeners.push(server::spawn_listener(
+                Arc::clone(&shared),
+                l,
+                spec,
+                shutdown_rx.clone(),
+                Arc::clone(&conns),
+            )?);
+        }
+        let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let health = health::spawn_checks(&shared);
+        let proxy = Arc::new(Proxy {
+            shared,
+            listeners: Mutex::new(listeners),
+            admin_addr,
+            health: Mutex::new(health),
+            shutdown,
+            conns,
+            reloading: tokio::sync::Mutex::new(()),
+        });
+        if let Some(l) = admin_listener {
+            admin::spawn(Arc::clone(&proxy), l, shutdown_rx);
+        }
+        for l in proxy.listen_addrs() {
+            tracing::info!(listen = %l, "traffic listener ready");
+        }
+        if let Some(a) = admin_addr {
+            tracing::info!(listen = %a, "admin API ready");
+        }
+        Ok(proxy)
+    }
+
+    /// Addresses the traffic listeners are bound to (port 0 resolved).
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.lock().iter().map(|l| l.bound).collect()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Number of sites in the table.
+    pub fn site_count(&self) -> usize {
+        self.shared.table.len()
+    }
+
+    /// Re-reads the config file the proxy was started from and applies it.
+    pub async fn reload_from_file(&self) -> Result<ReloadReport, ProxyError> {
+        let path = self
+            .shared
+            .config
+            .lock()
+            .1
+            .clone()
+            .ok_or(ProxyError::NoConfigFile)?;
+        let config = match ferry_config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                self.shared
+                    .metrics
+                    .reload_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
+        self.reload(config).await
+    }
+
+    /// Applies a new config. On error nothing changed and the running config stays.
+    pub async fn reload(&self, config: Config) -> Result<ReloadReport, ProxyError> {
+        let _one = self.reloading.lock().await;
+        // Bind new listeners first: if one cannot be bound, refuse the reload.
+        let current: HashMap<SocketAddr, ()> = self
+            .listeners
+            .lock()
+            .iter()
+            .map(|l| (l.configured, ()))
+            .collect();
+        let mut fresh = Vec::new();
+        for spec in &config.listeners {
+            if !current.contains_key(&spec.listen) {
+                fresh.push((server::bind(spec.listen)?, spec.clone()));
+            }
+        }
+        let specs = config.listeners.clone();
+        let report = match self.shared.reload(config) {
+            Ok(r) => r,
+            Err(e) => {
+                self.shared
+                    .metrics
+                    .reload_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        {
+            let mut listeners = self.listeners.lock();
+            listeners.retain(|l| {
+                let keep = specs.iter().find(|s| s.listen == l.configured);
+                match keep {
+                    Some(s) => {
+                        l.spec.store(Arc::new(s.clone()));
+                        true
+                    }
+                    None => {
+                        tracing::info!(listen = %l.bound, "listener removed by reload");
+                        let _ = l.stop.send(true);
+                        false
+                    }
+                }
+            });
+            for (l, spec) in fresh {
+                let h = server::spawn_listener(
+                    Arc::clone(&self.shared),
+                    l,
+                    spec,
+                    self.shutdown.subscribe(),
+                    Arc::clone(&self.conns),
+                )?;
+                tracing::info!(listen = %h.bound, "listener added by reload");
+                listeners.push(h);
+            }
+        }
+        let mut health = self.health.lock();
+        for t in health.drain(..) {
+            t.abort();
+        }
+        *health = health::spawn_checks(&self.shared);
+        self.shared
+            .metrics
+            .reloads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(?report, "configuration reloaded");
+        Ok(report)
+    }
+
+    /// Stops accepting, lets open connections finish for up to `grace`, then returns.
+    pub async fn shutdown(&self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        for t in self.health.lock().drain(..) {
+            t.abort();
+        }
+        if tokio::time::timeout(grace, self.conns.drained())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.conns.open(),
+                "connections still open after the grace period"
+            );
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! The proxy's shared state, built from a validated config, and the reload that
+//! turns one config into the next without a gap.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use ferry_config::{Config, PoolSpec, RemoteSpec};
+use ferry_model::{Hostname, Placement, ServerState, SiteRecord};
+use ferry_router::{Balance, HostTable, Outcome, Pool, Server, SiteChange, SiteExtras, SiteId};
+use ferry_store::Store;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::accesslog::AccessLogger;
+use crate::metrics::Metrics;
+use crate::upstream::Upstream;
+use crate::ProxyError;
+
+/// Router-wide settings that a reload may change.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub name: String,
+    pub hold_max: Duration,
+    pub retry_after: u32,
+    pub operator_networks: Vec<ipnet::IpNet>,
+    pub maintenance_page: Arc<str>,
+    pub request_timeout: Duration,
+}
+
+/// Pools by name with the settings the proxy needs next to them.
+pub(crate) struct PoolSet {
+    pub pools: HashMap<String, Arc<Pool>>,
+    pub specs: HashMap<String, PoolSpec>,
+}
+
+pub(crate) struct Shared {
+    pub settings: ArcSwap<Settings>,
+    pub pools: ArcSwap<PoolSet>,
+    pub remotes: ArcSwap<HashMap<String, RemoteSpec>>,
+    pub table: Arc<HostTable>,
+    pub store: Arc<dyn Store>,
+    pub holds: Holds,
+    pub metrics: Metrics,
+    pub upstream: Upstream,
+    pub access_log: ArcSwap<AccessLogger>,
+    /// The config last applied and the path it came from (for reloads).
+    pub config: Mutex<(Config, Option<PathBuf>)>,
+    pub admin_token: ArcSwap<Option<String>>,
+}
+
+pub(crate) const BUILTIN_MAINTENANCE_PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Maintenance</title></head><body><h1>Down for maintenance</h1><p>This site is being worked on and will be back shortly.</p></body></html>\n";
+
+impl Settings {
+    fn from_config(c: &Config) -> Settings {
+        Settings {
+            name: c.router.name.clone(),
+            hold_max: c.router.hold_max,
+            retry_after: c.router.retry_after,
+            operator_networks: c.router.operator_networks.clone(),
+            maintenance_page: c
+                .router
+                .maintenance_page
+                .as_deref()
+                .unwrap_or(BUILTIN_MAINTENANCE_PAGE)
+                .into(),
+            request_timeout: c.router.request_timeout,
+        }
+    }
+}
+
+/// Builds pools from the config, carrying over the live state (health, and the
+/// administrative state when the config did not change it) of servers that keep
+/// their pool, name and address.
+fn build_pools(c: &Config, old: Option<(&PoolSet, &Config)>) -> PoolSet {
+    let mut pools = HashMap::new();
+    let mut specs = HashMap::new();
+    for spec in &c.pools {
+        let servers = spec
+            .servers
+            .iter()
+            .map(|s| {
+                let prior = old.and_then(|(set, old_cfg)| {
+                    let server = set.pools.get(&spec.name)?.server(&s.name)?;
+                    if server.address != s.address {
+                        return None;
+                    }
+                    let old_state = old_cfg
+                        .pools
+                        .iter()
+                        .find(|p| p.name == spec.name)?
+                        .servers
+                        .iter()
+                        .find(|o| o.name == s.name)?
+                        .state;
+                    Some((Arc::clone(server), old_state))
+                });
+                let state = match &prior {
+                    Some((server, old_state)) if *old_state == s.state => server.state(),
+                    _ => s.state,
+                };
+                let server = Server::new(s.name.clone(), s.address, s.tier, s.weight, state);
+                if let Some((p, _)) = &prior {
+                    server.set_healthy(p.is_healthy());
+                }
+                Arc::new(server)
+            })
+            .collect();
+        let balance = match spec.balance {
+            ferry_config::Balance::RoundRobin => Balance::RoundRobin,
+            ferry_config::Balance::LeastConn => Balance::LeastConn,
+        };
+        let rules = spec
+            .rules
+            .iter()
+            .map(|r| (r.prefix.clone(), r.pool.clone()))
+            .collect();
+        pools.insert(
+            spec.name.clone(),
+            Arc::new(Pool::new(spec.name.clone(), balance, servers, rules)),
+        );
+        specs.insert(spec.name.clone(), spec.clone());
+    }
+    PoolSet { pools, specs }
+}
+
+fn site_changes(c: &Config) -> Vec<SiteChange> {
+    c.sites
+        .iter()
+        .map(|s| SiteChange {
+            record: SiteRecord {
+                host: s.host.clone(),
+                placement: s.placement.clone(),
+                state: s.state,
+                epoch: s.epoch,
+            },
+            extras: Some(SiteExtras {
+                maintenance_page: s.maintenance_page.as_deref().map(Arc::from),
+                rules: s
+                    .rules
+                    .iter()
+                    .map(|r| (r.prefix.clone(), r.pool.clone()))
+                    .collect(),
+            }),
+        })
+        .collect()
+}
+
+impl Shared {
+    /// Builds the state: the config seeds the table, then what the store holds
+    /// (the state the router had when it stopped) wins where its epoch is newer.
+    pub fn new(
+        config: Config,
+        path: Option<PathBuf>,
+        store: Arc<dyn Store>,
+    ) -> Result<Shared, ProxyError> {
+        let table = Arc::new(HostTable::new());
+        table.set_default_site(config.router.default_site.clone());
+        let stored = store.sites().map_err(ProxyError::Store)?;
+        let stored_hosts: HashMap<Hostname, SiteRecord> =
+            stored.into_iter().map(|r| (r.host.clone(), r)).collect();
+        let mut changes = site_changes(&config);
+        for change in &mut changes {
+            if let Some(rec) = stored_hosts.get(&change.record.host) {
+                if rec.epoch >= change.record.epoch {
+                    change.record = rec.clone();
+                }
+            }
+        }
+        let configured: HashSet<&Hostname> = config.sites.iter().map(|s| &s.host).collect();
+        for (host, rec) in &stored_hosts {
+            if !configured.contains(host) {
+                changes.push(SiteChange {
+                    record: rec.clone(),
+                    extras: None,
+                });
+            }
+        }
+        check_placements(&config, changes.iter().map(|c| &c.record))?;
+        // Persist the seeded records so the store is complete from the start.
+        table
+            .apply(changes, |recs| store.put_sites(recs))
+            .map_err(|e| ProxyError::Seed(e.to_string()))?;
+        let pools = build_pools(&config, None);
+        for (pool, server, state) in store.server_states().map_err(ProxyError::Store)? {
+            if let Some(s) = pools.pools.get(&pool).and_then(|p| p.server(&server)) {
+                s.set_state(state);
+            }
+        }
+        let upstream = Upstream::new(config.router.connect_timeout);
+        Ok(Shared {
+            settings: ArcSwap::from_pointee(Settings::from_config(&config)),
+            pools: ArcSwap::from_pointee(pools),
+            remotes: ArcSwap::from_pointee(remotes_of(&config)),
+            table,
+            store,
+            holds: Holds::default(),
+            metrics: Metrics::default(),
+            upstream,
+            access_log: ArcSwap::from_pointee(AccessLogger::open(
+                &config.router.access_log,
+                config.router.access_log_format,
+            )?),
+            admin_token: ArcSwap::from_pointee(config.admin.as_ref().and_then(|a| a.token.clone())),
+            config: Mutex::new((config, path)),
+        })
+    }
+
+    /// Applies a new config: pools, remotes and settings are swapped whole; sites
+    /// are changed one by one (never rebuilt), so requests in flight see either
+    /// the old or the new state of a site. Listeners are reconciled by the caller.
+    pub fn reload(&self, new: Config) -> Result<ReloadReport, ProxyError> {
+        let mut guard = self.config.lock();
+        let old = &guard.0;
+        check_placements(
+            &new,
+            new.sites
+                .iter()
+                .map(|s| SiteRecord {
+                    host: s.host.clone(),
+                    placement: s.placement.clone(),
+                    state: s.state,
+                    epoch: s.epoch,
+                })
+                .collect::<Vec<_>>()
+                .iter(),
+        )?;
+        // A site the orchestrator moved at run time keeps its runtime record
+        // unless the config carries a newer epoch; extras always follow the config.
+        let mut changes = site_changes(&new);
+        for change in &mut changes {
+            if let Some(cur) = self.table.record(&change.record.host) {
+                if cur.epoch >= change.record.epoch {
+                    change.record = cur;
+                }
+            }
+        }
+        // Sites that left the config are removed; sites added at run time through
+        // the admin API were never in the config and are left alone.
+        let new_hosts: HashSet<&Hostname> = new.sites.iter().map(|s| &s.host).collect();
+        let removed: Vec<Hostname> = old
+            .sites
+            .iter()
+            .filter(|s| !new_hosts.contains(&s.host))
+            .map(|s| s.host.clone())
+            .collect();
+        // Runtime sites that would point at a pool or remote the new config lacks
+        // make the reload invalid: refuse rather than strand them.
+        let remaining: Vec<SiteRecord> = self
+            .table
+            .records()
+            .into_iter()
+            .filter(|r| !removed.contains(&r.host) && !new_hosts.contains(&r.host))
+            .collect();
+        check_placements(&new, remaining.iter())?;
+
+        let pools = build_pools(&new, Some((&self.pools.load(), old)));
+        // Persist server states the config changed.
+        for p in &new.pools {
+            for s in &p.servers {
+                let old_state = old
+                    .pools
+                    .iter()
+                    .find(|o| o.name == p.name)
+                    .and_then(|o| o.servers.iter().find(|o| o.name == s.name))
+                    .map(|o| o.state);
+                if old_state.is_some_and(|o| o != s.state) {
+                    self.store
+                        .put_server_state(&p.name, &s.name, s.state)
+                        .map_err(ProxyError::Store)?;
+                }
+            }
+        }
+        let access_log = AccessLogger::open(&new.router.access_log, new.router.access_log_format)?;
+        // From here on nothing can fail before the swap but the table apply,
+        // which is itself atomic.
+        self.pools.store(Arc::new(pools));
+        self.remotes.store(Arc::new(remotes_of(&new)));
+        let outcomes = self
+            .table
+            .apply(changes, |recs| self.store.put_sites(recs))
+            .map_err(|e| ProxyError::Seed(e.to_string()))?;
+        let removed_out = self
+            .table
+            .remove(&removed, |hosts| self.store.remove_sites(hosts))
+            .map_err(|e| ProxyError::Seed(e.to_string()))?;
+        self.table.set_default_site(new.router.default_site.clone());
+        self.settings.store(Arc::new(Settings::from_config(&new)));
+        self.access_log.store(Arc::new(access_log));
+        self.admin_token
+            .store(Arc::new(new.admin.as_ref().and_then(|a| a.token.clone())));
+        let changed: Vec<SiteId> = outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Added | Outcome::Changed))
+            .map(|(id, _)| *id)
+            .collect();
+        self.holds.wake(&changed);
+        let report = ReloadReport {
+            sites_added: outcomes
+                .iter()
+                .filter(|(_, o)| *o == Outcome::Added)
+                .count(),
+            sites_changed: outcomes
+                .iter()
+                .filter(|(_, o)| *o == Outcome::Changed)
+                .count(),
+            sites_removed: removed_out
+                .iter()
+                .filter(|(_, o)| *o == Outcome::Removed)
+                .count(),
+            pools: new.pools.len(),
+        };
+        guard.0 = new;
+        Ok(report)
+    }
+
+    /// Validates that every placement names a pool or remote of `config`.
+    pub fn check_placement(&self, p: &Placement) -> bool {
+        match p {
+            Placement::Pool(name) => self.pools.load().pools.contains_key(name),
+            Placement::Remote(name) => self.remotes.load().contains_key(name),
+        }
+    }
+
+    /// Sets a server's administrative state and persists it.
+    pub fn set_server_state(
+        &self,
+        pool: &str,
+        server: &str,
+        state: ServerState,
+    ) -> Result<bool, ProxyError> {
+        let pools = self.pools.load();
+        let Some(s) = pools.pools.get(pool).and_then(|p| p.server(server)) else {
+            return Ok(false);
+        };
+        self.store
+            .put_server_state(pool, server, state)
+            .map_err(ProxyError::Store)?;
+        s.set_state(state);
+        Ok(true)
+    }
+}
+
+fn remotes_of(c: &Config) -> HashMap<String, RemoteSpec> {
+    c.remotes
+        .iter()
+        .map(|r| (r.name.clone(), r.clone()))
+        .collect()
+}
+
+fn check_placements<'a>(
+    c: &Config,
+    records: impl Iterator<Item = &'a SiteRecord>,
+) -> Result<(), ProxyError> {
+    for r in records {
+        let ok = match &r.placement {
+            Placement::Pool(p) => c.pools.iter().any(|x| &x.name == p),
+            Placement::Remote(d) => c.remotes.iter().any(|x| &x.name == d),
+        };
+        if !ok {
+            return Err(ProxyError::UnknownPlacement {
+                host: r.host.clone(),
+                placement: r.placement.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadReport {
+    pub sites_added: usize,
+    pub sites_changed: usize,
+    pub sites_removed: usize,
+    pub pools: usize,
+}
+
+/// Waiters of frozen sites. A held request registers here, re-checks the site,
+/// then sleeps; a change to the site wakes it to look the site up again.
+#[derive(Default)]
+pub(crate) struct Holds {
+    waiters: Mutex<HashMap<SiteId, Arc<Notify>>>,
+}
+
+impl Holds {
+    pub fn waiter(&self, site: SiteId) -> Arc<Notify> {
+        Arc::clone(self.waiters.lock().entry(site).or_default())
+    }
+
+    pub fn wake(&self, sites: &[SiteId]) {
+        let mut map = self.waiters.lock();
+        if map.is_empty() {
+            return;
+        }
+        for s in sites {
+            if let Some(n) = map.remove(s) {
+                n.notify_waiters();
+            }
+        }
+    }
+}

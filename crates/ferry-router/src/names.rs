@@ -1,0 +1,155 @@
+//! A compact hostname index: every name lives in one byte arena, and a hash table
+//! holds only 4-byte slot ids. At 3 million sites this costs about the name's own
+//! length plus ~10 bytes, where a `HashMap<String, u32>` would cost ~60.
+
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+
+/// Maps names to slot ids. The names themselves are stored by the caller's arena
+/// (see [`NameArena`]); the index only keeps ids and asks for names when probing.
+#[derive(Default)]
+pub(crate) struct NameIndex {
+    table: HashTable<u32>,
+}
+
+impl NameIndex {
+    pub(crate) fn get(
+        &self,
+        key: &str,
+        hasher: &impl BuildHasher,
+        arena: &NameArena,
+        key_of: KeyOf,
+    ) -> Option<u32> {
+        let hash = hasher.hash_one(key);
+        self.table
+            .find(hash, |&id| key_of.key(arena.get(id)) == key)
+            .copied()
+    }
+
+    /// Inserts `id` under `key`; the caller has checked the key is absent.
+    pub(crate) fn insert(
+        &mut self,
+        key: &str,
+        id: u32,
+        hasher: &impl BuildHasher,
+        arena: &NameArena,
+        key_of: KeyOf,
+    ) {
+        let hash = hasher.hash_one(key);
+        self.table.insert_unique(hash, id, |&other| {
+            hasher.hash_one(key_of.key(arena.get(other)))
+        });
+    }
+
+    pub(crate) fn remove(
+        &mut self,
+        key: &str,
+        hasher: &impl BuildHasher,
+        arena: &NameArena,
+        key_of: KeyOf,
+    ) -> Option<u32> {
+        let hash = hasher.hash_one(key);
+        match self
+            .table
+            .find_entry(hash, |&id| key_of.key(arena.get(id)) == key)
+        {
+            Ok(entry) => Some(entry.remove().0),
+            Err(_) => None,
+        }
+    }
+
+    pub(crate) fn reserve(
+        &mut self,
+        additional: usize,
+        hasher: &impl BuildHasher,
+        arena: &NameArena,
+        key_of: KeyOf,
+    ) {
+        self.table
+            .reserve(additional, |&id| hasher.hash_one(key_of.key(arena.get(id))));
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub(crate) fn heap_bytes(&self) -> usize {
+        // One u32 per bucket plus one control byte (hashbrown's layout).
+        self.table.capacity() * 5
+    }
+}
+
+/// Which part of a stored name is the index key: the whole name for exact sites,
+/// the domain after `*.` for wildcard sites.
+#[derive(Clone, Copy)]
+pub(crate) enum KeyOf {
+    Whole,
+    WildcardDomain,
+}
+
+impl KeyOf {
+    fn key(self, name: &str) -> &str {
+        match self {
+            KeyOf::Whole => name,
+            KeyOf::WildcardDomain => name.strip_prefix("*.").unwrap_or(name),
+        }
+    }
+}
+
+/// Names of all slots, back to back. Slot `i`'s name is `bytes[start[i]..start[i+1]]`.
+/// Removed slots keep their bytes until the slot is reused by a name that fits.
+#[derive(Default)]
+pub(crate) struct NameArena {
+    bytes: String,
+    /// Start offset and length of each slot's name.
+    spans: Vec<(u32, u8)>,
+}
+
+impl NameArena {
+    pub(crate) fn get(&self, id: u32) -> &str {
+        let (start, len) = self.spans[id as usize];
+        let start = start as usize;
+        &self.bytes[start..start + len as usize]
+    }
+
+    /// Appends a name for a new slot; returns its id.
+    pub(crate) fn push(&mut self, name: &str) -> Result<u32, ArenaFull> {
+        let start = u32::try_from(self.bytes.len()).map_err(|_| ArenaFull)?;
+        let id = u32::try_from(self.spans.len()).map_err(|_| ArenaFull)?;
+        // Hostnames are at most 253 bytes, checked by ferry_model::Hostname.
+        let len = u8::try_from(name.len()).map_err(|_| ArenaFull)?;
+        self.bytes.push_str(name);
+        self.spans.push((start, len));
+        Ok(id)
+    }
+
+    /// Gives slot `id` a new name (slot reuse after a removal).
+    pub(crate) fn rename(&mut self, id: u32, name: &str) -> Result<(), ArenaFull> {
+        let (start, old_len) = self.spans[id as usize];
+        let len = u8::try_from(name.len()).map_err(|_| ArenaFull)?;
+        if len <= old_len {
+            let start = start as usize;
+            self.bytes.replace_range(start..start + name.len(), name);
+            self.spans[id as usize] = (start as u32, len);
+        } else {
+            let start = u32::try_from(self.bytes.len()).map_err(|_| ArenaFull)?;
+            self.bytes.push_str(name);
+            self.spans[id as usize] = (start, len);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn reserve(&mut self, names: usize, bytes: usize) {
+        self.spans.reserve(names);
+        self.bytes.reserve(bytes);
+    }
+
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.bytes.capacity() + self.spans.capacity() * std::mem::size_of::<(u32, u8)>()
+    }
+}
+
+/// The arena passed 4 GiB of names or 4 billion slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ArenaFull;

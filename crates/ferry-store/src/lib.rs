@@ -1,0 +1,139 @@
+//! Ferry's control store: where a router's site placements, states and epochs
+//! persist, so a restarted router resumes from its last state, plus the append-only
+//! journal the orchestrator replays after a restart.
+//!
+//! - [`Store`]: the trait every backend implements. It persists what it is given
+//!   and does not judge epochs; the router has already applied the epoch rule
+//!   ([`ferry_model::SiteRecord::judge`]) before it writes.
+//! - [`SqliteStore`]: the embedded default, one SQLite file (WAL, `synchronous=FULL`:
+//!   an acknowledged write is on disk). Its schema is versioned with
+//!   `PRAGMA user_version` ([`SCHEMA_VERSION`]) and only grows.
+//! - [`JournalEntry`]: one journal record, numbered by a sequence that starts at 1.
+//! - [`StoreError`]: what went wrong, with the path, operation, host or journal
+//!   entry involved.
+//! - [`conformance`]: the shared test suite that every implementation (SQLite now,
+//!   etcd later) must pass.
+
+use std::path::PathBuf;
+
+use ferry_model::{Hostname, ServerState, SiteRecord};
+use serde::{Deserialize, Serialize};
+
+pub mod conformance;
+mod sqlite;
+
+pub use sqlite::{SqliteStore, SCHEMA_VERSION};
+
+/// Persistent control state of one router, and the orchestrator's journal.
+///
+/// Contract (checked by [`conformance::run_all`]):
+/// - Writes are durable when they return.
+/// - A batch ([`Store::put_sites`], [`Store::remove_sites`]) is applied all or
+///   nothing, and readers never see part of one.
+/// - What a store accepts it can read back unchanged. Epochs up to `2^63 - 1` must be
+///   storable; a record a backend cannot represent is refused with
+///   [`StoreError::Unstorable`] and the whole batch is refused with it.
+pub trait Store: Send + Sync + 'static {
+    /// Every site record, in host order.
+    fn sites(&self) -> Result<Vec<SiteRecord>, StoreError>;
+
+    /// The record of one site, if the store holds one.
+    fn site(&self, host: &Hostname) -> Result<Option<SiteRecord>, StoreError>;
+
+    /// Upserts all records in one transaction (all or nothing). Does not judge
+    /// epochs: the caller (the router) has already applied the epoch rule; the store
+    /// just persists. If a host appears twice in `records`, the later record wins.
+    fn put_sites(&self, records: &[SiteRecord]) -> Result<(), StoreError>;
+
+    /// Removes the sites in one transaction; hosts the store does not hold are ignored.
+    fn remove_sites(&self, hosts: &[Hostname]) -> Result<(), StoreError>;
+
+    /// Runtime server states (drain/maint set through the admin API) keyed by
+    /// `(pool, server)`, in `(pool, server)` order.
+    fn server_states(&self) -> Result<Vec<(String, String, ServerState)>, StoreError>;
+
+    /// Sets the runtime state of one pool member, replacing any earlier one.
+    fn put_server_state(
+        &self,
+        pool: &str,
+        server: &str,
+        state: ServerState,
+    ) -> Result<(), StoreError>;
+
+    /// Appends to the journal and returns the new entry's sequence number: the first
+    /// is 1, each later one is greater than every earlier one (gaps are allowed), and
+    /// the entry is durable when this returns.
+    fn journal_append(&self, kind: &str, body: &serde_json::Value) -> Result<u64, StoreError>;
+
+    /// Up to `limit` entries with a sequence number greater than `after_seq`, oldest
+    /// first. `after_seq = 0` reads from the beginning.
+    fn journal_since(&self, after_seq: u64, limit: usize) -> Result<Vec<JournalEntry>, StoreError>;
+}
+
+/// One journal record as the orchestrator wrote it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// Position in the journal; starts at 1, strictly increasing.
+    pub seq: u64,
+    /// What the entry records, e.g. `"step.freeze"`; the store does not interpret it.
+    pub kind: String,
+    /// The entry's payload, stored as JSON.
+    pub body: serde_json::Value,
+    /// When the store appended it, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+}
+
+/// Why the control store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store's file could not be opened or set up.
+    #[error("cannot open control store {}: {source}", .path.display())]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+
+    /// The file was written by a newer Ferry whose format this build does not know.
+    #[error(
+        "control store {} has schema version {found}, this build supports up to \
+         {supported}; run a newer Ferry or restore an older copy",
+        .path.display()
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+
+    /// The file is an SQLite database, but not one Ferry created.
+    #[error("{} is an SQLite database with other tables, not a Ferry control store", .path.display())]
+    NotAStore { path: PathBuf },
+
+    /// Bringing an older file's schema up to date failed; the file is left as it was.
+    #[error(
+        "cannot migrate control store {} from schema version {from} to {to}: {source}",
+        .path.display()
+    )]
+    Migrate {
+        path: PathBuf,
+        from: u32,
+        to: u32,
+        source: rusqlite::Error,
+    },
+
+    /// A database operation failed.
+    #[error("control store failed to {op}: {source}")]
+    Sqlite {
+        op: &'static str,
+        source: rusqlite::Error,
+    },
+
+    /// A stored row no longer parses; `what` names it (site host or journal entry).
+    #[error("control store holds a corrupt {what}: {detail}")]
+    Corrupt { what: String, detail: String },
+
+    /// A record this backend cannot represent faithfully; nothing of its batch was
+    /// written.
+    #[error("cannot store site {host}: {why}")]
+    Unstorable { host: Hostname, why: String },
+}

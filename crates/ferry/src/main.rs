@@ -1,0 +1,139 @@
+//! `ferry`: one binary, one subcommand per job. This crate only parses flags,
+//! wires the library crates together and maps errors to exit codes.
+//!
+//! Exit codes: 0 success; 1 runtime failure (I/O, network, a demo check that
+//! failed); 2 bad usage or invalid configuration; 3 the router refused the
+//! request (4xx from the admin API, e.g. 409 stale epoch).
+
+#![forbid(unsafe_code)]
+
+mod backend;
+mod ctl;
+mod demo;
+mod http_client;
+mod proxy;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Keeps websites up while the infrastructure under them changes.
+#[derive(Parser)]
+#[command(name = "ferry", version, about, long_about = None)]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 failure, 2 bad usage or config, 3 refused by the router."
+)]
+struct Cli {
+    /// Log verbosity (error, warn, info, debug, trace) or a tracing filter
+    /// such as "ferry_proxy=debug". RUST_LOG overrides it.
+    /// [default: info; warn for `demo`]
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the router: listeners, site table, pools, health checks, admin API.
+    Proxy(proxy::Args),
+    /// Talk to a running router's admin API.
+    Ctl(ctl::Args),
+    /// Start a router, demo backends and traffic on loopback, and show routing,
+    /// maintenance, tier failover and a frozen site's held requests at work.
+    Demo(demo::Args),
+    /// A tiny HTTP server that answers with its name (for demos and tests).
+    #[command(hide = true)]
+    Backend(backend::Args),
+}
+
+/// An error with the exit code it maps to.
+pub(crate) struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    pub fn usage(e: impl Into<anyhow::Error>) -> Failure {
+        Failure {
+            code: 2,
+            error: e.into(),
+        }
+    }
+    pub fn refused(e: impl Into<anyhow::Error>) -> Failure {
+        Failure {
+            code: 3,
+            error: e.into(),
+        }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure {
+            code: 1,
+            error: e.into(),
+        }
+    }
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    init_logging(
+        cli.log_level.as_deref().unwrap_or(default_level),
+        cli.log_format,
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferry: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Proxy(a) => proxy::run(a).await,
+            Command::Ctl(a) => ctl::run(a).await,
+            Command::Demo(a) => demo::run(a).await,
+            Command::Backend(a) => backend::run(a).await,
+        }
+    });
+    // Background tasks (connections, health checks) must not keep us alive.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("ferry: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}

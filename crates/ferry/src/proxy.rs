@@ -1,0 +1,86 @@
+//! `ferry proxy --config FILE`: run the router until SIGTERM/SIGINT; SIGHUP reloads.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_proxy::Proxy;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::Failure;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The router's TOML configuration (see examples/proxy.toml).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Check the configuration, print what it defines, and exit (0 valid, 2 invalid).
+    #[arg(long)]
+    check: bool,
+    /// Once listening, write the bound addresses here as JSON (for scripts and
+    /// tests that start the router with port 0).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// How long open connections may take to finish at shutdown.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    grace: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    ferry_config::parse_duration(s)
+}
+
+pub async fn run(args: Args) -> Result<(), Failure> {
+    let config = ferry_config::load(&args.config).map_err(Failure::usage)?;
+    if args.check {
+        println!(
+            "{}: valid: router {}, {} listener(s), {} pool(s), {} remote(s), {} site(s)",
+            args.config.display(),
+            config.router.name,
+            config.listeners.len(),
+            config.pools.len(),
+            config.remotes.len(),
+            config.sites.len()
+        );
+        return Ok(());
+    }
+    // Install signal handlers before the router starts so an early SIGHUP or
+    // SIGTERM is not lost (the default action would kill the process).
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let proxy = Proxy::start(config, Some(args.config.clone()))
+        .await
+        .map_err(|e| match e {
+            ferry_proxy::ProxyError::UnknownPlacement { .. }
+            | ferry_proxy::ProxyError::Config(_) => Failure::usage(e),
+            other => Failure::from(other),
+        })?;
+    if let Some(path) = &args.ready_file {
+        let ready = serde_json::json!({
+            "pid": std::process::id(),
+            "listeners": proxy.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "admin": proxy.admin_addr().map(|a| a.to_string()),
+        });
+        // Write then rename, so a reader never sees half a file.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, ready.to_string())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    }
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                match proxy.reload_from_file().await {
+                    Ok(r) => tracing::info!(added = r.sites_added, changed = r.sites_changed, removed = r.sites_removed, "SIGHUP: configuration reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: configuration refused, the running one stays"),
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    proxy.shutdown(args.grace).await;
+    Ok(())
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs Ferry's whole test suite. Installs, from Debian's packages, the real
+# servers and clients the tests use (nginx, curl, h2load, wrk) when missing.
+# Tests start their own instances on free loopback ports and stop them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v nginx  >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v curl   >/dev/null 2>&1 || need+=(curl)
+command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
+command -v wrk    >/dev/null 2>&1 || need+=(wrk)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing test dependencies: ${need[*]} (run as root, or: sudo apt-get install -y ${need[*]})" >&2
+    exit 2
+  fi
+  echo "installing test dependencies: ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferry-target}"
+# The end-to-end tests run the release-less debug binary; build it first so
+# the first test does not pay for the build inside its timeouts.
+cargo build --workspace --bins
+cargo test --workspace "$@"
