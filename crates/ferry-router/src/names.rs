@@ -6,11 +6,30 @@ use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
-/// Maps names to slot ids. The names themselves are stored by the caller's arena
-/// (see [`NameArena`]); the index only keeps ids and asks for names when probing.
+/// Maps names to slot ids. The names themselves are stored in a [`NameArena`];
+/// each entry keeps the slot id and 32 bits of the name's hash, so growing the
+/// table never re-reads (and cache-misses on) the names, and a probe compares
+/// names only when the stored hash matches.
 #[derive(Default)]
 pub(crate) struct NameIndex {
-    table: HashTable<u32>,
+    table: HashTable<Entry>,
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    id: u32,
+    hash: u32,
+}
+
+/// The table's hash is the 32-bit name hash spread over 64 bits: hashbrown takes
+/// the bucket from the low bits and its tag from the top 7 bits.
+fn widen(h: u32) -> u64 {
+    (u64::from(h) << 32) | u64::from(h)
+}
+
+fn hash32(hasher: &impl BuildHasher, key: &str) -> u32 {
+    let h = hasher.hash_one(key);
+    (h ^ (h >> 32)) as u32
 }
 
 impl NameIndex {
@@ -21,25 +40,19 @@ impl NameIndex {
         arena: &NameArena,
         key_of: KeyOf,
     ) -> Option<u32> {
-        let hash = hasher.hash_one(key);
+        let h = hash32(hasher, key);
         self.table
-            .find(hash, |&id| key_of.key(arena.get(id)) == key)
-            .copied()
+            .find(widen(h), |e| {
+                e.hash == h && key_of.key(arena.get(e.id)) == key
+            })
+            .map(|e| e.id)
     }
 
     /// Inserts `id` under `key`; the caller has checked the key is absent.
-    pub(crate) fn insert(
-        &mut self,
-        key: &str,
-        id: u32,
-        hasher: &impl BuildHasher,
-        arena: &NameArena,
-        key_of: KeyOf,
-    ) {
-        let hash = hasher.hash_one(key);
-        self.table.insert_unique(hash, id, |&other| {
-            hasher.hash_one(key_of.key(arena.get(other)))
-        });
+    pub(crate) fn insert(&mut self, key: &str, id: u32, hasher: &impl BuildHasher) {
+        let h = hash32(hasher, key);
+        self.table
+            .insert_unique(widen(h), Entry { id, hash: h }, |e| widen(e.hash));
     }
 
     pub(crate) fn remove(
@@ -49,25 +62,17 @@ impl NameIndex {
         arena: &NameArena,
         key_of: KeyOf,
     ) -> Option<u32> {
-        let hash = hasher.hash_one(key);
-        match self
-            .table
-            .find_entry(hash, |&id| key_of.key(arena.get(id)) == key)
-        {
-            Ok(entry) => Some(entry.remove().0),
+        let h = hash32(hasher, key);
+        match self.table.find_entry(widen(h), |e| {
+            e.hash == h && key_of.key(arena.get(e.id)) == key
+        }) {
+            Ok(entry) => Some(entry.remove().0.id),
             Err(_) => None,
         }
     }
 
-    pub(crate) fn reserve(
-        &mut self,
-        additional: usize,
-        hasher: &impl BuildHasher,
-        arena: &NameArena,
-        key_of: KeyOf,
-    ) {
-        self.table
-            .reserve(additional, |&id| hasher.hash_one(key_of.key(arena.get(id))));
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.table.reserve(additional, |e| widen(e.hash));
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -75,8 +80,10 @@ impl NameIndex {
     }
 
     pub(crate) fn heap_bytes(&self) -> usize {
-        // One u32 per bucket plus one control byte (hashbrown's layout).
-        self.table.capacity() * 5
+        // hashbrown allocates buckets = capacity * 8 / 7 (rounded to a power of
+        // two), each an 8-byte entry plus one control byte.
+        let buckets = (self.table.capacity() * 8 / 7).next_power_of_two();
+        buckets * (std::mem::size_of::<Entry>() + 1)
     }
 }
 

@@ -1,6 +1,5 @@
 //! The site table: hostname -> compact site id -> packed (placement, state, epoch).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -104,9 +103,9 @@ struct Inner {
     wildcard: NameIndex,
     slots: Vec<Slot>,
     free: Vec<u32>,
-    extras: HashMap<u32, Arc<SiteExtras>>,
+    extras: hashbrown::HashMap<u32, Arc<SiteExtras>>,
     placements: Vec<Arc<Placement>>,
-    placement_ids: HashMap<Placement, u16>,
+    placement_ids: hashbrown::HashMap<Placement, u16>,
     default_site: Option<Hostname>,
 }
 
@@ -140,9 +139,9 @@ impl HostTable {
                 wildcard: NameIndex::default(),
                 slots: Vec::new(),
                 free: Vec::new(),
-                extras: HashMap::new(),
+                extras: hashbrown::HashMap::new(),
                 placements: Vec::new(),
-                placement_ids: HashMap::new(),
+                placement_ids: hashbrown::HashMap::new(),
                 default_site: None,
             }),
             writer: Mutex::new(()),
@@ -278,11 +277,14 @@ impl HostTable {
         persist: impl FnOnce(&[SiteRecord]) -> Result<(), E>,
     ) -> Result<Vec<(SiteId, Outcome)>, ApplyError<E>> {
         let _w = self.writer.lock();
-        let mut plan = Vec::with_capacity(changes.len());
+        // What to do with each change, by its position in `changes`: the slot it
+        // already has (None for a new site) and whether it changes anything.
+        let mut plan: Vec<(Option<u32>, bool)> = Vec::with_capacity(changes.len());
         {
             let inner = self.inner.read();
-            let mut seen = std::collections::HashSet::new();
+            let mut seen = hashbrown::HashSet::with_capacity(changes.len());
             let mut stale = Vec::new();
+            let mut new_placements = hashbrown::HashSet::new();
             for change in &changes {
                 let rec = &change.record;
                 if rec.epoch.0 > MAX_EPOCH {
@@ -291,25 +293,32 @@ impl HostTable {
                         epoch: rec.epoch,
                     }));
                 }
-                if !seen.insert(rec.host.clone()) {
+                if !seen.insert(rec.host.as_str()) {
                     return Err(ApplyError::Invalid(RouterError::DuplicateInBatch {
                         host: rec.host.clone(),
                     }));
                 }
-                let current = inner.find_pattern(&rec.host).and_then(|id| {
-                    let (p, s, e) = unpack(inner.slots[id as usize].word.load(Ordering::Acquire))?;
-                    Some(SiteRecord {
-                        host: rec.host.clone(),
-                        placement: (*inner.placements[p.0 as usize]).clone(),
-                        state: s,
-                        epoch: e,
-                    })
-                });
-                let verdict = match &current {
-                    None => ChangeVerdict::Apply,
-                    Some(cur) => cur.judge(rec),
+                if !inner.placement_ids.contains_key(&rec.placement) {
+                    new_placements.insert(&rec.placement);
+                }
+                let slot = inner.find_pattern(&rec.host);
+                let current = slot
+                    .and_then(|id| unpack(inner.slots[id as usize].word.load(Ordering::Acquire)));
+                let Some((p, state, epoch)) = current else {
+                    plan.push((None, true));
+                    continue;
                 };
-                let extras_differ = match (&change.extras, inner.find_pattern(&rec.host)) {
+                let verdict = match rec.epoch.cmp(&epoch) {
+                    std::cmp::Ordering::Greater => ChangeVerdict::Apply,
+                    std::cmp::Ordering::Equal
+                        if *inner.placements[p.0 as usize] == rec.placement
+                            && state == rec.state =>
+                    {
+                        ChangeVerdict::NoOp
+                    }
+                    _ => ChangeVerdict::Stale,
+                };
+                let extras_differ = match (&change.extras, slot) {
                     (Some(x), Some(id)) => {
                         inner
                             .extras
@@ -321,74 +330,72 @@ impl HostTable {
                     _ => false,
                 };
                 match verdict {
-                    ChangeVerdict::Stale => stale.push((
-                        rec.host.clone(),
-                        current.map(|c| c.epoch).unwrap_or_default(),
-                        rec.epoch,
-                    )),
-                    ChangeVerdict::NoOp if !extras_differ => {
-                        plan.push((change, false, current.is_some()))
-                    }
-                    _ => plan.push((change, true, current.is_some())),
+                    ChangeVerdict::Stale => stale.push((rec.host.clone(), epoch, rec.epoch)),
+                    ChangeVerdict::NoOp if !extras_differ => plan.push((slot, false)),
+                    _ => plan.push((slot, true)),
                 }
             }
             if !stale.is_empty() {
                 return Err(ApplyError::Stale(stale));
             }
-            let new_placements: std::collections::HashSet<_> = plan
-                .iter()
-                .filter(|(c, _, _)| !inner.placement_ids.contains_key(&c.record.placement))
-                .map(|(c, _, _)| &c.record.placement)
-                .collect();
             if inner.placements.len() + new_placements.len() > usize::from(u16::MAX) {
                 return Err(ApplyError::Invalid(RouterError::TooManyPlacements));
             }
             // The batch is persisted before it is applied, so the application below
             // must not fail half-way: refuse here what the name arena would.
-            let new_names = plan.iter().filter(|(_, _, exists)| !exists);
-            if !inner.has_room_for(new_names.map(|(c, _, _)| c.record.host.as_str())) {
+            let new_names = changes
+                .iter()
+                .zip(&plan)
+                .filter(|(_, (slot, _))| slot.is_none())
+                .map(|(c, _)| c.record.host.as_str());
+            if !inner.has_room_for(new_names) {
                 return Err(ApplyError::Invalid(RouterError::TableFull));
             }
         }
-        let to_persist: Vec<SiteRecord> = plan
-            .iter()
-            .filter(|(_, changes, _)| *changes)
-            .map(|(c, _, _)| c.record.clone())
-            .collect();
-        if !to_persist.is_empty() {
-            persist(&to_persist).map_err(ApplyError::Persist)?;
+        // Split the batch without copying it: the records that change go to the
+        // store as one slice, then are applied from that same slice.
+        let mut records = Vec::with_capacity(changes.len());
+        let mut extras = Vec::with_capacity(changes.len());
+        let mut targets = Vec::with_capacity(changes.len());
+        let mut out = Vec::with_capacity(changes.len());
+        for (change, (slot, changes_it)) in changes.into_iter().zip(plan) {
+            if changes_it {
+                targets.push((slot, out.len()));
+                out.push((SiteId(slot.unwrap_or(0)), Outcome::Changed));
+                records.push(change.record);
+                extras.push(change.extras);
+            } else {
+                out.push((SiteId(slot.unwrap_or(0)), Outcome::Unchanged));
+            }
+        }
+        if !records.is_empty() {
+            persist(&records).map_err(ApplyError::Persist)?;
         }
         let mut inner = self.inner.write();
-        let mut out = Vec::with_capacity(plan.len());
-        let additions = plan.iter().filter(|(_, _, exists)| !exists).count();
+        let additions = targets.iter().filter(|(slot, _)| slot.is_none()).count();
         if additions > 0 {
             inner.reserve(additions);
         }
-        for (change, changes, exists) in plan {
-            let rec = &change.record;
-            if !changes {
-                let id = inner.find_pattern(&rec.host).unwrap_or(0);
-                out.push((SiteId(id), Outcome::Unchanged));
-                continue;
-            }
+        for ((rec, extra), (slot, pos)) in records.iter().zip(extras).zip(targets) {
             let pid = inner.intern(&rec.placement);
             let word = pack(pid, rec.state, rec.epoch);
-            let id = if exists {
-                let id = inner.find_pattern(&rec.host).unwrap_or(0);
-                inner.slots[id as usize].word.store(word, Ordering::Release);
-                out.push((SiteId(id), Outcome::Changed));
-                id
-            } else {
-                // Cannot fail: `has_room_for` accepted every new name above.
-                let id = inner.insert(&rec.host, word).map_err(ApplyError::Invalid)?;
-                out.push((SiteId(id), Outcome::Added));
-                id
+            let id = match slot {
+                Some(id) => {
+                    inner.slots[id as usize].word.store(word, Ordering::Release);
+                    id
+                }
+                None => {
+                    // Cannot fail: `has_room_for` accepted every new name above.
+                    let id = inner.insert(&rec.host, word).map_err(ApplyError::Invalid)?;
+                    out[pos] = (SiteId(id), Outcome::Added);
+                    id
+                }
             };
-            if let Some(x) = &change.extras {
-                if x == &SiteExtras::default() {
+            if let Some(x) = extra {
+                if x == SiteExtras::default() {
                     inner.extras.remove(&id);
                 } else {
-                    inner.extras.insert(id, Arc::new(x.clone()));
+                    inner.extras.insert(id, Arc::new(x));
                 }
             }
         }
@@ -507,13 +514,7 @@ impl Inner {
         let fresh = additional - reuse;
         self.slots.reserve(fresh);
         self.names.reserve(fresh, fresh * 24);
-        let Inner {
-            hasher,
-            names,
-            exact,
-            ..
-        } = self;
-        exact.reserve(additional, hasher, names, KeyOf::Whole);
+        self.exact.reserve(additional);
     }
 
     fn insert(&mut self, host: &Hostname, word: u64) -> Result<u32, RouterError> {
@@ -542,16 +543,9 @@ impl Inner {
                 id
             }
         };
-        let Inner {
-            hasher,
-            names,
-            exact,
-            wildcard,
-            ..
-        } = self;
         match host.wildcard_domain() {
-            Some(d) => wildcard.insert(d, id, hasher, names, KeyOf::WildcardDomain),
-            None => exact.insert(name, id, hasher, names, KeyOf::Whole),
+            Some(d) => self.wildcard.insert(d, id, &self.hasher),
+            None => self.exact.insert(name, id, &self.hasher),
         }
         Ok(id)
     }
