@@ -30,6 +30,8 @@ pub enum HostnameError {
     BadCharacter { ch: char },
     #[error("a wildcard is only allowed as the whole first label (\"*.example.com\")")]
     MisplacedWildcard,
+    #[error("hostname label {label:?} starts or ends with '-'")]
+    HyphenAtLabelEdge { label: String },
     #[error("invalid port in host header")]
     BadPort,
 }
@@ -113,7 +115,7 @@ fn valid_port_suffix(s: &str) -> bool {
     let Some(digits) = s.strip_prefix(':') else {
         return false;
     };
-    digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit())
+    digits.is_empty() || (digits.bytes().all(|b| b.is_ascii_digit()) && digits.parse::<u16>().is_ok())
 }
 
 fn check_name(name: &str) -> Result<(), HostnameError> {
@@ -129,6 +131,12 @@ fn check_name(name: &str) -> Result<(), HostnameError> {
         }
         if label.len() > MAX_LABEL_LEN {
             return Err(HostnameError::LabelTooLong {
+                label: label.to_string(),
+            });
+        }
+        // RFC 1123: a label neither starts nor ends with a hyphen.
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(HostnameError::HyphenAtLabelEdge {
                 label: label.to_string(),
             });
         }
@@ -313,6 +321,12 @@ mod tests {
         assert_eq!(h("[::1]:80").unwrap(), "[::1]");
         assert_eq!(h("").unwrap_err(), HostnameError::Empty);
         assert_eq!(h("a.com:http").unwrap_err(), HostnameError::BadPort);
+        assert_eq!(h("a.com:99999").unwrap_err(), HostnameError::BadPort);
+        assert_eq!(h("a.com:").unwrap(), "a.com");
+        assert!(matches!(
+            h("-bad-.test").unwrap_err(),
+            HostnameError::HyphenAtLabelEdge { .. }
+        ));
         assert!(matches!(
             h("a b.com").unwrap_err(),
             HostnameError::BadCharacter { ch: ' ' }

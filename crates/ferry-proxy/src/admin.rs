@@ -356,6 +356,9 @@ fn apply(proxy: &Proxy, records: Vec<SiteRecord>) -> Resp {
             extras: None,
         })
         .collect();
+    // Held across the apply so a reload (which holds it for its whole run)
+    // never judges a snapshot that an API change made stale.
+    let _config = shared.config.lock();
     match shared
         .table
         .apply(changes, |recs| shared.store.put_sites(recs))
@@ -503,6 +506,7 @@ fn query_sites(proxy: &Proxy, body: &[u8]) -> Resp {
 
 fn remove(proxy: &Proxy, hosts: Vec<Hostname>) -> Result<usize, Resp> {
     let shared = &proxy.shared;
+    let _config = shared.config.lock();
     match shared
         .table
         .remove(&hosts, |h| shared.store.remove_sites(h))

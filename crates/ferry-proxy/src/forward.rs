@@ -165,13 +165,10 @@ async fn route_request(shared: &Arc<Shared>, conn: ConnInfo, req: Request<Incomi
         )
     };
 
-    // Request smuggling: a message with both framings is refused outright
-    // (RFC 9112 6.1 allows a server to reject it; a proxy must not guess).
-    if req.headers().contains_key(header::TRANSFER_ENCODING)
-        && req.headers().contains_key(header::CONTENT_LENGTH)
-    {
-        return bad("request has both Content-Length and Transfer-Encoding");
-    }
+    // Request smuggling (both Content-Length and Transfer-Encoding): hyper's
+    // HTTP/1 parser drops Content-Length, reads the body as chunked and closes
+    // the connection after the response (RFC 9112 6.1, HAProxy does the same),
+    // so nothing hidden in the body is ever parsed as a second request.
     let raw_host = match req.headers().get(header::HOST) {
         Some(h) => match h.to_str() {
             Ok(s) => s.to_string(),
@@ -294,8 +291,9 @@ async fn route_request(shared: &Arc<Shared>, conn: ConnInfo, req: Request<Incomi
     let in_flight = shared.table.track(route.site, false);
     let (resp, upstream) = match route.placement.as_ref() {
         Placement::Pool(pool_name) => {
+            let want_label = shared.access_log.load().enabled();
             forward_local(
-                shared, &settings, conn, &route, pool_name, &host_str, req, in_flight,
+                shared, &settings, conn, &route, pool_name, &host_str, req, in_flight, want_label,
             )
             .await
         }
@@ -414,6 +412,7 @@ async fn forward_local(
     host: &str,
     req: Request<Incoming>,
     in_flight: ferry_router::Tracked,
+    want_label: bool,
 ) -> (Response<ProxyBody>, String) {
     let pools = shared.pools.load();
     let path = req.uri().path();
@@ -489,7 +488,12 @@ async fn forward_local(
             .upstream
             .send(Request::from_parts(p, out_body), settings.request_timeout)
             .await;
-        let upstream_label = format!("{}/{}", target_name, pick.server.name);
+        // Only the access log and debug logs use the label; skip the allocation otherwise.
+        let upstream_label = if want_label || tracing::enabled!(tracing::Level::DEBUG) {
+            format!("{}/{}", target_name, pick.server.name)
+        } else {
+            String::new()
+        };
         match result {
             Ok(resp) => {
                 pick.server.record_connect(true, passive_fall);

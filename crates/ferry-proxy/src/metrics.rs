@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferry_model::SiteState;
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -48,7 +48,7 @@ pub struct Metrics {
     pub connections: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
-    upstream: Mutex<HashMap<String, Arc<Histogram>>>,
+    upstream: RwLock<HashMap<String, Arc<Histogram>>>,
 }
 
 impl Metrics {
@@ -65,13 +65,11 @@ impl Metrics {
 
     /// The latency histogram of a pool (or `remote:NAME`), created on first use.
     pub fn upstream(&self, pool: &str) -> Arc<Histogram> {
-        let mut map = self.upstream.lock();
-        if let Some(h) = map.get(pool) {
+        if let Some(h) = self.upstream.read().get(pool) {
             return Arc::clone(h);
         }
-        let h = Arc::new(Histogram::default());
-        map.insert(pool.to_string(), Arc::clone(&h));
-        h
+        let mut map = self.upstream.write();
+        Arc::clone(map.entry(pool.to_string()).or_default())
     }
 
     pub fn requests_total(&self) -> u64 {
@@ -153,7 +151,7 @@ impl Metrics {
                 c.load(Ordering::Relaxed)
             );
         }
-        let map = self.upstream.lock();
+        let map = self.upstream.read();
         let mut pools: Vec<_> = map.iter().collect();
         pools.sort_by(|a, b| a.0.cmp(b.0));
         let _ = writeln!(

@@ -237,6 +237,9 @@ impl Shared {
                 }
             }
         }
+        // A runtime record kept above may point at a pool or remote this config
+        // no longer has: refuse the reload rather than strand the site.
+        check_placements(&new, changes.iter().map(|c| &c.record))?;
         // Sites that left the config are removed; sites added at run time through
         // the admin API were never in the config and are left alone.
         let new_hosts: HashSet<&Hostname> = new.sites.iter().map(|s| &s.host).collect();
@@ -274,14 +277,22 @@ impl Shared {
             }
         }
         let access_log = AccessLogger::open(&new.router.access_log, new.router.access_log_format)?;
-        // From here on nothing can fail before the swap but the table apply,
-        // which is itself atomic.
-        self.pools.store(Arc::new(pools));
-        self.remotes.store(Arc::new(remotes_of(&new)));
-        let outcomes = self
+        // The new pools go in before the sites that may point at them. The table
+        // apply is atomic and, with the config lock held (API changes take it
+        // too), can only fail if the store does: then the old pools come back.
+        let old_pools = self.pools.swap(Arc::new(pools));
+        let old_remotes = self.remotes.swap(Arc::new(remotes_of(&new)));
+        let outcomes = match self
             .table
             .apply(changes, |recs| self.store.put_sites(recs))
-            .map_err(|e| ProxyError::Seed(e.to_string()))?;
+        {
+            Ok(o) => o,
+            Err(e) => {
+                self.pools.store(old_pools);
+                self.remotes.store(old_remotes);
+                return Err(ProxyError::Seed(e.to_string()));
+            }
+        };
         let removed_out = self
             .table
             .remove(&removed, |hosts| self.store.remove_sites(hosts))
