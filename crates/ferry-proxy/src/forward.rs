@@ -24,11 +24,13 @@ use crate::upstream::{UpBody, UpstreamError};
 pub(crate) const VIA_HEADER: &str = "ferry-via";
 
 /// What the listener knows about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct ConnInfo {
     /// The client: the peer, or the source named by a trusted PROXY header.
     pub client: SocketAddr,
     pub trusted: bool,
+    /// Upstream connections this client connection has used.
+    pub affinity: Arc<crate::upstream::Affinity>,
 }
 
 const HOP_BY_HOP: [&str; 8] = [
@@ -127,7 +129,7 @@ pub(crate) async fn handle(
             h(header::USER_AGENT),
         )
     });
-    let (resp, host, state, upstream) = route_request(&shared, conn, req).await;
+    let (resp, host, state, upstream) = route_request(&shared, &conn, req).await;
     shared.metrics.request(state, resp.status().as_u16());
     if let Some((method, path, version, referer, user_agent)) = log_parts {
         logger.log(Entry {
@@ -150,7 +152,7 @@ pub(crate) async fn handle(
 
 type Routed = (Response<ProxyBody>, String, Option<SiteState>, String);
 
-async fn route_request(shared: &Arc<Shared>, conn: ConnInfo, req: Request<Incoming>) -> Routed {
+async fn route_request(shared: &Arc<Shared>, conn: &ConnInfo, req: Request<Incoming>) -> Routed {
     let settings = shared.settings.load_full();
     let bad = |msg: &str| {
         shared
@@ -328,12 +330,14 @@ fn is_idempotent(m: &Method) -> bool {
 }
 
 /// Prepares the outgoing head: hop-by-hop headers removed, Host set, the client
-/// address appended to X-Forwarded-For and Forwarded.
+/// address appended to X-Forwarded-For and Forwarded. With `absolute_to`, the
+/// URI is made absolute for a pooled client that dials by URI; without, it is
+/// left in (or brought to) origin form for a connection we already hold.
 fn outgoing_parts(
     parts: &mut http::request::Parts,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     host: &str,
-    target: SocketAddr,
+    absolute_to: Option<SocketAddr>,
 ) {
     strip_hop_by_hop(&mut parts.headers);
     if !conn.trusted {
@@ -369,18 +373,34 @@ fn outgoing_parts(
             parts.headers.insert(header::FORWARDED, v);
         }
     }
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    if let Ok(uri) = Uri::builder()
-        .scheme("http")
-        .authority(target.to_string())
-        .path_and_query(pq)
-        .build()
-    {
-        parts.uri = uri;
+    match absolute_to {
+        Some(target) => {
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            if let Ok(uri) = Uri::builder()
+                .scheme("http")
+                .authority(target.to_string())
+                .path_and_query(pq)
+                .build()
+            {
+                parts.uri = uri;
+            }
+        }
+        // HTTP/2 requests arrive in absolute form; HTTP/1 upstreams want origin form.
+        None if parts.uri.authority().is_some() => {
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            if let Ok(uri) = Uri::builder().path_and_query(pq).build() {
+                parts.uri = uri;
+            }
+        }
+        None => {}
     }
     parts.version = Version::HTTP_11;
 }
@@ -406,7 +426,7 @@ fn response_from(
 async fn forward_local(
     shared: &Arc<Shared>,
     settings: &crate::state::Settings,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     route: &Route,
     pool_name: &str,
     host: &str,
@@ -474,7 +494,7 @@ async fn forward_local(
         };
         let addr = pick.server.address;
         let mut p = parts.clone();
-        outgoing_parts(&mut p, conn, host, addr);
+        outgoing_parts(&mut p, conn, host, None);
         let out_body: UpBody = if replayable {
             Either::Right(Empty::new())
         } else {
@@ -486,7 +506,12 @@ async fn forward_local(
         let t0 = Instant::now();
         let result = shared
             .upstream
-            .send(Request::from_parts(p, out_body), settings.request_timeout)
+            .send_affine(
+                &conn.affinity,
+                addr,
+                Request::from_parts(p, out_body),
+                settings.request_timeout,
+            )
             .await;
         // Only the access log and debug logs use the label; skip the allocation otherwise.
         let upstream_label = if want_label || tracing::enabled!(tracing::Level::DEBUG) {
@@ -556,7 +581,7 @@ async fn forward_local(
 async fn forward_remote(
     shared: &Arc<Shared>,
     settings: &crate::state::Settings,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     dc: &str,
     host: &str,
     req: Request<Incoming>,
@@ -574,7 +599,7 @@ async fn forward_remote(
     };
     let histogram = shared.metrics.upstream(&label);
     let (mut parts, body) = req.into_parts();
-    outgoing_parts(&mut parts, conn, host, remote.address);
+    outgoing_parts(&mut parts, conn, host, Some(remote.address));
     // Name ourselves so the next router can refuse to send it back.
     let via = match parts.headers.get(VIA_HEADER).and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {}", settings.name),

@@ -282,10 +282,7 @@ impl Shared {
         // too), can only fail if the store does: then the old pools come back.
         let old_pools = self.pools.swap(Arc::new(pools));
         let old_remotes = self.remotes.swap(Arc::new(remotes_of(&new)));
-        let outcomes = match self
-            .table
-            .apply(changes, |recs| self.store.put_sites(recs))
-        {
+        let outcomes = match self.table.apply(changes, |recs| self.store.put_sites(recs)) {
             Ok(o) => o,
             Err(e) => {
                 self.pools.store(old_pools);

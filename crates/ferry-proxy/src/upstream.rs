@@ -1,18 +1,28 @@
-//! Connections to upstream servers: a keep-alive pool per server for local pools,
-//! and dedicated connections that start with a PROXY v2 header for remote routers
-//! that want one (such a connection carries one client's address, so it is never
-//! shared between clients).
+//! Connections to upstream servers.
+//!
+//! - Local pools: each client connection keeps the upstream connections it used
+//!   ([`Affinity`]), so a keep-alive client reuses the same upstream connection
+//!   with no pool lookup or lock per request. When the client connection closes,
+//!   its upstream connections go to a shared idle pool ([`IdlePool`]) that other
+//!   client connections draw from before they dial.
+//! - Remote routers and health checks: hyper-util's pooled client.
+//! - Remote routers that want a PROXY v2 header: a dedicated connection per
+//!   request (it carries one client's address, so it is never shared).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -33,6 +43,83 @@ pub(crate) enum UpstreamError {
 pub(crate) struct Upstream {
     client: Client<HttpConnector, UpBody>,
     connect_timeout: Duration,
+    idle: Arc<IdlePool>,
+}
+
+/// Idle upstream connections per server, left by client connections that closed.
+#[derive(Default)]
+pub(crate) struct IdlePool {
+    by_server: Mutex<HashMap<SocketAddr, Vec<IdleConn>>>,
+}
+
+/// An idle connection and since when it has been idle.
+type IdleConn = (Instant, SendRequest<UpBody>);
+
+/// Idle connections kept per server, and for how long. Servers usually close
+/// idle connections after 60-75 s (nginx keepalive_timeout); we stop reusing
+/// them well before so a request never races the server's close.
+const IDLE_PER_SERVER: usize = 256;
+const IDLE_FOR: Duration = Duration::from_secs(30);
+/// Upstream connections one client connection keeps (HTTP/2 clients may use
+/// several at once; path rules send one client to several pools).
+const AFFINE_PER_CLIENT: usize = 8;
+
+impl IdlePool {
+    fn take(&self, addr: SocketAddr) -> Option<SendRequest<UpBody>> {
+        let mut map = self.by_server.lock();
+        let list = map.get_mut(&addr)?;
+        while let Some((since, tx)) = list.pop() {
+            if since.elapsed() < IDLE_FOR && tx.is_ready() {
+                return Some(tx);
+            }
+        }
+        None
+    }
+
+    fn put(&self, addr: SocketAddr, tx: SendRequest<UpBody>) {
+        if !tx.is_ready() {
+            return;
+        }
+        let mut map = self.by_server.lock();
+        let list = map.entry(addr).or_default();
+        if list.len() < IDLE_PER_SERVER {
+            list.push((Instant::now(), tx));
+        }
+    }
+}
+
+/// The upstream connections of one client connection.
+pub(crate) struct Affinity {
+    conns: Mutex<Vec<(SocketAddr, SendRequest<UpBody>)>>,
+    idle: Arc<IdlePool>,
+}
+
+impl Affinity {
+    fn take(&self, addr: SocketAddr) -> Option<SendRequest<UpBody>> {
+        let mut conns = self.conns.lock();
+        let i = conns
+            .iter()
+            .position(|(a, tx)| *a == addr && tx.is_ready())?;
+        Some(conns.swap_remove(i).1)
+    }
+
+    fn put(&self, addr: SocketAddr, tx: SendRequest<UpBody>) {
+        let mut conns = self.conns.lock();
+        if conns.len() < AFFINE_PER_CLIENT {
+            conns.push((addr, tx));
+        } else {
+            drop(conns);
+            self.idle.put(addr, tx);
+        }
+    }
+}
+
+impl Drop for Affinity {
+    fn drop(&mut self) {
+        for (addr, tx) in self.conns.get_mut().drain(..) {
+            self.idle.put(addr, tx);
+        }
+    }
 }
 
 impl Upstream {
@@ -48,6 +135,80 @@ impl Upstream {
         Upstream {
             client,
             connect_timeout,
+            idle: Arc::default(),
+        }
+    }
+
+    /// A new, empty set of upstream connections for one client connection.
+    pub fn affinity(&self) -> Affinity {
+        Affinity {
+            conns: Mutex::new(Vec::new()),
+            idle: Arc::clone(&self.idle),
+        }
+    }
+
+    async fn dial(&self, addr: SocketAddr) -> Result<SendRequest<UpBody>, UpstreamError> {
+        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+        {
+            Err(_) => {
+                return Err(UpstreamError::Connect(format!(
+                    "connect to {addr} timed out"
+                )))
+            }
+            Ok(Err(e)) => return Err(UpstreamError::Connect(format!("connect to {addr}: {e}"))),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Connect(format!("handshake with {addr}: {e}")))?;
+        tokio::spawn(async move {
+            // Ends when the server closes or every sender is dropped; an error
+            // here has already been returned to the request that saw it.
+            let _ = conn.await;
+        });
+        Ok(tx)
+    }
+
+    /// Sends `req` (origin-form URI, Host set) to `addr` over a connection this
+    /// client connection already holds, an idle one, or a new one. A reused
+    /// connection that turns out closed before the request was written is
+    /// replaced transparently (the request was not sent).
+    pub async fn send_affine(
+        &self,
+        affinity: &Affinity,
+        addr: SocketAddr,
+        req: Request<UpBody>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let exchange = async {
+            let mut req = req;
+            let reused = affinity.take(addr).or_else(|| self.idle.take(addr));
+            if let Some(mut tx) = reused {
+                match tx.try_send_request(req).await {
+                    Ok(resp) => {
+                        affinity.put(addr, tx);
+                        return Ok(resp);
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(back) => req = back,
+                        None => return Err(UpstreamError::Exchange(error_chain(&e.into_error()))),
+                    },
+                }
+            }
+            let mut tx = self.dial(addr).await?;
+            match tx.send_request(req).await {
+                Ok(resp) => {
+                    affinity.put(addr, tx);
+                    Ok(resp)
+                }
+                Err(e) => Err(UpstreamError::Exchange(error_chain(&e))),
+            }
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => Err(UpstreamError::Timeout),
+            Ok(r) => r,
         }
     }
 
