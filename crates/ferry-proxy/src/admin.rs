@@ -156,7 +156,7 @@ fn metrics(proxy: &Proxy) -> Resp {
     let mut names: Vec<_> = pools.pools.keys().collect();
     names.sort();
     for name in &names {
-        for s in &pools.pools[*name].servers {
+        for s in &pools.pools[*name].pool.servers {
             let _ = writeln!(
                 out,
                 "ferry_server_up{{pool=\"{name}\",server=\"{}\"}} {}",
@@ -167,7 +167,7 @@ fn metrics(proxy: &Proxy) -> Resp {
     }
     let _ = writeln!(out, "# HELP ferry_server_ready Server administrative state is ready (1) or drain/maint (0).\n# TYPE ferry_server_ready gauge");
     for name in &names {
-        for s in &pools.pools[*name].servers {
+        for s in &pools.pools[*name].pool.servers {
             let _ = writeln!(
                 out,
                 "ferry_server_ready{{pool=\"{name}\",server=\"{}\",state=\"{}\"}} {}",
@@ -179,7 +179,7 @@ fn metrics(proxy: &Proxy) -> Resp {
     }
     let _ = writeln!(out, "# HELP ferry_server_active_requests Requests in progress per server.\n# TYPE ferry_server_active_requests gauge");
     for name in &names {
-        for s in &pools.pools[*name].servers {
+        for s in &pools.pools[*name].pool.servers {
             let _ = writeln!(
                 out,
                 "ferry_server_active_requests{{pool=\"{name}\",server=\"{}\"}} {}",
@@ -542,7 +542,7 @@ fn pools(proxy: &Proxy) -> Resp {
     let list: Vec<Value> = names
         .into_iter()
         .map(|n| {
-            let p = &pools.pools[n];
+            let p = &pools.pools[n].pool;
             json!({
                 "name": p.name,
                 "serving_tier": p.serving_tier(),

@@ -31,33 +31,68 @@ pub(crate) struct ConnInfo {
     pub trusted: bool,
     /// Upstream connections this client connection has used.
     pub affinity: Arc<crate::upstream::Affinity>,
+    /// `X-Forwarded-For` and `Forwarded` values for this client, built once per
+    /// connection rather than per request.
+    pub client_ip_header: HeaderValue,
+    /// `for=` part of `Forwarded` (RFC 7239 quoting for IPv6).
+    pub forwarded_for: Box<str>,
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
+impl ConnInfo {
+    pub fn new(client: SocketAddr, trusted: bool, affinity: crate::upstream::Affinity) -> ConnInfo {
+        let ip = client.ip();
+        let for_ = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            // RFC 7239: IPv6 addresses are bracketed and quoted.
+            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        // An IP address and these fixed parts are always valid header text.
+        let value =
+            |s: String| HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("unknown"));
+        ConnInfo {
+            client,
+            trusted,
+            affinity: Arc::new(affinity),
+            client_ip_header: value(ip.to_string()),
+            forwarded_for: format!("for={for_}").into(),
+        }
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static FERRY_VIA: HeaderName = HeaderName::from_static(VIA_HEADER);
+
+/// Looked up by `HeaderName`, not by string: a string lookup parses the name
+/// again on every call (measurable on the request path).
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
     }
-    for h in HOP_BY_HOP {
-        headers.remove(h);
+    for h in &HOP_BY_HOP {
+        if headers.contains_key(h) {
+            headers.remove(h);
+        }
     }
 }
 
@@ -129,7 +164,8 @@ pub(crate) async fn handle(
             h(header::USER_AGENT),
         )
     });
-    let (resp, host, state, upstream) = route_request(&shared, &conn, req).await;
+    let (resp, host, state, upstream) =
+        route_request(&shared, &conn, req, log_parts.is_some()).await;
     shared.metrics.request(state, resp.status().as_u16());
     if let Some((method, path, version, referer, user_agent)) = log_parts {
         logger.log(Entry {
@@ -152,7 +188,12 @@ pub(crate) async fn handle(
 
 type Routed = (Response<ProxyBody>, String, Option<SiteState>, String);
 
-async fn route_request(shared: &Arc<Shared>, conn: &ConnInfo, req: Request<Incoming>) -> Routed {
+async fn route_request(
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    log: bool,
+) -> Routed {
     let settings = shared.settings.load_full();
     let bad = |msg: &str| {
         shared
@@ -173,22 +214,27 @@ async fn route_request(shared: &Arc<Shared>, conn: &ConnInfo, req: Request<Incom
     // so nothing hidden in the body is ever parsed as a second request.
     let raw_host = match req.headers().get(header::HOST) {
         Some(h) => match h.to_str() {
-            Ok(s) => s.to_string(),
+            Ok(s) => s,
             Err(_) => return bad("Host header is not visible ASCII"),
         },
         None => match req.uri().authority() {
-            Some(a) => a.as_str().to_string(),
+            Some(a) => a.as_str(),
             None => return bad("request has no Host header"),
         },
     };
-    let host = match Hostname::from_host_header(&raw_host) {
+    let host = match Hostname::from_host_header(raw_host) {
         Ok(h) => h,
         Err(e) => return bad(&format!("bad Host header: {e}")),
     };
-    let host_str = host.as_str().to_string();
+    // The host as the access log shows it; nothing to copy when it is off.
+    let host_str = if log {
+        host.as_str().to_string()
+    } else {
+        String::new()
+    };
     let crossed = req
         .headers()
-        .get_all(VIA_HEADER)
+        .get_all(&FERRY_VIA)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect::<Vec<_>>();
@@ -293,9 +339,16 @@ async fn route_request(shared: &Arc<Shared>, conn: &ConnInfo, req: Request<Incom
     let in_flight = shared.table.track(route.site, false);
     let (resp, upstream) = match route.placement.as_ref() {
         Placement::Pool(pool_name) => {
-            let want_label = shared.access_log.load().enabled();
             forward_local(
-                shared, &settings, conn, &route, pool_name, &host_str, req, in_flight, want_label,
+                shared,
+                &settings,
+                conn,
+                &route,
+                pool_name,
+                host.as_str(),
+                req,
+                in_flight,
+                log,
             )
             .await
         }
@@ -315,7 +368,7 @@ async fn route_request(shared: &Arc<Shared>, conn: &ConnInfo, req: Request<Incom
                     format!("remote:{dc}"),
                 )
             } else {
-                forward_remote(shared, &settings, conn, dc, &host_str, req, in_flight).await
+                forward_remote(shared, &settings, conn, dc, host.as_str(), req, in_flight).await
             }
         }
     };
@@ -342,34 +395,36 @@ fn outgoing_parts(
     strip_hop_by_hop(&mut parts.headers);
     if !conn.trusted {
         // Only another router may tell us who the client is.
-        parts.headers.remove("x-forwarded-for");
+        parts.headers.remove(&X_FORWARDED_FOR);
         parts.headers.remove(header::FORWARDED);
-        parts.headers.remove(VIA_HEADER);
+        parts.headers.remove(&FERRY_VIA);
     }
     if !parts.headers.contains_key(header::HOST) {
         if let Ok(v) = HeaderValue::from_str(host) {
             parts.headers.insert(header::HOST, v);
         }
     }
-    let client_ip = conn.client.ip();
-    let xff = match parts
+    match parts
         .headers
-        .get("x-forwarded-for")
+        .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
     {
-        Some(prev) if conn.trusted => prev.to_string(),
-        Some(prev) => format!("{prev}, {client_ip}"),
-        None => client_ip.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        parts.headers.insert("x-forwarded-for", v);
+        // A trusted peer (another router) already named the client.
+        Some(_) if conn.trusted => {}
+        Some(prev) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("{prev}, {}", conn.client.ip())) {
+                parts.headers.insert(&X_FORWARDED_FOR, v);
+            }
+        }
+        None => {
+            parts
+                .headers
+                .insert(&X_FORWARDED_FOR, conn.client_ip_header.clone());
+        }
     }
     if !(conn.trusted && parts.headers.contains_key(header::FORWARDED)) {
-        let for_ = match client_ip {
-            std::net::IpAddr::V4(ip) => ip.to_string(),
-            std::net::IpAddr::V6(ip) => format!("\"[{ip}]\""),
-        };
-        if let Ok(v) = HeaderValue::from_str(&format!("for={for_};host={host};proto=http")) {
+        let value = format!("{};host={host};proto=http", conn.forwarded_for);
+        if let Ok(v) = HeaderValue::from_str(&value) {
             parts.headers.insert(header::FORWARDED, v);
         }
     }
@@ -445,11 +500,10 @@ async fn forward_local(
             pools
                 .pools
                 .get(pool_name)
-                .and_then(|p| match_rule(&p.rules, path))
+                .and_then(|p| match_rule(&p.pool.rules, path))
         })
-        .unwrap_or(pool_name)
-        .to_string();
-    let Some(pool) = pools.pools.get(&target_name).cloned() else {
+        .unwrap_or(pool_name);
+    let Some(entry) = pools.pools.get(target_name) else {
         return (
             text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -458,14 +512,11 @@ async fn forward_local(
             format!("pool:{target_name}"),
         );
     };
-    let passive_fall = pools
-        .specs
-        .get(&target_name)
-        .filter(|s| s.health.is_some())
-        .map(|s| s.passive_fall)
-        .unwrap_or(0);
+    let pool = Arc::clone(&entry.pool);
+    let passive_fall = entry.passive_fall;
+    let histogram = Arc::clone(&entry.histogram);
     drop(pools);
-    let histogram = shared.metrics.upstream(&target_name);
+    let target_name = pool.name.as_str();
 
     let (parts, body) = req.into_parts();
     // A request without a body can be sent twice; one with a body is only
@@ -601,12 +652,12 @@ async fn forward_remote(
     let (mut parts, body) = req.into_parts();
     outgoing_parts(&mut parts, conn, host, Some(remote.address));
     // Name ourselves so the next router can refuse to send it back.
-    let via = match parts.headers.get(VIA_HEADER).and_then(|v| v.to_str().ok()) {
+    let via = match parts.headers.get(&FERRY_VIA).and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {}", settings.name),
         None => settings.name.clone(),
     };
     if let Ok(v) = HeaderValue::from_str(&via) {
-        parts.headers.insert(VIA_HEADER, v);
+        parts.headers.insert(&FERRY_VIA, v);
     }
     let req = Request::from_parts(parts, Either::Left(body));
     let t0 = Instant::now();

@@ -16,13 +16,11 @@ use crate::state::Shared;
 pub(crate) fn spawn_checks(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
     let pools = shared.pools.load();
     let mut tasks = Vec::new();
-    for (name, spec) in &pools.specs {
-        let Some(health) = spec.health.clone() else {
+    for entry in pools.pools.values() {
+        let Some(health) = entry.spec.health.clone() else {
             continue;
         };
-        let Some(pool) = pools.pools.get(name).cloned() else {
-            continue;
-        };
+        let pool = Arc::clone(&entry.pool);
         let shared = Arc::clone(shared);
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(health.interval);

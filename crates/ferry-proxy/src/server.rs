@@ -178,11 +178,7 @@ async fn serve_connection(
             }
         }
     }
-    let info = ConnInfo {
-        client,
-        trusted: spec.trusted,
-        affinity: Arc::new(shared.upstream.affinity()),
-    };
+    let info = ConnInfo::new(client, spec.trusted, shared.upstream.affinity());
     let svc = service_fn(move |req| forward::handle(Arc::clone(&shared), info.clone(), req));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

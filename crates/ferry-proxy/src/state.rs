@@ -32,8 +32,18 @@ pub(crate) struct Settings {
 
 /// Pools by name with the settings the proxy needs next to them.
 pub(crate) struct PoolSet {
-    pub pools: HashMap<String, Arc<Pool>>,
-    pub specs: HashMap<String, PoolSpec>,
+    pub pools: hashbrown::HashMap<String, PoolEntry>,
+}
+
+/// A pool with what the request path needs next to it, resolved once per
+/// config instead of once per request.
+pub(crate) struct PoolEntry {
+    pub pool: Arc<Pool>,
+    pub spec: PoolSpec,
+    /// Connection failures in a row that mark a server down; 0 when the pool
+    /// has no active check to bring it back.
+    pub passive_fall: u32,
+    pub histogram: Arc<crate::metrics::Histogram>,
 }
 
 pub(crate) struct Shared {
@@ -74,16 +84,15 @@ impl Settings {
 /// Builds pools from the config, carrying over the live state (health, and the
 /// administrative state when the config did not change it) of servers that keep
 /// their pool, name and address.
-fn build_pools(c: &Config, old: Option<(&PoolSet, &Config)>) -> PoolSet {
-    let mut pools = HashMap::new();
-    let mut specs = HashMap::new();
+fn build_pools(c: &Config, old: Option<(&PoolSet, &Config)>, metrics: &Metrics) -> PoolSet {
+    let mut pools = hashbrown::HashMap::new();
     for spec in &c.pools {
         let servers = spec
             .servers
             .iter()
             .map(|s| {
                 let prior = old.and_then(|(set, old_cfg)| {
-                    let server = set.pools.get(&spec.name)?.server(&s.name)?;
+                    let server = set.pools.get(&spec.name)?.pool.server(&s.name)?;
                     if server.address != s.address {
                         return None;
                     }
@@ -117,13 +126,19 @@ fn build_pools(c: &Config, old: Option<(&PoolSet, &Config)>) -> PoolSet {
             .iter()
             .map(|r| (r.prefix.clone(), r.pool.clone()))
             .collect();
-        pools.insert(
-            spec.name.clone(),
-            Arc::new(Pool::new(spec.name.clone(), balance, servers, rules)),
-        );
-        specs.insert(spec.name.clone(), spec.clone());
+        let entry = PoolEntry {
+            pool: Arc::new(Pool::new(spec.name.clone(), balance, servers, rules)),
+            spec: spec.clone(),
+            passive_fall: if spec.health.is_some() {
+                spec.passive_fall
+            } else {
+                0
+            },
+            histogram: metrics.upstream(&spec.name),
+        };
+        pools.insert(spec.name.clone(), entry);
     }
-    PoolSet { pools, specs }
+    PoolSet { pools }
 }
 
 fn site_changes(c: &Config) -> Vec<SiteChange> {
@@ -183,9 +198,10 @@ impl Shared {
         table
             .apply(changes, |recs| store.put_sites(recs))
             .map_err(|e| ProxyError::Seed(e.to_string()))?;
-        let pools = build_pools(&config, None);
+        let metrics = Metrics::default();
+        let pools = build_pools(&config, None, &metrics);
         for (pool, server, state) in store.server_states().map_err(ProxyError::Store)? {
-            if let Some(s) = pools.pools.get(&pool).and_then(|p| p.server(&server)) {
+            if let Some(s) = pools.pools.get(&pool).and_then(|p| p.pool.server(&server)) {
                 s.set_state(state);
             }
         }
@@ -197,7 +213,7 @@ impl Shared {
             table,
             store,
             holds: Holds::default(),
-            metrics: Metrics::default(),
+            metrics,
             upstream,
             access_log: ArcSwap::from_pointee(AccessLogger::open(
                 &config.router.access_log,
@@ -259,7 +275,7 @@ impl Shared {
             .collect();
         check_placements(&new, remaining.iter())?;
 
-        let pools = build_pools(&new, Some((&self.pools.load(), old)));
+        let pools = build_pools(&new, Some((&self.pools.load(), old)), &self.metrics);
         // Persist server states the config changed.
         for p in &new.pools {
             for s in &p.servers {
@@ -340,7 +356,7 @@ impl Shared {
         state: ServerState,
     ) -> Result<bool, ProxyError> {
         let pools = self.pools.load();
-        let Some(s) = pools.pools.get(pool).and_then(|p| p.server(server)) else {
+        let Some(s) = pools.pools.get(pool).and_then(|p| p.pool.server(server)) else {
             return Ok(false);
         };
         self.store
