@@ -10,6 +10,7 @@ command -v nginx  >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-ligh
 command -v curl   >/dev/null 2>&1 || need+=(curl)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v wrk    >/dev/null 2>&1 || need+=(wrk)
+command -v rsync  >/dev/null 2>&1 || need+=(rsync)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing test dependencies: ${need[*]} (run as root, or: sudo apt-get install -y ${need[*]})" >&2

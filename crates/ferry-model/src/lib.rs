@@ -115,7 +115,8 @@ fn valid_port_suffix(s: &str) -> bool {
     let Some(digits) = s.strip_prefix(':') else {
         return false;
     };
-    digits.is_empty() || (digits.bytes().all(|b| b.is_ascii_digit()) && digits.parse::<u16>().is_ok())
+    digits.is_empty()
+        || (digits.bytes().all(|b| b.is_ascii_digit()) && digits.parse::<u16>().is_ok())
 }
 
 fn check_name(name: &str) -> Result<(), HostnameError> {

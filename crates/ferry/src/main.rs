@@ -3,15 +3,20 @@
 //!
 //! Exit codes: 0 success; 1 runtime failure (I/O, network, a demo check that
 //! failed); 2 bad usage or invalid configuration; 3 the router refused the
-//! request (4xx from the admin API, e.g. 409 stale epoch).
+//! request (4xx from the admin API, e.g. 409 stale epoch), or a sync agent
+//! refused us (wrong key, unknown or read-only volume).
 
 #![forbid(unsafe_code)]
 
+mod agent;
 mod backend;
 mod ctl;
 mod demo;
 mod http_client;
+mod inventory;
+mod plan;
 mod proxy;
+mod sync;
 
 use std::process::ExitCode;
 
@@ -51,6 +56,15 @@ enum Command {
     /// Start a router, demo backends and traffic on loopback, and show routing,
     /// maintenance, tier failover and a frozen site's held requests at work.
     Demo(demo::Args),
+    /// Check or generate an inventory (sites, hostings, filers, databases, uses).
+    Inventory(inventory::Args),
+    /// Compute units and night waves from an inventory; write plan.json.
+    Plan(plan::Args),
+    /// Copy a tree (file mode) or an image (block mode) in converging passes;
+    /// SRC and DST are local paths or ferry://HOST:PORT/VOLUME.
+    Sync(sync::Args),
+    /// Serve named volumes to `ferry sync` over TCP (pre-shared key).
+    Agent(agent::Args),
     /// A tiny HTTP server that answers with its name (for demos and tests).
     #[command(hide = true)]
     Backend(backend::Args),
@@ -109,10 +123,22 @@ fn main() -> ExitCode {
         cli.log_level.as_deref().unwrap_or(default_level),
         cli.log_format,
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One thread: a current-thread runtime, with no work-stealing scheduler in
+    // the request path (what `ferry proxy --threads 1` and benchmarks use).
+    let threads = match &cli.command {
+        Command::Proxy(a) => a.threads,
+        _ => None,
+    };
+    let mut builder = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(n));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ferry: cannot start the async runtime: {e}");
@@ -125,6 +151,10 @@ fn main() -> ExitCode {
             Command::Ctl(a) => ctl::run(a).await,
             Command::Demo(a) => demo::run(a).await,
             Command::Backend(a) => backend::run(a).await,
+            Command::Inventory(a) => inventory::run(a).await,
+            Command::Plan(a) => plan::run(a).await,
+            Command::Sync(a) => sync::run(a).await,
+            Command::Agent(a) => agent::run(a).await,
         }
     });
     // Background tasks (connections, health checks) must not keep us alive.

@@ -21,6 +21,10 @@ pub struct Args {
     /// tests that start the router with port 0).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Worker threads (default: one per core). 1 runs everything on one
+    /// thread without a work-stealing scheduler: the cheapest per request.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
     /// How long open connections may take to finish at shutdown.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     grace: Duration,

@@ -1,0 +1,755 @@
+//! Reading an inventory directory: finds one file per entity, streams its rows
+//! (CSV via the `csv` crate, JSON Lines via `serde_json`), and feeds them to an
+//! [`InventoryBuilder`] in dependency order. Every problem is collected with its
+//! file and line; the first [`MAX_PROBLEMS`] are kept and all are counted.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+
+use crate::csvline::CsvReader;
+use crate::digest::Digest;
+use crate::error::{InventoryError, Problem, RowError, MAX_PROBLEMS};
+use crate::model::{
+    DatabaseSink, FileInfo, HostingSink, Inventory, InventoryBuilder, SiteSink, UseSink, UserRef,
+};
+use crate::progress::Progress;
+use crate::schema::{Entity, Format, MAX_COLUMNS};
+
+/// The file holding `entity` in `dir`, if any.
+pub(crate) fn find_file(
+    dir: &Path,
+    entity: Entity,
+) -> Result<Option<(PathBuf, Format)>, InventoryError> {
+    let csv = dir.join(format!("{}.csv", entity.stem()));
+    let jsonl = dir.join(format!("{}.jsonl", entity.stem()));
+    match (csv.is_file(), jsonl.is_file()) {
+        (true, true) => Err(InventoryError::BothFormats {
+            dir: dir.to_path_buf(),
+            stem: entity.stem(),
+        }),
+        (true, false) => Ok(Some((csv, Format::Csv))),
+        (false, true) => Ok(Some((jsonl, Format::Jsonl))),
+        (false, false) => Ok(None),
+    }
+}
+
+/// Collected problems: the first [`MAX_PROBLEMS`] and a count of all.
+///
+/// A row that fails leaves its name undefined, and every later row naming it
+/// would fail too ("unknown hosting"). Once a file has failed rows, unknown
+/// references to its entity in later files are counted as follow-on problems
+/// but not listed: the first cause is what needs fixing.
+#[derive(Default, Clone)]
+struct Problems {
+    kept: Vec<Problem>,
+    count: usize,
+    follow_on: usize,
+    /// Reference kinds ("hosting") whose file had failed rows.
+    poisoned: Vec<&'static str>,
+    /// Set when a row fails; read and reset per file.
+    row_failed: bool,
+}
+
+/// The kind an unknown reference to `entity` reports (see `RowError::UnknownReference`).
+fn reference_kind(entity: Entity) -> Option<&'static str> {
+    match entity {
+        Entity::Datacenters => Some("datacenter"),
+        Entity::Clusters => Some("cluster"),
+        Entity::Ips => Some("IP"),
+        Entity::Filers => Some("filer"),
+        Entity::DbServers => Some("database server"),
+        Entity::Databases => Some("database"),
+        Entity::Hostings => Some("hosting"),
+        Entity::Sites | Entity::DeclaredUses | Entity::ObservedUses => None,
+    }
+}
+
+/// Joins a loading thread; a panic there is re-raised here.
+fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    match h.join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+fn file_rank(file: &str) -> usize {
+    let stem = file.rsplit_once('.').map_or(file, |(s, _)| s);
+    Entity::ALL
+        .iter()
+        .position(|e| e.stem() == stem)
+        .unwrap_or(usize::MAX)
+}
+
+impl Problems {
+    fn append(&mut self, other: Problems) {
+        self.count += other.count;
+        self.follow_on += other.follow_on;
+        for k in other.poisoned {
+            if !self.poisoned.contains(&k) {
+                self.poisoned.push(k);
+            }
+        }
+        let room = MAX_PROBLEMS.saturating_sub(self.kept.len());
+        self.kept.extend(other.kept.into_iter().take(room));
+    }
+
+    fn sort(&mut self) {
+        self.kept.sort_by_key(|p| (file_rank(&p.file), p.line));
+    }
+
+    fn push(&mut self, file: &str, line: u64, error: RowError) {
+        self.row_failed = true;
+        if let RowError::UnknownReference { kind, .. } = &error {
+            if self.poisoned.contains(kind) {
+                self.follow_on += 1;
+                return;
+            }
+        }
+        self.count += 1;
+        if self.kept.len() < MAX_PROBLEMS {
+            self.kept.push(Problem {
+                file: file.to_string(),
+                line,
+                error,
+            });
+        }
+    }
+}
+
+/// Loads and checks the inventory in `dir`.
+pub fn load_dir(dir: &Path, progress: &dyn Progress) -> Result<Inventory, InventoryError> {
+    if !dir.is_dir() {
+        return Err(InventoryError::NotADirectory {
+            dir: dir.to_path_buf(),
+        });
+    }
+    let mut files = Vec::new();
+    for entity in Entity::ALL {
+        if let Some((path, format)) = find_file(dir, entity)? {
+            files.push((entity, path, format));
+        }
+    }
+    if files.is_empty() {
+        return Err(InventoryError::NoFiles {
+            dir: dir.to_path_buf(),
+        });
+    }
+    let mut total = 0;
+    for (_, path, _) in &files {
+        total += std::fs::metadata(path)
+            .map_err(|source| InventoryError::Io {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+    }
+    progress.begin("loading inventory", total);
+    let mut builder = InventoryBuilder::new();
+    let mut problems = Problems::default();
+    // Pre-size the large tables from file sizes (typical bytes per row), so
+    // millions of rows load without repeated growing and rehashing.
+    let size_of = |e: Entity| {
+        files
+            .iter()
+            .find(|f| f.0 == e)
+            .and_then(|f| std::fs::metadata(&f.1).ok())
+            .map_or(0, |m| m.len() as usize)
+    };
+    builder.reserve(
+        size_of(Entity::Hostings) / 60,
+        size_of(Entity::Databases) / 34,
+        size_of(Entity::Sites) / 41,
+        size_of(Entity::DeclaredUses) / 36,
+    );
+    let file_of = |e: Entity| files.iter().find(|f| f.0 == e).map(|f| (&f.1, f.2));
+    let mut infos: Vec<(Entity, FileInfo)> = Vec::new();
+    // Small tables first, in order: they are what the large ones refer to.
+    for entity in [
+        Entity::Datacenters,
+        Entity::Clusters,
+        Entity::Ips,
+        Entity::Filers,
+        Entity::DbServers,
+    ] {
+        if let Some((path, format)) = file_of(entity) {
+            let info = load_file(entity, path, format, &mut problems, progress, |f, line| {
+                apply_small(entity, &mut builder, f, line)
+            })?;
+            infos.push((entity, info));
+        }
+    }
+    // Then two large files at a time on two threads: hostings with databases,
+    // then sites with uses. Each pair writes disjoint parts of the builder.
+    type Loaded = Result<(Vec<(Entity, FileInfo)>, Problems), InventoryError>;
+    type RowFn<'a> = Box<dyn FnMut(Entity, &Fields<'_>, u64) -> Result<(), RowError> + Send + 'a>;
+    let run = |entities: &[Entity], poisoned: Vec<&'static str>, mut apply: RowFn<'_>| -> Loaded {
+        let mut problems = Problems {
+            poisoned,
+            ..Problems::default()
+        };
+        let mut infos = Vec::new();
+        for &entity in entities {
+            if let Some((path, format)) = file_of(entity) {
+                let info = load_file(entity, path, format, &mut problems, progress, |f, line| {
+                    apply(entity, f, line)
+                })?;
+                infos.push((entity, info));
+            }
+        }
+        Ok((infos, problems))
+    };
+    let mut merge = |r: Loaded, problems: &mut Problems| -> Result<(), InventoryError> {
+        let (i, mut p) = r?;
+        infos.extend(i);
+        // The thread started with our poisoned kinds; keep only its new ones.
+        p.poisoned.retain(|k| !problems.poisoned.contains(k));
+        problems.append(p);
+        Ok(())
+    };
+    {
+        let (mut hostings, mut databases) = builder.table_sinks();
+        let poisoned = problems.poisoned.clone();
+        let (a, b) = std::thread::scope(|s| {
+            let p = poisoned.clone();
+            let b = s.spawn(|| {
+                run(
+                    &[Entity::Databases],
+                    p,
+                    Box::new(|_, f, line| apply_database(&mut databases, f, line)),
+                )
+            });
+            let a = run(
+                &[Entity::Hostings],
+                poisoned,
+                Box::new(|_, f, line| apply_hosting(&mut hostings, f, line)),
+            );
+            (a, join(b))
+        });
+        merge(a, &mut problems)?;
+        merge(b, &mut problems)?;
+    }
+    {
+        let (mut sites, mut uses) = builder.link_sinks();
+        let poisoned = problems.poisoned.clone();
+        let (a, b) = std::thread::scope(|s| {
+            let p = poisoned.clone();
+            let b = s.spawn(|| {
+                run(
+                    &[Entity::DeclaredUses, Entity::ObservedUses],
+                    p,
+                    Box::new(|e, f, line| apply_use(e, &mut uses, f, line)),
+                )
+            });
+            let a = run(
+                &[Entity::Sites],
+                poisoned,
+                Box::new(|_, f, line| apply_site(&mut sites, f, line)),
+            );
+            (a, join(b))
+        });
+        merge(a, &mut problems)?;
+        merge(b, &mut problems)?;
+    }
+    // Report in file order, whatever thread found what.
+    problems.sort();
+    infos.sort_by_key(|(e, _)| Entity::ALL.iter().position(|x| x == e));
+    let files_order: Vec<Entity> = infos.iter().map(|(e, _)| *e).collect();
+    let infos: Vec<FileInfo> = infos.into_iter().map(|(_, i)| i).collect();
+    progress.end();
+    // Checks that need every row (duplicates of the largest tables).
+    let finished = builder.finish();
+    if let Err(late) = &finished {
+        for p in late {
+            let file = infos
+                .iter()
+                .zip(&files_order)
+                .find(|(_, e)| **e == p.entity)
+                .map_or_else(|| p.entity.stem().to_string(), |(i, _)| i.name.clone());
+            problems.push(&file, p.line, p.error.clone());
+        }
+        problems.sort();
+    }
+    let invalid = |problems: Problems| InventoryError::Invalid {
+        problems: problems.kept,
+        count: problems.count,
+        follow_on: problems.follow_on,
+    };
+    if problems.count > 0 {
+        return Err(invalid(problems));
+    }
+    let Ok(mut inv) = finished else {
+        // Unreachable: a late problem was counted above.
+        return Err(invalid(problems));
+    };
+    inv.set_files(infos);
+    Ok(inv)
+}
+
+/// Counts bytes for the progress bar and digests them as they are read.
+struct Tap<'a, R> {
+    inner: R,
+    digest: Digest,
+    bytes: u64,
+    progress: &'a dyn Progress,
+}
+
+impl<R: Read> Read for Tap<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.digest.update(&buf[..n]);
+        self.bytes += n as u64;
+        self.progress.advance(n as u64);
+        Ok(n)
+    }
+}
+
+/// One row's values, indexed like [`Entity::columns`]; `None` when absent or empty.
+pub(crate) struct Fields<'a> {
+    values: [Option<&'a str>; MAX_COLUMNS],
+}
+
+impl<'a> Fields<'a> {
+    fn get(&self, i: usize) -> Option<&'a str> {
+        self.values[i]
+    }
+
+    fn req(&self, i: usize, field: &'static str) -> Result<&'a str, RowError> {
+        self.values[i].ok_or(RowError::Empty { field })
+    }
+
+    fn num(&self, i: usize, field: &'static str) -> Result<u64, RowError> {
+        parse_count(field, self.req(i, field)?)
+    }
+}
+
+/// A non-negative whole number; a negative one gets its own message because it is
+/// the usual sign of an export bug (sizes as signed 32-bit integers overflowing).
+pub(crate) fn parse_count(field: &'static str, value: &str) -> Result<u64, RowError> {
+    if let Ok(n) = value.parse::<u64>() {
+        return Ok(n);
+    }
+    if let Some(rest) = value.strip_prefix('-') {
+        if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return Err(RowError::Negative {
+                field,
+                value: value.to_string(),
+            });
+        }
+    }
+    Err(RowError::BadNumber {
+        field,
+        value: value.to_string(),
+    })
+}
+
+fn apply_small(
+    entity: Entity,
+    b: &mut InventoryBuilder,
+    f: &Fields<'_>,
+    line: u64,
+) -> Result<(), RowError> {
+    match entity {
+        Entity::Datacenters => b.add_datacenter(f.req(0, "name")?, line).map(drop),
+        Entity::Clusters => b
+            .add_cluster(f.req(0, "name")?, f.req(1, "datacenter")?, line)
+            .map(drop),
+        Entity::Ips => b
+            .add_ip(f.req(0, "address")?, f.req(1, "cluster")?, line)
+            .map(drop),
+        Entity::Filers => b
+            .add_filer(f.req(0, "name")?, f.req(1, "cluster")?, line)
+            .map(drop),
+        Entity::DbServers => b
+            .add_db_server(f.req(0, "name")?, f.req(1, "cluster")?, line)
+            .map(drop),
+        // The large tables go through their sinks (see `load_dir`).
+        Entity::Databases
+        | Entity::Hostings
+        | Entity::Sites
+        | Entity::DeclaredUses
+        | Entity::ObservedUses => Ok(()),
+    }
+}
+
+fn apply_database(s: &mut DatabaseSink<'_>, f: &Fields<'_>, line: u64) -> Result<(), RowError> {
+    // A bad size still registers the name, so rows that use the database do
+    // not each report it as unknown: one problem, one message.
+    let bytes = f.num(2, "bytes");
+    s.add_database(
+        f.req(0, "name")?,
+        f.req(1, "server")?,
+        *bytes.as_ref().unwrap_or(&0),
+        line,
+    )?;
+    bytes.map(drop)
+}
+
+fn apply_hosting(s: &mut HostingSink<'_>, f: &Fields<'_>, line: u64) -> Result<(), RowError> {
+    // As for databases: a bad number still registers the hosting's name.
+    let files = f.num(3, "files");
+    let bytes = f.num(4, "bytes");
+    s.add_hosting(
+        f.req(0, "name")?,
+        f.req(1, "filer")?,
+        f.get(2).unwrap_or(""),
+        *files.as_ref().unwrap_or(&0),
+        *bytes.as_ref().unwrap_or(&0),
+        line,
+    )?;
+    files?;
+    bytes.map(drop)
+}
+
+fn apply_site(s: &mut SiteSink<'_>, f: &Fields<'_>, line: u64) -> Result<(), RowError> {
+    s.add_site(
+        f.req(0, "hostname")?,
+        f.req(1, "hosting")?,
+        f.req(2, "ip")?,
+        line,
+    )
+    .map(drop)
+}
+
+fn apply_use(
+    entity: Entity,
+    s: &mut UseSink<'_>,
+    f: &Fields<'_>,
+    line: u64,
+) -> Result<(), RowError> {
+    if entity == Entity::DeclaredUses {
+        return s.add_declared_use(f.req(0, "hosting")?, f.req(1, "database")?, line);
+    }
+    let user = match (f.get(1), f.get(2)) {
+        (Some(h), None) => UserRef::Hosting(h),
+        (None, Some(c)) => UserRef::Client(c),
+        (Some(_), Some(_)) => return Err(RowError::ObservedUser { got: "both" }),
+        (None, None) => return Err(RowError::ObservedUser { got: "neither" }),
+    };
+    s.add_observed_use(f.req(0, "database")?, user, line)
+}
+
+fn load_file(
+    entity: Entity,
+    path: &Path,
+    format: Format,
+    problems: &mut Problems,
+    progress: &dyn Progress,
+    row: impl FnMut(&Fields<'_>, u64) -> Result<(), RowError>,
+) -> Result<FileInfo, InventoryError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let file = File::open(path).map_err(|source| InventoryError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut tap = Tap {
+        inner: file,
+        digest: Digest::default(),
+        bytes: 0,
+        progress,
+    };
+    problems.row_failed = false;
+    let rows = match format {
+        Format::Csv => read_csv(entity, &name, &mut tap, problems, row),
+        Format::Jsonl => read_jsonl(entity, &name, &mut tap, problems, row),
+    }
+    .map_err(|source| InventoryError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if problems.row_failed {
+        if let Some(kind) = reference_kind(entity) {
+            problems.poisoned.push(kind);
+        }
+    }
+    Ok(FileInfo {
+        name,
+        rows,
+        bytes: tap.bytes,
+        digest: format!("{:016x}", tap.digest.finish()),
+    })
+}
+
+/// Maps header position -> schema column index. `Err` when the header is unusable.
+fn map_header<'h>(
+    entity: Entity,
+    header: impl Iterator<Item = &'h str>,
+) -> Result<Vec<usize>, RowError> {
+    let columns = entity.columns();
+    let mut map = Vec::new();
+    let mut seen = [false; MAX_COLUMNS];
+    for h in header {
+        let h = h.trim();
+        let Some(i) = columns.iter().position(|c| c.name == h) else {
+            return Err(RowError::UnknownColumn {
+                column: h.to_string(),
+                expected: entity.column_list(),
+            });
+        };
+        if seen[i] {
+            return Err(RowError::DuplicateColumn {
+                column: h.to_string(),
+            });
+        }
+        seen[i] = true;
+        map.push(i);
+    }
+    if let Some(c) = columns
+        .iter()
+        .enumerate()
+        .find(|(i, c)| c.required && !seen[*i])
+    {
+        return Err(RowError::MissingColumn {
+            column: c.1.name,
+            expected: entity.column_list(),
+        });
+    }
+    Ok(map)
+}
+
+fn read_csv<R: Read>(
+    entity: Entity,
+    name: &str,
+    input: R,
+    problems: &mut Problems,
+    mut row: impl FnMut(&Fields<'_>, u64) -> Result<(), RowError>,
+) -> std::io::Result<u64> {
+    let mut reader = CsvReader::new(BufReader::with_capacity(1 << 20, input));
+    let mut map: Option<Vec<usize>> = None;
+    let mut rows = 0;
+    while let Some(record) = reader.next_record()? {
+        let record = match record {
+            Ok(r) => r,
+            Err((line, e)) => {
+                problems.push(name, line, e);
+                continue;
+            }
+        };
+        let line = record.line;
+        let Some(columns) = &map else {
+            let header: Result<Vec<&str>, _> = (0..record.len())
+                .map(|i| std::str::from_utf8(record.get(i)))
+                .collect();
+            let mapped = match header {
+                Ok(h) => map_header(entity, h.into_iter()),
+                Err(_) => Err(RowError::NotUtf8),
+            };
+            match mapped {
+                Ok(m) => map = Some(m),
+                Err(e) => {
+                    // Without a usable header no row can be read.
+                    problems.push(name, line, e);
+                    return Ok(0);
+                }
+            }
+            continue;
+        };
+        rows += 1;
+        if record.len() != columns.len() {
+            problems.push(
+                name,
+                line,
+                RowError::FieldCount {
+                    got: record.len(),
+                    want: columns.len(),
+                },
+            );
+            continue;
+        }
+        let mut fields = Fields {
+            values: [None; MAX_COLUMNS],
+        };
+        let mut utf8_ok = true;
+        for (i, &col) in columns.iter().enumerate() {
+            match std::str::from_utf8(record.get(i)) {
+                Ok("") => {}
+                Ok(v) => fields.values[col] = Some(v),
+                Err(_) => utf8_ok = false,
+            }
+        }
+        if !utf8_ok {
+            problems.push(name, line, RowError::NotUtf8);
+            continue;
+        }
+        if let Err(e) = row(&fields, line) {
+            problems.push(name, line, e);
+        }
+    }
+    Ok(rows)
+}
+
+/// A JSON scalar, borrowed from the line when it has no escapes.
+enum Scalar<'a> {
+    Str(Cow<'a, str>),
+    Text(String),
+    Null,
+}
+
+/// A JSON object whose values are scalars, kept as (key, value) pairs.
+struct JsonRow<'a> {
+    pairs: Vec<(Cow<'a, str>, Scalar<'a>)>,
+}
+
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, a number or null")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Str(Cow::Owned(v.to_string())))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Text(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Text(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Text(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Text(v.to_string()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Scalar<'de>, E> {
+                Ok(Scalar::Null)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> de::Deserialize<'de> for JsonRow<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = JsonRow<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("one JSON object per line")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonRow<'de>, A::Error> {
+                let mut pairs = Vec::with_capacity(MAX_COLUMNS);
+                while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+                    let v: Scalar<'de> = map.next_value()?;
+                    pairs.push((k, v));
+                }
+                Ok(JsonRow { pairs })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn read_jsonl<R: Read>(
+    entity: Entity,
+    name: &str,
+    input: R,
+    problems: &mut Problems,
+    mut row: impl FnMut(&Fields<'_>, u64) -> Result<(), RowError>,
+) -> std::io::Result<u64> {
+    let columns = entity.columns();
+    let mut reader = BufReader::with_capacity(1 << 16, input);
+    let mut buf = Vec::new();
+    let mut line = 0u64;
+    let mut rows = 0;
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        line += 1;
+        let Ok(text) = std::str::from_utf8(&buf) else {
+            problems.push(name, line, RowError::NotUtf8);
+            continue;
+        };
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        rows += 1;
+        let parsed: JsonRow<'_> = match serde_json::from_str(text) {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(name, line, RowError::Json(e.to_string()));
+                continue;
+            }
+        };
+        let mut fields = Fields {
+            values: [None; MAX_COLUMNS],
+        };
+        let mut bad = None;
+        for (k, v) in &parsed.pairs {
+            let Some(i) = columns.iter().position(|c| c.name == k.as_ref()) else {
+                bad = Some(RowError::UnknownColumn {
+                    column: k.to_string(),
+                    expected: entity.column_list(),
+                });
+                break;
+            };
+            if fields.values[i].is_some() {
+                bad = Some(RowError::DuplicateColumn {
+                    column: k.to_string(),
+                });
+                break;
+            }
+            let v = match v {
+                Scalar::Str(s) => s.trim(),
+                Scalar::Text(s) => s.as_str(),
+                Scalar::Null => "",
+            };
+            if !v.is_empty() {
+                fields.values[i] = Some(v);
+            }
+        }
+        if bad.is_none() {
+            if let Some(c) = columns
+                .iter()
+                .enumerate()
+                .find(|(i, c)| c.required && fields.values[*i].is_none())
+            {
+                bad = Some(RowError::Empty { field: c.1.name });
+            }
+        }
+        let result = match bad {
+            Some(e) => Err(e),
+            None => row(&fields, line),
+        };
+        if let Err(e) = result {
+            problems.push(name, line, e);
+        }
+    }
+    Ok(rows)
+}

@@ -1,0 +1,534 @@
+//! The server side: `ferry agent` serves named volumes over TCP.
+//!
+//! Each connection must prove it knows the pre-shared key (see [`crate::proto`])
+//! before it can name a volume; a read-only volume refuses every receiver
+//! operation. A session then runs the same [`LocalTree`] code as a local sync,
+//! so the receiver's safety rules (validated paths, no write through a
+//! symlink, temporary file + rename) hold for remote writers too.
+//!
+//! Ops are pipelined: after the first failure the agent skips the following
+//! ops and reports the failure at the next `Flush` (or at the next request),
+//! so nothing after a refused op is written.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::endpoint::{Dest, Op, Source, Tree};
+use crate::error::{Result, SyncError};
+use crate::local::LocalTree;
+use crate::manifest::ScanOptions;
+use crate::merkle::Digest;
+use crate::path::RelPath;
+use crate::proto::{self, Msg, VANISHED};
+use crate::watch::{Changes, MAX_CHANGED_PATHS};
+
+/// One served volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Volume {
+    /// A directory (file mode) or an image file / block device (block mode).
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// A checked agent configuration.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub listen: SocketAddr,
+    /// The MAC key derived from the configured pre-shared key.
+    pub key: [u8; 32],
+    pub volumes: BTreeMap<String, Volume>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: toml::Spanned<String>,
+    key: Option<toml::Spanned<String>>,
+    key_file: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    volumes: BTreeMap<toml::Spanned<String>, RawVolume>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVolume {
+    path: toml::Spanned<String>,
+    #[serde(default)]
+    read_only: bool,
+}
+
+/// Shortest pre-shared key accepted.
+pub const MIN_KEY_LEN: usize = 16;
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+impl AgentConfig {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<AgentConfig> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| SyncError::io("read config", path, e))?;
+        AgentConfig::parse(&text, path)
+    }
+
+    /// Checks config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<AgentConfig> {
+        let err = |span: std::ops::Range<usize>, message: String| {
+            let (line, column) = line_col(text, span.start);
+            SyncError::Config {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| err(e.span().unwrap_or(0..0), e.message().to_string()))?;
+        let listen: SocketAddr = raw.listen.get_ref().parse().map_err(|e| {
+            err(
+                raw.listen.span(),
+                format!(
+                    "listen: {:?} is not an address:port ({e})",
+                    raw.listen.get_ref()
+                ),
+            )
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let psk = match (&raw.key, &raw.key_file) {
+            (Some(k), None) => k.get_ref().clone(),
+            (None, Some(f)) => {
+                let p = base.join(f.get_ref());
+                std::fs::read_to_string(&p)
+                    .map_err(|e| err(f.span(), format!("key_file {}: {e}", p.display())))?
+                    .trim()
+                    .to_string()
+            }
+            (Some(k), Some(_)) => {
+                return Err(err(k.span(), "set key or key_file, not both".into()))
+            }
+            (None, None) => return Err(err(0..0, "missing key (or key_file)".into())),
+        };
+        if psk.len() < MIN_KEY_LEN {
+            let span = raw
+                .key
+                .as_ref()
+                .or(raw.key_file.as_ref())
+                .map_or(0..0, |k| k.span());
+            return Err(err(
+                span,
+                format!("the key must be at least {MIN_KEY_LEN} characters"),
+            ));
+        }
+        let mut volumes = BTreeMap::new();
+        for (name, v) in raw.volumes {
+            let n = name.get_ref();
+            if n.is_empty()
+                || !n
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return Err(err(
+                    name.span(),
+                    format!("volume name {n:?}: use letters, digits, '-', '_', '.'"),
+                ));
+            }
+            if v.path.get_ref().is_empty() {
+                return Err(err(v.path.span(), format!("volume {n}: empty path")));
+            }
+            volumes.insert(
+                n.clone(),
+                Volume {
+                    path: base.join(v.path.get_ref()),
+                    read_only: v.read_only,
+                },
+            );
+        }
+        if volumes.is_empty() {
+            return Err(err(0..0, "no [volumes.NAME] defined".into()));
+        }
+        Ok(AgentConfig {
+            listen,
+            key: proto::derive_key(&psk),
+            volumes,
+        })
+    }
+}
+
+/// Serves connections on `listener` until `shutdown` is set. Each connection
+/// runs on its own thread.
+pub fn serve(
+    listener: TcpListener,
+    config: Arc<AgentConfig>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<()> {
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    // Non-blocking accept with a short sleep: the loop notices `shutdown`
+    // without a wake-up connection.
+    listener.set_nonblocking(true).map_err(|e| SyncError::Net {
+        peer: addr.clone(),
+        source: e,
+    })?;
+    while !shutdown.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((s, peer)) => {
+                let cfg = config.clone();
+                std::thread::spawn(move || {
+                    if let Err(e) = session(s, &cfg) {
+                        tracing::warn!(%peer, error = %e, "sync session ended with an error");
+                    }
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn random32() -> Result<[u8; 32]> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| SyncError::Auth(format!("no randomness: {e}")))?;
+    Ok(b)
+}
+
+struct Session<'a> {
+    tree: LocalTree,
+    write: bool,
+    name: &'a str,
+    failed: Option<String>,
+    /// Block mode: (size, block size, hashes of what the target holds).
+    block: Option<(u64, u32, Vec<Digest>)>,
+    /// Paths received in `ScanPathsPart`s for the next `ScanPathsReq`.
+    scan_paths: BTreeSet<RelPath>,
+}
+
+fn session(s: TcpStream, cfg: &AgentConfig) -> Result<()> {
+    let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let net = |source| SyncError::Net {
+        peer: peer.clone(),
+        source,
+    };
+    s.set_nodelay(true).map_err(net)?;
+    s.set_nonblocking(false).map_err(net)?;
+    // The handshake must be quick; a silent peer does not hold a thread forever.
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(net)?;
+    let mut r = BufReader::with_capacity(256 * 1024, s.try_clone().map_err(net)?);
+    let mut w = BufWriter::with_capacity(256 * 1024, s.try_clone().map_err(net)?);
+    let send = |w: &mut BufWriter<TcpStream>, m: &Msg| -> Result<()> {
+        proto::write_msg(w, m).map_err(net)
+    };
+    // Any frame the decoder refuses (bad path, bad length, unknown type)
+    // becomes a Protocol error: the stream cannot be trusted after it.
+    let recv = |r: &mut BufReader<TcpStream>| -> Result<Option<Msg>> {
+        match proto::read_msg(r).map_err(net)? {
+            None => Ok(None),
+            Some(Ok(m)) => Ok(Some(m)),
+            Some(Err(e)) => Err(SyncError::Protocol(format!("refused frame: {e}"))),
+        }
+    };
+
+    let nonce = random32()?;
+    send(&mut w, &Msg::Hello { nonce })?;
+    w.flush().map_err(net)?;
+    let client_nonce = match recv(&mut r) {
+        Ok(Some(Msg::Auth { nonce: cn, mac })) => {
+            let want = proto::auth_mac(&cfg.key, "client", &nonce, &cn);
+            if !proto::mac_eq(&mac, &want) {
+                let _ = send(
+                    &mut w,
+                    &Msg::Error {
+                        message: "authentication failed: wrong key".into(),
+                    },
+                );
+                let _ = w.flush();
+                return Err(SyncError::Auth(format!("{peer}: wrong key")));
+            }
+            cn
+        }
+        Ok(_) | Err(SyncError::Protocol(_)) => {
+            let _ = send(
+                &mut w,
+                &Msg::Error {
+                    message: "authentication required".into(),
+                },
+            );
+            let _ = w.flush();
+            return Err(SyncError::Auth(format!("{peer}: no valid Auth message")));
+        }
+        Err(e) => return Err(e),
+    };
+    send(
+        &mut w,
+        &Msg::AuthOk {
+            mac: proto::auth_mac(&cfg.key, "server", &client_nonce, &nonce),
+        },
+    )?;
+    w.flush().map_err(net)?;
+    let (volume, write) = match recv(&mut r)? {
+        Some(Msg::Open { volume, write }) => (volume, write),
+        _ => return Err(SyncError::Protocol(format!("{peer}: expected Open"))),
+    };
+    let Some(vol) = cfg.volumes.get(&volume) else {
+        send(
+            &mut w,
+            &Msg::Error {
+                message: format!("unknown volume {volume:?}"),
+            },
+        )?;
+        w.flush().map_err(net)?;
+        return Ok(());
+    };
+    if write && vol.read_only {
+        send(
+            &mut w,
+            &Msg::Error {
+                message: format!("volume {volume:?} is read-only"),
+            },
+        )?;
+        w.flush().map_err(net)?;
+        return Ok(());
+    }
+    send(&mut w, &Msg::Ok)?;
+    w.flush().map_err(net)?;
+    // Scans of large trees can take a while between requests.
+    s.set_read_timeout(Some(Duration::from_secs(3600)))
+        .map_err(net)?;
+    tracing::info!(%peer, volume, write, "sync session opened");
+
+    let mut sess = Session {
+        tree: LocalTree::new(&vol.path),
+        write,
+        name: &volume,
+        failed: None,
+        block: None,
+        scan_paths: BTreeSet::new(),
+    };
+    loop {
+        let m = match recv(&mut r) {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(()),
+            Err(e @ SyncError::Protocol(_)) => {
+                // A malformed frame: say why and hang up; the stream cannot be
+                // trusted any further.
+                let _ = send(
+                    &mut w,
+                    &Msg::Error {
+                        message: e.to_string(),
+                    },
+                );
+                let _ = w.flush();
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        // Pipelined frames get no answer; a failure waits for the next request.
+        let is_op = matches!(m, Msg::Op(_) | Msg::Chunk(_) | Msg::ScanPathsPart(_));
+        if let Err(e) = handle(&mut sess, m, &mut w) {
+            if is_op {
+                sess.failed.get_or_insert(e.to_string());
+            } else {
+                send(
+                    &mut w,
+                    &Msg::Error {
+                        message: if e.is_not_found() {
+                            format!("{VANISHED}{e}")
+                        } else {
+                            e.to_string()
+                        },
+                    },
+                )?;
+            }
+        }
+        if !is_op {
+            w.flush().map_err(net)?;
+        }
+    }
+}
+
+fn handle(sess: &mut Session<'_>, m: Msg, w: &mut BufWriter<TcpStream>) -> Result<()> {
+    let io = |e: std::io::Error| SyncError::Net {
+        peer: "client".into(),
+        source: e,
+    };
+    let send = |w: &mut BufWriter<TcpStream>, m: &Msg| proto::write_msg(w, m).map_err(io);
+    let (op, m) = match m {
+        Msg::Op(op) => (Some(op), None),
+        Msg::Chunk(c) => (Some(Op::Chunk(c)), None),
+        m => (None, Some(m)),
+    };
+    if let Some(op) = op {
+        if sess.failed.is_some() {
+            return Ok(());
+        }
+        if !sess.write {
+            return Err(SyncError::Unsupported(format!(
+                "volume {:?} was opened for reading",
+                sess.name
+            )));
+        }
+        if let Op::Block { offset, data } = &op {
+            if let Some((_, bs, hashes)) = sess.block.as_mut() {
+                let i = (offset / *bs as u64) as usize;
+                if offset % *bs as u64 != 0 || i >= hashes.len() {
+                    return Err(SyncError::Protocol(format!(
+                        "block at {offset} is not on a block boundary inside the target"
+                    )));
+                }
+                hashes[i] = *blake3::hash(data).as_bytes();
+            } else {
+                return Err(SyncError::Protocol("block before BlockPrepare".into()));
+            }
+        }
+        return sess.tree.apply(op);
+    }
+    // A request after a failed op gets the failure: the client learns early.
+    if let Some(f) = sess.failed.take() {
+        return Err(SyncError::Remote(f));
+    }
+    let Some(m) = m else { return Ok(()) };
+    match m {
+        Msg::Flush => send(w, &Msg::Ok),
+        Msg::ScanPathsPart(p) => {
+            sess.scan_paths.extend(p);
+            if sess.scan_paths.len() > MAX_CHANGED_PATHS {
+                sess.scan_paths.clear();
+                return Err(SyncError::Protocol(format!(
+                    "more than {MAX_CHANGED_PATHS} paths to scan"
+                )));
+            }
+            // No answer: the paths travel pipelined ahead of the request.
+            Ok(())
+        }
+        Msg::ChangesReq => match sess.tree.changes()? {
+            Changes::Full { reason } => send(w, &Msg::ChangesEnd { full: Some(reason) }),
+            Changes::Paths(p) => {
+                for part in proto::path_parts(&p) {
+                    send(w, &Msg::ChangedPart(part))?;
+                }
+                send(w, &Msg::ChangesEnd { full: None })
+            }
+        },
+        Msg::WatchFull { reason } => {
+            sess.tree.watch_force_full(&reason)?;
+            send(w, &Msg::Ok)
+        }
+        Msg::ScanReq { .. } | Msg::ScanPathsReq { .. } => {
+            let man = match m {
+                Msg::ScanPathsReq { checksum } => {
+                    let paths = std::mem::take(&mut sess.scan_paths);
+                    sess.tree.scan_paths(&paths, &ScanOptions { checksum })?
+                }
+                Msg::ScanReq { checksum } => sess.tree.scan(&ScanOptions { checksum })?,
+                _ => return Ok(()),
+            };
+            for e in man.entries {
+                send(w, &Msg::Entry(e))?;
+            }
+            for t in man.temps {
+                send(w, &Msg::Temp(t))?;
+            }
+            send(
+                w,
+                &Msg::ScanEnd {
+                    skipped: man.skipped,
+                    root: man.root,
+                },
+            )
+        }
+        Msg::MerkleRootReq => {
+            let (root, count) = sess.tree.merkle_root()?;
+            send(w, &Msg::MerkleRoot { root, count })
+        }
+        Msg::ChildrenReq { dir } => {
+            let c = sess.tree.merkle_children(dir.as_ref())?;
+            send(w, &Msg::Children(c))
+        }
+        Msg::BlockHashesReq { block_size } => {
+            let (size, h) = sess.tree.block_hashes(block_size)?;
+            send_hashes(w, size, &h)
+        }
+        Msg::ReadReq { path, sig } => {
+            let mut out = |c| send(w, &Msg::Chunk(c));
+            sess.tree.read(&path, sig.as_ref(), &mut out)?;
+            send(w, &Msg::ReadEnd)
+        }
+        Msg::ReadSmallReq { path } => {
+            let d = sess.tree.read_small(&path)?;
+            if d.len() > proto::MAX_DATA {
+                return Err(SyncError::Unsupported(format!(
+                    "{path}: {} bytes is too large for a single read",
+                    d.len()
+                )));
+            }
+            send(w, &Msg::FileData(d))
+        }
+        Msg::ReadBlockReq { index, block_size } => {
+            let d = sess.tree.read_block(index, block_size)?;
+            send(w, &Msg::FileData(d))
+        }
+        Msg::SigReq {
+            path,
+            basis,
+            block_size,
+        } => {
+            let s = sess.tree.signature(&path, basis, block_size)?;
+            send(w, &Msg::Sig(s))
+        }
+        Msg::BlockPrepare { size, block_size } => {
+            if !sess.write {
+                return Err(SyncError::Unsupported(format!(
+                    "volume {:?} was opened for reading",
+                    sess.name
+                )));
+            }
+            let h = sess.tree.block_prepare(size, block_size)?;
+            send_hashes(w, size, &h)?;
+            sess.block = Some((size, block_size, h));
+            Ok(())
+        }
+        Msg::BlockFinish { size, block_size } => match sess.block.take() {
+            Some((s, bs, h)) if s == size && bs == block_size => {
+                sess.tree.block_finish(size, block_size, &h)?;
+                send(w, &Msg::Ok)
+            }
+            _ => Err(SyncError::Protocol(
+                "BlockFinish does not match BlockPrepare".into(),
+            )),
+        },
+        other => Err(SyncError::Protocol(format!(
+            "unexpected message in a session: {:?}",
+            std::mem::discriminant(&other)
+        ))),
+    }
+}
+
+fn send_hashes(w: &mut BufWriter<TcpStream>, size: u64, h: &[Digest]) -> Result<()> {
+    let io = |e: std::io::Error| SyncError::Net {
+        peer: "client".into(),
+        source: e,
+    };
+    for part in h.chunks(65536) {
+        proto::write_msg(w, &Msg::HashesPart(part.to_vec())).map_err(io)?;
+    }
+    proto::write_msg(w, &Msg::HashesEnd { size }).map_err(io)
+}

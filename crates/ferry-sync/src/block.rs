@@ -1,0 +1,254 @@
+//! Block mode: an image file or block device copied as fixed-size blocks.
+//!
+//! Both sides hash their blocks with BLAKE3 in parallel (groups of blocks read
+//! with `pread` on every core); only blocks whose hashes differ travel, and the
+//! receiver writes them in place. The receiver keeps a digest file beside an
+//! image (`NAME.ferry-digest`) recording the hashes and the image's size and
+//! mtime after the last pass, so a repeat pass does not re-read an unchanged
+//! target. Block devices have no trustworthy mtime: they are always re-hashed.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::error::{Result, SyncError};
+use crate::manifest::mtime_of;
+use crate::merkle::Digest;
+
+/// Default block size: 64 KiB.
+pub const DEFAULT_BLOCK_SIZE: u32 = 64 * 1024;
+/// Blocks read and hashed by one task.
+const GROUP: u64 = 64;
+const DIGEST_MAGIC: &[u8; 8] = b"FERRYDG1";
+
+fn nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}
+
+fn open_read(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow())
+        .open(path)
+        .map_err(|e| SyncError::io("open image", path, e))
+}
+
+/// Size of an image file or block device.
+fn size_of(f: &File, path: &Path) -> Result<u64> {
+    let md = f
+        .metadata()
+        .map_err(|e| SyncError::io("stat image", path, e))?;
+    if md.file_type().is_file() {
+        return Ok(md.len());
+    }
+    // Block devices report length 0 in stat; seeking to the end gives the size.
+    let mut f = f;
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0))
+        .map_err(|e| SyncError::io("size of device", path, e))
+}
+
+fn check_block_size(bs: u32) -> Result<u64> {
+    if !(4096..=16 * 1024 * 1024).contains(&bs) || !bs.is_power_of_two() {
+        return Err(SyncError::Unsupported(format!(
+            "block size {bs} must be a power of two between 4 KiB and 16 MiB"
+        )));
+    }
+    Ok(bs as u64)
+}
+
+/// Hashes every block of an image in parallel.
+pub fn hash_image(path: &Path, block_size: u32) -> Result<(u64, Vec<Digest>)> {
+    let bs = check_block_size(block_size)?;
+    let f = open_read(path)?;
+    let size = size_of(&f, path)?;
+    let blocks = size.div_ceil(bs);
+    let groups: Vec<Result<Vec<Digest>>> = (0..blocks.div_ceil(GROUP))
+        .into_par_iter()
+        .map(|g| {
+            let first = g * GROUP;
+            let last = (first + GROUP).min(blocks);
+            let start = first * bs;
+            let end = (last * bs).min(size);
+            let mut buf = vec![0u8; (end - start) as usize];
+            f.read_exact_at(&mut buf, start)
+                .map_err(|e| SyncError::io("read image", path, e))?;
+            Ok(buf
+                .chunks(bs as usize)
+                .map(|b| *blake3::hash(b).as_bytes())
+                .collect())
+        })
+        .collect();
+    let mut out = Vec::with_capacity(blocks as usize);
+    for g in groups {
+        out.extend(g?);
+    }
+    Ok((size, out))
+}
+
+/// Reads block `index` (the last block may be short).
+pub fn read_block(path: &Path, index: u64, block_size: u32) -> Result<Vec<u8>> {
+    let bs = check_block_size(block_size)?;
+    let f = open_read(path)?;
+    let size = size_of(&f, path)?;
+    let start = index
+        .checked_mul(bs)
+        .filter(|s| *s < size)
+        .ok_or_else(|| SyncError::Corrupt {
+            path: path.display().to_string(),
+            message: format!("block {index} beyond the end of the image"),
+        })?;
+    let mut buf = vec![0u8; (size - start).min(bs) as usize];
+    f.read_exact_at(&mut buf, start)
+        .map_err(|e| SyncError::io("read image", path, e))?;
+    Ok(buf)
+}
+
+/// Writes one block in place at `offset`. The write must lie inside the
+/// target, whose size [`prepare_target`] fixed.
+pub fn write_block(path: &Path, offset: u64, data: &[u8]) -> Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(nofollow())
+        .open(path)
+        .map_err(|e| SyncError::io("open target", path, e))?;
+    let size = size_of(&f, path)?;
+    match offset.checked_add(data.len() as u64) {
+        Some(end) if end <= size => f
+            .write_all_at(data, offset)
+            .map_err(|e| SyncError::io("write block", path, e)),
+        _ => Err(SyncError::Corrupt {
+            path: path.display().to_string(),
+            message: format!(
+                "block at {offset} of {} bytes beyond the target's {size} bytes",
+                data.len()
+            ),
+        }),
+    }
+}
+
+fn digest_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".ferry-digest");
+    PathBuf::from(s)
+}
+
+fn digest_header(block_size: u32, size: u64, md: &std::fs::Metadata) -> Vec<u8> {
+    let t = mtime_of(md);
+    let mut h = Vec::with_capacity(40);
+    h.extend_from_slice(DIGEST_MAGIC);
+    h.extend_from_slice(&block_size.to_le_bytes());
+    h.extend_from_slice(&size.to_le_bytes());
+    h.extend_from_slice(&md.len().to_le_bytes());
+    h.extend_from_slice(&md.ino().to_le_bytes());
+    h.extend_from_slice(&t.secs.to_le_bytes());
+    h.extend_from_slice(&t.nanos.to_le_bytes());
+    h
+}
+
+/// Reads the digest file if it still describes the target exactly.
+fn read_digest(path: &Path, block_size: u32, size: u64) -> Option<Vec<Digest>> {
+    let md = std::fs::symlink_metadata(path).ok()?;
+    if !md.file_type().is_file() {
+        return None;
+    }
+    let mut data = Vec::new();
+    File::open(digest_path(path))
+        .ok()?
+        .read_to_end(&mut data)
+        .ok()?;
+    let header = digest_header(block_size, size, &md);
+    let body = data.strip_prefix(header.as_slice())?;
+    let (hashes, check) = body.split_at(body.len().checked_sub(32)?);
+    let mut h = blake3::Hasher::new();
+    h.update(&header);
+    h.update(hashes);
+    if h.finalize().as_bytes() != check || hashes.len() % 32 != 0 {
+        return None;
+    }
+    let out: Vec<Digest> = hashes
+        .chunks_exact(32)
+        .map(|c| {
+            let mut d = [0u8; 32];
+            d.copy_from_slice(c);
+            d
+        })
+        .collect();
+    (out.len() as u64 == size.div_ceil(block_size as u64)).then_some(out)
+}
+
+/// Makes the target `size` bytes long (creating an image file if missing) and
+/// returns the hashes of what it holds.
+pub fn prepare_target(path: &Path, size: u64, block_size: u32) -> Result<Vec<Digest>> {
+    check_block_size(block_size)?;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(nofollow())
+        .open(path)
+        .map_err(|e| SyncError::io("open target", path, e))?;
+    let md = f
+        .metadata()
+        .map_err(|e| SyncError::io("stat target", path, e))?;
+    if md.file_type().is_file() {
+        if md.len() != size {
+            f.set_len(size)
+                .map_err(|e| SyncError::io("resize target", path, e))?;
+        }
+    } else {
+        let have = size_of(&f, path)?;
+        if have != size {
+            return Err(SyncError::Unsupported(format!(
+                "{}: target device has {have} bytes, source has {size}",
+                path.display()
+            )));
+        }
+    }
+    drop(f);
+    if let Some(d) = read_digest(path, block_size, size) {
+        return Ok(d);
+    }
+    Ok(hash_image(path, block_size)?.1)
+}
+
+/// Flushes the target to disk and records its digest.
+pub fn finish_target(path: &Path, size: u64, block_size: u32, hashes: &[Digest]) -> Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(nofollow())
+        .open(path)
+        .map_err(|e| SyncError::io("open target", path, e))?;
+    f.sync_all()
+        .map_err(|e| SyncError::io("fsync target", path, e))?;
+    let md = f
+        .metadata()
+        .map_err(|e| SyncError::io("stat target", path, e))?;
+    if !md.file_type().is_file() {
+        return Ok(());
+    }
+    let header = digest_header(block_size, size, &md);
+    let mut h = blake3::Hasher::new();
+    h.update(&header);
+    let mut data = header.clone();
+    for d in hashes {
+        h.update(d);
+        data.extend_from_slice(d);
+    }
+    data.extend_from_slice(h.finalize().as_bytes());
+    let dp = digest_path(path);
+    let tmp = digest_path(&dp);
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(nofollow())
+        .open(&tmp)
+        .map_err(|e| SyncError::io("write digest", &tmp, e))?;
+    out.write_all(&data)
+        .map_err(|e| SyncError::io("write digest", &tmp, e))?;
+    std::fs::rename(&tmp, &dp).map_err(|e| SyncError::io("write digest", &dp, e))
+}

@@ -1,0 +1,514 @@
+//! The local side of a pass: a [`LocalTree`] that reads a directory (a source)
+//! and receives into it (a destination). The agent wraps the same type, so a
+//! remote receiver runs exactly this code.
+//!
+//! Receiving rules, each a defence against a known failure:
+//! - every path is a validated [`RelPath`] and every parent directory is checked
+//!   with `lstat` ([`checked_parent`]): no write follows a symlink in the tree;
+//! - file content goes to a hidden temporary name opened with `O_NOFOLLOW`, gets
+//!   its metadata, and is renamed into place: readers never see half a file;
+//! - the temporary name is deterministic, so an interrupted transfer of a large
+//!   file is the basis of the next attempt (only the missing part travels).
+
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use filetime::FileTime;
+
+use crate::block;
+use crate::delta::{self, Chunk, Signature};
+use crate::endpoint::{Basis, Dest, Op, Source, Tree};
+use crate::error::{Result, SyncError};
+use crate::manifest::{self, Kind, Manifest, Meta, ScanOptions};
+use crate::merkle::{Child, Digest, MerkleTree};
+use crate::path::{checked_parent, temp_name, RelPath};
+use crate::watch::{Changes, Watch};
+
+fn nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}
+
+/// True when this process may set owners (effective uid 0).
+pub fn running_as_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Opens a file for reading without following a symlink at the last component.
+pub(crate) fn open_nofollow(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow())
+        .open(path)
+        .map_err(|e| SyncError::io("open", path, e))
+}
+
+/// A file being received in pieces.
+struct Open {
+    rel: RelPath,
+    meta: Meta,
+    tmp: PathBuf,
+    final_path: PathBuf,
+    file: File,
+    basis: Option<(File, u64)>,
+    /// A renamed partial file used as basis, removed after the commit.
+    basis_tmp: Option<PathBuf>,
+    pos: u64,
+}
+
+/// A directory tree on this machine, as a source, a destination, or both.
+pub struct LocalTree {
+    root: PathBuf,
+    /// Ownership is kept only when we are root (anyone else gets EPERM).
+    chown: bool,
+    open: Mutex<Option<Open>>,
+    merkle: Mutex<Option<MerkleTree>>,
+    /// `--watch`: started by the first [`Source::changes`]. Boxed: most trees
+    /// never watch, and the watcher is large.
+    watch: Mutex<Option<Box<Watch>>>,
+}
+
+impl LocalTree {
+    /// A tree rooted at `root` (a directory, or an image file in block mode).
+    pub fn new(root: impl Into<PathBuf>) -> LocalTree {
+        LocalTree {
+            root: root.into(),
+            chown: running_as_root(),
+            open: Mutex::new(None),
+            merkle: Mutex::new(None),
+            watch: Mutex::new(None),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn lock_open(&self) -> std::sync::MutexGuard<'_, Option<Open>> {
+        // A panic while holding the lock leaves a half-received file at most;
+        // the temporary name keeps it invisible, so the state is still usable.
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_meta_file(&self, f: &File, path: &Path, meta: &Meta) -> Result<()> {
+        if self.chown {
+            std::os::unix::fs::fchown(f, Some(meta.uid), Some(meta.gid))
+                .map_err(|e| SyncError::io("chown", path, e))?;
+        }
+        // After chown: chown clears setuid/setgid bits, so the mode goes last.
+        f.set_permissions(std::fs::Permissions::from_mode(meta.mode))
+            .map_err(|e| SyncError::io("chmod", path, e))?;
+        let t = FileTime::from_unix_time(meta.mtime.secs, meta.mtime.nanos);
+        filetime::set_file_handle_times(f, None, Some(t))
+            .map_err(|e| SyncError::io("set mtime", path, e))
+    }
+
+    fn create_tmp(&self, tmp: &Path) -> Result<File> {
+        OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(nofollow())
+            .open(tmp)
+            .map_err(|e| SyncError::io("create temporary file", tmp, e))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        std::fs::rename(from, to).map_err(|e| SyncError::io("rename into place", to, e))
+    }
+
+    fn put_file(&self, rel: &RelPath, meta: &Meta, data: &[u8]) -> Result<()> {
+        let parent = checked_parent(&self.root, rel)?;
+        let tmp = parent.join(OsStr::from_bytes(&temp_name(rel, "part")));
+        let full = parent.join(OsStr::from_bytes(rel.file_name()));
+        let mut f = self.create_tmp(&tmp)?;
+        f.write_all(data)
+            .map_err(|e| SyncError::io("write", &tmp, e))?;
+        self.set_meta_file(&f, &tmp, meta)?;
+        drop(f);
+        self.rename(&tmp, &full)
+    }
+
+    fn begin(&self, rel: RelPath, meta: Meta, basis: Basis) -> Result<()> {
+        let parent = checked_parent(&self.root, &rel)?;
+        let tmp = parent.join(OsStr::from_bytes(&temp_name(&rel, "part")));
+        let full = parent.join(OsStr::from_bytes(rel.file_name()));
+        let mut basis_tmp = None;
+        let basis_file = match basis {
+            Basis::None => None,
+            Basis::Target => Some(open_nofollow(&full)?),
+            Basis::Partial => {
+                let b = parent.join(OsStr::from_bytes(&temp_name(&rel, "basis")));
+                self.rename(&tmp, &b)?;
+                let f = open_nofollow(&b)?;
+                basis_tmp = Some(b);
+                Some(f)
+            }
+        };
+        let basis = match basis_file {
+            Some(f) => {
+                let len = f
+                    .metadata()
+                    .map_err(|e| SyncError::io("stat basis", &full, e))?
+                    .len();
+                Some((f, len))
+            }
+            None => None,
+        };
+        let file = self.create_tmp(&tmp)?;
+        let mut g = self.lock_open();
+        if let Some(old) = g.take() {
+            // A Begin without the Commit of the previous file: the sender gave
+            // up on it; its temporary file stays as a resumable partial.
+            drop(old);
+        }
+        *g = Some(Open {
+            rel,
+            meta,
+            tmp,
+            final_path: full,
+            file,
+            basis,
+            basis_tmp,
+            pos: 0,
+        });
+        Ok(())
+    }
+
+    fn chunk(&self, c: Chunk) -> Result<()> {
+        let mut g = self.lock_open();
+        let o = g
+            .as_mut()
+            .ok_or_else(|| SyncError::Protocol("file data without Begin".into()))?;
+        match c {
+            Chunk::Data(d) => {
+                o.file
+                    .write_all_at(&d, o.pos)
+                    .map_err(|e| SyncError::io("write", &o.tmp, e))?;
+                o.pos += d.len() as u64;
+            }
+            // A hole: nothing to write; the final set_len gives the size.
+            Chunk::Zero(n) => o.pos += n,
+            Chunk::Copy { offset, len } => {
+                let (basis, blen) = o.basis.as_ref().ok_or_else(|| SyncError::Corrupt {
+                    path: o.rel.to_string(),
+                    message: "block copy without a basis file".into(),
+                })?;
+                if offset.checked_add(len).is_none_or(|end| end > *blen) {
+                    return Err(SyncError::Corrupt {
+                        path: o.rel.to_string(),
+                        message: format!("copy {offset}+{len} beyond basis length {blen}"),
+                    });
+                }
+                let mut buf = vec![0u8; (len as usize).min(1 << 20)];
+                let mut done = 0u64;
+                while done < len {
+                    let n = ((len - done) as usize).min(buf.len());
+                    basis
+                        .read_exact_at(&mut buf[..n], offset + done)
+                        .map_err(|e| SyncError::io("read basis", &o.final_path, e))?;
+                    o.file
+                        .write_all_at(&buf[..n], o.pos)
+                        .map_err(|e| SyncError::io("write", &o.tmp, e))?;
+                    o.pos += n as u64;
+                    done += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&self) -> Result<()> {
+        let o = self
+            .lock_open()
+            .take()
+            .ok_or_else(|| SyncError::Protocol("Commit without Begin".into()))?;
+        o.file
+            .set_len(o.pos)
+            .map_err(|e| SyncError::io("set length", &o.tmp, e))?;
+        self.set_meta_file(&o.file, &o.tmp, &o.meta)?;
+        drop(o.file);
+        self.rename(&o.tmp, &o.final_path)?;
+        if let Some(b) = o.basis_tmp {
+            let _ = std::fs::remove_file(b);
+        }
+        Ok(())
+    }
+
+    fn symlink(&self, rel: &RelPath, target: &[u8], meta: &Meta) -> Result<()> {
+        let parent = checked_parent(&self.root, rel)?;
+        let tmp = parent.join(OsStr::from_bytes(&temp_name(rel, "part")));
+        let full = parent.join(OsStr::from_bytes(rel.file_name()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(OsStr::from_bytes(target), &tmp)
+            .map_err(|e| SyncError::io("symlink", &tmp, e))?;
+        if self.chown {
+            std::os::unix::fs::lchown(&tmp, Some(meta.uid), Some(meta.gid))
+                .map_err(|e| SyncError::io("chown", &tmp, e))?;
+        }
+        let t = FileTime::from_unix_time(meta.mtime.secs, meta.mtime.nanos);
+        filetime::set_symlink_file_times(&tmp, t, t)
+            .map_err(|e| SyncError::io("set mtime", &tmp, e))?;
+        self.rename(&tmp, &full)
+    }
+
+    fn hardlink(&self, rel: &RelPath, to: &RelPath) -> Result<()> {
+        let parent = checked_parent(&self.root, rel)?;
+        let to_full = checked_parent(&self.root, to)?.join(OsStr::from_bytes(to.file_name()));
+        let md = std::fs::symlink_metadata(&to_full)
+            .map_err(|e| SyncError::io("lstat link target", &to_full, e))?;
+        if !md.file_type().is_file() {
+            return Err(SyncError::Corrupt {
+                path: rel.to_string(),
+                message: format!("hard link target {to} is not a regular file"),
+            });
+        }
+        let tmp = parent.join(OsStr::from_bytes(&temp_name(rel, "part")));
+        let full = parent.join(OsStr::from_bytes(rel.file_name()));
+        let _ = std::fs::remove_file(&tmp);
+        std::fs::hard_link(&to_full, &tmp).map_err(|e| SyncError::io("link", &tmp, e))?;
+        self.rename(&tmp, &full)
+    }
+
+    fn mkdir(&self, rel: &RelPath) -> Result<()> {
+        let parent = checked_parent(&self.root, rel)?;
+        let full = parent.join(OsStr::from_bytes(rel.file_name()));
+        match std::fs::symlink_metadata(&full) {
+            Ok(md) if md.is_dir() => Ok(()),
+            Ok(_) => Err(SyncError::NotADirectory {
+                path: rel.to_string(),
+                component: rel.to_string(),
+                what: "something else",
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&full).map_err(|e| SyncError::io("mkdir", &full, e))
+            }
+            Err(e) => Err(SyncError::io("lstat", &full, e)),
+        }
+    }
+
+    fn set_meta(&self, rel: &RelPath, kind: Kind, meta: &Meta) -> Result<()> {
+        let parent = checked_parent(&self.root, rel)?;
+        let full = parent.join(OsStr::from_bytes(rel.file_name()));
+        let md = std::fs::symlink_metadata(&full).map_err(|e| SyncError::io("lstat", &full, e))?;
+        let ft = md.file_type();
+        let t = FileTime::from_unix_time(meta.mtime.secs, meta.mtime.nanos);
+        match kind {
+            Kind::File if ft.is_file() => {
+                let f = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(nofollow())
+                    .open(&full)
+                    .map_err(|e| SyncError::io("open", &full, e))?;
+                self.set_meta_file(&f, &full, meta)
+            }
+            Kind::Dir if ft.is_dir() => {
+                if self.chown {
+                    std::os::unix::fs::lchown(&full, Some(meta.uid), Some(meta.gid))
+                        .map_err(|e| SyncError::io("chown", &full, e))?;
+                }
+                // lstat said directory, so chmod (which follows links) acts on it.
+                std::fs::set_permissions(&full, std::fs::Permissions::from_mode(meta.mode))
+                    .map_err(|e| SyncError::io("chmod", &full, e))?;
+                filetime::set_symlink_file_times(&full, t, t)
+                    .map_err(|e| SyncError::io("set mtime", &full, e))
+            }
+            Kind::Symlink if ft.is_symlink() => {
+                if self.chown {
+                    std::os::unix::fs::lchown(&full, Some(meta.uid), Some(meta.gid))
+                        .map_err(|e| SyncError::io("chown", &full, e))?;
+                }
+                filetime::set_symlink_file_times(&full, t, t)
+                    .map_err(|e| SyncError::io("set mtime", &full, e))
+            }
+            _ => Err(SyncError::Corrupt {
+                path: rel.to_string(),
+                message: format!("expected a {kind:?} to set metadata on"),
+            }),
+        }
+    }
+
+    fn set_root_meta(&self, meta: &Meta) -> Result<()> {
+        let root = &self.root;
+        if self.chown {
+            std::os::unix::fs::chown(root, Some(meta.uid), Some(meta.gid))
+                .map_err(|e| SyncError::io("chown", root, e))?;
+        }
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(meta.mode))
+            .map_err(|e| SyncError::io("chmod", root, e))?;
+        let t = FileTime::from_unix_time(meta.mtime.secs, meta.mtime.nanos);
+        filetime::set_file_mtime(root, t).map_err(|e| SyncError::io("set mtime", root, e))
+    }
+
+    fn delete(&self, rel: &RelPath) -> Result<()> {
+        let parent = checked_parent(&self.root, rel)?;
+        let full = parent.join(OsStr::from_bytes(rel.file_name()));
+        let r = match std::fs::symlink_metadata(&full) {
+            // remove_dir_all does not follow symlinks inside the directory.
+            Ok(md) if md.is_dir() => std::fs::remove_dir_all(&full),
+            Ok(_) => std::fs::remove_file(&full),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(SyncError::io("delete", &full, e)),
+        }
+    }
+
+    fn image_path(&self) -> &Path {
+        &self.root
+    }
+}
+
+impl Tree for LocalTree {
+    fn scan(&self, opts: &ScanOptions) -> Result<Manifest> {
+        manifest::scan(&self.root, opts)
+    }
+
+    fn scan_paths(
+        &self,
+        paths: &std::collections::BTreeSet<RelPath>,
+        opts: &ScanOptions,
+    ) -> Result<Manifest> {
+        manifest::scan_paths(&self.root, paths, opts)
+    }
+
+    fn merkle_root(&self) -> Result<(Digest, u64)> {
+        let m = manifest::scan(&self.root, &ScanOptions { checksum: true })?;
+        let t = MerkleTree::build(&m);
+        let out = (t.root, t.count);
+        *self.merkle.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+        Ok(out)
+    }
+
+    fn merkle_children(&self, dir: Option<&RelPath>) -> Result<Vec<Child>> {
+        let g = self.merkle.lock().unwrap_or_else(|p| p.into_inner());
+        match g.as_ref() {
+            Some(t) => Ok(t.children(dir)),
+            None => Err(SyncError::Protocol(
+                "merkle_children before merkle_root".into(),
+            )),
+        }
+    }
+
+    fn block_hashes(&self, block_size: u32) -> Result<(u64, Vec<Digest>)> {
+        block::hash_image(self.image_path(), block_size)
+    }
+}
+
+impl Source for LocalTree {
+    fn read(
+        &self,
+        path: &RelPath,
+        sig: Option<&Signature>,
+        out: &mut dyn FnMut(Chunk) -> Result<()>,
+    ) -> Result<()> {
+        let full = path.under(&self.root);
+        let f = open_nofollow(&full)?;
+        match sig {
+            Some(s) => delta::delta(std::io::BufReader::new(f), s, out),
+            None => delta::whole(f, out).map(|_| ()),
+        }
+    }
+
+    fn read_small(&self, path: &RelPath) -> Result<Vec<u8>> {
+        let full = path.under(&self.root);
+        let mut f = open_nofollow(&full)?;
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut v).map_err(|e| SyncError::io("read", &full, e))?;
+        Ok(v)
+    }
+
+    fn read_block(&self, index: u64, block_size: u32) -> Result<Vec<u8>> {
+        block::read_block(self.image_path(), index, block_size)
+    }
+
+    fn changes(&self) -> Result<Changes> {
+        let mut g = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        match g.as_ref() {
+            Some(w) => Ok(w.take()),
+            None => {
+                let w = Box::new(Watch::start(&self.root)?);
+                let c = w.take();
+                *g = Some(w);
+                Ok(c)
+            }
+        }
+    }
+
+    fn watch_force_full(&self, reason: &str) -> Result<()> {
+        // Without a watch the next `changes` starts one: a full walk anyway.
+        if let Some(w) = self
+            .watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            w.force_full(reason);
+        }
+        Ok(())
+    }
+}
+
+impl Dest for LocalTree {
+    fn signature(
+        &self,
+        path: &RelPath,
+        basis: Basis,
+        block_size: u32,
+    ) -> Result<Option<Signature>> {
+        let parent = checked_parent(&self.root, path)?;
+        let p = match basis {
+            Basis::None => return Ok(None),
+            Basis::Target => parent.join(OsStr::from_bytes(path.file_name())),
+            Basis::Partial => parent.join(OsStr::from_bytes(&temp_name(path, "part"))),
+        };
+        let f = match OpenOptions::new()
+            .read(true)
+            .custom_flags(nofollow())
+            .open(&p)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(SyncError::io("open basis", &p, e)),
+        };
+        let sig = delta::signature(std::io::BufReader::new(f), block_size)
+            .map_err(|e| SyncError::io("read basis", &p, e))?;
+        Ok(Some(sig))
+    }
+
+    fn apply(&self, op: Op) -> Result<()> {
+        match op {
+            Op::Mkdir { path } => self.mkdir(&path),
+            Op::Symlink { path, target, meta } => self.symlink(&path, &target, &meta),
+            Op::Hardlink { path, to } => self.hardlink(&path, &to),
+            Op::SetMeta { path, kind, meta } => self.set_meta(&path, kind, &meta),
+            Op::Delete { path } => self.delete(&path),
+            Op::PutFile { path, meta, data } => self.put_file(&path, &meta, &data),
+            Op::Begin { path, meta, basis } => self.begin(path, meta, basis),
+            Op::Chunk(c) => self.chunk(c),
+            Op::Commit => self.commit(),
+            Op::RootMeta { meta } => self.set_root_meta(&meta),
+            Op::Block { offset, data } => block::write_block(self.image_path(), offset, &data),
+        }
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn block_prepare(&self, size: u64, block_size: u32) -> Result<Vec<Digest>> {
+        block::prepare_target(self.image_path(), size, block_size)
+    }
+
+    fn block_finish(&self, size: u64, block_size: u32, hashes: &[Digest]) -> Result<()> {
+        block::finish_target(self.image_path(), size, block_size, hashes)
+    }
+}

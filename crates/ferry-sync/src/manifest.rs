@@ -1,0 +1,420 @@
+//! What a tree holds: one [`Entry`] per path, found by a parallel walk.
+//!
+//! The walk never follows symbolic links (`symlink_metadata` everywhere), reads
+//! each directory on a rayon worker so a tree of many small directories uses
+//! every core, and returns entries sorted by path bytes, which puts every
+//! directory before its contents.
+
+use std::collections::HashMap;
+use std::fs::Metadata;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::error::{Result, SyncError};
+use crate::path::{is_temp_name, RelPath};
+
+/// The type of an entry. Other types (sockets, fifos, devices) are skipped by
+/// the walk and counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl Kind {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Kind::File => 1,
+            Kind::Dir => 2,
+            Kind::Symlink => 3,
+        }
+    }
+    pub(crate) fn from_code(c: u8) -> Option<Kind> {
+        match c {
+            1 => Some(Kind::File),
+            2 => Some(Kind::Dir),
+            3 => Some(Kind::Symlink),
+            _ => None,
+        }
+    }
+}
+
+/// A modification time with nanoseconds (what the file system keeps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Mtime {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+/// Metadata the receiver applies: permission bits, owner, modification time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Meta {
+    /// Permission bits including setuid/setgid/sticky (`0o7777` mask).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: Mtime,
+}
+
+/// One path of a tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub path: RelPath,
+    pub kind: Kind,
+    pub meta: Meta,
+    /// Bytes for files, link text length for symlinks, 0 for directories.
+    pub size: u64,
+    /// The link text of a symlink (never followed).
+    pub target: Option<Vec<u8>>,
+    /// BLAKE3 of the content, when the scan was asked for checksums.
+    pub hash: Option<[u8; 32]>,
+    /// (device, inode) and link count, to find hard links within the tree.
+    pub dev: u64,
+    pub ino: u64,
+    pub nlink: u32,
+}
+
+/// A whole tree, sorted by path, plus what the walk skipped.
+#[derive(Clone, Debug, Default)]
+pub struct Manifest {
+    pub entries: Vec<Entry>,
+    /// Receiver-owned temporary names found in the tree (cleaned after a pass).
+    pub temps: Vec<RelPath>,
+    /// Entries of unsupported types (fifos, sockets, devices) that were skipped.
+    pub skipped: u64,
+    /// Metadata of the root directory itself.
+    pub root: Option<Meta>,
+}
+
+impl Manifest {
+    /// Index by path.
+    pub fn index(&self) -> HashMap<&RelPath, &Entry> {
+        self.entries.iter().map(|e| (&e.path, e)).collect()
+    }
+
+    /// Total bytes of regular files.
+    pub fn file_bytes(&self) -> u64 {
+        self.entries
+            .iter()
+            .filter(|e| e.kind == Kind::File)
+            .map(|e| e.size)
+            .sum()
+    }
+
+    /// For each file that shares its inode with an earlier file of the tree (in
+    /// path order), the path of that first file: the hard links to recreate.
+    pub fn hard_link_leaders(&self) -> HashMap<RelPath, RelPath> {
+        let mut first: HashMap<(u64, u64), &RelPath> = HashMap::new();
+        let mut out = HashMap::new();
+        for e in &self.entries {
+            if e.kind == Kind::File && e.nlink > 1 {
+                match first.get(&(e.dev, e.ino)) {
+                    Some(leader) => {
+                        out.insert(e.path.clone(), (*leader).clone());
+                    }
+                    None => {
+                        first.insert((e.dev, e.ino), &e.path);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What a scan computes beyond metadata.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScanOptions {
+    /// Hash the content of every file (BLAKE3): `--checksum` and verification.
+    pub checksum: bool,
+}
+
+pub(crate) fn mtime_of(md: &Metadata) -> Mtime {
+    Mtime {
+        secs: md.mtime(),
+        // nanos is always in 0..1e9 on Linux; clamp instead of trusting it.
+        nanos: md.mtime_nsec().clamp(0, 999_999_999) as u32,
+    }
+}
+
+pub(crate) fn meta_of(md: &Metadata) -> Meta {
+    Meta {
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime: mtime_of(md),
+    }
+}
+
+/// Builds the entry for `full` (already lstat-ed as `md`). Returns `None` for
+/// types the replicator does not carry.
+pub(crate) fn entry_of(full: &Path, rel: RelPath, md: &Metadata) -> Result<Option<Entry>> {
+    let ft = md.file_type();
+    let (kind, size, target) = if ft.is_file() {
+        (Kind::File, md.len(), None)
+    } else if ft.is_dir() {
+        (Kind::Dir, 0, None)
+    } else if ft.is_symlink() {
+        let t = std::fs::read_link(full).map_err(|e| SyncError::io("readlink", full, e))?;
+        let t = t.as_os_str().as_bytes().to_vec();
+        (Kind::Symlink, t.len() as u64, Some(t))
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(Entry {
+        path: rel,
+        kind,
+        meta: meta_of(md),
+        size,
+        target,
+        hash: None,
+        dev: md.dev(),
+        ino: md.ino(),
+        nlink: md.nlink().min(u32::MAX as u64) as u32,
+    }))
+}
+
+/// BLAKE3 of a file's content.
+pub fn hash_file(path: &Path) -> Result<[u8; 32]> {
+    let mut f = crate::local::open_nofollow(path)?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| SyncError::io("read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(*h.finalize().as_bytes())
+}
+
+struct Walked {
+    entries: Vec<Entry>,
+    temps: Vec<RelPath>,
+    skipped: u64,
+}
+
+/// Reads one directory and recurses into its subdirectories in parallel.
+fn walk_dir(root: &Path, dir: Option<&RelPath>) -> Result<Walked> {
+    let full = match dir {
+        Some(d) => d.under(root),
+        None => root.to_path_buf(),
+    };
+    let rd = std::fs::read_dir(&full).map_err(|e| SyncError::io("read directory", &full, e))?;
+    let mut out = Walked {
+        entries: Vec::new(),
+        temps: Vec::new(),
+        skipped: 0,
+    };
+    let mut subdirs = Vec::new();
+    for de in rd {
+        let de = de.map_err(|e| SyncError::io("read directory", &full, e))?;
+        let name = de.file_name();
+        let name = name.as_bytes();
+        let rel = match dir {
+            Some(d) => d.join(name)?,
+            None => RelPath::name(name)?,
+        };
+        if is_temp_name(name) {
+            out.temps.push(rel);
+            continue;
+        }
+        let p = de.path();
+        // A file removed between readdir and lstat is simply not part of the tree.
+        let md = match std::fs::symlink_metadata(&p) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(SyncError::io("lstat", &p, e)),
+        };
+        match entry_of(&p, rel.clone(), &md)? {
+            Some(e) => {
+                if e.kind == Kind::Dir {
+                    subdirs.push(rel);
+                }
+                out.entries.push(e);
+            }
+            None => out.skipped += 1,
+        }
+    }
+    let children: Vec<Result<Walked>> = subdirs
+        .par_iter()
+        .map(|d| walk_dir(root, Some(d)))
+        .collect();
+    for c in children {
+        let c = c?;
+        out.entries.extend(c.entries);
+        out.temps.extend(c.temps);
+        out.skipped += c.skipped;
+    }
+    Ok(out)
+}
+
+/// Walks the tree under `root` (the root itself is not an entry).
+pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Manifest> {
+    let md = std::fs::metadata(root).map_err(|e| SyncError::io("stat root", root, e))?;
+    if !md.is_dir() {
+        return Err(SyncError::io(
+            "scan",
+            root,
+            std::io::Error::other("not a directory"),
+        ));
+    }
+    let w = walk_dir(root, None)?;
+    finish(root, w, &md, opts)
+}
+
+/// Sorts the walked entries (parents first) and hashes them if asked.
+fn finish(root: &Path, w: Walked, root_md: &Metadata, opts: &ScanOptions) -> Result<Manifest> {
+    let mut entries = w.entries;
+    entries.par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    entries.dedup_by(|a, b| a.path == b.path);
+    if opts.checksum {
+        entries
+            .par_iter_mut()
+            .filter(|e| e.kind == Kind::File)
+            .try_for_each(|e| -> Result<()> {
+                e.hash = Some(hash_file(&e.path.under(root))?);
+                Ok(())
+            })?;
+    }
+    Ok(Manifest {
+        entries,
+        temps: w.temps,
+        skipped: w.skipped,
+        root: Some(meta_of(root_md)),
+    })
+}
+
+/// Walks only part of the tree under `root`: each of `paths` (with its whole
+/// subtree when it is a directory here) and the directories above them. Both
+/// sides of a watched pass scan the same `paths`, so comparing the two partial
+/// manifests finds exactly what changed there: a path gone from the source is
+/// extraneous at the destination, a new directory is copied whole, and the
+/// ancestors carry the directory times that the change moved.
+///
+/// A path below something that is not a real directory here (a symlink, a
+/// file, nothing) is not part of this tree and is left out.
+pub fn scan_paths(
+    root: &Path,
+    paths: &std::collections::BTreeSet<RelPath>,
+    opts: &ScanOptions,
+) -> Result<Manifest> {
+    let md = std::fs::metadata(root).map_err(|e| SyncError::io("stat root", root, e))?;
+    if !md.is_dir() {
+        return Err(SyncError::io(
+            "scan",
+            root,
+            std::io::Error::other("not a directory"),
+        ));
+    }
+    let in_set = |p: &RelPath| {
+        let mut cur = p.parent();
+        while let Some(c) = cur {
+            if paths.contains(&c) {
+                return true;
+            }
+            cur = c.parent();
+        }
+        false
+    };
+    // A path under another listed path is covered by that one's walk.
+    let tops: Vec<&RelPath> = paths.iter().filter(|p| !in_set(p)).collect();
+    let mut ancestors = std::collections::BTreeSet::new();
+    for p in &tops {
+        let mut cur = p.parent();
+        while let Some(c) = cur {
+            cur = c.parent();
+            if !ancestors.insert(c) {
+                break;
+            }
+        }
+    }
+    let mut out = Walked {
+        entries: Vec::new(),
+        temps: Vec::new(),
+        skipped: 0,
+    };
+    // Path order puts parents first: a broken ancestor is known before its
+    // descendants are looked at.
+    let mut not_dirs: Vec<&RelPath> = Vec::new();
+    for a in &ancestors {
+        if not_dirs.iter().any(|b| a.starts_with(b)) {
+            continue;
+        }
+        match lstat_entry(root, a)? {
+            Some(e) => {
+                if e.kind != Kind::Dir {
+                    not_dirs.push(a);
+                }
+                out.entries.push(e);
+            }
+            None => not_dirs.push(a),
+        }
+    }
+    let visits: Vec<Result<Walked>> = tops
+        .par_iter()
+        .filter(|p| !not_dirs.iter().any(|b| p.starts_with(b)))
+        .map(|p| -> Result<Walked> {
+            let mut w = Walked {
+                entries: Vec::new(),
+                temps: Vec::new(),
+                skipped: 0,
+            };
+            if is_temp_name(p.file_name()) {
+                w.temps.push((*p).clone());
+                return Ok(w);
+            }
+            let Some(e) = lstat_entry(root, p)? else {
+                return Ok(w);
+            };
+            let dir = e.kind == Kind::Dir;
+            w.entries.push(e);
+            if dir {
+                match walk_dir(root, Some(p)) {
+                    Ok(sub) => {
+                        w.entries.extend(sub.entries);
+                        w.temps.extend(sub.temps);
+                        w.skipped += sub.skipped;
+                    }
+                    // Removed while we looked: simply not part of the tree.
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(w)
+        })
+        .collect();
+    for v in visits {
+        let v = v?;
+        out.entries.extend(v.entries);
+        out.temps.extend(v.temps);
+        out.skipped += v.skipped;
+    }
+    finish(root, out, &md, opts)
+}
+
+/// The entry of one path (`None`: absent, or a type the replicator skips).
+fn lstat_entry(root: &Path, p: &RelPath) -> Result<Option<Entry>> {
+    let full = p.under(root);
+    match std::fs::symlink_metadata(&full) {
+        Ok(md) => entry_of(&full, p.clone(), &md),
+        // Gone, or a component turned into a file meanwhile: not in the tree.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(SyncError::io("lstat", &full, e)),
+    }
+}

@@ -1,0 +1,148 @@
+//! Passes through an agent on loopback.
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+
+use ferry_sync::{run_pass, verify, LocalTree, RemoteTree, SyncError, SyncOptions};
+
+use crate::support::*;
+
+fn opts() -> SyncOptions {
+    SyncOptions {
+        delete: true,
+        owners: true,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn push_to_agent_round_trip_and_verify() {
+    let t = tmp();
+    let (src, dst) = dirs(&t);
+    make_tree(&src);
+    let agent = Agent::start(&[("www", &dst, false)]);
+    let remote = agent.connect("www", true);
+    let s = LocalTree::new(&src);
+    let p1 = run_pass(&s, &remote, &opts(), 1, &no_events()).unwrap();
+    assert!(p1.wire_sent > 0);
+    assert_same(&src, &dst);
+    let p2 = run_pass(&s, &remote, &opts(), 2, &no_events()).unwrap();
+    assert_eq!(p2.changed_entries, 0);
+    let v = verify(&s, &remote, 10).unwrap();
+    assert!(v.equal(), "{v:?}");
+    // Narrowing works across the wire too.
+    fs::write(dst.join("dir2/sub/deep.txt"), b"DEEP").unwrap();
+    let v = verify(&s, &remote, 10).unwrap();
+    assert_eq!(
+        v.differing
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>(),
+        vec!["dir2/sub/deep.txt"]
+    );
+}
+
+#[test]
+fn pull_from_agent_round_trip() {
+    let t = tmp();
+    let (src, dst) = dirs(&t);
+    make_tree(&src);
+    let agent = Agent::start(&[("www", &src, true)]);
+    let remote = agent.connect("www", false);
+    let d = LocalTree::new(&dst);
+    run_pass(&remote, &d, &opts(), 1, &no_events()).unwrap();
+    assert_same(&src, &dst);
+}
+
+#[test]
+fn delta_of_a_one_percent_change_costs_a_small_multiple_on_the_wire() {
+    let t = tmp();
+    let (src, dst) = dirs(&t);
+    fs::create_dir_all(&src).unwrap();
+    const SIZE: usize = 64 * 1024 * 1024;
+    fs::write(src.join("db.img"), bytes(1, SIZE)).unwrap();
+    let agent = Agent::start(&[("v", &dst, false)]);
+    let remote = agent.connect("v", true);
+    let s = LocalTree::new(&src);
+    let p1 = run_pass(&s, &remote, &opts(), 1, &no_events()).unwrap();
+    assert!(p1.wire_sent >= SIZE as u64);
+    // Change 1%: ten 64 KiB regions spread over the file.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(src.join("db.img"))
+        .unwrap();
+    let region = 64 * 1024;
+    let mut changed = 0u64;
+    for i in 0..10u64 {
+        let off = i * (SIZE as u64 / 10) + 12_345;
+        f.write_all_at(&bytes(100 + i, region), off).unwrap();
+        changed += region as u64;
+    }
+    drop(f);
+    let p2 = run_pass(&s, &remote, &opts(), 2, &no_events()).unwrap();
+    let wire = p2.wire_sent + p2.wire_received;
+    eprintln!(
+        "1% change of 64 MiB: changed {changed} B, wire {wire} B (sent {} + received {}), ratio {:.2}",
+        p2.wire_sent,
+        p2.wire_received,
+        wire as f64 / changed as f64
+    );
+    assert!(
+        wire < 3 * changed,
+        "wire {wire} B for a change of {changed} B"
+    );
+    assert_eq!(
+        fs::read(dst.join("db.img")).unwrap(),
+        fs::read(src.join("db.img")).unwrap()
+    );
+}
+
+#[test]
+fn agent_refuses_a_wrong_key() {
+    let t = tmp();
+    let agent = Agent::start(&[("v", t.path(), false)]);
+    let bad = ferry_sync::proto::derive_key("not-the-key-at-all-0000");
+    let err = RemoteTree::connect("127.0.0.1", agent.port, "v", &bad, true)
+        .err()
+        .expect("a wrong key must be refused");
+    assert!(matches!(err, SyncError::Auth(_)), "{err}");
+    assert!(err.to_string().contains("authentication failed"), "{err}");
+}
+
+#[test]
+fn agent_refuses_writes_to_a_read_only_volume_and_unknown_volumes() {
+    let t = tmp();
+    let agent = Agent::start(&[("ro", t.path(), true)]);
+    let key = ferry_sync::proto::derive_key(KEY);
+    let err = RemoteTree::connect("127.0.0.1", agent.port, "ro", &key, true)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("read-only"), "{err}");
+    let err = RemoteTree::connect("127.0.0.1", agent.port, "nope", &key, false)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("unknown volume"), "{err}");
+}
+
+#[test]
+fn agent_config_errors_name_the_line() {
+    let p = std::path::Path::new("/etc/ferry/agent.toml");
+    let e = ferry_sync::AgentConfig::parse(
+        "listen = \"127.0.0.1:7700\"\nkey = \"short\"\n[volumes.www]\npath = \"/srv\"\n",
+        p,
+    )
+    .unwrap_err();
+    assert!(e.to_string().starts_with("/etc/ferry/agent.toml:2:"), "{e}");
+    let e = ferry_sync::AgentConfig::parse(
+        "listen = \"127.0.0.1:7700\"\nkey = \"0123456789abcdef\"\n[volumes.www]\npath = \"/srv\"\nbogus = 1\n",
+        p,
+    )
+    .unwrap_err();
+    assert!(e.to_string().starts_with("/etc/ferry/agent.toml:5:"), "{e}");
+    let ok = ferry_sync::AgentConfig::parse(
+        "listen = \"127.0.0.1:7700\"\nkey = \"0123456789abcdef\"\n[volumes.www]\npath = \"/srv\"\nread_only = true\n",
+        p,
+    )
+    .unwrap();
+    assert!(ok.volumes["www"].read_only);
+}

@@ -1,0 +1,246 @@
+//! Local-to-local passes on generated trees.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+
+use ferry_sync::{run_pass, verify, Dest, LocalTree, Op, SyncError, SyncOptions};
+
+use crate::support::*;
+
+fn opts() -> SyncOptions {
+    SyncOptions {
+        delete: true,
+        owners: true,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn odd_tree_round_trip_is_equal_by_rsync_and_diff() {
+    let t = tmp();
+    let (src, dst) = dirs(&t);
+    make_tree(&src);
+    let (s, d) = (LocalTree::new(&src), LocalTree::new(&dst));
+    let p1 = run_pass(&s, &d, &opts(), 1, &no_events()).unwrap();
+    assert!(p1.changed_entries > 200);
+    assert_same(&src, &dst);
+    // Sparse stays sparse: 8 MiB file, a few blocks allocated.
+    let md = fs::metadata(dst.join("sparse.img")).unwrap();
+    assert_eq!(md.len(), 8 * 1024 * 1024);
+    assert!(
+        md.blocks() * 512 < 1024 * 1024,
+        "sparse file was filled: {} blocks",
+        md.blocks()
+    );
+    // Hard links share an inode at the destination.
+    let a = fs::metadata(dst.join("hl-a")).unwrap();
+    let b = fs::metadata(dst.join("dir3/hl-c")).unwrap();
+    assert_eq!(a.ino(), b.ino());
+    // A second pass finds nothing to do, and verification agrees.
+    let p2 = run_pass(&s, &d, &opts(), 2, &no_events()).unwrap();
+    assert_eq!(p2.changed_entries, 0, "{p2:?}");
+    assert_eq!(p2.changed_bytes, 0);
+    let v = verify(&s, &d, 100).unwrap();
+    assert!(v.equal(), "{v:?}");
+}
+
+#[test]
+fn changes_deletions_and_type_changes_converge_to_the_source() {
+    let t = tmp();
+    let (src, dst) = dirs(&t);
+    make_tree(&src);
+    let (s, d) = (LocalTree::new(&src), LocalTree::new(&dst));
+    run_pass(&s, &d, &opts(), 1, &no_events()).unwrap();
+    // At the source: a file becomes a directory, a directory becomes a file, a
+    // symlink changes target, a file changes content, one is removed.
+    fs::remove_file(src.join("dir0/f5.php")).unwrap();
+    fs::create_dir(src.join("dir0/f5.php")).unwrap();
+    fs::remove_dir_all(src.join("dir4")).unwrap();
+    fs::write(src.join("dir4"), b"now a file").unwrap();
+    fs::remove_file(src.join("link-rel")).unwrap();
+    std::os::unix::fs::symlink("dir0/f9.php", src.join("link-rel")).unwrap();
+    fs::write(src.join("dir1/f1.php"), b"changed content").unwrap();
+    fs::remove_file(src.join("dir1/f2.php")).unwrap();
+    // At the destination: extraneous things.
+    fs::write(dst.join("extra"), b"x").unwrap();
+    fs::create_dir_all(dst.join("extra-dir/a")).unwrap();
+    let p = run_pass(&s, &d, &opts(), 2, &no_events()).unwrap();
+    assert!(p.deleted >= 3, "{p:?}");
+    assert_same(&src, &dst);
+}
+
+#[test]
+fn without_delete_extraneous_files_stay() {
+    let t = tmp();
+    let (src, dst) = dirs(&t);
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), b"a").unwrap();
+    fs::write(dst.join("keep"), b"k").unwrap();
+    let o = SyncOptions::default();
+    run_pass(
+        &LocalTree::new(&src),
+        &LocalTree::new(&dst),
+        &o,
+        1,
+        &no_events(),
+    )
+    .unwrap();
+    assert!(dst.join("keep").exists());
+    assert_eq!(fs::read(dst.join("a")).unwrap(), b"a");
+}
+
+#[test]
+fn checksum_mode_finds_same_size_same_mtime_changes() {
+    let t = tmp();
+    let (src, dst) = dirs(&t);
+    make_tree(&src);
+    let (s, d) = (LocalTree::new(&src), LocalTree::new(&dst));
+    run_pass(&s, &d, &opts(), 1, &no_events()).unwrap();
+    // Same size, same mtime, different content: invisible without --checksum.
+    let p = dst.join("dir5/f3.php");
+    let md = fs::metadata(&p).unwrap();
+    let mut data = fs::read(&p).unwrap();
+    data[0] ^= 0xff;
+    fs::write(&p, &data).unwrap();
+    filetime::set_file_mtime(&p, filetime::FileTime::from_last_modification_time(&md)).unwrap();
+    let quick = run_pass(&s, &d, &opts(), 2, &no_events()).unwrap();
+    assert_eq!(quick.changed_entries, 0);
+    // Verification sees it and names exactly that path.
+    let v = verify(&s, &d, 100).unwrap();
+    assert!(!v.equal());
+    let names: Vec<String> = v.differing.iter().map(|p| p.to_string()).collect();
+    assert_eq!(names, vec!["dir5/f3.php".to_string()]);
+    let o = SyncOptions {
+        checksum: true,
+        ..opts()
+    };
+    let full = run_pass(&s, &d, &o, 3, &no_events()).unwrap();
+    assert_eq!(full.changed_entries, 1);
+    assert!(verify(&s, &d, 100).unwrap().equal());
+    assert_same(&src, &dst);
+}
+
+#[test]
+fn verify_lists_missing_extra_and_changed_paths() {
+    let t = tmp();
+    let (src, dst) = dirs(&t);
+    make_tree(&src);
+    let (s, d) = (LocalTree::new(&src), LocalTree::new(&dst));
+    run_pass(&s, &d, &opts(), 1, &no_events()).unwrap();
+    fs::remove_file(dst.join("dir6/sub/deep.txt")).unwrap();
+    fs::write(dst.join("dir7/new"), b"n").unwrap();
+    fs::write(dst.join("with space"), b"other").unwrap();
+    let v = verify(&s, &d, 100).unwrap();
+    let names: Vec<String> = v.differing.iter().map(|p| p.to_string()).collect();
+    assert_eq!(names, vec!["dir6/sub/deep.txt", "dir7/new", "with space"]);
+}
+
+/// A receiver that fails after a number of data bytes: the interruption hook.
+struct Failing<'a> {
+    inner: &'a LocalTree,
+    budget: std::sync::atomic::AtomicI64,
+}
+
+impl ferry_sync::Tree for Failing<'_> {
+    fn scan(&self, o: &ferry_sync::ScanOptions) -> ferry_sync::Result<ferry_sync::Manifest> {
+        self.inner.scan(o)
+    }
+    fn scan_paths(
+        &self,
+        p: &std::collections::BTreeSet<ferry_sync::RelPath>,
+        o: &ferry_sync::ScanOptions,
+    ) -> ferry_sync::Result<ferry_sync::Manifest> {
+        self.inner.scan_paths(p, o)
+    }
+    fn merkle_root(&self) -> ferry_sync::Result<(ferry_sync::Digest, u64)> {
+        self.inner.merkle_root()
+    }
+    fn merkle_children(
+        &self,
+        d: Option<&ferry_sync::RelPath>,
+    ) -> ferry_sync::Result<Vec<ferry_sync::merkle::Child>> {
+        self.inner.merkle_children(d)
+    }
+    fn block_hashes(&self, bs: u32) -> ferry_sync::Result<(u64, Vec<ferry_sync::Digest>)> {
+        self.inner.block_hashes(bs)
+    }
+}
+
+impl Dest for Failing<'_> {
+    fn signature(
+        &self,
+        p: &ferry_sync::RelPath,
+        b: ferry_sync::Basis,
+        bs: u32,
+    ) -> ferry_sync::Result<Option<ferry_sync::delta::Signature>> {
+        self.inner.signature(p, b, bs)
+    }
+    fn apply(&self, op: Op) -> ferry_sync::Result<()> {
+        let n = match &op {
+            Op::PutFile { data, .. } => data.len() as i64,
+            Op::Chunk(ferry_sync::delta::Chunk::Data(d)) => d.len() as i64,
+            _ => 0,
+        };
+        if self
+            .budget
+            .fetch_sub(n, std::sync::atomic::Ordering::SeqCst)
+            < n
+        {
+            return Err(SyncError::Protocol("receiver killed (test hook)".into()));
+        }
+        self.inner.apply(op)
+    }
+    fn flush(&self) -> ferry_sync::Result<()> {
+        self.inner.flush()
+    }
+    fn block_prepare(&self, s: u64, bs: u32) -> ferry_sync::Result<Vec<ferry_sync::Digest>> {
+        self.inner.block_prepare(s, bs)
+    }
+    fn block_finish(&self, s: u64, bs: u32, h: &[ferry_sync::Digest]) -> ferry_sync::Result<()> {
+        self.inner.block_finish(s, bs, h)
+    }
+}
+
+#[test]
+fn interrupted_pass_leaves_no_half_file_and_resumes_without_resending() {
+    let t = tmp();
+    let (src, dst) = dirs(&t);
+    fs::create_dir_all(&src).unwrap();
+    let big = bytes(42, 16 * 1024 * 1024);
+    fs::write(src.join("big"), &big).unwrap();
+    for i in 0..50 {
+        fs::write(src.join(format!("small{i}")), bytes(i, 3000)).unwrap();
+    }
+    let s = LocalTree::new(&src);
+    let d = LocalTree::new(&dst);
+    // Kill the receiver half-way through the big file.
+    let failing = Failing {
+        inner: &d,
+        budget: std::sync::atomic::AtomicI64::new(50 * 3000 + 8 * 1024 * 1024),
+    };
+    let err = run_pass(&s, &failing, &opts(), 1, &no_events()).unwrap_err();
+    assert!(err.to_string().contains("test hook"), "{err}");
+    // No half file under a real name: every visible file is complete.
+    for e in fs::read_dir(&dst).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        if name.starts_with(".~ferry.") {
+            continue;
+        }
+        assert_eq!(
+            fs::read(e.path()).unwrap(),
+            fs::read(src.join(&name)).unwrap(),
+            "{name}"
+        );
+    }
+    assert!(!dst.join("big").exists());
+    // Resume: the partial file is the basis; only the missing part travels.
+    let p = run_pass(&s, &d, &opts(), 2, &no_events()).unwrap();
+    assert!(
+        p.data_bytes < 9 * 1024 * 1024,
+        "resumed pass re-sent {} bytes",
+        p.data_bytes
+    );
+    assert_eq!(fs::read(dst.join("big")).unwrap(), big);
+    assert_same(&src, &dst);
+}

@@ -1,0 +1,400 @@
+//! Path safety: every refusal the receiver must make, each its own test, sent
+//! as raw frames to a real agent (what a hostile or buggy peer would send).
+
+use std::fs;
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use ferry_sync::proto::{self, Msg};
+use ferry_sync::{Kind, Meta, Op, RelPath};
+
+use crate::support::*;
+
+struct Raw {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Raw {
+    fn open(agent: &Agent, volume: &str, write: bool) -> Raw {
+        let s = TcpStream::connect(("127.0.0.1", agent.port)).unwrap();
+        let mut raw = Raw {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        };
+        let key = proto::derive_key(KEY);
+        let Msg::Hello { nonce: sn } = raw.recv() else {
+            panic!("no hello")
+        };
+        let cn = [7u8; 32];
+        raw.send_msg(&Msg::Auth {
+            nonce: cn,
+            mac: proto::auth_mac(&key, "client", &sn, &cn),
+        });
+        assert!(matches!(raw.recv(), Msg::AuthOk { .. }));
+        raw.send_msg(&Msg::Open {
+            volume: volume.into(),
+            write,
+        });
+        assert_eq!(raw.recv(), Msg::Ok);
+        raw
+    }
+    fn send_msg(&mut self, m: &Msg) {
+        self.w.write_all(&proto::encode(m)).unwrap();
+    }
+    fn send_raw(&mut self, body: &[u8]) {
+        self.w
+            .write_all(&(body.len() as u32).to_be_bytes())
+            .unwrap();
+        self.w.write_all(body).unwrap();
+    }
+    fn recv(&mut self) -> Msg {
+        proto::read_msg(&mut self.r).unwrap().unwrap().unwrap()
+    }
+    /// Flushes and returns the agent's error message (panics on success).
+    fn expect_error(&mut self) -> String {
+        // The connection may already be closed after a malformed frame.
+        let _ = self.w.write_all(&proto::encode(&Msg::Flush));
+        match self.recv() {
+            Msg::Error { message } => message,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+    fn expect_ok(&mut self) {
+        self.send_msg(&Msg::Flush);
+        assert_eq!(self.recv(), Msg::Ok);
+    }
+}
+
+/// A PutFile frame body with arbitrary path bytes (bypassing RelPath checks).
+fn put_file_body(path: &[u8]) -> Vec<u8> {
+    let mut b = vec![proto::VERSION, 37];
+    b.extend_from_slice(&(path.len() as u32).to_be_bytes());
+    b.extend_from_slice(path);
+    for v in [0o644u32, 0, 0] {
+        b.extend_from_slice(&v.to_be_bytes());
+    }
+    b.extend_from_slice(&0i64.to_be_bytes());
+    b.extend_from_slice(&0u32.to_be_bytes());
+    b.extend_from_slice(&4u32.to_be_bytes());
+    b.extend_from_slice(b"evil");
+    b
+}
+
+fn meta() -> Meta {
+    Meta {
+        mode: 0o644,
+        ..Default::default()
+    }
+}
+
+fn rel(s: &str) -> RelPath {
+    RelPath::new(s.as_bytes()).unwrap()
+}
+
+/// A volume with an `outside` directory next to it, and symlinks planted in
+/// the volume pointing there.
+fn setup() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    Agent,
+) {
+    let t = tmp();
+    let vol = t.path().join("vol");
+    let outside = t.path().join("outside");
+    fs::create_dir_all(&vol).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("secret"), b"secret").unwrap();
+    symlink(&outside, vol.join("link")).unwrap();
+    symlink(outside.join("secret"), vol.join("f")).unwrap();
+    let agent = Agent::start(&[("v", &vol, false)]);
+    (t, vol, outside, agent)
+}
+
+fn outside_untouched(outside: &Path) {
+    let names: Vec<_> = fs::read_dir(outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("secret")]);
+    assert_eq!(fs::read(outside.join("secret")).unwrap(), b"secret");
+}
+
+fn refused_raw(path: &[u8], want: &str) {
+    let (_t, vol, outside, agent) = setup();
+    let mut raw = Raw::open(&agent, "v", true);
+    raw.send_raw(&put_file_body(path));
+    let e = raw.expect_error();
+    assert!(e.contains(want), "{e}");
+    outside_untouched(&outside);
+    assert!(!vol.join("evil").exists());
+}
+
+#[test]
+fn refuses_dotdot_component() {
+    refused_raw(b"../outside/evil", "'..' component");
+}
+
+#[test]
+fn refuses_dotdot_deeper_in_the_path() {
+    refused_raw(b"a/../../outside/evil", "'..' component");
+}
+
+#[test]
+fn refuses_absolute_path() {
+    refused_raw(b"/tmp/ferry-evil", "absolute path");
+    assert!(!Path::new("/tmp/ferry-evil").exists());
+}
+
+#[test]
+fn refuses_nul_in_path() {
+    refused_raw(b"evil\0.txt", "NUL");
+}
+
+#[test]
+fn refuses_empty_and_dot_components() {
+    refused_raw(b"a//evil", "empty component");
+    refused_raw(b"./evil", "'.' component");
+    refused_raw(b"", "empty path");
+}
+
+#[test]
+fn refuses_slash_inside_a_name_field() {
+    // Children lists carry single names: a '/' there is refused by the decoder.
+    let mut b = vec![proto::VERSION, 17];
+    b.extend_from_slice(&1u32.to_be_bytes());
+    b.extend_from_slice(&3u32.to_be_bytes());
+    b.extend_from_slice(b"a/b");
+    b.push(1);
+    b.extend_from_slice(&[0u8; 64]);
+    let e = proto::decode(&b).unwrap_err();
+    assert!(e.to_string().contains("'/' inside a name"), "{e}");
+    assert!(RelPath::name(b"a/b").is_err());
+}
+
+#[test]
+fn refuses_oversized_frame_before_reading_it() {
+    let (_t, _vol, _outside, agent) = setup();
+    let mut raw = Raw::open(&agent, "v", true);
+    raw.w.write_all(&0x7fff_ffffu32.to_be_bytes()).unwrap();
+    match raw.recv() {
+        Msg::Error { message } => assert!(message.contains("exceeds the limit"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn refuses_to_write_through_a_symlinked_directory() {
+    let (_t, _vol, outside, agent) = setup();
+    let mut raw = Raw::open(&agent, "v", true);
+    raw.send_msg(&Msg::Op(Op::PutFile {
+        path: rel("link/evil"),
+        meta: meta(),
+        data: b"evil".to_vec(),
+    }));
+    let e = raw.expect_error();
+    assert!(e.contains("symbolic link"), "{e}");
+    outside_untouched(&outside);
+}
+
+#[test]
+fn refuses_streamed_file_through_a_symlinked_directory() {
+    let (_t, _vol, outside, agent) = setup();
+    let mut raw = Raw::open(&agent, "v", true);
+    raw.send_msg(&Msg::Op(Op::Begin {
+        path: rel("link/evil"),
+        meta: meta(),
+        basis: ferry_sync::Basis::None,
+    }));
+    raw.send_msg(&Msg::Chunk(ferry_sync::delta::Chunk::Data(
+        b"evil".to_vec(),
+    )));
+    raw.send_msg(&Msg::Op(Op::Commit));
+    let e = raw.expect_error();
+    assert!(e.contains("symbolic link"), "{e}");
+    outside_untouched(&outside);
+}
+
+#[test]
+fn replaces_a_planted_symlink_instead_of_writing_through_it() {
+    let (_t, vol, outside, agent) = setup();
+    let mut raw = Raw::open(&agent, "v", true);
+    raw.send_msg(&Msg::Op(Op::PutFile {
+        path: rel("f"),
+        meta: meta(),
+        data: b"new".to_vec(),
+    }));
+    raw.expect_ok();
+    outside_untouched(&outside);
+    assert!(fs::symlink_metadata(vol.join("f")).unwrap().is_file());
+    assert_eq!(fs::read(vol.join("f")).unwrap(), b"new");
+}
+
+#[test]
+fn refuses_metadata_change_through_a_planted_symlink() {
+    let (_t, _vol, outside, agent) = setup();
+    let before = fs::metadata(outside.join("secret")).unwrap();
+    let mut raw = Raw::open(&agent, "v", true);
+    raw.send_msg(&Msg::Op(Op::SetMeta {
+        path: rel("f"),
+        kind: Kind::File,
+        meta: Meta {
+            mode: 0o777,
+            ..Default::default()
+        },
+    }));
+    let e = raw.expect_error();
+    assert!(e.contains("expected a File"), "{e}");
+    let after = fs::metadata(outside.join("secret")).unwrap();
+    assert_eq!(before.permissions(), after.permissions());
+    assert_eq!(before.modified().unwrap(), after.modified().unwrap());
+}
+
+#[test]
+fn refuses_delta_basis_that_is_a_planted_symlink() {
+    let (_t, _vol, outside, agent) = setup();
+    let mut raw = Raw::open(&agent, "v", true);
+    raw.send_msg(&Msg::Op(Op::Begin {
+        path: rel("f"),
+        meta: meta(),
+        basis: ferry_sync::Basis::Target,
+    }));
+    raw.send_msg(&Msg::Chunk(ferry_sync::delta::Chunk::Copy {
+        offset: 0,
+        len: 6,
+    }));
+    raw.send_msg(&Msg::Op(Op::Commit));
+    let e = raw.expect_error();
+    assert!(e.contains("open"), "{e}");
+    outside_untouched(&outside);
+}
+
+#[test]
+fn refuses_hard_link_to_a_file_outside() {
+    let (_t, vol, outside, agent) = setup();
+    let mut raw = Raw::open(&agent, "v", true);
+    raw.send_msg(&Msg::Op(Op::Hardlink {
+        path: rel("stolen"),
+        to: rel("link/secret"),
+    }));
+    let e = raw.expect_error();
+    assert!(e.contains("symbolic link"), "{e}");
+    let mut raw = Raw::open(&agent, "v", true);
+    raw.send_msg(&Msg::Op(Op::Hardlink {
+        path: rel("stolen"),
+        to: rel("f"),
+    }));
+    let e = raw.expect_error();
+    assert!(e.contains("not a regular file"), "{e}");
+    assert!(!vol.join("stolen").exists());
+    outside_untouched(&outside);
+}
+
+#[test]
+fn refuses_delete_through_a_symlinked_directory() {
+    let (_t, _vol, outside, agent) = setup();
+    let mut raw = Raw::open(&agent, "v", true);
+    raw.send_msg(&Msg::Op(Op::Delete {
+        path: rel("link/secret"),
+    }));
+    let e = raw.expect_error();
+    assert!(e.contains("symbolic link"), "{e}");
+    outside_untouched(&outside);
+}
+
+#[test]
+fn refuses_mkdir_through_a_symlinked_directory() {
+    let (_t, _vol, outside, agent) = setup();
+    let mut raw = Raw::open(&agent, "v", true);
+    raw.send_msg(&Msg::Op(Op::Mkdir {
+        path: rel("link/newdir"),
+    }));
+    let e = raw.expect_error();
+    assert!(e.contains("symbolic link"), "{e}");
+    outside_untouched(&outside);
+}
+
+#[test]
+fn refuses_copy_beyond_the_basis() {
+    let (_t, vol, _outside, agent) = setup();
+    fs::write(vol.join("small"), b"0123456789").unwrap();
+    let mut raw = Raw::open(&agent, "v", true);
+    raw.send_msg(&Msg::Op(Op::Begin {
+        path: rel("small"),
+        meta: meta(),
+        basis: ferry_sync::Basis::Target,
+    }));
+    raw.send_msg(&Msg::Chunk(ferry_sync::delta::Chunk::Copy {
+        offset: 5,
+        len: u64::MAX,
+    }));
+    raw.send_msg(&Msg::Op(Op::Commit));
+    let e = raw.expect_error();
+    assert!(e.contains("beyond basis"), "{e}");
+    assert_eq!(fs::read(vol.join("small")).unwrap(), b"0123456789");
+}
+
+#[test]
+fn nothing_is_written_after_a_refused_op() {
+    let (_t, vol, outside, agent) = setup();
+    let mut raw = Raw::open(&agent, "v", true);
+    raw.send_msg(&Msg::Op(Op::PutFile {
+        path: rel("link/evil"),
+        meta: meta(),
+        data: b"evil".to_vec(),
+    }));
+    raw.send_msg(&Msg::Op(Op::PutFile {
+        path: rel("after"),
+        meta: meta(),
+        data: b"after".to_vec(),
+    }));
+    raw.expect_error();
+    assert!(!vol.join("after").exists());
+    outside_untouched(&outside);
+}
+
+#[test]
+fn refuses_writes_on_a_session_opened_for_reading() {
+    let (_t, vol, _outside, agent) = setup();
+    let mut raw = Raw::open(&agent, "v", false);
+    raw.send_msg(&Msg::Op(Op::PutFile {
+        path: rel("x"),
+        meta: meta(),
+        data: b"x".to_vec(),
+    }));
+    let e = raw.expect_error();
+    assert!(e.contains("opened for reading"), "{e}");
+    assert!(!vol.join("x").exists());
+}
+
+#[test]
+fn refuses_requests_before_authentication() {
+    let (_t, vol, _outside, agent) = setup();
+    let s = TcpStream::connect(("127.0.0.1", agent.port)).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    assert!(matches!(
+        proto::read_msg(&mut r).unwrap().unwrap().unwrap(),
+        Msg::Hello { .. }
+    ));
+    w.write_all(&proto::encode(&Msg::Open {
+        volume: "v".into(),
+        write: true,
+    }))
+    .unwrap();
+    match proto::read_msg(&mut r).unwrap().unwrap().unwrap() {
+        Msg::Error { message } => assert!(message.contains("authentication required")),
+        other => panic!("{other:?}"),
+    }
+    w.write_all(&proto::encode(&Msg::Op(Op::PutFile {
+        path: rel("x"),
+        meta: meta(),
+        data: b"x".to_vec(),
+    })))
+    .ok();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(!vol.join("x").exists());
+}
