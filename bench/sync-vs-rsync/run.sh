@@ -3,7 +3,12 @@
 #   rsync in daemon mode (rsync://127.0.0.1) vs ferry agent (ferry://127.0.0.1).
 # Cases: (a) N small files of 1-8 KiB (default 200,000): first copy, unchanged
 # pass, pass after 1% of the files changed, verify (ferry --verify vs rsync -c
-# dry run); (b) a block image (default 1 GiB) with 1% of its blocks changed.
+# dry run), plus, for ferry, an unchanged pass with --watch (the second pass of
+# `--watch --until-converged --json`, timed by ferry itself); (b) a real PHP
+# application tree, /usr/share/wordpress from Debian's `wordpress` .deb (fetched
+# with `apt-get download`, unpacked with `dpkg-deb -x`, never installed; skipped
+# with a message if it cannot be fetched): same four measures; (c) a block image
+# (default 1 GiB) with 1% of its blocks changed, and ferry's block hashing rate.
 # Results go to bench/sync-vs-rsync/results.txt; ratios are printed last.
 #   N=20000 IMG_MB=256 bash bench/sync-vs-rsync/run.sh     # a quicker run
 set -euo pipefail
@@ -34,6 +39,27 @@ for i in range(n):
 PY
 head -c $((IMG_MB * 1024 * 1024)) /dev/urandom > "$W/img/disk.img"
 
+# Case (b): Debian's wordpress package, downloaded and unpacked, not installed.
+WP=0; WP_NOTE=""
+mkdir -p "$W/wpdeb" "$W/wprs" "$W/wpfe"
+fetch_wp() {
+  ( cd "$W/wpdeb" && apt-get download wordpress >/dev/null 2>&1 ) && return 0
+  apt-get update >/dev/null 2>&1 || true
+  ( cd "$W/wpdeb" && apt-get download wordpress >/dev/null 2>&1 )
+}
+if command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null && fetch_wp \
+   && dpkg-deb -x "$W"/wpdeb/wordpress_*.deb "$W/wpdeb/x" \
+   && [ -d "$W/wpdeb/x/usr/share/wordpress" ]; then
+  WP=1
+  WPDEB="$(basename "$W"/wpdeb/wordpress_*.deb)"
+  WPSRC="$W/wpdeb/x/usr/share/wordpress"
+  WP_NOTE="$WPDEB: $(find "$WPSRC" -type f | wc -l) files, $(find "$WPSRC" -type l | wc -l) symlinks, $(find "$WPSRC" -type d | wc -l) dirs, $(du -sm "$WPSRC" | cut -f1) MiB"
+  echo "case (b): $WP_NOTE"
+else
+  WP_NOTE="skipped: could not fetch/unpack Debian's wordpress .deb (apt-get download wordpress)"
+  echo "case (b) $WP_NOTE" >&2
+fi
+
 cat > "$W/rsyncd.conf" <<CONF
 use chroot = no
 [rs]
@@ -44,6 +70,12 @@ gid = root
 [rsimg]
 path = $W/img-rs
 read only = no
+uid = root
+gid = root
+[rswp]
+path = $W/wprs
+read only = no
+munge symlinks = no
 uid = root
 gid = root
 CONF
@@ -57,18 +89,55 @@ key = "bench-key-0123456789abcdef"
 path = "$W/fe"
 [volumes.img]
 path = "$W/img-fe/disk.img"
+[volumes.wp]
+path = "$W/wpfe"
 CONF
 export FERRY_SYNC_KEY="bench-key-0123456789abcdef"
 "$FERRY" agent --config "$W/agent.toml" --log-level warn &
 FPID=$!
 sleep 1
 
-t() { local s e; s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N); echo "$e - $s" | bc; }
+t() {
+  local s e; s=$(date +%s.%N)
+  "$@" >/dev/null || echo "warning: exit $? from: $*" >&2
+  e=$(date +%s.%N); echo "$e - $s" | bc
+}
+# tj FILE cmd...: like t, keeping the command's stdout (ferry --json) in FILE.
+tj() { local f="$1" s e; shift; s=$(date +%s.%N); "$@" >"$f"; e=$(date +%s.%N); echo "$e - $s" | bc; }
 declare -A R
 R[rs_first]=$(t rsync -a --delete "$W/src/" "rsync://127.0.0.1:$RSPORT/rs/")
 R[fe_first]=$(t "$FERRY" sync --delete "$W/src" "ferry://127.0.0.1:$FPORT/fe")
 R[rs_unch]=$(t rsync -a --delete "$W/src/" "rsync://127.0.0.1:$RSPORT/rs/")
 R[fe_unch]=$(t "$FERRY" sync --delete "$W/src" "ferry://127.0.0.1:$FPORT/fe")
+# Unchanged pass with --watch: pass 1 walks the tree and starts the watch, pass 2
+# visits only what the watch recorded (nothing). --max-freeze 0s --max-passes 2
+# stops after pass 2 ("not converging: pass limit", exit 1, expected). The
+# pass-2 time is ferry's own scan + transfer time from its pass summary: what an
+# already-running watched sync spends on a pass (no process start, no connect).
+WATCH_NOTE=""
+if "$FERRY" sync --help | grep -q -- '--watch'; then
+  R[fe_watch_cmd]=$(tj "$W/watch.json" "$FERRY" sync --delete --watch --until-converged \
+    --max-freeze 0s --max-passes 2 --json "$W/src" "ferry://127.0.0.1:$FPORT/fe" 2>"$W/watch.err" || true)
+  WATCH_NOTE=$(python3 - "$W/watch.json" <<'PY'
+import json, sys
+p2 = None
+for line in open(sys.argv[1]):
+    try: e = json.loads(line)
+    except ValueError: continue
+    if e.get("event") == "pass_finished" and e["summary"]["pass"] == 2:
+        p2 = e["summary"]
+if p2 is None:
+    print("NA not measured: no second pass reported")
+elif not p2["watched"]:
+    print(f"NA not measured: pass 2 walked the whole tree ({p2['full_walk_reason']})")
+else:
+    print(f"{p2['scan_secs'] + p2['transfer_secs']:.6f} pass 2 visited {p2['entries']} entries, changed {p2['changed_entries']}")
+PY
+)
+else
+  WATCH_NOTE="NA not measured: this ferry has no sync --watch"
+fi
+R[fe_watch]="${WATCH_NOTE%% *}"; WATCH_NOTE="${WATCH_NOTE#* }"
 python3 - "$W/src" "$N" <<'PY'
 import os, sys, random
 root, n = sys.argv[1], int(sys.argv[2])
@@ -83,7 +152,29 @@ R[fe_1pct]=$(t "$FERRY" sync --delete "$W/src" "ferry://127.0.0.1:$FPORT/fe")
 R[rs_verify]=$(t rsync -acn --delete "$W/src/" "rsync://127.0.0.1:$RSPORT/rs/")
 R[fe_verify]=$(t "$FERRY" sync --verify "$W/src" "ferry://127.0.0.1:$FPORT/fe")
 
-# Block image: first copy, then 1% of 64 KiB blocks changed.
+# Case (b): the wordpress tree, same four measures.
+if [ "$WP" = 1 ]; then
+  R[rs_wp_first]=$(t rsync -a --delete "$WPSRC/" "rsync://127.0.0.1:$RSPORT/rswp/")
+  R[fe_wp_first]=$(t "$FERRY" sync --delete "$WPSRC" "ferry://127.0.0.1:$FPORT/wp")
+  R[rs_wp_unch]=$(t rsync -a --delete "$WPSRC/" "rsync://127.0.0.1:$RSPORT/rswp/")
+  R[fe_wp_unch]=$(t "$FERRY" sync --delete "$WPSRC" "ferry://127.0.0.1:$FPORT/wp")
+  python3 - "$WPSRC" <<'PY'
+import os, sys, random
+root = sys.argv[1]
+files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+               if not os.path.islink(os.path.join(d, f)))
+r = random.Random(4)
+for p in r.sample(files, max(1, len(files) // 100)):
+    with open(p, "ab") as f:
+        f.write(b"\n/* ferry bench change */\n")
+PY
+  R[rs_wp_1pct]=$(t rsync -a --delete "$WPSRC/" "rsync://127.0.0.1:$RSPORT/rswp/")
+  R[fe_wp_1pct]=$(t "$FERRY" sync --delete "$WPSRC" "ferry://127.0.0.1:$FPORT/wp")
+  R[rs_wp_verify]=$(t rsync -acn --delete "$WPSRC/" "rsync://127.0.0.1:$RSPORT/rswp/")
+  R[fe_wp_verify]=$(t "$FERRY" sync --verify "$WPSRC" "ferry://127.0.0.1:$FPORT/wp")
+fi
+
+# Case (c), block image: first copy, then 1% of 64 KiB blocks changed.
 R[rs_img_first]=$(t rsync -a --inplace "$W/img/disk.img" "rsync://127.0.0.1:$RSPORT/rsimg/disk.img")
 R[fe_img_first]=$(t "$FERRY" sync --mode block "$W/img/disk.img" "ferry://127.0.0.1:$FPORT/img")
 python3 - "$W/img/disk.img" <<'PY'
@@ -95,16 +186,47 @@ with open(p, "r+b") as f:
         f.seek(b * 65536 + 100); f.write(r.randbytes(4096))
 PY
 R[rs_img_1pct]=$(t rsync -a --inplace --no-whole-file "$W/img/disk.img" "rsync://127.0.0.1:$RSPORT/rsimg/disk.img")
-R[fe_img_1pct]=$(t "$FERRY" sync --mode block "$W/img/disk.img" "ferry://127.0.0.1:$FPORT/img")
+R[fe_img_1pct]=$(tj "$W/img.json" "$FERRY" sync --mode block --json "$W/img/disk.img" "ferry://127.0.0.1:$FPORT/img")
+# Block hashing rate: the 1% pass's scan hashes the whole source image (page
+# cache, all cores) and reads the receiver's digest file.
+HASH=$(python3 - "$W/img.json" "$((IMG_MB * 1024 * 1024))" <<'PY'
+import json, sys
+size = int(sys.argv[2])
+for line in open(sys.argv[1]):
+    try: e = json.loads(line)
+    except ValueError: continue
+    if e.get("event") == "pass_finished":
+        s = e["summary"]["scan_secs"]
+        print(f"{size / s / 1e9:.2f} GB/s ({size} bytes hashed in {s:.3f}s)")
+PY
+)
 
 OUT=bench/sync-vs-rsync/results.txt
+CASES="first unch 1pct verify"
+[ "$WP" = 1 ] && CASES="$CASES wp_first wp_unch wp_1pct wp_verify"
+CASES="$CASES img_first img_1pct"
+ratio() { echo "$1 / $2" | bc -l; }
 {
   echo "# ferry sync vs rsync daemon, loopback, $(nproc) cores, N=$N files, image ${IMG_MB} MiB, $(date -u +%F)"
-  for k in first unch 1pct verify img_first img_1pct; do
+  echo "# (a) N small files; (b) wordpress: $WP_NOTE; (c) block image"
+  for k in $CASES; do
     printf "%-10s rsync %8.2fs  ferry %8.2fs\n" "$k" "${R[rs_$k]}" "${R[fe_$k]}"
   done
+  if [ "${R[fe_watch]}" != NA ]; then
+    printf "%-10s rsync %8.2fs  ferry %8.4fs  (ferry: --watch, %s; whole 2-pass command %.2fs)\n" \
+      unch_watch "${R[rs_unch]}" "${R[fe_watch]}" "$WATCH_NOTE" "${R[fe_watch_cmd]}"
+  else
+    echo "unch_watch $WATCH_NOTE"
+  fi
+  echo "block hashing (ferry, image 1% pass scan): $HASH"
   echo "ratios (rsync time / ferry time; > 1 means ferry is faster):"
-  for k in first unch 1pct verify img_first img_1pct; do
-    printf "  %-10s %6.2fx\n" "$k" "$(echo "${R[rs_$k]} / ${R[fe_$k]}" | bc -l)"
+  for k in $CASES; do
+    printf "  %-10s %6.2fx\n" "$k" "$(ratio "${R[rs_$k]}" "${R[fe_$k]}")"
   done
+  if [ "${R[fe_watch]}" != NA ]; then
+    printf "  %-10s %6.0fx   (rsync unchanged pass / ferry watched pass 2)\n" unch_watch "$(ratio "${R[rs_unch]}" "${R[fe_watch]}")"
+  fi
+  echo "goals: first copy (a) >= 3x: $(printf %.2f "$(ratio "${R[rs_first]}" "${R[fe_first]}")")x;" \
+    "unchanged pass with --watch >= 20x: $( [ "${R[fe_watch]}" != NA ] && printf %.0fx "$(ratio "${R[rs_unch]}" "${R[fe_watch]}")" || echo "not measured");" \
+    "block hashing >= 1 GB/s on 2 cores: ${HASH%% (*}"
 } | tee "$OUT"
