@@ -191,7 +191,28 @@ struct Progress<'a> {
     wire: &'a (dyn Fn() -> u64 + Sync),
 }
 
-impl Progress<'_> {
+impl<'a> Progress<'a> {
+    /// Progress of one pass that will move `total` bytes, starting now.
+    fn new(
+        pass: u32,
+        total: u64,
+        start: Instant,
+        on_event: OnEvent<'a>,
+        wire: &'a (dyn Fn() -> u64 + Sync),
+    ) -> Self {
+        Progress {
+            pass,
+            total,
+            done_entries: AtomicU64::new(0),
+            done_bytes: AtomicU64::new(0),
+            data: AtomicU64::new(0),
+            last: Mutex::new(Instant::now()),
+            start,
+            on_event,
+            wire,
+        }
+    }
+
     fn add(&self, entries: u64, bytes: u64) {
         self.done_entries.fetch_add(entries, Ordering::Relaxed);
         self.done_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -434,17 +455,7 @@ pub fn run_pass_over(
         let (a, b) = wire(src, dst);
         (a + b).saturating_sub(wire0.0 + wire0.1)
     };
-    let progress = Progress {
-        pass,
-        total: changed_bytes,
-        done_entries: AtomicU64::new(0),
-        done_bytes: AtomicU64::new(0),
-        data: AtomicU64::new(0),
-        last: Mutex::new(Instant::now()),
-        start: t1,
-        on_event,
-        wire: &wire_now,
-    };
+    let progress = Progress::new(pass, changed_bytes, t1, on_event, &wire_now);
     let vanished = AtomicU64::new(0);
 
     for p in &deletes {
@@ -698,17 +709,7 @@ pub fn run_block_pass(
         let (a, b) = wire(src, dst);
         (a + b).saturating_sub(wire0.0 + wire0.1)
     };
-    let progress = Progress {
-        pass,
-        total: changed_bytes,
-        done_entries: AtomicU64::new(0),
-        done_bytes: AtomicU64::new(0),
-        data: AtomicU64::new(0),
-        last: Mutex::new(Instant::now()),
-        start: t1,
-        on_event,
-        wire: &wire_now,
-    };
+    let progress = Progress::new(pass, changed_bytes, t1, on_event, &wire_now);
     // Reads run in parallel; the receiver gets the blocks as they come.
     differing.par_iter().try_for_each(|&i| -> Result<()> {
         let data = src.read_block(i, bs)?;
