@@ -10,20 +10,21 @@
 //! ops and reports the failure at the next `Flush` (or at the next request),
 //! so nothing after a refused op is written.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::endpoint::{Dest, Op, Source, Tree};
 use crate::error::{Result, SyncError};
 use crate::local::LocalTree;
-use crate::manifest::ScanOptions;
+use crate::manifest::{Kind, ScanOptions};
 use crate::merkle::Digest;
 use crate::path::RelPath;
 use crate::proto::{self, Msg, VANISHED};
@@ -219,6 +220,102 @@ struct Session<'a> {
     block: Option<(u64, u32, Vec<Digest>)>,
     /// Paths received in `ScanPathsPart`s for the next `ScanPathsReq`.
     scan_paths: BTreeSet<RelPath>,
+    /// Independent ops (whole small files, symlinks, file metadata) waiting
+    /// to be applied in parallel; see [`Batch`].
+    batch: Batch,
+}
+
+/// Ops that touch one entry each and need no order among themselves (the
+/// sender itself issues them from parallel workers): whole small files,
+/// symlinks and metadata of files and links. The session collects a run of
+/// them and applies it on several threads, so the receiver is not one
+/// syscall chain at a time. Any other message first applies the whole batch
+/// (a barrier): directories are made before, directory metadata is set
+/// after, and a request sees every earlier op done. A path appears at most
+/// once in a batch (a repeat applies the batch first).
+#[derive(Default)]
+struct Batch {
+    ops: Vec<Op>,
+    paths: HashSet<RelPath>,
+    bytes: usize,
+}
+
+/// A batch is applied when it holds this many ops or data bytes.
+const BATCH_OPS: usize = 512;
+const BATCH_BYTES: usize = 32 << 20;
+
+impl Batch {
+    /// The path of an op that may join a batch.
+    fn batchable(op: &Op) -> Option<&RelPath> {
+        match op {
+            Op::PutFile { path, .. } | Op::Symlink { path, .. } => Some(path),
+            Op::SetMeta { path, kind, .. } if *kind != Kind::Dir => Some(path),
+            _ => None,
+        }
+    }
+}
+
+impl Session<'_> {
+    /// Applies the pending batch in parallel; the first failure becomes the
+    /// session's failure (reported at the next request).
+    fn apply_batch(&mut self) {
+        if self.batch.ops.is_empty() {
+            return;
+        }
+        let ops = std::mem::take(&mut self.batch.ops);
+        self.batch.paths.clear();
+        self.batch.bytes = 0;
+        if self.failed.is_some() {
+            return;
+        }
+        let tree = &self.tree;
+        let failed: Mutex<Option<String>> = Mutex::new(None);
+        ops.into_par_iter().with_max_len(1).for_each(|op| {
+            if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                return;
+            }
+            if let Err(e) = tree.apply(op) {
+                failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(e.to_string());
+            }
+        });
+        if let Some(f) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            self.failed.get_or_insert(f);
+        }
+    }
+
+    /// Queues `m` if it is a batchable op of a writable session; gives it
+    /// back otherwise (after applying the batch, which it must follow).
+    fn queue(&mut self, m: Msg) -> Option<Msg> {
+        if let Msg::Op(op) = &m {
+            if let Some(p) = Batch::batchable(op).filter(|_| self.write) {
+                if self.batch.paths.contains(p) {
+                    self.apply_batch();
+                }
+                let Msg::Op(op) = m else { unreachable!() };
+                if self.failed.is_some() {
+                    // Nothing after a failed op is written.
+                    return None;
+                }
+                let path = Batch::batchable(&op)
+                    .cloned()
+                    .unwrap_or_else(|| unreachable!());
+                if let Op::PutFile { data, .. } = &op {
+                    self.batch.bytes += data.len();
+                }
+                self.batch.paths.insert(path);
+                self.batch.ops.push(op);
+                if self.batch.ops.len() >= BATCH_OPS || self.batch.bytes >= BATCH_BYTES {
+                    self.apply_batch();
+                }
+                return None;
+            }
+        }
+        self.apply_batch();
+        Some(m)
+    }
 }
 
 fn session(s: TcpStream, cfg: &AgentConfig) -> Result<()> {
@@ -322,12 +419,17 @@ fn session(s: TcpStream, cfg: &AgentConfig) -> Result<()> {
         failed: None,
         block: None,
         scan_paths: BTreeSet::new(),
+        batch: Batch::default(),
     };
     loop {
         let m = match recv(&mut r) {
             Ok(Some(m)) => m,
-            Ok(None) => return Ok(()),
+            Ok(None) => {
+                sess.apply_batch();
+                return Ok(());
+            }
             Err(e @ SyncError::Protocol(_)) => {
+                sess.apply_batch();
                 // A malformed frame: say why and hang up; the stream cannot be
                 // trusted any further.
                 let _ = send(
@@ -339,8 +441,12 @@ fn session(s: TcpStream, cfg: &AgentConfig) -> Result<()> {
                 let _ = w.flush();
                 return Err(e);
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                sess.apply_batch();
+                return Err(e);
+            }
         };
+        let Some(m) = sess.queue(m) else { continue };
         // Pipelined frames get no answer; a failure waits for the next request.
         let is_op = matches!(m, Msg::Op(_) | Msg::Chunk(_) | Msg::ScanPathsPart(_));
         if let Err(e) = handle(&mut sess, m, &mut w) {

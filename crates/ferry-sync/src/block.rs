@@ -179,6 +179,17 @@ fn read_digest(path: &Path, block_size: u32, size: u64) -> Option<Vec<Digest>> {
     (out.len() as u64 == size.div_ceil(block_size as u64)).then_some(out)
 }
 
+/// The block hashes of `size` zero bytes.
+fn zero_hashes(size: u64, block_size: u32) -> Vec<Digest> {
+    let bs = block_size as u64;
+    let full = *blake3::hash(&vec![0u8; block_size as usize]).as_bytes();
+    let mut out = vec![full; (size / bs) as usize];
+    if !size.is_multiple_of(bs) {
+        out.push(*blake3::hash(&vec![0u8; (size % bs) as usize]).as_bytes());
+    }
+    out
+}
+
 /// Makes the target `size` bytes long (creating an image file if missing) and
 /// returns the hashes of what it holds.
 pub fn prepare_target(path: &Path, size: u64, block_size: u32) -> Result<Vec<Digest>> {
@@ -194,10 +205,14 @@ pub fn prepare_target(path: &Path, size: u64, block_size: u32) -> Result<Vec<Dig
     let md = f
         .metadata()
         .map_err(|e| SyncError::io("stat target", path, e))?;
+    let mut all_zero = false;
     if md.file_type().is_file() {
         if md.len() != size {
             f.set_len(size)
                 .map_err(|e| SyncError::io("resize target", path, e))?;
+            // An empty (new) file grown by set_len is one hole: every block
+            // reads as zeros, no need to read it to know its hashes.
+            all_zero = md.len() == 0;
         }
     } else {
         let have = size_of(&f, path)?;
@@ -209,6 +224,9 @@ pub fn prepare_target(path: &Path, size: u64, block_size: u32) -> Result<Vec<Dig
         }
     }
     drop(f);
+    if all_zero {
+        return Ok(zero_hashes(size, block_size));
+    }
     if let Some(d) = read_digest(path, block_size, size) {
         return Ok(d);
     }
@@ -251,4 +269,25 @@ pub fn finish_target(path: &Path, size: u64, block_size: u32, hashes: &[Digest])
     out.write_all(&data)
         .map_err(|e| SyncError::io("write digest", &tmp, e))?;
     std::fs::rename(&tmp, &dp).map_err(|e| SyncError::io("write digest", &dp, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_target_has_the_hashes_of_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("disk.img");
+        let size = 3 * 4096 + 100;
+        let got = prepare_target(&p, size, 4096).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), size);
+        assert_eq!(got, hash_image(&p, 4096).unwrap().1);
+        assert_eq!(got.len(), 4);
+        // A non-empty target is read, not assumed to be zeros.
+        write_block(&p, 4096, &[7u8; 4096]).unwrap();
+        let again = prepare_target(&p, size, 4096).unwrap();
+        assert_eq!(again, hash_image(&p, 4096).unwrap().1);
+        assert_ne!(again[1], got[1]);
+    }
 }
