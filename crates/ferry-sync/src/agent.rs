@@ -493,14 +493,26 @@ fn handle(sess: &mut Session<'_>, m: Msg, w: &mut BufWriter<TcpStream>) -> Resul
             )));
         }
         if let Op::Block { offset, data } = &op {
-            if let Some((_, bs, hashes)) = sess.block.as_mut() {
-                let i = (offset / *bs as u64) as usize;
-                if offset % *bs as u64 != 0 || i >= hashes.len() {
+            if let Some((size, bs, hashes)) = sess.block.as_mut() {
+                let bsz = *bs as u64;
+                let first = (offset / bsz) as usize;
+                let count = (data.len() as u64).div_ceil(bsz) as usize;
+                let end = offset.checked_add(data.len() as u64);
+                // Whole blocks; only a run that ends the image may end short.
+                let whole = (data.len() as u64).is_multiple_of(bsz) || end == Some(*size);
+                let inside = end.is_some_and(|e| e <= *size);
+                if offset % bsz != 0 || data.is_empty() || !whole || !inside {
                     return Err(SyncError::Protocol(format!(
-                        "block at {offset} is not on a block boundary inside the target"
+                        "blocks at {offset} ({} bytes) are not whole blocks inside the target",
+                        data.len()
                     )));
                 }
-                hashes[i] = *blake3::hash(data).as_bytes();
+                // The hashes of what was written, not the sender's claim; a
+                // run is hashed on every core.
+                hashes[first..first + count]
+                    .par_iter_mut()
+                    .zip(data.par_chunks(*bs as usize))
+                    .for_each(|(h, b)| *h = *blake3::hash(b).as_bytes());
             } else {
                 return Err(SyncError::Protocol("block before BlockPrepare".into()));
             }

@@ -106,6 +106,93 @@ pub fn read_block(path: &Path, index: u64, block_size: u32) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Reads `count` consecutive blocks from `index` with one `pread` (the last
+/// block of the image may be short).
+pub fn read_blocks(path: &Path, index: u64, count: u64, block_size: u32) -> Result<Vec<u8>> {
+    let bs = check_block_size(block_size)?;
+    let f = open_read(path)?;
+    let size = size_of(&f, path)?;
+    let start = index
+        .checked_mul(bs)
+        .filter(|s| *s < size && count > 0)
+        .ok_or_else(|| SyncError::Corrupt {
+            path: path.display().to_string(),
+            message: format!("blocks {index}+{count} beyond the end of the image"),
+        })?;
+    let len = count.saturating_mul(bs).min(size - start);
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact_at(&mut buf, start)
+        .map_err(|e| SyncError::io("read image", path, e))?;
+    Ok(buf)
+}
+
+/// Bytes written between two kicks of background writeback.
+const WRITEBACK_EVERY: u64 = 64 * 1024 * 1024;
+
+/// The target image of a pass, open from `prepare` to `finish`: blocks are
+/// written with `pwrite` on one descriptor (no open per block), and every
+/// [`WRITEBACK_EVERY`] bytes a background `fdatasync` starts writing back what
+/// is already there, so the final flush does not find the whole image dirty.
+pub struct ImageWriter {
+    path: PathBuf,
+    file: std::sync::Arc<File>,
+    size: u64,
+    written: std::sync::atomic::AtomicU64,
+    flushing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ImageWriter {
+    pub fn open(path: &Path) -> Result<ImageWriter> {
+        let file = OpenOptions::new()
+            .write(true)
+            .custom_flags(nofollow())
+            .open(path)
+            .map_err(|e| SyncError::io("open target", path, e))?;
+        let size = size_of(&file, path)?;
+        Ok(ImageWriter {
+            path: path.to_path_buf(),
+            file: std::sync::Arc::new(file),
+            size,
+            written: 0.into(),
+            flushing: std::sync::Arc::new(false.into()),
+        })
+    }
+
+    /// Writes `data` at `offset`, which must lie inside the target.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        match offset.checked_add(data.len() as u64) {
+            Some(end) if end <= self.size => {}
+            _ => {
+                return Err(SyncError::Corrupt {
+                    path: self.path.display().to_string(),
+                    message: format!(
+                        "block at {offset} of {} bytes beyond the target's {} bytes",
+                        data.len(),
+                        self.size
+                    ),
+                })
+            }
+        }
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| SyncError::io("write block", &self.path, e))?;
+        let n = data.len() as u64;
+        let before = self.written.fetch_add(n, Ordering::Relaxed);
+        if before / WRITEBACK_EVERY != (before + n) / WRITEBACK_EVERY
+            && !self.flushing.swap(true, Ordering::AcqRel)
+        {
+            let (file, flag) = (self.file.clone(), self.flushing.clone());
+            // Best effort: an error here shows again at the final fsync.
+            std::thread::spawn(move || {
+                let _ = file.sync_data();
+                flag.store(false, Ordering::Release);
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Writes one block in place at `offset`. The write must lie inside the
 /// target, whose size [`prepare_target`] fixed.
 pub fn write_block(path: &Path, offset: u64, data: &[u8]) -> Result<()> {

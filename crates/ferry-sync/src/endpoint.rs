@@ -72,7 +72,9 @@ pub enum Op {
     RootMeta {
         meta: Meta,
     },
-    /// Block mode: write `data` at byte `offset` of the target.
+    /// Block mode: write `data` at byte `offset` of the target: one or more
+    /// whole blocks starting on a block boundary (only the image's last block
+    /// may be short).
     Block {
         offset: u64,
         data: Vec<u8>,
@@ -113,6 +115,14 @@ pub trait Source: Tree {
     fn read_small(&self, path: &RelPath) -> Result<Vec<u8>>;
     /// Block mode: the content of blocks `index` (the last one may be short).
     fn read_block(&self, index: u64, block_size: u32) -> Result<Vec<u8>>;
+    /// Block mode: `count` consecutive blocks from `index`, back to back.
+    fn read_blocks(&self, index: u64, count: u64, block_size: u32) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        for i in index..index + count {
+            out.extend_from_slice(&self.read_block(i, block_size)?);
+        }
+        Ok(out)
+    }
     /// `--watch`: what changed since the previous call. The first call starts
     /// recording (on the source's machine) and answers a full walk.
     fn changes(&self) -> Result<Changes>;

@@ -669,6 +669,23 @@ fn wire(src: &dyn Source, dst: &dyn Dest) -> (u64, u64) {
 }
 
 /// One block-mode pass: hash both sides, send only the blocks that differ.
+/// Largest run of consecutive blocks sent as one op (well under the 4 MiB
+/// frame limit).
+const RUN_BYTES: u64 = 1024 * 1024;
+
+/// Groups sorted block indexes into runs `(first, count)` of consecutive
+/// blocks, at most `max` long.
+fn block_runs(sorted: &[u64], max: u64) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &i in sorted {
+        match runs.last_mut() {
+            Some((first, count)) if *first + *count == i && *count < max => *count += 1,
+            _ => runs.push((i, 1)),
+        }
+    }
+    runs
+}
+
 pub fn run_block_pass(
     src: &dyn Source,
     dst: &dyn Dest,
@@ -710,9 +727,12 @@ pub fn run_block_pass(
         (a + b).saturating_sub(wire0.0 + wire0.1)
     };
     let progress = Progress::new(pass, changed_bytes, t1, on_event, &wire_now);
-    // Reads run in parallel; the receiver gets the blocks as they come.
-    differing.par_iter().try_for_each(|&i| -> Result<()> {
-        let data = src.read_block(i, bs)?;
+    // Consecutive differing blocks travel as one run (one read, one frame,
+    // one write) of up to RUN_BYTES; runs are read in parallel and the
+    // receiver gets them as they come.
+    let runs = block_runs(&differing, (RUN_BYTES / bs as u64).max(1));
+    runs.par_iter().try_for_each(|&(i, count)| -> Result<()> {
+        let data = src.read_blocks(i, count, bs)?;
         let n = data.len() as u64;
         limiter.take(n);
         dst.apply(Op::Block {
@@ -720,7 +740,7 @@ pub fn run_block_pass(
             data,
         })?;
         progress.data.fetch_add(n, Ordering::Relaxed);
-        progress.add(1, n);
+        progress.add(count, n);
         Ok(())
     })?;
     dst.flush()?;
@@ -912,5 +932,24 @@ pub struct BlockVerdict {
 impl BlockVerdict {
     pub fn equal(&self) -> bool {
         self.source_root == self.dest_root
+    }
+}
+
+#[cfg(test)]
+mod block_run_tests {
+    use super::block_runs;
+
+    #[test]
+    fn consecutive_blocks_form_runs_up_to_the_limit() {
+        assert_eq!(block_runs(&[], 4), vec![]);
+        assert_eq!(
+            block_runs(&[0, 1, 2, 5, 6, 9], 4),
+            vec![(0, 3), (5, 2), (9, 1)]
+        );
+        assert_eq!(
+            block_runs(&[0, 1, 2, 3, 4, 5, 6, 7, 8], 4),
+            vec![(0, 4), (4, 4), (8, 1)]
+        );
+        assert_eq!(block_runs(&[3, 4], 1), vec![(3, 1), (4, 1)]);
     }
 }

@@ -70,6 +70,8 @@ pub struct LocalTree {
     /// `--watch`: started by the first [`Source::changes`]. Boxed: most trees
     /// never watch, and the watcher is large.
     watch: Mutex<Option<Box<Watch>>>,
+    /// Block mode: the target image between `block_prepare` and `block_finish`.
+    image: Mutex<Option<std::sync::Arc<block::ImageWriter>>>,
 }
 
 impl LocalTree {
@@ -81,6 +83,7 @@ impl LocalTree {
             open: Mutex::new(None),
             merkle: Mutex::new(None),
             watch: Mutex::new(None),
+            image: Mutex::new(None),
         }
     }
 
@@ -430,6 +433,10 @@ impl Source for LocalTree {
         block::read_block(self.image_path(), index, block_size)
     }
 
+    fn read_blocks(&self, index: u64, count: u64, block_size: u32) -> Result<Vec<u8>> {
+        block::read_blocks(self.image_path(), index, count, block_size)
+    }
+
     fn changes(&self) -> Result<Changes> {
         let mut g = self.watch.lock().unwrap_or_else(|p| p.into_inner());
         match g.as_ref() {
@@ -496,7 +503,13 @@ impl Dest for LocalTree {
             Op::Chunk(c) => self.chunk(c),
             Op::Commit => self.commit(),
             Op::RootMeta { meta } => self.set_root_meta(&meta),
-            Op::Block { offset, data } => block::write_block(self.image_path(), offset, &data),
+            Op::Block { offset, data } => {
+                let image = self.image.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                match image {
+                    Some(w) => w.write(offset, &data),
+                    None => block::write_block(self.image_path(), offset, &data),
+                }
+            }
         }
     }
 
@@ -505,10 +518,14 @@ impl Dest for LocalTree {
     }
 
     fn block_prepare(&self, size: u64, block_size: u32) -> Result<Vec<Digest>> {
-        block::prepare_target(self.image_path(), size, block_size)
+        let hashes = block::prepare_target(self.image_path(), size, block_size)?;
+        let writer = block::ImageWriter::open(self.image_path())?;
+        *self.image.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer.into());
+        Ok(hashes)
     }
 
     fn block_finish(&self, size: u64, block_size: u32, hashes: &[Digest]) -> Result<()> {
+        self.image.lock().unwrap_or_else(|p| p.into_inner()).take();
         block::finish_target(self.image_path(), size, block_size, hashes)
     }
 }

@@ -183,6 +183,10 @@ mod t {
     pub const WATCH_FULL: u8 = 48;
     pub const SCAN_PATHS_PART: u8 = 49;
     pub const SCAN_PATHS_REQ: u8 = 50;
+    /// A run of whole blocks (`Op::Block`). A new code rather than a new
+    /// meaning of `OP_BLOCK`: an agent that only knows single blocks refuses
+    /// the frame instead of recording one hash for the whole run.
+    pub const OP_BLOCK_RUN: u8 = 51;
 }
 
 /// Largest total of path bytes put in one `ChangedPart` / `ScanPathsPart`.
@@ -490,7 +494,7 @@ pub fn encode(m: &Msg) -> Vec<u8> {
                 w.meta(meta);
             }
             Op::Block { offset, data } => {
-                w.u8(t::OP_BLOCK);
+                w.u8(t::OP_BLOCK_RUN);
                 w.u64(*offset);
                 w.bytes(data);
             }
@@ -826,7 +830,7 @@ pub fn decode(body: &[u8]) -> Result<Msg> {
         }),
         t::OP_COMMIT => Msg::Op(Op::Commit),
         t::OP_ROOT_META => Msg::Op(Op::RootMeta { meta: r.meta()? }),
-        t::OP_BLOCK => Msg::Op(Op::Block {
+        t::OP_BLOCK | t::OP_BLOCK_RUN => Msg::Op(Op::Block {
             offset: r.u64()?,
             data: r.bytes(MAX_DATA)?.to_vec(),
         }),

@@ -62,6 +62,14 @@ impl Raw {
             other => panic!("expected an error, got {other:?}"),
         }
     }
+    /// Reads the answer to `BlockPrepare`: false for a part, true at the end.
+    fn recv_hashes_end(&mut self) -> bool {
+        match self.recv() {
+            Msg::HashesPart(_) => false,
+            Msg::HashesEnd { .. } => true,
+            other => panic!("expected block hashes, got {other:?}"),
+        }
+    }
     fn expect_ok(&mut self) {
         self.send_msg(&Msg::Flush);
         assert_eq!(self.recv(), Msg::Ok);
@@ -337,6 +345,9 @@ fn refuses_copy_beyond_the_basis() {
     assert_eq!(fs::read(vol.join("small")).unwrap(), b"0123456789");
 }
 
+/// Ops of one run (independent small files) are applied on several threads,
+/// so a valid op of the same run may complete beside a refused one; every
+/// op after the run (the mkdir is a barrier) is dropped.
 #[test]
 fn nothing_is_written_after_a_refused_op() {
     let (_t, vol, outside, agent) = setup();
@@ -346,12 +357,14 @@ fn nothing_is_written_after_a_refused_op() {
         meta: meta(),
         data: b"evil".to_vec(),
     }));
+    raw.send_msg(&Msg::Op(Op::Mkdir { path: rel("d") }));
     raw.send_msg(&Msg::Op(Op::PutFile {
         path: rel("after"),
         meta: meta(),
         data: b"after".to_vec(),
     }));
     raw.expect_error();
+    assert!(!vol.join("d").exists());
     assert!(!vol.join("after").exists());
     outside_untouched(&outside);
 }
@@ -397,4 +410,53 @@ fn refuses_requests_before_authentication() {
     .ok();
     std::thread::sleep(std::time::Duration::from_millis(50));
     assert!(!vol.join("x").exists());
+}
+
+/// A run of blocks must be whole blocks starting on a boundary inside the
+/// target (only the image's last block may be short); anything else is
+/// refused and the image keeps its bytes.
+#[test]
+fn refuses_block_runs_that_are_not_whole_blocks_inside_the_target() {
+    let t = tmp();
+    let img = t.path().join("disk.img");
+    let bs = 4096u32;
+    let size = 3 * bs as u64 + 100;
+    fs::write(&img, vec![0u8; size as usize]).unwrap();
+    let agent = Agent::start(&[("img", &img, false)]);
+    let bad: [(u64, usize); 4] = [
+        (1, 4096),                // not on a boundary
+        (4096, 100),              // short, and not the last block
+        (3 * 4096, 4096),         // longer than the last block
+        (2 * 4096, 2 * 4096 + 1), // runs past the end
+    ];
+    for (offset, len) in bad {
+        let mut raw = Raw::open(&agent, "img", true);
+        raw.send_msg(&Msg::BlockPrepare {
+            size,
+            block_size: bs,
+        });
+        while !raw.recv_hashes_end() {}
+        raw.send_msg(&Msg::Op(Op::Block {
+            offset,
+            data: vec![0xAB; len],
+        }));
+        let e = raw.expect_error();
+        assert!(e.contains("not whole blocks"), "{offset}+{len}: {e}");
+        assert!(fs::read(&img).unwrap().iter().all(|b| *b == 0));
+    }
+    // A valid run of two blocks plus the short last one is accepted.
+    let mut raw = Raw::open(&agent, "img", true);
+    raw.send_msg(&Msg::BlockPrepare {
+        size,
+        block_size: bs,
+    });
+    while !raw.recv_hashes_end() {}
+    raw.send_msg(&Msg::Op(Op::Block {
+        offset: 4096,
+        data: vec![0xCD; 2 * 4096 + 100],
+    }));
+    raw.expect_ok();
+    let got = fs::read(&img).unwrap();
+    assert!(got[..4096].iter().all(|b| *b == 0));
+    assert!(got[4096..].iter().all(|b| *b == 0xCD));
 }
