@@ -16,6 +16,7 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use filetime::FileTime;
@@ -72,6 +73,15 @@ pub struct LocalTree {
     watch: Mutex<Option<Box<Watch>>>,
     /// Block mode: the target image between `block_prepare` and `block_finish`.
     image: Mutex<Option<std::sync::Arc<block::ImageWriter>>>,
+    /// Small files are written as unnamed files (`O_TMPFILE`) and linked into
+    /// place; switched off at the first sign the filesystem cannot.
+    unnamed_files: std::sync::atomic::AtomicBool,
+}
+
+/// Errors of `open(O_TMPFILE)` meaning "not here" rather than a failure.
+fn unnamed_unsupported(e: rustix::io::Errno) -> bool {
+    use rustix::io::Errno;
+    [Errno::OPNOTSUPP, Errno::ISDIR, Errno::INVAL, Errno::NOSYS].contains(&e)
 }
 
 impl LocalTree {
@@ -84,6 +94,7 @@ impl LocalTree {
             merkle: Mutex::new(None),
             watch: Mutex::new(None),
             image: Mutex::new(None),
+            unnamed_files: true.into(),
         }
     }
 
@@ -130,12 +141,97 @@ impl LocalTree {
         let parent = checked_parent(&self.root, rel)?;
         let tmp = parent.join(OsStr::from_bytes(&temp_name(rel, "part")));
         let full = parent.join(OsStr::from_bytes(rel.file_name()));
+        if self.unnamed_files.load(Ordering::Relaxed) {
+            if let Some(f) = self.unnamed_file(&parent, &full, meta, data)? {
+                // The name exists: link the finished file under its temporary
+                // name, then rename over the old one (atomic for readers).
+                self.link_unnamed(&f, &tmp)?;
+                return self.rename(&tmp, &full);
+            }
+            if self.unnamed_files.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+        }
         let mut f = self.create_tmp(&tmp)?;
         f.write_all(data)
             .map_err(|e| SyncError::io("write", &tmp, e))?;
         self.set_meta_file(&f, &tmp, meta)?;
         drop(f);
         self.rename(&tmp, &full)
+    }
+
+    /// Writes a small file as an unnamed file (`O_TMPFILE`) in `parent` and
+    /// links it as `full` when complete: readers never see it half written,
+    /// and there is no temporary name to create and rename away, which is
+    /// about a third of a small file's cost on ext4. Returns the file when
+    /// `full` already exists (the caller replaces it); returns `None` when
+    /// done, or after switching unnamed files off for this tree when the
+    /// filesystem or our privileges do not allow them.
+    fn unnamed_file(
+        &self,
+        parent: &Path,
+        full: &Path,
+        meta: &Meta,
+        data: &[u8],
+    ) -> Result<Option<File>> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = match rustix::fs::open(
+            parent,
+            OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => fd,
+            Err(e) if unnamed_unsupported(e) => {
+                self.unnamed_files.store(false, Ordering::Relaxed);
+                return Ok(None);
+            }
+            Err(e) => return Err(SyncError::io("create unnamed file", parent, e.into())),
+        };
+        let mut f = File::from(fd);
+        f.write_all(data)
+            .map_err(|e| SyncError::io("write", full, e))?;
+        self.set_meta_file(&f, full, meta)?;
+        match self.link_unnamed(&f, full) {
+            Ok(()) => Ok(None),
+            Err(SyncError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                Ok(Some(f))
+            }
+            Err(e) => {
+                if self.unnamed_files.load(Ordering::Relaxed) {
+                    Err(e)
+                } else {
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    /// Gives the unnamed file `f` the name `to`. `AT_EMPTY_PATH` needs
+    /// CAP_DAC_READ_SEARCH; without it the kernel answers ENOENT and the
+    /// file's /proc/self/fd link does the same job.
+    fn link_unnamed(&self, f: &File, to: &Path) -> Result<()> {
+        use rustix::fs::{AtFlags, CWD};
+        let err = match rustix::fs::linkat(f, "", CWD, to, AtFlags::EMPTY_PATH) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::NOENT) => {
+                use std::os::fd::AsRawFd;
+                let proc_path = format!("/proc/self/fd/{}", f.as_raw_fd());
+                match rustix::fs::linkat(CWD, proc_path.as_str(), CWD, to, AtFlags::SYMLINK_FOLLOW)
+                {
+                    Ok(()) => return Ok(()),
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        if err != rustix::io::Errno::EXIST {
+            // Without /proc or with a filesystem that refuses: named
+            // temporary files from now on (this file is retried that way).
+            self.unnamed_files.store(false, Ordering::Relaxed);
+        }
+        Err(SyncError::io("link into place", to, err.into()))
     }
 
     fn begin(&self, rel: RelPath, meta: Meta, basis: Basis) -> Result<()> {
