@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Ferry's whole test suite. Installs, from Debian's packages, the real
-# servers and clients the tests use (nginx, curl, h2load, wrk) when missing.
+# servers and clients the tests use (nginx, curl, h2load, wrk, rsync, chromium,
+# MariaDB) when missing.
 # Tests start their own instances on free loopback ports and stop them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,9 @@ command -v curl   >/dev/null 2>&1 || need+=(curl)
 command -v h2load >/dev/null 2>&1 || need+=(nghttp2-client)
 command -v wrk    >/dev/null 2>&1 || need+=(wrk)
 command -v rsync  >/dev/null 2>&1 || need+=(rsync)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
+command -v mariadb >/dev/null 2>&1 || need+=(mariadb-client)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing test dependencies: ${need[*]} (run as root, or: sudo apt-get install -y ${need[*]})" >&2

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -17,7 +17,6 @@ pub struct HttpClient {
 
 pub struct Reply {
     pub status: StatusCode,
-    pub headers: HeaderMap,
     pub body: Bytes,
 }
 
@@ -74,7 +73,6 @@ impl HttpClient {
             .to_bytes();
         Ok(Reply {
             status: parts.status,
-            headers: parts.headers,
             body,
         })
     }

@@ -11,9 +11,11 @@
 mod agent;
 mod backend;
 mod ctl;
+mod db;
 mod demo;
 mod http_client;
 mod inventory;
+mod migrate;
 mod plan;
 mod proxy;
 mod sync;
@@ -53,8 +55,8 @@ enum Command {
     Proxy(proxy::Args),
     /// Talk to a running router's admin API.
     Ctl(ctl::Args),
-    /// Start a router, demo backends and traffic on loopback, and show routing,
-    /// maintenance, tier failover and a frozen site's held requests at work.
+    /// Migrate N demo sites from DC par to DC gra on loopback under live read
+    /// and write load, then prove nothing was lost and nothing split-brained.
     Demo(demo::Args),
     /// Check or generate an inventory (sites, hostings, filers, databases, uses).
     Inventory(inventory::Args),
@@ -63,6 +65,10 @@ enum Command {
     /// Copy a tree (file mode) or an image (block mode) in converging passes;
     /// SRC and DST are local paths or ferry://HOST:PORT/VOLUME.
     Sync(sync::Args),
+    /// Move a plan's units between datacenters (run, resume, status, rollback).
+    Migrate(migrate::Args),
+    /// Move MariaDB databases between servers under live writes.
+    Db(db::Args),
     /// Serve named volumes to `ferry sync` over TCP (pre-shared key).
     Agent(agent::Args),
     /// A tiny HTTP server that answers with its name (for demos and tests).
@@ -155,6 +161,8 @@ fn main() -> ExitCode {
             Command::Plan(a) => plan::run(a).await,
             Command::Sync(a) => sync::run(a).await,
             Command::Agent(a) => agent::run(a).await,
+            Command::Migrate(a) => migrate::run(a).await,
+            Command::Db(a) => db::run(a).await,
         }
     });
     // Background tasks (connections, health checks) must not keep us alive.

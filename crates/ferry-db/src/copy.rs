@@ -1,0 +1,268 @@
+//! The first copy: one consistent snapshot shared by several connections,
+//! tables cut into primary-key chunks, chunks copied in parallel as batched
+//! multi-row INSERTs.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+use tokio::sync::{mpsc, Mutex};
+
+use crate::endpoint::{ident, Endpoint, Session};
+use crate::error::{Error, Result, Side, SqlContext};
+use crate::gtid::GtidPos;
+use crate::schema::{self, literal, Chunk, Table};
+
+/// Connections that all see the source as of one instant, and that
+/// instant's GTID position.
+pub(crate) struct Snapshot {
+    pub coordinator: Conn,
+    pub workers: Vec<Conn>,
+    pub position: GtidPos,
+    /// How long writes were blocked to line the snapshots up.
+    pub lock_held: Duration,
+}
+
+/// Opens `workers + 1` snapshot connections. Writes are blocked (`FLUSH
+/// TABLES WITH READ LOCK`) only while each connection starts its snapshot and
+/// the position is read, so every snapshot and the position describe the
+/// same instant; the lock waits at most `lock_wait` for running statements.
+pub(crate) async fn snapshot(
+    source: &Endpoint,
+    workers: usize,
+    lock_wait: Duration,
+) -> Result<Snapshot> {
+    let side = Side::Source;
+    let mut conns = Vec::with_capacity(workers + 1);
+    for _ in 0..=workers {
+        let mut c = source.connect(Session::Data).await?;
+        c.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .ctx(side, || "isolation level".into())?;
+        conns.push(c);
+    }
+    let mut lock = source.connect(Session::Control).await?;
+    lock.query_drop(format!(
+        "SET SESSION lock_wait_timeout = {}",
+        lock_wait.as_secs().max(1)
+    ))
+    .await
+    .ctx(side, || "lock_wait_timeout".into())?;
+    let started = Instant::now();
+    lock.query_drop("FLUSH TABLES WITH READ LOCK")
+        .await
+        .ctx(side, || {
+            "FLUSH TABLES WITH READ LOCK (for the snapshot)".into()
+        })?;
+    let result = async {
+        for c in conns.iter_mut() {
+            c.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                .await
+                .ctx(side, || "START TRANSACTION WITH CONSISTENT SNAPSHOT".into())?;
+        }
+        let pos: Option<String> = lock
+            .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
+            .await
+            .ctx(side, || "reading @@gtid_binlog_pos".into())?;
+        Ok::<_, Error>(pos.unwrap_or_default())
+    }
+    .await;
+    // Unlock whatever happened: the lock must not outlive this function.
+    let unlocked = lock.query_drop("UNLOCK TABLES").await;
+    let lock_held = started.elapsed();
+    let pos = result?;
+    unlocked.ctx(side, || "UNLOCK TABLES".into())?;
+    let position = GtidPos::parse(&pos).map_err(|message| Error::NotReplicable {
+        addr: source.addr(),
+        reason: message,
+    })?;
+    let coordinator = conns.remove(0);
+    Ok(Snapshot {
+        coordinator,
+        workers: conns,
+        position,
+        lock_held,
+    })
+}
+
+/// Counters shared by the copy workers (read by the progress reporter).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub rows: AtomicU64,
+    pub bytes: AtomicU64,
+    pub chunks_done: AtomicU64,
+    pub chunks_total: AtomicU64,
+}
+
+/// Creates `tables` at the destination (their `SHOW CREATE TABLE` read in
+/// the snapshot) and copies their rows, `chunk_rows` per chunk, one worker
+/// per snapshot connection.
+pub(crate) async fn copy_tables(
+    snap: Snapshot,
+    dest: &Endpoint,
+    tables: Vec<Table>,
+    chunk_rows: u64,
+    batch_bytes: usize,
+    counters: Arc<Counters>,
+) -> Result<()> {
+    let Snapshot {
+        mut coordinator,
+        workers,
+        ..
+    } = snap;
+    let mut ddl = dest.connect(Session::Data).await?;
+    let tables: Vec<Arc<Table>> = tables.into_iter().map(Arc::new).collect();
+    for t in &tables {
+        let sql = format!("SHOW CREATE TABLE {}", t.qualified());
+        let row: Option<(String, String)> = coordinator
+            .query_first(&sql)
+            .await
+            .ctx(Side::Source, || sql.clone())?;
+        let Some((_, create)) = row else {
+            return Err(table_err(t, "SHOW CREATE TABLE answered nothing"));
+        };
+        ddl.query_drop(format!("USE {}", ident(&t.db)))
+            .await
+            .ctx(Side::Destination, || format!("USE {}", t.db))?;
+        ddl.query_drop(&create).await.ctx(Side::Destination, || {
+            format!("creating {}.{}", t.db, t.name)
+        })?;
+    }
+
+    // Bounded: the walk stays a little ahead of the workers, no further.
+    let (tx, rx) = mpsc::channel::<Chunk>(workers.len() * 4);
+    let rx = Arc::new(Mutex::new(rx));
+    let mut set = tokio::task::JoinSet::new();
+    for src in workers {
+        let rx = rx.clone();
+        let dest = dest.clone();
+        let counters = counters.clone();
+        set.spawn(async move {
+            let mut src = src;
+            let mut dst = dest.connect(Session::Data).await?;
+            loop {
+                let chunk = rx.lock().await.recv().await;
+                let Some(chunk) = chunk else { return Ok(()) };
+                copy_chunk(&mut src, &mut dst, &chunk, batch_bytes, &counters).await?;
+                counters.chunks_done.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    let walk = async {
+        for t in &tables {
+            let n = schema::chunks(&mut coordinator, Side::Source, t.clone(), chunk_rows, |c| {
+                counters.chunks_total.fetch_add(1, Ordering::Relaxed);
+                let tx = tx.clone();
+                async move {
+                    // A closed channel means a worker failed; its error is
+                    // the one to report, from the join below.
+                    let _ = tx.send(c).await;
+                    Ok(())
+                }
+            })
+            .await?;
+            tracing::debug!(table = %t.name, chunks = n, "chunked");
+        }
+        drop(tx);
+        Ok::<_, Error>(())
+    };
+    let walked = walk.await;
+    let mut first_err = walked.err();
+    while let Some(joined) = set.join_next().await {
+        let r = joined.unwrap_or_else(|e| {
+            Err(Error::Table {
+                db: String::new(),
+                table: String::new(),
+                message: format!("copy worker died: {e}"),
+            })
+        });
+        if let (Err(e), None) = (r, &first_err) {
+            first_err = Some(e);
+            // Stop the others: the copy has failed.
+            set.abort_all();
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn table_err(t: &Table, message: &str) -> Error {
+    Error::Table {
+        db: t.db.clone(),
+        table: t.name.clone(),
+        message: message.into(),
+    }
+}
+
+async fn copy_chunk(
+    src: &mut Conn,
+    dst: &mut Conn,
+    chunk: &Chunk,
+    batch_bytes: usize,
+    counters: &Counters,
+) -> Result<()> {
+    let t = &chunk.table;
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {}",
+        t.column_list(),
+        t.qualified(),
+        chunk.where_clause()
+    );
+    let head = format!(
+        "INSERT INTO {} ({}) VALUES ",
+        t.qualified(),
+        t.column_list()
+    );
+    let mut result = src
+        .query_iter(&sql)
+        .await
+        .ctx(Side::Source, || format!("reading {}", chunk.describe()))?;
+    let types: Vec<_> = result
+        .columns()
+        .map(|c| c.iter().map(|c| c.column_type()).collect())
+        .unwrap_or_default();
+    let mut batch: Vec<u8> = Vec::with_capacity(batch_bytes + 4096);
+    let mut in_batch = 0u64;
+    loop {
+        let row = result
+            .next()
+            .await
+            .ctx(Side::Source, || format!("reading {}", chunk.describe()))?;
+        let done = row.is_none();
+        if let Some(row) = row {
+            batch.extend_from_slice(if in_batch == 0 { head.as_bytes() } else { b"," });
+            batch.push(b'(');
+            for (i, v) in row.unwrap().iter().enumerate() {
+                if i > 0 {
+                    batch.push(b',');
+                }
+                literal(v, types[i], &mut batch);
+            }
+            batch.push(b')');
+            in_batch += 1;
+        }
+        if in_batch > 0 && (done || batch.len() >= batch_bytes) {
+            // Written while the read goes on: source and destination are
+            // separate connections, so the source keeps streaming.
+            let sql = std::mem::replace(&mut batch, Vec::with_capacity(batch_bytes + 4096));
+            counters
+                .bytes
+                .fetch_add(sql.len() as u64, Ordering::Relaxed);
+            // Bytes, not text: row data is binary-safe only as raw bytes in a
+            // `SET NAMES binary` session.
+            dst.query_drop(sql).await.ctx(Side::Destination, || {
+                format!("writing {}", chunk.describe())
+            })?;
+            counters.rows.fetch_add(in_batch, Ordering::Relaxed);
+            in_batch = 0;
+        }
+        if done {
+            break;
+        }
+    }
+    Ok(())
+}

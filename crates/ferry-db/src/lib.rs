@@ -1,0 +1,37 @@
+//! `ferry-db`: moves MariaDB databases between servers while sites keep
+//! writing to them.
+//!
+//! [`Mover`] runs one move: a first copy from a consistent snapshot
+//! (parallel by table and primary-key chunk), a catch-up that applies the
+//! source's binlog since the snapshot through a MariaDB replication
+//! connection on the destination ([`Lag`] says how far behind it is), a
+//! freeze that locks the databases' accounts at the source before the final
+//! position is read, a wait for that position, chunked checksums on both
+//! sides ([`VerifyReport`]), and the switch that copies the accounts and
+//! their grants; or a rollback before the switch. Progress lives in a state
+//! file ([`Phase`]), so a killed mover resumes.
+//!
+//! Errors are [`Error`], each naming the side ([`Side`]) it is about.
+
+#![forbid(unsafe_code)]
+
+mod accounts;
+mod checksum;
+mod copy;
+mod endpoint;
+mod error;
+mod gtid;
+mod mover;
+mod replica;
+mod schema;
+mod state;
+
+pub use checksum::{TableCheck, VerifyReport};
+pub use endpoint::Endpoint;
+pub use error::{Error, Result, Side};
+pub use gtid::GtidPos;
+pub use mover::{
+    CopyProgress, CopyReport, FreezeReport, Mover, MoverConfig, PrepareReport, SwitchReport,
+};
+pub use replica::Lag;
+pub use state::{Account, Phase};

@@ -1,0 +1,663 @@
+//! [`Mover`]: the steps of one database move, in the order the
+//! orchestrator's runbook calls them.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+
+use crate::accounts;
+use crate::checksum::{self, VerifyReport};
+use crate::copy::{self, Counters};
+use crate::endpoint::{ident, quote, Endpoint, Session};
+use crate::error::{Error, Result, Side, SqlContext};
+use crate::gtid::GtidPos;
+use crate::replica::{self, Lag};
+use crate::schema;
+use crate::state::{Account, Phase, State};
+
+/// What to move, from where to where, and how hard to push.
+#[derive(Debug, Clone)]
+pub struct MoverConfig {
+    pub source: Endpoint,
+    pub dest: Endpoint,
+    pub databases: Vec<String>,
+    /// Progress record; a mover opened on an existing one resumes.
+    pub state_path: PathBuf,
+    /// Parallel connections for the copy and the checksums.
+    pub workers: usize,
+    /// Rows per primary-key chunk.
+    pub chunk_rows: u64,
+    /// Size of one multi-row INSERT.
+    pub batch_bytes: usize,
+    /// How long the snapshot's brief global read lock may wait for running
+    /// statements before the copy gives up.
+    pub lock_wait: Duration,
+    /// How long killed sessions may take to end at the freeze.
+    pub kill_wait: Duration,
+    /// Name of the replication connection at the destination.
+    pub connection: String,
+}
+
+impl MoverConfig {
+    pub fn new(
+        source_url: &str,
+        dest_url: &str,
+        databases: Vec<String>,
+        state_path: PathBuf,
+    ) -> Result<MoverConfig> {
+        let source = Endpoint::parse(Side::Source, source_url)?;
+        let dest = Endpoint::parse(Side::Destination, dest_url)?;
+        let first = databases.first().cloned().unwrap_or_default();
+        // Connection names appear unquoted in `SET GLOBAL name.variable`:
+        // keep them to identifier characters.
+        let tag: String = first
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .take(40)
+            .collect();
+        Ok(MoverConfig {
+            source,
+            dest,
+            databases,
+            state_path,
+            workers: 4,
+            chunk_rows: 10_000,
+            batch_bytes: 1 << 20,
+            lock_wait: Duration::from_secs(10),
+            kill_wait: Duration::from_secs(10),
+            connection: format!("ferry_{tag}"),
+        })
+    }
+}
+
+/// What `prepare` found.
+#[derive(Debug, Clone)]
+pub struct PrepareReport {
+    /// Accounts using the databases; locked at the freeze, copied at the switch.
+    pub accounts: Vec<Account>,
+    /// Bytes of data and indexes at the source (from the table statistics).
+    pub source_bytes: u64,
+}
+
+/// Copy progress, for progress lines.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyProgress {
+    pub rows: u64,
+    pub bytes: u64,
+    pub chunks_done: u64,
+    pub chunks_total: u64,
+    pub elapsed: Duration,
+}
+
+/// What `first_copy` did.
+#[derive(Debug, Clone)]
+pub struct CopyReport {
+    pub snapshot: GtidPos,
+    pub tables: usize,
+    pub views: usize,
+    pub rows: u64,
+    /// Bytes of INSERT statements sent.
+    pub bytes: u64,
+    pub chunks: u64,
+    pub elapsed: Duration,
+    /// How long the source's writes were blocked to take the snapshot.
+    pub lock_held: Duration,
+}
+
+/// What `freeze` did.
+#[derive(Debug, Clone)]
+pub struct FreezeReport {
+    /// The source position read after writes were blocked: the destination
+    /// must reach it before the switch.
+    pub position: GtidPos,
+    /// Accounts this freeze locked.
+    pub locked: Vec<Account>,
+    pub sessions_ended: u64,
+    /// Accounts with global write privileges, not locked (operators); a
+    /// site using one of them is not blocked.
+    pub not_blocked: Vec<Account>,
+}
+
+/// What `switch` did.
+#[derive(Debug, Clone)]
+pub struct SwitchReport {
+    pub accounts: Vec<Account>,
+}
+
+/// One move of one or more databases from a source server to a destination
+/// server. Steps: [`prepare`](Mover::prepare), [`first_copy`](Mover::first_copy),
+/// [`catch_up`](Mover::catch_up) (then [`lag`](Mover::lag) as often as
+/// wanted), [`freeze`](Mover::freeze), [`wait_applied`](Mover::wait_applied),
+/// [`verify`](Mover::verify), [`switch`](Mover::switch); or
+/// [`rollback`](Mover::rollback) at any point before the switch. Each step
+/// records its progress in the state file first, so a mover opened again on
+/// it continues (or rolls back) where the last one stopped.
+pub struct Mover {
+    cfg: MoverConfig,
+    state: State,
+    /// Whether the state came from a file (a resumed move).
+    resumed: bool,
+    src: Conn,
+    dst: Conn,
+}
+
+impl Mover {
+    /// Connects to both servers (a refused login is
+    /// [`Error::AccessDenied`]) and loads the state file if there is one.
+    pub async fn open(cfg: MoverConfig) -> Result<Mover> {
+        let loaded = State::load(&cfg.state_path)?;
+        if let Some(s) = &loaded {
+            if s.databases != cfg.databases {
+                return Err(Error::State {
+                    path: cfg.state_path.clone(),
+                    message: format!(
+                        "records a move of {:?}, not {:?}",
+                        s.databases, cfg.databases
+                    ),
+                });
+            }
+        }
+        let src = cfg.source.connect(Session::Control).await?;
+        let dst = cfg.dest.connect(Session::Control).await?;
+        let resumed = loaded.is_some();
+        let state =
+            loaded.unwrap_or_else(|| State::new(cfg.databases.clone(), cfg.connection.clone()));
+        Ok(Mover {
+            cfg,
+            state,
+            resumed,
+            src,
+            dst,
+        })
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.state.phase
+    }
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+    pub fn config(&self) -> &MoverConfig {
+        &self.cfg
+    }
+    /// The position of the first copy's snapshot, once taken.
+    pub fn snapshot(&self) -> Option<&GtidPos> {
+        self.state.snapshot.as_ref()
+    }
+
+    fn need(&self, step: &'static str, ok: &[Phase]) -> Result<()> {
+        if ok.contains(&self.state.phase) {
+            Ok(())
+        } else {
+            Err(Error::Phase {
+                step,
+                phase: self.state.phase.to_string(),
+            })
+        }
+    }
+
+    fn save(&self) -> Result<()> {
+        self.state.save(&self.cfg.state_path)
+    }
+
+    /// Checks everything the move needs and changes nothing on either
+    /// server: the databases exist at the source and not at the
+    /// destination, the source writes a row-based binlog, the accounts that
+    /// use the databases do not exist at the destination with other
+    /// credentials. Writes the state file.
+    pub async fn prepare(&mut self) -> Result<PrepareReport> {
+        self.need("prepare", &[Phase::Prepared])?;
+        let dbs = self.cfg.databases.clone();
+        if dbs.is_empty() {
+            return Err(Error::Phase {
+                step: "prepare without databases",
+                phase: self.state.phase.to_string(),
+            });
+        }
+        for db in &dbs {
+            if !schema_exists(&mut self.src, Side::Source, db).await? {
+                return Err(Error::DatabaseMissing {
+                    db: db.clone(),
+                    addr: self.cfg.source.addr(),
+                });
+            }
+            if schema_exists(&mut self.dst, Side::Destination, db).await? {
+                return Err(Error::DatabaseExists {
+                    db: db.clone(),
+                    addr: self.cfg.dest.addr(),
+                });
+            }
+        }
+        let (log_bin, format): (Option<i64>, Option<String>) = self
+            .src
+            .query_first("SELECT @@GLOBAL.log_bin, @@GLOBAL.binlog_format")
+            .await
+            .ctx(Side::Source, || "reading log_bin".into())?
+            .unwrap_or_default();
+        if log_bin != Some(1) || format.as_deref() != Some("ROW") {
+            return Err(Error::NotReplicable {
+                addr: self.cfg.source.addr(),
+                reason: format!(
+                    "needs log_bin = ON and binlog_format = ROW (has log_bin = {}, binlog_format = {})",
+                    log_bin.unwrap_or(0),
+                    format.unwrap_or_default()
+                ),
+            });
+        }
+        if replica::exists(&mut self.dst, &self.cfg.connection).await? {
+            return Err(Error::Replication {
+                connection: self.cfg.connection.clone(),
+                message: "a replication connection by this name already exists at the destination"
+                    .into(),
+            });
+        }
+        let users = accounts::users_of(&mut self.src, Side::Source, &dbs).await?;
+        for a in &users {
+            let Some(there) = accounts::show_create(&mut self.dst, Side::Destination, a).await?
+            else {
+                continue;
+            };
+            let here = accounts::show_create(&mut self.src, Side::Source, a).await?;
+            let strip = |s: &str| s.replace(" ACCOUNT LOCK", "");
+            if here.as_deref().map(strip) != Some(strip(&there)) {
+                return Err(Error::AccountConflict {
+                    account: a.to_string(),
+                });
+            }
+        }
+        let list = dbs.iter().map(|d| quote(d)).collect::<Vec<_>>().join(",");
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM(DATA_LENGTH + INDEX_LENGTH), 0) AS UNSIGNED) \
+             FROM information_schema.TABLES WHERE TABLE_SCHEMA IN ({list})"
+        );
+        let source_bytes: Option<u64> = self
+            .src
+            .query_first(&sql)
+            .await
+            .ctx(Side::Source, || sql.clone())?;
+        self.save()?;
+        Ok(PrepareReport {
+            accounts: users,
+            source_bytes: source_bytes.unwrap_or(0),
+        })
+    }
+
+    /// Copies the databases as of one consistent snapshot of the source
+    /// (whose GTID position is recorded: the catch-up starts there),
+    /// parallel by table and primary-key chunk. `progress` is called about
+    /// once a second.
+    pub async fn first_copy(
+        &mut self,
+        progress: &(dyn Fn(CopyProgress) + Send + Sync),
+    ) -> Result<CopyReport> {
+        self.need("first copy", &[Phase::Prepared])?;
+        let started = Instant::now();
+        self.state.phase = Phase::Copying;
+        self.state.created = self.cfg.databases.clone();
+        self.save()?;
+        let mut snap = copy::snapshot(
+            &self.cfg.source,
+            self.cfg.workers.max(1),
+            self.cfg.lock_wait,
+        )
+        .await?;
+        let position = snap.position.clone();
+        let lock_held = snap.lock_held;
+        let mut tables = Vec::new();
+        let mut views = Vec::new();
+        for db in &self.cfg.databases {
+            let sql = format!("SHOW CREATE DATABASE {}", ident(db));
+            let row: Option<(String, String)> = snap
+                .coordinator
+                .query_first(&sql)
+                .await
+                .ctx(Side::Source, || sql.clone())?;
+            let create = row
+                .map(|r| r.1)
+                .unwrap_or_else(|| format!("CREATE DATABASE {}", ident(db)));
+            self.dst
+                .query_drop(&create)
+                .await
+                .ctx(Side::Destination, || format!("creating database {db}"))?;
+            let (t, v) = schema::list(&mut snap.coordinator, Side::Source, db).await?;
+            tables.extend(t);
+            views.extend(v.into_iter().map(|v| (db.clone(), v)));
+        }
+        let n_tables = tables.len();
+        let counters = Arc::new(Counters::default());
+        let view_defs = view_definitions(&mut snap.coordinator, &views).await?;
+        let copy = copy::copy_tables(
+            snap,
+            &self.cfg.dest,
+            tables,
+            self.cfg.chunk_rows,
+            self.cfg.batch_bytes,
+            counters.clone(),
+        );
+        tokio::pin!(copy);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let snapshot_now = |c: &Counters| CopyProgress {
+            rows: c.rows.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+            chunks_done: c.chunks_done.load(Ordering::Relaxed),
+            chunks_total: c.chunks_total.load(Ordering::Relaxed),
+            elapsed: started.elapsed(),
+        };
+        loop {
+            tokio::select! {
+                r = &mut copy => { r?; break; }
+                _ = tick.tick() => {
+                    let p = snapshot_now(&counters);
+                    self.state.chunks_done = p.chunks_done;
+                    self.state.chunks_total = p.chunks_total;
+                    self.save()?;
+                    progress(p);
+                }
+            }
+        }
+        create_views(&mut self.dst, view_defs).await?;
+        // Triggers and routines after the rows: row-based catch-up does not
+        // fire triggers at the destination, so they only matter after the
+        // switch, and the copy's INSERTs must not fire them either.
+        let mut coordinator = self.cfg.source.connect(Session::Control).await?;
+        for db in &self.cfg.databases {
+            copy_programs(&mut coordinator, &mut self.dst, db).await?;
+        }
+        let p = snapshot_now(&counters);
+        progress(p);
+        self.state.chunks_done = p.chunks_done;
+        self.state.chunks_total = p.chunks_total;
+        self.state.snapshot = Some(position.clone());
+        self.state.phase = Phase::Copied;
+        self.save()?;
+        Ok(CopyReport {
+            snapshot: position,
+            tables: n_tables,
+            views: views.len(),
+            rows: p.rows,
+            bytes: p.bytes,
+            chunks: p.chunks_done,
+            elapsed: started.elapsed(),
+            lock_held,
+        })
+    }
+
+    /// Starts applying the source's changes since the snapshot at the
+    /// destination (or, for a resumed move, since the last applied
+    /// position, whichever is further), and returns once the replication
+    /// connection runs. The changes keep flowing until `switch` or
+    /// `rollback`, whether this mover lives or not.
+    pub async fn catch_up(&mut self) -> Result<()> {
+        self.need(
+            "catch-up",
+            &[Phase::Copied, Phase::CatchingUp, Phase::Frozen],
+        )?;
+        let from = self
+            .state
+            .applied
+            .clone()
+            .or_else(|| self.state.snapshot.clone())
+            .unwrap_or_default();
+        let from = match &self.state.snapshot {
+            Some(s) => GtidPos::merged(s, &from, true),
+            None => from,
+        };
+        replica::start(
+            &mut self.dst,
+            &self.cfg.source,
+            &self.cfg.connection,
+            &self.cfg.databases,
+            &from,
+        )
+        .await?;
+        if self.state.phase == Phase::Copied {
+            self.state.phase = Phase::CatchingUp;
+        }
+        self.save()?;
+        Ok(())
+    }
+
+    /// How far the destination is behind; records the applied position.
+    pub async fn lag(&mut self) -> Result<Lag> {
+        self.need("lag", &[Phase::CatchingUp, Phase::Frozen])?;
+        let lag = replica::lag(&mut self.src, &mut self.dst, &self.cfg.connection).await?;
+        self.state.applied = Some(lag.applied_position.clone());
+        self.save()?;
+        Ok(lag)
+    }
+
+    /// Blocks writes to the databases at the source, then (only then) reads
+    /// the source position. The block: every account with privileges on the
+    /// databases is locked (`ALTER USER .. ACCOUNT LOCK`: new logins are
+    /// refused) and its sessions are killed, and we wait until they are
+    /// gone. Locking rather than revoking: grants stay exactly as they were
+    /// (rollback is one `ACCOUNT UNLOCK`, nothing to reconstruct), the lock
+    /// is stored in the grant tables so it survives a crash of the mover or
+    /// a restart of the server (a freeze that fails closed), and it answers
+    /// clients with a clear "account is locked". A global read lock would
+    /// also stop every other database on the server, and hold only as long
+    /// as our connection.
+    pub async fn freeze(&mut self) -> Result<FreezeReport> {
+        self.need("freeze", &[Phase::CatchingUp, Phase::Frozen])?;
+        let users = accounts::users_of(&mut self.src, Side::Source, &self.cfg.databases).await?;
+        let mut locked_now = Vec::new();
+        for a in &users {
+            if self.state.locked.contains(a) {
+                continue;
+            }
+            let create = accounts::show_create(&mut self.src, Side::Source, a).await?;
+            if create.as_deref().is_none_or(accounts::is_locked) {
+                // Locked before us (or gone): not ours to unlock later.
+                continue;
+            }
+            // Recorded before the lock: a crash in between leaves an
+            // account rollback unlocks, never one it forgets.
+            self.state.locked.push(a.clone());
+            self.save()?;
+            accounts::set_locked(&mut self.src, a, true).await?;
+            locked_now.push(a.clone());
+        }
+        let sessions_ended =
+            accounts::end_sessions(&mut self.src, &users, self.cfg.kill_wait).await?;
+        let position = replica::source_position(&mut self.src).await?;
+        let not_blocked = accounts::global_writers(&mut self.src, Side::Source).await?;
+        self.state.frozen_at = Some(position.clone());
+        self.state.phase = Phase::Frozen;
+        self.save()?;
+        Ok(FreezeReport {
+            position,
+            locked: locked_now,
+            sessions_ended,
+            not_blocked,
+        })
+    }
+
+    /// Waits until the destination has applied `position` (MASTER_GTID_WAIT);
+    /// [`Error::WaitTimeout`] after `timeout`, [`Error::Replication`] if the
+    /// catch-up stopped on an error.
+    pub async fn wait_applied(&mut self, position: &GtidPos, timeout: Duration) -> Result<()> {
+        self.need("wait", &[Phase::CatchingUp, Phase::Frozen])?;
+        replica::wait(&mut self.dst, &self.cfg.connection, position, timeout).await?;
+        self.state.applied = Some(position.clone());
+        self.save()
+    }
+
+    /// Per-table, per-chunk checksums on both servers, compared. Meaningful
+    /// once frozen and applied.
+    pub async fn verify(&self) -> Result<VerifyReport> {
+        checksum::verify(
+            &self.cfg.source,
+            &self.cfg.dest,
+            &self.cfg.databases,
+            self.cfg.chunk_rows,
+            self.cfg.workers.max(1),
+        )
+        .await
+    }
+
+    /// Makes the destination the databases' home: checks it has applied the
+    /// freeze position, removes the replication connection, and creates the
+    /// accounts with their password hashes and grants (so sites keep their
+    /// credentials). The source stays locked.
+    pub async fn switch(&mut self) -> Result<SwitchReport> {
+        self.need("switch", &[Phase::Frozen, Phase::Switched])?;
+        if self.state.phase == Phase::Frozen {
+            let pos = self.state.frozen_at.clone().unwrap_or_default();
+            // Zero timeout: a check, not a wait; a switch never outruns the data.
+            replica::wait(&mut self.dst, &self.cfg.connection, &pos, Duration::ZERO).await?;
+            replica::remove(&mut self.dst, &self.cfg.connection).await?;
+        }
+        let users = accounts::users_of(&mut self.src, Side::Source, &self.cfg.databases).await?;
+        for a in &users {
+            let unlock = self.state.locked.contains(a);
+            let statements = accounts::recreate_statements(&mut self.src, a, unlock).await?;
+            let exists = accounts::show_create(&mut self.dst, Side::Destination, a)
+                .await?
+                .is_some();
+            for (i, s) in statements.iter().enumerate() {
+                if i == 0 && exists {
+                    continue;
+                }
+                self.dst
+                    .query_drop(s)
+                    .await
+                    .ctx(Side::Destination, || format!("recreating account {a}"))?;
+            }
+        }
+        self.state.phase = Phase::Switched;
+        self.save()?;
+        Ok(SwitchReport { accounts: users })
+    }
+
+    /// Undoes the move before the switch: removes the replication
+    /// connection, drops the databases this move created at the
+    /// destination, unlocks the accounts this move locked at the source.
+    /// The source's data was never written: it is as it was, and writable.
+    pub async fn rollback(&mut self) -> Result<()> {
+        self.need(
+            "rollback",
+            &[
+                Phase::Prepared,
+                Phase::Copying,
+                Phase::Copied,
+                Phase::CatchingUp,
+                Phase::Frozen,
+                Phase::RolledBack,
+            ],
+        )?;
+        replica::remove(&mut self.dst, &self.cfg.connection).await?;
+        for db in self.state.created.clone() {
+            self.dst
+                .query_drop(format!("DROP DATABASE IF EXISTS {}", ident(&db)))
+                .await
+                .ctx(Side::Destination, || format!("dropping {db}"))?;
+        }
+        self.state.created.clear();
+        self.save()?;
+        for a in self.state.locked.clone() {
+            accounts::set_locked(&mut self.src, &a, false).await?;
+        }
+        self.state.locked.clear();
+        self.state.phase = Phase::RolledBack;
+        self.save()
+    }
+
+    /// Stops the catch-up without removing it (tests and operators pausing
+    /// a move); `catch_up` starts it again from where it stopped.
+    pub async fn pause(&mut self) -> Result<()> {
+        replica::stop(&mut self.dst, &self.cfg.connection).await
+    }
+}
+
+async fn schema_exists(conn: &mut Conn, side: Side, db: &str) -> Result<bool> {
+    let sql = format!(
+        "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = {}",
+        quote(db)
+    );
+    let n: Option<u64> = conn.query_first(&sql).await.ctx(side, || sql.clone())?;
+    Ok(n.unwrap_or(0) > 0)
+}
+
+/// Copies `db`'s stored procedures, functions and triggers, each created
+/// under the sql_mode it was defined with.
+async fn copy_programs(src: &mut Conn, dst: &mut Conn, db: &str) -> Result<()> {
+    let sql = format!(
+        "SELECT ROUTINE_TYPE, ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {q} \
+         UNION ALL SELECT 'TRIGGER', TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = {q}",
+        q = quote(db)
+    );
+    let programs: Vec<(String, String)> =
+        src.query(&sql).await.ctx(Side::Source, || sql.clone())?;
+    dst.query_drop(format!("USE {}", ident(db)))
+        .await
+        .ctx(Side::Destination, || format!("USE {db}"))?;
+    for (kind, name) in programs {
+        let show = format!("SHOW CREATE {kind} {}.{}", ident(db), ident(&name));
+        let row: Option<mysql_async::Row> = src
+            .query_first(&show)
+            .await
+            .ctx(Side::Source, || show.clone())?;
+        let Some(row) = row else { continue };
+        let mode: String = row.get_opt(1).and_then(|r| r.ok()).unwrap_or_default();
+        let Some(Ok(create)) = row.get_opt::<String, _>(2) else {
+            continue;
+        };
+        let what = || format!("creating {kind} {db}.{name}");
+        dst.query_drop(format!("SET SESSION sql_mode = {}", quote(&mode)))
+            .await
+            .ctx(Side::Destination, what)?;
+        dst.query_drop(&create).await.ctx(Side::Destination, what)?;
+    }
+    dst.query_drop("SET SESSION sql_mode = DEFAULT")
+        .await
+        .ctx(Side::Destination, || "sql_mode".into())
+}
+
+async fn view_definitions(
+    conn: &mut Conn,
+    views: &[(String, String)],
+) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (db, v) in views {
+        let sql = format!("SHOW CREATE VIEW {}.{}", ident(db), ident(v));
+        let row: Option<mysql_async::Row> = conn
+            .query_first(&sql)
+            .await
+            .ctx(Side::Source, || sql.clone())?;
+        let text = row
+            .and_then(|r| r.get_opt::<String, _>(1))
+            .and_then(|r| r.ok())
+            .unwrap_or_default();
+        out.push((db.clone(), text));
+    }
+    Ok(out)
+}
+
+/// Views may use views: create in rounds until a round makes no progress.
+async fn create_views(dst: &mut Conn, mut pending: Vec<(String, String)>) -> Result<()> {
+    while !pending.is_empty() {
+        let mut failed = Vec::new();
+        let mut last_err = None;
+        let before = pending.len();
+        for (db, sql) in pending {
+            dst.query_drop(format!("USE {}", ident(&db)))
+                .await
+                .ctx(Side::Destination, || format!("USE {db}"))?;
+            if let Err(e) = dst.query_drop(&sql).await {
+                last_err = Some(e);
+                failed.push((db, sql));
+            }
+        }
+        if failed.len() == before {
+            if let Some(e) = last_err {
+                return Err(e).ctx(Side::Destination, || "creating views".into());
+            }
+        }
+        pending = failed;
+    }
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! Catch-up through a named MariaDB replication connection on the
+//! destination (multi-source replication), filtered to the moving databases.
+//!
+//! Why not stream the binlog ourselves: the server already applies row
+//! events exactly (types, charsets, DDL, large transactions, parallel
+//! apply), and with `MASTER_USE_GTID=slave_pos` it records the applied
+//! position in `mysql.gtid_slave_pos` in the same transaction as the
+//! change, so a crash of the mover or of either server resumes with no loss
+//! and no duplicate. The mover only configures, watches and removes the
+//! connection; killing the mover does not even pause the catch-up.
+//! Costs: the destination must reach the source's address and the mover's
+//! account needs `REPLICATION SLAVE` there; filters set with `SET GLOBAL`
+//! are not kept across a destination restart, so they are set again before
+//! every `START SLAVE` (destinations should run with `skip-slave-start`).
+
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Row};
+
+use crate::endpoint::{quote, Endpoint};
+use crate::error::{Error, Result, Side, SqlContext};
+use crate::gtid::GtidPos;
+
+const D: Side = Side::Destination;
+
+/// What the destination's replication connection reports.
+#[derive(Debug, Clone, Default)]
+pub struct Lag {
+    /// Transactions of the source not yet applied at the destination.
+    pub transactions: u64,
+    /// The server's own estimate (`Seconds_Behind_Master`); none while the
+    /// connection is not running.
+    pub seconds: Option<u64>,
+    pub source_position: GtidPos,
+    pub applied_position: GtidPos,
+    pub io_running: bool,
+    pub sql_running: bool,
+}
+
+fn conn_name_literal(name: &str) -> String {
+    quote(name)
+}
+
+async fn status(dest: &mut Conn, name: &str) -> Result<Option<Row>> {
+    let sql = format!("SHOW SLAVE {} STATUS", conn_name_literal(name));
+    match dest.query_first::<Row, _>(&sql).await {
+        Ok(r) => Ok(r),
+        // 1617: there is no master connection by that name.
+        Err(mysql_async::Error::Server(e)) if e.code == 1617 => Ok(None),
+        Err(e) => Err(e).ctx(D, || sql),
+    }
+}
+
+fn field(row: &Row, name: &str) -> String {
+    row.get_opt::<Option<String>, _>(name)
+        .and_then(|r| r.ok())
+        .flatten()
+        .unwrap_or_default()
+}
+
+pub(crate) async fn exists(dest: &mut Conn, name: &str) -> Result<bool> {
+    Ok(status(dest, name).await?.is_some())
+}
+
+async fn gtid_var(conn: &mut Conn, side: Side, var: &str) -> Result<GtidPos> {
+    let sql = format!("SELECT @@GLOBAL.{var}");
+    let s: Option<String> = conn.query_first(&sql).await.ctx(side, || sql.clone())?;
+    GtidPos::parse(&s.unwrap_or_default()).map_err(|m| Error::Replication {
+        connection: String::new(),
+        message: format!("{var}: {m}"),
+    })
+}
+
+pub(crate) async fn source_position(src: &mut Conn) -> Result<GtidPos> {
+    gtid_var(src, Side::Source, "gtid_binlog_pos").await
+}
+
+/// The `replicate_wild_do_table` value for `dbs`: `db.%` each, with `_` and
+/// `%` in names escaped (they are wildcards there).
+fn filter(dbs: &[String]) -> String {
+    dbs.iter()
+        .map(|d| {
+            format!(
+                "{}.%",
+                d.replace('\\', "\\\\")
+                    .replace('_', "\\_")
+                    .replace('%', "\\%")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Creates (if missing) and starts connection `name`, applying the source's
+/// changes to `dbs` from `from` (a new connection) or from where the
+/// destination has got to (an existing one, or a newer recorded
+/// position: positions never go back).
+pub(crate) async fn start(
+    dest: &mut Conn,
+    source: &Endpoint,
+    name: &str,
+    dbs: &[String],
+    from: &GtidPos,
+) -> Result<()> {
+    let lit = conn_name_literal(name);
+    if !exists(dest, name).await? {
+        let slave_pos = gtid_var(dest, D, "gtid_slave_pos").await?;
+        let binlog_pos = gtid_var(dest, D, "gtid_binlog_pos").await?;
+        // The destination's own domains must be in gtid_slave_pos at least
+        // as far as its binlog (strict mode refuses a position behind it);
+        // the source's domains start at `from` unless the destination is
+        // already further.
+        let own = GtidPos::merged(&slave_pos, &binlog_pos, true);
+        let pos = GtidPos::merged(&own, from, true);
+        // gtid_slave_pos can only be set with every replication connection
+        // stopped; the ones running (other moves) are restarted right after.
+        let running = running_connections(dest).await?;
+        for r in &running {
+            dest.query_drop(format!("STOP SLAVE {}", quote(r)))
+                .await
+                .ctx(D, || format!("STOP SLAVE {r:?}"))?;
+        }
+        let set = dest
+            .query_drop(format!(
+                "SET GLOBAL gtid_slave_pos = {}",
+                quote(&pos.to_string())
+            ))
+            .await
+            .ctx(D, || format!("SET GLOBAL gtid_slave_pos = {pos}"));
+        for r in &running {
+            dest.query_drop(format!("START SLAVE {}", quote(r)))
+                .await
+                .ctx(D, || format!("START SLAVE {r:?}"))?;
+        }
+        set?;
+        let sql = format!(
+            "CHANGE MASTER {lit} TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, \
+             MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1",
+            quote(source.host()),
+            source.port(),
+            quote(source.user()),
+            quote(source.password())
+        );
+        dest.query_drop(&sql)
+            .await
+            .ctx(D, || format!("CHANGE MASTER {lit} TO {}", source))?;
+    } else {
+        dest.query_drop(format!("STOP SLAVE {lit}"))
+            .await
+            .ctx(D, || format!("STOP SLAVE {lit}"))?;
+    }
+    let sql = format!(
+        "SET GLOBAL {name}.replicate_wild_do_table = {}",
+        quote(&filter(dbs))
+    );
+    dest.query_drop(&sql).await.ctx(D, || sql.clone())?;
+    dest.query_drop(format!("START SLAVE {lit}"))
+        .await
+        .ctx(D, || format!("START SLAVE {lit}"))?;
+    // Bounded wait for both threads, so a refused login or a purged binlog
+    // is reported here rather than as lag that never shrinks.
+    let started = Instant::now();
+    loop {
+        let lag = check(dest, name).await?;
+        if lag.0 && lag.1 {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            return Err(Error::Replication {
+                connection: name.into(),
+                message: "did not start within 10 s".into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn running_connections(dest: &mut Conn) -> Result<Vec<String>> {
+    let rows: Vec<Row> = dest
+        .query("SHOW ALL SLAVES STATUS")
+        .await
+        .ctx(D, || "SHOW ALL SLAVES STATUS".into())?;
+    Ok(rows
+        .iter()
+        .filter(|r| field(r, "Slave_SQL_Running") == "Yes" || field(r, "Slave_IO_Running") == "Yes")
+        .map(|r| field(r, "Connection_name"))
+        .collect())
+}
+
+/// (io running, sql running, seconds behind); an error the connection
+/// stopped on is returned as [`Error::Replication`].
+async fn check(dest: &mut Conn, name: &str) -> Result<(bool, bool, Option<u64>)> {
+    let Some(row) = status(dest, name).await? else {
+        return Err(Error::Replication {
+            connection: name.into(),
+            message: "the connection does not exist".into(),
+        });
+    };
+    let io = field(&row, "Slave_IO_Running");
+    let sql = field(&row, "Slave_SQL_Running") == "Yes";
+    let sql_err = field(&row, "Last_SQL_Error");
+    let io_err = field(&row, "Last_IO_Error");
+    if !sql && !sql_err.is_empty() {
+        return Err(Error::Replication {
+            connection: name.into(),
+            message: sql_err,
+        });
+    }
+    // "Connecting" is the IO thread retrying; an error with it stopped is
+    // final (wrong password, binlog purged).
+    if io == "No" && !io_err.is_empty() {
+        return Err(Error::Replication {
+            connection: name.into(),
+            message: io_err,
+        });
+    }
+    let secs = field(&row, "Seconds_Behind_Master").parse().ok();
+    Ok((io == "Yes", sql, secs))
+}
+
+pub(crate) async fn lag(src: &mut Conn, dest: &mut Conn, name: &str) -> Result<Lag> {
+    let (io_running, sql_running, seconds) = check(dest, name).await?;
+    let source_position = source_position(src).await?;
+    let applied_position = gtid_var(dest, D, "gtid_slave_pos").await?;
+    Ok(Lag {
+        transactions: source_position.transactions_ahead_of(&applied_position),
+        seconds,
+        source_position,
+        applied_position,
+        io_running,
+        sql_running,
+    })
+}
+
+/// `MASTER_GTID_WAIT`: until the destination has applied `pos`, or `timeout`.
+pub(crate) async fn wait(
+    dest: &mut Conn,
+    name: &str,
+    pos: &GtidPos,
+    timeout: Duration,
+) -> Result<()> {
+    check(dest, name).await?;
+    let sql = format!(
+        "SELECT MASTER_GTID_WAIT({}, {})",
+        quote(&pos.to_string()),
+        timeout.as_secs_f64()
+    );
+    let r: Option<i64> = dest.query_first(&sql).await.ctx(D, || sql.clone())?;
+    match r {
+        Some(0) => Ok(()),
+        _ => {
+            // A stop on an error explains the timeout better than the timeout.
+            check(dest, name).await?;
+            Err(Error::WaitTimeout {
+                position: pos.to_string(),
+                waited: timeout,
+            })
+        }
+    }
+}
+
+/// Stops and forgets connection `name`; a missing one is fine (rollback
+/// and switch may run again after a crash).
+pub(crate) async fn remove(dest: &mut Conn, name: &str) -> Result<()> {
+    if !exists(dest, name).await? {
+        return Ok(());
+    }
+    let lit = conn_name_literal(name);
+    dest.query_drop(format!("STOP SLAVE {lit}"))
+        .await
+        .ctx(D, || format!("STOP SLAVE {lit}"))?;
+    dest.query_drop(format!("RESET SLAVE {lit} ALL"))
+        .await
+        .ctx(D, || format!("RESET SLAVE {lit} ALL"))?;
+    Ok(())
+}
+
+/// Stops connection `name` without forgetting it (a paused catch-up).
+pub(crate) async fn stop(dest: &mut Conn, name: &str) -> Result<()> {
+    if exists(dest, name).await? {
+        let lit = conn_name_literal(name);
+        dest.query_drop(format!("STOP SLAVE {lit}"))
+            .await
+            .ctx(D, || format!("STOP SLAVE {lit}"))?;
+    }
+    Ok(())
+}

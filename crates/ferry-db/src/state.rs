@@ -1,0 +1,184 @@
+//! The mover's record of where it is, so a killed mover resumes (catch-up
+//! from the recorded position) or rolls back exactly what it did. JSON,
+//! written to a temporary file and renamed (a crash leaves the old or the
+//! new record, never half of one). Format `ferry-db-state` v1: fields only
+//! ever get added, with defaults.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::gtid::GtidPos;
+
+pub(crate) const FORMAT: &str = "ferry-db-state";
+pub(crate) const VERSION: u32 = 1;
+
+/// Where a move stands. Each step moves it forward; `rollback` is allowed
+/// from every phase before `Switched`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Checked, nothing changed yet.
+    Prepared,
+    /// Destination databases are being created and filled.
+    Copying,
+    /// First copy done at `snapshot`; catch-up may or may not be running.
+    Copied,
+    /// The destination's replication connection is applying the source's
+    /// changes.
+    CatchingUp,
+    /// Writes are blocked at the source; `frozen_at` is the final position.
+    Frozen,
+    /// Catch-up stopped, accounts copied: the destination is the home.
+    Switched,
+    /// Everything created at the destination was dropped, the source is
+    /// writable again.
+    RolledBack,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        f.write_str(&s)
+    }
+}
+
+/// An account at the source that uses a moving database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub user: String,
+    pub host: String,
+}
+
+impl std::fmt::Display for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "'{}'@'{}'", self.user, self.host)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct State {
+    pub format: String,
+    pub version: u32,
+    pub databases: Vec<String>,
+    /// Name of the replication connection at the destination.
+    pub connection: String,
+    pub phase: Phase,
+    #[serde(default)]
+    pub snapshot: Option<GtidPos>,
+    /// Last position the destination was seen to have applied.
+    #[serde(default)]
+    pub applied: Option<GtidPos>,
+    #[serde(default)]
+    pub frozen_at: Option<GtidPos>,
+    #[serde(default)]
+    pub chunks_total: u64,
+    #[serde(default)]
+    pub chunks_done: u64,
+    /// Databases this move created at the destination (rollback drops them;
+    /// recorded before each CREATE).
+    #[serde(default)]
+    pub created: Vec<String>,
+    /// Accounts this move locked at the source (rollback unlocks exactly
+    /// these; recorded before each ALTER USER).
+    #[serde(default)]
+    pub locked: Vec<Account>,
+}
+
+impl State {
+    pub fn new(databases: Vec<String>, connection: String) -> State {
+        State {
+            format: FORMAT.into(),
+            version: VERSION,
+            databases,
+            connection,
+            phase: Phase::Prepared,
+            snapshot: None,
+            applied: None,
+            frozen_at: None,
+            chunks_total: 0,
+            chunks_done: 0,
+            created: Vec::new(),
+            locked: Vec::new(),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Option<State>> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(state_err(path, e.to_string())),
+        };
+        let state: State =
+            serde_json::from_slice(&bytes).map_err(|e| state_err(path, e.to_string()))?;
+        if state.format != FORMAT || state.version > VERSION {
+            return Err(state_err(
+                path,
+                format!(
+                    "format {} v{} is not {FORMAT} v{VERSION} or older",
+                    state.format, state.version
+                ),
+            ));
+        }
+        Ok(Some(state))
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tmp = PathBuf::from(path);
+        tmp.as_mut_os_string().push(".tmp");
+        let text = serde_json::to_vec_pretty(self).map_err(|e| state_err(path, e.to_string()))?;
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&text)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| state_err(path, e.to_string()))
+    }
+}
+
+fn state_err(path: &Path, message: String) -> Error {
+    Error::State {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The v1 layout as first written; later versions must still read it.
+    const V1_FIXTURE: &str = r#"{
+  "format": "ferry-db-state",
+  "version": 1,
+  "databases": ["shop"],
+  "connection": "ferry_shop",
+  "phase": "catching_up",
+  "snapshot": "1-1-6",
+  "applied": "1-1-40,2-2-3",
+  "chunks_total": 3,
+  "chunks_done": 3,
+  "created": ["shop"],
+  "locked": []
+}"#;
+
+    #[test]
+    fn v1_fixture_loads_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.json");
+        std::fs::write(&p, V1_FIXTURE).unwrap();
+        let s = State::load(&p).unwrap().unwrap();
+        assert_eq!(s.phase, Phase::CatchingUp);
+        assert_eq!(s.applied.as_ref().unwrap().to_string(), "1-1-40,2-2-3");
+        s.save(&p).unwrap();
+        let again = State::load(&p).unwrap().unwrap();
+        assert_eq!(again.snapshot, s.snapshot);
+        assert!(State::load(&dir.path().join("none")).unwrap().is_none());
+    }
+}

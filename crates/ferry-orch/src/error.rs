@@ -1,0 +1,98 @@
+//! The orchestrator's errors, in domain words, with what they concern.
+
+use std::path::PathBuf;
+
+/// Why a migration step, a journal or an input was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OrchError {
+    /// `migrate.toml` could not be read.
+    #[error("{}: {source}", path.display())]
+    ConfigRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// `migrate.toml` is invalid; 1-based line and column of the offending value.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Config {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// `plan.json` could not be read or is not a plan this version understands.
+    #[error("plan {}: {message}", path.display())]
+    Plan { path: PathBuf, message: String },
+    /// The plan on disk is not the plan the journal recorded.
+    #[error("plan {}: its BLAKE3 digest is {actual}, the journal recorded {recorded}: the plan changed since the run started; refusing to resume", path.display())]
+    PlanChanged {
+        path: PathBuf,
+        recorded: String,
+        actual: String,
+    },
+    /// A `--only` unit id the plan does not have.
+    #[error("unit {0:?} is not in the plan")]
+    UnknownUnit(String),
+    /// The journal file is not a Ferry journal, or is damaged.
+    #[error("journal {}: {message}", path.display())]
+    Journal { path: PathBuf, message: String },
+    /// SQLite failed while reading or writing the journal.
+    #[error("journal {}: {source}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    /// `run` on a journal that already holds a run.
+    #[error("journal {} already holds a run (started {started}); use `ferry migrate resume`", path.display())]
+    JournalInUse { path: PathBuf, started: String },
+    /// A router's admin API could not be reached or answered with an error.
+    #[error("router {router}: {message}")]
+    Router {
+        router: String,
+        message: String,
+        /// The router answered 409: a site holds a newer epoch.
+        stale: bool,
+    },
+    /// The replicator failed.
+    #[error("copy {job}: {source}")]
+    Sync {
+        job: String,
+        source: ferry_sync::SyncError,
+    },
+    /// A unit cannot be migrated as the plan and config describe it.
+    #[error("unit {unit}: {message}")]
+    Unit { unit: String, message: String },
+    /// A failpoint stopped the runbook in-process (test mode of `kill`).
+    #[error("interrupted at failpoint {0}")]
+    Interrupted(String),
+    /// Local I/O (directories, failpoint files).
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+impl OrchError {
+    /// Bad input given by the user (config, plan, unit ids): exit code 2.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            OrchError::ConfigRead { .. }
+                | OrchError::Config { .. }
+                | OrchError::Plan { .. }
+                | OrchError::UnknownUnit(_)
+        )
+    }
+
+    /// Refused: a journal that is not ours, damaged or already used, a plan that changed.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            OrchError::Journal { .. }
+                | OrchError::JournalInUse { .. }
+                | OrchError::PlanChanged { .. }
+        )
+    }
+}
+
+pub type Result<T, E = OrchError> = std::result::Result<T, E>;

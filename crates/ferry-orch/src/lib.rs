@@ -1,0 +1,38 @@
+//! `ferry-orch`: the orchestrator. Runs a plan's units through the durable
+//! migration runbook (prepare, pre-copy, window, freeze, final copy and
+//! verify, flip, unfreeze, post-check), every step journaled before it acts.
+//!
+//! - [`config`]: `migrate.toml` -> [`MigrateConfig`] (errors name file:line:col).
+//! - [`plan`]: the parts of `plan.json` the runbook needs ([`Plan`]).
+//! - [`journal`]: the SQLite, hash-chained event log ([`Journal`]) and its
+//!   fold into [`MigrationStatus`].
+//! - [`router`]: the routers' admin API client.
+//! - [`runbook`]: [`Orchestrator`]: run, resume, rollback; [`progress`]:
+//!   where a unit stands, folded from its events (what a replay starts from).
+//! - [`failpoint`]: `FERRY_FAILPOINTS` / `FERRY_FAULTS` (crash tests, demo).
+//! - [`status`]: what a migration looks like from outside.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod error;
+pub mod failpoint;
+pub mod journal;
+pub mod plan;
+pub mod progress;
+pub mod report;
+pub mod router;
+pub mod runbook;
+pub mod status;
+pub mod track;
+
+pub use config::MigrateConfig;
+pub use error::{OrchError, Result};
+pub use failpoint::{Failpoints, Faults, KillMode};
+pub use journal::{EventRecord, Journal, Phase};
+pub use plan::Plan;
+pub use runbook::{Observer, Options, Orchestrator, RunInputs, RunSummary};
+pub use status::{
+    Direction, MigrationStatus, Outcome, RunState, Step, StepRecord, UnitState, UnitStatus,
+    WaveStatus,
+};

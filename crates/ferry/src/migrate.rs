@@ -1,0 +1,405 @@
+//! `ferry migrate`: run, resume, inspect and roll back a migration
+//! (the runbook lives in `ferry-orch`; this is flags, output, exit codes).
+//!
+//! Exit codes: 0 every unit done; 1 a unit failed (or the run stopped on an
+//! error); 2 bad config, plan, unit id or flag; 3 refused (a journal that is
+//! not ours, damaged or already used; a plan that changed since the run began).
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use ferry_orch::journal::detail_line;
+use ferry_orch::{
+    EventRecord, Failpoints, Faults, Journal, MigrationStatus, Options, OrchError, Orchestrator,
+    Phase, RunInputs, RunSummary, UnitState,
+};
+
+use crate::Failure;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// Start a migration: every scheduled unit of the plan (or --only), one
+    /// at a time, in plan order.
+    Run(RunArgs),
+    /// Go on with the run recorded in a journal (after a crash or a stop).
+    Resume(ResumeArgs),
+    /// Print the state of the run recorded in a journal (works while it runs).
+    Status(StatusArgs),
+    /// Put a unit back at the source: before its flip, unfreeze there; after
+    /// it, run the runbook in reverse (copy back, freeze, flip back).
+    Rollback(RollbackArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// migrate.toml: routers, pools, filers, freeze budget (docs/migrate-config.md).
+    #[arg(long)]
+    config: PathBuf,
+    /// plan.json written by `ferry plan`.
+    #[arg(long)]
+    plan: PathBuf,
+    /// The journal to create (must not hold a run yet).
+    #[arg(long, default_value = "ferry-journal.db")]
+    journal: PathBuf,
+    /// Do not wait for the [window]: freeze as soon as pre-copy is done.
+    #[arg(long)]
+    now: bool,
+    /// Only these units (comma-separated ids), whatever their plan status.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// One JSON event per line on stdout instead of progress bars.
+    #[arg(long)]
+    json: bool,
+    /// Serve the tracking page and JSON status here (overrides [tracking] listen).
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ResumeArgs {
+    /// The journal of the run (it holds the config and the plan's path).
+    #[arg(long)]
+    journal: PathBuf,
+    /// Do not wait for the [window].
+    #[arg(long)]
+    now: bool,
+    /// One JSON event per line on stdout instead of progress bars.
+    #[arg(long)]
+    json: bool,
+    /// Serve the tracking page and JSON status here (overrides [tracking] listen).
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// The journal of the run (read only).
+    #[arg(long)]
+    journal: PathBuf,
+    /// The status as one JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct RollbackArgs {
+    /// The unit id.
+    unit: String,
+    /// The journal of the run.
+    #[arg(long)]
+    journal: PathBuf,
+    /// One JSON event per line on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn orch_failure(e: OrchError) -> Failure {
+    if e.is_usage() {
+        Failure::usage(e)
+    } else if e.is_refusal() {
+        Failure::refused(e)
+    } else {
+        Failure::from(e)
+    }
+}
+
+pub async fn run(args: Args) -> Result<(), Failure> {
+    match args.command {
+        Cmd::Run(a) => {
+            let inputs = RunInputs::load(
+                &a.config,
+                &a.plan,
+                (!a.only.is_empty()).then_some(a.only.as_slice()),
+            )
+            .map_err(orch_failure)?;
+            let listen = a
+                .listen
+                .clone()
+                .or_else(|| inputs.cfg.tracking.map(|s| s.to_string()));
+            let out = Output::new(a.json);
+            let opts = options(a.now, &out)?;
+            let o = Orchestrator::start(inputs, &a.journal, opts).map_err(orch_failure)?;
+            drive(&o, &out, listen, |o| Box::pin(o.run())).await
+        }
+        Cmd::Resume(a) => {
+            let out = Output::new(a.json);
+            let opts = options(a.now, &out)?;
+            let o = Orchestrator::resume(&a.journal, opts).map_err(orch_failure)?;
+            let listen = a
+                .listen
+                .clone()
+                .or_else(|| o.config().tracking.map(|s| s.to_string()));
+            drive(&o, &out, listen, |o| Box::pin(o.run())).await
+        }
+        Cmd::Rollback(a) => {
+            let out = Output::new(a.json);
+            let opts = options(true, &out)?;
+            let o = Orchestrator::resume(&a.journal, opts).map_err(orch_failure)?;
+            let unit = a.unit.clone();
+            let state = o.rollback(&unit).await.map_err(orch_failure)?;
+            out.finish();
+            if !a.json {
+                println!("{unit}: {}", state_name(state));
+            }
+            if state == UnitState::RolledBack {
+                Ok(())
+            } else {
+                Err(Failure::from(anyhow!(
+                    "unit {unit} was not rolled back: {}",
+                    state_name(state)
+                )))
+            }
+        }
+        Cmd::Status(a) => {
+            let j = Journal::open_read_only(&a.journal).map_err(orch_failure)?;
+            let Some(st) = j.status().map_err(orch_failure)? else {
+                return Err(Failure::refused(anyhow!(
+                    "{}: holds no run yet",
+                    a.journal.display()
+                )));
+            };
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&st).map_err(anyhow::Error::from)?
+                );
+            } else {
+                print_status(&st);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn options(now: bool, out: &Output) -> Result<Options, Failure> {
+    let failpoints = Failpoints::from_env().map_err(|e| Failure::usage(anyhow!(e)))?;
+    let faults = Faults::from_env().map_err(|e| Failure::usage(anyhow!(e)))?;
+    let o = out.clone();
+    Ok(Options {
+        now,
+        failpoints: Arc::new(failpoints),
+        faults,
+        observer: Some(Arc::new(move |e: &EventRecord| o.event(e))),
+        ..Options::default()
+    })
+}
+
+type RunFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = ferry_orch::Result<RunSummary>> + 'a>>;
+
+/// Runs `what` with the tracking server (when asked) beside it.
+async fn drive(
+    o: &Orchestrator,
+    out: &Output,
+    listen: Option<String>,
+    what: impl for<'a> FnOnce(&'a Orchestrator) -> RunFuture<'a>,
+) -> Result<(), Failure> {
+    out.units(o.selected());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = match listen {
+        None => None,
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(&addr)
+                .await
+                .map_err(|e| Failure::usage(anyhow!("--listen {addr}: {e}")))?;
+            tracing::info!(addr = %l.local_addr().map_or(addr.clone(), |a| a.to_string()), "tracking page");
+            let j = o.journal();
+            let status: ferry_orch::track::StatusSource =
+                Arc::new(move || j.status().ok().flatten());
+            Some(tokio::spawn(ferry_orch::track::serve(l, status, stop_rx)))
+        }
+    };
+    let result = what(o).await;
+    let _ = stop_tx.send(true);
+    if let Some(s) = server {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s).await;
+    }
+    out.finish();
+    let summary = result.map_err(orch_failure)?;
+    if !out.json {
+        for (id, s) in &summary.units {
+            println!("{id}: {}", state_name(*s));
+        }
+    }
+    if summary.ok() {
+        Ok(())
+    } else {
+        let bad: Vec<String> = summary
+            .units
+            .iter()
+            .filter(|(_, s)| !matches!(s, UnitState::Done | UnitState::RolledBack))
+            .map(|(id, s)| format!("{id} {}", state_name(*s)))
+            .collect();
+        Err(Failure::from(anyhow!(
+            "not every unit moved: {}",
+            bad.join(", ")
+        )))
+    }
+}
+
+fn state_name(s: UnitState) -> &'static str {
+    match s {
+        UnitState::Pending => "pending",
+        UnitState::Running => "running",
+        UnitState::Waiting => "waiting",
+        UnitState::Done => "done",
+        UnitState::Failed => "failed",
+        UnitState::RolledBack => "rolled back",
+    }
+}
+
+/// The progress bars of a terminal: one per unit, by unit id.
+struct Bars {
+    multi: indicatif::MultiProgress,
+    units: parking_lot::Mutex<BTreeMap<String, indicatif::ProgressBar>>,
+}
+
+/// Where progress goes: JSON lines, one bar per unit on a terminal, or plain lines.
+#[derive(Clone)]
+struct Output {
+    json: bool,
+    bars: Option<Arc<Bars>>,
+}
+
+impl Output {
+    fn new(json: bool) -> Output {
+        let bars = (!json && std::io::stderr().is_terminal()).then(|| {
+            Arc::new(Bars {
+                multi: indicatif::MultiProgress::new(),
+                units: parking_lot::Mutex::new(BTreeMap::new()),
+            })
+        });
+        Output { json, bars }
+    }
+
+    fn units(&self, ids: &[String]) {
+        let Some(b) = &self.bars else { return };
+        let style = indicatif::ProgressStyle::with_template(
+            "{spinner} {prefix:>8} {elapsed:>5} {wide_msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+        let mut map = b.units.lock();
+        for id in ids {
+            let bar = b.multi.add(indicatif::ProgressBar::new_spinner());
+            bar.set_style(style.clone());
+            bar.set_prefix(id.clone());
+            bar.set_message("pending");
+            map.insert(id.clone(), bar);
+        }
+    }
+
+    fn event(&self, e: &EventRecord) {
+        let ev = &e.event;
+        let summary = detail_line(&ev.detail);
+        if self.json {
+            let line = serde_json::json!({
+                "seq": e.seq,
+                "at_ms": e.at_ms,
+                "unit": ev.unit,
+                "step": ev.step.map(|s| s.as_str()),
+                "phase": ev.phase.as_str(),
+                "attempt": ev.attempt,
+                "direction": ev.direction,
+                "epoch": ev.epoch,
+                "outcome": ev.outcome,
+                "kind": ev.detail.get("kind"),
+                "state": ev.detail.get("unit_state"),
+                "freeze_ms": ev.detail.get("freeze_ms"),
+                "detail": summary,
+            });
+            let mut o = std::io::stdout().lock();
+            let _ = writeln!(o, "{line}");
+            let _ = o.flush();
+            return;
+        }
+        if ev.unit.is_empty() {
+            return;
+        }
+        let step = ev.step.map_or("", |s| s.as_str());
+        let text = match ev.phase {
+            Phase::Begin => format!("{step} (attempt {})...", ev.attempt),
+            Phase::End => format!(
+                "{step} {}{}",
+                ev.outcome
+                    .map_or("?".to_string(), |o| format!("{o:?}").to_lowercase()),
+                summary
+                    .as_deref()
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default()
+            ),
+            Phase::Note => format!(
+                "{}{}",
+                ev.detail
+                    .get("kind")
+                    .and_then(|k| k.as_str())
+                    .unwrap_or("note"),
+                ev.detail
+                    .get("reason")
+                    .and_then(|k| k.as_str())
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default()
+            ),
+        };
+        match &self.bars {
+            Some(b) => {
+                if let Some(bar) = b.units.lock().get(&ev.unit) {
+                    bar.set_message(text.clone());
+                    bar.tick();
+                    if ev.phase == Phase::End {
+                        let _ = b.multi.println(format!("{} {text}", ev.unit));
+                    }
+                }
+            }
+            None => {
+                if ev.phase != Phase::Begin {
+                    println!("{} {text}", ev.unit);
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bars {
+            for bar in b.units.lock().values() {
+                bar.finish();
+            }
+        }
+    }
+}
+
+fn print_status(st: &MigrationStatus) {
+    println!(
+        "{} -> {}: {:?}, started {} ms, updated {} ms (since the epoch)",
+        st.source, st.destination, st.state, st.started_at_ms, st.updated_at_ms
+    );
+    for w in &st.waves {
+        println!("night {}: {}/{} units done", w.night, w.done, w.units.len());
+    }
+    println!(
+        "{:<10} {:>5} {:>6} {:<11} {:<12} {:>7} {:>6} {:>10}  message",
+        "unit", "night", "sites", "state", "step", "attempt", "epoch", "freeze_ms"
+    );
+    for u in &st.units {
+        println!(
+            "{:<10} {:>5} {:>6} {:<11} {:<12} {:>7} {:>6} {:>10}  {}",
+            u.id,
+            u.wave.map_or("-".to_string(), |w| w.to_string()),
+            u.sites,
+            state_name(u.state),
+            u.step.map_or("-", |s| s.as_str()),
+            u.attempt,
+            u.epoch.map_or("-".to_string(), |e| e.to_string()),
+            u.freeze_ms.map_or("-".to_string(), |f| f.to_string()),
+            u.message.as_deref().unwrap_or("")
+        );
+    }
+}
