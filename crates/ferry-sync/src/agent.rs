@@ -255,6 +255,21 @@ impl Batch {
     }
 }
 
+/// The agent's own worker threads for applying runs of ops and hashing
+/// blocks. Not rayon's global pool: a client in the same process (tests, or
+/// a relay between two agents) sends from global-pool workers and blocks on
+/// the socket until the agent reads; an agent waiting for those same workers
+/// would never read again.
+fn agent_pool() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("ferry-agent-{i}"))
+            .build()
+            .expect("starting the agent's worker threads")
+    })
+}
+
 impl Session<'_> {
     /// Applies the pending batch in parallel; the first failure becomes the
     /// session's failure (reported at the next request).
@@ -270,16 +285,18 @@ impl Session<'_> {
         }
         let tree = &self.tree;
         let failed: Mutex<Option<String>> = Mutex::new(None);
-        ops.into_par_iter().with_max_len(1).for_each(|op| {
-            if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
-                return;
-            }
-            if let Err(e) = tree.apply(op) {
-                failed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_or_insert(e.to_string());
-            }
+        agent_pool().install(|| {
+            ops.into_par_iter().with_max_len(1).for_each(|op| {
+                if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                    return;
+                }
+                if let Err(e) = tree.apply(op) {
+                    failed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(e.to_string());
+                }
+            })
         });
         if let Some(f) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
             self.failed.get_or_insert(f);
@@ -509,10 +526,12 @@ fn handle(sess: &mut Session<'_>, m: Msg, w: &mut BufWriter<TcpStream>) -> Resul
                 }
                 // The hashes of what was written, not the sender's claim; a
                 // run is hashed on every core.
-                hashes[first..first + count]
-                    .par_iter_mut()
-                    .zip(data.par_chunks(*bs as usize))
-                    .for_each(|(h, b)| *h = *blake3::hash(b).as_bytes());
+                agent_pool().install(|| {
+                    hashes[first..first + count]
+                        .par_iter_mut()
+                        .zip(data.par_chunks(*bs as usize))
+                        .for_each(|(h, b)| *h = *blake3::hash(b).as_bytes())
+                });
             } else {
                 return Err(SyncError::Protocol("block before BlockPrepare".into()));
             }
