@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Ferry's whole test suite. Installs, from Debian's packages, the real
 # servers and clients the tests use (nginx, curl, h2load, wrk, rsync, chromium,
-# MariaDB) when missing.
+# MariaDB, Galera) when missing.
 # Tests start their own instances on free loopback ports and stop them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,7 @@ command -v rsync  >/dev/null 2>&1 || need+=(rsync)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
 command -v mariadb >/dev/null 2>&1 || need+=(mariadb-client)
+[ -f /usr/lib/galera/libgalera_smm.so ] || need+=(galera-4)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing test dependencies: ${need[*]} (run as root, or: sudo apt-get install -y ${need[*]})" >&2

@@ -12,11 +12,11 @@ use ipnet::IpNet;
 
 use crate::raw::{
     RawAdmin, RawConfig, RawHealth, RawListener, RawPool, RawRemote, RawRouter, RawRule, RawServer,
-    RawSite, S,
+    RawSite, RawTunnel, S,
 };
 use crate::{
     parse_duration, AccessLog, AdminSettings, Config, ConfigError, HealthSpec, ListenerSpec,
-    PathRule, PoolSpec, RemoteSpec, RouterSettings, ServerSpec, SiteSpec,
+    PathRule, PoolSpec, RemoteSpec, RouterSettings, ServerSpec, SiteSpec, TunnelSpec,
 };
 
 const DEFAULT_HOLD_MAX: Duration = Duration::from_secs(10);
@@ -29,6 +29,10 @@ const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_TIER: i64 = 15;
 const MAX_WEIGHT: i64 = 256;
 const MAX_NAME_LEN: usize = 63;
+const DEFAULT_TUNNEL_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// MariaDB's own default `wait_timeout` (8 hours): the tunnel should not close
+/// an idle connection the server would have kept.
+const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(8 * 3600);
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
@@ -199,6 +203,7 @@ impl Cx<'_> {
             default_site: self.default_site(raw.router.default_site.as_ref(), &sites)?,
             ..router
         };
+        let tunnels = self.tunnels(raw.tunnels, &listeners, admin.as_ref())?;
         Ok(Config {
             router,
             admin,
@@ -206,6 +211,7 @@ impl Cx<'_> {
             pools,
             remotes,
             sites,
+            tunnels,
         })
     }
 
@@ -244,8 +250,19 @@ impl Cx<'_> {
             Some(p) => Some(self.read_named_file("maintenance_page", p)?),
             None => None,
         };
+        let observed_uses_file = match &r.observed_uses_file {
+            Some(s) if s.get_ref().is_empty() => {
+                return Err(self.error(
+                    s.span(),
+                    "observed_uses_file is an empty path (leave it out to keep uses in memory)",
+                ));
+            }
+            Some(s) => Some(self.resolve(s.get_ref())),
+            None => None,
+        };
         Ok(RouterSettings {
             name,
+            observed_uses_file,
             hold_max: self.duration("hold_max", r.hold_max.as_ref(), DEFAULT_HOLD_MAX)?,
             retry_after: r.retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
             store,
@@ -645,6 +662,114 @@ impl Cx<'_> {
         }
         Ok(out)
     }
+}
+
+impl Cx<'_> {
+    fn tunnels(
+        &self,
+        raw: Vec<RawTunnel>,
+        listeners: &[ListenerSpec],
+        admin: Option<&AdminSettings>,
+    ) -> Result<Vec<TunnelSpec>> {
+        let mut names: HashMap<String, Range<usize>> = HashMap::new();
+        let mut addrs: HashMap<SocketAddr, Range<usize>> = HashMap::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for t in raw {
+            let name = self.name("tunnel", &t.name)?;
+            if let Some(first) = names.get(&name) {
+                return Err(self.error(
+                    t.name.span(),
+                    format!(
+                        "tunnel {name:?} is defined twice (first at line {})",
+                        self.line_of(first)
+                    ),
+                ));
+            }
+            names.insert(name.clone(), t.name.span());
+            let ctx = format!("tunnel {name:?}");
+            let listen = self.socket_addr(&format!("{ctx}: listen"), &t.listen)?;
+            // Port 0 asks the system for a free port, so two of them never collide.
+            if listen.port() != 0 {
+                if let Some(first) = addrs.get(&listen) {
+                    return Err(self.error(
+                        t.listen.span(),
+                        format!(
+                            "{ctx}: listen {listen} is already used by the tunnel at line {}",
+                            self.line_of(first)
+                        ),
+                    ));
+                }
+                let taken = listeners.iter().any(|l| l.listen == listen)
+                    || admin.is_some_and(|a| a.listen == listen);
+                if taken {
+                    return Err(self.error(
+                        t.listen.span(),
+                        format!("{ctx}: listen {listen} is also a [[listener]] or [admin] address"),
+                    ));
+                }
+                addrs.insert(listen, t.listen.span());
+            }
+            let upstream = t.upstream.get_ref();
+            if let Err(why) = check_host_port(upstream) {
+                return Err(self.error(
+                    t.upstream.span(),
+                    format!("{ctx}: upstream {upstream:?} {why}"),
+                ));
+            }
+            let server = match &t.server {
+                Some(s) => self.name(&format!("{ctx}: server"), s)?,
+                None => name.clone(),
+            };
+            out.push(TunnelSpec {
+                connect_timeout: self.positive_duration(
+                    &format!("{ctx}: connect_timeout"),
+                    t.connect_timeout.as_ref(),
+                    DEFAULT_TUNNEL_CONNECT_TIMEOUT,
+                )?,
+                idle_timeout: self.positive_duration(
+                    &format!("{ctx}: idle_timeout"),
+                    t.idle_timeout.as_ref(),
+                    DEFAULT_TUNNEL_IDLE_TIMEOUT,
+                )?,
+                upstream: upstream.clone(),
+                name,
+                listen,
+                server,
+                observe: t.observe,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Checks a `host:port` upstream (an IP, `[v6]` or a host name, and a port
+/// above 0); the answer says what is wrong. Shared with the admin API so a
+/// re-pointed tunnel obeys the same rule as a configured one.
+pub fn check_host_port(s: &str) -> std::result::Result<(), &'static str> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        // Port 0 means "any free port" when listening, nothing when connecting.
+        return if a.port() == 0 {
+            Err("has no valid port (1..=65535)")
+        } else {
+            Ok(())
+        };
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err("is not HOST:PORT (e.g. \"10.0.0.5:3306\")");
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err("has no valid port (1..=65535)"),
+    }
+    let plain = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if !plain {
+        return Err("has no valid host (an IP address, \"[v6]\" or a host name)");
+    }
+    Ok(())
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.

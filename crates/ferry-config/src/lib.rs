@@ -26,6 +26,7 @@ mod check;
 mod duration;
 mod raw;
 
+pub use check::check_host_port;
 pub use duration::parse_duration;
 
 /// Why a config could not be loaded.
@@ -74,6 +75,7 @@ pub struct Config {
     pub pools: Vec<PoolSpec>,
     pub remotes: Vec<RemoteSpec>,
     pub sites: Vec<SiteSpec>,
+    pub tunnels: Vec<TunnelSpec>,
 }
 
 /// `[router]`: this router's identity and its behaviour for every site.
@@ -97,6 +99,9 @@ pub struct RouterSettings {
     pub default_site: Option<Hostname>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Where the database tunnels' observed uses are written (JSON Lines in the
+    /// inventory's `observed_uses` format); `None` keeps them in memory only.
+    pub observed_uses_file: Option<PathBuf>,
 }
 
 /// Where access log lines go.
@@ -212,6 +217,24 @@ pub struct SiteSpec {
     /// Content of this site's maintenance page (HTML), read at load time.
     pub maintenance_page: Option<String>,
     pub rules: Vec<PathRule>,
+}
+
+/// `[[tunnels]]`: a TCP port forwarded to a database server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelSpec {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// `host:port` of the database server; a host name is resolved at each
+    /// connection, so a DNS change needs no reload.
+    pub upstream: String,
+    /// Server name used in observed uses (`database@server`); the tunnel's name
+    /// when not given.
+    pub server: String,
+    /// Read the MySQL handshake of each connection to learn who uses what.
+    pub observe: bool,
+    pub connect_timeout: Duration,
+    /// A connection with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 #[cfg(test)]

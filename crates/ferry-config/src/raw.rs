@@ -25,6 +25,8 @@ pub(crate) struct RawConfig {
     pub remotes: Vec<RawRemote>,
     #[serde(default, rename = "site")]
     pub sites: Vec<RawSite>,
+    #[serde(default)]
+    pub tunnels: Vec<RawTunnel>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,6 +44,7 @@ pub(crate) struct RawRouter {
     pub default_site: Option<S<String>>,
     pub connect_timeout: Option<S<String>>,
     pub request_timeout: Option<S<String>>,
+    pub observed_uses_file: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,4 +128,21 @@ pub(crate) struct RawSite {
     pub maintenance_page: Option<S<String>>,
     #[serde(default, rename = "rule")]
     pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTunnel {
+    pub name: S<String>,
+    pub listen: S<String>,
+    pub upstream: S<String>,
+    pub server: Option<S<String>>,
+    #[serde(default = "yes")]
+    pub observe: bool,
+    pub connect_timeout: Option<S<String>>,
+    pub idle_timeout: Option<S<String>>,
+}
+
+fn yes() -> bool {
+    true
 }

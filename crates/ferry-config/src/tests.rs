@@ -714,3 +714,133 @@ fn non_ascii_columns_in_errors() {
     let (column, _) = refused_at(&text, "hold_max", &["hold_max"]);
     assert_eq!(column, 12);
 }
+
+mod tunnels {
+    use super::*;
+
+    fn with(extra: &str) -> String {
+        format!("{MINIMAL}\n{extra}")
+    }
+
+    #[test]
+    fn defaults_and_settings() {
+        let c = ok(&with(
+            r#"
+[[tunnels]]
+name = "sql002"
+listen = "127.0.0.1:13306"
+upstream = "10.0.0.5:3306"
+
+[[tunnels]]
+name = "sql003"
+listen = "127.0.0.1:13307"
+upstream = "db-3.example:3306"
+server = "sql003-1"
+observe = false
+connect_timeout = "500ms"
+idle_timeout = "10m"
+"#,
+        ));
+        let [a, b] = c.tunnels.as_slice() else {
+            panic!("two tunnels expected")
+        };
+        assert_eq!(a.server, "sql002");
+        assert!(a.observe);
+        assert_eq!(a.connect_timeout, Duration::from_secs(3));
+        assert_eq!(a.idle_timeout, Duration::from_secs(8 * 3600));
+        assert_eq!(b.upstream, "db-3.example:3306");
+        assert_eq!(b.server, "sql003-1");
+        assert!(!b.observe);
+        assert_eq!(b.connect_timeout, Duration::from_millis(500));
+        assert_eq!(b.idle_timeout, Duration::from_secs(600));
+        assert!(ok(MINIMAL).tunnels.is_empty());
+    }
+
+    #[test]
+    fn refusals_name_the_line() {
+        let cases = [
+            (
+                "[[tunnels]]\nname = \"t\"\nlisten = \"127.0.0.1:13306\"\nupstream = \"10.0.0.5\"\n",
+                "upstream = \"10.0.0.5\"",
+                "is not HOST:PORT",
+            ),
+            (
+                "[[tunnels]]\nname = \"t\"\nlisten = \"127.0.0.1:13306\"\nupstream = \"10.0.0.5:0\"\n",
+                "upstream = \"10.0.0.5:0\"",
+                "no valid port",
+            ),
+            (
+                "[[tunnels]]\nname = \"t\"\nlisten = \"127.0.0.1:13306\"\nupstream = \"a b:3306\"\n",
+                "upstream = \"a b:3306\"",
+                "no valid host",
+            ),
+            (
+                "[[tunnels]]\nname = \"t\"\nlisten = \"127.0.0.1:13306\"\nupstream = \"h:1\"\n\n[[tunnels]]\nname = \"t\"\nlisten = \"127.0.0.1:13307\"\nupstream = \"h:1\"\n",
+                "listen = \"127.0.0.1:13307\"",
+                "defined twice",
+            ),
+            (
+                "[[tunnels]]\nname = \"t\"\nlisten = \"127.0.0.1:13306\"\nupstream = \"h:1\"\n\n[[tunnels]]\nname = \"u\"\nlisten = \"127.0.0.1:13306\" # again\nupstream = \"h:1\"\n",
+                "# again",
+                "already used by the tunnel at line",
+            ),
+            (
+                "[[tunnels]]\nname = \"t\"\nlisten = \"127.0.0.1:8080\" # taken\nupstream = \"h:1\"\n",
+                "# taken",
+                "also a [[listener]]",
+            ),
+            (
+                "[[tunnels]]\nname = \"t\"\nlisten = \"127.0.0.1:1\"\nupstream = \"h:1\"\nidle_timeout = \"0s\"\n",
+                "idle_timeout",
+                "must be above 0",
+            ),
+            (
+                "[[tunnels]]\nname = \"t\"\nlisten = \"127.0.0.1:1\"\nupstream = \"h:1\"\nobserv = true\n",
+                "observ =",
+                "unknown field",
+            ),
+        ];
+        for (extra, needle, want) in cases {
+            let text = with(extra);
+            let (line, _, msg) = bad(&text);
+            // The duplicate name is reported at the second `name = "t"`.
+            let expected = if want == "defined twice" {
+                line_with(&text, needle) - 1
+            } else {
+                line_with(&text, needle)
+            };
+            assert_eq!(line, expected, "{msg}\n{text}");
+            assert!(msg.contains(want), "{msg:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn observed_uses_file_is_resolved_against_the_config() {
+        let text = MINIMAL.replace(
+            "name = \"dc1\"",
+            "name = \"dc1\"\nobserved_uses_file = \"uses/observed_uses.jsonl\"",
+        );
+        let c = ok(&text);
+        assert_eq!(
+            c.router.observed_uses_file,
+            Some(PathBuf::from("conf/uses/observed_uses.jsonl"))
+        );
+    }
+}
+
+#[test]
+fn example_config_documents_a_tunnel() {
+    let path = example_path();
+    let cfg = load(&path).unwrap();
+    let dir = path.parent().unwrap();
+    assert_eq!(
+        cfg.router.observed_uses_file,
+        Some(dir.join("observed_uses.jsonl"))
+    );
+    let [t] = cfg.tunnels.as_slice() else {
+        panic!("one tunnel expected")
+    };
+    assert_eq!(t.name, "sql002");
+    assert_eq!(t.server, "sql002-1");
+    assert_eq!(t.upstream, "10.0.0.5:3306");
+}

@@ -11,6 +11,9 @@
 //! their grants; or a rollback before the switch. Progress lives in a state
 //! file ([`Phase`]), so a killed mover resumes.
 //!
+//! [`galera_state`] and [`usable`]: the health check of a Galera node for
+//! database pools.
+//!
 //! Errors are [`Error`], each naming the side ([`Side`]) it is about.
 
 #![forbid(unsafe_code)]
@@ -20,6 +23,7 @@ mod checksum;
 mod copy;
 mod endpoint;
 mod error;
+mod galera;
 mod gtid;
 mod mover;
 mod replica;
@@ -29,6 +33,7 @@ mod state;
 pub use checksum::{TableCheck, VerifyReport};
 pub use endpoint::Endpoint;
 pub use error::{Error, Result, Side};
+pub use galera::{galera_state, usable, GaleraNode, WsrepState};
 pub use gtid::GtidPos;
 pub use mover::{
     CopyProgress, CopyReport, FreezeReport, Mover, MoverConfig, PrepareReport, SwitchReport,

@@ -506,9 +506,14 @@ impl Mover {
     pub async fn switch(&mut self) -> Result<SwitchReport> {
         self.need("switch", &[Phase::Frozen, Phase::Switched])?;
         if self.state.phase == Phase::Frozen {
-            let pos = self.state.frozen_at.clone().unwrap_or_default();
-            // Zero timeout: a check, not a wait; a switch never outruns the data.
-            replica::wait(&mut self.dst, &self.cfg.connection, &pos, Duration::ZERO).await?;
+            let gone = !replica::exists(&mut self.dst, &self.cfg.connection).await?;
+            if !(gone && self.state.switch_checked) {
+                let pos = self.state.frozen_at.clone().unwrap_or_default();
+                // Zero timeout: a check, not a wait; a switch never outruns the data.
+                replica::wait(&mut self.dst, &self.cfg.connection, &pos, Duration::ZERO).await?;
+                self.state.switch_checked = true;
+                self.save()?;
+            }
             replica::remove(&mut self.dst, &self.cfg.connection).await?;
         }
         let users = accounts::users_of(&mut self.src, Side::Source, &self.cfg.databases).await?;
@@ -564,6 +569,33 @@ impl Mover {
         self.state.locked.clear();
         self.state.phase = Phase::RolledBack;
         self.save()
+    }
+
+    /// Undoes a freeze whose cutover was abandoned (a router did not
+    /// acknowledge, or the orchestrator gave up on this attempt): unlocks
+    /// exactly the accounts this move locked and goes back to catching up,
+    /// so the next attempt freezes again without a new first copy. The
+    /// replication connection is left running: the destination keeps
+    /// following the source's writes, which resume now.
+    pub async fn unfreeze(&mut self) -> Result<()> {
+        self.need("unfreeze", &[Phase::CatchingUp, Phase::Frozen])?;
+        for a in self.state.locked.clone() {
+            accounts::set_locked(&mut self.src, &a, false).await?;
+            // Forgotten one at a time, after its unlock: a crash in between
+            // leaves an account unlocked twice (harmless), never one left
+            // locked with no record.
+            self.state.locked.retain(|x| x != &a);
+            self.save()?;
+        }
+        self.state.frozen_at = None;
+        self.state.switch_checked = false;
+        self.state.phase = Phase::CatchingUp;
+        self.save()
+    }
+
+    /// The source position read by the last [`freeze`](Mover::freeze).
+    pub fn frozen_at(&self) -> Option<&GtidPos> {
+        self.state.frozen_at.as_ref()
     }
 
     /// Stops the catch-up without removing it (tests and operators pausing

@@ -87,6 +87,12 @@ pub(crate) struct State {
     /// these; recorded before each ALTER USER).
     #[serde(default)]
     pub locked: Vec<Account>,
+    /// The switch checked the destination had applied `frozen_at` and is
+    /// about to remove the replication connection: a switch run again
+    /// after a crash in between finds no connection and must not take
+    /// that for an error.
+    #[serde(default)]
+    pub switch_checked: bool,
 }
 
 impl State {
@@ -104,6 +110,7 @@ impl State {
             chunks_done: 0,
             created: Vec::new(),
             locked: Vec::new(),
+            switch_checked: false,
         }
     }
 

@@ -456,3 +456,49 @@ async fn bad_input_is_refused_with_a_clear_error_and_changes_nothing() {
         .await
         .expect("the source's accounts are untouched");
 }
+
+/// An abandoned freeze: `unfreeze` unlocks the accounts and the catch-up
+/// goes on (a write made after it reaches the destination); the next
+/// freeze and a switch interrupted after removing the replication
+/// connection (replayed from the state file) still end with equal data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfreeze_keeps_the_catch_up_and_an_interrupted_switch_replays() {
+    let (src, dst) = tokio::join!(MariaDb::start(31), MariaDb::start(32));
+    seed(&src).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("move.json");
+    let mut m = Mover::open(config(&src, &dst, &state)).await.unwrap();
+    m.prepare().await.unwrap();
+    m.first_copy(&|_| {}).await.unwrap();
+    m.catch_up().await.unwrap();
+    m.freeze().await.unwrap();
+    assert!(src.conn_as("app", "s3cret").await.is_err());
+    m.unfreeze().await.unwrap();
+    assert_eq!(m.phase(), Phase::CatchingUp);
+    assert!(m.frozen_at().is_none());
+    let mut app = src.conn_as("app", "s3cret").await.expect("app unlocked");
+    app.query_drop("INSERT INTO shop.log VALUES ('between freezes')")
+        .await
+        .unwrap();
+    drop(app);
+    let f = m.freeze().await.unwrap();
+    assert_eq!(f.locked.len(), 2, "locked again by the second freeze");
+    m.wait_applied(&f.position, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(m.verify().await.unwrap().equal());
+    // A switch that stopped right after removing the connection: the
+    // state file says the check passed; the connection is gone.
+    let text = std::fs::read_to_string(&state).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["switch_checked"] = serde_json::Value::Bool(true);
+    std::fs::write(&state, v.to_string()).unwrap();
+    dst.exec("STOP SLAVE 'ferry_shop'; RESET SLAVE 'ferry_shop' ALL")
+        .await;
+    drop(m);
+    let mut m = Mover::open(config(&src, &dst, &state)).await.unwrap();
+    m.switch().await.unwrap();
+    assert_eq!(m.phase(), Phase::Switched);
+    assert!(all_rows(&src).await == all_rows(&dst).await);
+    assert!(dst.conn_as("app", "s3cret").await.is_ok());
+}

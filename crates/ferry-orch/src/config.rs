@@ -27,6 +27,9 @@ struct RawConfig {
     routers: Vec<S<RawRouter>>,
     #[serde(default)]
     filers: BTreeMap<String, S<RawFiler>>,
+    #[serde(default)]
+    db_servers: BTreeMap<String, S<RawDbServer>>,
+    db: Option<RawDb>,
     copy: Option<RawCopy>,
     freeze: Option<RawFreeze>,
     window: Option<RawWindow>,
@@ -58,6 +61,25 @@ struct RawFiler {
     destination: S<String>,
     key: Option<S<String>>,
     key_file: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDbServer {
+    source: Option<S<String>>,
+    source_file: Option<S<String>>,
+    destination: Option<S<String>>,
+    destination_file: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDb {
+    verify: Option<bool>,
+    max_lag: Option<S<i64>>,
+    workers: Option<S<i64>>,
+    catch_up_timeout: Option<S<String>>,
+    wait_timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +132,10 @@ pub struct MigrateConfig {
     pub datacenters: BTreeMap<String, DcSpec>,
     pub routers: Vec<RouterSpec>,
     pub filers: BTreeMap<String, FilerSpec>,
+    /// `[db_servers.NAME]`: where each database server of the plan is in
+    /// both datacenters.
+    pub db_servers: BTreeMap<String, DbServerSpec>,
+    pub db: DbSettings,
     pub copy: CopySettings,
     pub freeze: FreezeSettings,
     pub window: Option<Window>,
@@ -140,6 +166,51 @@ pub struct FilerSpec {
     pub destination: String,
     /// The agents' pre-shared key, derived ([`ferry_sync::proto::derive_key`]).
     pub key: Option<[u8; 32]>,
+}
+
+/// One database server of the plan (`name@server`), as `mysql://` URLs of
+/// the mover's account at the source and at the destination. Checked when
+/// loaded; the passwords never show in `Debug`.
+#[derive(Clone)]
+pub struct DbServerSpec {
+    pub source: String,
+    pub destination: String,
+}
+
+impl std::fmt::Debug for DbServerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Endpoint's Display is user@host:port, never the password.
+        let show = |side, url: &str| {
+            ferry_db::Endpoint::parse(side, url)
+                .map(|e| e.to_string())
+                .unwrap_or_else(|_| "?".into())
+        };
+        f.debug_struct("DbServerSpec")
+            .field("source", &show(ferry_db::Side::Source, &self.source))
+            .field(
+                "destination",
+                &show(ferry_db::Side::Destination, &self.destination),
+            )
+            .finish()
+    }
+}
+
+/// `[db]`: how the runbook drives the database mover.
+#[derive(Clone, Debug)]
+pub struct DbSettings {
+    /// Checksum every table on both sides during the freeze.
+    pub verify: bool,
+    /// The pre-copy waits until the destination is at most this many
+    /// transactions behind before the unit may freeze.
+    pub max_lag: u64,
+    /// Parallel connections for the first copy and the checksums.
+    pub workers: usize,
+    /// How long the pre-copy waits for the lag to fall under `max_lag`
+    /// (advisory, as the files' convergence: the freeze goes on).
+    pub catch_up_timeout: Duration,
+    /// How long the final copy waits for the destination to apply the
+    /// position read at the freeze.
+    pub wait_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -451,6 +522,101 @@ impl Cx<'_> {
                 },
             );
         }
+        let mut db_servers = BTreeMap::new();
+        for (name, d) in &raw.db_servers {
+            let dd = d.get_ref();
+            let url = |side: ferry_db::Side,
+                       key: &str,
+                       inline: &Option<S<String>>,
+                       file: &Option<S<String>>|
+             -> Result<String> {
+                let text = match (inline, file) {
+                    (Some(_), Some(f)) => {
+                        return Err(self.err(
+                            f.span(),
+                            format!("db server {name:?}: give {key} or {key}_file, not both"),
+                        ))
+                    }
+                    (Some(v), None) => v.get_ref().clone(),
+                    (None, Some(f)) => {
+                        let p = self.resolve(f.get_ref());
+                        std::fs::read_to_string(&p)
+                            .map_err(|e| {
+                                self.err(
+                                    f.span(),
+                                    format!("db server {name:?}: {key}_file {}: {e}", p.display()),
+                                )
+                            })?
+                            .trim()
+                            .to_string()
+                    }
+                    (None, None) => {
+                        return Err(self.err(
+                            d.span(),
+                            format!("db server {name:?}: no {key} (give {key} or {key}_file)"),
+                        ))
+                    }
+                };
+                let span = inline
+                    .as_ref()
+                    .or(file.as_ref())
+                    .map_or(d.span(), |v| v.span());
+                if !text.starts_with("mysql://") {
+                    return Err(self.err(
+                        span,
+                        format!(
+                            "db server {name:?}: {key}: expected mysql://USER:PASSWORD@HOST:PORT"
+                        ),
+                    ));
+                }
+                // The driver's message never repeats the URL (no password in errors).
+                ferry_db::Endpoint::parse(side, &text)
+                    .map_err(|e| self.err(span, format!("db server {name:?}: {key}: {e}")))?;
+                Ok(text)
+            };
+            let source = url(
+                ferry_db::Side::Source,
+                "source",
+                &dd.source,
+                &dd.source_file,
+            )?;
+            let destination = url(
+                ferry_db::Side::Destination,
+                "destination",
+                &dd.destination,
+                &dd.destination_file,
+            )?;
+            db_servers.insert(
+                name.clone(),
+                DbServerSpec {
+                    source,
+                    destination,
+                },
+            );
+        }
+        let db = {
+            let r = raw.db.as_ref();
+            let max_lag = match r.and_then(|r| r.max_lag.as_ref()) {
+                None => 100,
+                Some(n) => u64::try_from(*n.get_ref())
+                    .map_err(|_| self.err(n.span(), "db max_lag: must be 0 or more"))?,
+            };
+            DbSettings {
+                verify: r.and_then(|r| r.verify).unwrap_or(true),
+                max_lag,
+                workers: self.count(&r.and_then(|r| r.workers.clone()), 4, "db workers")? as usize,
+                catch_up_timeout: self.duration(
+                    &r.and_then(|r| r.catch_up_timeout.clone()),
+                    Duration::from_secs(600),
+                    "db catch_up_timeout",
+                )?,
+                wait_timeout: self.duration(
+                    &r.and_then(|r| r.wait_timeout.clone()),
+                    Duration::from_secs(30),
+                    "db wait_timeout",
+                )?,
+            }
+        };
         let copy = match &raw.copy {
             None => CopySettings {
                 mode: ferry_sync::Mode::File,
@@ -584,6 +750,8 @@ impl Cx<'_> {
             datacenters,
             routers,
             filers,
+            db_servers,
+            db,
             copy,
             freeze,
             window,

@@ -58,6 +58,12 @@ pub enum OrchError {
         job: String,
         source: ferry_sync::SyncError,
     },
+    /// The database mover failed on one of the plan's database servers.
+    #[error("database server {server}: {source}")]
+    Db {
+        server: String,
+        source: ferry_db::Error,
+    },
     /// A unit cannot be migrated as the plan and config describe it.
     #[error("unit {unit}: {message}")]
     Unit { unit: String, message: String },

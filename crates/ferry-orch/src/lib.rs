@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod dbmove;
 mod error;
 pub mod failpoint;
 pub mod journal;

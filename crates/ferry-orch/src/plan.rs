@@ -29,6 +29,9 @@ pub struct PlanUnit {
     pub filers: Vec<String>,
     #[serde(default)]
     pub hostings: Vec<PlanHosting>,
+    /// `name@server`: the databases that move with the unit, in the same freeze.
+    #[serde(default)]
+    pub databases: Vec<String>,
 }
 
 impl PlanUnit {
@@ -38,6 +41,27 @@ impl PlanUnit {
             .iter()
             .flat_map(|h| h.sites.iter().cloned())
             .collect()
+    }
+
+    /// The unit's databases grouped by server (`name@server`), servers and
+    /// names in plan order; a name without `@server` is an error naming it.
+    pub fn databases_by_server(&self) -> std::result::Result<Vec<(String, Vec<String>)>, String> {
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for d in &self.databases {
+            let (name, server) = d
+                .rsplit_once('@')
+                .filter(|(n, s)| !n.is_empty() && !s.is_empty())
+                .ok_or_else(|| format!("database {d:?}: expected NAME@SERVER"))?;
+            match out.iter_mut().find(|(s, _)| s == server) {
+                Some((_, v)) => {
+                    if !v.iter().any(|x| x == name) {
+                        v.push(name.to_string());
+                    }
+                }
+                None => out.push((server.to_string(), vec![name.to_string()])),
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -144,7 +168,8 @@ impl Plan {
         Ok(picked.into_iter().map(|u| u.id.clone()).collect())
     }
 
-    /// Every filer used by the `selected` units must have a `[filers.X]` table.
+    /// Every filer used by the `selected` units must have a `[filers.X]`
+    /// table, every database server a `[db_servers.X]` table.
     pub fn check_against(&self, cfg: &MigrateConfig, selected: &[String]) -> Result<()> {
         for id in selected {
             let Some(u) = self.unit(id) else {
@@ -157,6 +182,21 @@ impl Plan {
                         path: self.path.clone(),
                         message: format!(
                             "unit {id} uses filer {f:?}, which {} does not describe (add a [filers.{f}] table)",
+                            cfg.path.display()
+                        ),
+                    });
+                }
+            }
+            let by_server = u.databases_by_server().map_err(|m| OrchError::Plan {
+                path: self.path.clone(),
+                message: format!("unit {id}: {m}"),
+            })?;
+            for (server, _) in &by_server {
+                if !cfg.db_servers.contains_key(server) {
+                    return Err(OrchError::Plan {
+                        path: self.path.clone(),
+                        message: format!(
+                            "unit {id} uses database server {server:?}, which {} does not describe (add a [db_servers.{server}] table)",
                             cfg.path.display()
                         ),
                     });

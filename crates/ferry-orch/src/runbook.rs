@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::config::{FilerSpec, MigrateConfig};
+use crate::dbmove::{self, DbGroup};
 use crate::error::{OrchError, Result};
 use crate::failpoint::{Failpoints, Faults};
 use crate::journal::{now_ms, EventRecord, Journal, NewEvent, Phase, RunMeta, UnitMeta};
@@ -83,6 +84,8 @@ struct Unit {
     id: String,
     sites: Vec<String>,
     jobs: Vec<Job>,
+    /// One database mover per server the unit's databases live on.
+    dbs: Vec<DbGroup>,
     dir: Direction,
     from_dc: String,
     to_dc: String,
@@ -320,6 +323,12 @@ impl Orchestrator {
                 .await;
         }
         let unit = self.unit(id, Direction::Forward)?;
+        // The databases first, while the routers may still hold the sites:
+        // the destination's copy dropped, the source accounts unlocked. An
+        // error stops the rollback before any router change (run it again).
+        for g in &unit.dbs {
+            dbmove::rollback(g, &self.cfg.db).await?;
+        }
         let seen = self.max_epoch_seen(&unit.sites).await;
         let epoch = 1 + seen.max(p.max_epoch);
         let attempt = p.attempt.max(1);
@@ -408,10 +417,46 @@ impl Orchestrator {
                 });
             }
         }
+        let mut dbs = Vec::new();
+        let by_server = pu
+            .databases_by_server()
+            .map_err(|message| OrchError::Unit {
+                unit: id.to_string(),
+                message,
+            })?;
+        for (server, databases) in by_server {
+            let spec = self
+                .cfg
+                .db_servers
+                .get(&server)
+                .ok_or_else(|| OrchError::Unit {
+                    unit: id.to_string(),
+                    message: format!(
+                        "database server {server:?} has no [db_servers.{server}] in the config"
+                    ),
+                })?;
+            let (from_url, to_url) = match dir {
+                Direction::Forward => (spec.source.clone(), spec.destination.clone()),
+                Direction::Reverse => (spec.destination.clone(), spec.source.clone()),
+            };
+            dbs.push(DbGroup {
+                state_path: dbmove::state_path(
+                    self.journal.path(),
+                    id,
+                    &server,
+                    dir == Direction::Reverse,
+                ),
+                server,
+                databases,
+                from_url,
+                to_url,
+            });
+        }
         Ok(Unit {
             id: id.to_string(),
             sites: pu.sites(),
             jobs,
+            dbs,
             dir,
             from_pool: self.cfg.pool_of(&from_dc).to_string(),
             to_pool: self.cfg.pool_of(&to_dc).to_string(),
@@ -903,6 +948,25 @@ impl Orchestrator {
             }
             sent.push(json!({"router": name, "sites": todo.len()}));
         }
+        if u.dir == Direction::Reverse && !u.dbs.is_empty() {
+            // The source still holds the old copy of each database (locked):
+            // moving back needs it dropped or renamed first, a decision left
+            // to an operator.
+            return self.fail_unit_event(
+                u,
+                step,
+                1,
+                Some(epoch),
+                "moving databases back after the flip is not automated: the unit's databases now live at the destination".into(),
+            );
+        }
+        let mut db_detail = Vec::new();
+        for g in &u.dbs {
+            match dbmove::prepare(g, &self.cfg.db).await {
+                Ok(d) => db_detail.push(d),
+                Err(e) => return self.fail_unit_event(u, step, 1, Some(epoch), e.to_string()),
+            }
+        }
         let fps = self.fingerprints(&u.sites).await;
         let answering = fps.values().filter(|f| f.status != 0).count();
         self.end(
@@ -914,6 +978,7 @@ impl Orchestrator {
             json!({
                 "summary": format!("{} sites known everywhere; {answering}/{} answered the fingerprint", u.sites.len(), u.sites.len()),
                 "sent": sent,
+                "databases": db_detail,
                 "fingerprints": fps,
             }),
         )
@@ -1028,16 +1093,31 @@ impl Orchestrator {
                 Err(e) => return self.fail_unit_event(u, step, 1, None, e.to_string()),
             }
         }
+        let mut db_results = Vec::new();
+        for g in &u.dbs {
+            match dbmove::pre_copy(g, &self.cfg.db).await {
+                Ok((ready, d)) => {
+                    all_ready &= ready;
+                    db_results.push(d);
+                }
+                Err(e) => return self.fail_unit_event(u, step, 1, None, e.to_string()),
+            }
+        }
         let summary = if all_ready {
             format!(
-                "{} jobs converged within max_freeze {:?}",
+                "{} jobs converged within max_freeze {:?}{}",
                 u.jobs.len(),
-                self.cfg.freeze.max_freeze
+                self.cfg.freeze.max_freeze,
+                if u.dbs.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {} database server(s) caught up", u.dbs.len())
+                }
             )
         } else {
             "not converging for some jobs (the freeze budget is advisory here: the freeze goes on; see jobs)".to_string()
         };
-        self.end(u, step, 1, None, Outcome::Ok, json!({"summary": summary, "converged": all_ready, "advisory": !all_ready, "jobs": results}))
+        self.end(u, step, 1, None, Outcome::Ok, json!({"summary": summary, "converged": all_ready, "advisory": !all_ready, "jobs": results, "databases": db_results}))
             .await
     }
 
@@ -1204,8 +1284,32 @@ impl Orchestrator {
                 return self.abandon(u, step, attempt, epoch, last, reason).await;
             }
         }
-        let mut d =
-            json!({"summary": format!("every router acknowledged epoch {epoch} with 0 in flight")});
+        // Every router holds the sites: now the databases' writes are blocked
+        // at the source, and only then is each position read.
+        let mut positions = Vec::new();
+        for g in &u.dbs {
+            match dbmove::freeze(g, &self.cfg.db).await {
+                Ok(d) => positions.push(d),
+                Err(e) => {
+                    let last = attempt >= self.cfg.freeze.max_attempts;
+                    return self
+                        .abandon(u, step, attempt, epoch, last, e.to_string())
+                        .await;
+                }
+            }
+        }
+        let mut summary = format!("every router acknowledged epoch {epoch} with 0 in flight");
+        for d in &positions {
+            summary.push_str(&format!(
+                "; {} frozen at {}",
+                d["server"].as_str().unwrap_or("?"),
+                d["position"].as_str().unwrap_or("?")
+            ));
+        }
+        let mut d = json!({"summary": summary});
+        if !positions.is_empty() {
+            d["databases"] = json!(positions);
+        }
         if !skipped.is_empty() {
             d["fault_skipped"] = json!(skipped);
         }
@@ -1250,6 +1354,22 @@ impl Orchestrator {
         fail: bool,
         reason: String,
     ) -> Result<()> {
+        // The databases first, while the routers still hold the sites (no
+        // request meets a locked account): an abandoned freeze unlocks the
+        // source and keeps the catch-up; a failed verification drops the
+        // destination's copy too. Both may run again on replay.
+        let mut db_error = None;
+        for g in &u.dbs {
+            let undo = if step == Step::FinalCopy || fail {
+                dbmove::rollback(g, &self.cfg.db).await
+            } else {
+                dbmove::unfreeze(g, &self.cfg.db).await
+            };
+            if let Err(e) = undo {
+                tracing::error!(unit = %u.id, server = %g.server, error = %e, "cannot undo the database freeze");
+                db_error.get_or_insert(e);
+            }
+        }
         let work = self
             .routers
             .iter()
@@ -1296,6 +1416,11 @@ impl Orchestrator {
                 ),
             )
         };
+        if let Some(e) = db_error {
+            // Not journaled as ended: a resume replays this abandon, the
+            // database undo with it (the routers' changes are no-ops then).
+            return Err(e);
+        }
         let owed: Vec<&String> = unpaid.iter().map(|x| &x.0).collect();
         // Through `end`: the `<step>:after` failpoint sits here too, so a
         // crash between the abandon and its end event is tested.
@@ -1421,13 +1546,41 @@ impl Orchestrator {
                 }
             }
         }
+        let mut db_checks = Vec::new();
+        for g in &u.dbs {
+            match dbmove::final_copy(g, &self.cfg.db).await {
+                Ok(dbmove::Final::Equal(d)) => db_checks.push(d),
+                // The same path as a Merkle mismatch: abandon, the unit fails,
+                // the source untouched (and writable again).
+                Ok(dbmove::Final::Differ(reason)) => {
+                    return self.abandon(u, step, attempt, epoch, true, reason).await
+                }
+                Err(e) => {
+                    return self
+                        .abandon(u, step, attempt, epoch, true, e.to_string())
+                        .await
+                }
+            }
+        }
+        let mut summary = format!("{} jobs copied; Merkle roots equal", u.jobs.len());
+        if !u.dbs.is_empty() {
+            summary.push_str(&format!(
+                "; {} database server(s) at the freeze position{}",
+                u.dbs.len(),
+                if self.cfg.db.verify {
+                    ", checksums equal"
+                } else {
+                    ""
+                }
+            ));
+        }
         self.end(
             u,
             step,
             attempt,
             Some(epoch),
             Outcome::Ok,
-            json!({"summary": format!("{} jobs copied; Merkle roots equal", u.jobs.len()), "passes": passes, "roots": roots}),
+            json!({"summary": summary, "passes": passes, "roots": roots, "databases": db_checks}),
         )
         .await
     }
@@ -1451,6 +1604,28 @@ impl Orchestrator {
             json!({"summary": format!("epoch {epoch}")}),
         )
         .await?;
+        // The destination must be the databases' home before any request is
+        // sent there. A few tries (the switch repeats safely); then the unit
+        // fails with every router still holding the sites at the source.
+        let mut switched = Vec::new();
+        for g in &u.dbs {
+            let mut tries = 0;
+            let d = loop {
+                tries += 1;
+                match dbmove::switch(g, &self.cfg.db).await {
+                    Ok(d) => break d,
+                    Err(e) if tries >= 5 => {
+                        let msg = format!("switch refused before any router flipped: {e}");
+                        return self.fail_unit_event(u, step, attempt, Some(epoch), msg);
+                    }
+                    Err(e) => {
+                        tracing::warn!(unit = %u.id, server = %g.server, error = %e, "switch failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500 * tries)).await;
+                    }
+                }
+            };
+            switched.push(d);
+        }
         let (dst_group, rest): (Vec<RouterClient>, Vec<RouterClient>) = self
             .routers
             .iter()
@@ -1484,7 +1659,7 @@ impl Orchestrator {
             attempt,
             Some(epoch),
             Outcome::Ok,
-            json!({"summary": format!("serving from {}; frozen {} ms", u.to_dc, freeze_ms.unwrap_or(0)), "freeze_ms": freeze_ms}),
+            json!({"summary": format!("serving from {}; frozen {} ms", u.to_dc, freeze_ms.unwrap_or(0)), "freeze_ms": freeze_ms, "databases": switched}),
         )
         .await
     }

@@ -30,6 +30,13 @@ token = "secret"
 source = "/srv/par/fs-1"
 destination = "/srv/gra/fs-1"
 
+[db_servers.sql002-1]
+source = "mysql://ferry:pw@10.1.0.12:3306"
+destination = "mysql://ferry:pw@10.2.0.12:3306"
+
+[db]
+max_lag = 10
+
 [freeze]
 max_freeze = "30s"
 drain_timeout = "10s"
@@ -74,6 +81,71 @@ fn the_documented_example_parses() {
     assert_eq!(c.freeze.drain_timeout, std::time::Duration::from_secs(10));
     let w = c.window.unwrap();
     assert!(w.contains(90) && !w.contains(300) && !w.contains(30));
+    assert_eq!(c.db.max_lag, 10);
+    assert!(c.db.verify);
+    let db = format!("{:?}", c.db_servers["sql002-1"]);
+    assert!(
+        db.contains("ferry@10.1.0.12:3306") && !db.contains("pw"),
+        "{db}"
+    );
+}
+
+#[test]
+fn db_server_errors_name_the_line() {
+    refused_at(
+        &GOOD.replace("mysql://ferry:pw@10.1.0.12:3306", "postgres://x@h:1"),
+        "postgres://",
+        "mysql://",
+    );
+    refused_at(
+        &GOOD.replace(
+            "mysql://ferry:pw@10.2.0.12:3306",
+            "mysql://ferry:pw@10.2.0.12:3306/shop",
+        ),
+        "/shop",
+        "not in the URL",
+    );
+    refused_at(
+        &GOOD.replace("destination = \"mysql://ferry:pw@10.2.0.12:3306\"\n", ""),
+        "[db_servers.sql002-1]",
+        "no destination",
+    );
+    refused_at(
+        &GOOD.replace("max_lag = 10", "max_lag = -1"),
+        "max_lag",
+        "max_lag",
+    );
+}
+
+/// A unit whose database server has no [db_servers] table is refused when
+/// the plan is loaded, like a filer without [filers].
+#[test]
+fn a_database_server_the_config_does_not_describe_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("migrate.toml");
+    let plan = d.path().join("plan.json");
+    std::fs::write(&cfg, GOOD).unwrap();
+    let with_db = |dbs: &str| {
+        PLAN.replacen(
+            r#""filers":["fs-1"],"#,
+            &format!(r#""filers":["fs-1"],"databases":{dbs},"#),
+            1,
+        )
+    };
+    std::fs::write(&plan, with_db(r#"["shop@sql002-1"]"#)).unwrap();
+    assert!(RunInputs::load(&cfg, &plan, None).is_ok());
+    std::fs::write(&plan, with_db(r#"["shop@sql002-1","crm@sql010-1"]"#)).unwrap();
+    match RunInputs::load(&cfg, &plan, None) {
+        Err(e @ OrchError::Plan { .. }) => {
+            assert!(e.to_string().contains("[db_servers.sql010-1]"), "{e}")
+        }
+        other => panic!("{:?}", other.err()),
+    }
+    std::fs::write(&plan, with_db(r#"["shop"]"#)).unwrap();
+    match RunInputs::load(&cfg, &plan, None) {
+        Err(e @ OrchError::Plan { .. }) => assert!(e.to_string().contains("NAME@SERVER"), "{e}"),
+        other => panic!("{:?}", other.err()),
+    }
 }
 
 #[test]

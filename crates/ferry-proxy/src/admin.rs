@@ -123,6 +123,15 @@ async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Resp {
         (Method::PUT, ["v1", "pools", pool, "servers", server]) => {
             set_server(proxy, pool, server, &body)
         }
+        (Method::GET, ["v1", "tunnels"]) => list_tunnels(proxy),
+        (Method::POST, ["v1", "tunnels", "uses", "export"]) => export_uses(proxy),
+        (Method::GET, ["v1", "tunnels", name]) => {
+            with_tunnel(proxy, name, |t| json_resp(StatusCode::OK, &t.json()))
+        }
+        (Method::PUT, ["v1", "tunnels", name]) => repoint_tunnel(proxy, name, &body),
+        (Method::GET, ["v1", "tunnels", name, "uses"]) => {
+            with_tunnel(proxy, name, |t| json_resp(StatusCode::OK, &t.uses_json()))
+        }
         (Method::POST, ["v1", "reload"]) => match proxy.reload_from_file().await {
             Ok(r) => json_resp(StatusCode::OK, &json!({ "reloaded": r })),
             Err(e) => error(StatusCode::BAD_REQUEST, e),
@@ -188,6 +197,7 @@ fn metrics(proxy: &Proxy) -> Resp {
             );
         }
     }
+    proxy.tunnels.render_metrics(&mut out);
     let mut r = Response::new(Full::new(Bytes::from(out)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -583,6 +593,89 @@ fn set_server(proxy: &Proxy, pool: &str, server: &str, body: &[u8]) -> Resp {
             format!("no server {server} in pool {pool}"),
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+fn list_tunnels(proxy: &Proxy) -> Resp {
+    let tunnels: Vec<Value> = proxy.tunnels.all().iter().map(|t| t.json()).collect();
+    json_resp(StatusCode::OK, &json!({ "tunnels": tunnels }))
+}
+
+fn with_tunnel(proxy: &Proxy, raw: &str, f: impl FnOnce(&crate::tunnel::Tunnel) -> Resp) -> Resp {
+    let name = percent_decode(raw);
+    match proxy.tunnels.get(&name) {
+        Some(t) => f(&t),
+        None => error(StatusCode::NOT_FOUND, format!("no tunnel named {name:?}")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RepointBody {
+    upstream: Option<Value>,
+}
+
+/// Points a tunnel's new connections at another server; open ones keep theirs.
+fn repoint_tunnel(proxy: &Proxy, raw: &str, body: &[u8]) -> Resp {
+    with_tunnel(proxy, raw, |t| {
+        let b: RepointBody = match serde_json::from_slice(body) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("body: {e} (expected {{\"upstream\": \"HOST:PORT\"}})"),
+                )
+            }
+        };
+        let upstream = match b.upstream {
+            Some(Value::String(s)) => s,
+            Some(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "upstream: must be a string \"HOST:PORT\"",
+                )
+            }
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "upstream: missing (expected \"HOST:PORT\")",
+                )
+            }
+        };
+        if let Err(why) = ferry_config::check_host_port(&upstream) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("upstream: {upstream:?} {why}"),
+            );
+        }
+        let old = t.upstream.swap(Arc::new(upstream.clone()));
+        tracing::info!(tunnel = %t.spec.load().name, from = %old, to = %upstream, "tunnel re-pointed");
+        json_resp(StatusCode::OK, &t.json())
+    })
+}
+
+/// Writes the observed uses to `observed_uses_file` (when configured) and
+/// returns them either way.
+fn export_uses(proxy: &Proxy) -> Resp {
+    match proxy.tunnels.export() {
+        Ok((path, lines)) => {
+            let uses: Vec<Value> = lines
+                .iter()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            json_resp(
+                StatusCode::OK,
+                &json!({
+                    "written": path.map(|p| p.display().to_string()),
+                    "lines": lines.len(),
+                    "uses": uses,
+                }),
+            )
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot write the observed uses file: {e}"),
+        ),
     }
 }
 

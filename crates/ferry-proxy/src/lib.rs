@@ -4,6 +4,8 @@
 //! - [`Proxy`]: started from a validated [`ferry_config::Config`]; binds the
 //!   traffic listeners (HTTP/1.1 and h2c) and the admin API, runs health checks,
 //!   reloads without closing listeners, shuts down gracefully.
+//! - Database tunnels (`[[tunnels]]`: TCP forwarding that learns who uses which
+//!   database from MySQL logins) are in `tunnel.rs` and `mysql_handshake.rs`.
 //! - The life of a request is in `forward.rs`; the admin API (JSON, bearer
 //!   token, described in `docs/admin-api.yaml`) in `admin.rs`; site placements,
 //!   states and epochs persist through a [`ferry_store::Store`].
@@ -16,9 +18,11 @@ mod body;
 mod forward;
 mod health;
 mod metrics;
+mod mysql_handshake;
 mod proxy_protocol;
 mod server;
 mod state;
+mod tunnel;
 mod upstream;
 
 use std::collections::HashMap;
@@ -75,6 +79,7 @@ pub struct Proxy {
     health: Mutex<Vec<JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
     conns: Arc<ConnCount>,
+    tunnels: Arc<tunnel::Tunnels>,
     /// Serialises reloads (SIGHUP and the admin API may race).
     reloading: tokio::sync::Mutex<()>,
 }
@@ -108,8 +113,13 @@ impl Proxy {
             Some(a) => Some(server::bind(a.listen)?),
             None => None,
         };
+        let tunnels = tunnel::Tunnels::new();
+        let prepared = tunnels.prepare(&config)?;
+        let tunnel_config = config.clone();
         let shared = Arc::new(Shared::new(config, config_path, store)?);
         let (shutdown, shutdown_rx) = watch::channel(false);
+        tunnels.commit(prepared, &tunnel_config, &shutdown_rx);
+        tunnels.spawn_writer(shutdown_rx.clone());
         let conns = Arc::new(ConnCount::default());
         let mut listeners = Vec::new();
         for (l, spec) in bound {
@@ -130,6 +140,7 @@ impl Proxy {
             health: Mutex::new(health),
             shutdown,
             conns,
+            tunnels,
             reloading: tokio::sync::Mutex::new(()),
         });
         if let Some(l) = admin_listener {
@@ -151,6 +162,11 @@ impl Proxy {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// Address a database tunnel is bound to (port 0 resolved).
+    pub fn tunnel_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.tunnels.get(name).and_then(|t| t.bound())
     }
 
     /// Number of sites in the table.
@@ -196,6 +212,8 @@ impl Proxy {
                 fresh.push((server::bind(spec.listen)?, spec.clone()));
             }
         }
+        let prepared = self.tunnels.prepare(&config)?;
+        let tunnel_config = config.clone();
         let specs = config.listeners.clone();
         let report = match self.shared.reload(config) {
             Ok(r) => r,
@@ -235,6 +253,8 @@ impl Proxy {
                 listeners.push(h);
             }
         }
+        self.tunnels
+            .commit(prepared, &tunnel_config, &self.shutdown.subscribe());
         let mut health = self.health.lock();
         for t in health.drain(..) {
             t.abort();

@@ -18,3 +18,4 @@ mod metrics;
 mod remote;
 mod restart;
 mod routing;
+mod tunnel;

@@ -77,7 +77,7 @@ maintenance_page = "maintenance.html""#,
     );
 
     // nginx saw the requests that passed, never the refused ones.
-    let seen = web.requests();
+    let seen = web.requests_at_least(3);
     assert_eq!(seen.len(), 3, "{seen:?}");
     assert!(seen[1].ends_with("xff=127.0.0.2"), "{seen:?}");
 }

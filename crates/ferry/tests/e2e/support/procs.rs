@@ -289,6 +289,19 @@ http {{
             .map(str::to_string)
             .collect()
     }
+
+    /// The access log once it has at least `n` lines: nginx writes a line
+    /// after the response has gone out, so a client can be faster than it.
+    pub fn requests_at_least(&self, n: usize) -> Vec<String> {
+        let end = Instant::now() + START_LIMIT;
+        loop {
+            let seen = self.requests();
+            if seen.len() >= n || Instant::now() >= end {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for Nginx {

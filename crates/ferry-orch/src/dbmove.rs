@@ -1,0 +1,244 @@
+//! The database side of a unit: one [`ferry_db::Mover`] per database server
+//! the unit's databases live on, driven by the runbook's steps. Each mover
+//! keeps its own progress in a state file next to the journal, so a step
+//! replayed after a crash reopens the mover where it stood; every call made
+//! here is one the mover accepts again at the phase it left (see each
+//! function).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::config::DbSettings;
+use crate::error::{OrchError, Result};
+
+/// One database server's share of a unit, in one direction.
+#[derive(Clone, Debug)]
+pub(crate) struct DbGroup {
+    pub(crate) server: String,
+    pub(crate) databases: Vec<String>,
+    pub(crate) from_url: String,
+    pub(crate) to_url: String,
+    pub(crate) state_path: PathBuf,
+}
+
+impl DbGroup {
+    fn err(&self, source: ferry_db::Error) -> OrchError {
+        OrchError::Db {
+            server: self.server.clone(),
+            source,
+        }
+    }
+}
+
+/// `<journal>.db-<unit>-<server>[-reverse].json`: beside the journal, so a
+/// resume from the journal alone finds it.
+pub(crate) fn state_path(journal: &Path, unit: &str, server: &str, reverse: bool) -> PathBuf {
+    let safe = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let mut p = journal.as_os_str().to_owned();
+    p.push(format!(
+        ".db-{}-{}{}.json",
+        safe(unit),
+        safe(server),
+        if reverse { "-reverse" } else { "" }
+    ));
+    PathBuf::from(p)
+}
+
+async fn open(g: &DbGroup, s: &DbSettings) -> Result<ferry_db::Mover> {
+    let mut cfg = ferry_db::MoverConfig::new(
+        &g.from_url,
+        &g.to_url,
+        g.databases.clone(),
+        g.state_path.clone(),
+    )
+    .map_err(|e| g.err(e))?;
+    cfg.workers = s.workers;
+    ferry_db::Mover::open(cfg).await.map_err(|e| g.err(e))
+}
+
+/// Prepare: the mover's checks (databases at the source and not at the
+/// destination, row binlog, no conflicting accounts); changes nothing. Run
+/// again only while the mover is still at `prepared`.
+pub(crate) async fn prepare(g: &DbGroup, s: &DbSettings) -> Result<Value> {
+    let mut m = open(g, s).await?;
+    if m.phase() != ferry_db::Phase::Prepared {
+        return Ok(json!({"server": g.server, "phase": m.phase().to_string()}));
+    }
+    let r = m.prepare().await.map_err(|e| g.err(e))?;
+    Ok(json!({
+        "server": g.server,
+        "databases": g.databases,
+        "accounts": r.accounts.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "source_bytes": r.source_bytes,
+    }))
+}
+
+/// Pre-copy: first copy (unless done), catch-up started (idempotent: a
+/// running connection is restarted with its filter set again), then waits
+/// until the lag is at most `max_lag` transactions, or `catch_up_timeout`
+/// (advisory, like the files' convergence). A first copy cut off midway
+/// cannot be continued: what it created is dropped and it starts over.
+pub(crate) async fn pre_copy(g: &DbGroup, s: &DbSettings) -> Result<(bool, Value)> {
+    use ferry_db::Phase;
+    let mut m = open(g, s).await?;
+    if matches!(m.phase(), Phase::Copying | Phase::RolledBack) {
+        if m.phase() == Phase::Copying {
+            m.rollback().await.map_err(|e| g.err(e))?;
+        }
+        drop(m);
+        std::fs::remove_file(&g.state_path).map_err(|source| OrchError::Io {
+            what: format!("removing {}", g.state_path.display()),
+            source,
+        })?;
+        m = open(g, s).await?;
+        m.prepare().await.map_err(|e| g.err(e))?;
+    }
+    let mut copied = None;
+    if m.phase() == Phase::Prepared {
+        let r = m.first_copy(&|_| {}).await.map_err(|e| g.err(e))?;
+        copied = Some(
+            json!({"rows": r.rows, "tables": r.tables, "snapshot": r.snapshot.to_string(),
+            "elapsed_ms": r.elapsed.as_millis() as u64, "lock_held_ms": r.lock_held.as_millis() as u64}),
+        );
+    }
+    m.catch_up().await.map_err(|e| g.err(e))?;
+    let started = Instant::now();
+    let (ready, lag) = loop {
+        let lag = m.lag().await.map_err(|e| g.err(e))?;
+        if lag.transactions <= s.max_lag {
+            break (true, lag);
+        }
+        if started.elapsed() >= s.catch_up_timeout {
+            break (false, lag);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    Ok((
+        ready,
+        json!({
+            "server": g.server,
+            "first_copy": copied,
+            "lag_transactions": lag.transactions,
+            "applied": lag.applied_position.to_string(),
+            "ready": ready,
+        }),
+    ))
+}
+
+/// Freeze (after every router acknowledged): the source accounts locked
+/// and their sessions ended, then the position read. Again at `frozen`: the
+/// accounts are already locked (skipped), the position read again is the
+/// same (writes are blocked).
+pub(crate) async fn freeze(g: &DbGroup, s: &DbSettings) -> Result<Value> {
+    let mut m = open(g, s).await?;
+    let r = m.freeze().await.map_err(|e| g.err(e))?;
+    Ok(json!({
+        "server": g.server,
+        "position": r.position.to_string(),
+        "locked": r.locked.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "sessions_ended": r.sessions_ended,
+        "not_blocked": r.not_blocked.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+    }))
+}
+
+/// What the final copy found for one server.
+pub(crate) enum Final {
+    Equal(Value),
+    /// Checksums differ: the reason names the tables.
+    Differ(String),
+}
+
+/// Final copy: the destination waits for the freeze position (the catch-up
+/// is started again first: a destination restarted since does not start
+/// it by itself), then the checksums. Reads only, so it can run any number
+/// of times while frozen.
+pub(crate) async fn final_copy(g: &DbGroup, s: &DbSettings) -> Result<Final> {
+    let mut m = open(g, s).await?;
+    let Some(pos) = m.frozen_at().cloned() else {
+        return Err(g.err(ferry_db::Error::Phase {
+            step: "final copy",
+            phase: m.phase().to_string(),
+        }));
+    };
+    m.catch_up().await.map_err(|e| g.err(e))?;
+    m.wait_applied(&pos, s.wait_timeout)
+        .await
+        .map_err(|e| g.err(e))?;
+    if !s.verify {
+        return Ok(Final::Equal(
+            json!({"server": g.server, "position": pos.to_string(), "verified": false}),
+        ));
+    }
+    let v = m.verify().await.map_err(|e| g.err(e))?;
+    if !v.equal() {
+        let mut bad: Vec<String> = v.missing.clone();
+        for t in &v.tables {
+            if !t.mismatched.is_empty() {
+                bad.push(format!(
+                    "{}.{} ({})",
+                    t.db,
+                    t.table,
+                    t.mismatched.join(", ")
+                ));
+            }
+        }
+        return Ok(Final::Differ(format!(
+            "database server {}: checksums differ at {pos}: {}",
+            g.server,
+            bad.join("; ")
+        )));
+    }
+    Ok(Final::Equal(json!({
+        "server": g.server,
+        "position": pos.to_string(),
+        "verified": true,
+        "tables": v.tables.len(),
+        "rows": v.rows(),
+        "chunks": v.chunks(),
+    })))
+}
+
+/// Flip, before any router: the destination becomes the databases' home
+/// (catch-up removed, accounts created). Again at `switched`: the accounts
+/// are checked and left as they are.
+pub(crate) async fn switch(g: &DbGroup, s: &DbSettings) -> Result<Value> {
+    let mut m = open(g, s).await?;
+    let r = m.switch().await.map_err(|e| g.err(e))?;
+    Ok(json!({"server": g.server, "accounts": r.accounts.len()}))
+}
+
+/// An abandoned freeze: the accounts this move locked are unlocked, the
+/// catch-up goes on. Nothing to do unless the mover is frozen.
+pub(crate) async fn unfreeze(g: &DbGroup, s: &DbSettings) -> Result<()> {
+    if !g.state_path.exists() {
+        return Ok(());
+    }
+    let mut m = open(g, s).await?;
+    if m.phase() == ferry_db::Phase::Frozen {
+        m.unfreeze().await.map_err(|e| g.err(e))?;
+    }
+    Ok(())
+}
+
+/// A failed verification or a rollback before the flip: the destination's
+/// copy dropped, the source unlocked. Not after the switch (the mover
+/// refuses: the destination is then the home).
+pub(crate) async fn rollback(g: &DbGroup, s: &DbSettings) -> Result<()> {
+    if !g.state_path.exists() {
+        return Ok(());
+    }
+    let mut m = open(g, s).await?;
+    m.rollback().await.map_err(|e| g.err(e))
+}

@@ -1,0 +1,660 @@
+//! Database tunnels: plain TCP port forwarding from a local address to a
+//! database server, re-pointable at run time, that learns who uses which
+//! database from the MySQL logins passing through.
+//!
+//! - [`Tunnels`]: every configured tunnel by name; bound and swapped as a whole
+//!   by [`Tunnels::prepare`] + [`Tunnels::commit`] at start and reload.
+//! - A connection reads its upstream once, when it opens: re-pointing a tunnel
+//!   (admin API) sends new connections elsewhere and leaves open ones alone.
+//! - Observation (`mysql_handshake`) reads copies of the bytes after they were
+//!   read and before they are written on: it never changes or holds the stream.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use ferry_config::{Config, TunnelSpec};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::mysql_handshake::{Login, Observer, Verdict};
+use crate::{server, ProxyError};
+
+/// How often the observed-uses file is rewritten when something new was seen.
+const USES_FLUSH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Counters of one tunnel, kept across reloads while its name stays.
+#[derive(Default)]
+pub(crate) struct TunnelStats {
+    pub connections: AtomicU64,
+    pub open: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub bytes_to_upstream: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+    pub idle_closed: AtomicU64,
+    /// Logins by outcome, in [`OUTCOMES`] order.
+    logins: [AtomicU64; 5],
+}
+
+/// How a connection's login ended, as counted in metrics and the admin API.
+const OUTCOMES: [&str; 5] = ["accepted", "refused", "tls", "unobserved", "off"];
+
+impl TunnelStats {
+    fn login(&self, outcome: usize) {
+        self.logins[outcome].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A metric family of per-tunnel values: name, type, help, value.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&TunnelStats) -> u64,
+);
+
+/// Client address -> user -> database (`None`: none chosen) -> accepted logins.
+type UseCounts = BTreeMap<IpAddr, BTreeMap<String, BTreeMap<Option<String>, u64>>>;
+
+pub(crate) struct Tunnel {
+    pub spec: ArcSwap<TunnelSpec>,
+    /// Where new connections go; the admin API may change it.
+    pub upstream: ArcSwap<String>,
+    pub stats: TunnelStats,
+    uses: Mutex<UseCounts>,
+    accept: Mutex<Option<AcceptLoop>>,
+}
+
+struct AcceptLoop {
+    configured: SocketAddr,
+    bound: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for AcceptLoop {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Tunnel {
+    pub fn bound(&self) -> Option<SocketAddr> {
+        self.accept.lock().as_ref().map(|a| a.bound)
+    }
+
+    pub fn json(&self) -> Value {
+        let spec = self.spec.load();
+        let s = &self.stats;
+        let logins: serde_json::Map<String, Value> = OUTCOMES
+            .iter()
+            .zip(&s.logins)
+            .map(|(k, v)| ((*k).to_string(), json!(v.load(Ordering::Relaxed))))
+            .collect();
+        json!({
+            "name": spec.name,
+            "listen": self.bound().map(|a| a.to_string()),
+            "upstream": self.upstream.load().as_str(),
+            "configured_upstream": spec.upstream,
+            "server": spec.server,
+            "observe": spec.observe,
+            "connections_total": s.connections.load(Ordering::Relaxed),
+            "open_connections": s.open.load(Ordering::Relaxed),
+            "connect_failures": s.connect_failures.load(Ordering::Relaxed),
+            "bytes_to_upstream": s.bytes_to_upstream.load(Ordering::Relaxed),
+            "bytes_to_client": s.bytes_to_client.load(Ordering::Relaxed),
+            "idle_closed": s.idle_closed.load(Ordering::Relaxed),
+            "logins": logins,
+        })
+    }
+
+    /// Every (client, user, database) seen, with its count of accepted logins.
+    pub fn uses_json(&self) -> Value {
+        let uses = self.uses.lock();
+        let mut out = Vec::new();
+        for (client, users) in uses.iter() {
+            for (user, dbs) in users {
+                for (db, n) in dbs {
+                    out.push(json!({
+                        "client": client.to_string(),
+                        "user": user,
+                        "database": db,
+                        "connections": n,
+                    }));
+                }
+            }
+        }
+        let spec = self.spec.load();
+        json!({ "tunnel": spec.name, "server": spec.server, "uses": out })
+    }
+
+    /// Distinct (`database@server`, client) of accepted logins that named a database.
+    fn use_pairs(&self) -> BTreeSet<(String, String)> {
+        let server = self.spec.load().server.clone();
+        let mut pairs = BTreeSet::new();
+        for (client, users) in self.uses.lock().iter() {
+            for db in users.values().flat_map(|d| d.keys()).flatten() {
+                pairs.insert((format!("{db}@{server}"), client.to_string()));
+            }
+        }
+        pairs
+    }
+
+    fn record(&self, client: IpAddr, login: Login) -> bool {
+        let mut uses = self.uses.lock();
+        let dbs = uses
+            .entry(client)
+            .or_default()
+            .entry(login.user)
+            .or_default();
+        let fresh = !dbs.contains_key(&login.database);
+        *dbs.entry(login.database).or_default() += 1;
+        fresh
+    }
+}
+
+/// Tunnels bound for a config but not yet serving (see [`Tunnels::commit`]).
+pub(crate) struct Prepared {
+    fresh: HashMap<String, (TcpListener, SocketAddr)>,
+}
+
+/// Every tunnel of the running config.
+pub(crate) struct Tunnels {
+    map: Mutex<BTreeMap<String, Arc<Tunnel>>>,
+    uses_file: Mutex<Option<PathBuf>>,
+    /// (database, client) lines found in the uses file when it was first
+    /// configured: what earlier runs (or removed tunnels) saw stays in the
+    /// file, since the planner needs every dependency ever observed.
+    carried: Mutex<BTreeSet<(String, String)>>,
+    /// Bumped when a new (client, user, database) is seen; the writer compares.
+    generation: Arc<AtomicU64>,
+}
+
+impl Tunnels {
+    pub fn new() -> Arc<Tunnels> {
+        Arc::new(Tunnels {
+            map: Mutex::new(BTreeMap::new()),
+            uses_file: Mutex::new(None),
+            carried: Mutex::new(BTreeSet::new()),
+            generation: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Tunnel>> {
+        self.map.lock().get(name).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Tunnel>> {
+        self.map.lock().values().cloned().collect()
+    }
+
+    /// Binds the listen addresses `config` adds (or moves), so a port conflict
+    /// refuses the start or reload before anything changed.
+    pub fn prepare(&self, config: &Config) -> Result<Prepared, ProxyError> {
+        let map = self.map.lock();
+        let mut fresh = HashMap::new();
+        for spec in &config.tunnels {
+            let same = map.get(&spec.name).is_some_and(|t| {
+                t.accept
+                    .lock()
+                    .as_ref()
+                    .is_some_and(|a| a.configured == spec.listen)
+            });
+            if !same {
+                let l = server::bind(spec.listen)?;
+                let bound = l.local_addr().map_err(|source| ProxyError::Bind {
+                    addr: spec.listen,
+                    source,
+                })?;
+                fresh.insert(spec.name.clone(), (l, bound));
+            }
+        }
+        Ok(Prepared { fresh })
+    }
+
+    /// Applies `config`: removes tunnels it no longer names (their open
+    /// connections finish on their own), adds new ones, and updates the rest.
+    /// An upstream changed through the admin API survives a reload that left
+    /// the tunnel's configured upstream as it was.
+    pub fn commit(&self, prepared: Prepared, config: &Config, shutdown: &watch::Receiver<bool>) {
+        let mut prepared = prepared.fresh;
+        let mut map = self.map.lock();
+        let mut removed = Vec::new();
+        map.retain(|name, t| {
+            let keep = config.tunnels.iter().any(|t| &t.name == name);
+            if !keep {
+                removed.push(Arc::clone(t));
+                // The accept loop holds the tunnel too: stop it explicitly
+                // (dropping the handle sends the stop).
+                drop(t.accept.lock().take());
+                tracing::info!(tunnel = %name, "tunnel removed");
+            }
+            keep
+        });
+        for spec in &config.tunnels {
+            let tunnel = match map.get(&spec.name) {
+                Some(t) => {
+                    let old = t.spec.load_full();
+                    if old.upstream != spec.upstream {
+                        t.upstream.store(Arc::new(spec.upstream.clone()));
+                    }
+                    t.spec.store(Arc::new(spec.clone()));
+                    Arc::clone(t)
+                }
+                None => {
+                    let t = Arc::new(Tunnel {
+                        spec: ArcSwap::from_pointee(spec.clone()),
+                        upstream: ArcSwap::from_pointee(spec.upstream.clone()),
+                        stats: TunnelStats::default(),
+                        uses: Mutex::new(BTreeMap::new()),
+                        accept: Mutex::new(None),
+                    });
+                    map.insert(spec.name.clone(), Arc::clone(&t));
+                    t
+                }
+            };
+            if let Some((listener, bound)) = prepared.remove(&spec.name) {
+                let (stop, stop_rx) = watch::channel(false);
+                // Replacing the loop drops the old one, which stops it.
+                *tunnel.accept.lock() = Some(AcceptLoop {
+                    configured: spec.listen,
+                    bound,
+                    stop,
+                });
+                tracing::info!(tunnel = %spec.name, listen = %bound, upstream = %tunnel.upstream.load(), "tunnel ready");
+                self.spawn_accept(&tunnel, listener, stop_rx, shutdown.clone());
+            }
+        }
+        // Removed tunnels' uses stay in the export.
+        for t in &removed {
+            self.carried.lock().extend(t.use_pairs());
+        }
+        let mut file = self.uses_file.lock();
+        if *file != config.router.observed_uses_file {
+            if let Some(path) = &config.router.observed_uses_file {
+                self.carried.lock().extend(read_uses_file(path));
+            }
+            file.clone_from(&config.router.observed_uses_file);
+        }
+    }
+
+    fn spawn_accept(
+        &self,
+        tunnel: &Arc<Tunnel>,
+        listener: TcpListener,
+        mut stop: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let tunnel = Arc::clone(tunnel);
+        let generation = Arc::clone(&self.generation);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    a = listener.accept() => match a {
+                        Ok(x) => x,
+                        // Out of file descriptors and the like: pause rather
+                        // than spin on a failing accept.
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    _ = stop.changed() => break,
+                    _ = shutdown.changed() => break,
+                };
+                let tunnel = Arc::clone(&tunnel);
+                let generation = Arc::clone(&generation);
+                tokio::spawn(async move {
+                    serve(&tunnel, stream, peer, &generation).await;
+                });
+            }
+        });
+    }
+
+    /// Distinct (database, client) pairs of accepted logins that named a
+    /// database, as the inventory's `observed_uses.jsonl` lines.
+    pub fn observed_uses_lines(&self) -> Vec<String> {
+        let mut pairs = self.carried.lock().clone();
+        for t in self.all() {
+            pairs.extend(t.use_pairs());
+        }
+        pairs
+            .into_iter()
+            .map(|(database, client)| json!({ "database": database, "client": client }).to_string())
+            .collect()
+    }
+
+    pub fn uses_file(&self) -> Option<PathBuf> {
+        self.uses_file.lock().clone()
+    }
+
+    /// Writes the observed uses to the configured file (temp file + rename,
+    /// so `ferry plan` never reads half a file). Returns the path and line count.
+    pub fn export(&self) -> io::Result<(Option<PathBuf>, Vec<String>)> {
+        let lines = self.observed_uses_lines();
+        let Some(path) = self.uses_file() else {
+            return Ok((None, lines));
+        };
+        write_atomically(&path, &lines)?;
+        Ok((Some(path), lines))
+    }
+
+    /// Rewrites the observed-uses file whenever something new was seen, until
+    /// `shutdown`; then once more.
+    pub fn spawn_writer(self: &Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let tunnels = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut written = 0;
+            loop {
+                let stop = tokio::select! {
+                    _ = tokio::time::sleep(USES_FLUSH_INTERVAL) => false,
+                    _ = shutdown.changed() => true,
+                };
+                let now = tunnels.generation.load(Ordering::Acquire);
+                if now != written {
+                    match tunnels.export() {
+                        Ok(_) => written = now,
+                        Err(e) => tracing::warn!(error = %e, "cannot write the observed uses file"),
+                    }
+                }
+                if stop {
+                    break;
+                }
+            }
+        });
+    }
+
+    pub fn render_metrics(&self, out: &mut String) {
+        let tunnels = self.all();
+        let series: [Series; 6] = [
+            (
+                "ferry_tunnel_connections_total",
+                "counter",
+                "Connections accepted by a database tunnel.",
+                |s| s.connections.load(Ordering::Relaxed),
+            ),
+            (
+                "ferry_tunnel_open_connections",
+                "gauge",
+                "Database tunnel connections open.",
+                |s| s.open.load(Ordering::Relaxed),
+            ),
+            (
+                "ferry_tunnel_connect_failures_total",
+                "counter",
+                "Tunnel connections whose upstream could not be reached.",
+                |s| s.connect_failures.load(Ordering::Relaxed),
+            ),
+            (
+                "ferry_tunnel_idle_closed_total",
+                "counter",
+                "Tunnel connections closed after idle_timeout.",
+                |s| s.idle_closed.load(Ordering::Relaxed),
+            ),
+            (
+                "ferry_tunnel_bytes_to_upstream_total",
+                "counter",
+                "Bytes forwarded from clients to the database server.",
+                |s| s.bytes_to_upstream.load(Ordering::Relaxed),
+            ),
+            (
+                "ferry_tunnel_bytes_to_client_total",
+                "counter",
+                "Bytes forwarded from the database server to clients.",
+                |s| s.bytes_to_client.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, get) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for t in &tunnels {
+                let tunnel = &t.spec.load().name;
+                let _ = writeln!(out, "{name}{{tunnel=\"{tunnel}\"}} {}", get(&t.stats));
+            }
+        }
+        let name = "ferry_tunnel_logins_total";
+        let _ = writeln!(out, "# HELP {name} MySQL logins through a tunnel, by outcome (off: observe = false).\n# TYPE {name} counter");
+        for t in &tunnels {
+            let tunnel = &t.spec.load().name;
+            for (outcome, v) in OUTCOMES.iter().zip(&t.stats.logins) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{tunnel=\"{tunnel}\",outcome=\"{outcome}\"}} {}",
+                    v.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+}
+
+/// The (database, client) lines of an existing uses file; a missing file or a
+/// line that is not ours is skipped (the file is rewritten whole anyway).
+fn read_uses_file(path: &Path) -> Vec<(String, String)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| {
+            Some((
+                v.get("database")?.as_str()?.to_string(),
+                v.get("client")?.as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn write_atomically(path: &Path, lines: &[String]) -> io::Result<()> {
+    let mut text = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+    for l in lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// One client connection: connect to the tunnel's current upstream, then copy
+/// both ways (half-close passed on) until both sides are done or idle too long.
+async fn serve(tunnel: &Tunnel, client: TcpStream, peer: SocketAddr, generation: &AtomicU64) {
+    let stats = &tunnel.stats;
+    stats.connections.fetch_add(1, Ordering::Relaxed);
+    stats.open.fetch_add(1, Ordering::Relaxed);
+    let _open = OpenGuard(&stats.open);
+    let spec = tunnel.spec.load_full();
+    // Read once: a re-point later does not move this connection.
+    let upstream = tunnel.upstream.load_full();
+    let server = match tokio::time::timeout(
+        spec.connect_timeout,
+        TcpStream::connect(upstream.as_str()),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(tunnel = %spec.name, %upstream, error = %e, "tunnel upstream refused the connection");
+            return;
+        }
+        Err(_) => {
+            stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(tunnel = %spec.name, %upstream, timeout = ?spec.connect_timeout, "tunnel upstream connect timed out");
+            return;
+        }
+    };
+    // Database traffic is small request/response packets: Nagle would add
+    // latency to every query.
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    if !spec.observe {
+        stats.login(4);
+    }
+    let watch = Watch {
+        observer: Mutex::new(spec.observe.then(Observer::default)),
+        observing: AtomicBool::new(spec.observe),
+        started: Instant::now(),
+        last_activity_ms: AtomicU64::new(0),
+        tunnel,
+        peer: peer.ip(),
+        generation,
+    };
+    let mut client = Tap {
+        inner: client,
+        watch: &watch,
+        from_client: true,
+        bytes: &stats.bytes_to_upstream,
+    };
+    let mut server = Tap {
+        inner: server,
+        watch: &watch,
+        from_client: false,
+        bytes: &stats.bytes_to_client,
+    };
+    let idle = spec.idle_timeout;
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+    tokio::pin!(copy);
+    loop {
+        let left = idle.saturating_sub(watch.idle_for());
+        tokio::select! {
+            _ = &mut copy => break,
+            _ = tokio::time::sleep(left) => {
+                if watch.idle_for() >= idle {
+                    stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+    }
+    // A connection that closed before its login was decided is unobserved.
+    if watch.observing.load(Ordering::Acquire) {
+        stats.login(3);
+    }
+}
+
+/// Counts a decided login and records an accepted one as a use.
+fn decide(watch: &Watch<'_>, verdict: Verdict) {
+    let stats = &watch.tunnel.stats;
+    match verdict {
+        Verdict::Accepted(login) => {
+            stats.login(0);
+            if watch.tunnel.record(watch.peer, login) {
+                watch.generation.fetch_add(1, Ordering::Release);
+            }
+        }
+        Verdict::Refused(_) => stats.login(1),
+        Verdict::Tls => stats.login(2),
+        Verdict::Unobserved | Verdict::Pending => stats.login(3),
+    }
+}
+
+struct OpenGuard<'a>(&'a AtomicU64);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What both directions of a connection share.
+struct Watch<'a> {
+    observer: Mutex<Option<Observer>>,
+    /// False once the login is decided, so later reads skip the lock.
+    observing: AtomicBool,
+    started: Instant,
+    /// Milliseconds after `started` of the last byte either way: an atomic
+    /// rather than a locked `Instant`, as every read stamps it.
+    last_activity_ms: AtomicU64,
+    tunnel: &'a Tunnel,
+    peer: IpAddr,
+    generation: &'a AtomicU64,
+}
+
+impl Watch<'_> {
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn observe(&self, from_client: bool, bytes: &[u8]) {
+        if !self.observing.load(Ordering::Acquire) {
+            return;
+        }
+        let mut guard = self.observer.lock();
+        let Some(o) = guard.as_mut() else { return };
+        if from_client {
+            o.client_bytes(bytes);
+        } else {
+            o.server_bytes(bytes);
+        }
+        if o.is_done() {
+            let verdict = o.verdict().clone();
+            *guard = None;
+            self.observing.store(false, Ordering::Release);
+            drop(guard);
+            decide(self, verdict);
+        }
+    }
+}
+
+/// A stream whose reads are counted, timestamped and shown to the observer.
+/// Writes pass straight through.
+struct Tap<'a> {
+    inner: TcpStream,
+    watch: &'a Watch<'a>,
+    from_client: bool,
+    bytes: &'a AtomicU64,
+}
+
+impl AsyncRead for Tap<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let new = &buf.filled()[before..];
+        if !new.is_empty() {
+            this.bytes.fetch_add(new.len() as u64, Ordering::Relaxed);
+            this.watch.touch();
+            this.watch.observe(this.from_client, new);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tap<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
