@@ -599,7 +599,8 @@ fn write_report(
     let page = match status {
         Some(s) => {
             let page = ferry_orch::report::render_html(s, &title, false);
-            match page.rfind("</body>") {
+            // Inside <main>, so the checks share the page's layout.
+            match page.rfind("</main>") {
                 Some(i) => format!("{}{checks_html}{}", &page[..i], &page[i..]),
                 None => page + &checks_html,
             }
