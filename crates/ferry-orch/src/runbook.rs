@@ -864,6 +864,16 @@ impl Orchestrator {
         Ok(())
     }
 
+    /// The epoch a step sends: the one its journaled `begin` recorded (a
+    /// replay must send exactly the same change), else one above every epoch
+    /// any router or the journal has seen for the unit's sites.
+    async fn step_epoch(&self, u: &Unit, p: &Progress, open_epoch: Option<u64>) -> u64 {
+        match open_epoch {
+            Some(e) => e,
+            None => 1 + self.max_epoch_seen(&u.sites).await.max(p.max_epoch),
+        }
+    }
+
     async fn prepare(
         &self,
         u: &Unit,
@@ -872,10 +882,7 @@ impl Orchestrator {
         open_epoch: Option<u64>,
     ) -> Result<()> {
         let step = Step::Prepare;
-        let epoch = match open_epoch {
-            Some(e) => e,
-            None => 1 + self.max_epoch_seen(&u.sites).await.max(p.max_epoch),
-        };
+        let epoch = self.step_epoch(u, p, open_epoch).await;
         self.begin(
             u,
             step,
@@ -1211,10 +1218,7 @@ impl Orchestrator {
         open_epoch: Option<u64>,
     ) -> Result<()> {
         let step = Step::Freeze;
-        let epoch = match open_epoch {
-            Some(e) => e,
-            None => 1 + self.max_epoch_seen(&u.sites).await.max(p.max_epoch),
-        };
+        let epoch = self.step_epoch(u, p, open_epoch).await;
         self.begin(
             u,
             step,
