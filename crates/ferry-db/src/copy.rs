@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, Mutex};
 
 use crate::endpoint::{ident, Endpoint, Session};
 use crate::error::{Error, Result, Side, SqlContext};
-use crate::gtid::GtidPos;
+use crate::gtid::{BinlogMark, GtidPos};
 use crate::schema::{self, literal, Chunk, Table};
 
 /// Connections that all see the source as of one instant, and that
@@ -21,6 +21,9 @@ pub(crate) struct Snapshot {
     pub coordinator: Conn,
     pub workers: Vec<Conn>,
     pub position: GtidPos,
+    /// The source's binary log coordinates at the same instant (where a
+    /// reader of the changes made after the snapshot starts).
+    pub binlog: BinlogMark,
     /// How long writes were blocked to line the snapshots up.
     pub lock_held: Duration,
 }
@@ -66,23 +69,40 @@ pub(crate) async fn snapshot(
             .query_first("SELECT @@GLOBAL.gtid_binlog_pos")
             .await
             .ctx(side, || "reading @@gtid_binlog_pos".into())?;
-        Ok::<_, Error>(pos.unwrap_or_default())
+        let row: Option<mysql_async::Row> = lock
+            .query_first("SHOW MASTER STATUS")
+            .await
+            .ctx(side, || "SHOW MASTER STATUS".into())?;
+        let coords = row.and_then(|r| Some((r.get::<String, _>(0)?, r.get::<u64, _>(1)?)));
+        Ok::<_, Error>((pos.unwrap_or_default(), coords))
     }
     .await;
     // Unlock whatever happened: the lock must not outlive this function.
     let unlocked = lock.query_drop("UNLOCK TABLES").await;
     let lock_held = started.elapsed();
-    let pos = result?;
+    let (pos, coords) = result?;
     unlocked.ctx(side, || "UNLOCK TABLES".into())?;
     let position = GtidPos::parse(&pos).map_err(|message| Error::NotReplicable {
         addr: source.addr(),
         reason: message,
     })?;
+    let Some((file, offset)) = coords else {
+        return Err(Error::NotReplicable {
+            addr: source.addr(),
+            reason: "SHOW MASTER STATUS is empty: the binary log is off".into(),
+        });
+    };
+    let binlog = BinlogMark {
+        file,
+        offset,
+        gtid: position.clone(),
+    };
     let coordinator = conns.remove(0);
     Ok(Snapshot {
         coordinator,
         workers: conns,
         position,
+        binlog,
         lock_held,
     })
 }

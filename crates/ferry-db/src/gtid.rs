@@ -6,6 +6,15 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// A place in the source's binary log: the file and byte offset a reader
+/// starts at, and the GTID position it stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BinlogMark {
+    pub file: String,
+    pub offset: u64,
+    pub gtid: GtidPos,
+}
+
 /// A GTID position: for each replication domain, the last transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod accounts;
+mod binlog;
 mod checksum;
 mod copy;
 mod endpoint;
@@ -30,11 +31,11 @@ mod replica;
 mod schema;
 mod state;
 
-pub use checksum::{TableCheck, VerifyReport};
+pub use checksum::{Scope, TableCheck, VerifyReport};
 pub use endpoint::Endpoint;
 pub use error::{Error, Result, Side};
 pub use galera::{galera_state, usable, GaleraNode, WsrepState};
-pub use gtid::GtidPos;
+pub use gtid::{BinlogMark, GtidPos};
 pub use mover::{
     CopyProgress, CopyReport, FreezeReport, Mover, MoverConfig, PrepareReport, SwitchReport,
 };

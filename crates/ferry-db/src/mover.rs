@@ -10,7 +10,8 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 
 use crate::accounts;
-use crate::checksum::{self, VerifyReport};
+use crate::binlog;
+use crate::checksum::{self, Scope, VerifyReport};
 use crate::copy::{self, Counters};
 use crate::endpoint::{ident, quote, Endpoint, Session};
 use crate::error::{Error, Result, Side, SqlContext};
@@ -18,6 +19,10 @@ use crate::gtid::GtidPos;
 use crate::replica::{self, Lag};
 use crate::schema;
 use crate::state::{Account, Phase, State};
+
+/// Changed rows of one table the freeze re-checks by key; past this, the
+/// whole table by chunk (as fast, and fewer statements).
+const KEY_LIMIT: usize = 100_000;
 
 /// What to move, from where to where, and how hard to push.
 #[derive(Debug, Clone)]
@@ -486,8 +491,99 @@ impl Mover {
         self.save()
     }
 
-    /// Per-table, per-chunk checksums on both servers, compared. Meaningful
-    /// once frozen and applied.
+    /// The full check without a freeze, VDiff-style: the destination's
+    /// applier is held, a snapshot is taken on the source (with its binary
+    /// log position), the applier runs up to exactly that position and
+    /// stops, snapshots are taken on the destination, and the applier runs
+    /// again; then every chunk is compared between the two sets of
+    /// snapshots while both servers go on. Equal: the position is recorded
+    /// and [`Mover::verify_frozen`] needs only re-check the rows changed
+    /// after it. `wait` bounds the destination's run up to the position.
+    pub async fn verify_online(&mut self, wait: Duration) -> Result<VerifyReport> {
+        self.need("online verify", &[Phase::CatchingUp])?;
+        let workers = self.cfg.workers.max(1);
+        let name = self.cfg.connection.clone();
+        replica::stop_applier(&mut self.dst, &name).await?;
+        let held = async {
+            let snap = copy::snapshot(&self.cfg.source, workers, self.cfg.lock_wait).await?;
+            replica::apply_until(&mut self.dst, &name, &snap.position, wait).await?;
+            let mut dest = Vec::with_capacity(workers + 1);
+            for _ in 0..=workers {
+                let mut c = self.cfg.dest.connect(Session::Data).await?;
+                for sql in [
+                    "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+                    "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+                ] {
+                    c.query_drop(sql)
+                        .await
+                        .ctx(Side::Destination, || sql.into())?;
+                }
+                dest.push(c);
+            }
+            Ok::<_, Error>((snap, dest))
+        }
+        .await;
+        let resumed = replica::resume_applier(&mut self.dst, &name).await;
+        let (snap, mut dest) = held?;
+        resumed?;
+        let mark = snap.binlog.clone();
+        let lister = dest.pop().expect("workers + 1 connections");
+        let pairs = snap.workers.into_iter().zip(dest).collect();
+        let report = checksum::verify_snapshots(
+            checksum::SnapshotPair {
+                source_walker: snap.coordinator,
+                dest_lister: lister,
+                pairs,
+                at: snap.position,
+            },
+            &self.cfg.databases,
+            self.cfg.chunk_rows,
+        )
+        .await?;
+        self.state.verified_at = report.equal().then_some(mark);
+        self.save()?;
+        Ok(report)
+    }
+
+    /// The check inside the freeze, once the destination has applied the
+    /// freeze position: after an equal [`Mover::verify_online`], only the
+    /// rows the source's binary log shows changed since its snapshot (and
+    /// in full the tables whose changes cannot be narrowed to rows); without
+    /// one, or if the binary log cannot be read from there, everything.
+    pub async fn verify_frozen(&self) -> Result<VerifyReport> {
+        self.need("verify", &[Phase::Frozen])?;
+        let Some(mark) = &self.state.verified_at else {
+            let mut r = self.verify().await?;
+            r.scope = Scope::FullBecause("no snapshot check before the freeze".into());
+            return Ok(r);
+        };
+        let changes =
+            match binlog::changes_since(&self.cfg.source, mark, &self.cfg.databases, KEY_LIMIT)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => binlog::Changes {
+                    everything: Some(format!(
+                        "the binary log since {} could not be read: {e}",
+                        mark.gtid
+                    )),
+                    ..Default::default()
+                },
+            };
+        checksum::verify_changes(
+            &self.cfg.source,
+            &self.cfg.dest,
+            &self.cfg.databases,
+            self.cfg.chunk_rows,
+            self.cfg.workers.max(1),
+            &mark.gtid,
+            changes,
+        )
+        .await
+    }
+
+    /// Per-table, per-chunk checksums on both servers, compared: every row.
+    /// Meaningful once frozen and applied.
     pub async fn verify(&self) -> Result<VerifyReport> {
         checksum::verify(
             &self.cfg.source,

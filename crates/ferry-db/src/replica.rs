@@ -276,6 +276,60 @@ pub(crate) async fn remove(dest: &mut Conn, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Stops connection `name` wherever its applier stands. With
+/// [`apply_until`] it holds the destination at one position exactly;
+/// [`resume_applier`] must follow, whatever happened in between. (Both
+/// threads: MariaDB takes `UNTIL master_gtid_pos` only from a connection
+/// stopped entirely.)
+pub(crate) async fn stop_applier(dest: &mut Conn, name: &str) -> Result<()> {
+    let lit = conn_name_literal(name);
+    dest.query_drop(format!("STOP SLAVE {lit}"))
+        .await
+        .ctx(D, || format!("STOP SLAVE {lit}"))
+}
+
+/// Runs the stopped applier of `name` up to `pos` (which must not be behind
+/// where it stands) and waits, at most `timeout`, until it has stopped there.
+pub(crate) async fn apply_until(
+    dest: &mut Conn,
+    name: &str,
+    pos: &GtidPos,
+    timeout: Duration,
+) -> Result<()> {
+    let lit = conn_name_literal(name);
+    let sql = format!(
+        "START SLAVE {lit} UNTIL master_gtid_pos = {}",
+        quote(&pos.to_string())
+    );
+    dest.query_drop(&sql).await.ctx(D, || sql.clone())?;
+    // MASTER_GTID_WAIT returns once the position is applied; the applier
+    // stops right after the transaction that reaches it.
+    wait(dest, name, pos, timeout).await?;
+    let started = Instant::now();
+    loop {
+        let (_, sql_running, _) = check(dest, name).await?;
+        if !sql_running {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            return Err(Error::WaitTimeout {
+                position: pos.to_string(),
+                waited: timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Starts whatever of connection `name` is stopped (a note, not an error,
+/// for a thread already running).
+pub(crate) async fn resume_applier(dest: &mut Conn, name: &str) -> Result<()> {
+    let lit = conn_name_literal(name);
+    dest.query_drop(format!("START SLAVE {lit}"))
+        .await
+        .ctx(D, || format!("START SLAVE {lit}"))
+}
+
 /// Stops connection `name` without forgetting it (a paused catch-up).
 pub(crate) async fn stop(dest: &mut Conn, name: &str) -> Result<()> {
     if exists(dest, name).await? {

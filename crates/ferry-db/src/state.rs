@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::gtid::GtidPos;
+use crate::gtid::{BinlogMark, GtidPos};
 
 pub(crate) const FORMAT: &str = "ferry-db-state";
 pub(crate) const VERSION: u32 = 1;
@@ -93,6 +93,10 @@ pub(crate) struct State {
     /// that for an error.
     #[serde(default)]
     pub switch_checked: bool,
+    /// Where the databases were last proved equal on snapshots (before the
+    /// freeze): the freeze re-checks only the rows changed since.
+    #[serde(default)]
+    pub verified_at: Option<BinlogMark>,
 }
 
 impl State {
@@ -111,6 +115,7 @@ impl State {
             created: Vec::new(),
             locked: Vec::new(),
             switch_checked: false,
+            verified_at: None,
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_db::{Error, Mover, MoverConfig, Phase, Side};
+use ferry_db::{Error, Mover, MoverConfig, Phase, Scope, Side};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Row, Value};
 use support::MariaDb;
@@ -190,6 +190,22 @@ async fn moves_under_writes_with_no_loss_and_refuses_writes_after_freeze() {
         acked.load(Ordering::Relaxed) > at_copy + 50,
         "the writer must write during catch-up"
     );
+    // The full check on snapshots, with the writer still writing.
+    let online = m.verify_online(Duration::from_secs(30)).await.unwrap();
+    assert!(online.equal(), "{online:?}");
+    assert!(
+        matches!(online.scope, Scope::Snapshot { .. }),
+        "{:?}",
+        online.scope
+    );
+    assert!(online.rows() as u64 >= SEED_ORDERS / 2, "{online:?}");
+    let at_online = acked.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_converged(&mut m, 200).await;
+    assert!(
+        acked.load(Ordering::Relaxed) > at_online,
+        "the writer must write after the online check"
+    );
 
     let frozen_at = Instant::now();
     let f = m.freeze().await.unwrap();
@@ -210,8 +226,20 @@ async fn moves_under_writes_with_no_loss_and_refuses_writes_after_freeze() {
     m.wait_applied(&f.position, Duration::from_secs(10))
         .await
         .unwrap();
-    let v = m.verify().await.unwrap();
+    let v = m.verify_frozen().await.unwrap();
     assert!(v.equal(), "{v:?}");
+    // Inside the freeze only the rows changed since the online check, and
+    // in full the table without a key.
+    match &v.scope {
+        Scope::Changed {
+            keys, whole_tables, ..
+        } => {
+            assert!(*keys > 0, "{v:?}");
+            assert_eq!(whole_tables.len(), 1, "{whole_tables:?}");
+            assert!(whole_tables[0].starts_with("shop.log"), "{whole_tables:?}");
+        }
+        other => panic!("the freeze checked {other}"),
+    }
     let sw = m.switch().await.unwrap();
     let freeze_len = frozen_at.elapsed();
     eprintln!(
@@ -501,4 +529,107 @@ async fn unfreeze_keeps_the_catch_up_and_an_interrupted_switch_replays() {
     assert_eq!(m.phase(), Phase::Switched);
     assert!(all_rows(&src).await == all_rows(&dst).await);
     assert!(dst.conn_as("app", "s3cret").await.is_ok());
+}
+
+/// Reads one value from `db`.
+async fn one(db: &MariaDb, sql: &str) -> String {
+    let mut c = db.conn().await;
+    let v: Option<String> = c.query_first(sql).await.unwrap();
+    v.unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checks_find_a_destination_row_that_differs_before_and_inside_the_freeze() {
+    let (src, dst) = tokio::join!(MariaDb::start(1), MariaDb::start(2));
+    seed(&src).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut m = Mover::open(config(&src, &dst, &tmp.path().join("m.json")))
+        .await
+        .unwrap();
+    m.prepare().await.unwrap();
+    m.first_copy(&|_| {}).await.unwrap();
+    m.catch_up().await.unwrap();
+    wait_converged(&mut m, 0).await;
+
+    // A row changed behind the catch-up's back at the destination: the
+    // online check names its chunk.
+    let original = one(&src, "SELECT amount FROM shop.orders WHERE id = 500").await;
+    dst.exec("UPDATE shop.orders SET amount = amount + 1 WHERE id = 500")
+        .await;
+    let online = m.verify_online(Duration::from_secs(30)).await.unwrap();
+    assert!(!online.equal());
+    let bad: Vec<&String> = online.tables.iter().flat_map(|t| &t.mismatched).collect();
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert!(bad[0].starts_with("shop.orders"), "{bad:?}");
+    dst.exec(&format!(
+        "UPDATE shop.orders SET amount = {original} WHERE id = 500"
+    ))
+    .await;
+    let online = m.verify_online(Duration::from_secs(30)).await.unwrap();
+    assert!(online.equal(), "{online:?}");
+
+    // Changes after the online check: the freeze check looks at exactly
+    // those rows, and finds the one that differs at the destination.
+    src.exec(
+        "UPDATE shop.orders SET amount = amount + 5 WHERE id IN (10, 11, 12);
+         UPDATE shop.items SET sku = 'changed' WHERE order_id = 7 AND line = 1;
+         DELETE FROM shop.orders WHERE id = 13;",
+    )
+    .await;
+    let f = m.freeze().await.unwrap();
+    m.wait_applied(&f.position, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let v = m.verify_frozen().await.unwrap();
+    assert!(v.equal(), "{v:?}");
+    match &v.scope {
+        Scope::Changed {
+            keys, whole_tables, ..
+        } => {
+            assert_eq!(*keys, 5, "{v:?}");
+            assert!(whole_tables.is_empty(), "{whole_tables:?}");
+        }
+        other => panic!("the freeze checked {other}"),
+    }
+    dst.exec("UPDATE shop.orders SET amount = 0 WHERE id = 11")
+        .await;
+    let v = m.verify_frozen().await.unwrap();
+    assert!(!v.equal());
+    let bad: Vec<&String> = v.tables.iter().flat_map(|t| &t.mismatched).collect();
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert!(bad[0].starts_with("shop.orders"), "{bad:?}");
+    // The full check agrees.
+    assert!(!m.verify().await.unwrap().equal());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_after_the_online_check_makes_the_freeze_check_everything() {
+    let (src, dst) = tokio::join!(MariaDb::start(1), MariaDb::start(2));
+    seed(&src).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut m = Mover::open(config(&src, &dst, &tmp.path().join("m.json")))
+        .await
+        .unwrap();
+    m.prepare().await.unwrap();
+    m.first_copy(&|_| {}).await.unwrap();
+    m.catch_up().await.unwrap();
+    wait_converged(&mut m, 0).await;
+    assert!(m
+        .verify_online(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .equal());
+    src.exec("ALTER TABLE shop.items ADD COLUMN extra INT NOT NULL DEFAULT 7")
+        .await;
+    let f = m.freeze().await.unwrap();
+    m.wait_applied(&f.position, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let v = m.verify_frozen().await.unwrap();
+    assert!(v.equal(), "{v:?}");
+    match &v.scope {
+        Scope::FullBecause(why) => assert!(why.contains("ALTER TABLE"), "{why}"),
+        other => panic!("the freeze checked {other}"),
+    }
+    assert!(v.rows() as u64 > SEED_ORDERS / 2);
 }

@@ -171,6 +171,24 @@ async fn files_and_a_database_move_in_one_freeze_under_writes() {
     assert!(s.ok(), "{s:?}: {:?}", o.journal().status().unwrap());
     assert!(acked > 20, "the load wrote only {acked} times");
     assert_db_moved(&d, &o).await;
+    // The full check ran before the freeze; inside it, only changed rows.
+    let events = o.journal().unit_events("U1").unwrap();
+    let ended = |step: Step| {
+        events
+            .iter()
+            .rev()
+            .find(|r| r.event.step == Some(step) && r.event.phase == Phase::End)
+            .map(|r| r.event.detail.clone())
+            .unwrap_or_default()
+    };
+    let pre = ended(Step::PreCopy);
+    let online = pre["databases"][0]["verified_online"]["scope"]
+        .as_str()
+        .unwrap_or("");
+    assert!(online.contains("on snapshots"), "pre-copy detail: {pre}");
+    let fin = ended(Step::FinalCopy);
+    let scope = fin["databases"][0]["scope"].as_str().unwrap_or("");
+    assert!(scope.contains("changed since"), "final copy detail: {fin}");
 }
 
 /// Crash right after the database freeze (accounts locked, end not

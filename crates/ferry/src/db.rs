@@ -212,6 +212,25 @@ async fn drive(m: &mut Mover, s: &Settings) -> Result<(), Failure> {
             converge(m, s.max_freeze, s.converge_timeout).await?;
         }
     }
+    // The full check before the freeze, on snapshots of both sides while
+    // writes go on; the freeze then re-checks only the rows changed since.
+    if s.verify && m.phase() == Phase::CatchingUp {
+        let started = Instant::now();
+        let v = m.verify_online(s.converge_timeout).await.map_err(fail)?;
+        if !v.equal() {
+            return Err(Failure::from(anyhow!(
+                "checksums differ before the freeze: {}; nothing frozen (--rollback drops the copy)",
+                mismatches(&v)
+            )));
+        }
+        eprintln!(
+            "verified before the freeze: {} rows in {} chunks equal ({}) in {:.1?}",
+            v.rows(),
+            v.chunks(),
+            v.scope,
+            started.elapsed()
+        );
+    }
     if m.phase() == Phase::Switched {
         eprintln!("already switched");
         return Ok(());
@@ -242,22 +261,19 @@ async fn drive(m: &mut Mover, s: &Settings) -> Result<(), Failure> {
         frozen.elapsed()
     );
     if s.verify {
-        let v = m.verify().await.map_err(fail)?;
+        let v = m.verify_frozen().await.map_err(fail)?;
         if !v.equal() {
-            let mut what: Vec<String> = v.missing.clone();
-            for t in &v.tables {
-                what.extend(t.mismatched.iter().cloned());
-            }
             m.rollback().await.map_err(fail)?;
             return Err(Failure::from(anyhow!(
                 "checksums differ: {}; rolled back, the source is writable again",
-                what.join("; ")
+                mismatches(&v)
             )));
         }
         eprintln!(
-            "verified: {} rows in {} chunks equal on both sides",
+            "verified: {} rows in {} chunks equal on both sides ({})",
             v.rows(),
-            v.chunks()
+            v.chunks(),
+            v.scope
         );
     }
     let sw = m.switch().await.map_err(fail)?;
@@ -267,6 +283,14 @@ async fn drive(m: &mut Mover, s: &Settings) -> Result<(), Failure> {
         frozen.elapsed()
     );
     Ok(())
+}
+
+fn mismatches(v: &ferry_db::VerifyReport) -> String {
+    let mut what: Vec<String> = v.missing.clone();
+    for t in &v.tables {
+        what.extend(t.mismatched.iter().cloned());
+    }
+    what.join("; ")
 }
 
 /// Polls the lag once a second until what is left would be applied within
