@@ -6,7 +6,9 @@
 # MariaDB's SEQUENCE engine up to about SIZE_MB of rows.
 #   SIZE_MB=1024 bash bench/db-move/run.sh        # the issue's 1 GB
 #   SIZE_MB=128 TABLES=4 bash bench/db-move/run.sh # a quicker run
-# Measures: first copy (ferry's, from its own report) against the two dumps,
+# Measures: first copy (ferry's, from its own report) against the two dumps
+# (mydumper's with the destination's binary log off, its default, and on;
+# ferry's likewise),
 # the whole `ferry db move --verify` with its freeze (write block to switch),
 # and the time one `SELECT 1` takes through a `ferry proxy` tunnel against
 # the server directly (mariadb-slap, mean per query). Ratios last.
@@ -88,6 +90,16 @@ myloader -h 127.0.0.1 -P "$PORT_dst" -u root -d "$W/mydumper" -t 2 >/dev/null 2>
 MYD=$(echo "$(now) - $s" | bc)
 drop_dst
 echo "mydumper + myloader: ${MYD}s"
+# myloader turns the destination's binary log off for its session by default;
+# ferry keeps it on (the destination's own replicas and Galera peers must see
+# the rows). The like-for-like run keeps it on too.
+rm -rf "$W/mydumper"; mkdir -p "$W/mydumper"
+s=$(now)
+mydumper -h 127.0.0.1 -P "$PORT_src" -u root -B sbtest -t 2 -o "$W/mydumper" >/dev/null 2>&1
+myloader -h 127.0.0.1 -P "$PORT_dst" -u root -d "$W/mydumper" -t 2 --enable-binlog >/dev/null 2>&1
+MYD_BINLOG=$(echo "$(now) - $s" | bc)
+drop_dst
+echo "mydumper + myloader --enable-binlog: ${MYD_BINLOG}s"
 
 # A writer keeps changing rows during the move, so catch-up and the freeze
 # have work to do.
@@ -109,6 +121,17 @@ cat "$W/move.out"
 secs() { awk '{ v = $1; if (v ~ /ms$/) { sub(/ms$/, "", v); print v / 1000 } else if (v ~ /µs$/) { sub(/µs$/, "", v); print v / 1000000 } else { sub(/s$/, "", v); print v } }'; }
 FIRST=$(grep -oE 'rows in [0-9.]+(ms|µs|s) \(snapshot' "$W/move.out" | head -1 | awk '{print $3}' | secs || true)
 FREEZE=$(grep -oE 'writes were blocked for [0-9.]+(ms|µs|s)' "$W/move.out" | tail -1 | awk '{print $NF}' | secs || true)
+
+# Again with the copy kept out of the destination's binary log (what myloader
+# does by default), first copy only: undo the first move by hand (the switch
+# leaves the source's account locked and the destination holding the data).
+drop_dst
+"${SQL_DST[@]}" -e "DROP USER IF EXISTS app@'%'"
+"${SQL_SRC[@]}" -e "ALTER USER app@'%' ACCOUNT UNLOCK"
+"$FERRY" db move --from "mysql://root@127.0.0.1:$PORT_src" --to "mysql://root@127.0.0.1:$PORT_dst" \
+  --db sbtest --no-dest-binlog --state "$W/move2.json" >"$W/move2.out" 2>&1 \
+  || { echo "ferry db move --no-dest-binlog failed:" >&2; tail -20 "$W/move2.out" >&2; exit 1; }
+FIRST_NOBINLOG=$(grep -oE 'rows in [0-9.]+(ms|µs|s) \(snapshot' "$W/move2.out" | head -1 | awk '{print $3}' | secs || true)
 
 # Tunnel: SELECT 1 directly and through a ferry proxy tunnel.
 TPORT=$(free_port); APORT=$(free_port); LPORT=$(free_port)
@@ -134,16 +157,24 @@ slap() { # PORT -> mean seconds per query
     | awk '/Average number of seconds/ {print $(NF-1)}'
 }
 DIRECT=$(slap "$PORT_src"); TUN=$(slap "$TPORT")
+# The median, query by query (latency.py speaks the protocol itself).
+P50_DIRECT=$(python3 bench/db-move/latency.py 127.0.0.1 "$PORT_src" root 20000)
+P50_TUN=$(python3 bench/db-move/latency.py 127.0.0.1 "$TPORT" root 20000)
 
 echo
 echo "# db-move, $(date -u +%F), sbtest $(( BYTES / 1024 / 1024 )) MiB ($TABLES tables), loopback, 2 cores"
 echo "mariadb-dump | mariadb   ${DUMP}s"
 echo "mydumper + myloader      ${MYD}s"
+echo "mydumper + myloader --enable-binlog ${MYD_BINLOG}s"
 echo "ferry db move (whole, --until-converged --verify, under writes) ${FERRY_ALL}s"
 echo "ferry first copy         ${FIRST:-?}s"
+echo "ferry first copy --no-dest-binlog ${FIRST_NOBINLOG:-?}s"
 echo "ferry freeze             ${FREEZE:-?}s"
 echo "SELECT 1 x 5000: direct ${DIRECT}s, through the tunnel ${TUN}s (mean per run of 5000)"
+echo "SELECT 1 one by one: direct ${P50_DIRECT}; tunnel ${P50_TUN}"
 echo "ratios (peer time / ferry time; > 1 means ferry is faster):"
 [ -n "${FIRST:-}" ] && echo "  first copy vs mariadb-dump  $(echo "scale=2; $DUMP / $FIRST" | bc)x"
-[ -n "${FIRST:-}" ] && echo "  first copy vs mydumper      $(echo "scale=2; $MYD / $FIRST" | bc)x"
+[ -n "${FIRST_NOBINLOG:-}" ] && echo "  first copy vs mydumper, binlog off at both  $(echo "scale=2; $MYD / $FIRST_NOBINLOG" | bc)x"
+[ -n "${FIRST:-}" ] && echo "  first copy vs mydumper, binlog on at both   $(echo "scale=2; $MYD_BINLOG / $FIRST" | bc)x"
+echo "  tunnel added at p50: $(echo "$(echo "$P50_TUN" | awk '{print $2}') - $(echo "$P50_DIRECT" | awk '{print $2}')" | bc) us"
 echo "  tunnel added per query: $(echo "scale=1; ($TUN - $DIRECT) * 1000000 / 5000" | bc) us (mean)"

@@ -125,14 +125,26 @@ pub(crate) async fn copy_tables(
     tables: Vec<Table>,
     chunk_rows: u64,
     batch_bytes: usize,
+    dest_binlog: bool,
     counters: Arc<Counters>,
 ) -> Result<()> {
+    let connect_dest = || async {
+        let mut c = dest.connect(Session::Data).await?;
+        if !dest_binlog {
+            c.query_drop("SET SESSION sql_log_bin = 0")
+                .await
+                .ctx(Side::Destination, || {
+                    "SET SESSION sql_log_bin = 0 (needs BINLOG ADMIN or SUPER)".into()
+                })?;
+        }
+        Ok::<_, Error>(c)
+    };
     let Snapshot {
         mut coordinator,
         workers,
         ..
     } = snap;
-    let mut ddl = dest.connect(Session::Data).await?;
+    let mut ddl = connect_dest().await?;
     let tables: Vec<Arc<Table>> = tables.into_iter().map(Arc::new).collect();
     for t in &tables {
         let sql = format!("SHOW CREATE TABLE {}", t.qualified());
@@ -157,11 +169,10 @@ pub(crate) async fn copy_tables(
     let mut set = tokio::task::JoinSet::new();
     for src in workers {
         let rx = rx.clone();
-        let dest = dest.clone();
         let counters = counters.clone();
+        let dst = connect_dest().await?;
         set.spawn(async move {
-            let mut src = src;
-            let mut dst = dest.connect(Session::Data).await?;
+            let (mut src, mut dst) = (src, dst);
             loop {
                 let chunk = rx.lock().await.recv().await;
                 let Some(chunk) = chunk else { return Ok(()) };
@@ -237,38 +248,12 @@ async fn copy_chunk(
         t.qualified(),
         t.column_list()
     );
-    let mut result = src
-        .query_iter(&sql)
-        .await
-        .ctx(Side::Source, || format!("reading {}", chunk.describe()))?;
-    let types: Vec<_> = result
-        .columns()
-        .map(|c| c.iter().map(|c| c.column_type()).collect())
-        .unwrap_or_default();
-    let mut batch: Vec<u8> = Vec::with_capacity(batch_bytes + 4096);
-    let mut in_batch = 0u64;
-    loop {
-        let row = result
-            .next()
-            .await
-            .ctx(Side::Source, || format!("reading {}", chunk.describe()))?;
-        let done = row.is_none();
-        if let Some(row) = row {
-            batch.extend_from_slice(if in_batch == 0 { head.as_bytes() } else { b"," });
-            batch.push(b'(');
-            for (i, v) in row.unwrap().iter().enumerate() {
-                if i > 0 {
-                    batch.push(b',');
-                }
-                literal(v, types[i], &mut batch);
-            }
-            batch.push(b')');
-            in_batch += 1;
-        }
-        if in_batch > 0 && (done || batch.len() >= batch_bytes) {
-            // Written while the read goes on: source and destination are
-            // separate connections, so the source keeps streaming.
-            let sql = std::mem::replace(&mut batch, Vec::with_capacity(batch_bytes + 4096));
+    // The reader formats the next batch while the previous INSERT runs: the
+    // source streams and the destination writes at the same time, one
+    // batch apart (bounded: at most one batch waits).
+    let (tx, mut rx) = mpsc::channel::<(Vec<u8>, u64)>(1);
+    let write = async {
+        while let Some((sql, rows)) = rx.recv().await {
             counters
                 .bytes
                 .fetch_add(sql.len() as u64, Ordering::Relaxed);
@@ -277,12 +262,56 @@ async fn copy_chunk(
             dst.query_drop(sql).await.ctx(Side::Destination, || {
                 format!("writing {}", chunk.describe())
             })?;
-            counters.rows.fetch_add(in_batch, Ordering::Relaxed);
-            in_batch = 0;
+            counters.rows.fetch_add(rows, Ordering::Relaxed);
         }
-        if done {
-            break;
+        Ok::<_, Error>(())
+    };
+    let read = async {
+        let mut result = src
+            .query_iter(&sql)
+            .await
+            .ctx(Side::Source, || format!("reading {}", chunk.describe()))?;
+        let types: Vec<_> = result
+            .columns()
+            .map(|c| c.iter().map(|c| c.column_type()).collect())
+            .unwrap_or_default();
+        let mut batch: Vec<u8> = Vec::with_capacity(batch_bytes + 4096);
+        let mut in_batch = 0u64;
+        loop {
+            let row = result
+                .next()
+                .await
+                .ctx(Side::Source, || format!("reading {}", chunk.describe()))?;
+            let done = row.is_none();
+            if let Some(row) = row {
+                batch.extend_from_slice(if in_batch == 0 { head.as_bytes() } else { b"," });
+                batch.push(b'(');
+                for (i, v) in row.unwrap().iter().enumerate() {
+                    if i > 0 {
+                        batch.push(b',');
+                    }
+                    literal(v, types[i], &mut batch);
+                }
+                batch.push(b')');
+                in_batch += 1;
+            }
+            if in_batch > 0 && (done || batch.len() >= batch_bytes) {
+                let sql = std::mem::replace(&mut batch, Vec::with_capacity(batch_bytes + 4096));
+                // A closed channel: the writer failed, and says why below.
+                if tx.send((sql, in_batch)).await.is_err() {
+                    break;
+                }
+                in_batch = 0;
+            }
+            if done {
+                break;
+            }
         }
-    }
-    Ok(())
+        drop(tx);
+        Ok::<_, Error>(())
+    };
+    let (r, w) = tokio::join!(read, write);
+    // The writer's error first: a failed INSERT also ends the reader early.
+    w?;
+    r
 }

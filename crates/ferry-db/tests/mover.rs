@@ -181,6 +181,8 @@ async fn moves_under_writes_with_no_loss_and_refuses_writes_after_freeze() {
         copy.lock_held
     );
     assert!(copy.chunks > 10);
+    // By default the copied rows are in the destination's binary log.
+    assert!(write_rows_events(&dst).await > 0);
     let at_copy = acked.load(Ordering::Relaxed);
     m.catch_up().await.unwrap();
     // Let the writer go on against a running catch-up.
@@ -531,6 +533,28 @@ async fn unfreeze_keeps_the_catch_up_and_an_interrupted_switch_replays() {
     assert!(dst.conn_as("app", "s3cret").await.is_ok());
 }
 
+/// Row events in every binary log file of `db`.
+async fn write_rows_events(db: &MariaDb) -> usize {
+    let mut c = db.conn().await;
+    let files: Vec<Row> = c.query("SHOW BINARY LOGS").await.unwrap();
+    let mut n = 0;
+    for f in files {
+        let name: String = f.get(0).unwrap();
+        let events: Vec<Row> = c
+            .query(format!("SHOW BINLOG EVENTS IN '{name}'"))
+            .await
+            .unwrap();
+        n += events
+            .iter()
+            .filter(|e| {
+                e.get::<String, _>("Event_type")
+                    .is_some_and(|t| t.starts_with("Write_rows"))
+            })
+            .count();
+    }
+    n
+}
+
 /// Reads one value from `db`.
 async fn one(db: &MariaDb, sql: &str) -> String {
     let mut c = db.conn().await;
@@ -543,11 +567,13 @@ async fn the_checks_find_a_destination_row_that_differs_before_and_inside_the_fr
     let (src, dst) = tokio::join!(MariaDb::start(1), MariaDb::start(2));
     seed(&src).await;
     let tmp = tempfile::tempdir().unwrap();
-    let mut m = Mover::open(config(&src, &dst, &tmp.path().join("m.json")))
-        .await
-        .unwrap();
+    let mut cfg = config(&src, &dst, &tmp.path().join("m.json"));
+    cfg.dest_binlog = false;
+    let mut m = Mover::open(cfg).await.unwrap();
     m.prepare().await.unwrap();
     m.first_copy(&|_| {}).await.unwrap();
+    // A copy kept out of the destination's binary log.
+    assert_eq!(write_rows_events(&dst).await, 0);
     m.catch_up().await.unwrap();
     wait_converged(&mut m, 0).await;
 

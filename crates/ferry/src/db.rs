@@ -66,6 +66,12 @@ struct MoveArgs {
     /// Rows per primary-key chunk.
     #[arg(long, default_value_t = 10_000)]
     chunk_rows: u64,
+    /// Keep the first copy out of the destination's binary log (as myloader
+    /// does by default): faster, but the destination's own replicas and
+    /// Galera peers never get the copied rows. Only for a destination that
+    /// stands alone.
+    #[arg(long)]
+    no_dest_binlog: bool,
     /// Undo the move recorded in the state file (before its switch only).
     #[arg(long)]
     rollback: bool,
@@ -99,6 +105,7 @@ impl Settings {
             .unwrap_or_else(|| PathBuf::from(format!("ferry-db-{}.json", a.db[0])));
         let mut config = MoverConfig::new(&a.from, &a.to, a.db, state).map_err(Failure::usage)?;
         config.workers = a.workers;
+        config.dest_binlog = !a.no_dest_binlog;
         config.chunk_rows = a.chunk_rows;
         Ok(Settings {
             config,
