@@ -216,6 +216,84 @@ impl Mover {
         self.state.save(&self.cfg.state_path)
     }
 
+    /// The source must write a row-based binary log: the catch-up and the
+    /// freeze's check both read row events.
+    async fn check_row_binlog(&mut self) -> Result<()> {
+        let (log_bin, format): (Option<i64>, Option<String>) = self
+            .src
+            .query_first("SELECT @@GLOBAL.log_bin, @@GLOBAL.binlog_format")
+            .await
+            .ctx(Side::Source, || "reading log_bin".into())?
+            .unwrap_or_default();
+        if log_bin != Some(1) || format.as_deref() != Some("ROW") {
+            return Err(Error::NotReplicable {
+                addr: self.cfg.source.addr(),
+                reason: format!(
+                    "needs log_bin = ON and binlog_format = ROW (has log_bin = {}, binlog_format = {})",
+                    log_bin.unwrap_or(0),
+                    format.unwrap_or_default()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Moving back a move that switched (`forward` is its state file): the
+    /// databases go from that move's destination (now their home) back to
+    /// its source, which still holds them as they were at the freeze, with
+    /// their accounts locked. No first copy: the catch-up starts at the
+    /// destination's binary log position recorded at the switch, so only
+    /// what the sites wrote since travels back. Then the usual steps
+    /// (catch-up, freeze at the destination, check, switch); the switch
+    /// unlocks the accounts the forward move locked. `cfg` names the
+    /// forward move's destination as its source and the other way round;
+    /// an existing state file at `cfg.state_path` is resumed.
+    pub async fn open_reverse(cfg: MoverConfig, forward: &std::path::Path) -> Result<Mover> {
+        if State::load(&cfg.state_path)?.is_some() {
+            return Mover::open(cfg).await;
+        }
+        let state_err = |message: String| Error::State {
+            path: forward.to_path_buf(),
+            message,
+        };
+        let fwd = State::load(forward)?
+            .ok_or_else(|| state_err("no forward move is recorded here".into()))?;
+        if fwd.databases != cfg.databases {
+            return Err(state_err(format!(
+                "records a move of {:?}, not {:?}",
+                fwd.databases, cfg.databases
+            )));
+        }
+        if fwd.phase != Phase::Switched {
+            return Err(Error::Phase {
+                step: "moving back (only a switched move moves back; roll back the others)",
+                phase: fwd.phase.to_string(),
+            });
+        }
+        let Some(at) = fwd.dest_at_switch.clone() else {
+            return Err(state_err(
+                "the switch recorded no destination position (switched by an older ferry): \
+                 move the databases back as a new move"
+                    .into(),
+            ));
+        };
+        let mut m = Mover::open(cfg).await?;
+        m.check_row_binlog().await?;
+        for db in &m.cfg.databases.clone() {
+            if !schema_exists(&mut m.dst, Side::Destination, db).await? {
+                return Err(Error::DatabaseMissing {
+                    db: db.clone(),
+                    addr: m.cfg.dest.addr(),
+                });
+            }
+        }
+        m.state.phase = Phase::Copied;
+        m.state.snapshot = Some(at);
+        m.state.unlock_at_switch = fwd.locked;
+        m.save()?;
+        Ok(m)
+    }
+
     /// Checks everything the move needs and changes nothing on either
     /// server: the databases exist at the source and not at the
     /// destination, the source writes a row-based binlog, the accounts that
@@ -244,22 +322,7 @@ impl Mover {
                 });
             }
         }
-        let (log_bin, format): (Option<i64>, Option<String>) = self
-            .src
-            .query_first("SELECT @@GLOBAL.log_bin, @@GLOBAL.binlog_format")
-            .await
-            .ctx(Side::Source, || "reading log_bin".into())?
-            .unwrap_or_default();
-        if log_bin != Some(1) || format.as_deref() != Some("ROW") {
-            return Err(Error::NotReplicable {
-                addr: self.cfg.source.addr(),
-                reason: format!(
-                    "needs log_bin = ON and binlog_format = ROW (has log_bin = {}, binlog_format = {})",
-                    log_bin.unwrap_or(0),
-                    format.unwrap_or_default()
-                ),
-            });
-        }
+        self.check_row_binlog().await?;
         if replica::exists(&mut self.dst, &self.cfg.connection).await? {
             return Err(Error::Replication {
                 connection: self.cfg.connection.clone(),
@@ -615,6 +678,10 @@ impl Mover {
                 let pos = self.state.frozen_at.clone().unwrap_or_default();
                 // Zero timeout: a check, not a wait; a switch never outruns the data.
                 replica::wait(&mut self.dst, &self.cfg.connection, &pos, Duration::ZERO).await?;
+                // Where the destination's own binary log stands before any
+                // site writes there: a move back replays from here.
+                self.state.dest_at_switch =
+                    Some(replica::binlog_position(&mut self.dst, Side::Destination).await?);
                 self.state.switch_checked = true;
                 self.save()?;
             }
@@ -636,6 +703,11 @@ impl Mover {
                     .await
                     .ctx(Side::Destination, || format!("recreating account {a}"))?;
             }
+        }
+        // A move back: the accounts the forward move locked here are the
+        // sites' own again.
+        for a in self.state.unlock_at_switch.clone() {
+            accounts::set_locked(&mut self.dst, &a, false).await?;
         }
         self.state.phase = Phase::Switched;
         self.save()?;

@@ -72,6 +72,11 @@ async fn gtid_var(conn: &mut Conn, side: Side, var: &str) -> Result<GtidPos> {
     })
 }
 
+/// `@@gtid_binlog_pos` of either side.
+pub(crate) async fn binlog_position(conn: &mut Conn, side: Side) -> Result<GtidPos> {
+    gtid_var(conn, side, "gtid_binlog_pos").await
+}
+
 pub(crate) async fn source_position(src: &mut Conn) -> Result<GtidPos> {
     gtid_var(src, Side::Source, "gtid_binlog_pos").await
 }

@@ -97,6 +97,15 @@ pub(crate) struct State {
     /// freeze): the freeze re-checks only the rows changed since.
     #[serde(default)]
     pub verified_at: Option<BinlogMark>,
+    /// The destination's `gtid_binlog_pos` when the switch checked it had
+    /// applied everything, before any site wrote there: a move back starts
+    /// its catch-up here.
+    #[serde(default)]
+    pub dest_at_switch: Option<GtidPos>,
+    /// A move back: the accounts the forward move locked at this move's
+    /// destination, unlocked by the switch.
+    #[serde(default)]
+    pub unlock_at_switch: Vec<Account>,
 }
 
 impl State {
@@ -116,6 +125,8 @@ impl State {
             locked: Vec::new(),
             switch_checked: false,
             verified_at: None,
+            dest_at_switch: None,
+            unlock_at_switch: Vec::new(),
         }
     }
 

@@ -21,6 +21,9 @@ pub(crate) struct DbGroup {
     pub(crate) from_url: String,
     pub(crate) to_url: String,
     pub(crate) state_path: PathBuf,
+    /// A move back: the forward move's state file (it records where the
+    /// destination's binary log stood at the switch).
+    pub(crate) forward_state: Option<PathBuf>,
 }
 
 impl DbGroup {
@@ -65,14 +68,30 @@ async fn open(g: &DbGroup, s: &DbSettings) -> Result<ferry_db::Mover> {
     )
     .map_err(|e| g.err(e))?;
     cfg.workers = s.workers;
-    ferry_db::Mover::open(cfg).await.map_err(|e| g.err(e))
+    match &g.forward_state {
+        // A move back is set up from the forward move's record (or resumed
+        // from its own).
+        Some(forward) => ferry_db::Mover::open_reverse(cfg, forward).await,
+        None => ferry_db::Mover::open(cfg).await,
+    }
+    .map_err(|e| g.err(e))
 }
 
 /// Prepare: the mover's checks (databases at the source and not at the
 /// destination, row binlog, no conflicting accounts); changes nothing. Run
-/// again only while the mover is still at `prepared`.
+/// again only while the mover is still at `prepared`. A move back is
+/// ready from its forward move's record: no first copy, the catch-up starts
+/// where the destination stood at the switch.
 pub(crate) async fn prepare(g: &DbGroup, s: &DbSettings) -> Result<Value> {
     let mut m = open(g, s).await?;
+    if g.forward_state.is_some() {
+        return Ok(json!({
+            "server": g.server,
+            "databases": g.databases,
+            "phase": m.phase().to_string(),
+            "moving_back_from": m.snapshot().map(|p| p.to_string()),
+        }));
+    }
     if m.phase() != ferry_db::Phase::Prepared {
         return Ok(json!({"server": g.server, "phase": m.phase().to_string()}));
     }
@@ -103,7 +122,10 @@ pub(crate) async fn pre_copy(g: &DbGroup, s: &DbSettings) -> Result<(bool, Value
             source,
         })?;
         m = open(g, s).await?;
-        m.prepare().await.map_err(|e| g.err(e))?;
+        // A move back opens ready for its catch-up: nothing to prepare.
+        if m.phase() == Phase::Prepared {
+            m.prepare().await.map_err(|e| g.err(e))?;
+        }
     }
     let mut copied = None;
     if m.phase() == Phase::Prepared {

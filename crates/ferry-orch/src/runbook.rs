@@ -446,6 +446,8 @@ impl Orchestrator {
                     &server,
                     dir == Direction::Reverse,
                 ),
+                forward_state: (dir == Direction::Reverse)
+                    .then(|| dbmove::state_path(self.journal.path(), id, &server, false)),
                 server,
                 databases,
                 from_url,
@@ -954,18 +956,6 @@ impl Orchestrator {
                 return self.fail_unit_event(u, step, 1, Some(epoch), e.to_string());
             }
             sent.push(json!({"router": name, "sites": todo.len()}));
-        }
-        if u.dir == Direction::Reverse && !u.dbs.is_empty() {
-            // The source still holds the old copy of each database (locked):
-            // moving back needs it dropped or renamed first, a decision left
-            // to an operator.
-            return self.fail_unit_event(
-                u,
-                step,
-                1,
-                Some(epoch),
-                "moving databases back after the flip is not automated: the unit's databases now live at the destination".into(),
-            );
         }
         let mut db_detail = Vec::new();
         for g in &u.dbs {

@@ -277,3 +277,67 @@ async fn a_crash_during_the_freeze_resumes_without_losing_rows() {
         assert_eq!(ends, Step::ALL.to_vec(), "{name}");
     }
 }
+
+/// Rollback after the flip moves the database back too: what the site
+/// wrote at the destination after the flip reaches the source (no first
+/// copy: the catch-up starts where the destination stood at the switch),
+/// the source's account is the site's again, the destination's is locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_after_the_flip_moves_the_database_back_with_the_new_rows() {
+    let d = db_world("").await;
+    let o = d.w.start(now_opts()).await;
+    assert!(o.run().await.unwrap().ok());
+    assert_db_moved(&d, &o).await;
+    drop(o);
+    // The site lives at the destination now and keeps writing there.
+    let load = write_loop(&d.dst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = Orchestrator::resume(&d.w.journal, now_opts()).unwrap();
+    assert_eq!(r.rollback("U1").await.unwrap(), UnitState::RolledBack);
+    let acked = load.stop().await;
+    assert!(
+        acked > 20,
+        "the load wrote only {acked} times at the destination"
+    );
+
+    let (a, b) = (rows(&d.src).await, rows(&d.dst).await);
+    assert_eq!(a, b, "the source lacks rows written at the destination");
+    assert!(a.iter().any(|r| r.1.starts_with('w')), "no row of the load");
+    let mut c = d
+        .src
+        .conn_as("shop", "pw")
+        .await
+        .expect("the source account is unlocked again");
+    c.query_drop("INSERT INTO shop.orders (v, n) VALUES ('back home', 1)")
+        .await
+        .unwrap();
+    assert!(
+        d.dst.conn_as("shop", "pw").await.is_err(),
+        "the destination account must be locked after moving back"
+    );
+    for s in d.w.records("par-1").await {
+        assert_eq!(
+            (s.placement.as_str(), s.state.as_str()),
+            ("pool:par-web", "active")
+        );
+    }
+    // The source follows nobody afterwards.
+    let mut root = d.src.conn().await;
+    let conns: Vec<mysql_async::Row> = root.query("SHOW ALL SLAVES STATUS").await.unwrap();
+    assert!(conns.is_empty(), "the move back's catch-up is still there");
+    let events = r.journal().unit_events("U1").unwrap();
+    let pre = events
+        .iter()
+        .rev()
+        .find(|e| {
+            e.event.step == Some(Step::Prepare)
+                && e.event.phase == Phase::End
+                && e.event.direction == ferry_orch::Direction::Reverse
+        })
+        .expect("a reverse prepare");
+    assert!(
+        pre.event.detail["databases"][0]["moving_back_from"].is_string(),
+        "{}",
+        pre.event.detail
+    );
+}
