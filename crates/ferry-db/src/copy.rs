@@ -259,7 +259,7 @@ async fn copy_chunk(
                 .fetch_add(sql.len() as u64, Ordering::Relaxed);
             // Bytes, not text: row data is binary-safe only as raw bytes in a
             // `SET NAMES binary` session.
-            dst.query_drop(sql).await.ctx(Side::Destination, || {
+            insert(dst, sql).await.ctx(Side::Destination, || {
                 format!("writing {}", chunk.describe())
             })?;
             counters.rows.fetch_add(rows, Ordering::Relaxed);
@@ -314,4 +314,25 @@ async fn copy_chunk(
     // The writer's error first: a failed INSERT also ends the reader early.
     w?;
     r
+}
+
+/// One multi-row INSERT (its own transaction), tried again when InnoDB
+/// chose it as a deadlock victim or it waited too long for a lock: workers
+/// filling neighbouring key ranges of one table can meet on gap locks, and
+/// a statement rolled back whole is safe to repeat.
+async fn insert(dst: &mut Conn, sql: Vec<u8>) -> std::result::Result<(), mysql_async::Error> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match dst.query_drop(sql.as_slice()).await {
+            Err(mysql_async::Error::Server(e))
+                if (e.code == 1213 || e.code == 1205) && attempt < ATTEMPTS =>
+            {
+                tracing::debug!(code = e.code, attempt, "insert retried");
+                tokio::time::sleep(std::time::Duration::from_millis(20 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }

@@ -40,4 +40,4 @@ pub use mover::{
     CopyProgress, CopyReport, FreezeReport, Mover, MoverConfig, PrepareReport, SwitchReport,
 };
 pub use replica::Lag;
-pub use state::{Account, Phase};
+pub use state::{Account, Phase, ScheduledEvent};

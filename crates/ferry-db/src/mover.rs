@@ -18,7 +18,7 @@ use crate::error::{Error, Result, Side, SqlContext};
 use crate::gtid::GtidPos;
 use crate::replica::{self, Lag};
 use crate::schema;
-use crate::state::{Account, Phase, State};
+use crate::state::{Account, Phase, ScheduledEvent, State};
 
 /// Changed rows of one table the freeze re-checks by key; past this, the
 /// whole table by chunk (as fast, and fewer statements).
@@ -290,6 +290,7 @@ impl Mover {
         m.state.phase = Phase::Copied;
         m.state.snapshot = Some(at);
         m.state.unlock_at_switch = fwd.locked;
+        m.state.events = fwd.events;
         m.save()?;
         Ok(m)
     }
@@ -442,6 +443,16 @@ impl Mover {
         let mut coordinator = self.cfg.source.connect(Session::Control).await?;
         for db in &self.cfg.databases {
             copy_programs(&mut coordinator, &mut self.dst, db).await?;
+            let enabled = copy_events(&mut coordinator, &mut self.dst, db).await?;
+            for name in enabled {
+                let e = ScheduledEvent {
+                    db: db.clone(),
+                    name,
+                };
+                if !self.state.events.contains(&e) {
+                    self.state.events.push(e);
+                }
+            }
         }
         let p = snapshot_now(&counters);
         progress(p);
@@ -704,6 +715,19 @@ impl Mover {
                     .ctx(Side::Destination, || format!("recreating account {a}"))?;
             }
         }
+        // Scheduled events run where the data lives: on at the new home,
+        // off at the old one (they were created disabled at the copy, so
+        // they never ran twice against replicated rows).
+        for e in self.state.events.clone() {
+            let name = format!("{}.{}", ident(&e.db), ident(&e.name));
+            for (conn, side, what) in [
+                (&mut self.src, Side::Source, "DISABLE"),
+                (&mut self.dst, Side::Destination, "ENABLE"),
+            ] {
+                let sql = format!("ALTER EVENT {name} {what}");
+                conn.query_drop(&sql).await.ctx(side, || sql.clone())?;
+            }
+        }
         // A move back: the accounts the forward move locked here are the
         // sites' own again.
         for a in self.state.unlock_at_switch.clone() {
@@ -823,6 +847,49 @@ async fn copy_programs(src: &mut Conn, dst: &mut Conn, db: &str) -> Result<()> {
     dst.query_drop("SET SESSION sql_mode = DEFAULT")
         .await
         .ctx(Side::Destination, || "sql_mode".into())
+}
+
+/// Copies `db`'s scheduled events, each created under its sql_mode and
+/// time zone and left disabled at the destination (the switch enables
+/// them): an event firing there during the catch-up would change rows the
+/// catch-up also writes. Returns the names of those enabled at the source.
+async fn copy_events(src: &mut Conn, dst: &mut Conn, db: &str) -> Result<Vec<String>> {
+    let sql = format!(
+        "SELECT EVENT_NAME, STATUS FROM information_schema.EVENTS WHERE EVENT_SCHEMA = {}",
+        quote(db)
+    );
+    let events: Vec<(String, String)> = src.query(&sql).await.ctx(Side::Source, || sql.clone())?;
+    let mut enabled = Vec::new();
+    for (name, status) in events {
+        let qualified = format!("{}.{}", ident(db), ident(&name));
+        let show = format!("SHOW CREATE EVENT {qualified}");
+        let row: Option<mysql_async::Row> = src
+            .query_first(&show)
+            .await
+            .ctx(Side::Source, || show.clone())?;
+        let Some(row) = row else { continue };
+        let text = |i: usize| -> String { row.get_opt(i).and_then(|r| r.ok()).unwrap_or_default() };
+        let (mode, zone, create) = (text(1), text(2), text(3));
+        let what = || format!("creating event {db}.{name}");
+        for setup in [
+            format!("USE {}", ident(db)),
+            format!("SET SESSION sql_mode = {}", quote(&mode)),
+            format!("SET SESSION time_zone = {}", quote(&zone)),
+        ] {
+            dst.query_drop(setup).await.ctx(Side::Destination, what)?;
+        }
+        dst.query_drop(&create).await.ctx(Side::Destination, what)?;
+        if status == "ENABLED" {
+            dst.query_drop(format!("ALTER EVENT {qualified} DISABLE"))
+                .await
+                .ctx(Side::Destination, what)?;
+            enabled.push(name);
+        }
+    }
+    dst.query_drop("SET SESSION sql_mode = DEFAULT, SESSION time_zone = DEFAULT")
+        .await
+        .ctx(Side::Destination, || "session defaults".into())?;
+    Ok(enabled)
 }
 
 async fn view_definitions(

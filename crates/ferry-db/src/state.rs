@@ -106,6 +106,17 @@ pub(crate) struct State {
     /// destination, unlocked by the switch.
     #[serde(default)]
     pub unlock_at_switch: Vec<Account>,
+    /// Events enabled at the source, created disabled at the destination:
+    /// the switch turns them on there and off at the source.
+    #[serde(default)]
+    pub events: Vec<ScheduledEvent>,
+}
+
+/// A scheduled event (`CREATE EVENT`) of a moving database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledEvent {
+    pub db: String,
+    pub name: String,
 }
 
 impl State {
@@ -127,6 +138,7 @@ impl State {
             verified_at: None,
             dest_at_switch: None,
             unlock_at_switch: Vec::new(),
+            events: Vec::new(),
         }
     }
 

@@ -48,6 +48,8 @@ async fn seed(src: &MariaDb) {
          CREATE TRIGGER shop.log_delete AFTER DELETE ON shop.items FOR EACH ROW
            INSERT INTO shop.log VALUES (CONCAT('deleted item ', OLD.order_id));
          CREATE FUNCTION shop.vat(x DECIMAL(10,2)) RETURNS DECIMAL(10,2) DETERMINISTIC RETURN x * 1.2;
+         CREATE EVENT shop.nightly ON SCHEDULE EVERY 1 DAY STARTS CURRENT_TIMESTAMP + INTERVAL 1 DAY
+           DO DELETE FROM shop.log WHERE msg = 'expired';
          CREATE USER app@'%' IDENTIFIED BY 's3cret';
          GRANT SELECT, INSERT, UPDATE, DELETE ON shop.* TO app@'%';
          CREATE USER report@'%' IDENTIFIED BY 'r3port';
@@ -183,6 +185,10 @@ async fn moves_under_writes_with_no_loss_and_refuses_writes_after_freeze() {
     assert!(copy.chunks > 10);
     // By default the copied rows are in the destination's binary log.
     assert!(write_rows_events(&dst).await > 0);
+    // The event came along, off until the switch.
+    let status = "SELECT STATUS FROM information_schema.EVENTS WHERE EVENT_SCHEMA = 'shop'";
+    assert_eq!(one(&dst, status).await, "DISABLED");
+    assert_eq!(one(&src, status).await, "ENABLED");
     let at_copy = acked.load(Ordering::Relaxed);
     m.catch_up().await.unwrap();
     // Let the writer go on against a running catch-up.
@@ -253,6 +259,9 @@ async fn moves_under_writes_with_no_loss_and_refuses_writes_after_freeze() {
     );
     assert_eq!(sw.accounts.len(), 2);
     assert_eq!(m.phase(), Phase::Switched);
+    // The event runs at the new home only.
+    assert_eq!(one(&dst, status).await, "ENABLED");
+    assert_eq!(one(&src, status).await, "DISABLED");
 
     // Zero lost, zero doubled: the full row sets are equal.
     let (a, b) = (all_rows(&src).await, all_rows(&dst).await);
