@@ -11,12 +11,17 @@
 # ferry's likewise),
 # the whole `ferry db move --verify` with its freeze (write block to switch),
 # and the time one `SELECT 1` takes through a `ferry proxy` tunnel against
-# the server directly (mariadb-slap, mean per query). Ratios last.
+# the server directly (mariadb-slap, mean per query; latency.py, p50 query by
+# query, with HAProxy in TCP mode as the peer). Ratios last.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SIZE_MB="${SIZE_MB:-1024}"
 TABLES="${TABLES:-8}"
 command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || { echo "needs mariadb-server" >&2; exit 2; }
+if ! command -v haproxy >/dev/null; then
+  [ "$(id -u)" -eq 0 ] || { echo "needs haproxy (apt-get install haproxy)" >&2; exit 2; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy >/dev/null
+fi
 if ! command -v mydumper >/dev/null; then
   [ "$(id -u)" -eq 0 ] || { echo "needs mydumper (apt-get install mydumper)" >&2; exit 2; }
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mydumper >/dev/null
@@ -157,9 +162,32 @@ slap() { # PORT -> mean seconds per query
     | awk '/Average number of seconds/ {print $(NF-1)}'
 }
 DIRECT=$(slap "$PORT_src"); TUN=$(slap "$TPORT")
-# The median, query by query (latency.py speaks the protocol itself).
-P50_DIRECT=$(python3 bench/db-move/latency.py 127.0.0.1 "$PORT_src" root 20000)
-P50_TUN=$(python3 bench/db-move/latency.py 127.0.0.1 "$TPORT" root 20000)
+# The median, query by query (latency.py speaks the protocol itself), direct,
+# through ferry's tunnel and through HAProxy in TCP mode (the peer: one
+# thread, the same loopback hop), interleaved three times, best of each kept.
+HPORT=$(free_port)
+cat > "$W/haproxy.cfg" <<CONF
+global
+  nbthread 1
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+frontend db
+  bind 127.0.0.1:$HPORT
+  default_backend db
+backend db
+  server src 127.0.0.1:$PORT_src
+CONF
+haproxy -f "$W/haproxy.cfg" -db &
+PIDS+=($!)
+for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$HPORT") 2>/dev/null && break; sleep 0.05; done
+p50() { python3 bench/db-move/latency.py 127.0.0.1 "$1" root 20000 | awk '{print $2}'; }
+best() { sort -n | head -1; }
+P50_DIRECT=$(for _ in 1 2 3; do p50 "$PORT_src"; done | best)
+P50_TUN=$(for _ in 1 2 3; do p50 "$TPORT"; done | best)
+P50_HAP=$(for _ in 1 2 3; do p50 "$HPORT"; done | best)
 
 echo
 echo "# db-move, $(date -u +%F), sbtest $(( BYTES / 1024 / 1024 )) MiB ($TABLES tables), loopback, 2 cores"
@@ -171,10 +199,10 @@ echo "ferry first copy         ${FIRST:-?}s"
 echo "ferry first copy --no-dest-binlog ${FIRST_NOBINLOG:-?}s"
 echo "ferry freeze             ${FREEZE:-?}s"
 echo "SELECT 1 x 5000: direct ${DIRECT}s, through the tunnel ${TUN}s (mean per run of 5000)"
-echo "SELECT 1 one by one: direct ${P50_DIRECT}; tunnel ${P50_TUN}"
+echo "SELECT 1 one by one, p50: direct ${P50_DIRECT} us; ferry tunnel ${P50_TUN} us; haproxy tcp ${P50_HAP} us"
 echo "ratios (peer time / ferry time; > 1 means ferry is faster):"
 [ -n "${FIRST:-}" ] && echo "  first copy vs mariadb-dump  $(echo "scale=2; $DUMP / $FIRST" | bc)x"
 [ -n "${FIRST_NOBINLOG:-}" ] && echo "  first copy vs mydumper, binlog off at both  $(echo "scale=2; $MYD / $FIRST_NOBINLOG" | bc)x"
 [ -n "${FIRST:-}" ] && echo "  first copy vs mydumper, binlog on at both   $(echo "scale=2; $MYD_BINLOG / $FIRST" | bc)x"
-echo "  tunnel added at p50: $(echo "$(echo "$P50_TUN" | awk '{print $2}') - $(echo "$P50_DIRECT" | awk '{print $2}')" | bc) us"
+echo "  tunnel added at p50: ferry $(echo "$P50_TUN - $P50_DIRECT" | bc) us, haproxy $(echo "$P50_HAP - $P50_DIRECT" | bc) us"
 echo "  tunnel added per query: $(echo "scale=1; ($TUN - $DIRECT) * 1000000 / 5000" | bc) us (mean)"
