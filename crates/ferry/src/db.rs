@@ -75,6 +75,12 @@ struct MoveArgs {
     /// Undo the move recorded in the state file (before its switch only).
     #[arg(long)]
     rollback: bool,
+    /// Move the databases back after the switched move recorded in this
+    /// state file: --from is that move's destination (their home now), --to
+    /// its source (which kept them as they were at the freeze). No first
+    /// copy: only what was written since the switch travels back.
+    #[arg(long, value_name = "FORWARD_STATE")]
+    back: Option<PathBuf>,
 }
 
 /// Checked settings.
@@ -85,6 +91,7 @@ struct Settings {
     max_freeze: Duration,
     converge_timeout: Duration,
     rollback: bool,
+    back: Option<PathBuf>,
 }
 
 impl Settings {
@@ -100,9 +107,15 @@ impl Settings {
                 "--workers and --chunk-rows must be at least 1"
             )));
         }
-        let state = a
-            .state
-            .unwrap_or_else(|| PathBuf::from(format!("ferry-db-{}.json", a.db[0])));
+        let state = a.state.unwrap_or_else(|| {
+            let back = if a.back.is_some() { "-back" } else { "" };
+            PathBuf::from(format!("ferry-db-{}{back}.json", a.db[0]))
+        });
+        if a.back.as_ref() == Some(&state) {
+            return Err(Failure::usage(anyhow!(
+                "--back names the forward move's state file; --state must be another file"
+            )));
+        }
         let mut config = MoverConfig::new(&a.from, &a.to, a.db, state).map_err(Failure::usage)?;
         config.workers = a.workers;
         config.dest_binlog = !a.no_dest_binlog;
@@ -114,6 +127,7 @@ impl Settings {
             max_freeze,
             converge_timeout,
             rollback: a.rollback,
+            back: a.back,
         })
     }
 }
@@ -132,7 +146,8 @@ fn fail(e: Error) -> Failure {
         | Error::DatabaseMissing { .. }
         | Error::DatabaseExists { .. }
         | Error::AccountConflict { .. }
-        | Error::Phase { .. } => Failure::usage(e),
+        | Error::Phase { .. }
+        | Error::State { .. } => Failure::usage(e),
         Error::AccessDenied { .. } => Failure::refused(e),
         e => Failure::from(e),
     }
@@ -155,7 +170,11 @@ fn mb(bytes: u64) -> f64 {
 
 async fn run_move(s: Settings) -> Result<(), Failure> {
     let state_path = s.config.state_path.clone();
-    let mut m = Mover::open(s.config.clone()).await.map_err(fail)?;
+    let mut m = match &s.back {
+        Some(forward) => Mover::open_reverse(s.config.clone(), forward).await,
+        None => Mover::open(s.config.clone()).await,
+    }
+    .map_err(fail)?;
     if m.resumed() {
         eprintln!(
             "resuming the move recorded in {} at phase {}",

@@ -1,0 +1,120 @@
+//! `ferry db move` as an operator runs it by hand, against two real
+//! `mariadbd` servers: a move with `--verify` (the full check before the
+//! freeze, only changed rows inside it), then `--back` after the sites wrote
+//! at the new home, and the exit codes of bad input.
+
+#[path = "../../ferry-db/tests/support/mod.rs"]
+mod mariadb;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use mariadb::MariaDb;
+use mysql_async::prelude::Queryable;
+
+fn ferry(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .output()
+        .expect("run ferry")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+async fn rows(db: &MariaDb) -> Vec<(u64, String)> {
+    let mut c = db.conn().await;
+    c.query("SELECT id, v FROM shop.t ORDER BY id")
+        .await
+        .unwrap()
+}
+
+fn state(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_by_hand_then_back_with_what_was_written_since() {
+    let (src, dst) = tokio::join!(MariaDb::start(1), MariaDb::start(2));
+    src.exec(
+        "CREATE DATABASE shop; \
+         CREATE TABLE shop.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(40)); \
+         USE shop; INSERT INTO shop.t (v) SELECT CONCAT('seed ', seq) FROM seq_1_to_5000; \
+         CREATE USER app@'%' IDENTIFIED BY 'pw'; GRANT ALL ON shop.* TO app@'%'",
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let fwd = state(tmp.path(), "fwd.json");
+    let (s_url, d_url) = (src.url(), dst.url());
+
+    let o = ferry(&[
+        "db", "move", "--from", &s_url, "--to", &d_url, "--db", "shop", "--verify", "--state", &fwd,
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("verified before the freeze"), "{err}");
+    assert!(err.contains("changed since"), "{err}");
+    assert_eq!(rows(&src).await, rows(&dst).await);
+
+    // The site writes at its new home; then the move goes back.
+    let mut app = dst.conn_as("app", "pw").await.expect("app at the new home");
+    app.query_drop("INSERT INTO shop.t (v) VALUES ('written at the new home')")
+        .await
+        .unwrap();
+    app.query_drop("DELETE FROM shop.t WHERE id = 7")
+        .await
+        .unwrap();
+    drop(app);
+    let back = state(tmp.path(), "back.json");
+    let o = ferry(&[
+        "db", "move", "--back", &fwd, "--from", &d_url, "--to", &s_url, "--db", "shop", "--verify",
+        "--state", &back,
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let home = rows(&src).await;
+    assert_eq!(home, rows(&dst).await);
+    assert!(home.iter().any(|r| r.1 == "written at the new home"));
+    assert!(!home.iter().any(|r| r.0 == 7));
+    let mut app = src.conn_as("app", "pw").await.expect("app back home");
+    app.query_drop("INSERT INTO shop.t (v) VALUES ('home again')")
+        .await
+        .unwrap();
+    assert!(
+        dst.conn_as("app", "pw").await.is_err(),
+        "the old copy is locked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_exits_2_and_changes_nothing() {
+    let (src, dst) = tokio::join!(MariaDb::start(1), MariaDb::start(2));
+    src.exec("CREATE DATABASE shop").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (s_url, d_url) = (src.url(), dst.url());
+    let missing = state(tmp.path(), "none.json");
+    for args in [
+        // No forward move recorded.
+        vec![
+            "db", "move", "--back", &missing, "--from", &d_url, "--to", &s_url, "--db", "shop",
+        ],
+        // A database that does not exist.
+        vec![
+            "db", "move", "--from", &s_url, "--to", &d_url, "--db", "nope",
+        ],
+        // Not a URL.
+        vec![
+            "db", "move", "--from", "mysql//x", "--to", &d_url, "--db", "shop",
+        ],
+    ] {
+        let mut a = args.clone();
+        let st = state(tmp.path(), "s.json");
+        a.extend(["--state", st.as_str()]);
+        let o = ferry(&a);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+    let mut c = dst.conn().await;
+    let dbs: Vec<String> = c.query("SHOW DATABASES LIKE 'shop'").await.unwrap();
+    assert!(dbs.is_empty(), "the destination was changed");
+}
