@@ -280,6 +280,19 @@ impl Checker {
         .map(|_| ())
     }
 
+    /// Queues every chunk of every table; stops at the first error.
+    async fn every_chunk(
+        &self,
+        walker: &mut Conn,
+        tables: &[Arc<Table>],
+        chunk_rows: u64,
+    ) -> Result<()> {
+        for t in tables {
+            self.chunks_of(walker, t, chunk_rows).await?;
+        }
+        Ok(())
+    }
+
     async fn keys_of(&self, t: &Arc<Table>, keys: Vec<Vec<String>>) {
         for batch in keys.chunks(KEYS_PER_CHECK) {
             let piece = Piece::Keys {
@@ -358,13 +371,7 @@ pub(crate) async fn verify(
     let mut dst = dest.connect(Session::Data).await?;
     let (tables, missing) = both_sides(&mut src, &mut dst, dbs).await?;
     let checker = Checker::start(pairs(source, dest, workers).await?);
-    let mut fed = Ok(());
-    for t in &tables {
-        fed = checker.chunks_of(&mut src, t, chunk_rows).await;
-        if fed.is_err() {
-            break;
-        }
-    }
+    let fed = checker.every_chunk(&mut src, &tables, chunk_rows).await;
     Ok(VerifyReport {
         tables: checker.finish(&tables, fed).await?,
         missing,
@@ -389,15 +396,9 @@ pub(crate) async fn verify_snapshots(
 ) -> Result<VerifyReport> {
     let (tables, missing) = both_sides(&mut snap.source_walker, &mut snap.dest_lister, dbs).await?;
     let checker = Checker::start(snap.pairs);
-    let mut fed = Ok(());
-    for t in &tables {
-        fed = checker
-            .chunks_of(&mut snap.source_walker, t, chunk_rows)
-            .await;
-        if fed.is_err() {
-            break;
-        }
-    }
+    let fed = checker
+        .every_chunk(&mut snap.source_walker, &tables, chunk_rows)
+        .await;
     Ok(VerifyReport {
         tables: checker.finish(&tables, fed).await?,
         missing,

@@ -238,16 +238,10 @@ async fn moves_under_writes_with_no_loss_and_refuses_writes_after_freeze() {
     assert!(v.equal(), "{v:?}");
     // Inside the freeze only the rows changed since the online check, and
     // in full the table without a key.
-    match &v.scope {
-        Scope::Changed {
-            keys, whole_tables, ..
-        } => {
-            assert!(*keys > 0, "{v:?}");
-            assert_eq!(whole_tables.len(), 1, "{whole_tables:?}");
-            assert!(whole_tables[0].starts_with("shop.log"), "{whole_tables:?}");
-        }
-        other => panic!("the freeze checked {other}"),
-    }
+    let (keys, whole_tables) = changed_rows(&v);
+    assert!(keys > 0, "{v:?}");
+    assert_eq!(whole_tables.len(), 1, "{whole_tables:?}");
+    assert!(whole_tables[0].starts_with("shop.log"), "{whole_tables:?}");
     let sw = m.switch().await.unwrap();
     let freeze_len = frozen_at.elapsed();
     eprintln!(
@@ -542,6 +536,16 @@ async fn unfreeze_keeps_the_catch_up_and_an_interrupted_switch_replays() {
     assert!(dst.conn_as("app", "s3cret").await.is_ok());
 }
 
+/// What a freeze check covered: changed rows by key, tables in full.
+fn changed_rows(v: &ferry_db::VerifyReport) -> (u64, Vec<String>) {
+    match &v.scope {
+        Scope::Changed {
+            keys, whole_tables, ..
+        } => (*keys, whole_tables.clone()),
+        other => panic!("the freeze checked {other}"),
+    }
+}
+
 /// Row events in every binary log file of `db`.
 async fn write_rows_events(db: &MariaDb) -> usize {
     let mut c = db.conn().await;
@@ -617,15 +621,9 @@ async fn the_checks_find_a_destination_row_that_differs_before_and_inside_the_fr
         .unwrap();
     let v = m.verify_frozen().await.unwrap();
     assert!(v.equal(), "{v:?}");
-    match &v.scope {
-        Scope::Changed {
-            keys, whole_tables, ..
-        } => {
-            assert_eq!(*keys, 5, "{v:?}");
-            assert!(whole_tables.is_empty(), "{whole_tables:?}");
-        }
-        other => panic!("the freeze checked {other}"),
-    }
+    let (keys, whole_tables) = changed_rows(&v);
+    assert_eq!(keys, 5, "{v:?}");
+    assert!(whole_tables.is_empty(), "{whole_tables:?}");
     dst.exec("UPDATE shop.orders SET amount = 0 WHERE id = 11")
         .await;
     let v = m.verify_frozen().await.unwrap();
