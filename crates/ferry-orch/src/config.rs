@@ -76,6 +76,7 @@ struct RawDbServer {
 #[serde(deny_unknown_fields)]
 struct RawDb {
     verify: Option<bool>,
+    dest_binlog: Option<bool>,
     max_lag: Option<S<i64>>,
     workers: Option<S<i64>>,
     catch_up_timeout: Option<S<String>>,
@@ -198,8 +199,13 @@ impl std::fmt::Debug for DbServerSpec {
 /// `[db]`: how the runbook drives the database mover.
 #[derive(Clone, Debug)]
 pub struct DbSettings {
-    /// Checksum every table on both sides during the freeze.
+    /// Prove the databases equal: every chunk on snapshots in the pre-copy,
+    /// the rows changed since inside the freeze.
     pub verify: bool,
+    /// The first copy goes to the destination's binary log (off: as
+    /// myloader's default, faster, for a destination without replicas or
+    /// Galera peers).
+    pub dest_binlog: bool,
     /// The pre-copy waits until the destination is at most this many
     /// transactions behind before the unit may freeze.
     pub max_lag: u64,
@@ -603,6 +609,7 @@ impl Cx<'_> {
             };
             DbSettings {
                 verify: r.and_then(|r| r.verify).unwrap_or(true),
+                dest_binlog: r.and_then(|r| r.dest_binlog).unwrap_or(true),
                 max_lag,
                 workers: self.count(&r.and_then(|r| r.workers.clone()), 4, "db workers")? as usize,
                 catch_up_timeout: self.duration(

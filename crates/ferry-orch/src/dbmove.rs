@@ -68,6 +68,7 @@ async fn open(g: &DbGroup, s: &DbSettings) -> Result<ferry_db::Mover> {
     )
     .map_err(|e| g.err(e))?;
     cfg.workers = s.workers;
+    cfg.dest_binlog = s.dest_binlog;
     match &g.forward_state {
         // A move back is set up from the forward move's record (or resumed
         // from its own).

@@ -83,6 +83,9 @@ fn the_documented_example_parses() {
     assert!(w.contains(90) && !w.contains(300) && !w.contains(30));
     assert_eq!(c.db.max_lag, 10);
     assert!(c.db.verify);
+    assert!(c.db.dest_binlog, "on unless said otherwise");
+    let off = parse(&GOOD.replace("max_lag = 10", "max_lag = 10\ndest_binlog = false")).unwrap();
+    assert!(!off.db.dest_binlog);
     let db = format!("{:?}", c.db_servers["sql002-1"]);
     assert!(
         db.contains("ferry@10.1.0.12:3306") && !db.contains("pw"),
