@@ -10,10 +10,16 @@ use std::time::Duration;
 use ferry_model::{Hostname, Placement};
 use ipnet::IpNet;
 
+use crate::raw::RawGalera;
+use crate::raw::RawPassthrough;
+use crate::raw::RawTls;
 use crate::raw::{
     RawAdmin, RawConfig, RawHealth, RawListener, RawPool, RawRemote, RawRouter, RawRule, RawServer,
     RawSite, RawTunnel, S,
 };
+use crate::GaleraCheck;
+use crate::PassthroughSpec;
+use crate::TlsSettings;
 use crate::{
     parse_duration, AccessLog, AdminSettings, Config, ConfigError, HealthSpec, ListenerSpec,
     PathRule, PoolSpec, RemoteSpec, RouterSettings, ServerSpec, SiteSpec, TunnelSpec,
@@ -33,6 +39,11 @@ const DEFAULT_TUNNEL_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// MariaDB's own default `wait_timeout` (8 hours): the tunnel should not close
 /// an idle connection the server would have kept.
 const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(8 * 3600);
+
+/// Parsed keys kept by default: every busy site of a large router, a few MB.
+const DEFAULT_TLS_KEY_CACHE: i64 = 10_000;
+const DEFAULT_TLS_SESSION_CACHE: i64 = 100_000;
+const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
@@ -190,6 +201,11 @@ impl Cx<'_> {
         // Sections are checked in the order they usually appear in the file, so
         // the first error reported is the first one a reader meets.
         let router = self.router(&raw.router)?;
+        let raw_listener_tls: Vec<Range<usize>> = raw
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref().filter(|t| *t.get_ref()).map(|t| t.span()))
+            .collect();
         let listeners = self.listeners(raw.listeners)?;
         let admin = match raw.admin {
             Some(a) => Some(self.admin(a, &listeners)?),
@@ -204,6 +220,9 @@ impl Cx<'_> {
             ..router
         };
         let tunnels = self.tunnels(raw.tunnels, &listeners, admin.as_ref())?;
+        let passthroughs =
+            self.passthroughs(raw.passthroughs, &listeners, admin.as_ref(), &tunnels)?;
+        let tls = self.tls(raw.tls.as_ref(), &raw_listener_tls)?;
         Ok(Config {
             router,
             admin,
@@ -212,7 +231,85 @@ impl Cx<'_> {
             remotes,
             sites,
             tunnels,
+            passthroughs,
+            tls,
         })
+    }
+
+    /// `[tls]`, and every `tls = true` listener needs it.
+    fn tls(
+        &self,
+        raw: Option<&RawTls>,
+        tls_listeners: &[Range<usize>],
+    ) -> Result<Option<TlsSettings>> {
+        let Some(t) = raw else {
+            return match tls_listeners.first() {
+                Some(span) => Err(self.error(
+                    span.clone(),
+                    "listener has tls = true but there is no [tls] section (cert_dir)",
+                )),
+                None => Ok(None),
+            };
+        };
+        if t.cert_dir.get_ref().is_empty() {
+            return Err(self.error(t.cert_dir.span(), "tls cert_dir is an empty path"));
+        }
+        let cert_dir = self.resolve(t.cert_dir.get_ref());
+        if !cert_dir.is_dir() {
+            return Err(self.error(
+                t.cert_dir.span(),
+                format!(
+                    "tls cert_dir {:?}: {} is not a directory",
+                    t.cert_dir.get_ref(),
+                    cert_dir.display()
+                ),
+            ));
+        }
+        let default_cert = match &t.default_cert {
+            Some(d) if d.get_ref().is_empty() => {
+                return Err(self.error(
+                    d.span(),
+                    "tls default_cert is empty (leave it out for no default)",
+                ))
+            }
+            Some(d) => {
+                let file = cert_dir.join(format!("{}.pem", d.get_ref()));
+                if d.get_ref().contains('/') || !file.is_file() {
+                    return Err(self.error(
+                        d.span(),
+                        format!(
+                            "tls default_cert {:?}: no {} (the name of a certificate file, without .pem)",
+                            d.get_ref(),
+                            file.display()
+                        ),
+                    ));
+                }
+                Some(d.get_ref().clone())
+            }
+            None => None,
+        };
+        Ok(Some(TlsSettings {
+            cert_dir,
+            default_cert,
+            key_cache: self.ranged(
+                "tls key_cache",
+                t.key_cache.as_ref(),
+                1..=100_000_000,
+                DEFAULT_TLS_KEY_CACHE,
+            )? as usize,
+            session_cache: self.ranged(
+                "tls session_cache",
+                t.session_cache.as_ref(),
+                0..=100_000_000,
+                DEFAULT_TLS_SESSION_CACHE,
+            )? as usize,
+            tickets: t.tickets.unwrap_or(true),
+            handshake_timeout: self.positive_duration(
+                "tls handshake_timeout",
+                t.handshake_timeout.as_ref(),
+                DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            )?,
+        }))
     }
 
     /// Everything in `[router]` except `default_site`, which needs the sites.
@@ -390,6 +487,7 @@ impl Cx<'_> {
                 listen,
                 trusted: l.trusted,
                 proxy_protocol,
+                tls: l.tls.as_ref().is_some_and(|t| *t.get_ref()),
             });
         }
         Ok(out)
@@ -597,11 +695,16 @@ impl Cx<'_> {
                     format!("remote {name:?}: address {address} is one of this router's listeners"),
                 ));
             }
+            let passthrough = match &r.passthrough {
+                Some(p) => Some(self.socket_addr(&format!("remote {name:?}: passthrough"), p)?),
+                None => None,
+            };
             seen.insert(name.clone(), r.name.span());
             out.push(RemoteSpec {
                 name,
                 address,
                 proxy_protocol: r.proxy_protocol,
+                passthrough,
             });
         }
         Ok(out)
@@ -731,11 +834,146 @@ impl Cx<'_> {
                     t.idle_timeout.as_ref(),
                     DEFAULT_TUNNEL_IDLE_TIMEOUT,
                 )?,
+                galera: match t.galera {
+                    Some(g) => Some(self.galera(&ctx, g)?),
+                    None => None,
+                },
                 upstream: upstream.clone(),
                 name,
                 listen,
                 server,
                 observe: t.observe,
+            });
+        }
+        Ok(out)
+    }
+
+    fn galera(&self, ctx: &str, g: RawGalera) -> Result<GaleraCheck> {
+        let mut nodes = Vec::with_capacity(g.nodes.len());
+        for n in &g.nodes {
+            if let Err(why) = check_host_port(n.get_ref()) {
+                return Err(self.error(
+                    n.span(),
+                    format!("{ctx}: galera node {:?} {why}", n.get_ref()),
+                ));
+            }
+            nodes.push(n.get_ref().clone());
+        }
+        if g.user.get_ref().is_empty() {
+            return Err(self.error(g.user.span(), format!("{ctx}: galera user is empty")));
+        }
+        let password = match (g.password, g.password_file) {
+            (Some(_), Some(f)) => {
+                return Err(self.error(
+                    f.span(),
+                    format!(
+                        "{ctx}: galera password and password_file are mutually exclusive, keep one"
+                    ),
+                ))
+            }
+            (Some(p), None) => p.into_inner(),
+            (None, Some(f)) => self
+                .read_named_file(&format!("{ctx}: galera password_file"), &f)?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+            (None, None) => String::new(),
+        };
+        Ok(GaleraCheck {
+            nodes,
+            user: g.user.into_inner(),
+            password,
+            interval: self.positive_duration(
+                &format!("{ctx}: galera interval"),
+                g.interval.as_ref(),
+                DEFAULT_GALERA_INTERVAL,
+            )?,
+            allow_donor: g.allow_donor,
+        })
+    }
+}
+
+/// How often a tunnel's Galera nodes are checked by default: a desynced node
+/// stops getting new connections within about this long.
+const DEFAULT_GALERA_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Passthrough listeners: defaults chosen so that a slow or silent client is
+/// dropped quickly and a real ClientHello (a few hundred bytes, about 1.8 KiB
+/// with post-quantum key shares) always fits.
+const DEFAULT_CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_MAX_CLIENT_HELLO: i64 = 16 * 1024;
+
+impl Cx<'_> {
+    fn passthroughs(
+        &self,
+        raw: Vec<RawPassthrough>,
+        listeners: &[ListenerSpec],
+        admin: Option<&AdminSettings>,
+        tunnels: &[TunnelSpec],
+    ) -> Result<Vec<PassthroughSpec>> {
+        let mut addrs: HashMap<SocketAddr, Range<usize>> = HashMap::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for p in raw {
+            let listen = self.socket_addr("passthrough listen", &p.listen)?;
+            let ctx = format!("passthrough {listen}");
+            // Port 0 asks the system for a free port, so two of them never collide.
+            if listen.port() != 0 {
+                if let Some(first) = addrs.get(&listen) {
+                    return Err(self.error(
+                        p.listen.span(),
+                        format!(
+                            "{ctx}: listen is already used by the passthrough at line {}",
+                            self.line_of(first)
+                        ),
+                    ));
+                }
+                let taken = listeners.iter().any(|l| l.listen == listen)
+                    || admin.is_some_and(|a| a.listen == listen)
+                    || tunnels.iter().any(|t| t.listen == listen);
+                if taken {
+                    return Err(self.error(
+                        p.listen.span(),
+                        format!(
+                            "{ctx}: listen is also a [[listener]], [admin] or [[tunnels]] address"
+                        ),
+                    ));
+                }
+                addrs.insert(listen, p.listen.span());
+            }
+            let backend_port = self.ranged(
+                &format!("{ctx}: backend_port"),
+                Some(&p.backend_port),
+                1..=65535,
+                443,
+            )?;
+            let hold_max = match &p.hold_max {
+                Some(h) => {
+                    Some(self.duration(&format!("{ctx}: hold_max"), Some(h), Duration::ZERO)?)
+                }
+                None => None,
+            };
+            let maintenance_terminator = match &p.maintenance_terminator {
+                Some(t) => Some(self.socket_addr(&format!("{ctx}: maintenance_terminator"), t)?),
+                None => None,
+            };
+            out.push(PassthroughSpec {
+                listen,
+                proxy_protocol: p.proxy_protocol,
+                // Range-checked above.
+                backend_port: u16::try_from(backend_port).unwrap_or(443),
+                send_proxy: p.send_proxy,
+                hold_max,
+                client_hello_timeout: self.positive_duration(
+                    &format!("{ctx}: client_hello_timeout"),
+                    p.client_hello_timeout.as_ref(),
+                    DEFAULT_CLIENT_HELLO_TIMEOUT,
+                )?,
+                max_client_hello: self.ranged(
+                    &format!("{ctx}: max_client_hello"),
+                    p.max_client_hello.as_ref(),
+                    512..=256 * 1024,
+                    DEFAULT_MAX_CLIENT_HELLO,
+                )? as usize,
+                maintenance_terminator,
             });
         }
         Ok(out)

@@ -76,6 +76,28 @@ pub struct Config {
     pub remotes: Vec<RemoteSpec>,
     pub sites: Vec<SiteSpec>,
     pub tunnels: Vec<TunnelSpec>,
+    /// `[[passthrough]]`: TLS listeners routed by SNI without terminating.
+    pub passthroughs: Vec<PassthroughSpec>,
+    /// `[tls]`: certificates for listeners with `tls = true`.
+    pub tls: Option<TlsSettings>,
+}
+
+/// `[tls]`: TLS termination settings shared by every `tls = true` listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Directory of `NAME.pem` files (chain + key, or the key in `NAME.key`).
+    pub cert_dir: PathBuf,
+    /// Certificate name (file stem) for clients whose SNI matches none.
+    pub default_cert: Option<String>,
+    /// Parsed private keys kept in memory (least recently used dropped first).
+    pub key_cache: usize,
+    /// TLS 1.2 session-id cache entries; 0 keeps no session ids.
+    pub session_cache: usize,
+    /// Session tickets (TLS 1.3 resumption, and TLS 1.2 clients that ask);
+    /// `false` is HAProxy's `no-tls-tickets`.
+    pub tickets: bool,
+    /// A client that has not finished its handshake by then is disconnected.
+    pub handshake_timeout: Duration,
 }
 
 /// `[router]`: this router's identity and its behaviour for every site.
@@ -142,6 +164,8 @@ pub struct ListenerSpec {
     pub trusted: bool,
     /// Every connection must start with a PROXY v2 header (only on trusted listeners).
     pub proxy_protocol: bool,
+    /// Connections are TLS (certificates from `[tls]`), after the PROXY header if any.
+    pub tls: bool,
 }
 
 /// `[[pool]]`: a group of local servers that serve sites.
@@ -205,6 +229,9 @@ pub struct RemoteSpec {
     pub address: SocketAddr,
     /// Send a PROXY v2 header on each connection to carry the client address.
     pub proxy_protocol: bool,
+    /// The remote router's `[[passthrough]]` listener (it must have
+    /// `proxy_protocol = true`: the PROXY v2 header is always sent there).
+    pub passthrough: Option<SocketAddr>,
 }
 
 /// `[[site]]`: one hostname (or `*.` pattern) and where it is served.
@@ -235,6 +262,66 @@ pub struct TunnelSpec {
     pub connect_timeout: Duration,
     /// A connection with no bytes either way for this long is closed.
     pub idle_timeout: Duration,
+    /// `[tunnels.galera]`: the upstream is one node of a Galera cluster;
+    /// new connections go to the first usable node of `upstream`, then
+    /// `nodes`, as the health check last saw them.
+    pub galera: Option<GaleraCheck>,
+}
+
+/// The health check of a Galera node pool behind a tunnel.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GaleraCheck {
+    /// The other nodes, in order of preference after the tunnel's upstream
+    /// (one writer at a time avoids certification conflicts).
+    pub nodes: Vec<String>,
+    /// The account the check logs in with (needs no privilege: it reads
+    /// `wsrep_%` status variables).
+    pub user: String,
+    pub password: String,
+    pub interval: Duration,
+    /// A donor still serves (`wsrep_sst_donor_rejects_queries` off); use it
+    /// when nothing else is usable.
+    pub allow_donor: bool,
+}
+
+// Hand-written so the password never reaches a log line.
+impl std::fmt::Debug for GaleraCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GaleraCheck")
+            .field("nodes", &self.nodes)
+            .field("user", &self.user)
+            .field("interval", &self.interval)
+            .field("allow_donor", &self.allow_donor)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[[passthrough]]`: a TCP listener for TLS that reads the ClientHello's
+/// server name, routes by it like a Host header, and splices the encrypted
+/// bytes to the site's placement without terminating TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassthroughSpec {
+    pub listen: SocketAddr,
+    /// Every connection starts with a PROXY v2 header from another router (whose
+    /// client address is then believed); such connections are never sent on to
+    /// a remote again.
+    pub proxy_protocol: bool,
+    /// Port of the TLS servers of a `pool:NAME` site: the pool's servers' IP
+    /// addresses with this port (their HTTP port is for HTTP traffic).
+    pub backend_port: u16,
+    /// Put a PROXY v2 header before the TLS bytes sent to local servers and
+    /// to the maintenance terminator.
+    pub send_proxy: bool,
+    /// How long a frozen site's new connections wait (`[router] hold_max`
+    /// unless set here).
+    pub hold_max: Option<Duration>,
+    /// A client must have sent its whole ClientHello by then.
+    pub client_hello_timeout: Duration,
+    /// Largest ClientHello accepted, in bytes on the wire.
+    pub max_client_hello: usize,
+    /// A local TLS server that answers the maintenance page; without it, a
+    /// site in maintenance has its connections closed.
+    pub maintenance_terminator: Option<SocketAddr>,
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ pub(crate) struct RawConfig {
     pub sites: Vec<RawSite>,
     #[serde(default)]
     pub tunnels: Vec<RawTunnel>,
+    #[serde(default, rename = "passthrough")]
+    pub passthroughs: Vec<RawPassthrough>,
+    pub tls: Option<RawTls>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +65,18 @@ pub(crate) struct RawListener {
     #[serde(default)]
     pub trusted: bool,
     pub proxy_protocol: Option<S<bool>>,
+    pub tls: Option<S<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub cert_dir: S<String>,
+    pub default_cert: Option<S<String>>,
+    pub key_cache: Option<S<i64>>,
+    pub session_cache: Option<S<i64>>,
+    pub tickets: Option<bool>,
+    pub handshake_timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,6 +129,8 @@ pub(crate) struct RawRemote {
     pub address: S<String>,
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// The remote router's `[[passthrough]]` listener, for SNI passthrough.
+    pub passthrough: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,8 +158,37 @@ pub(crate) struct RawTunnel {
     pub observe: bool,
     pub connect_timeout: Option<S<String>>,
     pub idle_timeout: Option<S<String>>,
+    pub galera: Option<RawGalera>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGalera {
+    #[serde(default)]
+    pub nodes: Vec<S<String>>,
+    pub user: S<String>,
+    pub password: Option<S<String>>,
+    pub password_file: Option<S<String>>,
+    pub interval: Option<S<String>>,
+    #[serde(default)]
+    pub allow_donor: bool,
 }
 
 fn yes() -> bool {
     true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPassthrough {
+    pub listen: S<String>,
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    pub backend_port: S<i64>,
+    #[serde(default)]
+    pub send_proxy: bool,
+    pub hold_max: Option<S<String>>,
+    pub client_hello_timeout: Option<S<String>>,
+    pub max_client_hello: Option<S<i64>>,
+    pub maintenance_terminator: Option<S<String>>,
 }

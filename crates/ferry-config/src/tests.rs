@@ -132,6 +132,12 @@ fn example_config_loads() {
     assert_eq!(cfg.remotes.len(), 1);
     assert_eq!(cfg.remotes[0].name, "dc2");
     assert!(cfg.remotes[0].proxy_protocol);
+    assert_eq!(
+        cfg.remotes[0].passthrough,
+        Some("127.0.0.1:18443".parse().unwrap())
+    );
+    assert_eq!(cfg.passthroughs.len(), 2);
+    assert!(cfg.passthroughs[1].proxy_protocol);
 
     assert_eq!(cfg.sites.len(), 3);
     let www = &cfg.sites[0];
@@ -169,6 +175,7 @@ fn defaults_are_applied() {
             listen: "127.0.0.1:8080".parse().unwrap(),
             trusted: false,
             proxy_protocol: false,
+            tls: false,
         }]
     );
     let pool = &cfg.pools[0];
@@ -799,6 +806,31 @@ idle_timeout = "10m"
                 "observ =",
                 "unknown field",
             ),
+            (
+                "[[tunnels]]\nname = \"t\"\nlisten = \"127.0.0.1:1\"\nupstream = \"h:1\"\n[tunnels.galera]\nnodes = [\"h:2\", \"h\"] # bad\nuser = \"m\"\n",
+                "# bad",
+                "galera node \"h\" is not HOST:PORT",
+            ),
+            (
+                "[[tunnels]]\nname = \"t\"\nlisten = \"127.0.0.1:1\"\nupstream = \"h:1\"\n[tunnels.galera]\nuser = \"\" # empty\n",
+                "# empty",
+                "galera user is empty",
+            ),
+            (
+                "[[tunnels]]\nname = \"t\"\nlisten = \"127.0.0.1:1\"\nupstream = \"h:1\"\n[tunnels.galera]\nuser = \"m\"\npassword = \"x\"\npassword_file = \"f\"\n",
+                "password_file",
+                "mutually exclusive",
+            ),
+            (
+                "[[tunnels]]\nname = \"t\"\nlisten = \"127.0.0.1:1\"\nupstream = \"h:1\"\n[tunnels.galera]\nuser = \"m\"\npassword_file = \"no-such-file\"\n",
+                "password_file",
+                "cannot read",
+            ),
+            (
+                "[[tunnels]]\nname = \"t\"\nlisten = \"127.0.0.1:1\"\nupstream = \"h:1\"\n[tunnels.galera]\nuser = \"m\"\ninterval = \"0s\"\n",
+                "interval",
+                "must be above 0",
+            ),
         ];
         for (extra, needle, want) in cases {
             let text = with(extra);
@@ -837,10 +869,133 @@ fn example_config_documents_a_tunnel() {
         cfg.router.observed_uses_file,
         Some(dir.join("observed_uses.jsonl"))
     );
-    let [t] = cfg.tunnels.as_slice() else {
-        panic!("one tunnel expected")
+    let [t, g] = cfg.tunnels.as_slice() else {
+        panic!("two tunnels expected")
     };
     assert_eq!(t.name, "sql002");
     assert_eq!(t.server, "sql002-1");
     assert_eq!(t.upstream, "10.0.0.5:3306");
+    assert!(t.galera.is_none());
+    let check = g.galera.as_ref().expect("a galera check");
+    assert_eq!(check.nodes, ["10.0.1.12:3306", "10.0.1.13:3306"]);
+    assert_eq!(check.password, "example-monitor-password");
+    assert_eq!(check.interval, Duration::from_secs(2));
+    assert!(!format!("{check:?}").contains("example-monitor-password"));
+}
+
+#[test]
+fn tls_section_and_tls_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("main.pem"), "x").unwrap();
+    let d = dir.path().display();
+    let with_tls = format!(
+        "{MINIMAL}\n[[listener]]\nlisten = \"127.0.0.1:8443\"\ntls = true\n\n[tls]\ncert_dir = \"{d}\"\ndefault_cert = \"main\"\nkey_cache = 50\nhandshake_timeout = \"3s\"\n"
+    );
+    let cfg = ok(&with_tls);
+    assert!(!cfg.listeners[0].tls);
+    assert!(cfg.listeners[1].tls);
+    let tls = cfg.tls.unwrap();
+    assert_eq!(tls.cert_dir, dir.path());
+    assert_eq!(tls.default_cert.as_deref(), Some("main"));
+    assert_eq!(tls.key_cache, 50);
+    assert_eq!(tls.session_cache, 100_000);
+    assert!(tls.tickets);
+    assert_eq!(tls.handshake_timeout, Duration::from_secs(3));
+
+    let no_section = format!("{MINIMAL}\n[[listener]]\nlisten = \"127.0.0.1:8443\"\ntls = true\n");
+    refused_at(&no_section, "tls = true", &["no [tls] section"]);
+    let missing_default = with_tls.replace("\"main\"", "\"other\"");
+    refused_at(&missing_default, "default_cert", &["other", "no "]);
+    let missing_dir = with_tls.replace(&d.to_string(), "/nonexistent/certs");
+    refused_at(&missing_dir, "cert_dir", &["not a directory"]);
+    let zero_cache = with_tls.replace("key_cache = 50", "key_cache = 0");
+    refused_at(&zero_cache, "key_cache", &["out of range"]);
+}
+
+#[test]
+fn passthrough_listeners_and_remote_passthrough_addresses() {
+    let text = format!(
+        "{MINIMAL}
+[[remote]]
+name = \"dc2\"
+address = \"10.0.0.2:80\"
+passthrough = \"10.0.0.2:8443\"
+
+[[passthrough]]
+listen = \"127.0.0.1:8443\"
+backend_port = 443
+send_proxy = true
+hold_max = \"2s\"
+client_hello_timeout = \"1s\"
+max_client_hello = 4096
+maintenance_terminator = \"127.0.0.1:9443\"
+
+[[passthrough]]
+listen = \"127.0.0.1:8444\"
+proxy_protocol = true
+backend_port = 8443
+"
+    );
+    let cfg = ok(&text);
+    assert_eq!(
+        cfg.remotes[0].passthrough,
+        Some("10.0.0.2:8443".parse().unwrap())
+    );
+    let [a, b] = cfg.passthroughs.as_slice() else {
+        panic!("two passthrough listeners expected")
+    };
+    assert_eq!(a.listen, "127.0.0.1:8443".parse::<SocketAddr>().unwrap());
+    assert_eq!(
+        (a.backend_port, a.send_proxy, a.proxy_protocol),
+        (443, true, false)
+    );
+    assert_eq!(a.hold_max, Some(Duration::from_secs(2)));
+    assert_eq!(a.client_hello_timeout, Duration::from_secs(1));
+    assert_eq!(a.max_client_hello, 4096);
+    assert_eq!(
+        a.maintenance_terminator,
+        Some("127.0.0.1:9443".parse().unwrap())
+    );
+    // Defaults.
+    assert_eq!(
+        (b.proxy_protocol, b.send_proxy, b.hold_max),
+        (true, false, None)
+    );
+    assert_eq!(b.client_hello_timeout, Duration::from_secs(5));
+    assert_eq!(b.max_client_hello, 16 * 1024);
+    assert_eq!(ok(MINIMAL).passthroughs, vec![]);
+
+    refused_at(
+        &text.replace("backend_port = 443", "backend_port = 0"),
+        "backend_port = 0",
+        &["backend_port", "out of range"],
+    );
+    refused_at(
+        &text.replace("max_client_hello = 4096", "max_client_hello = 10"),
+        "max_client_hello",
+        &["out of range"],
+    );
+    refused_at(
+        &text.replace("\"127.0.0.1:8444\"", "\"127.0.0.1:8080\" # taken"),
+        "# taken",
+        &["also a [[listener]]"],
+    );
+    refused_at(
+        &text.replace("\"1s\"", "\"0s\""),
+        "client_hello_timeout",
+        &["must be above 0"],
+    );
+    refused_at(
+        &text.replace("\"10.0.0.2:8443\"", "\"dc2-router:8443\""),
+        "dc2-router",
+        &["remote \"dc2\": passthrough", "host names are not accepted"],
+    );
+    refused_at(
+        &text.replace("\"127.0.0.1:9443\"", "\"nowhere\""),
+        "nowhere",
+        &["maintenance_terminator", "not a socket address"],
+    );
+    let missing = text.replace("backend_port = 8443\n", "");
+    let (_, _, msg) = bad(&missing);
+    assert!(msg.contains("backend_port"), "{msg}");
 }

@@ -123,6 +123,10 @@ async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Resp {
         (Method::PUT, ["v1", "pools", pool, "servers", server]) => {
             set_server(proxy, pool, server, &body)
         }
+        (Method::POST, ["v1", "pools", pool, "servers"]) => add_server(proxy, pool, &body),
+        (Method::DELETE, ["v1", "pools", pool, "servers", server]) => {
+            remove_server(proxy, pool, server)
+        }
         (Method::GET, ["v1", "tunnels"]) => list_tunnels(proxy),
         (Method::POST, ["v1", "tunnels", "uses", "export"]) => export_uses(proxy),
         (Method::GET, ["v1", "tunnels", name]) => {
@@ -132,6 +136,9 @@ async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Resp {
         (Method::GET, ["v1", "tunnels", name, "uses"]) => {
             with_tunnel(proxy, name, |t| json_resp(StatusCode::OK, &t.uses_json()))
         }
+        (Method::GET, ["v1", "certs"]) => list_certs(proxy),
+        (Method::PUT, ["v1", "certs", name]) => put_cert(proxy, name, &body),
+        (Method::DELETE, ["v1", "certs", name]) => delete_cert(proxy, name),
         (Method::POST, ["v1", "reload"]) => match proxy.reload_from_file().await {
             Ok(r) => json_resp(StatusCode::OK, &json!({ "reloaded": r })),
             Err(e) => error(StatusCode::BAD_REQUEST, e),
@@ -198,6 +205,9 @@ fn metrics(proxy: &Proxy) -> Resp {
         }
     }
     proxy.tunnels.render_metrics(&mut out);
+    if let Some(tls) = proxy.tls.load().as_deref() {
+        crate::tls::render_store(&tls.store, &mut out);
+    }
     let mut r = Response::new(Full::new(Bytes::from(out)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -596,6 +606,72 @@ fn set_server(proxy: &Proxy, pool: &str, server: &str, body: &[u8]) -> Resp {
     }
 }
 
+/// A server joining a pool at run time.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewServerBody {
+    name: String,
+    address: std::net::SocketAddr,
+    #[serde(default)]
+    tier: u8,
+    #[serde(default = "one")]
+    weight: u32,
+    #[serde(default)]
+    state: ServerState,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn runtime_server_error(e: crate::state::RuntimeServerError) -> Resp {
+    use crate::state::RuntimeServerError as E;
+    let status = match &e {
+        E::NoPool(_) | E::NoServer(_) => StatusCode::NOT_FOUND,
+        E::Exists(_) | E::NotDrained { .. } => StatusCode::CONFLICT,
+    };
+    error(status, e)
+}
+
+fn add_server(proxy: &Proxy, pool: &str, body: &[u8]) -> Resp {
+    let b: NewServerBody = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    let name_ok = !b.name.is_empty()
+        && b.name.len() <= 64
+        && b.name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !name_ok {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("name {:?}: 1-64 letters, digits, '-', '_', '.'", b.name),
+        );
+    }
+    let server = ferry_router::Server::new(b.name.clone(), b.address, b.tier, b.weight, b.state);
+    match proxy.shared.add_server(pool, server) {
+        Ok(()) => {
+            tracing::info!(%pool, server = %b.name, address = %b.address, tier = b.tier, "server joined");
+            json_resp(
+                StatusCode::CREATED,
+                &json!({"pool": pool, "server": b.name, "address": b.address.to_string(), "tier": b.tier, "state": b.state}),
+            )
+        }
+        Err(e) => runtime_server_error(e),
+    }
+}
+
+fn remove_server(proxy: &Proxy, pool: &str, server: &str) -> Resp {
+    match proxy.shared.remove_server(pool, server) {
+        Ok(()) => {
+            tracing::info!(%pool, %server, "server left");
+            json_resp(StatusCode::OK, &json!({"pool": pool, "removed": server}))
+        }
+        Err(e) => runtime_server_error(e),
+    }
+}
+
 fn list_tunnels(proxy: &Proxy) -> Resp {
     let tunnels: Vec<Value> = proxy.tunnels.all().iter().map(|t| t.json()).collect();
     json_resp(StatusCode::OK, &json!({ "tunnels": tunnels }))
@@ -694,5 +770,103 @@ mod tests {
         assert!(super::token_matches(b"abc", b"abc"));
         assert!(!super::token_matches(b"abd", b"abc"));
         assert!(!super::token_matches(b"ab", b"abc"));
+    }
+}
+
+/// The certificate store, or the answer for a router without `[tls]`.
+fn cert_store(proxy: &Proxy) -> Result<Arc<ferry_tls::CertStore>, Resp> {
+    match proxy.tls.load().as_deref() {
+        Some(t) => Ok(Arc::clone(&t.store)),
+        None => Err(error(
+            StatusCode::NOT_FOUND,
+            "TLS is not configured on this router (no [tls] section)",
+        )),
+    }
+}
+
+fn list_certs(proxy: &Proxy) -> Resp {
+    let store = match cert_store(proxy) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let certs: Vec<Value> = store
+        .list()
+        .into_iter()
+        .map(|c| json!({"name": c.name, "hosts": c.hosts, "default": c.default, "key_cached": c.key_cached}))
+        .collect();
+    json_resp(
+        StatusCode::OK,
+        &json!({ "total": certs.len(), "certificates": certs }),
+    )
+}
+
+/// `PUT /v1/certs/{name}` body: `{"chain": PEM, "key": PEM}`, or PEM text
+/// holding the chain and the key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertBody {
+    chain: String,
+    key: String,
+}
+
+fn put_cert(proxy: &Proxy, raw_name: &str, body: &[u8]) -> Resp {
+    let store = match cert_store(proxy) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let name = percent_decode(raw_name);
+    let json_body = body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{');
+    let (chain, key) = if json_body {
+        match serde_json::from_slice::<CertBody>(body) {
+            Ok(b) => (b.chain.into_bytes(), b.key.into_bytes()),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "certificate {name}: body is not {{\"chain\": PEM, \"key\": PEM}}: {e}"
+                    ),
+                )
+            }
+        }
+    } else {
+        (body.to_vec(), body.to_vec())
+    };
+    match store.put(&name, &chain, &key) {
+        Ok((hosts, replaced)) => {
+            tracing::info!(cert = %name, ?hosts, replaced, "certificate stored");
+            json_resp(
+                StatusCode::OK,
+                &json!({ "name": name, "hosts": hosts, "replaced": replaced }),
+            )
+        }
+        Err(e) => error(cert_error_status(&e), e),
+    }
+}
+
+fn delete_cert(proxy: &Proxy, raw_name: &str) -> Resp {
+    let store = match cert_store(proxy) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let name = percent_decode(raw_name);
+    match store.remove(&name) {
+        Ok(()) => {
+            tracing::info!(cert = %name, "certificate removed");
+            json_resp(StatusCode::OK, &json!({ "removed": name }))
+        }
+        Err(e) => error(cert_error_status(&e), e),
+    }
+}
+
+fn cert_error_status(e: &ferry_tls::TlsError) -> StatusCode {
+    use ferry_tls::TlsError as E;
+    match e {
+        E::Invalid { .. } | E::BadName { .. } => StatusCode::BAD_REQUEST,
+        E::NotFound { .. } => StatusCode::NOT_FOUND,
+        E::IsDefault { .. } => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -36,10 +36,17 @@ pub(crate) struct ConnInfo {
     pub client_ip_header: HeaderValue,
     /// `for=` part of `Forwarded` (RFC 7239 quoting for IPv6).
     pub forwarded_for: Box<str>,
+    /// The client connection is TLS: `proto=https` and `X-Forwarded-Proto: https`.
+    pub tls: bool,
 }
 
 impl ConnInfo {
-    pub fn new(client: SocketAddr, trusted: bool, affinity: crate::upstream::Affinity) -> ConnInfo {
+    pub fn new(
+        client: SocketAddr,
+        trusted: bool,
+        tls: bool,
+        affinity: crate::upstream::Affinity,
+    ) -> ConnInfo {
         let ip = client.ip();
         let for_ = match ip {
             std::net::IpAddr::V4(v4) => v4.to_string(),
@@ -55,11 +62,13 @@ impl ConnInfo {
             affinity: Arc::new(affinity),
             client_ip_header: value(ip.to_string()),
             forwarded_for: format!("for={for_}").into(),
+            tls,
         }
     }
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static FERRY_VIA: HeaderName = HeaderName::from_static(VIA_HEADER);
 
 /// Looked up by `HeaderName`, not by string: a string lookup parses the name
@@ -398,6 +407,7 @@ fn outgoing_parts(
         parts.headers.remove(&X_FORWARDED_FOR);
         parts.headers.remove(header::FORWARDED);
         parts.headers.remove(&FERRY_VIA);
+        parts.headers.remove(&X_FORWARDED_PROTO);
     }
     if !parts.headers.contains_key(header::HOST) {
         if let Ok(v) = HeaderValue::from_str(host) {
@@ -422,8 +432,15 @@ fn outgoing_parts(
                 .insert(&X_FORWARDED_FOR, conn.client_ip_header.clone());
         }
     }
+    let proto = if conn.tls { "https" } else { "http" };
+    // A trusted peer (another router) knows how the client reached it.
+    if !(conn.trusted && parts.headers.contains_key(&X_FORWARDED_PROTO)) {
+        parts
+            .headers
+            .insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
     if !(conn.trusted && parts.headers.contains_key(header::FORWARDED)) {
-        let value = format!("{};host={host};proto=http", conn.forwarded_for);
+        let value = format!("{};host={host};proto={proto}", conn.forwarded_for);
         if let Ok(v) = HeaderValue::from_str(&value) {
             parts.headers.insert(header::FORWARDED, v);
         }

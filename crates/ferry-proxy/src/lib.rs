@@ -4,6 +4,8 @@
 //! - [`Proxy`]: started from a validated [`ferry_config::Config`]; binds the
 //!   traffic listeners (HTTP/1.1 and h2c) and the admin API, runs health checks,
 //!   reloads without closing listeners, shuts down gracefully.
+//! - TLS termination (`tls = true` listeners, `[tls]`): certificates chosen by
+//!   SNI from `ferry_tls::CertStore`, the handshake and ALPN in `tls.rs`.
 //! - Database tunnels (`[[tunnels]]`: TCP forwarding that learns who uses which
 //!   database from MySQL logins) are in `tunnel.rs` and `mysql_handshake.rs`.
 //! - The life of a request is in `forward.rs`; the admin API (JSON, bearer
@@ -15,13 +17,17 @@
 mod accesslog;
 mod admin;
 mod body;
+mod client_hello;
 mod forward;
+mod galera_pool;
 mod health;
 mod metrics;
 mod mysql_handshake;
+mod passthrough;
 mod proxy_protocol;
 mod server;
 mod state;
+mod tls;
 mod tunnel;
 mod upstream;
 
@@ -31,6 +37,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use ferry_config::Config;
 use ferry_model::{Hostname, Placement};
 use ferry_store::{SqliteStore, Store, StoreError};
@@ -38,6 +45,9 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// The ClientHello reader of the SNI passthrough listeners, public for the
+/// fuzz target (`fuzz/fuzz_targets/client_hello.rs`).
+pub use client_hello::{Hello, HelloError, HelloParser};
 pub use state::ReloadReport;
 
 use server::{ConnCount, ListenerHandle};
@@ -69,6 +79,10 @@ pub enum ProxyError {
     },
     #[error("no config file to reload from (the proxy was started from an in-memory config)")]
     NoConfigFile,
+    #[error("tls: {0}")]
+    Tls(#[from] ferry_tls::TlsError),
+    #[error("tls: indexing the certificate directory stopped: {0}")]
+    TlsIndexing(String),
 }
 
 /// A running router.
@@ -80,6 +94,10 @@ pub struct Proxy {
     shutdown: watch::Sender<bool>,
     conns: Arc<ConnCount>,
     tunnels: Arc<tunnel::Tunnels>,
+    /// `[[passthrough]]` listeners (SNI routing without terminating TLS).
+    passthroughs: passthrough::Passthroughs,
+    /// Certificates and TLS settings of `tls = true` listeners (`[tls]`).
+    tls: Arc<ArcSwapOption<tls::TlsState>>,
     /// Serialises reloads (SIGHUP and the admin API may race).
     reloading: tokio::sync::Mutex<()>,
 }
@@ -113,12 +131,20 @@ impl Proxy {
             Some(a) => Some(server::bind(a.listen)?),
             None => None,
         };
+        let tls = match &config.tls {
+            Some(s) => Some(Arc::new(tls::TlsState::open(s, None)?)),
+            None => None,
+        };
+        let tls = Arc::new(ArcSwapOption::new(tls));
         let tunnels = tunnel::Tunnels::new();
         let prepared = tunnels.prepare(&config)?;
+        let passthroughs = passthrough::Passthroughs::default();
+        let prepared_passthroughs = passthroughs.prepare(&config)?;
         let tunnel_config = config.clone();
         let shared = Arc::new(Shared::new(config, config_path, store)?);
         let (shutdown, shutdown_rx) = watch::channel(false);
         tunnels.commit(prepared, &tunnel_config, &shutdown_rx);
+        passthroughs.commit(prepared_passthroughs, &tunnel_config, &shared, &shutdown_rx);
         tunnels.spawn_writer(shutdown_rx.clone());
         let conns = Arc::new(ConnCount::default());
         let mut listeners = Vec::new();
@@ -129,6 +155,7 @@ impl Proxy {
                 spec,
                 shutdown_rx.clone(),
                 Arc::clone(&conns),
+                Arc::clone(&tls),
             )?);
         }
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -141,6 +168,8 @@ impl Proxy {
             shutdown,
             conns,
             tunnels,
+            passthroughs,
+            tls,
             reloading: tokio::sync::Mutex::new(()),
         });
         if let Some(l) = admin_listener {
@@ -167,6 +196,12 @@ impl Proxy {
     /// Address a database tunnel is bound to (port 0 resolved).
     pub fn tunnel_addr(&self, name: &str) -> Option<SocketAddr> {
         self.tunnels.get(name).and_then(|t| t.bound())
+    }
+
+    /// Addresses the `[[passthrough]]` listeners are bound to, in config
+    /// order (port 0 resolved).
+    pub fn passthrough_addrs(&self) -> Vec<SocketAddr> {
+        self.passthroughs.bound()
     }
 
     /// Number of sites in the table.
@@ -213,6 +248,24 @@ impl Proxy {
             }
         }
         let prepared = self.tunnels.prepare(&config)?;
+        let prepared_passthroughs = self.passthroughs.prepare(&config)?;
+        // The certificate directory is indexed again: files added or removed
+        // since the start are seen, as after an HAProxy reload.
+        // On the blocking pool: 100,000 files take a second or two, and with
+        // `--threads 1` the runtime thread is every connection's thread.
+        let tls_next = match config.tls.clone() {
+            Some(s) => {
+                let previous = self.tls.load_full();
+                let open = tokio::task::spawn_blocking(move || {
+                    tls::TlsState::open(&s, previous.as_deref())
+                });
+                match open.await {
+                    Ok(state) => Some(Arc::new(state?)),
+                    Err(e) => return Err(ProxyError::TlsIndexing(e.to_string())),
+                }
+            }
+            None => None,
+        };
         let tunnel_config = config.clone();
         let specs = config.listeners.clone();
         let report = match self.shared.reload(config) {
@@ -225,6 +278,7 @@ impl Proxy {
                 return Err(e);
             }
         };
+        self.tls.store(tls_next);
         {
             let mut listeners = self.listeners.lock();
             listeners.retain(|l| {
@@ -248,6 +302,7 @@ impl Proxy {
                     spec,
                     self.shutdown.subscribe(),
                     Arc::clone(&self.conns),
+                    Arc::clone(&self.tls),
                 )?;
                 tracing::info!(listen = %h.bound, "listener added by reload");
                 listeners.push(h);
@@ -255,6 +310,12 @@ impl Proxy {
         }
         self.tunnels
             .commit(prepared, &tunnel_config, &self.shutdown.subscribe());
+        self.passthroughs.commit(
+            prepared_passthroughs,
+            &tunnel_config,
+            &self.shared,
+            &self.shutdown.subscribe(),
+        );
         let mut health = self.health.lock();
         for t in health.drain(..) {
             t.abort();

@@ -48,6 +48,9 @@ pub struct Metrics {
     pub connections: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    pub tls: crate::tls::TlsCounters,
+    /// `[[passthrough]]` connections by outcome.
+    pub passthrough: crate::passthrough::Stats,
     upstream: RwLock<HashMap<String, Arc<Histogram>>>,
 }
 
@@ -151,6 +154,8 @@ impl Metrics {
                 c.load(Ordering::Relaxed)
             );
         }
+        self.tls.render(out);
+        self.passthrough.render(out);
         let map = self.upstream.read();
         let mut pools: Vec<_> = map.iter().collect();
         pools.sort_by(|a, b| a.0.cmp(b.0));

@@ -1,5 +1,5 @@
 //! Accept loops: traffic listeners (HTTP/1.1 and h2c on the same port, optional
-//! PROXY v2 header) and the admin listener. Each loop stops accepting when told,
+//! PROXY v2 header, optional TLS with ALPN, see `tls.rs`) and the admin listener. Each loop stops accepting when told,
 //! and lets its connections finish.
 
 use std::net::SocketAddr;
@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use ferry_config::ListenerSpec;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -17,6 +17,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::forward::{self, ConnInfo};
 use crate::state::Shared;
+use crate::tls::{Alpn, TlsState};
 use crate::ProxyError;
 
 /// How long a client may take to send its PROXY header.
@@ -95,6 +96,7 @@ pub(crate) fn spawn_listener(
     spec: ListenerSpec,
     shutdown: watch::Receiver<bool>,
     conns: Arc<ConnCount>,
+    tls: Arc<ArcSwapOption<TlsState>>,
 ) -> Result<ListenerHandle, ProxyError> {
     let bound = listener.local_addr().map_err(|source| ProxyError::Bind {
         addr: spec.listen,
@@ -126,8 +128,9 @@ pub(crate) fn spawn_listener(
             let shared = Arc::clone(&shared);
             let shutdown = shutdown.clone();
             let guard = conns.enter();
+            let tls = Arc::clone(&tls);
             tokio::spawn(async move {
-                serve_connection(shared, stream, peer, &spec, shutdown).await;
+                serve_connection(shared, stream, peer, &spec, shutdown, &tls).await;
                 drop(guard);
             });
         }
@@ -145,7 +148,8 @@ async fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     spec: &ListenerSpec,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    tls: &ArcSwapOption<TlsState>,
 ) {
     let _ = stream.set_nodelay(true);
     let mut client = peer;
@@ -178,16 +182,73 @@ async fn serve_connection(
             }
         }
     }
-    let info = ConnInfo::new(client, spec.trusted, shared.upstream.affinity());
+    let tls = if spec.tls {
+        match tls.load_full() {
+            Some(t) => Some(t),
+            // Config checking refuses `tls = true` without `[tls]`: only a
+            // connection accepted while a reload removes both gets here.
+            // Closing is the safe answer (never plain HTTP on a TLS port).
+            None => {
+                tracing::warn!(%peer, "TLS listener but no [tls] section: connection closed");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let info = ConnInfo::new(
+        client,
+        spec.trusted,
+        tls.is_some(),
+        shared.upstream.affinity(),
+    );
+    match tls {
+        None => serve_http(shared, TokioIo::new(stream), peer, info, None, shutdown).await,
+        Some(t) => {
+            let Some((stream, alpn)) = crate::tls::handshake(&t, stream, &shared.metrics.tls).await
+            else {
+                return;
+            };
+            drop(t);
+            serve_http(
+                shared,
+                TokioIo::new(stream),
+                peer,
+                info,
+                Some(alpn),
+                shutdown,
+            )
+            .await
+        }
+    }
+}
+
+/// Serves HTTP on a connection: HTTP/1.1 or h2c by the client's first bytes
+/// on plain listeners; on TLS, the protocol ALPN chose.
+async fn serve_http<I>(
+    shared: Arc<Shared>,
+    io: I,
+    peer: SocketAddr,
+    info: ConnInfo,
+    alpn: Option<Alpn>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let svc = service_fn(move |req| forward::handle(Arc::clone(&shared), info.clone(), req));
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder = match alpn {
+        None => builder,
+        Some(Alpn::H2) => builder.http2_only(),
+        Some(Alpn::Http1) => builder.http1_only(),
+    };
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
         .max_buf_size(64 * 1024);
     builder.http2().max_concurrent_streams(256);
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => {

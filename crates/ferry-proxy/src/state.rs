@@ -28,6 +28,8 @@ pub(crate) struct Settings {
     pub operator_networks: Vec<ipnet::IpNet>,
     pub maintenance_page: Arc<str>,
     pub request_timeout: Duration,
+    /// Bound on dialling an upstream for a passthrough connection.
+    pub connect_timeout: Duration,
 }
 
 /// Pools by name with the settings the proxy needs next to them.
@@ -77,6 +79,7 @@ impl Settings {
                 .unwrap_or(BUILTIN_MAINTENANCE_PAGE)
                 .into(),
             request_timeout: c.router.request_timeout,
+            connect_timeout: c.router.connect_timeout,
         }
     }
 }
@@ -365,6 +368,106 @@ impl Shared {
         s.set_state(state);
         Ok(true)
     }
+
+    /// Adds a server to a pool at run time (an extra front server joining
+    /// at a peak, `POST /v1/pools/{pool}/servers`): the pool is rebuilt
+    /// with the same server objects (state, health and counts kept) plus
+    /// the new one, and swapped in. It is not in the config: a reload or a
+    /// restart forgets it, and the active health check (started per pool
+    /// at start and reload) does not probe it; passive checks do.
+    pub fn add_server(&self, pool: &str, server: Server) -> Result<(), RuntimeServerError> {
+        // Serialised with reloads and other changes, which rebuild pools too.
+        let _config = self.config.lock();
+        let cur = self.pools.load();
+        let entry = cur
+            .pools
+            .get(pool)
+            .ok_or_else(|| RuntimeServerError::NoPool(pool.to_string()))?;
+        if entry.pool.server(&server.name).is_some() {
+            return Err(RuntimeServerError::Exists(server.name.clone()));
+        }
+        let mut servers = entry.pool.servers.clone();
+        servers.push(Arc::new(server));
+        self.swap_pool_servers(&cur, pool, servers);
+        Ok(())
+    }
+
+    /// Removes a server added at run time (or a configured one, until the
+    /// next reload). Only a drained server with no request in flight.
+    pub fn remove_server(&self, pool: &str, name: &str) -> Result<(), RuntimeServerError> {
+        let _config = self.config.lock();
+        let cur = self.pools.load();
+        let entry = cur
+            .pools
+            .get(pool)
+            .ok_or_else(|| RuntimeServerError::NoPool(pool.to_string()))?;
+        let s = entry
+            .pool
+            .server(name)
+            .ok_or_else(|| RuntimeServerError::NoServer(name.to_string()))?;
+        if s.state() == ServerState::Ready || s.active_requests() > 0 {
+            return Err(RuntimeServerError::NotDrained {
+                server: name.to_string(),
+                state: s.state().as_str().to_string(),
+                active: s.active_requests(),
+            });
+        }
+        let servers = entry
+            .pool
+            .servers
+            .iter()
+            .filter(|s| s.name != name)
+            .cloned()
+            .collect();
+        self.swap_pool_servers(&cur, pool, servers);
+        Ok(())
+    }
+
+    fn swap_pool_servers(&self, cur: &PoolSet, pool: &str, servers: Vec<Arc<Server>>) {
+        let pools = cur
+            .pools
+            .iter()
+            .map(|(name, e)| {
+                let p = if name == pool {
+                    Arc::new(Pool::new(
+                        e.pool.name.clone(),
+                        e.pool.balance,
+                        servers.clone(),
+                        e.pool.rules.clone(),
+                    ))
+                } else {
+                    Arc::clone(&e.pool)
+                };
+                let entry = PoolEntry {
+                    pool: p,
+                    spec: e.spec.clone(),
+                    passive_fall: e.passive_fall,
+                    histogram: Arc::clone(&e.histogram),
+                };
+                (name.clone(), entry)
+            })
+            .collect();
+        self.pools.store(Arc::new(PoolSet { pools }));
+    }
+}
+
+/// Why a server cannot be added to or removed from a pool at run time.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RuntimeServerError {
+    #[error("no pool {0}")]
+    NoPool(String),
+    #[error("no server {0} in the pool")]
+    NoServer(String),
+    #[error("a server named {0} is already in the pool")]
+    Exists(String),
+    #[error(
+        "server {server} is {state} with {active} requests in flight: drain it first and wait"
+    )]
+    NotDrained {
+        server: String,
+        state: String,
+        active: u32,
+    },
 }
 
 fn remotes_of(c: &Config) -> HashMap<String, RemoteSpec> {

@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::galera_pool::GaleraPool;
 use crate::mysql_handshake::{Login, Observer, Verdict};
 use crate::{server, ProxyError};
 
@@ -43,6 +44,8 @@ pub(crate) struct TunnelStats {
     pub bytes_to_upstream: AtomicU64,
     pub bytes_to_client: AtomicU64,
     pub idle_closed: AtomicU64,
+    /// Connections refused because no Galera node was usable.
+    pub no_usable_node: AtomicU64,
     /// Logins by outcome, in [`OUTCOMES`] order.
     logins: [AtomicU64; 5],
 }
@@ -74,6 +77,8 @@ pub(crate) struct Tunnel {
     pub stats: TunnelStats,
     uses: Mutex<UseCounts>,
     accept: Mutex<Option<AcceptLoop>>,
+    /// The Galera check and the sender that stops it (dropping it does).
+    galera: Mutex<Option<(Arc<GaleraPool>, watch::Sender<bool>)>>,
 }
 
 struct AcceptLoop {
@@ -91,6 +96,41 @@ impl Drop for AcceptLoop {
 impl Tunnel {
     pub fn bound(&self) -> Option<SocketAddr> {
         self.accept.lock().as_ref().map(|a| a.bound)
+    }
+
+    fn galera_pool(&self) -> Option<Arc<GaleraPool>> {
+        self.galera.lock().as_ref().map(|(p, _)| Arc::clone(p))
+    }
+
+    /// Starts the Galera check when the spec has one and it is not running;
+    /// stops it when the spec has none.
+    fn sync_galera(self: &Arc<Self>, shutdown: &watch::Receiver<bool>) {
+        let wanted = self.spec.load().galera.is_some();
+        let mut slot = self.galera.lock();
+        if !wanted {
+            // Dropping the sender stops the loop.
+            drop(slot.take());
+            return;
+        }
+        if slot.is_some() {
+            return;
+        }
+        let pool = GaleraPool::new();
+        let (stop, stop_rx) = watch::channel(false);
+        let tunnel = Arc::clone(self);
+        pool.spawn(
+            move || {
+                let spec = tunnel.spec.load();
+                let check = spec.galera.clone()?;
+                let first = tunnel.upstream.load().to_string();
+                let mut order = vec![first.clone()];
+                order.extend(check.nodes.iter().filter(|n| **n != first).cloned());
+                Some((order, check, spec.connect_timeout))
+            },
+            stop_rx,
+            shutdown.clone(),
+        );
+        *slot = Some((pool, stop));
     }
 
     pub fn json(&self) -> Value {
@@ -114,7 +154,9 @@ impl Tunnel {
             "bytes_to_upstream": s.bytes_to_upstream.load(Ordering::Relaxed),
             "bytes_to_client": s.bytes_to_client.load(Ordering::Relaxed),
             "idle_closed": s.idle_closed.load(Ordering::Relaxed),
+            "no_usable_node": s.no_usable_node.load(Ordering::Relaxed),
             "logins": logins,
+            "galera": self.galera_pool().map(|p| p.json()),
         })
     }
 
@@ -234,9 +276,10 @@ impl Tunnels {
             let keep = config.tunnels.iter().any(|t| &t.name == name);
             if !keep {
                 removed.push(Arc::clone(t));
-                // The accept loop holds the tunnel too: stop it explicitly
-                // (dropping the handle sends the stop).
+                // The accept loop and the Galera check hold the tunnel too:
+                // stop them explicitly (dropping the handles sends the stop).
                 drop(t.accept.lock().take());
+                drop(t.galera.lock().take());
                 tracing::info!(tunnel = %name, "tunnel removed");
             }
             keep
@@ -258,11 +301,13 @@ impl Tunnels {
                         stats: TunnelStats::default(),
                         uses: Mutex::new(BTreeMap::new()),
                         accept: Mutex::new(None),
+                        galera: Mutex::new(None),
                     });
                     map.insert(spec.name.clone(), Arc::clone(&t));
                     t
                 }
             };
+            tunnel.sync_galera(shutdown);
             if let Some((listener, bound)) = prepared.remove(&spec.name) {
                 let (stop, stop_rx) = watch::channel(false);
                 // Replacing the loop drops the old one, which stops it.
@@ -376,7 +421,7 @@ impl Tunnels {
 
     pub fn render_metrics(&self, out: &mut String) {
         let tunnels = self.all();
-        let series: [Series; 6] = [
+        let series: [Series; 7] = [
             (
                 "ferry_tunnel_connections_total",
                 "counter",
@@ -400,6 +445,12 @@ impl Tunnels {
                 "counter",
                 "Tunnel connections closed after idle_timeout.",
                 |s| s.idle_closed.load(Ordering::Relaxed),
+            ),
+            (
+                "ferry_tunnel_no_usable_node_total",
+                "counter",
+                "Tunnel connections refused because no Galera node was usable.",
+                |s| s.no_usable_node.load(Ordering::Relaxed),
             ),
             (
                 "ferry_tunnel_bytes_to_upstream_total",
@@ -430,6 +481,22 @@ impl Tunnels {
                     out,
                     "{name}{{tunnel=\"{tunnel}\",outcome=\"{outcome}\"}} {}",
                     v.load(Ordering::Relaxed)
+                );
+            }
+        }
+        let name = "ferry_tunnel_galera_node_usable";
+        let _ = writeln!(out, "# HELP {name} 1 if the last check found the Galera node usable (Synced, primary, ready).\n# TYPE {name} gauge");
+        for t in &tunnels {
+            let Some(pool) = t.galera_pool() else {
+                continue;
+            };
+            let tunnel = &t.spec.load().name;
+            for n in pool.node_states() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{tunnel=\"{tunnel}\",node=\"{}\"}} {}",
+                    n.addr,
+                    u8::from(n.usable)
                 );
             }
         }
@@ -474,8 +541,19 @@ async fn serve(tunnel: &Tunnel, client: TcpStream, peer: SocketAddr, generation:
     stats.open.fetch_add(1, Ordering::Relaxed);
     let _open = OpenGuard(&stats.open);
     let spec = tunnel.spec.load_full();
-    // Read once: a re-point later does not move this connection.
-    let upstream = tunnel.upstream.load_full();
+    // Read once: a re-point (or the Galera check choosing another node)
+    // later does not move this connection.
+    let upstream = match tunnel.galera_pool() {
+        None => tunnel.upstream.load_full(),
+        Some(pool) => match pool.pick(spec.connect_timeout).await {
+            Some(node) => node,
+            None => {
+                stats.no_usable_node.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(tunnel = %spec.name, "no usable Galera node: connection refused");
+                return;
+            }
+        },
+    };
     let server = match tokio::time::timeout(
         spec.connect_timeout,
         TcpStream::connect(upstream.as_str()),

@@ -1,4 +1,6 @@
-//! `ferry agent`: serves named volumes to `ferry sync` over TCP.
+//! `ferry agent`: serves named volumes to `ferry sync` over TCP, and with
+//! `--exec-config` runs allow-listed commands for `ferry exec` / `ferry
+//! update` (ferry-fleet's exec server, on its own address).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,15 +15,28 @@ use crate::Failure;
 pub struct Args {
     /// Agent configuration (TOML: listen, key or key_file, [volumes.NAME] with
     /// path and read_only). See examples/agent.toml.
+    #[arg(long, required_unless_present_any = ["exec_config", "join"])]
+    config: Option<PathBuf>,
+    /// Exec server configuration (TOML: listen, audit_log, [callers.NAME],
+    /// [[allow]]). See docs/update-runbook.md.
     #[arg(long)]
-    config: PathBuf,
+    exec_config: Option<PathBuf>,
+    #[command(flatten)]
+    join: crate::exec::JoinArgs,
     /// Validate the configuration and exit (2 if invalid).
     #[arg(long)]
     check: bool,
 }
 
 pub async fn run(args: Args) -> Result<(), Failure> {
-    let cfg = match AgentConfig::load(&args.config) {
+    let exec = match &args.exec_config {
+        Some(p) => Some(ferry_fleet::ExecConfig::load(p).map_err(Failure::usage)?),
+        None => None,
+    };
+    let Some(config) = args.config.clone() else {
+        return crate::exec::serve_agent(exec, &args.join, args.check).await;
+    };
+    let cfg = match AgentConfig::load(&config) {
         Ok(c) => c,
         Err(e @ SyncError::Config { .. }) => return Err(Failure::usage(e)),
         Err(e @ SyncError::Io { .. }) => return Err(Failure::usage(e)),
@@ -30,7 +45,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     if args.check {
         println!(
             "{}: ok ({} volumes, listen {})",
-            args.config.display(),
+            config.display(),
             cfg.volumes.len(),
             cfg.listen
         );
@@ -43,6 +58,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         tracing::info!(volume = %name, path = %v.path.display(), read_only = v.read_only, "serving volume");
     }
     tracing::info!(%addr, "ferry agent listening");
+    let extras = crate::exec::start_extras(exec, &args.join).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let server =
@@ -54,6 +70,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     }
     tracing::info!("stopping");
     stop.store(true, Ordering::Relaxed);
+    extras.stop().await;
     server.await.context("agent thread")??;
     Ok(())
 }

@@ -13,12 +13,14 @@ mod backend;
 mod ctl;
 mod db;
 mod demo;
+mod exec;
 mod http_client;
 mod inventory;
 mod migrate;
 mod plan;
 mod proxy;
 mod sync;
+mod update;
 
 use std::process::ExitCode;
 
@@ -69,8 +71,15 @@ enum Command {
     Migrate(migrate::Args),
     /// Move MariaDB databases between servers under live writes.
     Db(db::Args),
-    /// Serve named volumes to `ferry sync` over TCP (pre-shared key).
+    /// Serve named volumes to `ferry sync` over TCP (pre-shared key); with
+    /// --exec-config, run allow-listed commands for `ferry exec`.
     Agent(agent::Args),
+    /// Run a command on every agent of the fleet (allow-listed, audited),
+    /// output prefixed by server, then a summary table.
+    Exec(exec::Args),
+    /// Roll out an application update (levels 1-3) from a primary server:
+    /// drain, upgrade steps, sync, purge, spread; journaled, resumable.
+    Update(update::Args),
     /// A tiny HTTP server that answers with its name (for demos and tests).
     #[command(hide = true)]
     Backend(backend::Args),
@@ -161,6 +170,8 @@ fn main() -> ExitCode {
             Command::Plan(a) => plan::run(a).await,
             Command::Sync(a) => sync::run(a).await,
             Command::Agent(a) => agent::run(a).await,
+            Command::Exec(a) => exec::run(a).await,
+            Command::Update(a) => update::run(a).await,
             Command::Migrate(a) => migrate::run(a).await,
             Command::Db(a) => db::run(a).await,
         }

@@ -65,6 +65,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             "pid": std::process::id(),
             "listeners": proxy.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             "admin": proxy.admin_addr().map(|a| a.to_string()),
+            "passthrough": proxy.passthrough_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         });
         // Write then rename, so a reader never sees half a file.
         let tmp = path.with_extension("tmp");

@@ -63,6 +63,8 @@ pub struct Ferry {
     /// Traffic listeners, in config order, with port 0 resolved.
     pub listeners: Vec<SocketAddr>,
     pub admin: SocketAddr,
+    /// `[[passthrough]]` listeners, in config order, with port 0 resolved.
+    pub passthrough: Vec<SocketAddr>,
     stderr: PathBuf,
 }
 
@@ -102,6 +104,7 @@ impl Ferry {
             config: config.to_path_buf(),
             listeners: Vec::new(),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            passthrough: Vec::new(),
             stderr,
         };
         let end = Instant::now() + START_LIMIT;
@@ -132,6 +135,12 @@ impl Ferry {
                     .and_then(|s| s.parse().ok())
                     .expect("listener address")
             })
+            .collect();
+        ferry.passthrough = info["passthrough"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.as_str().and_then(|s| s.parse().ok()))
             .collect();
         ferry.admin = info["admin"]
             .as_str()

@@ -1,0 +1,580 @@
+//! SNI passthrough: TLS connections routed by the server name of their
+//! ClientHello and spliced, still encrypted, to wherever the site lives.
+//!
+//! - [`Passthroughs`]: the `[[passthrough]]` listeners, bound and swapped by
+//!   [`Passthroughs::prepare`] + [`Passthroughs::commit`] at start and reload.
+//! - A connection: PROXY v2 header first when the listener is fed by another
+//!   router; then the ClientHello is read into a buffer (`client_hello.rs`,
+//!   bounded in time and size) and nothing more is read from the client until
+//!   an upstream is connected; the site's state is honoured (frozen: held,
+//!   maintenance: the terminator or a clean close); the upstream gets a PROXY
+//!   v2 header if it wants one, then the buffered bytes, then both directions
+//!   are copied until both sides are done.
+//! - Counting: a connection counts as held while its site is frozen, and as in
+//!   flight for its site only while it is being set up (from the lookup to the
+//!   ClientHello written upstream). An open passthrough connection is not
+//!   counted: TLS connections live for minutes and would hold a cutover's
+//!   drain forever. Bytes a client sends on an open connection during a freeze
+//!   go to the old placement; a site moved by passthrough is only fenced for
+//!   new connections.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use ferry_config::{Config, PassthroughSpec};
+use ferry_model::{Hostname, Placement, SiteState};
+use ferry_router::{Pick, Route};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::client_hello::{Hello, HelloError, HelloParser};
+use crate::state::Shared;
+use crate::{proxy_protocol, server, ProxyError};
+
+/// How long a refused client may take to close its side after ours, so the
+/// close is a FIN both ways and not a reset.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// How a passthrough connection ended its setup, as counted in
+/// `ferry_passthrough_connections_total{result=...}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Spliced to a server of the site's pool.
+    Local,
+    /// Spliced to the router of another datacenter.
+    Remote,
+    /// Site in maintenance, spliced to the maintenance terminator.
+    MaintenanceTerminator,
+    /// Site in maintenance and no terminator: closed.
+    MaintenanceClosed,
+    /// Site still frozen after the hold bound.
+    HoldTimeout,
+    NoSni,
+    /// Not a TLS ClientHello, or a malformed one, or a bad server name.
+    Invalid,
+    TooLarge,
+    /// No complete ClientHello (or PROXY header) within the bound.
+    Timeout,
+    /// The client closed before its ClientHello was complete.
+    ClientClosed,
+    /// No site for the name and no default site.
+    UnknownSite,
+    /// A connection from another router for a site this router also places remote.
+    Loop,
+    /// No server, pool or passthrough address to send it to.
+    NoServer,
+    ConnectFailed,
+    BadProxyHeader,
+}
+
+const OUTCOMES: [(Outcome, &str); 15] = [
+    (Outcome::Local, "local"),
+    (Outcome::Remote, "remote"),
+    (Outcome::MaintenanceTerminator, "maintenance_terminator"),
+    (Outcome::MaintenanceClosed, "maintenance_closed"),
+    (Outcome::HoldTimeout, "hold_timeout"),
+    (Outcome::NoSni, "no_sni"),
+    (Outcome::Invalid, "invalid"),
+    (Outcome::TooLarge, "too_large"),
+    (Outcome::Timeout, "timeout"),
+    (Outcome::ClientClosed, "client_closed"),
+    (Outcome::UnknownSite, "unknown_site"),
+    (Outcome::Loop, "loop"),
+    (Outcome::NoServer, "no_server"),
+    (Outcome::ConnectFailed, "connect_failed"),
+    (Outcome::BadProxyHeader, "bad_proxy_header"),
+];
+
+/// Counters of every passthrough listener together (kept in [`crate::metrics::Metrics`]).
+#[derive(Default)]
+pub(crate) struct Stats {
+    results: [AtomicU64; OUTCOMES.len()],
+    held: AtomicU64,
+    open: AtomicU64,
+}
+
+impl Stats {
+    fn count(&self, outcome: Outcome) {
+        if let Some(i) = OUTCOMES.iter().position(|(o, _)| *o == outcome) {
+            self.results[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let name = "ferry_passthrough_connections_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Passthrough connections by how their setup ended.\n# TYPE {name} counter"
+        );
+        for ((_, label), v) in OUTCOMES.iter().zip(&self.results) {
+            let _ = writeln!(
+                out,
+                "{name}{{result=\"{label}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let name = "ferry_passthrough_held_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Passthrough connections held because their site was frozen.\n# TYPE {name} counter\n{name} {}",
+            self.held.load(Ordering::Relaxed)
+        );
+        let name = "ferry_passthrough_open_connections";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Passthrough connections spliced and still open.\n# TYPE {name} gauge\n{name} {}",
+            self.open.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// One running listener.
+struct AcceptLoop {
+    configured: SocketAddr,
+    bound: SocketAddr,
+    spec: Arc<ArcSwap<PassthroughSpec>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for AcceptLoop {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Listeners bound for a config but not serving yet (see [`Passthroughs::commit`]).
+pub(crate) struct Prepared {
+    /// For each spec of the config, in order: a fresh listener, or `None` when
+    /// a running one is kept.
+    fresh: Vec<Option<TcpListener>>,
+}
+
+/// Every passthrough listener of the running config.
+#[derive(Default)]
+pub(crate) struct Passthroughs {
+    loops: Mutex<Vec<AcceptLoop>>,
+}
+
+impl Passthroughs {
+    /// Addresses the listeners are bound to, in config order (port 0 resolved).
+    pub fn bound(&self) -> Vec<SocketAddr> {
+        self.loops.lock().iter().map(|l| l.bound).collect()
+    }
+
+    /// Which running loop (by index) each spec of `config` keeps, if any: the
+    /// first unclaimed loop with the same configured address.
+    fn matching(&self, config: &Config) -> Vec<Option<usize>> {
+        let loops = self.loops.lock();
+        let mut claimed = vec![false; loops.len()];
+        config
+            .passthroughs
+            .iter()
+            .map(|spec| {
+                let i = loops
+                    .iter()
+                    .enumerate()
+                    .position(|(i, l)| !claimed[i] && l.configured == spec.listen)?;
+                claimed[i] = true;
+                Some(i)
+            })
+            .collect()
+    }
+
+    /// Binds the addresses `config` adds, so a port conflict refuses the start
+    /// or reload before anything changed.
+    pub fn prepare(&self, config: &Config) -> Result<Prepared, ProxyError> {
+        let mut fresh = Vec::with_capacity(config.passthroughs.len());
+        for (spec, kept) in config.passthroughs.iter().zip(self.matching(config)) {
+            fresh.push(match kept {
+                Some(_) => None,
+                None => Some(server::bind(spec.listen)?),
+            });
+        }
+        Ok(Prepared { fresh })
+    }
+
+    /// Applies `config`: stops listeners it no longer has (their open
+    /// connections go on), updates the settings of kept ones, starts new ones.
+    pub fn commit(
+        &self,
+        prepared: Prepared,
+        config: &Config,
+        shared: &Arc<Shared>,
+        shutdown: &watch::Receiver<bool>,
+    ) {
+        let matching = self.matching(config);
+        let mut loops = self.loops.lock();
+        let mut old: Vec<Option<AcceptLoop>> = loops.drain(..).map(Some).collect();
+        let mut next = Vec::with_capacity(config.passthroughs.len());
+        for ((spec, kept), listener) in config.passthroughs.iter().zip(matching).zip(prepared.fresh)
+        {
+            if let Some(l) = kept.and_then(|i| old.get_mut(i)).and_then(Option::take) {
+                l.spec.store(Arc::new(spec.clone()));
+                next.push(l);
+                continue;
+            }
+            let Some(listener) = listener else { continue };
+            let Ok(bound) = listener.local_addr() else {
+                continue;
+            };
+            let (stop, stop_rx) = watch::channel(false);
+            let spec = Arc::new(ArcSwap::from_pointee(spec.clone()));
+            spawn_accept(
+                Arc::clone(shared),
+                listener,
+                Arc::clone(&spec),
+                stop_rx,
+                shutdown.clone(),
+            );
+            tracing::info!(listen = %bound, "passthrough listener ready");
+            next.push(AcceptLoop {
+                configured: spec.load().listen,
+                bound,
+                spec,
+                stop,
+            });
+        }
+        // Loops left in `old` are dropped here, which stops them.
+        for l in old.iter().flatten() {
+            tracing::info!(listen = %l.bound, "passthrough listener removed");
+        }
+        *loops = next;
+    }
+}
+
+fn spawn_accept(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    spec: Arc<ArcSwap<PassthroughSpec>>,
+    mut stop: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                a = listener.accept() => match a {
+                    Ok(x) => x,
+                    // Out of file descriptors and the like: pause rather
+                    // than spin on a failing accept.
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop.changed() => break,
+                _ = shutdown.changed() => break,
+            };
+            let shared = Arc::clone(&shared);
+            let spec = spec.load_full();
+            tokio::spawn(async move { serve(&shared, &spec, stream, peer).await });
+        }
+    });
+}
+
+/// Where a connection goes once its site is known.
+enum Target<'a> {
+    Pool(&'a str),
+    Remote(&'a str),
+    Terminator(SocketAddr),
+}
+
+/// An upstream connection ready for the splice.
+struct Connected {
+    stream: TcpStream,
+    outcome: Outcome,
+    /// Counts the connection on its server (least_conn) while it is open.
+    _pick: Option<Pick>,
+}
+
+async fn serve(shared: &Shared, spec: &PassthroughSpec, mut client: TcpStream, peer: SocketAddr) {
+    let stats = &shared.metrics.passthrough;
+    let mut upstream = match setup(shared, spec, &mut client, peer).await {
+        Ok(c) => c,
+        Err(outcome) => {
+            stats.count(outcome);
+            if outcome == Outcome::MaintenanceClosed {
+                close_cleanly(client).await;
+            }
+            return;
+        }
+    };
+    stats.count(upstream.outcome);
+    stats.open.fetch_add(1, Ordering::Relaxed);
+    let _ = client.set_nodelay(true);
+    let _ = upstream.stream.set_nodelay(true);
+    // Half-closes are passed on; errors only end the splice.
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream.stream).await;
+    stats.open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Everything before the splice: the PROXY header, the ClientHello, the site,
+/// its state, the upstream connection, and the buffered bytes sent on.
+async fn setup(
+    shared: &Shared,
+    spec: &PassthroughSpec,
+    client: &mut TcpStream,
+    peer: SocketAddr,
+) -> Result<Connected, Outcome> {
+    let deadline = Instant::now() + spec.client_hello_timeout;
+    let mut source = peer;
+    let mut destination = client.local_addr().unwrap_or(peer);
+    if spec.proxy_protocol {
+        let header = tokio::time::timeout_at(deadline, proxy_protocol::read(client))
+            .await
+            .map_err(|_| Outcome::Timeout)?
+            .map_err(|e| {
+                tracing::debug!(%peer, error = %e, "passthrough: bad PROXY header");
+                Outcome::BadProxyHeader
+            })?;
+        source = header.source.unwrap_or(source);
+        destination = header.destination.unwrap_or(destination);
+    }
+    let (hello, name) = read_client_hello(client, spec, deadline).await?;
+    // The name routes like a Host header: same normalisation, and a wildcard
+    // pattern is not a name anyone may ask for.
+    let host = match Hostname::parse(&name) {
+        Ok(h) if !name.contains('*') => h,
+        _ => {
+            tracing::debug!(%peer, sni = %name, "passthrough: server name is not a host name");
+            return Err(Outcome::Invalid);
+        }
+    };
+    let route = hold_while_frozen(shared, spec, &host, client).await?;
+    // Copied out rather than kept loaded across the awaits below.
+    let (operator, connect_timeout) = {
+        let settings = shared.settings.load();
+        let operator = settings
+            .operator_networks
+            .iter()
+            .any(|n| n.contains(&source.ip()));
+        (operator, settings.connect_timeout)
+    };
+    let target = match (route.state, route.placement.as_ref()) {
+        (SiteState::Maintenance, _) if !operator => match spec.maintenance_terminator {
+            Some(addr) => Target::Terminator(addr),
+            None => return Err(Outcome::MaintenanceClosed),
+        },
+        (_, Placement::Pool(pool)) => Target::Pool(pool),
+        // Another router sent it here because it thinks the site lives here;
+        // we think it lives there. Refuse rather than ping-pong.
+        (_, Placement::Remote(_)) if spec.proxy_protocol => return Err(Outcome::Loop),
+        (_, Placement::Remote(dc)) => Target::Remote(dc),
+    };
+    // In flight only while being set up (see the module comment).
+    let _in_flight = shared.table.track(route.site, false);
+    let mut connected = connect(shared, spec, &target, connect_timeout).await?;
+    let send_proxy = match target {
+        Target::Remote(_) => true,
+        Target::Pool(_) | Target::Terminator(_) => spec.send_proxy,
+    };
+    let mut first = if send_proxy {
+        proxy_protocol::encode(source, destination)
+    } else {
+        Vec::new()
+    };
+    first.extend_from_slice(&hello);
+    if let Err(e) = connected.stream.write_all(&first).await {
+        tracing::debug!(%peer, error = %e, "passthrough: upstream closed before the ClientHello");
+        return Err(Outcome::ConnectFailed);
+    }
+    Ok(connected)
+}
+
+/// Reads until the buffer holds a whole ClientHello and returns the bytes read
+/// (to be sent on unchanged) and the server name.
+async fn read_client_hello(
+    client: &mut TcpStream,
+    spec: &PassthroughSpec,
+    deadline: Instant,
+) -> Result<(Vec<u8>, String), Outcome> {
+    let limit = spec.max_client_hello;
+    let mut parser = HelloParser::new(limit);
+    let mut buf: Vec<u8> = Vec::with_capacity(2048.min(limit));
+    loop {
+        // Never read past the bound. Bytes after the ClientHello that came
+        // in the same read are kept and sent on with it.
+        let room = limit.saturating_sub(buf.len()).min(4096);
+        let old = buf.len();
+        buf.resize(old + room, 0);
+        let n = match tokio::time::timeout_at(deadline, client.read(&mut buf[old..])).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) => return Err(Outcome::ClientClosed),
+            Err(_) => return Err(Outcome::Timeout),
+        };
+        buf.truncate(old + n);
+        if n == 0 {
+            return Err(Outcome::ClientClosed);
+        }
+        match parser.parse(&buf) {
+            Hello::NeedMore => {}
+            Hello::Sni(name) => return Ok((buf, name)),
+            Hello::NoSni => return Err(Outcome::NoSni),
+            Hello::Invalid(HelloError::TooLarge { .. }) => return Err(Outcome::TooLarge),
+            Hello::Invalid(e) => {
+                tracing::debug!(error = %e, "passthrough: not a ClientHello");
+                return Err(Outcome::Invalid);
+            }
+        }
+    }
+}
+
+/// Looks the site up; while it is frozen, waits (reading nothing more from the
+/// client) until it changes or the hold bound passes, as `forward.rs` does for
+/// requests. Every wake-up looks the site up again: the change may have moved it.
+/// A client that hangs up while held stops being held (it would otherwise
+/// count as held until the bound, and keep a cutover waiting for nothing).
+async fn hold_while_frozen(
+    shared: &Shared,
+    spec: &PassthroughSpec,
+    host: &Hostname,
+    client: &TcpStream,
+) -> Result<Route, Outcome> {
+    let mut hold: Option<(ferry_router::Tracked, Instant)> = None;
+    // Peeking consumes nothing; once the client has sent more bytes (early
+    // data), there is nothing more to learn from it and watching stops.
+    let mut watch_client = true;
+    loop {
+        let route = shared
+            .table
+            .lookup(host.as_str())
+            .ok_or(Outcome::UnknownSite)?;
+        if route.state != SiteState::Frozen {
+            return Ok(route);
+        }
+        let deadline = match &hold {
+            Some((_, d)) => *d,
+            None => {
+                shared
+                    .metrics
+                    .passthrough
+                    .held
+                    .fetch_add(1, Ordering::Relaxed);
+                let max = spec.hold_max.unwrap_or(shared.settings.load().hold_max);
+                let d = Instant::now() + max;
+                hold = Some((shared.table.track(route.site, true), d));
+                d
+            }
+        };
+        let notify = shared.holds.waiter(route.site);
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // Re-check after registering, so a change that landed in between is not missed.
+        if shared.table.state_of(route.site) != Some((SiteState::Frozen, route.epoch)) {
+            continue;
+        }
+        let mut probe = [0u8; 1];
+        tokio::select! {
+            woken = tokio::time::timeout_at(deadline, notified) => {
+                if woken.is_err() {
+                    return Err(Outcome::HoldTimeout);
+                }
+            }
+            peeked = client.peek(&mut probe), if watch_client => match peeked {
+                Ok(0) | Err(_) => return Err(Outcome::ClientClosed),
+                Ok(_) => watch_client = false,
+            },
+        }
+    }
+}
+
+async fn connect(
+    shared: &Shared,
+    spec: &PassthroughSpec,
+    target: &Target<'_>,
+    timeout: Duration,
+) -> Result<Connected, Outcome> {
+    let dial = |addr: SocketAddr| async move {
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        }
+    };
+    match target {
+        Target::Terminator(addr) => match dial(*addr).await {
+            Ok(stream) => Ok(Connected {
+                stream,
+                outcome: Outcome::MaintenanceTerminator,
+                _pick: None,
+            }),
+            Err(e) => {
+                tracing::warn!(terminator = %addr, error = %e, "passthrough: maintenance terminator unreachable");
+                Err(Outcome::ConnectFailed)
+            }
+        },
+        Target::Remote(dc) => {
+            let addr = shared
+                .remotes
+                .load()
+                .get(*dc)
+                .and_then(|r| r.passthrough)
+                .ok_or(Outcome::NoServer)?;
+            match dial(addr).await {
+                Ok(stream) => Ok(Connected {
+                    stream,
+                    outcome: Outcome::Remote,
+                    _pick: None,
+                }),
+                Err(e) => {
+                    tracing::warn!(remote = %dc, %addr, error = %e, "passthrough: remote router unreachable");
+                    Err(Outcome::ConnectFailed)
+                }
+            }
+        }
+        Target::Pool(name) => {
+            let pool = {
+                let pools = shared.pools.load();
+                Arc::clone(&pools.pools.get(*name).ok_or(Outcome::NoServer)?.pool)
+            };
+            // As for requests: one more server when the first cannot be reached.
+            // Failures do not feed the passive health check: that one is about
+            // the servers' HTTP port, and a closed TLS port says nothing of it.
+            let mut tried = Vec::with_capacity(2);
+            while tried.len() < 2 {
+                let Some(pick) = pool.pick(&tried) else { break };
+                let addr = SocketAddr::new(pick.server.address.ip(), spec.backend_port);
+                match dial(addr).await {
+                    Ok(stream) => {
+                        return Ok(Connected {
+                            stream,
+                            outcome: Outcome::Local,
+                            _pick: Some(pick),
+                        });
+                    }
+                    Err(e) => {
+                        tracing::debug!(pool = %name, server = %pick.server.name, %addr, error = %e, "passthrough: server unreachable");
+                        tried.push(pick.index);
+                    }
+                }
+            }
+            Err(if tried.is_empty() {
+                Outcome::NoServer
+            } else {
+                Outcome::ConnectFailed
+            })
+        }
+    }
+}
+
+/// Closes with a FIN rather than a reset: our side first, then whatever the
+/// client still sends is read and dropped until it closes too (bounded).
+async fn close_cleanly(mut client: TcpStream) {
+    let _ = client.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Ok(n) = client.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}

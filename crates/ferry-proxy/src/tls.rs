@@ -1,0 +1,201 @@
+//! TLS on traffic listeners (`tls = true`): the handshake, bounded in time,
+//! and the ALPN result that tells hyper which protocol to speak. The
+//! certificates (which one for which SNI name, the key cache, run-time
+//! changes) are `ferry_tls::CertStore`'s business.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_config::TlsSettings;
+use ferry_tls::{CertStore, StoreOptions};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::ProxyError;
+
+/// The TLS side of the router: one per config, swapped whole by a reload.
+pub(crate) struct TlsState {
+    pub store: Arc<CertStore>,
+    config: Arc<rustls::ServerConfig>,
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+    /// `session_cache` and `tickets` this state was built with.
+    resumption: (usize, bool),
+}
+
+impl TlsState {
+    /// Indexes the certificate directory. `previous` is the state a reload
+    /// replaces: its session ticket keys and session cache are kept, so clients
+    /// resume their sessions across the reload.
+    pub fn open(s: &TlsSettings, previous: Option<&TlsState>) -> Result<TlsState, ProxyError> {
+        let store = Arc::new(CertStore::open(&StoreOptions {
+            dir: s.cert_dir.clone(),
+            default_cert: s.default_cert.clone(),
+            key_cache: s.key_cache,
+        })?);
+        let mut config = ferry_tls::server_config(Arc::clone(&store), s.session_cache, s.tickets)?;
+        // Only when resumption is configured the same way: a reload that
+        // turns tickets or the cache off must take effect.
+        if let Some(prev) = previous.filter(|p| p.resumption == (s.session_cache, s.tickets)) {
+            // Arc::make_mut clones nothing here: `config` has no other owner yet.
+            let c = Arc::make_mut(&mut config);
+            c.ticketer = Arc::clone(&prev.config.ticketer);
+            c.session_storage = Arc::clone(&prev.config.session_storage);
+        }
+        Ok(TlsState {
+            store,
+            acceptor: TlsAcceptor::from(Arc::clone(&config)),
+            config,
+            handshake_timeout: s.handshake_timeout,
+            resumption: (s.session_cache, s.tickets),
+        })
+    }
+}
+
+/// What ALPN settled on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Alpn {
+    H2,
+    /// `http/1.1`, or a client that offered no ALPN at all.
+    Http1,
+}
+
+/// Handshake outcomes, for `ferry_tls_handshakes_total{result}`.
+#[derive(Default)]
+pub(crate) struct TlsCounters {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    timeout: AtomicU64,
+    alpn_h2: AtomicU64,
+    tls13: AtomicU64,
+    resumed: AtomicU64,
+}
+
+impl TlsCounters {
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP ferry_tls_handshakes_total TLS handshakes on traffic listeners, by result.\n# TYPE ferry_tls_handshakes_total counter\nferry_tls_handshakes_total{{result=\"ok\"}} {}\nferry_tls_handshakes_total{{result=\"failed\"}} {}\nferry_tls_handshakes_total{{result=\"timeout\"}} {}",
+            v(&self.ok),
+            v(&self.failed),
+            v(&self.timeout)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ferry_tls_alpn_h2_total TLS handshakes that negotiated HTTP/2.\n# TYPE ferry_tls_alpn_h2_total counter\nferry_tls_alpn_h2_total {}",
+            v(&self.alpn_h2)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ferry_tls13_handshakes_total TLS handshakes that negotiated TLS 1.3 (the rest are 1.2).\n# TYPE ferry_tls13_handshakes_total counter\nferry_tls13_handshakes_total {}",
+            v(&self.tls13)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ferry_tls_resumed_handshakes_total TLS handshakes that resumed a session (ticket or session id).\n# TYPE ferry_tls_resumed_handshakes_total counter\nferry_tls_resumed_handshakes_total {}",
+            v(&self.resumed)
+        );
+    }
+}
+
+/// Renders the certificate store's gauges and counters.
+pub(crate) fn render_store(store: &CertStore, out: &mut String) {
+    use std::fmt::Write;
+    let s = store.stats();
+    let gauges = [
+        (
+            "ferry_tls_certificates",
+            "Certificates indexed.",
+            s.certificates as u64,
+        ),
+        (
+            "ferry_tls_cached_keys",
+            "Parsed private keys in the key cache.",
+            s.cached_keys as u64,
+        ),
+        (
+            "ferry_tls_key_cache_capacity",
+            "Most parsed keys the cache keeps.",
+            s.key_cache_capacity as u64,
+        ),
+        (
+            "ferry_tls_index_bytes",
+            "Approximate heap bytes of the certificate name index.",
+            s.index_bytes as u64,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
+    let counters = [
+        (
+            "ferry_tls_key_cache_hits_total",
+            "Handshakes whose key was in the cache.",
+            s.cache_hits,
+        ),
+        (
+            "ferry_tls_key_loads_total",
+            "Keys read and parsed from their file.",
+            s.key_loads,
+        ),
+        (
+            "ferry_tls_key_load_failures_total",
+            "Keys that could not be loaded (handshake failed).",
+            s.key_load_failures,
+        ),
+        (
+            "ferry_tls_no_certificate_total",
+            "Handshakes for a name no certificate answers, with no default.",
+            s.no_certificate,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+}
+
+/// Runs the server side of the handshake, for at most the configured time.
+/// `None`: the client failed or took too long (counted, logged at debug).
+pub(crate) async fn handshake(
+    tls: &TlsState,
+    stream: TcpStream,
+    counters: &TlsCounters,
+) -> Option<(TlsStream<TcpStream>, Alpn)> {
+    let peer = stream.peer_addr().ok();
+    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+        Ok(Ok(s)) => {
+            counters.ok.fetch_add(1, Ordering::Relaxed);
+            let (_, conn) = s.get_ref();
+            let alpn = if conn.alpn_protocol() == Some(ferry_tls::ALPN_H2) {
+                counters.alpn_h2.fetch_add(1, Ordering::Relaxed);
+                Alpn::H2
+            } else {
+                Alpn::Http1
+            };
+            if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+                counters.tls13.fetch_add(1, Ordering::Relaxed);
+            }
+            if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                counters.resumed.fetch_add(1, Ordering::Relaxed);
+            }
+            Some((s, alpn))
+        }
+        Ok(Err(e)) => {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(?peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            counters.timeout.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(?peer, "TLS handshake timed out");
+            None
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Helpers shared by the tests and the certificate generator example.
+
+pub mod bulk;
