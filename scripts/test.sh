@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Ferry's whole test suite. Installs, from Debian's packages, the real
-# servers and clients the tests use (nginx, curl, h2load, wrk, rsync, chromium,
-# MariaDB, Galera) when missing.
+# servers and clients the tests use (nginx, curl, openssl, h2load, wrk, rsync,
+# chromium, MariaDB, Galera, Varnish) when missing.
 # Tests start their own instances on free loopback ports and stop them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
