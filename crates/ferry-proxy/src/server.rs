@@ -246,7 +246,10 @@ async fn serve_http<I>(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
-        .max_buf_size(64 * 1024);
+        .max_buf_size(64 * 1024)
+        // Over TLS a vectored write seals each slice (head, body) as its own
+        // record: flattened, a small response is one record.
+        .writev(alpn.is_none());
     builder.http2().max_concurrent_streams(256);
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
