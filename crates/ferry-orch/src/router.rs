@@ -18,6 +18,9 @@ use crate::error::{OrchError, Result};
 /// Hosts per query request: keeps each body far below the router's 32 MiB
 /// limit and each answer quick.
 pub const QUERY_CHUNK: usize = 5_000;
+/// Site changes per admin batch: ~5 MB of JSON, well under the router's
+/// 32 MiB body limit, so a unit of millions of sites still applies.
+pub const APPLY_CHUNK: usize = 50_000;
 
 /// One site change of a batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,9 +170,25 @@ impl RouterClient {
     /// Applies `changes` as one atomic batch. A 409 (a site holds a newer
     /// epoch, or the same epoch with other content) is an error with `stale`.
     pub async fn apply(&self, changes: &[SiteChange]) -> Result<Applied> {
-        if changes.is_empty() {
-            return Ok(Applied::default());
+        self.apply_in(changes, APPLY_CHUNK).await
+    }
+
+    /// [`apply`](Self::apply) in batches of `chunk` changes. Each batch is
+    /// atomic at the router; several are not, which is safe: every change
+    /// carries its epoch, so a run stopped between batches replays them all
+    /// and the router keeps what it already has (the epoch rule).
+    pub async fn apply_in(&self, changes: &[SiteChange], chunk: usize) -> Result<Applied> {
+        let mut total = Applied::default();
+        for batch in changes.chunks(chunk.max(1)) {
+            let a = self.apply_batch(batch).await?;
+            total.added += a.added;
+            total.changed += a.changed;
+            total.unchanged += a.unchanged;
         }
+        Ok(total)
+    }
+
+    async fn apply_batch(&self, changes: &[SiteChange]) -> Result<Applied> {
         let body = serde_json::to_vec(&serde_json::json!({ "sites": changes }))
             .map_err(|e| self.err(e.to_string(), false))?;
         let (status, bytes) = self.post("/v1/sites", body).await?;

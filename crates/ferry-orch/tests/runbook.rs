@@ -530,3 +530,31 @@ async fn a_crash_inside_an_abandon_is_replayed() {
     }
     slow.abort();
 }
+
+/// Site changes go to a router in batches; the batches add up, and a
+/// replay of the same changes (a run stopped between batches) changes
+/// nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_changes_apply_in_batches_and_replay_as_no_ops() {
+    let w = world("").await;
+    let client = w.client("par-1");
+    let before = w.records("par-1").await;
+    let changes: Vec<ferry_orch::router::SiteChange> = before
+        .iter()
+        .map(|s| ferry_orch::router::SiteChange {
+            host: s.host.clone(),
+            placement: s.placement.clone(),
+            state: "frozen".into(),
+            epoch: s.epoch + 1,
+        })
+        .collect();
+    assert!(changes.len() >= 3, "the world has {} sites", changes.len());
+    let a = client.apply_in(&changes, 2).await.unwrap();
+    assert_eq!(a.changed as usize, changes.len(), "{a:?}");
+    for s in w.records("par-1").await {
+        assert_eq!(s.state, "frozen", "{s:?}");
+    }
+    let again = client.apply_in(&changes, 2).await.unwrap();
+    assert_eq!(again.changed, 0, "{again:?}");
+    assert_eq!(again.unchanged as usize, changes.len(), "{again:?}");
+}
