@@ -11,7 +11,6 @@ use ferry_config::TlsSettings;
 use ferry_tls::{CertStore, StoreOptions};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 use crate::ProxyError;
 
@@ -19,7 +18,6 @@ use crate::ProxyError;
 pub(crate) struct TlsState {
     pub store: Arc<CertStore>,
     config: Arc<rustls::ServerConfig>,
-    acceptor: TlsAcceptor,
     handshake_timeout: Duration,
     /// `session_cache` and `tickets` this state was built with.
     resumption: (usize, bool),
@@ -46,7 +44,6 @@ impl TlsState {
         }
         Ok(TlsState {
             store,
-            acceptor: TlsAcceptor::from(Arc::clone(&config)),
             config,
             handshake_timeout: s.handshake_timeout,
             resumption: (s.session_cache, s.tickets),
@@ -161,6 +158,24 @@ pub(crate) fn render_store(store: &CertStore, out: &mut String) {
     }
 }
 
+/// The handshake in two parts: the ClientHello first; then, when the key
+/// for its server name is not parsed yet, the key file is read and parsed
+/// on the blocking pool (a cold key means a disk read, and on one runtime
+/// thread that would stall every other connection); then the rest, whose
+/// certificate resolver finds the key cached.
+async fn accept(tls: &TlsState, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+    let start =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+    let sni = start.client_hello().server_name().map(str::to_owned);
+    if !tls.store.is_cached(sni.as_deref()) {
+        let store = Arc::clone(&tls.store);
+        // A failed load is counted by the store; the handshake then fails
+        // in the resolver as it would have.
+        let _ = tokio::task::spawn_blocking(move || store.key_for(sni.as_deref())).await;
+    }
+    start.into_stream(Arc::clone(&tls.config)).await
+}
+
 /// Runs the server side of the handshake, for at most the configured time.
 /// `None`: the client failed or took too long (counted, logged at debug).
 pub(crate) async fn handshake(
@@ -169,7 +184,7 @@ pub(crate) async fn handshake(
     counters: &TlsCounters,
 ) -> Option<(TlsStream<TcpStream>, Alpn)> {
     let peer = stream.peer_addr().ok();
-    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+    match tokio::time::timeout(tls.handshake_timeout, accept(tls, stream)).await {
         Ok(Ok(s)) => {
             counters.ok.fetch_add(1, Ordering::Relaxed);
             let (_, conn) = s.get_ref();

@@ -197,6 +197,21 @@ impl CertStore {
         self.load(found)
     }
 
+    /// Whether a handshake for `sni` would find its key parsed already (also
+    /// true when no certificate answers the name: there is nothing to load).
+    /// The listener reads the ClientHello first and, when this is false,
+    /// loads the key on the blocking pool, so a disk read never stalls the
+    /// other connections of a runtime thread.
+    pub fn is_cached(&self, sni: Option<&str>) -> bool {
+        let Some(found) = self.index.read().lookup(sni) else {
+            return true;
+        };
+        self.cache
+            .lock()
+            .peek(&found.id)
+            .is_some_and(|(generation, _)| *generation == found.generation)
+    }
+
     /// Reads and checks a certificate's files and caches its key. Runs outside
     /// every lock: a slow disk delays this handshake, not the others.
     fn load(&self, found: Found) -> Option<Arc<CertifiedKey>> {
@@ -533,6 +548,27 @@ mod tests {
             store.put("../x", b"", b""),
             Err(TlsError::BadName { .. })
         ));
+    }
+
+    #[test]
+    fn is_cached_tells_a_cold_key_from_a_parsed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = issue(&["a.test"]);
+        fs::write(dir.path().join("a.pem"), a.bundle()).unwrap();
+        let store = CertStore::open(&opts(dir.path(), None, 10)).unwrap();
+        assert!(!store.is_cached(Some("a.test")), "nothing parsed at open");
+        assert!(store.stats().key_loads == 0);
+        assert!(store.key_for(Some("a.test")).is_some());
+        assert!(store.is_cached(Some("a.test")));
+        // No certificate answers: nothing to load ahead of the handshake.
+        assert!(store.is_cached(Some("other.test")));
+        assert!(store.is_cached(None));
+        // A replacement is cached by put itself (the pair was just checked).
+        let b = issue(&["a.test"]);
+        store
+            .put("a", b.chain.as_bytes(), b.key.as_bytes())
+            .unwrap();
+        assert!(store.is_cached(Some("a.test")));
     }
 
     #[test]
