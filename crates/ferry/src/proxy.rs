@@ -37,11 +37,27 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub async fn run(args: Args) -> Result<(), Failure> {
     let config = ferry_config::load(&args.config).map_err(Failure::usage)?;
     if args.check {
+        // The certificate directory is read as at start: a file that would
+        // refuse the start refuses the check, named.
+        let certs = match &config.tls {
+            Some(t) => {
+                let store = ferry_tls::CertStore::open(&ferry_tls::StoreOptions {
+                    dir: t.cert_dir.clone(),
+                    default_cert: t.default_cert.clone(),
+                    key_cache: t.key_cache,
+                })
+                .map_err(Failure::usage)?;
+                format!(", {} certificate(s)", store.len())
+            }
+            None => String::new(),
+        };
         println!(
-            "{}: valid: router {}, {} listener(s), {} pool(s), {} remote(s), {} site(s)",
+            "{}: valid: router {}, {} listener(s), {} passthrough listener(s), {} tunnel(s), {} pool(s), {} remote(s), {} site(s){certs}",
             args.config.display(),
             config.router.name,
             config.listeners.len(),
+            config.passthroughs.len(),
+            config.tunnels.len(),
             config.pools.len(),
             config.remotes.len(),
             config.sites.len()

@@ -813,9 +813,27 @@ async fn reload_reindexes_the_directory_and_silent_clients_time_out() {
         "{m}"
     );
 
+    // `ferry proxy --check` reads the directory as a start would.
+    let config = r._dir.path().join("proxy.toml");
+    let check = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["proxy", "--check", "--config"])
+            .arg(&config)
+            .output()
+            .expect("ferry proxy --check")
+    };
+    let ok = check();
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert_eq!(ok.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("4 certificate(s)"), "{stdout}");
+
     // A file that is not a certificate makes the reload fail and the running
     // certificates stay.
     std::fs::write(r.certs.join("broken.pem"), "not a certificate").expect("writing");
+    let bad = check();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("certificate broken"), "{stderr}");
     let (status, v) = Admin::new(r.ferry.admin)
         .post("/v1/reload", &json!({}))
         .await;
