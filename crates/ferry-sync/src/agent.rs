@@ -544,7 +544,12 @@ fn handle(sess: &mut Session<'_>, m: Msg, w: &mut BufWriter<TcpStream>) -> Resul
     }
     let Some(m) = m else { return Ok(()) };
     match m {
-        Msg::Flush => send(w, &Msg::Ok),
+        Msg::Flush => {
+            // The end of a pass: the tree lets go of the directories it
+            // opened (the next pass looks at every path again).
+            sess.tree.flush()?;
+            send(w, &Msg::Ok)
+        }
         Msg::ScanPathsPart(p) => {
             sess.scan_paths.extend(p);
             if sess.scan_paths.len() > MAX_CHANGED_PATHS {

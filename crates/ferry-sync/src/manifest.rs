@@ -228,8 +228,10 @@ fn walk_dir(root: &Path, dir: Option<&RelPath>) -> Result<Walked> {
             continue;
         }
         let p = de.path();
-        // A file removed between readdir and lstat is simply not part of the tree.
-        let md = match std::fs::symlink_metadata(&p) {
+        // A file removed between readdir and lstat is simply not part of the
+        // tree. DirEntry::metadata is an lstat relative to the open directory
+        // (no walk of the whole path for every entry).
+        let md = match de.metadata() {
             Ok(md) => md,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(SyncError::io("lstat", &p, e)),

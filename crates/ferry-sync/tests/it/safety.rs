@@ -208,6 +208,47 @@ fn refuses_to_write_through_a_symlinked_directory() {
     outside_untouched(&outside);
 }
 
+/// The receiver keeps its directories open during a pass (no path walk per
+/// file). A directory swapped for a symlink to the outside in the middle of a
+/// pass must not redirect a write there (it lands in the directory that was
+/// opened, inside the volume), and after the pass (the flush closes them) the
+/// swapped path is refused like any planted symlink.
+#[test]
+fn a_directory_swapped_for_a_symlink_mid_pass_never_redirects_a_write() {
+    let (_t, vol, outside, agent) = setup();
+    fs::create_dir(vol.join("d")).unwrap();
+    let mut raw = Raw::open(&agent, "v", true);
+    raw.send_msg(&Msg::Op(Op::PutFile {
+        path: rel("d/first"),
+        meta: meta(),
+        data: b"first".to_vec(),
+    }));
+    // A read is a barrier (the file above is written before it is answered)
+    // that leaves the pass open.
+    raw.send_msg(&Msg::ReadSmallReq {
+        path: rel("d/first"),
+    });
+    assert_eq!(raw.recv(), Msg::FileData(b"first".to_vec()));
+    fs::rename(vol.join("d"), vol.join("moved")).unwrap();
+    symlink(&outside, vol.join("d")).unwrap();
+    raw.send_msg(&Msg::Op(Op::PutFile {
+        path: rel("d/second"),
+        meta: meta(),
+        data: b"second".to_vec(),
+    }));
+    raw.expect_ok();
+    outside_untouched(&outside);
+    assert_eq!(fs::read(vol.join("moved/second")).unwrap(), b"second");
+    raw.send_msg(&Msg::Op(Op::PutFile {
+        path: rel("d/third"),
+        meta: meta(),
+        data: b"third".to_vec(),
+    }));
+    let e = raw.expect_error();
+    assert!(e.contains("symbolic link"), "{e}");
+    outside_untouched(&outside);
+}
+
 #[test]
 fn refuses_streamed_file_through_a_symlinked_directory() {
     let (_t, _vol, outside, agent) = setup();
