@@ -168,7 +168,7 @@ impl LocalTree {
                         checked_parent(&self.root, &probe)?;
                         return Err(SyncError::io(
                             "open directory",
-                            &d.under(&self.root),
+                            d.under(&self.root),
                             e.into(),
                         ));
                     }
@@ -253,10 +253,10 @@ impl LocalTree {
             OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )
-        .map_err(|e| SyncError::io("create temporary file", &rel.under(&self.root), e.into()))?;
+        .map_err(|e| SyncError::io("create temporary file", rel.under(&self.root), e.into()))?;
         let mut f = File::from(fd);
         f.write_all(data)
-            .map_err(|e| SyncError::io("write", &rel.under(&self.root), e))?;
+            .map_err(|e| SyncError::io("write", rel.under(&self.root), e))?;
         self.set_meta_file(&f, &rel.under(&self.root), meta)?;
         drop(f);
         self.rename_at(&dir, tmp, name, rel)
@@ -265,7 +265,7 @@ impl LocalTree {
     /// Renames `from` to `to` inside the open directory `dir`.
     fn rename_at(&self, dir: &OwnedFd, from: &OsStr, to: &OsStr, rel: &RelPath) -> Result<()> {
         rustix::fs::renameat(dir, from, dir, to)
-            .map_err(|e| SyncError::io("rename into place", &rel.under(&self.root), e.into()))
+            .map_err(|e| SyncError::io("rename into place", rel.under(&self.root), e.into()))
     }
 
     /// Writes a small file as an unnamed file (`O_TMPFILE`) in the open
@@ -355,7 +355,7 @@ impl LocalTree {
         }
         Err(SyncError::io(
             "link into place",
-            &rel.under(&self.root),
+            rel.under(&self.root),
             err.into(),
         ))
     }
@@ -660,7 +660,7 @@ impl Source for LocalTree {
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| SyncError::io("open", &path.under(&self.root), e.into()))?;
+        .map_err(|e| SyncError::io("open", path.under(&self.root), e.into()))?;
         // Not read_to_end: on a File it asks fstat for the size first.
         let mut v = Vec::with_capacity(16 << 10);
         loop {
@@ -671,7 +671,7 @@ impl Source for LocalTree {
                 Ok(0) => return Ok(v),
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(SyncError::io("read", &path.under(&self.root), e.into())),
+                Err(e) => return Err(SyncError::io("read", path.under(&self.root), e.into())),
             }
         }
     }
