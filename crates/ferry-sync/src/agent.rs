@@ -212,7 +212,7 @@ fn random32() -> Result<[u8; 32]> {
 }
 
 struct Session<'a> {
-    tree: LocalTree,
+    tree: Arc<LocalTree>,
     write: bool,
     name: &'a str,
     failed: Option<String>,
@@ -223,6 +223,9 @@ struct Session<'a> {
     /// Independent ops (whole small files, symlinks, file metadata) waiting
     /// to be applied in parallel; see [`Batch`].
     batch: Batch,
+    /// The batch being applied on the worker threads while this session
+    /// reads the next one; answers its first failure, if any.
+    in_flight: Option<std::sync::mpsc::Receiver<Option<String>>>,
 }
 
 /// Ops that touch one entry each and need no order among themselves (the
@@ -271,9 +274,33 @@ fn agent_pool() -> &'static rayon::ThreadPool {
 }
 
 impl Session<'_> {
-    /// Applies the pending batch in parallel; the first failure becomes the
-    /// session's failure (reported at the next request).
+    /// Applies the pending batch in parallel and waits for it (a barrier);
+    /// the first failure becomes the session's failure (reported at the next
+    /// request).
     fn apply_batch(&mut self) {
+        self.start_batch();
+        self.wait_in_flight();
+    }
+
+    /// Waits for the batch on the worker threads, if any.
+    fn wait_in_flight(&mut self) {
+        if let Some(rx) = self.in_flight.take() {
+            let failure = rx
+                .recv()
+                .unwrap_or_else(|_| Some("a worker thread stopped".into()));
+            if let Some(f) = failure {
+                self.failed.get_or_insert(f);
+            }
+        }
+    }
+
+    /// Hands the pending batch to the worker threads and returns: the
+    /// session reads and decodes the next batch meanwhile, so the workers
+    /// do not wait for the socket (at most two batches are held). The
+    /// previous batch finishes first: a path may be in consecutive batches,
+    /// and nothing after a failed op may be written.
+    fn start_batch(&mut self) {
+        self.wait_in_flight();
         if self.batch.ops.is_empty() {
             return;
         }
@@ -283,9 +310,10 @@ impl Session<'_> {
         if self.failed.is_some() {
             return;
         }
-        let tree = &self.tree;
-        let failed: Mutex<Option<String>> = Mutex::new(None);
-        agent_pool().install(|| {
+        let tree = self.tree.clone();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        agent_pool().spawn(move || {
+            let failed: Mutex<Option<String>> = Mutex::new(None);
             ops.into_par_iter().with_max_len(1).for_each(|op| {
                 if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
                     return;
@@ -296,11 +324,10 @@ impl Session<'_> {
                         .unwrap_or_else(|p| p.into_inner())
                         .get_or_insert(e.to_string());
                 }
-            })
+            });
+            let _ = tx.send(failed.into_inner().unwrap_or_else(|p| p.into_inner()));
         });
-        if let Some(f) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            self.failed.get_or_insert(f);
-        }
+        self.in_flight = Some(rx);
     }
 
     /// Queues `m` if it is a batchable op of a writable session; gives it
@@ -325,7 +352,7 @@ impl Session<'_> {
                 self.batch.paths.insert(path);
                 self.batch.ops.push(op);
                 if self.batch.ops.len() >= BATCH_OPS || self.batch.bytes >= BATCH_BYTES {
-                    self.apply_batch();
+                    self.start_batch();
                 }
                 return None;
             }
@@ -430,13 +457,14 @@ fn session(s: TcpStream, cfg: &AgentConfig) -> Result<()> {
     tracing::info!(%peer, volume, write, "sync session opened");
 
     let mut sess = Session {
-        tree: LocalTree::new(&vol.path),
+        tree: Arc::new(LocalTree::new(&vol.path)),
         write,
         name: &volume,
         failed: None,
         block: None,
         scan_paths: BTreeSet::new(),
         batch: Batch::default(),
+        in_flight: None,
     };
     loop {
         let m = match recv(&mut r) {
@@ -578,9 +606,20 @@ fn handle(sess: &mut Session<'_>, m: Msg, w: &mut BufWriter<TcpStream>) -> Resul
             let man = match m {
                 Msg::ScanPathsReq { checksum } => {
                     let paths = std::mem::take(&mut sess.scan_paths);
-                    sess.tree.scan_paths(&paths, &ScanOptions { checksum })?
+                    sess.tree.scan_paths(
+                        &paths,
+                        &ScanOptions {
+                            checksum,
+                            staged: false,
+                        },
+                    )?
                 }
-                Msg::ScanReq { checksum } => sess.tree.scan(&ScanOptions { checksum })?,
+                // A session opened for writing is a receiver: its scan is the
+                // one before a pass (see ScanOptions::staged).
+                Msg::ScanReq { checksum } => sess.tree.scan(&ScanOptions {
+                    checksum,
+                    staged: sess.write,
+                })?,
                 _ => return Ok(()),
             };
             for e in man.entries {

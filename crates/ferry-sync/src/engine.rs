@@ -284,9 +284,15 @@ fn scan_both(
             Some(p) => src.scan_paths(p, scan_opts),
             None => src.scan(scan_opts),
         });
+        // The receiver's full scan lists what an interrupted pass already
+        // built in hidden directories (see ScanOptions::staged).
+        let dst_opts = ScanOptions {
+            staged: true,
+            ..*scan_opts
+        };
         let b = match paths {
             Some(p) => dst.scan_paths(p, scan_opts),
-            None => dst.scan(scan_opts),
+            None => dst.scan(&dst_opts),
         };
         let a = a
             .join()
@@ -311,6 +317,7 @@ pub fn run_pass_over(
     let t0 = Instant::now();
     let scan_opts = ScanOptions {
         checksum: opts.checksum,
+        staged: false,
     };
     let mut full_walk_reason = None;
     let (sm, dm) = match changes {

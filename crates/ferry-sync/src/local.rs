@@ -8,7 +8,18 @@
 //! - file content goes to a hidden temporary name opened with `O_NOFOLLOW`, gets
 //!   its metadata, and is renamed into place: readers never see half a file;
 //! - the temporary name is deterministic, so an interrupted transfer of a large
-//!   file is the basis of the next attempt (only the missing part travels).
+//!   file is the basis of the next attempt (only the missing part travels);
+//! - staged directories: a directory new to the tree is built under a hidden
+//!   name (`.~ferry.<hash>.dir`, with a marker file naming it) and renamed to
+//!   its name when the pass reaches directory metadata, after all content.
+//!   Files inside are written under their own names directly: nobody can see
+//!   them before the whole directory appears, and it saves a quarter of
+//!   ext4's work per file on a first copy. The receiver's scan before a pass
+//!   lists an interrupted pass's staged directories as if in place (by their
+//!   markers), so what arrived is not sent again; a proof of equality never
+//!   does (it sees what readers see);
+//! - small files are created, linked and read relative to open directories
+//!   ([`DirCache`]): no path walk and no `lstat` of every parent per file.
 
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
@@ -28,7 +39,7 @@ use crate::endpoint::{Basis, Dest, Op, Source, Tree};
 use crate::error::{Result, SyncError};
 use crate::manifest::{self, Kind, Manifest, Meta, ScanOptions};
 use crate::merkle::{Child, Digest, MerkleTree};
-use crate::path::{checked_parent, temp_name, RelPath};
+use crate::path::{checked_parent, stage_name, temp_name, RelPath, STAGE_MARKER};
 use crate::watch::{Changes, Watch};
 
 fn nofollow() -> i32 {
@@ -79,6 +90,9 @@ pub struct LocalTree {
     unnamed_files: std::sync::atomic::AtomicBool,
     /// Open directories, for the small-file path (see [`DirCache`]).
     dirs: DirCache,
+    /// Staged directories: listed path -> hidden name in the same parent
+    /// (see the module docs).
+    staged: std::sync::RwLock<std::collections::HashMap<RelPath, Vec<u8>>>,
 }
 
 /// Open directories of the tree by relative path (`None` = the root), so a
@@ -137,6 +151,7 @@ impl LocalTree {
             image: Mutex::new(None),
             unnamed_files: true.into(),
             dirs: DirCache::default(),
+            staged: Default::default(),
         }
     }
 
@@ -154,9 +169,13 @@ impl LocalTree {
                 .map_err(|e| SyncError::io("open directory", &self.root, e.into()))?,
             Some(d) => {
                 let parent = self.open_dir(&d.parent())?;
+                let name = match self.staged.read().unwrap_or_else(|p| p.into_inner()).get(d) {
+                    Some(hidden) => hidden.clone(),
+                    None => d.file_name().to_vec(),
+                };
                 match rustix::fs::openat(
                     &*parent,
-                    OsStr::from_bytes(d.file_name()),
+                    OsStr::from_bytes(&name),
                     flags | OFlags::NOFOLLOW,
                     Mode::empty(),
                 ) {
@@ -165,7 +184,7 @@ impl LocalTree {
                         // Let the path check name the offending component;
                         // anything else is the open's own error.
                         let probe = d.join(b"x")?;
-                        checked_parent(&self.root, &probe)?;
+                        checked_parent(&self.root, &self.on_disk(&probe))?;
                         return Err(SyncError::io(
                             "open directory",
                             d.under(&self.root),
@@ -233,6 +252,12 @@ impl LocalTree {
     fn put_file(&self, rel: &RelPath, meta: &Meta, data: &[u8]) -> Result<()> {
         use rustix::fs::{Mode, OFlags};
         let dir = self.open_dir(&rel.parent())?;
+        if rel
+            .parent()
+            .is_some_and(|p| self.on_disk(&p).as_ref() != &p)
+        {
+            return self.staged_file(&dir, rel, meta, data);
+        }
         let name = OsStr::from_bytes(rel.file_name());
         let tmp = temp_name(rel, "part");
         let tmp = OsStr::from_bytes(&tmp);
@@ -260,6 +285,34 @@ impl LocalTree {
         self.set_meta_file(&f, &rel.under(&self.root), meta)?;
         drop(f);
         self.rename_at(&dir, tmp, name, rel)
+    }
+
+    /// A whole small file in a staged directory, which nobody can see yet:
+    /// written under its own name, no unnamed file and no link (a quarter
+    /// less of ext4's work per file). A file that fails half way is removed,
+    /// so the scan after an interruption never lists half a file (one cut
+    /// short by a crash has neither the size nor the mtime of its source
+    /// and is sent again).
+    fn staged_file(&self, dir: &OwnedFd, rel: &RelPath, meta: &Meta, data: &[u8]) -> Result<()> {
+        use rustix::fs::{Mode, OFlags};
+        let name = OsStr::from_bytes(rel.file_name());
+        let full = rel.under(&self.root);
+        let fd = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(meta.mode & 0o777),
+        )
+        .map_err(|e| SyncError::io("create", &full, e.into()))?;
+        let mut f = File::from(fd);
+        let r = f
+            .write_all(data)
+            .map_err(|e| SyncError::io("write", &full, e))
+            .and_then(|()| self.set_meta_file(&f, &full, meta));
+        if r.is_err() {
+            let _ = rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty());
+        }
+        r
     }
 
     /// Renames `from` to `to` inside the open directory `dir`.
@@ -361,7 +414,7 @@ impl LocalTree {
     }
 
     fn begin(&self, rel: RelPath, meta: Meta, basis: Basis) -> Result<()> {
-        let parent = checked_parent(&self.root, &rel)?;
+        let parent = checked_parent(&self.root, &self.on_disk(&rel))?;
         let tmp = parent.join(OsStr::from_bytes(&temp_name(&rel, "part")));
         let full = parent.join(OsStr::from_bytes(rel.file_name()));
         let mut basis_tmp = None;
@@ -467,7 +520,7 @@ impl LocalTree {
     }
 
     fn symlink(&self, rel: &RelPath, target: &[u8], meta: &Meta) -> Result<()> {
-        let parent = checked_parent(&self.root, rel)?;
+        let parent = checked_parent(&self.root, &self.on_disk(rel))?;
         let tmp = parent.join(OsStr::from_bytes(&temp_name(rel, "part")));
         let full = parent.join(OsStr::from_bytes(rel.file_name()));
         let _ = std::fs::remove_file(&tmp);
@@ -484,8 +537,9 @@ impl LocalTree {
     }
 
     fn hardlink(&self, rel: &RelPath, to: &RelPath) -> Result<()> {
-        let parent = checked_parent(&self.root, rel)?;
-        let to_full = checked_parent(&self.root, to)?.join(OsStr::from_bytes(to.file_name()));
+        let parent = checked_parent(&self.root, &self.on_disk(rel))?;
+        let to_full =
+            checked_parent(&self.root, &self.on_disk(to))?.join(OsStr::from_bytes(to.file_name()));
         let md = std::fs::symlink_metadata(&to_full)
             .map_err(|e| SyncError::io("lstat link target", &to_full, e))?;
         if !md.file_type().is_file() {
@@ -501,9 +555,14 @@ impl LocalTree {
         self.rename(&tmp, &full)
     }
 
+    /// A directory new to this tree is staged: built under a hidden name
+    /// and given its name when the pass reaches directory metadata (see
+    /// [`LocalTree::reveal`]). Directories below a staged one are made in
+    /// place: nobody can see them yet either.
     fn mkdir(&self, rel: &RelPath) -> Result<()> {
-        let parent = checked_parent(&self.root, rel)?;
-        let full = parent.join(OsStr::from_bytes(rel.file_name()));
+        let on_disk = self.on_disk(rel);
+        let parent = checked_parent(&self.root, &on_disk)?;
+        let full = parent.join(OsStr::from_bytes(on_disk.file_name()));
         match std::fs::symlink_metadata(&full) {
             Ok(md) if md.is_dir() => Ok(()),
             Ok(_) => Err(SyncError::NotADirectory {
@@ -512,14 +571,111 @@ impl LocalTree {
                 what: "something else",
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir(&full).map_err(|e| SyncError::io("mkdir", &full, e))
+                if matches!(on_disk, std::borrow::Cow::Owned(_)) {
+                    return std::fs::create_dir(&full)
+                        .map_err(|e| SyncError::io("mkdir", &full, e));
+                }
+                self.stage_dir(&parent, rel)
             }
             Err(e) => Err(SyncError::io("lstat", &full, e)),
         }
     }
 
+    fn stage_dir(&self, parent: &Path, rel: &RelPath) -> Result<()> {
+        let hidden = stage_name(rel);
+        let hp = parent.join(OsStr::from_bytes(&hidden));
+        // A leftover the scan did not list (no marker, or a watched pass):
+        // what it holds was never compared with the source, so it goes.
+        let gone = match std::fs::symlink_metadata(&hp) {
+            Ok(md) if md.is_dir() => std::fs::remove_dir_all(&hp),
+            Ok(_) => std::fs::remove_file(&hp),
+            Err(e) => Err(e),
+        };
+        match gone {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(SyncError::io("remove leftover", &hp, e));
+            }
+            _ => {}
+        }
+        std::fs::create_dir(&hp).map_err(|e| SyncError::io("mkdir", &hp, e))?;
+        let marker = hp.join(OsStr::from_bytes(STAGE_MARKER));
+        std::fs::write(&marker, rel.file_name()).map_err(|e| SyncError::io("write", &marker, e))?;
+        self.staged
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rel.clone(), hidden);
+        Ok(())
+    }
+
+    /// Gives every staged directory its name (its marker removed first).
+    /// Called when directory metadata arrives, which the sender sends after
+    /// all content, and at a flush (a pass's end): by then every file in
+    /// them is whole. A name that appeared meanwhile is not replaced: the
+    /// staged directory stays hidden and the error says so.
+    fn reveal(&self) -> Result<()> {
+        let mut m = self.staged.write().unwrap_or_else(|p| p.into_inner());
+        let mut first_err = None;
+        for (rel, hidden) in m.drain() {
+            let r = (|| -> Result<()> {
+                let parent = checked_parent(&self.root, &rel)?;
+                let hp = parent.join(OsStr::from_bytes(&hidden));
+                let marker = hp.join(OsStr::from_bytes(STAGE_MARKER));
+                match std::fs::remove_file(&marker) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(SyncError::io("remove", &marker, e));
+                    }
+                    _ => {}
+                }
+                let full = parent.join(OsStr::from_bytes(rel.file_name()));
+                rustix::fs::renameat_with(
+                    rustix::fs::CWD,
+                    &hp,
+                    rustix::fs::CWD,
+                    &full,
+                    rustix::fs::RenameFlags::NOREPLACE,
+                )
+                .map_err(|e| SyncError::io("rename into place", &full, e.into()))
+            })();
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Where `rel` is on disk: below (or at) a staged directory, the hidden
+    /// name takes the place of the staged component.
+    fn on_disk<'r>(&self, rel: &'r RelPath) -> std::borrow::Cow<'r, RelPath> {
+        let m = self.staged.read().unwrap_or_else(|p| p.into_inner());
+        if m.is_empty() {
+            return std::borrow::Cow::Borrowed(rel);
+        }
+        let mut cur = Some(rel.clone());
+        while let Some(c) = cur {
+            if let Some(hidden) = m.get(&c) {
+                let mut b = match c.parent() {
+                    Some(p) => [p.as_bytes(), b"/"].concat(),
+                    None => Vec::new(),
+                };
+                b.extend_from_slice(hidden);
+                b.extend_from_slice(&rel.as_bytes()[c.as_bytes().len()..]);
+                if let Ok(r) = RelPath::new(b) {
+                    return std::borrow::Cow::Owned(r);
+                }
+                break;
+            }
+            cur = c.parent();
+        }
+        std::borrow::Cow::Borrowed(rel)
+    }
+
     fn set_meta(&self, rel: &RelPath, kind: Kind, meta: &Meta) -> Result<()> {
-        let parent = checked_parent(&self.root, rel)?;
+        if kind == Kind::Dir {
+            // Directory metadata comes after all content: staged directories
+            // are complete (and their own metadata must land on the real name).
+            self.reveal()?;
+        }
+        let parent = checked_parent(&self.root, &self.on_disk(rel))?;
         let full = parent.join(OsStr::from_bytes(rel.file_name()));
         let md = std::fs::symlink_metadata(&full).map_err(|e| SyncError::io("lstat", &full, e))?;
         let ft = md.file_type();
@@ -560,6 +716,7 @@ impl LocalTree {
     }
 
     fn set_root_meta(&self, meta: &Meta) -> Result<()> {
+        self.reveal()?;
         let root = &self.root;
         if self.chown {
             std::os::unix::fs::chown(root, Some(meta.uid), Some(meta.gid))
@@ -574,8 +731,13 @@ impl LocalTree {
     fn delete(&self, rel: &RelPath) -> Result<()> {
         // A directory under this name may go, or be replaced by something else.
         self.dirs.clear();
-        let parent = checked_parent(&self.root, rel)?;
-        let full = parent.join(OsStr::from_bytes(rel.file_name()));
+        let on_disk = self.on_disk(rel).into_owned();
+        let parent = checked_parent(&self.root, &on_disk)?;
+        let full = parent.join(OsStr::from_bytes(on_disk.file_name()));
+        self.staged
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(rel);
         let r = match std::fs::symlink_metadata(&full) {
             // remove_dir_all does not follow symlinks inside the directory.
             Ok(md) if md.is_dir() => std::fs::remove_dir_all(&full),
@@ -599,7 +761,14 @@ impl Tree for LocalTree {
         // A pass starts: directories opened in an earlier one may have been
         // renamed or replaced since (as a source, nothing else clears them).
         self.dirs.clear();
-        manifest::scan(&self.root, opts)
+        let m = manifest::scan(&self.root, opts)?;
+        if opts.staged {
+            // What this tree stages from now on is what is on disk: a failed
+            // earlier pass's staging is listed again by its markers.
+            *self.staged.write().unwrap_or_else(|p| p.into_inner()) =
+                m.staged.iter().cloned().collect();
+        }
+        Ok(m)
     }
 
     fn scan_paths(
@@ -612,7 +781,13 @@ impl Tree for LocalTree {
     }
 
     fn merkle_root(&self) -> Result<(Digest, u64)> {
-        let m = manifest::scan(&self.root, &ScanOptions { checksum: true })?;
+        let m = manifest::scan(
+            &self.root,
+            &ScanOptions {
+                checksum: true,
+                staged: false,
+            },
+        )?;
         let t = MerkleTree::build(&m);
         let out = (t.root, t.count);
         *self.merkle.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
@@ -718,7 +893,7 @@ impl Dest for LocalTree {
         basis: Basis,
         block_size: u32,
     ) -> Result<Option<Signature>> {
-        let parent = checked_parent(&self.root, path)?;
+        let parent = checked_parent(&self.root, &self.on_disk(path))?;
         let p = match basis {
             Basis::None => return Ok(None),
             Basis::Target => parent.join(OsStr::from_bytes(path.file_name())),
@@ -763,7 +938,7 @@ impl Dest for LocalTree {
     fn flush(&self) -> Result<()> {
         // Not held between passes (an idle agent must not keep a volume busy).
         self.dirs.clear();
-        Ok(())
+        self.reveal()
     }
 
     fn block_prepare(&self, size: u64, block_size: u32) -> Result<Vec<Digest>> {

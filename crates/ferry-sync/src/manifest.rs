@@ -6,6 +6,7 @@
 //! directory before its contents.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fs::Metadata;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -15,7 +16,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use crate::error::{Result, SyncError};
-use crate::path::{is_temp_name, RelPath};
+use crate::path::{is_temp_name, stage_name, RelPath, STAGE_MARKER};
 
 /// The type of an entry. Other types (sockets, fifos, devices) are skipped by
 /// the walk and counted.
@@ -85,6 +86,9 @@ pub struct Manifest {
     pub entries: Vec<Entry>,
     /// Receiver-owned temporary names found in the tree (cleaned after a pass).
     pub temps: Vec<RelPath>,
+    /// With [`ScanOptions::staged`]: hidden directories listed as if in place,
+    /// as (path listed, hidden name in the same parent). Not on the wire.
+    pub staged: Vec<(RelPath, Vec<u8>)>,
     /// Entries of unsupported types (fifos, sockets, devices) that were skipped.
     pub skipped: u64,
     /// Metadata of the root directory itself.
@@ -132,6 +136,12 @@ impl Manifest {
 pub struct ScanOptions {
     /// Hash the content of every file (BLAKE3): `--checksum` and verification.
     pub checksum: bool,
+    /// The receiver's scan before a pass: directories an interrupted pass was
+    /// building hidden (see `LocalTree`, "staged directories") are listed as
+    /// if in place, so what already arrived in them is not sent again. Never
+    /// set for a proof of equality, which sees only what readers see. Not on
+    /// the wire: an agent sets it for scans of a session opened for writing.
+    pub staged: bool,
 }
 
 pub(crate) fn mtime_of(md: &Metadata) -> Mtime {
@@ -196,35 +206,64 @@ pub fn hash_file(path: &Path) -> Result<[u8; 32]> {
     Ok(*h.finalize().as_bytes())
 }
 
+#[derive(Default)]
 struct Walked {
     entries: Vec<Entry>,
     temps: Vec<RelPath>,
     skipped: u64,
+    staged: Vec<(RelPath, Vec<u8>)>,
 }
 
-/// Reads one directory and recurses into its subdirectories in parallel.
-fn walk_dir(root: &Path, dir: Option<&RelPath>) -> Result<Walked> {
-    let full = match dir {
-        Some(d) => d.under(root),
-        None => root.to_path_buf(),
+impl Walked {
+    fn extend(&mut self, w: Walked) {
+        self.entries.extend(w.entries);
+        self.temps.extend(w.temps);
+        self.skipped += w.skipped;
+        self.staged.extend(w.staged);
+    }
+}
+
+/// The name a staged directory will have, read from the marker inside it;
+/// `None` unless the marker is there, names a valid name, and the hidden
+/// name is the one the receiver would give that name (a stray or forged
+/// directory is only a leftover).
+fn staged_name(parent: Option<&RelPath>, hidden_full: &Path, hidden: &[u8]) -> Option<RelPath> {
+    let marker = std::fs::read(hidden_full.join(OsStr::from_bytes(STAGE_MARKER))).ok()?;
+    let rel = match parent {
+        Some(d) => d.join(&marker).ok()?,
+        None => RelPath::name(&marker).ok()?,
     };
-    let rd = std::fs::read_dir(&full).map_err(|e| SyncError::io("read directory", &full, e))?;
-    let mut out = Walked {
-        entries: Vec::new(),
-        temps: Vec::new(),
-        skipped: 0,
-    };
-    let mut subdirs = Vec::new();
+    (stage_name(&rel) == hidden).then_some(rel)
+}
+
+/// Reads one directory (`full` on disk, listed as `dir`) and recurses into
+/// its subdirectories in parallel. With `staged`, a hidden directory an
+/// interrupted pass was building is walked as the directory it will become,
+/// unless a real one of that name exists.
+fn walk_dir(full: &Path, dir: Option<&RelPath>, staged: bool) -> Result<Walked> {
+    let rd = std::fs::read_dir(full).map_err(|e| SyncError::io("read directory", full, e))?;
+    let mut out = Walked::default();
+    let mut subdirs: Vec<(RelPath, std::path::PathBuf, bool)> = Vec::new();
+    let mut hidden_dirs = Vec::new();
+    let mut names = std::collections::HashSet::new();
     for de in rd {
-        let de = de.map_err(|e| SyncError::io("read directory", &full, e))?;
+        let de = de.map_err(|e| SyncError::io("read directory", full, e))?;
         let name = de.file_name();
         let name = name.as_bytes();
+        if name == STAGE_MARKER {
+            // Inside a staged directory: the receiver's own note.
+            continue;
+        }
         let rel = match dir {
             Some(d) => d.join(name)?,
             None => RelPath::name(name)?,
         };
         if is_temp_name(name) {
-            out.temps.push(rel);
+            if staged && name.ends_with(b".dir") {
+                hidden_dirs.push((rel, name.to_vec(), de.path()));
+            } else {
+                out.temps.push(rel);
+            }
             continue;
         }
         let p = de.path();
@@ -236,25 +275,42 @@ fn walk_dir(root: &Path, dir: Option<&RelPath>) -> Result<Walked> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(SyncError::io("lstat", &p, e)),
         };
+        if staged {
+            names.insert(rel.clone());
+        }
         match entry_of(&p, rel.clone(), &md)? {
             Some(e) => {
                 if e.kind == Kind::Dir {
-                    subdirs.push(rel);
+                    subdirs.push((rel, p, staged));
                 }
                 out.entries.push(e);
             }
             None => out.skipped += 1,
         }
     }
+    for (temp, hidden, p) in hidden_dirs {
+        let md = std::fs::symlink_metadata(&p).ok();
+        let listed = staged_name(dir, &p, &hidden).filter(|r| !names.contains(r));
+        match (listed, md) {
+            (Some(rel), Some(md)) if md.is_dir() => {
+                if let Some(e) = entry_of(&p, rel.clone(), &md)? {
+                    out.entries.push(e);
+                }
+                out.staged.push((rel.clone(), hidden));
+                // Nothing inside a staged directory is staged again (new
+                // directories there are made in place): a hidden one inside
+                // is a leftover.
+                subdirs.push((rel, p, false));
+            }
+            _ => out.temps.push(temp),
+        }
+    }
     let children: Vec<Result<Walked>> = subdirs
         .par_iter()
-        .map(|d| walk_dir(root, Some(d)))
+        .map(|(d, p, staged)| walk_dir(p, Some(d), *staged))
         .collect();
     for c in children {
-        let c = c?;
-        out.entries.extend(c.entries);
-        out.temps.extend(c.temps);
-        out.skipped += c.skipped;
+        out.extend(c?);
     }
     Ok(out)
 }
@@ -269,7 +325,9 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Manifest> {
             std::io::Error::other("not a directory"),
         ));
     }
-    let w = walk_dir(root, None)?;
+    // Staged content cannot be hashed by its listed path: a checksum scan
+    // lists staged directories as leftovers (what they hold is sent again).
+    let w = walk_dir(root, None, opts.staged && !opts.checksum)?;
     finish(root, w, &md, opts)
 }
 
@@ -290,6 +348,7 @@ fn finish(root: &Path, w: Walked, root_md: &Metadata, opts: &ScanOptions) -> Res
     Ok(Manifest {
         entries,
         temps: w.temps,
+        staged: w.staged,
         skipped: w.skipped,
         root: Some(meta_of(root_md)),
     })
@@ -339,11 +398,7 @@ pub fn scan_paths(
             }
         }
     }
-    let mut out = Walked {
-        entries: Vec::new(),
-        temps: Vec::new(),
-        skipped: 0,
-    };
+    let mut out = Walked::default();
     // Path order puts parents first: a broken ancestor is known before its
     // descendants are looked at.
     let mut not_dirs: Vec<&RelPath> = Vec::new();
@@ -365,11 +420,7 @@ pub fn scan_paths(
         .par_iter()
         .filter(|p| !not_dirs.iter().any(|b| p.starts_with(b)))
         .map(|p| -> Result<Walked> {
-            let mut w = Walked {
-                entries: Vec::new(),
-                temps: Vec::new(),
-                skipped: 0,
-            };
+            let mut w = Walked::default();
             if is_temp_name(p.file_name()) {
                 w.temps.push((*p).clone());
                 return Ok(w);
@@ -380,12 +431,10 @@ pub fn scan_paths(
             let dir = e.kind == Kind::Dir;
             w.entries.push(e);
             if dir {
-                match walk_dir(root, Some(p)) {
-                    Ok(sub) => {
-                        w.entries.extend(sub.entries);
-                        w.temps.extend(sub.temps);
-                        w.skipped += sub.skipped;
-                    }
+                // Watched passes never list staged directories: one found
+                // here is a leftover, removed after the pass.
+                match walk_dir(&p.under(root), Some(p), false) {
+                    Ok(sub) => w.extend(sub),
                     // Removed while we looked: simply not part of the tree.
                     Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(e),
@@ -395,10 +444,7 @@ pub fn scan_paths(
         })
         .collect();
     for v in visits {
-        let v = v?;
-        out.entries.extend(v.entries);
-        out.temps.extend(v.temps);
-        out.skipped += v.skipped;
+        out.extend(v?);
     }
     finish(root, out, &md, opts)
 }

@@ -169,10 +169,23 @@ pub fn temp_name(rel: &RelPath, suffix: &str) -> Vec<u8> {
     format!(".~ferry.{}.{suffix}", &hex[..32]).into_bytes()
 }
 
-/// True for names the receiver creates for itself (temporary and basis files).
+/// True for names the receiver creates for itself (temporary and basis
+/// files, staged directories).
 pub fn is_temp_name(name: &[u8]) -> bool {
-    name.starts_with(b".~ferry.") && (name.ends_with(b".part") || name.ends_with(b".basis"))
+    name.starts_with(b".~ferry.")
+        && (name.ends_with(b".part") || name.ends_with(b".basis") || name.ends_with(b".dir"))
 }
+
+/// The hidden name under which the receiver builds the new directory `rel`
+/// before it appears whole (see `LocalTree`, "staged directories").
+pub fn stage_name(rel: &RelPath) -> Vec<u8> {
+    temp_name(rel, "dir")
+}
+
+/// Inside a staged directory: a file holding the name it will have, so the
+/// scan after an interruption can list what already arrived in it. Removed
+/// before the directory appears.
+pub const STAGE_MARKER: &[u8] = b".~ferry.name.part";
 
 #[cfg(test)]
 mod tests {

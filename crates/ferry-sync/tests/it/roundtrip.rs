@@ -244,3 +244,103 @@ fn interrupted_pass_leaves_no_half_file_and_resumes_without_resending() {
     assert_eq!(fs::read(dst.join("big")).unwrap(), big);
     assert_same(&src, &dst);
 }
+
+/// Every visible file under `dst` (the receiver's own hidden names aside) is
+/// whole: the same bytes as in `src`. Returns how many there are.
+fn visible_files_are_whole(src: &std::path::Path, dst: &std::path::Path) -> usize {
+    let mut n = 0;
+    for e in walkdir_sorted(dst) {
+        let rel = e.strip_prefix(dst).unwrap();
+        if rel.to_string_lossy().contains(".~ferry.") {
+            continue;
+        }
+        if e.is_file() {
+            assert_eq!(
+                fs::read(&e).unwrap(),
+                fs::read(src.join(rel)).unwrap(),
+                "{rel:?}"
+            );
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Every path under `root`, recursively (hidden directories included).
+fn walkdir_sorted(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                todo.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// New directories are built hidden and appear whole at the end of the pass
+/// (staged): a first copy killed half way shows none of them, a proof of
+/// equality does not count what they hold, and the next pass (a new receiver,
+/// as after a restart) does not send again what already arrived in them.
+#[test]
+fn new_directories_appear_whole_and_an_interrupted_first_copy_resumes_them() {
+    let t = tmp();
+    let (src, dst) = dirs(&t);
+    for d in ["a", "a/b", "c"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+        for i in 0..40 {
+            fs::write(src.join(d).join(format!("f{i}")), bytes(i, 3000)).unwrap();
+        }
+    }
+    fs::create_dir_all(&dst).unwrap();
+    let s = LocalTree::new(&src);
+    {
+        let d = LocalTree::new(&dst);
+        let failing = Failing {
+            inner: &d,
+            budget: std::sync::atomic::AtomicI64::new(60 * 3000 + 1500),
+        };
+        let err = run_pass(&s, &failing, &opts(), 1, &no_events()).unwrap_err();
+        assert!(err.to_string().contains("test hook"), "{err}");
+        // Nothing of the new directories is visible, and nothing half.
+        for name in ["a", "c"] {
+            assert!(
+                !dst.join(name).exists(),
+                "{name} visible before the pass ended"
+            );
+        }
+        assert_eq!(visible_files_are_whole(&src, &dst), 0);
+        let v = verify(&s, &d, 100).unwrap();
+        assert!(!v.equal(), "a proof of equality counted staged content");
+    }
+    // What arrived is on disk, hidden.
+    let staged_files = walkdir_sorted(&dst)
+        .iter()
+        .filter(|p| p.is_file() && !p.to_string_lossy().ends_with(".part"))
+        .count();
+    assert!(
+        staged_files >= 50,
+        "only {staged_files} files arrived before the kill"
+    );
+    let d = LocalTree::new(&dst);
+    let p = run_pass(&s, &d, &opts(), 2, &no_events()).unwrap();
+    assert!(
+        p.data_bytes <= (120 * 3000 - staged_files * 3000) as u64,
+        "resumed pass sent {} bytes, {staged_files} files had arrived",
+        p.data_bytes
+    );
+    assert_same(&src, &dst);
+    assert_eq!(visible_files_are_whole(&src, &dst), 120);
+    assert!(
+        walkdir_sorted(&dst)
+            .iter()
+            .all(|p| !p.to_string_lossy().contains(".~ferry.")),
+        "hidden names left behind"
+    );
+    assert!(verify(&s, &d, 100).unwrap().equal());
+}
