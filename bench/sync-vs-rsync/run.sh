@@ -11,19 +11,55 @@
 # (default 1 GiB) with 1% of its blocks changed, and ferry's block hashing rate.
 # Results go to bench/sync-vs-rsync/results.txt; ratios are printed last.
 #   N=20000 IMG_MB=256 bash bench/sync-vs-rsync/run.sh     # a quicker run
+# Fair conditions: each tool writes into its own freshly made ext4 filesystem
+# (a loop-mounted sparse image; as root, with mkfs.ext4; FRESH_FS=0 or no root:
+# plain directories, and the note says so), because on a filesystem that has
+# seen mass deletions inode allocation dominates and varies 5x run to run.
+# The source is read once before any timing (page cache and atimes warm for
+# both), every timed run starts after `sync` (no writeback of the previous
+# run's data during the next), and the first copy of (a) runs FIRST_RUNS
+# times (default 3) per tool, alternating, each into a new filesystem: the
+# median counts, with the machine's busy CPU seconds during it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N="${N:-200000}"
 IMG_MB="${IMG_MB:-1024}"
+FIRST_RUNS="${FIRST_RUNS:-3}"
+FRESH_FS="${FRESH_FS:-1}"
 command -v rsync >/dev/null || { echo "needs rsync (apt-get install rsync)" >&2; exit 2; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferry-target}"
 cargo build --release -p ferry >/dev/null
 FERRY="$CARGO_TARGET_DIR/release/ferry"
 W="$(mktemp -d)"
 RSPORT=$((20000 + RANDOM % 10000)); FPORT=$((RSPORT + 1))
-cleanup() { kill "${RSPID:-}" "${FPID:-}" 2>/dev/null || true; rm -rf "$W"; }
+cleanup() {
+  kill "${RSPID:-}" "${FPID:-}" 2>/dev/null || true
+  for m in "$W/rsfs" "$W/fefs"; do mountpoint -q "$m" 2>/dev/null && umount "$m"; done
+  rm -rf "$W"
+}
 trap cleanup EXIT
-mkdir -p "$W/src" "$W/rs" "$W/fe" "$W/img"
+mkdir -p "$W/src" "$W/img" "$W/rsfs" "$W/fefs"
+# Each tool's destinations live in $W/rsfs or $W/fefs: a fresh ext4 there
+# when possible. Big enough for the files, wordpress and the image, sparse.
+FS_MB=$(( N * 16 / 1024 + IMG_MB * 2 + 1024 ))
+if [ "$FRESH_FS" = 1 ] && [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null; then
+  FS_NOTE="each tool writes into its own new ext4 (loop, ${FS_MB} MiB sparse)"
+else
+  FRESH_FS=0
+  FS_NOTE="plain directories on $(df -T "$W" | awk 'NR==2{print $2}') (no fresh filesystem: FRESH_FS=0 or not root)"
+fi
+# fresh_fs DIR: a new empty filesystem (or an emptied directory) at DIR.
+fresh_fs() {
+  if [ "$FRESH_FS" = 1 ]; then
+    mountpoint -q "$1" && umount "$1"
+    rm -f "$1.img"; truncate -s "${FS_MB}M" "$1.img"
+    mkfs.ext4 -q -F "$1.img"; mount -o loop "$1.img" "$1"
+  else
+    rm -rf "$1"; mkdir -p "$1"
+  fi
+  mkdir -p "$1/a" "$1/img" "$1/wp"
+}
+fresh_fs "$W/rsfs"; fresh_fs "$W/fefs"
 
 echo "generating $N small files..."
 python3 - "$W/src" "$N" <<'PY'
@@ -38,10 +74,13 @@ for i in range(n):
         f.write(r.randbytes(r.randint(1024, 8192)))
 PY
 head -c $((IMG_MB * 1024 * 1024)) /dev/urandom > "$W/img/disk.img"
+# Read the source once: both tools then find it in the page cache with
+# its atimes already set (the first reader of a fresh file pays for both).
+tar -C "$W/src" -cf - . | cat >/dev/null
 
 # Case (b): Debian's wordpress package, downloaded and unpacked, not installed.
 WP=0; WP_NOTE=""
-mkdir -p "$W/wpdeb" "$W/wprs" "$W/wpfe"
+mkdir -p "$W/wpdeb"
 fetch_wp() {
   ( cd "$W/wpdeb" && apt-get download wordpress >/dev/null 2>&1 ) && return 0
   apt-get update >/dev/null 2>&1 || true
@@ -63,50 +102,67 @@ fi
 cat > "$W/rsyncd.conf" <<CONF
 use chroot = no
 [rs]
-path = $W/rs
+path = $W/rsfs/a
 read only = no
 uid = root
 gid = root
 [rsimg]
-path = $W/img-rs
+path = $W/rsfs/img
 read only = no
 uid = root
 gid = root
 [rswp]
-path = $W/wprs
+path = $W/rsfs/wp
 read only = no
 munge symlinks = no
 uid = root
 gid = root
 CONF
-mkdir -p "$W/img-rs" "$W/img-fe"
 rsync --daemon --no-detach --address=127.0.0.1 --port="$RSPORT" --config="$W/rsyncd.conf" &
 RSPID=$!
 cat > "$W/agent.toml" <<CONF
 listen = "127.0.0.1:$FPORT"
 key = "bench-key-0123456789abcdef"
 [volumes.fe]
-path = "$W/fe"
+path = "$W/fefs/a"
 [volumes.img]
-path = "$W/img-fe/disk.img"
+path = "$W/fefs/img/disk.img"
 [volumes.wp]
-path = "$W/wpfe"
+path = "$W/fefs/wp"
 CONF
 export FERRY_SYNC_KEY="bench-key-0123456789abcdef"
 "$FERRY" agent --config "$W/agent.toml" --log-level warn &
 FPID=$!
 sleep 1
 
+# busy: the machine's busy CPU centiseconds so far (user+nice+system+irq).
+busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
 t() {
-  local s e; s=$(date +%s.%N)
+  local s e; sync; s=$(date +%s.%N)
   "$@" >/dev/null || echo "warning: exit $? from: $*" >&2
   e=$(date +%s.%N); echo "$e - $s" | bc
 }
+# tcpu cmd...: like t, printing "wall busy_cpu_seconds".
+tcpu() {
+  local s e b0 b1; sync; b0=$(busy); s=$(date +%s.%N)
+  "$@" >/dev/null || echo "warning: exit $? from: $*" >&2
+  e=$(date +%s.%N); b1=$(busy); echo "$(echo "$e - $s" | bc) $(echo "($b1 - $b0) / 100" | bc -l)"
+}
 # tj FILE cmd...: like t, keeping the command's stdout (ferry --json) in FILE.
-tj() { local f="$1" s e; shift; s=$(date +%s.%N); "$@" >"$f"; e=$(date +%s.%N); echo "$e - $s" | bc; }
+tj() { local f="$1" s e; shift; sync; s=$(date +%s.%N); "$@" >"$f"; e=$(date +%s.%N); echo "$e - $s" | bc; }
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END{print v[int((NR+1)/2)]}'; }
 declare -A R
-R[rs_first]=$(t rsync -a --delete "$W/src/" "rsync://127.0.0.1:$RSPORT/rs/")
-R[fe_first]=$(t "$FERRY" sync --delete "$W/src" "ferry://127.0.0.1:$FPORT/fe")
+# (a) first copy: FIRST_RUNS times each, alternating, each into a new
+# filesystem; the last copies stay for the measures after it.
+RS_W=(); FE_W=(); RS_C=(); FE_C=()
+for i in $(seq "$FIRST_RUNS"); do
+  [ "$i" -gt 1 ] && { fresh_fs "$W/rsfs"; fresh_fs "$W/fefs"; }
+  read -r w c < <(tcpu rsync -a --delete "$W/src/" "rsync://127.0.0.1:$RSPORT/rs/"); RS_W+=("$w"); RS_C+=("$c")
+  read -r w c < <(tcpu "$FERRY" sync --delete "$W/src" "ferry://127.0.0.1:$FPORT/fe"); FE_W+=("$w"); FE_C+=("$c")
+  echo "first copy run $i: rsync ${RS_W[-1]} s (${RS_C[-1]} CPU s), ferry ${FE_W[-1]} s (${FE_C[-1]} CPU s)" >&2
+done
+R[rs_first]=$(median "${RS_W[@]}"); R[fe_first]=$(median "${FE_W[@]}")
+FIRST_NOTE="median of $FIRST_RUNS; rsync runs ${RS_W[*]} s (busy CPU ${RS_C[*]} s), ferry runs ${FE_W[*]} s (busy CPU ${FE_C[*]} s)"
 R[rs_unch]=$(t rsync -a --delete "$W/src/" "rsync://127.0.0.1:$RSPORT/rs/")
 R[fe_unch]=$(t "$FERRY" sync --delete "$W/src" "ferry://127.0.0.1:$FPORT/fe")
 # Unchanged pass with --watch: pass 1 walks the tree and starts the watch, pass 2
@@ -209,6 +265,8 @@ ratio() { echo "$1 / $2" | bc -l; }
 {
   echo "# ferry sync vs rsync daemon, loopback, $(nproc) cores, N=$N files, image ${IMG_MB} MiB, $(date -u +%F)"
   echo "# (a) N small files; (b) wordpress: $WP_NOTE; (c) block image"
+  echo "# destinations: $FS_NOTE"
+  echo "# (a) first copy: $FIRST_NOTE"
   for k in $CASES; do
     printf "%-10s rsync %8.2fs  ferry %8.2fs\n" "$k" "${R[rs_$k]}" "${R[fe_$k]}"
   done

@@ -51,13 +51,36 @@ pub fn running_as_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// Opens a file for reading without following a symlink at the last component.
+/// Whether `O_NOATIME` is still worth asking for: the kernel allows it only
+/// to a file's owner or a process with CAP_FOWNER; the first refusal turns it
+/// off for this process.
+static NOATIME: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Opens `name` in `dir` for reading, without following a symlink there, and
+/// without updating its access time where allowed: reading a whole tree must
+/// not dirty the inode of every file not read in the last day (relatime),
+/// which costs a journal write per file and changes the source.
+pub(crate) fn open_read_at(
+    dir: impl std::os::fd::AsFd,
+    name: &OsStr,
+) -> std::result::Result<OwnedFd, rustix::io::Errno> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if NOATIME.load(Ordering::Relaxed) {
+        match rustix::fs::openat(&dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+            Err(rustix::io::Errno::PERM) => NOATIME.store(false, Ordering::Relaxed),
+            r => return r,
+        }
+    }
+    rustix::fs::openat(&dir, name, flags, Mode::empty())
+}
+
+/// Opens a file for reading without following a symlink at the last
+/// component (and without touching its access time; see [`open_read_at`]).
 pub(crate) fn open_nofollow(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(nofollow())
-        .open(path)
-        .map_err(|e| SyncError::io("open", path, e))
+    open_read_at(rustix::fs::CWD, path.as_os_str())
+        .map(File::from)
+        .map_err(|e| SyncError::io("open", path, e.into()))
 }
 
 /// A file being received in pieces.
@@ -827,15 +850,9 @@ impl Source for LocalTree {
     /// Read relative to the file's open directory (see [`DirCache`]), into a
     /// buffer that holds most small files whole: no path walk and no fstat.
     fn read_small(&self, path: &RelPath) -> Result<Vec<u8>> {
-        use rustix::fs::{Mode, OFlags};
         let dir = self.open_dir(&path.parent())?;
-        let fd = rustix::fs::openat(
-            &*dir,
-            OsStr::from_bytes(path.file_name()),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| SyncError::io("open", path.under(&self.root), e.into()))?;
+        let fd = open_read_at(&*dir, OsStr::from_bytes(path.file_name()))
+            .map_err(|e| SyncError::io("open", path.under(&self.root), e.into()))?;
         // Not read_to_end: on a File it asks fstat for the size first.
         let mut v = Vec::with_capacity(16 << 10);
         loop {
