@@ -146,7 +146,8 @@ t() {
 tcpu() {
   local s e b0 b1; sync; b0=$(busy); s=$(date +%s.%N)
   "$@" >/dev/null || echo "warning: exit $? from: $*" >&2
-  e=$(date +%s.%N); b1=$(busy); echo "$(echo "$e - $s" | bc) $(echo "($b1 - $b0) / 100" | bc -l)"
+  e=$(date +%s.%N); b1=$(busy)
+  printf '%.2f %.2f\n' "$(echo "$e - $s" | bc)" "$(echo "($b1 - $b0) / 100" | bc -l)"
 }
 # tj FILE cmd...: like t, keeping the command's stdout (ferry --json) in FILE.
 tj() { local f="$1" s e; shift; sync; s=$(date +%s.%N); "$@" >"$f"; e=$(date +%s.%N); echo "$e - $s" | bc; }

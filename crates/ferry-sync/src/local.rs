@@ -156,6 +156,18 @@ impl DirCache {
     }
 }
 
+/// True when `dir` or one of its ancestors is a staged directory in `staged`.
+fn staged_at_or_above(staged: &std::collections::HashMap<RelPath, Vec<u8>>, dir: &RelPath) -> bool {
+    let mut cur = Some(dir.clone());
+    while let Some(c) = cur {
+        if staged.contains_key(&c) {
+            return true;
+        }
+        cur = c.parent();
+    }
+    false
+}
+
 /// Errors of `open(O_TMPFILE)` meaning "not here" rather than a failure.
 fn unnamed_unsupported(e: rustix::io::Errno) -> bool {
     use rustix::io::Errno;
@@ -275,11 +287,17 @@ impl LocalTree {
     fn put_file(&self, rel: &RelPath, meta: &Meta, data: &[u8]) -> Result<()> {
         use rustix::fs::{Mode, OFlags};
         let dir = self.open_dir(&rel.parent())?;
-        if rel
-            .parent()
-            .is_some_and(|p| self.on_disk(&p).as_ref() != &p)
         {
-            return self.staged_file(&dir, rel, meta, data);
+            // Held while the file is written: a reveal waits for it, so a
+            // staged directory never appears with a file half written.
+            let staged = self.staged.read().unwrap_or_else(|p| p.into_inner());
+            if !staged.is_empty()
+                && rel
+                    .parent()
+                    .is_some_and(|p| staged_at_or_above(&staged, &p))
+            {
+                return self.staged_file(&dir, rel, meta, data);
+            }
         }
         let name = OsStr::from_bytes(rel.file_name());
         let tmp = temp_name(rel, "part");
