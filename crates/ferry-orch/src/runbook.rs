@@ -997,7 +997,7 @@ impl Orchestrator {
                         source,
                     })?;
                 }
-                Ok(Side::Local(ferry_sync::LocalTree::new(p)))
+                Ok(Side::Local(Box::new(ferry_sync::LocalTree::new(p))))
             }
             ferry_sync::Endpoint::Remote { host, port, volume } => {
                 let key = job
@@ -1814,20 +1814,20 @@ async fn send_flip(r: &RouterClient, changes: &[SiteChange]) -> Result<()> {
 }
 
 enum Side {
-    Local(ferry_sync::LocalTree),
+    Local(Box<ferry_sync::LocalTree>),
     Remote(ferry_sync::RemoteTree),
 }
 
 impl Side {
     fn source(&self) -> &dyn ferry_sync::Source {
         match self {
-            Side::Local(t) => t,
+            Side::Local(t) => t.as_ref(),
             Side::Remote(t) => t,
         }
     }
     fn dest(&self) -> &dyn ferry_sync::Dest {
         match self {
-            Side::Local(t) => t,
+            Side::Local(t) => t.as_ref(),
             Side::Remote(t) => t,
         }
     }

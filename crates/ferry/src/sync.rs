@@ -219,7 +219,7 @@ impl Settings {
 }
 
 enum Side {
-    Local(LocalTree),
+    Local(Box<LocalTree>),
     Remote(RemoteTree),
 }
 
@@ -245,7 +245,7 @@ impl Side {
                 } else if !write && !p.exists() {
                     return Err(Failure::usage(anyhow!("{}: no such image", p.display())));
                 }
-                Ok(Side::Local(LocalTree::new(p)))
+                Ok(Side::Local(Box::new(LocalTree::new(p))))
             }
             Endpoint::Remote { host, port, volume } => {
                 let key = key.ok_or_else(|| Failure::usage(anyhow!("no key for {host}")))?;
@@ -260,13 +260,13 @@ impl Side {
     }
     fn source(&self) -> &dyn Source {
         match self {
-            Side::Local(t) => t,
+            Side::Local(t) => t.as_ref(),
             Side::Remote(t) => t,
         }
     }
     fn dest(&self) -> &dyn Dest {
         match self {
-            Side::Local(t) => t,
+            Side::Local(t) => t.as_ref(),
             Side::Remote(t) => t,
         }
     }
