@@ -136,12 +136,12 @@ fn verify_lists_missing_extra_and_changed_paths() {
 }
 
 /// A receiver that fails after a number of data bytes: the interruption hook.
-struct Failing<'a> {
-    inner: &'a LocalTree,
+struct Failing<'a, D: Dest = LocalTree> {
+    inner: &'a D,
     budget: std::sync::atomic::AtomicI64,
 }
 
-impl ferry_sync::Tree for Failing<'_> {
+impl<D: Dest> ferry_sync::Tree for Failing<'_, D> {
     fn scan(&self, o: &ferry_sync::ScanOptions) -> ferry_sync::Result<ferry_sync::Manifest> {
         self.inner.scan(o)
     }
@@ -166,7 +166,7 @@ impl ferry_sync::Tree for Failing<'_> {
     }
 }
 
-impl Dest for Failing<'_> {
+impl<D: Dest> Dest for Failing<'_, D> {
     fn signature(
         &self,
         p: &ferry_sync::RelPath,
@@ -343,4 +343,67 @@ fn new_directories_appear_whole_and_an_interrupted_first_copy_resumes_them() {
         "hidden names left behind"
     );
     assert!(verify(&s, &d, 100).unwrap().equal());
+}
+
+/// The same through an agent: the client's connection drops half way (the
+/// agent's session ends with its directories still staged); a new connection
+/// resumes them without sending again what arrived.
+#[test]
+fn staged_directories_resume_through_an_agent() {
+    let t = tmp();
+    let (src, dst) = dirs(&t);
+    for d in ["a", "a/b", "c"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+        for i in 0..40 {
+            fs::write(src.join(d).join(format!("f{i}")), bytes(i + 7, 3000)).unwrap();
+        }
+    }
+    fs::create_dir_all(&dst).unwrap();
+    let agent = Agent::start(&[("v", &dst, false)]);
+    let s = LocalTree::new(&src);
+    {
+        let remote = agent.connect("v", true);
+        let failing = Failing {
+            inner: &remote,
+            budget: std::sync::atomic::AtomicI64::new(60 * 3000 + 1500),
+        };
+        let err = run_pass(&s, &failing, &opts(), 1, &no_events()).unwrap_err();
+        assert!(err.to_string().contains("test hook"), "{err}");
+    }
+    // The old session applies the 60 files it received in its own thread;
+    // wait until they are on disk (hidden), so the new pass can find them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let arrived = walkdir_sorted(&dst)
+            .iter()
+            .filter(|p| p.is_file() && !p.to_string_lossy().ends_with(".part"))
+            .count();
+        if arrived >= 60 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {arrived} files arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let remote = agent.connect("v", true);
+    for name in ["a", "c"] {
+        assert!(
+            !dst.join(name).exists(),
+            "{name} visible before the pass ended"
+        );
+    }
+    assert_eq!(visible_files_are_whole(&src, &dst), 0);
+    let p = run_pass(&s, &remote, &opts(), 2, &no_events()).unwrap();
+    assert!(
+        p.data_bytes < 120 * 3000 - 40 * 3000,
+        "resumed pass sent {} bytes",
+        p.data_bytes
+    );
+    assert_same(&src, &dst);
+    assert!(verify(&s, &remote, 100).unwrap().equal());
+    assert!(walkdir_sorted(&dst)
+        .iter()
+        .all(|p| !p.to_string_lossy().contains(".~ferry.")));
 }
