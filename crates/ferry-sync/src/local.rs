@@ -3,8 +3,11 @@
 //! remote receiver runs exactly this code.
 //!
 //! Receiving rules, each a defence against a known failure:
-//! - every path is a validated [`RelPath`] and every parent directory is checked
-//!   with `lstat` ([`checked_parent`]): no write follows a symlink in the tree;
+//! - every path is a validated [`RelPath`], and every receiver op works
+//!   relative to its parent directory, opened from the root one component at
+//!   a time with `O_NOFOLLOW | O_DIRECTORY` ([`DirCache`]): no write follows a
+//!   symlink in the tree, and no path is walked again between the check and
+//!   the use (a symlink planted meanwhile cannot redirect it);
 //! - file content goes to a hidden temporary name opened with `O_NOFOLLOW`, gets
 //!   its metadata, and is renamed into place: readers never see half a file;
 //! - the temporary name is deterministic, so an interrupted transfer of a large
@@ -18,20 +21,21 @@
 //!   lists an interrupted pass's staged directories as if in place (by their
 //!   markers), so what arrived is not sent again; a proof of equality never
 //!   does (it sees what readers see);
-//! - small files are created, linked and read relative to open directories
-//!   ([`DirCache`]): no path walk and no `lstat` of every parent per file.
+//! - the open directories are kept for the pass: no path walk and no `lstat`
+//!   of every parent per small file.
 
 use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use filetime::FileTime;
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use crate::block;
 use crate::delta::{self, Chunk, Signature};
@@ -41,10 +45,6 @@ use crate::manifest::{self, Kind, Manifest, Meta, ScanOptions};
 use crate::merkle::{Child, Digest, MerkleTree};
 use crate::path::{checked_parent, stage_name, temp_name, RelPath, STAGE_MARKER};
 use crate::watch::{Changes, Watch};
-
-fn nofollow() -> i32 {
-    rustix::fs::OFlags::NOFOLLOW.bits() as i32
-}
 
 /// True when this process may set owners (effective uid 0).
 pub fn running_as_root() -> bool {
@@ -87,12 +87,16 @@ pub(crate) fn open_nofollow(path: &Path) -> Result<File> {
 struct Open {
     rel: RelPath,
     meta: Meta,
-    tmp: PathBuf,
-    final_path: PathBuf,
+    /// The file's open directory, its temporary name there and its name.
+    dir: std::sync::Arc<OwnedFd>,
+    tmp: Vec<u8>,
+    name: Vec<u8>,
+    /// Where the file is, for messages.
+    shown: PathBuf,
     file: File,
     basis: Option<(File, u64)>,
     /// A renamed partial file used as basis, removed after the commit.
-    basis_tmp: Option<PathBuf>,
+    basis_tmp: Option<Vec<u8>>,
     pos: u64,
 }
 
@@ -153,6 +157,40 @@ impl DirCache {
             m.clear();
         }
         m.insert(dir, fd);
+    }
+}
+
+/// Access and modification time both set to the entry's mtime.
+fn times(meta: &Meta) -> rustix::fs::Timestamps {
+    let t = rustix::fs::Timespec {
+        tv_sec: meta.mtime.secs,
+        tv_nsec: meta.mtime.nanos as _,
+    };
+    rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+/// Removes `name` in the open directory `dir`, a whole directory tree if it
+/// is one, without following symlinks; gone already is fine. The tree is
+/// removed through the directory's /proc/self/fd link, so no path above
+/// `dir` is walked again (std's remove_dir_all then works relative to open
+/// descriptors and never follows a link inside).
+fn remove_at(dir: &OwnedFd, name: &[u8]) -> std::io::Result<()> {
+    let name = OsStr::from_bytes(name);
+    let r = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() => {
+            use std::os::fd::AsRawFd;
+            let p = Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
+            std::fs::remove_dir_all(p)
+        }
+        Ok(_) => rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(Into::into),
+        Err(e) => Err(e.into()),
+    };
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
     }
 }
 
@@ -264,22 +302,6 @@ impl LocalTree {
         let t = FileTime::from_unix_time(meta.mtime.secs, meta.mtime.nanos);
         filetime::set_file_handle_times(f, None, Some(t))
             .map_err(|e| SyncError::io("set mtime", path, e))
-    }
-
-    fn create_tmp(&self, tmp: &Path) -> Result<File> {
-        OpenOptions::new()
-            .write(true)
-            .read(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(nofollow())
-            .open(tmp)
-            .map_err(|e| SyncError::io("create temporary file", tmp, e))
-    }
-
-    fn rename(&self, from: &Path, to: &Path) -> Result<()> {
-        std::fs::rename(from, to).map_err(|e| SyncError::io("rename into place", to, e))
     }
 
     /// A whole small file, written relative to its open directory (no path
@@ -455,32 +477,45 @@ impl LocalTree {
     }
 
     fn begin(&self, rel: RelPath, meta: Meta, basis: Basis) -> Result<()> {
-        let parent = checked_parent(&self.root, &self.on_disk(&rel))?;
-        let tmp = parent.join(OsStr::from_bytes(&temp_name(&rel, "part")));
-        let full = parent.join(OsStr::from_bytes(rel.file_name()));
+        use rustix::fs::{Mode, OFlags};
+        let (dir, name) = self.at(&rel)?;
+        let shown = rel.under(&self.root);
+        let tmp = temp_name(&rel, "part");
         let mut basis_tmp = None;
         let basis_file = match basis {
             Basis::None => None,
-            Basis::Target => Some(open_nofollow(&full)?),
+            Basis::Target => Some(
+                open_read_at(&*dir, OsStr::from_bytes(&name))
+                    .map_err(|e| SyncError::io("open", &shown, e.into()))?,
+            ),
             Basis::Partial => {
-                let b = parent.join(OsStr::from_bytes(&temp_name(&rel, "basis")));
-                self.rename(&tmp, &b)?;
-                let f = open_nofollow(&b)?;
+                let b = temp_name(&rel, "basis");
+                rustix::fs::renameat(&*dir, OsStr::from_bytes(&tmp), &*dir, OsStr::from_bytes(&b))
+                    .map_err(|e| SyncError::io("rename into place", &shown, e.into()))?;
+                let f = open_read_at(&*dir, OsStr::from_bytes(&b))
+                    .map_err(|e| SyncError::io("open", &shown, e.into()))?;
                 basis_tmp = Some(b);
                 Some(f)
             }
         };
         let basis = match basis_file {
             Some(f) => {
+                let f = File::from(f);
                 let len = f
                     .metadata()
-                    .map_err(|e| SyncError::io("stat basis", &full, e))?
+                    .map_err(|e| SyncError::io("stat basis", &shown, e))?
                     .len();
                 Some((f, len))
             }
             None => None,
         };
-        let file = self.create_tmp(&tmp)?;
+        let file = rustix::fs::openat(
+            &*dir,
+            OsStr::from_bytes(&tmp),
+            OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| SyncError::io("create temporary file", &shown, e.into()))?;
         let mut g = self.lock_open();
         if let Some(old) = g.take() {
             // A Begin without the Commit of the previous file: the sender gave
@@ -490,9 +525,11 @@ impl LocalTree {
         *g = Some(Open {
             rel,
             meta,
+            dir,
             tmp,
-            final_path: full,
-            file,
+            name,
+            shown,
+            file: File::from(file),
             basis,
             basis_tmp,
             pos: 0,
@@ -509,7 +546,7 @@ impl LocalTree {
             Chunk::Data(d) => {
                 o.file
                     .write_all_at(&d, o.pos)
-                    .map_err(|e| SyncError::io("write", &o.tmp, e))?;
+                    .map_err(|e| SyncError::io("write", &o.shown, e))?;
                 o.pos += d.len() as u64;
             }
             // A hole: nothing to write; the final set_len gives the size.
@@ -531,10 +568,10 @@ impl LocalTree {
                     let n = ((len - done) as usize).min(buf.len());
                     basis
                         .read_exact_at(&mut buf[..n], offset + done)
-                        .map_err(|e| SyncError::io("read basis", &o.final_path, e))?;
+                        .map_err(|e| SyncError::io("read basis", &o.shown, e))?;
                     o.file
                         .write_all_at(&buf[..n], o.pos)
-                        .map_err(|e| SyncError::io("write", &o.tmp, e))?;
+                        .map_err(|e| SyncError::io("write", &o.shown, e))?;
                     o.pos += n as u64;
                     done += n as u64;
                 }
@@ -550,50 +587,95 @@ impl LocalTree {
             .ok_or_else(|| SyncError::Protocol("Commit without Begin".into()))?;
         o.file
             .set_len(o.pos)
-            .map_err(|e| SyncError::io("set length", &o.tmp, e))?;
-        self.set_meta_file(&o.file, &o.tmp, &o.meta)?;
+            .map_err(|e| SyncError::io("set length", &o.shown, e))?;
+        self.set_meta_file(&o.file, &o.shown, &o.meta)?;
         drop(o.file);
-        self.rename(&o.tmp, &o.final_path)?;
+        rustix::fs::renameat(
+            &*o.dir,
+            OsStr::from_bytes(&o.tmp),
+            &*o.dir,
+            OsStr::from_bytes(&o.name),
+        )
+        .map_err(|e| SyncError::io("rename into place", &o.shown, e.into()))?;
         if let Some(b) = o.basis_tmp {
-            let _ = std::fs::remove_file(b);
+            let _ = rustix::fs::unlinkat(&*o.dir, OsStr::from_bytes(&b), AtFlags::empty());
         }
         Ok(())
     }
 
     fn symlink(&self, rel: &RelPath, target: &[u8], meta: &Meta) -> Result<()> {
-        let parent = checked_parent(&self.root, &self.on_disk(rel))?;
-        let tmp = parent.join(OsStr::from_bytes(&temp_name(rel, "part")));
-        let full = parent.join(OsStr::from_bytes(rel.file_name()));
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(OsStr::from_bytes(target), &tmp)
-            .map_err(|e| SyncError::io("symlink", &tmp, e))?;
+        let (dir, name) = self.at(rel)?;
+        let shown = rel.under(&self.root);
+        let tmp = temp_name(rel, "part");
+        let tmp = OsStr::from_bytes(&tmp);
+        let _ = rustix::fs::unlinkat(&*dir, tmp, AtFlags::empty());
+        rustix::fs::symlinkat(OsStr::from_bytes(target), &*dir, tmp)
+            .map_err(|e| SyncError::io("symlink", &shown, e.into()))?;
         if self.chown {
-            std::os::unix::fs::lchown(&tmp, Some(meta.uid), Some(meta.gid))
-                .map_err(|e| SyncError::io("chown", &tmp, e))?;
+            rustix::fs::chownat(
+                &*dir,
+                tmp,
+                Some(rustix::fs::Uid::from_raw(meta.uid)),
+                Some(rustix::fs::Gid::from_raw(meta.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| SyncError::io("chown", &shown, e.into()))?;
         }
-        let t = FileTime::from_unix_time(meta.mtime.secs, meta.mtime.nanos);
-        filetime::set_symlink_file_times(&tmp, t, t)
-            .map_err(|e| SyncError::io("set mtime", &tmp, e))?;
-        self.rename(&tmp, &full)
+        rustix::fs::utimensat(&*dir, tmp, &times(meta), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| SyncError::io("set mtime", &shown, e.into()))?;
+        rustix::fs::renameat(&*dir, tmp, &*dir, OsStr::from_bytes(&name))
+            .map_err(|e| SyncError::io("rename into place", &shown, e.into()))
     }
 
     fn hardlink(&self, rel: &RelPath, to: &RelPath) -> Result<()> {
-        let parent = checked_parent(&self.root, &self.on_disk(rel))?;
-        let to_full =
-            checked_parent(&self.root, &self.on_disk(to))?.join(OsStr::from_bytes(to.file_name()));
-        let md = std::fs::symlink_metadata(&to_full)
-            .map_err(|e| SyncError::io("lstat link target", &to_full, e))?;
-        if !md.file_type().is_file() {
+        let (dir, name) = self.at(rel)?;
+        let (to_dir, to_name) = self.at(to)?;
+        let shown = rel.under(&self.root);
+        let st = rustix::fs::statat(
+            &*to_dir,
+            OsStr::from_bytes(&to_name),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| SyncError::io("lstat link target", to.under(&self.root), e.into()))?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
             return Err(SyncError::Corrupt {
                 path: rel.to_string(),
                 message: format!("hard link target {to} is not a regular file"),
             });
         }
-        let tmp = parent.join(OsStr::from_bytes(&temp_name(rel, "part")));
-        let full = parent.join(OsStr::from_bytes(rel.file_name()));
-        let _ = std::fs::remove_file(&tmp);
-        std::fs::hard_link(&to_full, &tmp).map_err(|e| SyncError::io("link", &tmp, e))?;
-        self.rename(&tmp, &full)
+        let tmp = temp_name(rel, "part");
+        let tmp = OsStr::from_bytes(&tmp);
+        let _ = rustix::fs::unlinkat(&*dir, tmp, AtFlags::empty());
+        // linkat without AT_SYMLINK_FOLLOW links the name itself, never
+        // what a symlink put there since the check would point to.
+        rustix::fs::linkat(
+            &*to_dir,
+            OsStr::from_bytes(&to_name),
+            &*dir,
+            tmp,
+            AtFlags::empty(),
+        )
+        .map_err(|e| SyncError::io("link", &shown, e.into()))?;
+        rustix::fs::renameat(&*dir, tmp, &*dir, OsStr::from_bytes(&name))
+            .map_err(|e| SyncError::io("rename into place", &shown, e.into()))
+    }
+
+    /// The open parent directory of `rel` and the name `rel` has in it on
+    /// disk (the hidden name when `rel` is a staged directory). Every
+    /// receiver op works relative to these: no path is walked again after
+    /// the directories were opened without following symlinks.
+    fn at(&self, rel: &RelPath) -> Result<(std::sync::Arc<OwnedFd>, Vec<u8>)> {
+        let dir = self.open_dir(&rel.parent())?;
+        let name = match self
+            .staged
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(rel)
+        {
+            Some(hidden) => hidden.clone(),
+            None => rel.file_name().to_vec(),
+        };
+        Ok((dir, name))
     }
 
     /// A directory new to this tree is staged: built under a hidden name
@@ -601,46 +683,57 @@ impl LocalTree {
     /// [`LocalTree::reveal`]). Directories below a staged one are made in
     /// place: nobody can see them yet either.
     fn mkdir(&self, rel: &RelPath) -> Result<()> {
-        let on_disk = self.on_disk(rel);
-        let parent = checked_parent(&self.root, &on_disk)?;
-        let full = parent.join(OsStr::from_bytes(on_disk.file_name()));
-        match std::fs::symlink_metadata(&full) {
-            Ok(md) if md.is_dir() => Ok(()),
+        let (dir, name) = self.at(rel)?;
+        match rustix::fs::statat(&*dir, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() => Ok(()),
             Ok(_) => Err(SyncError::NotADirectory {
                 path: rel.to_string(),
                 component: rel.to_string(),
                 what: "something else",
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if matches!(on_disk, std::borrow::Cow::Owned(_)) {
-                    return std::fs::create_dir(&full)
-                        .map_err(|e| SyncError::io("mkdir", &full, e));
+            Err(rustix::io::Errno::NOENT) => {
+                let in_stage = rel.parent().is_some_and(|p| {
+                    staged_at_or_above(&self.staged.read().unwrap_or_else(|p| p.into_inner()), &p)
+                });
+                if in_stage {
+                    return rustix::fs::mkdirat(
+                        &*dir,
+                        OsStr::from_bytes(&name),
+                        Mode::from_raw_mode(0o777),
+                    )
+                    .map_err(|e| SyncError::io("mkdir", rel.under(&self.root), e.into()));
                 }
-                self.stage_dir(&parent, rel)
+                self.stage_dir(&dir, rel)
             }
-            Err(e) => Err(SyncError::io("lstat", &full, e)),
+            Err(e) => Err(SyncError::io("lstat", rel.under(&self.root), e.into())),
         }
     }
 
-    fn stage_dir(&self, parent: &Path, rel: &RelPath) -> Result<()> {
+    fn stage_dir(&self, dir: &OwnedFd, rel: &RelPath) -> Result<()> {
         let hidden = stage_name(rel);
-        let hp = parent.join(OsStr::from_bytes(&hidden));
+        let shown = rel.under(&self.root);
         // A leftover the scan did not list (no marker, or a watched pass):
         // what it holds was never compared with the source, so it goes.
-        let gone = match std::fs::symlink_metadata(&hp) {
-            Ok(md) if md.is_dir() => std::fs::remove_dir_all(&hp),
-            Ok(_) => std::fs::remove_file(&hp),
-            Err(e) => Err(e),
-        };
-        match gone {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(SyncError::io("remove leftover", &hp, e));
-            }
-            _ => {}
-        }
-        std::fs::create_dir(&hp).map_err(|e| SyncError::io("mkdir", &hp, e))?;
-        let marker = hp.join(OsStr::from_bytes(STAGE_MARKER));
-        std::fs::write(&marker, rel.file_name()).map_err(|e| SyncError::io("write", &marker, e))?;
+        remove_at(dir, &hidden).map_err(|e| SyncError::io("remove leftover", &shown, e))?;
+        rustix::fs::mkdirat(dir, OsStr::from_bytes(&hidden), Mode::from_raw_mode(0o777))
+            .map_err(|e| SyncError::io("mkdir", &shown, e.into()))?;
+        let hdir = rustix::fs::openat(
+            dir,
+            OsStr::from_bytes(&hidden),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| SyncError::io("open directory", &shown, e.into()))?;
+        let marker = rustix::fs::openat(
+            &hdir,
+            OsStr::from_bytes(STAGE_MARKER),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| SyncError::io("create", &shown, e.into()))?;
+        File::from(marker)
+            .write_all(rel.file_name())
+            .map_err(|e| SyncError::io("write", &shown, e))?;
         self.staged
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -651,31 +744,41 @@ impl LocalTree {
     /// Gives every staged directory its name (its marker removed first).
     /// Called when directory metadata arrives, which the sender sends after
     /// all content, and at a flush (a pass's end): by then every file in
-    /// them is whole. A name that appeared meanwhile is not replaced: the
-    /// staged directory stays hidden and the error says so.
+    /// them is whole (taking the write lock waits for any small file still
+    /// being written in one). A name that appeared meanwhile is not
+    /// replaced: the staged directory stays hidden and the error says so.
     fn reveal(&self) -> Result<()> {
-        let mut m = self.staged.write().unwrap_or_else(|p| p.into_inner());
+        let staged: Vec<(RelPath, Vec<u8>)> = self
+            .staged
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
         let mut first_err = None;
-        for (rel, hidden) in m.drain() {
+        for (rel, hidden) in staged {
             let r = (|| -> Result<()> {
-                let parent = checked_parent(&self.root, &rel)?;
-                let hp = parent.join(OsStr::from_bytes(&hidden));
-                let marker = hp.join(OsStr::from_bytes(STAGE_MARKER));
-                match std::fs::remove_file(&marker) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(SyncError::io("remove", &marker, e));
-                    }
-                    _ => {}
+                let shown = rel.under(&self.root);
+                let dir = self.open_dir(&rel.parent())?;
+                let hdir = rustix::fs::openat(
+                    &*dir,
+                    OsStr::from_bytes(&hidden),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| SyncError::io("open directory", &shown, e.into()))?;
+                match rustix::fs::unlinkat(&hdir, OsStr::from_bytes(STAGE_MARKER), AtFlags::empty())
+                {
+                    Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                    Err(e) => return Err(SyncError::io("remove", &shown, e.into())),
                 }
-                let full = parent.join(OsStr::from_bytes(rel.file_name()));
                 rustix::fs::renameat_with(
-                    rustix::fs::CWD,
-                    &hp,
-                    rustix::fs::CWD,
-                    &full,
+                    &*dir,
+                    OsStr::from_bytes(&hidden),
+                    &*dir,
+                    OsStr::from_bytes(rel.file_name()),
                     rustix::fs::RenameFlags::NOREPLACE,
                 )
-                .map_err(|e| SyncError::io("rename into place", &full, e.into()))
+                .map_err(|e| SyncError::io("rename into place", &shown, e.into()))
             })();
             if let Err(e) = r {
                 first_err.get_or_insert(e);
@@ -716,38 +819,44 @@ impl LocalTree {
             // are complete (and their own metadata must land on the real name).
             self.reveal()?;
         }
-        let parent = checked_parent(&self.root, &self.on_disk(rel))?;
-        let full = parent.join(OsStr::from_bytes(rel.file_name()));
-        let md = std::fs::symlink_metadata(&full).map_err(|e| SyncError::io("lstat", &full, e))?;
-        let ft = md.file_type();
-        let t = FileTime::from_unix_time(meta.mtime.secs, meta.mtime.nanos);
+        let (dir, name) = self.at(rel)?;
+        let name = OsStr::from_bytes(&name);
+        let shown = rel.under(&self.root);
+        let st = rustix::fs::statat(&*dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| SyncError::io("lstat", &shown, e.into()))?;
+        let ft = rustix::fs::FileType::from_raw_mode(st.st_mode);
+        let open = |flags: OFlags| {
+            rustix::fs::openat(
+                &*dir,
+                name,
+                flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map(File::from)
+            .map_err(|e| SyncError::io("open", &shown, e.into()))
+        };
         match kind {
-            Kind::File if ft.is_file() => {
-                let f = OpenOptions::new()
-                    .read(true)
-                    .custom_flags(nofollow())
-                    .open(&full)
-                    .map_err(|e| SyncError::io("open", &full, e))?;
-                self.set_meta_file(&f, &full, meta)
+            Kind::File if ft == rustix::fs::FileType::RegularFile => {
+                self.set_meta_file(&open(OFlags::RDONLY)?, &shown, meta)
             }
             Kind::Dir if ft.is_dir() => {
-                if self.chown {
-                    std::os::unix::fs::lchown(&full, Some(meta.uid), Some(meta.gid))
-                        .map_err(|e| SyncError::io("chown", &full, e))?;
-                }
-                // lstat said directory, so chmod (which follows links) acts on it.
-                std::fs::set_permissions(&full, std::fs::Permissions::from_mode(meta.mode))
-                    .map_err(|e| SyncError::io("chmod", &full, e))?;
-                filetime::set_symlink_file_times(&full, t, t)
-                    .map_err(|e| SyncError::io("set mtime", &full, e))
+                // Opened without following a link: the metadata lands on the
+                // directory that was looked at, whatever is renamed meanwhile.
+                self.set_meta_file(&open(OFlags::RDONLY | OFlags::DIRECTORY)?, &shown, meta)
             }
-            Kind::Symlink if ft.is_symlink() => {
+            Kind::Symlink if ft == rustix::fs::FileType::Symlink => {
                 if self.chown {
-                    std::os::unix::fs::lchown(&full, Some(meta.uid), Some(meta.gid))
-                        .map_err(|e| SyncError::io("chown", &full, e))?;
+                    rustix::fs::chownat(
+                        &*dir,
+                        name,
+                        Some(rustix::fs::Uid::from_raw(meta.uid)),
+                        Some(rustix::fs::Gid::from_raw(meta.gid)),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|e| SyncError::io("chown", &shown, e.into()))?;
                 }
-                filetime::set_symlink_file_times(&full, t, t)
-                    .map_err(|e| SyncError::io("set mtime", &full, e))
+                rustix::fs::utimensat(&*dir, name, &times(meta), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| SyncError::io("set mtime", &shown, e.into()))
             }
             _ => Err(SyncError::Corrupt {
                 path: rel.to_string(),
@@ -772,24 +881,12 @@ impl LocalTree {
     fn delete(&self, rel: &RelPath) -> Result<()> {
         // A directory under this name may go, or be replaced by something else.
         self.dirs.clear();
-        let on_disk = self.on_disk(rel).into_owned();
-        let parent = checked_parent(&self.root, &on_disk)?;
-        let full = parent.join(OsStr::from_bytes(on_disk.file_name()));
+        let (dir, name) = self.at(rel)?;
         self.staged
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(rel);
-        let r = match std::fs::symlink_metadata(&full) {
-            // remove_dir_all does not follow symlinks inside the directory.
-            Ok(md) if md.is_dir() => std::fs::remove_dir_all(&full),
-            Ok(_) => std::fs::remove_file(&full),
-            Err(e) => Err(e),
-        };
-        match r {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(SyncError::io("delete", &full, e)),
-        }
+        remove_at(&dir, &name).map_err(|e| SyncError::io("delete", rel.under(&self.root), e))
     }
 
     fn image_path(&self) -> &Path {
@@ -928,20 +1025,17 @@ impl Dest for LocalTree {
         basis: Basis,
         block_size: u32,
     ) -> Result<Option<Signature>> {
-        let parent = checked_parent(&self.root, &self.on_disk(path))?;
-        let p = match basis {
+        let (dir, name) = self.at(path)?;
+        let p = path.under(&self.root);
+        let name = match basis {
             Basis::None => return Ok(None),
-            Basis::Target => parent.join(OsStr::from_bytes(path.file_name())),
-            Basis::Partial => parent.join(OsStr::from_bytes(&temp_name(path, "part"))),
+            Basis::Target => name,
+            Basis::Partial => temp_name(path, "part"),
         };
-        let f = match OpenOptions::new()
-            .read(true)
-            .custom_flags(nofollow())
-            .open(&p)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(SyncError::io("open basis", &p, e)),
+        let f = match open_read_at(&*dir, OsStr::from_bytes(&name)) {
+            Ok(f) => File::from(f),
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(SyncError::io("open basis", &p, e.into())),
         };
         let sig = delta::signature(std::io::BufReader::new(f), block_size)
             .map_err(|e| SyncError::io("read basis", &p, e))?;

@@ -6,10 +6,12 @@
 //! no empty, `.` or `..` component, no NUL. Every path that arrives in a frame is
 //! built through [`RelPath::new`], so the rest of the code never sees a bad one.
 //!
-//! Writes go through [`checked_parent`]: each existing component under the root
-//! is inspected with `symlink_metadata` and must be a real directory, so a
+//! The receiver opens each directory under the root with `O_NOFOLLOW |
+//! O_DIRECTORY` from its parent's descriptor and works relative to it, so a
 //! symlink planted in the tree (by a user of the site, or by an earlier bad
-//! transfer) can never redirect a write outside the volume.
+//! transfer) can never redirect a write outside the volume; when that open
+//! is refused, [`checked_parent`] inspects the components with
+//! `symlink_metadata` to name the one at fault.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

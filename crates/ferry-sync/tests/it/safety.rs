@@ -249,6 +249,33 @@ fn a_directory_swapped_for_a_symlink_mid_pass_never_redirects_a_write() {
     outside_untouched(&outside);
 }
 
+/// The same for a large file streamed in pieces: its directory is swapped
+/// for a symlink to the outside between its data and its commit; the file
+/// still lands in the directory it was started in.
+#[test]
+fn a_streamed_file_whose_directory_is_swapped_mid_file_stays_inside() {
+    let (_t, vol, outside, agent) = setup();
+    fs::create_dir(vol.join("d")).unwrap();
+    fs::write(vol.join("d/first"), b"first").unwrap();
+    let mut raw = Raw::open(&agent, "v", true);
+    raw.send_msg(&Msg::Op(Op::Begin {
+        path: rel("d/big"),
+        meta: meta(),
+        basis: ferry_sync::Basis::None,
+    }));
+    raw.send_msg(&Msg::Chunk(ferry_sync::delta::Chunk::Data(b"big".to_vec())));
+    raw.send_msg(&Msg::ReadSmallReq {
+        path: rel("d/first"),
+    });
+    assert_eq!(raw.recv(), Msg::FileData(b"first".to_vec()));
+    fs::rename(vol.join("d"), vol.join("moved")).unwrap();
+    symlink(&outside, vol.join("d")).unwrap();
+    raw.send_msg(&Msg::Op(Op::Commit));
+    raw.expect_ok();
+    outside_untouched(&outside);
+    assert_eq!(fs::read(vol.join("moved/big")).unwrap(), b"big");
+}
+
 #[test]
 fn refuses_streamed_file_through_a_symlinked_directory() {
     let (_t, _vol, outside, agent) = setup();
