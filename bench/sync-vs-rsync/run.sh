@@ -24,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 N="${N:-200000}"
 IMG_MB="${IMG_MB:-1024}"
-FIRST_RUNS="${FIRST_RUNS:-3}"
+FIRST_RUNS="${FIRST_RUNS:-5}"
 FRESH_FS="${FRESH_FS:-1}"
 command -v rsync >/dev/null || { echo "needs rsync (apt-get install rsync)" >&2; exit 2; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferry-target}"
@@ -152,6 +152,7 @@ tcpu() {
 # tj FILE cmd...: like t, keeping the command's stdout (ferry --json) in FILE.
 tj() { local f="$1" s e; shift; sync; s=$(date +%s.%N); "$@" >"$f"; e=$(date +%s.%N); echo "$e - $s" | bc; }
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END{print v[int((NR+1)/2)]}'; }
+minimum() { printf '%s\n' "$@" | sort -g | head -1; }
 declare -A R
 # (a) first copy: FIRST_RUNS times each, alternating, each into a new
 # filesystem; the last copies stay for the measures after it.
@@ -163,7 +164,7 @@ for i in $(seq "$FIRST_RUNS"); do
   echo "first copy run $i: rsync ${RS_W[-1]} s (${RS_C[-1]} CPU s), ferry ${FE_W[-1]} s (${FE_C[-1]} CPU s)" >&2
 done
 R[rs_first]=$(median "${RS_W[@]}"); R[fe_first]=$(median "${FE_W[@]}")
-FIRST_NOTE="median of $FIRST_RUNS; rsync runs ${RS_W[*]} s (busy CPU ${RS_C[*]} s), ferry runs ${FE_W[*]} s (busy CPU ${FE_C[*]} s)"
+FIRST_NOTE="median of $FIRST_RUNS (minimum: rsync $(minimum "${RS_W[@]}") s, ferry $(minimum "${FE_W[@]}") s, $(printf %.2f "$(echo "$(minimum "${RS_W[@]}") / $(minimum "${FE_W[@]}")" | bc -l)")x); rsync runs ${RS_W[*]} s (busy CPU ${RS_C[*]} s), ferry runs ${FE_W[*]} s (busy CPU ${FE_C[*]} s)"
 R[rs_unch]=$(t rsync -a --delete "$W/src/" "rsync://127.0.0.1:$RSPORT/rs/")
 R[fe_unch]=$(t "$FERRY" sync --delete "$W/src" "ferry://127.0.0.1:$FPORT/fe")
 # Unchanged pass with --watch: pass 1 walks the tree and starts the watch, pass 2
