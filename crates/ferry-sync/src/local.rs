@@ -882,10 +882,11 @@ impl LocalTree {
         // A directory under this name may go, or be replaced by something else.
         self.dirs.clear();
         let (dir, name) = self.at(rel)?;
+        // Staged directories at or below it go with it.
         self.staged
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(rel);
+            .retain(|k, _| !k.starts_with(rel));
         remove_at(&dir, &name).map_err(|e| SyncError::io("delete", rel.under(&self.root), e))
     }
 

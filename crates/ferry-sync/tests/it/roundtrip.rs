@@ -407,3 +407,35 @@ fn staged_directories_resume_through_an_agent() {
         .iter()
         .all(|p| !p.to_string_lossy().contains(".~ferry.")));
 }
+
+/// A directory staged inside an existing one by an interrupted pass, whose
+/// parent is then removed at the source: the next pass deletes the parent
+/// and its staged content and ends cleanly (nothing left to reveal).
+#[test]
+fn a_staged_directory_whose_parent_is_deleted_goes_with_it() {
+    let t = tmp();
+    let (src, dst) = dirs(&t);
+    fs::create_dir_all(src.join("x")).unwrap();
+    fs::write(src.join("x/keep"), b"keep").unwrap();
+    fs::write(src.join("top"), b"top").unwrap();
+    let s = LocalTree::new(&src);
+    run_pass(&s, &LocalTree::new(&dst), &opts(), 1, &no_events()).unwrap();
+    fs::create_dir_all(src.join("x/t")).unwrap();
+    for i in 0..40 {
+        fs::write(src.join(format!("x/t/f{i}")), bytes(i, 3000)).unwrap();
+    }
+    {
+        let d = LocalTree::new(&dst);
+        let failing = Failing {
+            inner: &d,
+            budget: std::sync::atomic::AtomicI64::new(20 * 3000 + 1500),
+        };
+        run_pass(&s, &failing, &opts(), 2, &no_events()).unwrap_err();
+    }
+    assert!(!dst.join("x/t").exists());
+    fs::remove_dir_all(src.join("x")).unwrap();
+    let d = LocalTree::new(&dst);
+    run_pass(&s, &d, &opts(), 3, &no_events()).unwrap();
+    assert_same(&src, &dst);
+    assert!(!dst.join("x").exists());
+}
