@@ -397,6 +397,33 @@ command = ["echo", "cache flushed"]
             .unwrap()
     }
 
+    /// `ferry update --level LEVEL --primary s1` with a runbook and journal.
+    fn update(&self, level: &str, runbook: &Path, journal: &Path) -> Output {
+        self.ferry(&[
+            "update",
+            "--level",
+            level,
+            "--primary",
+            "s1",
+            "--runbook",
+            runbook.to_str().unwrap(),
+            "--journal",
+            journal.to_str().unwrap(),
+        ])
+    }
+
+    /// `ferry update status --json` for a journal.
+    fn update_status(&self, journal: &Path) -> Value {
+        let st = self.ferry(&[
+            "update",
+            "status",
+            "--journal",
+            journal.to_str().unwrap(),
+            "--json",
+        ]);
+        serde_json::from_slice(&st.stdout).unwrap_or_else(|_| panic!("{}", text(&st)))
+    }
+
     async fn pools(&self) -> Vec<(String, String)> {
         let (s, v) = admin(self.router.admin, http::Method::GET, "/v1/pools", None).await;
         assert_eq!(s, 200, "{v}");
@@ -726,17 +753,7 @@ async fn level2_update_reaches_every_server_purges_varnish_and_fails_no_request(
     let journal = shop.path("l2.journal");
     let traffic = Loop::start(varnish);
     traffic.wait_ok(20).await;
-    let o = shop.ferry(&[
-        "update",
-        "--level",
-        "2",
-        "--primary",
-        "s1",
-        "--runbook",
-        rb.to_str().unwrap(),
-        "--journal",
-        journal.to_str().unwrap(),
-    ]);
+    let o = shop.update("2", &rb, &journal);
     traffic
         .wait_ok(traffic.ok.load(Ordering::Relaxed) + 20)
         .await;
@@ -759,14 +776,7 @@ async fn level2_update_reaches_every_server_purges_varnish_and_fails_no_request(
     for (name, state) in shop.pools().await {
         assert_eq!(state, "ready", "{name}");
     }
-    let st = shop.ferry(&[
-        "update",
-        "status",
-        "--journal",
-        journal.to_str().unwrap(),
-        "--json",
-    ]);
-    let v: Value = serde_json::from_slice(&st.stdout).unwrap_or_else(|_| panic!("{}", text(&st)));
+    let v = shop.update_status(&journal);
     assert_eq!(v["state"], "done", "{v:#}");
     let names: Vec<&str> = v["steps"]
         .as_array()
@@ -805,17 +815,7 @@ async fn level3_puts_sites_in_maintenance_during_database_steps_only() {
     let journal = shop.path("l3.journal");
     let traffic = Loop::start(shop.router.addr());
     traffic.wait_ok(20).await;
-    let o = shop.ferry(&[
-        "update",
-        "--level",
-        "3",
-        "--primary",
-        "s1",
-        "--runbook",
-        rb.to_str().unwrap(),
-        "--journal",
-        journal.to_str().unwrap(),
-    ]);
+    let o = shop.update("3", &rb, &journal);
     traffic
         .wait_ok(traffic.ok.load(Ordering::Relaxed) + 20)
         .await;
@@ -870,17 +870,7 @@ async fn a_failing_step_leaves_traffic_as_it_was() {
     let journal = shop.path("fail.journal");
     let traffic = Loop::start(shop.varnish.1);
     traffic.wait_ok(20).await;
-    let o = shop.ferry(&[
-        "update",
-        "--level",
-        "2",
-        "--primary",
-        "s1",
-        "--runbook",
-        rb.to_str().unwrap(),
-        "--journal",
-        journal.to_str().unwrap(),
-    ]);
+    let o = shop.update("2", &rb, &journal);
     let (_, _, (failed, examples)) = traffic.stop().await;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let all = text(&o);
@@ -896,14 +886,7 @@ async fn a_failing_step_leaves_traffic_as_it_was() {
     assert_eq!(failed, 0, "{examples:?}");
     // Nothing was synced: s2 still has the old files.
     assert_eq!(served(shop.nginx[1].1).await, "shop v1\n");
-    let st = shop.ferry(&[
-        "update",
-        "status",
-        "--journal",
-        journal.to_str().unwrap(),
-        "--json",
-    ]);
-    let v: Value = serde_json::from_slice(&st.stdout).unwrap_or_else(|_| panic!("{}", text(&st)));
+    let v = shop.update_status(&journal);
     assert_eq!(v["state"], "failed (traffic restored)", "{v:#}");
 }
 
@@ -977,14 +960,7 @@ async fn a_killed_update_is_finished_by_resume() {
     for (name, state) in shop.pools().await {
         assert_eq!(state, "ready", "{name}");
     }
-    let st = shop.ferry(&[
-        "update",
-        "status",
-        "--journal",
-        journal.to_str().unwrap(),
-        "--json",
-    ]);
-    let v: Value = serde_json::from_slice(&st.stdout).unwrap();
+    let v = shop.update_status(&journal);
     assert_eq!(v["state"], "done", "{v:#}");
     // A second resume of a finished run changes nothing.
     let o = shop.ferry(&["update", "resume", "--journal", journal.to_str().unwrap()]);
@@ -1000,17 +976,7 @@ async fn level1_syncs_the_files_from_the_primary() {
     std::fs::write(shop.agents[2].app.join("stale.txt"), "old\n").unwrap();
     let rb = shop.runbook("level1.toml", "");
     let journal = shop.path("l1.journal");
-    let o = shop.ferry(&[
-        "update",
-        "--level",
-        "1",
-        "--primary",
-        "s1",
-        "--runbook",
-        rb.to_str().unwrap(),
-        "--journal",
-        journal.to_str().unwrap(),
-    ]);
+    let o = shop.update("1", &rb, &journal);
     assert!(o.status.success(), "{}", text(&o));
     for a in &shop.agents[1..] {
         assert_eq!(
