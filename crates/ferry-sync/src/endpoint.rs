@@ -111,8 +111,10 @@ pub trait Source: Tree {
         sig: Option<&Signature>,
         out: &mut dyn FnMut(Chunk) -> Result<()>,
     ) -> Result<()>;
-    /// A whole small file.
-    fn read_small(&self, path: &RelPath) -> Result<Vec<u8>>;
+    /// A whole small file. `size` is what the scan saw (0: unknown): a
+    /// file that still has exactly that many bytes is not asked for more
+    /// (one read, not two); one that grew is read to its end.
+    fn read_small(&self, path: &RelPath, size: u64) -> Result<Vec<u8>>;
     /// Block mode: the content of blocks `index` (the last one may be short).
     fn read_block(&self, index: u64, block_size: u32) -> Result<Vec<u8>>;
     /// Block mode: `count` consecutive blocks from `index`, back to back.

@@ -480,7 +480,7 @@ pub fn run_pass_over(
         .try_for_each(|(s, content)| -> Result<()> {
             let op = match (s.kind, content) {
                 (Kind::File, true) => {
-                    let data = match src.read_small(&s.path) {
+                    let data = match src.read_small(&s.path, s.size) {
                         Ok(d) => d,
                         Err(e) if e.is_not_found() => {
                             vanished.fetch_add(1, Ordering::Relaxed);

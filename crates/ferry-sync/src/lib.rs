@@ -27,6 +27,7 @@
 pub mod agent;
 pub mod block;
 pub mod delta;
+mod dircache;
 pub mod endpoint;
 pub mod engine;
 mod error;

@@ -39,11 +39,13 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 
 use crate::block;
 use crate::delta::{self, Chunk, Signature};
+use crate::dircache::{DirCache, OpenDir, Owned};
 use crate::endpoint::{Basis, Dest, Op, Source, Tree};
 use crate::error::{Result, SyncError};
 use crate::manifest::{self, Kind, Manifest, Meta, ScanOptions};
 use crate::merkle::{Child, Digest, MerkleTree};
 use crate::path::{checked_parent, stage_name, temp_name, RelPath, STAGE_MARKER};
+use crate::proto;
 use crate::watch::{Changes, Watch};
 
 /// True when this process may set owners (effective uid 0).
@@ -88,7 +90,7 @@ struct Open {
     rel: RelPath,
     meta: Meta,
     /// The file's open directory, its temporary name there and its name.
-    dir: std::sync::Arc<OwnedFd>,
+    dir: std::sync::Arc<OpenDir>,
     tmp: Vec<u8>,
     name: Vec<u8>,
     /// Where the file is, for messages.
@@ -120,44 +122,6 @@ pub struct LocalTree {
     /// Staged directories: listed path -> hidden name in the same parent
     /// (see the module docs).
     staged: std::sync::RwLock<std::collections::HashMap<RelPath, Vec<u8>>>,
-}
-
-/// Open directories of the tree by relative path (`None` = the root), so a
-/// small file costs no path walk and no `lstat` of every parent: the files
-/// of one directory are created, linked and read relative to one descriptor.
-/// Each directory is opened from its parent's descriptor with `O_NOFOLLOW |
-/// O_DIRECTORY`, which is the same guarantee as [`checked_parent`] (no
-/// component is a symlink) given by the kernel. Cleared when this tree
-/// deletes anything (a directory may be gone or replaced) and at every
-/// flush (a pass's end), so descriptors are not held between passes.
-#[derive(Default)]
-struct DirCache {
-    map: Mutex<std::collections::HashMap<Option<RelPath>, std::sync::Arc<OwnedFd>>>,
-}
-
-/// More open directories than this and the cache starts again.
-const DIR_CACHE_MAX: usize = 1024;
-
-impl DirCache {
-    fn clear(&self) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-
-    fn get(&self, dir: &Option<RelPath>) -> Option<std::sync::Arc<OwnedFd>> {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(dir)
-            .cloned()
-    }
-
-    fn put(&self, dir: Option<RelPath>, fd: std::sync::Arc<OwnedFd>) {
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if m.len() >= DIR_CACHE_MAX {
-            m.clear();
-        }
-        m.insert(dir, fd);
-    }
 }
 
 /// Access and modification time both set to the entry's mtime.
@@ -231,7 +195,7 @@ impl LocalTree {
     /// The open directory `dir` (`None` = the root); see [`DirCache`]. A
     /// component that is a symlink or not a directory is refused with the
     /// same error [`checked_parent`] gives.
-    fn open_dir(&self, dir: &Option<RelPath>) -> Result<std::sync::Arc<OwnedFd>> {
+    fn open_dir(&self, dir: &Option<RelPath>) -> Result<std::sync::Arc<OpenDir>> {
         use rustix::fs::{Mode, OFlags};
         if let Some(fd) = self.dirs.get(dir) {
             return Ok(fd);
@@ -267,9 +231,9 @@ impl LocalTree {
                 }
             }
         };
-        let fd = std::sync::Arc::new(fd);
-        self.dirs.put(dir.clone(), fd.clone());
-        Ok(fd)
+        let open = std::sync::Arc::new(OpenDir::new(fd));
+        self.dirs.put(dir.clone(), open.clone());
+        Ok(open)
     }
 
     pub fn root(&self) -> &Path {
@@ -287,15 +251,22 @@ impl LocalTree {
     /// usually has them already, and every chown or chmod is one more
     /// journalled inode update (a tenth of a small file's cost on ext4).
     fn set_meta_file(&self, f: &File, path: &Path, meta: &Meta) -> Result<()> {
-        let st = rustix::fs::fstat(f).map_err(|e| SyncError::io("stat", path, e.into()))?;
+        let now =
+            crate::dircache::stat_owned(f).map_err(|e| SyncError::io("stat", path, e.into()))?;
+        self.set_meta_owned(f, path, meta, now)
+    }
+
+    /// [`Self::set_meta_file`] for a file whose owner and mode are known
+    /// (`now`): one we just created (see [`OpenDir::created`]).
+    fn set_meta_owned(&self, f: &File, path: &Path, meta: &Meta, now: Owned) -> Result<()> {
         let mut chowned = false;
-        if self.chown && (st.st_uid != meta.uid || st.st_gid != meta.gid) {
+        if self.chown && (now.uid != meta.uid || now.gid != meta.gid) {
             std::os::unix::fs::fchown(f, Some(meta.uid), Some(meta.gid))
                 .map_err(|e| SyncError::io("chown", path, e))?;
             chowned = true;
         }
         // After chown: chown clears setuid/setgid bits, so the mode goes last.
-        if chowned || (st.st_mode & 0o7777) != (meta.mode & 0o7777) {
+        if chowned || now.mode != (meta.mode & 0o7777) {
             f.set_permissions(std::fs::Permissions::from_mode(meta.mode))
                 .map_err(|e| SyncError::io("chmod", path, e))?;
         }
@@ -356,22 +327,35 @@ impl LocalTree {
     /// so the scan after an interruption never lists half a file (one cut
     /// short by a crash has neither the size nor the mtime of its source
     /// and is sent again).
-    fn staged_file(&self, dir: &OwnedFd, rel: &RelPath, meta: &Meta, data: &[u8]) -> Result<()> {
+    fn staged_file(&self, dir: &OpenDir, rel: &RelPath, meta: &Meta, data: &[u8]) -> Result<()> {
         use rustix::fs::{Mode, OFlags};
         let name = OsStr::from_bytes(rel.file_name());
         let full = rel.under(&self.root);
-        let fd = rustix::fs::openat(
-            dir,
-            name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(meta.mode & 0o777),
-        )
-        .map_err(|e| SyncError::io("create", &full, e.into()))?;
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mode = Mode::from_raw_mode(meta.mode & 0o777);
+        // New, usually; a resumed pass may find a part written before.
+        let (fd, fresh) = match rustix::fs::openat(dir, name, flags | OFlags::EXCL, mode) {
+            Ok(fd) => (fd, true),
+            Err(rustix::io::Errno::EXIST) => (
+                rustix::fs::openat(dir, name, flags | OFlags::TRUNC, mode)
+                    .map_err(|e| SyncError::io("create", &full, e.into()))?,
+                false,
+            ),
+            Err(e) => return Err(SyncError::io("create", &full, e.into())),
+        };
         let mut f = File::from(fd);
         let r = f
             .write_all(data)
             .map_err(|e| SyncError::io("write", &full, e))
-            .and_then(|()| self.set_meta_file(&f, &full, meta));
+            .and_then(|()| match fresh {
+                true => {
+                    let now = dir
+                        .created(&f, meta)
+                        .map_err(|e| SyncError::io("stat", &full, e.into()))?;
+                    self.set_meta_owned(&f, &full, meta, now)
+                }
+                false => self.set_meta_file(&f, &full, meta),
+            });
         if r.is_err() {
             let _ = rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty());
         }
@@ -395,7 +379,7 @@ impl LocalTree {
     /// filesystem or our privileges do not allow them.
     fn unnamed_file(
         &self,
-        dir: &OwnedFd,
+        dir: &OpenDir,
         rel: &RelPath,
         meta: &Meta,
         data: &[u8],
@@ -423,7 +407,10 @@ impl LocalTree {
         let full = rel.under(&self.root);
         f.write_all(data)
             .map_err(|e| SyncError::io("write", &full, e))?;
-        self.set_meta_file(&f, &full, meta)?;
+        let now = dir
+            .created(&f, meta)
+            .map_err(|e| SyncError::io("stat", &full, e.into()))?;
+        self.set_meta_owned(&f, &full, meta, now)?;
         match self.link_unnamed(&f, dir, OsStr::from_bytes(rel.file_name()), rel) {
             Ok(()) => Ok(None),
             Err(SyncError::Io { source, .. })
@@ -664,7 +651,7 @@ impl LocalTree {
     /// disk (the hidden name when `rel` is a staged directory). Every
     /// receiver op works relative to these: no path is walked again after
     /// the directories were opened without following symlinks.
-    fn at(&self, rel: &RelPath) -> Result<(std::sync::Arc<OwnedFd>, Vec<u8>)> {
+    fn at(&self, rel: &RelPath) -> Result<(std::sync::Arc<OpenDir>, Vec<u8>)> {
         let dir = self.open_dir(&rel.parent())?;
         let name = match self
             .staged
@@ -964,19 +951,27 @@ impl Source for LocalTree {
     }
 
     /// Read relative to the file's open directory (see [`DirCache`]), into a
-    /// buffer that holds most small files whole: no path walk and no fstat.
-    fn read_small(&self, path: &RelPath) -> Result<Vec<u8>> {
+    /// buffer one byte larger than the scanned size: no path walk, no fstat,
+    /// and one read when the size is still the scanned one (a second read
+    /// only to hear "end of file" is a sixth of reading a small file).
+    fn read_small(&self, path: &RelPath, size: u64) -> Result<Vec<u8>> {
         let dir = self.open_dir(&path.parent())?;
         let fd = open_read_at(&*dir, OsStr::from_bytes(path.file_name()))
             .map_err(|e| SyncError::io("open", path.under(&self.root), e.into()))?;
         // Not read_to_end: on a File it asks fstat for the size first.
-        let mut v = Vec::with_capacity(16 << 10);
+        let expect = usize::try_from(size).unwrap_or(usize::MAX);
+        let mut v = match size {
+            0 => Vec::with_capacity(16 << 10),
+            _ => Vec::with_capacity(expect.saturating_add(1).min(proto::MAX_DATA + 1)),
+        };
         loop {
             if v.len() == v.capacity() {
-                v.reserve(v.len());
+                v.reserve(v.len().max(4096));
             }
             match rustix::io::read(&fd, rustix::buffer::spare_capacity(&mut v)) {
                 Ok(0) => return Ok(v),
+                // The buffer had room for more: this is all there is.
+                Ok(_) if size > 0 && v.len() == expect && v.len() < v.capacity() => return Ok(v),
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(SyncError::io("read", path.under(&self.root), e.into())),

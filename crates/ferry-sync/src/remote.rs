@@ -392,7 +392,7 @@ impl Source for RemoteTree {
         }
     }
 
-    fn read_small(&self, path: &RelPath) -> Result<Vec<u8>> {
+    fn read_small(&self, path: &RelPath, _size: u64) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         self.call(&Msg::ReadSmallReq { path: path.clone() }, |m| match m {
             Msg::FileData(d) => {

@@ -24,6 +24,12 @@ mod update;
 
 use std::process::ExitCode;
 
+/// mimalloc rather than glibc's malloc: the sync agent's frame buffers are
+/// allocated on the session thread and freed on the worker threads, and
+/// glibc's per-arena lock made those threads wait for each other.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Keeps websites up while the infrastructure under them changes.
