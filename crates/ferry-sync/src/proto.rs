@@ -217,9 +217,12 @@ fn bad(what: impl Into<String>) -> SyncError {
 
 // ---------------------------------------------------------------- encoding
 
-struct W(Vec<u8>);
+/// A frame being encoded: `0` holds everything up to a payload, `1` the
+/// payload (file data at the end of a frame), kept apart so it is written
+/// from where it is instead of copied in (see [`write_msg`]).
+struct W<'a>(Vec<u8>, &'a [u8]);
 
-impl W {
+impl<'a> W<'a> {
     fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
@@ -241,6 +244,11 @@ impl W {
     fn bytes(&mut self, v: &[u8]) {
         self.u32(v.len() as u32);
         self.raw(v);
+    }
+    /// Like `bytes`, for the last field of a frame.
+    fn payload(&mut self, v: &'a [u8]) {
+        self.u32(v.len() as u32);
+        self.1 = v;
     }
     fn path(&mut self, p: &RelPath) {
         self.bytes(p.as_bytes());
@@ -279,7 +287,15 @@ fn basis_code(b: Basis) -> u8 {
 
 /// Encodes a message as a whole frame (length prefix included).
 pub fn encode(m: &Msg) -> Vec<u8> {
-    let mut w = W(vec![0, 0, 0, 0, VERSION]);
+    let (mut head, payload) = encode_parts(m);
+    head.extend_from_slice(payload);
+    head
+}
+
+/// A frame as its head and its trailing payload (empty for most messages):
+/// the two written one after the other are the frame.
+fn encode_parts(m: &Msg) -> (Vec<u8>, &[u8]) {
+    let mut w = W(vec![0, 0, 0, 0, VERSION], &[]);
     match m {
         Msg::Hello { nonce } => {
             w.u8(t::HELLO);
@@ -411,7 +427,7 @@ pub fn encode(m: &Msg) -> Vec<u8> {
         Msg::Chunk(c) | Msg::Op(Op::Chunk(c)) => match c {
             Chunk::Data(d) => {
                 w.u8(t::CHUNK_DATA);
-                w.bytes(d);
+                w.payload(d);
             }
             Chunk::Zero(n) => {
                 w.u8(t::CHUNK_ZERO);
@@ -426,7 +442,7 @@ pub fn encode(m: &Msg) -> Vec<u8> {
         Msg::ReadEnd => w.u8(t::READ_END),
         Msg::FileData(d) => {
             w.u8(t::FILE_DATA);
-            w.bytes(d);
+            w.payload(d);
         }
         Msg::SigReq {
             path,
@@ -478,7 +494,7 @@ pub fn encode(m: &Msg) -> Vec<u8> {
                 w.u8(t::OP_PUT_FILE);
                 w.path(path);
                 w.meta(meta);
-                w.bytes(data);
+                w.payload(data);
             }
             Op::Begin { path, meta, basis } => {
                 w.u8(t::OP_BEGIN);
@@ -496,7 +512,7 @@ pub fn encode(m: &Msg) -> Vec<u8> {
             Op::Block { offset, data } => {
                 w.u8(t::OP_BLOCK_RUN);
                 w.u64(*offset);
-                w.bytes(data);
+                w.payload(data);
             }
         },
         Msg::Flush => w.u8(t::FLUSH),
@@ -538,9 +554,9 @@ pub fn encode(m: &Msg) -> Vec<u8> {
             w.bool(*checksum);
         }
     }
-    let len = (w.0.len() - 4) as u32;
+    let len = (w.0.len() - 4 + w.1.len()) as u32;
     w.0[..4].copy_from_slice(&len.to_be_bytes());
-    w.0
+    (w.0, w.1)
 }
 
 // ---------------------------------------------------------------- decoding
@@ -879,14 +895,22 @@ pub fn read_msg(r: &mut impl Read) -> std::io::Result<Option<Result<Msg>>> {
             "frame of {n} bytes exceeds the limit of {MAX_FRAME}"
         )))));
     }
-    let mut body = vec![0u8; n];
-    r.read_exact(&mut body)?;
+    // Into spare capacity: zeroing a buffer only to overwrite it was a
+    // tenth of the agent's reading thread.
+    let mut body = Vec::with_capacity(n);
+    r.take(n as u64).read_to_end(&mut body)?;
+    if body.len() < n {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     Ok(Some(decode(&body)))
 }
 
-/// Encodes and writes one message.
+/// Encodes and writes one message; file data goes to `w` from where it is
+/// (one copy less per byte sent).
 pub fn write_msg(w: &mut impl Write, m: &Msg) -> std::io::Result<()> {
-    w.write_all(&encode(m))
+    let (head, payload) = encode_parts(m);
+    w.write_all(&head)?;
+    w.write_all(payload)
 }
 
 /// The MAC a side proves knowledge of the key with. `role` separates the two
