@@ -8,7 +8,7 @@
 //! (writing a child changes its directory's mtime; a read-only directory can
 //! only be made read-only after it has been filled).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -302,6 +302,22 @@ fn scan_both(
     Ok((sm?, dm?))
 }
 
+/// The parents of the paths a pass adds, replaces or removes (`None` = the
+/// root); see `run_pass_over`.
+struct Touched {
+    set: HashSet<Option<RelPath>>,
+    /// Every parent, or only the root (a destination that had no entries).
+    all: bool,
+}
+
+impl Touched {
+    fn insert(&mut self, p: &RelPath) {
+        if self.all || !p.as_bytes().contains(&b'/') {
+            self.set.insert(p.parent());
+        }
+    }
+}
+
 /// Runs one pass over `changes` (`None`: an ordinary full pass). Follow mode
 /// uses this directly with the changes it keeps for each destination.
 pub fn run_pass_over(
@@ -359,7 +375,12 @@ pub fn run_pass_over(
     let t1 = Instant::now();
 
     let didx = dm.index();
-    let sidx = sm.index();
+    // Only the destination's entries are looked up in it (none on a first
+    // copy, where building it was a tenth of the time between scan and send).
+    let sidx = match dm.entries.is_empty() {
+        true => HashMap::new(),
+        false => sm.index(),
+    };
     let leaders = sm.hard_link_leaders();
 
     // 1. Deletions: extraneous entries (with --delete) and type changes.
@@ -393,11 +414,18 @@ pub fn run_pass_over(
     let mut small = Vec::new(); // (entry, op kind)
     let mut large = Vec::new();
     let mut links = Vec::new();
-    let mut touched_dirs: HashSet<Option<RelPath>> = HashSet::new();
+    // Directories whose entries this pass changes: their metadata is set
+    // again after (their mtime moved). Only directories the destination had
+    // can need it: new ones get theirs anyway, so on a first copy only the
+    // root is tracked (saves a parent path and a hash per file).
+    let mut touched_dirs = Touched {
+        set: HashSet::new(),
+        all: !dm.entries.is_empty(),
+    };
     let mut changed_bytes = 0u64;
     let mut changed_entries = 0u64;
     for p in &deletes {
-        touched_dirs.insert(p.parent());
+        touched_dirs.insert(p);
     }
     for s in &sm.entries {
         let d = present(&s.path);
@@ -406,7 +434,7 @@ pub fn run_pass_over(
                 if d.is_none() {
                     mkdirs.push(s);
                     changed_entries += 1;
-                    touched_dirs.insert(s.path.parent());
+                    touched_dirs.insert(&s.path);
                 }
             }
             Kind::Symlink => {
@@ -418,7 +446,7 @@ pub fn run_pass_over(
                     small.push((s, true));
                     changed_entries += 1;
                     changed_bytes += s.size;
-                    touched_dirs.insert(s.path.parent());
+                    touched_dirs.insert(&s.path);
                 } else if d.is_some_and(|d| meta_changed(s, d, opts.owners)) {
                     small.push((s, false));
                     changed_entries += 1;
@@ -439,7 +467,7 @@ pub fn run_pass_over(
                     _ => {
                         changed_entries += 1;
                         changed_bytes += s.size;
-                        touched_dirs.insert(s.path.parent());
+                        touched_dirs.insert(&s.path);
                         if s.size <= opts.small_max {
                             small.push((s, true));
                         } else {
@@ -592,7 +620,7 @@ pub fn run_pass_over(
                 to: leader.clone(),
             })?;
             changed_entries += 1;
-            touched_dirs.insert(s.path.parent());
+            touched_dirs.insert(&s.path);
             progress.add(1, 0);
         }
     }
@@ -600,7 +628,7 @@ pub fn run_pass_over(
     // 6. Leftover temporary files of interrupted passes.
     for t in &dm.temps {
         dst.apply(Op::Delete { path: t.clone() })?;
-        touched_dirs.insert(t.parent());
+        touched_dirs.insert(t);
     }
 
     // 7. Directory metadata, last.
@@ -609,7 +637,7 @@ pub fn run_pass_over(
             None => true,
             Some(d) => meta_changed(s, d, opts.owners),
         };
-        if stale || touched_dirs.contains(&Some(s.path.clone())) {
+        if stale || touched_dirs.set.contains(&Some(s.path.clone())) {
             dst.apply(Op::SetMeta {
                 path: s.path.clone(),
                 kind: Kind::Dir,
@@ -623,7 +651,7 @@ pub fn run_pass_over(
                 || d.mode != root.mode
                 || (opts.owners && (d.uid != root.uid || d.gid != root.gid))
         });
-        if stale || touched_dirs.contains(&None) {
+        if stale || touched_dirs.set.contains(&None) {
             dst.apply(Op::RootMeta { meta: root })?;
         }
     }

@@ -561,7 +561,9 @@ fn encode_parts(m: &Msg) -> (Vec<u8>, &[u8]) {
 
 // ---------------------------------------------------------------- decoding
 
-struct R<'a>(&'a [u8]);
+/// A frame being decoded; `1`: its payload when read apart (see
+/// [`read_msg`]).
+struct R<'a>(&'a [u8], Option<Vec<u8>>);
 
 impl<'a> R<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
@@ -675,8 +677,27 @@ impl<'a> R<'a> {
         }
         Ok(s)
     }
+    /// A payload field (file data, always its frame's last field): from the
+    /// frame, or the buffer it was read into apart.
+    fn payload(&mut self, max: usize) -> Result<Vec<u8>> {
+        let Some(v) = self.1.take() else {
+            return Ok(self.bytes(max)?.to_vec());
+        };
+        let n = self.u32()? as usize;
+        if n > max {
+            return Err(bad(format!(
+                "field of {n} bytes exceeds the limit of {max}"
+            )));
+        }
+        if n != v.len() || !self.0.is_empty() {
+            return Err(bad("payload does not end its frame"));
+        }
+        Ok(v)
+    }
     fn end(&self) -> Result<()> {
-        if self.0.is_empty() {
+        if self.1.is_some() {
+            Err(bad("payload in a message that has none"))
+        } else if self.0.is_empty() {
             Ok(())
         } else {
             Err(bad(format!("{} trailing bytes in frame", self.0.len())))
@@ -686,7 +707,12 @@ impl<'a> R<'a> {
 
 /// Decodes one frame body (what follows the length prefix).
 pub fn decode(body: &[u8]) -> Result<Msg> {
-    let mut r = R(body);
+    decode_parts(body, None)
+}
+
+/// Decodes a frame read as its head and, apart, its payload.
+fn decode_parts(head: &[u8], payload: Option<Vec<u8>>) -> Result<Msg> {
+    let mut r = R(head, payload);
     let v = r.u8()?;
     if v != VERSION {
         return Err(bad(format!("unsupported protocol version {v}")));
@@ -797,14 +823,14 @@ pub fn decode(body: &[u8]) -> Result<Msg> {
             index: r.u64()?,
             block_size: r.u32()?,
         },
-        t::CHUNK_DATA => Msg::Chunk(Chunk::Data(r.bytes(MAX_DATA)?.to_vec())),
+        t::CHUNK_DATA => Msg::Chunk(Chunk::Data(r.payload(MAX_DATA)?)),
         t::CHUNK_ZERO => Msg::Chunk(Chunk::Zero(r.u64()?)),
         t::CHUNK_COPY => Msg::Chunk(Chunk::Copy {
             offset: r.u64()?,
             len: r.u64()?,
         }),
         t::READ_END => Msg::ReadEnd,
-        t::FILE_DATA => Msg::FileData(r.bytes(MAX_DATA)?.to_vec()),
+        t::FILE_DATA => Msg::FileData(r.payload(MAX_DATA)?),
         t::SIG_REQ => Msg::SigReq {
             path: r.path()?,
             basis: r.basis()?,
@@ -837,7 +863,7 @@ pub fn decode(body: &[u8]) -> Result<Msg> {
         t::OP_PUT_FILE => Msg::Op(Op::PutFile {
             path: r.path()?,
             meta: r.meta()?,
-            data: r.bytes(MAX_DATA)?.to_vec(),
+            data: r.payload(MAX_DATA)?,
         }),
         t::OP_BEGIN => Msg::Op(Op::Begin {
             path: r.path()?,
@@ -848,7 +874,7 @@ pub fn decode(body: &[u8]) -> Result<Msg> {
         t::OP_ROOT_META => Msg::Op(Op::RootMeta { meta: r.meta()? }),
         t::OP_BLOCK | t::OP_BLOCK_RUN => Msg::Op(Op::Block {
             offset: r.u64()?,
-            data: r.bytes(MAX_DATA)?.to_vec(),
+            data: r.payload(MAX_DATA)?,
         }),
         t::FLUSH => Msg::Flush,
         t::BLOCK_PREPARE => Msg::BlockPrepare {
@@ -895,14 +921,67 @@ pub fn read_msg(r: &mut impl Read) -> std::io::Result<Option<Result<Msg>>> {
             "frame of {n} bytes exceeds the limit of {MAX_FRAME}"
         )))));
     }
-    // Into spare capacity: zeroing a buffer only to overwrite it was a
-    // tenth of the agent's reading thread.
-    let mut body = Vec::with_capacity(n);
-    r.take(n as u64).read_to_end(&mut body)?;
-    if body.len() < n {
+    // The head, then a payload straight into its own buffer: file data is
+    // copied once from the socket's buffer, not into a frame and out again.
+    let mut head = Vec::with_capacity(64);
+    if let Some(len) = read_head(r, n, &mut head)? {
+        let mut data = Vec::with_capacity(len);
+        read_into(r, len, &mut data)?;
+        return Ok(Some(decode_parts(&head, Some(data))));
+    }
+    read_into(r, n - head.len(), &mut head)?;
+    Ok(Some(decode(&head)))
+}
+
+/// Appends exactly `n` bytes from `r` to `v`, into spare capacity (zeroing a
+/// buffer only to overwrite it was a tenth of the agent's reading thread).
+fn read_into(r: &mut impl Read, n: usize, v: &mut Vec<u8>) -> std::io::Result<()> {
+    v.reserve(n);
+    let want = v.len() + n;
+    r.take(n as u64).read_to_end(v)?;
+    if v.len() < want {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
-    Ok(Some(decode(&body)))
+    Ok(())
+}
+
+/// Reads the head of an `n`-byte frame whose last field is a payload (file
+/// data) into `head`, up to and including the payload's length, and returns
+/// that length. Any other frame, or one whose lengths do not add up, returns
+/// `None` with what was read so far in `head` (the decoder then sees the
+/// whole frame and names what is wrong).
+fn read_head(r: &mut impl Read, n: usize, head: &mut Vec<u8>) -> std::io::Result<Option<usize>> {
+    let mut more = |head: &mut Vec<u8>, k: usize| -> std::io::Result<bool> {
+        if head.len() + k > n {
+            return Ok(false);
+        }
+        read_into(r, k, head)?;
+        Ok(true)
+    };
+    let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    if !more(head, 2)? || head[0] != VERSION {
+        return Ok(None);
+    }
+    let before_len = match head[1] {
+        t::FILE_DATA | t::CHUNK_DATA => 0,
+        t::OP_BLOCK | t::OP_BLOCK_RUN => 8,
+        t::OP_PUT_FILE => {
+            if !more(head, 4)? {
+                return Ok(None);
+            }
+            let path = be32(&head[2..6]);
+            if path > crate::path::MAX_PATH_LEN {
+                return Ok(None);
+            }
+            path + 24
+        }
+        _ => return Ok(None),
+    };
+    if !more(head, before_len + 4)? {
+        return Ok(None);
+    }
+    let len = be32(&head[head.len() - 4..]);
+    Ok((head.len() + len == n).then_some(len))
 }
 
 /// Encodes and writes one message; file data goes to `w` from where it is
