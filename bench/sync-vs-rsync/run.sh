@@ -39,6 +39,15 @@ cleanup() {
 }
 trap cleanup EXIT
 mkdir -p "$W/src" "$W/img" "$W/rsfs" "$W/fefs"
+# Room for the source (files and image) and both tools' copies of each, at
+# ~8 KiB of disk per small file, plus 1 GiB: a full disk midway fails the
+# image case with ENOSPC and leaves the loop filesystems read-only.
+NEED_MB=$(( 3 * (IMG_MB + N * 8 / 1024) + 1024 ))
+AVAIL_MB=$(df --output=avail -BM "$W" | tail -1 | tr -dc 0-9)
+if [ "$AVAIL_MB" -lt "$NEED_MB" ]; then
+  echo "needs ${NEED_MB} MiB free where mktemp puts files, has ${AVAIL_MB} MiB (lower N or IMG_MB, or free space)" >&2
+  exit 2
+fi
 # Each tool's destinations live in $W/rsfs or $W/fefs: a fresh ext4 there
 # when possible. Big enough for the files, wordpress and the image, sparse.
 FS_MB=$(( N * 16 / 1024 + IMG_MB * 2 + 1024 ))
