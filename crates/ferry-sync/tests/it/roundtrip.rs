@@ -439,3 +439,58 @@ fn a_staged_directory_whose_parent_is_deleted_goes_with_it() {
     assert_same(&src, &dst);
     assert!(!dst.join("x").exists());
 }
+
+/// The receiver predicts a new file's owner and mode instead of asking
+/// (`fstat`) and sets them only where the prediction differs from the
+/// source: modes the umask would change, other owners (as root), a setgid
+/// directory that hands down its group. Both ways a file is made: inside a
+/// new (staged) directory on the first pass, as an unnamed file in an
+/// existing directory on the second.
+#[test]
+fn owners_and_modes_survive_where_creation_would_change_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = rustix::process::geteuid().is_root();
+    let t = tmp();
+    let (src, dst) = dirs(&t);
+    let modes = [0o640, 0o664, 0o666, 0o777, 0o700, 0o604, 0o2755, 0o4711];
+    let owners = [(1234, 5678), (0, 4242), (0, 0), (99, 0)];
+    let fill = |dir: &std::path::Path, tag: &str| {
+        for (i, mode) in modes.iter().enumerate() {
+            let f = dir.join(format!("{tag}{i}"));
+            fs::write(&f, format!("{tag} {i}")).unwrap();
+            if root {
+                let (u, g) = owners[i % owners.len()];
+                std::os::unix::fs::chown(&f, Some(u), Some(g)).unwrap();
+            }
+            fs::set_permissions(&f, fs::Permissions::from_mode(*mode)).unwrap();
+        }
+    };
+    for d in ["plain", "setgid"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    if root {
+        std::os::unix::fs::chown(src.join("setgid"), None, Some(4242)).unwrap();
+    }
+    fs::set_permissions(src.join("setgid"), fs::Permissions::from_mode(0o2775)).unwrap();
+    fill(&src.join("plain"), "a");
+    fill(&src.join("setgid"), "a");
+    let (s, d) = (LocalTree::new(&src), LocalTree::new(&dst));
+    run_pass(&s, &d, &opts(), 1, &no_events()).unwrap();
+    assert_same(&src, &dst);
+    // Into directories the receiver has now: unnamed files, linked in.
+    fill(&src.join("plain"), "b");
+    fill(&src.join("setgid"), "b");
+    run_pass(&s, &d, &opts(), 2, &no_events()).unwrap();
+    assert_same(&src, &dst);
+    for name in ["plain/b0", "setgid/b1", "setgid/a6", "plain/a7"] {
+        let (a, b) = (
+            fs::symlink_metadata(src.join(name)).unwrap(),
+            fs::symlink_metadata(dst.join(name)).unwrap(),
+        );
+        assert_eq!(
+            (a.mode(), a.uid(), a.gid()),
+            (b.mode(), b.uid(), b.gid()),
+            "{name}"
+        );
+    }
+}
