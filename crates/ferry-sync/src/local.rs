@@ -275,6 +275,23 @@ impl LocalTree {
             .map_err(|e| SyncError::io("set mtime", path, e))
     }
 
+    /// Owner (as root) and mtime of the symlink `name` in `dir`, not of what
+    /// it points to (a symlink's mode means nothing on Linux).
+    fn set_link_meta(&self, dir: &OpenDir, name: &OsStr, meta: &Meta, shown: &Path) -> Result<()> {
+        if self.chown {
+            rustix::fs::chownat(
+                dir,
+                name,
+                Some(rustix::fs::Uid::from_raw(meta.uid)),
+                Some(rustix::fs::Gid::from_raw(meta.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| SyncError::io("chown", shown, e.into()))?;
+        }
+        rustix::fs::utimensat(dir, name, &times(meta), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| SyncError::io("set mtime", shown, e.into()))
+    }
+
     /// A whole small file, written relative to its open directory (no path
     /// walk, no `lstat` of the parents; see [`DirCache`]).
     fn put_file(&self, rel: &RelPath, meta: &Meta, data: &[u8]) -> Result<()> {
@@ -598,18 +615,7 @@ impl LocalTree {
         let _ = rustix::fs::unlinkat(&*dir, tmp, AtFlags::empty());
         rustix::fs::symlinkat(OsStr::from_bytes(target), &*dir, tmp)
             .map_err(|e| SyncError::io("symlink", &shown, e.into()))?;
-        if self.chown {
-            rustix::fs::chownat(
-                &*dir,
-                tmp,
-                Some(rustix::fs::Uid::from_raw(meta.uid)),
-                Some(rustix::fs::Gid::from_raw(meta.gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| SyncError::io("chown", &shown, e.into()))?;
-        }
-        rustix::fs::utimensat(&*dir, tmp, &times(meta), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| SyncError::io("set mtime", &shown, e.into()))?;
+        self.set_link_meta(&dir, tmp, meta, &shown)?;
         rustix::fs::renameat(&*dir, tmp, &*dir, OsStr::from_bytes(&name))
             .map_err(|e| SyncError::io("rename into place", &shown, e.into()))
     }
@@ -832,18 +838,7 @@ impl LocalTree {
                 self.set_meta_file(&open(OFlags::RDONLY | OFlags::DIRECTORY)?, &shown, meta)
             }
             Kind::Symlink if ft == rustix::fs::FileType::Symlink => {
-                if self.chown {
-                    rustix::fs::chownat(
-                        &*dir,
-                        name,
-                        Some(rustix::fs::Uid::from_raw(meta.uid)),
-                        Some(rustix::fs::Gid::from_raw(meta.gid)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(|e| SyncError::io("chown", &shown, e.into()))?;
-                }
-                rustix::fs::utimensat(&*dir, name, &times(meta), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| SyncError::io("set mtime", &shown, e.into()))
+                self.set_link_meta(&dir, name, meta, &shown)
             }
             _ => Err(SyncError::Corrupt {
                 path: rel.to_string(),

@@ -84,6 +84,16 @@ fn arb_msg() -> impl Strategy<Value = Msg> {
     ]
 }
 
+/// `m`'s frame body (no length prefix) with bytes overwritten at `flips`.
+fn mutated_body(m: &Msg, flips: &[(usize, u8)]) -> Vec<u8> {
+    let mut body = proto::encode(m)[4..].to_vec();
+    for &(i, b) in flips {
+        let n = body.len();
+        body[i % n] = b;
+    }
+    body
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -94,12 +104,7 @@ proptest! {
 
     #[test]
     fn decoder_never_panics_on_mutated_valid_frames(m in arb_msg(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4), cut in any::<usize>()) {
-        let frame = proto::encode(&m);
-        let mut body = frame[4..].to_vec();
-        for (i, b) in flips {
-            let n = body.len();
-            body[i % n] = b;
-        }
+        let body = mutated_body(&m, &flips);
         let _ = proto::decode(&body);
         let n = body.len();
         let _ = proto::decode(&body[..cut % (n + 1)]);
@@ -136,12 +141,7 @@ proptest! {
     /// stays in step: the message after it is read whole.
     #[test]
     fn read_msg_agrees_with_decode(m in arb_msg(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4), cut in any::<usize>()) {
-        let frame = proto::encode(&m);
-        let mut body = frame[4..].to_vec();
-        for (i, b) in flips {
-            let n = body.len();
-            body[i % n] = b;
-        }
+        let mut body = mutated_body(&m, &flips);
         let n = body.len();
         body.truncate(cut % (n + 1));
         let mut wire = (body.len() as u32).to_be_bytes().to_vec();
