@@ -396,16 +396,9 @@ pub fn run_pass_over(
         }
     }
     let deleted: HashSet<&RelPath> = deletes.iter().collect();
+    // Removed by the deletions, itself or with a directory above it?
     let gone = |p: &RelPath| -> bool {
-        // Present at the destination after the deletions?
-        let mut cur = Some(p.clone());
-        while let Some(c) = cur {
-            if deleted.contains(&c) {
-                return true;
-            }
-            cur = c.parent();
-        }
-        false
+        !deleted.is_empty() && p.and_ancestors().any(|c| deleted.contains(&c))
     };
     let present = |p: &RelPath| -> Option<&Entry> { didx.get(p).copied().filter(|_| !gone(p)) };
 

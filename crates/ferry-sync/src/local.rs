@@ -160,14 +160,7 @@ fn remove_at(dir: &OwnedFd, name: &[u8]) -> std::io::Result<()> {
 
 /// True when `dir` or one of its ancestors is a staged directory in `staged`.
 fn staged_at_or_above(staged: &std::collections::HashMap<RelPath, Vec<u8>>, dir: &RelPath) -> bool {
-    let mut cur = Some(dir.clone());
-    while let Some(c) = cur {
-        if staged.contains_key(&c) {
-            return true;
-        }
-        cur = c.parent();
-    }
-    false
+    dir.and_ancestors().any(|c| staged.contains_key(&c))
 }
 
 /// Errors of `open(O_TMPFILE)` meaning "not here" rather than a failure.

@@ -108,6 +108,12 @@ impl RelPath {
         Some(RelPath(self.0[..i].to_vec()))
     }
 
+    /// The path itself, then each directory above it up to the top-level
+    /// name (the root, which has no `RelPath`, is not included).
+    pub fn and_ancestors(&self) -> impl Iterator<Item = RelPath> {
+        std::iter::successors(Some(self.clone()), RelPath::parent)
+    }
+
     /// The last component.
     pub fn file_name(&self) -> &[u8] {
         match self.0.iter().rposition(|&b| b == b'/') {
@@ -192,6 +198,15 @@ pub const STAGE_MARKER: &[u8] = b".~ferry.name.part";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ancestors_run_from_the_path_up_to_its_top_level_name() {
+        let p = RelPath::new(b"a/b c/d").unwrap();
+        let got: Vec<Vec<u8>> = p.and_ancestors().map(|a| a.as_bytes().to_vec()).collect();
+        assert_eq!(got, [&b"a/b c/d"[..], b"a/b c", b"a"]);
+        let top = RelPath::new(b"x").unwrap();
+        assert_eq!(top.and_ancestors().count(), 1);
+    }
 
     #[test]
     fn accepts_odd_but_safe_names() {
