@@ -56,19 +56,36 @@ impl GtidPos {
             .sum()
     }
 
-    /// `base` with every domain of `over` replaced by `over`'s entry, keeping
-    /// the entries of `over` that are further along than `base`'s when
-    /// `keep_newer` is set (a resumed catch-up never rewinds).
-    pub fn merged(base: &GtidPos, over: &GtidPos, keep_newer: bool) -> GtidPos {
-        let mut domains = base.domains.clone();
-        for (d, v) in &over.domains {
-            match domains.get(d) {
-                Some(old) if keep_newer && old.1 > v.1 => {}
-                _ => {
-                    domains.insert(*d, *v);
+    /// The domains this position names.
+    pub fn domains(&self) -> impl Iterator<Item = u32> + '_ {
+        self.domains.keys().copied()
+    }
+
+    /// The server id of this position's last transaction in `domain`.
+    pub fn server_in(&self, domain: u32) -> Option<u32> {
+        self.domains.get(&domain).map(|(s, _)| *s)
+    }
+
+    /// A new catch-up's start: `snapshot` (the source's domains), each
+    /// domain taken from `applied` instead where that is at least as far
+    /// along. Domains of `applied` that the snapshot does not name belong
+    /// to other connections of the destination and are left out.
+    pub fn resume_from(snapshot: &GtidPos, applied: &GtidPos) -> GtidPos {
+        let mut domains = snapshot.domains.clone();
+        for (d, v) in domains.iter_mut() {
+            if let Some(a) = applied.domains.get(d) {
+                if a.1 >= v.1 {
+                    *v = *a;
                 }
             }
         }
+        GtidPos { domains }
+    }
+
+    /// `base` with every domain of `over` replaced by `over`'s entry.
+    pub fn overlaid(base: &GtidPos, over: &GtidPos) -> GtidPos {
+        let mut domains = base.domains.clone();
+        domains.extend(over.domains.iter().map(|(d, v)| (*d, *v)));
         GtidPos { domains }
     }
 }
@@ -112,9 +129,17 @@ mod tests {
         assert_eq!(a.transactions_ahead_of(&b), 5 + 3);
         assert!(GtidPos::parse("").unwrap().is_empty());
         assert!(GtidPos::parse("1-x-3").is_err());
-        let m = GtidPos::merged(&a, &b, true);
-        assert_eq!(m.to_string(), "1-1-11,2-2-3");
-        let m = GtidPos::merged(&a, &b, false);
+        let m = GtidPos::overlaid(&a, &b);
         assert_eq!(m.to_string(), "1-1-6,2-2-3");
+        // A resumed catch-up: the source's domains only, never rewound.
+        let applied = GtidPos::parse("0-1-9,1-1-12,5-7-100").unwrap();
+        let r = GtidPos::resume_from(&a, &applied);
+        assert_eq!(r.to_string(), "1-1-12,2-2-3");
+        assert_eq!(
+            GtidPos::resume_from(&applied, &b).to_string(),
+            applied.to_string()
+        );
+        assert_eq!(a.server_in(2), Some(2));
+        assert_eq!(a.domains().collect::<Vec<_>>(), vec![1, 2]);
     }
 }

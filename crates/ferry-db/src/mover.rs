@@ -483,15 +483,13 @@ impl Mover {
             "catch-up",
             &[Phase::Copied, Phase::CatchingUp, Phase::Frozen],
         )?;
-        let from = self
-            .state
-            .applied
-            .clone()
-            .or_else(|| self.state.snapshot.clone())
-            .unwrap_or_default();
-        let from = match &self.state.snapshot {
-            Some(s) => GtidPos::merged(s, &from, true),
-            None => from,
+        // A new replication connection starts at the snapshot, or where an
+        // earlier one of this move had got to (the source's domains only:
+        // the destination's other entries are not ours to set).
+        let snapshot = self.state.snapshot.clone().unwrap_or_default();
+        let from = match &self.state.applied {
+            Some(applied) => GtidPos::resume_from(&snapshot, applied),
+            None => snapshot,
         };
         replica::start(
             &mut self.dst,

@@ -63,7 +63,7 @@ pub(crate) async fn exists(dest: &mut Conn, name: &str) -> Result<bool> {
     Ok(status(dest, name).await?.is_some())
 }
 
-async fn gtid_var(conn: &mut Conn, side: Side, var: &str) -> Result<GtidPos> {
+pub(crate) async fn gtid_var(conn: &mut Conn, side: Side, var: &str) -> Result<GtidPos> {
     let sql = format!("SELECT @@GLOBAL.{var}");
     let s: Option<String> = conn.query_first(&sql).await.ctx(side, || sql.clone())?;
     GtidPos::parse(&s.unwrap_or_default()).map_err(|m| Error::Replication {
@@ -98,9 +98,20 @@ fn filter(dbs: &[String]) -> String {
 }
 
 /// Creates (if missing) and starts connection `name`, applying the source's
-/// changes to `dbs` from `from` (a new connection) or from where the
-/// destination has got to (an existing one, or a newer recorded
-/// position: positions never go back).
+/// changes to `dbs`. A new connection starts at `from`, which names only
+/// the source's GTID domains; an existing one goes on from where the
+/// destination has got to.
+///
+/// MariaDB keeps one `gtid_slave_pos` for all of a server's replication
+/// connections, one entry per domain, and a connection asks its source for
+/// the whole of it. So the source's domains are set to `from` and every
+/// other entry is left as it is: other connections' positions stay theirs,
+/// and the destination's own transactions (its binary log, which is not in
+/// `gtid_slave_pos`) play no part. They must not: when both servers write
+/// in the same domain (domain 0 on every stock server), the destination's
+/// own GTID is one the source never had (error 1236). A shared domain is
+/// safe for the applier as long as no other connection replicates it and
+/// strict mode is off; `preflight` refuses the other cases before the copy.
 pub(crate) async fn start(
     dest: &mut Conn,
     source: &Endpoint,
@@ -110,46 +121,47 @@ pub(crate) async fn start(
 ) -> Result<()> {
     let lit = conn_name_literal(name);
     if !exists(dest, name).await? {
-        let slave_pos = gtid_var(dest, D, "gtid_slave_pos").await?;
-        let binlog_pos = gtid_var(dest, D, "gtid_binlog_pos").await?;
-        // The destination's own domains must be in gtid_slave_pos at least
-        // as far as its binlog (strict mode refuses a position behind it);
-        // the source's domains start at `from` unless the destination is
-        // already further.
-        let own = GtidPos::merged(&slave_pos, &binlog_pos, true);
-        let pos = GtidPos::merged(&own, from, true);
         // gtid_slave_pos can only be set with every replication connection
-        // stopped; the ones running (other moves) are restarted right after.
+        // stopped. Stopped before it is read: a connection still applying
+        // would move its own entry between our read and our write, and the
+        // write would rewind it.
         let running = running_connections(dest).await?;
         for r in &running {
             dest.query_drop(format!("STOP SLAVE {}", quote(r)))
                 .await
                 .ctx(D, || format!("STOP SLAVE {r:?}"))?;
         }
-        let set = dest
-            .query_drop(format!(
+        let set = async {
+            let current = gtid_var(dest, D, "gtid_slave_pos").await?;
+            let pos = GtidPos::overlaid(&current, from);
+            // With strict mode off, a position behind the destination's own
+            // binary log in a shared domain is a warning (1947), not an error.
+            dest.query_drop(format!(
                 "SET GLOBAL gtid_slave_pos = {}",
                 quote(&pos.to_string())
             ))
             .await
-            .ctx(D, || format!("SET GLOBAL gtid_slave_pos = {pos}"));
+            .ctx(D, || format!("SET GLOBAL gtid_slave_pos = {pos}"))?;
+            let sql = format!(
+                "CHANGE MASTER {lit} TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, \
+                 MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1",
+                quote(source.host()),
+                source.port(),
+                quote(source.user()),
+                quote(source.password())
+            );
+            dest.query_drop(&sql)
+                .await
+                .ctx(D, || format!("CHANGE MASTER {lit} TO {}", source))
+        }
+        .await;
+        // The others run again whatever happened to ours.
         for r in &running {
             dest.query_drop(format!("START SLAVE {}", quote(r)))
                 .await
                 .ctx(D, || format!("START SLAVE {r:?}"))?;
         }
         set?;
-        let sql = format!(
-            "CHANGE MASTER {lit} TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, \
-             MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1",
-            quote(source.host()),
-            source.port(),
-            quote(source.user()),
-            quote(source.password())
-        );
-        dest.query_drop(&sql)
-            .await
-            .ctx(D, || format!("CHANGE MASTER {lit} TO {}", source))?;
     } else {
         dest.query_drop(format!("STOP SLAVE {lit}"))
             .await
@@ -181,7 +193,7 @@ pub(crate) async fn start(
     }
 }
 
-async fn running_connections(dest: &mut Conn) -> Result<Vec<String>> {
+pub(crate) async fn running_connections(dest: &mut Conn) -> Result<Vec<String>> {
     let rows: Vec<Row> = dest
         .query("SHOW ALL SLAVES STATUS")
         .await

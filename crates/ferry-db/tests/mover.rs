@@ -2,6 +2,7 @@
 //! continuous writes, the freeze, resume after a kill, accounts, rollback
 //! and bad input.
 
+mod layouts;
 mod support;
 
 use std::path::Path;

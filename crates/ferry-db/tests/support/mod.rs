@@ -13,6 +13,22 @@ use std::time::{Duration, Instant};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 
+/// How a test server's GTIDs are set up.
+#[derive(Clone, Copy, Debug)]
+pub struct Gtid {
+    pub domain: u32,
+    pub strict: bool,
+}
+
+impl Gtid {
+    /// A stock MariaDB server: every server writes in domain 0 and strict
+    /// mode is off, as a datacenter's servers are unless someone changed it.
+    pub const STOCK: Gtid = Gtid {
+        domain: 0,
+        strict: false,
+    };
+}
+
 /// One running server. Root has no password and may log in over TCP from
 /// 127.0.0.1.
 pub struct MariaDb {
@@ -50,6 +66,19 @@ impl MariaDb {
     /// (also its GTID domain: servers of one test never share a domain, as
     /// multi-source replication wants), ready for connections.
     pub async fn start(server_id: u32) -> MariaDb {
+        MariaDb::start_with(
+            server_id,
+            Gtid {
+                domain: server_id,
+                strict: true,
+            },
+        )
+        .await
+    }
+
+    /// A server with `server_id` and the GTID settings `gtid`
+    /// ([`Gtid::STOCK`]: as installed, domain 0 and no strict mode).
+    pub async fn start_with(server_id: u32, gtid: Gtid) -> MariaDb {
         let mut dir = tempfile::Builder::new()
             .prefix("ferry-mariadb-")
             .tempdir()
@@ -94,9 +123,9 @@ impl MariaDb {
                 .arg("--skip-name-resolve")
                 .arg("--log-bin=binlog")
                 .arg(format!("--server-id={server_id}"))
-                .arg(format!("--gtid-domain-id={server_id}"))
+                .arg(format!("--gtid-domain-id={}", gtid.domain))
                 .arg("--binlog-format=ROW")
-                .arg("--gtid-strict-mode=ON")
+                .arg(format!("--gtid-strict-mode={}", u8::from(gtid.strict)))
                 // Replication connections start only when the mover says so
                 // (filters are set at each start).
                 .arg("--skip-slave-start")
