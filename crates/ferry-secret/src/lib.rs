@@ -109,7 +109,7 @@ pub fn read_file(what: &str, path: &Path) -> Result<Secret, SecretError> {
     };
     // The checks are made on the opened file (fstat), so the file read is the
     // file checked even if the path is swapped in between.
-    let mut file = File::open(path).map_err(io)?;
+    let file = File::open(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     check_meta(what, path, &meta)?;
     let mut text = String::new();

@@ -7,6 +7,7 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use lru::LruCache;
 use parking_lot::{Mutex, RwLock};
@@ -79,7 +80,15 @@ pub struct CertStore {
     /// Serialises changes: a file write and its index update go together.
     changes: Mutex<()>,
     counters: Counters,
+    /// Certificates whose key could not be loaded, by slot, with the
+    /// generation and when: a broken file is read again (and logged) at most
+    /// once per [`RETRY_BROKEN`], not on every handshake a client opens.
+    broken: Mutex<std::collections::HashMap<SlotId, (u64, Instant)>>,
 }
+
+/// How long a certificate whose key failed to load is not read again.
+/// Replacing it through the API (a new generation) retries at once.
+pub const RETRY_BROKEN: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for CertStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -122,6 +131,9 @@ impl CertStore {
         // depend on the directory's order: the later name has it.
         names.sort_unstable();
         let mut index = Index::default();
+        // Private keys that group or others may read: counted and named once
+        // (a directory of a million certificates must not log a million lines).
+        let (mut open_keys, mut first_open_key) = (0usize, None);
         for name in &names {
             let path = pem_path(&opts.dir, name);
             let pem = fs::read(&path).map_err(|source| TlsError::ReadFile {
@@ -141,7 +153,23 @@ impl CertStore {
                     ),
                 });
             }
+            let key_file = if separate_key {
+                key_path(&opts.dir, name)
+            } else {
+                path
+            };
+            if is_open_to_others(&key_file) {
+                open_keys += 1;
+                first_open_key.get_or_insert(key_file);
+            }
             index.insert(name, hosts, separate_key);
+        }
+        if let Some(first) = first_open_key {
+            tracing::warn!(
+                keys = open_keys,
+                first = %first.display(),
+                "private keys readable by group or others in the certificate directory; chmod 600 them"
+            );
         }
         if let Some(d) = &opts.default_cert {
             if index.by_name(d).is_none() {
@@ -160,6 +188,7 @@ impl CertStore {
             cache: Mutex::new(LruCache::new(capacity)),
             changes: Mutex::new(()),
             counters: Counters::default(),
+            broken: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -220,9 +249,16 @@ impl CertStore {
             let slot = index.slot(found.id)?;
             (slot.name.to_string(), slot.separate_key)
         };
+        if let Some((generation, when)) = self.broken.lock().get(&found.id) {
+            if *generation == found.generation && when.elapsed() < RETRY_BROKEN {
+                self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        }
         self.counters.loads.fetch_add(1, Ordering::Relaxed);
         match self.read_pair(&name, separate_key) {
             Ok(pair) => {
+                self.broken.lock().remove(&found.id);
                 let key = pair.key;
                 self.cache
                     .lock()
@@ -231,7 +267,14 @@ impl CertStore {
             }
             Err(e) => {
                 self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "cannot load a certificate for a handshake");
+                self.broken
+                    .lock()
+                    .insert(found.id, (found.generation, Instant::now()));
+                tracing::warn!(
+                    error = %e,
+                    retry_in_s = RETRY_BROKEN.as_secs(),
+                    "cannot load a certificate for a handshake; handshakes for its names fail until it is fixed"
+                );
                 None
             }
         }
@@ -294,7 +337,18 @@ impl CertStore {
             source,
         };
         let write = || -> std::io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
+            // The file holds a private key: readable by its owner only, from
+            // its creation on (a leftover temporary file of another mode is
+            // removed first, so its mode is not inherited).
+            let _ = fs::remove_file(&tmp);
+            let mut f = {
+                use std::os::unix::fs::OpenOptionsExt;
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)?
+            };
             f.write_all(chain_pem)?;
             if !chain_pem.ends_with(b"\n") {
                 f.write_all(b"\n")?;
@@ -401,6 +455,13 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// Whether group or others have any access to `path` (0 on error: the read
+/// itself reports that).
+fn is_open_to_others(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).is_ok_and(|m| m.mode() & 0o077 != 0)
+}
+
 fn pem_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.pem"))
 }
@@ -479,6 +540,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("default certificate \"missing\""), "{e}");
+    }
+
+    #[test]
+    fn a_key_written_through_the_api_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = issue(&["default.example"]);
+        fs::write(dir.path().join("default.pem"), d.bundle()).unwrap();
+        let store = CertStore::open(&opts(dir.path(), Some("default"), 4)).unwrap();
+        let a = issue(&["a.example"]);
+        // A leftover temporary file of a wider mode must not lend its mode.
+        fs::write(dir.path().join(".a.pem.tmp"), "junk").unwrap();
+        store
+            .put("a", a.chain.as_bytes(), a.key.as_bytes())
+            .unwrap();
+        let mode = fs::metadata(dir.path().join("a.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    }
+
+    #[test]
+    fn a_broken_key_is_not_read_again_on_every_handshake() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = issue(&["a.example"]);
+        let other = issue(&["a.example"]);
+        // The chain of one certificate with the key of another: indexed (a
+        // key block is there), refused when the handshake parses the pair.
+        fs::write(
+            dir.path().join("a.pem"),
+            format!("{}{}", a.chain, other.key),
+        )
+        .unwrap();
+        let store = CertStore::open(&opts(dir.path(), None, 4)).unwrap();
+        for _ in 0..100 {
+            assert!(store.key_for(Some("a.example")).is_none());
+        }
+        let st = store.stats();
+        assert_eq!(st.key_loads, 1, "the file was read once, not per handshake");
+        assert_eq!(st.key_load_failures, 100);
+        // A replacement through the API is a new generation: used at once.
+        store
+            .put("a", a.chain.as_bytes(), a.key.as_bytes())
+            .unwrap();
+        assert!(store.key_for(Some("a.example")).is_some());
     }
 
     #[test]
