@@ -9,14 +9,25 @@
 //! Ops are pipelined: after the first failure the agent skips the following
 //! ops and reports the failure at the next `Flush` (or at the next request),
 //! so nothing after a refused op is written.
+//!
+//! The port faces strangers, so everything before the key is proven is
+//! small and short ([`Limits`]): frames of at most
+//! [`proto::MAX_HANDSHAKE_FRAME`] bytes, one deadline for the whole
+//! handshake (not per read: a peer trickling a byte at a time is cut), small
+//! buffers, and a cap on open connections beyond which new ones are closed at
+//! once with a "busy" error. Failures of unauthenticated connections are
+//! counted and summed up in one log line a minute, not logged one by one.
+//! Authenticated sessions are cut after [`Limits::idle_timeout`] without a
+//! byte either way. Accept errors (out of descriptors) back off; a thread
+//! that cannot be started refuses that connection only.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -36,6 +47,45 @@ pub struct Volume {
     /// A directory (file mode) or an image file / block device (block mode).
     pub path: PathBuf,
     pub read_only: bool,
+    /// Whether a session may start an inotify watch here (`--watch`,
+    /// `--follow` from this volume). A watch holds kernel memory and one of
+    /// the user's few inotify instances for as long as the session lasts:
+    /// off by default on read-only volumes, whose sessions otherwise change
+    /// nothing.
+    pub watch: bool,
+}
+
+/// The bounds of an agent facing the network (see the module docs and
+/// examples/agent.toml).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once, in the handshake or in a session; more are
+    /// closed at once with a "busy" error.
+    pub max_connections: usize,
+    /// Time from accept to an opened volume.
+    pub handshake_timeout: Duration,
+    /// An authenticated session that moves no byte for this long is closed.
+    pub idle_timeout: Duration,
+    /// Sessions holding an inotify watch at once.
+    pub max_watches: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            // A sync uses one connection per agent side; a follow, one per
+            // destination. 64 leaves room for a fleet update relaying to many
+            // agents while bounding threads and the memory of sessions.
+            max_connections: 64,
+            // A handshake is three round trips: seconds even on a slow link.
+            handshake_timeout: Duration::from_secs(10),
+            // A client scanning a large tree of its own leaves the other
+            // side's connection quiet for minutes.
+            idle_timeout: Duration::from_secs(3600),
+            // The default inotify limit is 128 instances per user.
+            max_watches: 8,
+        }
+    }
 }
 
 /// A checked agent configuration.
@@ -45,6 +95,7 @@ pub struct AgentConfig {
     /// The MAC key derived from the configured pre-shared key.
     pub key: [u8; 32],
     pub volumes: BTreeMap<String, Volume>,
+    pub limits: Limits,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +104,10 @@ struct RawConfig {
     listen: toml::Spanned<String>,
     key: Option<toml::Spanned<String>>,
     key_file: Option<toml::Spanned<String>>,
+    max_connections: Option<toml::Spanned<u64>>,
+    handshake_timeout_secs: Option<toml::Spanned<u64>>,
+    idle_timeout_secs: Option<toml::Spanned<u64>>,
+    max_watches: Option<toml::Spanned<u64>>,
     #[serde(default)]
     volumes: BTreeMap<toml::Spanned<String>, RawVolume>,
 }
@@ -63,6 +118,7 @@ struct RawVolume {
     path: toml::Spanned<String>,
     #[serde(default)]
     read_only: bool,
+    watch: Option<bool>,
 }
 
 /// Shortest pre-shared key accepted.
@@ -107,20 +163,18 @@ impl AgentConfig {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let psk = match (&raw.key, &raw.key_file) {
-            (Some(k), None) => k.get_ref().clone(),
-            (None, Some(f)) => {
-                let p = base.join(f.get_ref());
-                std::fs::read_to_string(&p)
-                    .map_err(|e| err(f.span(), format!("key_file {}: {e}", p.display())))?
-                    .trim()
-                    .to_string()
-            }
+            (Some(k), None) => ferry_secret::Secret::new("key", k.get_ref().clone())
+                .map_err(|e| err(k.span(), e.to_string()))?,
+            // Refused unless only its owner may read it (as ssh does with
+            // a private key): a key others can read is no secret.
+            (None, Some(f)) => ferry_secret::read_file("key_file", &base.join(f.get_ref()))
+                .map_err(|e| err(f.span(), e.to_string()))?,
             (Some(k), Some(_)) => {
                 return Err(err(k.span(), "set key or key_file, not both".into()))
             }
             (None, None) => return Err(err(0..0, "missing key (or key_file)".into())),
         };
-        if psk.len() < MIN_KEY_LEN {
+        if psk.expose().len() < MIN_KEY_LEN {
             let span = raw
                 .key
                 .as_ref()
@@ -152,22 +206,137 @@ impl AgentConfig {
                 Volume {
                     path: base.join(v.path.get_ref()),
                     read_only: v.read_only,
+                    watch: v.watch.unwrap_or(!v.read_only),
                 },
             );
         }
         if volumes.is_empty() {
             return Err(err(0..0, "no [volumes.NAME] defined".into()));
         }
+        let mut limits = Limits::default();
+        let count = |v: &Option<toml::Spanned<u64>>, name: &str, max: u64| match v {
+            None => Ok(None),
+            Some(n) if (1..=max).contains(n.get_ref()) => Ok(Some(*n.get_ref())),
+            Some(n) => Err(err(
+                n.span(),
+                format!("{name}: {} is not between 1 and {max}", n.get_ref()),
+            )),
+        };
+        if let Some(n) = count(&raw.max_connections, "max_connections", 100_000)? {
+            limits.max_connections = n as usize;
+        }
+        if let Some(n) = count(&raw.max_watches, "max_watches", 100_000)? {
+            limits.max_watches = n as usize;
+        }
+        if let Some(n) = count(&raw.handshake_timeout_secs, "handshake_timeout_secs", 3600)? {
+            limits.handshake_timeout = Duration::from_secs(n);
+        }
+        if let Some(n) = count(&raw.idle_timeout_secs, "idle_timeout_secs", 7 * 86400)? {
+            limits.idle_timeout = Duration::from_secs(n);
+        }
         Ok(AgentConfig {
             listen,
-            key: proto::derive_key(&psk),
+            key: proto::derive_key(psk.expose()),
             volumes,
+            limits,
         })
     }
 }
 
+/// What the accept loop counts; see [`Summary`].
+#[derive(Default)]
+struct Counters {
+    /// Connections open now, in the handshake or in a session.
+    open: AtomicUsize,
+    /// Sessions holding an inotify watch now.
+    watches: AtomicUsize,
+    refused_busy: AtomicU64,
+    handshake_failed: AtomicU64,
+    thread_failed: AtomicU64,
+    idle_closed: AtomicU64,
+}
+
+impl Counters {
+    fn totals(&self) -> [u64; 4] {
+        [
+            self.refused_busy.load(Ordering::Relaxed),
+            self.handshake_failed.load(Ordering::Relaxed),
+            self.thread_failed.load(Ordering::Relaxed),
+            self.idle_closed.load(Ordering::Relaxed),
+        ]
+    }
+}
+
+/// A connection's place under [`Limits::max_connections`], given back when
+/// its thread ends (or when it never starts).
+struct Slot(Arc<Counters>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A session's place under [`Limits::max_watches`].
+struct WatchSlot(Arc<Counters>);
+
+impl WatchSlot {
+    fn take(c: &Arc<Counters>, max: usize) -> Option<WatchSlot> {
+        c.watches
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WatchSlot(c.clone()))
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        self.0.watches.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One log line a minute with the connections refused or cut since the
+/// last, instead of a line per connection: a stranger opening thousands of
+/// connections must not write thousands of lines (#8 of issue 15).
+struct Summary {
+    at: Instant,
+    seen: [u64; 4],
+}
+
+impl Summary {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn maybe_log(&mut self, c: &Counters) {
+        if self.at.elapsed() < Self::EVERY {
+            return;
+        }
+        self.at = Instant::now();
+        let now = c.totals();
+        let d: Vec<u64> = now.iter().zip(self.seen).map(|(n, s)| n - s).collect();
+        self.seen = now;
+        let open = c.open.load(Ordering::Relaxed);
+        let msg = "sync connections refused or cut in the last minute";
+        // Busy refusals and thread failures turn away clients that may hold
+        // the key; failed handshakes are mostly strangers and probes.
+        if d[0] > 0 || d[2] > 0 {
+            tracing::warn!(
+                refused_busy = d[0],
+                handshake_failed = d[1],
+                thread_failed = d[2],
+                idle_closed = d[3],
+                open,
+                "{msg}"
+            );
+        } else if d.iter().any(|n| *n > 0) {
+            tracing::info!(handshake_failed = d[1], idle_closed = d[3], open, "{msg}");
+        }
+    }
+}
+
 /// Serves connections on `listener` until `shutdown` is set. Each connection
-/// runs on its own thread.
+/// runs on its own thread, at most [`Limits::max_connections`] at once.
 pub fn serve(
     listener: TcpListener,
     config: Arc<AgentConfig>,
@@ -183,26 +352,215 @@ pub fn serve(
         peer: addr.clone(),
         source: e,
     })?;
+    let counters = Arc::new(Counters::default());
+    let mut summary = Summary {
+        at: Instant::now(),
+        seen: [0; 4],
+    };
+    let mut backoff: Option<Duration> = None;
     while !shutdown.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((s, peer)) => {
-                let cfg = config.clone();
-                std::thread::spawn(move || {
-                    if let Err(e) = session(s, &cfg) {
-                        tracing::warn!(%peer, error = %e, "sync session ended with an error");
-                    }
-                });
+                if backoff.take().is_some() {
+                    tracing::info!("accepting connections again");
+                }
+                accept_one(s, peer, &config, &counters);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                std::thread::sleep(Duration::from_millis(100));
+                // Out of descriptors (EMFILE) or memory: the connection stays
+                // in the backlog and retrying at once would spin. Wait,
+                // doubling up to a second, until sessions ending free some.
+                let wait = backoff.map_or(Duration::from_millis(20), |b| {
+                    (b * 2).min(Duration::from_secs(1))
+                });
+                if backoff.is_none() {
+                    tracing::warn!(error = %e, "accept failed; retrying with backoff");
+                } else {
+                    tracing::debug!(error = %e, "accept failed again");
+                }
+                backoff = Some(wait);
+                std::thread::sleep(wait);
             }
         }
+        summary.maybe_log(&counters);
     }
     Ok(())
+}
+
+/// Starts a thread for a new connection, or refuses it at once when the
+/// agent is full or no thread can be started; the accept loop goes on.
+fn accept_one(s: TcpStream, peer: SocketAddr, config: &Arc<AgentConfig>, c: &Arc<Counters>) {
+    let max = config.limits.max_connections;
+    let open = c.open.fetch_add(1, Ordering::AcqRel) + 1;
+    let slot = Slot(c.clone());
+    if open > max {
+        c.refused_busy.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%peer, max, "connection refused: max_connections open");
+        // One small frame into the new socket's empty send buffer: never
+        // blocks the accept loop. The client shows it as the reason.
+        let _ = s.set_nonblocking(true);
+        let busy = Msg::Error {
+            message: format!("busy: the agent has its {max} connections open (max_connections)"),
+        };
+        let _ = (&s).write_all(&proto::encode(&busy));
+        return;
+    }
+    let (cfg, counters) = (config.clone(), c.clone());
+    let spawned = std::thread::Builder::new()
+        .name("ferry-agent-conn".into())
+        .spawn(move || {
+            let _slot = slot;
+            connection(s, peer, &cfg, &counters);
+        });
+    // On failure the closure is dropped unrun: the socket closes and the
+    // slot is given back.
+    if let Err(e) = spawned {
+        c.thread_failed.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%peer, error = %e, "no thread for a connection: refused it");
+    }
+}
+
+/// One connection: the handshake, then the session. Handshake failures are
+/// strangers' doing: counted and logged at debug only.
+fn connection(s: TcpStream, peer: SocketAddr, cfg: &AgentConfig, c: &Arc<Counters>) {
+    let opened = match handshake(&s, cfg) {
+        Ok(Some(o)) => o,
+        Ok(None) => return,
+        Err(e) => {
+            c.handshake_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, error = %e, "sync handshake failed");
+            return;
+        }
+    };
+    match session(s, cfg, c, opened) {
+        Ok(()) => {}
+        Err(SyncError::Net { source, .. })
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            c.idle_closed.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, idle = ?cfg.limits.idle_timeout, "sync session closed: no traffic");
+        }
+        Err(e) => tracing::warn!(%peer, error = %e, "sync session ended with an error"),
+    }
+}
+
+/// A socket whose reads all end by one deadline (the handshake's: a peer
+/// sending a byte at a time cannot stretch it), or without one, each within
+/// the socket's own read timeout.
+struct Timed {
+    s: TcpStream,
+    until: Option<Instant>,
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(until) = self.until {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "handshake deadline passed",
+                ));
+            }
+            self.s.set_read_timeout(Some(left))?;
+        }
+        self.s.read(buf)
+    }
+}
+
+/// A connection that proved the key and opened a volume.
+struct Opened {
+    /// The handshake's reader: its buffer may hold bytes already sent.
+    r: BufReader<Timed>,
+    volume: String,
+    vol: Volume,
+    write: bool,
+}
+
+/// Hello, Auth, AuthOk, Open, all within [`Limits::handshake_timeout`] and
+/// in frames of at most [`proto::MAX_HANDSHAKE_FRAME`] bytes. `Ok(None)`:
+/// the volume was refused (and the client told why).
+fn handshake(s: &TcpStream, cfg: &AgentConfig) -> Result<Option<Opened>> {
+    let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let net = |source| SyncError::Net {
+        peer: peer.clone(),
+        source,
+    };
+    s.set_nodelay(true).map_err(net)?;
+    s.set_nonblocking(false).map_err(net)?;
+    let limit = cfg.limits.handshake_timeout;
+    s.set_write_timeout(Some(limit)).map_err(net)?;
+    // Small buffers: nothing larger than a handshake frame is read (or
+    // reserved) before the peer proved it knows the key.
+    let mut r = BufReader::with_capacity(
+        proto::MAX_HANDSHAKE_FRAME,
+        Timed {
+            s: s.try_clone().map_err(net)?,
+            until: Some(Instant::now() + limit),
+        },
+    );
+    let send = |m: &Msg| -> Result<()> { (&*s).write_all(&proto::encode(m)).map_err(net) };
+    let recv = |r: &mut BufReader<Timed>| -> Result<Option<Msg>> {
+        match proto::read_msg_max(r, proto::MAX_HANDSHAKE_FRAME).map_err(net)? {
+            None => Ok(None),
+            Some(Ok(m)) => Ok(Some(m)),
+            Some(Err(e)) => Err(SyncError::Protocol(format!("refused frame: {e}"))),
+        }
+    };
+
+    let nonce = random32()?;
+    send(&Msg::Hello { nonce })?;
+    let client_nonce = match recv(&mut r) {
+        Ok(Some(Msg::Auth { nonce: cn, mac })) => {
+            let want = proto::auth_mac(&cfg.key, "client", &nonce, &cn);
+            if !proto::mac_eq(&mac, &want) {
+                let _ = send(&Msg::Error {
+                    message: "authentication failed: wrong key".into(),
+                });
+                return Err(SyncError::Auth(format!("{peer}: wrong key")));
+            }
+            cn
+        }
+        Ok(_) | Err(SyncError::Protocol(_)) => {
+            let _ = send(&Msg::Error {
+                message: "authentication required".into(),
+            });
+            return Err(SyncError::Auth(format!("{peer}: no valid Auth message")));
+        }
+        Err(e) => return Err(e),
+    };
+    send(&Msg::AuthOk {
+        mac: proto::auth_mac(&cfg.key, "server", &client_nonce, &nonce),
+    })?;
+    let (volume, write) = match recv(&mut r)? {
+        Some(Msg::Open { volume, write }) => (volume, write),
+        _ => return Err(SyncError::Protocol(format!("{peer}: expected Open"))),
+    };
+    let Some(vol) = cfg.volumes.get(&volume) else {
+        send(&Msg::Error {
+            message: format!("unknown volume {volume:?}"),
+        })?;
+        return Ok(None);
+    };
+    if write && vol.read_only {
+        send(&Msg::Error {
+            message: format!("volume {volume:?} is read-only"),
+        })?;
+        return Ok(None);
+    }
+    send(&Msg::Ok)?;
+    Ok(Some(Opened {
+        r,
+        vol: vol.clone(),
+        volume,
+        write,
+    }))
 }
 
 fn random32() -> Result<[u8; 32]> {
@@ -215,6 +573,11 @@ struct Session<'a> {
     tree: Arc<LocalTree>,
     write: bool,
     name: &'a str,
+    /// Where watch slots come from and how many there are; `None` when the
+    /// volume allows no watch.
+    watch: Option<(&'a Arc<Counters>, usize)>,
+    /// Held while this session's tree has a watch.
+    watching: Option<WatchSlot>,
     failed: Option<String>,
     /// Block mode: (size, block size, hashes of what the target holds).
     block: Option<(u64, u32, Vec<Digest>)>,
@@ -274,6 +637,26 @@ fn agent_pool() -> &'static rayon::ThreadPool {
 }
 
 impl Session<'_> {
+    /// The tree, once this session may watch it: the volume allows watches
+    /// and a slot under `max_watches` is free (held until the session ends).
+    fn watch(&mut self) -> Result<&LocalTree> {
+        if self.watching.is_none() {
+            let Some((counters, max)) = self.watch else {
+                return Err(SyncError::Unsupported(format!(
+                    "volume {:?} allows no watch (set watch = true for it in the agent's config)",
+                    self.name
+                )));
+            };
+            let slot = WatchSlot::take(counters, max).ok_or_else(|| {
+                SyncError::Unsupported(format!(
+                    "the agent already has its {max} watches (max_watches); walk the tree instead"
+                ))
+            })?;
+            self.watching = Some(slot);
+        }
+        Ok(&self.tree)
+    }
+
     /// Applies the pending batch in parallel and waits for it (a barrier);
     /// the first failure becomes the session's failure (reported at the next
     /// request).
@@ -362,104 +745,50 @@ impl Session<'_> {
     }
 }
 
-fn session(s: TcpStream, cfg: &AgentConfig) -> Result<()> {
+/// An opened volume's session: requests until the client hangs up, a
+/// frame is refused, or nothing moves for [`Limits::idle_timeout`].
+fn session(s: TcpStream, cfg: &AgentConfig, c: &Arc<Counters>, opened: Opened) -> Result<()> {
     let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let net = |source| SyncError::Net {
         peer: peer.clone(),
         source,
     };
-    s.set_nodelay(true).map_err(net)?;
-    s.set_nonblocking(false).map_err(net)?;
-    // The handshake must be quick; a silent peer does not hold a thread forever.
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(net)?;
-    let mut r = BufReader::with_capacity(256 * 1024, s.try_clone().map_err(net)?);
+    let Opened {
+        r,
+        volume,
+        vol,
+        write,
+    } = opened;
+    // From here each read and write may wait up to the idle timeout (a
+    // large scan between requests is quiet for a while).
+    let leftover = r.buffer().to_vec();
+    let mut timed = r.into_inner();
+    timed.until = None;
+    let idle = cfg.limits.idle_timeout;
+    s.set_read_timeout(Some(idle)).map_err(net)?;
+    s.set_write_timeout(Some(idle)).map_err(net)?;
+    let mut r = BufReader::with_capacity(256 * 1024, std::io::Cursor::new(leftover).chain(timed));
     let mut w = BufWriter::with_capacity(256 * 1024, s.try_clone().map_err(net)?);
     let send = |w: &mut BufWriter<TcpStream>, m: &Msg| -> Result<()> {
         proto::write_msg(w, m).map_err(net)
     };
     // Any frame the decoder refuses (bad path, bad length, unknown type)
     // becomes a Protocol error: the stream cannot be trusted after it.
-    let recv = |r: &mut BufReader<TcpStream>| -> Result<Option<Msg>> {
+    let recv = |r: &mut BufReader<_>| -> Result<Option<Msg>> {
         match proto::read_msg(r).map_err(net)? {
             None => Ok(None),
             Some(Ok(m)) => Ok(Some(m)),
             Some(Err(e)) => Err(SyncError::Protocol(format!("refused frame: {e}"))),
         }
     };
-
-    let nonce = random32()?;
-    send(&mut w, &Msg::Hello { nonce })?;
-    w.flush().map_err(net)?;
-    let client_nonce = match recv(&mut r) {
-        Ok(Some(Msg::Auth { nonce: cn, mac })) => {
-            let want = proto::auth_mac(&cfg.key, "client", &nonce, &cn);
-            if !proto::mac_eq(&mac, &want) {
-                let _ = send(
-                    &mut w,
-                    &Msg::Error {
-                        message: "authentication failed: wrong key".into(),
-                    },
-                );
-                let _ = w.flush();
-                return Err(SyncError::Auth(format!("{peer}: wrong key")));
-            }
-            cn
-        }
-        Ok(_) | Err(SyncError::Protocol(_)) => {
-            let _ = send(
-                &mut w,
-                &Msg::Error {
-                    message: "authentication required".into(),
-                },
-            );
-            let _ = w.flush();
-            return Err(SyncError::Auth(format!("{peer}: no valid Auth message")));
-        }
-        Err(e) => return Err(e),
-    };
-    send(
-        &mut w,
-        &Msg::AuthOk {
-            mac: proto::auth_mac(&cfg.key, "server", &client_nonce, &nonce),
-        },
-    )?;
-    w.flush().map_err(net)?;
-    let (volume, write) = match recv(&mut r)? {
-        Some(Msg::Open { volume, write }) => (volume, write),
-        _ => return Err(SyncError::Protocol(format!("{peer}: expected Open"))),
-    };
-    let Some(vol) = cfg.volumes.get(&volume) else {
-        send(
-            &mut w,
-            &Msg::Error {
-                message: format!("unknown volume {volume:?}"),
-            },
-        )?;
-        w.flush().map_err(net)?;
-        return Ok(());
-    };
-    if write && vol.read_only {
-        send(
-            &mut w,
-            &Msg::Error {
-                message: format!("volume {volume:?} is read-only"),
-            },
-        )?;
-        w.flush().map_err(net)?;
-        return Ok(());
-    }
-    send(&mut w, &Msg::Ok)?;
-    w.flush().map_err(net)?;
-    // Scans of large trees can take a while between requests.
-    s.set_read_timeout(Some(Duration::from_secs(3600)))
-        .map_err(net)?;
     tracing::info!(%peer, volume, write, "sync session opened");
 
     let mut sess = Session {
         tree: Arc::new(LocalTree::new(&vol.path)),
         write,
         name: &volume,
+        watch: vol.watch.then_some((c, cfg.limits.max_watches)),
+        watching: None,
         failed: None,
         block: None,
         scan_paths: BTreeSet::new(),
@@ -589,7 +918,7 @@ fn handle(sess: &mut Session<'_>, m: Msg, w: &mut BufWriter<TcpStream>) -> Resul
             // No answer: the paths travel pipelined ahead of the request.
             Ok(())
         }
-        Msg::ChangesReq => match sess.tree.changes()? {
+        Msg::ChangesReq => match sess.watch()?.changes()? {
             Changes::Full { reason } => send(w, &Msg::ChangesEnd { full: Some(reason) }),
             Changes::Paths(p) => {
                 for part in proto::path_parts(&p) {

@@ -20,8 +20,14 @@ use crate::merkle::Digest;
 
 /// Default block size: 64 KiB.
 pub const DEFAULT_BLOCK_SIZE: u32 = 64 * 1024;
-/// Blocks read and hashed by one task.
-const GROUP: u64 = 64;
+/// Bytes read and hashed by one task (64 blocks of the default size): the
+/// memory of hashing is this times the worker threads, whatever the block
+/// size (it was 64 blocks: 1 GiB a task at 16 MiB blocks).
+const GROUP_BYTES: u64 = crate::proto::MAX_BLOCK_SIZE as u64;
+/// Most blocks an image may have: their hashes (32 bytes each, 256 MiB at
+/// most) are held for a whole pass. An image of 512 GiB at the default
+/// block size; larger ones need larger blocks.
+pub const MAX_BLOCKS: u64 = 1 << 23;
 const DIGEST_MAGIC: &[u8; 8] = b"FERRYDG1";
 
 fn nofollow() -> i32 {
@@ -51,12 +57,28 @@ fn size_of(f: &File, path: &Path) -> Result<u64> {
 }
 
 fn check_block_size(bs: u32) -> Result<u64> {
-    if !(4096..=16 * 1024 * 1024).contains(&bs) || !bs.is_power_of_two() {
+    use crate::proto::{MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) || !bs.is_power_of_two() {
         return Err(SyncError::Unsupported(format!(
-            "block size {bs} must be a power of two between 4 KiB and 16 MiB"
+            "block size {bs} must be a power of two from {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE}"
         )));
     }
     Ok(bs as u64)
+}
+
+/// Refuses an image of `size` bytes with more than [`MAX_BLOCKS`] blocks of
+/// `bs` (their hashes would not fit the memory bound of a session).
+fn check_blocks(path: &Path, size: u64, bs: u64) -> Result<u64> {
+    let blocks = size.div_ceil(bs);
+    if blocks > MAX_BLOCKS {
+        let need = size.div_ceil(MAX_BLOCKS).next_power_of_two();
+        return Err(SyncError::Unsupported(format!(
+            "{}: {size} bytes are {blocks} blocks of {bs}, more than the {MAX_BLOCKS} a pass may \
+             hold; use a block size of at least {need}",
+            path.display()
+        )));
+    }
+    Ok(blocks)
 }
 
 /// Hashes every block of an image in parallel.
@@ -64,12 +86,15 @@ pub fn hash_image(path: &Path, block_size: u32) -> Result<(u64, Vec<Digest>)> {
     let bs = check_block_size(block_size)?;
     let f = open_read(path)?;
     let size = size_of(&f, path)?;
-    let blocks = size.div_ceil(bs);
-    let groups: Vec<Result<Vec<Digest>>> = (0..blocks.div_ceil(GROUP))
+    let blocks = check_blocks(path, size, bs)?;
+    // A task hashes GROUP_BYTES of whole blocks (check_block_size keeps a
+    // block no larger than that).
+    let group = (GROUP_BYTES / bs).max(1);
+    let groups: Vec<Result<Vec<Digest>>> = (0..blocks.div_ceil(group))
         .into_par_iter()
         .map(|g| {
-            let first = g * GROUP;
-            let last = (first + GROUP).min(blocks);
+            let first = g * group;
+            let last = (first + group).min(blocks);
             let start = first * bs;
             let end = (last * bs).min(size);
             let mut buf = vec![0u8; (end - start) as usize];
@@ -280,7 +305,9 @@ fn zero_hashes(size: u64, block_size: u32) -> Vec<Digest> {
 /// Makes the target `size` bytes long (creating an image file if missing) and
 /// returns the hashes of what it holds.
 pub fn prepare_target(path: &Path, size: u64, block_size: u32) -> Result<Vec<Digest>> {
-    check_block_size(block_size)?;
+    let bs = check_block_size(block_size)?;
+    // Before anything is created or resized.
+    check_blocks(path, size, bs)?;
     let f = OpenOptions::new()
         .read(true)
         .write(true)

@@ -44,12 +44,13 @@ pub struct Signature {
 
 /// Block size for a file of `len` bytes: about the square root (as rsync), so
 /// the signature and the per-change overhead both stay small, and never more
-/// than ~200,000 blocks so a signature fits a frame.
+/// than ~200,000 blocks so a signature fits a frame, up to the largest block
+/// an agent accepts ([`crate::proto::MAX_DELTA_BLOCK`]).
 pub fn block_size_for(len: u64) -> u32 {
     let sqrt = (len as f64).sqrt() as u64;
     let bs = sqrt.div_ceil(1024) * 1024;
     let bs = bs.clamp(2048, 128 * 1024).max(len / 200_000);
-    bs.min(u32::MAX as u64 / 2) as u32
+    bs.min(u64::from(crate::proto::MAX_DELTA_BLOCK)) as u32
 }
 
 /// rsync's rolling checksum.

@@ -17,9 +17,9 @@ pub enum SyncError {
     /// NUL, empty component, `/` inside a name). Nothing was written.
     #[error("unsafe path {path:?}: {reason}")]
     UnsafePath { path: String, reason: &'static str },
-    /// A write would go through a symbolic link (or a non-directory) inside the
-    /// volume. Refused: the receiver never writes outside its root.
-    #[error("refused to write {path:?}: {component:?} is {what}, not a directory")]
+    /// A read or write would go through a symbolic link (or a non-directory)
+    /// inside the volume. Refused: nothing is read or written outside the root.
+    #[error("refused {path:?}: {component:?} is {what}, not a directory")]
     NotADirectory {
         path: String,
         component: String,

@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+mod beneath;
 pub mod block;
 pub mod delta;
 mod dircache;

@@ -77,12 +77,20 @@ pub(crate) fn open_read_at(
     rustix::fs::openat(&dir, name, flags, Mode::empty())
 }
 
-/// Opens a file for reading without following a symlink at the last
-/// component (and without touching its access time; see [`open_read_at`]).
-pub(crate) fn open_nofollow(path: &Path) -> Result<File> {
-    open_read_at(rustix::fs::CWD, path.as_os_str())
-        .map(File::from)
-        .map_err(|e| SyncError::io("open", path, e.into()))
+/// Opens `rel` below the directory `root` for reading, through the parent
+/// chain without following any symlink ([`crate::beneath`]), without
+/// touching its access time where allowed (see [`open_read_at`]).
+pub(crate) fn open_read_beneath(
+    root: impl std::os::fd::AsFd,
+    rel: &RelPath,
+) -> std::result::Result<OwnedFd, rustix::io::Errno> {
+    if NOATIME.load(Ordering::Relaxed) {
+        match crate::beneath::open(&root, rel, OFlags::RDONLY | OFlags::NOATIME) {
+            Err(rustix::io::Errno::PERM) => NOATIME.store(false, Ordering::Relaxed),
+            r => return r,
+        }
+    }
+    crate::beneath::open(root, rel, OFlags::RDONLY)
 }
 
 /// A file being received in pieces.
@@ -930,8 +938,14 @@ impl Source for LocalTree {
         sig: Option<&Signature>,
         out: &mut dyn FnMut(Chunk) -> Result<()>,
     ) -> Result<()> {
-        let full = path.under(&self.root);
-        let f = open_nofollow(&full)?;
+        // Through the open parent chain (O_NOFOLLOW at every component, see
+        // [`DirCache`]): a parent swapped for a symlink since the scan must
+        // not make a read-only volume serve what the link points to (#5 of
+        // issue 15: `lnk -> /etc`, then `ReadReq lnk/shadow`).
+        let dir = self.open_dir(&path.parent())?;
+        let f = open_read_at(&*dir, OsStr::from_bytes(path.file_name()))
+            .map(File::from)
+            .map_err(|e| SyncError::io("open", path.under(&self.root), e.into()))?;
         match sig {
             Some(s) => delta::delta(std::io::BufReader::new(f), s, out),
             None => delta::whole(f, out).map(|_| ()),

@@ -189,14 +189,20 @@ pub(crate) fn entry_of(full: &Path, rel: RelPath, md: &Metadata) -> Result<Optio
     }))
 }
 
-/// BLAKE3 of a file's content.
-pub fn hash_file(path: &Path) -> Result<[u8; 32]> {
+/// BLAKE3 of the content of the file `rel` below the open directory `root`
+/// (`shown` names it in errors). Opened through the parent chain without
+/// following links: a directory swapped for a symlink since the walk does
+/// not lead the hash (which travels) out of the tree.
+pub fn hash_file(root: impl std::os::fd::AsFd, rel: &RelPath, shown: &Path) -> Result<[u8; 32]> {
     // One buffer per thread: a fresh zeroed 256 KiB buffer per file cost
     // more than reading and hashing a small file.
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let mut f = crate::local::open_nofollow(path)?;
+    let path = shown;
+    let mut f = crate::local::open_read_beneath(root, rel)
+        .map(std::fs::File::from)
+        .map_err(|e| SyncError::io("open", path, e.into()))?;
     let mut h = blake3::Hasher::new();
     BUF.with_borrow_mut(|buf| -> Result<()> {
         if buf.is_empty() {
@@ -344,11 +350,16 @@ fn finish(root: &Path, w: Walked, root_md: &Metadata, opts: &ScanOptions) -> Res
     entries.par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
     entries.dedup_by(|a, b| a.path == b.path);
     if opts.checksum {
+        let flags = rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::CLOEXEC;
+        let root_fd = rustix::fs::open(root, flags, rustix::fs::Mode::empty())
+            .map_err(|e| SyncError::io("open directory", root, e.into()))?;
         entries
             .par_iter_mut()
             .filter(|e| e.kind == Kind::File)
             .try_for_each(|e| -> Result<()> {
-                e.hash = Some(hash_file(&e.path.under(root))?);
+                e.hash = Some(hash_file(&root_fd, &e.path, &e.path.under(root))?);
                 Ok(())
             })?;
     }

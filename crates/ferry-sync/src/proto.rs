@@ -31,6 +31,20 @@ use crate::path::RelPath;
 pub const VERSION: u8 = 1;
 /// Largest frame accepted (length field value).
 pub const MAX_FRAME: usize = 8 * 1024 * 1024;
+/// Largest frame accepted before the peer proved it knows the key: `Auth`
+/// is 66 bytes and `Open` at most 263, so a stranger cannot make the agent
+/// reserve more than this per connection (it reserved 8 MiB: #6 of issue 15).
+pub const MAX_HANDSHAKE_FRAME: usize = 512;
+/// Block sizes of block mode: powers of two in this range. The upper bound
+/// keeps a block inside one `FileData` frame ([`MAX_DATA`]) and what the
+/// agent reads per request small (a 16 MiB block size made hashing take
+/// ~1 GiB: #7 of issue 15).
+pub const MIN_BLOCK_SIZE: u32 = 4096;
+pub const MAX_BLOCK_SIZE: u32 = 4 * 1024 * 1024;
+/// Largest delta block size (a signature's, or asked in `SigReq`): the
+/// reader of a basis holds one block at least. 8 MiB blocks cover files up
+/// to ~1.6 TB at [`crate::delta::block_size_for`]'s 200,000 blocks.
+pub const MAX_DELTA_BLOCK: u32 = 8 * 1024 * 1024;
 /// Largest data payload in one frame (file pieces, blocks).
 pub const MAX_DATA: usize = 4 * 1024 * 1024;
 /// Prefix of an agent's error for a source file that vanished since the scan
@@ -665,6 +679,7 @@ impl<'a> R<'a> {
         if block_size == 0 && n > 0 {
             return Err(bad("signature with zero block size"));
         }
+        delta_block(block_size)?;
         let mut s = Signature {
             block_size,
             len,
@@ -694,6 +709,16 @@ impl<'a> R<'a> {
         }
         Ok(v)
     }
+    /// A block mode block size (see [`MIN_BLOCK_SIZE`]).
+    fn block_size(&mut self) -> Result<u32> {
+        let bs = self.u32()?;
+        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) || !bs.is_power_of_two() {
+            return Err(bad(format!(
+                "block size {bs} is not a power of two from {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE}"
+            )));
+        }
+        Ok(bs)
+    }
     fn end(&self) -> Result<()> {
         if self.1.is_some() {
             Err(bad("payload in a message that has none"))
@@ -703,6 +728,16 @@ impl<'a> R<'a> {
             Err(bad(format!("{} trailing bytes in frame", self.0.len())))
         }
     }
+}
+
+/// Refuses a delta block size over [`MAX_DELTA_BLOCK`].
+fn delta_block(bs: u32) -> Result<u32> {
+    if bs > MAX_DELTA_BLOCK {
+        return Err(bad(format!(
+            "delta block size {bs} exceeds the limit of {MAX_DELTA_BLOCK}"
+        )));
+    }
+    Ok(bs)
 }
 
 /// Decodes one frame body (what follows the length prefix).
@@ -800,7 +835,7 @@ fn decode_parts(head: &[u8], payload: Option<Vec<u8>>) -> Result<Msg> {
             Msg::Children(list)
         }
         t::BLOCK_HASHES_REQ => Msg::BlockHashesReq {
-            block_size: r.u32()?,
+            block_size: r.block_size()?,
         },
         t::HASHES_PART => {
             let n = r.u32()? as usize;
@@ -821,7 +856,7 @@ fn decode_parts(head: &[u8], payload: Option<Vec<u8>>) -> Result<Msg> {
         t::READ_SMALL_REQ => Msg::ReadSmallReq { path: r.path()? },
         t::READ_BLOCK_REQ => Msg::ReadBlockReq {
             index: r.u64()?,
-            block_size: r.u32()?,
+            block_size: r.block_size()?,
         },
         t::CHUNK_DATA => Msg::Chunk(Chunk::Data(r.payload(MAX_DATA)?)),
         t::CHUNK_ZERO => Msg::Chunk(Chunk::Zero(r.u64()?)),
@@ -834,7 +869,7 @@ fn decode_parts(head: &[u8], payload: Option<Vec<u8>>) -> Result<Msg> {
         t::SIG_REQ => Msg::SigReq {
             path: r.path()?,
             basis: r.basis()?,
-            block_size: r.u32()?,
+            block_size: delta_block(r.u32()?)?,
         },
         t::SIG => Msg::Sig(if r.bool()? { Some(r.sig()?) } else { None }),
         t::OP_MKDIR => Msg::Op(Op::Mkdir { path: r.path()? }),
@@ -879,11 +914,11 @@ fn decode_parts(head: &[u8], payload: Option<Vec<u8>>) -> Result<Msg> {
         t::FLUSH => Msg::Flush,
         t::BLOCK_PREPARE => Msg::BlockPrepare {
             size: r.u64()?,
-            block_size: r.u32()?,
+            block_size: r.block_size()?,
         },
         t::BLOCK_FINISH => Msg::BlockFinish {
             size: r.u64()?,
-            block_size: r.u32()?,
+            block_size: r.block_size()?,
         },
         t::CHANGES_REQ => Msg::ChangesReq,
         t::CHANGED_PART => Msg::ChangedPart(r.paths()?),
@@ -909,6 +944,14 @@ fn decode_parts(head: &[u8], payload: Option<Vec<u8>>) -> Result<Msg> {
 
 /// Reads one frame and decodes it. `Ok(None)` at a clean end of stream.
 pub fn read_msg(r: &mut impl Read) -> std::io::Result<Option<Result<Msg>>> {
+    read_msg_max(r, MAX_FRAME)
+}
+
+/// [`read_msg`] refusing frames longer than `max` (at most [`MAX_FRAME`])
+/// before reading or reserving anything for them: the agent reads the
+/// handshake with [`MAX_HANDSHAKE_FRAME`].
+pub fn read_msg_max(r: &mut impl Read, max: usize) -> std::io::Result<Option<Result<Msg>>> {
+    let max = max.min(MAX_FRAME);
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
@@ -916,9 +959,9 @@ pub fn read_msg(r: &mut impl Read) -> std::io::Result<Option<Result<Msg>>> {
         Err(e) => return Err(e),
     }
     let n = u32::from_be_bytes(len) as usize;
-    if n > MAX_FRAME {
+    if n > max {
         return Ok(Some(Err(bad(format!(
-            "frame of {n} bytes exceeds the limit of {MAX_FRAME}"
+            "frame of {n} bytes exceeds the limit of {max}"
         )))));
     }
     // The head, then a payload straight into its own buffer: file data is

@@ -152,10 +152,13 @@ impl Agent {
                         Volume {
                             path: p.to_path_buf(),
                             read_only: *ro,
+                            // The watch tests watch sources of either kind.
+                            watch: true,
                         },
                     )
                 })
                 .collect(),
+            limits: Default::default(),
         };
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
