@@ -1,9 +1,12 @@
 //! Secrets: admin tokens, caller tokens, agent keys, database passwords.
 //!
 //! One rule for every secret Ferry reads, wherever it is configured:
-//! - [`read_file`] refuses a file that group or others may read or write, or
-//!   that belongs to another user than the one running Ferry (or root), as ssh
-//!   refuses a private key: a secret on disk is only as secret as its mode. The
+//! - [`read_file`] refuses a file that belongs to another user than the one
+//!   running Ferry (or root), and one that others may read or write: a secret
+//!   on disk is only as secret as its mode. PostgreSQL's rule for its TLS key,
+//!   which fits services: a file of Ferry's own user must be 0600 or less (as
+//!   ssh wants of a private key); a file of root may also be read by its group
+//!   (0640, `root:ferry`: the service reads it and cannot change it). The
 //!   content is trimmed (a trailing newline from `echo` is not part of it) and
 //!   must not be empty.
 //! - [`Secret`] never prints its value (`Debug` shows its length class only)
@@ -31,8 +34,10 @@ pub enum SecretError {
         source: std::io::Error,
     },
     #[error(
-        "{what}: {path} has mode {mode:04o}, open to group or others; a secret file must be \
-         readable by its owner only (chmod 600 {path})"
+        "{what}: {path} has mode {mode:04o}, open to others than its owner{}; a secret file \
+         must be readable by its owner only (chmod 600 {path}), or owned by root and \
+         readable by a group (chmod 640)",
+        if *root_owned { " and its group" } else { " or its group" }
     )]
     TooOpen {
         what: String,
@@ -144,11 +149,15 @@ pub fn check_meta(what: &str, path: &Path, meta: &std::fs::Metadata) -> Result<(
         });
     }
     let mode = meta.mode() & 0o7777;
-    if mode & 0o077 != 0 {
+    // Root's file may be read by its group (the service's), never written.
+    let root_owned = meta.uid() == 0 && me != 0;
+    let forbidden = if root_owned { 0o037 } else { 0o077 };
+    if mode & forbidden != 0 {
         return Err(SecretError::TooOpen {
             what: what.into(),
             path: path.to_path_buf(),
             mode,
+            root_owned,
         });
     }
     Ok(())
