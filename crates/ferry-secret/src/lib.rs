@@ -34,15 +34,15 @@ pub enum SecretError {
         source: std::io::Error,
     },
     #[error(
-        "{what}: {path} has mode {mode:04o}, open to others than its owner{}; a secret file \
-         must be readable by its owner only (chmod 600 {path}), or owned by root and \
-         readable by a group (chmod 640)",
-        if *root_owned { " and its group" } else { " or its group" }
+        "{what}: {path} has mode {mode:04o}, too open for a secret{}: chmod 600 {path} \
+         (or, for a file owned by root, 640 so that only the service's group reads it)",
+        if *root_owned { " (others may read or the group may write it)" } else { " (group or others have access)" }
     )]
     TooOpen {
         what: String,
         path: PathBuf,
         mode: u32,
+        root_owned: bool,
     },
     #[error(
         "{what}: {path} belongs to uid {owner}, not to the user running ferry (uid {me}) or \
