@@ -1,10 +1,19 @@
 //! The access log: one line per request, in combined format or JSON lines,
 //! written by a background thread so a slow disk never stalls a request.
+//!
+//! Bounded, because a client chooses what goes in it: fields that come from
+//! the request (method, path, Referer, User-Agent, upstream) are cut to a few
+//! KiB, and the queue to the writer holds at most [`MAX_QUEUED_BYTES`] (and
+//! [`MAX_QUEUED_ENTRIES`]); past that, and when a write fails (a full disk),
+//! entries are dropped and counted (`ferry_access_log_dropped_total`). The
+//! file is reopened at every reload (SIGHUP), which is how logrotate's
+//! `postrotate` hands over a new file.
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ferry_config::{AccessLog, AccessLogFormat};
@@ -27,9 +36,56 @@ pub(crate) struct Entry {
     pub site_state: &'static str,
 }
 
+/// Bytes of entries waiting for the writer at most (fields counted by length).
+pub(crate) const MAX_QUEUED_BYTES: usize = 8 << 20;
+/// Entries waiting for the writer at most.
+pub(crate) const MAX_QUEUED_ENTRIES: usize = 65_536;
+/// Longest path (with query) kept in a line; nginx's default large header
+/// buffer is 8 KiB for the whole request line.
+const MAX_PATH: usize = 4096;
+/// Longest Referer, User-Agent, method or upstream kept in a line.
+const MAX_FIELD: usize = 512;
+/// Bytes an entry costs besides its strings (addresses, numbers, the line's
+/// fixed text), so a flood of empty requests is bounded too.
+const ENTRY_OVERHEAD: usize = 160;
+
 pub(crate) struct AccessLogger {
-    tx: Option<SyncSender<Entry>>,
-    pub dropped: AtomicU64,
+    tx: Option<SyncSender<(Entry, usize)>>,
+    queued: Arc<AtomicUsize>,
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl Entry {
+    /// Cuts every field a client chooses to its bound; returns what the
+    /// entry then weighs in the queue.
+    fn bound(&mut self) -> usize {
+        cut(&mut self.method, MAX_FIELD);
+        cut(&mut self.path, MAX_PATH);
+        cut(&mut self.referer, MAX_FIELD);
+        cut(&mut self.user_agent, MAX_FIELD);
+        cut(&mut self.upstream, MAX_FIELD);
+        cut(&mut self.host, MAX_FIELD);
+        ENTRY_OVERHEAD
+            + self.method.len()
+            + self.path.len()
+            + self.referer.len()
+            + self.user_agent.len()
+            + self.upstream.len()
+            + self.host.len()
+    }
+}
+
+/// Shortens `s` to at most `max` bytes on a character boundary, marking the cut.
+fn cut(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push_str("...");
 }
 
 impl AccessLogger {
@@ -38,7 +94,8 @@ impl AccessLogger {
             AccessLog::Off => {
                 return Ok(AccessLogger {
                     tx: None,
-                    dropped: AtomicU64::new(0),
+                    queued: Arc::new(AtomicUsize::new(0)),
+                    dropped: Arc::new(AtomicU64::new(0)),
                 })
             }
             AccessLog::Stdout => Box::new(std::io::stdout()),
@@ -56,17 +113,35 @@ impl AccessLogger {
         };
         // Bounded: under a flood, lines are dropped (and counted) rather than
         // letting memory grow or requests wait on the log.
-        let (tx, rx) = sync_channel::<Entry>(65_536);
+        let (tx, rx) = sync_channel::<(Entry, usize)>(MAX_QUEUED_ENTRIES);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (q, d) = (queued.clone(), dropped.clone());
         std::thread::Builder::new()
             .name("ferry-access-log".into())
             .spawn(move || {
                 let mut w = std::io::BufWriter::new(out);
-                while let Ok(first) = rx.recv() {
-                    let _ = write_entry(&mut w, &first, format);
-                    while let Ok(e) = rx.try_recv() {
-                        let _ = write_entry(&mut w, &e, format);
+                // Whether the entry reached the buffer; a failed write is
+                // counted as lost.
+                let put = |w: &mut std::io::BufWriter<_>, (e, size): (Entry, usize)| {
+                    q.fetch_sub(size, Ordering::Relaxed);
+                    let ok = write_entry(w, &e, format).is_ok();
+                    if !ok {
+                        d.fetch_add(1, Ordering::Relaxed);
                     }
-                    let _ = w.flush();
+                    u64::from(ok)
+                };
+                while let Ok(first) = rx.recv() {
+                    let mut pending = put(&mut w, first);
+                    while let Ok(e) = rx.try_recv() {
+                        pending += put(&mut w, e);
+                    }
+                    // A failed flush (a full disk) leaves at most the
+                    // buffer's 8 KiB waiting for the next try; the lines of
+                    // this batch are counted as lost.
+                    if w.flush().is_err() {
+                        d.fetch_add(pending, Ordering::Relaxed);
+                    }
                 }
             })
             .map_err(|source| ProxyError::AccessLog {
@@ -75,7 +150,8 @@ impl AccessLogger {
             })?;
         Ok(AccessLogger {
             tx: Some(tx),
-            dropped: AtomicU64::new(0),
+            queued,
+            dropped,
         })
     }
 
@@ -83,11 +159,17 @@ impl AccessLogger {
         self.tx.is_some()
     }
 
-    pub fn log(&self, e: Entry) {
-        if let Some(tx) = &self.tx {
-            if let Err(TrySendError::Full(_)) = tx.try_send(e) {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+    pub fn log(&self, mut e: Entry) {
+        let Some(tx) = &self.tx else { return };
+        let size = e.bound();
+        if self.queued.fetch_add(size, Ordering::Relaxed) + size > MAX_QUEUED_BYTES {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if tx.try_send((e, size)).is_err() {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -169,6 +251,62 @@ fn clf_time(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn entry(path: String, ua: String) -> Entry {
+        Entry {
+            client: SocketAddr::from(([127, 0, 0, 1], 1)),
+            method: "GET".into(),
+            host: "a.example".into(),
+            path,
+            version: "HTTP/1.1",
+            status: 200,
+            bytes: Some(1),
+            referer: String::new(),
+            user_agent: ua,
+            upstream: "app1".into(),
+            duration: Duration::from_millis(1),
+            site_state: "active",
+        }
+    }
+
+    #[test]
+    fn client_fields_are_cut_and_weighed() {
+        let mut e = entry(format!("/{}", "é".repeat(60_000)), "u".repeat(60_000));
+        let size = e.bound();
+        assert!(e.path.len() <= MAX_PATH && e.path.ends_with("..."));
+        assert!(e.user_agent.len() <= MAX_FIELD);
+        assert!(size < MAX_PATH + 6 * MAX_FIELD + ENTRY_OVERHEAD);
+        let mut small = entry("/".into(), String::new());
+        assert_eq!(small.bound(), ENTRY_OVERHEAD + 3 + 1 + 9 + 4);
+    }
+
+    #[test]
+    fn a_stalled_writer_bounds_the_queue_in_bytes() {
+        // The writer thread blocks on a pipe nobody reads: the queue must
+        // stop at MAX_QUEUED_BYTES and count the rest as dropped.
+        let (tx, rx) = sync_channel::<(Entry, usize)>(MAX_QUEUED_ENTRIES);
+        let logger = AccessLogger {
+            tx: Some(tx),
+            queued: Arc::new(AtomicUsize::new(0)),
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        for _ in 0..10_000 {
+            logger.log(entry(
+                "/".to_string() + &"p".repeat(60_000),
+                "u".repeat(60_000),
+            ));
+        }
+        let queued = logger.queued.load(Ordering::Relaxed);
+        assert!(queued <= MAX_QUEUED_BYTES, "{queued}");
+        let kept = rx.try_iter().count();
+        assert!(kept < 10_000 && kept > 100, "{kept}");
+        assert_eq!(
+            logger.dropped.load(Ordering::Relaxed) as usize,
+            10_000 - kept
+        );
+    }
+
     #[test]
     fn clf_time_formats_utc() {
         assert_eq!(super::clf_time(0), "01/Jan/1970:00:00:00 +0000");

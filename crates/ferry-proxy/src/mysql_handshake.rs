@@ -276,6 +276,24 @@ impl Observer {
     }
 }
 
+/// What an observer concludes from a whole exchange fed in reads of at
+/// most `chunk` bytes (client's first packet, then the server's answers):
+/// the verdict's shape and the recorded user. Public (hidden) for the fuzz
+/// target `fuzz/fuzz_targets/mysql_handshake.rs` and the property tests: the
+/// answer must not depend on how the network cut the bytes.
+#[doc(hidden)]
+pub fn observe_in_chunks(client: &[u8], server: &[u8], chunk: usize) -> String {
+    let chunk = chunk.max(1);
+    let mut o = Observer::default();
+    for c in client.chunks(chunk) {
+        o.client_bytes(c);
+    }
+    for c in server.chunks(chunk) {
+        o.server_bytes(c);
+    }
+    format!("{:?} {:?}", o.verdict, o.login)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,6 +464,27 @@ mod tests {
             prop_assert_eq!(
                 parse_client_packet(&r),
                 ClientPacket::Login(Login { user, database: db })
+            );
+        }
+
+        #[test]
+        fn the_verdict_does_not_depend_on_how_reads_are_cut(
+            user in "[a-z_][a-z0-9_]{0,15}",
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..3),
+            server in proptest::collection::vec(any::<u8>(), 0..64),
+            chunk in 1usize..40,
+        ) {
+            let mut r = packet(1, &response(BASE | CONNECT_WITH_DB, &user, &[7; 20], Some("shopdb")));
+            for (i, b) in flips {
+                let n = r.len();
+                r[i % n] = b;
+            }
+            // A server greeting-shaped start, then arbitrary bytes.
+            let mut s = packet(0, &[10, b'5', 0]);
+            s.extend_from_slice(&server);
+            prop_assert_eq!(
+                observe_in_chunks(&r, &s, usize::MAX),
+                observe_in_chunks(&r, &s, chunk)
             );
         }
 

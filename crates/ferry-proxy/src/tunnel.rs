@@ -220,6 +220,9 @@ pub(crate) struct Tunnels {
     carried: Mutex<BTreeSet<(String, String)>>,
     /// Bumped when a new (client, user, database) is seen; the writer compares.
     generation: Arc<AtomicU64>,
+    /// The router's connection cap and the metrics of the shared accept
+    /// loop (`listen.rs`), set once at start.
+    accept_limits: Mutex<Option<(crate::listen::Cap, Arc<crate::metrics::Metrics>)>>,
 }
 
 impl Tunnels {
@@ -229,7 +232,17 @@ impl Tunnels {
             uses_file: Mutex::new(None),
             carried: Mutex::new(BTreeSet::new()),
             generation: Arc::new(AtomicU64::new(0)),
+            accept_limits: Mutex::new(None),
         })
+    }
+
+    /// Tunnel connections count against the router's connection cap.
+    pub fn set_accept_limits(
+        &self,
+        cap: crate::listen::Cap,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) {
+        *self.accept_limits.lock() = Some((cap, metrics));
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Tunnel>> {
@@ -337,33 +350,29 @@ impl Tunnels {
         &self,
         tunnel: &Arc<Tunnel>,
         listener: TcpListener,
-        mut stop: watch::Receiver<bool>,
-        mut shutdown: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) {
         let tunnel = Arc::clone(tunnel);
         let generation = Arc::clone(&self.generation);
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = tokio::select! {
-                    a = listener.accept() => match a {
-                        Ok(x) => x,
-                        // Out of file descriptors and the like: pause rather
-                        // than spin on a failing accept.
-                        Err(_) => {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                    _ = stop.changed() => break,
-                    _ = shutdown.changed() => break,
-                };
+        let (caps, metrics) = match self.accept_limits.lock().clone() {
+            Some((cap, metrics)) => (vec![cap], metrics),
+            None => (Vec::new(), Arc::default()),
+        };
+        // The shared accept loop: connection cap, back-off on accept errors.
+        crate::listen::spawn(
+            crate::listen::Kind::Tunnel,
+            listener,
+            caps,
+            metrics,
+            Some(stop),
+            shutdown,
+            move |stream, peer| {
                 let tunnel = Arc::clone(&tunnel);
                 let generation = Arc::clone(&generation);
-                tokio::spawn(async move {
-                    serve(&tunnel, stream, peer, &generation).await;
-                });
-            }
-        });
+                async move { serve(&tunnel, stream, peer, &generation).await }
+            },
+        );
     }
 
     /// Distinct (database, client) pairs of accepted logins that named a
@@ -520,17 +529,50 @@ fn read_uses_file(path: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Replaces `path` whole: a temporary file with a name no one can guess or
+/// plant in advance (pid, time, counter; created exclusively, so an existing
+/// file or symlink there is never followed), synced, renamed over the old
+/// one, and the rename made durable. A reader (or `ferry plan`) sees the old
+/// file or the new one, never half of one, even across a power cut.
 fn write_atomically(path: &Path, lines: &[String]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     let mut text = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
     for l in lines {
         text.push_str(l);
         text.push('\n');
     }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(
+        ".{}.{nanos:x}.{}.tmp",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return written;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 /// One client connection: connect to the tunnel's current upstream, then copy

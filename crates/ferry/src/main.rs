@@ -47,6 +47,23 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Lines per second from one log statement; more are counted and
+    /// summarised in one "suppressed N similar log lines" line (0: no limit).
+    /// A peer that makes a statement fire cannot make the log grow faster.
+    #[arg(long, global = true, default_value_t = 20, value_name = "N")]
+    log_rate: u32,
+    /// Write the log to this file instead of stderr, with a size cap: at
+    /// --log-max-size it is renamed FILE.1 (older ones shift up to
+    /// FILE.<--log-keep>) and a new one is started. Lines that cannot be
+    /// written (a full disk) are dropped and counted, never waited for.
+    #[arg(long, global = true, value_name = "FILE")]
+    log_file: Option<std::path::PathBuf>,
+    /// Size at which --log-file is rotated (K, M, G suffixes).
+    #[arg(long, global = true, default_value = "100M", value_parser = parse_size, value_name = "SIZE")]
+    log_max_size: u64,
+    /// Rotated files kept next to --log-file.
+    #[arg(long, global = true, default_value_t = 5, value_name = "N")]
+    log_keep: u32,
     #[command(subcommand)]
     command: Command,
 }
@@ -121,17 +138,26 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
-fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+/// Parses "100M", "64k", "1G" or a plain number of bytes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("{text:?}: unit must be K, M or G")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n >= 4096)
+        .ok_or_else(|| format!("{text:?} is not a size of at least 4096 bytes (e.g. 100M)"))
 }
 
 fn main() -> ExitCode {
@@ -140,10 +166,27 @@ fn main() -> ExitCode {
         Command::Demo(_) => "warn",
         _ => "info",
     };
-    init_logging(
-        cli.log_level.as_deref().unwrap_or(default_level),
-        cli.log_format,
-    );
+    let log = ferry_log::init(&ferry_log::Options {
+        filter: cli
+            .log_level
+            .clone()
+            .unwrap_or_else(|| default_level.into()),
+        format: match cli.log_format {
+            LogFormat::Text => ferry_log::Format::Text,
+            LogFormat::Json => ferry_log::Format::Json,
+        },
+        rate: cli.log_rate,
+        file: cli.log_file.clone(),
+        max_size: cli.log_max_size,
+        keep: cli.log_keep,
+    });
+    let log = match log {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // One thread: a current-thread runtime, with no work-stealing scheduler in
     // the request path (what `ferry proxy --threads 1` and benchmarks use).
     let threads = match &cli.command {
@@ -184,11 +227,27 @@ fn main() -> ExitCode {
     });
     // Background tasks (connections, health checks) must not keep us alive.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    // Flush the queued log lines before the last word, so it is the last line.
+    drop(log);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("ferry: {:#}", f.error);
             ExitCode::from(f.code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_parse_with_units_and_refuse_nonsense() {
+        assert_eq!(super::parse_size("100M"), Ok(100 << 20));
+        assert_eq!(super::parse_size("64k"), Ok(64 << 10));
+        assert_eq!(super::parse_size("1G"), Ok(1 << 30));
+        assert_eq!(super::parse_size("8192"), Ok(8192));
+        for bad in ["", "M", "10X", "-1M", "100", "99999999999999G"] {
+            assert!(super::parse_size(bad).is_err(), "{bad}");
         }
     }
 }

@@ -11,4 +11,7 @@
 #[allow(dead_code)]
 mod support;
 
+mod fleet;
+mod logs;
 mod report;
+mod sync;
