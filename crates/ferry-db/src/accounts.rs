@@ -12,15 +12,17 @@ use crate::error::{Error, Result, Side, SqlContext};
 use crate::state::Account;
 
 /// Accounts with a privilege on any of `dbs` (database, table, column or
-/// routine level; `mysql.db` patterns such as `shop\_%` included), without
-/// roles and without the mover's own account.
+/// routine level; `mysql.db` patterns such as `shop\_%` included), directly
+/// or through a role (roles granted to roles followed), without the
+/// mover's own account. Roles themselves cannot log in: they are not here
+/// (see [`roles_of`]).
 pub(crate) async fn users_of(conn: &mut Conn, side: Side, dbs: &[String]) -> Result<Vec<Account>> {
     let me: Option<String> = conn
         .query_first("SELECT CURRENT_USER()")
         .await
         .ctx(side, || "CURRENT_USER()".into())?;
     let me = me.unwrap_or_default();
-    let mut found: Vec<Account> = Vec::new();
+    let mut grantees: Vec<Account> = Vec::new();
     for db in dbs {
         let q = quote(db);
         let sql = format!(
@@ -30,17 +32,106 @@ pub(crate) async fn users_of(conn: &mut Conn, side: Side, dbs: &[String]) -> Res
              UNION SELECT User, Host FROM mysql.procs_priv WHERE Db = {q}"
         );
         let rows: Vec<(String, String)> = conn.query(&sql).await.ctx(side, || sql.clone())?;
-        for (user, host) in rows {
-            // Roles have an empty host; they are not log-in accounts.
-            let a = Account { user, host };
-            if a.host.is_empty() || format!("{}@{}", a.user, a.host) == me || found.contains(&a) {
-                continue;
-            }
-            found.push(a);
+        grantees.extend(rows.into_iter().map(|(user, host)| Account { user, host }));
+    }
+    // Roles (an empty host) pass their privileges to whoever holds them.
+    let roles: Vec<String> = grantees
+        .iter()
+        .filter(|a| a.host.is_empty())
+        .map(|a| a.user.clone())
+        .collect();
+    let mapping = role_mapping(conn, side).await?;
+    let mut found: Vec<Account> = Vec::new();
+    let holders = holders_of(&mapping, &roles);
+    for a in grantees.into_iter().chain(holders) {
+        // Roles have an empty host; they are not log-in accounts.
+        if a.host.is_empty() || format!("{}@{}", a.user, a.host) == me || found.contains(&a) {
+            continue;
         }
+        found.push(a);
     }
     found.sort_by(|a, b| (&a.user, &a.host).cmp(&(&b.user, &b.host)));
     Ok(found)
+}
+
+/// `mysql.roles_mapping`: (grantee user, grantee host, role); a role
+/// granted to a role has an empty host.
+async fn role_mapping(conn: &mut Conn, side: Side) -> Result<Vec<(String, String, String)>> {
+    let sql = "SELECT User, Host, Role FROM mysql.roles_mapping";
+    conn.query(sql).await.ctx(side, || sql.into())
+}
+
+/// Every grantee holding one of `roles`, through any chain of roles.
+fn holders_of(mapping: &[(String, String, String)], roles: &[String]) -> Vec<Account> {
+    let mut roles: Vec<String> = roles.to_vec();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < roles.len() {
+        for (user, host, role) in mapping {
+            if role != &roles[i] {
+                continue;
+            }
+            if host.is_empty() {
+                if !roles.contains(user) {
+                    roles.push(user.clone());
+                }
+            } else {
+                out.push(Account {
+                    user: user.clone(),
+                    host: host.clone(),
+                });
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The roles `accounts` hold, directly or through other roles: created at
+/// the destination before the accounts, whose grants name them.
+pub(crate) async fn roles_of(
+    conn: &mut Conn,
+    side: Side,
+    accounts: &[Account],
+) -> Result<Vec<String>> {
+    let mapping = role_mapping(conn, side).await?;
+    let mut roles: Vec<String> = Vec::new();
+    for (user, host, role) in &mapping {
+        if accounts.iter().any(|a| &a.user == user && &a.host == host) && !roles.contains(role) {
+            roles.push(role.clone());
+        }
+    }
+    let mut i = 0;
+    while i < roles.len() {
+        for (user, host, role) in &mapping {
+            if host.is_empty() && user == &roles[i] && !roles.contains(role) {
+                roles.push(role.clone());
+            }
+        }
+        i += 1;
+    }
+    roles.sort();
+    Ok(roles)
+}
+
+/// Creates `roles` at `dst` (those missing) with the grants they have at
+/// `src`: all roles first, then the grants, since a role may be granted to
+/// another. A role already there keeps its grants and gets these too.
+pub(crate) async fn copy_roles(src: &mut Conn, dst: &mut Conn, roles: &[String]) -> Result<()> {
+    let mut grants = Vec::new();
+    for r in roles {
+        let sql = format!("SHOW GRANTS FOR {}", quote(r));
+        let g: Vec<String> = src.query(&sql).await.ctx(Side::Source, || sql)?;
+        grants.extend(g);
+        let sql = format!("CREATE ROLE IF NOT EXISTS {}", quote(r));
+        dst.query_drop(&sql).await.ctx(Side::Destination, || sql)?;
+    }
+    for g in grants {
+        dst.query_drop(&g)
+            .await
+            .ctx(Side::Destination, || format!("copying a role's grant: {g}"))?;
+    }
+    Ok(())
 }
 
 /// Accounts, other than ours, whose global privileges let them write
@@ -74,6 +165,18 @@ pub(crate) async fn show_create(
 /// `SHOW CREATE USER` ends with ` ACCOUNT LOCK` on a locked account.
 pub(crate) fn is_locked(create: &str) -> bool {
     create.contains(" ACCOUNT LOCK")
+}
+
+/// Whether `who` (`user@host` as a DEFINER column shows it) is an account
+/// or a role at the server of `conn`.
+pub(crate) async fn exists(conn: &mut Conn, side: Side, user: &str, host: &str) -> Result<bool> {
+    let sql = format!(
+        "SELECT COUNT(*) FROM mysql.user WHERE User = {} AND Host = {}",
+        quote(user),
+        quote(host)
+    );
+    let n: Option<u64> = conn.query_first(&sql).await.ctx(side, || sql.clone())?;
+    Ok(n.unwrap_or(0) > 0)
 }
 
 pub(crate) async fn set_locked(conn: &mut Conn, a: &Account, locked: bool) -> Result<()> {

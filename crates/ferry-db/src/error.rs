@@ -21,7 +21,7 @@ impl std::fmt::Display for Side {
 
 /// Everything the mover can fail with. Variants that come before any change
 /// (`InvalidUrl`, `Connect`, `AccessDenied`, `DatabaseMissing`,
-/// `DatabaseExists`, `AccountConflict`, `NotReplicable`) are raised by
+/// `DatabaseExists`, `AccountConflict`, `Preconditions`) are raised by
 /// [`crate::Mover::prepare`], which changes nothing on either side.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -50,6 +50,10 @@ pub enum Error {
         "account {account} already exists at the destination with other credentials or options"
     )]
     AccountConflict { account: String },
+    #[error("the move cannot start (nothing was changed):{}", list(.problems))]
+    Preconditions {
+        problems: Vec<crate::preflight::Problem>,
+    },
     #[error("the source {addr} cannot feed a catch-up: {reason}")]
     NotReplicable { addr: String, reason: String },
     #[error("{side} server, {what}: {error}")]
@@ -66,6 +70,14 @@ pub enum Error {
         "sessions of the frozen accounts were still running {waited:?} after KILL: ids {ids:?}"
     )]
     SessionsSurvived { ids: Vec<u64>, waited: Duration },
+    #[error(
+        "state file {path} belongs to another move ({}); give this move its own state file, or remove that one if its move is over",
+        .differences.join("; ")
+    )]
+    StateMismatch {
+        path: PathBuf,
+        differences: Vec<String>,
+    },
     #[error("state file {path}: {message}")]
     State { path: PathBuf, message: String },
     #[error("{step} is not possible at phase {phase}")]
@@ -78,6 +90,10 @@ pub enum Error {
         table: String,
         message: String,
     },
+}
+
+fn list(problems: &[crate::preflight::Problem]) -> String {
+    problems.iter().map(|p| format!("\n  - {p}")).collect()
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

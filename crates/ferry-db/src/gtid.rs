@@ -82,6 +82,20 @@ impl GtidPos {
         GtidPos { domains }
     }
 
+    /// Per domain, whichever of `a` and `b` has the higher sequence number.
+    pub fn newest(a: &GtidPos, b: &GtidPos) -> GtidPos {
+        let mut domains = a.domains.clone();
+        for (d, v) in &b.domains {
+            match domains.get(d) {
+                Some(old) if old.1 >= v.1 => {}
+                _ => {
+                    domains.insert(*d, *v);
+                }
+            }
+        }
+        GtidPos { domains }
+    }
+
     /// `base` with every domain of `over` replaced by `over`'s entry.
     pub fn overlaid(base: &GtidPos, over: &GtidPos) -> GtidPos {
         let mut domains = base.domains.clone();
@@ -129,6 +143,7 @@ mod tests {
         assert_eq!(a.transactions_ahead_of(&b), 5 + 3);
         assert!(GtidPos::parse("").unwrap().is_empty());
         assert!(GtidPos::parse("1-x-3").is_err());
+        assert_eq!(GtidPos::newest(&a, &b).to_string(), "1-1-11,2-2-3");
         let m = GtidPos::overlaid(&a, &b);
         assert_eq!(m.to_string(), "1-1-6,2-2-3");
         // A resumed catch-up: the source's domains only, never rewound.

@@ -27,6 +27,7 @@ mod error;
 mod galera;
 mod gtid;
 mod mover;
+mod preflight;
 mod replica;
 mod schema;
 mod state;
@@ -39,5 +40,6 @@ pub use gtid::{BinlogMark, GtidPos};
 pub use mover::{
     CopyProgress, CopyReport, FreezeReport, Mover, MoverConfig, PrepareReport, SwitchReport,
 };
+pub use preflight::Problem;
 pub use replica::Lag;
-pub use state::{Account, Phase, ScheduledEvent};
+pub use state::{Account, MoveStatus, Phase, ScheduledEvent, ServerIdentity};

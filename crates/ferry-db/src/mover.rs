@@ -16,9 +16,10 @@ use crate::copy::{self, Counters};
 use crate::endpoint::{ident, quote, Endpoint, Session};
 use crate::error::{Error, Result, Side, SqlContext};
 use crate::gtid::GtidPos;
+use crate::preflight;
 use crate::replica::{self, Lag};
 use crate::schema;
-use crate::state::{Account, Phase, ScheduledEvent, State};
+use crate::state::{Account, Phase, ScheduledEvent, ServerIdentity, State};
 
 /// Changed rows of one table the freeze re-checks by key; past this, the
 /// whole table by chunk (as fast, and fewer statements).
@@ -91,8 +92,13 @@ impl MoverConfig {
 pub struct PrepareReport {
     /// Accounts using the databases; locked at the freeze, copied at the switch.
     pub accounts: Vec<Account>,
+    /// Roles those accounts hold; created at the destination at the switch.
+    pub roles: Vec<String>,
     /// Bytes of data and indexes at the source (from the table statistics).
     pub source_bytes: u64,
+    /// What will work but cost (a table without a primary key), or was not
+    /// checked.
+    pub warnings: Vec<crate::preflight::Problem>,
 }
 
 /// Copy progress, for progress lines.
@@ -162,22 +168,45 @@ impl Mover {
     /// [`Error::AccessDenied`]) and loads the state file if there is one.
     pub async fn open(cfg: MoverConfig) -> Result<Mover> {
         let loaded = State::load(&cfg.state_path)?;
-        if let Some(s) = &loaded {
-            if s.databases != cfg.databases {
-                return Err(Error::State {
-                    path: cfg.state_path.clone(),
-                    message: format!(
-                        "records a move of {:?}, not {:?}",
-                        s.databases, cfg.databases
-                    ),
-                });
-            }
-        }
-        let src = cfg.source.connect(Session::Control).await?;
-        let dst = cfg.dest.connect(Session::Control).await?;
+        let mut src = cfg.source.connect(Session::Control).await?;
+        let mut dst = cfg.dest.connect(Session::Control).await?;
+        let source = identity(&mut src, &cfg.source).await?;
+        let destination = identity(&mut dst, &cfg.dest).await?;
         let resumed = loaded.is_some();
-        let state =
-            loaded.unwrap_or_else(|| State::new(cfg.databases.clone(), cfg.connection.clone()));
+        let mut state = match loaded {
+            Some(s) => {
+                // A file left by another move (other servers, other
+                // databases) must not be taken for this one's progress.
+                let mut differences = Vec::new();
+                if s.databases != cfg.databases {
+                    differences.push(format!(
+                        "databases {:?} vs {:?}",
+                        s.databases, cfg.databases
+                    ));
+                }
+                for (side, recorded, now) in [
+                    ("source", &s.source, &source),
+                    ("destination", &s.destination, &destination),
+                ] {
+                    if let Some(r) = recorded {
+                        let d = r.differences(now);
+                        if !d.is_empty() {
+                            differences.push(format!("{side}: recorded {r}, now {now}"));
+                        }
+                    }
+                }
+                if !differences.is_empty() {
+                    return Err(Error::StateMismatch {
+                        path: cfg.state_path.clone(),
+                        differences,
+                    });
+                }
+                s
+            }
+            None => State::new(cfg.databases.clone(), cfg.connection.clone()),
+        };
+        state.source = Some(source);
+        state.destination = Some(destination);
         Ok(Mover {
             cfg,
             state,
@@ -216,26 +245,21 @@ impl Mover {
         self.state.save(&self.cfg.state_path)
     }
 
-    /// The source must write a row-based binary log: the catch-up and the
-    /// freeze's check both read row events.
-    async fn check_row_binlog(&mut self) -> Result<()> {
-        let (log_bin, format): (Option<i64>, Option<String>) = self
-            .src
-            .query_first("SELECT @@GLOBAL.log_bin, @@GLOBAL.binlog_format")
-            .await
-            .ctx(Side::Source, || "reading log_bin".into())?
-            .unwrap_or_default();
-        if log_bin != Some(1) || format.as_deref() != Some("ROW") {
-            return Err(Error::NotReplicable {
-                addr: self.cfg.source.addr(),
-                reason: format!(
-                    "needs log_bin = ON and binlog_format = ROW (has log_bin = {}, binlog_format = {})",
-                    log_bin.unwrap_or(0),
-                    format.unwrap_or_default()
-                ),
-            });
+    fn servers(&mut self) -> preflight::Servers<'_> {
+        preflight::Servers {
+            src: &mut self.src,
+            src_addr: self.cfg.source.addr(),
+            dst: &mut self.dst,
+            dst_addr: self.cfg.dest.addr(),
+            connection: &self.cfg.connection,
         }
-        Ok(())
+    }
+
+    /// The checks a move back needs (its data is there already): the
+    /// binary log and the GTID layout.
+    async fn preflight_reverse(&mut self) -> Result<Vec<preflight::Problem>> {
+        let f = preflight::check_replication(&mut self.servers()).await?;
+        Ok(f.refusals)
     }
 
     /// Moving back a move that switched (`forward` is its state file): the
@@ -259,10 +283,13 @@ impl Mover {
         let fwd = State::load(forward)?
             .ok_or_else(|| state_err("no forward move is recorded here".into()))?;
         if fwd.databases != cfg.databases {
-            return Err(state_err(format!(
-                "records a move of {:?}, not {:?}",
-                fwd.databases, cfg.databases
-            )));
+            return Err(Error::StateMismatch {
+                path: forward.to_path_buf(),
+                differences: vec![format!(
+                    "databases {:?} vs {:?}",
+                    fwd.databases, cfg.databases
+                )],
+            });
         }
         if fwd.phase != Phase::Switched {
             return Err(Error::Phase {
@@ -278,7 +305,30 @@ impl Mover {
             ));
         };
         let mut m = Mover::open(cfg).await?;
-        m.check_row_binlog().await?;
+        // The way back runs from the forward move's destination to its source.
+        let mut differences = Vec::new();
+        for (side, recorded, now) in [
+            ("source", &fwd.destination, &m.state.source),
+            ("destination", &fwd.source, &m.state.destination),
+        ] {
+            if let (Some(r), Some(now)) = (recorded, now) {
+                if !r.differences(now).is_empty() {
+                    differences.push(format!(
+                        "{side} of the move back: the forward move recorded {r}, now {now}"
+                    ));
+                }
+            }
+        }
+        if !differences.is_empty() {
+            return Err(Error::StateMismatch {
+                path: forward.to_path_buf(),
+                differences,
+            });
+        }
+        let refusals = m.preflight_reverse().await?;
+        if !refusals.is_empty() {
+            return Err(Error::Preconditions { problems: refusals });
+        }
         for db in &m.cfg.databases.clone() {
             if !schema_exists(&mut m.dst, Side::Destination, db).await? {
                 return Err(Error::DatabaseMissing {
@@ -290,6 +340,7 @@ impl Mover {
         m.state.phase = Phase::Copied;
         m.state.snapshot = Some(at);
         m.state.unlock_at_switch = fwd.locked;
+        m.state.back = true;
         m.state.events = fwd.events;
         m.save()?;
         Ok(m)
@@ -323,7 +374,6 @@ impl Mover {
                 });
             }
         }
-        self.check_row_binlog().await?;
         if replica::exists(&mut self.dst, &self.cfg.connection).await? {
             return Err(Error::Replication {
                 connection: self.cfg.connection.clone(),
@@ -355,10 +405,22 @@ impl Mover {
             .query_first(&sql)
             .await
             .ctx(Side::Source, || sql.clone())?;
+        let source_bytes = source_bytes.unwrap_or(0);
+        let roles = accounts::roles_of(&mut self.src, Side::Source, &users).await?;
+        let dest_binlog = self.cfg.dest_binlog;
+        let findings =
+            preflight::check(&mut self.servers(), &dbs, &users, source_bytes, dest_binlog).await?;
+        if !findings.refusals.is_empty() {
+            return Err(Error::Preconditions {
+                problems: findings.refusals,
+            });
+        }
         self.save()?;
         Ok(PrepareReport {
             accounts: users,
-            source_bytes: source_bytes.unwrap_or(0),
+            roles,
+            source_bytes,
+            warnings: findings.warnings,
         })
     }
 
@@ -697,6 +759,9 @@ impl Mover {
             replica::remove(&mut self.dst, &self.cfg.connection).await?;
         }
         let users = accounts::users_of(&mut self.src, Side::Source, &self.cfg.databases).await?;
+        // Roles first: the accounts' grants name them.
+        let roles = accounts::roles_of(&mut self.src, Side::Source, &users).await?;
+        accounts::copy_roles(&mut self.src, &mut self.dst, &roles).await?;
         for a in &users {
             let unlock = self.state.locked.contains(a);
             let statements = accounts::recreate_statements(&mut self.src, a, unlock).await?;
@@ -801,6 +866,20 @@ impl Mover {
     pub async fn pause(&mut self) -> Result<()> {
         replica::stop(&mut self.dst, &self.cfg.connection).await
     }
+}
+
+/// The server behind `conn`, as a state file records it.
+async fn identity(conn: &mut Conn, e: &Endpoint) -> Result<ServerIdentity> {
+    let sql = "SELECT @@server_id, @@hostname, @@port";
+    let row: Option<(u32, String, u16)> =
+        conn.query_first(sql).await.ctx(e.side(), || sql.into())?;
+    let (server_id, hostname, port) = row.unwrap_or_default();
+    Ok(ServerIdentity {
+        addr: e.addr(),
+        server_id,
+        hostname,
+        port,
+    })
 }
 
 async fn schema_exists(conn: &mut Conn, side: Side, db: &str) -> Result<bool> {

@@ -107,7 +107,8 @@ fn filter(dbs: &[String]) -> String {
 /// the whole of it. So the source's domains are set to `from` and every
 /// other entry is left as it is: other connections' positions stay theirs,
 /// and the destination's own transactions (its binary log, which is not in
-/// `gtid_slave_pos`) play no part. They must not: when both servers write
+/// `gtid_slave_pos`) fill only domains the source does not write in. They
+/// must not decide a source domain: when both servers write
 /// in the same domain (domain 0 on every stock server), the destination's
 /// own GTID is one the source never had (error 1236). A shared domain is
 /// safe for the applier as long as no other connection replicates it and
@@ -133,9 +134,14 @@ pub(crate) async fn start(
         }
         let set = async {
             let current = gtid_var(dest, D, "gtid_slave_pos").await?;
-            let pos = GtidPos::overlaid(&current, from);
-            // With strict mode off, a position behind the destination's own
-            // binary log in a shared domain is a warning (1947), not an error.
+            let own = gtid_var(dest, D, "gtid_binlog_pos").await?;
+            // The destination's own domains at least as far as its binary
+            // log (strict mode refuses a position that lacks them or is
+            // behind, error 1948; the source has no such domain and skips
+            // them), then the source's domains exactly at `from`. With
+            // strict mode off, a shared domain's position behind the
+            // destination's own binary log is a warning (1947), not an error.
+            let pos = GtidPos::overlaid(&GtidPos::newest(&current, &own), from);
             dest.query_drop(format!(
                 "SET GLOBAL gtid_slave_pos = {}",
                 quote(&pos.to_string())
@@ -191,6 +197,24 @@ pub(crate) async fn start(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Every replication connection of the destination: its name and the
+/// `host:port` it replicates from.
+pub(crate) async fn connections(dest: &mut Conn) -> Result<Vec<(String, String)>> {
+    let rows: Vec<Row> = dest
+        .query("SHOW ALL SLAVES STATUS")
+        .await
+        .ctx(D, || "SHOW ALL SLAVES STATUS".into())?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                field(r, "Connection_name"),
+                format!("{}:{}", field(r, "Master_Host"), field(r, "Master_Port")),
+            )
+        })
+        .collect())
 }
 
 pub(crate) async fn running_connections(dest: &mut Conn) -> Result<Vec<String>> {

@@ -60,11 +60,64 @@ impl std::fmt::Display for Account {
     }
 }
 
+/// Which server a move talks to, as recorded when it started: a state file
+/// is only taken up again by a move between the same two servers.
+/// MariaDB has no server UUID; the address given, the server id, the host
+/// name and the port the server reports tell apart the servers a leftover
+/// file could belong to (two stock servers share a server id of 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerIdentity {
+    /// `host:port` as given to the mover.
+    pub addr: String,
+    pub server_id: u32,
+    pub hostname: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for ServerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (server_id {}, hostname {}, port {})",
+            self.addr, self.server_id, self.hostname, self.port
+        )
+    }
+}
+
+impl ServerIdentity {
+    /// What differs from `other`, in words; empty when they are the same.
+    pub fn differences(&self, other: &ServerIdentity) -> Vec<String> {
+        let mut d = Vec::new();
+        if self.addr != other.addr {
+            d.push(format!("address {} vs {}", self.addr, other.addr));
+        }
+        if self.server_id != other.server_id {
+            d.push(format!(
+                "server_id {} vs {}",
+                self.server_id, other.server_id
+            ));
+        }
+        if self.hostname != other.hostname {
+            d.push(format!("hostname {} vs {}", self.hostname, other.hostname));
+        }
+        if self.port != other.port {
+            d.push(format!("port {} vs {}", self.port, other.port));
+        }
+        d
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct State {
     pub format: String,
     pub version: u32,
     pub databases: Vec<String>,
+    /// The servers of this move (absent in files written before they were
+    /// recorded: those are taken as they are and get them on the next save).
+    #[serde(default)]
+    pub source: Option<ServerIdentity>,
+    #[serde(default)]
+    pub destination: Option<ServerIdentity>,
     /// Name of the replication connection at the destination.
     pub connection: String,
     pub phase: Phase,
@@ -106,6 +159,9 @@ pub(crate) struct State {
     /// destination, unlocked by the switch.
     #[serde(default)]
     pub unlock_at_switch: Vec<Account>,
+    /// A move back (opened from a switched move's record).
+    #[serde(default)]
+    pub back: bool,
     /// Events enabled at the source, created disabled at the destination:
     /// the switch turns them on there and off at the source.
     #[serde(default)]
@@ -125,6 +181,8 @@ impl State {
             format: FORMAT.into(),
             version: VERSION,
             databases,
+            source: None,
+            destination: None,
             connection,
             phase: Phase::Prepared,
             snapshot: None,
@@ -138,6 +196,7 @@ impl State {
             verified_at: None,
             dest_at_switch: None,
             unlock_at_switch: Vec::new(),
+            back: false,
             events: Vec::new(),
         }
     }
@@ -174,6 +233,46 @@ impl State {
             std::fs::rename(&tmp, path)
         };
         write().map_err(|e| state_err(path, e.to_string()))
+    }
+}
+
+/// Where a recorded move stands, for `ferry db status`.
+#[derive(Debug, Clone)]
+pub struct MoveStatus {
+    pub phase: Phase,
+    pub databases: Vec<String>,
+    pub source: Option<ServerIdentity>,
+    pub destination: Option<ServerIdentity>,
+    /// The replication connection at the destination (until the switch).
+    pub connection: String,
+    pub snapshot: Option<GtidPos>,
+    pub applied: Option<GtidPos>,
+    pub frozen_at: Option<GtidPos>,
+    pub chunks_done: u64,
+    pub chunks_total: u64,
+    /// Accounts this move locked at its source.
+    pub locked: Vec<Account>,
+    /// A move back (its switch unlocks the accounts the forward move locked).
+    pub moving_back: bool,
+}
+
+impl MoveStatus {
+    /// Reads the state file at `path`; `None` if there is none.
+    pub fn load(path: &Path) -> Result<Option<MoveStatus>> {
+        Ok(State::load(path)?.map(|s| MoveStatus {
+            phase: s.phase,
+            databases: s.databases,
+            source: s.source,
+            destination: s.destination,
+            connection: s.connection,
+            snapshot: s.snapshot,
+            applied: s.applied,
+            frozen_at: s.frozen_at,
+            chunks_done: s.chunks_done,
+            chunks_total: s.chunks_total,
+            locked: s.locked,
+            moving_back: s.back,
+        }))
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_db::{Mover, Phase};
+use ferry_db::{Error, Mover, Phase, Side};
 use mysql_async::prelude::Queryable;
 use mysql_async::Row;
 
@@ -187,4 +187,290 @@ async fn regression_shared_gtid_domain_with_a_busier_destination() {
     assert!(slaves(&src).await.is_empty());
     own.stop_and_check(&dst).await;
     assert_eq!(one(&dst, "SELECT COUNT(*) FROM busy.t").await, "1");
+}
+
+/// A client of the upstream server `x`: inserts into `upstream.t` until
+/// stopped; returns how many were acknowledged.
+fn upstream_writer(x: &MariaDb, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    let url = x.url();
+    tokio::spawn(async move {
+        let opts = mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(&url).unwrap())
+            .prefer_socket(false);
+        let mut c = mysql_async::Conn::new(opts).await.unwrap();
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            c.query_drop(format!("INSERT INTO upstream.t (v) VALUES ({n})"))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        n
+    })
+}
+
+/// Distinct domains; a destination that writes in two domains of its own
+/// and is itself the replica of another server (connection "up", a third
+/// domain), which must keep replicating through the whole move; an account
+/// whose rights come only from a role (granted a role itself), with that
+/// role as its default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_destination_that_is_a_replica_itself_keeps_its_connection_and_roles_move() {
+    let (src, dst, x) = tokio::join!(
+        MariaDb::start_with(
+            51,
+            Gtid {
+                domain: 1,
+                strict: true
+            }
+        ),
+        MariaDb::start_with(
+            52,
+            Gtid {
+                domain: 2,
+                strict: false
+            }
+        ),
+        MariaDb::start_with(
+            53,
+            Gtid {
+                domain: 5,
+                strict: false
+            }
+        ),
+    );
+    seed(&src).await;
+    src.exec(
+        "CREATE ROLE r_read; GRANT SELECT ON shop.orders TO r_read;
+         CREATE ROLE r_shop; GRANT INSERT ON shop.log TO r_shop; GRANT r_read TO r_shop;
+         CREATE USER clerk@'%' IDENTIFIED BY 'cl3rk'; GRANT r_shop TO clerk@'%';
+         SET DEFAULT ROLE r_shop FOR clerk@'%'",
+    )
+    .await;
+    x.exec("CREATE DATABASE upstream; CREATE TABLE upstream.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, v BIGINT NOT NULL)")
+        .await;
+    dst.exec(&format!(
+        "CHANGE MASTER 'up' TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = 'root', \
+         MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1; START SLAVE 'up'",
+        x.port
+    ))
+    .await;
+    let stop_x = Arc::new(AtomicBool::new(false));
+    let xw = upstream_writer(&x, stop_x.clone());
+    let own = own_writer(&dst, &[2, 7]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut m = Mover::open(config(&src, &dst, &tmp.path().join("m.json")))
+        .await
+        .unwrap();
+    let prep = m.prepare().await.unwrap();
+    assert!(
+        prep.accounts.iter().any(|a| a.user == "clerk"),
+        "an account with rights through a role only: {:?}",
+        prep.accounts
+    );
+    assert_eq!(prep.roles, vec!["r_read".to_string(), "r_shop".to_string()]);
+    drop(m);
+    std::fs::remove_file(tmp.path().join("m.json")).unwrap();
+    let m = move_under_writes(&src, &dst, &tmp.path().join("m2.json")).await;
+    assert_eq!(m.phase(), Phase::Switched);
+    // The role's holder was locked at the source and logs in at the
+    // destination with its default role, and its rights.
+    match src.conn_as("clerk", "cl3rk").await {
+        Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 4151, "{e:?}"),
+        other => panic!("clerk logged in at the frozen source: {}", other.is_ok()),
+    }
+    let mut clerk = dst
+        .conn_as("clerk", "cl3rk")
+        .await
+        .expect("clerk at the destination");
+    let role: Option<String> = clerk.query_first("SELECT CURRENT_ROLE()").await.unwrap();
+    assert_eq!(role.as_deref(), Some("r_shop"));
+    clerk
+        .query_drop("INSERT INTO shop.log VALUES ('clerk at the new home')")
+        .await
+        .unwrap();
+    let n: Option<u64> = clerk
+        .query_first("SELECT COUNT(*) FROM shop.orders")
+        .await
+        .unwrap();
+    assert!(n.unwrap_or(0) > 0);
+    for r in ["r_shop", "r_read"] {
+        let g = |db: &MariaDb| {
+            let url = db.url();
+            let r = r.to_string();
+            async move {
+                let opts = mysql_async::Opts::from_url(&url).unwrap();
+                let mut c = mysql_async::Conn::new(opts).await.unwrap();
+                let mut g: Vec<String> = c.query(format!("SHOW GRANTS FOR {r}")).await.unwrap();
+                g.sort();
+                g
+            }
+        };
+        assert_eq!(g(&src).await, g(&dst).await, "grants of role {r}");
+    }
+
+    // The destination's own replication went on the whole time.
+    stop_x.store(true, Ordering::Relaxed);
+    let written = xw.await.unwrap();
+    assert!(written > 100, "the upstream writer wrote only {written}");
+    let upstream_pos = one(&x, "SELECT @@gtid_binlog_pos").await;
+    let waited = one(
+        &dst,
+        &format!("SELECT MASTER_GTID_WAIT('{upstream_pos}', 60)"),
+    )
+    .await;
+    assert_eq!(waited, "0", "the destination's connection 'up' fell behind");
+    let ups = |db: &MariaDb| {
+        let url = db.url();
+        async move {
+            let opts = mysql_async::Opts::from_url(&url).unwrap();
+            let mut c = mysql_async::Conn::new(opts).await.unwrap();
+            let v: Vec<u64> = c
+                .query("SELECT v FROM upstream.t ORDER BY id")
+                .await
+                .unwrap();
+            v
+        }
+    };
+    assert_eq!(ups(&x).await, (1..=written).collect::<Vec<_>>());
+    assert_eq!(ups(&dst).await, ups(&x).await);
+    let conns = slaves(&dst).await;
+    assert_eq!(conns.len(), 1, "only 'up' is left");
+    let running: Option<String> = conns[0].get("Slave_SQL_Running");
+    assert_eq!(running.as_deref(), Some("Yes"));
+    own.stop_and_check(&dst).await;
+}
+
+/// Layouts that cannot work, and servers set up against a move, are refused
+/// by `prepare` with every problem and its fix, before anything changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_work_is_refused_before_anything_changes_with_the_setting_to_change() {
+    let (src, dst) = tokio::join!(
+        MariaDb::start_with(61, Gtid::STOCK),
+        MariaDb::start_with(62, Gtid::STOCK)
+    );
+    seed(&src).await;
+    dst.exec("CREATE DATABASE other; CREATE TABLE other.t (id INT PRIMARY KEY); INSERT INTO other.t VALUES (1)")
+        .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("m.json");
+    let refused = |what: &'static str| {
+        let cfg = config(&src, &dst, &state);
+        async move {
+            let mut m = Mover::open(cfg).await.unwrap();
+            match m.prepare().await {
+                Err(Error::Preconditions { problems }) => {
+                    eprintln!(
+                        "{what}: {}",
+                        Error::Preconditions {
+                            problems: problems.clone()
+                        }
+                    );
+                    problems
+                }
+                other => panic!("{what}: prepare answered {:?}", other.map(|_| ())),
+            }
+        }
+    };
+
+    dst.exec("SET GLOBAL gtid_strict_mode = ON").await;
+    let p = refused("strict mode at the destination").await;
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].side, Side::Destination);
+    assert!(p[0].what.contains("gtid_strict_mode = ON"), "{}", p[0]);
+    assert!(
+        p[0].fix.contains("SET GLOBAL gtid_strict_mode = OFF"),
+        "{}",
+        p[0]
+    );
+    assert!(
+        p[0].fix.contains("SET GLOBAL gtid_domain_id = "),
+        "{}",
+        p[0]
+    );
+    dst.exec("SET GLOBAL gtid_strict_mode = OFF").await;
+    src.exec("SET GLOBAL gtid_strict_mode = ON").await;
+    let p = refused("strict mode at the source").await;
+    assert_eq!((p.len(), p[0].side), (1, Side::Source), "{p:?}");
+    src.exec("SET GLOBAL gtid_strict_mode = OFF").await;
+
+    // The destination replicates domain 0 from another server already.
+    dst.exec(
+        "SET GLOBAL gtid_slave_pos = '0-9-100'; \
+         CHANGE MASTER 'up' TO MASTER_HOST = '127.0.0.1', MASTER_PORT = 9, MASTER_USE_GTID = slave_pos",
+    )
+    .await;
+    let p = refused("a domain replicated by another connection").await;
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].what.contains("already replicates GTID domain 0"),
+        "{}",
+        p[0]
+    );
+    assert!(
+        p[0].fix.contains("SET GLOBAL gtid_domain_id = "),
+        "{}",
+        p[0]
+    );
+    dst.exec("RESET SLAVE 'up' ALL").await;
+
+    // Settings and objects of the source, all named at once.
+    src.exec(
+        "SET GLOBAL binlog_row_image = MINIMAL;
+         CREATE TABLE shop.legacy (id INT PRIMARY KEY) ENGINE = MyISAM;
+         CREATE DEFINER = 'ghost'@'%' VIEW shop.ghostly AS SELECT 1 AS one;
+         CREATE DEFINER = 'ghost'@'%' TRIGGER shop.haunt BEFORE INSERT ON shop.items FOR EACH ROW SET NEW.sku = NEW.sku",
+    )
+    .await;
+    let p = refused("source settings and objects").await;
+    let text: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+    assert_eq!(p.len(), 4, "{text:#?}");
+    assert!(
+        text[0].contains("binlog_row_image = MINIMAL")
+            && text[0].contains("SET GLOBAL binlog_row_image = FULL"),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.contains("shop.legacy uses ENGINE=MyISAM") && t.contains("ENGINE = InnoDB")),
+        "{text:#?}"
+    );
+    for object in ["view shop.ghostly", "trigger shop.haunt"] {
+        assert!(
+            text.iter()
+                .any(|t| t.contains(object) && t.contains("ghost@%")),
+            "{object}: {text:#?}"
+        );
+    }
+
+    // Nothing changed anywhere, no state file.
+    assert!(!state.exists());
+    assert_eq!(
+        one(
+            &dst,
+            "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'shop'"
+        )
+        .await,
+        "0"
+    );
+    assert!(slaves(&dst).await.is_empty());
+    src.conn_as("app", "s3cret")
+        .await
+        .expect("the source's accounts are untouched");
+
+    // Fixed: prepare passes, and warns about the table without a key.
+    src.exec(
+        "SET GLOBAL binlog_row_image = FULL; ALTER TABLE shop.legacy ENGINE = InnoDB;
+         DROP VIEW shop.ghostly; DROP TRIGGER shop.haunt",
+    )
+    .await;
+    let mut m = Mover::open(config(&src, &dst, &state)).await.unwrap();
+    let prep = m.prepare().await.unwrap();
+    assert!(
+        prep.warnings
+            .iter()
+            .any(|w| w.what.contains("shop.log has no primary key")),
+        "{:?}",
+        prep.warnings
+    );
 }
