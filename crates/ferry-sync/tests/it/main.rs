@@ -5,6 +5,7 @@ mod support;
 
 mod block;
 mod converge;
+mod limits;
 mod proto_props;
 mod remote;
 mod roundtrip;

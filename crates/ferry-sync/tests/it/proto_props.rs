@@ -1,5 +1,8 @@
 //! Property tests of the frame decoder: arbitrary bytes never panic it, and
-//! every message it accepts re-encodes to the same bytes.
+//! every message it accepts re-encodes to the same bytes; the handshake's
+//! frame limit holds for any stream; block sizes out of range never pass.
+//! The same properties run unbounded in the cargo-fuzz target
+//! `fuzz/fuzz_targets/sync_frame.rs`.
 
 use ferry_sync::delta::{Chunk, Signature};
 use ferry_sync::proto::{self, Msg};
@@ -156,6 +159,91 @@ proptest! {
         }
         prop_assert_eq!(proto::read_msg(&mut r).unwrap().unwrap().unwrap(), Msg::Ok);
     }
+}
+
+/// Strings decoded lossily (a message for people): not re-encoded byte for
+/// byte when the bytes were not UTF-8.
+fn lossy(m: &Msg) -> bool {
+    matches!(
+        m,
+        Msg::Error { .. } | Msg::ChangesEnd { full: Some(_) } | Msg::WatchFull { .. }
+    )
+}
+
+/// The bounds a decoded message must respect whatever the bytes were.
+fn within_bounds(m: &Msg) -> bool {
+    let block = |bs: u32| {
+        bs.is_power_of_two() && (proto::MIN_BLOCK_SIZE..=proto::MAX_BLOCK_SIZE).contains(&bs)
+    };
+    match m {
+        Msg::BlockHashesReq { block_size }
+        | Msg::ReadBlockReq { block_size, .. }
+        | Msg::BlockPrepare { block_size, .. }
+        | Msg::BlockFinish { block_size, .. } => block(*block_size),
+        Msg::SigReq { block_size, .. } => *block_size <= proto::MAX_DELTA_BLOCK,
+        Msg::ReadReq { sig: Some(s), .. } | Msg::Sig(Some(s)) => {
+            s.block_size <= proto::MAX_DELTA_BLOCK
+        }
+        _ => true,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// Bodies with the right version and any type byte reach every branch
+    /// of the decoder: what it accepts is within bounds and canonical.
+    #[test]
+    fn decoded_frames_are_within_bounds_and_canonical(ty in any::<u8>(), rest in prop_oneof![proptest::collection::vec(any::<u8>(), 0..24), proptest::collection::vec(any::<u8>(), 0..300)]) {
+        // Short tails are what most fixed-size messages need exactly.
+        let body = [&[proto::VERSION, ty][..], &rest].concat();
+        if let Ok(m) = proto::decode(&body) {
+            prop_assert!(within_bounds(&m), "{:?}", m);
+            if !lossy(&m) {
+                prop_assert_eq!(&proto::encode(&m)[4..], &body[..]);
+            }
+        }
+    }
+
+    /// Before authentication a frame is read only if its declared length is
+    /// within the handshake limit: otherwise only the 4 length bytes are
+    /// taken (nothing reserved for the rest), and within it the answer is
+    /// the ordinary reader's.
+    #[test]
+    fn the_handshake_limit_holds_for_any_stream(len in 0u32..2048, rest in proptest::collection::vec(any::<u8>(), 0..1024)) {
+        let wire = [&len.to_be_bytes()[..], &rest].concat();
+        let mut limited = &wire[..];
+        let got = proto::read_msg_max(&mut limited, proto::MAX_HANDSHAKE_FRAME);
+        let taken = wire.len() - limited.len();
+        if len as usize > proto::MAX_HANDSHAKE_FRAME {
+            prop_assert!(matches!(got, Ok(Some(Err(_)))), "{:?}", got);
+            prop_assert_eq!(taken, 4);
+        } else {
+            prop_assert!(taken <= 4 + proto::MAX_HANDSHAKE_FRAME);
+            let mut plain = &wire[..];
+            let want = proto::read_msg(&mut plain);
+            prop_assert_eq!(format!("{got:?}"), format!("{want:?}"));
+        }
+    }
+}
+
+#[test]
+fn block_sizes_out_of_range_are_refused_by_the_decoder() {
+    for bs in [0, 2048, 4097, 16 << 20, u32::MAX] {
+        let m = Msg::BlockHashesReq { block_size: bs };
+        let e = proto::decode(&proto::encode(&m)[4..]).unwrap_err();
+        assert!(e.to_string().contains("block size"), "{bs}: {e}");
+    }
+    for bs in [proto::MIN_BLOCK_SIZE, 65536, proto::MAX_BLOCK_SIZE] {
+        let m = Msg::BlockHashesReq { block_size: bs };
+        assert_eq!(proto::decode(&proto::encode(&m)[4..]).unwrap(), m);
+    }
+    let sig = Msg::SigReq {
+        path: RelPath::new(&b"f"[..]).unwrap(),
+        basis: Basis::Target,
+        block_size: proto::MAX_DELTA_BLOCK + 1,
+    };
+    assert!(proto::decode(&proto::encode(&sig)[4..]).is_err());
 }
 
 #[test]

@@ -528,3 +528,51 @@ fn refuses_block_runs_that_are_not_whole_blocks_inside_the_target() {
     assert!(got[..4096].iter().all(|b| *b == 0));
     assert!(got[4096..].iter().all(|b| *b == 0xCD));
 }
+
+/// Reads go through the parent chain without following links too (#5 of
+/// issue 15): a parent swapped for a link to a directory outside the tree
+/// is refused for a streamed read, a small read and a checksum scan's hash,
+/// and nothing of the outside file is returned.
+#[test]
+fn reads_never_follow_a_symlinked_parent_out_of_the_tree() {
+    use ferry_sync::{LocalTree, ScanOptions, Source, Tree};
+    let t = tmp();
+    let (outside, vol) = (t.path().join("outside"), t.path().join("vol"));
+    fs::create_dir_all(&outside).unwrap();
+    fs::create_dir_all(vol.join("d")).unwrap();
+    fs::write(outside.join("secret"), b"TOP-SECRET").unwrap();
+    fs::write(vol.join("d/secret"), b"inside").unwrap();
+    let tree = LocalTree::new(&vol);
+    // Scanned while `d` is a directory, read after it became a link.
+    let man = tree
+        .scan(&ScanOptions {
+            checksum: false,
+            staged: false,
+        })
+        .unwrap();
+    assert_eq!(man.entries.len(), 2);
+    fs::rename(vol.join("d"), t.path().join("moved")).unwrap();
+    symlink(&outside, vol.join("d")).unwrap();
+    let secret = rel("d/secret");
+    let mut got = Vec::new();
+    let e = tree
+        .read(&secret, None, &mut |c| {
+            if let ferry_sync::delta::Chunk::Data(d) = c {
+                got.extend_from_slice(&d);
+            }
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    assert!(got.is_empty());
+    assert!(tree.read_small(&secret, 0).is_err());
+    // A checksum scan hashes only what is below the root (the link is an
+    // entry of its own, never walked into).
+    let sums = LocalTree::new(&vol)
+        .scan(&ScanOptions {
+            checksum: true,
+            staged: false,
+        })
+        .unwrap();
+    assert!(sums.entries.iter().all(|e| e.path != secret), "{sums:?}");
+}

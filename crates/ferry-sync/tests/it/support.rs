@@ -139,6 +139,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(volumes: &[(&str, &Path, bool)]) -> Agent {
+        Agent::start_with(volumes, Default::default())
+    }
+
+    /// An agent with these limits.
+    pub fn start_with(volumes: &[(&str, &Path, bool)], limits: ferry_sync::agent::Limits) -> Agent {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let cfg = AgentConfig {
@@ -158,7 +163,7 @@ impl Agent {
                     )
                 })
                 .collect(),
-            limits: Default::default(),
+            limits,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
