@@ -6,13 +6,17 @@
 //! [`MoveArgs`], then [`Settings`] with durations and URLs checked, so a
 //! usage error (exit 2) comes before any connection. A move that fails
 //! after `prepare` leaves its state file: running the same command again
-//! resumes it, `--rollback` undoes it.
+//! resumes it, `--rollback` undoes it. By default the state file lives in a
+//! directory of the user's state directory named for both servers and the
+//! databases (`$XDG_STATE_HOME/ferry/db/<from>-to-<to>-<dbs>/move.json`),
+//! so moves between other servers never meet it; `ferry db status` lists
+//! them or shows one.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use ferry_db::{Account, Error, Lag, Mover, MoverConfig, Phase};
+use ferry_db::{Account, Error, Lag, MoveStatus, Mover, MoverConfig, Phase};
 
 use crate::Failure;
 
@@ -27,6 +31,15 @@ enum Command {
     /// Copy databases to another server under live writes, catch up, freeze
     /// writes at the source, verify and switch (or resume a move).
     Move(MoveArgs),
+    /// Where a move stands: the one recorded in STATE, or every move in the
+    /// default state directory.
+    Status(StatusArgs),
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// A move's state file.
+    state: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -57,7 +70,9 @@ struct MoveArgs {
     /// Give up converging after this long (then roll back).
     #[arg(long, default_value = "1h")]
     converge_timeout: String,
-    /// Progress record [default: ferry-db-<first db>.json].
+    /// Progress record [default: move.json (back.json with --back) in
+    /// $XDG_STATE_HOME/ferry/db/<from>-to-<to>-<dbs>/, ~/.local/state when
+    /// XDG_STATE_HOME is unset].
     #[arg(long)]
     state: Option<PathBuf>,
     /// Parallel connections for the copy and the checksums.
@@ -76,10 +91,11 @@ struct MoveArgs {
     #[arg(long)]
     rollback: bool,
     /// Move the databases back after the switched move recorded in this
-    /// state file: --from is that move's destination (their home now), --to
-    /// its source (which kept them as they were at the freeze). No first
-    /// copy: only what was written since the switch travels back.
-    #[arg(long, value_name = "FORWARD_STATE")]
+    /// state file (by default the forward move's default one): --from is
+    /// that move's destination (their home now), --to its source (which
+    /// kept them as they were at the freeze). No first copy: only what was
+    /// written since the switch travels back.
+    #[arg(long, value_name = "FORWARD_STATE", num_args = 0..=1, default_missing_value = "")]
     back: Option<PathBuf>,
 }
 
@@ -107,11 +123,34 @@ impl Settings {
                 "--workers and --chunk-rows must be at least 1"
             )));
         }
-        let state = a.state.unwrap_or_else(|| {
-            let back = if a.back.is_some() { "-back" } else { "" };
-            PathBuf::from(format!("ferry-db-{}{back}.json", a.db[0]))
-        });
-        if a.back.as_ref() == Some(&state) {
+        // Parsed here once for the default paths; MoverConfig checks them.
+        let addr = |side, url: &str| {
+            ferry_db::Endpoint::parse(side, url)
+                .map(|e| e.addr())
+                .map_err(Failure::usage)
+        };
+        let from = addr(ferry_db::Side::Source, &a.from)?;
+        let to = addr(ferry_db::Side::Destination, &a.to)?;
+        let back = match a.back {
+            Some(p) if p.as_os_str().is_empty() => {
+                Some(move_dir(&to, &from, &a.db)?.join("move.json"))
+            }
+            other => other,
+        };
+        let state = match a.state {
+            Some(s) => s,
+            None => {
+                let dir = move_dir(&from, &to, &a.db)?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| Failure::from(anyhow!("creating {}: {e}", dir.display())))?;
+                dir.join(if back.is_some() {
+                    "back.json"
+                } else {
+                    "move.json"
+                })
+            }
+        };
+        if back.as_ref() == Some(&state) {
             return Err(Failure::usage(anyhow!(
                 "--back names the forward move's state file; --state must be another file"
             )));
@@ -127,7 +166,7 @@ impl Settings {
             max_freeze,
             converge_timeout,
             rollback: a.rollback,
-            back: a.back,
+            back,
         })
     }
 }
@@ -135,7 +174,108 @@ impl Settings {
 pub async fn run(args: Args) -> Result<(), Failure> {
     match args.command {
         Command::Move(a) => run_move(Settings::from_args(a)?).await,
+        Command::Status(a) => status(a),
     }
+}
+
+/// `$XDG_STATE_HOME/ferry/db`, or `~/.local/state/ferry/db`.
+fn state_root() -> Result<PathBuf, Failure> {
+    let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x),
+        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(h) => PathBuf::from(h).join(".local").join("state"),
+            None => {
+                return Err(Failure::usage(anyhow!(
+                    "neither XDG_STATE_HOME nor HOME is set: give the state file with --state"
+                )))
+            }
+        },
+    };
+    Ok(base.join("ferry").join("db"))
+}
+
+/// The state directory of a move: named for both servers and the
+/// databases, in characters safe in a file name.
+fn move_dir(from: &str, to: &str, dbs: &[String]) -> Result<PathBuf, Failure> {
+    let safe = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let mut name = format!("{}-to-{}-{}", safe(from), safe(to), safe(&dbs.join("+")));
+    // File names stop at 255 bytes; the state file inside records the
+    // whole list, and a move of other databases with this prefix is
+    // refused by it.
+    name.truncate(200);
+    Ok(state_root()?.join(name))
+}
+
+fn status(a: StatusArgs) -> Result<(), Failure> {
+    let Some(path) = a.state else {
+        let root = state_root()?;
+        let mut found = Vec::new();
+        if let Ok(dirs) = std::fs::read_dir(&root) {
+            for d in dirs.flatten() {
+                for f in ["move.json", "back.json"] {
+                    let p = d.path().join(f);
+                    if let Some(m) = MoveStatus::load(&p).map_err(Failure::usage)? {
+                        found.push((p, m));
+                    }
+                }
+            }
+        }
+        if found.is_empty() {
+            println!("no moves recorded in {}", root.display());
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        for (p, m) in found {
+            println!(
+                "{:<12} {} {} -> {}  ({})",
+                m.phase.to_string(),
+                m.databases.join(","),
+                m.source.map_or("?".into(), |s| s.addr),
+                m.destination.map_or("?".into(), |s| s.addr),
+                p.display()
+            );
+        }
+        return Ok(());
+    };
+    let m = MoveStatus::load(&path)
+        .map_err(Failure::usage)?
+        .ok_or_else(|| Failure::usage(anyhow!("no move is recorded in {}", path.display())))?;
+    let opt = |p: &Option<ferry_db::GtidPos>| p.as_ref().map_or("-".into(), |p| p.to_string());
+    let server =
+        |s: &Option<ferry_db::ServerIdentity>| s.as_ref().map_or("-".into(), |s| s.to_string());
+    println!(
+        "{} of {}: {}",
+        if m.moving_back { "move back" } else { "move" },
+        m.databases.join(", "),
+        m.phase
+    );
+    println!("  source       {}", server(&m.source));
+    println!("  destination  {}", server(&m.destination));
+    println!("  snapshot     {}", opt(&m.snapshot));
+    println!("  applied      {}", opt(&m.applied));
+    println!("  frozen at    {}", opt(&m.frozen_at));
+    println!("  first copy   {}/{} chunks", m.chunks_done, m.chunks_total);
+    println!("  locked       {}", names(&m.locked));
+    let next = match m.phase {
+        Phase::Switched => "nothing: the destination is the home (--back moves it back)".to_string(),
+        Phase::RolledBack => "nothing: rolled back".to_string(),
+        Phase::Copying => "the first copy was interrupted: --rollback, then start again".to_string(),
+        _ => format!(
+            "run the same `ferry db move` to resume (catch-up through connection {:?}), or add --rollback",
+            m.connection
+        ),
+    };
+    println!("  next         {next}");
+    Ok(())
 }
 
 /// Bad input is a usage error (2), a refused login is "refused" (3), the
@@ -147,6 +287,8 @@ fn fail(e: Error) -> Failure {
         | Error::DatabaseExists { .. }
         | Error::AccountConflict { .. }
         | Error::Phase { .. }
+        | Error::Preconditions { .. }
+        | Error::StateMismatch { .. }
         | Error::State { .. } => Failure::usage(e),
         Error::AccessDenied { .. } => Failure::refused(e),
         e => Failure::from(e),
@@ -202,10 +344,18 @@ async fn drive(m: &mut Mover, s: &Settings) -> Result<(), Failure> {
     if m.phase() == Phase::Prepared {
         let p = m.prepare().await.map_err(fail)?;
         eprintln!(
-            "prepared: {:.1} MiB at the source, accounts {}",
+            "prepared: {:.1} MiB at the source, accounts {}{}",
             mb(p.source_bytes),
-            names(&p.accounts)
+            names(&p.accounts),
+            if p.roles.is_empty() {
+                String::new()
+            } else {
+                format!(", roles {}", p.roles.join(", "))
+            }
         );
+        for w in &p.warnings {
+            eprintln!("warning: {w}");
+        }
         let r = m
             .first_copy(&|p| {
                 eprintln!(

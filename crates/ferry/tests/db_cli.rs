@@ -1,7 +1,8 @@
 //! `ferry db move` as an operator runs it by hand, against two real
 //! `mariadbd` servers: a move with `--verify` (the full check before the
 //! freeze, only changed rows inside it), then `--back` after the sites wrote
-//! at the new home, and the exit codes of bad input.
+//! at the new home, and the exit codes of bad input; a leftover state file
+//! of another move, the default state directory and `ferry db status`.
 
 #[path = "../../ferry-db/tests/support/mod.rs"]
 mod mariadb;
@@ -9,7 +10,7 @@ mod mariadb;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use mariadb::MariaDb;
+use mariadb::{Gtid, MariaDb};
 use mysql_async::prelude::Queryable;
 
 fn ferry(args: &[&str]) -> Output {
@@ -117,4 +118,96 @@ async fn bad_input_exits_2_and_changes_nothing() {
     let mut c = dst.conn().await;
     let dbs: Vec<String> = c.query("SHOW DATABASES LIKE 'shop'").await.unwrap();
     assert!(dbs.is_empty(), "the destination was changed");
+}
+
+fn ferry_in(state_home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env("XDG_STATE_HOME", state_home)
+        .output()
+        .expect("run ferry")
+}
+
+/// Issue 16: a state file left by an earlier move of a database with the
+/// same name, between other servers, made a new move print "already
+/// switched" and exit 0 with nothing moved. Now it is refused (exit 2,
+/// naming what differs), and by default each move keeps its state in a
+/// directory of its own, which `ferry db status` shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_leftover_state_file_of_another_move_is_refused() {
+    let (a, b, c, d) = tokio::join!(
+        MariaDb::start_with(71, Gtid::STOCK),
+        MariaDb::start_with(72, Gtid::STOCK),
+        MariaDb::start_with(73, Gtid::STOCK),
+        MariaDb::start_with(74, Gtid::STOCK)
+    );
+    for src in [&a, &c] {
+        src.exec(
+            "CREATE DATABASE shop; CREATE TABLE shop.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(40)); \
+             INSERT INTO shop.t (v) VALUES ('one'), ('two')",
+        )
+        .await;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let leftover = state(tmp.path(), "ferry-db-shop.json");
+    let o = ferry(&[
+        "db",
+        "move",
+        "--from",
+        &a.url(),
+        "--to",
+        &b.url(),
+        "--db",
+        "shop",
+        "--state",
+        &leftover,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    let (c_url, d_url) = (c.url(), d.url());
+    let o = ferry(&[
+        "db", "move", "--from", &c_url, "--to", &d_url, "--db", "shop", "--state", &leftover,
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(!err.contains("already switched"), "{err}");
+    assert!(err.contains("belongs to another move"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "recorded {}",
+            a.url().trim_start_matches("mysql://root@")
+        )),
+        "{err}"
+    );
+    let mut conn = d.conn().await;
+    let dbs: Vec<String> = conn.query("SHOW DATABASES LIKE 'shop'").await.unwrap();
+    assert!(dbs.is_empty(), "the refused move changed the destination");
+
+    // Without --state: a directory named for the servers and databases.
+    let home = tmp.path().join("state");
+    let o = ferry_in(
+        &home,
+        &[
+            "db", "move", "--from", &c_url, "--to", &d_url, "--db", "shop",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let dir = home
+        .join("ferry/db")
+        .join(format!("127.0.0.1_{}-to-127.0.0.1_{}-shop", c.port, d.port));
+    assert!(dir.join("move.json").is_file(), "{}", stderr(&o));
+    let o = ferry_in(&home, &["db", "status"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(out.starts_with("switched"), "{out}");
+    assert!(
+        out.contains(&format!("127.0.0.1:{} -> 127.0.0.1:{}", c.port, d.port)),
+        "{out}"
+    );
+    let o = ferry_in(&home, &["db", "status", &state(&dir, "move.json")]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.starts_with("move of shop: switched"), "{out}");
+    assert!(out.contains("server_id 74"), "{out}");
+    let o = ferry_in(&home, &["db", "status", &state(&dir, "none.json")]);
+    assert_eq!(o.status.code(), Some(2));
 }
