@@ -18,6 +18,9 @@ command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(maria
 command -v mariadb >/dev/null 2>&1 || need+=(mariadb-client)
 [ -f /usr/lib/galera/libgalera_smm.so ] || need+=(galera-4)
 command -v varnishd >/dev/null 2>&1 || [ -x /usr/sbin/varnishd ] || need+=(varnish)
+# The package test: dpkg-deb, objcopy, systemd-analyze, systemd-sysusers.
+command -v objcopy >/dev/null 2>&1 || need+=(binutils)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing test dependencies: ${need[*]} (run as root, or: sudo apt-get install -y ${need[*]})" >&2

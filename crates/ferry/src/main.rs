@@ -32,9 +32,20 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// `ferry --version`: the release, the commit it was built from and the
+/// cargo features it was built with.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("FERRY_COMMIT"),
+    ", features: ",
+    env!("FERRY_FEATURES"),
+    ")"
+);
+
 /// Keeps websites up while the infrastructure under them changes.
 #[derive(Parser)]
-#[command(name = "ferry", version, about, long_about = None)]
+#[command(name = "ferry", version = VERSION, about, long_about = None)]
 #[command(
     after_help = "Exit codes: 0 ok, 1 failure, 2 bad usage or config, 3 refused by the router."
 )]
@@ -106,6 +117,36 @@ enum Command {
     /// A tiny HTTP server that answers with its name (for demos and tests).
     #[command(hide = true)]
     Backend(backend::Args),
+    /// Print shell completions for bash, zsh, fish, elvish or powershell
+    /// (e.g. `ferry completions bash > /etc/bash_completion.d/ferry`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (ferry.1 and one per subcommand, ferry-proxy.1 ...)
+    /// into DIR.
+    Manpages { dir: std::path::PathBuf },
+}
+
+/// `ferry manpages DIR`: the pages come from the same definitions as
+/// `--help`, so they cannot disagree with it.
+fn write_manpages(dir: &std::path::Path) -> std::io::Result<usize> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    let mut written = 0;
+    let mut write = |name: String, cmd: clap::Command| -> std::io::Result<()> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd.name(name.clone())).render(&mut out)?;
+        std::fs::write(dir.join(format!("{name}.1")), out)?;
+        written += 1;
+        Ok(())
+    };
+    for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+        write(format!("ferry-{}", sub.get_name()), sub.clone())?;
+    }
+    write("ferry".into(), cmd)?;
+    Ok(written)
 }
 
 /// An error with the exit code it maps to.
@@ -162,6 +203,28 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generated text only: no runtime, no logging.
+    match &cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(*shell, &mut cmd, "ferry", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Manpages { dir } => {
+            return match write_manpages(dir) {
+                Ok(n) => {
+                    println!("{n} man pages written to {}", dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ferry: writing man pages to {}: {e}", dir.display());
+                    ExitCode::from(1)
+                }
+            };
+        }
+        _ => {}
+    }
     let default_level = match cli.command {
         Command::Demo(_) => "warn",
         _ => "info",
@@ -223,6 +286,8 @@ fn main() -> ExitCode {
             Command::Update(a) => update::run(a).await,
             Command::Migrate(a) => migrate::run(a).await,
             Command::Db(a) => db::run(a).await,
+            // Answered before the runtime started.
+            Command::Completions { .. } | Command::Manpages { .. } => Ok(()),
         }
     });
     // Background tasks (connections, health checks) must not keep us alive.
