@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{world, World};
-use dbsupport::MariaDb;
+use dbsupport::{Gtid, MariaDb};
 use ferry_orch::{
     Failpoints, KillMode, Options, OrchError, Orchestrator, Outcome, Phase, Step, UnitState,
 };
@@ -35,8 +35,16 @@ struct DbWorld {
 /// The common world plus a source and a destination server; unit U1 also
 /// moves database `shop` of server `sql1`, used by account shop@127.0.0.1.
 async fn db_world(extra: &str) -> DbWorld {
-    let src = MariaDb::start(1).await;
-    let dst = MariaDb::start(2).await;
+    db_world_with(extra, None).await
+}
+
+/// [`db_world`] with both servers set up with `gtid` (default: distinct
+/// domains 1 and 2, strict mode).
+async fn db_world_with(extra: &str, gtid: Option<Gtid>) -> DbWorld {
+    let (src, dst) = match gtid {
+        Some(g) => tokio::join!(MariaDb::start_with(1, g), MariaDb::start_with(2, g)),
+        None => (MariaDb::start(1).await, MariaDb::start(2).await),
+    };
     src.exec(
         "CREATE DATABASE shop; \
          CREATE TABLE shop.orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(40) NOT NULL, n BIGINT NOT NULL); \
@@ -153,8 +161,16 @@ async fn assert_db_moved(d: &DbWorld, o: &Orchestrator) {
     let pos = freeze_end.event.detail["databases"][0]["position"]
         .as_str()
         .unwrap_or("");
+    // The source's position: its domain, its server id.
+    let domain: String = {
+        let mut c = d.src.conn().await;
+        c.query_first("SELECT @@gtid_domain_id")
+            .await
+            .unwrap()
+            .unwrap_or_default()
+    };
     assert!(
-        pos.starts_with("1-1-"),
+        pos.starts_with(&format!("{domain}-1-")),
         "freeze detail: {}",
         freeze_end.event.detail
     );
@@ -189,6 +205,55 @@ async fn files_and_a_database_move_in_one_freeze_under_writes() {
     let fin = ended(Step::FinalCopy);
     let scope = fin["databases"][0]["scope"].as_str().unwrap_or("");
     assert!(scope.contains("changed since"), "final copy detail: {fin}");
+}
+
+/// Issue 16 through `ferry migrate`: two stock servers, both writing in
+/// GTID domain 0, the destination far ahead in it and writing to a
+/// database of its own the whole time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_servers_sharing_gtid_domain_0_with_a_busy_destination() {
+    let d = db_world_with("", Some(Gtid::STOCK)).await;
+    d.dst
+        .exec(
+            "CREATE DATABASE own; CREATE TABLE own.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, n BIGINT NOT NULL); \
+             SET SESSION gtid_seq_no = 500000; INSERT INTO own.t (n) VALUES (0)",
+        )
+        .await;
+    let own_stop = Arc::new(AtomicBool::new(false));
+    let own = {
+        let url = d.dst.url();
+        let stop = own_stop.clone();
+        tokio::spawn(async move {
+            let opts = mysql_async::Opts::from_url(&url).unwrap();
+            let mut c = mysql_async::Conn::new(opts).await.unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                c.query_drop(format!("INSERT INTO own.t (n) VALUES ({n})"))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            n
+        })
+    };
+    let load = write_loop(&d.src);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let o = d.w.start(now_opts()).await;
+    let s = o.run().await.unwrap();
+    let acked = load.stop().await;
+    own_stop.store(true, Ordering::SeqCst);
+    let own_n = own.await.unwrap();
+    assert!(s.ok(), "{s:?}: {:?}", o.journal().status().unwrap());
+    assert!(acked > 20, "the load wrote only {acked} times");
+    assert_db_moved(&d, &o).await;
+    let mut c = d.dst.conn().await;
+    let ns: Vec<u64> = c.query("SELECT n FROM own.t ORDER BY id").await.unwrap();
+    assert_eq!(
+        ns,
+        (0..=own_n).collect::<Vec<_>>(),
+        "the destination's own rows changed"
+    );
 }
 
 /// Crash right after the database freeze (accounts locked, end not
