@@ -408,8 +408,15 @@ impl Mover {
         let source_bytes = source_bytes.unwrap_or(0);
         let roles = accounts::roles_of(&mut self.src, Side::Source, &users).await?;
         let dest_binlog = self.cfg.dest_binlog;
-        let findings =
-            preflight::check(&mut self.servers(), &dbs, &users, source_bytes, dest_binlog).await?;
+        let findings = preflight::check(
+            &mut self.servers(),
+            &dbs,
+            &users,
+            &roles,
+            source_bytes,
+            dest_binlog,
+        )
+        .await?;
         if !findings.refusals.is_empty() {
             return Err(Error::Preconditions {
                 problems: findings.refusals,

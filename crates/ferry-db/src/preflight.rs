@@ -79,17 +79,18 @@ impl Servers<'_> {
 }
 
 /// Everything the move needs from both servers for `dbs`, moved with
-/// `accounts` (those using the databases).
+/// `accounts` (those using the databases) and the `roles` they hold.
 pub(crate) async fn check(
     s: &mut Servers<'_>,
     dbs: &[String],
     accounts: &[Account],
+    roles: &[String],
     source_bytes: u64,
     dest_binlog: bool,
 ) -> Result<Findings> {
     let mut f = check_replication(s).await?;
     tables(s, dbs, &mut f).await?;
-    definers(s, dbs, accounts, &mut f).await?;
+    programs(s, dbs, accounts, roles, &mut f).await?;
     room(s, source_bytes, dest_binlog, &mut f).await?;
     Ok(f)
 }
@@ -299,49 +300,94 @@ async fn tables(s: &mut Servers<'_>, dbs: &[String], f: &mut Findings) -> Result
     Ok(())
 }
 
-/// Views, triggers, routines and events run as their DEFINER: an account
-/// missing at the destination makes them fail there after the switch
-/// (error 1449 on every use of a trigger's table).
-async fn definers(
+/// Views, triggers, routines and events of the moving databases, checked
+/// for what they need at the destination after the switch: their DEFINER
+/// (an account missing there makes them fail, error 1449 on every write to
+/// a trigger's table) and the other databases their bodies name (a
+/// database that neither moves nor exists there makes them fail too: the
+/// catch-up carries only the moving databases).
+async fn programs(
     s: &mut Servers<'_>,
     dbs: &[String],
     accounts: &[Account],
+    roles: &[String],
     f: &mut Findings,
 ) -> Result<()> {
     let list = dbs.iter().map(|d| quote(d)).collect::<Vec<_>>().join(",");
     let sql = format!(
-        "SELECT 'view', TABLE_SCHEMA, TABLE_NAME, DEFINER FROM information_schema.VIEWS \
-           WHERE TABLE_SCHEMA IN ({list}) AND SECURITY_TYPE = 'DEFINER' \
-         UNION ALL SELECT 'trigger', TRIGGER_SCHEMA, TRIGGER_NAME, DEFINER FROM information_schema.TRIGGERS \
-           WHERE TRIGGER_SCHEMA IN ({list}) \
-         UNION ALL SELECT LOWER(ROUTINE_TYPE), ROUTINE_SCHEMA, ROUTINE_NAME, DEFINER FROM information_schema.ROUTINES \
-           WHERE ROUTINE_SCHEMA IN ({list}) AND SECURITY_TYPE = 'DEFINER' \
-         UNION ALL SELECT 'event', EVENT_SCHEMA, EVENT_NAME, DEFINER FROM information_schema.EVENTS \
-           WHERE EVENT_SCHEMA IN ({list}) ORDER BY 2, 3"
+        "SELECT 'view', TABLE_SCHEMA, TABLE_NAME, DEFINER, SECURITY_TYPE, VIEW_DEFINITION \
+           FROM information_schema.VIEWS WHERE TABLE_SCHEMA IN ({list}) \
+         UNION ALL SELECT 'trigger', TRIGGER_SCHEMA, TRIGGER_NAME, DEFINER, 'DEFINER', ACTION_STATEMENT \
+           FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA IN ({list}) \
+         UNION ALL SELECT LOWER(ROUTINE_TYPE), ROUTINE_SCHEMA, ROUTINE_NAME, DEFINER, SECURITY_TYPE, \
+           COALESCE(ROUTINE_DEFINITION, '') FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA IN ({list}) \
+         UNION ALL SELECT 'event', EVENT_SCHEMA, EVENT_NAME, DEFINER, 'DEFINER', EVENT_DEFINITION \
+           FROM information_schema.EVENTS WHERE EVENT_SCHEMA IN ({list}) ORDER BY 2, 3"
     );
-    let rows: Vec<(String, String, String, String)> =
+    let rows: Vec<(String, String, String, String, String, String)> =
         s.src.query(&sql).await.ctx(Side::Source, || sql.clone())?;
-    for (kind, db, name, definer) in rows {
-        // `user@host`; a user name may itself hold '@', a host name not.
-        let (user, host) = definer.rsplit_once('@').unwrap_or((&definer, ""));
-        if accounts.iter().any(|a| a.user == user && a.host == host) {
-            continue;
-        }
-        if accounts::exists(s.dst, Side::Destination, user, host).await? {
-            continue;
-        }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // Databases of the source that stay there and are missing at the
+    // destination: a body naming one breaks after the switch.
+    let sql = "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA";
+    let at_source: Vec<String> = s.src.query(sql).await.ctx(Side::Source, || sql.into())?;
+    let at_dest: Vec<String> = s
+        .dst
+        .query(sql)
+        .await
+        .ctx(Side::Destination, || sql.into())?;
+    let left_behind: Vec<String> = at_source
+        .into_iter()
+        .filter(|d| !dbs.contains(d) && !at_dest.contains(d))
+        .collect();
+    for (kind, db, name, definer, security, body) in rows {
         let invoker = if matches!(kind.as_str(), "view" | "procedure" | "function") {
             " (or SQL SECURITY INVOKER)"
         } else {
             ""
         };
-        f.refusals.push(s.problem(
-            Side::Destination,
-            format!("{kind} {db}.{name} runs as DEFINER {definer}, which does not exist there and is not moved with the databases (it has no privilege on them)"),
-            format!("create {} there, or redefine the {kind} at the source with another DEFINER{invoker}", crate::endpoint::account(user, host)),
-        ));
+        // `user@host`; a user name may itself hold '@', a host name not.
+        // A role as definer has an empty host.
+        let (user, host) = definer.rsplit_once('@').unwrap_or((&definer, ""));
+        let moved = accounts.iter().any(|a| a.user == user && a.host == host)
+            || (host.is_empty() && roles.iter().any(|r| r == user));
+        if security == "DEFINER"
+            && !moved
+            && !accounts::exists(s.dst, Side::Destination, user, host).await?
+        {
+            f.refusals.push(s.problem(
+                Side::Destination,
+                format!("{kind} {db}.{name} runs as DEFINER {definer}, which does not exist there and is not moved with the databases (it has no privilege on them)"),
+                format!("create {} there, or redefine the {kind} at the source with another DEFINER{invoker}", crate::endpoint::account(user, host)),
+            ));
+        }
+        let lower = body.to_lowercase();
+        for other in &left_behind {
+            let o = other.to_lowercase();
+            if lower.contains(&format!("`{o}`.")) || names_qualified(&lower, &o) {
+                f.refusals.push(s.problem(
+                    Side::Source,
+                    format!("{kind} {db}.{name} uses database {other}, which does not move and does not exist at the destination"),
+                    format!("move {other} in the same move (--db {} {other}), create it at the destination, or change the {kind}", dbs.join(" ")),
+                ));
+            }
+        }
     }
     Ok(())
+}
+
+/// Whether `body` names `db.` unquoted as a whole word (not the tail of
+/// another name: `myshop.` does not name `shop`).
+fn names_qualified(body: &str, db: &str) -> bool {
+    let pat = format!("{db}.");
+    body.match_indices(&pat).any(|(i, _)| {
+        body[..i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '$'))
+    })
 }
 
 /// Free space where the destination keeps its data, when the server can
@@ -398,4 +444,22 @@ async fn room(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_qualified_name_is_found_as_a_whole_word() {
+        assert!(names_qualified("insert into audit.log values (1)", "audit"));
+        assert!(names_qualified("audit.log", "audit"));
+        assert!(!names_qualified(
+            "insert into myaudit.log values (1)",
+            "audit"
+        ));
+        assert!(!names_qualified("insert into audit_x.log", "audit"));
+        assert!(written_domains(&GtidPos::parse("0-1-5,3-1-2").unwrap(), "7") == vec![0, 3, 7]);
+        assert!(on("ON") && on("1") && !on("OFF") && !on("0"));
+    }
 }

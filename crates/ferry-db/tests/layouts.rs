@@ -419,12 +419,14 @@ async fn what_cannot_work_is_refused_before_anything_changes_with_the_setting_to
         "SET GLOBAL binlog_row_image = MINIMAL;
          CREATE TABLE shop.legacy (id INT PRIMARY KEY) ENGINE = MyISAM;
          CREATE DEFINER = 'ghost'@'%' VIEW shop.ghostly AS SELECT 1 AS one;
-         CREATE DEFINER = 'ghost'@'%' TRIGGER shop.haunt BEFORE INSERT ON shop.items FOR EACH ROW SET NEW.sku = NEW.sku",
+         CREATE DEFINER = 'ghost'@'%' TRIGGER shop.haunt BEFORE INSERT ON shop.items FOR EACH ROW SET NEW.sku = NEW.sku;
+         CREATE DATABASE audit; CREATE TABLE audit.trail (id INT);
+         CREATE TRIGGER shop.trail AFTER UPDATE ON shop.items FOR EACH ROW INSERT INTO audit.trail VALUES (NEW.line)",
     )
     .await;
     let p = refused("source settings and objects").await;
     let text: Vec<String> = p.iter().map(|p| p.to_string()).collect();
-    assert_eq!(p.len(), 4, "{text:#?}");
+    assert_eq!(p.len(), 5, "{text:#?}");
     assert!(
         text[0].contains("binlog_row_image = MINIMAL")
             && text[0].contains("SET GLOBAL binlog_row_image = FULL"),
@@ -433,6 +435,12 @@ async fn what_cannot_work_is_refused_before_anything_changes_with_the_setting_to
     assert!(
         text.iter()
             .any(|t| t.contains("shop.legacy uses ENGINE=MyISAM") && t.contains("ENGINE = InnoDB")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.contains("trigger shop.trail uses database audit")
+                && t.contains("--db shop audit")),
         "{text:#?}"
     );
     for object in ["view shop.ghostly", "trigger shop.haunt"] {
@@ -461,7 +469,7 @@ async fn what_cannot_work_is_refused_before_anything_changes_with_the_setting_to
     // Fixed: prepare passes, and warns about the table without a key.
     src.exec(
         "SET GLOBAL binlog_row_image = FULL; ALTER TABLE shop.legacy ENGINE = InnoDB;
-         DROP VIEW shop.ghostly; DROP TRIGGER shop.haunt",
+         DROP VIEW shop.ghostly; DROP TRIGGER shop.haunt; DROP TRIGGER shop.trail",
     )
     .await;
     let mut m = Mover::open(config(&src, &dst, &state)).await.unwrap();
