@@ -222,7 +222,17 @@ impl LocalTree {
                         // Let the path check name the offending component;
                         // anything else is the open's own error.
                         let probe = d.join(b"x")?;
-                        checked_parent(&self.root, &self.on_disk(&probe))?;
+                        checked_parent(&self.root, &self.on_disk(&probe)).map_err(|e| match e {
+                            // Named by the directory, not by the probe.
+                            SyncError::NotADirectory {
+                                component, what, ..
+                            } => SyncError::NotADirectory {
+                                path: d.to_string(),
+                                component,
+                                what,
+                            },
+                            e => e,
+                        })?;
                         return Err(SyncError::io(
                             "open directory",
                             d.under(&self.root),
