@@ -45,6 +45,31 @@ const DEFAULT_TLS_KEY_CACHE: i64 = 10_000;
 const DEFAULT_TLS_SESSION_CACHE: i64 = 100_000;
 const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Client-side deadlines, chosen as HAProxy's recommended settings are
+/// (`timeout http-request 10s`, `timeout client 30s`) rather than nginx's
+/// (`client_header_timeout 60s`): a router in front of millions of sites is
+/// the first thing a slowloris meets, and a real client sends its first
+/// bytes and its head within milliseconds. A browser's preconnected socket
+/// may wait a few seconds for its request: 10 s lets it.
+const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// HAProxy's `timeout http-keep-alive` falls back to `timeout http-request`:
+/// an idle connection costs a file descriptor and a slot of the cap.
+const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// nginx's `send_timeout`/`client_body_timeout`/`proxy_read_timeout` are 60 s,
+/// HAProxy's usual `timeout client/server` 30-50 s. 30 s: a paused video
+/// stream survives, a client that stopped reading holds its request (and a
+/// cutover's drain) for at most this long without progress.
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The admin API's own connection cap: a handful of operators, `ferry ctl`
+/// and the orchestrator; small, so a flood of admin connections cannot use
+/// the file descriptors traffic needs.
+const DEFAULT_ADMIN_MAX_CONNECTIONS: i64 = 64;
+/// nginx's stream `proxy_timeout` default (10 min): TLS connections idle
+/// longer than that are gone from most clients' pools anyway.
+const DEFAULT_PASSTHROUGH_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+const MAX_CONNECTIONS: std::ops::RangeInclusive<i64> = 1..=10_000_000;
+
 type Result<T> = std::result::Result<T, ConfigError>;
 
 pub(crate) fn parse(text: &str, origin: &Path) -> Result<Config> {
@@ -378,10 +403,43 @@ impl Cx<'_> {
                 r.request_timeout.as_ref(),
                 DEFAULT_REQUEST_TIMEOUT,
             )?,
+            max_connections: self.connection_cap("max_connections", r.max_connections.as_ref())?,
+            first_byte_timeout: self.positive_duration(
+                "first_byte_timeout",
+                r.first_byte_timeout.as_ref(),
+                DEFAULT_FIRST_BYTE_TIMEOUT,
+            )?,
+            header_timeout: self.positive_duration(
+                "header_timeout",
+                r.header_timeout.as_ref(),
+                DEFAULT_HEADER_TIMEOUT,
+            )?,
+            keepalive_timeout: self.positive_duration(
+                "keepalive_timeout",
+                r.keepalive_timeout.as_ref(),
+                DEFAULT_KEEPALIVE_TIMEOUT,
+            )?,
+            body_timeout: self.positive_duration(
+                "body_timeout",
+                r.body_timeout.as_ref(),
+                DEFAULT_BODY_TIMEOUT,
+            )?,
         })
     }
 
-    fn network(&self, net: &S<String>) -> Result<IpNet> {
+    /// An optional connection cap (`None` when not set).
+    fn connection_cap(&self, what: &str, value: Option<&S<i64>>) -> Result<Option<usize>> {
+        match value {
+            None => Ok(None),
+            // Range-checked to 1..=10,000,000: fits any usize.
+            Some(v) => Ok(Some(
+                self.ranged(what, Some(v), MAX_CONNECTIONS, 0)? as usize
+            )),
+        }
+    }
+
+    /// A network (`10.0.0.0/8`) or one address, for `what`.
+    fn network_of(&self, what: &str, net: &S<String>) -> Result<IpNet> {
         let s = net.get_ref();
         if let Ok(n) = s.parse::<IpNet>() {
             return Ok(n);
@@ -392,9 +450,13 @@ impl Cx<'_> {
         Err(self.error(
             net.span(),
             format!(
-                "operator_networks: {s:?} is neither a network (\"10.0.0.0/8\", \"2001:db8::/32\") nor an IP address"
+                "{what}: {s:?} is neither a network (\"10.0.0.0/8\", \"2001:db8::/32\") nor an IP address"
             ),
         ))
+    }
+
+    fn network(&self, net: &S<String>) -> Result<IpNet> {
+        self.network_of("operator_networks", net)
     }
 
     fn default_site(
@@ -431,23 +493,65 @@ impl Cx<'_> {
                     "admin: token and token_file are mutually exclusive, keep one",
                 ))
             }
-            (Some(t), None) => Some((t.span(), t.into_inner())),
-            (None, Some(f)) => {
-                let content = self.read_named_file("admin token_file", &f)?;
-                Some((f.span(), content.trim().to_string()))
-            }
+            // An empty token would be compared against an absent header and
+            // let anyone in: `Secret` refuses it.
+            (Some(t), None) => Some(
+                ferry_secret::Secret::new("admin token", t.get_ref().as_str())
+                    .map_err(|e| self.error(t.span(), e.to_string()))?,
+            ),
+            (None, Some(f)) => Some(self.secret_file("admin token_file", &f)?),
             (None, None) => None,
         };
-        // An empty token would be compared against an absent header and let anyone in.
-        if let Some((span, t)) = &token {
-            if t.is_empty() {
-                return Err(self.error(span.clone(), "admin token is empty"));
+        let insecure_no_auth = match &a.insecure_no_auth {
+            Some(v) if *v.get_ref() => {
+                if token.is_some() {
+                    return Err(self.error(
+                        v.span(),
+                        "admin: insecure_no_auth = true with a token: keep one",
+                    ));
+                }
+                // Anyone who can connect may change every site: only a
+                // listener no other machine can reach may do without a token.
+                if !listen.ip().is_loopback() {
+                    return Err(self.error(
+                        v.span(),
+                        format!(
+                            "admin: insecure_no_auth = true needs a loopback listen address, not {listen}"
+                        ),
+                    ));
+                }
+                true
             }
+            _ => false,
+        };
+        if token.is_none() && !insecure_no_auth {
+            return Err(self.error(
+                a.listen.span(),
+                "admin: no token: set token_file (a file readable by its owner only) or token; \
+                 insecure_no_auth = true turns authentication off on a loopback address",
+            ));
         }
         Ok(AdminSettings {
             listen,
-            token: token.map(|(_, t)| t),
+            token,
+            insecure_no_auth,
+            max_connections: self.ranged(
+                "admin max_connections",
+                a.max_connections.as_ref(),
+                1..=65_536,
+                DEFAULT_ADMIN_MAX_CONNECTIONS,
+            )? as usize,
         })
+    }
+
+    /// A secret file named by the config: readable by its owner only,
+    /// trimmed, not empty (ferry-secret's rule); refused at the key's line.
+    fn secret_file(&self, what: &str, name: &S<String>) -> Result<ferry_secret::Secret> {
+        if name.get_ref().is_empty() {
+            return Err(self.error(name.span(), format!("{what} is an empty path")));
+        }
+        let path = self.resolve(name.get_ref());
+        ferry_secret::read_file(what, &path).map_err(|e| self.error(name.span(), e.to_string()))
     }
 
     fn listeners(&self, raw: Vec<RawListener>) -> Result<Vec<ListenerSpec>> {
@@ -488,6 +592,10 @@ impl Cx<'_> {
                 trusted: l.trusted,
                 proxy_protocol,
                 tls: l.tls.as_ref().is_some_and(|t| *t.get_ref()),
+                max_connections: self.connection_cap(
+                    &format!("listener {listen}: max_connections"),
+                    l.max_connections.as_ref(),
+                )?,
             });
         }
         Ok(out)
@@ -873,8 +981,8 @@ impl Cx<'_> {
             }
             (Some(p), None) => p.into_inner(),
             (None, Some(f)) => self
-                .read_named_file(&format!("{ctx}: galera password_file"), &f)?
-                .trim_end_matches(['\r', '\n'])
+                .secret_file(&format!("{ctx}: galera password_file"), &f)?
+                .expose()
                 .to_string(),
             (None, None) => String::new(),
         };
@@ -955,9 +1063,38 @@ impl Cx<'_> {
                 Some(t) => Some(self.socket_addr(&format!("{ctx}: maintenance_terminator"), t)?),
                 None => None,
             };
+            let mut trusted_networks = Vec::with_capacity(p.trusted_networks.len());
+            for n in &p.trusted_networks {
+                trusted_networks.push(self.network_of(&format!("{ctx}: trusted_networks"), n)?);
+            }
+            let proxy_protocol = match &p.proxy_protocol {
+                // A PROXY header names the client: believed from anyone, it
+                // lets any client claim an operator's address (as HTTP
+                // listeners need `trusted`).
+                Some(v) if *v.get_ref() && trusted_networks.is_empty() => {
+                    return Err(self.error(
+                        v.span(),
+                        format!(
+                            "{ctx}: proxy_protocol = true needs trusted_networks (the routers allowed to send PROXY headers, e.g. [\"10.1.0.0/24\"])"
+                        ),
+                    ))
+                }
+                Some(v) => *v.get_ref(),
+                None => false,
+            };
             out.push(PassthroughSpec {
                 listen,
-                proxy_protocol: p.proxy_protocol,
+                proxy_protocol,
+                trusted_networks,
+                idle_timeout: self.positive_duration(
+                    &format!("{ctx}: idle_timeout"),
+                    p.idle_timeout.as_ref(),
+                    DEFAULT_PASSTHROUGH_IDLE_TIMEOUT,
+                )?,
+                max_connections: self.connection_cap(
+                    &format!("{ctx}: max_connections"),
+                    p.max_connections.as_ref(),
+                )?,
                 // Range-checked above.
                 backend_port: u16::try_from(backend_port).unwrap_or(443),
                 send_proxy: p.send_proxy,

@@ -124,6 +124,23 @@ pub struct RouterSettings {
     /// Where the database tunnels' observed uses are written (JSON Lines in the
     /// inventory's `observed_uses` format); `None` keeps them in memory only.
     pub observed_uses_file: Option<PathBuf>,
+    /// Client connections open at once over every traffic listener,
+    /// passthrough listener and tunnel; at the cap, accepting pauses (new
+    /// connections wait in the kernel's backlog). `None`: derived at start
+    /// from the open-file limit, as HAProxy derives `maxconn`.
+    pub max_connections: Option<usize>,
+    /// A new connection must send its first bytes within this (plain HTTP:
+    /// enough to tell HTTP/1.1 from h2c; TLS: the start of the ClientHello).
+    pub first_byte_timeout: Duration,
+    /// A request head must be whole within this (HTTP/1.1: counted from the
+    /// end of the previous response on a keep-alive connection).
+    pub header_timeout: Duration,
+    /// A client connection with no request in progress is closed after this
+    /// (HTTP/2: GOAWAY).
+    pub keepalive_timeout: Duration,
+    /// A request or response body that moves no byte for this long is cut
+    /// (client not sending, client not reading, server not sending).
+    pub body_timeout: Duration,
 }
 
 /// Where access log lines go.
@@ -147,13 +164,32 @@ pub enum AccessLogFormat {
 }
 
 /// `[admin]`: the admin HTTP API.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct AdminSettings {
     pub listen: SocketAddr,
-    /// Bearer token required by the API; from `token` or the trimmed content of
-    /// `token_file`.
-    pub token: Option<String>,
+    /// Bearer token required by every call but `/healthz`; from `token` or the
+    /// trimmed content of `token_file` (a file readable by its owner only).
+    /// `None` only with `insecure_no_auth` on a loopback address.
+    pub token: Option<ferry_secret::Secret>,
+    /// `insecure_no_auth = true`: no token, anyone who can connect may call
+    /// the API. Accepted only when `listen` is a loopback address.
+    pub insecure_no_auth: bool,
+    /// Admin connections open at once (its own cap, outside the traffic
+    /// one, so the API stays reachable while traffic fills the router).
+    pub max_connections: usize,
 }
+
+// By hand: `Secret` compares in constant time and has no `Eq` of its own.
+impl PartialEq for AdminSettings {
+    fn eq(&self, other: &AdminSettings) -> bool {
+        self.listen == other.listen
+            && self.token == other.token
+            && self.insecure_no_auth == other.insecure_no_auth
+            && self.max_connections == other.max_connections
+    }
+}
+
+impl Eq for AdminSettings {}
 
 /// `[[listener]]`: an address that accepts client (or peer router) traffic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +202,9 @@ pub struct ListenerSpec {
     pub proxy_protocol: bool,
     /// Connections are TLS (certificates from `[tls]`), after the PROXY header if any.
     pub tls: bool,
+    /// Connections open at once on this listener (within the router's
+    /// `max_connections`); `None`: only the router's cap.
+    pub max_connections: Option<usize>,
 }
 
 /// `[[pool]]`: a group of local servers that serve sites.
@@ -306,6 +345,9 @@ pub struct PassthroughSpec {
     /// client address is then believed); such connections are never sent on to
     /// a remote again.
     pub proxy_protocol: bool,
+    /// Peers allowed to send that PROXY header (required with
+    /// `proxy_protocol`); a connection from any other address is closed.
+    pub trusted_networks: Vec<ipnet::IpNet>,
     /// Port of the TLS servers of a `pool:NAME` site: the pool's servers' IP
     /// addresses with this port (their HTTP port is for HTTP traffic).
     pub backend_port: u16,
@@ -322,6 +364,11 @@ pub struct PassthroughSpec {
     /// A local TLS server that answers the maintenance page; without it, a
     /// site in maintenance has its connections closed.
     pub maintenance_terminator: Option<SocketAddr>,
+    /// A spliced connection with no byte either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections open at once on this listener (within the router's
+    /// `max_connections`); `None`: only the router's cap.
+    pub max_connections: Option<usize>,
 }
 
 #[cfg(test)]

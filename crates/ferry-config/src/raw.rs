@@ -48,6 +48,11 @@ pub(crate) struct RawRouter {
     pub connect_timeout: Option<S<String>>,
     pub request_timeout: Option<S<String>>,
     pub observed_uses_file: Option<S<String>>,
+    pub max_connections: Option<S<i64>>,
+    pub first_byte_timeout: Option<S<String>>,
+    pub header_timeout: Option<S<String>>,
+    pub keepalive_timeout: Option<S<String>>,
+    pub body_timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +61,8 @@ pub(crate) struct RawAdmin {
     pub listen: S<String>,
     pub token: Option<S<String>>,
     pub token_file: Option<S<String>>,
+    pub insecure_no_auth: Option<S<bool>>,
+    pub max_connections: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,6 +73,7 @@ pub(crate) struct RawListener {
     pub trusted: bool,
     pub proxy_protocol: Option<S<bool>>,
     pub tls: Option<S<bool>>,
+    pub max_connections: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,8 +190,9 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPassthrough {
     pub listen: S<String>,
+    pub proxy_protocol: Option<S<bool>>,
     #[serde(default)]
-    pub proxy_protocol: bool,
+    pub trusted_networks: Vec<S<String>>,
     pub backend_port: S<i64>,
     #[serde(default)]
     pub send_proxy: bool,
@@ -191,4 +200,6 @@ pub(crate) struct RawPassthrough {
     pub client_hello_timeout: Option<S<String>>,
     pub max_client_hello: Option<S<i64>>,
     pub maintenance_terminator: Option<S<String>>,
+    pub idle_timeout: Option<S<String>>,
+    pub max_connections: Option<S<i64>>,
 }

@@ -176,8 +176,17 @@ fn defaults_are_applied() {
             trusted: false,
             proxy_protocol: false,
             tls: false,
+            max_connections: None,
         }]
     );
+    assert_eq!(
+        r.max_connections, None,
+        "derived from the open-file limit at start"
+    );
+    assert_eq!(r.first_byte_timeout, Duration::from_secs(10));
+    assert_eq!(r.header_timeout, Duration::from_secs(10));
+    assert_eq!(r.keepalive_timeout, Duration::from_secs(10));
+    assert_eq!(r.body_timeout, Duration::from_secs(30));
     let pool = &cfg.pools[0];
     assert_eq!(pool.balance, Balance::RoundRobin);
     assert_eq!(pool.health, None);
@@ -285,6 +294,7 @@ fn relative_paths_resolve_against_the_config_directory() {
     std::fs::write(dir.path().join("pages/down.html"), "<p>down</p>").unwrap();
     std::fs::write(dir.path().join("site.html"), "<p>site</p>").unwrap();
     std::fs::write(dir.path().join("admin.token"), "  s3cret\n").unwrap();
+    set_mode(&dir.path().join("admin.token"), 0o600);
     let abs_log = dir.path().join("abs.log");
     let text = format!(
         r#"
@@ -330,8 +340,12 @@ maintenance_page = {abs:?}
     );
     assert_eq!(cfg.router.maintenance_page.as_deref(), Some("<p>down</p>"));
     assert_eq!(
-        cfg.admin.unwrap().token.as_deref(),
-        Some("s3cret"),
+        cfg.admin
+            .unwrap()
+            .token
+            .as_ref()
+            .map(|t| t.expose().to_string()),
+        Some("s3cret".to_string()),
         "token_file content is trimmed"
     );
     assert_eq!(
@@ -933,6 +947,7 @@ maintenance_terminator = \"127.0.0.1:9443\"
 [[passthrough]]
 listen = \"127.0.0.1:8444\"
 proxy_protocol = true
+trusted_networks = [\"10.1.0.0/24\", \"127.0.0.1\"]
 backend_port = 8443
 "
     );
@@ -963,6 +978,9 @@ backend_port = 8443
     );
     assert_eq!(b.client_hello_timeout, Duration::from_secs(5));
     assert_eq!(b.max_client_hello, 16 * 1024);
+    assert_eq!(b.trusted_networks.len(), 2);
+    assert_eq!(b.idle_timeout, Duration::from_secs(600));
+    assert_eq!(b.max_connections, None);
     assert_eq!(ok(MINIMAL).passthroughs, vec![]);
 
     refused_at(
@@ -995,7 +1013,117 @@ backend_port = 8443
         "nowhere",
         &["maintenance_terminator", "not a socket address"],
     );
+    // Issue 15 #11: a PROXY header believed from any peer let a client claim
+    // an operator's address.
+    refused_at(
+        &text.replace("trusted_networks = [\"10.1.0.0/24\", \"127.0.0.1\"]\n", ""),
+        "proxy_protocol = true",
+        &["trusted_networks"],
+    );
+    refused_at(
+        &text.replace("\"10.1.0.0/24\"", "\"10.1.0.0/99\""),
+        "10.1.0.0/99",
+        &["trusted_networks", "neither a network"],
+    );
     let missing = text.replace("backend_port = 8443\n", "");
     let (_, _, msg) = bad(&missing);
     assert!(msg.contains("backend_port"), "{msg}");
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Issue 15 #3: `[admin]` without a token meant no authentication at all,
+/// and `--check` called it valid.
+#[test]
+fn admin_without_a_token_is_refused_unless_insecure_on_loopback() {
+    let text = format!("{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:9090\"\n");
+    refused_at(
+        &text,
+        "listen = \"127.0.0.1:9090\"",
+        &["no token", "insecure_no_auth"],
+    );
+
+    let open =
+        format!("{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:9090\"\ninsecure_no_auth = true\n");
+    let admin = ok(&open).admin.unwrap();
+    assert!(admin.insecure_no_auth && admin.token.is_none());
+    assert_eq!(admin.max_connections, 64);
+
+    let public = open.replace("127.0.0.1:9090", "0.0.0.0:9090");
+    refused_at(&public, "insecure_no_auth", &["loopback", "0.0.0.0:9090"]);
+    let both = format!("{open}token = \"t\"\n");
+    refused_at(&both, "insecure_no_auth", &["keep one"]);
+}
+
+#[test]
+fn secret_files_open_to_others_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin.token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    set_mode(&token, 0o644);
+    let text = format!(
+        "{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:9090\"\ntoken_file = {:?}\n",
+        token.display().to_string()
+    );
+    refused_at(&text, "token_file", &["chmod 600"]);
+    set_mode(&token, 0o600);
+    assert!(ok(&text).admin.unwrap().token.unwrap().matches(b"s3cret"));
+
+    let pw = dir.path().join("galera.pw");
+    std::fs::write(&pw, "pw\n").unwrap();
+    set_mode(&pw, 0o640);
+    let text = format!(
+        "{MINIMAL}\n[[tunnels]]\nname = \"t\"\nlisten = \"127.0.0.1:1\"\nupstream = \"h:1\"\n[tunnels.galera]\nuser = \"m\"\npassword_file = {:?}\n",
+        pw.display().to_string()
+    );
+    refused_at(
+        &text,
+        "password_file",
+        &["galera password_file", "chmod 600"],
+    );
+    set_mode(&pw, 0o600);
+    assert_eq!(ok(&text).tunnels[0].galera.as_ref().unwrap().password, "pw");
+}
+
+#[test]
+fn connection_caps_and_client_deadlines() {
+    let text = MINIMAL.replace(
+        "name = \"dc1\"\n",
+        "name = \"dc1\"\nmax_connections = 5000\nfirst_byte_timeout = \"1s\"\nheader_timeout = \"2s\"\nkeepalive_timeout = \"3s\"\nbody_timeout = \"4s\"\n",
+    )
+    .replace(
+        "listen = \"127.0.0.1:8080\"\n",
+        "listen = \"127.0.0.1:8080\"\nmax_connections = 100\n",
+    );
+    let cfg = ok(&text);
+    assert_eq!(cfg.listeners[0].max_connections, Some(100));
+    let r = &cfg.router;
+    assert_eq!(r.max_connections, Some(5000));
+    assert_eq!(
+        (
+            r.first_byte_timeout,
+            r.header_timeout,
+            r.keepalive_timeout,
+            r.body_timeout
+        ),
+        (
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+            Duration::from_secs(3),
+            Duration::from_secs(4)
+        )
+    );
+    refused_at(
+        &text.replace("max_connections = 5000", "max_connections = 0"),
+        "max_connections = 0",
+        &["max_connections", "out of range"],
+    );
+    refused_at(
+        &text.replace("\"4s\"", "\"0s\""),
+        "body_timeout",
+        &["must be above 0"],
+    );
 }

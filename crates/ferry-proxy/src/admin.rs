@@ -1,6 +1,13 @@
 //! The admin API: JSON over HTTP/1.1 on its own address, bearer-token auth.
 //! Every change is validated whole before anything is applied; a refused call
 //! changes nothing. The schema is in `docs/admin-api.yaml`.
+//!
+//! Authentication fails closed: every call but `/healthz` needs the token
+//! (`/metrics` too: it names pools, servers and database nodes), compared
+//! by `ferry_secret::Secret::matches` (constant time, no length leak); only
+//! `insecure_no_auth` on a loopback address opens it. Connections go
+//! through the shared accept loop with the API's own cap (`[admin]
+//! max_connections`) and get the router's client deadlines.
 
 // Helpers here return the error response itself; it is built once per refused
 // call, so its size does not matter.
@@ -13,15 +20,19 @@ use bytes::Bytes;
 use ferry_model::{Epoch, Hostname, Placement, ServerState, SiteRecord, SiteState};
 use ferry_router::{ApplyError, Outcome, SiteChange, SiteId};
 use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::LengthLimitError;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::deadline::{Progress, SendDeadline, Stalled};
+use crate::listen::{self, Cap, Kind};
+use crate::server::{serve_http, HttpLimits};
+use crate::state::AdminAuth;
+use crate::tls::Alpn;
 use crate::{Proxy, ProxyError};
 
 /// Largest admin request body: room for ~100k sites in one batch.
@@ -29,28 +40,63 @@ const MAX_BODY: usize = 32 * 1024 * 1024;
 
 type Resp = Response<Full<Bytes>>;
 
-pub(crate) fn spawn(proxy: Arc<Proxy>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = tokio::select! {
-                a = listener.accept() => match a {
-                    Ok(x) => x,
-                    Err(_) => continue,
-                },
-                _ = shutdown.changed() => break,
-            };
+pub(crate) fn spawn(proxy: Arc<Proxy>, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+    let cap = proxy
+        .shared
+        .config
+        .lock()
+        .0
+        .admin
+        .as_ref()
+        .map_or(1, |a| a.max_connections);
+    let metrics = Arc::clone(&proxy.shared.metrics);
+    let conn_shutdown = shutdown.clone();
+    listen::spawn(
+        Kind::Admin,
+        listener,
+        vec![Cap::new(cap)],
+        metrics,
+        None,
+        shutdown,
+        move |stream, peer| {
             let proxy = Arc::clone(&proxy);
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let proxy = Arc::clone(&proxy);
-                    async move { Ok::<_, std::convert::Infallible>(handle(&proxy, req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
+            let shutdown = conn_shutdown.clone();
+            async move { serve(proxy, stream, peer, shutdown).await }
+        },
+    );
+}
+
+async fn serve(
+    proxy: Arc<Proxy>,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) {
+    let settings = proxy.shared.settings.load_full();
+    // hyper's head timer starts at once: a silent connection is closed
+    // after header_timeout like a slow head.
+    let limits = HttpLimits {
+        header_timeout: settings.header_timeout,
+        keepalive_timeout: settings.keepalive_timeout,
+    };
+    let metrics = Arc::clone(&proxy.shared.metrics);
+    let io = SendDeadline::new(stream, settings.body_timeout, Arc::clone(&metrics));
+    drop(settings);
+    let handler = move |req| {
+        let proxy = Arc::clone(&proxy);
+        async move { handle(&proxy, req).await }
+    };
+    serve_http(
+        io,
+        peer,
+        Alpn::Http1,
+        false,
+        limits,
+        handler,
+        metrics,
+        shutdown,
+    )
+    .await;
 }
 
 fn json_resp(status: StatusCode, v: &Value) -> Resp {
@@ -67,47 +113,50 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Resp {
     json_resp(status, &json!({ "error": msg.to_string() }))
 }
 
-/// Compares without an early exit, so response time says nothing about the token.
-fn token_matches(given: &[u8], expected: &[u8]) -> bool {
-    if given.len() != expected.len() {
-        return false;
-    }
-    given
-        .iter()
-        .zip(expected)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
-}
-
 async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    // Unauthenticated: what Prometheus and load balancers poll.
-    match (&method, path.as_str()) {
-        (&Method::GET, "/metrics") => return metrics(proxy),
-        (&Method::GET, "/healthz") => return json_resp(StatusCode::OK, &json!({"ok": true})),
-        _ => {}
+    // Unauthenticated: what load balancers poll; it says nothing but "up".
+    if method == Method::GET && path == "/healthz" {
+        return json_resp(StatusCode::OK, &json!({"ok": true}));
     }
-    if let Some(expected) = proxy.shared.admin_token.load().as_ref() {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !token_matches(given.as_bytes(), expected.as_bytes()) {
-            let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return r;
+    let allowed = match &**proxy.shared.admin_auth.load() {
+        AdminAuth::Token(expected) => {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                .unwrap_or(b"");
+            expected.matches(given)
         }
+        AdminAuth::Open => true,
+        AdminAuth::Nobody => false,
+    };
+    if !allowed {
+        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    if method == Method::GET && path == "/metrics" {
+        return metrics(proxy);
     }
     let query = req.uri().query().unwrap_or("").to_string();
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    let body_timeout = proxy.shared.settings.load().body_timeout;
+    let body = Progress::new(
+        req.into_body(),
+        body_timeout,
+        Stalled::ClientSend,
+        Arc::clone(&proxy.shared.metrics),
+    );
+    let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e}")),
+        Err(e) if e.is::<LengthLimitError>() => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e}"))
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
     };
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, segs.as_slice()) {
@@ -162,6 +211,8 @@ fn metrics(proxy: &Proxy) -> Resp {
     let _ = writeln!(out, "# HELP ferry_site_table_bytes Approximate heap bytes of the site table.\n# TYPE ferry_site_table_bytes gauge\nferry_site_table_bytes {}", shared.table.heap_bytes());
     let _ = writeln!(out, "# HELP ferry_held_requests Requests held right now (frozen sites).\n# TYPE ferry_held_requests gauge\nferry_held_requests {held}");
     let _ = writeln!(out, "# HELP ferry_in_flight_requests Requests forwarded and not yet finished.\n# TYPE ferry_in_flight_requests gauge\nferry_in_flight_requests {in_flight}");
+    let _ = writeln!(out, "# HELP ferry_max_connections The router's connection cap ([router] max_connections or derived from the open-file limit).\n# TYPE ferry_max_connections gauge\nferry_max_connections {}", proxy.traffic_cap.size());
+    let _ = writeln!(out, "# HELP ferry_connection_slots_used Connections holding a slot of the router's cap (traffic, passthrough, tunnels).\n# TYPE ferry_connection_slots_used gauge\nferry_connection_slots_used {}", proxy.traffic_cap.used());
     let _ = writeln!(out, "# HELP ferry_open_connections Client connections open.\n# TYPE ferry_open_connections gauge\nferry_open_connections {}", proxy.conns.open());
     let _ = writeln!(out, "# HELP ferry_access_log_dropped_total Access log lines dropped because the writer fell behind.\n# TYPE ferry_access_log_dropped_total counter\nferry_access_log_dropped_total {}", shared.access_log.load().dropped.load(std::sync::atomic::Ordering::Relaxed));
     let _ = writeln!(
@@ -763,13 +814,6 @@ mod tests {
         assert_eq!(super::percent_decode("a%2"), "a%2");
         assert_eq!(super::percent_decode("%"), "%");
         assert_eq!(super::percent_decode("%zz"), "%zz");
-    }
-
-    #[test]
-    fn token_compare() {
-        assert!(super::token_matches(b"abc", b"abc"));
-        assert!(!super::token_matches(b"abd", b"abc"));
-        assert!(!super::token_matches(b"ab", b"abc"));
     }
 }
 

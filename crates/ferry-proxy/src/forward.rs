@@ -16,6 +16,7 @@ use hyper::body::{Body, Incoming};
 
 use crate::accesslog::Entry;
 use crate::body::ProxyBody;
+use crate::deadline::{Progress, Stalled};
 use crate::state::Shared;
 use crate::upstream::{UpBody, UpstreamError};
 
@@ -384,6 +385,20 @@ async fn route_request(
     (resp, host_str, Some(state), upstream)
 }
 
+/// The client's request body, cut if it stops for `body_timeout`.
+fn client_body(
+    shared: &Shared,
+    settings: &crate::state::Settings,
+    body: Incoming,
+) -> Progress<Incoming> {
+    Progress::new(
+        body,
+        settings.body_timeout,
+        Stalled::ClientSend,
+        Arc::clone(&shared.metrics),
+    )
+}
+
 fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
@@ -478,6 +493,8 @@ fn outgoing_parts(
 }
 
 fn response_from(
+    shared: &Shared,
+    settings: &crate::state::Settings,
     resp: Response<Incoming>,
     in_flight: ferry_router::Tracked,
     pick: Option<Pick>,
@@ -487,7 +504,12 @@ fn response_from(
     Response::from_parts(
         parts,
         ProxyBody::Upstream {
-            body,
+            body: Progress::new(
+                body,
+                settings.body_timeout,
+                Stalled::Upstream,
+                Arc::clone(&shared.metrics),
+            ),
             _in_flight: Some(in_flight),
             _server: pick,
         },
@@ -567,7 +589,7 @@ async fn forward_local(
             Either::Right(Empty::new())
         } else {
             match body.take() {
-                Some(b) => Either::Left(b),
+                Some(b) => Either::Left(client_body(shared, settings, b)),
                 None => Either::Right(Empty::new()),
             }
         };
@@ -591,7 +613,10 @@ async fn forward_local(
             Ok(resp) => {
                 pick.server.record_connect(true, passive_fall);
                 histogram.observe(t0.elapsed().as_secs_f64());
-                return (response_from(resp, in_flight, Some(pick)), upstream_label);
+                return (
+                    response_from(shared, settings, resp, in_flight, Some(pick)),
+                    upstream_label,
+                );
             }
             Err(UpstreamError::Connect(e)) => {
                 if pick.server.record_connect(false, passive_fall) == Some(false) {
@@ -676,7 +701,7 @@ async fn forward_remote(
     if let Ok(v) = HeaderValue::from_str(&via) {
         parts.headers.insert(&FERRY_VIA, v);
     }
-    let req = Request::from_parts(parts, Either::Left(body));
+    let req = Request::from_parts(parts, Either::Left(client_body(shared, settings, body)));
     let t0 = Instant::now();
     let result = if remote.proxy_protocol {
         shared
@@ -689,7 +714,10 @@ async fn forward_remote(
     match result {
         Ok(resp) => {
             histogram.observe(t0.elapsed().as_secs_f64());
-            (response_from(resp, in_flight, None), label)
+            (
+                response_from(shared, settings, resp, in_flight, None),
+                label,
+            )
         }
         Err(UpstreamError::Timeout) => (
             text(

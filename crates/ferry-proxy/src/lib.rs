@@ -18,9 +18,11 @@ mod accesslog;
 mod admin;
 mod body;
 mod client_hello;
+mod deadline;
 mod forward;
 mod galera_pool;
 mod health;
+mod listen;
 mod metrics;
 mod mysql_handshake;
 mod passthrough;
@@ -48,6 +50,12 @@ use tokio::task::JoinHandle;
 /// The ClientHello reader of the SNI passthrough listeners, public for the
 /// fuzz target (`fuzz/fuzz_targets/client_hello.rs`).
 pub use client_hello::{Hello, HelloError, HelloParser};
+/// Raises the process's open-file limit to its hard limit (`ferry proxy`
+/// does at start).
+pub use listen::raise_nofile_limit;
+/// The database tunnel's login observer, for its fuzz target.
+#[doc(hidden)]
+pub use mysql_handshake::observe_in_chunks;
 pub use state::ReloadReport;
 
 use server::{ConnCount, ListenerHandle};
@@ -100,6 +108,9 @@ pub struct Proxy {
     tls: Arc<ArcSwapOption<tls::TlsState>>,
     /// Serialises reloads (SIGHUP and the admin API may race).
     reloading: tokio::sync::Mutex<()>,
+    /// `[router] max_connections`: every traffic, passthrough and tunnel
+    /// connection holds a slot (fixed at start).
+    traffic_cap: listen::Cap,
 }
 
 impl Proxy {
@@ -141,10 +152,30 @@ impl Proxy {
         let passthroughs = passthrough::Passthroughs::default();
         let prepared_passthroughs = passthroughs.prepare(&config)?;
         let tunnel_config = config.clone();
+        let traffic_cap = listen::Cap::new(match config.router.max_connections {
+            Some(n) => n,
+            None => {
+                let nofile = listen::nofile_limit();
+                let n = listen::default_max_connections(nofile);
+                tracing::info!(
+                    max_connections = n,
+                    open_file_limit = ?nofile,
+                    "connection cap derived from the open-file limit ([router] max_connections sets it)"
+                );
+                n
+            }
+        });
         let shared = Arc::new(Shared::new(config, config_path, store)?);
         let (shutdown, shutdown_rx) = watch::channel(false);
+        tunnels.set_accept_limits(traffic_cap.clone(), Arc::clone(&shared.metrics));
         tunnels.commit(prepared, &tunnel_config, &shutdown_rx);
-        passthroughs.commit(prepared_passthroughs, &tunnel_config, &shared, &shutdown_rx);
+        passthroughs.commit(
+            prepared_passthroughs,
+            &tunnel_config,
+            &shared,
+            &shutdown_rx,
+            &traffic_cap,
+        );
         tunnels.spawn_writer(shutdown_rx.clone());
         let conns = Arc::new(ConnCount::default());
         let mut listeners = Vec::new();
@@ -156,6 +187,7 @@ impl Proxy {
                 shutdown_rx.clone(),
                 Arc::clone(&conns),
                 Arc::clone(&tls),
+                traffic_cap.clone(),
             )?);
         }
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -171,6 +203,7 @@ impl Proxy {
             passthroughs,
             tls,
             reloading: tokio::sync::Mutex::new(()),
+            traffic_cap,
         });
         if let Some(l) = admin_listener {
             admin::spawn(Arc::clone(&proxy), l, shutdown_rx);
@@ -234,6 +267,13 @@ impl Proxy {
     /// Applies a new config. On error nothing changed and the running config stays.
     pub async fn reload(&self, config: Config) -> Result<ReloadReport, ProxyError> {
         let _one = self.reloading.lock().await;
+        let running = self.shared.config.lock().0.router.max_connections;
+        if config.router.max_connections != running {
+            tracing::warn!(
+                running = self.traffic_cap.size(),
+                "[router] max_connections changes at the next start, not by a reload"
+            );
+        }
         // Bind new listeners first: if one cannot be bound, refuse the reload.
         let current: HashMap<SocketAddr, ()> = self
             .listeners
@@ -285,6 +325,9 @@ impl Proxy {
                 let keep = specs.iter().find(|s| s.listen == l.configured);
                 match keep {
                     Some(s) => {
+                        if s.max_connections != l.spec.load().max_connections {
+                            tracing::warn!(listen = %l.bound, "listener max_connections changes when the listener is bound again (restart, or remove and re-add it)");
+                        }
                         l.spec.store(Arc::new(s.clone()));
                         true
                     }
@@ -303,6 +346,7 @@ impl Proxy {
                     self.shutdown.subscribe(),
                     Arc::clone(&self.conns),
                     Arc::clone(&self.tls),
+                    self.traffic_cap.clone(),
                 )?;
                 tracing::info!(listen = %h.bound, "listener added by reload");
                 listeners.push(h);
@@ -315,6 +359,7 @@ impl Proxy {
             &tunnel_config,
             &self.shared,
             &self.shutdown.subscribe(),
+            &self.traffic_cap,
         );
         let mut health = self.health.lock();
         for t in health.drain(..) {

@@ -51,6 +51,10 @@ pub struct Metrics {
     pub tls: crate::tls::TlsCounters,
     /// `[[passthrough]]` connections by outcome.
     pub passthrough: crate::passthrough::Stats,
+    /// Accept loops: open connections, cap pauses, accept errors.
+    pub accept: crate::listen::Stats,
+    /// Body stalls, idle keep-alive closes, silent connections.
+    pub deadlines: crate::deadline::Stats,
     upstream: RwLock<HashMap<String, Arc<Histogram>>>,
 }
 
@@ -156,6 +160,8 @@ impl Metrics {
         }
         self.tls.render(out);
         self.passthrough.render(out);
+        self.accept.render(out);
+        self.deadlines.render(out);
         let map = self.upstream.read();
         let mut pools: Vec<_> = map.iter().collect();
         pools.sort_by(|a, b| a.0.cmp(b.0));

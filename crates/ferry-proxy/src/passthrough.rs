@@ -3,13 +3,14 @@
 //!
 //! - [`Passthroughs`]: the `[[passthrough]]` listeners, bound and swapped by
 //!   [`Passthroughs::prepare`] + [`Passthroughs::commit`] at start and reload.
+//! - Accepting (connection caps, back-off) is `listen.rs`'s.
 //! - A connection: PROXY v2 header first when the listener is fed by another
-//!   router; then the ClientHello is read into a buffer (`client_hello.rs`,
+//!   router (refused unless the peer is in `trusted_networks`); then the ClientHello is read into a buffer (`client_hello.rs`,
 //!   bounded in time and size) and nothing more is read from the client until
 //!   an upstream is connected; the site's state is honoured (frozen: held,
 //!   maintenance: the terminator or a clean close); the upstream gets a PROXY
 //!   v2 header if it wants one, then the buffered bytes, then both directions
-//!   are copied until both sides are done.
+//!   are copied until both sides are done or nothing moved for `idle_timeout`.
 //! - Counting: a connection counts as held while its site is frozen, and as in
 //!   flight for its site only while it is being set up (from the lookup to the
 //!   ClientHello written upstream). An open passthrough connection is not
@@ -35,8 +36,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::client_hello::{Hello, HelloError, HelloParser};
+use crate::listen::{self, Cap, Kind};
 use crate::state::Shared;
-use crate::{proxy_protocol, server, ProxyError};
+use crate::{deadline, proxy_protocol, server, ProxyError};
 
 /// How long a refused client may take to close its side after ours, so the
 /// close is a FIN both ways and not a reset.
@@ -72,9 +74,11 @@ enum Outcome {
     NoServer,
     ConnectFailed,
     BadProxyHeader,
+    /// `proxy_protocol = true` and the peer is not in `trusted_networks`.
+    UntrustedPeer,
 }
 
-const OUTCOMES: [(Outcome, &str); 15] = [
+const OUTCOMES: [(Outcome, &str); 16] = [
     (Outcome::Local, "local"),
     (Outcome::Remote, "remote"),
     (Outcome::MaintenanceTerminator, "maintenance_terminator"),
@@ -90,6 +94,7 @@ const OUTCOMES: [(Outcome, &str); 15] = [
     (Outcome::NoServer, "no_server"),
     (Outcome::ConnectFailed, "connect_failed"),
     (Outcome::BadProxyHeader, "bad_proxy_header"),
+    (Outcome::UntrustedPeer, "untrusted_peer"),
 ];
 
 /// Counters of every passthrough listener together (kept in [`crate::metrics::Metrics`]).
@@ -98,6 +103,7 @@ pub(crate) struct Stats {
     results: [AtomicU64; OUTCOMES.len()],
     held: AtomicU64,
     open: AtomicU64,
+    idle_closed: AtomicU64,
 }
 
 impl Stats {
@@ -126,6 +132,12 @@ impl Stats {
             out,
             "# HELP {name} Passthrough connections held because their site was frozen.\n# TYPE {name} counter\n{name} {}",
             self.held.load(Ordering::Relaxed)
+        );
+        let name = "ferry_passthrough_idle_closed_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Spliced passthrough connections closed after idle_timeout without a byte either way.\n# TYPE {name} counter\n{name} {}",
+            self.idle_closed.load(Ordering::Relaxed)
         );
         let name = "ferry_passthrough_open_connections";
         let _ = writeln!(
@@ -209,6 +221,7 @@ impl Passthroughs {
         config: &Config,
         shared: &Arc<Shared>,
         shutdown: &watch::Receiver<bool>,
+        traffic: &Cap,
     ) {
         let matching = self.matching(config);
         let mut loops = self.loops.lock();
@@ -217,6 +230,9 @@ impl Passthroughs {
         for ((spec, kept), listener) in config.passthroughs.iter().zip(matching).zip(prepared.fresh)
         {
             if let Some(l) = kept.and_then(|i| old.get_mut(i)).and_then(Option::take) {
+                if l.spec.load().max_connections != spec.max_connections {
+                    tracing::warn!(listen = %l.bound, "passthrough max_connections changes when the listener is bound again");
+                }
                 l.spec.store(Arc::new(spec.clone()));
                 next.push(l);
                 continue;
@@ -227,12 +243,25 @@ impl Passthroughs {
             };
             let (stop, stop_rx) = watch::channel(false);
             let spec = Arc::new(ArcSwap::from_pointee(spec.clone()));
-            spawn_accept(
-                Arc::clone(shared),
+            let mut caps = Vec::with_capacity(2);
+            if let Some(n) = spec.load().max_connections {
+                caps.push(Cap::new(n));
+            }
+            caps.push(traffic.clone());
+            let serve_shared = Arc::clone(shared);
+            let serve_spec = Arc::clone(&spec);
+            listen::spawn(
+                Kind::Passthrough,
                 listener,
-                Arc::clone(&spec),
-                stop_rx,
+                caps,
+                Arc::clone(&shared.metrics),
+                Some(stop_rx),
                 shutdown.clone(),
+                move |stream, peer| {
+                    let shared = Arc::clone(&serve_shared);
+                    let spec = serve_spec.load_full();
+                    async move { serve(&shared, &spec, stream, peer).await }
+                },
             );
             tracing::info!(listen = %bound, "passthrough listener ready");
             next.push(AcceptLoop {
@@ -248,35 +277,6 @@ impl Passthroughs {
         }
         *loops = next;
     }
-}
-
-fn spawn_accept(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    spec: Arc<ArcSwap<PassthroughSpec>>,
-    mut stop: watch::Receiver<bool>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    tokio::spawn(async move {
-        loop {
-            let (stream, peer) = tokio::select! {
-                a = listener.accept() => match a {
-                    Ok(x) => x,
-                    // Out of file descriptors and the like: pause rather
-                    // than spin on a failing accept.
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = stop.changed() => break,
-                _ = shutdown.changed() => break,
-            };
-            let shared = Arc::clone(&shared);
-            let spec = spec.load_full();
-            tokio::spawn(async move { serve(&shared, &spec, stream, peer).await });
-        }
-    });
 }
 
 /// Where a connection goes once its site is known.
@@ -311,7 +311,9 @@ async fn serve(shared: &Shared, spec: &PassthroughSpec, mut client: TcpStream, p
     let _ = client.set_nodelay(true);
     let _ = upstream.stream.set_nodelay(true);
     // Half-closes are passed on; errors only end the splice.
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream.stream).await;
+    if deadline::splice(&mut client, &mut upstream.stream, spec.idle_timeout).await {
+        stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+    }
     stats.open.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -327,6 +329,12 @@ async fn setup(
     let mut source = peer;
     let mut destination = client.local_addr().unwrap_or(peer);
     if spec.proxy_protocol {
+        // The header names the client, and so who passes maintenance as an
+        // operator: only routers we know may send it.
+        if !spec.trusted_networks.iter().any(|n| n.contains(&peer.ip())) {
+            tracing::debug!(%peer, "passthrough: PROXY header expected from an untrusted peer: closed");
+            return Err(Outcome::UntrustedPeer);
+        }
         let header = tokio::time::timeout_at(deadline, proxy_protocol::read(client))
             .await
             .map_err(|_| Outcome::Timeout)?

@@ -1,27 +1,46 @@
-//! Accept loops: traffic listeners (HTTP/1.1 and h2c on the same port, optional
-//! PROXY v2 header, optional TLS with ALPN, see `tls.rs`) and the admin listener. Each loop stops accepting when told,
-//! and lets its connections finish.
+//! Traffic listeners (HTTP/1.1 and h2c on the same port, optional PROXY v2
+//! header, optional TLS with ALPN, see `tls.rs`) and the HTTP connection
+//! serving they share with the admin API. Accepting, connection caps and
+//! accept back-off are `listen.rs`'s; the deadlines of a connection
+//! (first bytes, request head, keep-alive, stalled bodies) are applied here
+//! with the pieces of `deadline.rs`.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
 use ferry_config::ListenerSpec;
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
+use crate::deadline::{self, Activity, BoxError, Guarded, Prefixed, SendDeadline, Sniffed};
 use crate::forward::{self, ConnInfo};
+use crate::listen::{self, Cap, Kind};
 use crate::state::Shared;
 use crate::tls::{Alpn, TlsState};
 use crate::ProxyError;
 
-/// How long a client may take to send its PROXY header.
-const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings while streams are open: a peer that stops answering for
+/// the timeout is gone (a dead peer's streams would otherwise wait for TCP
+/// to notice, minutes later). HAProxy and nginx do not ping; h2o and
+/// Envoy's defaults are of this order.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a connection closed for idleness may take to finish its
+/// GOAWAY exchange.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Counts open connections so shutdown can wait for them.
 #[derive(Default)]
@@ -89,7 +108,9 @@ pub(crate) struct ListenerHandle {
 }
 
 /// Starts accepting on `listener`. Connections get the shutdown signal from
-/// `shutdown` (whole-proxy stop); `stop` ends only this listener's accept loop.
+/// `shutdown` (whole-proxy stop); `stop` ends only this listener's accept
+/// loop. A connection holds a slot of the listener's own cap (if it has
+/// one, fixed when it is bound) and of the router's `traffic` cap.
 pub(crate) fn spawn_listener(
     shared: Arc<Shared>,
     listener: TcpListener,
@@ -97,50 +118,56 @@ pub(crate) fn spawn_listener(
     shutdown: watch::Receiver<bool>,
     conns: Arc<ConnCount>,
     tls: Arc<ArcSwapOption<TlsState>>,
+    traffic: Cap,
 ) -> Result<ListenerHandle, ProxyError> {
     let bound = listener.local_addr().map_err(|source| ProxyError::Bind {
         addr: spec.listen,
         source,
     })?;
-    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
     let configured = spec.listen;
+    let mut caps = Vec::with_capacity(2);
+    if let Some(n) = spec.max_connections {
+        caps.push(Cap::new(n));
+    }
+    caps.push(traffic);
     let spec = Arc::new(ArcSwap::from_pointee(spec));
     let spec_for_loop = Arc::clone(&spec);
-    let mut shutdown_accept = shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = stop_rx.changed() => break,
-                _ = shutdown_accept.changed() => break,
-            };
-            let (stream, peer) = match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+    let metrics = Arc::clone(&shared.metrics);
+    let shutdown_accept = shutdown.clone();
+    listen::spawn(
+        Kind::Http,
+        listener,
+        caps,
+        metrics,
+        Some(stop_rx),
+        shutdown_accept,
+        move |stream, peer| {
             shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
             let spec = spec_for_loop.load_full();
             let shared = Arc::clone(&shared);
             let shutdown = shutdown.clone();
             let guard = conns.enter();
             let tls = Arc::clone(&tls);
-            tokio::spawn(async move {
+            async move {
                 serve_connection(shared, stream, peer, &spec, shutdown, &tls).await;
                 drop(guard);
-            });
-        }
-    });
+            }
+        },
+    );
     Ok(ListenerHandle {
         configured,
         bound,
         spec,
         stop: stop_tx,
     })
+}
+
+/// The deadlines of one HTTP connection (see `deadline.rs`).
+#[derive(Clone, Copy)]
+pub(crate) struct HttpLimits {
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
 }
 
 async fn serve_connection(
@@ -152,14 +179,21 @@ async fn serve_connection(
     tls: &ArcSwapOption<TlsState>,
 ) {
     let _ = stream.set_nodelay(true);
+    let settings = shared.settings.load_full();
+    // Everything before the first request (PROXY header, protocol sniff or
+    // the first ClientHello byte) must arrive within first_byte_timeout:
+    // a silent connection costs a descriptor and a slot of the cap.
+    let first_bytes = Instant::now() + settings.first_byte_timeout;
+    let silent = || {
+        shared
+            .metrics
+            .deadlines
+            .first_byte_timeouts
+            .fetch_add(1, Ordering::Relaxed);
+    };
     let mut client = peer;
     if spec.proxy_protocol {
-        match tokio::time::timeout(
-            PROXY_HEADER_TIMEOUT,
-            crate::proxy_protocol::read(&mut stream),
-        )
-        .await
-        {
+        match tokio::time::timeout_at(first_bytes, crate::proxy_protocol::read(&mut stream)).await {
             Ok(Ok(h)) => {
                 if let Some(src) = h.source {
                     client = src;
@@ -178,6 +212,7 @@ async fn serve_connection(
                     .metrics
                     .proxy_header_errors
                     .fetch_add(1, Ordering::Relaxed);
+                silent();
                 return;
             }
         }
@@ -202,66 +237,144 @@ async fn serve_connection(
         tls.is_some(),
         shared.upstream.affinity(),
     );
+    let limits = HttpLimits {
+        header_timeout: settings.header_timeout,
+        keepalive_timeout: settings.keepalive_timeout,
+    };
+    let body_timeout = settings.body_timeout;
+    drop(settings);
+    let handler = {
+        let shared = Arc::clone(&shared);
+        move |req| {
+            let fut = forward::handle(Arc::clone(&shared), info.clone(), req);
+            async move {
+                match fut.await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                }
+            }
+        }
+    };
+    let metrics = Arc::clone(&shared.metrics);
     match tls {
-        None => serve_http(shared, TokioIo::new(stream), peer, info, None, shutdown).await,
+        None => {
+            let Some((kind, prefix)) = deadline::sniff(&mut stream, first_bytes).await else {
+                silent();
+                return;
+            };
+            let proto = match kind {
+                Sniffed::H2 => Alpn::H2,
+                Sniffed::Http1 => Alpn::Http1,
+            };
+            let io = Prefixed::new(
+                prefix,
+                SendDeadline::new(stream, body_timeout, Arc::clone(&metrics)),
+            );
+            serve_http(io, peer, proto, false, limits, handler, metrics, shutdown).await
+        }
         Some(t) => {
-            let Some((stream, alpn)) = crate::tls::handshake(&t, stream, &shared.metrics.tls).await
+            let mut probe = [0u8; 1];
+            match tokio::time::timeout_at(first_bytes, stream.peek(&mut probe)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return,
+                Err(_) => {
+                    silent();
+                    return;
+                }
+            }
+            let io = SendDeadline::new(stream, body_timeout, Arc::clone(&metrics));
+            let Some((stream, alpn)) =
+                crate::tls::handshake(&t, io, peer, &shared.metrics.tls).await
             else {
                 return;
             };
             drop(t);
-            serve_http(
-                shared,
-                TokioIo::new(stream),
-                peer,
-                info,
-                Some(alpn),
-                shutdown,
-            )
-            .await
+            serve_http(stream, peer, alpn, true, limits, handler, metrics, shutdown).await
         }
     }
 }
 
-/// Serves HTTP on a connection: HTTP/1.1 or h2c by the client's first bytes
-/// on plain listeners; on TLS, the protocol ALPN chose.
-async fn serve_http<I>(
-    shared: Arc<Shared>,
+/// Serves HTTP on a connection whose protocol is known (sniffed on plain
+/// listeners, ALPN on TLS): HTTP/1.1 with `header_timeout` for each request
+/// head, or HTTP/2 with pings; on both, the connection is closed once it
+/// has had no request in progress for `keepalive_timeout`. Used by the
+/// traffic listeners and the admin API.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve_http<I, H, Fut, B>(
     io: I,
     peer: SocketAddr,
-    info: ConnInfo,
-    alpn: Option<Alpn>,
+    proto: Alpn,
+    tls: bool,
+    limits: HttpLimits,
+    handler: H,
+    metrics: Arc<crate::metrics::Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
 {
-    let svc = service_fn(move |req| forward::handle(Arc::clone(&shared), info.clone(), req));
+    let activity = Activity::new();
+    let svc = {
+        let activity = Arc::clone(&activity);
+        service_fn(move |req| {
+            let active = activity.enter();
+            let fut = handler(req);
+            async move { Ok::<_, Infallible>(fut.await.map(|b| Guarded::new(b, active))) }
+        })
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder = match alpn {
-        None => builder,
-        Some(Alpn::H2) => builder.http2_only(),
-        Some(Alpn::Http1) => builder.http1_only(),
+    builder = match proto {
+        Alpn::H2 => builder.http2_only(),
+        Alpn::Http1 => builder.http1_only(),
     };
     builder
         .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        // The timer starts when hyper waits for a head, so it bounds the
+        // idle time between keep-alive requests as well as the head itself.
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
         .max_buf_size(64 * 1024)
         // Over TLS a vectored write seals each slice (head, body) as its own
         // record: flattened, a small response is one record.
-        .writev(alpn.is_none());
-    builder.http2().max_concurrent_streams(256);
-    let conn = builder.serve_connection(io, svc);
+        .writev(!tls);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                tracing::trace!(%peer, error = %e, "connection ended with an error");
+    loop {
+        let wake = activity
+            .idle_deadline(limits.keepalive_timeout)
+            .unwrap_or_else(|| Instant::now() + limits.keepalive_timeout);
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::trace!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
             }
-        }
-        _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            _ = shutdown.changed() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+                return;
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                let idle = activity
+                    .idle_deadline(limits.keepalive_timeout)
+                    .is_some_and(|at| at <= Instant::now());
+                if idle {
+                    metrics.deadlines.idle_closed.fetch_add(1, Ordering::Relaxed);
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, conn.as_mut()).await;
+                    return;
+                }
+            }
         }
     }
 }

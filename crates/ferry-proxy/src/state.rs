@@ -30,6 +30,36 @@ pub(crate) struct Settings {
     pub request_timeout: Duration,
     /// Bound on dialling an upstream for a passthrough connection.
     pub connect_timeout: Duration,
+    /// Client deadlines (`[router]`, see `deadline.rs`).
+    pub first_byte_timeout: Duration,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub body_timeout: Duration,
+}
+
+/// Who may call the admin API.
+pub(crate) enum AdminAuth {
+    /// Callers must present this bearer token.
+    Token(ferry_secret::Secret),
+    /// `insecure_no_auth = true` on a loopback address.
+    Open,
+    /// No `[admin]` in the config: nobody (fails closed).
+    Nobody,
+}
+
+impl AdminAuth {
+    fn from_config(c: &Config) -> AdminAuth {
+        match &c.admin {
+            Some(a) => match &a.token {
+                Some(t) => AdminAuth::Token(t.clone()),
+                None if a.insecure_no_auth => AdminAuth::Open,
+                // The config check refuses this; should it get here, nobody
+                // gets in rather than everybody.
+                None => AdminAuth::Nobody,
+            },
+            None => AdminAuth::Nobody,
+        }
+    }
 }
 
 /// Pools by name with the settings the proxy needs next to them.
@@ -55,12 +85,12 @@ pub(crate) struct Shared {
     pub table: Arc<HostTable>,
     pub store: Arc<dyn Store>,
     pub holds: Holds,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub upstream: Upstream,
     pub access_log: ArcSwap<AccessLogger>,
     /// The config last applied and the path it came from (for reloads).
     pub config: Mutex<(Config, Option<PathBuf>)>,
-    pub admin_token: ArcSwap<Option<String>>,
+    pub admin_auth: ArcSwap<AdminAuth>,
 }
 
 pub(crate) const BUILTIN_MAINTENANCE_PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Maintenance</title></head><body><h1>Down for maintenance</h1><p>This site is being worked on and will be back shortly.</p></body></html>\n";
@@ -80,6 +110,10 @@ impl Settings {
                 .into(),
             request_timeout: c.router.request_timeout,
             connect_timeout: c.router.connect_timeout,
+            first_byte_timeout: c.router.first_byte_timeout,
+            header_timeout: c.router.header_timeout,
+            keepalive_timeout: c.router.keepalive_timeout,
+            body_timeout: c.router.body_timeout,
         }
     }
 }
@@ -216,13 +250,13 @@ impl Shared {
             table,
             store,
             holds: Holds::default(),
-            metrics,
+            metrics: Arc::new(metrics),
             upstream,
             access_log: ArcSwap::from_pointee(AccessLogger::open(
                 &config.router.access_log,
                 config.router.access_log_format,
             )?),
-            admin_token: ArcSwap::from_pointee(config.admin.as_ref().and_then(|a| a.token.clone())),
+            admin_auth: ArcSwap::from_pointee(AdminAuth::from_config(&config)),
             config: Mutex::new((config, path)),
         })
     }
@@ -316,8 +350,8 @@ impl Shared {
         self.table.set_default_site(new.router.default_site.clone());
         self.settings.store(Arc::new(Settings::from_config(&new)));
         self.access_log.store(Arc::new(access_log));
-        self.admin_token
-            .store(Arc::new(new.admin.as_ref().and_then(|a| a.token.clone())));
+        self.admin_auth
+            .store(Arc::new(AdminAuth::from_config(&new)));
         let changed: Vec<SiteId> = outcomes
             .iter()
             .filter(|(_, o)| matches!(o, Outcome::Added | Outcome::Changed))

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ferry_config::TlsSettings;
 use ferry_tls::{CertStore, StoreOptions};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 
 use crate::ProxyError;
@@ -163,7 +163,10 @@ pub(crate) fn render_store(store: &CertStore, out: &mut String) {
 /// on the blocking pool (a cold key means a disk read, and on one runtime
 /// thread that would stall every other connection); then the rest, whose
 /// certificate resolver finds the key cached.
-async fn accept(tls: &TlsState, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+async fn accept<S>(tls: &TlsState, stream: S) -> std::io::Result<TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let start =
         tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
     let sni = start.client_hello().server_name().map(str::to_owned);
@@ -178,12 +181,15 @@ async fn accept(tls: &TlsState, stream: TcpStream) -> std::io::Result<TlsStream<
 
 /// Runs the server side of the handshake, for at most the configured time.
 /// `None`: the client failed or took too long (counted, logged at debug).
-pub(crate) async fn handshake(
+pub(crate) async fn handshake<S>(
     tls: &TlsState,
-    stream: TcpStream,
+    stream: S,
+    peer: std::net::SocketAddr,
     counters: &TlsCounters,
-) -> Option<(TlsStream<TcpStream>, Alpn)> {
-    let peer = stream.peer_addr().ok();
+) -> Option<(TlsStream<S>, Alpn)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     match tokio::time::timeout(tls.handshake_timeout, accept(tls, stream)).await {
         Ok(Ok(s)) => {
             counters.ok.fetch_add(1, Ordering::Relaxed);
@@ -204,7 +210,7 @@ pub(crate) async fn handshake(
         }
         Ok(Err(e)) => {
             counters.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(?peer, error = %e, "TLS handshake failed");
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
             None
         }
         Err(_) => {

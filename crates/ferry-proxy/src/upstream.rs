@@ -28,7 +28,9 @@ use tokio::net::TcpStream;
 
 use crate::proxy_protocol;
 
-pub(crate) type UpBody = Either<Incoming, Empty<Bytes>>;
+/// A request body on its way upstream: the client's (cut if it stalls for
+/// `body_timeout`) or none.
+pub(crate) type UpBody = Either<crate::deadline::Progress<Incoming>, Empty<Bytes>>;
 
 /// Why an upstream exchange failed, and whether it may be retried elsewhere.
 #[derive(Debug)]

@@ -289,9 +289,10 @@ async fn forwards_learns_uses_and_repoints() {
     // Metrics carry the per-tunnel counters.
     let addr_admin = proxy.admin_addr().expect("admin");
     let mut s = TcpStream::connect(addr_admin).await.expect("metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
+    let get = format!(
+        "GET /metrics HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(get.as_bytes()).await.expect("write");
     let mut m = String::new();
     s.read_to_string(&mut m).await.expect("read");
     assert!(

@@ -51,8 +51,16 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             }
             None => String::new(),
         };
+        // Said on the valid line, so nobody runs an open admin API unawares.
+        let open_admin = match &config.admin {
+            Some(a) if a.insecure_no_auth => format!(
+                "; WARNING: admin API on {} without authentication (insecure_no_auth)",
+                a.listen
+            ),
+            _ => String::new(),
+        };
         println!(
-            "{}: valid: router {}, {} listener(s), {} passthrough listener(s), {} tunnel(s), {} pool(s), {} remote(s), {} site(s){certs}",
+            "{}: valid: router {}, {} listener(s), {} passthrough listener(s), {} tunnel(s), {} pool(s), {} remote(s), {} site(s){certs}{open_admin}",
             args.config.display(),
             config.router.name,
             config.listeners.len(),
@@ -69,6 +77,19 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // systemd starts services with 1024 open files (soft): a router needs
+    // one per client and one per upstream connection. The connection cap is
+    // derived from the raised limit.
+    match ferry_proxy::raise_nofile_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(?before, ?after, "open-file limit raised to the hard limit")
+        }
+        Ok((limit, _)) => tracing::info!(?limit, "open-file limit (already the hard limit)"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+    if let Some(a) = config.admin.as_ref().filter(|a| a.insecure_no_auth) {
+        tracing::warn!(listen = %a.listen, "admin API without authentication (insecure_no_auth = true)");
+    }
     let proxy = Proxy::start(config, Some(args.config.clone()))
         .await
         .map_err(|e| match e {

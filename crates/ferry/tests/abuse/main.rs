@@ -15,3 +15,4 @@ mod fleet;
 mod logs;
 mod report;
 mod sync;
+mod proxy;

@@ -1,11 +1,12 @@
-//! Prometheus metrics on the admin address: no token needed, the documented
-//! series are there, and they move with traffic.
+//! Prometheus metrics on the admin address: the token is needed (they name
+//! pools, servers and database nodes), the documented series are there, and
+//! they move with traffic.
 
 use crate::support::client;
 use crate::support::{metric, pool, router_config, site, workdir, Admin, Ferry, Nginx};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_are_public_and_count_traffic() {
+async fn metrics_need_the_token_and_count_traffic() {
     let dir = workdir();
     let web = Nginx::start("web");
     let config = router_config("dc1", "")
@@ -14,6 +15,15 @@ async fn metrics_are_public_and_count_traffic() {
         + &site("down.metrics.test", "pool:web", "state = \"maintenance\"");
     let ferry = Ferry::start(dir.path(), &config);
     let admin = Admin::new(ferry.admin);
+
+    let (status, _) = admin.call_as(None, http::Method::GET, "/metrics", "").await;
+    assert_eq!(status, 401, "/metrics without the token");
+    let (status, _) = admin
+        .call_as(Some("Bearer wrong"), http::Method::GET, "/metrics", "")
+        .await;
+    assert_eq!(status, 401, "/metrics with a wrong token");
+    let (status, _) = admin.call_as(None, http::Method::GET, "/healthz", "").await;
+    assert_eq!(status, 200, "/healthz stays open for load balancers");
 
     let before = admin.metrics().await;
     for name in [

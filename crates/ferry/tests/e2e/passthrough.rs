@@ -15,7 +15,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::client::connect;
+use crate::support::client::{client_hello, connect};
 use crate::support::{free_port, metric, router_config, site, workdir, Admin, Deadline, Ferry};
 
 const HOST: &str = "tls.test";
@@ -238,36 +238,6 @@ async fn wait_count(admin: &Admin, result: &str, n: f64) {
     }
 }
 
-/// A ClientHello as a TLS 1.3 client would start one (the content beyond the
-/// server name does not matter to the router), in one record.
-fn client_hello(server_name: Option<&str>) -> Vec<u8> {
-    let mut ext = Vec::new();
-    if let Some(name) = server_name {
-        let n = name.len() as u16;
-        ext.extend_from_slice(&[0, 0]);
-        ext.extend_from_slice(&(n + 5).to_be_bytes());
-        ext.extend_from_slice(&(n + 3).to_be_bytes());
-        ext.push(0);
-        ext.extend_from_slice(&n.to_be_bytes());
-        ext.extend_from_slice(name.as_bytes());
-    }
-    // supported_versions: TLS 1.3.
-    ext.extend_from_slice(&[0, 43, 0, 3, 2, 3, 4]);
-    let mut body = vec![3, 3];
-    body.extend_from_slice(&[0x42; 32]);
-    body.push(0);
-    body.extend_from_slice(&[0, 2, 0x13, 0x01, 1, 0]);
-    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
-    body.extend_from_slice(&ext);
-    let mut msg = vec![1, 0];
-    msg.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    msg.extend_from_slice(&body);
-    let mut record = vec![22, 3, 1];
-    record.extend_from_slice(&(msg.len() as u16).to_be_bytes());
-    record.extend_from_slice(&msg);
-    record
-}
-
 /// How the router ended a raw connection.
 #[derive(Debug, PartialEq, Eq)]
 enum Ending {
@@ -374,7 +344,7 @@ async fn a_hop_through_a_remote_router_keeps_the_client_address() {
         )
         + &tls_pool("web")
         + &format!(
-            "\n[[passthrough]]\nlisten = \"127.0.0.1:{b_port}\"\nproxy_protocol = true\nbackend_port = {}\nsend_proxy = true\n",
+            "\n[[passthrough]]\nlisten = \"127.0.0.1:{b_port}\"\nproxy_protocol = true\ntrusted_networks = [\"127.0.0.1\"]\nbackend_port = {}\nsend_proxy = true\n",
             web.port
         )
         + &site(HOST, "pool:web", "")

@@ -85,9 +85,9 @@ impl Admin {
         assert_eq!(status, 200, "PUT /v1/sites/{host} {body}: {v}");
     }
 
-    /// GET /metrics (no token needed).
+    /// GET /metrics (with the token: the metrics name servers and nodes).
     pub async fn metrics(&self) -> String {
-        let (status, v) = self.call_as(None, Method::GET, "/metrics", "").await;
+        let (status, v) = self.get("/metrics").await;
         assert_eq!(status, 200, "GET /metrics: {v}");
         match v {
             Value::String(s) => s,

@@ -204,3 +204,46 @@ pub async fn raw_on(mut stream: TcpStream, bytes: &[u8], wait: Duration) -> Raw 
         closed,
     }
 }
+
+/// A minimal TLS 1.3 ClientHello record, with an SNI extension when
+/// `server_name` is given: enough for the passthrough listener's parser.
+pub fn client_hello(server_name: Option<&str>) -> Vec<u8> {
+    let mut ext = Vec::new();
+    if let Some(name) = server_name {
+        let n = name.len() as u16;
+        ext.extend_from_slice(&[0, 0]);
+        ext.extend_from_slice(&(n + 5).to_be_bytes());
+        ext.extend_from_slice(&(n + 3).to_be_bytes());
+        ext.push(0);
+        ext.extend_from_slice(&n.to_be_bytes());
+        ext.extend_from_slice(name.as_bytes());
+    }
+    // supported_versions: TLS 1.3.
+    ext.extend_from_slice(&[0, 43, 0, 3, 2, 3, 4]);
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[0x42; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut msg = vec![1, 0];
+    msg.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    msg.extend_from_slice(&body);
+    let mut record = vec![22, 3, 1];
+    record.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    record.extend_from_slice(&msg);
+    record
+}
+
+/// A PROXY protocol v2 header (PROXY command, TCP over IPv4) naming `src`
+/// as the client and `dst` as the address it reached.
+#[allow(dead_code)] // used by the abuse suite
+pub fn proxy_v2_header(src: std::net::SocketAddrV4, dst: std::net::SocketAddrV4) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&src.ip().octets());
+    h.extend_from_slice(&dst.ip().octets());
+    h.extend_from_slice(&src.port().to_be_bytes());
+    h.extend_from_slice(&dst.port().to_be_bytes());
+    h
+}

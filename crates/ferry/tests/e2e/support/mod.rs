@@ -11,6 +11,8 @@ use std::time::Duration;
 
 pub use admin::{metric, Admin, TOKEN};
 pub use procs::{free_port, Backend, Ferry, Nginx};
+// The abuse suite shares this module and does not use every helper.
+#[allow(unused_imports)]
 pub use traffic::Traffic;
 
 /// A bound on a polling loop: `tick` sleeps a little, and fails the test with

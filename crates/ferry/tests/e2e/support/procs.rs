@@ -81,12 +81,37 @@ impl Ferry {
     /// Starts the router on an existing config file; its output goes to files
     /// next to it (printed when the start fails).
     pub fn start_file(config: &Path) -> Ferry {
+        Ferry::start_under(config, &[])
+    }
+
+    /// Writes `config` and starts the router with an open-file limit of
+    /// `nofile` (soft and hard, so the router cannot raise it), through
+    /// util-linux's prlimit, which execs the router in place (same pid).
+    #[allow(dead_code)] // used by the abuse suite
+    pub fn start_with_nofile(dir: &Path, config: &str, nofile: u64) -> Ferry {
+        let path = dir.join("proxy.toml");
+        std::fs::write(&path, config).expect("writing proxy.toml");
+        let limit = format!("--nofile={nofile}:{nofile}");
+        Ferry::start_under(&path, &["prlimit", &limit, "--"])
+    }
+
+    /// Starts the router, through `wrapper` (a command that execs its
+    /// arguments) when it is not empty.
+    fn start_under(config: &Path, wrapper: &[&str]) -> Ferry {
         let dir = config.parent().expect("config file has a directory");
         let run = RUNS.fetch_add(1, Ordering::Relaxed);
         let ready = dir.join(format!("ready-{run}.json"));
         let stdout = dir.join(format!("ferry-{run}.stdout"));
         let stderr = dir.join(format!("ferry-{run}.stderr"));
-        let child = Command::new(FERRY)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(FERRY);
+                c
+            }
+            None => Command::new(FERRY),
+        };
+        let child = command
             .args(["proxy", "--grace", "2s", "--config"])
             .arg(config)
             .arg("--ready-file")
@@ -182,7 +207,7 @@ impl Drop for Ferry {
 }
 
 /// A real nginx answering `NAME PATH X-FORWARDED-FOR` with `X-Backend: NAME`,
-/// and `/healthz`. One process (`master_process off`), everything in its own
+/// and `/healthz`; `/files/NAME` serves what [`Nginx::put_file`] wrote. One process (`master_process off`), everything in its own
 /// temporary prefix, requests logged to `access.log` there.
 pub struct Nginx {
     child: Child,
@@ -233,6 +258,9 @@ http {{
         listen 127.0.0.1:{port};
         location = /healthz {{
             return 200 "ok\n";
+        }}
+        location /files/ {{
+            alias {d}/files/;
         }}
         location / {{
             add_header X-Backend {name} always;
@@ -289,6 +317,14 @@ http {{
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Writes a file nginx serves at `/files/NAME`: `len` bytes of `fill`.
+    #[allow(dead_code)] // used by the abuse suite
+    pub fn put_file(&self, name: &str, len: usize, fill: u8) {
+        let dir = self.dir.path().join("files");
+        std::fs::create_dir_all(&dir).expect("creating nginx files/");
+        std::fs::write(dir.join(name), vec![fill; len]).expect("writing a file for nginx");
     }
 
     /// The requests nginx logged so far, as `METHOD URI fwd=FORWARDED xff=X-FORWARDED-FOR`.

@@ -1,0 +1,402 @@
+//! Attacks on the router (`ferry proxy`), issue 15 #1, #2, #3, #10, #11:
+//! silent connections at the open-file limit, slow admin requests, an admin
+//! API without a token, a client that stops reading its response, and a
+//! spoofed PROXY header on a passthrough listener. Each replays the attack
+//! against the real binary (deadlines configured short so the test is
+//! quick) and asserts what the attacker and a normal client see.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::report;
+use crate::support::client::{self, client_hello, connect, proxy_v2_header};
+use crate::support::procs::FERRY;
+use crate::support::{metric, pool, router_config, site, workdir, Admin, Deadline, Ferry, Nginx};
+
+const HOST: &str = "www.abuse.test";
+/// Bound on waiting for the router to act: only there to catch hangs.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Reads until the router closes `s` (end of file or reset); false if it
+/// is still open at `end`.
+async fn closed_by(s: &mut TcpStream, end: tokio::time::Instant) -> bool {
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout_at(end, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A pool whose server is checked every 200 ms: a router that cannot open
+/// a socket for its checks marks it down within a second.
+fn checked_pool(server: SocketAddr) -> String {
+    pool("web", &[("s1", server)])
+        + "\n[pool.health]\npath = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 2\n"
+}
+
+const SERVER_UP: &str = r#"ferry_server_up{pool="web",server="s1"}"#;
+
+/// #1: 300 connections that send nothing, against a router whose open-file
+/// limit is 256. Before: they used every descriptor; requests timed out,
+/// health checks failed (every server down), accepts failed in a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_at_the_file_limit_are_closed_and_requests_served() {
+    let dir = workdir();
+    let web = Nginx::start("web");
+    let config = router_config("dc1", "first_byte_timeout = \"1s\"")
+        + &checked_pool(web.addr())
+        + &site(HOST, "pool:web", "");
+    let ferry = Ferry::start_with_nofile(dir.path(), &config, 256);
+    let admin = Admin::new(ferry.admin);
+    let up = Deadline::new("the server to be up", LIMIT);
+    while metric(&admin.metrics().await, SERVER_UP) != Some(1.0) {
+        up.tick().await;
+    }
+
+    let mut silent = Vec::with_capacity(300);
+    for _ in 0..300 {
+        silent.push(connect(ferry.addr(), None).await);
+    }
+    // Normal clients, each on a new connection, while the cap is full:
+    // they wait in the backlog behind the silent ones (cut each second).
+    let started = Instant::now();
+    let requests: Vec<_> = (0..10)
+        .map(|_| {
+            let addr = ferry.addr();
+            tokio::spawn(async move { client::get(&client::http1(), addr, HOST, "/").await })
+        })
+        .collect();
+    let mut health_seen = Vec::new();
+    let mut served = true;
+    for r in requests {
+        let r = r.await.expect("request task");
+        served &= matches!(&r, Ok(reply) if reply.status == 200);
+        health_seen.push(metric(&admin.metrics().await, SERVER_UP));
+    }
+    let slowest = started.elapsed();
+    let end = tokio::time::Instant::now() + LIMIT;
+    let mut still_open = 0;
+    for s in &mut silent {
+        if !closed_by(s, end).await {
+            still_open += 1;
+        }
+    }
+    let m = admin.metrics().await;
+    let paused = metric(&m, r#"ferry_accept_paused_total{kind="http"}"#).unwrap_or(0.0);
+    let cut = metric(&m, "ferry_first_byte_timeouts_total").unwrap_or(0.0);
+    let after = client::get(&client::http1(), ferry.addr(), HOST, "/").await;
+    served &= matches!(&after, Ok(reply) if reply.status == 200);
+    report::row(
+        "300 silent connections, open-file limit 256 (#1)",
+        &format!(
+            "{} closed by first_byte_timeout, accept paused {paused} times, 10 requests served within {:.1} s",
+            300 - still_open,
+            slowest.as_secs_f64()
+        ),
+        report::rss_kib(ferry.pid),
+        served,
+    );
+    assert_eq!(still_open, 0, "silent connections left open");
+    assert!(served, "normal requests were not served: {after:?}");
+    assert!(
+        health_seen.iter().all(|h| *h == Some(1.0)),
+        "health checks flapped: {health_seen:?}"
+    );
+    assert!(cut >= 300.0, "first-byte timeouts counted: {cut}");
+    assert!(
+        paused >= 1.0,
+        "the cap (derived from 256 files) never paused accepting"
+    );
+    assert!(
+        !ferry.stderr().contains("Too many open files"),
+        "the router ran out of descriptors:\n{}",
+        ferry.stderr()
+    );
+}
+
+/// #2: half-sent admin requests and an idle HTTP/2 preface. Before: the
+/// admin API had no header timeout, they stayed open for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_admin_connections_are_closed_and_the_api_stays_reachable() {
+    let dir = workdir();
+    let web = Nginx::start("web");
+    let config = router_config("dc1", "header_timeout = \"1s\"\nkeepalive_timeout = \"1s\"")
+        + &pool("web", &[("s1", web.addr())])
+        + &site(HOST, "pool:web", "");
+    let ferry = Ferry::start(dir.path(), &config);
+    let admin = Admin::new(ferry.admin);
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut s = connect(ferry.admin, None).await;
+        s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: admin\r\n")
+            .await
+            .expect("writing half a request");
+        slow.push(s);
+    }
+    let mut h2 = connect(ferry.admin, None).await;
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("writing an h2 preface");
+    slow.push(h2);
+    slow.push(connect(ferry.admin, None).await);
+    let started = Instant::now();
+    let (status, _) = admin.get("/v1/status").await;
+    let served = status == 200;
+    let end = tokio::time::Instant::now() + LIMIT;
+    let mut still_open = 0;
+    for s in &mut slow {
+        if !closed_by(s, end).await {
+            still_open += 1;
+        }
+    }
+    let took = started.elapsed();
+    report::row(
+        "50 half-sent admin requests + idle h2 preface + silent (#2)",
+        &format!(
+            "{} of 52 closed within {:.1} s (header_timeout 1 s); API answered meanwhile",
+            52 - still_open,
+            took.as_secs_f64()
+        ),
+        report::rss_kib(ferry.pid),
+        served,
+    );
+    assert!(served, "the admin API did not answer during the attack");
+    assert_eq!(still_open, 0, "slow admin connections left open");
+}
+
+/// Runs `ferry proxy ARGS` and returns (exit code, stdout + stderr); a
+/// process still running after LIMIT is killed and reported as `None`.
+fn run_ferry(args: &[&str]) -> (Option<i32>, String) {
+    let dir = workdir();
+    let out = dir.path().join("out");
+    let mut child = Command::new(FERRY)
+        .arg("proxy")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("creating output file"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting ferry proxy");
+    let end = Instant::now() + LIMIT;
+    let code = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status.code(),
+            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let mut text = std::fs::read_to_string(&out).unwrap_or_default();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut text);
+    }
+    (code, text)
+}
+
+/// #3: `[admin]` without a token. Before: `--check` said valid, the router
+/// started with no authentication and an anonymous PUT installed a
+/// certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_api_without_a_token_does_not_start() {
+    let dir = workdir();
+    let open = "[router]\nname = \"dc1\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\n";
+    let path = dir.path().join("open.toml");
+    std::fs::write(&path, open).expect("writing open.toml");
+    let path_arg = path.to_str().expect("utf-8 path");
+    let (check, check_out) = run_ferry(&["--check", "--config", path_arg]);
+    let (start, start_out) = run_ferry(&["--config", path_arg]);
+
+    let insecure = open.replace(
+        "listen = \"127.0.0.1:0\"\n\n[[listener]]",
+        "listen = \"127.0.0.1:0\"\ninsecure_no_auth = true\n\n[[listener]]",
+    );
+    let insecure_path = dir.path().join("insecure.toml");
+    std::fs::write(&insecure_path, &insecure).expect("writing insecure.toml");
+    let (insecure_check, insecure_out) = run_ferry(&[
+        "--check",
+        "--config",
+        insecure_path.to_str().expect("utf-8 path"),
+    ]);
+    let public = insecure.replace("127.0.0.1:0\"\ninsecure", "0.0.0.0:0\"\ninsecure");
+    let public_path = dir.path().join("public.toml");
+    std::fs::write(&public_path, &public).expect("writing public.toml");
+    let (public_check, public_out) = run_ferry(&[
+        "--check",
+        "--config",
+        public_path.to_str().expect("utf-8 path"),
+    ]);
+
+    // With a token, nothing but /healthz answers without it.
+    let ferry = Ferry::start(dir.path(), &router_config("dc1", ""));
+    let admin = Admin::new(ferry.admin);
+    let (put, _) = admin
+        .call_as(None, http::Method::PUT, "/v1/certs/evil", "x")
+        .await;
+    let (metrics, _) = admin.call_as(None, http::Method::GET, "/metrics", "").await;
+    let (status, _) = admin.get("/v1/status").await;
+
+    report::row(
+        "[admin] without a token (#3)",
+        &format!(
+            "--check exit {check:?}, start exit {start:?}; anonymous PUT /v1/certs {put}, /metrics {metrics}"
+        ),
+        report::rss_kib(ferry.pid),
+        status == 200,
+    );
+    assert_eq!(check, Some(2), "--check must refuse it:\n{check_out}");
+    assert!(
+        check_out.contains("open.toml:5:10") && check_out.contains("no token"),
+        "the refusal names file:line:col and why:\n{check_out}"
+    );
+    assert_eq!(start, Some(2), "the router must not start:\n{start_out}");
+    assert_eq!(insecure_check, Some(0), "{insecure_out}");
+    assert!(
+        insecure_out.contains("without authentication"),
+        "--check says the API is open:\n{insecure_out}"
+    );
+    assert_eq!(public_check, Some(2), "{public_out}");
+    assert!(public_out.contains("loopback"), "{public_out}");
+    assert_eq!(put, 401, "anonymous certificate upload");
+    assert_eq!(metrics, 401, "anonymous /metrics");
+}
+
+/// #10: a client that asks for a 64 MiB file and reads none of it. Before:
+/// its request stayed in flight for as long as it kept the connection (a
+/// freeze of the site could never drain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_and_in_flight_returns_to_zero() {
+    let dir = workdir();
+    let web = Nginx::start("web");
+    web.put_file("big", 64 << 20, b'x');
+    let config = router_config("dc1", "body_timeout = \"2s\"")
+        + &pool("web", &[("s1", web.addr())])
+        + &site(HOST, "pool:web", "");
+    let ferry = Ferry::start(dir.path(), &config);
+    let admin = Admin::new(ferry.admin);
+
+    // A small receive window, so the router's writes block soon.
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut reader = socket.connect(ferry.addr()).await.expect("connecting");
+    reader
+        .write_all(format!("GET /files/big HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .expect("writing the request");
+    let in_flight = |v: serde_json::Value| v["in_flight"].as_u64();
+    let seen = Deadline::new("the request to be in flight", LIMIT);
+    while in_flight(admin.site(HOST).await) != Some(1) {
+        seen.tick().await;
+    }
+    let stalled_at = Instant::now();
+    let drained = Deadline::new("in_flight to return to 0", LIMIT);
+    while in_flight(admin.site(HOST).await) != Some(0) {
+        drained.tick().await;
+    }
+    let held_for = stalled_at.elapsed();
+    let m = admin.metrics().await;
+    let cut = metric(&m, r#"ferry_body_timeouts_total{stalled="client_receive"}"#);
+    let other = client::get(&client::http1(), ferry.addr(), HOST, "/").await;
+    let served = matches!(&other, Ok(r) if r.status == 200);
+    // The reader finds its connection closed once it reads what was sent.
+    let closed = closed_by(&mut reader, tokio::time::Instant::now() + LIMIT).await;
+    report::row(
+        "client reads nothing of a 64 MiB response (#10)",
+        &format!(
+            "cut after {:.1} s (body_timeout 2 s), in_flight back to 0",
+            held_for.as_secs_f64()
+        ),
+        report::rss_kib(ferry.pid),
+        served,
+    );
+    assert_eq!(cut, Some(1.0), "the stall is counted");
+    assert!(closed, "the stalled connection was not closed");
+    assert!(served, "a normal request failed: {other:?}");
+}
+
+/// #11: a PROXY header claiming an operator's address, sent to a
+/// passthrough listener with `proxy_protocol = true` from a peer that is
+/// not a router. Before: believed from anyone, so the client passed
+/// maintenance. Also: a spliced connection idle for `idle_timeout` is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_header_from_an_untrusted_peer_is_refused() {
+    let dir = workdir();
+    // The pool server's TLS port: a bare listener that shows who reaches it.
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding the backend");
+    let backend_port = backend.local_addr().expect("backend address").port();
+    let config = router_config("dc1", "operator_networks = [\"10.9.9.9\"]")
+        + &pool("web", &[("s1", "127.0.0.1:9".parse().expect("address"))])
+        + &site(HOST, "pool:web", "state = \"maintenance\"")
+        + &format!(
+            "\n[[passthrough]]\nlisten = \"127.0.0.1:0\"\nproxy_protocol = true\ntrusted_networks = [\"127.0.0.2\"]\nbackend_port = {backend_port}\nidle_timeout = \"1s\"\n"
+        );
+    let ferry = Ferry::start(dir.path(), &config);
+    let admin = Admin::new(ferry.admin);
+    let listener = ferry.passthrough[0];
+    let spoof = || {
+        let mut bytes = proxy_v2_header(
+            SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 40000),
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, listener.port()),
+        );
+        bytes.extend_from_slice(&client_hello(Some(HOST)));
+        bytes
+    };
+
+    // The attacker (127.0.0.1) claims to be the operator.
+    let mut attacker = connect(listener, Some(Ipv4Addr::LOCALHOST.into())).await;
+    attacker.write_all(&spoof()).await.expect("writing");
+    let refused = closed_by(&mut attacker, tokio::time::Instant::now() + LIMIT).await;
+    let reached_backend = tokio::time::timeout(Duration::from_millis(200), backend.accept())
+        .await
+        .is_ok();
+
+    // A router (127.0.0.2, trusted) naming the same operator: spliced to the
+    // server, which sees the ClientHello; then closed when idle for 1 s.
+    let trusted = Ipv4Addr::new(127, 0, 0, 2);
+    let mut router = connect(listener, Some(trusted.into())).await;
+    router.write_all(&spoof()).await.expect("writing");
+    let (mut upstream, _) = tokio::time::timeout(LIMIT, backend.accept())
+        .await
+        .expect("the trusted router's connection reaches the server")
+        .expect("accept");
+    let hello = client_hello(Some(HOST));
+    let mut got = vec![0u8; hello.len()];
+    upstream
+        .read_exact(&mut got)
+        .await
+        .expect("reading the hello");
+    let idle_closed = closed_by(&mut router, tokio::time::Instant::now() + LIMIT).await;
+
+    let m = admin.metrics().await;
+    let untrusted = metric(
+        &m,
+        r#"ferry_passthrough_connections_total{result="untrusted_peer"}"#,
+    );
+    let idle = metric(&m, "ferry_passthrough_idle_closed_total");
+    report::row(
+        "spoofed PROXY header on a passthrough listener (#11)",
+        &format!(
+            "attacker closed, reached the server: {reached_backend}; trusted router spliced, idle splice closed: {idle_closed}"
+        ),
+        report::rss_kib(ferry.pid),
+        got == hello,
+    );
+    assert!(refused, "the spoofing client was not closed");
+    assert!(!reached_backend, "the spoofed operator passed maintenance");
+    assert_eq!(untrusted, Some(1.0), "the refusal is counted");
+    assert_eq!(got, hello, "the server got the ClientHello");
+    assert!(idle_closed, "the idle splice stayed open");
+    assert_eq!(idle, Some(1.0));
+}
