@@ -21,6 +21,8 @@ command -v varnishd >/dev/null 2>&1 || [ -x /usr/sbin/varnishd ] || need+=(varni
 # The package test: dpkg-deb, objcopy, systemd-analyze, systemd-sysusers.
 command -v objcopy >/dev/null 2>&1 || need+=(binutils)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# The operator's view: prometheus and promtool (alert rules, dashboard queries).
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing test dependencies: ${need[*]} (run as root, or: sudo apt-get install -y ${need[*]})" >&2

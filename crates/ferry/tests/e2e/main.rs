@@ -16,6 +16,7 @@ mod load;
 mod maintenance;
 mod metrics;
 mod passthrough;
+mod prometheus;
 mod remote;
 mod restart;
 mod routing;
