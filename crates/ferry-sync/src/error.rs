@@ -51,6 +51,9 @@ pub enum SyncError {
     /// The request is valid but not supported in this combination.
     #[error("{0}")]
     Unsupported(String),
+    /// A key file is unreadable, empty, or open to others (see ferry-secret).
+    #[error(transparent)]
+    Secret(#[from] ferry_secret::SecretError),
     /// A basis or block reference points outside the file it refers to.
     #[error("{path:?}: {message}")]
     Corrupt { path: String, message: String },

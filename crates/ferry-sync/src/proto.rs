@@ -1051,7 +1051,15 @@ pub fn derive_key(psk: &str) -> [u8; 32] {
     blake3::derive_key("ferry-sync 2025 pre-shared key v1", psk.as_bytes())
 }
 
-/// Constant-time equality of two MACs.
+/// Reads a pre-shared key from `path` under ferry-secret's rule (readable
+/// by its owner only, trimmed, not empty) and derives the MAC key; `what`
+/// names the setting in errors.
+pub fn read_key_file(what: &str, path: &std::path::Path) -> Result<[u8; 32]> {
+    let psk = ferry_secret::read_file(what, path)?;
+    Ok(derive_key(psk.expose()))
+}
+
+/// Constant-time equality of two MACs (fixed length: nothing to leak).
 pub fn mac_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     blake3::Hash::from(*a) == blake3::Hash::from(*b)
 }

@@ -13,8 +13,9 @@ use crate::Failure;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Agent configuration (TOML: listen, key or key_file, [volumes.NAME] with
-    /// path and read_only). See examples/agent.toml.
+    /// Agent configuration (TOML: listen, key or key_file (mode 0600),
+    /// limits, [volumes.NAME] with path, read_only and watch). See
+    /// examples/agent.toml.
     #[arg(long, required_unless_present_any = ["exec_config", "join"])]
     config: Option<PathBuf>,
     /// Exec server configuration (TOML: listen, audit_log, [callers.NAME],

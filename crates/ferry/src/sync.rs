@@ -190,13 +190,11 @@ impl Settings {
             .chain(&dsts)
             .any(|e| matches!(e, Endpoint::Remote { .. }));
         let key = match (&a.key, &a.key_file) {
-            (Some(k), _) => Some(k.clone()),
-            (None, Some(f)) => Some(
-                std::fs::read_to_string(f)
-                    .map_err(|e| Failure::usage(anyhow!("--key-file {}: {e}", f.display())))?
-                    .trim()
-                    .to_string(),
-            ),
+            (Some(k), _) => Some(ferry_sync::proto::derive_key(k)),
+            // Refused when others may read it, as the agent's key_file.
+            (None, Some(f)) => {
+                Some(ferry_sync::proto::read_key_file("--key-file", f).map_err(Failure::usage)?)
+            }
             (None, None) if remote => {
                 return Err(Failure::usage(anyhow!(
                     "a ferry:// endpoint needs the agent's key: FERRY_SYNC_KEY, --key-file or --key"
@@ -213,7 +211,7 @@ impl Settings {
             converge,
             verify: a.verify,
             json: a.json,
-            key: key.map(|k| ferry_sync::proto::derive_key(&k)),
+            key,
         })
     }
 }

@@ -511,3 +511,28 @@ fn agent_check_names_the_bad_line() {
     let o = run(&["agent", "--check", "--config", ex.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+#[test]
+fn a_key_file_others_can_read_is_refused_before_connecting() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let (src, key) = (t.path().join("src"), t.path().join("sync.key"));
+    fs::create_dir_all(&src).unwrap();
+    fs::write(&key, format!("{KEY}\n")).unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let o = ferry()
+        .env_remove("FERRY_SYNC_KEY")
+        .args(["sync", "--key-file"])
+        .arg(&key)
+        .arg(&src)
+        .arg(format!("ferry://127.0.0.1:{}/www", free_port()))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("sync.key") && err.contains("chmod 600"),
+        "{}",
+        text(&o)
+    );
+}
