@@ -65,6 +65,8 @@ default_site = "default.bench.test"
 
 [admin]
 listen = "127.0.0.1:$admin"
+# Loopback bench: no token (the router refuses an [admin] without one otherwise).
+insecure_no_auth = true
 
 [[listener]]
 listen = "127.0.0.1:$port"

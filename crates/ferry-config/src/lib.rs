@@ -129,8 +129,9 @@ pub struct RouterSettings {
     /// connections wait in the kernel's backlog). `None`: derived at start
     /// from the open-file limit, as HAProxy derives `maxconn`.
     pub max_connections: Option<usize>,
-    /// A new connection must send its first bytes within this (plain HTTP:
-    /// enough to tell HTTP/1.1 from h2c; TLS: the start of the ClientHello).
+    /// A new connection must send its first bytes within this (its PROXY
+    /// header, and on plain HTTP enough to tell HTTP/1.1 from h2c; on TLS
+    /// listeners `[tls] handshake_timeout` bounds the handshake whole).
     pub first_byte_timeout: Duration,
     /// A request head must be whole within this (HTTP/1.1: counted from the
     /// end of the previous response on a keep-alive connection).

@@ -180,9 +180,9 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let settings = shared.settings.load_full();
-    // Everything before the first request (PROXY header, protocol sniff or
-    // the first ClientHello byte) must arrive within first_byte_timeout:
-    // a silent connection costs a descriptor and a slot of the cap.
+    // Everything before the first request (PROXY header, protocol sniff)
+    // must arrive within first_byte_timeout: a silent connection costs a
+    // descriptor and a slot of the cap.
     let first_bytes = Instant::now() + settings.first_byte_timeout;
     let silent = || {
         shared
@@ -273,15 +273,8 @@ async fn serve_connection(
             serve_http(io, peer, proto, false, limits, handler, metrics, shutdown).await
         }
         Some(t) => {
-            let mut probe = [0u8; 1];
-            match tokio::time::timeout_at(first_bytes, stream.peek(&mut probe)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(_) => return,
-                Err(_) => {
-                    silent();
-                    return;
-                }
-            }
+            // No separate first-byte wait: `[tls] handshake_timeout` bounds
+            // the whole handshake, its first byte included.
             let io = SendDeadline::new(stream, body_timeout, Arc::clone(&metrics));
             let Some((stream, alpn)) =
                 crate::tls::handshake(&t, io, peer, &shared.metrics.tls).await
