@@ -400,3 +400,56 @@ async fn a_proxy_header_from_an_untrusted_peer_is_refused() {
     assert!(idle_closed, "the idle splice stayed open");
     assert_eq!(idle, Some(1.0));
 }
+
+/// Idle keep-alive connections (the issue's "idle keep-alive and h2 idle
+/// timeouts"): an HTTP/1.1 client that made one request, and an h2c client
+/// that sent its preface and nothing else. Before: HTTP/2 connections were
+/// never closed for idleness, HTTP/1.1 ones after a fixed 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_connections_are_closed() {
+    let dir = workdir();
+    let web = Nginx::start("web");
+    let config = router_config("dc1", "keepalive_timeout = \"1s\"\nheader_timeout = \"5s\"")
+        + &pool("web", &[("s1", web.addr())])
+        + &site(HOST, "pool:web", "");
+    let ferry = Ferry::start(dir.path(), &config);
+    let admin = Admin::new(ferry.admin);
+
+    let mut h1 = connect(ferry.addr(), None).await;
+    h1.write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .expect("writing a request");
+    let mut answer = [0u8; 12];
+    h1.read_exact(&mut answer)
+        .await
+        .expect("reading the answer");
+    let served = &answer == b"HTTP/1.1 200";
+    let mut h2 = connect(ferry.addr(), None).await;
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("writing an h2 preface");
+    let started = Instant::now();
+    // Well under the old 30 s, well over the 1 s asked.
+    let end = tokio::time::Instant::now() + Duration::from_secs(15);
+    let h1_closed = closed_by(&mut h1, end).await;
+    let h2_closed = closed_by(&mut h2, end).await;
+    let took = started.elapsed();
+    let counted = metric(&admin.metrics().await, "ferry_keepalive_closed_total");
+    report::row(
+        "idle HTTP/1.1 keep-alive + idle h2c connection",
+        &format!(
+            "both closed after {:.1} s (keepalive_timeout 1 s)",
+            took.as_secs_f64()
+        ),
+        report::rss_kib(ferry.pid),
+        served,
+    );
+    assert!(served, "the request before going idle was not served");
+    assert!(h1_closed, "idle HTTP/1.1 connection left open");
+    assert!(h2_closed, "idle h2c connection left open");
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed before keepalive_timeout"
+    );
+    assert_eq!(counted, Some(2.0));
+}
