@@ -19,6 +19,7 @@ mod dbmove;
 mod error;
 pub mod failpoint;
 pub mod journal;
+mod metrics;
 pub mod plan;
 pub mod progress;
 pub mod report;

@@ -289,7 +289,7 @@ async fn handle(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path();
     if !matches!(
         path,
-        "/" | "/v1/migration" | "/v1/migration/events" | "/healthz"
+        "/" | "/v1/migration" | "/v1/migration/events" | "/healthz" | "/metrics"
     ) {
         return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"));
     }
@@ -312,6 +312,13 @@ async fn handle(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Resp {
             None => error(StatusCode::SERVICE_UNAVAILABLE, "no migration status yet"),
         },
         "/v1/migration/events" => events(ctx),
+        "/metrics" => match fetch(&ctx.status).await {
+            Some(s) => with_type(
+                full(StatusCode::OK, crate::metrics::render(&s)),
+                "text/plain; version=0.0.4",
+            ),
+            None => error(StatusCode::SERVICE_UNAVAILABLE, "no migration status yet"),
+        },
         _ => with_type(full(StatusCode::OK, "{\"ok\":true}\n"), "application/json"),
     }
 }

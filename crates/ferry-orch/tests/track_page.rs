@@ -466,6 +466,23 @@ async fn json_health_and_errors() {
     assert!(r.head.contains("content-type: text/html"));
     assert!(r.body.contains("new EventSource('/v1/migration/events')"));
 
+    // Prometheus' view of the same status: units by state, no unit labels.
+    let r = http(srv.addr, "GET", "/metrics").await;
+    assert_eq!(r.code, 200);
+    assert!(r.head.contains("content-type: text/plain"), "{}", r.head);
+    let units: usize = r
+        .body
+        .lines()
+        .filter(|l| l.starts_with("ferry_migration_units{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(units, fixture().units.len(), "{}", r.body);
+    assert!(
+        r.body.contains("ferry_migration_freeze_seconds_count"),
+        "{}",
+        r.body
+    );
+
     let r = http(srv.addr, "GET", "/healthz").await;
     assert_eq!((r.code, r.body.trim()), (200, "{\"ok\":true}"));
     assert_eq!(http(srv.addr, "GET", "/nope").await.code, 404);

@@ -216,7 +216,7 @@ async fn prometheus_scrapes_a_router_and_every_dashboard_panel_has_data() {
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(loaded.len(), 11, "every rule of ferry-alerts.yml loaded");
+    assert_eq!(loaded.len(), 14, "every rule of ferry-alerts.yml loaded");
     let healthy = Deadline::new("rules evaluated", Duration::from_secs(60));
     loop {
         let rules = get(prom.addr, "/api/v1/rules", &[]).await.unwrap();
@@ -241,11 +241,13 @@ async fn prometheus_scrapes_a_router_and_every_dashboard_panel_has_data() {
     )
     .unwrap();
     // Panels of parts this test does not run, each covered elsewhere: Galera
-    // nodes (crates/ferry-proxy/tests/galera.rs) and exec servers
-    // (crates/ferry/tests/fleet.rs).
+    // nodes (crates/ferry-proxy/tests/galera.rs), exec servers
+    // (crates/ferry/tests/fleet.rs) and the migration's tracking server
+    // (crates/ferry-orch/tests/track_page.rs).
     let elsewhere = [
         "ferry_tunnel_galera_node_usable",
         "ferry_exec_requests_total",
+        "ferry_migration_",
     ];
     let mut checked = 0;
     for panel in dashboard["panels"].as_array().unwrap() {
