@@ -1,13 +1,17 @@
 //! The first copy: one consistent snapshot shared by several connections,
-//! tables cut into primary-key chunks, chunks copied in parallel as batched
-//! multi-row INSERTs.
+//! tables cut into primary-key chunks, chunks copied in parallel. Rows go
+//! to the destination as `LOAD DATA LOCAL INFILE` from an in-memory stream
+//! (tab-separated, escaped, bytes as stored: about a third less work for the
+//! destination than parsing the same rows as INSERT statements), or as
+//! batched multi-row INSERTs where the destination refuses local infile.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use mysql_async::prelude::Queryable;
-use mysql_async::Conn;
+use mysql_async::{Conn, Value};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::endpoint::{ident, Endpoint, Session};
@@ -145,6 +149,14 @@ pub(crate) async fn copy_tables(
         ..
     } = snap;
     let mut ddl = connect_dest().await?;
+    let local_infile: Option<String> = ddl
+        .query_first("SELECT CAST(@@GLOBAL.local_infile AS CHAR)")
+        .await
+        .ctx(Side::Destination, || "reading local_infile".into())?;
+    let format = match local_infile.as_deref() {
+        Some("ON") | Some("1") => Format::Load,
+        _ => Format::Insert,
+    };
     let tables: Vec<Arc<Table>> = tables.into_iter().map(Arc::new).collect();
     for t in &tables {
         let sql = format!("SHOW CREATE TABLE {}", t.qualified());
@@ -176,7 +188,7 @@ pub(crate) async fn copy_tables(
             loop {
                 let chunk = rx.lock().await.recv().await;
                 let Some(chunk) = chunk else { return Ok(()) };
-                copy_chunk(&mut src, &mut dst, &chunk, batch_bytes, &counters).await?;
+                copy_chunk(&mut src, &mut dst, &chunk, format, batch_bytes, &counters).await?;
                 counters.chunks_done.fetch_add(1, Ordering::Relaxed);
             }
         });
@@ -229,10 +241,20 @@ fn table_err(t: &Table, message: &str) -> Error {
     }
 }
 
+/// How rows are written at the destination.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// `LOAD DATA LOCAL INFILE` of tab-separated rows.
+    Load,
+    /// Multi-row `INSERT ... VALUES`.
+    Insert,
+}
+
 async fn copy_chunk(
     src: &mut Conn,
     dst: &mut Conn,
     chunk: &Chunk,
+    format: Format,
     batch_bytes: usize,
     counters: &Counters,
 ) -> Result<()> {
@@ -243,23 +265,39 @@ async fn copy_chunk(
         t.qualified(),
         chunk.where_clause()
     );
-    let head = format!(
-        "INSERT INTO {} ({}) VALUES ",
-        t.qualified(),
-        t.column_list()
-    );
-    // The reader formats the next batch while the previous INSERT runs: the
-    // source streams and the destination writes at the same time, one
+    // The file name is only a label: the handler set before each statement
+    // answers the server's request with the batch. The bytes are the
+    // columns' own (`CHARACTER SET binary`), as in the INSERT form.
+    let head = match format {
+        Format::Load => format!(
+            "LOAD DATA LOCAL INFILE 'ferry-batch' INTO TABLE {} CHARACTER SET binary \
+             FIELDS TERMINATED BY '\\t' ENCLOSED BY '' ESCAPED BY '\\\\' \
+             LINES TERMINATED BY '\\n' STARTING BY '' ({})",
+            t.qualified(),
+            t.column_list()
+        ),
+        Format::Insert => format!(
+            "INSERT INTO {} ({}) VALUES ",
+            t.qualified(),
+            t.column_list()
+        ),
+    };
+    // The reader formats the next batch while the previous one is written:
+    // the source streams and the destination writes at the same time, one
     // batch apart (bounded: at most one batch waits).
     let (tx, mut rx) = mpsc::channel::<(Vec<u8>, u64)>(1);
     let write = async {
-        while let Some((sql, rows)) = rx.recv().await {
+        while let Some((batch, rows)) = rx.recv().await {
             counters
                 .bytes
-                .fetch_add(sql.len() as u64, Ordering::Relaxed);
-            // Bytes, not text: row data is binary-safe only as raw bytes in a
-            // `SET NAMES binary` session.
-            insert(dst, sql).await.ctx(Side::Destination, || {
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let written = match format {
+                Format::Load => load(dst, &head, batch).await,
+                // Bytes, not text: row data is binary-safe only as raw bytes
+                // in a `SET NAMES binary` session.
+                Format::Insert => insert(dst, batch).await,
+            };
+            written.ctx(Side::Destination, || {
                 format!("writing {}", chunk.describe())
             })?;
             counters.rows.fetch_add(rows, Ordering::Relaxed);
@@ -284,21 +322,34 @@ async fn copy_chunk(
                 .ctx(Side::Source, || format!("reading {}", chunk.describe()))?;
             let done = row.is_none();
             if let Some(row) = row {
-                batch.extend_from_slice(if in_batch == 0 { head.as_bytes() } else { b"," });
-                batch.push(b'(');
-                for (i, v) in row.unwrap().iter().enumerate() {
-                    if i > 0 {
-                        batch.push(b',');
+                match format {
+                    Format::Load => {
+                        for (i, v) in row.unwrap().iter().enumerate() {
+                            if i > 0 {
+                                batch.push(b'\t');
+                            }
+                            field(v, &mut batch);
+                        }
+                        batch.push(b'\n');
                     }
-                    literal(v, types[i], &mut batch);
+                    Format::Insert => {
+                        batch.extend_from_slice(if in_batch == 0 { head.as_bytes() } else { b"," });
+                        batch.push(b'(');
+                        for (i, v) in row.unwrap().iter().enumerate() {
+                            if i > 0 {
+                                batch.push(b',');
+                            }
+                            literal(v, types[i], &mut batch);
+                        }
+                        batch.push(b')');
+                    }
                 }
-                batch.push(b')');
                 in_batch += 1;
             }
             if in_batch > 0 && (done || batch.len() >= batch_bytes) {
-                let sql = std::mem::replace(&mut batch, Vec::with_capacity(batch_bytes + 4096));
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_bytes + 4096));
                 // A closed channel: the writer failed, and says why below.
-                if tx.send((sql, in_batch)).await.is_err() {
+                if tx.send((full, in_batch)).await.is_err() {
                     break;
                 }
                 in_batch = 0;
@@ -311,9 +362,65 @@ async fn copy_chunk(
         Ok::<_, Error>(())
     };
     let (r, w) = tokio::join!(read, write);
-    // The writer's error first: a failed INSERT also ends the reader early.
+    // The writer's error first: a failed write also ends the reader early.
     w?;
     r
+}
+
+/// One column of a `LOAD DATA` line: `\N` for NULL, otherwise the bytes
+/// with the five that would end or change a field escaped.
+fn field(v: &Value, out: &mut Vec<u8>) {
+    let bytes = match v {
+        Value::NULL => {
+            out.extend_from_slice(b"\\N");
+            return;
+        }
+        Value::Bytes(b) => b,
+        // The text protocol sends every value as bytes; other forms are
+        // written as their SQL text, which for numbers is the value.
+        other => {
+            out.extend_from_slice(other.as_sql(true).trim_matches('\'').as_bytes());
+            return;
+        }
+    };
+    for &b in bytes.iter() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            0 => out.extend_from_slice(b"\\0"),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// One `LOAD DATA LOCAL INFILE` of `batch` (its own transaction), tried
+/// again as [`insert`] is. The batch is kept for a retry: the stream handed
+/// to the driver is consumed by the attempt.
+async fn load(
+    dst: &mut Conn,
+    head: &str,
+    batch: Vec<u8>,
+) -> std::result::Result<(), mysql_async::Error> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        let data = batch.clone();
+        dst.set_infile_handler(async move {
+            Ok(futures_util::stream::once(async move { Ok(data.into()) }).boxed())
+        });
+        match dst.query_drop(head).await {
+            Err(mysql_async::Error::Server(e))
+                if (e.code == 1213 || e.code == 1205) && attempt < ATTEMPTS =>
+            {
+                tracing::debug!(code = e.code, attempt, "load retried");
+                tokio::time::sleep(std::time::Duration::from_millis(20 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// One multi-row INSERT (its own transaction), tried again when InnoDB
@@ -334,5 +441,21 @@ async fn insert(dst: &mut Conn, sql: Vec<u8>) -> std::result::Result<(), mysql_a
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_load_data_field_escapes_what_would_end_or_change_it() {
+        let mut out = Vec::new();
+        field(&Value::Bytes(b"a\tb\nc\\d\re\0f\\N".to_vec()), &mut out);
+        out.push(b'|');
+        field(&Value::NULL, &mut out);
+        out.push(b'|');
+        field(&Value::Int(-7), &mut out);
+        assert_eq!(out, b"a\\tb\\nc\\\\d\\re\\0f\\\\N|\\N|-7".to_vec());
     }
 }

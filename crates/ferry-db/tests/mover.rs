@@ -186,6 +186,14 @@ async fn moves_under_writes_with_no_loss_and_refuses_writes_after_freeze() {
     assert!(copy.chunks > 10);
     // By default the copied rows are in the destination's binary log.
     assert!(write_rows_events(&dst).await > 0);
+    // They went as LOAD DATA LOCAL INFILE (the server allows it by default).
+    let loads: Vec<(String, u64)> = dst
+        .conn()
+        .await
+        .query("SHOW GLOBAL STATUS LIKE 'Com_load'")
+        .await
+        .unwrap();
+    assert!(loads[0].1 >= copy.chunks, "{loads:?}");
     // The event came along, off until the switch.
     let status = "SELECT STATUS FROM information_schema.EVENTS WHERE EVENT_SCHEMA = 'shop'";
     assert_eq!(one(&dst, status).await, "DISABLED");
