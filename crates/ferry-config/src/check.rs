@@ -1082,6 +1082,14 @@ impl Cx<'_> {
                 Some(v) => *v.get_ref(),
                 None => false,
             };
+            // Without PROXY headers there is nothing to trust: the list would
+            // suggest a restriction that does not exist.
+            if let (false, Some(first)) = (proxy_protocol, p.trusted_networks.first()) {
+                return Err(self.error(
+                    first.span(),
+                    format!("{ctx}: trusted_networks without proxy_protocol = true has no effect"),
+                ));
+            }
             out.push(PassthroughSpec {
                 listen,
                 proxy_protocol,

@@ -1021,6 +1021,11 @@ backend_port = 8443
         &["trusted_networks"],
     );
     refused_at(
+        &text.replace("proxy_protocol = true\n", ""),
+        "trusted_networks",
+        &["without proxy_protocol"],
+    );
+    refused_at(
         &text.replace("\"10.1.0.0/24\"", "\"10.1.0.0/99\""),
         "10.1.0.0/99",
         &["trusted_networks", "neither a network"],
