@@ -158,6 +158,10 @@ impl Metrics {
                 c.load(Ordering::Relaxed)
             );
         }
+        // The process's own log (ferry-log): what its limits kept out.
+        let (suppressed, dropped) = ferry_log::counters();
+        let _ = writeln!(out, "# HELP ferry_log_lines_suppressed_total Log lines not written because their statement was over --log-rate (a summary line says how many).\n# TYPE ferry_log_lines_suppressed_total counter\nferry_log_lines_suppressed_total {suppressed}");
+        let _ = writeln!(out, "# HELP ferry_log_lines_dropped_total Log lines lost because the output (pipe, disk) did not keep up or failed.\n# TYPE ferry_log_lines_dropped_total counter\nferry_log_lines_dropped_total {dropped}");
         self.tls.render(out);
         self.passthrough.render(out);
         self.accept.render(out);

@@ -99,10 +99,25 @@ impl TlsCounters {
     }
 }
 
+/// The window of `ferry_tls_certificates_expiring`: two weeks leave time to
+/// renew by hand when automation failed.
+const EXPIRY_WINDOW: std::time::Duration = std::time::Duration::from_secs(14 * 86_400);
+
 /// Renders the certificate store's gauges and counters.
 pub(crate) fn render_store(store: &CertStore, out: &mut String) {
     use std::fmt::Write;
     let s = store.stats();
+    // Expiry: counts and the earliest date, never one series per certificate
+    // (a router may hold millions).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let e = store.expiry(now, EXPIRY_WINDOW.as_secs());
+    let _ = writeln!(out, "# HELP ferry_tls_certificates_expired Certificates whose notAfter has passed (handshakes with them fail at clients).\n# TYPE ferry_tls_certificates_expired gauge\nferry_tls_certificates_expired {}", e.expired);
+    let _ = writeln!(out, "# HELP ferry_tls_certificates_expiring Certificates that expire within 14 days.\n# TYPE ferry_tls_certificates_expiring gauge\nferry_tls_certificates_expiring {}", e.expiring);
+    if let Some(t) = e.earliest {
+        let _ = writeln!(out, "# HELP ferry_tls_certificate_earliest_expiry_timestamp_seconds The earliest notAfter of all certificates.\n# TYPE ferry_tls_certificate_earliest_expiry_timestamp_seconds gauge\nferry_tls_certificate_earliest_expiry_timestamp_seconds {t}");
+    }
     let gauges = [
         (
             "ferry_tls_certificates",

@@ -20,6 +20,19 @@ pub(crate) struct Slot {
     pub generation: u64,
     /// The key is in `NAME.key` rather than in `NAME.pem`.
     pub separate_key: bool,
+    /// The leaf's notAfter (Unix seconds); 0 when it could not be read.
+    pub not_after: u64,
+}
+
+/// Certificates by how soon they expire (for `/metrics` and its alert).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expiry {
+    /// The earliest notAfter of all certificates (Unix seconds).
+    pub earliest: Option<u64>,
+    /// Certificates already expired.
+    pub expired: usize,
+    /// Certificates valid now that expire within the window asked for.
+    pub expiring: usize,
 }
 
 #[derive(Debug, Default)]
@@ -118,8 +131,35 @@ impl Index {
             hosts: hosts.into_boxed_slice(),
             generation,
             separate_key,
+            not_after: 0,
         });
         Found { id, generation }
+    }
+
+    /// Records the notAfter of the certificate in slot `id`.
+    pub fn set_not_after(&mut self, id: SlotId, not_after: Option<u64>) {
+        if let Some(Some(slot)) = self.slots.get_mut(id as usize) {
+            slot.not_after = not_after.unwrap_or(0);
+        }
+    }
+
+    /// How the certificates stand at `now` with a window of `within` seconds.
+    /// One pass over the slots: a few milliseconds at 3 million, once a scrape.
+    pub fn expiry(&self, now: u64, within: u64) -> Expiry {
+        let mut e = Expiry::default();
+        for (_, slot) in self.slots() {
+            let t = slot.not_after;
+            if t == 0 {
+                continue;
+            }
+            e.earliest = Some(e.earliest.map_or(t, |x| x.min(t)));
+            if t <= now {
+                e.expired += 1;
+            } else if t <= now + within {
+                e.expiring += 1;
+            }
+        }
+        e
     }
 
     /// Removes `name`; the names it answered go to another certificate that

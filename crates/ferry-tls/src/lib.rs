@@ -23,10 +23,12 @@ mod index;
 mod names;
 mod pair;
 mod store;
+mod validity;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use index::Expiry;
 pub use names::check_cert_name;
 pub use pair::CertPair;
 pub use store::{CertInfo, CertStore, StoreOptions, StoreStats};

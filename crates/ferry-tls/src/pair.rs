@@ -29,13 +29,14 @@ fn chain(name: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsErro
     Ok(chain)
 }
 
-/// The DNS names of the first (leaf) certificate in `pem`, as index keys.
-pub(crate) fn leaf_names(name: &str, pem: &[u8]) -> Result<Vec<HostKey>, TlsError> {
+/// The DNS names of the first (leaf) certificate in `pem`, as index keys,
+/// and when it expires (None if its validity cannot be read).
+pub(crate) fn leaf_names(name: &str, pem: &[u8]) -> Result<(Vec<HostKey>, Option<u64>), TlsError> {
     let leaf = CertificateDer::pem_slice_iter(pem)
         .next()
         .ok_or_else(|| invalid(name, "no CERTIFICATE block in the PEM"))?
         .map_err(|e| invalid(name, format!("bad PEM certificate: {e}")))?;
-    names_of(name, &leaf)
+    Ok((names_of(name, &leaf)?, crate::validity::not_after(&leaf)))
 }
 
 fn names_of(name: &str, leaf: &CertificateDer<'_>) -> Result<Vec<HostKey>, TlsError> {
@@ -66,6 +67,8 @@ pub(crate) fn has_key_block(pem: &[u8]) -> bool {
 pub struct CertPair {
     pub(crate) key: Arc<CertifiedKey>,
     pub(crate) hosts: Vec<HostKey>,
+    /// The leaf's notAfter (Unix seconds), when it can be read.
+    pub(crate) not_after: Option<u64>,
 }
 
 impl std::fmt::Debug for CertPair {
@@ -88,6 +91,7 @@ impl CertPair {
     ) -> Result<CertPair, TlsError> {
         let chain = chain(name, chain_pem)?;
         let hosts = names_of(name, &chain[0])?;
+        let not_after = crate::validity::not_after(&chain[0]);
         let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
             rustls::pki_types::pem::Error::NoItemsFound => {
                 invalid(name, "no PRIVATE KEY block in the PEM")
@@ -108,6 +112,7 @@ impl CertPair {
         Ok(CertPair {
             key: Arc::new(key),
             hosts,
+            not_after,
         })
     }
 

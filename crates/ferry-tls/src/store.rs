@@ -141,7 +141,7 @@ impl CertStore {
                 path: path.clone(),
                 source,
             })?;
-            let hosts = leaf_names(name, &pem)?;
+            let (hosts, not_after) = leaf_names(name, &pem)?;
             let separate_key = !has_key_block(&pem);
             if separate_key && !key_path(&opts.dir, name).is_file() {
                 return Err(TlsError::Invalid {
@@ -162,7 +162,8 @@ impl CertStore {
                 open_keys += 1;
                 first_open_key.get_or_insert(key_file);
             }
-            index.insert(name, hosts, separate_key);
+            let found = index.insert(name, hosts, separate_key);
+            index.set_not_after(found.id, not_after);
         }
         if let Some(first) = first_open_key {
             tracing::warn!(
@@ -321,7 +322,12 @@ impl CertStore {
             let _ = fs::remove_file(key_path(&self.dir, name));
         }
         let names = pair.names();
-        let found = self.index.write().insert(name, pair.hosts, false);
+        let found = {
+            let mut index = self.index.write();
+            let found = index.insert(name, pair.hosts, false);
+            index.set_not_after(found.id, pair.not_after);
+            found
+        };
         self.cache
             .lock()
             .put(found.id, (found.generation, pair.key));
@@ -425,6 +431,13 @@ impl CertStore {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// How the certificates stand at `now` (Unix seconds) with a window of
+    /// `within` seconds: the earliest expiry, how many have expired, how many
+    /// expire within the window.
+    pub fn expiry(&self, now: u64, within: u64) -> crate::Expiry {
+        self.index.read().expiry(now, within)
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -586,6 +599,44 @@ mod tests {
             .put("a", a.chain.as_bytes(), a.key.as_bytes())
             .unwrap();
         assert!(store.key_for(Some("a.example")).is_some());
+    }
+
+    #[test]
+    fn expiry_counts_expired_and_expiring_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = |names: &[&str], y: i32, m: u8, d: u8| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::new(
+                names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+            .unwrap();
+            p.not_after = rcgen::date_time_ymd(y, m, d);
+            let c = p.self_signed(&key).unwrap();
+            format!("{}{}", c.pem(), key.serialize_pem())
+        };
+        fs::write(dir.path().join("old.pem"), cert(&["old.test"], 2020, 1, 1)).unwrap();
+        fs::write(
+            dir.path().join("soon.pem"),
+            cert(&["soon.test"], 2030, 1, 10),
+        )
+        .unwrap();
+        fs::write(
+            dir.path().join("late.pem"),
+            cert(&["late.test"], 2040, 1, 1),
+        )
+        .unwrap();
+        let store = CertStore::open(&opts(dir.path(), None, 4)).unwrap();
+        // 2030-01-01T00:00:00Z, a window of 30 days.
+        let now = 1_893_456_000;
+        let e = store.expiry(now, 30 * 86_400);
+        assert_eq!((e.expired, e.expiring), (1, 1));
+        assert_eq!(e.earliest, Some(1_577_836_800), "2020-01-01");
+        // A replacement through the API carries its own date.
+        let new = issue(&["old.test"]);
+        store
+            .put("old", new.chain.as_bytes(), new.key.as_bytes())
+            .unwrap();
+        assert_eq!(store.expiry(now, 30 * 86_400).expired, 0);
     }
 
     #[test]

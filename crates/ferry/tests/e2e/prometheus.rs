@@ -216,7 +216,7 @@ async fn prometheus_scrapes_a_router_and_every_dashboard_panel_has_data() {
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(loaded.len(), 14, "every rule of ferry-alerts.yml loaded");
+    assert_eq!(loaded.len(), 16, "every rule of ferry-alerts.yml loaded");
     let healthy = Deadline::new("rules evaluated", Duration::from_secs(60));
     loop {
         let rules = get(prom.addr, "/api/v1/rules", &[]).await.unwrap();
