@@ -1,7 +1,11 @@
 //! What a tree holds: one [`Entry`] per path, found by a parallel walk.
 //!
-//! The walk never follows symbolic links (`symlink_metadata` everywhere), reads
-//! each directory on a rayon worker so a tree of many small directories uses
+//! The walk never follows symbolic links: each directory is opened from its
+//! parent's descriptor with `O_NOFOLLOW` and listed through that descriptor,
+//! entries are `lstat`ed relative to it, and content is hashed through the
+//! parent chain ([`crate::beneath`]), so a directory swapped for a link to
+//! `/etc` mid-walk is refused, never listed or read through. It reads each
+//! directory on a rayon worker so a tree of many small directories uses
 //! every core, and returns entries sorted by path bytes, which puts every
 //! directory before its contents.
 
@@ -9,11 +13,14 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::Metadata;
 use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use rayon::prelude::*;
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
 
 use crate::error::{Result, SyncError};
 use crate::path::{is_temp_name, stage_name, RelPath, STAGE_MARKER};
@@ -161,17 +168,28 @@ pub(crate) fn meta_of(md: &Metadata) -> Meta {
     }
 }
 
-/// Builds the entry for `full` (already lstat-ed as `md`). Returns `None` for
-/// types the replicator does not carry.
-pub(crate) fn entry_of(full: &Path, rel: RelPath, md: &Metadata) -> Result<Option<Entry>> {
-    let ft = md.file_type();
-    let (kind, size, target) = if ft.is_file() {
-        (Kind::File, md.len(), None)
-    } else if ft.is_dir() {
+/// Builds the entry for `name` in the open directory `dir`, `lstat`ed as
+/// `st` (`full` names it in errors). Returns `None` for types the replicator
+/// does not carry.
+// `stat`'s field types are the kernel's longs, which differ between
+// architectures: the `from`s are identities here, conversions elsewhere.
+#[allow(clippy::useless_conversion)]
+pub(crate) fn entry_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    full: &Path,
+    rel: RelPath,
+    st: &Stat,
+) -> Result<Option<Entry>> {
+    let ft = FileType::from_raw_mode(st.st_mode);
+    let (kind, size, target) = if ft == FileType::RegularFile {
+        (Kind::File, st.st_size as u64, None)
+    } else if ft == FileType::Directory {
         (Kind::Dir, 0, None)
-    } else if ft.is_symlink() {
-        let t = std::fs::read_link(full).map_err(|e| SyncError::io("readlink", full, e))?;
-        let t = t.as_os_str().as_bytes().to_vec();
+    } else if ft == FileType::Symlink {
+        let t = rustix::fs::readlinkat(dir, name, Vec::new())
+            .map_err(|e| SyncError::io("readlink", full, e.into()))?
+            .into_bytes();
         (Kind::Symlink, t.len() as u64, Some(t))
     } else {
         return Ok(None);
@@ -179,14 +197,29 @@ pub(crate) fn entry_of(full: &Path, rel: RelPath, md: &Metadata) -> Result<Optio
     Ok(Some(Entry {
         path: rel,
         kind,
-        meta: meta_of(md),
+        meta: Meta {
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime: Mtime {
+                secs: i64::from(st.st_mtime),
+                // nanos is always in 0..1e9 on Linux; clamp instead of
+                // trusting it.
+                nanos: u64::from(st.st_mtime_nsec).min(999_999_999) as u32,
+            },
+        },
         size,
         target,
         hash: None,
-        dev: md.dev(),
-        ino: md.ino(),
-        nlink: md.nlink().min(u32::MAX as u64) as u32,
+        dev: u64::from(st.st_dev),
+        ino: u64::from(st.st_ino),
+        nlink: u64::from(st.st_nlink).min(u64::from(u32::MAX)) as u32,
     }))
+}
+
+/// `lstat` of `name` in the open directory `dir`.
+fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<Stat, Errno> {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
 }
 
 /// BLAKE3 of the content of the file `rel` below the open directory `root`
@@ -240,8 +273,22 @@ impl Walked {
 /// `None` unless the marker is there, names a valid name, and the hidden
 /// name is the one the receiver would give that name (a stray or forged
 /// directory is only a leftover).
-fn staged_name(parent: Option<&RelPath>, hidden_full: &Path, hidden: &[u8]) -> Option<RelPath> {
-    let marker = std::fs::read(hidden_full.join(OsStr::from_bytes(STAGE_MARKER))).ok()?;
+fn staged_name(parent: Option<&RelPath>, dir: BorrowedFd<'_>, hidden: &[u8]) -> Option<RelPath> {
+    let hdir =
+        rustix::fs::openat(dir, OsStr::from_bytes(hidden), dir_flags(), Mode::empty()).ok()?;
+    let f = rustix::fs::openat(
+        &hdir,
+        OsStr::from_bytes(STAGE_MARKER),
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let mut marker = Vec::new();
+    // A name, not a file to stream: no more than a name may hold.
+    std::fs::File::from(f)
+        .take(crate::path::MAX_NAME_LEN as u64 + 1)
+        .read_to_end(&mut marker)
+        .ok()?;
     let rel = match parent {
         Some(d) => d.join(&marker).ok()?,
         None => RelPath::name(&marker).ok()?,
@@ -249,20 +296,39 @@ fn staged_name(parent: Option<&RelPath>, hidden_full: &Path, hidden: &[u8]) -> O
     (stage_name(&rel) == hidden).then_some(rel)
 }
 
-/// Reads one directory (`full` on disk, listed as `dir`) and recurses into
-/// its subdirectories in parallel. With `staged`, a hidden directory an
-/// interrupted pass was building is walked as the directory it will become,
-/// unless a real one of that name exists.
-fn walk_dir(full: &Path, dir: Option<&RelPath>, staged: bool) -> Result<Walked> {
-    let rd = std::fs::read_dir(full).map_err(|e| SyncError::io("read directory", full, e))?;
+/// Flags of a directory opened for the walk: never through a symlink.
+fn dir_flags() -> rustix::fs::OFlags {
+    use rustix::fs::OFlags;
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+/// Reads one open directory (`fd`, `full` on disk for messages, listed as
+/// `dir`) and recurses into its subdirectories in parallel, each opened
+/// from this one's descriptor with `O_NOFOLLOW`: a directory swapped for a
+/// symlink during the walk is refused, never listed through. With
+/// `staged`, a hidden directory an interrupted pass was building is walked
+/// as the directory it will become, unless a real one of that name exists.
+fn walk_dir(fd: OwnedFd, full: &Path, dir: Option<&RelPath>, staged: bool) -> Result<Walked> {
+    let mut rd = Dir::new(fd).map_err(|e| SyncError::io("read directory", full, e.into()))?;
     let mut out = Walked::default();
-    let mut subdirs: Vec<(RelPath, std::path::PathBuf, bool)> = Vec::new();
+    // (listed as, name on disk, staged)
+    let mut subdirs: Vec<(RelPath, Vec<u8>, bool)> = Vec::new();
     let mut hidden_dirs = Vec::new();
     let mut names = std::collections::HashSet::new();
-    for de in rd {
-        let de = de.map_err(|e| SyncError::io("read directory", full, e))?;
-        let name = de.file_name();
-        let name = name.as_bytes();
+    // Entries are collected first: the listing borrows the directory.
+    let mut listed = Vec::new();
+    while let Some(de) = rd.read() {
+        let de = de.map_err(|e| SyncError::io("read directory", full, e.into()))?;
+        let name = de.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            listed.push(name.to_vec());
+        }
+    }
+    let fd = rd
+        .fd()
+        .map_err(|e| SyncError::io("read directory", full, e.into()))?;
+    for name in &listed {
+        let name = &name[..];
         if name == STAGE_MARKER {
             // Inside a staged directory: the receiver's own note.
             continue;
@@ -273,59 +339,76 @@ fn walk_dir(full: &Path, dir: Option<&RelPath>, staged: bool) -> Result<Walked> 
         };
         if is_temp_name(name) {
             if staged && name.ends_with(b".dir") {
-                hidden_dirs.push((rel, name.to_vec(), de.path()));
+                hidden_dirs.push((rel, name.to_vec()));
             } else {
                 out.temps.push(rel);
             }
             continue;
         }
-        let p = de.path();
+        let p = full.join(OsStr::from_bytes(name));
         // A file removed between readdir and lstat is simply not part of the
-        // tree. DirEntry::metadata is an lstat relative to the open directory
-        // (no walk of the whole path for every entry).
-        let md = match de.metadata() {
-            Ok(md) => md,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(SyncError::io("lstat", &p, e)),
+        // tree. The lstat is relative to the open directory (no walk of the
+        // whole path for every entry).
+        let st = match lstat_at(fd, OsStr::from_bytes(name)) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(SyncError::io("lstat", &p, e.into())),
         };
         if staged {
             names.insert(rel.clone());
         }
-        match entry_of(&p, rel.clone(), &md)? {
+        match entry_at(fd, OsStr::from_bytes(name), &p, rel.clone(), &st)? {
             Some(e) => {
                 if e.kind == Kind::Dir {
-                    subdirs.push((rel, p, staged));
+                    subdirs.push((rel, name.to_vec(), staged));
                 }
                 out.entries.push(e);
             }
             None => out.skipped += 1,
         }
     }
-    for (temp, hidden, p) in hidden_dirs {
-        let md = std::fs::symlink_metadata(&p).ok();
-        let listed = staged_name(dir, &p, &hidden).filter(|r| !names.contains(r));
-        match (listed, md) {
-            (Some(rel), Some(md)) if md.is_dir() => {
-                if let Some(e) = entry_of(&p, rel.clone(), &md)? {
+    for (temp, hidden) in hidden_dirs {
+        let st = lstat_at(fd, OsStr::from_bytes(&hidden)).ok();
+        let listed = staged_name(dir, fd, &hidden).filter(|r| !names.contains(r));
+        match (listed, st) {
+            (Some(rel), Some(st)) if FileType::from_raw_mode(st.st_mode).is_dir() => {
+                let p = full.join(OsStr::from_bytes(&hidden));
+                if let Some(e) = entry_at(fd, OsStr::from_bytes(&hidden), &p, rel.clone(), &st)? {
                     out.entries.push(e);
                 }
-                out.staged.push((rel.clone(), hidden));
+                out.staged.push((rel.clone(), hidden.clone()));
                 // Nothing inside a staged directory is staged again (new
                 // directories there are made in place): a hidden one inside
                 // is a leftover.
-                subdirs.push((rel, p, false));
+                subdirs.push((rel, hidden, false));
             }
             _ => out.temps.push(temp),
         }
     }
     let children: Vec<Result<Walked>> = subdirs
         .par_iter()
-        .map(|(d, p, staged)| walk_dir(p, Some(d), *staged))
+        .map(|(d, name, staged)| {
+            let p = full.join(OsStr::from_bytes(name));
+            let sub = rustix::fs::openat(fd, OsStr::from_bytes(name), dir_flags(), Mode::empty())
+                .map_err(|e| SyncError::io("open directory", &p, e.into()))?;
+            walk_dir(sub, &p, Some(d), *staged)
+        })
         .collect();
     for c in children {
         out.extend(c?);
     }
     Ok(out)
+}
+
+/// Opens the root of a walk (its own path may hold links: it is configured).
+fn open_root(root: &Path) -> Result<OwnedFd> {
+    use rustix::fs::OFlags;
+    rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| SyncError::io("open directory", root, e.into()))
 }
 
 /// Walks the tree under `root` (the root itself is not an entry).
@@ -340,26 +423,30 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Manifest> {
     }
     // Staged content cannot be hashed by its listed path: a checksum scan
     // lists staged directories as leftovers (what they hold is sent again).
-    let w = walk_dir(root, None, opts.staged && !opts.checksum)?;
-    finish(root, w, &md, opts)
+    let root_fd = open_root(root)?;
+    let listing =
+        rustix::io::dup(&root_fd).map_err(|e| SyncError::io("open directory", root, e.into()))?;
+    let w = walk_dir(listing, root, None, opts.staged && !opts.checksum)?;
+    finish(root, &root_fd, w, &md, opts)
 }
 
 /// Sorts the walked entries (parents first) and hashes them if asked.
-fn finish(root: &Path, w: Walked, root_md: &Metadata, opts: &ScanOptions) -> Result<Manifest> {
+fn finish(
+    root: &Path,
+    root_fd: &OwnedFd,
+    w: Walked,
+    root_md: &Metadata,
+    opts: &ScanOptions,
+) -> Result<Manifest> {
     let mut entries = w.entries;
     entries.par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
     entries.dedup_by(|a, b| a.path == b.path);
     if opts.checksum {
-        let flags = rustix::fs::OFlags::RDONLY
-            | rustix::fs::OFlags::DIRECTORY
-            | rustix::fs::OFlags::CLOEXEC;
-        let root_fd = rustix::fs::open(root, flags, rustix::fs::Mode::empty())
-            .map_err(|e| SyncError::io("open directory", root, e.into()))?;
         entries
             .par_iter_mut()
             .filter(|e| e.kind == Kind::File)
             .try_for_each(|e| -> Result<()> {
-                e.hash = Some(hash_file(&root_fd, &e.path, &e.path.under(root))?);
+                e.hash = Some(hash_file(root_fd, &e.path, &e.path.under(root))?);
                 Ok(())
             })?;
     }
@@ -394,6 +481,7 @@ pub fn scan_paths(
             std::io::Error::other("not a directory"),
         ));
     }
+    let root_fd = open_root(root)?;
     let in_set = |p: &RelPath| {
         let mut cur = p.parent();
         while let Some(c) = cur {
@@ -424,7 +512,7 @@ pub fn scan_paths(
         if not_dirs.iter().any(|b| a.starts_with(b)) {
             continue;
         }
-        match lstat_entry(root, a)? {
+        match lstat_entry(root, &root_fd, a)? {
             Some(e) => {
                 if e.kind != Kind::Dir {
                     not_dirs.push(a);
@@ -443,7 +531,7 @@ pub fn scan_paths(
                 w.temps.push((*p).clone());
                 return Ok(w);
             }
-            let Some(e) = lstat_entry(root, p)? else {
+            let Some(e) = lstat_entry(root, &root_fd, p)? else {
                 return Ok(w);
             };
             let dir = e.kind == Kind::Dir;
@@ -451,7 +539,16 @@ pub fn scan_paths(
             if dir {
                 // Watched passes never list staged directories: one found
                 // here is a leftover, removed after the pass.
-                match walk_dir(&p.under(root), Some(p), false) {
+                let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY;
+                let full = p.under(root);
+                let fd = match crate::beneath::open(&root_fd, p, flags) {
+                    Ok(fd) => fd,
+                    // Removed, or no longer a directory (a symlink now),
+                    // while we looked: not part of the tree.
+                    Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Ok(w),
+                    Err(e) => return Err(SyncError::io("open directory", &full, e.into())),
+                };
+                match walk_dir(fd, &full, Some(p), false) {
                     Ok(sub) => w.extend(sub),
                     // Removed while we looked: simply not part of the tree.
                     Err(e) if e.is_not_found() => {}
@@ -464,23 +561,30 @@ pub fn scan_paths(
     for v in visits {
         out.extend(v?);
     }
-    finish(root, out, &md, opts)
+    finish(root, &root_fd, out, &md, opts)
 }
 
-/// The entry of one path (`None`: absent, or a type the replicator skips).
-fn lstat_entry(root: &Path, p: &RelPath) -> Result<Option<Entry>> {
+/// The entry of one path (`None`: absent, below something that is not a
+/// directory, or a type the replicator skips). Its parent is opened from
+/// the root without following links, then the path is looked at from there.
+fn lstat_entry(root: &Path, root_fd: &OwnedFd, p: &RelPath) -> Result<Option<Entry>> {
     let full = p.under(root);
-    match std::fs::symlink_metadata(&full) {
-        Ok(md) => entry_of(&full, p.clone(), &md),
-        // Gone, or a component turned into a file meanwhile: not in the tree.
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(SyncError::io("lstat", &full, e)),
+    let parent = match p.parent() {
+        None => None,
+        Some(d) => match crate::beneath::open(root_fd, &d, OFlags::DIRECTORY) {
+            Ok(fd) => Some(fd),
+            // Gone, or a component is no directory (a file, a link): not
+            // in the tree.
+            Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Ok(None),
+            Err(e) => return Err(SyncError::io("open directory", &full, e.into())),
+        },
+    };
+    let dir = parent.as_ref().unwrap_or(root_fd).as_fd();
+    let name = OsStr::from_bytes(p.file_name());
+    match lstat_at(dir, name) {
+        Ok(st) => entry_at(dir, name, &full, p.clone(), &st),
+        // Gone meanwhile: not in the tree.
+        Err(Errno::NOENT | Errno::NOTDIR) => Ok(None),
+        Err(e) => Err(SyncError::io("lstat", &full, e.into())),
     }
 }
