@@ -1,10 +1,13 @@
 //! The agent's audit log: one JSON object per line, appended (O_APPEND, one
 //! `write` per record, so concurrent records never interleave), flushed to
-//! disk before the request goes on: a run that started is on record even if
-//! the agent dies during it.
+//! disk (fdatasync) before `record` returns. The server calls it on tokio's
+//! blocking pool and runs a command only once its `accepted` record is on
+//! disk: a run that started is on record even if the agent dies during it,
+//! and a full disk refuses commands instead of running them unrecorded.
 //!
-//! Events: `unauthenticated`, `bad_request`, `refused`, `spawn_failed`,
-//! `start`, `end` (exit code or signal, timed out, caller gone, duration).
+//! Events: `unauthenticated` (one record per interval: count, peers),
+//! `bad_request`, `refused`, `accepted`, `spawn_failed`, `start` (pid),
+//! `end` (exit code or signal, timed out, caller gone, duration).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

@@ -1,17 +1,19 @@
 //! The agent side's exec configuration (`ferry agent --exec-config FILE`):
 //! where the exec server listens, who may call it (named callers with
 //! bearer tokens), what they may run (the allow-list), and where every
-//! request is logged. See docs/update-runbook.md.
+//! request is logged, and the server's limits (`[limits]`). See
+//! docs/update-runbook.md.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ferry_secret::Secret;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::allow::{AllowEntry, Pattern};
+use crate::allow::{AllowEntry, Pattern, Wildcards};
 use crate::error::{ConfigErrors, FleetError, Result};
 
 /// Shortest caller token accepted.
@@ -24,8 +26,45 @@ pub struct ExecConfig {
     /// JSON lines, appended: who ran what, when, and how it ended.
     pub audit_log: PathBuf,
     /// Caller name -> token.
-    pub callers: BTreeMap<String, String>,
+    pub callers: BTreeMap<String, Secret>,
     pub allow: Vec<AllowEntry>,
+    pub limits: Limits,
+}
+
+/// What the exec server lets any one client hold, and for how long. Every
+/// connection, request and command has a bound; the defaults suit a server
+/// that runs a few deployment commands at a time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections; one more is answered 503 and closed at once.
+    pub max_connections: usize,
+    /// Commands running at once; one more is answered 429.
+    pub max_running: usize,
+    /// From accept (or the end of the previous response) to a request's
+    /// complete head: a half-sent request or an idle keep-alive connection
+    /// is closed after it.
+    pub header_timeout: Duration,
+    /// Reading a request's body (an argument vector, at most 64 KiB).
+    pub body_timeout: Duration,
+    /// A response write that makes no progress this long closes the
+    /// connection (a caller that stopped reading), which stops its command.
+    pub write_timeout: Duration,
+    /// Unauthenticated requests are counted and written to the audit log
+    /// as one record per this interval (not one synced write each).
+    pub unauthenticated_every: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 64,
+            max_running: 8,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(60),
+            unauthenticated_every: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -39,6 +78,19 @@ struct Raw {
     callers: BTreeMap<Spanned<String>, RawCaller>,
     #[serde(default)]
     allow: Vec<RawEntry>,
+    #[serde(default)]
+    limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<Spanned<i64>>,
+    max_running: Option<Spanned<i64>>,
+    header_timeout: Option<Spanned<String>>,
+    body_timeout: Option<Spanned<String>>,
+    write_timeout: Option<Spanned<String>>,
+    unauthenticated_every: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -58,12 +110,17 @@ struct RawEntry {
     #[serde(default)]
     callers: Vec<Spanned<String>>,
     max_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    wildcard_options: bool,
+    #[serde(default)]
+    wildcard_dotdot: bool,
 }
 
 /// Default longest run of a command.
 const DEFAULT_MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Reads a token given inline or in a file (relative to `base`).
+/// Reads a token given inline or in a file (relative to `base`). A file is
+/// read under ferry-secret's rule (owner-only mode, owned by us or root).
 pub(crate) fn read_token(
     errs: &ConfigErrors<'_>,
     base: &Path,
@@ -71,22 +128,22 @@ pub(crate) fn read_token(
     token_file: &Option<Spanned<String>>,
     whole: std::ops::Range<usize>,
     what: &str,
-) -> Result<String> {
+) -> Result<Secret> {
     let t = match (token, token_file) {
-        (Some(t), None) => t.get_ref().clone(),
+        (Some(t), None) => {
+            Secret::new(what, t.get_ref().as_str()).map_err(|e| errs.at(t.span(), e.to_string()))?
+        }
         (None, Some(f)) => {
             let p = base.join(f.get_ref());
-            std::fs::read_to_string(&p)
-                .map_err(|e| errs.at(f.span(), format!("token_file {}: {e}", p.display())))?
-                .trim()
-                .to_string()
+            ferry_secret::read_file(&format!("{what} token_file"), &p)
+                .map_err(|e| errs.at(f.span(), e.to_string()))?
         }
         (Some(t), Some(_)) => return Err(errs.at(t.span(), "set token or token_file, not both")),
         (None, None) => {
             return Err(errs.at(whole, format!("{what}: missing token (or token_file)")))
         }
     };
-    if t.len() < MIN_TOKEN_LEN {
+    if t.expose().len() < MIN_TOKEN_LEN {
         let span = token
             .as_ref()
             .or(token_file.as_ref())
@@ -146,7 +203,10 @@ impl ExecConfig {
                 name.span(),
                 &format!("callers.{}", name.get_ref()),
             )?;
-            if callers.values().any(|t| *t == token) {
+            if callers
+                .values()
+                .any(|t: &Secret| t.matches(token.expose().as_bytes()))
+            {
                 return Err(errs.at(
                     name.span(),
                     format!(
@@ -180,6 +240,14 @@ impl ExecConfig {
                         format!("{what}.argv[0]: the program must be named exactly"),
                     ));
                 }
+                if let Pattern::Prefix(pre) = &p {
+                    if !e.wildcard_dotdot && pre.split('/').any(|c| c == "..") {
+                        return Err(errs.at(
+                            a.span(),
+                            format!("{what}.argv[{k}]: the prefix has a `..` component, which a wildcard never admits; set wildcard_dotdot = true if that is meant"),
+                        ));
+                    }
+                }
                 patterns.push(p);
             }
             if e.shell && !patterns.iter().all(Pattern::is_literal) {
@@ -205,6 +273,10 @@ impl ExecConfig {
             };
             allow.push(AllowEntry {
                 patterns,
+                wildcards: Wildcards {
+                    options: e.wildcard_options,
+                    dotdot: e.wildcard_dotdot,
+                },
                 cwd,
                 shell: e.shell,
                 callers: e.callers.iter().map(|c| c.get_ref().clone()).collect(),
@@ -214,13 +286,65 @@ impl ExecConfig {
                 },
             });
         }
+        let limits = match &raw.limits {
+            Some(l) => parse_limits(&errs, l)?,
+            None => Limits::default(),
+        };
         Ok(ExecConfig {
             listen,
             audit_log,
             callers,
             allow,
+            limits,
         })
     }
+}
+
+/// `[limits]`: each key optional, defaults from [`Limits::default`].
+fn parse_limits(errs: &ConfigErrors<'_>, raw: &RawLimits) -> Result<Limits> {
+    let mut l = Limits::default();
+    let count = |v: &Option<Spanned<i64>>, what: &str, max: i64, out: &mut usize| -> Result<()> {
+        if let Some(v) = v {
+            let n = *v.get_ref();
+            if !(1..=max).contains(&n) {
+                return Err(errs.at(
+                    v.span(),
+                    format!("limits.{what}: {n} is not between 1 and {max}"),
+                ));
+            }
+            *out = n as usize;
+        }
+        Ok(())
+    };
+    count(
+        &raw.max_connections,
+        "max_connections",
+        65_536,
+        &mut l.max_connections,
+    )?;
+    count(&raw.max_running, "max_running", 4_096, &mut l.max_running)?;
+    let time = |v: &Option<Spanned<String>>, what: &str, out: &mut Duration| -> Result<()> {
+        if let Some(v) = v {
+            let d = duration(errs, v, &format!("limits.{what}"))?;
+            if d.is_zero() {
+                return Err(errs.at(
+                    v.span(),
+                    format!("limits.{what}: must be longer than 0 (a bound that never waits would refuse everything)"),
+                ));
+            }
+            *out = d;
+        }
+        Ok(())
+    };
+    time(&raw.header_timeout, "header_timeout", &mut l.header_timeout)?;
+    time(&raw.body_timeout, "body_timeout", &mut l.body_timeout)?;
+    time(&raw.write_timeout, "write_timeout", &mut l.write_timeout)?;
+    time(
+        &raw.unauthenticated_every,
+        "unauthenticated_every",
+        &mut l.unauthenticated_every,
+    )?;
+    Ok(l)
 }
 
 #[cfg(test)]
@@ -246,7 +370,56 @@ cwd = "/srv/shop"
         let c = parse(OK).unwrap();
         assert_eq!(c.audit_log, Path::new("/etc/ferry/audit.jsonl"));
         assert_eq!(c.allow.len(), 1);
-        assert_eq!(c.callers["ops"], "0123456789abcdef0");
+        assert!(c.callers["ops"].matches(b"0123456789abcdef0"));
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn limits_and_wildcard_keys() {
+        let c = parse(&format!(
+            "{OK}wildcard_options = true\n[limits]\nmax_running = 2\nheader_timeout = \"1s\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.limits.max_running, 2);
+        assert_eq!(c.limits.header_timeout, Duration::from_secs(1));
+        assert_eq!(c.limits.max_connections, 64);
+        assert!(c.allow[0].wildcards.options && !c.allow[0].wildcards.dotdot);
+        let e = parse(&format!("{OK}[limits]\nmax_running = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(":10:") && e.contains("limits.max_running"),
+            "{e}"
+        );
+        let e = parse(&format!("{OK}[limits]\nbody_timeout = \"0s\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.body_timeout"), "{e}");
+        let dotdot = OK.replace("\"setup:*\"", "\"../*\"");
+        let e = parse(&dotdot).unwrap_err().to_string();
+        assert!(e.contains(":7:") && e.contains("wildcard_dotdot"), "{e}");
+    }
+
+    #[test]
+    fn a_token_file_open_to_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tok = dir.path().join("ops.token");
+        std::fs::write(&tok, "0123456789abcdef0\n").unwrap();
+        std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let text = OK.replace(
+            "token = \"0123456789abcdef0\"",
+            "token_file = \"ops.token\"",
+        );
+        let path = dir.path().join("exec.toml");
+        let e = ExecConfig::parse(&text, &path).unwrap_err().to_string();
+        assert!(
+            e.contains(":5:") && e.contains("0644") && e.contains("chmod 600"),
+            "{e}"
+        );
+        std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = ExecConfig::parse(&text, &path).unwrap();
+        assert!(c.callers["ops"].matches(b"0123456789abcdef0"));
     }
 
     #[test]
@@ -266,5 +439,24 @@ cwd = "/srv/shop"
         assert!(e.contains("unknown caller \"nobody\""), "{e}");
         let e = parse("listen = 3").unwrap_err().to_string();
         assert!(e.contains(":1:"), "{e}");
+    }
+
+    /// examples/exec.toml stays a valid config whose limits are the
+    /// defaults it claims (token files replaced by inline tokens).
+    #[test]
+    fn the_example_parses() {
+        let text = include_str!("../../../examples/exec.toml")
+            .replace(
+                "token_file = \"/etc/ferry/deploy.token\"",
+                "token = \"deploy-token-0123456789\"",
+            )
+            .replace(
+                "token_file = \"/etc/ferry/oncall.token\"",
+                "token = \"oncall-token-0123456789\"",
+            );
+        let c = ExecConfig::parse(&text, Path::new("/etc/ferry/exec.toml")).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.callers.len(), 2);
+        assert_eq!(c.allow.len(), 5);
     }
 }

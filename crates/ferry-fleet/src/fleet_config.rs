@@ -62,25 +62,26 @@ impl FleetConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         let token = match (&raw.token, &raw.token_file) {
             (None, None) => None,
-            _ => Some(read_token(
-                &errs,
-                base,
-                &raw.token,
-                &raw.token_file,
-                0..0,
-                "token",
-            )?),
+            _ => Some(
+                read_token(&errs, base, &raw.token, &raw.token_file, 0..0, "token")?
+                    .expose()
+                    .to_string(),
+            ),
         };
         let sync_key = match (&raw.sync_key, &raw.sync_key_file) {
             (None, None) => None,
-            _ => Some(read_token(
-                &errs,
-                base,
-                &raw.sync_key,
-                &raw.sync_key_file,
-                0..0,
-                "sync_key",
-            )?),
+            _ => Some(
+                read_token(
+                    &errs,
+                    base,
+                    &raw.sync_key,
+                    &raw.sync_key_file,
+                    0..0,
+                    "sync_key",
+                )?
+                .expose()
+                .to_string(),
+            ),
         };
         if raw.servers.is_empty() {
             return Err(errs.at(0..0, "no [servers.NAME] defined"));

@@ -159,7 +159,9 @@ impl Runbook {
             routers.push(Router {
                 name: r.name.get_ref().clone(),
                 admin: http_url(&errs, &r.admin, &format!("{what}.admin"))?,
-                token: read_token(&errs, base, &r.token, &r.token_file, r.name.span(), &what)?,
+                token: read_token(&errs, base, &r.token, &r.token_file, r.name.span(), &what)?
+                    .expose()
+                    .to_string(),
             });
         }
         if routers.is_empty() {

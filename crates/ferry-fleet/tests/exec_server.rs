@@ -209,3 +209,116 @@ async fn a_relative_program_is_found_in_the_entry_cwd() {
     assert!(out.ok(), "{out:?}");
     assert_eq!(lines.lock().unwrap()[0].1, "cache:flush");
 }
+
+/// A caller that stops reading held its connection, and kept its command
+/// running, until the command's timeout: a write that makes no progress for
+/// `limits.write_timeout` now closes the connection, which stops the
+/// command like a caller that went away.
+#[tokio::test]
+async fn a_caller_that_stops_reading_is_cut_and_its_command_stopped() {
+    use tokio::io::AsyncWriteExt;
+    let r = start("[limits]\nwrite_timeout = \"1s\"\n[[allow]]\nargv = [\"sh\", \"-c\", \"*\"]\n")
+        .await;
+    let body = r#"{"argv":["sh","-c","yes 0123456789abcdef"],"timeout_ms":300000}"#;
+    let mut s = tokio::net::TcpStream::connect(&r.target.addr)
+        .await
+        .unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/exec HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // Never read: the output fills the socket buffers and stalls.
+    let end = Instant::now() + Duration::from_secs(60);
+    let ended = loop {
+        if let Some(e) = audit(&r.audit).into_iter().find(|e| e["event"] == "end") {
+            break e;
+        }
+        assert!(
+            Instant::now() < end,
+            "the command still runs for a caller that stopped reading"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ended["caller_gone"], true, "{ended}");
+    assert_eq!(ended["timed_out"], false, "{ended}");
+    drop(s);
+}
+
+/// A caller whose connection closes cleanly (FIN, everything read) while
+/// its command is silent: the command is stopped.
+#[tokio::test]
+async fn a_caller_that_closes_its_connection_stops_a_silent_command() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = start("[[allow]]\nargv = [\"sleep\", \"*\"]\n").await;
+    let body = r#"{"argv":["sleep","300"],"timeout_ms":300000}"#;
+    let mut s = tokio::net::TcpStream::connect(&r.target.addr)
+        .await
+        .unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/exec HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).await.unwrap(), 1);
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+    drop(s);
+    let end = Instant::now() + Duration::from_secs(60);
+    let ended = loop {
+        if let Some(e) = audit(&r.audit).into_iter().find(|e| e["event"] == "end") {
+            break e;
+        }
+        assert!(Instant::now() < end, "the command outlived its caller");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ended["caller_gone"], true, "{ended}");
+}
+
+/// A caller that leaves right after sending its request (before the
+/// response): hyper drops the handler, and the run must still be stopped
+/// and recorded rather than cut off half way (no `end` record).
+#[tokio::test]
+async fn a_caller_that_leaves_before_the_response_stops_its_command() {
+    use tokio::io::AsyncWriteExt;
+    let r = start("[[allow]]\nargv = [\"sleep\", \"*\"]\n").await;
+    let body = r#"{"argv":["sleep","300"],"timeout_ms":300000}"#;
+    let mut s = tokio::net::TcpStream::connect(&r.target.addr)
+        .await
+        .unwrap();
+    s.write_all(
+        format!(
+            "POST /v1/exec HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    drop(s);
+    let end = Instant::now() + Duration::from_secs(60);
+    let ended = loop {
+        let events = audit(&r.audit);
+        if let Some(e) = events.iter().find(|e| e["event"] == "end") {
+            break e.clone();
+        }
+        assert!(
+            Instant::now() < end,
+            "no end record for a caller that left: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ended["caller_gone"], true, "{ended}");
+}

@@ -679,7 +679,8 @@ async fn exec_runs_allowed_commands_everywhere_and_refuses_the_rest() {
         text(&o)
     );
 
-    // An unauthenticated caller is refused and logged.
+    // An unauthenticated caller is refused, counted, and logged within the
+    // agent's batch interval (10 s by default).
     let o = shop.ferry(&[
         "exec",
         "--fleet",
@@ -692,9 +693,14 @@ async fn exec_runs_allowed_commands_everywhere_and_refuses_the_rest() {
     ]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(text(&o).contains("401"), "{}", text(&o));
-    assert!(audit(&shop.agents[0])
+    let end = Instant::now() + LIMIT;
+    while !audit(&shop.agents[0])
         .iter()
-        .any(|e| e["event"] == "unauthenticated"));
+        .any(|e| e["event"] == "unauthenticated" && e["count"] == 1)
+    {
+        assert!(Instant::now() < end, "no unauthenticated record");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A failing command: exit 1, the table says where.
     let o = shop.ferry(&[
