@@ -371,3 +371,90 @@ pub(crate) async fn serve_http<I, H, Fut, B>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const LIMITS: HttpLimits = HttpLimits {
+        header_timeout: Duration::from_secs(60),
+        keepalive_timeout: Duration::from_secs(10),
+    };
+
+    /// Serves `handler` on one end of a duplex pipe; returns the other end.
+    fn serve_one<H, Fut>(
+        handler: H,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> tokio::io::DuplexStream
+    where
+        H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (tx, shutdown) = watch::channel(false);
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        tokio::spawn(async move {
+            serve_http(
+                server,
+                peer,
+                Alpn::Http1,
+                false,
+                LIMITS,
+                handler,
+                metrics,
+                shutdown,
+            )
+            .await;
+            drop(tx);
+        });
+        client
+    }
+
+    /// Reads until the end of the stream; the bytes read and when it ended.
+    async fn read_to_close(c: &mut tokio::io::DuplexStream) -> (String, Instant) {
+        let mut text = Vec::new();
+        let _ = c.read_to_end(&mut text).await;
+        (String::from_utf8_lossy(&text).into_owned(), Instant::now())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_keepalive_connection_is_closed_after_the_timeout() {
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let handler = |_req| async { Response::new(Full::new(Bytes::from_static(b"ok"))) };
+        let mut c = serve_one(handler, Arc::clone(&metrics));
+        let start = Instant::now();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let (text, closed) = read_to_close(&mut c).await;
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.ends_with("ok"),
+            "{text}"
+        );
+        assert_eq!(closed - start, LIMITS.keepalive_timeout);
+        assert_eq!(metrics.deadlines.idle_closed.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_progress_is_not_idle() {
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        // An answer that takes three keep-alive periods.
+        let handler = |_req| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Response::new(Full::new(Bytes::from_static(b"late")))
+        };
+        let mut c = serve_one(handler, Arc::clone(&metrics));
+        let start = Instant::now();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let (text, closed) = read_to_close(&mut c).await;
+        assert!(text.ends_with("late"), "{text}");
+        assert_eq!(
+            closed - start,
+            Duration::from_secs(30) + LIMITS.keepalive_timeout
+        );
+    }
+}
