@@ -7,7 +7,8 @@
 //!
 //! Events: `unauthenticated` (one record per interval: count, peers),
 //! `bad_request`, `refused`, `accepted`, `spawn_failed`, `start` (pid),
-//! `end` (exit code or signal, timed out, caller gone, duration).
+//! `end` (exit code or signal, timed out, caller gone, agent stopped,
+//! duration).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

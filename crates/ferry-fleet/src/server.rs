@@ -67,6 +67,9 @@ const KILL_GRACE: Duration = Duration::from_secs(3);
 /// How long output still in the pipes is awaited once the command ended (a
 /// process that left the group may hold them open forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+/// Longest wait, when the server stops, for its commands to be stopped
+/// and recorded (TERM, the KILL grace, the output drain, and some).
+const STOP_LIMIT: Duration = Duration::from_secs(10);
 /// Distinct client addresses kept per batch of unauthenticated requests.
 const UNAUTH_PEERS: usize = 16;
 /// Sent to a connection over `max_connections` before it is closed.
@@ -123,6 +126,8 @@ pub struct ExecServer {
     boot: u64,
     connections: Arc<Semaphore>,
     running: Arc<Semaphore>,
+    /// Turns true when the server stops: running commands are stopped.
+    stopping: watch::Sender<bool>,
     stats: Stats,
     unauth: parking_lot::Mutex<UnauthBatch>,
 }
@@ -147,6 +152,7 @@ impl ExecServer {
         Ok(Arc::new(ExecServer {
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             running: Arc::new(Semaphore::new(limits.max_running)),
+            stopping: watch::channel(false).0,
             cfg,
             audit,
             seq: AtomicU64::new(0),
@@ -280,8 +286,10 @@ impl ExecServer {
     }
 }
 
-/// Serves until `shutdown` turns true. Takes a bound listener (tests bind
-/// port 0).
+/// Serves until `shutdown` turns true (or its sender is dropped), then
+/// stops the running commands (TERM to each group, KILL after a grace) and
+/// returns once they are reaped and on record, or after [`STOP_LIMIT`].
+/// Takes a bound listener (tests bind port 0).
 pub async fn serve(
     listener: TcpListener,
     srv: Arc<ExecServer>,
@@ -323,6 +331,14 @@ pub async fn serve(
         tokio::spawn(serve_connection(srv.clone(), stream, peer, permit));
     }
     flusher.abort();
+    srv.stopping.send_replace(true);
+    let all = srv.limits().max_running as u32;
+    if tokio::time::timeout(STOP_LIMIT, srv.running.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("exec server stopped with commands still being stopped");
+    }
     srv.flush_unauthenticated().await;
 }
 
@@ -670,6 +686,8 @@ enum Ending {
     Exited(std::process::ExitStatus),
     TimedOut,
     CallerGone,
+    /// The agent is stopping.
+    Stopped,
 }
 
 impl Run {
@@ -763,6 +781,7 @@ impl Run {
         .flatten()
         .collect();
         let pid = child.id();
+        let mut stopping = srv.stopping.subscribe();
         let ending = tokio::select! {
             st = child.wait() => match st {
                 Ok(s) => Ending::Exited(s),
@@ -773,6 +792,7 @@ impl Run {
             },
             _ = tokio::time::sleep(self.timeout) => Ending::TimedOut,
             _ = tx.closed() => Ending::CallerGone,
+            _ = stopping.wait_for(|s| *s) => Ending::Stopped,
         };
         let status = match ending {
             Ending::Exited(s) => {
@@ -797,6 +817,7 @@ impl Run {
         let signal = status.and_then(|s| s.signal());
         let timed_out = matches!(ending, Ending::TimedOut);
         let gone = matches!(ending, Ending::CallerGone);
+        let agent_stopped = matches!(ending, Ending::Stopped);
         let last = json!({
             "exit": exit,
             "signal": signal,
@@ -809,6 +830,7 @@ impl Run {
         f.insert("signal".into(), signal.into());
         f.insert("timed_out".into(), timed_out.into());
         f.insert("caller_gone".into(), gone.into());
+        f.insert("agent_stopped".into(), agent_stopped.into());
         f.insert("duration_ms".into(), duration_ms.into());
         let _ = srv.audit("end", Value::Object(f)).await;
         // A caller that stopped reading gets no more than the write

@@ -131,7 +131,7 @@ pub struct JoinArgs {
 /// What the agent runs next to the sync server: the exec server and the
 /// pool membership.
 pub(crate) struct Extras {
-    exec: Option<watch::Sender<bool>>,
+    exec: Option<ExecServing>,
     joined: Option<Joined>,
 }
 
@@ -219,15 +219,33 @@ impl Extras {
                 }
             }
         }
-        drop(self.exec);
+        if let Some(e) = self.exec {
+            e.stop().await;
+        }
     }
 }
 
-/// Starts the exec server when configured; dropping the returned sender
-/// stops it.
+/// A running exec server.
+pub(crate) struct ExecServing {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ExecServing {
+    /// Stops accepting, then waits while the server stops its running
+    /// commands and records their end (bounded by the server).
+    async fn stop(self) {
+        self.stop.send_replace(true);
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "exec server task failed");
+        }
+    }
+}
+
+/// Starts the exec server when configured.
 pub(crate) async fn spawn_agent_server(
     exec: Option<ExecConfig>,
-) -> Result<Option<watch::Sender<bool>>, Failure> {
+) -> Result<Option<ExecServing>, Failure> {
     let Some(cfg) = exec else { return Ok(None) };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -238,12 +256,14 @@ pub(crate) async fn spawn_agent_server(
         callers = cfg.callers.len(),
         allowed = cfg.allow.len(),
         audit_log = %cfg.audit_log.display(),
+        max_connections = cfg.limits.max_connections,
+        max_running = cfg.limits.max_running,
         "exec server listening"
     );
     let srv = ferry_fleet::ExecServer::new(cfg)?;
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(ferry_fleet::serve(listener, srv, rx));
-    Ok(Some(tx))
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(ferry_fleet::serve(listener, srv, rx));
+    Ok(Some(ExecServing { stop, task }))
 }
 
 /// An agent with no volumes: the exec server and/or the pool membership.

@@ -630,6 +630,26 @@ fn fleet_running_commands_are_capped_and_stop_with_their_caller() {
     );
 }
 
+/// Live (not zombie) processes of process group `pgid`.
+fn group(pgid: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // After "(comm)": state, ppid, pgrp.
+        let rest: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(vec![], |(_, r)| r.split_whitespace().collect());
+        if rest.len() > 2 && rest[2] == pgid && rest[0] != "Z" {
+            out.push(name);
+        }
+    }
+    out
+}
+
 /// Open file descriptors of `pid`.
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
@@ -745,6 +765,103 @@ fn fleet_a_token_file_open_to_others_is_refused() {
         "exec: caller token file mode 0644",
         "agent refuses to start (exit 2, names file:line and chmod 600)",
         0,
+        true,
+    );
+}
+
+/// Stopping the agent (SIGTERM: a restart during a deploy) cut its running
+/// commands off: the leader was killed on the way out, what it started in
+/// its group ran on, and nothing recorded how the run ended.
+#[test]
+fn fleet_stopping_the_agent_stops_and_records_its_commands() {
+    let dir = workdir();
+    let mut agent = start_agent(
+        dir.path(),
+        &dir.path().join("audit.jsonl"),
+        "[[allow]]\nargv = [\"sh\", \"-c\", \"*\"]\n",
+    );
+    let bg = dir.path().join("bg.pid");
+    let body = serde_json::json!({
+        "argv": ["sh", "-c", format!("sleep 300 & echo $! > {}; sleep 300", bg.display())],
+        "timeout_ms": 300_000,
+    })
+    .to_string();
+    let mut s = agent.connect();
+    s.write_all(
+        format!(
+            "POST /v1/exec HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut status = String::new();
+    BufReader::new(s.try_clone().unwrap())
+        .read_line(&mut status)
+        .unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let end = Instant::now() + LIMIT;
+    let bg_pid = loop {
+        let p = std::fs::read_to_string(&bg).unwrap_or_default();
+        if p.ends_with('\n') {
+            break p.trim().to_string();
+        }
+        assert!(Instant::now() < end, "the command never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let leader = agent
+        .audit_events()
+        .iter()
+        .find(|e| e["event"] == "start")
+        .and_then(|e| e["pid"].as_u64())
+        .expect("a start record with the pid")
+        .to_string();
+    let rss = report::rss_kib(agent.pid());
+    let t0 = Instant::now();
+    let st = Command::new("kill")
+        .args(["-TERM", &agent.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let exited = loop {
+        if let Some(st) = agent.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < end, "the agent did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stop_t = t0.elapsed();
+    let mut left = group(&leader);
+    if alive(&bg_pid) && !left.contains(&bg_pid) {
+        left.push(bg_pid.clone());
+    }
+    // Stop what survived (started by this test, through the agent).
+    for pid in &left {
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    }
+    assert!(
+        exited.success(),
+        "agent exit {exited}: {}",
+        agent.stderr_text()
+    );
+    assert!(
+        left.is_empty(),
+        "still running after the agent stopped: {left:?}"
+    );
+    let events = agent.audit_events();
+    let ended = events
+        .iter()
+        .find(|e| e["event"] == "end")
+        .unwrap_or_else(|| panic!("no end record: {events:?}"));
+    assert_eq!(ended["agent_stopped"], true, "{ended}");
+    drop(s);
+    report::row(
+        "exec: agent stopped (SIGTERM) with a command running",
+        &format!(
+            "command group stopped and recorded; agent exited in {:.1} s",
+            stop_t.as_secs_f64()
+        ),
+        rss,
         true,
     );
 }
