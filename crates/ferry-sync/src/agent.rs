@@ -254,15 +254,17 @@ struct Counters {
     handshake_failed: AtomicU64,
     thread_failed: AtomicU64,
     idle_closed: AtomicU64,
+    accept_failed: AtomicU64,
 }
 
 impl Counters {
-    fn totals(&self) -> [u64; 4] {
+    fn totals(&self) -> [u64; 5] {
         [
             self.refused_busy.load(Ordering::Relaxed),
             self.handshake_failed.load(Ordering::Relaxed),
             self.thread_failed.load(Ordering::Relaxed),
             self.idle_closed.load(Ordering::Relaxed),
+            self.accept_failed.load(Ordering::Relaxed),
         ]
     }
 }
@@ -302,7 +304,7 @@ impl Drop for WatchSlot {
 /// connections must not write thousands of lines (#8 of issue 15).
 struct Summary {
     at: Instant,
-    seen: [u64; 4],
+    seen: [u64; 5],
 }
 
 impl Summary {
@@ -318,14 +320,15 @@ impl Summary {
         self.seen = now;
         let open = c.open.load(Ordering::Relaxed);
         let msg = "sync connections refused or cut in the last minute";
-        // Busy refusals and thread failures turn away clients that may hold
-        // the key; failed handshakes are mostly strangers and probes.
-        if d[0] > 0 || d[2] > 0 {
+        // Busy refusals, thread and accept failures turn away clients that
+        // may hold the key; failed handshakes are mostly strangers and probes.
+        if d[0] > 0 || d[2] > 0 || d[4] > 0 {
             tracing::warn!(
                 refused_busy = d[0],
                 handshake_failed = d[1],
                 thread_failed = d[2],
                 idle_closed = d[3],
+                accept_failed = d[4],
                 open,
                 "{msg}"
             );
@@ -355,15 +358,16 @@ pub fn serve(
     let counters = Arc::new(Counters::default());
     let mut summary = Summary {
         at: Instant::now(),
-        seen: [0; 4],
+        seen: [0; 5],
     };
     let mut backoff: Option<Duration> = None;
+    // When an accept error was last logged: under descriptor pressure,
+    // failures and successes alternate, and each failure must not be a line.
+    let mut accept_logged: Option<Instant> = None;
     while !shutdown.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((s, peer)) => {
-                if backoff.take().is_some() {
-                    tracing::info!("accepting connections again");
-                }
+                backoff = None;
                 accept_one(s, peer, &config, &counters);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -376,8 +380,13 @@ pub fn serve(
                 let wait = backoff.map_or(Duration::from_millis(20), |b| {
                     (b * 2).min(Duration::from_secs(1))
                 });
-                if backoff.is_none() {
-                    tracing::warn!(error = %e, "accept failed; retrying with backoff");
+                counters.accept_failed.fetch_add(1, Ordering::Relaxed);
+                if accept_logged.is_none_or(|t| t.elapsed() >= Summary::EVERY) {
+                    tracing::warn!(
+                        error = %e,
+                        "accept failed; retrying with backoff (more are counted in the minute's summary)"
+                    );
+                    accept_logged = Some(Instant::now());
                 } else {
                     tracing::debug!(error = %e, "accept failed again");
                 }
