@@ -328,6 +328,12 @@ pub(crate) struct BodyStalled {
     timeout: Duration,
 }
 
+impl BodyStalled {
+    pub fn new(what: &'static str, timeout: Duration) -> BodyStalled {
+        BodyStalled { what, timeout }
+    }
+}
+
 /// A body that fails when, while polled, it yields nothing for `timeout`.
 pub(crate) struct Progress<B> {
     inner: B,

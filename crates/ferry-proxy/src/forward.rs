@@ -39,6 +39,9 @@ pub(crate) struct ConnInfo {
     pub forwarded_for: Box<str>,
     /// The client connection is TLS: `proto=https` and `X-Forwarded-Proto: https`.
     pub tls: bool,
+    /// The client speaks HTTP/2: response bodies are watched for a client
+    /// that stops granting flow-control window (`body.rs`).
+    pub h2: bool,
 }
 
 impl ConnInfo {
@@ -64,6 +67,7 @@ impl ConnInfo {
             client_ip_header: value(ip.to_string()),
             forwarded_for: format!("for={for_}").into(),
             tls,
+            h2: false,
         }
     }
 }
@@ -495,25 +499,35 @@ fn outgoing_parts(
 fn response_from(
     shared: &Shared,
     settings: &crate::state::Settings,
+    conn: &ConnInfo,
     resp: Response<Incoming>,
     in_flight: ferry_router::Tracked,
     pick: Option<Pick>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(
-        parts,
+    let body = Progress::new(
+        body,
+        settings.body_timeout,
+        Stalled::Upstream,
+        Arc::clone(&shared.metrics),
+    );
+    let body = if conn.h2 {
+        ProxyBody::watched(
+            body,
+            in_flight,
+            pick,
+            settings.body_timeout,
+            Arc::clone(&shared.metrics),
+        )
+    } else {
         ProxyBody::Upstream {
-            body: Progress::new(
-                body,
-                settings.body_timeout,
-                Stalled::Upstream,
-                Arc::clone(&shared.metrics),
-            ),
+            body,
             _in_flight: Some(in_flight),
             _server: pick,
-        },
-    )
+        }
+    };
+    Response::from_parts(parts, body)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -614,7 +628,7 @@ async fn forward_local(
                 pick.server.record_connect(true, passive_fall);
                 histogram.observe(t0.elapsed().as_secs_f64());
                 return (
-                    response_from(shared, settings, resp, in_flight, Some(pick)),
+                    response_from(shared, settings, conn, resp, in_flight, Some(pick)),
                     upstream_label,
                 );
             }
@@ -715,7 +729,7 @@ async fn forward_remote(
         Ok(resp) => {
             histogram.observe(t0.elapsed().as_secs_f64());
             (
-                response_from(shared, settings, resp, in_flight, None),
+                response_from(shared, settings, conn, resp, in_flight, None),
                 label,
             )
         }

@@ -231,7 +231,7 @@ async fn serve_connection(
     } else {
         None
     };
-    let info = ConnInfo::new(
+    let mut info = ConnInfo::new(
         client,
         spec.trusted,
         tls.is_some(),
@@ -243,7 +243,7 @@ async fn serve_connection(
     };
     let body_timeout = settings.body_timeout;
     drop(settings);
-    let handler = {
+    let handler = |info: ConnInfo| {
         let shared = Arc::clone(&shared);
         move |req| {
             let fut = forward::handle(Arc::clone(&shared), info.clone(), req);
@@ -266,10 +266,12 @@ async fn serve_connection(
                 Sniffed::H2 => Alpn::H2,
                 Sniffed::Http1 => Alpn::Http1,
             };
+            info.h2 = proto == Alpn::H2;
             let io = Prefixed::new(
                 prefix,
                 SendDeadline::new(stream, body_timeout, Arc::clone(&metrics)),
             );
+            let handler = handler(info);
             serve_http(io, peer, proto, false, limits, handler, metrics, shutdown).await
         }
         Some(t) => {
@@ -282,6 +284,8 @@ async fn serve_connection(
                 return;
             };
             drop(t);
+            info.h2 = alpn == Alpn::H2;
+            let handler = handler(info);
             serve_http(stream, peer, alpn, true, limits, handler, metrics, shutdown).await
         }
     }

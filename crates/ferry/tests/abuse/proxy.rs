@@ -324,6 +324,63 @@ async fn a_client_that_stops_reading_is_cut_and_in_flight_returns_to_zero() {
     assert!(served, "a normal request failed: {other:?}");
 }
 
+/// #10 over HTTP/2: the client grants no more flow-control window, so the
+/// socket never blocks and its other streams go on. Before: the response
+/// stayed in flight for as long as the connection lived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_stops_reading_is_cut_and_in_flight_returns_to_zero() {
+    let dir = workdir();
+    let web = Nginx::start("web");
+    web.put_file("big", 64 << 20, b'x');
+    let config = router_config("dc1", "body_timeout = \"2s\"")
+        + &pool("web", &[("s1", web.addr())])
+        + &site(HOST, "pool:web", "");
+    let ferry = Ferry::start(dir.path(), &config);
+    let admin = Admin::new(ferry.admin);
+
+    let h2 = client::h2c();
+    let stuck = tokio::time::timeout(
+        LIMIT,
+        h2.request(client::request(
+            http::Method::GET,
+            ferry.addr(),
+            HOST,
+            "/files/big",
+        )),
+    )
+    .await
+    .expect("a response head in time")
+    .expect("a response head");
+    assert_eq!(stuck.status(), 200);
+    // Its body is never read: hyper grants no window beyond the first 64 KiB.
+    let in_flight = |v: serde_json::Value| v["in_flight"].as_u64();
+    let stalled_at = Instant::now();
+    let drained = Deadline::new("in_flight to return to 0", LIMIT);
+    while in_flight(admin.site(HOST).await) != Some(0) {
+        drained.tick().await;
+    }
+    let held_for = stalled_at.elapsed();
+    let cut = metric(
+        &admin.metrics().await,
+        r#"ferry_body_timeouts_total{stalled="client_receive"}"#,
+    );
+    // The same connection still serves other streams.
+    let other = client::get(&h2, ferry.addr(), HOST, "/").await;
+    let served = matches!(&other, Ok(r) if r.status == 200 && r.version == "HTTP/2");
+    drop(stuck);
+    report::row(
+        "h2 client grants no window for a 64 MiB response (#10)",
+        &format!(
+            "stream cut after {:.1} s (body_timeout 2 s), in_flight back to 0, connection kept",
+            held_for.as_secs_f64()
+        ),
+        report::rss_kib(ferry.pid),
+        served,
+    );
+    assert_eq!(cut, Some(1.0), "the stall is counted");
+    assert!(served, "another stream on the connection failed: {other:?}");
+}
+
 /// #11: a PROXY header claiming an operator's address, sent to a
 /// passthrough listener with `proxy_protocol = true` from a peer that is
 /// not a router. Before: believed from anyone, so the client passed
