@@ -992,13 +992,7 @@ fn handle(sess: &mut Session<'_>, m: Msg, w: &mut BufWriter<TcpStream>) -> Resul
             send(w, &Msg::ReadEnd)
         }
         Msg::ReadSmallReq { path } => {
-            let d = sess.tree.read_small(&path, 0)?;
-            if d.len() > proto::MAX_DATA {
-                return Err(SyncError::Unsupported(format!(
-                    "{path}: {} bytes is too large for a single read",
-                    d.len()
-                )));
-            }
+            let d = sess.tree.read_small_max(&path, 0, proto::MAX_DATA)?;
             send(w, &Msg::FileData(d))
         }
         Msg::ReadBlockReq { index, block_size } => {

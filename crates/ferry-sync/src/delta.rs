@@ -42,6 +42,11 @@ pub struct Signature {
     pub strong: Vec<[u8; STRONG_LEN]>,
 }
 
+/// Most blocks in a signature: (4 + 16) bytes each, so one `Sig` frame
+/// ([`crate::proto::MAX_FRAME`]) always holds it. The receiver describes at
+/// most this many blocks of its basis, whatever block size is asked.
+pub const MAX_SIG_BLOCKS: u64 = 400_000;
+
 /// Block size for a file of `len` bytes: about the square root (as rsync), so
 /// the signature and the per-change overhead both stay small, and never more
 /// than ~200,000 blocks so a signature fits a frame, up to the largest block

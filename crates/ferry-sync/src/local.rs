@@ -26,7 +26,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -245,6 +245,46 @@ impl LocalTree {
         let open = std::sync::Arc::new(OpenDir::new(fd));
         self.dirs.put(dir.clone(), open.clone());
         Ok(open)
+    }
+
+    /// [`Source::read_small`] reading at most `max` bytes: a file larger
+    /// than that is refused once `max` is passed, not read whole into memory
+    /// (the agent answers a small read with one frame: a read-only session
+    /// asking for a 10 GB file must not cost 10 GB).
+    pub fn read_small_max(&self, path: &RelPath, size: u64, max: usize) -> Result<Vec<u8>> {
+        let dir = self.open_dir(&path.parent())?;
+        let fd = open_read_at(&*dir, OsStr::from_bytes(path.file_name()))
+            .map_err(|e| SyncError::io("open", path.under(&self.root), e.into()))?;
+        // Not read_to_end: on a File it asks fstat for the size first.
+        let expect = usize::try_from(size).unwrap_or(usize::MAX);
+        let mut v = match size {
+            0 => Vec::with_capacity(16 << 10),
+            _ => Vec::with_capacity(expect.saturating_add(1).min(proto::MAX_DATA + 1)),
+        };
+        loop {
+            if v.len() == v.capacity() {
+                // Doubling, but never more than one byte past `max` (enough
+                // to know the file is larger).
+                let room = v
+                    .len()
+                    .max(4096)
+                    .min(max.saturating_add(1).saturating_sub(v.len()));
+                v.reserve_exact(room.max(1));
+            }
+            match rustix::io::read(&fd, rustix::buffer::spare_capacity(&mut v)) {
+                Ok(0) => return Ok(v),
+                // The buffer had room for more: this is all there is.
+                Ok(_) if size > 0 && v.len() == expect && v.len() < v.capacity() => return Ok(v),
+                Ok(_) if v.len() > max => {
+                    return Err(SyncError::Unsupported(format!(
+                        "{path}: more than {max} bytes, too large for a single read"
+                    )))
+                }
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(SyncError::io("read", path.under(&self.root), e.into())),
+            }
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -967,28 +1007,7 @@ impl Source for LocalTree {
     /// and one read when the size is still the scanned one (a second read
     /// only to hear "end of file" is a sixth of reading a small file).
     fn read_small(&self, path: &RelPath, size: u64) -> Result<Vec<u8>> {
-        let dir = self.open_dir(&path.parent())?;
-        let fd = open_read_at(&*dir, OsStr::from_bytes(path.file_name()))
-            .map_err(|e| SyncError::io("open", path.under(&self.root), e.into()))?;
-        // Not read_to_end: on a File it asks fstat for the size first.
-        let expect = usize::try_from(size).unwrap_or(usize::MAX);
-        let mut v = match size {
-            0 => Vec::with_capacity(16 << 10),
-            _ => Vec::with_capacity(expect.saturating_add(1).min(proto::MAX_DATA + 1)),
-        };
-        loop {
-            if v.len() == v.capacity() {
-                v.reserve(v.len().max(4096));
-            }
-            match rustix::io::read(&fd, rustix::buffer::spare_capacity(&mut v)) {
-                Ok(0) => return Ok(v),
-                // The buffer had room for more: this is all there is.
-                Ok(_) if size > 0 && v.len() == expect && v.len() < v.capacity() => return Ok(v),
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(SyncError::io("read", path.under(&self.root), e.into())),
-            }
-        }
+        self.read_small_max(path, size, usize::MAX)
     }
 
     fn read_block(&self, index: u64, block_size: u32) -> Result<Vec<u8>> {
@@ -1045,7 +1064,11 @@ impl Dest for LocalTree {
             Err(rustix::io::Errno::NOENT) => return Ok(None),
             Err(e) => return Err(SyncError::io("open basis", &p, e.into())),
         };
-        let sig = delta::signature(std::io::BufReader::new(f), block_size)
+        // At most what one `Sig` frame holds: a tiny block size asked of a
+        // large file describes its beginning only (still a valid basis; the
+        // rest travels as data) instead of costing gigabytes.
+        let cap = delta::MAX_SIG_BLOCKS.saturating_mul(u64::from(block_size.max(1)));
+        let sig = delta::signature(std::io::BufReader::new(f.take(cap)), block_size)
             .map_err(|e| SyncError::io("read basis", &p, e))?;
         Ok(Some(sig))
     }

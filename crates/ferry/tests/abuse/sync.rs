@@ -603,3 +603,61 @@ fn sync_out_of_descriptors_backs_off_and_recovers() {
     assert!(served, "no push once descriptors were free:\n{log}");
     assert!(accept_lines <= 3, "{accept_lines} lines:\n{log}");
 }
+
+/// A read-only session could make the agent hold a whole file in memory: a
+/// small read (`ReadSmallReq`) of a 1 GiB file was read whole before being
+/// refused as too large for a frame, and a basis signature (`SigReq`) asked
+/// with 1-byte blocks of a 16 MiB file held 16 million block hashes. Now a
+/// small read stops one byte past the frame's limit, and a signature
+/// describes at most what one frame holds.
+#[test]
+fn sync_reads_that_would_hold_a_whole_file_are_bounded() {
+    let t = tempfile::tempdir().unwrap();
+    let vol = t.path().join("vol");
+    fs::create_dir_all(&vol).unwrap();
+    for (name, len) in [("big.bin", 1u64 << 30), ("basis.bin", 16 << 20)] {
+        fs::File::create(vol.join(name))
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+    }
+    let agent = Agent::start(
+        t.path(),
+        &format!(
+            "[volumes.ro]\npath = \"{}\"\nread_only = true\n",
+            vol.display()
+        ),
+    );
+    let before = status_kib(agent.pid, "VmRSS:");
+    let tree = agent.connect("ro", false).expect("opening the volume");
+    let small = tree.read_small(&RelPath::new(&b"big.bin"[..]).unwrap(), 0);
+    // The refusal ends nothing: the session goes on.
+    let sig = ferry_sync::Dest::signature(
+        &tree,
+        &RelPath::new(&b"basis.bin"[..]).unwrap(),
+        ferry_sync::Basis::Target,
+        1,
+    );
+    let growth_mb = agent.peak_kib().saturating_sub(before) / 1024;
+    let served = matches!(&sig, Ok(Some(s)) if s.len > 0);
+    report::row(
+        "sync: ReadSmallReq of 1 GiB + SigReq with 1-byte blocks of 16 MiB",
+        &format!(
+            "small read: {}; signature: {}; peak +{growth_mb} MB",
+            match &small {
+                Ok(d) => format!("{} bytes served", d.len()),
+                Err(e) => format!("refused ({e})"),
+            },
+            match &sig {
+                Ok(Some(s)) => format!("{} blocks", s.weak.len()),
+                other => format!("{other:?}"),
+            }
+        ),
+        report::rss_kib(agent.pid),
+        served,
+    );
+    let e = small.expect_err("1 GiB in one small read");
+    assert!(e.to_string().contains("too large"), "{e}");
+    assert!(served, "{sig:?}");
+    assert!(growth_mb < 100, "the agent grew by {growth_mb} MB");
+}
