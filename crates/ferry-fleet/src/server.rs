@@ -62,6 +62,10 @@ const MAX_BODY: usize = 64 * 1024;
 const MAX_HEAD: usize = 32 * 1024;
 /// Longest output line sent as one record; longer lines are split.
 const MAX_LINE: usize = 64 * 1024;
+/// Output records queued for a caller before the command's pipes wait: a
+/// record is at most MAX_LINE bytes JSON-escaped (up to 6x for control
+/// bytes), so this bounds a command's queued output to ~12 MiB.
+const OUTPUT_RECORDS: usize = 32;
 /// Between TERM and KILL when a command is stopped.
 const KILL_GRACE: Duration = Duration::from_secs(3);
 /// How long output still in the pipes is awaited once the command ended (a
@@ -761,7 +765,7 @@ impl Run {
         );
         // Best effort: the run is already on record as accepted.
         let _ = srv.audit("start", Value::Object(f)).await;
-        let (tx, rx) = mpsc::channel::<Bytes>(256);
+        let (tx, rx) = mpsc::channel::<Bytes>(OUTPUT_RECORDS);
         // A handler gone already drops `rx` here: `tx.closed()` below then
         // stops the command as for a caller that went away.
         let _ = ready.send(Ok(rx));
