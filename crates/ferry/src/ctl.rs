@@ -15,9 +15,14 @@ pub struct Args {
     /// Admin API address of the router.
     #[arg(long, env = "FERRY_ADMIN", default_value = "http://127.0.0.1:9090")]
     admin: String,
-    /// Bearer token of the admin API.
+    /// Bearer token of the admin API (a value on the command line is seen
+    /// by every user in `ps`: prefer --token-file or the environment).
     #[arg(long, env = "FERRY_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// File holding the bearer token (readable by its owner only, as the
+    /// router's `token_file`; trimmed). Wins over --token and the environment.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -130,10 +135,19 @@ fn encode(host: &str) -> String {
 }
 
 pub async fn run(args: Args) -> Result<(), Failure> {
+    let token = match &args.token_file {
+        Some(path) => Some(
+            ferry_secret::read_file("--token-file", path)
+                .map_err(Failure::usage)?
+                .expose()
+                .to_string(),
+        ),
+        None => args.token,
+    };
     let api = Api {
         http: HttpClient::new(Duration::from_secs(30)),
         base: args.admin,
-        token: args.token,
+        token,
     };
     let out = match args.command {
         Cmd::Status => api.call(Method::GET, "/v1/status", None).await?,

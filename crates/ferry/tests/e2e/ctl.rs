@@ -112,6 +112,38 @@ async fn ctl_reads_sets_and_reports_refusals_by_exit_code() {
     let wrong = ctl(&admin, "not-the-token", &["status"]).await;
     assert_eq!(wrong.code, Some(3), "wrong token: {}", wrong.stderr);
     assert!(wrong.stderr.contains("401"), "{}", wrong.stderr);
+    // --token-file: the router's rule for secret files, and it wins over
+    // the environment's (wrong) token.
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("writing the token file");
+    let file_arg = token_file.to_str().expect("utf-8 path");
+    let set_mode = |mode| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(mode))
+            .expect("chmod");
+    };
+    set_mode(0o644);
+    let open = ctl(
+        &admin,
+        "not-the-token",
+        &["--token-file", file_arg, "status"],
+    )
+    .await;
+    assert_eq!(
+        open.code,
+        Some(2),
+        "a token file others can read: {}",
+        open.stderr
+    );
+    assert!(open.stderr.contains("chmod 600"), "{}", open.stderr);
+    set_mode(0o600);
+    let from_file = ctl(
+        &admin,
+        "not-the-token",
+        &["--token-file", file_arg, "status"],
+    )
+    .await;
+    assert_eq!(from_file.code, Some(0), "{}", from_file.stderr);
     let g = ctl(&admin, TOKEN, &["sites", "get", "ctl.test"])
         .await
         .json();
