@@ -1,0 +1,29 @@
+//! `ferry-journal`: the durable journal every Ferry runbook writes, and the
+//! discipline its steps follow.
+//!
+//! - [`Journal`]: one SQLite file per run: a `run` row, `events` rows and a
+//!   `head` row, each row's BLAKE3 hash chained over the previous one
+//!   ([`Chain`]), checked whole when the file is opened; WAL with
+//!   `synchronous=FULL`; the file's kind in `application_id`, its schema in
+//!   `user_version`; `<journal>.lock` flock-ed by the one process that may
+//!   write. Generic over a [`Kind`]: each runbook keeps its own run and
+//!   event types, columns, hashes and `application_id`.
+//! - [`Steps`]: begin (journaled before the step acts) -> act -> end, with a
+//!   typed [`Outcome`] and the `<step>:before` / `<step>:after` failpoints.
+//! - [`Failpoints`]: `FERRY_FAILPOINTS`, ways to stop a runbook on purpose
+//!   (SIGKILL, or a pause a test lifts), always compiled in.
+//! - [`Error`]: what went wrong with which journal file.
+
+#![forbid(unsafe_code)]
+
+mod chain;
+mod error;
+pub mod failpoint;
+mod journal;
+mod step;
+
+pub use chain::Chain;
+pub use error::{Error, ErrorKind};
+pub use failpoint::{Action, FailpointError, Failpoints, KillMode};
+pub use journal::{now_ms, running, Journal, Kind, Record, Row};
+pub use step::{Outcome, StepError, Steps};
