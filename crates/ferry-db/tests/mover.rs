@@ -591,11 +591,17 @@ async fn the_checks_find_a_destination_row_that_differs_before_and_inside_the_fr
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = config(&src, &dst, &tmp.path().join("m.json"));
     cfg.dest_binlog = false;
+    // A destination that refuses LOAD DATA LOCAL: the copy uses INSERTs.
+    dst.exec("SET GLOBAL local_infile = OFF").await;
     let mut m = Mover::open(cfg).await.unwrap();
     m.prepare().await.unwrap();
     m.first_copy(&|_| {}).await.unwrap();
     // A copy kept out of the destination's binary log.
     assert_eq!(write_rows_events(&dst).await, 0);
+    assert_eq!(
+        one(&dst, "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'COM_LOAD'").await,
+        "0"
+    );
     m.catch_up().await.unwrap();
     wait_converged(&mut m, 0).await;
 
