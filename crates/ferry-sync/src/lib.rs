@@ -16,7 +16,8 @@
 //!   and the narrowing that lists differing paths.
 //! - [`proto`]: the versioned, length-prefixed wire frames and their strict
 //!   decoder; [`remote`]: the client side of a connection to an agent
-//!   ([`RemoteTree`]); [`agent`]: the server side ([`serve`], [`AgentConfig`]).
+//!   ([`RemoteTree`]); [`agent`]: the server side ([`serve`], [`AgentConfig`],
+//!   its [`Limits`] against strangers and hostile sessions).
 //! - [`block`]: block mode (parallel hashing, digest file).
 //! - [`watch`]: `--watch`, the record of changed paths between passes
 //!   ([`Watch`], [`Changes`]); [`follow`]: follow mode, every change pushed
@@ -41,7 +42,7 @@ pub mod proto;
 pub mod remote;
 pub mod watch;
 
-pub use agent::{serve, AgentConfig, Volume};
+pub use agent::{serve, AgentConfig, Limits, Volume};
 pub use endpoint::{Basis, Dest, Op, Source, Tree};
 pub use engine::{
     converge, run_block_pass, run_pass, run_pass_over, verify, verify_blocks, BlockVerdict,
