@@ -36,6 +36,9 @@ pub enum FleetError {
     /// An update step failed (exit code, check, timeout).
     #[error("step {step}: {message}")]
     Step { step: String, message: String },
+    /// A failpoint stopped the update in-process (test mode of `kill`).
+    #[error("interrupted at failpoint {0}")]
+    Interrupted(String),
 }
 
 pub type Result<T> = std::result::Result<T, FleetError>;

@@ -1,50 +1,34 @@
-//! The update journal: one SQLite file per `ferry update` run.
+//! The update journal: one [`ferry_journal`] file per `ferry update` run.
 //!
-//! Written here rather than reusing ferry-orch's: that journal's rows are
-//! shaped for migrations (units, waves, epochs, directions) and its fold
-//! builds a migration status; an update is one list of steps. The same
-//! guarantees, smaller:
-//! - `run`: one row (level, primary, runbook and fleet paths with the BLAKE3
-//!   digests of their bytes, start time), as JSON, with its hash;
+//! Its own [`Kind`] (`Update`, `application_id` "FRYU", `user_version` 1):
+//! an update is one list of steps, not a migration's units and waves.
+//! - `run`: one row, [`RunMeta`] as JSON (level, primary, runbook and
+//!   fleet paths with the BLAKE3 digests of their bytes, start time);
 //! - `events`: `begin` before a step acts (with what it will send: the
-//!   router states it recorded, the epochs it will use), `end` after
-//!   (`ok` or `failed`, with data), each with a BLAKE3 hash chained over the
-//!   previous row's; `head` holds the last sequence number and hash, written
-//!   in the same transaction, so an edited byte or a removed row (middle or
-//!   last) is refused at open, naming the row.
-//! - WAL + `synchronous=FULL`; `user_version` 1, `application_id` "FRYU".
-//! - `<journal>.lock`, flock-ed while a process runs the update: a second
-//!   runner is refused, and `status` can tell "running" from "interrupted"
-//!   (the kernel drops the lock on kill -9).
+//!   router states it recorded, the epochs it will use), `end` after (a
+//!   typed [`Outcome`], with data).
+//!
+//! The chain, the checks at open, durability and the writer's lock are
+//! ferry-journal's; the hashes below are this format's (version 1, the
+//! fixture `tests/fixtures/update-journal-v1.db` holds them).
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use parking_lot::Mutex;
-use rusqlite::{params, Connection, OpenFlags};
+use ferry_journal::{
+    Chain, ErrorKind, FailpointError, Failpoints, Kind, Outcome, StepError, Steps,
+};
+use rusqlite::types::Value;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::error::{FleetError, Result};
 
-const SCHEMA_VERSION: i64 = 1;
+pub use ferry_journal::now_ms;
+
+/// The update journal's format.
+pub struct Update;
+
 /// "FRYU".
 const APPLICATION_ID: i64 = 0x4652_5955;
-
-const SCHEMA: &str = "
-CREATE TABLE run (id INTEGER PRIMARY KEY CHECK (id = 1), meta TEXT NOT NULL, hash BLOB NOT NULL);
-CREATE TABLE events (
-    seq INTEGER PRIMARY KEY,
-    at_ms INTEGER NOT NULL,
-    idx INTEGER NOT NULL,
-    step TEXT NOT NULL,
-    phase TEXT NOT NULL,
-    outcome TEXT,
-    data TEXT NOT NULL,
-    hash BLOB NOT NULL
-);
-CREATE TABLE head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash BLOB NOT NULL);
-";
 
 /// What the run was started with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +49,27 @@ pub enum Phase {
     End,
 }
 
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Begin => "begin",
+            Phase::End => "end",
+        }
+    }
+}
+
+/// One row to journal.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Entry {
+    /// The step's position in the plan.
+    pub idx: usize,
+    pub step: String,
+    pub phase: Phase,
+    /// End rows: how the step ended.
+    pub outcome: Option<Outcome>,
+    pub data: serde_json::Value,
+}
+
 /// One journal row.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Event {
@@ -74,337 +79,230 @@ pub struct Event {
     pub idx: usize,
     pub step: String,
     pub phase: Phase,
-    /// `ok` or `failed` (end rows).
-    pub outcome: Option<String>,
-    pub data: Value,
+    /// End rows: how the step ended.
+    pub outcome: Option<Outcome>,
+    pub data: serde_json::Value,
 }
 
-pub struct Journal {
-    path: PathBuf,
-    conn: Mutex<Connection>,
-    _lock: Option<File>,
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn row_hash(prev: &[u8], fields: &[&[u8]]) -> Vec<u8> {
-    let mut h = blake3::Hasher::new();
-    h.update(prev);
-    for f in fields {
-        h.update(&(f.len() as u64).to_le_bytes());
-        h.update(f);
+fn text(v: &Value) -> Option<&str> {
+    match v {
+        Value::Text(s) => Some(s),
+        _ => None,
     }
-    h.finalize().as_bytes().to_vec()
 }
 
-fn event_hash(prev: &[u8], e: &Event) -> Vec<u8> {
-    let data = e.data.to_string();
-    let phase = match e.phase {
-        Phase::Begin => "begin",
-        Phase::End => "end",
-    };
-    row_hash(
-        prev,
-        &[
-            &e.seq.to_le_bytes(),
-            &e.at_ms.to_le_bytes(),
-            &(e.idx as u64).to_le_bytes(),
-            e.step.as_bytes(),
-            phase.as_bytes(),
-            e.outcome.as_deref().unwrap_or("").as_bytes(),
-            data.as_bytes(),
-        ],
-    )
-}
+impl Kind for Update {
+    const APPLICATION_ID: i64 = APPLICATION_ID;
+    const SCHEMA_VERSION: i64 = 1;
+    const WHAT: &'static str = "ferry update journal";
+    const COMMAND: &'static str = "ferry update";
+    const SCHEMA: &'static str = "
+CREATE TABLE run (id INTEGER PRIMARY KEY CHECK (id = 1), meta TEXT NOT NULL, hash BLOB NOT NULL);
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    step TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    outcome TEXT,
+    data TEXT NOT NULL,
+    hash BLOB NOT NULL
+);
+CREATE TABLE head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash BLOB NOT NULL);
+";
+    const RUN_COLUMNS: &'static [&'static str] = &["meta"];
+    const EVENT_COLUMNS: &'static [&'static str] = &["idx", "step", "phase", "outcome", "data"];
+    type Run = RunMeta;
+    type Event = Entry;
 
-fn lock_path(path: &Path) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(".lock");
-    PathBuf::from(p)
-}
-
-impl Journal {
-    fn err(path: &Path, message: impl Into<String>) -> FleetError {
-        FleetError::Journal {
-            path: path.to_path_buf(),
-            message: message.into(),
-        }
+    fn run_row(run: &RunMeta) -> std::result::Result<Vec<Value>, String> {
+        let meta = serde_json::to_string(run).map_err(|e| e.to_string())?;
+        Ok(vec![Value::Text(meta)])
     }
 
-    fn lock(path: &Path) -> Result<File> {
-        let lp = lock_path(path);
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lp)
-            .map_err(|e| FleetError::io("open journal lock", &lp, e))?;
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            .map_err(|_| Journal::err(path, "another `ferry update` is running on this journal"))?;
-        Ok(f)
+    fn run_from_row(row: &[Value]) -> std::result::Result<RunMeta, String> {
+        serde_json::from_str(text(&row[0]).ok_or("meta is not text")?).map_err(|e| e.to_string())
     }
 
-    /// Whether a process holds the journal (a run is alive).
-    pub fn running(path: &Path) -> bool {
-        match File::open(lock_path(path)) {
-            Ok(f) => {
-                rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).is_err()
-            }
-            Err(_) => false,
-        }
+    fn run_hash(row: &[Value]) -> [u8; 32] {
+        Chain::new()
+            .raw(b"ferry-update-journal v1")
+            .text(&row[0])
+            .done()
     }
 
-    /// Creates a new journal; an existing file is refused.
-    pub fn create(path: &Path, meta: &RunMeta) -> Result<Journal> {
-        if path.exists() {
-            return Err(Journal::err(
-                path,
-                "already exists: `ferry update resume` continues it, or choose another --journal",
-            ));
-        }
-        let lock = Journal::lock(path)?;
-        let conn = Connection::open(path).map_err(|e| Journal::err(path, e.to_string()))?;
-        let meta_text =
-            serde_json::to_string(meta).map_err(|e| Journal::err(path, e.to_string()))?;
-        let hash = row_hash(b"ferry-update-journal v1", &[meta_text.as_bytes()]);
-        let setup = || -> rusqlite::Result<()> {
-            conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(None, "synchronous", "FULL")?;
-            conn.execute_batch("BEGIN")?;
-            conn.execute_batch(SCHEMA)?;
-            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            conn.pragma_update(None, "application_id", APPLICATION_ID)?;
-            conn.execute(
-                "INSERT INTO run (id, meta, hash) VALUES (1, ?1, ?2)",
-                params![meta_text, hash],
-            )?;
-            conn.execute(
-                "INSERT INTO head (id, seq, hash) VALUES (1, 0, ?1)",
-                params![hash],
-            )?;
-            conn.execute_batch("COMMIT")
+    fn event_row(e: &Entry) -> Vec<Value> {
+        vec![
+            Value::Integer(e.idx as i64),
+            Value::Text(e.step.clone()),
+            Value::Text(e.phase.as_str().into()),
+            e.outcome
+                .map_or(Value::Null, |o| Value::Text(o.as_str().into())),
+            Value::Text(e.data.to_string()),
+        ]
+    }
+
+    fn event_from_row(row: &[Value]) -> std::result::Result<Entry, String> {
+        let Value::Integer(idx) = row[0] else {
+            return Err("bad idx".into());
         };
-        setup().map_err(|e| Journal::err(path, e.to_string()))?;
-        Ok(Journal {
-            path: path.to_path_buf(),
-            conn: Mutex::new(conn),
-            _lock: Some(lock),
+        Ok(Entry {
+            idx: usize::try_from(idx).map_err(|_| "bad idx")?,
+            step: text(&row[1]).ok_or("bad step")?.to_string(),
+            phase: match text(&row[2]) {
+                Some("begin") => Phase::Begin,
+                Some("end") => Phase::End,
+                p => return Err(format!("unknown phase {p:?}")),
+            },
+            outcome: match &row[3] {
+                Value::Null => None,
+                v => Some(text(v).and_then(Outcome::parse).ok_or("bad outcome")?),
+            },
+            data: serde_json::from_str(text(&row[4]).ok_or("bad data")?)
+                .map_err(|e| format!("data: {e}"))?,
         })
     }
 
-    /// Opens for writing (resume): locked, checked.
-    pub fn open(path: &Path) -> Result<Journal> {
-        let lock = Journal::lock(path)?;
-        let j = Journal::open_checked(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    /// Version 1: the previous hash raw, then every field length-prefixed
+    /// (numbers as 8 little-endian bytes, no outcome as empty text).
+    fn event_hash(prev: &[u8], seq: u64, at_ms: u64, row: &[Value]) -> [u8; 32] {
+        Chain::new()
+            .raw(prev)
+            .bytes(&seq.to_le_bytes())
+            .bytes(&at_ms.to_le_bytes())
+            .int_bytes(&row[0])
+            .text(&row[1])
+            .text(&row[2])
+            .text_or_empty(&row[3])
+            .text(&row[4])
+            .done()
+    }
+}
+
+impl From<ferry_journal::Error> for FleetError {
+    fn from(e: ferry_journal::Error) -> FleetError {
+        let message = match e.kind {
+            ErrorKind::Exists => {
+                "already exists: `ferry update resume` continues it, or choose another --journal"
+                    .to_string()
+            }
+            kind => kind.to_string(),
+        };
+        FleetError::Journal {
+            path: e.path,
+            message,
+        }
+    }
+}
+
+impl From<StepError> for FleetError {
+    fn from(e: StepError) -> FleetError {
+        match e {
+            StepError::Journal(e) => e.into(),
+            StepError::Failpoint(FailpointError::Interrupted(name)) => {
+                FleetError::Interrupted(name)
+            }
+            StepError::Failpoint(FailpointError::Pause { file, source, .. }) => {
+                FleetError::io("create failpoint pause file", file, source)
+            }
+        }
+    }
+}
+
+/// An open update journal.
+pub struct Journal {
+    inner: ferry_journal::Journal<Update>,
+}
+
+impl Journal {
+    /// Whether a process holds the journal (a run is alive).
+    pub fn running(path: &Path) -> bool {
+        ferry_journal::running(path)
+    }
+
+    /// Creates a new journal with its run; an existing file is refused.
+    pub fn create(path: &Path, meta: &RunMeta) -> Result<Journal> {
         Ok(Journal {
-            _lock: Some(lock),
-            ..j
+            inner: ferry_journal::Journal::create(path, Some(meta))?,
+        })
+    }
+
+    /// Opens for writing (resume): checked, locked.
+    pub fn open(path: &Path) -> Result<Journal> {
+        Ok(Journal {
+            inner: ferry_journal::Journal::open(path)?,
         })
     }
 
     /// Opens for reading (status), checked, not locked.
     pub fn open_read_only(path: &Path) -> Result<Journal> {
-        Journal::open_checked(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-    }
-
-    fn open_checked(path: &Path, flags: OpenFlags) -> Result<Journal> {
-        if !path.exists() {
-            return Err(Journal::err(path, "no such journal"));
-        }
-        let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(|e| Journal::err(path, e.to_string()))?;
-        let ids = (|| -> rusqlite::Result<(i64, i64)> {
-            Ok((
-                conn.pragma_query_value(None, "application_id", |r| r.get(0))?,
-                conn.pragma_query_value(None, "user_version", |r| r.get(0))?,
-            ))
-        })();
-        match ids {
-            Ok((APPLICATION_ID, SCHEMA_VERSION)) => {}
-            Ok((APPLICATION_ID, v)) => {
-                return Err(Journal::err(
-                    path,
-                    format!("schema version {v}; this ferry reads {SCHEMA_VERSION}"),
-                ))
-            }
-            _ => return Err(Journal::err(path, "not a ferry update journal")),
-        }
-        let j = Journal {
-            path: path.to_path_buf(),
-            conn: Mutex::new(conn),
-            _lock: None,
-        };
-        j.check_chain()?;
-        Ok(j)
-    }
-
-    fn check_chain(&self) -> Result<()> {
-        let (meta_text, run_hash): (String, Vec<u8>) = self
-            .conn
-            .lock()
-            .query_row("SELECT meta, hash FROM run WHERE id = 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .map_err(|e| Journal::err(&self.path, format!("run row: {e}")))?;
-        if row_hash(b"ferry-update-journal v1", &[meta_text.as_bytes()]) != run_hash {
-            return Err(Journal::err(
-                &self.path,
-                "the run row was changed (hash mismatch)",
-            ));
-        }
-        let mut prev = run_hash;
-        let mut last = 0u64;
-        for (e, stored) in self.rows()? {
-            if e.seq != last + 1 {
-                return Err(Journal::err(
-                    &self.path,
-                    format!("row {} is missing", last + 1),
-                ));
-            }
-            if event_hash(&prev, &e) != stored {
-                return Err(Journal::err(
-                    &self.path,
-                    format!("row {} was changed (hash mismatch)", e.seq),
-                ));
-            }
-            prev = stored;
-            last = e.seq;
-        }
-        let (seq, hash): (u64, Vec<u8>) = self
-            .conn
-            .lock()
-            .query_row("SELECT seq, hash FROM head WHERE id = 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .map_err(|e| Journal::err(&self.path, format!("head row: {e}")))?;
-        if seq != last || hash != prev {
-            return Err(Journal::err(
-                &self.path,
-                format!(
-                    "the head names row {seq} but the chain ends at row {last} (rows removed?)"
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    fn rows(&self) -> Result<Vec<(Event, Vec<u8>)>> {
-        let conn = self.conn.lock();
-        let mut st = conn
-            .prepare(
-                "SELECT seq, at_ms, idx, step, phase, outcome, data, hash FROM events ORDER BY seq",
-            )
-            .map_err(|e| Journal::err(&self.path, e.to_string()))?;
-        let rows = st
-            .query_map([], |r| {
-                let phase: String = r.get(4)?;
-                let data: String = r.get(6)?;
-                Ok((
-                    r.get::<_, u64>(0)?,
-                    r.get::<_, u64>(1)?,
-                    r.get::<_, u64>(2)?,
-                    r.get::<_, String>(3)?,
-                    phase,
-                    r.get::<_, Option<String>>(5)?,
-                    data,
-                    r.get::<_, Vec<u8>>(7)?,
-                ))
-            })
-            .map_err(|e| Journal::err(&self.path, e.to_string()))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, at_ms, idx, step, phase, outcome, data, hash) =
-                row.map_err(|e| Journal::err(&self.path, e.to_string()))?;
-            let phase = match phase.as_str() {
-                "begin" => Phase::Begin,
-                "end" => Phase::End,
-                p => {
-                    return Err(Journal::err(
-                        &self.path,
-                        format!("row {seq}: unknown phase {p:?}"),
-                    ))
-                }
-            };
-            let data = serde_json::from_str(&data)
-                .map_err(|e| Journal::err(&self.path, format!("row {seq}: data: {e}")))?;
-            out.push((
-                Event {
-                    seq,
-                    at_ms,
-                    idx: idx as usize,
-                    step,
-                    phase,
-                    outcome,
-                    data,
-                },
-                hash,
-            ));
-        }
-        Ok(out)
+        Ok(Journal {
+            inner: ferry_journal::Journal::open_read_only(path)?,
+        })
     }
 
     pub fn meta(&self) -> Result<RunMeta> {
-        let text: String = self
-            .conn
-            .lock()
-            .query_row("SELECT meta FROM run WHERE id = 1", [], |r| r.get(0))
-            .map_err(|e| Journal::err(&self.path, e.to_string()))?;
-        serde_json::from_str(&text).map_err(|e| Journal::err(&self.path, format!("run row: {e}")))
+        self.inner.run()?.ok_or_else(|| FleetError::Journal {
+            path: self.inner.path().to_path_buf(),
+            message: "holds no run".into(),
+        })
     }
 
     pub fn events(&self) -> Result<Vec<Event>> {
-        Ok(self.rows()?.into_iter().map(|(e, _)| e).collect())
+        Ok(self
+            .inner
+            .events()?
+            .into_iter()
+            .map(|r| Event {
+                seq: r.seq,
+                at_ms: r.at_ms,
+                idx: r.event.idx,
+                step: r.event.step,
+                phase: r.event.phase,
+                outcome: r.event.outcome,
+                data: r.event.data,
+            })
+            .collect())
     }
 
-    /// Appends one row (and moves the head) in one transaction.
+    /// Appends one row as stored: `outcome` is the stored word (`ok`,
+    /// `failed`), refused if it is none. The runbook writes through
+    /// [`Journal::steps`]; this is for tools and tests.
     pub fn append(
         &self,
         idx: usize,
         step: &str,
         phase: Phase,
         outcome: Option<&str>,
-        data: Value,
+        data: serde_json::Value,
     ) -> Result<()> {
-        let mut conn = self.conn.lock();
-        let tx = conn
-            .transaction()
-            .map_err(|e| Journal::err(&self.path, e.to_string()))?;
-        let (seq, prev): (u64, Vec<u8>) = tx
-            .query_row("SELECT seq, hash FROM head WHERE id = 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .map_err(|e| Journal::err(&self.path, e.to_string()))?;
-        let e = Event {
-            seq: seq + 1,
-            at_ms: now_ms(),
+        let outcome = match outcome {
+            None => None,
+            Some(o) => Some(Outcome::parse(o).ok_or_else(|| FleetError::Journal {
+                path: self.inner.path().to_path_buf(),
+                message: format!("unknown outcome {o:?}"),
+            })?),
+        };
+        self.inner.append(Entry {
             idx,
             step: step.to_string(),
             phase,
-            outcome: outcome.map(str::to_string),
+            outcome,
             data,
-        };
-        let hash = event_hash(&prev, &e);
-        let phase = match phase {
-            Phase::Begin => "begin",
-            Phase::End => "end",
-        };
-        tx.execute(
-            "INSERT INTO events (seq, at_ms, idx, step, phase, outcome, data, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![e.seq, e.at_ms, e.idx as u64, e.step, phase, e.outcome, e.data.to_string(), hash],
-        )
-        .and_then(|_| tx.execute("UPDATE head SET seq = ?1, hash = ?2 WHERE id = 1", params![e.seq, hash]))
-        .and_then(|_| tx.commit())
-        .map_err(|err| Journal::err(&self.path, format!("appending row {}: {err}", e.seq)))
+        })?;
+        Ok(())
+    }
+
+    /// The step runner of this journal.
+    pub(crate) fn steps<'a>(&'a self, failpoints: &'a Failpoints) -> Steps<'a, Update> {
+        Steps::new(&self.inner, failpoints)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::Connection;
 
     fn meta() -> RunMeta {
         RunMeta {
@@ -433,11 +331,12 @@ mod tests {
             serde_json::json!({"r1": {"s1": "ready"}}),
         )
         .unwrap();
+        assert!(j
+            .append(0, "record", Phase::End, Some("fine"), serde_json::json!({}))
+            .is_err());
         assert!(Journal::running(&p));
-        assert!(
-            Journal::open(&p).is_err(),
-            "a second writer must be refused"
-        );
+        let e = Journal::open(&p).err().unwrap().to_string();
+        assert!(e.contains("another `ferry update`"), "{e}");
         drop(j);
         assert!(!Journal::running(&p));
         let j = Journal::open(&p).unwrap();
@@ -445,7 +344,9 @@ mod tests {
         let ev = j.events().unwrap();
         assert_eq!(ev.len(), 2);
         assert_eq!(ev[1].data["r1"]["s1"], "ready");
-        assert!(Journal::create(&p, &meta()).is_err());
+        assert_eq!(ev[1].outcome, Some(Outcome::Ok));
+        let e = Journal::create(&p, &meta()).err().unwrap().to_string();
+        assert!(e.contains("already exists"), "{e}");
     }
 
     #[test]
@@ -463,11 +364,16 @@ mod tests {
             .unwrap();
         drop(c);
         let e = Journal::open_read_only(&p).err().unwrap().to_string();
-        assert!(e.contains("row 2 was changed"), "{e}");
+        assert!(e.contains("event 2 does not match its hash"), "{e}");
         let c = Connection::open(&p).unwrap();
         c.execute("DELETE FROM events WHERE seq >= 2", []).unwrap();
         drop(c);
         let e = Journal::open_read_only(&p).err().unwrap().to_string();
-        assert!(e.contains("head names row 3"), "{e}");
+        assert!(e.contains("its head says 3"), "{e}");
+        let c = Connection::open(&p).unwrap();
+        c.execute_batch("PRAGMA application_id = 7").unwrap();
+        drop(c);
+        let e = Journal::open_read_only(&p).err().unwrap().to_string();
+        assert!(e.contains("not a ferry update journal"), "{e}");
     }
 }

@@ -42,6 +42,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ferry_journal::now_ms;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming};
@@ -134,12 +135,6 @@ pub struct ExecServer {
     stopping: watch::Sender<bool>,
     stats: Stats,
     unauth: parking_lot::Mutex<UnauthBatch>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn object(v: Value) -> Map<String, Value> {

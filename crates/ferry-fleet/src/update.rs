@@ -21,6 +21,11 @@
 //!
 //! A failed step stops the run and `restore` puts every server back to its
 //! recorded state and ends any maintenance; the run is then failed.
+//!
+//! Each step goes through ferry-journal's [`Steps`]: its `begin` journaled
+//! before it acts, then `<step>:before`, the work, `<step>:after` (the
+//! failpoints of [`Updater::run_with`]; names from [`failpoint_names`]),
+//! its `end` with a typed [`Outcome`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,9 +38,11 @@ use serde_json::{json, Value};
 use crate::client::{run_all, ExecClient, Sink, Target};
 use crate::error::{FleetError, Result};
 use crate::fleet_config::FleetConfig;
-use crate::journal::{Event, Journal, Phase};
+use crate::journal::{Entry, Event, Journal, Phase, Update};
 use crate::routers::{self, SiteRecord};
 use crate::runbook::{HttpCheck, Runbook};
+use ferry_journal::Steps;
+pub use ferry_journal::{Failpoints, KillMode, Outcome};
 use ferry_orch::router::Http;
 
 /// What a step does.
@@ -148,13 +155,52 @@ pub fn plan(
     Ok(out)
 }
 
+/// The failpoints an update passes: `<step>:before` and `<step>:after` of
+/// each step of the plan and of `restore`.
+pub fn failpoint_names(steps: &[PlannedStep]) -> Vec<String> {
+    steps
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain([RESTORE])
+        .flat_map(|n| [format!("{n}:before"), format!("{n}:after")])
+        .collect()
+}
+
+/// Where one step stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    #[default]
+    Pending,
+    /// Began, no end: interrupted if no process runs it.
+    Running,
+    Ok,
+    Failed,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Ok => "ok",
+            StepStatus::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`: the status table aligns it with `{:<8}`.
+        f.pad(self.as_str())
+    }
+}
+
 /// Where each step stands, folded from the journal.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StepState {
     pub name: String,
-    /// pending, running (began, no end: interrupted if no process runs it),
-    /// ok, failed.
-    pub state: String,
+    pub state: StepStatus,
     pub began_ms: Option<u64>,
     pub ended_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -173,7 +219,6 @@ pub fn fold(steps: &[PlannedStep], events: &[Event]) -> Vec<StepState> {
         .chain([RESTORE])
         .map(|n| StepState {
             name: n.to_string(),
-            state: "pending".into(),
             ..StepState::default()
         })
         .collect();
@@ -183,12 +228,16 @@ pub fn fold(steps: &[PlannedStep], events: &[Event]) -> Vec<StepState> {
         };
         match e.phase {
             Phase::Begin => {
-                s.state = "running".into();
+                s.state = StepStatus::Running;
                 s.began_ms = Some(e.at_ms);
                 s.begin_data = Some(e.data.clone());
             }
             Phase::End => {
-                s.state = e.outcome.clone().unwrap_or_else(|| "ok".into());
+                s.state = match e.outcome {
+                    None | Some(Outcome::Ok) => StepStatus::Ok,
+                    // An update abandons nothing; read as a failure if ever written.
+                    Some(Outcome::Failed | Outcome::Abandoned) => StepStatus::Failed,
+                };
                 s.ended_ms = Some(e.at_ms);
                 s.error = e
                     .data
@@ -207,13 +256,13 @@ pub fn overall(states: &[StepState]) -> &'static str {
     let (restore, steps) = states
         .split_last()
         .map_or((None, states), |(r, s)| (Some(r), s));
-    if steps.iter().any(|s| s.state == "failed") {
-        return match restore.map(|r| r.state.as_str()) {
-            Some("ok") => "failed (traffic restored)",
+    if steps.iter().any(|s| s.state == StepStatus::Failed) {
+        return match restore.map(|r| r.state) {
+            Some(StepStatus::Ok) => "failed (traffic restored)",
             _ => "failed (restore not finished)",
         };
     }
-    if steps.iter().all(|s| s.state == "ok") {
+    if steps.iter().all(|s| s.state == StepStatus::Ok) {
         "done"
     } else {
         "unfinished"
@@ -245,20 +294,39 @@ fn step_err(step: &str, message: impl Into<String>) -> FleetError {
     }
 }
 
+fn entry(idx: usize, step: &str, phase: Phase, outcome: Option<Outcome>, data: Value) -> Entry {
+    Entry {
+        idx,
+        step: step.to_string(),
+        phase,
+        outcome,
+        data,
+    }
+}
+
 impl Updater {
     /// Runs (or resumes) the update to its end. A failed step is restored
     /// from and returned as the error.
     pub async fn run(&self) -> Result<()> {
+        self.run_with(&Failpoints::none()).await
+    }
+
+    /// [`Updater::run`], passing the armed `failpoints` (crash tests).
+    pub async fn run_with(&self, failpoints: &Failpoints) -> Result<()> {
+        let steps = self.journal.steps(failpoints);
         let states = fold(&self.steps, &self.journal.events()?);
         let restore_idx = self.steps.len();
-        if let Some(failed) = states[..restore_idx].iter().find(|s| s.state == "failed") {
+        if let Some(failed) = states[..restore_idx]
+            .iter()
+            .find(|s| s.state == StepStatus::Failed)
+        {
             let why = failed.error.clone().unwrap_or_default();
-            if states[restore_idx].state != "ok" {
+            if states[restore_idx].state != StepStatus::Ok {
                 (self.say)(&format!(
                     "==> {} had failed; finishing the restore",
                     failed.name
                 ));
-                self.restore(&states).await?;
+                self.restore(&steps, &states).await?;
             }
             return Err(step_err(
                 &failed.name,
@@ -267,13 +335,15 @@ impl Updater {
         }
         for (i, s) in self.steps.iter().enumerate() {
             let st = &fold(&self.steps, &self.journal.events()?)[i];
-            if st.state == "ok" {
+            if st.state == StepStatus::Ok {
                 continue;
             }
-            let data = match &st.begin_data {
+            // A step that began and did not end is run again with the data
+            // its begin recorded (its begin is not journaled again).
+            let (data, begin) = match &st.begin_data {
                 Some(d) => {
                     (self.say)(&format!("==> {} (again: it began and did not end)", s.name));
-                    d.clone()
+                    (d.clone(), None)
                 }
                 None => {
                     (self.say)(&format!("==> {}", s.name));
@@ -281,42 +351,40 @@ impl Updater {
                         .prepare(i)
                         .await
                         .map_err(|e| step_err(&s.name, e.to_string()));
-                    let d = match d {
-                        Ok(d) => d,
+                    match d {
+                        Ok(d) => (d.clone(), Some(entry(i, &s.name, Phase::Begin, None, d))),
                         Err(e) => {
-                            self.journal
-                                .append(i, &s.name, Phase::Begin, None, json!({}))?;
-                            return self.fail(i, e).await;
+                            steps.record(entry(i, &s.name, Phase::Begin, None, json!({})))?;
+                            return self.fail(&steps, i, e).await;
                         }
-                    };
-                    self.journal
-                        .append(i, &s.name, Phase::Begin, None, d.clone())?;
-                    d
+                    }
                 }
             };
+            steps.begin(&s.name, begin).await?;
             match self.act(i, &data).await {
-                Ok(end) => self
-                    .journal
-                    .append(i, &s.name, Phase::End, Some("ok"), end)?,
-                Err(e) => return self.fail(i, e).await,
+                Ok(end) => {
+                    let end = entry(i, &s.name, Phase::End, Some(Outcome::Ok), end);
+                    steps.end(&s.name, end).await?;
+                }
+                Err(e) => return self.fail(&steps, i, e).await,
             }
         }
         (self.say)("==> done");
         Ok(())
     }
 
-    async fn fail(&self, i: usize, e: FleetError) -> Result<()> {
+    async fn fail(&self, steps: &Steps<'_, Update>, i: usize, e: FleetError) -> Result<()> {
         let name = &self.steps[i].name;
         (self.say)(&format!("!!! {name} failed: {e}"));
-        self.journal.append(
+        steps.record(entry(
             i,
             name,
             Phase::End,
-            Some("failed"),
+            Some(Outcome::Failed),
             json!({"error": e.to_string()}),
-        )?;
+        ))?;
         let states = fold(&self.steps, &self.journal.events()?);
-        self.restore(&states).await?;
+        self.restore(steps, &states).await?;
         Err(step_err(
             name,
             format!("{e} (traffic restored as it was before the run)"),
@@ -324,17 +392,17 @@ impl Updater {
     }
 
     /// Servers back to their recorded states; maintenance ended.
-    async fn restore(&self, states: &[StepState]) -> Result<()> {
+    async fn restore(&self, steps: &Steps<'_, Update>, states: &[StepState]) -> Result<()> {
         let idx = self.steps.len();
         (self.say)("==> restore: traffic back as it was");
-        self.journal
-            .append(idx, RESTORE, Phase::Begin, None, json!({}))?;
+        let begin = entry(idx, RESTORE, Phase::Begin, None, json!({}));
+        steps.begin(RESTORE, Some(begin)).await?;
         for (i, s) in self.steps.iter().enumerate() {
             if s.act == Act::MaintenanceOn && states[i].began_ms.is_some() {
                 let off_done = self.steps[i..]
                     .iter()
                     .position(|x| x.act == Act::MaintenanceOff)
-                    .map(|k| states[i + k].state == "ok")
+                    .map(|k| states[i + k].state == StepStatus::Ok)
                     .unwrap_or(false);
                 if !off_done {
                     if let Some(d) = &states[i].begin_data {
@@ -346,8 +414,8 @@ impl Updater {
         if let Some(recorded) = self.recorded(states) {
             self.set_states(&recorded).await?;
         }
-        self.journal
-            .append(idx, RESTORE, Phase::End, Some("ok"), json!({}))?;
+        let end = entry(idx, RESTORE, Phase::End, Some(Outcome::Ok), json!({}));
+        steps.end(RESTORE, end).await?;
         Ok(())
     }
 
@@ -786,37 +854,105 @@ mod tests {
     fn the_fold_tells_where_a_run_stands() {
         let (rb, fleet) = inputs(STEPS);
         let p = plan(2, &rb, &fleet, "s1").unwrap();
-        let ev = |seq, idx, phase, outcome: Option<&str>| Event {
+        let ev = |seq, idx, phase, outcome: Option<Outcome>| Event {
             seq,
             at_ms: seq * 10,
             idx,
             step: p.get(idx).map_or(RESTORE.to_string(), |s| s.name.clone()),
             phase,
-            outcome: outcome.map(str::to_string),
+            outcome,
             data: json!({"error": "boom"}),
         };
         let running = [
             ev(1, 0, Phase::Begin, None),
-            ev(2, 0, Phase::End, Some("ok")),
+            ev(2, 0, Phase::End, Some(Outcome::Ok)),
             ev(3, 1, Phase::Begin, None),
         ];
         let st = fold(&p, &running);
-        assert_eq!(st[0].state, "ok");
-        assert_eq!(st[1].state, "running");
+        assert_eq!(st[0].state, StepStatus::Ok);
+        assert_eq!(st[1].state, StepStatus::Running);
         assert_eq!(overall(&st), "unfinished");
         let failed = [
             ev(1, 0, Phase::Begin, None),
-            ev(2, 0, Phase::End, Some("failed")),
+            ev(2, 0, Phase::End, Some(Outcome::Failed)),
         ];
         assert_eq!(overall(&fold(&p, &failed)), "failed (restore not finished)");
         let restored = [
             ev(1, 0, Phase::Begin, None),
-            ev(2, 0, Phase::End, Some("failed")),
+            ev(2, 0, Phase::End, Some(Outcome::Failed)),
             ev(3, p.len(), Phase::Begin, None),
-            ev(4, p.len(), Phase::End, Some("ok")),
+            ev(4, p.len(), Phase::End, Some(Outcome::Ok)),
         ];
         let st = fold(&p, &restored);
         assert_eq!(overall(&st), "failed (traffic restored)");
         assert_eq!(st[0].error.as_deref(), Some("boom"));
+    }
+
+    /// A step killed after its begin is run again on resume, its begin not
+    /// journaled twice; its failure (no router answers) is restored from.
+    #[tokio::test]
+    async fn a_step_killed_after_its_begin_is_replayed() {
+        use ferry_journal::KillMode;
+        let (rb, fleet) = inputs(STEPS);
+        let steps = plan(2, &rb, &fleet, "s1").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let meta = crate::journal::RunMeta {
+            level: 2,
+            primary: "s1".into(),
+            runbook_path: "u.toml".into(),
+            runbook_digest: "d".into(),
+            fleet_path: "f.toml".into(),
+            fleet_digest: "e".into(),
+            started_at_ms: 1,
+        };
+        let path = dir.path().join("j.db");
+        let updater = |journal| Updater {
+            level: 2,
+            primary: "s1".into(),
+            runbook: rb.clone(),
+            fleet: fleet.clone(),
+            steps: steps.clone(),
+            journal,
+            exec: ExecClient::new("0123456789abcdef0".into()),
+            sync_key: None,
+            http: Http::new(),
+            say: Arc::new(|_: &str| {}),
+            sink: Arc::new(|_: &str, _, _: &str| {}),
+        };
+        let names = failpoint_names(&steps);
+        assert!(names.contains(&"step:db1:after".to_string()));
+        assert!(names.contains(&"restore:before".to_string()));
+        let fp = Failpoints::parse("record:before=kill", KillMode::Interrupt, &names).unwrap();
+        let u = updater(Journal::create(&path, &meta).unwrap());
+        match u.run_with(&fp).await {
+            Err(FleetError::Interrupted(n)) => assert_eq!(n, "record:before"),
+            other => panic!("{other:?}"),
+        }
+        let st = fold(&steps, &u.journal.events().unwrap());
+        assert_eq!(st[0].state, StepStatus::Running);
+        drop(u);
+        let u = updater(Journal::open(&path).unwrap());
+        assert!(matches!(u.run().await, Err(FleetError::Step { .. })));
+        let ev: Vec<(usize, Phase, Option<Outcome>)> = u
+            .journal
+            .events()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.idx, e.phase, e.outcome))
+            .collect();
+        let restore = steps.len();
+        assert_eq!(
+            ev,
+            [
+                (0, Phase::Begin, None),
+                (0, Phase::End, Some(Outcome::Failed)),
+                (restore, Phase::Begin, None),
+                (restore, Phase::End, Some(Outcome::Ok)),
+            ]
+        );
+        assert_eq!(
+            overall(&fold(&steps, &u.journal.events().unwrap())),
+            "failed (traffic restored)"
+        );
     }
 }

@@ -88,6 +88,22 @@ impl Chain {
         }
     }
 
+    /// A stored INTEGER column as length-prefixed 8 little-endian bytes.
+    pub fn int_bytes(&mut self, v: &Value) -> &mut Chain {
+        match v {
+            Value::Integer(i) => self.bytes(&(*i as u64).to_le_bytes()),
+            other => self.foreign(other),
+        }
+    }
+
+    /// A stored nullable TEXT column, NULL hashed as the empty text.
+    pub fn text_or_empty(&mut self, v: &Value) -> &mut Chain {
+        match v {
+            Value::Null => self.bytes(b""),
+            other => self.text(other),
+        }
+    }
+
     /// A value of a type the column never holds: a marker no valid field
     /// starts with (a length of u64::MAX), then its debug form.
     fn foreign(&mut self, v: &Value) -> &mut Chain {

@@ -190,6 +190,10 @@ async fn go(
     journal: Journal,
     c: &Common,
 ) -> Result<(), Failure> {
+    // FERRY_FAILPOINTS: `<step>:before|after=kill|pause` (crash tests).
+    let failpoints =
+        ferry_fleet::update::Failpoints::from_env(&ferry_fleet::update::failpoint_names(&steps))
+            .map_err(|e| Failure::usage(anyhow!(e)))?;
     let token = crate::exec::caller_token(c.token.clone(), &fleet)?;
     let sync_key = c
         .sync_key
@@ -222,7 +226,10 @@ async fn go(
         say: Arc::new(|s: &str| println!("{s}")),
         sink,
     };
-    updater.run().await.map_err(|e| Failure::from(anyhow!(e)))
+    updater
+        .run_with(&failpoints)
+        .await
+        .map_err(|e| Failure::from(anyhow!(e)))
 }
 
 fn status(a: StatusArgs) -> Result<(), Failure> {
@@ -249,7 +256,9 @@ fn status(a: StatusArgs) -> Result<(), Failure> {
     }
     println!("update level {} on {}: {state}", meta.level, meta.primary);
     for s in &states {
-        if s.name == ferry_fleet::update::RESTORE && s.state == "pending" {
+        if s.name == ferry_fleet::update::RESTORE
+            && s.state == ferry_fleet::update::StepStatus::Pending
+        {
             continue;
         }
         let took = match (s.began_ms, s.ended_ms) {
