@@ -95,8 +95,8 @@ struct MoveArgs {
     /// that move's destination (their home now), --to its source (which
     /// kept them as they were at the freeze). No first copy: only what was
     /// written since the switch travels back.
-    #[arg(long, value_name = "FORWARD_STATE", num_args = 0..=1, default_missing_value = "")]
-    back: Option<PathBuf>,
+    #[arg(long, value_name = "FORWARD_STATE")]
+    back: Option<Option<PathBuf>>,
 }
 
 /// Checked settings.
@@ -132,10 +132,9 @@ impl Settings {
         let from = addr(ferry_db::Side::Source, &a.from)?;
         let to = addr(ferry_db::Side::Destination, &a.to)?;
         let back = match a.back {
-            Some(p) if p.as_os_str().is_empty() => {
-                Some(move_dir(&to, &from, &a.db)?.join("move.json"))
-            }
-            other => other,
+            Some(None) => Some(move_dir(&to, &from, &a.db)?.join("move.json")),
+            Some(Some(p)) => Some(p),
+            None => None,
         };
         let state = match a.state {
             Some(s) => s,

@@ -217,4 +217,19 @@ async fn regression_a_leftover_state_file_of_another_move_is_refused() {
     assert!(out.contains("server_id 74"), "{out}");
     let o = ferry_in(&home, &["db", "status", &state(&dir, "none.json")]);
     assert_eq!(o.status.code(), Some(2));
+
+    // --back finds the forward move's state by itself.
+    let o = ferry_in(
+        &home,
+        &[
+            "db", "move", "--back", "--from", &d_url, "--to", &c_url, "--db", "shop",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let back = home
+        .join("ferry/db")
+        .join(format!("127.0.0.1_{}-to-127.0.0.1_{}-shop", d.port, c.port));
+    let o = ferry_in(&home, &["db", "status", &state(&back, "back.json")]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.starts_with("move back of shop: switched"), "{out}");
 }
