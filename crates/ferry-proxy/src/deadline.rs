@@ -31,7 +31,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -146,7 +146,7 @@ where
             }
         }
     };
-    let kind = tokio::time::timeout_at(deadline, read).await.ok()??;
+    let kind = crate::settle::timeout_at(deadline, read).await.ok()??;
     Some((kind, buf))
 }
 
@@ -223,7 +223,7 @@ pub(crate) struct SendDeadline<S> {
     inner: S,
     timeout: Duration,
     /// Armed when a write is blocked, disarmed when one goes through.
-    blocked: Option<Pin<Box<Sleep>>>,
+    blocked: Option<Pin<Box<crate::settle::Settled>>>,
     stats: Arc<crate::metrics::Metrics>,
 }
 
@@ -247,7 +247,7 @@ impl<S> SendDeadline<S> {
         let timeout = self.timeout;
         let sleep = self
             .blocked
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+            .get_or_insert_with(|| Box::pin(crate::settle::sleep_until(Instant::now() + timeout)));
         match sleep.as_mut().poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(()) => {
@@ -338,7 +338,7 @@ impl BodyStalled {
 pub(crate) struct Progress<B> {
     inner: B,
     timeout: Duration,
-    waiting: Option<Pin<Box<Sleep>>>,
+    waiting: Option<Pin<Box<crate::settle::Settled>>>,
     stalled: Stalled,
     stats: Arc<crate::metrics::Metrics>,
 }
@@ -380,9 +380,9 @@ where
             }
             Poll::Pending => {
                 let timeout = this.timeout;
-                let sleep = this
-                    .waiting
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                let sleep = this.waiting.get_or_insert_with(|| {
+                    Box::pin(crate::settle::sleep_until(Instant::now() + timeout))
+                });
                 match sleep.as_mut().poll(cx) {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(()) => {
@@ -555,9 +555,12 @@ where
     tokio::pin!(copy);
     loop {
         let deadline = *last.lock() + idle;
+        // The copy first: after a stall of the process, bytes that arrived
+        // meanwhile count as activity before the idle timer is looked at.
         tokio::select! {
+            biased;
             _ = &mut copy => return false,
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = crate::settle::sleep_until(deadline) => {
                 if *last.lock() + idle <= Instant::now() {
                     return true;
                 }

@@ -28,6 +28,7 @@ mod mysql_handshake;
 mod passthrough;
 mod proxy_protocol;
 mod server;
+mod settle;
 mod state;
 mod tls;
 mod tunnel;

@@ -335,7 +335,7 @@ async fn setup(
             tracing::debug!(%peer, "passthrough: PROXY header expected from an untrusted peer: closed");
             return Err(Outcome::UntrustedPeer);
         }
-        let header = tokio::time::timeout_at(deadline, proxy_protocol::read(client))
+        let header = crate::settle::timeout_at(deadline, proxy_protocol::read(client))
             .await
             .map_err(|_| Outcome::Timeout)?
             .map_err(|e| {
@@ -412,7 +412,7 @@ async fn read_client_hello(
         let room = limit.saturating_sub(buf.len()).min(4096);
         let old = buf.len();
         buf.resize(old + room, 0);
-        let n = match tokio::time::timeout_at(deadline, client.read(&mut buf[old..])).await {
+        let n = match crate::settle::timeout_at(deadline, client.read(&mut buf[old..])).await {
             Ok(Ok(n)) => n,
             Ok(Err(_)) => return Err(Outcome::ClientClosed),
             Err(_) => return Err(Outcome::Timeout),

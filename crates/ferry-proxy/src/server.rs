@@ -18,7 +18,7 @@ use ferry_config::ListenerSpec;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -193,7 +193,8 @@ async fn serve_connection(
     };
     let mut client = peer;
     if spec.proxy_protocol {
-        match tokio::time::timeout_at(first_bytes, crate::proxy_protocol::read(&mut stream)).await {
+        match crate::settle::timeout_at(first_bytes, crate::proxy_protocol::read(&mut stream)).await
+        {
             Ok(Ok(h)) => {
                 if let Some(src) = h.source {
                     client = src;
@@ -331,7 +332,7 @@ pub(crate) async fn serve_http<I, H, Fut, B>(
         .http1()
         // The timer starts when hyper waits for a head, so it bounds the
         // idle time between keep-alive requests as well as the head itself.
-        .timer(TokioTimer::new())
+        .timer(crate::settle::SettledTimer)
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(64 * 1024)
         // Over TLS a vectored write seals each slice (head, body) as its own
@@ -339,7 +340,7 @@ pub(crate) async fn serve_http<I, H, Fut, B>(
         .writev(!tls);
     builder
         .http2()
-        .timer(TokioTimer::new())
+        .timer(crate::settle::SettledTimer)
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(H2_PING_INTERVAL))
         .keep_alive_timeout(H2_PING_TIMEOUT);
@@ -349,7 +350,13 @@ pub(crate) async fn serve_http<I, H, Fut, B>(
         let wake = activity
             .idle_deadline(limits.keepalive_timeout)
             .unwrap_or_else(|| Instant::now() + limits.keepalive_timeout);
+        // The connection first: when the process was not scheduled for a
+        // while (a stalled VM, SIGSTOP), the idle timer and a request that
+        // arrived meanwhile are ready together; polling the connection first
+        // reads the request (no longer idle), where a random pick closed the
+        // connection with the request unread (a POST's 502 at the client).
         tokio::select! {
+            biased;
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     tracing::trace!(%peer, error = %e, "connection ended with an error");
@@ -361,7 +368,7 @@ pub(crate) async fn serve_http<I, H, Fut, B>(
                 let _ = conn.await;
                 return;
             }
-            _ = tokio::time::sleep_until(wake) => {
+            _ = crate::settle::sleep_until(wake) => {
                 let idle = activity
                     .idle_deadline(limits.keepalive_timeout)
                     .is_some_and(|at| at <= Instant::now());

@@ -647,9 +647,12 @@ async fn serve(tunnel: &Tunnel, client: TcpStream, peer: SocketAddr, generation:
     tokio::pin!(copy);
     loop {
         let left = idle.saturating_sub(watch.idle_for());
+        // The copy first: after a stall of the process, bytes that arrived
+        // meanwhile count as activity before the idle timer is looked at.
         tokio::select! {
+            biased;
             _ = &mut copy => break,
-            _ = tokio::time::sleep(left) => {
+            _ = crate::settle::sleep_until(tokio::time::Instant::now() + left) => {
                 if watch.idle_for() >= idle {
                     stats.idle_closed.fetch_add(1, Ordering::Relaxed);
                     break;
