@@ -422,14 +422,10 @@ impl Cx<'_> {
                 (Some(t), None) => t.get_ref().clone(),
                 (None, Some(f)) => {
                     let p = self.resolve(f.get_ref());
-                    std::fs::read_to_string(&p)
-                        .map_err(|e| {
-                            self.err(
-                                f.span(),
-                                format!("router {name:?}: token_file {}: {e}", p.display()),
-                            )
-                        })?
-                        .trim()
+                    // Owner-only (or root's and its group's), as every secret.
+                    ferry_secret::read_file("token_file", &p)
+                        .map_err(|e| self.err(f.span(), format!("router {name:?}: {e}")))?
+                        .expose()
                         .to_string()
                 }
                 (None, None) => {
@@ -477,14 +473,9 @@ impl Cx<'_> {
                 (None, Some(k)) => {
                     let p = self.resolve(k.get_ref());
                     Some(
-                        std::fs::read_to_string(&p)
-                            .map_err(|e| {
-                                self.err(
-                                    k.span(),
-                                    format!("filer {name:?}: key_file {}: {e}", p.display()),
-                                )
-                            })?
-                            .trim()
+                        ferry_secret::read_file("key_file", &p)
+                            .map_err(|e| self.err(k.span(), format!("filer {name:?}: {e}")))?
+                            .expose()
                             .to_string(),
                     )
                 }
@@ -545,15 +536,11 @@ impl Cx<'_> {
                     }
                     (Some(v), None) => v.get_ref().clone(),
                     (None, Some(f)) => {
+                        // The URL holds a password.
                         let p = self.resolve(f.get_ref());
-                        std::fs::read_to_string(&p)
-                            .map_err(|e| {
-                                self.err(
-                                    f.span(),
-                                    format!("db server {name:?}: {key}_file {}: {e}", p.display()),
-                                )
-                            })?
-                            .trim()
+                        ferry_secret::read_file(&format!("{key}_file"), &p)
+                            .map_err(|e| self.err(f.span(), format!("db server {name:?}: {e}")))?
+                            .expose()
                             .to_string()
                     }
                     (None, None) => {

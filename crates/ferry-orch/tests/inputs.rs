@@ -297,3 +297,44 @@ fn failpoint_and_fault_specs_are_checked() {
     );
     assert!(Faults::parse("skip-flip:par-1").is_err());
 }
+
+#[test]
+fn secret_files_open_to_others_are_refused_at_their_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str, mode: u32| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    };
+    let token = write("par.token", "secret\n", 0o644);
+    let key = write("agent.key", "a-long-enough-agent-key\n", 0o644);
+    let url = write("src.url", "mysql://ferry:pw@10.1.0.12:3306\n", 0o644);
+    let text = GOOD
+        .replacen(
+            "token = \"secret\"",
+            &format!("token_file = \"{}\"", token.display()),
+            1,
+        )
+        .replace(
+            "destination = \"/srv/gra/fs-1\"",
+            &format!(
+                "destination = \"/srv/gra/fs-1\"\nkey_file = \"{}\"",
+                key.display()
+            ),
+        )
+        .replace(
+            "source = \"mysql://ferry:pw@10.1.0.12:3306\"",
+            &format!("source_file = \"{}\"", url.display()),
+        );
+    refused_at(&text, "token_file", "chmod 600");
+    // Owner-only: accepted, and the next secret file is the one refused.
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    refused_at(&text, "key_file", "chmod 600");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    refused_at(&text, "source_file", "chmod 600");
+    std::fs::set_permissions(&url, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = parse(&text).expect("owner-only secret files are read");
+    drop(config);
+}
