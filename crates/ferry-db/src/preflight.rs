@@ -203,7 +203,7 @@ async fn gtid(s: &mut Servers<'_>, f: &mut Findings) -> Result<()> {
         .max()
         .map_or(1, |m| m + 1);
     let own_domain = format!(
-        "or give the source a GTID domain of its own: SET GLOBAL gtid_domain_id = {free} at the source (and in its configuration), then reconnect its clients"
+        "give the source a GTID domain of its own: SET GLOBAL gtid_domain_id = {free} at the source (and in its configuration), then reconnect its clients"
     );
     if !shared.is_empty() {
         let list = shared
@@ -220,7 +220,7 @@ async fn gtid(s: &mut Servers<'_>, f: &mut Findings) -> Result<()> {
                 f.refusals.push(s.problem(
                     side,
                     format!("gtid_strict_mode = ON while both servers write in GTID domain {list}: {why}"),
-                    format!("SET GLOBAL gtid_strict_mode = OFF on the {side} (and in its configuration), {own_domain}"),
+                    format!("SET GLOBAL gtid_strict_mode = OFF on the {side} (and in its configuration), or {own_domain}"),
                 ));
             }
         }
@@ -261,7 +261,7 @@ async fn gtid(s: &mut Servers<'_>, f: &mut Findings) -> Result<()> {
                 format!(
                     "it already replicates GTID domain {d} (gtid_slave_pos has {d}-{theirs}-..., connections {names}) and the source writes in that domain too; one position per domain serves all connections"
                 ),
-                own_domain.trim_start_matches("or ").to_string(),
+                own_domain.clone(),
             ));
         }
     }

@@ -127,12 +127,14 @@ pub(crate) async fn start(
         // would move its own entry between our read and our write, and the
         // write would rewind it.
         let running = running_connections(dest).await?;
-        for r in &running {
-            dest.query_drop(format!("STOP SLAVE {}", quote(r)))
-                .await
-                .ctx(D, || format!("STOP SLAVE {r:?}"))?;
-        }
+        let mut stopped = Vec::new();
         let set = async {
+            for r in &running {
+                dest.query_drop(format!("STOP SLAVE {}", quote(r)))
+                    .await
+                    .ctx(D, || format!("STOP SLAVE {r:?}"))?;
+                stopped.push(r.clone());
+            }
             let current = gtid_var(dest, D, "gtid_slave_pos").await?;
             let own = gtid_var(dest, D, "gtid_binlog_pos").await?;
             // The destination's own domains at least as far as its binary
@@ -162,7 +164,7 @@ pub(crate) async fn start(
         }
         .await;
         // The others run again whatever happened to ours.
-        for r in &running {
+        for r in &stopped {
             dest.query_drop(format!("START SLAVE {}", quote(r)))
                 .await
                 .ctx(D, || format!("START SLAVE {r:?}"))?;
