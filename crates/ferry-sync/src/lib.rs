@@ -54,5 +54,5 @@ pub use local::LocalTree;
 pub use manifest::{Entry, Kind, Manifest, Meta, Mtime, ScanOptions};
 pub use merkle::{Digest, Verdict};
 pub use path::RelPath;
-pub use remote::{Endpoint, RemoteTree};
+pub use remote::{Deadlines, Endpoint, RemoteTree};
 pub use watch::{Changes, Watch};

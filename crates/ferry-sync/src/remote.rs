@@ -88,6 +88,27 @@ struct Conn {
     w: BufWriter<Counting<TcpStream>>,
 }
 
+/// How long a client waits on an agent: the TCP connect, the handshake (a
+/// hung or wrong peer is refused instead of hanging `ferry sync` or a
+/// migration's pre-copy), and then any one read or write (as long as the
+/// agent's own idle timeout, so a slow answer is never cut by the client first).
+#[derive(Clone, Debug)]
+pub struct Deadlines {
+    pub connect: std::time::Duration,
+    pub handshake: std::time::Duration,
+    pub idle: std::time::Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Deadlines {
+        Deadlines {
+            connect: std::time::Duration::from_secs(10),
+            handshake: std::time::Duration::from_secs(30),
+            idle: std::time::Duration::from_secs(3600),
+        }
+    }
+}
+
 /// A volume served by a remote agent.
 pub struct RemoteTree {
     peer: String,
@@ -112,13 +133,45 @@ impl RemoteTree {
         key: &[u8; 32],
         write: bool,
     ) -> Result<RemoteTree> {
+        RemoteTree::connect_with(host, port, volume, key, write, &Deadlines::default())
+    }
+
+    /// [`RemoteTree::connect`] with other deadlines than the defaults.
+    pub fn connect_with(
+        host: &str,
+        port: u16,
+        volume: &str,
+        key: &[u8; 32],
+        write: bool,
+        deadlines: &Deadlines,
+    ) -> Result<RemoteTree> {
         let peer = format!("{host}:{port}");
         let net = |source| SyncError::Net {
             peer: peer.clone(),
             source,
         };
-        let s = TcpStream::connect((host, port)).map_err(net)?;
+        // Every address the name resolves to, each within the connect deadline.
+        let addrs: Vec<_> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+            .map_err(net)?
+            .collect();
+        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+        let mut stream = None;
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, deadlines.connect) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let s = stream.ok_or_else(|| net(last))?;
         s.set_nodelay(true).map_err(net)?;
+        // The handshake is three small frames: an agent that does not
+        // answer them in time is hung or is not an agent.
+        s.set_read_timeout(Some(deadlines.handshake)).map_err(net)?;
+        s.set_write_timeout(Some(deadlines.handshake))
+            .map_err(net)?;
         let sent = Arc::new(AtomicU64::new(0));
         let received = Arc::new(AtomicU64::new(0));
         let r = BufReader::with_capacity(
@@ -142,6 +195,17 @@ impl RemoteTree {
             received,
         };
         t.handshake(volume, key, write)?;
+        // After it, an answer may take minutes (a Merkle root of a large
+        // volume): bounded by the agent's own idle timeout, not less.
+        {
+            let conn = t
+                .conn
+                .lock()
+                .map_err(|_| SyncError::Protocol("connection lock poisoned".into()))?;
+            let s = &conn.w.get_ref().inner;
+            s.set_read_timeout(Some(deadlines.idle)).map_err(net)?;
+            s.set_write_timeout(Some(deadlines.idle)).map_err(net)?;
+        }
         Ok(t)
     }
 

@@ -146,3 +146,31 @@ fn agent_config_errors_name_the_line() {
     .unwrap();
     assert!(ok.volumes["www"].read_only);
 }
+
+#[test]
+fn a_peer_that_accepts_and_never_answers_is_refused_within_the_handshake_deadline() {
+    // Not an agent: accepts, reads, says nothing (a hung agent looks the same).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let silent = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut sink);
+    });
+    let key = ferry_sync::proto::derive_key(KEY);
+    let deadlines = ferry_sync::Deadlines {
+        handshake: std::time::Duration::from_millis(500),
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let err = RemoteTree::connect_with("127.0.0.1", port, "v", &key, false, &deadlines)
+        .err()
+        .expect("a silent peer must be refused");
+    // Generous: only there to tell a deadline from a hang.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{err}"
+    );
+    assert!(matches!(err, SyncError::Net { .. }), "{err}");
+    silent.join().unwrap();
+}
