@@ -102,3 +102,44 @@ impl OrchError {
 }
 
 pub type Result<T, E = OrchError> = std::result::Result<T, E>;
+
+impl From<ferry_journal::Error> for OrchError {
+    fn from(e: ferry_journal::Error) -> OrchError {
+        use ferry_journal::ErrorKind;
+        match e.kind {
+            ErrorKind::Sqlite(source) => OrchError::Sqlite {
+                path: e.path,
+                source,
+            },
+            ErrorKind::RunExists => OrchError::JournalInUse {
+                path: e.path,
+                started: "earlier".into(),
+            },
+            kind => OrchError::Journal {
+                path: e.path,
+                message: kind.to_string(),
+            },
+        }
+    }
+}
+
+impl From<ferry_journal::FailpointError> for OrchError {
+    fn from(e: ferry_journal::FailpointError) -> OrchError {
+        match e {
+            ferry_journal::FailpointError::Interrupted(name) => OrchError::Interrupted(name),
+            ferry_journal::FailpointError::Pause { name, file, source } => OrchError::Io {
+                what: format!("failpoint {name}: cannot create {}", file.display()),
+                source,
+            },
+        }
+    }
+}
+
+impl From<ferry_journal::StepError> for OrchError {
+    fn from(e: ferry_journal::StepError) -> OrchError {
+        match e {
+            ferry_journal::StepError::Journal(e) => e.into(),
+            ferry_journal::StepError::Failpoint(e) => e.into(),
+        }
+    }
+}

@@ -21,45 +21,29 @@
 //!
 //! Each failpoint fires at most once per process. In-process tests build
 //! [`Failpoints`] with [`KillMode::Interrupt`]: `kill` then makes the runbook
-//! return [`OrchError::Interrupted`] on the spot, writing nothing more, which
-//! is what the journal sees of a killed process.
+//! return [`crate::OrchError::Interrupted`] on the spot, writing nothing
+//! more, which is what the journal sees of a killed process.
+//!
+//! The mechanism (arming, firing once, kill, pause) is ferry-journal's, as
+//! are the `<step>:before` / `<step>:after` points its step runner passes;
+//! this module names the migration's points and keeps its faults.
 //!
 //! `FERRY_FAULTS=skip-freeze:<router>` is a deliberate bug for the demo's
 //! broken variant: the freeze is not sent to that router and it is counted as
 //! having acknowledged. The router keeps serving at the source during the
 //! freeze: the split brain the demo's checker must catch.
 
-use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::time::Duration;
 
-use parking_lot::Mutex;
-
-use crate::error::{OrchError, Result};
+use crate::error::Result;
 use crate::status::Step;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    Kill,
-    Pause,
-}
+pub use ferry_journal::{Action, KillMode};
 
-/// What `kill` does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KillMode {
-    /// SIGKILL the process.
-    Process,
-    /// Return [`OrchError::Interrupted`] (in-process tests).
-    Interrupt,
-}
-
-/// The armed failpoints of this process.
-pub struct Failpoints {
-    armed: BTreeMap<String, Action>,
-    fired: Mutex<HashSet<String>>,
-    kill: KillMode,
-    pause_dir: PathBuf,
-}
+/// The armed failpoints of this process: ferry-journal's mechanism with
+/// the migration runbook's names.
+#[derive(Default)]
+pub struct Failpoints(ferry_journal::Failpoints);
 
 /// Every valid failpoint name.
 pub fn names() -> Vec<String> {
@@ -79,106 +63,33 @@ pub fn names() -> Vec<String> {
     v
 }
 
-impl Default for Failpoints {
-    fn default() -> Self {
-        Failpoints::none()
-    }
-}
-
 impl Failpoints {
     pub fn none() -> Failpoints {
-        Failpoints {
-            armed: BTreeMap::new(),
-            fired: Mutex::new(HashSet::new()),
-            kill: KillMode::Process,
-            pause_dir: std::env::temp_dir(),
-        }
+        Failpoints(ferry_journal::Failpoints::none())
     }
 
     /// From `FERRY_FAILPOINTS` and `FERRY_FAILPOINT_DIR`.
     pub fn from_env() -> std::result::Result<Failpoints, String> {
-        let spec = std::env::var("FERRY_FAILPOINTS").unwrap_or_default();
-        let mut f = Failpoints::parse(&spec, KillMode::Process)?;
-        if let Ok(d) = std::env::var("FERRY_FAILPOINT_DIR") {
-            f.pause_dir = PathBuf::from(d);
-        }
-        Ok(f)
+        ferry_journal::Failpoints::from_env(&names()).map(Failpoints)
     }
 
     /// Parses `NAME=ACTION,...`; an unknown name or action is an error.
     pub fn parse(spec: &str, kill: KillMode) -> std::result::Result<Failpoints, String> {
-        let valid = names();
-        let mut armed = BTreeMap::new();
-        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (name, action) = item.split_once('=').ok_or_else(|| {
-                format!("FERRY_FAILPOINTS: {item:?}: expected NAME=kill or NAME=pause")
-            })?;
-            if !valid.iter().any(|v| v == name) {
-                return Err(format!(
-                    "FERRY_FAILPOINTS: unknown failpoint {name:?} (known: {})",
-                    valid.join(", ")
-                ));
-            }
-            let action = match action {
-                "kill" => Action::Kill,
-                "pause" => Action::Pause,
-                other => {
-                    return Err(format!(
-                        "FERRY_FAILPOINTS: {name}: unknown action {other:?} (kill or pause)"
-                    ))
-                }
-            };
-            armed.insert(name.to_string(), action);
-        }
-        Ok(Failpoints {
-            armed,
-            fired: Mutex::new(HashSet::new()),
-            kill,
-            pause_dir: std::env::temp_dir(),
-        })
+        ferry_journal::Failpoints::parse(spec, kill, &names()).map(Failpoints)
     }
 
-    pub fn with_pause_dir(mut self, dir: PathBuf) -> Failpoints {
-        self.pause_dir = dir;
-        self
+    pub fn with_pause_dir(self, dir: PathBuf) -> Failpoints {
+        Failpoints(self.0.with_pause_dir(dir))
     }
 
     /// Passes the failpoint `name`: fires its action if armed and not fired yet.
     pub async fn hit(&self, name: &str) -> Result<()> {
-        let Some(action) = self.armed.get(name).copied() else {
-            return Ok(());
-        };
-        if !self.fired.lock().insert(name.to_string()) {
-            return Ok(());
-        }
-        tracing::warn!(failpoint = name, ?action, "failpoint fired");
-        match action {
-            Action::Kill => match self.kill {
-                KillMode::Process => {
-                    let _ = rustix::process::kill_process(
-                        rustix::process::getpid(),
-                        rustix::process::Signal::KILL,
-                    );
-                    // SIGKILL is not deliverable late; should it somehow
-                    // return, stop as the in-process mode does.
-                    Err(OrchError::Interrupted(name.to_string()))
-                }
-                KillMode::Interrupt => Err(OrchError::Interrupted(name.to_string())),
-            },
-            Action::Pause => {
-                let file = self
-                    .pause_dir
-                    .join(format!("{}.paused", name.replace(':', "_")));
-                std::fs::write(&file, name.as_bytes()).map_err(|source| OrchError::Io {
-                    what: format!("failpoint {name}: cannot create {}", file.display()),
-                    source,
-                })?;
-                while file.exists() {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Ok(())
-            }
-        }
+        Ok(self.0.hit(name).await?)
+    }
+
+    /// The mechanism, for ferry-journal's step runner.
+    pub(crate) fn inner(&self) -> &ferry_journal::Failpoints {
+        &self.0
     }
 }
 

@@ -1,26 +1,23 @@
-//! The journal: an append-only SQLite log of one migration run.
+//! The migration journal: one [`ferry_journal`] file per `ferry migrate` run.
 //!
+//! Its own [`Kind`] (`Migration`, `application_id` "FRYJ", `user_version` 1):
 //! - `run`: one row of meta (the config text and path, the plan path and the
 //!   BLAKE3 digest of its bytes, source and destination, start time, the
 //!   selected units with what the status page shows of them).
 //! - `events`: one row per step boundary (`begin` before a step acts, `end`
 //!   after) and per note (a session start, a change a router still owes, an
-//!   abandon under way, a rollback). Each row carries a BLAKE3 hash chained
-//!   over the previous row's hash (the first over the run row's) and its own
-//!   fields; `head` holds the last sequence number and hash, updated in the
-//!   same transaction. So an edited byte, a deleted row (middle or last) or
-//!   garbage is found when the journal is opened, and the row is named.
+//!   abandon under way, a rollback).
 //!
-//! Durability: WAL with `synchronous=FULL`: an event the orchestrator saw
-//! committed survives a crash of the process or the machine. The schema
-//! version is in `user_version`, the file's kind in `application_id`; a file
-//! that is not ours is refused without being written (it is checked through
-//! a read-only connection first).
+//! The hash chain, the checks at open (a file that is not ours or is
+//! damaged is refused unchanged, naming the row), WAL + `synchronous=FULL`
+//! and the writer's lock are ferry-journal's; the row hashes below are this
+//! format's (version 1; `tests/fixtures/journal-v1.db` holds them). The
+//! status is a pure fold of the events ([`fold`]).
 
 use std::path::{Path, PathBuf};
 
-use parking_lot::Mutex;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use ferry_journal::{Chain, Failpoints, Kind, Record, Steps};
+use rusqlite::types::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{OrchError, Result};
@@ -29,44 +26,10 @@ use crate::status::{
     WaveStatus,
 };
 
+pub use ferry_journal::now_ms;
+
 /// `PRAGMA user_version` of the schema this code writes.
 pub const SCHEMA_VERSION: i64 = 1;
-/// `PRAGMA application_id`: "FRYJ".
-const APPLICATION_ID: i64 = 0x4652_594A;
-
-const SCHEMA: &str = "
-CREATE TABLE run (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    config_text TEXT NOT NULL,
-    config_path TEXT NOT NULL,
-    plan_path TEXT NOT NULL,
-    plan_digest TEXT NOT NULL,
-    source TEXT NOT NULL,
-    destination TEXT NOT NULL,
-    started_at_ms INTEGER NOT NULL,
-    units TEXT NOT NULL,
-    hash BLOB NOT NULL
-);
-CREATE TABLE events (
-    seq INTEGER PRIMARY KEY,
-    at_ms INTEGER NOT NULL,
-    unit TEXT NOT NULL,
-    step TEXT,
-    phase TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    direction TEXT NOT NULL,
-    epoch INTEGER,
-    outcome TEXT,
-    detail TEXT NOT NULL,
-    hash BLOB NOT NULL
-);
-CREATE INDEX events_by_unit ON events (unit, seq);
-CREATE TABLE head (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    seq INTEGER NOT NULL,
-    hash BLOB NOT NULL
-);
-";
 
 /// What a unit looks like in the run meta (what the status needs without the plan).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -130,13 +93,7 @@ pub struct NewEvent {
 }
 
 /// A journaled event.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct EventRecord {
-    pub seq: u64,
-    pub at_ms: u64,
-    #[serde(flatten)]
-    pub event: NewEvent,
-}
+pub type EventRecord = Record<NewEvent>;
 
 fn dir_str(d: Direction) -> &'static str {
     match d {
@@ -145,212 +102,220 @@ fn dir_str(d: Direction) -> &'static str {
     }
 }
 
-fn outcome_str(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Ok => "ok",
-        Outcome::Failed => "failed",
-        Outcome::Abandoned => "abandoned",
+fn text(v: &Value) -> Option<&str> {
+    match v {
+        Value::Text(s) => Some(s),
+        _ => None,
     }
 }
 
-fn parse_outcome(s: &str) -> Option<Outcome> {
-    [Outcome::Ok, Outcome::Failed, Outcome::Abandoned]
-        .into_iter()
-        .find(|o| outcome_str(*o) == s)
-}
-
-/// Length-prefixed fields into one hasher, so no two field lists hash alike.
-struct Chain(blake3::Hasher);
-
-impl Chain {
-    fn new(label: &str) -> Chain {
-        let mut c = Chain(blake3::Hasher::new());
-        c.bytes(label.as_bytes());
-        c
-    }
-    fn bytes(&mut self, b: &[u8]) -> &mut Chain {
-        self.0.update(&(b.len() as u64).to_le_bytes());
-        self.0.update(b);
-        self
-    }
-    fn num(&mut self, n: u64) -> &mut Chain {
-        self.0.update(&n.to_le_bytes());
-        self
-    }
-    fn opt(&mut self, s: Option<&str>) -> &mut Chain {
-        match s {
-            None => self.num(0),
-            Some(s) => self.num(1).bytes(s.as_bytes()),
-        }
-    }
-    fn done(&self) -> [u8; 32] {
-        *self.0.finalize().as_bytes()
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Integer(i) => Some(*i),
+        _ => None,
     }
 }
 
-fn run_hash(m: &RawRun) -> [u8; 32] {
-    Chain::new("ferry-journal run v1")
-        .bytes(m.config_text.as_bytes())
-        .bytes(m.config_path.as_bytes())
-        .bytes(m.plan_path.as_bytes())
-        .bytes(m.plan_digest.as_bytes())
-        .bytes(m.source.as_bytes())
-        .bytes(m.destination.as_bytes())
-        .num(m.started_at_ms as u64)
-        .bytes(m.units.as_bytes())
-        .done()
+fn opt_text(v: &Value) -> Option<Option<&str>> {
+    match v {
+        Value::Null => Some(None),
+        v => text(v).map(Some),
+    }
 }
 
-fn event_hash(prev: &[u8], e: &RawEvent) -> [u8; 32] {
-    Chain::new("ferry-journal event v1")
-        .bytes(prev)
-        .num(e.seq as u64)
-        .num(e.at_ms as u64)
-        .bytes(e.unit.as_bytes())
-        .opt(e.step.as_deref())
-        .bytes(e.phase.as_bytes())
-        .num(e.attempt as u64)
-        .bytes(e.direction.as_bytes())
-        .opt(e.epoch.map(|x| x.to_string()).as_deref())
-        .opt(e.outcome.as_deref())
-        .bytes(e.detail.as_bytes())
-        .done()
-}
+/// The migration journal's format.
+pub struct Migration;
 
-/// Rows as stored (strings), before they are checked.
-struct RawRun {
-    config_text: String,
-    config_path: String,
-    plan_path: String,
-    plan_digest: String,
-    source: String,
-    destination: String,
-    started_at_ms: i64,
-    units: String,
-    hash: Vec<u8>,
-}
+impl Kind for Migration {
+    /// "FRYJ".
+    const APPLICATION_ID: i64 = 0x4652_594A;
+    const SCHEMA_VERSION: i64 = SCHEMA_VERSION;
+    const WHAT: &'static str = "Ferry journal";
+    const COMMAND: &'static str = "ferry migrate";
+    const SCHEMA: &'static str = "
+CREATE TABLE run (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    config_text TEXT NOT NULL,
+    config_path TEXT NOT NULL,
+    plan_path TEXT NOT NULL,
+    plan_digest TEXT NOT NULL,
+    source TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    started_at_ms INTEGER NOT NULL,
+    units TEXT NOT NULL,
+    hash BLOB NOT NULL
+);
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    unit TEXT NOT NULL,
+    step TEXT,
+    phase TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    direction TEXT NOT NULL,
+    epoch INTEGER,
+    outcome TEXT,
+    detail TEXT NOT NULL,
+    hash BLOB NOT NULL
+);
+CREATE INDEX events_by_unit ON events (unit, seq);
+CREATE TABLE head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash BLOB NOT NULL
+);
+";
+    const RUN_COLUMNS: &'static [&'static str] = &[
+        "config_text",
+        "config_path",
+        "plan_path",
+        "plan_digest",
+        "source",
+        "destination",
+        "started_at_ms",
+        "units",
+    ];
+    const EVENT_COLUMNS: &'static [&'static str] = &[
+        "unit",
+        "step",
+        "phase",
+        "attempt",
+        "direction",
+        "epoch",
+        "outcome",
+        "detail",
+    ];
+    type Run = RunMeta;
+    type Event = NewEvent;
 
-struct RawEvent {
-    seq: i64,
-    at_ms: i64,
-    unit: String,
-    step: Option<String>,
-    phase: String,
-    attempt: i64,
-    direction: String,
-    epoch: Option<i64>,
-    outcome: Option<String>,
-    detail: String,
-    hash: Vec<u8>,
+    fn run_row(m: &RunMeta) -> std::result::Result<Vec<Value>, String> {
+        let units = serde_json::to_string(&m.units).map_err(|e| e.to_string())?;
+        Ok(vec![
+            Value::Text(m.config_text.clone()),
+            Value::Text(m.config_path.to_string_lossy().into_owned()),
+            Value::Text(m.plan_path.to_string_lossy().into_owned()),
+            Value::Text(m.plan_digest.clone()),
+            Value::Text(m.source.clone()),
+            Value::Text(m.destination.clone()),
+            Value::Integer(m.started_at_ms as i64),
+            Value::Text(units),
+        ])
+    }
+
+    fn run_from_row(r: &[Value]) -> std::result::Result<RunMeta, String> {
+        let t = |i: usize, what: &str| text(&r[i]).ok_or(format!("bad {what}"));
+        let units: Vec<UnitMeta> =
+            serde_json::from_str(t(7, "units")?).map_err(|e| format!("units: {e}"))?;
+        Ok(RunMeta {
+            config_text: t(0, "config_text")?.to_string(),
+            config_path: PathBuf::from(t(1, "config_path")?),
+            plan_path: PathBuf::from(t(2, "plan_path")?),
+            plan_digest: t(3, "plan_digest")?.to_string(),
+            source: t(4, "source")?.to_string(),
+            destination: t(5, "destination")?.to_string(),
+            started_at_ms: int(&r[6]).ok_or("bad started_at_ms")? as u64,
+            units,
+        })
+    }
+
+    fn run_hash(r: &[Value]) -> [u8; 32] {
+        Chain::labelled("ferry-journal run v1")
+            .text(&r[0])
+            .text(&r[1])
+            .text(&r[2])
+            .text(&r[3])
+            .text(&r[4])
+            .text(&r[5])
+            .int(&r[6])
+            .text(&r[7])
+            .done()
+    }
+
+    fn event_row(e: &NewEvent) -> Vec<Value> {
+        let opt = |s: Option<&str>| s.map_or(Value::Null, |s| Value::Text(s.to_string()));
+        vec![
+            Value::Text(e.unit.clone()),
+            opt(e.step.map(Step::as_str)),
+            Value::Text(e.phase.as_str().to_string()),
+            Value::Integer(i64::from(e.attempt)),
+            Value::Text(dir_str(e.direction).to_string()),
+            e.epoch.map_or(Value::Null, |x| Value::Integer(x as i64)),
+            opt(e.outcome.map(Outcome::as_str)),
+            Value::Text(e.detail.to_string()),
+        ]
+    }
+
+    fn event_from_row(r: &[Value]) -> std::result::Result<NewEvent, String> {
+        let bad = |f: &str| format!("bad {f}");
+        Ok(NewEvent {
+            unit: text(&r[0]).ok_or_else(|| bad("unit"))?.to_string(),
+            step: match opt_text(&r[1]).ok_or_else(|| bad("step"))? {
+                None => None,
+                Some(s) => Some(Step::parse(s).ok_or_else(|| bad("step"))?),
+            },
+            phase: text(&r[2])
+                .and_then(Phase::parse)
+                .ok_or_else(|| bad("phase"))?,
+            attempt: int(&r[3])
+                .and_then(|a| u32::try_from(a).ok())
+                .ok_or_else(|| bad("attempt"))?,
+            direction: match text(&r[4]) {
+                Some("forward") => Direction::Forward,
+                Some("reverse") => Direction::Reverse,
+                _ => return Err(bad("direction")),
+            },
+            epoch: match &r[5] {
+                Value::Null => None,
+                v => Some(int(v).ok_or_else(|| bad("epoch"))? as u64),
+            },
+            outcome: match opt_text(&r[6]).ok_or_else(|| bad("outcome"))? {
+                None => None,
+                Some(o) => Some(Outcome::parse(o).ok_or_else(|| bad("outcome"))?),
+            },
+            detail: text(&r[7])
+                .and_then(|d| serde_json::from_str(d).ok())
+                .ok_or_else(|| bad("detail"))?,
+        })
+    }
+
+    fn event_hash(prev: &[u8], seq: u64, at_ms: u64, r: &[Value]) -> [u8; 32] {
+        Chain::labelled("ferry-journal event v1")
+            .bytes(prev)
+            .num(seq)
+            .num(at_ms)
+            .text(&r[0])
+            .opt_text(&r[1])
+            .text(&r[2])
+            .int(&r[3])
+            .text(&r[4])
+            .opt_int_text(&r[5])
+            .opt_text(&r[6])
+            .text(&r[7])
+            .done()
+    }
 }
 
 /// An open journal. Shared between the runbook and the tracking server.
 pub struct Journal {
-    path: PathBuf,
-    conn: Mutex<Connection>,
-    /// `<journal>.lock`, flock-ed exclusively while this process may write:
-    /// a second orchestrator on the same journal is refused, and `status`
-    /// tells a live run from a dead one (the kernel drops the lock when the
-    /// process dies, even by SIGKILL). A separate file: closing any other
-    /// descriptor of the database would drop SQLite's own POSIX locks.
-    lock: Option<std::fs::File>,
-}
-
-fn lock_path(path: &Path) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(".lock");
-    PathBuf::from(p)
-}
-
-/// Takes the writer's lock of the journal at `path`.
-fn take_lock(path: &Path) -> Result<std::fs::File> {
-    let lp = lock_path(path);
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lp)
-        .map_err(|e| OrchError::Journal {
-            path: path.to_path_buf(),
-            message: format!("cannot open its lock file {}: {e}", lp.display()),
-        })?;
-    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(f),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(OrchError::Journal {
-            path: path.to_path_buf(),
-            message: "another `ferry migrate` process is using this journal (it holds the lock); wait for it or stop it".into(),
-        }),
-        Err(e) => Err(OrchError::Journal {
-            path: path.to_path_buf(),
-            message: format!("cannot lock {}: {e}", lp.display()),
-        }),
-    }
-}
-
-/// Is a live process holding the writer's lock of the journal at `path`?
-fn locked_elsewhere(path: &Path) -> bool {
-    let Ok(f) = std::fs::File::open(lock_path(path)) else {
-        return false;
-    };
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).is_err()
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    inner: ferry_journal::Journal<Migration>,
 }
 
 impl Journal {
-    fn err(&self, message: impl Into<String>) -> OrchError {
-        OrchError::Journal {
-            path: self.path.clone(),
-            message: message.into(),
-        }
-    }
-
-    fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> OrchError + '_ {
-        move |source| OrchError::Sqlite {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-
-    /// Opens an existing journal after checking it whole (read-only first:
-    /// a file that is not ours or is damaged is refused unchanged).
+    /// Opens an existing journal for writing after checking it whole
+    /// (read-only first: a file that is not ours or is damaged is refused
+    /// unchanged).
     pub fn open(path: &Path) -> Result<Journal> {
-        if !path.is_file() {
-            return Err(OrchError::Journal {
-                path: path.to_path_buf(),
-                message: "no such journal file".into(),
-            });
-        }
-        Journal::check_file(path)?;
-        Journal::open_rw(path, false)
+        Ok(Journal {
+            inner: ferry_journal::Journal::open(path)?,
+        })
     }
 
     /// Opens an existing journal for reading only (`ferry migrate status`,
     /// while a run may be writing it), after checking it whole.
     pub fn open_read_only(path: &Path) -> Result<Journal> {
-        if !path.is_file() {
-            return Err(OrchError::Journal {
-                path: path.to_path_buf(),
-                message: "no such journal file".into(),
-            });
-        }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(Journal::sql(path))?;
-        let j = Journal {
-            path: path.to_path_buf(),
-            conn: Mutex::new(conn),
-            lock: None,
-        };
-        j.check_kind()?;
-        j.verify()?;
-        Ok(j)
+        Ok(Journal {
+            inner: ferry_journal::Journal::open_read_only(path)?,
+        })
     }
 
     /// Opens the journal at `path` for a new run: creates it if missing; an
@@ -366,318 +331,43 @@ impl Journal {
             }
             return Ok(j);
         }
-        Journal::open_rw(path, true)
-    }
-
-    /// Checks a journal file through a read-only connection.
-    fn check_file(path: &Path) -> Result<()> {
-        Journal::open_read_only(path).map(drop)
-    }
-
-    fn check_kind(&self) -> Result<()> {
-        let conn = self.conn.lock();
-        let not_ours = |e: rusqlite::Error| {
-            self.err(format!(
-                "not a Ferry journal (cannot read it as SQLite: {e})"
-            ))
-        };
-        let app: i64 = conn
-            .query_row("PRAGMA application_id", [], |r| r.get(0))
-            .map_err(not_ours)?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(not_ours)?;
-        if app != APPLICATION_ID {
-            return Err(self.err(format!(
-                "not a Ferry journal (SQLite application_id {app:#x}, expected {APPLICATION_ID:#x})"
-            )));
-        }
-        if version != SCHEMA_VERSION {
-            return Err(self.err(format!(
-                "journal schema version {version}; this ferry reads version {SCHEMA_VERSION}"
-            )));
-        }
-        Ok(())
-    }
-
-    fn open_rw(path: &Path, fresh: bool) -> Result<Journal> {
-        let lock = take_lock(path)?;
-        let sql = Journal::sql(path);
-        let conn = Connection::open(path).map_err(&sql)?;
-        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-            .map_err(&sql)?;
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")
-            .map_err(&sql)?;
-        if fresh {
-            let tx = conn.unchecked_transaction().map_err(&sql)?;
-            tx.execute_batch(SCHEMA).map_err(&sql)?;
-            tx.execute_batch(&format!(
-                "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
-            ))
-            .map_err(&sql)?;
-            tx.commit().map_err(&sql)?;
-        }
-        let j = Journal {
-            path: path.to_path_buf(),
-            conn: Mutex::new(conn),
-            lock: Some(lock),
-        };
-        if !fresh {
-            j.check_kind()?;
-        }
-        Ok(j)
+        Ok(Journal {
+            inner: ferry_journal::Journal::create(path, None)?,
+        })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.inner.path()
     }
 
     /// Records the run. Only once per journal.
     pub fn start_run(&self, m: &RunMeta) -> Result<()> {
-        let units = serde_json::to_string(&m.units).map_err(|e| self.err(e.to_string()))?;
-        let raw = RawRun {
-            config_text: m.config_text.clone(),
-            config_path: m.config_path.to_string_lossy().into_owned(),
-            plan_path: m.plan_path.to_string_lossy().into_owned(),
-            plan_digest: m.plan_digest.clone(),
-            source: m.source.clone(),
-            destination: m.destination.clone(),
-            started_at_ms: m.started_at_ms as i64,
-            units,
-            hash: Vec::new(),
-        };
-        let hash = run_hash(&raw);
-        let conn = self.conn.lock();
-        let sql = Journal::sql(&self.path);
-        let tx = conn.unchecked_transaction().map_err(&sql)?;
-        let n: i64 = tx
-            .query_row("SELECT count(*) FROM run", [], |r| r.get(0))
-            .map_err(&sql)?;
-        if n > 0 {
-            return Err(OrchError::JournalInUse {
-                path: self.path.clone(),
-                started: "earlier".into(),
-            });
-        }
-        tx.execute(
-            "INSERT INTO run (id, config_text, config_path, plan_path, plan_digest, source, destination, started_at_ms, units, hash)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![raw.config_text, raw.config_path, raw.plan_path, raw.plan_digest, raw.source, raw.destination, raw.started_at_ms, raw.units, hash.to_vec()],
-        )
-        .map_err(&sql)?;
-        tx.execute(
-            "INSERT INTO head (id, seq, hash) VALUES (1, 0, ?1)",
-            params![hash.to_vec()],
-        )
-        .map_err(&sql)?;
-        tx.commit().map_err(&sql)
-    }
-
-    fn raw_run(&self, conn: &Connection) -> Result<Option<RawRun>> {
-        conn.query_row(
-            "SELECT config_text, config_path, plan_path, plan_digest, source, destination, started_at_ms, units, hash FROM run WHERE id = 1",
-            [],
-            |r| {
-                Ok(RawRun {
-                    config_text: r.get(0)?,
-                    config_path: r.get(1)?,
-                    plan_path: r.get(2)?,
-                    plan_digest: r.get(3)?,
-                    source: r.get(4)?,
-                    destination: r.get(5)?,
-                    started_at_ms: r.get(6)?,
-                    units: r.get(7)?,
-                    hash: r.get(8)?,
-                })
-            },
-        )
-        .optional()
-        .map_err(|e| self.err(format!("run row unreadable: {e}")))
+        Ok(self.inner.start_run(m)?)
     }
 
     /// The run meta, None before `start_run`.
     pub fn meta(&self) -> Result<Option<RunMeta>> {
-        let conn = self.conn.lock();
-        let Some(r) = self.raw_run(&conn)? else {
-            return Ok(None);
-        };
-        let units: Vec<UnitMeta> =
-            serde_json::from_str(&r.units).map_err(|e| self.err(format!("run row: units: {e}")))?;
-        Ok(Some(RunMeta {
-            config_text: r.config_text,
-            config_path: PathBuf::from(r.config_path),
-            plan_path: PathBuf::from(r.plan_path),
-            plan_digest: r.plan_digest,
-            source: r.source,
-            destination: r.destination,
-            started_at_ms: r.started_at_ms as u64,
-            units,
-        }))
+        Ok(self.inner.run()?)
     }
 
     /// Checks the chain: run row, every event in sequence, the head.
     pub fn verify(&self) -> Result<()> {
-        let conn = self.conn.lock();
-        let bad = |e: rusqlite::Error| self.err(format!("damaged: {e}"));
-        for t in ["run", "events", "head"] {
-            let n: i64 = conn
-                .query_row(
-                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-                    [t],
-                    |r| r.get(0),
-                )
-                .map_err(bad)?;
-            if n != 1 {
-                return Err(self.err(format!("damaged: table {t} is missing")));
-            }
-        }
-        let Some(run) = self.raw_run(&conn)? else {
-            let n: i64 = conn
-                .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-                .map_err(bad)?;
-            if n > 0 {
-                return Err(self.err("damaged: events without a run row"));
-            }
-            return Ok(());
-        };
-        if run_hash(&run).as_slice() != run.hash.as_slice() {
-            return Err(self.err("damaged: the run row does not match its hash (edited?)"));
-        }
-        let mut prev = run.hash.clone();
-        let mut expect = 1i64;
-        let mut stmt = conn
-            .prepare("SELECT seq, at_ms, unit, step, phase, attempt, direction, epoch, outcome, detail, hash FROM events ORDER BY seq")
-            .map_err(bad)?;
-        let rows = stmt.query_map([], read_raw_event).map_err(bad)?;
-        for row in rows {
-            let e = row.map_err(bad)?;
-            if e.seq != expect {
-                return Err(self.err(format!(
-                    "damaged: event {expect} is missing (next row is {}): rows were deleted",
-                    e.seq
-                )));
-            }
-            let h = event_hash(&prev, &e);
-            if h.as_slice() != e.hash.as_slice() {
-                return Err(self.err(format!(
-                    "damaged: event {} does not match its hash (edited, or an earlier row changed)",
-                    e.seq
-                )));
-            }
-            prev = e.hash;
-            expect += 1;
-        }
-        let (hseq, hhash): (i64, Vec<u8>) = conn
-            .query_row("SELECT seq, hash FROM head WHERE id = 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .map_err(|e| self.err(format!("damaged: head row: {e}")))?;
-        if hseq != expect - 1 || hhash != prev {
-            return Err(self.err(format!(
-                "damaged: the journal ends at event {} but its head says {hseq}: rows were removed at the end",
-                expect - 1
-            )));
-        }
-        Ok(())
+        Ok(self.inner.verify()?)
     }
 
     /// Appends an event (hash-chained; committed durably before this returns).
     pub fn append(&self, ev: NewEvent) -> Result<EventRecord> {
-        let conn = self.conn.lock();
-        let sql = Journal::sql(&self.path);
-        let tx = conn.unchecked_transaction().map_err(&sql)?;
-        let (hseq, hhash): (i64, Vec<u8>) = tx
-            .query_row("SELECT seq, hash FROM head WHERE id = 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .map_err(|e| self.err(format!("no run recorded ({e})")))?;
-        let at_ms = now_ms();
-        let mut raw = RawEvent {
-            seq: hseq + 1,
-            at_ms: at_ms as i64,
-            unit: ev.unit.clone(),
-            step: ev.step.map(|s| s.as_str().to_string()),
-            phase: ev.phase.as_str().to_string(),
-            attempt: i64::from(ev.attempt),
-            direction: dir_str(ev.direction).to_string(),
-            epoch: ev.epoch.map(|x| x as i64),
-            outcome: ev.outcome.map(|o| outcome_str(o).to_string()),
-            detail: ev.detail.to_string(),
-            hash: Vec::new(),
-        };
-        raw.hash = event_hash(&hhash, &raw).to_vec();
-        tx.execute(
-            "INSERT INTO events (seq, at_ms, unit, step, phase, attempt, direction, epoch, outcome, detail, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![raw.seq, raw.at_ms, raw.unit, raw.step, raw.phase, raw.attempt, raw.direction, raw.epoch, raw.outcome, raw.detail, raw.hash],
-        )
-        .map_err(&sql)?;
-        tx.execute(
-            "UPDATE head SET seq = ?1, hash = ?2 WHERE id = 1",
-            params![raw.seq, raw.hash],
-        )
-        .map_err(&sql)?;
-        tx.commit().map_err(&sql)?;
-        Ok(EventRecord {
-            seq: raw.seq as u64,
-            at_ms,
-            event: ev,
-        })
+        Ok(self.inner.append(ev)?)
     }
 
     /// Every event, in order.
     pub fn events(&self) -> Result<Vec<EventRecord>> {
-        self.select_events(None)
+        Ok(self.inner.events()?)
     }
 
     /// The events of one unit, in order.
     pub fn unit_events(&self, unit: &str) -> Result<Vec<EventRecord>> {
-        self.select_events(Some(unit))
-    }
-
-    fn select_events(&self, unit: Option<&str>) -> Result<Vec<EventRecord>> {
-        let conn = self.conn.lock();
-        let bad = |e: rusqlite::Error| self.err(format!("damaged: {e}"));
-        const COLS: &str = "SELECT seq, at_ms, unit, step, phase, attempt, direction, epoch, outcome, detail, hash FROM events";
-        let (sql, args): (String, Vec<&str>) = match unit {
-            None => (format!("{COLS} ORDER BY seq"), vec![]),
-            Some(u) => (format!("{COLS} WHERE unit = ?1 ORDER BY seq"), vec![u]),
-        };
-        let mut stmt = conn.prepare(&sql).map_err(bad)?;
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(args), read_raw_event)
-            .map_err(bad)?;
-        let mut out = Vec::new();
-        for row in rows {
-            let r = row.map_err(bad)?;
-            let what = |f: &str| self.err(format!("event {}: bad {f}", r.seq));
-            let step = match &r.step {
-                None => None,
-                Some(s) => Some(Step::parse(s).ok_or_else(|| what("step"))?),
-            };
-            out.push(EventRecord {
-                seq: r.seq as u64,
-                at_ms: r.at_ms as u64,
-                event: NewEvent {
-                    unit: r.unit.clone(),
-                    step,
-                    phase: Phase::parse(&r.phase).ok_or_else(|| what("phase"))?,
-                    attempt: u32::try_from(r.attempt).map_err(|_| what("attempt"))?,
-                    direction: match r.direction.as_str() {
-                        "forward" => Direction::Forward,
-                        "reverse" => Direction::Reverse,
-                        _ => return Err(what("direction")),
-                    },
-                    epoch: r.epoch.map(|x| x as u64),
-                    outcome: match &r.outcome {
-                        None => None,
-                        Some(o) => Some(parse_outcome(o).ok_or_else(|| what("outcome"))?),
-                    },
-                    detail: serde_json::from_str(&r.detail).map_err(|_| what("detail"))?,
-                },
-            });
-        }
-        Ok(out)
+        Ok(self.inner.events_where("unit", unit)?)
     }
 
     /// The migration as the events tell it; None before a run was recorded.
@@ -686,25 +376,13 @@ impl Journal {
             return Ok(None);
         };
         let events = self.events()?;
-        let running = self.lock.is_some() || locked_elsewhere(&self.path);
-        Ok(Some(fold(&meta, &events, running)))
+        Ok(Some(fold(&meta, &events, self.inner.running())))
     }
-}
 
-fn read_raw_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawEvent> {
-    Ok(RawEvent {
-        seq: r.get(0)?,
-        at_ms: r.get(1)?,
-        unit: r.get(2)?,
-        step: r.get(3)?,
-        phase: r.get(4)?,
-        attempt: r.get(5)?,
-        direction: r.get(6)?,
-        epoch: r.get(7)?,
-        outcome: r.get(8)?,
-        detail: r.get(9)?,
-        hash: r.get(10)?,
-    })
+    /// The step runner of this journal.
+    pub(crate) fn steps<'a>(&'a self, failpoints: &'a Failpoints) -> Steps<'a, Migration> {
+        Steps::new(&self.inner, failpoints)
+    }
 }
 
 /// The line people see for an event's detail.

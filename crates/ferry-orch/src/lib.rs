@@ -4,8 +4,8 @@
 //!
 //! - [`config`]: `migrate.toml` -> [`MigrateConfig`] (errors name file:line:col).
 //! - [`plan`]: the parts of `plan.json` the runbook needs ([`Plan`]).
-//! - [`journal`]: the SQLite, hash-chained event log ([`Journal`]) and its
-//!   fold into [`MigrationStatus`].
+//! - [`journal`]: the migration's kind of ferry-journal file (SQLite,
+//!   hash-chained, locked: [`Journal`]) and its fold into [`MigrationStatus`].
 //! - [`router`]: the routers' admin API client.
 //! - [`runbook`]: [`Orchestrator`]: run, resume, rollback; [`progress`]:
 //!   where a unit stands, folded from its events (what a replay starts from).

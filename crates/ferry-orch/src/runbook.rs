@@ -19,11 +19,12 @@ use crate::config::{FilerSpec, MigrateConfig};
 use crate::dbmove::{self, DbGroup};
 use crate::error::{OrchError, Result};
 use crate::failpoint::{Failpoints, Faults};
-use crate::journal::{now_ms, EventRecord, Journal, NewEvent, Phase, RunMeta, UnitMeta};
+use crate::journal::{now_ms, EventRecord, Journal, Migration, NewEvent, Phase, RunMeta, UnitMeta};
 use crate::plan::{Plan, PlanUnit};
 pub use crate::progress::Progress;
 use crate::router::{fingerprint, Fingerprint, Http, RouterClient, SiteChange, SiteReport};
 use crate::status::{Direction, Outcome, Step, UnitState};
+use ferry_journal::Steps;
 
 /// Called with every journaled event (progress bars, `--json`).
 pub type Observer = Arc<dyn Fn(&EventRecord) + Send + Sync>;
@@ -102,7 +103,11 @@ pub struct Orchestrator {
     opts: Options,
     http: Http,
     routers: Vec<RouterClient>,
+    /// Logs each journaled event and hands it to the observer.
+    on_append: Box<OnAppend>,
 }
+
+type OnAppend = dyn Fn(&EventRecord) + Send + Sync;
 
 /// What `Orchestrator::prepare_run` checked, before any file is written.
 pub struct RunInputs {
@@ -216,6 +221,20 @@ impl Orchestrator {
             .iter()
             .map(|r| RouterClient::new(r.clone(), http.clone(), opts.admin_timeout))
             .collect();
+        let observer = opts.observer.clone();
+        let on_append: Box<OnAppend> = Box::new(move |rec: &EventRecord| {
+            tracing::debug!(
+                unit = %rec.event.unit,
+                step = rec.event.step.map(|s| s.as_str()),
+                phase = rec.event.phase.as_str(),
+                attempt = rec.event.attempt,
+                epoch = rec.event.epoch,
+                "journaled"
+            );
+            if let Some(o) = &observer {
+                o(rec);
+            }
+        });
         Orchestrator {
             cfg,
             plan,
@@ -224,6 +243,7 @@ impl Orchestrator {
             opts,
             http,
             routers,
+            on_append,
         }
     }
 
@@ -239,20 +259,16 @@ impl Orchestrator {
         &self.selected
     }
 
+    /// The journal's step runner: its begin/end with this run's failpoints,
+    /// every event logged and shown to the observer as it is journaled.
+    fn steps(&self) -> Steps<'_, Migration> {
+        self.journal
+            .steps(self.opts.failpoints.inner())
+            .on_append(&*self.on_append)
+    }
+
     fn emit(&self, ev: NewEvent) -> Result<EventRecord> {
-        let rec = self.journal.append(ev)?;
-        tracing::debug!(
-            unit = %rec.event.unit,
-            step = rec.event.step.map(|s| s.as_str()),
-            phase = rec.event.phase.as_str(),
-            attempt = rec.event.attempt,
-            epoch = rec.event.epoch,
-            "journaled"
-        );
-        if let Some(o) = &self.opts.observer {
-            o(&rec);
-        }
-        Ok(rec)
+        Ok(self.steps().record(ev)?)
     }
 
     fn session_note(&self, what: &str) -> Result<()> {
@@ -584,8 +600,11 @@ impl Orchestrator {
         replay: bool,
         detail: Value,
     ) -> Result<()> {
-        if !replay {
-            self.emit(step_event(
+        let begin = if replay {
+            tracing::info!(unit = %u.id, step = step.as_str(), "replaying a step begun before the orchestrator stopped");
+            None
+        } else {
+            Some(step_event(
                 u,
                 step,
                 Phase::Begin,
@@ -593,14 +612,9 @@ impl Orchestrator {
                 epoch,
                 None,
                 detail,
-            ))?;
-        } else {
-            tracing::info!(unit = %u.id, step = step.as_str(), "replaying a step begun before the orchestrator stopped");
-        }
-        self.opts
-            .failpoints
-            .hit(&format!("{}:before", step.as_str()))
-            .await
+            ))
+        };
+        Ok(self.steps().begin(step.as_str(), begin).await?)
     }
 
     /// Passes the step's `after` failpoint and journals its end.
@@ -613,20 +627,8 @@ impl Orchestrator {
         outcome: Outcome,
         detail: Value,
     ) -> Result<()> {
-        self.opts
-            .failpoints
-            .hit(&format!("{}:after", step.as_str()))
-            .await?;
-        self.emit(step_event(
-            u,
-            step,
-            Phase::End,
-            attempt,
-            epoch,
-            Some(outcome),
-            detail,
-        ))?;
-        Ok(())
+        let end = step_event(u, step, Phase::End, attempt, epoch, Some(outcome), detail);
+        Ok(self.steps().end(step.as_str(), end).await?)
     }
 
     async fn run_unit(&self, id: &str, dir: Direction) -> Result<UnitState> {

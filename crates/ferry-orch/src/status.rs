@@ -85,14 +85,9 @@ pub enum UnitState {
     RolledBack,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Ok,
-    Failed,
-    /// The freeze was abandoned: every router was sent (source, active, e+1).
-    Abandoned,
-}
+/// How a step ended (ferry-journal's: the journal stores it). `Abandoned`:
+/// the freeze was abandoned, every router was sent (source, active, e+1).
+pub use ferry_journal::Outcome;
 
 /// One execution of one step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -289,3 +289,33 @@ fn a_second_writer_is_refused_while_the_first_holds_the_journal() {
     drop(first);
     assert!(Journal::open(&p).is_ok());
 }
+
+/// A journal written before ferry-journal existed is resumed: appended to
+/// and read back whole.
+#[test]
+fn the_v1_fixture_can_be_resumed() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("v1.db");
+    std::fs::copy(FIXTURE_V1, &p).unwrap();
+    let j = Journal::open(&p).unwrap();
+    assert!(matches!(
+        j.start_run(&meta()),
+        Err(OrchError::JournalInUse { .. })
+    ));
+    let rec = j
+        .append(ev(
+            "U2",
+            Step::Freeze,
+            Phase::End,
+            Some(7),
+            Some(Outcome::Ok),
+            json!({}),
+        ))
+        .unwrap();
+    assert_eq!(rec.seq, 26);
+    drop(j);
+    let j = Journal::open_read_only(&p).unwrap();
+    assert_eq!(j.unit_events("U2").unwrap().len(), 8);
+    let st = j.status().unwrap().unwrap();
+    assert_eq!(st.units[1].steps.last().unwrap().outcome, Some(Outcome::Ok));
+}
