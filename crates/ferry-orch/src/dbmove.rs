@@ -79,7 +79,8 @@ async fn open(g: &DbGroup, s: &DbSettings) -> Result<ferry_db::Mover> {
 }
 
 /// Prepare: the mover's checks (databases at the source and not at the
-/// destination, row binlog, no conflicting accounts); changes nothing. Run
+/// destination, binlog, GTID layout, engines, definers, no conflicting
+/// accounts; its warnings journaled); changes nothing. Run
 /// again only while the mover is still at `prepared`. A move back is
 /// ready from its forward move's record: no first copy, the catch-up starts
 /// where the destination stood at the switch.
@@ -101,6 +102,8 @@ pub(crate) async fn prepare(g: &DbGroup, s: &DbSettings) -> Result<Value> {
         "server": g.server,
         "databases": g.databases,
         "accounts": r.accounts.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "roles": r.roles,
+        "warnings": r.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
         "source_bytes": r.source_bytes,
     }))
 }
