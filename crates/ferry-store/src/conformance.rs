@@ -5,10 +5,7 @@
 //! It is compiled into the library (not `cfg(test)`) so other crates' tests can use
 //! it; checks panic with a message naming what broke.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use ferry_model::{Epoch, Hostname, Placement, ServerState, SiteRecord, SiteState};
-use serde_json::json;
 
 use crate::Store;
 
@@ -17,7 +14,7 @@ type Check = fn(&dyn Store);
 
 /// Every check, by name, each given a fresh store from `make`.
 pub fn run_all(make: &dyn Fn() -> Box<dyn Store>) {
-    let checks: [(&str, Check); 10] = [
+    let checks: [(&str, Check); 7] = [
         ("empty_store", empty_store),
         ("sites_roundtrip", sites_roundtrip),
         ("put_overwrites", put_overwrites),
@@ -25,9 +22,6 @@ pub fn run_all(make: &dyn Fn() -> Box<dyn Store>) {
         ("readers_see_whole_batches", readers_see_whole_batches),
         ("remove", remove),
         ("server_states", server_states),
-        ("journal_order", journal_order),
-        ("journal_bodies_roundtrip", journal_bodies_roundtrip),
-        ("journal_concurrent_appends", journal_concurrent_appends),
     ];
     for (name, check) in checks {
         // Printed (and captured by the test harness) so a failure names its check.
@@ -59,18 +53,11 @@ fn ok<T, E: std::fmt::Display>(what: &str, result: Result<T, E>) -> T {
     result.unwrap_or_else(|e| panic!("{what} failed: {e}"))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// A new store holds nothing.
 pub fn empty_store(store: &dyn Store) {
     assert_eq!(ok("sites", store.sites()), vec![], "new store has sites");
     assert_eq!(ok("site", store.site(&host("a.example.com"))), None);
     assert!(ok("server_states", store.server_states()).is_empty());
-    assert!(ok("journal_since", store.journal_since(0, 10)).is_empty());
     ok("put_sites(empty)", store.put_sites(&[]));
     ok("remove_sites(empty)", store.remove_sites(&[]));
     assert_eq!(ok("sites", store.sites()), vec![]);
@@ -268,120 +255,4 @@ pub fn server_states(store: &dyn Store) {
         ("web".to_string(), "w2".to_string(), ServerState::Maint),
     ];
     assert_eq!(ok("server_states", store.server_states()), expected);
-}
-
-/// Sequence numbers start at 1 and grow; reading resumes after any of them.
-pub fn journal_order(store: &dyn Store) {
-    let before = now_ms();
-    let mut seqs = Vec::new();
-    for i in 0..5 {
-        seqs.push(ok(
-            "journal_append",
-            store.journal_append(&format!("step.{i}"), &json!({ "i": i })),
-        ));
-    }
-    let after = now_ms();
-    assert_eq!(seqs[0], 1, "the first journal entry must be number 1");
-    assert!(
-        seqs.windows(2).all(|w| w[0] < w[1]),
-        "journal sequence numbers must strictly increase: {seqs:?}"
-    );
-    let all = ok("journal_since", store.journal_since(0, 100));
-    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs);
-    for (i, entry) in all.iter().enumerate() {
-        assert_eq!(entry.kind, format!("step.{i}"));
-        assert_eq!(entry.body, json!({ "i": i }));
-        // Generous slack: a networked store may stamp entries with its own clock.
-        let slack = 10 * 60 * 1000;
-        assert!(
-            entry.at_unix_ms + slack >= before && entry.at_unix_ms <= after + slack,
-            "entry {} time {} is far from the append ({before}..{after})",
-            entry.seq,
-            entry.at_unix_ms
-        );
-    }
-    assert_eq!(
-        ok("journal_since", store.journal_since(seqs[1], 2)),
-        all[2..4]
-    );
-    assert_eq!(
-        ok("journal_since", store.journal_since(seqs[3], 100)),
-        all[4..]
-    );
-    assert!(ok("journal_since", store.journal_since(seqs[4], 100)).is_empty());
-    assert!(ok("journal_since", store.journal_since(0, 0)).is_empty());
-    assert!(ok("journal_since", store.journal_since(u64::MAX, 10)).is_empty());
-    let next = ok(
-        "journal_append",
-        store.journal_append("step.5", &json!(null)),
-    );
-    assert!(
-        next > seqs[4],
-        "a later append got {next} after {}",
-        seqs[4]
-    );
-}
-
-/// Any JSON body reads back equal.
-pub fn journal_bodies_roundtrip(store: &dyn Store) {
-    let bodies = [
-        json!(null),
-        json!(true),
-        json!(u64::MAX),
-        json!(-12),
-        json!(1.5),
-        json!("quote \" backslash \\ newline \n unicode é 東京 🚢"),
-        json!([1, "two", [3], {}]),
-        json!({ "site": "a.example.com", "epoch": 7, "nested": { "list": [null, false] } }),
-    ];
-    for (i, body) in bodies.iter().enumerate() {
-        ok(
-            "journal_append",
-            store.journal_append(&format!("kind {i} ✓"), body),
-        );
-    }
-    let read = ok("journal_since", store.journal_since(0, bodies.len()));
-    assert_eq!(read.len(), bodies.len());
-    for (i, (entry, body)) in read.iter().zip(&bodies).enumerate() {
-        assert_eq!(&entry.body, body, "journal body {i} changed in the store");
-        assert_eq!(entry.kind, format!("kind {i} ✓"));
-    }
-}
-
-/// Appends from several threads get distinct numbers, all readable in order.
-pub fn journal_concurrent_appends(store: &dyn Store) {
-    const THREADS: usize = 4;
-    const EACH: usize = 50;
-    let mut seqs: Vec<u64> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..THREADS)
-            .map(|t| {
-                scope.spawn(move || {
-                    (0..EACH)
-                        .map(|i| {
-                            ok(
-                                "journal_append",
-                                store.journal_append("concurrent", &json!([t, i])),
-                            )
-                        })
-                        .collect::<Vec<u64>>()
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| match w.join() {
-                Ok(seqs) => seqs,
-                Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
-    });
-    seqs.sort_unstable();
-    seqs.dedup();
-    assert_eq!(
-        seqs.len(),
-        THREADS * EACH,
-        "two appends got the same number"
-    );
-    let read = ok("journal_since", store.journal_since(0, THREADS * EACH + 1));
-    assert_eq!(read.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs);
 }

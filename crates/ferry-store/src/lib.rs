@@ -1,6 +1,6 @@
 //! Ferry's control store: where a router's site placements, states and epochs
-//! persist, so a restarted router resumes from its last state, plus the append-only
-//! journal the orchestrator replays after a restart.
+//! persist, so a restarted router resumes from its last state. (The runbooks'
+//! journals are ferry-journal files, not kept here.)
 //!
 //! - [`Store`]: the trait every backend implements. It persists what it is given
 //!   and does not judge epochs; the router has already applied the epoch rule
@@ -8,23 +8,20 @@
 //! - [`SqliteStore`]: the embedded default, one SQLite file (WAL, `synchronous=FULL`:
 //!   an acknowledged write is on disk). Its schema is versioned with
 //!   `PRAGMA user_version` ([`SCHEMA_VERSION`]) and only grows.
-//! - [`JournalEntry`]: one journal record, numbered by a sequence that starts at 1.
-//! - [`StoreError`]: what went wrong, with the path, operation, host or journal
-//!   entry involved.
+//! - [`StoreError`]: what went wrong, with the path, operation or host involved.
 //! - [`conformance`]: the shared test suite that every implementation (SQLite now,
 //!   etcd later) must pass.
 
 use std::path::PathBuf;
 
 use ferry_model::{Hostname, ServerState, SiteRecord};
-use serde::{Deserialize, Serialize};
 
 pub mod conformance;
 mod sqlite;
 
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
-/// Persistent control state of one router, and the orchestrator's journal.
+/// Persistent control state of one router.
 ///
 /// Contract (checked by [`conformance::run_all`]):
 /// - Writes are durable when they return.
@@ -59,28 +56,6 @@ pub trait Store: Send + Sync + 'static {
         server: &str,
         state: ServerState,
     ) -> Result<(), StoreError>;
-
-    /// Appends to the journal and returns the new entry's sequence number: the first
-    /// is 1, each later one is greater than every earlier one (gaps are allowed), and
-    /// the entry is durable when this returns.
-    fn journal_append(&self, kind: &str, body: &serde_json::Value) -> Result<u64, StoreError>;
-
-    /// Up to `limit` entries with a sequence number greater than `after_seq`, oldest
-    /// first. `after_seq = 0` reads from the beginning.
-    fn journal_since(&self, after_seq: u64, limit: usize) -> Result<Vec<JournalEntry>, StoreError>;
-}
-
-/// One journal record as the orchestrator wrote it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JournalEntry {
-    /// Position in the journal; starts at 1, strictly increasing.
-    pub seq: u64,
-    /// What the entry records, e.g. `"step.freeze"`; the store does not interpret it.
-    pub kind: String,
-    /// The entry's payload, stored as JSON.
-    pub body: serde_json::Value,
-    /// When the store appended it, in milliseconds since the Unix epoch.
-    pub at_unix_ms: u64,
 }
 
 /// Why the control store could not do what was asked.
@@ -128,7 +103,7 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
 
-    /// A stored row no longer parses; `what` names it (site host or journal entry).
+    /// A stored row no longer parses; `what` names it (site host, server state).
     #[error("control store holds a corrupt {what}: {detail}")]
     Corrupt { what: String, detail: String },
 

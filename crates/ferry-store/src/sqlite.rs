@@ -2,12 +2,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ferry_model::{Epoch, Hostname, Placement, ServerState, SiteRecord, SiteState};
 use rusqlite::{params, Connection, Row, TransactionBehavior};
 
-use crate::{JournalEntry, Store, StoreError};
+use crate::{Store, StoreError};
 
 /// The schema version this build writes and the newest it opens. Raise it only
 /// together with a new entry in `MIGRATIONS` and a new `tests/fixtures/vN.sql`.
@@ -30,8 +30,8 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
         state  TEXT NOT NULL,                -- ready, drain or maint
         PRIMARY KEY (pool, server)
     ) WITHOUT ROWID;
-    -- AUTOINCREMENT so that a sequence number is never handed out twice, even if
-    -- the newest entries were ever deleted.
+    -- Written by schema-1 code (journal_append); nothing reads or writes it
+    -- since the runbooks keep ferry-journal files. Kept: the schema only grows.
     CREATE TABLE journal (
         seq        INTEGER PRIMARY KEY AUTOINCREMENT,
         kind       TEXT NOT NULL,
@@ -55,10 +55,6 @@ const SELECT_SERVER_STATES: &str =
 const UPSERT_SERVER_STATE: &str =
     "INSERT INTO server_states (pool, server, state) VALUES (?1, ?2, ?3)
      ON CONFLICT (pool, server) DO UPDATE SET state = excluded.state";
-const INSERT_JOURNAL: &str = "INSERT INTO journal (kind, body, at_unix_ms) VALUES (?1, ?2, ?3)";
-const SELECT_JOURNAL: &str = "SELECT seq, kind, body, at_unix_ms FROM journal
-     WHERE seq > ?1 ORDER BY seq LIMIT ?2";
-
 /// The control store in one SQLite file (or in memory, for tests).
 ///
 /// One connection behind a mutex: the store's callers are a router's admin path and
@@ -298,42 +294,6 @@ fn server_state_from_row(row: &Row<'_>) -> Result<(String, String, ServerState),
     Ok((pool, server, state))
 }
 
-fn journal_from_row(row: &Row<'_>) -> Result<JournalEntry, StoreError> {
-    let raw_seq: i64 = row
-        .get(0)
-        .map_err(|e| corrupt("journal row", format!("seq: {e}")))?;
-    let what = || format!("journal entry {raw_seq}");
-    let seq = u64::try_from(raw_seq).map_err(|_| corrupt(what(), "sequence is negative"))?;
-    let kind: String = row
-        .get(1)
-        .map_err(|e| corrupt(what(), format!("kind: {e}")))?;
-    let raw_body: String = row
-        .get(2)
-        .map_err(|e| corrupt(what(), format!("body: {e}")))?;
-    let body = serde_json::from_str(&raw_body)
-        .map_err(|e| corrupt(what(), format!("body is not JSON: {e}")))?;
-    let raw_at: i64 = row
-        .get(3)
-        .map_err(|e| corrupt(what(), format!("time: {e}")))?;
-    let at_unix_ms =
-        u64::try_from(raw_at).map_err(|_| corrupt(what(), format!("time {raw_at} is negative")))?;
-    Ok(JournalEntry {
-        seq,
-        kind,
-        body,
-        at_unix_ms,
-    })
-}
-
-fn now_unix_ms() -> i64 {
-    // A clock set before 1970 is not worth failing an append for; the sequence
-    // number, not the time, orders the journal.
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    i64::try_from(ms).unwrap_or(i64::MAX)
-}
-
 impl Store for SqliteStore {
     fn sites(&self) -> Result<Vec<SiteRecord>, StoreError> {
         let conn = self.lock();
@@ -430,40 +390,6 @@ impl Store for SqliteStore {
             .and_then(|mut stmt| stmt.execute(params![pool, server, state.as_str()]))
             .map_err(sql("write a server state"))?;
         Ok(())
-    }
-
-    fn journal_append(&self, kind: &str, body: &serde_json::Value) -> Result<u64, StoreError> {
-        // Display of a Value is its compact JSON and cannot fail.
-        let body = body.to_string();
-        let conn = self.lock();
-        conn.prepare_cached(INSERT_JOURNAL)
-            .and_then(|mut stmt| stmt.execute(params![kind, body, now_unix_ms()]))
-            .map_err(sql("append to the journal"))?;
-        // Read under the same lock as the insert, so it is this entry's number.
-        let seq = conn.last_insert_rowid();
-        u64::try_from(seq).map_err(|_| corrupt(format!("journal entry {seq}"), "negative sequence"))
-    }
-
-    fn journal_since(&self, after_seq: u64, limit: usize) -> Result<Vec<JournalEntry>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        // Sequence numbers are SQLite rowids, never above i64::MAX: clamping keeps
-        // "nothing after it" true.
-        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
-        let max_rows = i64::try_from(limit).unwrap_or(i64::MAX);
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(SELECT_JOURNAL)
-            .map_err(sql("read the journal"))?;
-        let mut rows = stmt
-            .query(params![after, max_rows])
-            .map_err(sql("read the journal"))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows.next().map_err(sql("read the journal"))? {
-            out.push(journal_from_row(row)?);
-        }
-        Ok(out)
     }
 }
 

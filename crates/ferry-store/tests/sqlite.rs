@@ -8,9 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_model::{Epoch, Hostname, Placement, ServerState, SiteRecord, SiteState};
-use ferry_store::{conformance, JournalEntry, SqliteStore, Store, StoreError, SCHEMA_VERSION};
+use ferry_store::{conformance, SqliteStore, Store, StoreError, SCHEMA_VERSION};
 use rusqlite::Connection;
-use serde_json::json;
 
 fn host(name: &str) -> Hostname {
     Hostname::parse(name).unwrap()
@@ -73,8 +72,6 @@ fn reopened_store_keeps_everything() {
         store
             .put_server_state("web", "w1", ServerState::Drain)
             .unwrap();
-        assert_eq!(store.journal_append("one", &json!(1)).unwrap(), 1);
-        assert_eq!(store.journal_append("two", &json!(2)).unwrap(), 2);
     }
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.sites().unwrap(), sites);
@@ -82,11 +79,6 @@ fn reopened_store_keeps_everything() {
         store.server_states().unwrap(),
         vec![("web".into(), "w1".into(), ServerState::Drain)]
     );
-    let journal = store.journal_since(0, 10).unwrap();
-    assert_eq!(journal.len(), 2);
-    assert_eq!(journal[1].body, json!(2));
-    // Numbering continues after a restart rather than starting over.
-    assert_eq!(store.journal_append("three", &json!(3)).unwrap(), 3);
     drop(store);
 
     let raw = Connection::open(&path).unwrap();
@@ -132,26 +124,13 @@ fn v1_fixture_still_opens() {
             ("web".into(), "web2".into(), ServerState::Maint),
         ]
     );
-    let journal = store.journal_since(1, 10).unwrap();
-    assert_eq!(
-        journal,
-        vec![
-            JournalEntry {
-                seq: 2,
-                kind: "step.freeze".into(),
-                body: json!({ "unit": "u1", "epoch": 2 }),
-                at_unix_ms: 1_767_225_601_000,
-            },
-            JournalEntry {
-                seq: 3,
-                kind: "step.flip".into(),
-                body: json!({ "unit": "u1", "epoch": 3, "to": "pool:web" }),
-                at_unix_ms: 1_767_225_602_500,
-            },
-        ]
-    );
+    // The version-1 journal table is no longer read or written, and kept as is.
+    let rows: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 3);
     // And it stays writable.
-    assert_eq!(store.journal_append("step.done", &json!({})).unwrap(), 4);
     store
         .put_sites(&[record(
             "shop.example.com",
@@ -333,10 +312,6 @@ fn corrupt_rows_are_named() {
             "site \"bad host\"",
         ),
         (
-            "INSERT INTO journal (kind, body, at_unix_ms) VALUES ('k', '{oops', 1)",
-            "journal entry 1",
-        ),
-        (
             "INSERT INTO server_states VALUES ('web', 'w9', 'asleep')",
             "server state of web/w9",
         ),
@@ -351,9 +326,7 @@ fn corrupt_rows_are_named() {
             .execute(insert, [])
             .unwrap();
 
-        let err = if insert.contains("journal") {
-            store.journal_since(0, 10).unwrap_err()
-        } else if insert.contains("server_states") {
+        let err = if insert.contains("server_states") {
             store.server_states().unwrap_err()
         } else {
             // The good row still reads alone; the list as a whole does not.
