@@ -210,9 +210,7 @@ impl From<StepError> for FleetError {
 }
 
 /// An open update journal.
-pub struct Journal {
-    inner: ferry_journal::Journal<Update>,
-}
+pub struct Journal(ferry_journal::Journal<Update>);
 
 impl Journal {
     /// Whether a process holds the journal (a run is alive).
@@ -222,35 +220,29 @@ impl Journal {
 
     /// Creates a new journal with its run; an existing file is refused.
     pub fn create(path: &Path, meta: &RunMeta) -> Result<Journal> {
-        Ok(Journal {
-            inner: ferry_journal::Journal::create(path, Some(meta))?,
-        })
+        Ok(Journal(ferry_journal::Journal::create(path, Some(meta))?))
     }
 
     /// Opens for writing (resume): checked, locked.
     pub fn open(path: &Path) -> Result<Journal> {
-        Ok(Journal {
-            inner: ferry_journal::Journal::open(path)?,
-        })
+        Ok(Journal(ferry_journal::Journal::open(path)?))
     }
 
     /// Opens for reading (status), checked, not locked.
     pub fn open_read_only(path: &Path) -> Result<Journal> {
-        Ok(Journal {
-            inner: ferry_journal::Journal::open_read_only(path)?,
-        })
+        Ok(Journal(ferry_journal::Journal::open_read_only(path)?))
     }
 
     pub fn meta(&self) -> Result<RunMeta> {
-        self.inner.run()?.ok_or_else(|| FleetError::Journal {
-            path: self.inner.path().to_path_buf(),
+        self.0.run()?.ok_or_else(|| FleetError::Journal {
+            path: self.0.path().to_path_buf(),
             message: "holds no run".into(),
         })
     }
 
     pub fn events(&self) -> Result<Vec<Event>> {
         Ok(self
-            .inner
+            .0
             .events()?
             .into_iter()
             .map(|r| Event {
@@ -279,11 +271,11 @@ impl Journal {
         let outcome = match outcome {
             None => None,
             Some(o) => Some(Outcome::parse(o).ok_or_else(|| FleetError::Journal {
-                path: self.inner.path().to_path_buf(),
+                path: self.0.path().to_path_buf(),
                 message: format!("unknown outcome {o:?}"),
             })?),
         };
-        self.inner.append(Entry {
+        self.0.append(Entry {
             idx,
             step: step.to_string(),
             phase,
@@ -295,16 +287,16 @@ impl Journal {
 
     /// The step runner of this journal.
     pub(crate) fn steps<'a>(&'a self, failpoints: &'a Failpoints) -> Steps<'a, Update> {
-        Steps::new(&self.inner, failpoints)
+        Steps::new(&self.0, failpoints)
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rusqlite::Connection;
 
-    fn meta() -> RunMeta {
+    pub(crate) fn meta() -> RunMeta {
         RunMeta {
             level: 2,
             primary: "s1".into(),

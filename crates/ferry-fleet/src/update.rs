@@ -896,15 +896,7 @@ mod tests {
         let (rb, fleet) = inputs(STEPS);
         let steps = plan(2, &rb, &fleet, "s1").unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let meta = crate::journal::RunMeta {
-            level: 2,
-            primary: "s1".into(),
-            runbook_path: "u.toml".into(),
-            runbook_digest: "d".into(),
-            fleet_path: "f.toml".into(),
-            fleet_digest: "e".into(),
-            started_at_ms: 1,
-        };
+        let meta = crate::journal::tests::meta();
         let path = dir.path().join("j.db");
         let updater = |journal| Updater {
             level: 2,

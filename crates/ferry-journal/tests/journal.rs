@@ -86,6 +86,15 @@ impl Kind for Notes {
 
 type J = Journal<Notes>;
 
+/// Tests here run one at a time: a child spawned by one test holds, until
+/// its exec, copies of every descriptor the test process has open, the
+/// other tests' journal locks included, so a reopen racing a spawn would
+/// be refused.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn begin(step: &str) -> Ev {
     Ev {
         step: step.into(),
@@ -131,6 +140,7 @@ fn refused(p: &Path) -> String {
 
 #[test]
 fn the_chain_finds_an_edit_a_deleted_row_and_a_cut_end() {
+    let _serial = one_at_a_time();
     for (sql, expect) in [
         (
             "UPDATE events SET step = 'x' WHERE seq = 2",
@@ -159,6 +169,7 @@ fn the_chain_finds_an_edit_a_deleted_row_and_a_cut_end() {
 
 #[test]
 fn foreign_files_and_other_versions_are_refused() {
+    let _serial = one_at_a_time();
     let d = tempfile::tempdir().unwrap();
     let g = d.path().join("g.db");
     std::fs::write(&g, b"not sqlite at all, just text ".repeat(40)).unwrap();
@@ -179,6 +190,7 @@ fn foreign_files_and_other_versions_are_refused() {
 
 #[test]
 fn a_journal_reopens_and_goes_on() {
+    let _serial = one_at_a_time();
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("j.db");
     let j = J::create(&p, None).unwrap();
@@ -227,6 +239,7 @@ fn hold_the_lock() {
 
 #[test]
 fn a_lock_held_by_another_process_is_refused() {
+    let _serial = one_at_a_time();
     let d = tempfile::tempdir().unwrap();
     let p = sample(d.path());
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
@@ -307,7 +320,10 @@ async fn runbook(j: &J, fp: &Failpoints, acted: &[AtomicU32; 3]) -> Result<(), S
 }
 
 #[tokio::test]
+// The guard orders whole tests; no task of this runtime takes it.
+#[allow(clippy::await_holding_lock)]
 async fn a_step_cut_between_begin_and_end_is_replayed() {
+    let _serial = one_at_a_time();
     let known: Vec<String> = ["a", "b", "c"]
         .iter()
         .flat_map(|s| [format!("{s}:before"), format!("{s}:after")])
@@ -344,7 +360,10 @@ async fn a_step_cut_between_begin_and_end_is_replayed() {
 }
 
 #[tokio::test]
+// The guard orders whole tests; no task of this runtime takes it.
+#[allow(clippy::await_holding_lock)]
 async fn a_failed_step_is_journaled_failed_and_answered() {
+    let _serial = one_at_a_time();
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("j.db");
     let j = J::create(&p, Some(&"r".to_string())).unwrap();

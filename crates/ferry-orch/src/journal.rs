@@ -296,26 +296,20 @@ CREATE TABLE head (
 }
 
 /// An open journal. Shared between the runbook and the tracking server.
-pub struct Journal {
-    inner: ferry_journal::Journal<Migration>,
-}
+pub struct Journal(ferry_journal::Journal<Migration>);
 
 impl Journal {
     /// Opens an existing journal for writing after checking it whole
     /// (read-only first: a file that is not ours or is damaged is refused
     /// unchanged).
     pub fn open(path: &Path) -> Result<Journal> {
-        Ok(Journal {
-            inner: ferry_journal::Journal::open(path)?,
-        })
+        Ok(Journal(ferry_journal::Journal::open(path)?))
     }
 
     /// Opens an existing journal for reading only (`ferry migrate status`,
     /// while a run may be writing it), after checking it whole.
     pub fn open_read_only(path: &Path) -> Result<Journal> {
-        Ok(Journal {
-            inner: ferry_journal::Journal::open_read_only(path)?,
-        })
+        Ok(Journal(ferry_journal::Journal::open_read_only(path)?))
     }
 
     /// Opens the journal at `path` for a new run: creates it if missing; an
@@ -331,43 +325,41 @@ impl Journal {
             }
             return Ok(j);
         }
-        Ok(Journal {
-            inner: ferry_journal::Journal::create(path, None)?,
-        })
+        Ok(Journal(ferry_journal::Journal::create(path, None)?))
     }
 
     pub fn path(&self) -> &Path {
-        self.inner.path()
+        self.0.path()
     }
 
     /// Records the run. Only once per journal.
     pub fn start_run(&self, m: &RunMeta) -> Result<()> {
-        Ok(self.inner.start_run(m)?)
+        Ok(self.0.start_run(m)?)
     }
 
     /// The run meta, None before `start_run`.
     pub fn meta(&self) -> Result<Option<RunMeta>> {
-        Ok(self.inner.run()?)
+        Ok(self.0.run()?)
     }
 
     /// Checks the chain: run row, every event in sequence, the head.
     pub fn verify(&self) -> Result<()> {
-        Ok(self.inner.verify()?)
+        Ok(self.0.verify()?)
     }
 
     /// Appends an event (hash-chained; committed durably before this returns).
     pub fn append(&self, ev: NewEvent) -> Result<EventRecord> {
-        Ok(self.inner.append(ev)?)
+        Ok(self.0.append(ev)?)
     }
 
     /// Every event, in order.
     pub fn events(&self) -> Result<Vec<EventRecord>> {
-        Ok(self.inner.events()?)
+        Ok(self.0.events()?)
     }
 
     /// The events of one unit, in order.
     pub fn unit_events(&self, unit: &str) -> Result<Vec<EventRecord>> {
-        Ok(self.inner.events_where("unit", unit)?)
+        Ok(self.0.events_where("unit", unit)?)
     }
 
     /// The migration as the events tell it; None before a run was recorded.
@@ -376,12 +368,12 @@ impl Journal {
             return Ok(None);
         };
         let events = self.events()?;
-        Ok(Some(fold(&meta, &events, self.inner.running())))
+        Ok(Some(fold(&meta, &events, self.0.running())))
     }
 
     /// The step runner of this journal.
     pub(crate) fn steps<'a>(&'a self, failpoints: &'a Failpoints) -> Steps<'a, Migration> {
-        Steps::new(&self.inner, failpoints)
+        Steps::new(&self.0, failpoints)
     }
 }
 
