@@ -13,6 +13,6 @@ mod support;
 
 mod fleet;
 mod logs;
+mod proxy;
 mod report;
 mod sync;
-mod proxy;

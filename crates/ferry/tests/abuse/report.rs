@@ -29,7 +29,11 @@ pub fn row(attack: &str, result: &str, rss_kib: u64, served: bool) {
     );
     eprintln!("abuse: {line}");
     if let Ok(path) = std::env::var("FERRY_ABUSE_REPORT") {
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
             let _ = writeln!(f, "{line}");
         }
     }

@@ -568,7 +568,9 @@ async fn certificate_api_and_replacement_under_load() {
     assert!(r.certs.join("shop.pem").is_file(), "written to cert_dir");
     // It holds the private key: readable by the router's user only (issue 15 #4).
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(r.certs.join("shop.pem")).unwrap().permissions(),
+        &std::fs::metadata(r.certs.join("shop.pem"))
+            .unwrap()
+            .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600, "shop.pem written with mode {mode:o}");
 
