@@ -168,21 +168,39 @@ pub async fn world(extra: &str) -> World {
         "b.example".into(),
     ];
     let (pb, gb) = (backend().await, backend().await);
-    let (pt, gt) = (free_port(), free_port());
-    // par serves the sites; gra does not know them yet (prepare adds them).
-    let par_cfg = router_toml("par-1", pt, "par-web", pb, "gra", gt, &sites);
-    let gra_cfg = router_toml("gra-1", gt, "gra-web", gb, "par", pt, &[]);
     let start = |text: String, name: &str| {
         let path = root.join(format!("{name}.toml"));
         std::fs::write(&path, &text).unwrap();
         ferry_config::parse(&text, &path).unwrap()
     };
-    let par = ferry_proxy::Proxy::start(start(par_cfg, "par"), None)
-        .await
-        .unwrap();
-    let gra = ferry_proxy::Proxy::start(start(gra_cfg, "gra"), None)
-        .await
-        .unwrap();
+    // Each router must know the other's port before it starts, so the ports
+    // are picked free and then bound: another process may take one in
+    // between (seen under a loaded test run). Then pick again.
+    let mut attempt = 0;
+    let (pt, gt, par, gra) = loop {
+        attempt += 1;
+        let (pt, gt) = (free_port(), free_port());
+        // par serves the sites; gra does not know them yet (prepare adds them).
+        let par_cfg = router_toml("par-1", pt, "par-web", pb, "gra", gt, &sites);
+        let gra_cfg = router_toml("gra-1", gt, "gra-web", gb, "par", pt, &[]);
+        let par = match ferry_proxy::Proxy::start(start(par_cfg, "par"), None).await {
+            Ok(p) => p,
+            Err(e) if attempt < 5 => {
+                eprintln!("starting par-1 on a port taken meanwhile ({e}); again");
+                continue;
+            }
+            Err(e) => panic!("starting par-1: {e}"),
+        };
+        match ferry_proxy::Proxy::start(start(gra_cfg, "gra"), None).await {
+            Ok(gra) => break (pt, gt, par, gra),
+            Err(e) if attempt < 5 => {
+                eprintln!("starting gra-1 on a port taken meanwhile ({e}); again");
+                par.shutdown(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => panic!("starting gra-1: {e}"),
+        }
+    };
     // Filers: fs-1 holds two hostings.
     for (rel, body) in [
         ("par/fs-1/homes/a/index.html", "A site\n"),
