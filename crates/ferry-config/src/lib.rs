@@ -11,9 +11,10 @@
 //! Every failure is a [`ConfigError`]; a bad value is reported as
 //! `path:line:column: what`, with the name of the site, pool or server involved.
 //!
-//! Entry points: [`load`] (reads a file), [`parse`] (text plus the path it came
-//! from) and [`parse_duration`] (`"250ms"`, `"1m30s"`), which other crates reuse
-//! for their own settings.
+//! Entry points: [`load`] (reads a file) and [`parse`] (text plus the path it
+//! came from). Positions, durations and secrets follow ferry-conf's rules;
+//! [`parse_duration`] is re-exported from there until every caller takes it
+//! from ferry-conf.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,11 +24,10 @@ use ferry_model::{Epoch, Hostname, Placement, ServerState, SiteState};
 use serde::Deserialize;
 
 mod check;
-mod duration;
 mod raw;
 
 pub use check::check_host_port;
-pub use duration::parse_duration;
+pub use ferry_conf::parse_duration;
 
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
