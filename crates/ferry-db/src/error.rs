@@ -19,6 +19,29 @@ impl std::fmt::Display for Side {
     }
 }
 
+/// One thing in the way of a move, and how to clear it (found by
+/// [`crate::Mover::prepare`], refused in [`Error::Preconditions`] or
+/// reported as a warning).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub side: Side,
+    /// The server's address as given.
+    pub addr: String,
+    pub what: String,
+    /// The setting or statement to change.
+    pub fix: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}; fix: {}",
+            self.side, self.addr, self.what, self.fix
+        )
+    }
+}
+
 /// Everything the mover can fail with. Variants that come before any change
 /// (`InvalidUrl`, `Connect`, `AccessDenied`, `DatabaseMissing`,
 /// `DatabaseExists`, `AccountConflict`, `Preconditions`) are raised by
@@ -51,9 +74,7 @@ pub enum Error {
     )]
     AccountConflict { account: String },
     #[error("the move cannot start (nothing was changed):{}", list(.problems))]
-    Preconditions {
-        problems: Vec<crate::preflight::Problem>,
-    },
+    Preconditions { problems: Vec<Problem> },
     #[error("the source {addr} cannot feed a catch-up: {reason}")]
     NotReplicable { addr: String, reason: String },
     #[error("{side} server, {what}: {error}")]
@@ -92,7 +113,7 @@ pub enum Error {
     },
 }
 
-fn list(problems: &[crate::preflight::Problem]) -> String {
+fn list(problems: &[Problem]) -> String {
     problems.iter().map(|p| format!("\n  - {p}")).collect()
 }
 

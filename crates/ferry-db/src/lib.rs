@@ -30,6 +30,8 @@ mod endpoint;
 mod error;
 mod galera;
 mod gtid;
+#[cfg(test)]
+mod layering;
 mod mover;
 mod preflight;
 mod replica;
@@ -38,12 +40,11 @@ mod state;
 
 pub use checksum::{Scope, TableCheck, VerifyReport};
 pub use endpoint::Endpoint;
-pub use error::{Error, Result, Side};
+pub use error::{Error, Problem, Result, Side};
 pub use galera::{galera_state, usable, GaleraNode, WsrepState};
 pub use gtid::{BinlogMark, GtidPos};
 pub use mover::{
     CopyProgress, CopyReport, FreezeReport, Mover, MoverConfig, PrepareReport, SwitchReport,
 };
-pub use preflight::Problem;
 pub use replica::Lag;
 pub use state::{Account, MoveStatus, Phase, ScheduledEvent, ServerIdentity};

@@ -20,31 +20,10 @@ use mysql_async::Conn;
 
 use crate::accounts;
 use crate::endpoint::{ident, quote};
-use crate::error::{Result, Side, SqlContext};
+use crate::error::{Problem, Result, Side, SqlContext};
 use crate::gtid::GtidPos;
 use crate::replica;
 use crate::state::Account;
-
-/// One thing in the way of a move, and how to clear it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub side: Side,
-    /// The server's address as given.
-    pub addr: String,
-    pub what: String,
-    /// The setting or statement to change.
-    pub fix: String,
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}: {}; fix: {}",
-            self.side, self.addr, self.what, self.fix
-        )
-    }
-}
 
 /// What [`check`] found: refusals (the move must not start) and warnings.
 #[derive(Debug, Default)]
