@@ -28,10 +28,11 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::deadline::{Progress, SendDeadline, Stalled};
+use crate::deadline::{BodyDeadline, SendDeadline};
 use crate::listen::{self, Cap, Kind};
 use crate::server::{serve_http, HttpLimits};
 use crate::state::AdminAuth;
+use crate::stats::Stalled;
 use crate::tls::Alpn;
 use crate::{Proxy, ProxyError};
 
@@ -145,7 +146,7 @@ async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Resp {
     }
     let query = req.uri().query().unwrap_or("").to_string();
     let body_timeout = proxy.shared.settings.load().body_timeout;
-    let body = Progress::new(
+    let body = BodyDeadline::new(
         req.into_body(),
         body_timeout,
         Stalled::ClientSend,
@@ -427,20 +428,8 @@ fn apply(proxy: &Proxy, records: Vec<SiteRecord>) -> Resp {
             extras: None,
         })
         .collect();
-    // Held across the apply so a reload (which holds it for its whole run)
-    // never judges a snapshot that an API change made stale.
-    let _config = shared.config.lock();
-    match shared
-        .table
-        .apply(changes, |recs| shared.store.put_sites(recs))
-    {
+    match shared.apply_sites(changes) {
         Ok(outcomes) => {
-            let changed: Vec<SiteId> = outcomes
-                .iter()
-                .filter(|(_, o)| matches!(o, Outcome::Added | Outcome::Changed))
-                .map(|(id, _)| *id)
-                .collect();
-            shared.holds.wake(&changed);
             let count = |k: Outcome| outcomes.iter().filter(|(_, o)| *o == k).count();
             json_resp(
                 StatusCode::OK,

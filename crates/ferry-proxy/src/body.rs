@@ -1,7 +1,7 @@
 //! The response body type: either a body we generated, or an upstream body that
 //! keeps its request counted (in flight for the site, active for the server) until
 //! the last byte has gone to the client. An upstream body that stops yielding
-//! for `body_timeout` ends with an error (`deadline::Progress`); a client that
+//! for `body_timeout` ends with an error (`deadline::BodyDeadline`); a client that
 //! stops reading is cut by the connection's `deadline::SendDeadline`. Either
 //! way the body is dropped and its counts released.
 //!
@@ -26,12 +26,13 @@ use ferry_router::{Pick, Tracked};
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use crate::deadline::{BodyStalled, BoxError, Progress, Stalled};
+use crate::deadline::{BodyDeadline, BodyStalled, BoxError};
+use crate::stats::Stalled;
 
 pub enum ProxyBody {
     Full(Full<Bytes>),
     Upstream {
-        body: Progress<Incoming>,
+        body: BodyDeadline<Incoming>,
         _in_flight: Option<Tracked>,
         _server: Option<Pick>,
     },
@@ -42,10 +43,10 @@ pub enum ProxyBody {
 /// What a [`ProxyBody::Watched`] shares with its watchdog.
 pub struct Slot {
     /// `None` once finished or cut.
-    body: Option<Progress<Incoming>>,
+    body: Option<BodyDeadline<Incoming>>,
     counts: Option<(Tracked, Option<Pick>)>,
     /// When hyper last took a frame; `None` while it waits on the upstream
-    /// (that stall is `Progress`'s to judge).
+    /// (that stall is `BodyDeadline`'s to judge).
     taken_at: Option<Instant>,
     cut: Option<Duration>,
 }
@@ -54,7 +55,7 @@ impl ProxyBody {
     /// An upstream body watched for a client that stops taking frames;
     /// starts its watchdog.
     pub fn watched(
-        body: Progress<Incoming>,
+        body: BodyDeadline<Incoming>,
         in_flight: Tracked,
         server: Option<Pick>,
         timeout: Duration,

@@ -9,7 +9,7 @@
 //!   connection and drops its response bodies, and with them their in-flight
 //!   counts. A timer inside a response body could not do this: hyper stops
 //!   polling the body while the socket is full.
-//! - [`Progress`]: a request body (client to server) or response body
+//! - [`BodyDeadline`]: a request body (client to server) or response body
 //!   (server to client) that yields no frame for `body_timeout` while it is
 //!   being read ends with an error.
 //! - [`Activity`]: requests in progress on one client connection, so it is
@@ -22,7 +22,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,87 +33,13 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::metrics::Metrics;
+use crate::stats::Stalled;
+
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The HTTP/2 connection preface a client with prior knowledge sends first.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Which side stopped moving, as counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stalled {
-    /// The client stopped reading its response.
-    ClientReceive,
-    /// The client stopped sending its request body.
-    ClientSend,
-    /// The server stopped sending its response body.
-    Upstream,
-}
-
-const STALLS: [(Stalled, &str); 3] = [
-    (Stalled::ClientReceive, "client_receive"),
-    (Stalled::ClientSend, "client_send"),
-    (Stalled::Upstream, "upstream"),
-];
-
-/// Stall counters (kept in [`crate::metrics::Metrics`]).
-#[derive(Default)]
-pub(crate) struct Stats {
-    stalls: [AtomicU64; STALLS.len()],
-    /// Client connections closed after `keepalive_timeout` without a request.
-    pub idle_closed: AtomicU64,
-    /// Client connections closed before their first bytes arrived.
-    pub first_byte_timeouts: AtomicU64,
-}
-
-impl Stats {
-    pub fn count(&self, s: Stalled) {
-        if let Some(i) = STALLS.iter().position(|(x, _)| *x == s) {
-            self.stalls[i].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    #[cfg(test)]
-    pub fn stalls(&self, s: Stalled) -> u64 {
-        STALLS
-            .iter()
-            .position(|(x, _)| *x == s)
-            .map_or(0, |i| self.stalls[i].load(Ordering::Relaxed))
-    }
-
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let name = "ferry_body_timeouts_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Requests cut because a body moved no byte for body_timeout, by who stopped.\n# TYPE {name} counter"
-        );
-        for ((_, label), v) in STALLS.iter().zip(&self.stalls) {
-            let _ = writeln!(
-                out,
-                "{name}{{stalled=\"{label}\"}} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
-        for (name, help, v) in [
-            (
-                "ferry_keepalive_closed_total",
-                "Client connections closed after keepalive_timeout without a request.",
-                &self.idle_closed,
-            ),
-            (
-                "ferry_first_byte_timeouts_total",
-                "Client connections closed because they sent nothing within first_byte_timeout.",
-                &self.first_byte_timeouts,
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
-    }
-}
 
 /// What the first bytes of a plain connection said.
 pub(crate) enum Sniffed {
@@ -224,15 +150,11 @@ pub(crate) struct SendDeadline<S> {
     timeout: Duration,
     /// Armed when a write is blocked, disarmed when one goes through.
     blocked: Option<Pin<Box<crate::settle::Settled>>>,
-    stats: Arc<crate::metrics::Metrics>,
+    stats: Arc<Metrics>,
 }
 
 impl<S> SendDeadline<S> {
-    pub fn new(
-        inner: S,
-        timeout: Duration,
-        stats: Arc<crate::metrics::Metrics>,
-    ) -> SendDeadline<S> {
+    pub fn new(inner: S, timeout: Duration, stats: Arc<Metrics>) -> SendDeadline<S> {
         SendDeadline {
             inner,
             timeout,
@@ -320,7 +242,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SendDeadline<S> {
     }
 }
 
-/// Why a [`Progress`] body ended early.
+/// Why a [`BodyDeadline`] body ended early.
 #[derive(Debug, thiserror::Error)]
 #[error("no byte of the {what} for {timeout:?} (body_timeout)")]
 pub(crate) struct BodyStalled {
@@ -335,22 +257,22 @@ impl BodyStalled {
 }
 
 /// A body that fails when, while polled, it yields nothing for `timeout`.
-pub(crate) struct Progress<B> {
+pub(crate) struct BodyDeadline<B> {
     inner: B,
     timeout: Duration,
     waiting: Option<Pin<Box<crate::settle::Settled>>>,
     stalled: Stalled,
-    stats: Arc<crate::metrics::Metrics>,
+    stats: Arc<Metrics>,
 }
 
-impl<B> Progress<B> {
+impl<B> BodyDeadline<B> {
     pub fn new(
         inner: B,
         timeout: Duration,
         stalled: Stalled,
-        stats: Arc<crate::metrics::Metrics>,
-    ) -> Progress<B> {
-        Progress {
+        stats: Arc<Metrics>,
+    ) -> BodyDeadline<B> {
+        BodyDeadline {
             inner,
             timeout,
             waiting: None,
@@ -360,7 +282,7 @@ impl<B> Progress<B> {
     }
 }
 
-impl<B> Body for Progress<B>
+impl<B> Body for BodyDeadline<B>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -575,8 +497,8 @@ mod tests {
     use http_body_util::BodyExt;
     use tokio::io::AsyncWriteExt;
 
-    fn metrics() -> Arc<crate::metrics::Metrics> {
-        Arc::new(crate::metrics::Metrics::default())
+    fn metrics() -> Arc<Metrics> {
+        Arc::new(Metrics::default())
     }
 
     #[tokio::test(start_paused = true)]
@@ -664,7 +586,7 @@ mod tests {
                 }
             }
         }
-        let mut b = Progress::new(
+        let mut b = BodyDeadline::new(
             OnceThenSilent(false),
             Duration::from_secs(5),
             Stalled::Upstream,

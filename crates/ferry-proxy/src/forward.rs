@@ -16,8 +16,9 @@ use hyper::body::{Body, Incoming};
 
 use crate::accesslog::Entry;
 use crate::body::ProxyBody;
-use crate::deadline::{Progress, Stalled};
+use crate::deadline::BodyDeadline;
 use crate::state::Shared;
+use crate::stats::Stalled;
 use crate::upstream::{UpBody, UpstreamError};
 
 /// Header a router adds when it forwards to another DC's router, naming itself.
@@ -394,8 +395,8 @@ fn client_body(
     shared: &Shared,
     settings: &crate::state::Settings,
     body: Incoming,
-) -> Progress<Incoming> {
-    Progress::new(
+) -> BodyDeadline<Incoming> {
+    BodyDeadline::new(
         body,
         settings.body_timeout,
         Stalled::ClientSend,
@@ -506,7 +507,7 @@ fn response_from(
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let body = Progress::new(
+    let body = BodyDeadline::new(
         body,
         settings.body_timeout,
         Stalled::Upstream,

@@ -30,6 +30,7 @@ mod proxy_protocol;
 mod server;
 mod settle;
 mod state;
+mod stats;
 mod tls;
 mod tunnel;
 mod upstream;

@@ -54,7 +54,7 @@ pub struct Metrics {
     /// Accept loops: open connections, cap pauses, accept errors.
     pub accept: crate::listen::Stats,
     /// Body stalls, idle keep-alive closes, silent connections.
-    pub deadlines: crate::deadline::Stats,
+    pub deadlines: crate::stats::DeadlineStats,
     upstream: RwLock<HashMap<String, Arc<Histogram>>>,
 }
 

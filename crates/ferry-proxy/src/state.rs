@@ -9,8 +9,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use ferry_config::{Config, PoolSpec, RemoteSpec};
 use ferry_model::{Hostname, Placement, ServerState, SiteRecord};
-use ferry_router::{Balance, HostTable, Outcome, Pool, Server, SiteChange, SiteExtras, SiteId};
-use ferry_store::Store;
+use ferry_router::{
+    ApplyError, Balance, HostTable, Outcome, Pool, Server, SiteChange, SiteExtras, SiteId,
+};
+use ferry_store::{Store, StoreError};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -335,7 +337,7 @@ impl Shared {
         // too), can only fail if the store does: then the old pools come back.
         let old_pools = self.pools.swap(Arc::new(pools));
         let old_remotes = self.remotes.swap(Arc::new(remotes_of(&new)));
-        let outcomes = match self.table.apply(changes, |recs| self.store.put_sites(recs)) {
+        let outcomes = match self.apply_sites_locked(changes) {
             Ok(o) => o,
             Err(e) => {
                 self.pools.store(old_pools);
@@ -352,12 +354,6 @@ impl Shared {
         self.access_log.store(Arc::new(access_log));
         self.admin_auth
             .store(Arc::new(AdminAuth::from_config(&new)));
-        let changed: Vec<SiteId> = outcomes
-            .iter()
-            .filter(|(_, o)| matches!(o, Outcome::Added | Outcome::Changed))
-            .map(|(id, _)| *id)
-            .collect();
-        self.holds.wake(&changed);
         let report = ReloadReport {
             sites_added: outcomes
                 .iter()
@@ -375,6 +371,37 @@ impl Shared {
         };
         guard.0 = new;
         Ok(report)
+    }
+
+    /// Applies site changes from the admin API. The config lock is held
+    /// across the apply so a reload (which holds it for its whole run) never
+    /// judges a snapshot that an API change made stale.
+    pub fn apply_sites(
+        &self,
+        changes: Vec<SiteChange>,
+    ) -> Result<Vec<(SiteId, Outcome)>, ApplyError<StoreError>> {
+        let _config = self.config.lock();
+        self.apply_sites_locked(changes)
+    }
+
+    /// The one place site records change at run time (admin API and reload;
+    /// the caller holds the config lock): the table applies the batch (the
+    /// store first), then the requests held on a site that was added or
+    /// changed are woken to look it up again.
+    fn apply_sites_locked(
+        &self,
+        changes: Vec<SiteChange>,
+    ) -> Result<Vec<(SiteId, Outcome)>, ApplyError<StoreError>> {
+        let outcomes = self
+            .table
+            .apply(changes, |recs| self.store.put_sites(recs))?;
+        let changed: Vec<SiteId> = outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Added | Outcome::Changed))
+            .map(|(id, _)| *id)
+            .collect();
+        self.holds.wake(&changed);
+        Ok(outcomes)
     }
 
     /// Validates that every placement names a pool or remote of `config`.
