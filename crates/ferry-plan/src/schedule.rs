@@ -150,6 +150,20 @@ impl MinTree {
         self.add_rec(2 * node + 1, mid + 1, hi, l, r, v);
         self.min[node] = self.min[2 * node].min(self.min[2 * node + 1]);
     }
+    /// The value at index `i`.
+    fn get(&mut self, i: usize) -> f64 {
+        let (mut node, mut lo, mut hi) = (1, 0, self.n - 1);
+        while lo < hi {
+            self.push(node);
+            let mid = (lo + hi) / 2;
+            if i <= mid {
+                (node, hi) = (2 * node, mid);
+            } else {
+                (node, lo) = (2 * node + 1, mid + 1);
+            }
+        }
+        self.min[node]
+    }
     /// The largest index whose value is below `x`.
     fn last_below(&mut self, x: f64) -> Option<usize> {
         if self.min[1] >= x {
@@ -279,7 +293,12 @@ impl Nights {
 
     /// The first (night, lane) that takes `job`, if any within capacity.
     fn find(&mut self, job: &Job) -> Option<(usize, usize)> {
+        // Night k needs the job's pre-copy done by its opening, and every later
+        // night also its final copy (which runs during night k, not before it).
+        // So k is at least the last night short of pre-copy + final copy, and
+        // that night itself only needs room for the pre-copy.
         let mut from = match self.slack.last_below(job.precopy_bytes + job.final_bytes) {
+            Some(i) if self.slack.get(i) >= job.precopy_bytes => i,
             Some(i) => i + 1,
             None => 0,
         };
@@ -445,6 +464,27 @@ mod tests {
             assert!(n.link_bytes_needed <= n.link_bytes_available);
         }
         assert_eq!(s.nights[0].units, 0);
+    }
+
+    #[test]
+    fn own_final_copy_does_not_count_against_its_nights_precopy() {
+        // Night 1 opens after 1,000 s at 1,000 B/s: 1 MB of pre-copy. The
+        // final copy runs during the night, so 0.9 MB pre-copy + 0.2 MB final
+        // copy fits night 1.
+        let job = Job {
+            freeze_s: 100.0,
+            precopy_bytes: 900_000.0,
+            final_bytes: 200_000.0,
+        };
+        let s = schedule(&[job], &params());
+        assert!(matches!(s.slots[0], Slot::Night { night: 0, .. }));
+        // One byte more pre-copy than the link carried does not.
+        let over = Job {
+            precopy_bytes: 1_000_001.0,
+            ..job
+        };
+        let s = schedule(&[over], &params());
+        assert!(matches!(s.slots[0], Slot::Night { night: 1, .. }));
     }
 
     #[test]
