@@ -67,6 +67,39 @@ fn walk(root: impl AsFd, rel: &RelPath, flags: OFlags) -> Result<OwnedFd, Errno>
     }
 }
 
+/// Whether `O_NOATIME` is still worth asking for: the kernel allows it only
+/// to a file's owner or a process with CAP_FOWNER; the first refusal turns it
+/// off for this process.
+static NOATIME: AtomicBool = AtomicBool::new(true);
+
+/// Opens `name` in `dir` for reading, without following a symlink there, and
+/// without updating its access time where allowed: reading a whole tree must
+/// not dirty the inode of every file not read in the last day (relatime),
+/// which costs a journal write per file and changes the source.
+pub(crate) fn open_read_at(dir: impl AsFd, name: &OsStr) -> Result<OwnedFd, Errno> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if NOATIME.load(Ordering::Relaxed) {
+        match rustix::fs::openat(&dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+            Err(Errno::PERM) => NOATIME.store(false, Ordering::Relaxed),
+            r => return r,
+        }
+    }
+    rustix::fs::openat(&dir, name, flags, Mode::empty())
+}
+
+/// Opens `rel` below the directory `root` for reading, through the parent
+/// chain without following any symlink ([`open`]), without
+/// touching its access time where allowed (see [`open_read_at`]).
+pub(crate) fn open_read_beneath(root: impl AsFd, rel: &RelPath) -> Result<OwnedFd, Errno> {
+    if NOATIME.load(Ordering::Relaxed) {
+        match open(&root, rel, OFlags::RDONLY | OFlags::NOATIME) {
+            Err(Errno::PERM) => NOATIME.store(false, Ordering::Relaxed),
+            r => return r,
+        }
+    }
+    open(root, rel, OFlags::RDONLY)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

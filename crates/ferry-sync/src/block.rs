@@ -23,7 +23,7 @@ pub const DEFAULT_BLOCK_SIZE: u32 = 64 * 1024;
 /// Bytes read and hashed by one task (64 blocks of the default size): the
 /// memory of hashing is this times the worker threads, whatever the block
 /// size (it was 64 blocks: 1 GiB a task at 16 MiB blocks).
-const GROUP_BYTES: u64 = crate::proto::MAX_BLOCK_SIZE as u64;
+const GROUP_BYTES: u64 = crate::limits::MAX_BLOCK_SIZE as u64;
 /// Most blocks an image may have: their hashes (32 bytes each, 256 MiB at
 /// most) are held for a whole pass. An image of 512 GiB at the default
 /// block size; larger ones need larger blocks.
@@ -57,7 +57,7 @@ fn size_of(f: &File, path: &Path) -> Result<u64> {
 }
 
 fn check_block_size(bs: u32) -> Result<u64> {
-    use crate::proto::{MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+    use crate::limits::{MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
     if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) || !bs.is_power_of_two() {
         return Err(SyncError::Unsupported(format!(
             "block size {bs} must be a power of two from {MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE}"

@@ -43,19 +43,19 @@ pub struct Signature {
 }
 
 /// Most blocks in a signature: (4 + 16) bytes each, so one `Sig` frame
-/// ([`crate::proto::MAX_FRAME`]) always holds it. The receiver describes at
+/// ([`crate::limits::MAX_FRAME`]) always holds it. The receiver describes at
 /// most this many blocks of its basis, whatever block size is asked.
 pub const MAX_SIG_BLOCKS: u64 = 400_000;
 
 /// Block size for a file of `len` bytes: about the square root (as rsync), so
 /// the signature and the per-change overhead both stay small, and never more
 /// than ~200,000 blocks so a signature fits a frame, up to the largest block
-/// an agent accepts ([`crate::proto::MAX_DELTA_BLOCK`]).
+/// an agent accepts ([`crate::limits::MAX_DELTA_BLOCK`]).
 pub fn block_size_for(len: u64) -> u32 {
     let sqrt = (len as f64).sqrt() as u64;
     let bs = sqrt.div_ceil(1024) * 1024;
     let bs = bs.clamp(2048, 128 * 1024).max(len / 200_000);
-    bs.min(u64::from(crate::proto::MAX_DELTA_BLOCK)) as u32
+    bs.min(u64::from(crate::limits::MAX_DELTA_BLOCK)) as u32
 }
 
 /// rsync's rolling checksum.

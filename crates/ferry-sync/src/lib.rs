@@ -19,6 +19,9 @@
 //!   ([`RemoteTree`]); [`agent`]: the server side ([`serve`], [`AgentConfig`],
 //!   its [`Limits`] against strangers and hostile sessions).
 //! - [`block`]: block mode (parallel hashing, digest file).
+//! - [`limits`]: the frame and block-size bounds every module checks
+//!   against (a leaf: the modules depend on each other one way, checked by
+//!   the `modules` test).
 //! - [`watch`]: `--watch`, the record of changed paths between passes
 //!   ([`Watch`], [`Changes`]); [`follow`]: follow mode, every change pushed
 //!   to several destinations ([`follow()`]).
@@ -34,6 +37,7 @@ pub mod endpoint;
 pub mod engine;
 mod error;
 pub mod follow;
+pub mod limits;
 pub mod local;
 pub mod manifest;
 pub mod merkle;

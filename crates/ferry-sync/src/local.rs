@@ -37,6 +37,7 @@ use std::sync::Mutex;
 use filetime::FileTime;
 use rustix::fs::{AtFlags, Mode, OFlags};
 
+use crate::beneath::open_read_at;
 use crate::block;
 use crate::delta::{self, Chunk, Signature};
 use crate::dircache::{DirCache, OpenDir, Owned};
@@ -45,52 +46,11 @@ use crate::error::{Result, SyncError};
 use crate::manifest::{self, Kind, Manifest, Meta, ScanOptions};
 use crate::merkle::{Child, Digest, MerkleTree};
 use crate::path::{checked_parent, stage_name, temp_name, RelPath, STAGE_MARKER};
-use crate::proto;
 use crate::watch::{Changes, Watch};
 
 /// True when this process may set owners (effective uid 0).
 pub fn running_as_root() -> bool {
     rustix::process::geteuid().is_root()
-}
-
-/// Whether `O_NOATIME` is still worth asking for: the kernel allows it only
-/// to a file's owner or a process with CAP_FOWNER; the first refusal turns it
-/// off for this process.
-static NOATIME: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Opens `name` in `dir` for reading, without following a symlink there, and
-/// without updating its access time where allowed: reading a whole tree must
-/// not dirty the inode of every file not read in the last day (relatime),
-/// which costs a journal write per file and changes the source.
-pub(crate) fn open_read_at(
-    dir: impl std::os::fd::AsFd,
-    name: &OsStr,
-) -> std::result::Result<OwnedFd, rustix::io::Errno> {
-    use rustix::fs::{Mode, OFlags};
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    if NOATIME.load(Ordering::Relaxed) {
-        match rustix::fs::openat(&dir, name, flags | OFlags::NOATIME, Mode::empty()) {
-            Err(rustix::io::Errno::PERM) => NOATIME.store(false, Ordering::Relaxed),
-            r => return r,
-        }
-    }
-    rustix::fs::openat(&dir, name, flags, Mode::empty())
-}
-
-/// Opens `rel` below the directory `root` for reading, through the parent
-/// chain without following any symlink ([`crate::beneath`]), without
-/// touching its access time where allowed (see [`open_read_at`]).
-pub(crate) fn open_read_beneath(
-    root: impl std::os::fd::AsFd,
-    rel: &RelPath,
-) -> std::result::Result<OwnedFd, rustix::io::Errno> {
-    if NOATIME.load(Ordering::Relaxed) {
-        match crate::beneath::open(&root, rel, OFlags::RDONLY | OFlags::NOATIME) {
-            Err(rustix::io::Errno::PERM) => NOATIME.store(false, Ordering::Relaxed),
-            r => return r,
-        }
-    }
-    crate::beneath::open(root, rel, OFlags::RDONLY)
 }
 
 /// A file being received in pieces.
@@ -259,7 +219,7 @@ impl LocalTree {
         let expect = usize::try_from(size).unwrap_or(usize::MAX);
         let mut v = match size {
             0 => Vec::with_capacity(16 << 10),
-            _ => Vec::with_capacity(expect.saturating_add(1).min(proto::MAX_DATA + 1)),
+            _ => Vec::with_capacity(expect.saturating_add(1).min(crate::limits::MAX_DATA + 1)),
         };
         loop {
             if v.len() == v.capacity() {

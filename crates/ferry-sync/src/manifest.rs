@@ -233,7 +233,7 @@ pub fn hash_file(root: impl std::os::fd::AsFd, rel: &RelPath, shown: &Path) -> R
         static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     let path = shown;
-    let mut f = crate::local::open_read_beneath(root, rel)
+    let mut f = crate::beneath::open_read_beneath(root, rel)
         .map(std::fs::File::from)
         .map_err(|e| SyncError::io("open", path, e.into()))?;
     let mut h = blake3::Hasher::new();

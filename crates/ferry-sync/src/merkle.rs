@@ -4,14 +4,13 @@
 //! A directory's hash covers its own metadata and the sorted (name, hash) list
 //! of its children, so equal roots prove equal trees, and a mismatch is
 //! narrowed by descending only into children whose hashes differ: the cost of
-//! finding one changed file is the depth of the tree, not its size.
+//! finding one changed file is the depth of the tree, not its size (the
+//! narrowing, which asks both sides level by level, is `engine::verify`).
 //! Owners are left out on purpose: a copy made without root cannot keep them,
 //! and the invariant the orchestrator needs is about content.
 
 use std::collections::HashMap;
 
-use crate::endpoint::Tree;
-use crate::error::Result;
 use crate::manifest::{Entry, Kind, Manifest};
 use crate::path::RelPath;
 
@@ -129,63 +128,4 @@ impl Verdict {
     pub fn equal(&self) -> bool {
         self.source_root == self.dest_root
     }
-}
-
-/// Compares two trees: roots first, then narrows down to the differing paths.
-pub fn verify(src: &dyn Tree, dst: &dyn Tree, limit: usize) -> Result<Verdict> {
-    let (sr, scount) = src.merkle_root()?;
-    let (dr, _) = dst.merkle_root()?;
-    let mut v = Verdict {
-        source_root: sr,
-        dest_root: dr,
-        entries: scount,
-        differing: Vec::new(),
-        truncated: false,
-    };
-    if sr == dr {
-        return Ok(v);
-    }
-    let mut todo: Vec<Option<RelPath>> = vec![None];
-    while let Some(dir) = todo.pop() {
-        let a = src.merkle_children(dir.as_ref())?;
-        let b = dst.merkle_children(dir.as_ref())?;
-        let bm: HashMap<&[u8], &Child> = b.iter().map(|c| (c.name.as_slice(), c)).collect();
-        let am: HashMap<&[u8], &Child> = a.iter().map(|c| (c.name.as_slice(), c)).collect();
-        let report = |name: &[u8], v: &mut Verdict| -> Result<()> {
-            let p = match &dir {
-                Some(d) => d.join(name)?,
-                None => RelPath::name(name)?,
-            };
-            if v.differing.len() < limit {
-                v.differing.push(p);
-            } else {
-                v.truncated = true;
-            }
-            Ok(())
-        };
-        for c in &a {
-            match bm.get(c.name.as_slice()) {
-                None => report(&c.name, &mut v)?,
-                Some(d) if d.hash == c.hash => {}
-                Some(d) if c.kind == Kind::Dir && d.kind == Kind::Dir => {
-                    if c.own != d.own {
-                        report(&c.name, &mut v)?;
-                    }
-                    let p = match &dir {
-                        Some(x) => x.join(&c.name)?,
-                        None => RelPath::name(&c.name)?,
-                    };
-                    todo.push(Some(p));
-                }
-                Some(_) => report(&c.name, &mut v)?,
-            }
-        }
-        for c in &b {
-            if !am.contains_key(c.name.as_slice()) {
-                report(&c.name, &mut v)?;
-            }
-        }
-    }
-    v.differing.sort();
-    Ok(v)
 }
