@@ -10,10 +10,13 @@
 //!   frozen up to night m, plus the final copies of earlier nights, must fit in
 //!   bandwidth x (time from the start of pre-copy to the opening of night m).
 //!
-//! Units go longest freeze first into the first lane of the first night that
-//! satisfies all three (first-fit decreasing). Two segment trees make each
-//! placement O(log nights): a min-tree of pre-copy slack per night with range
-//! add, and a max-tree of window time left per lane.
+//! Units go longest freeze first into the first night that satisfies all three
+//! (first-fit decreasing), on that night's least busy lane: the lane whose last
+//! freeze ends first. A night's freezes thus spread over its lanes (longest
+//! first, each lane back to back) and the night ends as early as it can, not
+//! when one lane has filled the window. Two segment trees make finding the
+//! night O(log nights): a min-tree of pre-copy slack per night with range add,
+//! and a max-tree of the window time left on each night's least busy lane.
 
 use crate::params::Params;
 
@@ -250,6 +253,7 @@ struct Nights {
     /// Freeze time used per lane, `night * lanes + lane`.
     lane_used: Vec<f64>,
     slack: MinTree,
+    /// Per night: window time left on its least busy lane.
     room: MaxTree,
 }
 
@@ -274,7 +278,10 @@ impl Nights {
             slack.push(night.link_bytes_available - pre - fin_before);
             fin_before += night.final_bytes;
         }
-        let room: Vec<f64> = lane_used.iter().map(|u| window - u).collect();
+        let room: Vec<f64> = lane_used
+            .chunks(lanes)
+            .map(|night| window - night.iter().fold(f64::INFINITY, |a, &b| a.min(b)))
+            .collect();
         Nights {
             params: *params,
             window,
@@ -291,6 +298,18 @@ impl Nights {
         Nights::new(&self.params, cap, self.nights, self.lane_used)
     }
 
+    /// The least busy lane of night `night` (the lowest on a tie) and its time used.
+    fn least_busy(&self, night: usize) -> (usize, f64) {
+        let lanes = &self.lane_used[night * self.lanes..(night + 1) * self.lanes];
+        let mut best = (0, lanes[0]);
+        for (lane, &used) in lanes.iter().enumerate().skip(1) {
+            if used < best.1 {
+                best = (lane, used);
+            }
+        }
+        best
+    }
+
     /// The first (night, lane) that takes `job`, if any within capacity.
     fn find(&mut self, job: &Job) -> Option<(usize, usize)> {
         // Night k needs the job's pre-copy done by its opening, and every later
@@ -304,10 +323,9 @@ impl Nights {
         };
         let link = self.params.bandwidth * self.window;
         while from < self.nights.len() {
-            let bin = self.room.first_at_least(from * self.lanes, job.freeze_s)?;
-            let night = bin / self.lanes;
+            let night = self.room.first_at_least(from, job.freeze_s)?;
             if self.nights[night].final_bytes + job.final_bytes <= link {
-                return Some((night, bin % self.lanes));
+                return Some((night, self.least_busy(night).0));
             }
             // That night's link is full of final copies: look further.
             from = night + 1;
@@ -327,7 +345,8 @@ impl Nights {
         night.busy_s = night.busy_s.max(self.lane_used[bin]);
         night.final_bytes += job.final_bytes;
         night.precopy_bytes += job.precopy_bytes;
-        self.room.set(bin, self.window - self.lane_used[bin]);
+        self.room
+            .set(night_index, self.window - self.least_busy(night_index).1);
         self.slack.add(night_index, n - 1, -job.precopy_bytes);
         self.slack.add(night_index + 1, n - 1, -job.final_bytes);
         (order, start)
@@ -568,6 +587,45 @@ mod tests {
             })
             .collect();
         assert_eq!(lanes, [0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn a_nights_freezes_spread_over_its_lanes() {
+        // Eight 1,000 s freezes fit one lane's 4 h window, but four lanes run
+        // them two by two: the night ends after 2,000 s, not 8,000 s.
+        let p = Params {
+            parallel: 4,
+            ..params()
+        };
+        let job = Job {
+            freeze_s: 1_000.0,
+            precopy_bytes: 0.0,
+            final_bytes: 0.0,
+        };
+        let s = schedule(&[job; 8], &p);
+        assert_eq!(s.nights.len(), 1);
+        assert_eq!(s.nights[0].busy_s, 2_000.0);
+        let lanes: Vec<(u32, f64)> = s
+            .slots
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Night { lane, start_s, .. } => Some((*lane, *start_s)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            lanes,
+            [
+                (0, 0.0),
+                (1, 0.0),
+                (2, 0.0),
+                (3, 0.0),
+                (0, 1_000.0),
+                (1, 1_000.0),
+                (2, 1_000.0),
+                (3, 1_000.0)
+            ]
+        );
     }
 
     #[test]

@@ -354,14 +354,35 @@ fn check_schedule(
         }
     }
     // Each lane: freezes back to back from the window's opening, within it.
-    for v in lanes.values_mut() {
+    // Per night: (sum of freezes, longest freeze, when the last one ends).
+    let mut per_night: std::collections::BTreeMap<u32, (f64, f64, f64)> = Default::default();
+    for ((night, _), v) in lanes.iter_mut() {
         v.sort_by_key(|a| a.0);
         let mut t = 0.0;
+        let n = per_night.entry(*night).or_default();
         for (_, start, freeze) in v.iter() {
             prop_assert!((start - t).abs() < eps);
             t += freeze;
+            n.0 += freeze;
+            n.1 = n.1.max(*freeze);
         }
+        n.2 = n.2.max(t);
         prop_assert!(t <= window + eps, "lane busy {} > window {}", t, window);
+    }
+    // Freezes spread over the lanes: each went to the lane free first, so the
+    // night ends within Graham's bound (sum / lanes + (1 - 1 / lanes) x longest)
+    // rather than when one lane is full.
+    let m = f64::from(params.parallel);
+    for (night, (sum, longest, end)) in &per_night {
+        let bound = sum / m + (1.0 - 1.0 / m) * longest;
+        prop_assert!(
+            *end <= bound + eps,
+            "night {} ends at {} past the spread bound {}",
+            night,
+            end,
+            bound
+        );
+        prop_assert!((nights[*night as usize].busy_s - end).abs() < eps);
     }
     // Each night: unit count, link for final copies, pre-copy done in time.
     let (mut pre, mut fin_before) = (0.0, 0.0);
