@@ -48,7 +48,7 @@ impl Source<'_> {
 
     /// A TOML syntax or shape error, at the position toml reports (or 1:1).
     pub fn toml(&self, e: &toml::de::Error) -> Invalid {
-        self.error(e.span().unwrap_or(0..0), e.message())
+        self.error(e.span().unwrap_or(0..0), e.message().trim_end())
     }
 
     /// 1-based line of `span`'s start ("first at line N").
@@ -98,6 +98,17 @@ mod tests {
         assert_eq!(line_col(text, 4), (2, 1));
         assert_eq!(line_col(text, 999), (3, 1));
         assert_eq!(line_col("", 0), (1, 1));
+    }
+
+    /// Moved from ferry-config with the function.
+    #[test]
+    fn line_col_counts_characters() {
+        let text = "ab\néé = 1\n";
+        // After two 2-byte characters: byte 7, character column 3.
+        assert_eq!(line_col(text, 7), (2, 3));
+        // Inside a character or past the end: clamped, never a panic.
+        assert_eq!(line_col(text, 4), (2, 1));
+        assert_eq!(line_col(text, 999), (3, 1));
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use ferry_model::{Epoch, Hostname, Placement, ServerState, SiteState};
 
-use crate::check::line_col;
 use crate::*;
 
 const ORIGIN: &str = "conf/proxy.toml";
@@ -714,19 +713,6 @@ fn load_reports_unreadable_file() {
     assert!(err
         .to_string()
         .starts_with("/nonexistent/ferry/proxy.toml: "));
-}
-
-#[test]
-fn line_col_counts_characters() {
-    let text = "ab\néé = 1\n";
-    assert_eq!(line_col(text, 0), (1, 1));
-    assert_eq!(line_col(text, 2), (1, 3));
-    assert_eq!(line_col(text, 3), (2, 1));
-    // After two 2-byte characters: byte 7, character column 3.
-    assert_eq!(line_col(text, 7), (2, 3));
-    // Inside a character or past the end: clamped, never a panic.
-    assert_eq!(line_col(text, 4), (2, 1));
-    assert_eq!(line_col(text, 999), (3, 1));
 }
 
 #[test]
