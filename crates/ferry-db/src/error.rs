@@ -103,8 +103,6 @@ pub enum Error {
     State { path: PathBuf, message: String },
     #[error("{step} is not possible at phase {phase}")]
     Phase { step: &'static str, phase: String },
-    #[error("Galera node {addr}: {message}")]
-    Galera { addr: String, message: String },
     #[error("table {db}.{table}: {message}")]
     Table {
         db: String,

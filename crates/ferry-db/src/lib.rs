@@ -15,9 +15,6 @@
 //! killed mover resumes and a file of another move is refused;
 //! [`MoveStatus`] reads one.
 //!
-//! [`galera_state`] and [`usable`]: the health check of a Galera node for
-//! database pools.
-//!
 //! Errors are [`Error`], each naming the side ([`Side`]) it is about.
 
 #![forbid(unsafe_code)]
@@ -28,7 +25,6 @@ mod checksum;
 mod copy;
 mod endpoint;
 mod error;
-mod galera;
 mod gtid;
 #[cfg(test)]
 mod layering;
@@ -41,7 +37,6 @@ mod state;
 pub use checksum::{Scope, TableCheck, VerifyReport};
 pub use endpoint::Endpoint;
 pub use error::{Error, Problem, Result, Side};
-pub use galera::{galera_state, usable, GaleraNode, WsrepState};
 pub use gtid::{BinlogMark, GtidPos};
 pub use mover::{
     CopyProgress, CopyReport, FreezeReport, Mover, MoverConfig, PrepareReport, SwitchReport,

@@ -2,7 +2,7 @@
 //!
 //! Every `interval` each node (the tunnel's upstream first, then the
 //! configured fallbacks) is asked for its `wsrep_%` state with
-//! [`ferry_db::galera_state`]; the first node [`ferry_db::usable`] calls
+//! [`galera::galera_state`]; the first node [`galera::usable`] calls
 //! usable (Synced, in the primary component, ready; a donor only with
 //! `allow_donor`) takes the new connections. One node at a time rather
 //! than round robin: writes from several nodes at once meet certification
@@ -18,6 +18,8 @@ use ferry_config::GaleraCheck;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio::sync::watch;
+
+use crate::galera;
 
 /// The last check of one node.
 #[derive(Debug, Clone)]
@@ -96,10 +98,10 @@ impl GaleraPool {
                 encode(&check.password)
             );
             let checked = Instant::now();
-            let health = match tokio::time::timeout(timeout, ferry_db::galera_state(&url)).await {
+            let health = match tokio::time::timeout(timeout, galera::galera_state(&url)).await {
                 Ok(Ok(node)) => NodeHealth {
                     addr: addr.clone(),
-                    usable: ferry_db::usable(&node, check.allow_donor),
+                    usable: galera::usable(&node, check.allow_donor),
                     state: format!(
                         "{} ({}, {})",
                         node.state_comment, node.cluster_status, node.cluster_size

@@ -20,6 +20,7 @@ mod body;
 mod client_hello;
 mod deadline;
 mod forward;
+mod galera;
 mod galera_pool;
 mod health;
 mod listen;
@@ -52,6 +53,9 @@ use tokio::task::JoinHandle;
 /// The ClientHello reader of the SNI passthrough listeners, public for the
 /// fuzz target (`fuzz/fuzz_targets/client_hello.rs`).
 pub use client_hello::{Hello, HelloError, HelloParser};
+/// The Galera node check of database tunnels (`[tunnels.galera]`), public
+/// for its test on a real cluster (`tests/galera.rs`).
+pub use galera::{galera_state, usable, GaleraError, GaleraNode, WsrepState};
 /// Raises the process's open-file limit to its hard limit (`ferry proxy`
 /// does at start).
 pub use listen::raise_nofile_limit;

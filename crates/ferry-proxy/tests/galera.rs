@@ -1,5 +1,5 @@
 //! The Galera node check on a real 3-node Galera cluster (Debian's
-//! `galera-4`) on loopback: `ferry_db::galera_state` and `usable` (every
+//! `galera-4`) on loopback: `ferry_proxy::galera_state` and `usable` (every
 //! node reads Synced, then a desynced node reads Donor/Desynced and is not
 //! usable), and a `ferry proxy` tunnel with `[tunnels.galera]` in front of
 //! the cluster: new connections leave a desynced node for the next usable
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_db::{galera_state, usable, WsrepState};
+use ferry_proxy::{galera_state, usable, WsrepState};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 

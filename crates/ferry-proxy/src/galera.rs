@@ -1,13 +1,20 @@
-//! Health of a Galera node, for database pools: a node takes queries only
-//! when it is Synced, in the primary component and ready. A donor (serving
-//! a state transfer) or a node desynced by an operator is still up and
-//! answers, but lags or stalls writes: a pool takes it out unless told
-//! otherwise.
+//! Health of a Galera node, for database tunnels (`galera_pool.rs`): a node
+//! takes queries only when it is Synced, in the primary component and
+//! ready. A donor (serving a state transfer) or a node desynced by an
+//! operator is still up and answers, but lags or stalls writes: a tunnel
+//! leaves it unless told otherwise.
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
 
-use crate::error::{Error, Result};
+/// Why a node's state could not be read (it then counts as not usable).
+#[derive(Debug, thiserror::Error)]
+#[error("Galera node {addr}: {message}")]
+pub struct GaleraError {
+    /// `host:port` asked (empty when the URL did not parse).
+    pub addr: String,
+    pub message: String,
+}
 
 /// `wsrep_local_state`, as documented by Galera.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,14 +60,14 @@ pub struct GaleraNode {
 
 /// Reads a node's wsrep status over one short connection. A server without
 /// Galera (no `wsrep_local_state`) is an error, not a healthy node.
-pub async fn galera_state(url: &str) -> Result<GaleraNode> {
-    let opts = Opts::from_url(url).map_err(|e| Error::Galera {
+pub async fn galera_state(url: &str) -> Result<GaleraNode, GaleraError> {
+    let opts = Opts::from_url(url).map_err(|e| GaleraError {
         addr: String::new(),
         message: format!("invalid URL: {e}"),
     })?;
     let opts = Opts::from(OptsBuilder::from_opts(opts).prefer_socket(false));
     let addr = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
-    let err = |message: String| Error::Galera {
+    let err = |message: String| GaleraError {
         addr: addr.clone(),
         message,
     };
