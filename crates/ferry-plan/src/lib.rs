@@ -33,7 +33,7 @@ pub use params::{
     ParamError, Params, Window,
 };
 pub use schedule::{schedule, Impossible, Job, Night, Schedule, Slot};
-pub use units::{Partition, Prepared, UnitStats, NO_UNIT};
+pub use units::{Partition, Prepared, UnitStats, MAX_BATCH_DATABASES, NO_UNIT};
 
 /// Which constraint made an impossible unit big: dropping it splits the unit
 /// into `parts` units whose largest freezes `largest_part_freeze_s`.

@@ -7,6 +7,12 @@
 //! `filer` hosting–filer, `declared-db` hosting–database, `observed-db`
 //! hosting–database (client addresses tie nothing: they reach the database
 //! wherever it is), `ip` hosting–IP of each of its sites.
+//!
+//! Databases used by no hosting at all (no declared use, no use observed from
+//! a hosting) would each be a unit of their own, each paying a whole freeze
+//! for a few megabytes. They are batched instead ([`MAX_BATCH_DATABASES`] at
+//! most, within the freeze budget), under every set of constraints alike, so
+//! dropping a constraint still only splits units.
 
 use ferry_inventory::{DatabaseId, FilerId, HostingId, Inventory, User};
 
@@ -14,6 +20,12 @@ use crate::params::{Constraint, Constraints, Params};
 
 /// Marks "in no unit" (a filer whose hostings may be split, without `filer`).
 pub const NO_UNIT: u32 = u32::MAX;
+
+/// Most databases in one batch of databases used by no hosting: one freeze
+/// locks their accounts together, and a batch that fails rolls all of them
+/// back, so a batch stays the size of a large unit's database list, not the
+/// whole platform's leftovers.
+pub const MAX_BATCH_DATABASES: usize = 1_000;
 
 /// Inventory-wide numbers every partition needs, computed once.
 pub struct Prepared<'a> {
@@ -24,6 +36,8 @@ pub struct Prepared<'a> {
     pub filer_bytes: Vec<u64>,
     /// Databases grouped by server (offsets, ids), so per-server sums need no sort.
     db_by_server: (Vec<u32>, Vec<u32>),
+    /// Databases used by no hosting (declared or observed), in inventory order.
+    unused_databases: Vec<DatabaseId>,
 }
 
 impl<'a> Prepared<'a> {
@@ -51,12 +65,67 @@ impl<'a> Prepared<'a> {
             ids[next[s.index()] as usize] = d as u32;
             next[s.index()] += 1;
         }
+        let mut used = vec![false; counts.databases];
+        for (_, d) in inv.declared_uses() {
+            used[d.index()] = true;
+        }
+        for u in inv.observed_uses() {
+            if let User::Hosting(_) = u.user {
+                used[u.database.index()] = true;
+            }
+        }
+        let unused_databases = (0..counts.databases as u32)
+            .filter(|&d| !used[d as usize])
+            .map(DatabaseId)
+            .collect();
         Prepared {
             inv,
             sites_per_hosting,
             filer_bytes,
             db_by_server: (offsets, ids),
+            unused_databases,
         }
+    }
+
+    /// The databases used by no hosting, cut into batches that each move in
+    /// one freeze: in inventory order, a batch closes when one more database
+    /// would make its freeze (overhead + the check of its busiest server, the
+    /// model every unit's freeze follows) exceed `--max-freeze` or the window,
+    /// or when it holds [`MAX_BATCH_DATABASES`]. A database too big to move
+    /// even alone is a batch of its own (an impossible unit).
+    pub fn unused_database_batches(&self, params: &Params) -> Vec<Vec<DatabaseId>> {
+        let inv = self.inv;
+        let limit = params.max_freeze.min(params.window.seconds());
+        let servers = inv.database_servers();
+        let bytes = inv.database_bytes();
+        // Bytes of the open batch per server, and the servers it touches.
+        let mut acc = vec![0u64; inv.counts().db_servers];
+        let mut touched: Vec<usize> = Vec::new();
+        let mut busiest = 0u64;
+        let mut batches: Vec<Vec<DatabaseId>> = Vec::new();
+        let mut open: Vec<DatabaseId> = Vec::new();
+        for &d in &self.unused_databases {
+            let server = servers[d.index()].index();
+            let with = acc[server] + bytes[d.index()];
+            let freeze = params.freeze_overhead + busiest.max(with) as f64 / params.db_check_rate;
+            if !open.is_empty() && (freeze > limit || open.len() >= MAX_BATCH_DATABASES) {
+                batches.push(std::mem::take(&mut open));
+                for s in touched.drain(..) {
+                    acc[s] = 0;
+                }
+                busiest = 0;
+            }
+            if acc[server] == 0 {
+                touched.push(server);
+            }
+            acc[server] += bytes[d.index()];
+            busiest = busiest.max(acc[server]);
+            open.push(d);
+        }
+        if !open.is_empty() {
+            batches.push(open);
+        }
+        batches
     }
 }
 
@@ -187,6 +256,12 @@ impl Partition {
         if constraints.contains(Constraint::Ip) {
             for (h, ip) in inv.site_hostings().iter().zip(inv.site_ips()) {
                 uf.union(h.0, (ip_base + ip.index()) as u32);
+            }
+        }
+
+        for batch in prep.unused_database_batches(params) {
+            for pair in batch.windows(2) {
+                uf.union(db_node(pair[0]), db_node(pair[1]));
             }
         }
 

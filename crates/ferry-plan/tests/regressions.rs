@@ -1,8 +1,8 @@
 //! Regression tests named after the planner bugs they pin, on the example
 //! inventory (`examples/inventory`).
 
-use ferry_inventory::{Inventory, Quiet};
-use ferry_plan::{parse_byte_rate, parse_change_rate, Params, Plan, Slot};
+use ferry_inventory::{Inventory, InventoryBuilder, Quiet};
+use ferry_plan::{parse_byte_rate, parse_change_rate, Params, Plan, Slot, MAX_BATCH_DATABASES};
 
 fn example() -> Inventory {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/inventory");
@@ -39,4 +39,86 @@ fn own_final_copy_counted_against_the_night_it_goes_in() {
     assert_eq!(night_of(&plan, "U1"), 1);
     let n1 = &plan.schedule.nights[0];
     assert!(n1.link_bytes_needed <= n1.link_bytes_available);
+}
+
+/// An inventory of one hosting (with its database) and `unused` databases no
+/// hosting uses, `(server, bytes)` each, on `servers` database servers.
+fn with_unused_databases(servers: usize, unused: &[(usize, u64)]) -> Inventory {
+    let mut b = InventoryBuilder::new();
+    b.add_datacenter("dc", 0).unwrap();
+    b.add_cluster("c", "dc", 0).unwrap();
+    b.add_ip("192.0.2.1", "c", 0).unwrap();
+    b.add_filer("fs1", "c", 0).unwrap();
+    for s in 0..servers {
+        b.add_db_server(&format!("sql{s}"), "c", 0).unwrap();
+    }
+    b.add_hosting("h", "fs1", "/h", 1_000, 1_000_000, 0)
+        .unwrap();
+    b.add_site("h.example", "h", "192.0.2.1", 0).unwrap();
+    b.add_database("used", "sql0", 1_000_000, 0).unwrap();
+    b.add_declared_use("h", "used@sql0", 0).unwrap();
+    for (i, (s, bytes)) in unused.iter().enumerate() {
+        b.add_database(&format!("old{i}"), &format!("sql{s}"), *bytes, 0)
+            .unwrap();
+    }
+    b.finish().unwrap()
+}
+
+/// The units that hold no hosting: (databases, freeze) each.
+fn database_only_units(plan: &Plan<'_>) -> Vec<(u32, f64)> {
+    plan.partition
+        .stats()
+        .iter()
+        .filter(|s| s.hostings == 0)
+        .map(|s| (s.databases, s.freeze_s))
+        .collect()
+}
+
+/// Issue 18: the 8,442 databases no hosting uses in the 3M plan were 8,442
+/// units paying a 60 s freeze each and filled nights 9-17 of 17. They share
+/// freezes now, at most `MAX_BATCH_DATABASES` to a batch.
+#[test]
+fn databases_used_by_no_hosting_paid_a_freeze_each() {
+    let unused: Vec<(usize, u64)> = (0..2_500).map(|i| (i % 3, 10_000_000)).collect();
+    let inv = with_unused_databases(3, &unused);
+    let params = Params::default();
+    let plan = Plan::build(&inv, &params, &Quiet).unwrap();
+    let batches = database_only_units(&plan);
+    assert_eq!(
+        batches.iter().map(|b| b.0).collect::<Vec<_>>(),
+        [MAX_BATCH_DATABASES as u32, MAX_BATCH_DATABASES as u32, 500]
+    );
+    // One freeze per batch: overhead + the busiest server's check.
+    for (databases, freeze) in &batches {
+        let busiest = (u64::from(*databases)).div_ceil(3) as f64 * 10e6;
+        let expected = params.freeze_overhead + busiest / params.db_check_rate;
+        assert!((freeze - expected).abs() < 1e-6, "{freeze} != {expected}");
+    }
+    // The hosting's unit keeps its own database only.
+    let u = plan.find_unit("h").unwrap();
+    assert_eq!(plan.partition.stats()[u as usize].databases, 1);
+    assert_eq!(plan.schedule.nights.len(), 1);
+    assert_eq!(plan.schedule.nights[0].units, 4);
+}
+
+/// Batches stay within `--max-freeze`: servers check in parallel, so big
+/// databases share a freeze only when they are on different servers.
+#[test]
+fn batches_of_unused_databases_keep_the_freeze_budget() {
+    // 300 GB checks in 600 s at 500 MB/s: a 660 s freeze; two on one server
+    // would need 1,260 s, over the 900 s budget.
+    let big = 300_000_000_000;
+    let params = Params::default();
+    let same_server = with_unused_databases(2, &[(1, big); 3]);
+    let plan = Plan::build(&same_server, &params, &Quiet).unwrap();
+    assert_eq!(database_only_units(&plan), [(1, 660.0); 3]);
+    let spread = with_unused_databases(4, &[(1, big), (2, big), (3, big)]);
+    let plan = Plan::build(&spread, &params, &Quiet).unwrap();
+    assert_eq!(database_only_units(&plan), [(3, 660.0)]);
+    // One too big to move even alone stays a unit of its own, impossible.
+    let huge = with_unused_databases(2, &[(1, 1_000), (1, 1_000_000_000_000), (1, 1_000)]);
+    let plan = Plan::build(&huge, &params, &Quiet).unwrap();
+    let units = database_only_units(&plan);
+    assert_eq!(units.len(), 3);
+    assert_eq!(plan.schedule.impossible(), 1);
 }

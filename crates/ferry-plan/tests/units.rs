@@ -177,6 +177,22 @@ fn closure(inv: &Inventory, c: Constraints) -> Vec<Vec<bool>> {
             link(h.index(), nh + nd + nf + ip.index());
         }
     }
+    // Databases no hosting uses (declared or observed, whatever the
+    // constraints) share one freeze: these inventories are far too small for
+    // a batch to reach the freeze budget or the batch size.
+    let mut used = vec![false; nd];
+    for (_, d) in inv.declared_uses() {
+        used[d.index()] = true;
+    }
+    for u in inv.observed_uses() {
+        if let ferry_inventory::User::Hosting(_) = u.user {
+            used[u.database.index()] = true;
+        }
+    }
+    let unused: Vec<usize> = (0..nd).filter(|&d| !used[d]).collect();
+    for pair in unused.windows(2) {
+        link(nh + pair[0], nh + pair[1]);
+    }
     // Warshall: after step k, i reaches j through nodes 0..=k.
     for k in 0..n {
         let row_k = m[k].clone();
