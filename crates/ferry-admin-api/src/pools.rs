@@ -1,6 +1,6 @@
 //! `/v1/pools...`: pools, their servers, and servers' states, joins and leaves.
 
-use ferry_model::ServerState;
+pub use ferry_model::ServerState;
 use serde::{Deserialize, Serialize};
 
 /// A server of a pool (`GET /v1/pools`).

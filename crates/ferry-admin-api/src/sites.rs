@@ -4,7 +4,8 @@
 //! itself so a refusal names the site (`sites[3]: host "a b": ...`). States
 //! are [`SiteState`]s; epochs are plain numbers on the wire.
 
-use ferry_model::{Placement, SiteState};
+use ferry_model::Placement;
+pub use ferry_model::SiteState;
 use serde::{Deserialize, Serialize};
 
 /// A site change: the body of `PUT /v1/sites/{host}` and an item of

@@ -1,19 +1,24 @@
-//! A small async client for the routers' admin API (docs/admin-api.yaml):
-//! apply an atomic batch of site changes, query sites with their held and
-//! in-flight counts; and a plain GET through a traffic listener for the
-//! sites' fingerprints. Every error names the router.
+//! The orchestrator's side of the routers' admin API: batches of site
+//! changes and queries in chunks, through `ferry-admin-api`'s client; and a
+//! plain GET through a traffic listener for the sites' fingerprints.
+//!
+//! [`SiteChange`] and [`SiteReport`] are the runbook's own records (journaled
+//! with the events, so their JSON stays as it is); they become the API's
+//! typed bodies here, at the one place the orchestrator talks to routers.
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use ferry_admin_api::sites::{QueriedSite, SiteBatch};
+use ferry_admin_api::{AdminClient, AdminError};
+use http::Method;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RouterSpec;
 use crate::error::{OrchError, Result};
+
+pub use ferry_admin_api::sites::Applied;
+/// The HTTP client shared by every router call (and the fingerprints).
+pub use ferry_admin_api::Http;
 
 /// Hosts per query request: keeps each body far below the router's 32 MiB
 /// limit and each answer quick.
@@ -22,7 +27,7 @@ pub const QUERY_CHUNK: usize = 5_000;
 /// 32 MiB body limit, so a unit of millions of sites still applies.
 pub const APPLY_CHUNK: usize = 50_000;
 
-/// One site change of a batch.
+/// One site change of a batch, as the runbook journals it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SiteChange {
     pub host: String,
@@ -31,8 +36,8 @@ pub struct SiteChange {
     pub epoch: u64,
 }
 
-/// A site as a router reports it.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+/// A site as a router reports it (`absent` when it has none of that name).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct SiteReport {
     pub host: String,
     #[serde(default)]
@@ -49,77 +54,24 @@ pub struct SiteReport {
     pub in_flight: u64,
 }
 
-#[derive(Deserialize)]
-struct QueryAnswer {
-    sites: Vec<SiteReport>,
-}
-
-/// Counts of a batch the router applied.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-pub struct Applied {
-    pub added: u64,
-    pub changed: u64,
-    pub unchanged: u64,
-}
-
-/// The HTTP client shared by every router call.
-#[derive(Clone)]
-pub struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
-}
-
-impl Default for Http {
-    fn default() -> Self {
-        Http::new()
-    }
-}
-
-impl Http {
-    pub fn new() -> Http {
-        let mut c = HttpConnector::new();
-        c.set_nodelay(true);
-        c.set_connect_timeout(Some(Duration::from_secs(2)));
-        Http {
-            client: Client::builder(TokioExecutor::new()).build(c),
+impl From<QueriedSite> for SiteReport {
+    fn from(q: QueriedSite) -> SiteReport {
+        match q {
+            QueriedSite::Present(s) => SiteReport {
+                host: s.host,
+                absent: false,
+                placement: s.placement,
+                state: s.state.as_str().to_string(),
+                epoch: s.epoch,
+                held: s.held,
+                in_flight: s.in_flight,
+            },
+            QueriedSite::Absent(a) => SiteReport {
+                host: a.host,
+                absent: true,
+                ..SiteReport::default()
+            },
         }
-    }
-
-    /// One request; the whole exchange (body included) bounded by `timeout`.
-    pub async fn request(
-        &self,
-        method: Method,
-        url: &str,
-        headers: &[(&str, &str)],
-        body: Option<Vec<u8>>,
-        timeout: Duration,
-    ) -> std::result::Result<(StatusCode, Bytes), String> {
-        let mut b = Request::builder().method(method).uri(url);
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        if body.is_some() {
-            b = b.header("content-type", "application/json");
-        }
-        let req = b
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| format!("bad request for {url}: {e}"))?;
-        let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
-            let (parts, body) = resp.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|e| format!("{url}: reading the body: {e}"))?
-                .to_bytes();
-            Ok::<_, String>((parts.status, body))
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| format!("{url}: no answer within {timeout:?}"))?
     }
 }
 
@@ -127,44 +79,39 @@ impl Http {
 #[derive(Clone)]
 pub struct RouterClient {
     pub spec: RouterSpec,
-    http: Http,
-    timeout: Duration,
+    api: AdminClient,
 }
 
 impl RouterClient {
     pub fn new(spec: RouterSpec, http: Http, timeout: Duration) -> RouterClient {
-        RouterClient {
-            spec,
-            http,
-            timeout,
-        }
+        let api = AdminClient::new(spec.name.clone(), &spec.admin, Some(&spec.token))
+            .with_http(http)
+            .with_timeout(timeout);
+        RouterClient { spec, api }
     }
 
     pub fn name(&self) -> &str {
         &self.spec.name
     }
 
-    fn err(&self, message: String, stale: bool) -> OrchError {
+    fn err(&self, e: AdminError) -> OrchError {
+        // A 409 answer to a site change: a site holds a newer epoch.
+        let stale = e.is_conflict();
+        let message = match &e {
+            // The whole answer: a 409 lists the stale sites.
+            AdminError::Status {
+                route,
+                status,
+                body,
+                ..
+            } => format!("{route} answered {status}: {body}"),
+            _ => e.detail(),
+        };
         OrchError::Router {
             router: self.spec.name.clone(),
             message,
             stale,
         }
-    }
-
-    async fn post(&self, path: &str, body: Vec<u8>) -> Result<(StatusCode, Bytes)> {
-        let url = format!("{}{path}", self.spec.admin);
-        let auth = format!("Bearer {}", self.spec.token);
-        self.http
-            .request(
-                Method::POST,
-                &url,
-                &[("authorization", &auth)],
-                Some(body),
-                self.timeout,
-            )
-            .await
-            .map_err(|m| self.err(m, false))
     }
 
     /// Applies `changes` as one atomic batch. A 409 (a site holds a newer
@@ -180,57 +127,42 @@ impl RouterClient {
     pub async fn apply_in(&self, changes: &[SiteChange], chunk: usize) -> Result<Applied> {
         let mut total = Applied::default();
         for batch in changes.chunks(chunk.max(1)) {
-            let a = self.apply_batch(batch).await?;
-            total.added += a.added;
-            total.changed += a.changed;
-            total.unchanged += a.unchanged;
+            let sites = batch
+                .iter()
+                .map(|c| self.to_api(c))
+                .collect::<Result<Vec<_>>>()?;
+            total += self
+                .api
+                .apply(&SiteBatch { sites })
+                .await
+                .map_err(|e| self.err(e))?;
         }
         Ok(total)
     }
 
-    async fn apply_batch(&self, changes: &[SiteChange]) -> Result<Applied> {
-        let body = serde_json::to_vec(&serde_json::json!({ "sites": changes }))
-            .map_err(|e| self.err(e.to_string(), false))?;
-        let (status, bytes) = self.post("/v1/sites", body).await?;
-        match status {
-            StatusCode::OK => serde_json::from_slice(&bytes)
-                .map_err(|e| self.err(format!("unreadable batch answer: {e}"), false)),
-            StatusCode::CONFLICT => Err(self.err(
-                format!(
-                    "refused the batch (409): {}",
-                    String::from_utf8_lossy(&bytes).trim()
-                ),
-                true,
-            )),
-            s => Err(self.err(
-                format!(
-                    "batch answered {s}: {}",
-                    String::from_utf8_lossy(&bytes).trim()
-                ),
-                false,
-            )),
-        }
+    fn to_api(&self, c: &SiteChange) -> Result<ferry_admin_api::sites::SiteChange> {
+        let state =
+            serde_json::from_value(serde_json::Value::String(c.state.clone())).map_err(|_| {
+                OrchError::Router {
+                    router: self.spec.name.clone(),
+                    message: format!("site {}: no such state {:?}", c.host, c.state),
+                    stale: false,
+                }
+            })?;
+        Ok(ferry_admin_api::sites::SiteChange {
+            host: Some(c.host.clone()),
+            placement: c.placement.clone(),
+            state,
+            epoch: c.epoch,
+        })
     }
 
     /// Reads `hosts` (in chunks of [`QUERY_CHUNK`]).
     pub async fn query(&self, hosts: &[String]) -> Result<Vec<SiteReport>> {
         let mut out = Vec::with_capacity(hosts.len());
         for chunk in hosts.chunks(QUERY_CHUNK) {
-            let body = serde_json::to_vec(&serde_json::json!({ "hosts": chunk }))
-                .map_err(|e| self.err(e.to_string(), false))?;
-            let (status, bytes) = self.post("/v1/sites/query", body).await?;
-            if status != StatusCode::OK {
-                return Err(self.err(
-                    format!(
-                        "query answered {status}: {}",
-                        String::from_utf8_lossy(&bytes).trim()
-                    ),
-                    false,
-                ));
-            }
-            let a: QueryAnswer = serde_json::from_slice(&bytes)
-                .map_err(|e| self.err(format!("unreadable query answer: {e}"), false))?;
-            out.extend(a.sites);
+            let sites = self.api.query(chunk).await.map_err(|e| self.err(e))?;
+            out.extend(sites.into_iter().map(SiteReport::from));
         }
         Ok(out)
     }
