@@ -256,7 +256,7 @@ pub fn parse_change_rate(s: &str) -> Result<f64, ParamError> {
 
 /// A duration in seconds (`15m`, `1h30m`, `90s`).
 pub fn parse_duration(s: &str) -> Result<f64, ParamError> {
-    ferry_config::parse_duration(s)
+    ferry_conf::parse_duration(s)
         .map(|d| d.as_secs_f64())
         .map_err(|reason| ParamError::BadDuration {
             value: s.to_string(),
