@@ -17,6 +17,7 @@ use hyper::body::{Body, Incoming};
 use crate::accesslog::Entry;
 use crate::body::ProxyBody;
 use crate::deadline::BodyDeadline;
+use crate::hold::{Hold, Unrouted};
 use crate::state::Shared;
 use crate::stats::Stalled;
 use crate::upstream::{UpBody, UpstreamError};
@@ -274,43 +275,25 @@ async fn route_request(
     }
     let has_crossed = !crossed.is_empty();
 
-    // Find the site; if it is frozen, hold the request until it changes or the
-    // hold bound passes. Each wake-up looks the site up again: the change that
-    // woke us may have moved it.
-    let mut hold: Option<(ferry_router::Tracked, tokio::time::Instant)> = None;
-    let route: Route = loop {
-        let Some(route) = shared.table.lookup(host.as_str()) else {
+    // Find the site; if it is frozen, hold the request (`hold.rs`).
+    let hold = Hold {
+        table: &shared.table,
+        holds: &shared.holds,
+        max: settings.hold_max,
+        held_total: &shared.metrics.held_total,
+    };
+    // A request cannot tell that its client left: hyper drops it then.
+    let route = match hold.route(host.as_str(), std::future::pending()).await {
+        Ok(route) => route,
+        Err(Unrouted::UnknownSite) => {
             return (
                 text(StatusCode::NOT_FOUND, &format!("no site for host {host}")),
                 host_str,
                 None,
                 "-".into(),
             );
-        };
-        if route.state != SiteState::Frozen {
-            break route;
         }
-        let deadline = match &hold {
-            Some((_, d)) => *d,
-            None => {
-                shared
-                    .metrics
-                    .held_total
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let d = tokio::time::Instant::now() + settings.hold_max;
-                hold = Some((shared.table.track(route.site, true), d));
-                d
-            }
-        };
-        let notify = shared.holds.waiter(route.site);
-        let notified = notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        // Re-check after registering, so a change that landed in between is not missed.
-        if shared.table.state_of(route.site) != Some((SiteState::Frozen, route.epoch)) {
-            continue;
-        }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+        Err(Unrouted::StillFrozen | Unrouted::ClientGone) => {
             shared
                 .metrics
                 .hold_timeouts
@@ -327,7 +310,6 @@ async fn route_request(
             );
         }
     };
-    drop(hold);
     let state = if route.state == SiteState::Maintenance {
         if !settings
             .operator_networks

@@ -23,6 +23,7 @@ mod forward;
 mod galera;
 mod galera_pool;
 mod health;
+mod hold;
 mod listen;
 mod metrics;
 mod mysql_handshake;

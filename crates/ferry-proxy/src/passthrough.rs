@@ -36,6 +36,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::client_hello::{Hello, HelloError, HelloParser};
+use crate::hold::{Hold, Unrouted};
 use crate::listen::{self, Cap, Kind};
 use crate::state::Shared;
 use crate::{deadline, proxy_protocol, server, ProxyError};
@@ -435,63 +436,37 @@ async fn read_client_hello(
 }
 
 /// Looks the site up; while it is frozen, waits (reading nothing more from the
-/// client) until it changes or the hold bound passes, as `forward.rs` does for
-/// requests. Every wake-up looks the site up again: the change may have moved it.
-/// A client that hangs up while held stops being held (it would otherwise
-/// count as held until the bound, and keep a cutover waiting for nothing).
+/// client) until it changes or the hold bound passes, as requests are held
+/// (`hold.rs`). A client that hangs up while held stops being held.
 async fn hold_while_frozen(
     shared: &Shared,
     spec: &PassthroughSpec,
     host: &Hostname,
     client: &TcpStream,
 ) -> Result<Route, Outcome> {
-    let mut hold: Option<(ferry_router::Tracked, Instant)> = None;
-    // Peeking consumes nothing; once the client has sent more bytes (early
-    // data), there is nothing more to learn from it and watching stops.
-    let mut watch_client = true;
-    loop {
-        let route = shared
-            .table
-            .lookup(host.as_str())
-            .ok_or(Outcome::UnknownSite)?;
-        if route.state != SiteState::Frozen {
-            return Ok(route);
-        }
-        let deadline = match &hold {
-            Some((_, d)) => *d,
-            None => {
-                shared
-                    .metrics
-                    .passthrough
-                    .held
-                    .fetch_add(1, Ordering::Relaxed);
-                let max = spec.hold_max.unwrap_or(shared.settings.load().hold_max);
-                let d = Instant::now() + max;
-                hold = Some((shared.table.track(route.site, true), d));
-                d
-            }
-        };
-        let notify = shared.holds.waiter(route.site);
-        let notified = notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        // Re-check after registering, so a change that landed in between is not missed.
-        if shared.table.state_of(route.site) != Some((SiteState::Frozen, route.epoch)) {
-            continue;
-        }
+    let hold = Hold {
+        table: &shared.table,
+        holds: &shared.holds,
+        max: spec.hold_max.unwrap_or(shared.settings.load().hold_max),
+        held_total: &shared.metrics.passthrough.held,
+    };
+    let client_gone = async {
+        // Peeking consumes nothing; once the client has sent more bytes
+        // (early data), there is nothing more to learn from it and watching
+        // stops.
         let mut probe = [0u8; 1];
-        tokio::select! {
-            woken = tokio::time::timeout_at(deadline, notified) => {
-                if woken.is_err() {
-                    return Err(Outcome::HoldTimeout);
-                }
-            }
-            peeked = client.peek(&mut probe), if watch_client => match peeked {
-                Ok(0) | Err(_) => return Err(Outcome::ClientClosed),
-                Ok(_) => watch_client = false,
-            },
+        match client.peek(&mut probe).await {
+            Ok(0) | Err(_) => {}
+            Ok(_) => std::future::pending().await,
         }
-    }
+    };
+    hold.route(host.as_str(), client_gone)
+        .await
+        .map_err(|e| match e {
+            Unrouted::UnknownSite => Outcome::UnknownSite,
+            Unrouted::StillFrozen => Outcome::HoldTimeout,
+            Unrouted::ClientGone => Outcome::ClientClosed,
+        })
 }
 
 async fn connect(

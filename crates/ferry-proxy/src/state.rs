@@ -14,9 +14,9 @@ use ferry_router::{
 };
 use ferry_store::{Store, StoreError};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use crate::accesslog::AccessLogger;
+use crate::hold::Holds;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 use crate::ProxyError;
@@ -564,29 +564,4 @@ pub struct ReloadReport {
     pub sites_changed: usize,
     pub sites_removed: usize,
     pub pools: usize,
-}
-
-/// Waiters of frozen sites. A held request registers here, re-checks the site,
-/// then sleeps; a change to the site wakes it to look the site up again.
-#[derive(Default)]
-pub(crate) struct Holds {
-    waiters: Mutex<HashMap<SiteId, Arc<Notify>>>,
-}
-
-impl Holds {
-    pub fn waiter(&self, site: SiteId) -> Arc<Notify> {
-        Arc::clone(self.waiters.lock().entry(site).or_default())
-    }
-
-    pub fn wake(&self, sites: &[SiteId]) {
-        let mut map = self.waiters.lock();
-        if map.is_empty() {
-            return;
-        }
-        for s in sites {
-            if let Some(n) = map.remove(s) {
-                n.notify_waiters();
-            }
-        }
-    }
 }
