@@ -1,0 +1,194 @@
+//! Copy jobs: the replicator (ferry-sync: std I/O + rayon) driven off the
+//! async threads, one job at a time. Each call opens both ends afresh, so a
+//! replayed step starts from what is on disk.
+
+use crate::config::MigrateConfig;
+use crate::error::{OrchError, Result};
+use ferry_sync::{Mode, PassSummary, SyncError, SyncOptions};
+
+use super::unit::Job;
+
+/// One end of a job, opened.
+enum Side {
+    Local(Box<ferry_sync::LocalTree>),
+    Remote(ferry_sync::RemoteTree),
+}
+
+impl Side {
+    /// Opens the job's source end, or (`to`) its destination end (a local
+    /// destination directory is created in file mode).
+    fn open(job: &Job, to: bool, mode: Mode) -> std::result::Result<Side, SyncError> {
+        let s = if to { &job.to } else { &job.from };
+        match ferry_sync::Endpoint::parse(s)? {
+            ferry_sync::Endpoint::Local(p) => {
+                if to && mode == Mode::File {
+                    std::fs::create_dir_all(&p).map_err(|source| SyncError::Io {
+                        op: "create directory",
+                        path: p.clone(),
+                        source,
+                    })?;
+                }
+                Ok(Side::Local(Box::new(ferry_sync::LocalTree::new(p))))
+            }
+            ferry_sync::Endpoint::Remote { host, port, volume } => {
+                let key = job
+                    .key
+                    .ok_or_else(|| SyncError::Auth(format!("no key for {host}")))?;
+                Ok(Side::Remote(ferry_sync::RemoteTree::connect(
+                    &host, port, &volume, &key, to,
+                )?))
+            }
+        }
+    }
+
+    /// Both ends of a job.
+    fn open_both(job: &Job, mode: Mode) -> std::result::Result<(Side, Side), SyncError> {
+        Ok((Side::open(job, false, mode)?, Side::open(job, true, mode)?))
+    }
+
+    fn source(&self) -> &dyn ferry_sync::Source {
+        match self {
+            Side::Local(t) => t.as_ref(),
+            Side::Remote(t) => t,
+        }
+    }
+
+    fn dest(&self) -> &dyn ferry_sync::Dest {
+        match self {
+            Side::Local(t) => t.as_ref(),
+            Side::Remote(t) => t,
+        }
+    }
+}
+
+/// The replicator's options for the runbook's copies.
+pub(super) fn sync_opts(checksum: bool) -> SyncOptions {
+    SyncOptions {
+        delete: true,
+        checksum,
+        // Owners can only be set by root; elsewhere comparing them would
+        // make every pass see changes it cannot apply.
+        owners: ferry_sync::local::running_as_root(),
+        ..Default::default()
+    }
+}
+
+/// One pass of `mode`, numbered `n`.
+fn pass(
+    s: &Side,
+    d: &Side,
+    o: &SyncOptions,
+    mode: Mode,
+    n: u32,
+) -> std::result::Result<PassSummary, SyncError> {
+    match mode {
+        Mode::File => ferry_sync::run_pass(s.source(), d.dest(), o, n, &|_| {}),
+        Mode::Block => ferry_sync::run_block_pass(s.source(), d.dest(), o, n, &|_| {}),
+    }
+}
+
+/// The first pass of a job alone (so a failpoint can sit after it).
+pub(super) async fn first_pass(job: &Job, mode: Mode, opts: &SyncOptions) -> Result<PassSummary> {
+    let (j, o) = (job.clone(), opts.clone());
+    blocking(job, move || {
+        let (s, d) = Side::open_both(&j, mode)?;
+        pass(&s, &d, &o, mode, 1)
+    })
+    .await
+}
+
+/// Converging passes until the next one fits the freeze budget (or not).
+pub(super) async fn converge(
+    job: &Job,
+    cfg: &MigrateConfig,
+    opts: &SyncOptions,
+) -> Result<ferry_sync::Convergence> {
+    let mode = cfg.copy.mode;
+    let conv = ferry_sync::ConvergeOptions {
+        max_freeze: cfg.freeze.max_freeze,
+        max_passes: cfg.copy.max_passes,
+    };
+    let (j, o) = (job.clone(), opts.clone());
+    blocking(job, move || {
+        let (s, d) = Side::open_both(&j, mode)?;
+        ferry_sync::converge(s.source(), d.dest(), &o, mode, &conv, &|_| {})
+    })
+    .await
+}
+
+/// The final copy of a frozen job: one pass, and a second when the first
+/// changed anything (it catches what moved while the first ran; nothing
+/// should: the site is frozen).
+pub(super) async fn final_passes(
+    job: &Job,
+    mode: Mode,
+    opts: &SyncOptions,
+) -> Result<(PassSummary, Option<PassSummary>)> {
+    let (j, o) = (job.clone(), opts.clone());
+    blocking(job, move || {
+        let (s, d) = Side::open_both(&j, mode)?;
+        let a = pass(&s, &d, &o, mode, 1)?;
+        let b = if a.changed_entries > 0 || a.deleted > 0 {
+            Some(pass(&s, &d, &o, mode, 2)?)
+        } else {
+            None
+        };
+        Ok((a, b))
+    })
+    .await
+}
+
+/// What the Merkle comparison of a job's two ends found.
+pub(super) struct Verified {
+    pub(super) equal: bool,
+    /// The source's root, hex.
+    pub(super) root: String,
+    /// The first differing paths (file mode) or blocks (block mode).
+    pub(super) differing: Vec<String>,
+}
+
+/// Compares the job's two ends by Merkle root (the first 10 differences).
+pub(super) async fn verify(job: &Job, mode: Mode, block_size: u32) -> Result<Verified> {
+    let j = job.clone();
+    blocking(job, move || {
+        let (s, d) = Side::open_both(&j, mode)?;
+        Ok(match mode {
+            Mode::File => {
+                let v = ferry_sync::verify(s.source(), d.dest(), 10)?;
+                Verified {
+                    equal: v.equal(),
+                    root: hex(&v.source_root),
+                    differing: v.differing.iter().map(|p| p.to_string()).collect(),
+                }
+            }
+            Mode::Block => {
+                let v = ferry_sync::verify_blocks(s.source(), d.dest(), block_size, 10)?;
+                Verified {
+                    equal: v.equal(),
+                    root: hex(&v.source_root),
+                    differing: v.differing.iter().map(|b| format!("block {b}")).collect(),
+                }
+            }
+        })
+    })
+    .await
+}
+
+/// Runs replicator work (std I/O + rayon) off the async threads.
+async fn blocking<T: Send + 'static>(
+    job: &Job,
+    f: impl FnOnce() -> std::result::Result<T, SyncError> + Send + 'static,
+) -> Result<T> {
+    let label = job.label.clone();
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|source| OrchError::Sync { job: label, source }),
+        Err(e) => Err(OrchError::Sync {
+            job: label,
+            source: SyncError::Protocol(format!("copy thread failed: {e}")),
+        }),
+    }
+}
+
+fn hex(d: &[u8; 32]) -> String {
+    blake3::Hash::from(*d).to_hex().to_string()
+}

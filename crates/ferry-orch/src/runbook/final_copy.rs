@@ -1,0 +1,108 @@
+//! Step `final_copy`: with the sites frozen, each job copied once more
+//! (twice when the first pass changed anything), then both ends compared by
+//! Merkle root; the databases wait for their freeze position and compare
+//! checksums. Any difference fails the unit through the abandon path: the
+//! source untouched and writable again.
+
+use serde_json::{json, Value};
+
+use super::copy;
+use super::unit_run::UnitRun;
+use crate::dbmove;
+use crate::error::Result;
+use crate::status::{Outcome, Step};
+
+/// Why the final copy cannot go on: the unit fails with it.
+type Mismatch = String;
+
+impl UnitRun<'_> {
+    pub(super) async fn final_copy(&self) -> Result<()> {
+        let (o, u, p) = (self.orch, self.unit, self.progress);
+        let step = Step::FinalCopy;
+        let epoch = p.freeze_epoch.unwrap_or(p.max_epoch);
+        self.begin(step, Some(epoch), json!({})).await?;
+        if let Some(resumed) = self.resume_abandon(step, epoch).await {
+            return resumed;
+        }
+        let passes = match self.copy_frozen().await {
+            Ok(passes) => passes,
+            Err(reason) => return self.abandon(step, epoch, true, reason).await,
+        };
+        o.opts.failpoints.hit("final_copy:inside").await?;
+        let roots = match self.verify_jobs().await {
+            Ok(roots) => roots,
+            Err(reason) => return self.abandon(step, epoch, true, reason).await,
+        };
+        let mut db_checks = Vec::new();
+        for g in &u.dbs {
+            match dbmove::final_copy(g, &o.cfg.db).await {
+                Ok(dbmove::Final::Equal(d)) => db_checks.push(d),
+                // The same path as a Merkle mismatch: abandon, the unit fails,
+                // the source untouched (and writable again).
+                Ok(dbmove::Final::Differ(reason)) => {
+                    return self.abandon(step, epoch, true, reason).await
+                }
+                Err(e) => return self.abandon(step, epoch, true, e.to_string()).await,
+            }
+        }
+        let mut summary = format!("{} jobs copied; Merkle roots equal", u.jobs.len());
+        if !u.dbs.is_empty() {
+            summary.push_str(&format!(
+                "; {} database server(s) at the freeze position{}",
+                u.dbs.len(),
+                if o.cfg.db.verify {
+                    ", checksums equal"
+                } else {
+                    ""
+                }
+            ));
+        }
+        self.end(
+            step,
+            Some(epoch),
+            Outcome::Ok,
+            json!({"summary": summary, "passes": passes, "roots": roots, "databases": db_checks}),
+        )
+        .await
+    }
+
+    /// The last passes of every job (what each changed).
+    async fn copy_frozen(&self) -> std::result::Result<Vec<Value>, Mismatch> {
+        let cfg = &self.orch.cfg;
+        let opts = copy::sync_opts(cfg.copy.checksum);
+        let mut passes = Vec::new();
+        for job in &self.unit.jobs {
+            let (a, b) = copy::final_passes(job, cfg.copy.mode, &opts)
+                .await
+                .map_err(|e| e.to_string())?;
+            passes.push(json!({
+                "job": job.label,
+                "changed_entries": a.changed_entries,
+                "changed_bytes": a.changed_bytes,
+                "second_pass": b.map(|b| b.changed_entries),
+            }));
+        }
+        Ok(passes)
+    }
+
+    /// Every job's two ends compared: their (equal) roots.
+    async fn verify_jobs(&self) -> std::result::Result<Vec<Value>, Mismatch> {
+        let cfg = &self.orch.cfg;
+        let block_size = copy::sync_opts(cfg.copy.checksum).block_size;
+        let mut roots = Vec::new();
+        for job in &self.unit.jobs {
+            let v = copy::verify(job, cfg.copy.mode, block_size)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !v.equal {
+                return Err(format!(
+                    "{}: Merkle roots differ; first differing: {}",
+                    job.label,
+                    v.differing.join(", ")
+                ));
+            }
+            roots.push(json!({"job": job.label, "root": v.root}));
+        }
+        Ok(roots)
+    }
+}

@@ -1,0 +1,128 @@
+//! Step `freeze`: every router holds the unit's sites at a new epoch and
+//! reports none in flight, destination-side routers first; then the
+//! databases' writes are blocked at the source and their positions read.
+//! A router that does not acknowledge by `drain_timeout` abandons the
+//! attempt (`abandon.rs`).
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::fencing::{send_freeze, site_changes};
+use super::unit_run::UnitRun;
+use crate::dbmove;
+use crate::error::Result;
+use crate::router::RouterClient;
+use crate::status::{Outcome, Step};
+
+impl UnitRun<'_> {
+    pub(super) async fn freeze(&self) -> Result<()> {
+        let (o, u) = (self.orch, self.unit);
+        let step = Step::Freeze;
+        let epoch = self.step_epoch().await;
+        let attempt = self.attempt;
+        self.begin(
+            step,
+            Some(epoch),
+            json!({"summary": format!("attempt {attempt}, epoch {epoch}")}),
+        )
+        .await?;
+        if let Some(resumed) = self.resume_abandon(step, epoch).await {
+            return resumed;
+        }
+        let last = attempt >= o.cfg.freeze.max_attempts;
+        let skipped = match self.freeze_routers(epoch).await? {
+            Ok(skipped) => skipped,
+            Err((router, why)) => {
+                let reason = format!("router {router} {why}");
+                return self.abandon(step, epoch, last, reason).await;
+            }
+        };
+        // Every router holds the sites: now the databases' writes are blocked
+        // at the source, and only then is each position read.
+        let mut positions = Vec::new();
+        for g in &u.dbs {
+            match dbmove::freeze(g, &o.cfg.db).await {
+                Ok(d) => positions.push(d),
+                Err(e) => return self.abandon(step, epoch, last, e.to_string()).await,
+            }
+        }
+        let mut summary = format!("every router acknowledged epoch {epoch} with 0 in flight");
+        for d in &positions {
+            summary.push_str(&format!(
+                "; {} frozen at {}",
+                d["server"].as_str().unwrap_or("?"),
+                d["position"].as_str().unwrap_or("?")
+            ));
+        }
+        let mut d = json!({"summary": summary});
+        if !positions.is_empty() {
+            d["databases"] = json!(positions);
+        }
+        if !skipped.is_empty() {
+            d["fault_skipped"] = json!(skipped);
+        }
+        self.end(step, Some(epoch), Outcome::Ok, d).await
+    }
+
+    /// Sends the freeze to every router and waits for each group to drain:
+    /// the destination-side routers first (they forward to the source; were
+    /// a source router frozen first, a request a destination router had
+    /// already forwarded to it would be held there while the forwarding
+    /// router waits for that very request to finish: a drain deadlock).
+    /// Answers the routers skipped by the `skip-freeze` fault, or the first
+    /// router that did not acknowledge in time (router, why).
+    async fn freeze_routers(
+        &self,
+        epoch: u64,
+    ) -> Result<std::result::Result<Vec<String>, (String, String)>> {
+        let (o, u) = (self.orch, self.unit);
+        let deadline = Instant::now() + o.cfg.freeze.drain_timeout;
+        let (src_group, dst_group): (Vec<RouterClient>, Vec<RouterClient>) = o
+            .routers
+            .iter()
+            .cloned()
+            .partition(|r| r.spec.datacenter == u.from_dc);
+        let mut skipped = Vec::new();
+        for (gi, group) in [dst_group, src_group].into_iter().enumerate() {
+            if gi == 1 {
+                o.opts.failpoints.hit("freeze:inside").await?;
+            }
+            let mut acking = Vec::new();
+            let mut set = tokio::task::JoinSet::new();
+            for r in group {
+                if o.opts.faults.skip_freeze.iter().any(|n| n == r.name()) {
+                    // FERRY_FAULTS: a deliberate bug (see failpoint.rs).
+                    tracing::error!(
+                        router = r.name(),
+                        "FAULT skip-freeze: not freezing this router"
+                    );
+                    skipped.push(r.name().to_string());
+                    continue;
+                }
+                let changes = site_changes(&u.sites, &u.source_placement(&r), "frozen", epoch);
+                acking.push(r.clone());
+                let poll = o.opts.poll;
+                set.spawn(async move {
+                    let res = send_freeze(&r, &changes, deadline, poll).await;
+                    (r.name().to_string(), res)
+                });
+            }
+            let mut failed = None;
+            while let Some(j) = set.join_next().await {
+                if let Ok((name, Err(e))) = j {
+                    failed.get_or_insert((name, e));
+                }
+            }
+            if failed.is_none() {
+                if let Err(f) = o.wait_drained(&acking, &u.sites, epoch, deadline).await {
+                    failed = Some(f);
+                }
+            }
+            if let Some(f) = failed {
+                return Ok(Err(f));
+            }
+        }
+        Ok(Ok(skipped))
+    }
+}
