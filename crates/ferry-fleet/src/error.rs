@@ -53,32 +53,41 @@ impl FleetError {
     }
 }
 
-/// 1-based line and column of a byte offset, for config errors.
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, col)
-}
-
-/// Builds config errors for one file.
+/// Builds config errors for one file, at `file:line:col` by ferry-conf's rule.
 pub(crate) struct ConfigErrors<'a> {
     pub text: &'a str,
     pub path: &'a std::path::Path,
 }
 
 impl ConfigErrors<'_> {
-    pub fn at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> FleetError {
-        let (line, column) = line_col(self.text, span.start);
-        FleetError::Config {
-            path: self.path.to_path_buf(),
-            line,
-            column,
-            message: message.into(),
+    fn source(&self) -> ferry_conf::Source<'_> {
+        ferry_conf::Source {
+            path: self.path,
+            text: self.text,
         }
     }
 
+    pub fn at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> FleetError {
+        self.source().error(span, message).into()
+    }
+
     pub fn toml(&self, e: toml::de::Error) -> FleetError {
-        self.at(e.span().unwrap_or(0..0), e.message().to_string())
+        self.source().toml(&e).into()
+    }
+
+    /// A check of ferry-conf refused a value.
+    pub fn locate(&self, e: ferry_conf::SpanError) -> FleetError {
+        self.source().locate(e).into()
+    }
+}
+
+impl From<ferry_conf::Invalid> for FleetError {
+    fn from(e: ferry_conf::Invalid) -> FleetError {
+        FleetError::Config {
+            path: e.path,
+            line: e.line,
+            column: e.column,
+            message: e.message,
+        }
     }
 }

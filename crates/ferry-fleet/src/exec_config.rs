@@ -9,15 +9,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ferry_conf::{SecretKeys, MIN_TOKEN_CHARS};
 use ferry_secret::Secret;
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::allow::{AllowEntry, Pattern, Wildcards};
 use crate::error::{ConfigErrors, FleetError, Result};
-
-/// Shortest caller token accepted.
-pub const MIN_TOKEN_LEN: usize = 16;
 
 /// A checked exec configuration.
 #[derive(Clone, Debug)]
@@ -119,41 +117,21 @@ struct RawEntry {
 /// Default longest run of a command.
 const DEFAULT_MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Reads a token given inline or in a file (relative to `base`). A file is
-/// read under ferry-secret's rule (owner-only mode, owned by us or root).
-pub(crate) fn read_token(
-    errs: &ConfigErrors<'_>,
-    base: &Path,
-    token: &Option<Spanned<String>>,
-    token_file: &Option<Spanned<String>>,
-    whole: std::ops::Range<usize>,
-    what: &str,
-) -> Result<Secret> {
-    let t = match (token, token_file) {
-        (Some(t), None) => {
-            Secret::new(what, t.get_ref().as_str()).map_err(|e| errs.at(t.span(), e.to_string()))?
-        }
-        (None, Some(f)) => {
-            let p = base.join(f.get_ref());
-            ferry_secret::read_file(&format!("{what} token_file"), &p)
-                .map_err(|e| errs.at(f.span(), e.to_string()))?
-        }
-        (Some(t), Some(_)) => return Err(errs.at(t.span(), "set token or token_file, not both")),
-        (None, None) => {
-            return Err(errs.at(whole, format!("{what}: missing token (or token_file)")))
-        }
-    };
-    if t.expose().len() < MIN_TOKEN_LEN {
-        let span = token
-            .as_ref()
-            .or(token_file.as_ref())
-            .map_or(whole, |s| s.span());
-        return Err(errs.at(
-            span,
-            format!("{what}: the token must be at least {MIN_TOKEN_LEN} characters"),
-        ));
+/// A token (or key) given as `<key>` or `<key>_file`, under ferry-conf's
+/// rule, with its minimum length: it authenticates a caller or keys a protocol.
+pub(crate) fn token_keys<'a>(
+    owner: &'a str,
+    key: &'a str,
+    inline: &'a Option<Spanned<String>>,
+    file: &'a Option<Spanned<String>>,
+) -> SecretKeys<'a> {
+    SecretKeys {
+        owner,
+        key,
+        inline: inline.as_ref(),
+        file: file.as_ref(),
+        min_chars: MIN_TOKEN_CHARS,
     }
-    Ok(t)
 }
 
 pub(crate) fn duration(
@@ -161,7 +139,7 @@ pub(crate) fn duration(
     s: &Spanned<String>,
     what: &str,
 ) -> Result<Duration> {
-    ferry_config::parse_duration(s.get_ref()).map_err(|e| errs.at(s.span(), format!("{what}: {e}")))
+    ferry_conf::parse_duration(s.get_ref()).map_err(|e| errs.at(s.span(), format!("{what}: {e}")))
 }
 
 impl ExecConfig {
@@ -193,99 +171,13 @@ impl ExecConfig {
             Some(s) => duration(&errs, s, "max_timeout")?,
             None => DEFAULT_MAX_TIMEOUT,
         };
-        let mut callers = BTreeMap::new();
-        for (name, c) in &raw.callers {
-            let token = read_token(
-                &errs,
-                base,
-                &c.token,
-                &c.token_file,
-                name.span(),
-                &format!("callers.{}", name.get_ref()),
-            )?;
-            if callers
-                .values()
-                .any(|t: &Secret| t.matches(token.expose().as_bytes()))
-            {
-                return Err(errs.at(
-                    name.span(),
-                    format!(
-                        "callers.{}: same token as another caller (the audit log could not tell them apart)",
-                        name.get_ref()
-                    ),
-                ));
-            }
-            callers.insert(name.get_ref().clone(), token);
-        }
-        if callers.is_empty() {
-            return Err(errs.at(
-                0..0,
-                "no [callers.NAME] defined: nobody could call this agent",
-            ));
-        }
-        let mut allow = Vec::new();
-        for (i, e) in raw.allow.iter().enumerate() {
-            let what = format!("allow[{i}]");
-            let args = e.argv.get_ref();
-            if args.is_empty() {
-                return Err(errs.at(e.argv.span(), format!("{what}: empty argv")));
-            }
-            let mut patterns = Vec::with_capacity(args.len());
-            for (k, a) in args.iter().enumerate() {
-                let p = Pattern::parse(a.get_ref(), k + 1 == args.len())
-                    .map_err(|m| errs.at(a.span(), format!("{what}.argv[{k}]: {m}")))?;
-                if k == 0 && !p.is_literal() {
-                    return Err(errs.at(
-                        a.span(),
-                        format!("{what}.argv[0]: the program must be named exactly"),
-                    ));
-                }
-                if let Pattern::Prefix(pre) = &p {
-                    if !e.wildcard_dotdot && pre.split('/').any(|c| c == "..") {
-                        return Err(errs.at(
-                            a.span(),
-                            format!("{what}.argv[{k}]: the prefix has a `..` component, which a wildcard never admits; set wildcard_dotdot = true if that is meant"),
-                        ));
-                    }
-                }
-                patterns.push(p);
-            }
-            if e.shell && !patterns.iter().all(Pattern::is_literal) {
-                return Err(errs.at(
-                    e.argv.span(),
-                    format!("{what}: a shell entry must be all literals (a caller's argument would reach the shell)"),
-                ));
-            }
-            for c in &e.callers {
-                if !callers.contains_key(c.get_ref()) {
-                    return Err(errs.at(
-                        c.span(),
-                        format!("{what}.callers: unknown caller {:?}", c.get_ref()),
-                    ));
-                }
-            }
-            let cwd = match &e.cwd {
-                Some(c) if c.get_ref().is_empty() => {
-                    return Err(errs.at(c.span(), format!("{what}.cwd: empty path")))
-                }
-                Some(c) => Some(base.join(c.get_ref())),
-                None => None,
-            };
-            allow.push(AllowEntry {
-                patterns,
-                wildcards: Wildcards {
-                    options: e.wildcard_options,
-                    dotdot: e.wildcard_dotdot,
-                },
-                cwd,
-                shell: e.shell,
-                callers: e.callers.iter().map(|c| c.get_ref().clone()).collect(),
-                max_timeout: match &e.max_timeout {
-                    Some(s) => duration(&errs, s, &format!("{what}.max_timeout"))?,
-                    None => max_default,
-                },
-            });
-        }
+        let callers = parse_callers(&errs, base, &raw.callers)?;
+        let allow = raw
+            .allow
+            .iter()
+            .enumerate()
+            .map(|(i, e)| parse_entry(&errs, base, &callers, max_default, i, e))
+            .collect::<Result<Vec<_>>>()?;
         let limits = match &raw.limits {
             Some(l) => parse_limits(&errs, l)?,
             None => Limits::default(),
@@ -298,6 +190,112 @@ impl ExecConfig {
             limits,
         })
     }
+}
+
+/// `[callers.NAME]`: each caller's token; two callers may not share one.
+fn parse_callers(
+    errs: &ConfigErrors<'_>,
+    base: &Path,
+    raw: &BTreeMap<Spanned<String>, RawCaller>,
+) -> Result<BTreeMap<String, Secret>> {
+    let mut callers = BTreeMap::new();
+    for (name, c) in raw {
+        let owner = format!("callers.{}", name.get_ref());
+        let token = token_keys(&owner, "token", &c.token, &c.token_file)
+            .required(base, name.span())
+            .map_err(|e| errs.locate(e))?;
+        if callers
+            .values()
+            .any(|t: &Secret| t.matches(token.expose().as_bytes()))
+        {
+            return Err(errs.at(
+                name.span(),
+                format!(
+                    "callers.{}: same token as another caller (the audit log could not tell them apart)",
+                    name.get_ref()
+                ),
+            ));
+        }
+        callers.insert(name.get_ref().clone(), token);
+    }
+    if callers.is_empty() {
+        return Err(errs.at(
+            0..0,
+            "no [callers.NAME] defined: nobody could call this agent",
+        ));
+    }
+    Ok(callers)
+}
+
+/// One `[[allow]]` entry: its argument patterns, who may run it, for how long.
+fn parse_entry(
+    errs: &ConfigErrors<'_>,
+    base: &Path,
+    callers: &BTreeMap<String, Secret>,
+    max_default: Duration,
+    i: usize,
+    e: &RawEntry,
+) -> Result<AllowEntry> {
+    let what = format!("allow[{i}]");
+    let args = e.argv.get_ref();
+    if args.is_empty() {
+        return Err(errs.at(e.argv.span(), format!("{what}: empty argv")));
+    }
+    let mut patterns = Vec::with_capacity(args.len());
+    for (k, a) in args.iter().enumerate() {
+        let p = Pattern::parse(a.get_ref(), k + 1 == args.len())
+            .map_err(|m| errs.at(a.span(), format!("{what}.argv[{k}]: {m}")))?;
+        if k == 0 && !p.is_literal() {
+            return Err(errs.at(
+                a.span(),
+                format!("{what}.argv[0]: the program must be named exactly"),
+            ));
+        }
+        if let Pattern::Prefix(pre) = &p {
+            if !e.wildcard_dotdot && pre.split('/').any(|c| c == "..") {
+                return Err(errs.at(
+                    a.span(),
+                    format!("{what}.argv[{k}]: the prefix has a `..` component, which a wildcard never admits; set wildcard_dotdot = true if that is meant"),
+                ));
+            }
+        }
+        patterns.push(p);
+    }
+    if e.shell && !patterns.iter().all(Pattern::is_literal) {
+        return Err(errs.at(
+            e.argv.span(),
+            format!("{what}: a shell entry must be all literals (a caller's argument would reach the shell)"),
+        ));
+    }
+    for c in &e.callers {
+        if !callers.contains_key(c.get_ref()) {
+            return Err(errs.at(
+                c.span(),
+                format!("{what}.callers: unknown caller {:?}", c.get_ref()),
+            ));
+        }
+    }
+    let cwd = match &e.cwd {
+        Some(c) if c.get_ref().is_empty() => {
+            return Err(errs.at(c.span(), format!("{what}.cwd: empty path")))
+        }
+        Some(c) => Some(base.join(c.get_ref())),
+        None => None,
+    };
+    Ok(AllowEntry {
+        patterns,
+        wildcards: Wildcards {
+            options: e.wildcard_options,
+            dotdot: e.wildcard_dotdot,
+        },
+        cwd,
+        shell: e.shell,
+        callers: e.callers.iter().map(|c| c.get_ref().clone()).collect(),
+        max_timeout: match &e.max_timeout {
+            Some(s) => duration(errs, s, &format!("{what}.max_timeout"))?,
+            None => max_default,
+        },
+    })
 }
 
 /// `[limits]`: each key optional, defaults from [`Limits::default`].

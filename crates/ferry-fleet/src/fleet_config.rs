@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use crate::client::Target;
 use crate::error::{ConfigErrors, FleetError, Result};
-use crate::exec_config::read_token;
+use crate::exec_config::token_keys;
 
 #[derive(Clone, Debug)]
 pub struct FleetServer {
@@ -60,29 +60,14 @@ impl FleetConfig {
         let errs = ConfigErrors { text, path };
         let raw: Raw = toml::from_str(text).map_err(|e| errs.toml(e))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let token = match (&raw.token, &raw.token_file) {
-            (None, None) => None,
-            _ => Some(
-                read_token(&errs, base, &raw.token, &raw.token_file, 0..0, "token")?
-                    .expose()
-                    .to_string(),
-            ),
+        let optional = |key: &str, inline, file| {
+            token_keys("", key, inline, file)
+                .optional(base)
+                .map(|t| t.map(|t| t.expose().to_string()))
+                .map_err(|e| errs.locate(e))
         };
-        let sync_key = match (&raw.sync_key, &raw.sync_key_file) {
-            (None, None) => None,
-            _ => Some(
-                read_token(
-                    &errs,
-                    base,
-                    &raw.sync_key,
-                    &raw.sync_key_file,
-                    0..0,
-                    "sync_key",
-                )?
-                .expose()
-                .to_string(),
-            ),
-        };
+        let token = optional("token", &raw.token, &raw.token_file)?;
+        let sync_key = optional("sync_key", &raw.sync_key, &raw.sync_key_file)?;
         if raw.servers.is_empty() {
             return Err(errs.at(0..0, "no [servers.NAME] defined"));
         }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::error::{ConfigErrors, FleetError, Result};
-use crate::exec_config::{duration, read_token};
+use crate::exec_config::{duration, token_keys};
 
 #[derive(Clone, Debug)]
 pub struct Router {
@@ -147,123 +147,14 @@ impl Runbook {
         if raw.pool.get_ref().is_empty() {
             return Err(errs.at(raw.pool.span(), "pool: empty name"));
         }
-        let mut routers = Vec::new();
-        for (i, r) in raw.routers.iter().enumerate() {
-            let what = format!("routers[{i}] ({})", r.name.get_ref());
-            if routers.iter().any(|o: &Router| o.name == *r.name.get_ref()) {
-                return Err(errs.at(
-                    r.name.span(),
-                    format!("{what}: a second router with this name"),
-                ));
-            }
-            routers.push(Router {
-                name: r.name.get_ref().clone(),
-                admin: http_url(&errs, &r.admin, &format!("{what}.admin"))?,
-                token: read_token(&errs, base, &r.token, &r.token_file, r.name.span(), &what)?
-                    .expose()
-                    .to_string(),
-            });
-        }
+        let routers = parse_routers(&errs, base, &raw.routers)?;
         if routers.is_empty() {
             return Err(errs.at(0..0, "no [[routers]]: traffic could not be moved"));
         }
-        let default_timeout = match &raw.step_timeout {
-            Some(s) => duration(&errs, s, "step_timeout")?,
-            None => Duration::from_secs(3600),
-        };
-        let mut steps = Vec::new();
-        for (i, s) in raw.steps.iter().enumerate() {
-            let what = format!("steps[{i}]");
-            let name = s.name.get_ref();
-            if name.is_empty() || name.chars().any(char::is_control) {
-                return Err(errs.at(
-                    s.name.span(),
-                    format!("{what}.name: empty or with control characters"),
-                ));
-            }
-            if steps.iter().any(|o: &UpgradeStep| o.name == *name) {
-                return Err(errs.at(
-                    s.name.span(),
-                    format!("{what}: a second step named {name:?}"),
-                ));
-            }
-            if s.argv.get_ref().is_empty() {
-                return Err(errs.at(s.argv.span(), format!("{what}.argv: empty")));
-            }
-            let check = match &s.check {
-                Some(c) => Some(HttpCheck {
-                    url: http_url(&errs, &c.url, &format!("{what}.check.url"))?,
-                    host: c.host.clone(),
-                    status: c.status.unwrap_or(200),
-                    contains: c.contains.clone(),
-                }),
-                None => None,
-            };
-            steps.push(UpgradeStep {
-                name: name.clone(),
-                argv: s.argv.get_ref().clone(),
-                database: s.database,
-                timeout: match &s.timeout {
-                    Some(t) => duration(&errs, t, &format!("{what}.timeout"))?,
-                    None => default_timeout,
-                },
-                check,
-            });
-        }
+        let steps = parse_steps(&errs, &raw)?;
         let purge = match &raw.purge {
             None => Purge::default(),
-            Some(p) => {
-                let method = p
-                    .method
-                    .as_ref()
-                    .map_or("PURGE".to_string(), |m| m.get_ref().clone());
-                if method != "PURGE" && method != "BAN" {
-                    let span = p.method.as_ref().map_or(0..0, |m| m.span());
-                    return Err(errs.at(
-                        span,
-                        format!("purge.method: {method:?} is not PURGE or BAN"),
-                    ));
-                }
-                let mut varnish = Vec::new();
-                for v in &p.varnish {
-                    if v.get_ref()
-                        .rsplit_once(':')
-                        .and_then(|(_, port)| port.parse::<u16>().ok())
-                        .is_none()
-                    {
-                        return Err(errs.at(
-                            v.span(),
-                            format!("purge.varnish: {:?} is not host:port", v.get_ref()),
-                        ));
-                    }
-                    varnish.push(v.get_ref().clone());
-                }
-                let mut paths = Vec::new();
-                for s in p.paths.iter().flatten() {
-                    if !s.get_ref().starts_with('/') {
-                        return Err(errs.at(
-                            s.span(),
-                            format!("purge.paths: {:?} must start with /", s.get_ref()),
-                        ));
-                    }
-                    paths.push(s.get_ref().clone());
-                }
-                if paths.is_empty() {
-                    paths.push("/".into());
-                }
-                if let Some(c) = &p.command {
-                    if c.get_ref().is_empty() {
-                        return Err(errs.at(c.span(), "purge.command: empty"));
-                    }
-                }
-                Purge {
-                    varnish,
-                    method,
-                    paths,
-                    host: p.host.clone(),
-                    command: p.command.as_ref().map(|c| c.get_ref().clone()),
-                }
-            }
+            Some(p) => parse_purge(&errs, p)?,
         };
         Ok(Runbook {
             routers,
@@ -278,6 +169,132 @@ impl Runbook {
             purge,
         })
     }
+}
+
+/// `[[routers]]`: each router's admin API and token.
+fn parse_routers(errs: &ConfigErrors<'_>, base: &Path, raw: &[RawRouter]) -> Result<Vec<Router>> {
+    let mut routers = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let what = format!("routers[{i}] ({})", r.name.get_ref());
+        if routers.iter().any(|o: &Router| o.name == *r.name.get_ref()) {
+            return Err(errs.at(
+                r.name.span(),
+                format!("{what}: a second router with this name"),
+            ));
+        }
+        routers.push(Router {
+            name: r.name.get_ref().clone(),
+            admin: http_url(errs, &r.admin, &format!("{what}.admin"))?,
+            token: token_keys(&what, "token", &r.token, &r.token_file)
+                .required(base, r.name.span())
+                .map_err(|e| errs.locate(e))?
+                .expose()
+                .to_string(),
+        });
+    }
+    Ok(routers)
+}
+
+/// `[[steps]]`, with `step_timeout` as their default timeout.
+fn parse_steps(errs: &ConfigErrors<'_>, raw: &Raw) -> Result<Vec<UpgradeStep>> {
+    let default_timeout = match &raw.step_timeout {
+        Some(s) => duration(errs, s, "step_timeout")?,
+        None => Duration::from_secs(3600),
+    };
+    let mut steps = Vec::new();
+    for (i, s) in raw.steps.iter().enumerate() {
+        let what = format!("steps[{i}]");
+        let name = s.name.get_ref();
+        if name.is_empty() || name.chars().any(char::is_control) {
+            return Err(errs.at(
+                s.name.span(),
+                format!("{what}.name: empty or with control characters"),
+            ));
+        }
+        if steps.iter().any(|o: &UpgradeStep| o.name == *name) {
+            return Err(errs.at(
+                s.name.span(),
+                format!("{what}: a second step named {name:?}"),
+            ));
+        }
+        if s.argv.get_ref().is_empty() {
+            return Err(errs.at(s.argv.span(), format!("{what}.argv: empty")));
+        }
+        let check = match &s.check {
+            Some(c) => Some(HttpCheck {
+                url: http_url(errs, &c.url, &format!("{what}.check.url"))?,
+                host: c.host.clone(),
+                status: c.status.unwrap_or(200),
+                contains: c.contains.clone(),
+            }),
+            None => None,
+        };
+        steps.push(UpgradeStep {
+            name: name.clone(),
+            argv: s.argv.get_ref().clone(),
+            database: s.database,
+            timeout: match &s.timeout {
+                Some(t) => duration(errs, t, &format!("{what}.timeout"))?,
+                None => default_timeout,
+            },
+            check,
+        });
+    }
+    Ok(steps)
+}
+
+/// `[purge]`: the caches emptied after an update.
+fn parse_purge(errs: &ConfigErrors<'_>, p: &RawPurge) -> Result<Purge> {
+    let method = p
+        .method
+        .as_ref()
+        .map_or("PURGE".to_string(), |m| m.get_ref().clone());
+    if method != "PURGE" && method != "BAN" {
+        let span = p.method.as_ref().map_or(0..0, |m| m.span());
+        return Err(errs.at(
+            span,
+            format!("purge.method: {method:?} is not PURGE or BAN"),
+        ));
+    }
+    let mut varnish = Vec::new();
+    for v in &p.varnish {
+        if v.get_ref()
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(errs.at(
+                v.span(),
+                format!("purge.varnish: {:?} is not host:port", v.get_ref()),
+            ));
+        }
+        varnish.push(v.get_ref().clone());
+    }
+    let mut paths = Vec::new();
+    for s in p.paths.iter().flatten() {
+        if !s.get_ref().starts_with('/') {
+            return Err(errs.at(
+                s.span(),
+                format!("purge.paths: {:?} must start with /", s.get_ref()),
+            ));
+        }
+        paths.push(s.get_ref().clone());
+    }
+    if paths.is_empty() {
+        paths.push("/".into());
+    }
+    if let Some(c) = &p.command {
+        if c.get_ref().is_empty() {
+            return Err(errs.at(c.span(), "purge.command: empty"));
+        }
+    }
+    Ok(Purge {
+        varnish,
+        method,
+        paths,
+        host: p.host.clone(),
+        command: p.command.as_ref().map(|c| c.get_ref().clone()),
+    })
 }
 
 #[cfg(test)]
