@@ -24,6 +24,8 @@ mod galera;
 mod galera_pool;
 mod health;
 mod hold;
+#[cfg(test)]
+mod layering;
 mod listen;
 mod metrics;
 mod mysql_handshake;
@@ -143,10 +145,10 @@ impl Proxy {
         // start without having half a router running.
         let mut bound = Vec::new();
         for spec in &config.listeners {
-            bound.push((server::bind(spec.listen)?, spec.clone()));
+            bound.push((listen::bind(spec.listen)?, spec.clone()));
         }
         let admin_listener = match &config.admin {
-            Some(a) => Some(server::bind(a.listen)?),
+            Some(a) => Some(listen::bind(a.listen)?),
             None => None,
         };
         let tls = match &config.tls {
@@ -291,7 +293,7 @@ impl Proxy {
         let mut fresh = Vec::new();
         for spec in &config.listeners {
             if !current.contains_key(&spec.listen) {
-                fresh.push((server::bind(spec.listen)?, spec.clone()));
+                fresh.push((listen::bind(spec.listen)?, spec.clone()));
             }
         }
         let prepared = self.tunnels.prepare(&config)?;

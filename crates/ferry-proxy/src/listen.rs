@@ -18,13 +18,15 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+
+use crate::ProxyError;
 
 /// File descriptors kept out of the derived cap: the store, log files, the
 /// certificate directory, listeners, health checks, the admin API's cap.
@@ -35,71 +37,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// While accepts keep failing, one log line per this period.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// What a listener serves, for the metrics' `kind` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Http,
-    Passthrough,
-    Tunnel,
-    Admin,
-}
+use crate::stats::ListenerKind;
 
-const KINDS: [(Kind, &str); 4] = [
-    (Kind::Http, "http"),
-    (Kind::Passthrough, "passthrough"),
-    (Kind::Tunnel, "tunnel"),
-    (Kind::Admin, "admin"),
-];
-
-impl Kind {
-    fn index(self) -> usize {
-        KINDS.iter().position(|(k, _)| *k == self).unwrap_or(0)
-    }
-}
-
-/// Accept counters by listener kind (kept in [`crate::metrics::Metrics`]).
-#[derive(Default)]
-pub(crate) struct Stats {
-    open: [AtomicU64; KINDS.len()],
-    paused: [AtomicU64; KINDS.len()],
-    errors: [AtomicU64; KINDS.len()],
-}
-
-impl Stats {
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let series: [(&str, &str, &str, &[AtomicU64; KINDS.len()]); 3] = [
-            (
-                "ferry_open_connections_by_kind",
-                "gauge",
-                "Connections open, by listener kind.",
-                &self.open,
-            ),
-            (
-                "ferry_accept_paused_total",
-                "counter",
-                "Times an accept loop stopped accepting because a connection cap was full.",
-                &self.paused,
-            ),
-            (
-                "ferry_accept_errors_total",
-                "counter",
-                "Failed accepts (out of file descriptors and the like), each followed by a back-off.",
-                &self.errors,
-            ),
-        ];
-        for (name, kind, help, values) in series {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for ((_, label), v) in KINDS.iter().zip(values) {
-                let _ = writeln!(
-                    out,
-                    "{name}{{kind=\"{label}\"}} {}",
-                    v.load(Ordering::Relaxed)
-                );
-            }
-        }
-    }
-}
+/// What a listener serves; defined with its counters in `stats.rs`. (`Kind`
+/// is the name the admin API uses.)
+pub(crate) use crate::stats::ListenerKind as Kind;
 
 /// A bound on connections open at once.
 #[derive(Clone)]
@@ -166,10 +108,26 @@ pub(crate) fn default_max_connections(nofile: Option<u64>) -> usize {
     }
 }
 
+/// Binds with SO_REUSEADDR so a restarted router rebinds at once.
+pub(crate) fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    let io = |source| ProxyError::Bind { addr, source };
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+        .map_err(io)?;
+    socket.set_reuse_address(true).map_err(io)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(io)?;
+    }
+    socket.set_nonblocking(true).map_err(io)?;
+    socket.bind(&addr.into()).map_err(io)?;
+    socket.listen(4096).map_err(io)?;
+    TcpListener::from_std(socket.into()).map_err(io)
+}
+
 /// Starts accepting on `listener` until `stop` or `shutdown` changes. Each
 /// connection holds a slot of every cap in `caps` until `serve` returns.
 pub(crate) fn spawn<F, Fut>(
-    kind: Kind,
+    kind: ListenerKind,
     listener: TcpListener,
     caps: Vec<Cap>,
     stats: Arc<crate::metrics::Metrics>,
@@ -328,7 +286,7 @@ mod tests {
         let (release_tx, release_rx) = watch::channel(false);
         let (served_tx, mut served_rx) = tokio::sync::mpsc::unbounded_channel();
         spawn(
-            Kind::Http,
+            ListenerKind::Http,
             listener,
             vec![cap.clone()],
             Arc::clone(&metrics),

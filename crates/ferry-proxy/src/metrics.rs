@@ -48,11 +48,11 @@ pub struct Metrics {
     pub connections: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
-    pub tls: crate::tls::TlsCounters,
+    pub tls: crate::stats::TlsCounters,
     /// `[[passthrough]]` connections by outcome.
-    pub passthrough: crate::passthrough::Stats,
+    pub passthrough: crate::stats::PassthroughStats,
     /// Accept loops: open connections, cap pauses, accept errors.
-    pub accept: crate::listen::Stats,
+    pub accept: crate::stats::AcceptStats,
     /// Body stalls, idle keep-alive closes, silent connections.
     pub deadlines: crate::stats::DeadlineStats,
     upstream: RwLock<HashMap<String, Arc<Histogram>>>,

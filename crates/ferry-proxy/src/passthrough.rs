@@ -21,7 +21,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,117 +37,14 @@ use tokio::time::Instant;
 
 use crate::client_hello::{Hello, HelloError, HelloParser};
 use crate::hold::{Hold, Unrouted};
-use crate::listen::{self, Cap, Kind};
+use crate::listen::{self, Cap};
 use crate::state::Shared;
-use crate::{deadline, proxy_protocol, server, ProxyError};
+use crate::stats::{ListenerKind, PassthroughOutcome};
+use crate::{deadline, proxy_protocol, ProxyError};
 
 /// How long a refused client may take to close its side after ours, so the
 /// close is a FIN both ways and not a reset.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
-
-/// How a passthrough connection ended its setup, as counted in
-/// `ferry_passthrough_connections_total{result=...}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    /// Spliced to a server of the site's pool.
-    Local,
-    /// Spliced to the router of another datacenter.
-    Remote,
-    /// Site in maintenance, spliced to the maintenance terminator.
-    MaintenanceTerminator,
-    /// Site in maintenance and no terminator: closed.
-    MaintenanceClosed,
-    /// Site still frozen after the hold bound.
-    HoldTimeout,
-    NoSni,
-    /// Not a TLS ClientHello, or a malformed one, or a bad server name.
-    Invalid,
-    TooLarge,
-    /// No complete ClientHello (or PROXY header) within the bound.
-    Timeout,
-    /// The client closed before its ClientHello was complete.
-    ClientClosed,
-    /// No site for the name and no default site.
-    UnknownSite,
-    /// A connection from another router for a site this router also places remote.
-    Loop,
-    /// No server, pool or passthrough address to send it to.
-    NoServer,
-    ConnectFailed,
-    BadProxyHeader,
-    /// `proxy_protocol = true` and the peer is not in `trusted_networks`.
-    UntrustedPeer,
-}
-
-const OUTCOMES: [(Outcome, &str); 16] = [
-    (Outcome::Local, "local"),
-    (Outcome::Remote, "remote"),
-    (Outcome::MaintenanceTerminator, "maintenance_terminator"),
-    (Outcome::MaintenanceClosed, "maintenance_closed"),
-    (Outcome::HoldTimeout, "hold_timeout"),
-    (Outcome::NoSni, "no_sni"),
-    (Outcome::Invalid, "invalid"),
-    (Outcome::TooLarge, "too_large"),
-    (Outcome::Timeout, "timeout"),
-    (Outcome::ClientClosed, "client_closed"),
-    (Outcome::UnknownSite, "unknown_site"),
-    (Outcome::Loop, "loop"),
-    (Outcome::NoServer, "no_server"),
-    (Outcome::ConnectFailed, "connect_failed"),
-    (Outcome::BadProxyHeader, "bad_proxy_header"),
-    (Outcome::UntrustedPeer, "untrusted_peer"),
-];
-
-/// Counters of every passthrough listener together (kept in [`crate::metrics::Metrics`]).
-#[derive(Default)]
-pub(crate) struct Stats {
-    results: [AtomicU64; OUTCOMES.len()],
-    held: AtomicU64,
-    open: AtomicU64,
-    idle_closed: AtomicU64,
-}
-
-impl Stats {
-    fn count(&self, outcome: Outcome) {
-        if let Some(i) = OUTCOMES.iter().position(|(o, _)| *o == outcome) {
-            self.results[i].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let name = "ferry_passthrough_connections_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Passthrough connections by how their setup ended.\n# TYPE {name} counter"
-        );
-        for ((_, label), v) in OUTCOMES.iter().zip(&self.results) {
-            let _ = writeln!(
-                out,
-                "{name}{{result=\"{label}\"}} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
-        let name = "ferry_passthrough_held_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Passthrough connections held because their site was frozen.\n# TYPE {name} counter\n{name} {}",
-            self.held.load(Ordering::Relaxed)
-        );
-        let name = "ferry_passthrough_idle_closed_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Spliced passthrough connections closed after idle_timeout without a byte either way.\n# TYPE {name} counter\n{name} {}",
-            self.idle_closed.load(Ordering::Relaxed)
-        );
-        let name = "ferry_passthrough_open_connections";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Passthrough connections spliced and still open.\n# TYPE {name} gauge\n{name} {}",
-            self.open.load(Ordering::Relaxed)
-        );
-    }
-}
 
 /// One running listener.
 struct AcceptLoop {
@@ -208,7 +105,7 @@ impl Passthroughs {
         for (spec, kept) in config.passthroughs.iter().zip(self.matching(config)) {
             fresh.push(match kept {
                 Some(_) => None,
-                None => Some(server::bind(spec.listen)?),
+                None => Some(listen::bind(spec.listen)?),
             });
         }
         Ok(Prepared { fresh })
@@ -252,7 +149,7 @@ impl Passthroughs {
             let serve_shared = Arc::clone(shared);
             let serve_spec = Arc::clone(&spec);
             listen::spawn(
-                Kind::Passthrough,
+                ListenerKind::Passthrough,
                 listener,
                 caps,
                 Arc::clone(&shared.metrics),
@@ -290,7 +187,7 @@ enum Target<'a> {
 /// An upstream connection ready for the splice.
 struct Connected {
     stream: TcpStream,
-    outcome: Outcome,
+    outcome: PassthroughOutcome,
     /// Counts the connection on its server (least_conn) while it is open.
     _pick: Option<Pick>,
 }
@@ -301,7 +198,7 @@ async fn serve(shared: &Shared, spec: &PassthroughSpec, mut client: TcpStream, p
         Ok(c) => c,
         Err(outcome) => {
             stats.count(outcome);
-            if outcome == Outcome::MaintenanceClosed {
+            if outcome == PassthroughOutcome::MaintenanceClosed {
                 close_cleanly(client).await;
             }
             return;
@@ -325,7 +222,7 @@ async fn setup(
     spec: &PassthroughSpec,
     client: &mut TcpStream,
     peer: SocketAddr,
-) -> Result<Connected, Outcome> {
+) -> Result<Connected, PassthroughOutcome> {
     let deadline = Instant::now() + spec.client_hello_timeout;
     let mut source = peer;
     let mut destination = client.local_addr().unwrap_or(peer);
@@ -334,14 +231,14 @@ async fn setup(
         // operator: only routers we know may send it.
         if !spec.trusted_networks.iter().any(|n| n.contains(&peer.ip())) {
             tracing::debug!(%peer, "passthrough: PROXY header expected from an untrusted peer: closed");
-            return Err(Outcome::UntrustedPeer);
+            return Err(PassthroughOutcome::UntrustedPeer);
         }
         let header = crate::settle::timeout_at(deadline, proxy_protocol::read(client))
             .await
-            .map_err(|_| Outcome::Timeout)?
+            .map_err(|_| PassthroughOutcome::Timeout)?
             .map_err(|e| {
                 tracing::debug!(%peer, error = %e, "passthrough: bad PROXY header");
-                Outcome::BadProxyHeader
+                PassthroughOutcome::BadProxyHeader
             })?;
         source = header.source.unwrap_or(source);
         destination = header.destination.unwrap_or(destination);
@@ -353,7 +250,7 @@ async fn setup(
         Ok(h) if !name.contains('*') => h,
         _ => {
             tracing::debug!(%peer, sni = %name, "passthrough: server name is not a host name");
-            return Err(Outcome::Invalid);
+            return Err(PassthroughOutcome::Invalid);
         }
     };
     let route = hold_while_frozen(shared, spec, &host, client).await?;
@@ -369,12 +266,12 @@ async fn setup(
     let target = match (route.state, route.placement.as_ref()) {
         (SiteState::Maintenance, _) if !operator => match spec.maintenance_terminator {
             Some(addr) => Target::Terminator(addr),
-            None => return Err(Outcome::MaintenanceClosed),
+            None => return Err(PassthroughOutcome::MaintenanceClosed),
         },
         (_, Placement::Pool(pool)) => Target::Pool(pool),
         // Another router sent it here because it thinks the site lives here;
         // we think it lives there. Refuse rather than ping-pong.
-        (_, Placement::Remote(_)) if spec.proxy_protocol => return Err(Outcome::Loop),
+        (_, Placement::Remote(_)) if spec.proxy_protocol => return Err(PassthroughOutcome::Loop),
         (_, Placement::Remote(dc)) => Target::Remote(dc),
     };
     // In flight only while being set up (see the module comment).
@@ -392,7 +289,7 @@ async fn setup(
     first.extend_from_slice(&hello);
     if let Err(e) = connected.stream.write_all(&first).await {
         tracing::debug!(%peer, error = %e, "passthrough: upstream closed before the ClientHello");
-        return Err(Outcome::ConnectFailed);
+        return Err(PassthroughOutcome::ConnectFailed);
     }
     Ok(connected)
 }
@@ -403,7 +300,7 @@ async fn read_client_hello(
     client: &mut TcpStream,
     spec: &PassthroughSpec,
     deadline: Instant,
-) -> Result<(Vec<u8>, String), Outcome> {
+) -> Result<(Vec<u8>, String), PassthroughOutcome> {
     let limit = spec.max_client_hello;
     let mut parser = HelloParser::new(limit);
     let mut buf: Vec<u8> = Vec::with_capacity(2048.min(limit));
@@ -415,21 +312,23 @@ async fn read_client_hello(
         buf.resize(old + room, 0);
         let n = match crate::settle::timeout_at(deadline, client.read(&mut buf[old..])).await {
             Ok(Ok(n)) => n,
-            Ok(Err(_)) => return Err(Outcome::ClientClosed),
-            Err(_) => return Err(Outcome::Timeout),
+            Ok(Err(_)) => return Err(PassthroughOutcome::ClientClosed),
+            Err(_) => return Err(PassthroughOutcome::Timeout),
         };
         buf.truncate(old + n);
         if n == 0 {
-            return Err(Outcome::ClientClosed);
+            return Err(PassthroughOutcome::ClientClosed);
         }
         match parser.parse(&buf) {
             Hello::NeedMore => {}
             Hello::Sni(name) => return Ok((buf, name)),
-            Hello::NoSni => return Err(Outcome::NoSni),
-            Hello::Invalid(HelloError::TooLarge { .. }) => return Err(Outcome::TooLarge),
+            Hello::NoSni => return Err(PassthroughOutcome::NoSni),
+            Hello::Invalid(HelloError::TooLarge { .. }) => {
+                return Err(PassthroughOutcome::TooLarge)
+            }
             Hello::Invalid(e) => {
                 tracing::debug!(error = %e, "passthrough: not a ClientHello");
-                return Err(Outcome::Invalid);
+                return Err(PassthroughOutcome::Invalid);
             }
         }
     }
@@ -443,7 +342,7 @@ async fn hold_while_frozen(
     spec: &PassthroughSpec,
     host: &Hostname,
     client: &TcpStream,
-) -> Result<Route, Outcome> {
+) -> Result<Route, PassthroughOutcome> {
     let hold = Hold {
         table: &shared.table,
         holds: &shared.holds,
@@ -463,9 +362,9 @@ async fn hold_while_frozen(
     hold.route(host.as_str(), client_gone)
         .await
         .map_err(|e| match e {
-            Unrouted::UnknownSite => Outcome::UnknownSite,
-            Unrouted::StillFrozen => Outcome::HoldTimeout,
-            Unrouted::ClientGone => Outcome::ClientClosed,
+            Unrouted::UnknownSite => PassthroughOutcome::UnknownSite,
+            Unrouted::StillFrozen => PassthroughOutcome::HoldTimeout,
+            Unrouted::ClientGone => PassthroughOutcome::ClientClosed,
         })
 }
 
@@ -474,7 +373,7 @@ async fn connect(
     spec: &PassthroughSpec,
     target: &Target<'_>,
     timeout: Duration,
-) -> Result<Connected, Outcome> {
+) -> Result<Connected, PassthroughOutcome> {
     let dial = |addr: SocketAddr| async move {
         match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(r) => r,
@@ -485,12 +384,12 @@ async fn connect(
         Target::Terminator(addr) => match dial(*addr).await {
             Ok(stream) => Ok(Connected {
                 stream,
-                outcome: Outcome::MaintenanceTerminator,
+                outcome: PassthroughOutcome::MaintenanceTerminator,
                 _pick: None,
             }),
             Err(e) => {
                 tracing::warn!(terminator = %addr, error = %e, "passthrough: maintenance terminator unreachable");
-                Err(Outcome::ConnectFailed)
+                Err(PassthroughOutcome::ConnectFailed)
             }
         },
         Target::Remote(dc) => {
@@ -499,23 +398,29 @@ async fn connect(
                 .load()
                 .get(*dc)
                 .and_then(|r| r.passthrough)
-                .ok_or(Outcome::NoServer)?;
+                .ok_or(PassthroughOutcome::NoServer)?;
             match dial(addr).await {
                 Ok(stream) => Ok(Connected {
                     stream,
-                    outcome: Outcome::Remote,
+                    outcome: PassthroughOutcome::Remote,
                     _pick: None,
                 }),
                 Err(e) => {
                     tracing::warn!(remote = %dc, %addr, error = %e, "passthrough: remote router unreachable");
-                    Err(Outcome::ConnectFailed)
+                    Err(PassthroughOutcome::ConnectFailed)
                 }
             }
         }
         Target::Pool(name) => {
             let pool = {
                 let pools = shared.pools.load();
-                Arc::clone(&pools.pools.get(*name).ok_or(Outcome::NoServer)?.pool)
+                Arc::clone(
+                    &pools
+                        .pools
+                        .get(*name)
+                        .ok_or(PassthroughOutcome::NoServer)?
+                        .pool,
+                )
             };
             // As for requests: one more server when the first cannot be reached.
             // Failures do not feed the passive health check: that one is about
@@ -528,7 +433,7 @@ async fn connect(
                     Ok(stream) => {
                         return Ok(Connected {
                             stream,
-                            outcome: Outcome::Local,
+                            outcome: PassthroughOutcome::Local,
                             _pick: Some(pick),
                         });
                     }
@@ -539,9 +444,9 @@ async fn connect(
                 }
             }
             Err(if tried.is_empty() {
-                Outcome::NoServer
+                PassthroughOutcome::NoServer
             } else {
-                Outcome::ConnectFailed
+                PassthroughOutcome::ConnectFailed
             })
         }
     }

@@ -27,8 +27,9 @@ use tokio::time::Instant;
 
 use crate::deadline::{self, Activity, BoxError, Guarded, Prefixed, SendDeadline, Sniffed};
 use crate::forward::{self, ConnInfo};
-use crate::listen::{self, Cap, Kind};
+use crate::listen::{self, Cap};
 use crate::state::Shared;
+use crate::stats::ListenerKind;
 use crate::tls::{Alpn, TlsState};
 use crate::ProxyError;
 
@@ -83,22 +84,6 @@ impl Drop for ConnGuard {
     }
 }
 
-/// Binds with SO_REUSEADDR so a restarted router rebinds at once.
-pub(crate) fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
-    let io = |source| ProxyError::Bind { addr, source };
-    let domain = socket2::Domain::for_address(addr);
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
-        .map_err(io)?;
-    socket.set_reuse_address(true).map_err(io)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true).map_err(io)?;
-    }
-    socket.set_nonblocking(true).map_err(io)?;
-    socket.bind(&addr.into()).map_err(io)?;
-    socket.listen(4096).map_err(io)?;
-    TcpListener::from_std(socket.into()).map_err(io)
-}
-
 /// A running traffic listener.
 pub(crate) struct ListenerHandle {
     pub configured: SocketAddr,
@@ -136,7 +121,7 @@ pub(crate) fn spawn_listener(
     let metrics = Arc::clone(&shared.metrics);
     let shutdown_accept = shutdown.clone();
     listen::spawn(
-        Kind::Http,
+        ListenerKind::Http,
         listener,
         caps,
         metrics,

@@ -81,3 +81,216 @@ impl DeadlineStats {
         }
     }
 }
+
+/// What a listener serves, for the metrics' `kind` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListenerKind {
+    Http,
+    Passthrough,
+    Tunnel,
+    Admin,
+}
+
+const KINDS: [(ListenerKind, &str); 4] = [
+    (ListenerKind::Http, "http"),
+    (ListenerKind::Passthrough, "passthrough"),
+    (ListenerKind::Tunnel, "tunnel"),
+    (ListenerKind::Admin, "admin"),
+];
+
+impl ListenerKind {
+    pub fn index(self) -> usize {
+        KINDS.iter().position(|(k, _)| *k == self).unwrap_or(0)
+    }
+}
+
+/// Accept counters by listener kind (`listen.rs`).
+#[derive(Default)]
+pub(crate) struct AcceptStats {
+    pub open: [AtomicU64; KINDS.len()],
+    pub paused: [AtomicU64; KINDS.len()],
+    pub errors: [AtomicU64; KINDS.len()],
+}
+
+impl AcceptStats {
+    pub fn render(&self, out: &mut String) {
+        let series: [(&str, &str, &str, &[AtomicU64; KINDS.len()]); 3] = [
+            (
+                "ferry_open_connections_by_kind",
+                "gauge",
+                "Connections open, by listener kind.",
+                &self.open,
+            ),
+            (
+                "ferry_accept_paused_total",
+                "counter",
+                "Times an accept loop stopped accepting because a connection cap was full.",
+                &self.paused,
+            ),
+            (
+                "ferry_accept_errors_total",
+                "counter",
+                "Failed accepts (out of file descriptors and the like), each followed by a back-off.",
+                &self.errors,
+            ),
+        ];
+        for (name, kind, help, values) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for ((_, label), v) in KINDS.iter().zip(values) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{kind=\"{label}\"}} {}",
+                    v.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+}
+
+/// How a passthrough connection ended its setup, as counted in
+/// `ferry_passthrough_connections_total{result=...}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PassthroughOutcome {
+    /// Spliced to a server of the site's pool.
+    Local,
+    /// Spliced to the router of another datacenter.
+    Remote,
+    /// Site in maintenance, spliced to the maintenance terminator.
+    MaintenanceTerminator,
+    /// Site in maintenance and no terminator: closed.
+    MaintenanceClosed,
+    /// Site still frozen after the hold bound.
+    HoldTimeout,
+    NoSni,
+    /// Not a TLS ClientHello, or a malformed one, or a bad server name.
+    Invalid,
+    TooLarge,
+    /// No complete ClientHello (or PROXY header) within the bound.
+    Timeout,
+    /// The client closed before its ClientHello was complete.
+    ClientClosed,
+    /// No site for the name and no default site.
+    UnknownSite,
+    /// A connection from another router for a site this router also places remote.
+    Loop,
+    /// No server, pool or passthrough address to send it to.
+    NoServer,
+    ConnectFailed,
+    BadProxyHeader,
+    /// `proxy_protocol = true` and the peer is not in `trusted_networks`.
+    UntrustedPeer,
+}
+
+const OUTCOMES: [(PassthroughOutcome, &str); 16] = [
+    (PassthroughOutcome::Local, "local"),
+    (PassthroughOutcome::Remote, "remote"),
+    (
+        PassthroughOutcome::MaintenanceTerminator,
+        "maintenance_terminator",
+    ),
+    (PassthroughOutcome::MaintenanceClosed, "maintenance_closed"),
+    (PassthroughOutcome::HoldTimeout, "hold_timeout"),
+    (PassthroughOutcome::NoSni, "no_sni"),
+    (PassthroughOutcome::Invalid, "invalid"),
+    (PassthroughOutcome::TooLarge, "too_large"),
+    (PassthroughOutcome::Timeout, "timeout"),
+    (PassthroughOutcome::ClientClosed, "client_closed"),
+    (PassthroughOutcome::UnknownSite, "unknown_site"),
+    (PassthroughOutcome::Loop, "loop"),
+    (PassthroughOutcome::NoServer, "no_server"),
+    (PassthroughOutcome::ConnectFailed, "connect_failed"),
+    (PassthroughOutcome::BadProxyHeader, "bad_proxy_header"),
+    (PassthroughOutcome::UntrustedPeer, "untrusted_peer"),
+];
+
+/// Counters of every passthrough listener together (`passthrough.rs`).
+#[derive(Default)]
+pub(crate) struct PassthroughStats {
+    results: [AtomicU64; OUTCOMES.len()],
+    /// Connections held because their site was frozen.
+    pub held: AtomicU64,
+    /// Connections spliced and still open.
+    pub open: AtomicU64,
+    /// Spliced connections closed after `idle_timeout`.
+    pub idle_closed: AtomicU64,
+}
+
+impl PassthroughStats {
+    pub fn count(&self, outcome: PassthroughOutcome) {
+        if let Some(i) = OUTCOMES.iter().position(|(o, _)| *o == outcome) {
+            self.results[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn render(&self, out: &mut String) {
+        let name = "ferry_passthrough_connections_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Passthrough connections by how their setup ended.\n# TYPE {name} counter"
+        );
+        for ((_, label), v) in OUTCOMES.iter().zip(&self.results) {
+            let _ = writeln!(
+                out,
+                "{name}{{result=\"{label}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let name = "ferry_passthrough_held_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Passthrough connections held because their site was frozen.\n# TYPE {name} counter\n{name} {}",
+            self.held.load(Ordering::Relaxed)
+        );
+        let name = "ferry_passthrough_idle_closed_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Spliced passthrough connections closed after idle_timeout without a byte either way.\n# TYPE {name} counter\n{name} {}",
+            self.idle_closed.load(Ordering::Relaxed)
+        );
+        let name = "ferry_passthrough_open_connections";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Passthrough connections spliced and still open.\n# TYPE {name} gauge\n{name} {}",
+            self.open.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// Handshake outcomes, for `ferry_tls_handshakes_total{result}`.
+#[derive(Default)]
+pub(crate) struct TlsCounters {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    pub timeout: AtomicU64,
+    pub alpn_h2: AtomicU64,
+    pub tls13: AtomicU64,
+    pub resumed: AtomicU64,
+}
+
+impl TlsCounters {
+    pub fn render(&self, out: &mut String) {
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP ferry_tls_handshakes_total TLS handshakes on traffic listeners, by result.\n# TYPE ferry_tls_handshakes_total counter\nferry_tls_handshakes_total{{result=\"ok\"}} {}\nferry_tls_handshakes_total{{result=\"failed\"}} {}\nferry_tls_handshakes_total{{result=\"timeout\"}} {}",
+            v(&self.ok),
+            v(&self.failed),
+            v(&self.timeout)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ferry_tls_alpn_h2_total TLS handshakes that negotiated HTTP/2.\n# TYPE ferry_tls_alpn_h2_total counter\nferry_tls_alpn_h2_total {}",
+            v(&self.alpn_h2)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ferry_tls13_handshakes_total TLS handshakes that negotiated TLS 1.3 (the rest are 1.2).\n# TYPE ferry_tls13_handshakes_total counter\nferry_tls13_handshakes_total {}",
+            v(&self.tls13)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ferry_tls_resumed_handshakes_total TLS handshakes that resumed a session (ticket or session id).\n# TYPE ferry_tls_resumed_handshakes_total counter\nferry_tls_resumed_handshakes_total {}",
+            v(&self.resumed)
+        );
+    }
+}

@@ -3,7 +3,7 @@
 //! certificates (which one for which SNI name, the key cache, run-time
 //! changes) are `ferry_tls::CertStore`'s business.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use ferry_tls::{CertStore, StoreOptions};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 
+use crate::stats::TlsCounters;
 use crate::ProxyError;
 
 /// The TLS side of the router: one per config, swapped whole by a reload.
@@ -57,46 +58,6 @@ pub(crate) enum Alpn {
     H2,
     /// `http/1.1`, or a client that offered no ALPN at all.
     Http1,
-}
-
-/// Handshake outcomes, for `ferry_tls_handshakes_total{result}`.
-#[derive(Default)]
-pub(crate) struct TlsCounters {
-    ok: AtomicU64,
-    failed: AtomicU64,
-    timeout: AtomicU64,
-    alpn_h2: AtomicU64,
-    tls13: AtomicU64,
-    resumed: AtomicU64,
-}
-
-impl TlsCounters {
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
-        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP ferry_tls_handshakes_total TLS handshakes on traffic listeners, by result.\n# TYPE ferry_tls_handshakes_total counter\nferry_tls_handshakes_total{{result=\"ok\"}} {}\nferry_tls_handshakes_total{{result=\"failed\"}} {}\nferry_tls_handshakes_total{{result=\"timeout\"}} {}",
-            v(&self.ok),
-            v(&self.failed),
-            v(&self.timeout)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP ferry_tls_alpn_h2_total TLS handshakes that negotiated HTTP/2.\n# TYPE ferry_tls_alpn_h2_total counter\nferry_tls_alpn_h2_total {}",
-            v(&self.alpn_h2)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP ferry_tls13_handshakes_total TLS handshakes that negotiated TLS 1.3 (the rest are 1.2).\n# TYPE ferry_tls13_handshakes_total counter\nferry_tls13_handshakes_total {}",
-            v(&self.tls13)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP ferry_tls_resumed_handshakes_total TLS handshakes that resumed a session (ticket or session id).\n# TYPE ferry_tls_resumed_handshakes_total counter\nferry_tls_resumed_handshakes_total {}",
-            v(&self.resumed)
-        );
-    }
 }
 
 /// The window of `ferry_tls_certificates_expiring`: two weeks leave time to

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 
 use crate::galera_pool::GaleraPool;
 use crate::mysql_handshake::{Login, Observer, Verdict};
-use crate::{server, ProxyError};
+use crate::ProxyError;
 
 /// How often the observed-uses file is rewritten when something new was seen.
 const USES_FLUSH_INTERVAL: Duration = Duration::from_secs(2);
@@ -266,7 +266,7 @@ impl Tunnels {
                     .is_some_and(|a| a.configured == spec.listen)
             });
             if !same {
-                let l = server::bind(spec.listen)?;
+                let l = crate::listen::bind(spec.listen)?;
                 let bound = l.local_addr().map_err(|source| ProxyError::Bind {
                     addr: spec.listen,
                     source,
@@ -361,7 +361,7 @@ impl Tunnels {
         };
         // The shared accept loop: connection cap, back-off on accept errors.
         crate::listen::spawn(
-            crate::listen::Kind::Tunnel,
+            crate::stats::ListenerKind::Tunnel,
             listener,
             caps,
             metrics,
