@@ -10,7 +10,8 @@
 //!   what each constraint costs ([`Scenario`]).
 //! - [`Plan`]: all of it for one run; [`Plan::write_json`] writes the versioned
 //!   `plan.json` the orchestrator reads (`docs/plan-format.md`), [`Plan::dot`]
-//!   draws units for Graphviz.
+//!   draws units for Graphviz; [`summary`] says it all for people (text) and
+//!   scripts (JSON).
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,7 @@ mod members;
 mod output;
 mod params;
 mod schedule;
+pub mod summary;
 mod units;
 
 use ferry_inventory::{Inventory, Progress};
