@@ -86,8 +86,8 @@ impl AdminClient {
     ) -> Result<(StatusCode, Bytes), AdminError> {
         let path = route.path_with(args);
         let url = format!("{}{path}{query}", self.base);
-        let call = || format!("{} {path}", route.method);
-        let method = Method::from_bytes(route.method.as_bytes()).unwrap_or(Method::GET);
+        let call = || format!("{} {path}", route.method());
+        let method = Method::from_bytes(route.method().as_bytes()).unwrap_or(Method::GET);
         let mut headers = Vec::new();
         if let Some(a) = &self.authorization {
             headers.push(("authorization", a.as_str()));
@@ -164,81 +164,77 @@ impl AdminClient {
 
     /// `GET /healthz`.
     pub async fn healthz(&self) -> Result<Health, AdminError> {
-        self.call(routes::HEALTHZ, &[], None).await
+        self.call(Route::Healthz, &[], None).await
     }
 
     /// `GET /metrics`: Prometheus text.
     pub async fn metrics(&self) -> Result<String, AdminError> {
-        let (_, bytes) = self.send(routes::METRICS, &[], "", None).await?;
+        let (_, bytes) = self.send(Route::Metrics, &[], "", None).await?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// `GET /v1/status`.
     pub async fn status(&self) -> Result<Status, AdminError> {
-        self.call(routes::STATUS, &[], None).await
+        self.call(Route::Status, &[], None).await
     }
 
     /// `GET /v1/sites`: one page, sorted by host.
     pub async fn list_sites(&self, q: &SiteListQuery) -> Result<SitePage, AdminError> {
-        let mut query = format!(
-            "?prefix={}&offset={}",
-            routes::encode_query(&q.prefix),
-            q.offset
-        );
+        let mut query = format!("?prefix={}&offset={}", routes::encode(&q.prefix), q.offset);
         if let Some(limit) = q.limit {
             query.push_str(&format!("&limit={limit}"));
         }
-        self.call_query(routes::LIST_SITES, &[], &query, None).await
+        self.call_query(Route::ListSites, &[], &query, None).await
     }
 
     /// `GET /v1/sites/{host}`.
     pub async fn get_site(&self, host: &str) -> Result<Site, AdminError> {
-        self.call(routes::GET_SITE, &[host], None).await
+        self.call(Route::GetSite, &[host], None).await
     }
 
     /// `PUT /v1/sites/{host}`.
     pub async fn put_site(&self, host: &str, change: &SiteChange) -> Result<Applied, AdminError> {
-        let body = self.json(routes::PUT_SITE, change)?;
-        self.call(routes::PUT_SITE, &[host], Some(body)).await
+        let body = self.json(Route::PutSite, change)?;
+        self.call(Route::PutSite, &[host], Some(body)).await
     }
 
     /// `DELETE /v1/sites/{host}`.
     pub async fn delete_site(&self, host: &str) -> Result<Removed, AdminError> {
-        self.call(routes::DELETE_SITE, &[host], None).await
+        self.call(Route::DeleteSite, &[host], None).await
     }
 
     /// `POST /v1/sites`: one atomic batch (a 409 is [`AdminError::is_conflict`]).
     pub async fn apply(&self, batch: &SiteBatch) -> Result<Applied, AdminError> {
-        let body = self.json(routes::APPLY_SITES, batch)?;
-        self.call(routes::APPLY_SITES, &[], Some(body)).await
+        let body = self.json(Route::ApplySites, batch)?;
+        self.call(Route::ApplySites, &[], Some(body)).await
     }
 
     /// `POST /v1/sites/query`.
     pub async fn query(&self, hosts: &[String]) -> Result<Vec<QueriedSite>, AdminError> {
         let body = self.json(
-            routes::QUERY_SITES,
+            Route::QuerySites,
             &HostList {
                 hosts: hosts.to_vec(),
             },
         )?;
-        let a: QueryAnswer = self.call(routes::QUERY_SITES, &[], Some(body)).await?;
+        let a: QueryAnswer = self.call(Route::QuerySites, &[], Some(body)).await?;
         Ok(a.sites)
     }
 
     /// `POST /v1/sites/remove`.
     pub async fn remove_sites(&self, hosts: &[String]) -> Result<Removed, AdminError> {
         let body = self.json(
-            routes::REMOVE_SITES,
+            Route::RemoveSites,
             &HostList {
                 hosts: hosts.to_vec(),
             },
         )?;
-        self.call(routes::REMOVE_SITES, &[], Some(body)).await
+        self.call(Route::RemoveSites, &[], Some(body)).await
     }
 
     /// `GET /v1/pools`.
     pub async fn pools(&self) -> Result<Vec<Pool>, AdminError> {
-        let a: PoolList = self.call(routes::LIST_POOLS, &[], None).await?;
+        let a: PoolList = self.call(Route::ListPools, &[], None).await?;
         Ok(a.pools)
     }
 
@@ -249,8 +245,8 @@ impl AdminClient {
         server: &str,
         state: ServerState,
     ) -> Result<ServerStateSet, AdminError> {
-        let body = self.json(routes::SET_SERVER, &SetServerState { state })?;
-        self.call(routes::SET_SERVER, &[pool, server], Some(body))
+        let body = self.json(Route::SetServer, &SetServerState { state })?;
+        self.call(Route::SetServer, &[pool, server], Some(body))
             .await
     }
 
@@ -260,67 +256,66 @@ impl AdminClient {
         pool: &str,
         server: &NewServer,
     ) -> Result<ServerJoined, AdminError> {
-        let body = self.json(routes::ADD_SERVER, server)?;
-        self.call(routes::ADD_SERVER, &[pool], Some(body)).await
+        let body = self.json(Route::AddServer, server)?;
+        self.call(Route::AddServer, &[pool], Some(body)).await
     }
 
     /// `DELETE /v1/pools/{pool}/servers/{server}`.
     pub async fn remove_server(&self, pool: &str, server: &str) -> Result<ServerLeft, AdminError> {
-        self.call(routes::REMOVE_SERVER, &[pool, server], None)
-            .await
+        self.call(Route::RemoveServer, &[pool, server], None).await
     }
 
     /// `GET /v1/certs`.
     pub async fn certs(&self) -> Result<CertList, AdminError> {
-        self.call(routes::LIST_CERTS, &[], None).await
+        self.call(Route::ListCerts, &[], None).await
     }
 
     /// `PUT /v1/certs/{name}` with a JSON pair.
     pub async fn put_cert(&self, name: &str, pair: &CertPair) -> Result<CertStored, AdminError> {
-        let body = self.json(routes::PUT_CERT, pair)?;
-        self.call(routes::PUT_CERT, &[name], Some(body)).await
+        let body = self.json(Route::PutCert, pair)?;
+        self.call(Route::PutCert, &[name], Some(body)).await
     }
 
     /// `DELETE /v1/certs/{name}`.
     pub async fn delete_cert(&self, name: &str) -> Result<CertRemoved, AdminError> {
-        self.call(routes::DELETE_CERT, &[name], None).await
+        self.call(Route::DeleteCert, &[name], None).await
     }
 
     /// `GET /v1/tunnels`.
     pub async fn tunnels(&self) -> Result<Vec<Tunnel>, AdminError> {
-        let a: TunnelList = self.call(routes::LIST_TUNNELS, &[], None).await?;
+        let a: TunnelList = self.call(Route::ListTunnels, &[], None).await?;
         Ok(a.tunnels)
     }
 
     /// `GET /v1/tunnels/{tunnel}`.
     pub async fn tunnel(&self, name: &str) -> Result<Tunnel, AdminError> {
-        self.call(routes::GET_TUNNEL, &[name], None).await
+        self.call(Route::GetTunnel, &[name], None).await
     }
 
     /// `PUT /v1/tunnels/{tunnel}`: new connections go to `upstream`.
     pub async fn repoint_tunnel(&self, name: &str, upstream: &str) -> Result<Tunnel, AdminError> {
         let body = self.json(
-            routes::REPOINT_TUNNEL,
+            Route::RepointTunnel,
             &Repoint {
                 upstream: upstream.to_string(),
             },
         )?;
-        self.call(routes::REPOINT_TUNNEL, &[name], Some(body)).await
+        self.call(Route::RepointTunnel, &[name], Some(body)).await
     }
 
     /// `GET /v1/tunnels/{tunnel}/uses`.
     pub async fn tunnel_uses(&self, name: &str) -> Result<TunnelUses, AdminError> {
-        self.call(routes::TUNNEL_USES, &[name], None).await
+        self.call(Route::TunnelUses, &[name], None).await
     }
 
     /// `POST /v1/tunnels/uses/export`.
     pub async fn export_uses(&self) -> Result<UsesExport, AdminError> {
-        self.call(routes::EXPORT_USES, &[], None).await
+        self.call(Route::ExportUses, &[], None).await
     }
 
     /// `POST /v1/reload`.
     pub async fn reload(&self) -> Result<ReloadReport, AdminError> {
-        let a: Reloaded = self.call(routes::RELOAD, &[], None).await?;
+        let a: Reloaded = self.call(Route::Reload, &[], None).await?;
         Ok(a.reloaded)
     }
 }

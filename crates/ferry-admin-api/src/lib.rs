@@ -6,8 +6,8 @@
 //!   and response bodies of every route, serialised in the JSON shapes the
 //!   routers have always spoken (routers and their callers of different
 //!   versions talk to each other: these shapes only grow).
-//! - [`routes`]: every route's method and path template ([`routes::ROUTES`]),
-//!   and the path builders that percent-encode names.
+//! - [`Route`]: every route, its method and path template, how a request
+//!   resolves to one, and the paths of one call (names percent-encoded).
 //! - [`AdminClient`]: the one client of the API (bearer token, connect and
 //!   request timeouts, bounded answers, [`AdminError`]s that name the router
 //!   and the route), built on [`Http`], the plain HTTP/1.1 client that
@@ -28,3 +28,4 @@ pub mod tunnels;
 pub use client::AdminClient;
 pub use error::AdminError;
 pub use http::{Http, MAX_ANSWER};
+pub use routes::Route;

@@ -1,78 +1,134 @@
 //! Every route of the admin API, and the paths of one call.
 //!
-//! [`ROUTES`] is the list the server dispatches and `docs/admin-api.yaml`
-//! documents (a test checks both against it); the functions below build the
-//! path of one call with its names percent-encoded.
+//! [`Route`] is the list: the server dispatches with an exhaustive `match`
+//! on it (a route added here does not compile until it is served), the
+//! client has one method per route, and `docs/admin-api.yaml` documents
+//! each (tests check both).
 
-/// A route: method and path template (`{name}` for a path segment).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Route {
-    pub method: &'static str,
-    pub path: &'static str,
+/// A route of the admin API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Route {
+    Healthz,
+    Metrics,
+    Status,
+    ListSites,
+    ApplySites,
+    QuerySites,
+    RemoveSites,
+    GetSite,
+    PutSite,
+    DeleteSite,
+    ListPools,
+    SetServer,
+    RemoveServer,
+    AddServer,
+    ListCerts,
+    PutCert,
+    DeleteCert,
+    ListTunnels,
+    GetTunnel,
+    RepointTunnel,
+    TunnelUses,
+    ExportUses,
+    Reload,
 }
-
-const fn r(method: &'static str, path: &'static str) -> Route {
-    Route { method, path }
-}
-
-pub const HEALTHZ: Route = r("GET", "/healthz");
-pub const METRICS: Route = r("GET", "/metrics");
-pub const STATUS: Route = r("GET", "/v1/status");
-pub const LIST_SITES: Route = r("GET", "/v1/sites");
-pub const APPLY_SITES: Route = r("POST", "/v1/sites");
-pub const QUERY_SITES: Route = r("POST", "/v1/sites/query");
-pub const REMOVE_SITES: Route = r("POST", "/v1/sites/remove");
-pub const GET_SITE: Route = r("GET", "/v1/sites/{host}");
-pub const PUT_SITE: Route = r("PUT", "/v1/sites/{host}");
-pub const DELETE_SITE: Route = r("DELETE", "/v1/sites/{host}");
-pub const LIST_POOLS: Route = r("GET", "/v1/pools");
-pub const ADD_SERVER: Route = r("POST", "/v1/pools/{pool}/servers");
-pub const SET_SERVER: Route = r("PUT", "/v1/pools/{pool}/servers/{server}");
-pub const REMOVE_SERVER: Route = r("DELETE", "/v1/pools/{pool}/servers/{server}");
-pub const LIST_CERTS: Route = r("GET", "/v1/certs");
-pub const PUT_CERT: Route = r("PUT", "/v1/certs/{name}");
-pub const DELETE_CERT: Route = r("DELETE", "/v1/certs/{name}");
-pub const LIST_TUNNELS: Route = r("GET", "/v1/tunnels");
-pub const GET_TUNNEL: Route = r("GET", "/v1/tunnels/{tunnel}");
-pub const REPOINT_TUNNEL: Route = r("PUT", "/v1/tunnels/{tunnel}");
-pub const TUNNEL_USES: Route = r("GET", "/v1/tunnels/{tunnel}/uses");
-pub const EXPORT_USES: Route = r("POST", "/v1/tunnels/uses/export");
-pub const RELOAD: Route = r("POST", "/v1/reload");
-
-/// Every route, in the order of `docs/admin-api.yaml`.
-pub const ROUTES: &[Route] = &[
-    HEALTHZ,
-    METRICS,
-    STATUS,
-    LIST_SITES,
-    APPLY_SITES,
-    QUERY_SITES,
-    REMOVE_SITES,
-    GET_SITE,
-    PUT_SITE,
-    DELETE_SITE,
-    LIST_POOLS,
-    SET_SERVER,
-    REMOVE_SERVER,
-    ADD_SERVER,
-    LIST_CERTS,
-    PUT_CERT,
-    DELETE_CERT,
-    LIST_TUNNELS,
-    GET_TUNNEL,
-    REPOINT_TUNNEL,
-    TUNNEL_USES,
-    EXPORT_USES,
-    RELOAD,
-];
 
 impl Route {
+    /// Every route, in the order of `docs/admin-api.yaml`.
+    pub const ALL: [Route; 23] = [
+        Route::Healthz,
+        Route::Metrics,
+        Route::Status,
+        Route::ListSites,
+        Route::ApplySites,
+        Route::QuerySites,
+        Route::RemoveSites,
+        Route::GetSite,
+        Route::PutSite,
+        Route::DeleteSite,
+        Route::ListPools,
+        Route::SetServer,
+        Route::RemoveServer,
+        Route::AddServer,
+        Route::ListCerts,
+        Route::PutCert,
+        Route::DeleteCert,
+        Route::ListTunnels,
+        Route::GetTunnel,
+        Route::RepointTunnel,
+        Route::TunnelUses,
+        Route::ExportUses,
+        Route::Reload,
+    ];
+
+    /// Method and path template (`{name}` for a path segment).
+    pub const fn spec(self) -> (&'static str, &'static str) {
+        match self {
+            Route::Healthz => ("GET", "/healthz"),
+            Route::Metrics => ("GET", "/metrics"),
+            Route::Status => ("GET", "/v1/status"),
+            Route::ListSites => ("GET", "/v1/sites"),
+            Route::ApplySites => ("POST", "/v1/sites"),
+            Route::QuerySites => ("POST", "/v1/sites/query"),
+            Route::RemoveSites => ("POST", "/v1/sites/remove"),
+            Route::GetSite => ("GET", "/v1/sites/{host}"),
+            Route::PutSite => ("PUT", "/v1/sites/{host}"),
+            Route::DeleteSite => ("DELETE", "/v1/sites/{host}"),
+            Route::ListPools => ("GET", "/v1/pools"),
+            Route::SetServer => ("PUT", "/v1/pools/{pool}/servers/{server}"),
+            Route::RemoveServer => ("DELETE", "/v1/pools/{pool}/servers/{server}"),
+            Route::AddServer => ("POST", "/v1/pools/{pool}/servers"),
+            Route::ListCerts => ("GET", "/v1/certs"),
+            Route::PutCert => ("PUT", "/v1/certs/{name}"),
+            Route::DeleteCert => ("DELETE", "/v1/certs/{name}"),
+            Route::ListTunnels => ("GET", "/v1/tunnels"),
+            Route::GetTunnel => ("GET", "/v1/tunnels/{tunnel}"),
+            Route::RepointTunnel => ("PUT", "/v1/tunnels/{tunnel}"),
+            Route::TunnelUses => ("GET", "/v1/tunnels/{tunnel}/uses"),
+            Route::ExportUses => ("POST", "/v1/tunnels/uses/export"),
+            Route::Reload => ("POST", "/v1/reload"),
+        }
+    }
+
+    pub const fn method(self) -> &'static str {
+        self.spec().0
+    }
+
+    pub const fn path(self) -> &'static str {
+        self.spec().1
+    }
+
+    /// The route `method` and `path` (no query string) call, with the path's
+    /// arguments as they appear in it (still percent-encoded). Literal
+    /// segments win over arguments: `/v1/sites/query` is never a site.
+    pub fn resolve<'p>(method: &str, path: &'p str) -> Option<(Route, Vec<&'p str>)> {
+        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        Route::ALL.into_iter().find_map(|r| {
+            if r.method() != method {
+                return None;
+            }
+            let tmpl: Vec<&str> = r.path().trim_matches('/').split('/').collect();
+            if tmpl.len() != segs.len() {
+                return None;
+            }
+            let mut args = Vec::new();
+            for (t, s) in tmpl.iter().zip(&segs) {
+                if t.starts_with('{') {
+                    args.push(*s);
+                } else if t != s {
+                    return None;
+                }
+            }
+            Some((r, args))
+        })
+    }
+
     /// The path with each `{...}` replaced, in order, by one of `args`
     /// (percent-encoded).
-    pub fn path_with(&self, args: &[&str]) -> String {
-        let mut out = String::with_capacity(self.path.len() + 32);
+    pub fn path_with(self, args: &[&str]) -> String {
+        let mut out = String::with_capacity(self.path().len() + 32);
         let mut args = args.iter();
-        let mut rest = self.path;
+        let mut rest = self.path();
         while let Some(open) = rest.find('{') {
             out.push_str(&rest[..open]);
             let close = rest[open..].find('}').map_or(rest.len(), |c| open + c + 1);
@@ -84,14 +140,14 @@ impl Route {
     }
 
     /// `METHOD /path` with the arguments, as errors name a call.
-    pub fn call(&self, args: &[&str]) -> String {
-        format!("{} {}", self.method, self.path_with(args))
+    pub fn call(self, args: &[&str]) -> String {
+        format!("{} {}", self.method(), self.path_with(args))
     }
 }
 
-/// Percent-encodes a path segment: everything but RFC 3986's unreserved
-/// characters (so `*.example.com` becomes `%2A.example.com`; the router
-/// decodes hosts, certificate and tunnel names).
+/// Percent-encodes a path segment or query value: everything but RFC 3986's
+/// unreserved characters (so `*.example.com` becomes `%2A.example.com`; the
+/// router decodes hosts, certificate and tunnel names).
 pub fn encode(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for b in segment.bytes() {
@@ -104,11 +160,6 @@ pub fn encode(segment: &str) -> String {
     out
 }
 
-/// Percent-encodes a query value (as [`encode`]).
-pub(crate) fn encode_query(value: &str) -> String {
-    encode(value)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,23 +167,40 @@ mod tests {
     #[test]
     fn paths_are_filled_and_encoded() {
         assert_eq!(
-            GET_SITE.path_with(&["*.a.com"]),
+            Route::GetSite.path_with(&["*.a.com"]),
             "/v1/sites/%2A.a.com",
             "the router decodes %2A"
         );
         assert_eq!(
-            SET_SERVER.path_with(&["web", "s-1"]),
+            Route::SetServer.path_with(&["web", "s-1"]),
             "/v1/pools/web/servers/s-1"
         );
-        assert_eq!(STATUS.path_with(&[]), "/v1/status");
-        assert_eq!(DELETE_CERT.call(&["shop.a"]), "DELETE /v1/certs/shop.a");
+        assert_eq!(Route::Status.path_with(&[]), "/v1/status");
+        assert_eq!(
+            Route::DeleteCert.call(&["shop.a"]),
+            "DELETE /v1/certs/shop.a"
+        );
     }
 
     #[test]
-    fn routes_are_distinct() {
+    fn every_route_resolves_to_itself_and_literals_win() {
         let mut seen = std::collections::HashSet::new();
-        for r in ROUTES {
-            assert!(seen.insert((r.method, r.path)), "{r:?} twice");
+        for r in Route::ALL {
+            assert!(seen.insert(r.spec()), "{r:?} twice");
+            let path = r.path_with(&["x", "y"]);
+            let (found, args) = Route::resolve(r.method(), &path).expect("resolves");
+            assert_eq!(found, r, "{path}");
+            assert_eq!(args.len(), r.path().matches('{').count());
         }
+        assert_eq!(
+            Route::resolve("POST", "/v1/tunnels/uses/export").map(|r| r.0),
+            Some(Route::ExportUses)
+        );
+        assert_eq!(
+            Route::resolve("GET", "/v1/sites/%2A.a.com"),
+            Some((Route::GetSite, vec!["%2A.a.com"]))
+        );
+        assert_eq!(Route::resolve("PATCH", "/v1/status"), None);
+        assert_eq!(Route::resolve("GET", "/v1/nothing"), None);
     }
 }
