@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Ferry's whole test suite. Installs, from Debian's packages, the real
 # servers and clients the tests use (nginx, curl, openssl, h2load, wrk, rsync,
-# chromium, MariaDB, Galera, Varnish) when missing.
+# chromium, MariaDB, Galera, Varnish, etcd) when missing, and protoc for the
+# etcd client's build (ferry-store's `etcd` feature, on for these tests).
 # Tests start their own instances on free loopback ports and stop them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,11 @@ command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(maria
 command -v mariadb >/dev/null 2>&1 || need+=(mariadb-client)
 [ -f /usr/lib/galera/libgalera_smm.so ] || need+=(galera-4)
 command -v varnishd >/dev/null 2>&1 || [ -x /usr/sbin/varnishd ] || need+=(varnish)
+# ferry-store's etcd backend: real members for its tests, protoc (and the
+# well-known .proto files) for etcd-client's build.
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+dpkg -s libprotobuf-dev >/dev/null 2>&1 || need+=(libprotobuf-dev)
 # The package test: dpkg-deb, objcopy, systemd-analyze, systemd-sysusers.
 command -v objcopy >/dev/null 2>&1 || need+=(binutils)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
@@ -36,5 +42,10 @@ fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferry-target}"
 # The end-to-end tests run the release-less debug binary; build it first so
 # the first test does not pay for the build inside its timeouts.
-cargo build --workspace --bins
-cargo test --workspace "$@"
+# The etcd backend of ferry-store is a cargo feature (its client needs protoc to
+# build); the tests run with it, and both commands name it so the binaries are
+# built once. CI's workspace clippy does not enable it: lint it here.
+features=(--features ferry-store/etcd)
+cargo clippy -p ferry-store --all-targets "${features[@]}" -- -D warnings
+cargo build --workspace --bins "${features[@]}"
+cargo test --workspace "${features[@]}" "$@"

@@ -8,17 +8,31 @@
 //! - [`SqliteStore`]: the embedded default, one SQLite file (WAL, `synchronous=FULL`:
 //!   an acknowledged write is on disk). Its schema is versioned with
 //!   `PRAGMA user_version` ([`SCHEMA_VERSION`]) and only grows.
+//! - `EtcdStore` (cargo feature `etcd`): the store in an etcd v3 cluster, for
+//!   routers in several datacenters. Keys under a prefix, one per site, written
+//!   in transactions; reads are paged snapshots at one revision; `apply_sites`
+//!   judges epochs inside the transaction (compare on the revisions judged).
+//!   The trait stays synchronous: the store runs etcd-client on a runtime of its
+//!   own and waits on a channel, so it can be called from any thread, a tokio
+//!   worker included (see `etcd.rs`). Layout and semantics:
+//!   `docs/control-plane.md`. The feature is off by default because
+//!   etcd-client's build needs `protoc`; the embedded default needs nothing.
 //! - [`StoreError`]: what went wrong, with the path, operation or host involved.
-//! - [`conformance`]: the shared test suite that every implementation (SQLite now,
-//!   etcd later) must pass.
+//! - [`conformance`]: the shared test suite that every implementation (SQLite,
+//!   etcd) must pass.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use ferry_model::{Hostname, ServerState, SiteRecord};
+use ferry_model::{Epoch, Hostname, ServerState, SiteRecord};
 
 pub mod conformance;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod sqlite;
 
+#[cfg(feature = "etcd")]
+pub use etcd::{Applied, EtcdConfig, EtcdStore, Snapshot, LAYOUT_VERSION};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
 /// Persistent control state of one router.
@@ -111,4 +125,58 @@ pub enum StoreError {
     /// written.
     #[error("cannot store site {host}: {why}")]
     Unstorable { host: Hostname, why: String },
+
+    /// The etcd prefix was laid out by a newer Ferry whose key layout this build
+    /// does not know; nothing was read or written.
+    #[error(
+        "etcd prefix {prefix:?} has layout version {found}, this build supports up to \
+         {supported}; run a newer Ferry"
+    )]
+    NewerLayout {
+        prefix: String,
+        found: u32,
+        supported: u32,
+    },
+
+    /// An etcd request was refused or failed for good.
+    #[error("etcd store failed to {op}: {source}")]
+    Etcd {
+        op: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// No etcd member answered within the request timeout (quorum lost, members
+    /// unreachable). For a write, whether it was applied is unknown; every Ferry
+    /// write is safe to send again.
+    #[error(
+        "etcd store could not {op}: no answer from a member with a leader within \
+         {after:?} (last error: {last}); quorum lost or members unreachable"
+    )]
+    Unavailable {
+        op: &'static str,
+        after: Duration,
+        last: String,
+    },
+
+    /// A judged write carried an epoch the stored record refuses (older, or the
+    /// same with other content); nothing of its batch was written.
+    #[error("stale change for site {host}: epoch {incoming} against stored epoch {stored}")]
+    Stale {
+        host: Hostname,
+        stored: Epoch,
+        incoming: Epoch,
+    },
+
+    /// Other writers changed the same records between every read and write.
+    #[error("control store could not {op}: other writers won {attempts} times in a row")]
+    Contended { op: &'static str, attempts: u32 },
+
+    /// A batch too large for one etcd transaction failed after its first
+    /// `written` of `total` items were written (each chunk is atomic).
+    #[error("batch cut after {written} of {total} items: {source}")]
+    Partial {
+        written: usize,
+        total: usize,
+        source: Box<StoreError>,
+    },
 }
