@@ -11,7 +11,9 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
 use crate::explain::{Scenario, Volume};
+use crate::params::Params;
 use crate::schedule::{Impossible, Slot};
+use crate::units::UnitStats;
 use crate::Plan;
 
 /// The `format` field of every plan.
@@ -112,16 +114,74 @@ struct UnitDoc<'p, 'a> {
     unit: u32,
 }
 
-impl Serialize for UnitDoc<'_, '_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let plan = self.plan;
-        let inv = plan.inventory();
-        let u = self.unit;
-        let st = &plan.partition.stats()[u as usize];
-        let p = &plan.params;
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("id", &unit_label(u))?;
-        match plan.schedule.slots[u as usize] {
+#[derive(Serialize)]
+struct BlameDoc {
+    constraint: &'static str,
+    parts_without_it: u32,
+    largest_part_freeze_s: f64,
+}
+
+#[derive(Serialize)]
+struct SizeDoc {
+    sites: u64,
+    hostings: u32,
+    filers: u32,
+    databases: u32,
+    files: u64,
+    file_bytes: u64,
+    db_bytes: u64,
+}
+
+impl From<&UnitStats> for SizeDoc {
+    fn from(st: &UnitStats) -> SizeDoc {
+        SizeDoc {
+            sites: st.sites,
+            hostings: st.hostings,
+            filers: st.filers,
+            databases: st.databases,
+            files: st.files,
+            file_bytes: st.file_bytes,
+            db_bytes: st.db_bytes,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct FreezeDoc {
+    total_s: f64,
+    overhead_s: f64,
+    find_s: f64,
+    final_copy_s: f64,
+    final_bytes: f64,
+    db_check_s: f64,
+    last_pass_s: f64,
+}
+
+impl FreezeDoc {
+    fn new(st: &UnitStats, p: &Params) -> FreezeDoc {
+        FreezeDoc {
+            total_s: r3(st.freeze_s),
+            overhead_s: r3(p.freeze_overhead),
+            find_s: r3(st.find_s),
+            final_copy_s: r3(st.final_copy_s(p)),
+            final_bytes: st.final_bytes.round(),
+            db_check_s: r3(st.db_check_s),
+            last_pass_s: r3(st.pass_s),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct IpDoc<'a> {
+    ip: &'a str,
+    volumes: u32,
+}
+
+impl UnitDoc<'_, '_> {
+    /// `status` and where the unit goes, or why it goes nowhere.
+    fn slot<M: SerializeMap>(&self, m: &mut M) -> Result<(), M::Error> {
+        let u = self.unit as usize;
+        match self.plan.schedule.slots[u] {
             Slot::Night {
                 night,
                 lane,
@@ -137,21 +197,13 @@ impl Serialize for UnitDoc<'_, '_> {
             Slot::Impossible(why) => {
                 m.serialize_entry("status", "impossible")?;
                 m.serialize_entry("reason", impossible_reason(why))?;
-                if let Some(b) = &plan.blame[u as usize] {
-                    #[derive(Serialize)]
-                    struct BlameDoc {
-                        constraint: &'static str,
-                        parts_without_it: u32,
-                        largest_part_freeze_s: f64,
-                    }
-                    m.serialize_entry(
-                        "blame",
-                        &BlameDoc {
-                            constraint: b.constraint.name(),
-                            parts_without_it: b.parts,
-                            largest_part_freeze_s: r3(b.largest_part_freeze_s),
-                        },
-                    )?;
+                if let Some(b) = &self.plan.blame[u] {
+                    let blame = BlameDoc {
+                        constraint: b.constraint.name(),
+                        parts_without_it: b.parts,
+                        largest_part_freeze_s: r3(b.largest_part_freeze_s),
+                    };
+                    m.serialize_entry("blame", &blame)?;
                 }
             }
             Slot::Unscheduled => {
@@ -159,95 +211,53 @@ impl Serialize for UnitDoc<'_, '_> {
                 m.serialize_entry("reason", "needs-more-nights")?;
             }
         }
-        #[derive(Serialize)]
-        struct Size {
-            sites: u64,
-            hostings: u32,
-            filers: u32,
-            databases: u32,
-            files: u64,
-            file_bytes: u64,
-            db_bytes: u64,
-        }
-        m.serialize_entry(
-            "size",
-            &Size {
-                sites: st.sites,
-                hostings: st.hostings,
-                filers: st.filers,
-                databases: st.databases,
-                files: st.files,
-                file_bytes: st.file_bytes,
-                db_bytes: st.db_bytes,
-            },
-        )?;
-        #[derive(Serialize)]
-        struct Freeze {
-            total_s: f64,
-            overhead_s: f64,
-            find_s: f64,
-            final_copy_s: f64,
-            final_bytes: f64,
-            db_check_s: f64,
-            last_pass_s: f64,
-        }
-        m.serialize_entry(
-            "freeze",
-            &Freeze {
-                total_s: r3(st.freeze_s),
-                overhead_s: r3(p.freeze_overhead),
-                find_s: r3(st.find_s),
-                final_copy_s: r3(st.final_copy_s(p)),
-                final_bytes: st.final_bytes.round(),
-                db_check_s: r3(st.db_check_s),
-                last_pass_s: r3(st.pass_s),
-            },
-        )?;
-        m.serialize_entry(
-            "glue",
-            &Seq(|| plan.unit_glue(u).map(|g| GlueDoc { plan, g })),
-        )?;
-        m.serialize_entry(
-            "ip_glue",
-            &Seq(|| {
-                plan.unit_ip_glue(u).map(|g| {
-                    #[derive(Serialize)]
-                    struct IpDoc<'a> {
-                        ip: &'a str,
-                        volumes: u32,
-                    }
-                    IpDoc {
-                        ip: inv.ip_address(g.ip),
-                        volumes: g.volumes,
-                    }
-                })
-            }),
-        )?;
+        Ok(())
+    }
+
+    /// Why the unit is one (`glue`, `ip_glue`) and everything in it.
+    fn members<M: SerializeMap>(&self, m: &mut M) -> Result<(), M::Error> {
+        let (plan, u) = (self.plan, self.unit);
+        let inv = plan.inventory();
+        let glue = Seq(|| plan.unit_glue(u).map(|g| GlueDoc { plan, g }));
+        m.serialize_entry("glue", &glue)?;
+        let ip_glue = Seq(|| {
+            plan.unit_ip_glue(u).map(|g| IpDoc {
+                ip: inv.ip_address(g.ip),
+                volumes: g.volumes,
+            })
+        });
+        m.serialize_entry("ip_glue", &ip_glue)?;
         let members = &plan.members;
-        m.serialize_entry(
-            "filers",
-            &Seq(|| members.filers.get(u).iter().map(|f| inv.filer_name(*f))),
-        )?;
-        m.serialize_entry(
-            "databases",
-            &Seq(|| {
-                members
-                    .databases
-                    .get(u)
-                    .iter()
-                    .map(|d| inv.database_name(*d))
-            }),
-        )?;
-        m.serialize_entry(
-            "hostings",
-            &Seq(|| {
-                members
-                    .hostings
-                    .get(u)
-                    .iter()
-                    .map(|&h| HostingDoc { plan, h })
-            }),
-        )?;
+        let filers = Seq(|| members.filers.get(u).iter().map(|f| inv.filer_name(*f)));
+        m.serialize_entry("filers", &filers)?;
+        let databases = Seq(|| {
+            members
+                .databases
+                .get(u)
+                .iter()
+                .map(|d| inv.database_name(*d))
+        });
+        m.serialize_entry("databases", &databases)?;
+        let hostings = Seq(|| {
+            members
+                .hostings
+                .get(u)
+                .iter()
+                .map(|&h| HostingDoc { plan, h })
+        });
+        m.serialize_entry("hostings", &hostings)
+    }
+}
+
+impl Serialize for UnitDoc<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let st = &self.plan.partition.stats()[self.unit as usize];
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("id", &unit_label(self.unit))?;
+        self.slot(&mut m)?;
+        m.serialize_entry("size", &SizeDoc::from(st))?;
+        m.serialize_entry("freeze", &FreezeDoc::new(st, &self.plan.params))?;
+        self.members(&mut m)?;
         m.end()
     }
 }
@@ -302,147 +312,159 @@ impl Serialize for HostingDoc<'_, '_> {
     }
 }
 
+#[derive(Serialize)]
+struct InventoryDoc<'a> {
+    counts: ferry_inventory::Counts,
+    files: Vec<FileDoc<'a>>,
+}
+
+impl<'a> InventoryDoc<'a> {
+    fn new(inv: &'a ferry_inventory::Inventory) -> InventoryDoc<'a> {
+        let files = inv
+            .files()
+            .iter()
+            .map(|f| FileDoc {
+                name: &f.name,
+                rows: f.rows,
+                bytes: f.bytes,
+                digest: &f.digest,
+            })
+            .collect();
+        InventoryDoc {
+            counts: inv.counts(),
+            files,
+        }
+    }
+}
+
+impl From<&Params> for ParamsDoc {
+    fn from(p: &Params) -> ParamsDoc {
+        ParamsDoc {
+            constraints: p.constraints.iter().map(|c| c.name()).collect(),
+            window: p.window.to_string(),
+            window_s: p.window.seconds(),
+            bandwidth_bytes_per_s: p.bandwidth,
+            max_freeze_s: p.max_freeze,
+            nights: p.nights,
+            parallel: p.parallel,
+            change_rate_per_day: p.change_rate * 86_400.0,
+            scan_rate_bytes_per_s: p.scan_rate,
+            walk_rate_files_per_s: p.walk_rate,
+            db_check_rate_bytes_per_s: p.db_check_rate,
+            freeze_overhead_s: p.freeze_overhead,
+            lead_s: p.lead,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct SummaryDoc {
+    units: usize,
+    scheduled_units: usize,
+    impossible_units: usize,
+    unscheduled_units: usize,
+    nights: usize,
+    complete: bool,
+}
+
+impl SummaryDoc {
+    fn new(plan: &Plan<'_>) -> SummaryDoc {
+        let impossible = plan.schedule.impossible();
+        let unscheduled = plan.schedule.unscheduled();
+        SummaryDoc {
+            units: plan.partition.len(),
+            scheduled_units: plan.partition.len() - impossible - unscheduled,
+            impossible_units: impossible,
+            unscheduled_units: unscheduled,
+            nights: plan.schedule.nights.len(),
+            complete: impossible + unscheduled == 0,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct NightDoc {
+    night: usize,
+    opens_after_s: f64,
+    units: Vec<String>,
+    freeze_s: f64,
+    busy_s: f64,
+    window_s: f64,
+    final_bytes: f64,
+    precopy_bytes: f64,
+    link_bytes_needed: f64,
+    link_bytes_available: f64,
+}
+
+/// The `nights` list: each night's totals and its units in placement order.
+fn serialize_nights<M: SerializeMap>(m: &mut M, plan: &Plan<'_>) -> Result<(), M::Error> {
+    let sched = &plan.schedule;
+    let mut by_night: Vec<Vec<(u32, u32)>> = vec![Vec::new(); sched.nights.len()];
+    for (u, slot) in sched.slots.iter().enumerate() {
+        if let Slot::Night { night, order, .. } = slot {
+            by_night[*night as usize].push((*order, u as u32));
+        }
+    }
+    for n in &mut by_night {
+        n.sort_unstable();
+    }
+    let window_s = plan.params.window.seconds();
+    let nights = Seq(|| {
+        sched.nights.iter().enumerate().map(|(i, n)| NightDoc {
+            night: i + 1,
+            opens_after_s: n.opens_after_s,
+            units: by_night[i].iter().map(|(_, u)| unit_label(*u)).collect(),
+            freeze_s: r3(n.freeze_s),
+            busy_s: r3(n.busy_s),
+            window_s,
+            final_bytes: n.final_bytes.round(),
+            precopy_bytes: n.precopy_bytes.round(),
+            link_bytes_needed: n.link_bytes_needed.round(),
+            link_bytes_available: n.link_bytes_available.round(),
+        })
+    });
+    m.serialize_entry("nights", &nights)
+}
+
+/// Observed uses by client addresses that are not hostings.
+fn serialize_unattributed<M: SerializeMap>(m: &mut M, plan: &Plan<'_>) -> Result<(), M::Error> {
+    let inv = plan.inventory();
+    let uses = Seq(|| {
+        inv.observed_uses().iter().filter_map(|o| match o.user {
+            ferry_inventory::User::Client(c) => {
+                let mut e = serde_json::Map::new();
+                e.insert("database".into(), inv.database_name(o.database).into());
+                e.insert("client".into(), inv.client_address(c).into());
+                Some(e)
+            }
+            ferry_inventory::User::Hosting(_) => None,
+        })
+    });
+    m.serialize_entry("unattributed_uses", &uses)
+}
+
+/// The whole document, in the order `docs/plan-format.md` shows it.
+fn serialize_plan<S: Serializer>(plan: &Plan<'_>, s: S) -> Result<S::Ok, S::Error> {
+    let mut m = s.serialize_map(None)?;
+    m.serialize_entry("format", FORMAT_NAME)?;
+    m.serialize_entry("version", &FORMAT_VERSION)?;
+    m.serialize_entry("generator", &format!("ferry {}", env!("CARGO_PKG_VERSION")))?;
+    m.serialize_entry("inventory", &InventoryDoc::new(plan.inventory()))?;
+    m.serialize_entry("parameters", &ParamsDoc::from(&plan.params))?;
+    m.serialize_entry("summary", &SummaryDoc::new(plan))?;
+    let costs: Vec<ScenarioDoc> = plan.scenarios.iter().map(ScenarioDoc::from).collect();
+    m.serialize_entry("constraint_costs", &costs)?;
+    serialize_nights(&mut m, plan)?;
+    let units = Seq(|| (0..plan.partition.len() as u32).map(|unit| UnitDoc { plan, unit }));
+    m.serialize_entry("units", &units)?;
+    serialize_unattributed(&mut m, plan)?;
+    m.end()
+}
+
 /// Writes the whole plan as JSON to `w`.
 pub(crate) fn write(plan: &Plan<'_>, w: impl Write) -> std::io::Result<()> {
-    let inv = plan.inventory();
-    let p = &plan.params;
     let mut ser = serde_json::Serializer::new(w);
-    let result = (|| -> Result<(), serde_json::Error> {
-        let mut m = ser.serialize_map(None)?;
-        m.serialize_entry("format", FORMAT_NAME)?;
-        m.serialize_entry("version", &FORMAT_VERSION)?;
-        m.serialize_entry("generator", &format!("ferry {}", env!("CARGO_PKG_VERSION")))?;
-        #[derive(Serialize)]
-        struct InventoryDoc<'a> {
-            counts: ferry_inventory::Counts,
-            files: Vec<FileDoc<'a>>,
-        }
-        m.serialize_entry(
-            "inventory",
-            &InventoryDoc {
-                counts: inv.counts(),
-                files: inv
-                    .files()
-                    .iter()
-                    .map(|f| FileDoc {
-                        name: &f.name,
-                        rows: f.rows,
-                        bytes: f.bytes,
-                        digest: &f.digest,
-                    })
-                    .collect(),
-            },
-        )?;
-        m.serialize_entry(
-            "parameters",
-            &ParamsDoc {
-                constraints: p.constraints.iter().map(|c| c.name()).collect(),
-                window: p.window.to_string(),
-                window_s: p.window.seconds(),
-                bandwidth_bytes_per_s: p.bandwidth,
-                max_freeze_s: p.max_freeze,
-                nights: p.nights,
-                parallel: p.parallel,
-                change_rate_per_day: p.change_rate * 86_400.0,
-                scan_rate_bytes_per_s: p.scan_rate,
-                walk_rate_files_per_s: p.walk_rate,
-                db_check_rate_bytes_per_s: p.db_check_rate,
-                freeze_overhead_s: p.freeze_overhead,
-                lead_s: p.lead,
-            },
-        )?;
-        let sched = &plan.schedule;
-        #[derive(Serialize)]
-        struct SummaryDoc {
-            units: usize,
-            scheduled_units: usize,
-            impossible_units: usize,
-            unscheduled_units: usize,
-            nights: usize,
-            complete: bool,
-        }
-        let impossible = sched.impossible();
-        let unscheduled = sched.unscheduled();
-        m.serialize_entry(
-            "summary",
-            &SummaryDoc {
-                units: plan.partition.len(),
-                scheduled_units: plan.partition.len() - impossible - unscheduled,
-                impossible_units: impossible,
-                unscheduled_units: unscheduled,
-                nights: sched.nights.len(),
-                complete: impossible + unscheduled == 0,
-            },
-        )?;
-        m.serialize_entry(
-            "constraint_costs",
-            &plan
-                .scenarios
-                .iter()
-                .map(ScenarioDoc::from)
-                .collect::<Vec<_>>(),
-        )?;
-        // Units of each night in freeze order.
-        let mut by_night: Vec<Vec<(u32, u32)>> = vec![Vec::new(); sched.nights.len()];
-        for (u, slot) in sched.slots.iter().enumerate() {
-            if let Slot::Night { night, order, .. } = slot {
-                by_night[*night as usize].push((*order, u as u32));
-            }
-        }
-        for n in &mut by_night {
-            n.sort_unstable();
-        }
-        #[derive(Serialize)]
-        struct NightDoc {
-            night: usize,
-            opens_after_s: f64,
-            units: Vec<String>,
-            freeze_s: f64,
-            busy_s: f64,
-            window_s: f64,
-            final_bytes: f64,
-            precopy_bytes: f64,
-            link_bytes_needed: f64,
-            link_bytes_available: f64,
-        }
-        m.serialize_entry(
-            "nights",
-            &Seq(|| {
-                sched.nights.iter().enumerate().map(|(i, n)| NightDoc {
-                    night: i + 1,
-                    opens_after_s: n.opens_after_s,
-                    units: by_night[i].iter().map(|(_, u)| unit_label(*u)).collect(),
-                    freeze_s: r3(n.freeze_s),
-                    busy_s: r3(n.busy_s),
-                    window_s: p.window.seconds(),
-                    final_bytes: n.final_bytes.round(),
-                    precopy_bytes: n.precopy_bytes.round(),
-                    link_bytes_needed: n.link_bytes_needed.round(),
-                    link_bytes_available: n.link_bytes_available.round(),
-                })
-            }),
-        )?;
-        m.serialize_entry(
-            "units",
-            &Seq(|| (0..plan.partition.len() as u32).map(|unit| UnitDoc { plan, unit })),
-        )?;
-        m.serialize_entry(
-            "unattributed_uses",
-            &Seq(|| {
-                inv.observed_uses().iter().filter_map(|o| match o.user {
-                    ferry_inventory::User::Client(c) => {
-                        let mut e = serde_json::Map::new();
-                        e.insert("database".into(), inv.database_name(o.database).into());
-                        e.insert("client".into(), inv.client_address(c).into());
-                        Some(e)
-                    }
-                    ferry_inventory::User::Hosting(_) => None,
-                })
-            }),
-        )?;
-        m.end()
-    })();
-    result.map_err(std::io::Error::other)?;
+    serialize_plan(plan, &mut ser).map_err(std::io::Error::other)?;
     let mut w = ser.into_inner();
     w.write_all(b"\n")?;
     w.flush()
