@@ -1,116 +1,30 @@
-//! The life of a request: find the site, honour its state (maintenance, frozen),
-//! choose a pool by path rule and a server by tier, forward, retry once elsewhere
-//! when an idempotent request could not reach its server.
+//! The life of a request, as named phases ([`handle`] -> `route_request`):
+//! `request_host`, `via_of` (loops), `find_site` (held while frozen,
+//! `hold.rs`), `maintenance_answer`, then `forward_local` (`choose_pool` by
+//! path rule, a server by tier, `send_to_server`, one retry elsewhere when an
+//! idempotent request could not reach its server) or `forward_remote`. An
+//! [`Exchange`] carries what forwarding needs; headers are `headers.rs`'s.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use ferry_model::{Hostname, Placement, SiteState};
-use ferry_router::{match_rule, Pick, Route};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use ferry_router::{match_rule, Pick, Pool, Route, Tracked};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Incoming};
 
 use crate::accesslog::Entry;
 use crate::body::ProxyBody;
 use crate::deadline::BodyDeadline;
+use crate::headers::{outgoing_parts, strip_hop_by_hop, ConnInfo, FERRY_VIA};
 use crate::hold::{Hold, Unrouted};
-use crate::state::Shared;
+use crate::metrics::Histogram;
+use crate::state::{Settings, Shared};
 use crate::stats::Stalled;
 use crate::upstream::{UpBody, UpstreamError};
-
-/// Header a router adds when it forwards to another DC's router, naming itself.
-/// A router that receives it and would forward again answers 508 instead.
-pub(crate) const VIA_HEADER: &str = "ferry-via";
-
-/// What the listener knows about the connection a request came on.
-#[derive(Clone)]
-pub(crate) struct ConnInfo {
-    /// The client: the peer, or the source named by a trusted PROXY header.
-    pub client: SocketAddr,
-    pub trusted: bool,
-    /// Upstream connections this client connection has used.
-    pub affinity: Arc<crate::upstream::Affinity>,
-    /// `X-Forwarded-For` and `Forwarded` values for this client, built once per
-    /// connection rather than per request.
-    pub client_ip_header: HeaderValue,
-    /// `for=` part of `Forwarded` (RFC 7239 quoting for IPv6).
-    pub forwarded_for: Box<str>,
-    /// The client connection is TLS: `proto=https` and `X-Forwarded-Proto: https`.
-    pub tls: bool,
-    /// The client speaks HTTP/2: response bodies are watched for a client
-    /// that stops granting flow-control window (`body.rs`).
-    pub h2: bool,
-}
-
-impl ConnInfo {
-    pub fn new(
-        client: SocketAddr,
-        trusted: bool,
-        tls: bool,
-        affinity: crate::upstream::Affinity,
-    ) -> ConnInfo {
-        let ip = client.ip();
-        let for_ = match ip {
-            std::net::IpAddr::V4(v4) => v4.to_string(),
-            // RFC 7239: IPv6 addresses are bracketed and quoted.
-            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-        };
-        // An IP address and these fixed parts are always valid header text.
-        let value =
-            |s: String| HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("unknown"));
-        ConnInfo {
-            client,
-            trusted,
-            affinity: Arc::new(affinity),
-            client_ip_header: value(ip.to_string()),
-            forwarded_for: format!("for={for_}").into(),
-            tls,
-            h2: false,
-        }
-    }
-}
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static FERRY_VIA: HeaderName = HeaderName::from_static(VIA_HEADER);
-
-/// Looked up by `HeaderName`, not by string: a string lookup parses the name
-/// again on every call (measurable on the request path).
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-];
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
-    }
-    for h in &HOP_BY_HOP {
-        if headers.contains_key(h) {
-            headers.remove(h);
-        }
-    }
-}
 
 fn version_str(v: Version) -> &'static str {
     match v {
@@ -180,8 +94,12 @@ pub(crate) async fn handle(
             h(header::USER_AGENT),
         )
     });
-    let (resp, host, state, upstream) =
-        route_request(&shared, &conn, req, log_parts.is_some()).await;
+    let Routed {
+        resp,
+        host,
+        state,
+        upstream,
+    } = route_request(&shared, &conn, req, log_parts.is_some()).await;
     shared.metrics.request(state, resp.status().as_u16());
     if let Some((method, path, version, referer, user_agent)) = log_parts {
         logger.log(Entry {
@@ -202,8 +120,30 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
-type Routed = (Response<ProxyBody>, String, Option<SiteState>, String);
+/// What `handle` counts and logs of a request.
+struct Routed {
+    resp: Response<ProxyBody>,
+    /// The host as the access log shows it (empty when the log is off).
+    host: String,
+    state: Option<SiteState>,
+    /// `pool/server`, `pool:NAME` or `remote:DC`; "-" when not forwarded.
+    upstream: String,
+}
 
+impl Routed {
+    /// A request answered by the router itself.
+    fn answered(resp: Response<ProxyBody>, host: String, state: Option<SiteState>) -> Routed {
+        Routed {
+            resp,
+            host,
+            state,
+            upstream: "-".into(),
+        }
+    }
+}
+
+/// The phases of a request: its host, the loop check, the site (held while
+/// frozen), maintenance, then the placement it is forwarded to.
 async fn route_request(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
@@ -211,36 +151,13 @@ async fn route_request(
     log: bool,
 ) -> Routed {
     let settings = shared.settings.load_full();
-    let bad = |msg: &str| {
-        shared
-            .metrics
-            .bad_requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        (
-            text(StatusCode::BAD_REQUEST, msg),
-            "-".to_string(),
-            None,
-            "-".to_string(),
-        )
-    };
-
-    // Request smuggling (both Content-Length and Transfer-Encoding): hyper's
-    // HTTP/1 parser drops Content-Length, reads the body as chunked and closes
-    // the connection after the response (RFC 9112 6.1, HAProxy does the same),
-    // so nothing hidden in the body is ever parsed as a second request.
-    let raw_host = match req.headers().get(header::HOST) {
-        Some(h) => match h.to_str() {
-            Ok(s) => s,
-            Err(_) => return bad("Host header is not visible ASCII"),
-        },
-        None => match req.uri().authority() {
-            Some(a) => a.as_str(),
-            None => return bad("request has no Host header"),
-        },
-    };
-    let host = match Hostname::from_host_header(raw_host) {
+    let host = match request_host(&req) {
         Ok(h) => h,
-        Err(e) => return bad(&format!("bad Host header: {e}")),
+        Err(msg) => {
+            count(&shared.metrics.bad_requests);
+            let resp = text(StatusCode::BAD_REQUEST, &msg);
+            return Routed::answered(resp, "-".into(), None);
+        }
     };
     // The host as the access log shows it; nothing to copy when it is off.
     let host_str = if log {
@@ -248,34 +165,110 @@ async fn route_request(
     } else {
         String::new()
     };
-    let crossed = req
+    let via = via_of(&req, &settings.name);
+    if via == Via::ThisRouter {
+        count(&shared.metrics.loops);
+        let resp = text(
+            StatusCode::LOOP_DETECTED,
+            "request already crossed this router",
+        );
+        return Routed::answered(resp, host_str, None);
+    }
+    let route = match find_site(shared, &settings, &host).await {
+        Ok(route) => route,
+        Err((resp, state)) => return Routed::answered(resp, host_str, state),
+    };
+    if let Some(resp) = maintenance_answer(&settings, conn, &route) {
+        return Routed::answered(resp, host_str, Some(SiteState::Maintenance));
+    }
+    let exchange = Exchange {
+        shared,
+        settings: &settings,
+        conn,
+        host: host.as_str(),
+        in_flight: shared.table.track(route.site, false),
+        want_label: log,
+    };
+    let (resp, upstream) = match route.placement.as_ref() {
+        Placement::Pool(pool_name) => forward_local(exchange, &route, pool_name, req).await,
+        Placement::Remote(dc) if via == Via::OtherRouter => {
+            // The other router sent it here because it thinks the site lives
+            // here; we think it lives there. Refuse rather than ping-pong.
+            count(&shared.metrics.loops);
+            let msg = format!("site {host} is placed in {dc} by both routers");
+            (
+                text(StatusCode::LOOP_DETECTED, &msg),
+                format!("remote:{dc}"),
+            )
+        }
+        Placement::Remote(dc) => forward_remote(exchange, dc, req).await,
+    };
+    Routed {
+        resp,
+        host: host_str,
+        state: Some(route.state),
+        upstream,
+    }
+}
+
+fn count(counter: &std::sync::atomic::AtomicU64) {
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The request's host: the Host header, or the authority of an absolute
+/// URI (HTTP/2); or why the request is refused.
+fn request_host<B>(req: &Request<B>) -> Result<Hostname, String> {
+    // Request smuggling (both Content-Length and Transfer-Encoding): hyper's
+    // HTTP/1 parser drops Content-Length, reads the body as chunked and closes
+    // the connection after the response (RFC 9112 6.1, HAProxy does the same),
+    // so nothing hidden in the body is ever parsed as a second request.
+    let raw = match req.headers().get(header::HOST) {
+        Some(h) => h
+            .to_str()
+            .map_err(|_| "Host header is not visible ASCII".to_string())?,
+        None => match req.uri().authority() {
+            Some(a) => a.as_str(),
+            None => return Err("request has no Host header".into()),
+        },
+    };
+    Hostname::from_host_header(raw).map_err(|e| format!("bad Host header: {e}"))
+}
+
+/// Which routers a request crossed before this one (`ferry-via`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// None: it came from a client.
+    Client,
+    /// Another router forwarded it.
+    OtherRouter,
+    /// It already crossed this router: a loop.
+    ThisRouter,
+}
+
+fn via_of<B>(req: &Request<B>, me: &str) -> Via {
+    let mut via = Via::Client;
+    for names in req
         .headers()
         .get_all(&FERRY_VIA)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>();
-    if crossed
-        .iter()
-        .flat_map(|v| v.split(','))
-        .any(|n| n.trim() == settings.name)
     {
-        shared
-            .metrics
-            .loops
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return (
-            text(
-                StatusCode::LOOP_DETECTED,
-                "request already crossed this router",
-            ),
-            host_str,
-            None,
-            "-".into(),
-        );
+        if names.split(',').any(|n| n.trim() == me) {
+            return Via::ThisRouter;
+        }
+        via = Via::OtherRouter;
     }
-    let has_crossed = !crossed.is_empty();
+    via
+}
 
-    // Find the site; if it is frozen, hold the request (`hold.rs`).
+/// The site of `host`, held while it is frozen (`hold.rs`); or the answer
+/// and the site state to count it under: 404 for no site, 503 when it
+/// stayed frozen for `hold_max`.
+async fn find_site(
+    shared: &Shared,
+    settings: &Settings,
+    host: &Hostname,
+) -> Result<Route, (Response<ProxyBody>, Option<SiteState>)> {
     let hold = Hold {
         table: &shared.table,
         holds: &shared.holds,
@@ -283,107 +276,101 @@ async fn route_request(
         held_total: &shared.metrics.held_total,
     };
     // A request cannot tell that its client left: hyper drops it then.
-    let route = match hold.route(host.as_str(), std::future::pending()).await {
-        Ok(route) => route,
+    match hold.route(host.as_str(), std::future::pending()).await {
+        Ok(route) => Ok(route),
         Err(Unrouted::UnknownSite) => {
-            return (
-                text(StatusCode::NOT_FOUND, &format!("no site for host {host}")),
-                host_str,
-                None,
-                "-".into(),
-            );
+            let msg = format!("no site for host {host}");
+            Err((text(StatusCode::NOT_FOUND, &msg), None))
         }
         Err(Unrouted::StillFrozen | Unrouted::ClientGone) => {
-            shared
-                .metrics
-                .hold_timeouts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return (
-                unavailable(
-                    settings.retry_after,
-                    None,
-                    "site is being moved; retry shortly",
-                ),
-                host_str,
-                Some(SiteState::Frozen),
-                "-".into(),
-            );
+            count(&shared.metrics.hold_timeouts);
+            let msg = "site is being moved; retry shortly";
+            let resp = unavailable(settings.retry_after, None, msg);
+            Err((resp, Some(SiteState::Frozen)))
         }
-    };
-    let state = if route.state == SiteState::Maintenance {
-        if !settings
-            .operator_networks
-            .iter()
-            .any(|n| n.contains(&conn.client.ip()))
-        {
-            let page = route
-                .extras
-                .as_ref()
-                .and_then(|x| x.maintenance_page.as_deref())
-                .unwrap_or(&settings.maintenance_page);
-            return (
-                unavailable(settings.retry_after, Some(page), ""),
-                host_str,
-                Some(SiteState::Maintenance),
-                "-".into(),
-            );
-        }
-        SiteState::Maintenance
-    } else {
-        route.state
-    };
-
-    let in_flight = shared.table.track(route.site, false);
-    let (resp, upstream) = match route.placement.as_ref() {
-        Placement::Pool(pool_name) => {
-            forward_local(
-                shared,
-                &settings,
-                conn,
-                &route,
-                pool_name,
-                host.as_str(),
-                req,
-                in_flight,
-                log,
-            )
-            .await
-        }
-        Placement::Remote(dc) => {
-            if has_crossed {
-                // The other router sent it here because it thinks the site lives
-                // here; we think it lives there. Refuse rather than ping-pong.
-                shared
-                    .metrics
-                    .loops
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                (
-                    text(
-                        StatusCode::LOOP_DETECTED,
-                        &format!("site {host} is placed in {dc} by both routers"),
-                    ),
-                    format!("remote:{dc}"),
-                )
-            } else {
-                forward_remote(shared, &settings, conn, dc, host.as_str(), req, in_flight).await
-            }
-        }
-    };
-    (resp, host_str, Some(state), upstream)
+    }
 }
 
-/// The client's request body, cut if it stops for `body_timeout`.
-fn client_body(
-    shared: &Shared,
-    settings: &crate::state::Settings,
-    body: Incoming,
-) -> BodyDeadline<Incoming> {
-    BodyDeadline::new(
-        body,
-        settings.body_timeout,
-        Stalled::ClientSend,
-        Arc::clone(&shared.metrics),
-    )
+/// The maintenance answer (503, Retry-After, the site's page) of a site in
+/// maintenance, unless the client is in `operator_networks`.
+fn maintenance_answer(
+    settings: &Settings,
+    conn: &ConnInfo,
+    route: &Route,
+) -> Option<Response<ProxyBody>> {
+    if route.state != SiteState::Maintenance {
+        return None;
+    }
+    let client = conn.client.ip();
+    if settings
+        .operator_networks
+        .iter()
+        .any(|n| n.contains(&client))
+    {
+        return None;
+    }
+    let page = route
+        .extras
+        .as_ref()
+        .and_then(|x| x.maintenance_page.as_deref())
+        .unwrap_or(&settings.maintenance_page);
+    Some(unavailable(settings.retry_after, Some(page), ""))
+}
+
+/// One request on its way to an upstream: what forwarding it needs besides
+/// the request itself.
+struct Exchange<'a> {
+    shared: &'a Arc<Shared>,
+    settings: &'a Settings,
+    conn: &'a ConnInfo,
+    host: &'a str,
+    /// Counts the request in flight for its site until its response body ends.
+    in_flight: Tracked,
+    /// The access log wants the upstream label.
+    want_label: bool,
+}
+
+impl Exchange<'_> {
+    /// The client's request body, cut if it stops for `body_timeout`.
+    fn client_body(&self, body: Incoming) -> BodyDeadline<Incoming> {
+        BodyDeadline::new(
+            body,
+            self.settings.body_timeout,
+            Stalled::ClientSend,
+            Arc::clone(&self.shared.metrics),
+        )
+    }
+
+    /// The upstream's response, handed to the client: hop-by-hop headers
+    /// removed, the body cut if it stalls, the request counted in flight
+    /// (and on its server) until the body ends.
+    fn respond(self, resp: Response<Incoming>, pick: Option<Pick>) -> Response<ProxyBody> {
+        let (shared, settings) = (self.shared, self.settings);
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let body = BodyDeadline::new(
+            body,
+            settings.body_timeout,
+            Stalled::Upstream,
+            Arc::clone(&shared.metrics),
+        );
+        let body = if self.conn.h2 {
+            ProxyBody::watched(
+                body,
+                self.in_flight,
+                pick,
+                settings.body_timeout,
+                Arc::clone(&shared.metrics),
+            )
+        } else {
+            ProxyBody::Upstream {
+                body,
+                _in_flight: Some(self.in_flight),
+                _server: pick,
+            }
+        };
+        Response::from_parts(parts, body)
+    }
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -393,141 +380,24 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-/// Prepares the outgoing head: hop-by-hop headers removed, Host set, the client
-/// address appended to X-Forwarded-For and Forwarded. With `absolute_to`, the
-/// URI is made absolute for a pooled client that dials by URI; without, it is
-/// left in (or brought to) origin form for a connection we already hold.
-fn outgoing_parts(
-    parts: &mut http::request::Parts,
-    conn: &ConnInfo,
-    host: &str,
-    absolute_to: Option<SocketAddr>,
-) {
-    strip_hop_by_hop(&mut parts.headers);
-    if !conn.trusted {
-        // Only another router may tell us who the client is.
-        parts.headers.remove(&X_FORWARDED_FOR);
-        parts.headers.remove(header::FORWARDED);
-        parts.headers.remove(&FERRY_VIA);
-        parts.headers.remove(&X_FORWARDED_PROTO);
-    }
-    if !parts.headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            parts.headers.insert(header::HOST, v);
-        }
-    }
-    match parts
-        .headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-    {
-        // A trusted peer (another router) already named the client.
-        Some(_) if conn.trusted => {}
-        Some(prev) => {
-            if let Ok(v) = HeaderValue::from_str(&format!("{prev}, {}", conn.client.ip())) {
-                parts.headers.insert(&X_FORWARDED_FOR, v);
-            }
-        }
-        None => {
-            parts
-                .headers
-                .insert(&X_FORWARDED_FOR, conn.client_ip_header.clone());
-        }
-    }
-    let proto = if conn.tls { "https" } else { "http" };
-    // A trusted peer (another router) knows how the client reached it.
-    if !(conn.trusted && parts.headers.contains_key(&X_FORWARDED_PROTO)) {
-        parts
-            .headers
-            .insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    }
-    if !(conn.trusted && parts.headers.contains_key(header::FORWARDED)) {
-        let value = format!("{};host={host};proto={proto}", conn.forwarded_for);
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            parts.headers.insert(header::FORWARDED, v);
-        }
-    }
-    match absolute_to {
-        Some(target) => {
-            let pq = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
-            if let Ok(uri) = Uri::builder()
-                .scheme("http")
-                .authority(target.to_string())
-                .path_and_query(pq)
-                .build()
-            {
-                parts.uri = uri;
-            }
-        }
-        // HTTP/2 requests arrive in absolute form; HTTP/1 upstreams want origin form.
-        None if parts.uri.authority().is_some() => {
-            let pq = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
-            if let Ok(uri) = Uri::builder().path_and_query(pq).build() {
-                parts.uri = uri;
-            }
-        }
-        None => {}
-    }
-    parts.version = Version::HTTP_11;
+/// The pool a request goes to, with what the request path needs of it.
+struct PoolTarget {
+    pool: Arc<Pool>,
+    /// Connect failures in a row that mark a server down (0: no passive check).
+    passive_fall: u32,
+    histogram: Arc<Histogram>,
 }
 
-fn response_from(
+/// The pool of a request to `pool:NAME`: the longest matching path rule of
+/// the site, then of the pool, else the pool itself. Err: the name of a
+/// pool that does not exist (a rule names it).
+fn choose_pool(
     shared: &Shared,
-    settings: &crate::state::Settings,
-    conn: &ConnInfo,
-    resp: Response<Incoming>,
-    in_flight: ferry_router::Tracked,
-    pick: Option<Pick>,
-) -> Response<ProxyBody> {
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let body = BodyDeadline::new(
-        body,
-        settings.body_timeout,
-        Stalled::Upstream,
-        Arc::clone(&shared.metrics),
-    );
-    let body = if conn.h2 {
-        ProxyBody::watched(
-            body,
-            in_flight,
-            pick,
-            settings.body_timeout,
-            Arc::clone(&shared.metrics),
-        )
-    } else {
-        ProxyBody::Upstream {
-            body,
-            _in_flight: Some(in_flight),
-            _server: pick,
-        }
-    };
-    Response::from_parts(parts, body)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn forward_local(
-    shared: &Arc<Shared>,
-    settings: &crate::state::Settings,
-    conn: &ConnInfo,
     route: &Route,
     pool_name: &str,
-    host: &str,
-    req: Request<Incoming>,
-    in_flight: ferry_router::Tracked,
-    want_label: bool,
-) -> (Response<ProxyBody>, String) {
+    path: &str,
+) -> Result<PoolTarget, String> {
     let pools = shared.pools.load();
-    let path = req.uri().path();
-    // Site rules first, then the placement pool's own rules.
     let target_name = route
         .extras
         .as_ref()
@@ -540,20 +410,33 @@ async fn forward_local(
         })
         .unwrap_or(pool_name);
     let Some(entry) = pools.pools.get(target_name) else {
-        return (
-            text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("pool {target_name} does not exist"),
-            ),
-            format!("pool:{target_name}"),
-        );
+        return Err(target_name.to_string());
     };
-    let pool = Arc::clone(&entry.pool);
-    let passive_fall = entry.passive_fall;
-    let histogram = Arc::clone(&entry.histogram);
-    drop(pools);
-    let target_name = pool.name.as_str();
+    Ok(PoolTarget {
+        pool: Arc::clone(&entry.pool),
+        passive_fall: entry.passive_fall,
+        histogram: Arc::clone(&entry.histogram),
+    })
+}
 
+/// Forwards to a server of the request's pool. A request that can be sent
+/// twice (idempotent, no body) gets one more server when the first could
+/// not be reached or died before answering.
+async fn forward_local(
+    exchange: Exchange<'_>,
+    route: &Route,
+    pool_name: &str,
+    req: Request<Incoming>,
+) -> (Response<ProxyBody>, String) {
+    let target = match choose_pool(exchange.shared, route, pool_name, req.uri().path()) {
+        Ok(t) => t,
+        Err(missing) => {
+            let msg = format!("pool {missing} does not exist");
+            let answer = text(StatusCode::SERVICE_UNAVAILABLE, &msg);
+            return (answer, format!("pool:{missing}"));
+        }
+    };
+    let pool_name = target.pool.name.as_str();
     let (parts, body) = req.into_parts();
     // A request without a body can be sent twice; one with a body is only
     // retried if the body is known to be empty.
@@ -561,122 +444,125 @@ async fn forward_local(
     let mut body = Some(body);
     let mut tried: Vec<usize> = Vec::with_capacity(2);
     loop {
-        let Some(pick) = pool.pick(&tried) else {
-            let msg = if tried.is_empty() {
-                format!("no server of pool {target_name} is available")
-            } else {
-                format!("no other server of pool {target_name} could be reached")
-            };
-            let status = if tried.is_empty() {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::BAD_GATEWAY
-            };
-            let mut r = text(status, &msg);
-            if status == StatusCode::SERVICE_UNAVAILABLE {
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(settings.retry_after));
-            }
-            return (r, format!("pool:{target_name}"));
+        let Some(pick) = target.pool.pick(&tried) else {
+            let answer = no_server(pool_name, tried.is_empty(), exchange.settings.retry_after);
+            return (answer, format!("pool:{pool_name}"));
         };
-        let addr = pick.server.address;
-        let mut p = parts.clone();
-        outgoing_parts(&mut p, conn, host, None);
         let out_body: UpBody = if replayable {
             Either::Right(Empty::new())
         } else {
             match body.take() {
-                Some(b) => Either::Left(client_body(shared, settings, b)),
+                Some(b) => Either::Left(exchange.client_body(b)),
                 None => Either::Right(Empty::new()),
             }
         };
-        let t0 = Instant::now();
-        let result = shared
-            .upstream
-            .send_affine(
-                &conn.affinity,
-                addr,
-                Request::from_parts(p, out_body),
-                settings.request_timeout,
-            )
-            .await;
+        let result = send_to_server(&exchange, &target, &pick, parts.clone(), out_body).await;
         // Only the access log and debug logs use the label; skip the allocation otherwise.
-        let upstream_label = if want_label || tracing::enabled!(tracing::Level::DEBUG) {
-            format!("{}/{}", target_name, pick.server.name)
+        let label = if exchange.want_label || tracing::enabled!(tracing::Level::DEBUG) {
+            format!("{}/{}", pool_name, pick.server.name)
         } else {
             String::new()
         };
         match result {
-            Ok(resp) => {
-                pick.server.record_connect(true, passive_fall);
-                histogram.observe(t0.elapsed().as_secs_f64());
-                return (
-                    response_from(shared, settings, conn, resp, in_flight, Some(pick)),
-                    upstream_label,
-                );
-            }
-            Err(UpstreamError::Connect(e)) => {
-                if pick.server.record_connect(false, passive_fall) == Some(false) {
-                    tracing::warn!(pool = %target_name, server = %pick.server.name, error = %e, "server marked down by failed connections");
+            Ok(resp) => return (exchange.respond(resp, Some(pick)), label),
+            Err(e) => {
+                // Not reached, or the server died under the request (reset,
+                // closed before any response byte): replaying is safe only
+                // for an idempotent request without a body, once, elsewhere
+                // (HAProxy's retry-on empty-response). A timeout is not retried.
+                let retryable = matches!(e, UpstreamError::Connect(_) | UpstreamError::Exchange(_));
+                if replayable && retryable {
+                    tried.push(pick.index);
+                    if tried.len() < 2 {
+                        count(&exchange.shared.metrics.retries);
+                        continue;
+                    }
                 }
-                tried.push(pick.index);
-                if replayable && tried.len() < 2 {
-                    shared
-                        .metrics
-                        .retries
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    continue;
-                }
-                tracing::debug!(server = %upstream_label, error = %e, "upstream connect failed");
-                return (
-                    text(
-                        StatusCode::BAD_GATEWAY,
-                        "could not connect to the upstream server",
-                    ),
-                    upstream_label,
-                );
-            }
-            Err(UpstreamError::Exchange(e)) => {
-                // The server died under the request (reset, closed before any
-                // response byte). Replaying is safe only for an idempotent request
-                // without a body: do it once, elsewhere (HAProxy's
-                // retry-on empty-response).
-                tried.push(pick.index);
-                if replayable && tried.len() < 2 {
-                    shared
-                        .metrics
-                        .retries
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    continue;
-                }
-                tracing::debug!(server = %upstream_label, error = %e, "upstream exchange failed");
-                return (
-                    text(StatusCode::BAD_GATEWAY, "upstream server failed to answer"),
-                    upstream_label,
-                );
-            }
-            Err(UpstreamError::Timeout) => {
-                return (
-                    text(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream server did not answer in time",
-                    ),
-                    upstream_label,
-                );
+                return (failed_upstream(&e, &label), label);
             }
         }
     }
 }
 
+/// One try at one server; its connect result feeds the passive health check.
+async fn send_to_server(
+    exchange: &Exchange<'_>,
+    target: &PoolTarget,
+    pick: &Pick,
+    mut parts: http::request::Parts,
+    body: UpBody,
+) -> Result<Response<Incoming>, UpstreamError> {
+    outgoing_parts(&mut parts, exchange.conn, exchange.host, None);
+    let t0 = Instant::now();
+    let result = exchange
+        .shared
+        .upstream
+        .send_affine(
+            &exchange.conn.affinity,
+            pick.server.address,
+            Request::from_parts(parts, body),
+            exchange.settings.request_timeout,
+        )
+        .await;
+    match &result {
+        Ok(_) => {
+            pick.server.record_connect(true, target.passive_fall);
+            target.histogram.observe(t0.elapsed().as_secs_f64());
+        }
+        Err(UpstreamError::Connect(e)) => {
+            if pick.server.record_connect(false, target.passive_fall) == Some(false) {
+                tracing::warn!(pool = %target.pool.name, server = %pick.server.name, error = %e, "server marked down by failed connections");
+            }
+        }
+        Err(_) => {}
+    }
+    result
+}
+
+/// No (other) server to send to: 503 with Retry-After when the pool had
+/// none, 502 when the one tried failed and no other is left.
+fn no_server(pool: &str, first: bool, retry_after: u32) -> Response<ProxyBody> {
+    if first {
+        let msg = format!("no server of pool {pool} is available");
+        let mut r = text(StatusCode::SERVICE_UNAVAILABLE, &msg);
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        r
+    } else {
+        let msg = format!("no other server of pool {pool} could be reached");
+        text(StatusCode::BAD_GATEWAY, &msg)
+    }
+}
+
+/// The answer to a request whose server failed it (not retried).
+fn failed_upstream(e: &UpstreamError, label: &str) -> Response<ProxyBody> {
+    match e {
+        UpstreamError::Connect(e) => {
+            tracing::debug!(server = %label, error = %e, "upstream connect failed");
+            text(
+                StatusCode::BAD_GATEWAY,
+                "could not connect to the upstream server",
+            )
+        }
+        UpstreamError::Exchange(e) => {
+            tracing::debug!(server = %label, error = %e, "upstream exchange failed");
+            text(StatusCode::BAD_GATEWAY, "upstream server failed to answer")
+        }
+        UpstreamError::Timeout => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream server did not answer in time",
+        ),
+    }
+}
+
+/// Forwards to the router of another datacenter, naming ourselves in
+/// `ferry-via` so it can refuse to send the request back.
 async fn forward_remote(
-    shared: &Arc<Shared>,
-    settings: &crate::state::Settings,
-    conn: &ConnInfo,
+    exchange: Exchange<'_>,
     dc: &str,
-    host: &str,
     req: Request<Incoming>,
-    in_flight: ferry_router::Tracked,
 ) -> (Response<ProxyBody>, String) {
+    let (shared, settings) = (exchange.shared, exchange.settings);
     let label = format!("remote:{dc}");
     let Some(remote) = shared.remotes.load().get(dc).cloned() else {
         return (
@@ -689,8 +575,12 @@ async fn forward_remote(
     };
     let histogram = shared.metrics.upstream(&label);
     let (mut parts, body) = req.into_parts();
-    outgoing_parts(&mut parts, conn, host, Some(remote.address));
-    // Name ourselves so the next router can refuse to send it back.
+    outgoing_parts(
+        &mut parts,
+        exchange.conn,
+        exchange.host,
+        Some(remote.address),
+    );
     let via = match parts.headers.get(&FERRY_VIA).and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {}", settings.name),
         None => settings.name.clone(),
@@ -698,12 +588,13 @@ async fn forward_remote(
     if let Ok(v) = HeaderValue::from_str(&via) {
         parts.headers.insert(&FERRY_VIA, v);
     }
-    let req = Request::from_parts(parts, Either::Left(client_body(shared, settings, body)));
+    let req = Request::from_parts(parts, Either::Left(exchange.client_body(body)));
     let t0 = Instant::now();
     let result = if remote.proxy_protocol {
+        let client = exchange.conn.client;
         shared
             .upstream
-            .send_with_proxy_header(remote.address, conn.client, req, settings.request_timeout)
+            .send_with_proxy_header(remote.address, client, req, settings.request_timeout)
             .await
     } else {
         shared.upstream.send(req, settings.request_timeout).await
@@ -711,10 +602,7 @@ async fn forward_remote(
     match result {
         Ok(resp) => {
             histogram.observe(t0.elapsed().as_secs_f64());
-            (
-                response_from(shared, settings, conn, resp, in_flight, None),
-                label,
-            )
+            (exchange.respond(resp, None), label)
         }
         Err(UpstreamError::Timeout) => (
             text(

@@ -22,6 +22,7 @@ mod deadline;
 mod forward;
 mod galera;
 mod galera_pool;
+mod headers;
 mod health;
 mod hold;
 #[cfg(test)]

@@ -26,7 +26,8 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::deadline::{self, Activity, BoxError, Guarded, Prefixed, SendDeadline, Sniffed};
-use crate::forward::{self, ConnInfo};
+use crate::forward;
+use crate::headers::ConnInfo;
 use crate::listen::{self, Cap};
 use crate::state::Shared;
 use crate::stats::ListenerKind;
