@@ -48,6 +48,10 @@ pub enum SyncError {
         column: usize,
         message: String,
     },
+    /// A local source that is not there, or not what the mode reads (a
+    /// directory in file mode, an image in block mode).
+    #[error("{}: {reason}", path.display())]
+    BadSource { path: PathBuf, reason: &'static str },
     /// The request is valid but not supported in this combination.
     #[error("{0}")]
     Unsupported(String),

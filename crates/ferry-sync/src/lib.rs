@@ -18,6 +18,9 @@
 //!   decoder; [`remote`]: the client side of a connection to an agent
 //!   ([`RemoteTree`]); [`agent`]: the server side ([`serve`], [`AgentConfig`],
 //!   its [`Limits`] against strangers and hostile sessions).
+//! - [`open`]: an [`Endpoint`] (local path or agent volume) opened as a
+//!   source or a destination ([`Endpoint::open`]); every caller opens
+//!   sides this way.
 //! - [`block`]: block mode (parallel hashing, digest file).
 //! - [`limits`]: the frame and block-size bounds every module checks
 //!   against (a leaf: the modules depend on each other one way, checked by
@@ -41,6 +44,7 @@ pub mod limits;
 pub mod local;
 pub mod manifest;
 pub mod merkle;
+pub mod open;
 pub mod path;
 pub mod proto;
 pub mod remote;
@@ -57,6 +61,7 @@ pub use follow::{follow, FollowDest, FollowOptions};
 pub use local::LocalTree;
 pub use manifest::{Entry, Kind, Manifest, Meta, Mtime, ScanOptions};
 pub use merkle::{Digest, Verdict};
+pub use open::{Endpoint, EndpointTree, OpenOptions, Role};
 pub use path::RelPath;
-pub use remote::{Deadlines, Endpoint, RemoteTree};
+pub use remote::{Deadlines, RemoteTree};
 pub use watch::{Changes, Watch};

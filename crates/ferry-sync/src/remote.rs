@@ -8,7 +8,6 @@
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -20,44 +19,6 @@ use crate::merkle::{Child, Digest};
 use crate::path::RelPath;
 use crate::proto::{self, Msg, VANISHED};
 use crate::watch::Changes;
-
-/// Where a side of a sync lives: a local path or `ferry://HOST:PORT/VOLUME`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    Local(PathBuf),
-    Remote {
-        host: String,
-        port: u16,
-        volume: String,
-    },
-}
-
-impl Endpoint {
-    /// Parses a command-line endpoint.
-    pub fn parse(s: &str) -> Result<Endpoint> {
-        let Some(rest) = s.strip_prefix("ferry://") else {
-            return Ok(Endpoint::Local(PathBuf::from(s)));
-        };
-        let bad = |why: &str| {
-            SyncError::Unsupported(format!("{s:?}: {why} (expected ferry://HOST:PORT/VOLUME)"))
-        };
-        let (hostport, volume) = rest.split_once('/').ok_or_else(|| bad("no volume"))?;
-        if volume.is_empty() || volume.contains('/') {
-            return Err(bad("the volume must be one name"));
-        }
-        let (host, port) = hostport.rsplit_once(':').ok_or_else(|| bad("no port"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(bad("no host"));
-        }
-        let port: u16 = port.parse().map_err(|_| bad("bad port"))?;
-        Ok(Endpoint::Remote {
-            host: host.to_string(),
-            port,
-            volume: volume.to_string(),
-        })
-    }
-}
 
 struct Counting<T> {
     inner: T,

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, Context};
 use clap::ValueEnum;
 use ferry_sync::{
-    ConvergeOptions, Dest, Endpoint, Event, FollowDest, FollowOptions, LocalTree, Mode,
-    PassSummary, RemoteTree, Source, SyncOptions,
+    ConvergeOptions, Dest, Endpoint, EndpointTree, Event, FollowDest, FollowOptions, Mode,
+    OpenOptions, PassSummary, Role, Source, SyncOptions,
 };
 
 use crate::Failure;
@@ -216,58 +216,26 @@ impl Settings {
     }
 }
 
-enum Side {
-    Local(Box<LocalTree>),
-    Remote(RemoteTree),
+/// How this run opens its endpoints (ferry-sync's one way to open a side).
+fn open_options(st: &Settings) -> OpenOptions {
+    OpenOptions {
+        key: st.key,
+        mode: st.mode,
+        ..OpenOptions::default()
+    }
 }
 
-impl Side {
-    fn open(
-        e: &Endpoint,
-        key: Option<&[u8; 32]>,
-        write: bool,
-        mode: Mode,
-    ) -> Result<Side, Failure> {
-        match e {
-            Endpoint::Local(p) => {
-                if mode == Mode::File {
-                    if write {
-                        std::fs::create_dir_all(p)
-                            .with_context(|| format!("cannot create {}", p.display()))?;
-                    } else if !p.is_dir() {
-                        return Err(Failure::usage(anyhow!(
-                            "{}: not a directory (use --mode block for an image)",
-                            p.display()
-                        )));
-                    }
-                } else if !write && !p.exists() {
-                    return Err(Failure::usage(anyhow!("{}: no such image", p.display())));
-                }
-                Ok(Side::Local(Box::new(LocalTree::new(p))))
-            }
-            Endpoint::Remote { host, port, volume } => {
-                let key = key.ok_or_else(|| Failure::usage(anyhow!("no key for {host}")))?;
-                match RemoteTree::connect(host, *port, volume, key, write) {
-                    Ok(t) => Ok(Side::Remote(t)),
-                    Err(e @ ferry_sync::SyncError::Auth(_)) => Err(Failure::refused(e)),
-                    Err(e @ ferry_sync::SyncError::Remote(_)) => Err(Failure::refused(e)),
-                    Err(e) => Err(e.into()),
-                }
-            }
+/// Opens an endpoint, with its refusals mapped to exit codes: a source
+/// that is not there is a usage error (2); an agent refusing the key or
+/// the volume is a refusal (3).
+fn open(e: &Endpoint, role: Role, st: &Settings) -> Result<EndpointTree, Failure> {
+    e.open(role, &open_options(st)).map_err(|e| match e {
+        e @ ferry_sync::SyncError::BadSource { .. } => Failure::usage(e),
+        e @ (ferry_sync::SyncError::Auth(_) | ferry_sync::SyncError::Remote(_)) => {
+            Failure::refused(e)
         }
-    }
-    fn source(&self) -> &dyn Source {
-        match self {
-            Side::Local(t) => t.as_ref(),
-            Side::Remote(t) => t,
-        }
-    }
-    fn dest(&self) -> &dyn Dest {
-        match self {
-            Side::Local(t) => t.as_ref(),
-            Side::Remote(t) => t,
-        }
-    }
+        e => e.into(),
+    })
 }
 
 fn human_bytes(n: f64) -> String {
@@ -327,7 +295,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
 }
 
 fn run_blocking(st: Settings, stop: &AtomicBool) -> Result<(), Failure> {
-    let src = Side::open(&st.src, st.key.as_ref(), false, st.mode)?;
+    let src = open(&st.src, Role::Source, &st)?;
     let json = st.json;
     let bar = if !json && std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
@@ -409,7 +377,7 @@ fn run_blocking(st: Settings, stop: &AtomicBool) -> Result<(), Failure> {
         }
         return r;
     }
-    let dst = Side::open(&st.dst, st.key.as_ref(), true, st.mode)?;
+    let dst = open(&st.dst, Role::Dest, &st)?;
     let (s, d) = (src.source(), dst.dest());
     let result = match &st.converge {
         Some(c) => {
@@ -447,40 +415,14 @@ fn run_follow(
     stop: &AtomicBool,
     on_event: ferry_sync::OnEvent<'_>,
 ) -> Result<(), Failure> {
-    let key = st.key;
+    let opts = open_options(st);
     let follow_dests: Vec<FollowDest<'_>> = dests
         .iter()
         .map(|e| {
-            let name = match e {
-                Endpoint::Local(p) => p.display().to_string(),
-                Endpoint::Remote { host, port, volume } => {
-                    format!("ferry://{host}:{port}/{volume}")
-                }
-            };
-            let e = e.clone();
-            let connect = move || -> ferry_sync::Result<Box<dyn Dest + Send>> {
-                match &e {
-                    Endpoint::Local(p) => {
-                        std::fs::create_dir_all(p).map_err(|err| ferry_sync::SyncError::Io {
-                            op: "create destination",
-                            path: p.clone(),
-                            source: err,
-                        })?;
-                        Ok(Box::new(LocalTree::new(p)))
-                    }
-                    Endpoint::Remote { host, port, volume } => {
-                        let key = key.as_ref().ok_or_else(|| {
-                            ferry_sync::SyncError::Auth(format!("no key for {host}"))
-                        })?;
-                        Ok(Box::new(RemoteTree::connect(
-                            host, *port, volume, key, true,
-                        )?))
-                    }
-                }
-            };
+            let (e, opts) = (e.clone(), opts.clone());
             FollowDest {
-                name,
-                connect: Box::new(connect),
+                name: e.to_string(),
+                connect: Box::new(move || e.open(Role::Dest, &opts).map(EndpointTree::into_dest)),
             }
         })
         .collect();
