@@ -11,8 +11,9 @@
 //! The hash chain, the checks at open (a file that is not ours or is
 //! damaged is refused unchanged, naming the row), WAL + `synchronous=FULL`
 //! and the writer's lock are ferry-journal's; the row hashes below are this
-//! format's (version 1; `tests/fixtures/journal-v1.db` holds them). The
-//! status is a pure fold of the events ([`fold`]).
+//! format's (version 1; `tests/fixtures/journal-v1.db` holds them). What an
+//! event records is typed in [`crate::event`]; the status is a pure fold of
+//! the events ([`fold`], in `fold.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -21,10 +22,10 @@ use rusqlite::types::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{OrchError, Result};
-use crate::status::{
-    Direction, MigrationStatus, Outcome, RunState, Step, StepRecord, UnitState, UnitStatus,
-    WaveStatus,
-};
+use crate::status::{Direction, MigrationStatus, Outcome, Step};
+
+pub use crate::event::{detail_line, Detail, NewEvent, Note, Paid, Phase, StepDetail};
+pub use crate::fold::fold;
 
 pub use ferry_journal::now_ms;
 
@@ -51,45 +52,6 @@ pub struct RunMeta {
     pub destination: String,
     pub started_at_ms: u64,
     pub units: Vec<UnitMeta>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Begin,
-    End,
-    /// Not a step boundary: a session start, an owed change, an abandon under way...
-    Note,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Begin => "begin",
-            Phase::End => "end",
-            Phase::Note => "note",
-        }
-    }
-    fn parse(s: &str) -> Option<Phase> {
-        [Phase::Begin, Phase::End, Phase::Note]
-            .into_iter()
-            .find(|p| p.as_str() == s)
-    }
-}
-
-/// An event to append.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct NewEvent {
-    /// Unit id; empty for run-wide notes.
-    pub unit: String,
-    pub step: Option<Step>,
-    pub phase: Phase,
-    pub attempt: u32,
-    pub direction: Direction,
-    pub epoch: Option<u64>,
-    pub outcome: Option<Outcome>,
-    /// JSON object; a `"summary"` string, when present, is the line people see.
-    pub detail: serde_json::Value,
 }
 
 /// A journaled event.
@@ -241,7 +203,7 @@ CREATE TABLE head (
             Value::Text(dir_str(e.direction).to_string()),
             e.epoch.map_or(Value::Null, |x| Value::Integer(x as i64)),
             opt(e.outcome.map(Outcome::as_str)),
-            Value::Text(e.detail.to_string()),
+            Value::Text(e.detail.to_json().to_string()),
         ]
     }
 
@@ -272,9 +234,8 @@ CREATE TABLE head (
                 None => None,
                 Some(o) => Some(Outcome::parse(o).ok_or_else(|| bad("outcome"))?),
             },
-            detail: text(&r[7])
-                .and_then(|d| serde_json::from_str(d).ok())
-                .ok_or_else(|| bad("detail"))?,
+            detail: serde_json::from_str(text(&r[7]).ok_or_else(|| bad("detail"))?)
+                .map_err(|e| format!("bad detail: {e}"))?,
         })
     }
 
@@ -374,163 +335,5 @@ impl Journal {
     /// The step runner of this journal.
     pub(crate) fn steps<'a>(&'a self, failpoints: &'a Failpoints) -> Steps<'a, Migration> {
         Steps::new(&self.0, failpoints)
-    }
-}
-
-/// The line people see for an event's detail.
-pub fn detail_line(d: &serde_json::Value) -> Option<String> {
-    match d.get("summary").and_then(|s| s.as_str()) {
-        Some(s) => Some(s.to_string()),
-        None if d.as_object().is_some_and(|o| o.is_empty()) || d.is_null() => None,
-        None => Some(d.to_string()),
-    }
-}
-
-/// Folds the events into the status types; `running`: an orchestrator
-/// process holds the journal now.
-pub fn fold(meta: &RunMeta, events: &[EventRecord], running: bool) -> MigrationStatus {
-    let mut units: Vec<UnitStatus> = meta
-        .units
-        .iter()
-        .map(|u| UnitStatus {
-            id: u.id.clone(),
-            wave: u.night,
-            sites: u.sites,
-            filers: u.filers.clone(),
-            state: UnitState::Pending,
-            direction: Direction::Forward,
-            step: None,
-            attempt: 0,
-            epoch: None,
-            freeze_ms: None,
-            message: None,
-            steps: Vec::new(),
-        })
-        .collect();
-    let mut updated = meta.started_at_ms;
-    for rec in events {
-        updated = updated.max(rec.at_ms);
-        let e = &rec.event;
-        if e.unit.is_empty() {
-            continue;
-        }
-        let Some(u) = units.iter_mut().find(|u| u.id == e.unit) else {
-            continue;
-        };
-        if let Some(ep) = e.epoch {
-            u.epoch = Some(u.epoch.map_or(ep, |x| x.max(ep)));
-        }
-        let unit_state = e.detail.get("unit_state").and_then(|s| s.as_str());
-        let message = e.detail.get("message").and_then(|s| s.as_str());
-        match e.phase {
-            Phase::Begin => {
-                let Some(step) = e.step else { continue };
-                // A replayed step (begin again after a crash) keeps one record.
-                let open = u.steps.last().is_some_and(|s| {
-                    s.step == step
-                        && s.ended_at_ms.is_none()
-                        && s.attempt == e.attempt
-                        && s.direction == e.direction
-                });
-                if !open {
-                    u.steps.push(StepRecord {
-                        step,
-                        attempt: e.attempt,
-                        direction: e.direction,
-                        started_at_ms: rec.at_ms,
-                        ended_at_ms: None,
-                        outcome: None,
-                        epoch: e.epoch,
-                        detail: detail_line(&e.detail),
-                    });
-                }
-                u.step = Some(step);
-                u.state = UnitState::Running;
-                u.attempt = e.attempt;
-                u.direction = e.direction;
-            }
-            Phase::End => {
-                let Some(step) = e.step else { continue };
-                if let Some(s) = u
-                    .steps
-                    .iter_mut()
-                    .rev()
-                    .find(|s| s.step == step && s.ended_at_ms.is_none())
-                {
-                    s.ended_at_ms = Some(rec.at_ms);
-                    s.outcome = e.outcome;
-                    if let Some(d) = detail_line(&e.detail) {
-                        s.detail = Some(d);
-                    }
-                    if s.epoch.is_none() {
-                        s.epoch = e.epoch;
-                    }
-                }
-                if step == Step::Flip {
-                    if let Some(f) = e.detail.get("freeze_ms").and_then(|f| f.as_u64()) {
-                        u.freeze_ms = Some(f);
-                    }
-                }
-                if step == Step::Done && e.outcome == Some(Outcome::Ok) {
-                    u.state = match e.direction {
-                        Direction::Forward => UnitState::Done,
-                        Direction::Reverse => UnitState::RolledBack,
-                    };
-                }
-            }
-            Phase::Note => {}
-        }
-        if let Some(m) = message {
-            u.message = Some(m.to_string());
-        }
-        match unit_state {
-            Some("waiting") => u.state = UnitState::Waiting,
-            Some("failed") => u.state = UnitState::Failed,
-            Some("rolled_back") => u.state = UnitState::RolledBack,
-            Some("running") => u.state = UnitState::Running,
-            _ => {}
-        }
-    }
-    let terminal = |s: UnitState| {
-        matches!(
-            s,
-            UnitState::Done | UnitState::Failed | UnitState::RolledBack
-        )
-    };
-    let state = if !units.is_empty() && units.iter().all(|u| terminal(u.state)) {
-        RunState::Finished
-    } else if running {
-        RunState::Running
-    } else {
-        RunState::Stopped
-    };
-    let mut waves: Vec<WaveStatus> = Vec::new();
-    for u in &units {
-        let night = u.wave.unwrap_or(0);
-        let w = match waves.iter_mut().position(|w| w.night == night) {
-            Some(i) => &mut waves[i],
-            None => {
-                waves.push(WaveStatus {
-                    night,
-                    units: Vec::new(),
-                    done: 0,
-                });
-                waves.last_mut().expect("just pushed")
-            }
-        };
-        w.units.push(u.id.clone());
-        if u.state == UnitState::Done {
-            w.done += 1;
-        }
-    }
-    waves.sort_by_key(|w| w.night);
-    MigrationStatus {
-        source: meta.source.clone(),
-        destination: meta.destination.clone(),
-        state,
-        started_at_ms: meta.started_at_ms,
-        updated_at_ms: updated,
-        waves,
-        units,
     }
 }

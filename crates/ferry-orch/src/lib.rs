@@ -5,7 +5,8 @@
 //! - [`config`]: `migrate.toml` -> [`MigrateConfig`] (errors name file:line:col).
 //! - [`plan`]: the parts of `plan.json` the runbook needs ([`Plan`]).
 //! - [`journal`]: the migration's kind of ferry-journal file (SQLite,
-//!   hash-chained, locked: [`Journal`]) and its fold into [`MigrationStatus`].
+//!   hash-chained, locked: [`Journal`]) and its fold into [`MigrationStatus`];
+//!   [`event`]: what it records, typed ([`event::Detail`]).
 //! - [`router`]: the routers' admin API client.
 //! - [`runbook`]: [`Orchestrator`]: run, resume, rollback; [`progress`]:
 //!   where a unit stands, folded from its events (what a replay starts from).
@@ -17,7 +18,9 @@
 pub mod config;
 mod dbmove;
 mod error;
+pub mod event;
 pub mod failpoint;
+mod fold;
 pub mod journal;
 mod metrics;
 pub mod plan;

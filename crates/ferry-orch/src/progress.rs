@@ -2,10 +2,11 @@
 //! next, or the step to replay (begun, not ended) with the epoch its begin
 //! recorded; the freeze attempt; changes routers still owe.
 
-use serde_json::Value;
+use std::collections::BTreeMap;
 
-use crate::journal::{EventRecord, Phase};
-use crate::router::SiteChange;
+use crate::event::{Detail, Note, Phase};
+use crate::journal::EventRecord;
+use crate::router::{Fingerprint, SiteChange};
 use crate::status::{Direction, Outcome, Step, UnitState};
 
 /// A change a router did not take (unreachable) and still owes.
@@ -30,7 +31,8 @@ pub struct Progress {
     pub freeze_began_ms: Option<u64>,
     /// An abandon journaled for the open step: (epoch, fail the unit, reason).
     pub abandoning: Option<(u64, bool, String)>,
-    pub fingerprints: Option<Value>,
+    /// What each site answered at prepare (for the post-check).
+    pub fingerprints: Option<BTreeMap<String, Fingerprint>>,
     /// The highest epoch this unit's events carry.
     pub max_epoch: u64,
     /// A forward flip was begun (rollback must then go through the reverse runbook).
@@ -47,10 +49,8 @@ impl Progress {
             if let Some(ep) = e.epoch {
                 p.max_epoch = p.max_epoch.max(ep);
             }
-            for k in ["epoch", "abandon_epoch"] {
-                if let Some(ep) = e.detail.get(k).and_then(Value::as_u64) {
-                    p.max_epoch = p.max_epoch.max(ep);
-                }
+            if let Some(ep) = e.detail.epoch() {
+                p.max_epoch = p.max_epoch.max(ep);
             }
             match e.phase {
                 Phase::Begin => {
@@ -81,7 +81,9 @@ impl Progress {
                     let outcome = e.outcome.unwrap_or(Outcome::Ok);
                     p.last_end = Some((step, outcome, rec.at_ms));
                     if step == Step::Prepare && outcome == Outcome::Ok {
-                        p.fingerprints = e.detail.get("fingerprints").cloned();
+                        if let Detail::Step(d) = &e.detail {
+                            p.fingerprints = d.fingerprints.clone();
+                        }
                     }
                     if step == Step::Done && outcome == Outcome::Ok {
                         p.terminal = Some(match e.direction {
@@ -90,51 +92,30 @@ impl Progress {
                         });
                     }
                 }
-                Phase::Note => match e.detail.get("kind").and_then(Value::as_str) {
-                    Some("abandoning") => {
-                        p.abandoning = Some((
-                            e.detail
-                                .get("abandon_epoch")
-                                .and_then(Value::as_u64)
-                                .unwrap_or(0),
-                            e.detail
-                                .get("fail")
-                                .and_then(Value::as_bool)
-                                .unwrap_or(false),
-                            e.detail
-                                .get("reason")
-                                .and_then(Value::as_str)
-                                .unwrap_or("")
-                                .to_string(),
-                        ));
-                    }
-                    Some("owed") => {
-                        if let (Some(r), Some(c)) =
-                            (e.detail.get("router"), e.detail.get("changes"))
-                        {
-                            if let (Some(r), Ok(c)) =
-                                (r.as_str(), serde_json::from_value(c.clone()))
-                            {
-                                p.owed.push(Owed {
-                                    router: r.to_string(),
-                                    changes: c,
-                                });
-                            }
-                        }
-                    }
-                    Some("paid") => {
-                        let r = e.detail.get("router").and_then(Value::as_str).unwrap_or("");
-                        let ep = e.detail.get("epoch").and_then(Value::as_u64);
+                Phase::Note => match &e.detail {
+                    Detail::Note(Note::Abandoning {
+                        abandon_epoch,
+                        fail,
+                        reason,
+                    }) => p.abandoning = Some((*abandon_epoch, *fail, reason.clone())),
+                    Detail::Note(Note::Owed {
+                        router, changes, ..
+                    }) => p.owed.push(Owed {
+                        router: router.clone(),
+                        changes: changes.clone(),
+                    }),
+                    Detail::Note(Note::Paid { router, epoch, .. }) => {
                         p.owed.retain(|o| {
-                            !(o.router == r && o.changes.first().map(|c| c.epoch) == ep)
+                            !(&o.router == router
+                                && o.changes.first().map(|c| c.epoch) == Some(*epoch))
                         });
                     }
                     _ => {}
                 },
             }
-            match e.detail.get("unit_state").and_then(Value::as_str) {
-                Some("failed") => p.terminal = Some(UnitState::Failed),
-                Some("rolled_back") => p.terminal = Some(UnitState::RolledBack),
+            match e.detail.unit_state() {
+                Some(UnitState::Failed) => p.terminal = Some(UnitState::Failed),
+                Some(UnitState::RolledBack) => p.terminal = Some(UnitState::RolledBack),
                 _ => {}
             }
         }

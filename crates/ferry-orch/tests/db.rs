@@ -158,9 +158,8 @@ async fn assert_db_moved(d: &DbWorld, o: &Orchestrator) {
                 && r.event.outcome == Some(Outcome::Ok)
         })
         .expect("a freeze ended");
-    let pos = freeze_end.event.detail["databases"][0]["position"]
-        .as_str()
-        .unwrap_or("");
+    let detail = freeze_end.event.detail.to_json();
+    let pos = detail["databases"][0]["position"].as_str().unwrap_or("");
     // The source's position: its domain, its server id.
     let domain: String = {
         let mut c = d.src.conn().await;
@@ -171,8 +170,7 @@ async fn assert_db_moved(d: &DbWorld, o: &Orchestrator) {
     };
     assert!(
         pos.starts_with(&format!("{domain}-1-")),
-        "freeze detail: {}",
-        freeze_end.event.detail
+        "freeze detail: {detail}"
     );
 }
 
@@ -194,7 +192,7 @@ async fn files_and_a_database_move_in_one_freeze_under_writes() {
             .iter()
             .rev()
             .find(|r| r.event.step == Some(step) && r.event.phase == Phase::End)
-            .map(|r| r.event.detail.clone())
+            .map(|r| r.event.detail.to_json())
             .unwrap_or_default()
     };
     let pre = ended(Step::PreCopy);
@@ -401,8 +399,8 @@ async fn rollback_after_the_flip_moves_the_database_back_with_the_new_rows() {
         })
         .expect("a reverse prepare");
     assert!(
-        pre.event.detail["databases"][0]["moving_back_from"].is_string(),
-        "{}",
+        pre.event.detail.to_json()["databases"][0]["moving_back_from"].is_string(),
+        "{:?}",
         pre.event.detail
     );
 }

@@ -50,7 +50,7 @@ fn ev(
         direction: Direction::Forward,
         epoch,
         outcome,
-        detail,
+        detail: serde_json::from_value(detail).expect("a journal detail"),
     }
 }
 

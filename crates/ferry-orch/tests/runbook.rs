@@ -336,7 +336,7 @@ async fn a_router_down_during_the_freeze_owes_the_abandon() {
     let events = o.journal().unit_events("U1").unwrap();
     let kinds: Vec<&str> = events
         .iter()
-        .filter_map(|e| e.event.detail.get("kind").and_then(|k| k.as_str()))
+        .filter_map(|e| e.event.detail.kind())
         .collect();
     assert!(kinds.contains(&"owed"), "{kinds:?}");
     assert!(kinds.contains(&"paid"), "{kinds:?}");
@@ -426,7 +426,10 @@ async fn the_skip_freeze_fault_leaves_a_router_unfrozen() {
         .iter()
         .find(|e| e.event.step == Some(Step::Freeze) && e.event.phase == ferry_orch::Phase::End)
         .unwrap();
-    assert_eq!(freeze_end.event.detail["fault_skipped"][0], "par-1");
+    assert_eq!(
+        freeze_end.event.detail.to_json()["fault_skipped"][0],
+        "par-1"
+    );
 }
 
 /// `resume` re-reads the plan from its recorded path and refuses a plan

@@ -311,9 +311,9 @@ impl Output {
                 "direction": ev.direction,
                 "epoch": ev.epoch,
                 "outcome": ev.outcome,
-                "kind": ev.detail.get("kind"),
-                "state": ev.detail.get("unit_state"),
-                "freeze_ms": ev.detail.get("freeze_ms"),
+                "kind": ev.detail.kind(),
+                "state": ev.detail.unit_state(),
+                "freeze_ms": ev.detail.freeze_ms(),
                 "detail": summary,
             });
             let mut o = std::io::stdout().lock();
@@ -338,13 +338,9 @@ impl Output {
             ),
             Phase::Note => format!(
                 "{}{}",
+                ev.detail.kind().unwrap_or("note"),
                 ev.detail
-                    .get("kind")
-                    .and_then(|k| k.as_str())
-                    .unwrap_or("note"),
-                ev.detail
-                    .get("reason")
-                    .and_then(|k| k.as_str())
+                    .reason()
                     .map(|s| format!(": {s}"))
                     .unwrap_or_default()
             ),

@@ -11,8 +11,9 @@ use super::fencing::at_source;
 use super::unit_run::UnitRun;
 use crate::dbmove;
 use crate::error::Result;
-use crate::journal::Phase;
-use crate::status::{Outcome, Step};
+use crate::event::{Note, Phase, StepDetail};
+use crate::status::{Outcome, Step, UnitState};
+use ferry_model::SiteState;
 
 impl UnitRun<'_> {
     /// On the replay of a step whose abandon was journaled and not
@@ -36,13 +37,20 @@ impl UnitRun<'_> {
     ) -> Result<()> {
         let ab = epoch + 1;
         tracing::warn!(unit = %self.unit.id, step = step.as_str(), attempt = self.attempt, "abandoning the freeze: {reason}");
-        self.orch.emit(self.event(
-            Some(step),
-            Phase::Note,
-            Some(ab),
-            None,
-            json!({"kind": "abandoning", "abandon_epoch": ab, "fail": fail, "reason": reason}),
-        ))?;
+        self.orch.emit(
+            self.event(
+                Some(step),
+                Phase::Note,
+                Some(ab),
+                None,
+                Note::Abandoning {
+                    abandon_epoch: ab,
+                    fail,
+                    reason: reason.clone(),
+                }
+                .into(),
+            ),
+        )?;
         self.finish_abandon(step, epoch, ab, fail, reason).await
     }
 
@@ -78,7 +86,7 @@ impl UnitRun<'_> {
             .admin_timeout
             .min(o.cfg.freeze.drain_timeout)
             .min(Duration::from_secs(2));
-        let work = at_source(&o.routers, u, "active", ab);
+        let work = at_source(&o.routers, u, SiteState::Active, ab);
         let unpaid = o.send_with_retries(work, 3, per_try).await;
         for (r, c, why) in &unpaid {
             o.note_owed(u, attempt, r, c, why)?;
@@ -86,13 +94,13 @@ impl UnitRun<'_> {
         let (outcome, state, message) = if step == Step::FinalCopy {
             (
                 Outcome::Failed,
-                "failed",
+                UnitState::Failed,
                 format!("verification failed; serving from {}: {reason}", u.from_dc),
             )
         } else if fail {
             (
                 Outcome::Abandoned,
-                "failed",
+                UnitState::Failed,
                 format!(
                     "freeze abandoned {attempt} time(s), giving up; serving from {}: {reason}",
                     u.from_dc
@@ -101,7 +109,7 @@ impl UnitRun<'_> {
         } else {
             (
                 Outcome::Abandoned,
-                "waiting",
+                UnitState::Waiting,
                 format!(
                     "freeze attempt {attempt} abandoned, retrying in {:?}: {reason}",
                     o.cfg.freeze.retry_after
@@ -120,14 +128,14 @@ impl UnitRun<'_> {
             step,
             Some(epoch),
             outcome,
-            json!({
-                "summary": message,
-                "message": message,
-                "unit_state": state,
-                "abandon_epoch": ab,
-                "owed": owed,
-                "reason": reason,
-            }),
+            StepDetail {
+                summary: Some(message.clone()),
+                message: Some(message),
+                unit_state: Some(state),
+                abandon_epoch: Some(ab),
+                ..StepDetail::default()
+            }
+            .report(json!({"owed": owed, "reason": reason})),
         )
         .await
     }

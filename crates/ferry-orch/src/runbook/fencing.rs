@@ -7,20 +7,19 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
 use super::unit::Unit;
 use super::Orchestrator;
 use crate::error::{OrchError, Result};
-use crate::journal::{NewEvent, Phase};
+use crate::event::{NewEvent, Note, Paid, Phase};
 use crate::progress::Progress;
 use crate::router::{RouterClient, SiteChange, SiteReport};
+use ferry_model::SiteState;
 
 /// The same change for each of `sites`.
 pub(super) fn site_changes(
     sites: &[String],
     placement: &str,
-    state: &str,
+    state: SiteState,
     epoch: u64,
 ) -> Vec<SiteChange> {
     sites
@@ -28,7 +27,7 @@ pub(super) fn site_changes(
         .map(|h| SiteChange {
             host: h.clone(),
             placement: placement.to_string(),
-            state: state.to_string(),
+            state: state.as_str().to_string(),
             epoch,
         })
         .collect()
@@ -38,7 +37,7 @@ pub(super) fn site_changes(
 pub(super) fn at_source(
     routers: &[RouterClient],
     u: &Unit,
-    state: &str,
+    state: SiteState,
     epoch: u64,
 ) -> Vec<(RouterClient, Vec<SiteChange>)> {
     routers
@@ -125,9 +124,9 @@ impl Orchestrator {
             };
             let epoch = o.changes.first().map_or(0, |c| c.epoch);
             let outcome = match r.apply(&o.changes).await {
-                Ok(_) => "applied",
+                Ok(_) => Paid::Applied,
                 // A newer epoch superseded it: nothing owed any more.
-                Err(OrchError::Router { stale: true, .. }) => "superseded",
+                Err(OrchError::Router { stale: true, .. }) => Paid::Superseded,
                 Err(e) => {
                     tracing::warn!(unit = %u.id, router = %o.router, error = %e, "router still unreachable; its change stays owed");
                     continue;
@@ -141,7 +140,12 @@ impl Orchestrator {
                 direction: u.dir,
                 epoch: Some(epoch),
                 outcome: None,
-                detail: json!({"kind": "paid", "router": o.router, "epoch": epoch, "how": outcome}),
+                detail: Note::Paid {
+                    router: o.router.clone(),
+                    epoch,
+                    how: outcome,
+                }
+                .into(),
             })?;
             p.owed.retain(|x| x != &o);
         }
@@ -166,7 +170,12 @@ impl Orchestrator {
             direction: u.dir,
             epoch: changes.first().map(|c| c.epoch),
             outcome: None,
-            detail: json!({"kind": "owed", "router": router, "changes": changes, "error": why}),
+            detail: Note::Owed {
+                router: router.to_string(),
+                changes: changes.to_vec(),
+                error: why.to_string(),
+            }
+            .into(),
         })?;
         Ok(())
     }
@@ -228,7 +237,10 @@ impl Orchestrator {
                     Ok(list) => list
                         .iter()
                         .find(|s| {
-                            s.absent || s.epoch != epoch || s.state != "frozen" || s.in_flight > 0
+                            s.absent
+                                || s.epoch != epoch
+                                || s.state != SiteState::Frozen.as_str()
+                                || s.in_flight > 0
                         })
                         .map(|s| {
                             format!(

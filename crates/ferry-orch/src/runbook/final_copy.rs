@@ -10,6 +10,7 @@ use super::copy;
 use super::unit_run::UnitRun;
 use crate::dbmove;
 use crate::error::Result;
+use crate::event::{Detail, StepDetail};
 use crate::status::{Outcome, Step};
 
 /// Why the final copy cannot go on: the unit fails with it.
@@ -20,7 +21,7 @@ impl UnitRun<'_> {
         let (o, u, p) = (self.orch, self.unit, self.progress);
         let step = Step::FinalCopy;
         let epoch = p.freeze_epoch.unwrap_or(p.max_epoch);
-        self.begin(step, Some(epoch), json!({})).await?;
+        self.begin(step, Some(epoch), Detail::none()).await?;
         if let Some(resumed) = self.resume_abandon(step, epoch).await {
             return resumed;
         }
@@ -61,7 +62,8 @@ impl UnitRun<'_> {
             step,
             Some(epoch),
             Outcome::Ok,
-            json!({"summary": summary, "passes": passes, "roots": roots, "databases": db_checks}),
+            StepDetail::summary(summary)
+                .report(json!({"passes": passes, "roots": roots, "databases": db_checks})),
         )
         .await
     }

@@ -13,9 +13,11 @@ use super::fencing::{send_flip, site_changes};
 use super::unit_run::UnitRun;
 use crate::dbmove;
 use crate::error::Result;
+use crate::event::StepDetail;
 use crate::journal::now_ms;
 use crate::router::RouterClient;
 use crate::status::{Outcome, Step};
+use ferry_model::SiteState;
 
 /// Tries of a database switch before the unit fails.
 const SWITCH_TRIES: u64 = 5;
@@ -30,7 +32,7 @@ impl UnitRun<'_> {
         self.begin(
             step,
             Some(epoch),
-            json!({"summary": format!("epoch {epoch}")}),
+            StepDetail::summary(format!("epoch {epoch}")),
         )
         .await?;
         // The destination must be the databases' home before any request is
@@ -66,7 +68,8 @@ impl UnitRun<'_> {
             }
             let mut set = tokio::task::JoinSet::new();
             for r in group {
-                let changes = site_changes(&u.sites, &u.dest_placement(&r), "active", epoch);
+                let changes =
+                    site_changes(&u.sites, &u.dest_placement(&r), SiteState::Active, epoch);
                 set.spawn(async move {
                     let res = send_flip(&r, &changes).await;
                     (r.name().to_string(), res)
@@ -86,7 +89,15 @@ impl UnitRun<'_> {
             step,
             Some(epoch),
             Outcome::Ok,
-            json!({"summary": format!("serving from {}; frozen {} ms", u.to_dc, freeze_ms.unwrap_or(0)), "freeze_ms": freeze_ms, "databases": switched}),
+            StepDetail {
+                freeze_ms,
+                ..StepDetail::summary(format!(
+                    "serving from {}; frozen {} ms",
+                    u.to_dc,
+                    freeze_ms.unwrap_or(0)
+                ))
+            }
+            .report(json!({ "databases": switched })),
         )
         .await
     }

@@ -12,8 +12,10 @@ use super::fencing::{send_freeze, site_changes};
 use super::unit_run::UnitRun;
 use crate::dbmove;
 use crate::error::Result;
+use crate::event::StepDetail;
 use crate::router::RouterClient;
 use crate::status::{Outcome, Step};
+use ferry_model::SiteState;
 
 impl UnitRun<'_> {
     pub(super) async fn freeze(&self) -> Result<()> {
@@ -24,7 +26,7 @@ impl UnitRun<'_> {
         self.begin(
             step,
             Some(epoch),
-            json!({"summary": format!("attempt {attempt}, epoch {epoch}")}),
+            StepDetail::summary(format!("attempt {attempt}, epoch {epoch}")),
         )
         .await?;
         if let Some(resumed) = self.resume_abandon(step, epoch).await {
@@ -55,12 +57,12 @@ impl UnitRun<'_> {
                 d["position"].as_str().unwrap_or("?")
             ));
         }
-        let mut d = json!({"summary": summary});
+        let mut d = StepDetail::summary(summary);
         if !positions.is_empty() {
-            d["databases"] = json!(positions);
+            d = d.report(json!({ "databases": positions }));
         }
         if !skipped.is_empty() {
-            d["fault_skipped"] = json!(skipped);
+            d = d.report(json!({ "fault_skipped": skipped }));
         }
         self.end(step, Some(epoch), Outcome::Ok, d).await
     }
@@ -100,7 +102,8 @@ impl UnitRun<'_> {
                     skipped.push(r.name().to_string());
                     continue;
                 }
-                let changes = site_changes(&u.sites, &u.source_placement(&r), "frozen", epoch);
+                let changes =
+                    site_changes(&u.sites, &u.source_placement(&r), SiteState::Frozen, epoch);
                 acking.push(r.clone());
                 let poll = o.opts.poll;
                 set.spawn(async move {

@@ -40,12 +40,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
-
 use crate::config::MigrateConfig;
 use crate::error::{OrchError, Result};
+use crate::event::{NewEvent, Note, Phase};
 use crate::failpoint::{Failpoints, Faults};
-use crate::journal::{now_ms, EventRecord, Journal, Migration, NewEvent, Phase, RunMeta, UnitMeta};
+use crate::journal::{now_ms, EventRecord, Journal, Migration, RunMeta, UnitMeta};
 use crate::plan::Plan;
 pub use crate::progress::Progress;
 use crate::router::{Http, RouterClient};
@@ -286,12 +285,12 @@ impl Orchestrator {
             direction: Direction::Forward,
             epoch: None,
             outcome: None,
-            detail: json!({
-                "kind": "session",
-                "pid": std::process::id(),
-                "what": what,
-                "summary": format!("orchestrator {what} (pid {})", std::process::id()),
-            }),
+            detail: Note::Session {
+                pid: std::process::id(),
+                what: what.to_string(),
+                summary: format!("orchestrator {what} (pid {})", std::process::id()),
+            }
+            .into(),
         })?;
         Ok(())
     }

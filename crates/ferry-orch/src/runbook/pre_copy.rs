@@ -9,6 +9,7 @@ use super::copy;
 use super::unit_run::UnitRun;
 use crate::dbmove;
 use crate::error::Result;
+use crate::event::StepDetail;
 use crate::status::{Outcome, Step};
 
 impl UnitRun<'_> {
@@ -18,7 +19,7 @@ impl UnitRun<'_> {
         self.begin(
             step,
             None,
-            json!({"summary": format!("{} copy jobs", u.jobs.len())}),
+            StepDetail::summary(format!("{} copy jobs", u.jobs.len())),
         )
         .await?;
         let mode = o.cfg.copy.mode;
@@ -72,7 +73,7 @@ impl UnitRun<'_> {
         } else {
             "not converging for some jobs (the freeze budget is advisory here: the freeze goes on; see jobs)".to_string()
         };
-        self.end(step, None, Outcome::Ok, json!({"summary": summary, "converged": all_ready, "advisory": !all_ready, "jobs": results, "databases": db_results}))
+        self.end(step, None, Outcome::Ok, StepDetail::summary(summary).report(json!({"converged": all_ready, "advisory": !all_ready, "jobs": results, "databases": db_results})))
             .await
     }
 }

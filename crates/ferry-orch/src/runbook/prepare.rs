@@ -9,7 +9,9 @@ use super::fencing::site_changes;
 use super::unit_run::UnitRun;
 use crate::dbmove;
 use crate::error::Result;
+use crate::event::StepDetail;
 use crate::status::{Outcome, Step};
+use ferry_model::SiteState;
 
 impl UnitRun<'_> {
     pub(super) async fn prepare(&self) -> Result<()> {
@@ -19,7 +21,11 @@ impl UnitRun<'_> {
         self.begin(
             step,
             Some(epoch),
-            json!({"summary": format!("{} sites, {} copy jobs", u.sites.len(), u.jobs.len())}),
+            StepDetail::summary(format!(
+                "{} sites, {} copy jobs",
+                u.sites.len(),
+                u.jobs.len()
+            )),
         )
         .await?;
         for job in &u.jobs {
@@ -50,12 +56,15 @@ impl UnitRun<'_> {
             step,
             Some(epoch),
             Outcome::Ok,
-            json!({
-                "summary": format!("{} sites known everywhere; {answering}/{} answered the fingerprint", u.sites.len(), u.sites.len()),
-                "sent": sent,
-                "databases": db_detail,
-                "fingerprints": fps,
-            }),
+            StepDetail {
+                fingerprints: Some(fps),
+                ..StepDetail::summary(format!(
+                    "{} sites known everywhere; {answering}/{} answered the fingerprint",
+                    u.sites.len(),
+                    u.sites.len()
+                ))
+            }
+            .report(json!({"sent": sent, "databases": db_detail})),
         )
         .await
     }
@@ -96,7 +105,7 @@ impl UnitRun<'_> {
             if todo.is_empty() {
                 continue;
             }
-            let changes = site_changes(&todo, &want, "active", epoch);
+            let changes = site_changes(&todo, &want, SiteState::Active, epoch);
             r.apply(&changes).await.map_err(|e| e.to_string())?;
             sent.push(json!({"router": name, "sites": todo.len()}));
         }

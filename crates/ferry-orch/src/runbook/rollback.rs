@@ -3,14 +3,13 @@
 //! the reverse runbook (copy back, freeze at the destination, flip back),
 //! window skipped.
 
-use serde_json::json;
-
 use super::fencing::at_source;
 use super::{Orchestrator, Progress};
 use crate::dbmove;
 use crate::error::{OrchError, Result};
-use crate::journal::{NewEvent, Phase};
+use crate::event::{NewEvent, Note, Phase};
 use crate::status::{Direction, UnitState};
+use ferry_model::SiteState;
 
 /// Tries of each router's change before it is owed.
 const TRIES: u32 = 5;
@@ -53,7 +52,7 @@ impl Orchestrator {
         let seen = self.max_epoch_seen(&unit.sites).await;
         let epoch = 1 + seen.max(p.max_epoch);
         let attempt = p.attempt.max(1);
-        let note = |detail| NewEvent {
+        let note = |detail: Note| NewEvent {
             unit: id.to_string(),
             step: None,
             phase: Phase::Note,
@@ -61,20 +60,24 @@ impl Orchestrator {
             direction: Direction::Forward,
             epoch: Some(epoch),
             outcome: None,
-            detail,
+            detail: detail.into(),
         };
-        self.emit(note(json!({"kind": "rollback", "summary": format!("rollback before the flip: every router back to the source, active, epoch {epoch}")})))?;
-        let changes = at_source(&self.routers, &unit, "active", epoch);
+        self.emit(note(Note::Rollback {
+            summary: format!(
+                "rollback before the flip: every router back to the source, active, epoch {epoch}"
+            ),
+        }))?;
+        let changes = at_source(&self.routers, &unit, SiteState::Active, epoch);
         let unpaid = self
             .send_with_retries(changes, TRIES, self.opts.admin_timeout)
             .await;
         for (r, c, why) in &unpaid {
             self.note_owed(&unit, attempt, r, c, why)?;
         }
-        self.emit(note(
-            json!({"kind": "rolled_back", "unit_state": "rolled_back",
-            "message": format!("rolled back before the flip: serving from {}", unit.from_dc)}),
-        ))?;
+        self.emit(note(Note::RolledBack {
+            unit_state: UnitState::RolledBack,
+            message: format!("rolled back before the flip: serving from {}", unit.from_dc),
+        }))?;
         Ok(UnitState::RolledBack)
     }
 }

@@ -10,13 +10,14 @@ use serde_json::json;
 
 use super::unit_run::UnitRun;
 use crate::error::Result;
+use crate::event::{Detail, StepDetail};
 use crate::status::{Outcome, Step};
 
 impl UnitRun<'_> {
     pub(super) async fn unfreeze(&self) -> Result<()> {
         let (o, u) = (self.orch, self.unit);
         let step = Step::Unfreeze;
-        self.begin(step, None, json!({})).await?;
+        self.begin(step, None, Detail::none()).await?;
         let started = Instant::now();
         let deadline = started + o.cfg.freeze.unfreeze_timeout;
         let mut remaining: BTreeMap<String, u64>;
@@ -50,7 +51,8 @@ impl UnitRun<'_> {
             step,
             None,
             Outcome::Ok,
-            json!({"summary": summary, "waited_ms": waited, "still_held": remaining}),
+            StepDetail::summary(summary)
+                .report(json!({"waited_ms": waited, "still_held": remaining})),
         )
         .await
     }

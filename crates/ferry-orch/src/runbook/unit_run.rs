@@ -2,14 +2,12 @@
 //! at its edges: the journaled begin (skipped on replay) and end, a failure
 //! that ends the unit, the epoch a step sends.
 
-use serde_json::{json, Value};
-
 use super::unit::Unit;
 use super::Orchestrator;
 use crate::error::Result;
-use crate::journal::{NewEvent, Phase};
+use crate::event::{Detail, NewEvent, Phase, StepDetail};
 use crate::progress::Progress;
-use crate::status::{Outcome, Step};
+use crate::status::{Outcome, Step, UnitState};
 
 /// One step of one unit about to run: what each step used to be handed
 /// one by one.
@@ -35,7 +33,7 @@ impl UnitRun<'_> {
         phase: Phase,
         epoch: Option<u64>,
         outcome: Option<Outcome>,
-        detail: Value,
+        detail: Detail,
     ) -> NewEvent {
         NewEvent {
             unit: self.unit.id.clone(),
@@ -51,12 +49,17 @@ impl UnitRun<'_> {
 
     /// Journals the step's begin (unless it is being replayed) and passes
     /// its `before` failpoint.
-    pub(super) async fn begin(&self, step: Step, epoch: Option<u64>, detail: Value) -> Result<()> {
+    pub(super) async fn begin(
+        &self,
+        step: Step,
+        epoch: Option<u64>,
+        detail: impl Into<Detail>,
+    ) -> Result<()> {
         let begin = if self.replay {
             tracing::info!(unit = %self.unit.id, step = step.as_str(), "replaying a step begun before the orchestrator stopped");
             None
         } else {
-            Some(self.event(Some(step), Phase::Begin, epoch, None, detail))
+            Some(self.event(Some(step), Phase::Begin, epoch, None, detail.into()))
         };
         Ok(self.orch.steps().begin(step.as_str(), begin).await?)
     }
@@ -67,9 +70,9 @@ impl UnitRun<'_> {
         step: Step,
         epoch: Option<u64>,
         outcome: Outcome,
-        detail: Value,
+        detail: impl Into<Detail>,
     ) -> Result<()> {
-        let end = self.event(Some(step), Phase::End, epoch, Some(outcome), detail);
+        let end = self.event(Some(step), Phase::End, epoch, Some(outcome), detail.into());
         Ok(self.orch.steps().end(step.as_str(), end).await?)
     }
 
@@ -77,13 +80,21 @@ impl UnitRun<'_> {
     /// unit stops here).
     pub(super) fn fail(&self, step: Step, epoch: Option<u64>, message: String) -> Result<()> {
         tracing::error!(unit = %self.unit.id, step = step.as_str(), "{message}");
-        self.orch.emit(self.event(
-            Some(step),
-            Phase::End,
-            epoch,
-            Some(Outcome::Failed),
-            json!({"summary": message, "message": message, "unit_state": "failed"}),
-        ))?;
+        self.orch.emit(
+            self.event(
+                Some(step),
+                Phase::End,
+                epoch,
+                Some(Outcome::Failed),
+                StepDetail {
+                    summary: Some(message.clone()),
+                    message: Some(message),
+                    unit_state: Some(UnitState::Failed),
+                    ..StepDetail::default()
+                }
+                .into(),
+            ),
+        )?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::unit_run::UnitRun;
 use crate::error::Result;
+use crate::event::{Detail, StepDetail};
 use crate::journal::now_ms;
 use crate::status::{Outcome, Step};
 
@@ -17,9 +18,9 @@ impl UnitRun<'_> {
     pub(super) async fn await_window(&self, skip: bool) -> Result<()> {
         let o = self.orch;
         let step = Step::AwaitWindow;
-        self.begin(step, None, json!({})).await?;
+        self.begin(step, None, Detail::none()).await?;
         let detail = if o.opts.now || skip {
-            json!({"summary": "skipped (--now)", "skipped": true})
+            StepDetail::summary("skipped (--now)").report(json!({"skipped": true}))
         } else if let Some(w) = o.cfg.window {
             let started = Instant::now();
             loop {
@@ -29,9 +30,12 @@ impl UnitRun<'_> {
                 }
                 tokio::time::sleep(CHECK_EVERY).await;
             }
-            json!({"summary": format!("window open after {:.0}s", started.elapsed().as_secs_f64())})
+            StepDetail::summary(format!(
+                "window open after {:.0}s",
+                started.elapsed().as_secs_f64()
+            ))
         } else {
-            json!({"summary": "no window configured"})
+            StepDetail::summary("no window configured")
         };
         self.end(step, None, Outcome::Ok, detail).await
     }
