@@ -1,35 +1,28 @@
-//! The routers' admin API calls an update makes (docs/admin-api.yaml):
-//! pool server states, site records, and a pool's live counts.
+//! The routers' admin API calls an update makes, through
+//! `ferry-admin-api`'s client: pool server states, joins and leaves, site
+//! records, and a pool's live counts.
+//!
+//! States cross this module as text (`"ready"`, `"maintenance"`): the update
+//! runbook journals them so; they become the API's typed values here.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use http::{Method, StatusCode};
+use ferry_admin_api::pools::NewServer;
+use ferry_admin_api::sites::SiteChange;
+use ferry_admin_api::{AdminClient, AdminError, Http};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::error::{FleetError, Result};
 use crate::runbook::Router;
-use ferry_orch::router::Http;
 
 /// A server of a pool as a router reports it.
 #[derive(Clone, Debug, Deserialize)]
 pub struct PoolServer {
     pub name: String,
     pub state: String,
-    #[serde(default)]
     pub active: u64,
-}
-
-#[derive(Deserialize)]
-struct PoolReport {
-    name: String,
-    servers: Vec<PoolServer>,
-}
-
-#[derive(Deserialize)]
-struct PoolsAnswer {
-    pools: Vec<PoolReport>,
 }
 
 /// A site record as a router reports it.
@@ -42,6 +35,12 @@ pub struct SiteRecord {
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+fn client(http: &Http, r: &Router) -> AdminClient {
+    AdminClient::new(r.name.clone(), &r.admin, Some(&r.token))
+        .with_http(http.clone())
+        .with_timeout(TIMEOUT)
+}
+
 fn err(r: &Router, message: String) -> FleetError {
     FleetError::Router {
         router: r.name.clone(),
@@ -49,45 +48,35 @@ fn err(r: &Router, message: String) -> FleetError {
     }
 }
 
-async fn call(
-    http: &Http,
-    r: &Router,
-    method: Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> Result<(StatusCode, bytes::Bytes)> {
-    let url = format!("{}{path}", r.admin);
-    let auth = format!("Bearer {}", r.token);
-    http.request(
-        method,
-        &url,
-        &[("authorization", &auth)],
-        body.map(|b| b.to_string().into_bytes()),
-        TIMEOUT,
-    )
-    .await
-    .map_err(|m| err(r, m))
+fn api_err(e: AdminError) -> FleetError {
+    FleetError::Router {
+        router: e.router().to_string(),
+        message: e.detail(),
+    }
 }
 
-fn refused(r: &Router, what: &str, status: StatusCode, body: &[u8]) -> FleetError {
-    err(
-        r,
-        format!("{what}: {status}: {}", String::from_utf8_lossy(body).trim()),
-    )
+/// A state given as text (`"drain"`) as the API's enum.
+fn parse_state<T: DeserializeOwned>(r: &Router, what: &str, state: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(state.to_string()))
+        .map_err(|_| err(r, format!("{what}: no such state {state:?}")))
 }
 
 /// The servers of `pool` at router `r`.
 pub async fn pool_servers(http: &Http, r: &Router, pool: &str) -> Result<Vec<PoolServer>> {
-    let (status, body) = call(http, r, Method::GET, "/v1/pools", None).await?;
-    if status != StatusCode::OK {
-        return Err(refused(r, "GET /v1/pools", status, &body));
-    }
-    let a: PoolsAnswer =
-        serde_json::from_slice(&body).map_err(|e| err(r, format!("unreadable pools: {e}")))?;
-    a.pools
+    let pools = client(http, r).pools().await.map_err(api_err)?;
+    pools
         .into_iter()
         .find(|p| p.name == pool)
-        .map(|p| p.servers)
+        .map(|p| {
+            p.servers
+                .into_iter()
+                .map(|s| PoolServer {
+                    name: s.name,
+                    state: s.state.as_str().to_string(),
+                    active: s.active,
+                })
+                .collect()
+        })
         .ok_or_else(|| err(r, format!("has no pool {pool:?}")))
 }
 
@@ -99,11 +88,11 @@ pub async fn set_server(
     server: &str,
     state: &str,
 ) -> Result<()> {
-    let path = format!("/v1/pools/{pool}/servers/{server}");
-    let (status, body) = call(http, r, Method::PUT, &path, Some(json!({ "state": state }))).await?;
-    if status != StatusCode::OK {
-        return Err(refused(r, &format!("PUT {path} {state}"), status, &body));
-    }
+    let state = parse_state(r, &format!("server {pool}/{server}"), state)?;
+    client(http, r)
+        .set_server(pool, server, state)
+        .await
+        .map_err(api_err)?;
     Ok(())
 }
 
@@ -132,33 +121,35 @@ pub async fn wait_idle(
                 format!("requests still in flight after {limit:?}: {busy:?}"),
             ));
         }
+        // The API has no "wait until idle" call: poll, briefly.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 pub async fn get_site(http: &Http, r: &Router, host: &str) -> Result<SiteRecord> {
-    let path = format!("/v1/sites/{host}");
-    let (status, body) = call(http, r, Method::GET, &path, None).await?;
-    if status != StatusCode::OK {
-        return Err(refused(r, &format!("GET {path}"), status, &body));
-    }
-    serde_json::from_slice(&body).map_err(|e| err(r, format!("unreadable site {host}: {e}")))
+    let s = client(http, r).get_site(host).await.map_err(api_err)?;
+    Ok(SiteRecord {
+        placement: s.placement,
+        state: s.state.as_str().to_string(),
+        epoch: s.epoch,
+    })
 }
 
 /// Puts a site record; the epoch rule makes a replay of the same record a
 /// no-op.
 pub async fn put_site(http: &Http, r: &Router, host: &str, rec: &SiteRecord) -> Result<()> {
-    let path = format!("/v1/sites/{host}");
-    let body = json!({"placement": rec.placement, "state": rec.state, "epoch": rec.epoch});
-    let (status, answer) = call(http, r, Method::PUT, &path, Some(body)).await?;
-    if status != StatusCode::OK {
-        return Err(refused(
+    let change = SiteChange {
+        host: None,
+        placement: rec.placement.clone(),
+        state: parse_state(r, &format!("site {host}"), &rec.state)?,
+        epoch: rec.epoch,
+    };
+    client(http, r).put_site(host, &change).await.map_err(|e| {
+        err(
             r,
-            &format!("PUT {path} ({} epoch {})", rec.state, rec.epoch),
-            status,
-            &answer,
-        ));
-    }
+            format!("{} ({} epoch {})", e.detail(), rec.state, rec.epoch),
+        )
+    })?;
     Ok(())
 }
 
@@ -173,17 +164,21 @@ pub async fn join(
     tier: u8,
     weight: u32,
 ) -> Result<()> {
-    let path = format!("/v1/pools/{pool}/servers");
-    let body =
-        json!({"name": name, "address": address, "tier": tier, "weight": weight, "state": "ready"});
-    let (status, answer) = call(http, r, Method::POST, &path, Some(body)).await?;
-    match status {
-        StatusCode::CREATED => Ok(()),
-        StatusCode::CONFLICT => {
-            // Joined before this agent restarted: make sure it takes traffic.
-            set_server(http, r, pool, name, "ready").await
-        }
-        s => Err(refused(r, &format!("POST {path} {name}"), s, &answer)),
+    let address = address
+        .parse()
+        .map_err(|e| err(r, format!("join {pool}: address {address:?}: {e}")))?;
+    let server = NewServer {
+        name: name.to_string(),
+        address,
+        tier,
+        weight,
+        state: ferry_admin_api::pools::ServerState::Ready,
+    };
+    match client(http, r).add_server(pool, &server).await {
+        Ok(_) => Ok(()),
+        // Joined before this agent restarted: make sure it takes traffic.
+        Err(e) if e.is_conflict() => set_server(http, r, pool, name, "ready").await,
+        Err(e) => Err(api_err(e)),
     }
 }
 
@@ -192,10 +187,9 @@ pub async fn join(
 pub async fn leave(http: &Http, r: &Router, pool: &str, name: &str, limit: Duration) -> Result<()> {
     set_server(http, r, pool, name, "drain").await?;
     wait_idle(http, r, pool, &[name.to_string()], limit).await?;
-    let path = format!("/v1/pools/{pool}/servers/{name}");
-    let (status, answer) = call(http, r, Method::DELETE, &path, None).await?;
-    if status != StatusCode::OK && status != StatusCode::NOT_FOUND {
-        return Err(refused(r, &format!("DELETE {path}"), status, &answer));
+    match client(http, r).remove_server(pool, name).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.status() == Some(404) => Ok(()),
+        Err(e) => Err(api_err(e)),
     }
-    Ok(())
 }

@@ -43,7 +43,7 @@ use crate::routers::{self, SiteRecord};
 use crate::runbook::{HttpCheck, Runbook};
 use ferry_journal::Steps;
 pub use ferry_journal::{Failpoints, KillMode, Outcome};
-use ferry_orch::router::Http;
+use ferry_admin_api::Http;
 
 /// What a step does.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,7 +14,6 @@ mod ctl;
 mod db;
 mod demo;
 mod exec;
-mod http_client;
 mod inventory;
 mod migrate;
 mod plan;

@@ -21,7 +21,15 @@ impl Ctl {
     }
 }
 
+/// `ferry ctl --json ARGS...`.
 async fn ctl(admin: &str, token: &str, args: &[&str]) -> Ctl {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    ctl_text(admin, token, &all).await
+}
+
+/// `ferry ctl ARGS...` (tables unless ARGS say --json).
+async fn ctl_text(admin: &str, token: &str, args: &[&str]) -> Ctl {
     let out = tokio::process::Command::new(FERRY)
         .arg("ctl")
         .args(args)
