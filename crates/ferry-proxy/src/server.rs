@@ -156,6 +156,9 @@ pub(crate) struct HttpLimits {
     pub keepalive_timeout: Duration,
 }
 
+/// One client connection of a traffic listener: the PROXY header (trusted
+/// listeners), then the TLS handshake or the protocol sniff, then HTTP until
+/// the connection ends.
 async fn serve_connection(
     shared: Arc<Shared>,
     mut stream: TcpStream,
@@ -170,40 +173,14 @@ async fn serve_connection(
     // must arrive within first_byte_timeout: a silent connection costs a
     // descriptor and a slot of the cap.
     let first_bytes = Instant::now() + settings.first_byte_timeout;
-    let silent = || {
-        shared
-            .metrics
-            .deadlines
-            .first_byte_timeouts
-            .fetch_add(1, Ordering::Relaxed);
-    };
-    let mut client = peer;
-    if spec.proxy_protocol {
-        match crate::settle::timeout_at(first_bytes, crate::proxy_protocol::read(&mut stream)).await
-        {
-            Ok(Ok(h)) => {
-                if let Some(src) = h.source {
-                    client = src;
-                }
-            }
-            Ok(Err(e)) => {
-                shared
-                    .metrics
-                    .proxy_header_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, error = %e, "refused connection with a bad PROXY header");
-                return;
-            }
-            Err(_) => {
-                shared
-                    .metrics
-                    .proxy_header_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                silent();
-                return;
-            }
+    let client = if spec.proxy_protocol {
+        match client_from_proxy_header(&shared, &mut stream, peer, first_bytes).await {
+            Some(client) => client,
+            None => return,
         }
-    }
+    } else {
+        peer
+    };
     let tls = if spec.tls {
         match tls.load_full() {
             Some(t) => Some(t),
@@ -218,21 +195,116 @@ async fn serve_connection(
     } else {
         None
     };
-    let mut info = ConnInfo::new(
+    let info = ConnInfo::new(
         client,
         spec.trusted,
         tls.is_some(),
         shared.upstream.affinity(),
     );
-    let limits = HttpLimits {
-        header_timeout: settings.header_timeout,
-        keepalive_timeout: settings.keepalive_timeout,
+    let conn = HttpConn {
+        peer,
+        info,
+        limits: HttpLimits {
+            header_timeout: settings.header_timeout,
+            keepalive_timeout: settings.keepalive_timeout,
+        },
+        body_timeout: settings.body_timeout,
+        shutdown,
     };
-    let body_timeout = settings.body_timeout;
     drop(settings);
-    let handler = |info: ConnInfo| {
-        let shared = Arc::clone(&shared);
-        move |req| {
+    match tls {
+        None => conn.serve_plain(shared, stream, first_bytes).await,
+        Some(t) => conn.serve_tls(shared, stream, t).await,
+    }
+}
+
+/// Reads the PROXY v2 header of a connection from a trusted listener: the
+/// client it names (the peer when it names none), or `None` when the
+/// connection is closed (bad or missing header, counted).
+async fn client_from_proxy_header(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    first_bytes: Instant,
+) -> Option<SocketAddr> {
+    let read = crate::proxy_protocol::read(stream);
+    let header = crate::settle::timeout_at(first_bytes, read).await;
+    if !matches!(header, Ok(Ok(_))) {
+        shared
+            .metrics
+            .proxy_header_errors
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    match header {
+        Ok(Ok(h)) => Some(h.source.unwrap_or(peer)),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "refused connection with a bad PROXY header");
+            None
+        }
+        Err(_) => {
+            count_silent(shared);
+            None
+        }
+    }
+}
+
+/// A connection that sent nothing within `first_byte_timeout`.
+fn count_silent(shared: &Shared) {
+    shared
+        .metrics
+        .deadlines
+        .first_byte_timeouts
+        .fetch_add(1, Ordering::Relaxed);
+}
+
+/// A traffic connection past its PROXY header, to be served HTTP once its
+/// protocol is known.
+struct HttpConn {
+    peer: SocketAddr,
+    info: ConnInfo,
+    limits: HttpLimits,
+    body_timeout: Duration,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl HttpConn {
+    /// Plain HTTP: the first bytes tell HTTP/1.1 from h2c.
+    async fn serve_plain(self, shared: Arc<Shared>, mut stream: TcpStream, first_bytes: Instant) {
+        let Some((kind, prefix)) = deadline::sniff(&mut stream, first_bytes).await else {
+            count_silent(&shared);
+            return;
+        };
+        let proto = match kind {
+            Sniffed::H2 => Alpn::H2,
+            Sniffed::Http1 => Alpn::Http1,
+        };
+        let io = SendDeadline::new(stream, self.body_timeout, Arc::clone(&shared.metrics));
+        let io = Prefixed::new(prefix, io);
+        self.serve(shared, io, proto, false).await
+    }
+
+    /// TLS: ALPN tells HTTP/2 from HTTP/1.1. No separate first-byte wait:
+    /// `[tls] handshake_timeout` bounds the whole handshake, its first byte
+    /// included.
+    async fn serve_tls(self, shared: Arc<Shared>, stream: TcpStream, tls: Arc<TlsState>) {
+        let io = SendDeadline::new(stream, self.body_timeout, Arc::clone(&shared.metrics));
+        let handshake = crate::tls::handshake(&tls, io, self.peer, &shared.metrics.tls);
+        let Some((stream, alpn)) = handshake.await else {
+            return;
+        };
+        // Not kept for the connection's life: a reload may replace it.
+        drop(tls);
+        self.serve(shared, stream, alpn, true).await
+    }
+
+    async fn serve<I>(mut self, shared: Arc<Shared>, io: I, proto: Alpn, tls: bool)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.info.h2 = proto == Alpn::H2;
+        let metrics = Arc::clone(&shared.metrics);
+        let info = self.info;
+        let handler = move |req| {
             let fut = forward::handle(Arc::clone(&shared), info.clone(), req);
             async move {
                 match fut.await {
@@ -240,41 +312,9 @@ async fn serve_connection(
                     Err(never) => match never {},
                 }
             }
-        }
-    };
-    let metrics = Arc::clone(&shared.metrics);
-    match tls {
-        None => {
-            let Some((kind, prefix)) = deadline::sniff(&mut stream, first_bytes).await else {
-                silent();
-                return;
-            };
-            let proto = match kind {
-                Sniffed::H2 => Alpn::H2,
-                Sniffed::Http1 => Alpn::Http1,
-            };
-            info.h2 = proto == Alpn::H2;
-            let io = Prefixed::new(
-                prefix,
-                SendDeadline::new(stream, body_timeout, Arc::clone(&metrics)),
-            );
-            let handler = handler(info);
-            serve_http(io, peer, proto, false, limits, handler, metrics, shutdown).await
-        }
-        Some(t) => {
-            // No separate first-byte wait: `[tls] handshake_timeout` bounds
-            // the whole handshake, its first byte included.
-            let io = SendDeadline::new(stream, body_timeout, Arc::clone(&metrics));
-            let Some((stream, alpn)) =
-                crate::tls::handshake(&t, io, peer, &shared.metrics.tls).await
-            else {
-                return;
-            };
-            drop(t);
-            info.h2 = alpn == Alpn::H2;
-            let handler = handler(info);
-            serve_http(stream, peer, alpn, true, limits, handler, metrics, shutdown).await
-        }
+        };
+        let (peer, limits, shutdown) = (self.peer, self.limits, self.shutdown);
+        serve_http(io, peer, proto, tls, limits, handler, metrics, shutdown).await
     }
 }
 
