@@ -180,16 +180,21 @@ fn build_pools(c: &Config, old: Option<(&PoolSet, &Config)>, metrics: &Metrics) 
     PoolSet { pools }
 }
 
+/// The record a config gives a site.
+fn record_of(s: &ferry_config::SiteSpec) -> SiteRecord {
+    SiteRecord {
+        host: s.host.clone(),
+        placement: s.placement.clone(),
+        state: s.state,
+        epoch: s.epoch,
+    }
+}
+
 fn site_changes(c: &Config) -> Vec<SiteChange> {
     c.sites
         .iter()
         .map(|s| SiteChange {
-            record: SiteRecord {
-                host: s.host.clone(),
-                placement: s.placement.clone(),
-                state: s.state,
-                epoch: s.epoch,
-            },
+            record: record_of(s),
             extras: Some(SiteExtras {
                 maintenance_page: s.maintenance_page.as_deref().map(Arc::from),
                 rules: s
@@ -269,22 +274,50 @@ impl Shared {
     pub fn reload(&self, new: Config) -> Result<ReloadReport, ProxyError> {
         let mut guard = self.config.lock();
         let old = &guard.0;
-        check_placements(
-            &new,
-            new.sites
-                .iter()
-                .map(|s| SiteRecord {
-                    host: s.host.clone(),
-                    placement: s.placement.clone(),
-                    state: s.state,
-                    epoch: s.epoch,
-                })
-                .collect::<Vec<_>>()
-                .iter(),
-        )?;
+        let (changes, removed) = self.site_changes_for(old, &new)?;
+        let pools = build_pools(&new, Some((&self.pools.load(), old)), &self.metrics);
+        self.persist_server_states(old, &new)?;
+        let access_log = AccessLogger::open(&new.router.access_log, new.router.access_log_format)?;
+        // The new pools go in before the sites that may point at them. The table
+        // apply is atomic and, with the config lock held (API changes take it
+        // too), can only fail if the store does: then the old pools come back.
+        let old_pools = self.pools.swap(Arc::new(pools));
+        let old_remotes = self.remotes.swap(Arc::new(remotes_of(&new)));
+        let outcomes = match self.apply_sites_locked(changes) {
+            Ok(o) => o,
+            Err(e) => {
+                self.pools.store(old_pools);
+                self.remotes.store(old_remotes);
+                return Err(ProxyError::Seed(e.to_string()));
+            }
+        };
+        let removed = self
+            .table
+            .remove(&removed, |hosts| self.store.remove_sites(hosts))
+            .map_err(|e| ProxyError::Seed(e.to_string()))?;
+        self.table.set_default_site(new.router.default_site.clone());
+        self.settings.store(Arc::new(Settings::from_config(&new)));
+        self.access_log.store(Arc::new(access_log));
+        self.admin_auth
+            .store(Arc::new(AdminAuth::from_config(&new)));
+        let report = ReloadReport::of(&outcomes, &removed, new.pools.len());
+        guard.0 = new;
+        Ok(report)
+    }
+
+    /// What a reload from `old` to `new` does to the sites: the changes to
+    /// apply and the hosts to remove. Refused when a site would point at a
+    /// pool or remote `new` lacks.
+    fn site_changes_for(
+        &self,
+        old: &Config,
+        new: &Config,
+    ) -> Result<(Vec<SiteChange>, Vec<Hostname>), ProxyError> {
+        let configured: Vec<SiteRecord> = new.sites.iter().map(record_of).collect();
+        check_placements(new, configured.iter())?;
         // A site the orchestrator moved at run time keeps its runtime record
         // unless the config carries a newer epoch; extras always follow the config.
-        let mut changes = site_changes(&new);
+        let mut changes = site_changes(new);
         for change in &mut changes {
             if let Some(cur) = self.table.record(&change.record.host) {
                 if cur.epoch >= change.record.epoch {
@@ -294,7 +327,7 @@ impl Shared {
         }
         // A runtime record kept above may point at a pool or remote this config
         // no longer has: refuse the reload rather than strand the site.
-        check_placements(&new, changes.iter().map(|c| &c.record))?;
+        check_placements(new, changes.iter().map(|c| &c.record))?;
         // Sites that left the config are removed; sites added at run time through
         // the admin API were never in the config and are left alone.
         let new_hosts: HashSet<&Hostname> = new.sites.iter().map(|s| &s.host).collect();
@@ -312,10 +345,12 @@ impl Shared {
             .into_iter()
             .filter(|r| !removed.contains(&r.host) && !new_hosts.contains(&r.host))
             .collect();
-        check_placements(&new, remaining.iter())?;
+        check_placements(new, remaining.iter())?;
+        Ok((changes, removed))
+    }
 
-        let pools = build_pools(&new, Some((&self.pools.load(), old)), &self.metrics);
-        // Persist server states the config changed.
+    /// Persists the server states that `new` changes from `old`.
+    fn persist_server_states(&self, old: &Config, new: &Config) -> Result<(), ProxyError> {
         for p in &new.pools {
             for s in &p.servers {
                 let old_state = old
@@ -331,46 +366,7 @@ impl Shared {
                 }
             }
         }
-        let access_log = AccessLogger::open(&new.router.access_log, new.router.access_log_format)?;
-        // The new pools go in before the sites that may point at them. The table
-        // apply is atomic and, with the config lock held (API changes take it
-        // too), can only fail if the store does: then the old pools come back.
-        let old_pools = self.pools.swap(Arc::new(pools));
-        let old_remotes = self.remotes.swap(Arc::new(remotes_of(&new)));
-        let outcomes = match self.apply_sites_locked(changes) {
-            Ok(o) => o,
-            Err(e) => {
-                self.pools.store(old_pools);
-                self.remotes.store(old_remotes);
-                return Err(ProxyError::Seed(e.to_string()));
-            }
-        };
-        let removed_out = self
-            .table
-            .remove(&removed, |hosts| self.store.remove_sites(hosts))
-            .map_err(|e| ProxyError::Seed(e.to_string()))?;
-        self.table.set_default_site(new.router.default_site.clone());
-        self.settings.store(Arc::new(Settings::from_config(&new)));
-        self.access_log.store(Arc::new(access_log));
-        self.admin_auth
-            .store(Arc::new(AdminAuth::from_config(&new)));
-        let report = ReloadReport {
-            sites_added: outcomes
-                .iter()
-                .filter(|(_, o)| *o == Outcome::Added)
-                .count(),
-            sites_changed: outcomes
-                .iter()
-                .filter(|(_, o)| *o == Outcome::Changed)
-                .count(),
-            sites_removed: removed_out
-                .iter()
-                .filter(|(_, o)| *o == Outcome::Removed)
-                .count(),
-            pools: new.pools.len(),
-        };
-        guard.0 = new;
-        Ok(report)
+        Ok(())
     }
 
     /// Applies site changes from the admin API. The config lock is held
@@ -564,4 +560,24 @@ pub struct ReloadReport {
     pub sites_changed: usize,
     pub sites_removed: usize,
     pub pools: usize,
+}
+
+impl ReloadReport {
+    fn of(
+        applied: &[(SiteId, Outcome)],
+        removed: &[(Hostname, Outcome)],
+        pools: usize,
+    ) -> ReloadReport {
+        let count =
+            |list: &[(SiteId, Outcome)], k: Outcome| list.iter().filter(|(_, o)| *o == k).count();
+        ReloadReport {
+            sites_added: count(applied, Outcome::Added),
+            sites_changed: count(applied, Outcome::Changed),
+            sites_removed: removed
+                .iter()
+                .filter(|(_, o)| *o == Outcome::Removed)
+                .count(),
+            pools,
+        }
+    }
 }
