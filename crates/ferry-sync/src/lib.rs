@@ -18,6 +18,8 @@
 //!   decoder; [`remote`]: the client side of a connection to an agent
 //!   ([`RemoteTree`]); [`agent`]: the server side ([`serve`], [`AgentConfig`],
 //!   its [`Limits`] against strangers and hostile sessions).
+//! - [`metrics_http`]: `GET /metrics` for Prometheus from the agent (its
+//!   [`AgentStats`]) and follow mode, a bounded responder on std threads.
 //! - [`open`]: an [`Endpoint`] (local path or agent volume) opened as a
 //!   source or a destination ([`Endpoint::open`]); every caller opens
 //!   sides this way.
@@ -31,6 +33,7 @@
 
 #![forbid(unsafe_code)]
 
+mod accept;
 pub mod agent;
 mod beneath;
 pub mod block;
@@ -44,13 +47,14 @@ pub mod limits;
 pub mod local;
 pub mod manifest;
 pub mod merkle;
+pub mod metrics_http;
 pub mod open;
 pub mod path;
 pub mod proto;
 pub mod remote;
 pub mod watch;
 
-pub use agent::{serve, AgentConfig, Limits, Volume};
+pub use agent::{serve, serve_with_stats, AgentConfig, AgentStats, Limits, Volume};
 pub use endpoint::{Basis, Dest, Op, Source, Tree};
 pub use engine::{
     converge, run_block_pass, run_pass, run_pass_over, verify, verify_blocks, BlockVerdict,

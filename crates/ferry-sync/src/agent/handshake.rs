@@ -6,6 +6,7 @@ use std::net::TcpStream;
 use std::time::Instant;
 
 use super::config::{AgentConfig, Volume};
+use super::stats::{AgentStats, Refused};
 use crate::error::{Result, SyncError};
 use crate::proto::{self, Msg};
 
@@ -45,7 +46,11 @@ pub(super) struct Opened {
 /// Hello, Auth, AuthOk, Open, all within [`Limits::handshake_timeout`] and
 /// in frames of at most [`proto::MAX_HANDSHAKE_FRAME`] bytes. `Ok(None)`:
 /// the volume was refused (and the client told why).
-pub(super) fn handshake(s: &TcpStream, cfg: &AgentConfig) -> Result<Option<Opened>> {
+pub(super) fn handshake(
+    s: &TcpStream,
+    cfg: &AgentConfig,
+    stats: &AgentStats,
+) -> Result<Option<Opened>> {
     let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let net = |source| SyncError::Net {
         peer: peer.clone(),
@@ -102,12 +107,14 @@ pub(super) fn handshake(s: &TcpStream, cfg: &AgentConfig) -> Result<Option<Opene
         _ => return Err(SyncError::Protocol(format!("{peer}: expected Open"))),
     };
     let Some(vol) = cfg.volumes.get(&volume) else {
+        stats.refused(Refused::UnknownVolume);
         send(&Msg::Error {
             message: format!("unknown volume {volume:?}"),
         })?;
         return Ok(None);
     };
     if write && vol.read_only {
+        stats.refused(Refused::ReadOnly);
         send(&Msg::Error {
             message: format!("volume {volume:?} is read-only"),
         })?;

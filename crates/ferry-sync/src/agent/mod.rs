@@ -30,7 +30,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::error::{Result, SyncError};
 use crate::proto::{self, Msg};
@@ -44,7 +44,8 @@ mod stats;
 pub use config::{AgentConfig, Limits, Volume, MIN_KEY_LEN};
 use handshake::handshake;
 use session::session;
-use stats::{Counters, Slot, Summary};
+pub use stats::AgentStats;
+use stats::{Closed, Refused, Slot, Summary};
 
 /// Serves connections on `listener` until `shutdown` is set. Each connection
 /// runs on its own thread, at most [`Limits::max_connections`] at once.
@@ -53,68 +54,40 @@ pub fn serve(
     config: Arc<AgentConfig>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<()> {
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    // Non-blocking accept with a short sleep: the loop notices `shutdown`
-    // without a wake-up connection.
-    listener.set_nonblocking(true).map_err(|e| SyncError::Net {
-        peer: addr.clone(),
-        source: e,
-    })?;
-    let counters = Arc::new(Counters::default());
+    serve_with_stats(listener, config, Arc::new(AgentStats::default()), shutdown)
+}
+
+/// [`serve`], counting into `stats` (which a metrics endpoint reads).
+pub fn serve_with_stats(
+    listener: TcpListener,
+    config: Arc<AgentConfig>,
+    counters: Arc<AgentStats>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<()> {
     let mut summary = Summary {
         at: Instant::now(),
         seen: [0; 5],
     };
-    let mut backoff: Option<Duration> = None;
-    // When an accept error was last logged: under descriptor pressure,
-    // failures and successes alternate, and each failure must not be a line.
-    let mut accept_logged: Option<Instant> = None;
-    while !shutdown.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((s, peer)) => {
-                backoff = None;
-                accept_one(s, peer, &config, &counters);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => {
-                // Out of descriptors (EMFILE) or memory: the connection stays
-                // in the backlog and retrying at once would spin. Wait,
-                // doubling up to a second, until sessions ending free some.
-                let wait = backoff.map_or(Duration::from_millis(20), |b| {
-                    (b * 2).min(Duration::from_secs(1))
-                });
-                counters.accept_failed.fetch_add(1, Ordering::Relaxed);
-                if accept_logged.is_none_or(|t| t.elapsed() >= Summary::EVERY) {
-                    tracing::warn!(
-                        error = %e,
-                        "accept failed; retrying with backoff (more are counted in the minute's summary)"
-                    );
-                    accept_logged = Some(Instant::now());
-                } else {
-                    tracing::debug!(error = %e, "accept failed again");
-                }
-                backoff = Some(wait);
-                std::thread::sleep(wait);
-            }
-        }
-        summary.maybe_log(&counters);
-    }
-    Ok(())
+    crate::accept::accept_until(
+        &listener,
+        &shutdown,
+        "sync",
+        |s, peer| accept_one(s, peer, &config, &counters),
+        || {
+            counters.accept_failed.fetch_add(1, Ordering::Relaxed);
+        },
+        || summary.maybe_log(&counters),
+    )
 }
 
 /// Starts a thread for a new connection, or refuses it at once when the
 /// agent is full or no thread can be started; the accept loop goes on.
-fn accept_one(s: TcpStream, peer: SocketAddr, config: &Arc<AgentConfig>, c: &Arc<Counters>) {
+fn accept_one(s: TcpStream, peer: SocketAddr, config: &Arc<AgentConfig>, c: &Arc<AgentStats>) {
     let max = config.limits.max_connections;
     let open = c.open.fetch_add(1, Ordering::AcqRel) + 1;
     let slot = Slot(c.clone());
     if open > max {
-        c.refused_busy.fetch_add(1, Ordering::Relaxed);
+        c.refused(Refused::Busy);
         tracing::debug!(%peer, max, "connection refused: max_connections open");
         // One small frame into the new socket's empty send buffer: never
         // blocks the accept loop. The client shows it as the reason.
@@ -135,15 +108,15 @@ fn accept_one(s: TcpStream, peer: SocketAddr, config: &Arc<AgentConfig>, c: &Arc
     // On failure the closure is dropped unrun: the socket closes and the
     // slot is given back.
     if let Err(e) = spawned {
-        c.thread_failed.fetch_add(1, Ordering::Relaxed);
+        c.refused(Refused::NoThread);
         tracing::debug!(%peer, error = %e, "no thread for a connection: refused it");
     }
 }
 
 /// One connection: the handshake, then the session. Handshake failures are
 /// strangers' doing: counted and logged at debug only.
-fn connection(s: TcpStream, peer: SocketAddr, cfg: &AgentConfig, c: &Arc<Counters>) {
-    let opened = match handshake(&s, cfg) {
+fn connection(s: TcpStream, peer: SocketAddr, cfg: &AgentConfig, c: &Arc<AgentStats>) {
+    let opened = match handshake(&s, cfg, c) {
         Ok(Some(o)) => o,
         Ok(None) => return,
         Err(e) => {
@@ -153,16 +126,19 @@ fn connection(s: TcpStream, peer: SocketAddr, cfg: &AgentConfig, c: &Arc<Counter
         }
     };
     match session(s, cfg, c, opened) {
-        Ok(()) => {}
+        Ok(()) => c.session_closed(Closed::Client),
         Err(SyncError::Net { source, .. })
             if matches!(
                 source.kind(),
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
             ) =>
         {
-            c.idle_closed.fetch_add(1, Ordering::Relaxed);
+            c.session_closed(Closed::Idle);
             tracing::info!(%peer, idle = ?cfg.limits.idle_timeout, "sync session closed: no traffic");
         }
-        Err(e) => tracing::warn!(%peer, error = %e, "sync session ended with an error"),
+        Err(e) => {
+            c.session_closed(Closed::Error);
+            tracing::warn!(%peer, error = %e, "sync session ended with an error")
+        }
     }
 }

@@ -1,12 +1,9 @@
 //! What each message of a session does: receiver ops (checked, then
 //! applied to the tree) and requests (answered).
 
-use std::io::BufWriter;
-use std::net::TcpStream;
-
 use rayon::prelude::*;
 
-use super::session::{agent_pool, Session};
+use super::session::{agent_pool, Out, Session};
 use crate::endpoint::{Dest, Op, Source, Tree};
 use crate::error::{Result, SyncError};
 use crate::manifest::ScanOptions;
@@ -22,13 +19,13 @@ fn io(e: std::io::Error) -> SyncError {
     }
 }
 
-fn send(w: &mut BufWriter<TcpStream>, m: &Msg) -> Result<()> {
+fn send(w: &mut Out, m: &Msg) -> Result<()> {
     proto::write_msg(w, m).map_err(io)
 }
 
 /// One message of a session: a receiver op is applied (no answer), any
 /// other message is a request and is answered.
-pub(super) fn handle(sess: &mut Session<'_>, m: Msg, w: &mut BufWriter<TcpStream>) -> Result<()> {
+pub(super) fn handle(sess: &mut Session<'_>, m: Msg, w: &mut Out) -> Result<()> {
     match m {
         Msg::Op(op) => apply_op(sess, op),
         Msg::Chunk(c) => apply_op(sess, Op::Chunk(c)),
@@ -88,12 +85,13 @@ fn record_block_run(sess: &mut Session<'_>, offset: u64, data: &[u8]) -> Result<
             .zip(data.par_chunks(*bs as usize))
             .for_each(|(h, b)| *h = *blake3::hash(b).as_bytes())
     });
+    sess.stats.blocks_written(count as u64);
     Ok(())
 }
 
 /// Answers a request. One arm per request type: the list is the agent's
 /// side of the protocol, kept whole so it reads against `Msg`.
-fn answer(sess: &mut Session<'_>, m: Msg, w: &mut BufWriter<TcpStream>) -> Result<()> {
+fn answer(sess: &mut Session<'_>, m: Msg, w: &mut Out) -> Result<()> {
     match m {
         Msg::Flush => {
             // The end of a pass: the tree lets go of the directories it
@@ -157,14 +155,17 @@ fn answer(sess: &mut Session<'_>, m: Msg, w: &mut BufWriter<TcpStream>) -> Resul
         Msg::ReadReq { path, sig } => {
             let mut out = |c| send(w, &Msg::Chunk(c));
             sess.tree.read(&path, sig.as_ref(), &mut out)?;
+            sess.stats.file_sent();
             send(w, &Msg::ReadEnd)
         }
         Msg::ReadSmallReq { path } => {
             let d = sess.tree.read_small_max(&path, 0, proto::MAX_DATA)?;
+            sess.stats.file_sent();
             send(w, &Msg::FileData(d))
         }
         Msg::ReadBlockReq { index, block_size } => {
             let d = sess.tree.read_block(index, block_size)?;
+            sess.stats.blocks_sent(1);
             send(w, &Msg::FileData(d))
         }
         Msg::SigReq {
@@ -201,7 +202,7 @@ fn answer(sess: &mut Session<'_>, m: Msg, w: &mut BufWriter<TcpStream>) -> Resul
 }
 
 /// A scan's answer: its entries, the temporary files it found, the end.
-fn send_manifest(w: &mut BufWriter<TcpStream>, man: crate::manifest::Manifest) -> Result<()> {
+fn send_manifest(w: &mut Out, man: crate::manifest::Manifest) -> Result<()> {
     for e in man.entries {
         send(w, &Msg::Entry(e))?;
     }
@@ -217,7 +218,7 @@ fn send_manifest(w: &mut BufWriter<TcpStream>, man: crate::manifest::Manifest) -
     )
 }
 
-fn send_hashes(w: &mut BufWriter<TcpStream>, size: u64, h: &[Digest]) -> Result<()> {
+fn send_hashes(w: &mut Out, size: u64, h: &[Digest]) -> Result<()> {
     for part in h.chunks(65536) {
         proto::write_msg(w, &Msg::HashesPart(part.to_vec())).map_err(io)?;
     }

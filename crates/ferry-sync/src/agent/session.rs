@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use super::config::AgentConfig;
 use super::handshake::Opened;
 use super::requests::handle;
-use super::stats::{Counters, WatchSlot};
+use super::stats::{AgentStats, ErrorKind, Metered, WatchSlot};
 use crate::endpoint::{Dest, Op};
 use crate::error::{Result, SyncError};
 use crate::local::LocalTree;
@@ -26,7 +26,8 @@ pub(super) struct Session<'a> {
     pub(super) name: &'a str,
     /// Where watch slots come from and how many there are; `None` when the
     /// volume allows no watch.
-    pub(super) watch: Option<(&'a Arc<Counters>, usize)>,
+    pub(super) watch: Option<(&'a Arc<AgentStats>, usize)>,
+    pub(super) stats: &'a Arc<AgentStats>,
     /// Held while this session's tree has a watch.
     pub(super) watching: Option<WatchSlot>,
     pub(super) failed: Option<String>,
@@ -116,6 +117,15 @@ impl Session<'_> {
         self.wait_in_flight();
     }
 
+    /// Records the first failed op of a run: later ops are skipped and the
+    /// next request is answered with it.
+    pub(super) fn fail_op(&mut self, why: String) {
+        if self.failed.is_none() {
+            self.stats.error(ErrorKind::Op);
+            self.failed = Some(why);
+        }
+    }
+
     /// Waits for the batch on the worker threads, if any.
     fn wait_in_flight(&mut self) {
         if let Some(rx) = self.in_flight.take() {
@@ -123,7 +133,7 @@ impl Session<'_> {
                 .recv()
                 .unwrap_or_else(|_| Some("a worker thread stopped".into()));
             if let Some(f) = failure {
-                self.failed.get_or_insert(f);
+                self.fail_op(f);
             }
         }
     }
@@ -196,12 +206,15 @@ impl Session<'_> {
     }
 }
 
+/// Where a session's answers go: buffered, counted into the agent's bytes.
+pub(super) type Out = BufWriter<Metered<TcpStream>>;
+
 /// An opened volume's session: requests until the client hangs up, a
 /// frame is refused, or nothing moves for [`Limits::idle_timeout`].
 pub(super) fn session(
     s: TcpStream,
     cfg: &AgentConfig,
-    c: &Arc<Counters>,
+    c: &Arc<AgentStats>,
     opened: Opened,
 ) -> Result<()> {
     let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -223,11 +236,17 @@ pub(super) fn session(
     let idle = cfg.limits.idle_timeout;
     s.set_read_timeout(Some(idle)).map_err(net)?;
     s.set_write_timeout(Some(idle)).map_err(net)?;
-    let mut r = BufReader::with_capacity(256 * 1024, std::io::Cursor::new(leftover).chain(timed));
-    let mut w = BufWriter::with_capacity(256 * 1024, s.try_clone().map_err(net)?);
-    let send = |w: &mut BufWriter<TcpStream>, m: &Msg| -> Result<()> {
-        proto::write_msg(w, m).map_err(net)
+    let timed = Metered {
+        inner: timed,
+        stats: c.clone(),
     };
+    let mut r = BufReader::with_capacity(256 * 1024, std::io::Cursor::new(leftover).chain(timed));
+    let socket = Metered {
+        inner: s.try_clone().map_err(net)?,
+        stats: c.clone(),
+    };
+    let mut w = BufWriter::with_capacity(256 * 1024, socket);
+    let send = |w: &mut Out, m: &Msg| -> Result<()> { proto::write_msg(w, m).map_err(net) };
     // Any frame the decoder refuses (bad path, bad length, unknown type)
     // becomes a Protocol error: the stream cannot be trusted after it.
     let recv = |r: &mut BufReader<_>| -> Result<Option<Msg>> {
@@ -238,12 +257,14 @@ pub(super) fn session(
         }
     };
     tracing::info!(%peer, volume, write, "sync session opened");
+    let _in_gauge = c.session_started();
 
     let mut sess = Session {
         tree: Arc::new(LocalTree::new(&vol.path)),
         write,
         name: &volume,
         watch: vol.watch.then_some((c, cfg.limits.max_watches)),
+        stats: c,
         watching: None,
         failed: None,
         block: None,
@@ -276,13 +297,15 @@ pub(super) fn session(
                 return Err(e);
             }
         };
+        c.message(&m);
         let Some(m) = sess.queue(m) else { continue };
         // Pipelined frames get no answer; a failure waits for the next request.
         let is_op = matches!(m, Msg::Op(_) | Msg::Chunk(_) | Msg::ScanPathsPart(_));
         if let Err(e) = handle(&mut sess, m, &mut w) {
             if is_op {
-                sess.failed.get_or_insert(e.to_string());
+                sess.fail_op(e.to_string());
             } else {
+                c.error(ErrorKind::Request);
                 send(
                     &mut w,
                     &Msg::Error {

@@ -6,6 +6,7 @@ mod support;
 mod block;
 mod converge;
 mod limits;
+mod metrics;
 mod modules;
 mod proto_props;
 mod remote;

@@ -133,6 +133,8 @@ pub fn assert_same(src: &Path, dst: &Path) {
 /// An agent serving volumes on a free loopback port, stopped on drop.
 pub struct Agent {
     pub port: u16,
+    /// What the agent counts (its metrics).
+    pub stats: Arc<ferry_sync::AgentStats>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -167,11 +169,14 @@ impl Agent {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
+        let stats = Arc::new(ferry_sync::AgentStats::default());
+        let st2 = stats.clone();
         let thread = std::thread::spawn(move || {
-            ferry_sync::serve(listener, Arc::new(cfg), s2).unwrap();
+            ferry_sync::serve_with_stats(listener, Arc::new(cfg), st2, s2).unwrap();
         });
         Agent {
             port,
+            stats,
             stop,
             thread: Some(thread),
         }
