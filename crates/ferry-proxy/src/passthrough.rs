@@ -46,15 +46,16 @@ use crate::{deadline, proxy_protocol, ProxyError};
 /// close is a FIN both ways and not a reset.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
-/// One running listener.
-struct AcceptLoop {
+/// One running passthrough listener (its accept loop is `listen.rs`'s);
+/// dropping it stops accepting, open connections go on.
+struct PassthroughListener {
     configured: SocketAddr,
     bound: SocketAddr,
     spec: Arc<ArcSwap<PassthroughSpec>>,
     stop: watch::Sender<bool>,
 }
 
-impl Drop for AcceptLoop {
+impl Drop for PassthroughListener {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }
@@ -70,7 +71,7 @@ pub(crate) struct Prepared {
 /// Every passthrough listener of the running config.
 #[derive(Default)]
 pub(crate) struct Passthroughs {
-    loops: Mutex<Vec<AcceptLoop>>,
+    loops: Mutex<Vec<PassthroughListener>>,
 }
 
 impl Passthroughs {
@@ -123,7 +124,7 @@ impl Passthroughs {
     ) {
         let matching = self.matching(config);
         let mut loops = self.loops.lock();
-        let mut old: Vec<Option<AcceptLoop>> = loops.drain(..).map(Some).collect();
+        let mut old: Vec<Option<PassthroughListener>> = loops.drain(..).map(Some).collect();
         let mut next = Vec::with_capacity(config.passthroughs.len());
         for ((spec, kept), listener) in config.passthroughs.iter().zip(matching).zip(prepared.fresh)
         {
@@ -162,7 +163,7 @@ impl Passthroughs {
                 },
             );
             tracing::info!(listen = %bound, "passthrough listener ready");
-            next.push(AcceptLoop {
+            next.push(PassthroughListener {
                 configured: spec.load().listen,
                 bound,
                 spec,

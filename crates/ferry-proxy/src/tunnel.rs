@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use ferry_config::{Config, TunnelSpec};
@@ -76,18 +76,20 @@ pub(crate) struct Tunnel {
     pub upstream: ArcSwap<String>,
     pub stats: TunnelStats,
     uses: Mutex<UseCounts>,
-    accept: Mutex<Option<AcceptLoop>>,
+    accept: Mutex<Option<TunnelListener>>,
     /// The Galera check and the sender that stops it (dropping it does).
     galera: Mutex<Option<(Arc<GaleraPool>, watch::Sender<bool>)>>,
 }
 
-struct AcceptLoop {
+/// A tunnel's running listener (its accept loop is `listen.rs`'s); dropping
+/// it stops accepting, open connections go on.
+struct TunnelListener {
     configured: SocketAddr,
     bound: SocketAddr,
     stop: watch::Sender<bool>,
 }
 
-impl Drop for AcceptLoop {
+impl Drop for TunnelListener {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }
@@ -324,7 +326,7 @@ impl Tunnels {
             if let Some((listener, bound)) = prepared.remove(&spec.name) {
                 let (stop, stop_rx) = watch::channel(false);
                 // Replacing the loop drops the old one, which stops it.
-                *tunnel.accept.lock() = Some(AcceptLoop {
+                *tunnel.accept.lock() = Some(TunnelListener {
                     configured: spec.listen,
                     bound,
                     stop,
@@ -576,7 +578,8 @@ fn write_atomically(path: &Path, lines: &[String]) -> io::Result<()> {
 }
 
 /// One client connection: connect to the tunnel's current upstream, then copy
-/// both ways (half-close passed on) until both sides are done or idle too long.
+/// both ways (`deadline::splice`: half-close passed on) until both sides are
+/// done or nothing moved for `idle_timeout`.
 async fn serve(tunnel: &Tunnel, client: TcpStream, peer: SocketAddr, generation: &AtomicU64) {
     let stats = &tunnel.stats;
     stats.connections.fetch_add(1, Ordering::Relaxed);
@@ -624,8 +627,6 @@ async fn serve(tunnel: &Tunnel, client: TcpStream, peer: SocketAddr, generation:
     let watch = Watch {
         observer: Mutex::new(spec.observe.then(Observer::default)),
         observing: AtomicBool::new(spec.observe),
-        started: Instant::now(),
-        last_activity_ms: AtomicU64::new(0),
         tunnel,
         peer: peer.ip(),
         generation,
@@ -642,23 +643,8 @@ async fn serve(tunnel: &Tunnel, client: TcpStream, peer: SocketAddr, generation:
         from_client: false,
         bytes: &stats.bytes_to_client,
     };
-    let idle = spec.idle_timeout;
-    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
-    tokio::pin!(copy);
-    loop {
-        let left = idle.saturating_sub(watch.idle_for());
-        // The copy first: after a stall of the process, bytes that arrived
-        // meanwhile count as activity before the idle timer is looked at.
-        tokio::select! {
-            biased;
-            _ = &mut copy => break,
-            _ = crate::settle::sleep_until(tokio::time::Instant::now() + left) => {
-                if watch.idle_for() >= idle {
-                    stats.idle_closed.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-            }
-        }
+    if crate::deadline::splice(&mut client, &mut server, spec.idle_timeout).await {
+        stats.idle_closed.fetch_add(1, Ordering::Relaxed);
     }
     // A connection that closed before its login was decided is unobserved.
     if watch.observing.load(Ordering::Acquire) {
@@ -695,26 +681,12 @@ struct Watch<'a> {
     observer: Mutex<Option<Observer>>,
     /// False once the login is decided, so later reads skip the lock.
     observing: AtomicBool,
-    started: Instant,
-    /// Milliseconds after `started` of the last byte either way: an atomic
-    /// rather than a locked `Instant`, as every read stamps it.
-    last_activity_ms: AtomicU64,
     tunnel: &'a Tunnel,
     peer: IpAddr,
     generation: &'a AtomicU64,
 }
 
 impl Watch<'_> {
-    fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(last)
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_activity_ms.store(ms, Ordering::Relaxed);
-    }
-
     fn observe(&self, from_client: bool, bytes: &[u8]) {
         if !self.observing.load(Ordering::Acquire) {
             return;
@@ -736,7 +708,7 @@ impl Watch<'_> {
     }
 }
 
-/// A stream whose reads are counted, timestamped and shown to the observer.
+/// A stream whose reads are counted and shown to the observer.
 /// Writes pass straight through.
 struct Tap<'a> {
     inner: TcpStream,
@@ -757,7 +729,6 @@ impl AsyncRead for Tap<'_> {
         let new = &buf.filled()[before..];
         if !new.is_empty() {
             this.bytes.fetch_add(new.len() as u64, Ordering::Relaxed);
-            this.watch.touch();
             this.watch.observe(this.from_client, new);
         }
         r
