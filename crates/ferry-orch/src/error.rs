@@ -103,6 +103,17 @@ impl OrchError {
 
 pub type Result<T, E = OrchError> = std::result::Result<T, E>;
 
+impl From<ferry_conf::Invalid> for OrchError {
+    fn from(e: ferry_conf::Invalid) -> OrchError {
+        OrchError::Config {
+            path: e.path,
+            line: e.line,
+            column: e.column,
+            message: e.message,
+        }
+    }
+}
+
 impl From<ferry_journal::Error> for OrchError {
     fn from(e: ferry_journal::Error) -> OrchError {
         use ferry_journal::ErrorKind;
