@@ -171,49 +171,78 @@ pub fn check_data(
         })
         .unwrap_or_default();
     let (src_root, dst_root) = (work.join(SOURCE), work.join(DESTINATION));
-    let (mut acked, mut lost, mut doubled, mut unacked_landed) =
-        (0usize, Vec::new(), Vec::new(), 0usize);
-    let (mut split, mut missing_copy, mut early) = (Vec::new(), Vec::new(), Vec::new());
-    let mut malformed = 0usize;
-    let (mut src_lines, mut dst_lines, mut gra_writes) = (0usize, 0usize, 0usize);
+    let mut tally = Tally::default();
     for (i, site) in sites.iter().enumerate() {
         let src = read_log(&site.dir(&src_root).join("orders.log"));
         let dst = read_log(&site.dir(&dst_root).join("orders.log"));
-        malformed += src.malformed + dst.malformed;
-        src_lines += src.orders.len();
-        dst_lines += dst.orders.len();
+        tally.malformed += src.malformed + dst.malformed;
+        tally.src_lines += src.orders.len();
+        tally.dst_lines += dst.orders.len();
         let unit = units.get(site.filer.as_str()).copied();
+        let flipped = unit.and_then(flip_started_ms);
+        tally.exactly_once(site, &acked_writes[i], &dst);
+        tally.fenced(site, unit.and_then(fenced_at_ms), flipped, &src, &dst);
+        tally.not_early(site, flipped, &dst);
+    }
+    tally.into_checks(status.is_some())
+}
 
-        // (c) every acknowledged write exactly once at the destination.
+/// What the orders.log files of every site showed, as counts and examples.
+#[derive(Default)]
+struct Tally {
+    acked: usize,
+    lost: Vec<String>,
+    doubled: Vec<String>,
+    unacked_landed: usize,
+    split: Vec<String>,
+    missing_copy: Vec<String>,
+    early: Vec<String>,
+    malformed: usize,
+    src_lines: usize,
+    dst_lines: usize,
+    gra_writes: usize,
+}
+
+impl Tally {
+    /// (c) every acknowledged write exactly once at the destination.
+    fn exactly_once(&mut self, site: &Site, acked_writes: &[u64], dst: &Log) {
         let mut count: BTreeMap<u64, usize> = BTreeMap::new();
         for o in &dst.orders {
             *count.entry(o.seq).or_default() += 1;
         }
-        let acked_here: HashSet<u64> = acked_writes[i].iter().copied().collect();
-        for &seq in &acked_writes[i] {
-            acked += 1;
+        let acked_here: HashSet<u64> = acked_writes.iter().copied().collect();
+        for &seq in acked_writes {
+            self.acked += 1;
             if !count.contains_key(&seq) {
-                lost.push(format!("{} #{seq}", site.host));
+                self.lost.push(format!("{} #{seq}", site.host));
             }
         }
         for (&seq, &n) in &count {
             if n > 1 {
-                doubled.push(format!("{} #{seq} x{n}", site.host));
+                self.doubled.push(format!("{} #{seq} x{n}", site.host));
             }
             if !acked_here.contains(&seq) {
-                unacked_landed += 1;
+                self.unacked_landed += 1;
             }
         }
+    }
 
-        // (d) nothing written at the source once the fence held, and all
-        // that was written there reached the destination.
-        let fenced = unit.and_then(fenced_at_ms);
+    /// (d) nothing written at the source once the fence held, and all that
+    /// was written there reached the destination.
+    fn fenced(
+        &mut self,
+        site: &Site,
+        fenced: Option<u64>,
+        flipped: Option<u64>,
+        src: &Log,
+        dst: &Log,
+    ) {
         if let Some(ms) = fenced {
             // Micros of a write are taken before its answer, the fence ends
             // after every answer: a write in the same millisecond is before it.
             let limit = (ms + 1) * 1000;
             for o in src.orders.iter().filter(|o| o.micros >= limit) {
-                split.push(format!(
+                self.split.push(format!(
                     "{} #{} at the source {} ms after the freeze",
                     site.host,
                     o.seq,
@@ -221,84 +250,101 @@ pub fn check_data(
                 ));
             }
         }
-        let flipped = unit.and_then(flip_started_ms);
         if flipped.is_some() {
             let at_dst: HashSet<&str> = dst.orders.iter().map(|o| o.line.as_str()).collect();
             for o in &src.orders {
                 if !at_dst.contains(o.line.as_str()) {
-                    missing_copy.push(format!("{} #{}", site.host, o.seq));
+                    self.missing_copy.push(format!("{} #{}", site.host, o.seq));
                 }
             }
         }
+    }
 
-        // (e) nothing written at the destination before the flip.
+    /// (e) nothing written at the destination before the flip.
+    fn not_early(&mut self, site: &Site, flipped: Option<u64>, dst: &Log) {
         for o in dst.orders.iter().filter(|o| o.dc == DESTINATION) {
-            gra_writes += 1;
+            self.gra_writes += 1;
             let before = match flipped {
                 Some(ms) => o.micros < ms * 1000,
                 None => true,
             };
             if before {
-                early.push(format!("{} #{}", site.host, o.seq));
+                self.early.push(format!("{} #{}", site.host, o.seq));
             }
         }
     }
 
-    let mut c_detail = format!(
-        "{acked} acknowledged writes; {} lost, {} doubled; {dst_lines} lines at {DESTINATION}",
-        lost.len(),
-        doubled.len()
-    );
-    if unacked_landed > 0 {
-        let _ = write!(
-            c_detail,
-            " ({unacked_landed} landed without an answer: allowed)"
+    /// The three checks; (d) needs the migration status to mean anything.
+    fn into_checks(self, have_status: bool) -> Vec<Check> {
+        let Tally {
+            acked,
+            lost,
+            doubled,
+            unacked_landed,
+            split,
+            missing_copy,
+            early,
+            malformed,
+            src_lines,
+            dst_lines,
+            gra_writes,
+        } = self;
+        let mut c_detail = format!(
+            "{acked} acknowledged writes; {} lost, {} doubled; {dst_lines} lines at {DESTINATION}",
+            lost.len(),
+            doubled.len()
         );
+        if unacked_landed > 0 {
+            let _ = write!(
+                c_detail,
+                " ({unacked_landed} landed without an answer: allowed)"
+            );
+        }
+        if malformed > 0 {
+            let _ = write!(c_detail, "; {malformed} malformed lines");
+        }
+        if !lost.is_empty() {
+            let _ = write!(c_detail, "; lost: {}", examples(&lost));
+        }
+        if !doubled.is_empty() {
+            let _ = write!(c_detail, "; doubled: {}", examples(&doubled));
+        }
+        let mut d_detail = format!(
+            "{src_lines} writes at {SOURCE}: {} after the freeze, {} not at {DESTINATION}",
+            split.len(),
+            missing_copy.len()
+        );
+        if !split.is_empty() {
+            let _ = write!(d_detail, "; {}", examples(&split));
+        }
+        if !missing_copy.is_empty() {
+            let _ = write!(d_detail, "; missing: {}", examples(&missing_copy));
+        }
+        if !have_status {
+            d_detail.push_str("; no migration status to compare with");
+        }
+        let mut e_detail = format!(
+            "{} writes at {DESTINATION} before their site's flip",
+            early.len()
+        );
+        let _ = write!(e_detail, " ({gra_writes} writes there in all)");
+        if !early.is_empty() {
+            let _ = write!(e_detail, "; {}", examples(&early));
+        }
+        vec![
+            Check::new(
+                NOTHING_LOST,
+                acked > 0 && lost.is_empty() && doubled.is_empty() && malformed == 0,
+                c_detail,
+            ),
+            Check::new(
+                NO_SPLIT_BRAIN,
+                have_status && split.is_empty() && missing_copy.is_empty(),
+                d_detail,
+            ),
+            Check::new(NO_EARLY_WRITES, early.is_empty(), e_detail),
+        ]
     }
-    if malformed > 0 {
-        let _ = write!(c_detail, "; {malformed} malformed lines");
-    }
-    if !lost.is_empty() {
-        let _ = write!(c_detail, "; lost: {}", examples(&lost));
-    }
-    if !doubled.is_empty() {
-        let _ = write!(c_detail, "; doubled: {}", examples(&doubled));
-    }
-    let mut d_detail = format!(
-        "{src_lines} writes at {SOURCE}: {} after the freeze, {} not at {DESTINATION}",
-        split.len(),
-        missing_copy.len()
-    );
-    if !split.is_empty() {
-        let _ = write!(d_detail, "; {}", examples(&split));
-    }
-    if !missing_copy.is_empty() {
-        let _ = write!(d_detail, "; missing: {}", examples(&missing_copy));
-    }
-    if status.is_none() {
-        d_detail.push_str("; no migration status to compare with");
-    }
-    let mut e_detail = format!(
-        "{} writes at {DESTINATION} before their site's flip",
-        early.len()
-    );
-    let _ = write!(e_detail, " ({gra_writes} writes there in all)");
-    if !early.is_empty() {
-        let _ = write!(e_detail, "; {}", examples(&early));
-    }
-    vec![
-        Check::new(
-            NOTHING_LOST,
-            acked > 0 && lost.is_empty() && doubled.is_empty() && malformed == 0,
-            c_detail,
-        ),
-        Check::new(
-            NO_SPLIT_BRAIN,
-            status.is_some() && split.is_empty() && missing_copy.is_empty(),
-            d_detail,
-        ),
-        Check::new(NO_EARLY_WRITES, early.is_empty(), e_detail),
-    ]
 }
 
 /// (f): the flipping attempt of every unit verified its copy (the final copy
