@@ -32,6 +32,17 @@ pub struct PlanUnit {
     /// `name@server`: the databases that move with the unit, in the same freeze.
     #[serde(default)]
     pub databases: Vec<String>,
+    /// The planner's freeze model for the unit (absent on impossible units
+    /// and in older plans).
+    #[serde(default)]
+    pub freeze: Option<PlanFreeze>,
+}
+
+/// The part of a unit's `freeze` object the tracking page shows.
+#[derive(Clone, Debug, Deserialize)]
+pub struct PlanFreeze {
+    /// The predicted freeze, seconds.
+    pub total_s: f64,
 }
 
 impl PlanUnit {

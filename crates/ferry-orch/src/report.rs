@@ -1,20 +1,30 @@
-//! The migration as an HTML page: run state, waves, a table of units and a
-//! timeline of each unit's steps on one shared time axis, with the freeze
-//! (freeze sent -> flip applied) highlighted.
+//! The migration as an HTML page, readable on a phone at night: run state,
+//! waves, a table of units (cards below 640 px), each unit's freeze as a bar
+//! against the plan's prediction, a timeline per night with the units that
+//! run at the same time in parallel lanes, and each unit's step events
+//! under an anchor (`#events-ID`) that every mention of the unit links to.
 //!
 //! One renderer serves two uses: the tracking server's live page (`live`:
 //! an inline script swaps in the `<main>` fragment the server pushes over
 //! server-sent events) and the static report the demo writes to a file.
-//! The page is self-contained (inline CSS, no external assets) and every
-//! string taken from the status is HTML-escaped.
+//! The page is self-contained (inline CSS, no external assets), follows the
+//! reader's light or dark scheme, and every string taken from the status is
+//! HTML-escaped. What the plan expected ([`Expected`]: lanes and predicted
+//! freezes) is optional; without a lane from the plan, lanes are drawn from
+//! the steps as they ran.
 //!
 //! Stable hooks for tests and people: `id="run-state"`, `id="wave-N"`,
-//! `id="unit-ID"` (table row, with `data-state`), `id="timeline-ID"`,
+//! `id="unit-ID"` (table row, with `data-state`), `id="freeze-ID"` (with
+//! `data-freeze-ms`, `data-predicted-ms`), `id="night-N"`, `class="lane"`
+//! with `data-lane`, `id="timeline-ID"` (with `data-lane`),
 //! `class="step step-ok|step-failed|step-abandoned|step-running"` with
-//! `data-step`, and `class="step step-freeze"` with `data-freeze-ms`.
+//! `data-step`, `class="step step-freeze"` with `data-freeze-ms`, and
+//! `id="events-ID"` (the unit's events, `li` with `data-step`).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use crate::plan::Plan;
 use crate::status::{
     Direction, MigrationStatus, Outcome, RunState, Step, StepRecord, UnitState, UnitStatus,
 };
@@ -25,19 +35,74 @@ pub const MAIN_ID: &str = "migration";
 /// The path the live page subscribes to.
 pub const EVENTS_PATH: &str = "/v1/migration/events";
 
+/// What the plan expected of each unit, shown beside what happened.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Expected {
+    units: BTreeMap<String, ExpectedUnit>,
+}
+
+/// What the plan expected of one unit.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ExpectedUnit {
+    /// Its lane within its night (the planner's `lane`, from 0).
+    pub lane: Option<u32>,
+    /// The predicted freeze (the planner's `freeze.total_s`), ms.
+    pub freeze_ms: Option<u64>,
+}
+
+impl Expected {
+    /// Lanes and predicted freezes of every unit of `plan`.
+    pub fn from_plan(plan: &Plan) -> Expected {
+        let mut e = Expected::default();
+        for u in &plan.units {
+            e.set(
+                &u.id,
+                ExpectedUnit {
+                    lane: u.lane,
+                    freeze_ms: u
+                        .freeze
+                        .as_ref()
+                        .filter(|f| f.total_s.is_finite() && f.total_s >= 0.0)
+                        .map(|f| (f.total_s * 1000.0).round() as u64),
+                },
+            );
+        }
+        e
+    }
+
+    pub fn set(&mut self, unit: &str, expected: ExpectedUnit) {
+        self.units.insert(unit.to_string(), expected);
+    }
+
+    pub fn unit(&self, unit: &str) -> ExpectedUnit {
+        self.units.get(unit).copied().unwrap_or_default()
+    }
+}
+
 /// A whole HTML page for `status`. With `live`, the page follows the
 /// tracking server's event stream (and falls back to a 2 s refresh without
 /// JavaScript); without, it is a static report.
 pub fn render_html(status: &MigrationStatus, title: &str, live: bool) -> String {
-    render_page(title, &render_main(status), live)
+    render_html_with(status, &Expected::default(), title, live)
+}
+
+/// [`render_html`] with what the plan expected.
+pub fn render_html_with(
+    status: &MigrationStatus,
+    expected: &Expected,
+    title: &str,
+    live: bool,
+) -> String {
+    render_page(title, &render_main_with(status, expected), live)
 }
 
 /// A whole page around an already rendered `<main>` fragment (the tracking
 /// server uses it for the page shown before any status exists).
 pub fn render_page(title: &str, main: &str, live: bool) -> String {
-    let mut out = String::with_capacity(main.len() + 8 * 1024);
+    let mut out = String::with_capacity(main.len() + 12 * 1024);
     out.push_str("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n");
     out.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
+    out.push_str("<meta name=\"color-scheme\" content=\"light dark\">\n");
     if live {
         out.push_str("<noscript><meta http-equiv=\"refresh\" content=\"2\"></noscript>\n");
     }
@@ -68,17 +133,25 @@ pub fn render_page(title: &str, main: &str, live: bool) -> String {
 /// The `<main id="migration">` fragment: everything the status shows. The
 /// tracking server sends exactly this over its event stream.
 pub fn render_main(status: &MigrationStatus) -> String {
-    let mut out = String::with_capacity(4096 + status.units.len() * 1024);
+    render_main_with(status, &Expected::default())
+}
+
+/// [`render_main`] with what the plan expected.
+pub fn render_main_with(status: &MigrationStatus, expected: &Expected) -> String {
+    let mut out = String::with_capacity(8192 + status.units.len() * 3072);
     let _ = writeln!(
         out,
         "<main id=\"{MAIN_ID}\" data-state=\"{}\" data-updated=\"{}\">",
         run_state_str(status.state),
         status.updated_at_ms
     );
+    let nights = layout(status, expected);
     summary(&mut out, status);
     waves(&mut out, status);
-    units_table(&mut out, status);
-    timeline(&mut out, status);
+    units_table(&mut out, status, &nights);
+    freezes(&mut out, status, expected);
+    timeline(&mut out, status, &nights);
+    events(&mut out, status);
     out.push_str("</main>");
     out
 }
@@ -106,6 +179,12 @@ pub fn escape(s: &str) -> String {
         }
     }
     out
+}
+
+/// A link to the unit's events.
+fn unit_link(id: &str, class: &str) -> String {
+    let id = escape(id);
+    format!("<a class=\"{class}\" href=\"#events-{id}\">{id}</a>")
 }
 
 fn summary(out: &mut String, s: &MigrationStatus) {
@@ -162,8 +241,9 @@ fn waves(out: &mut String, s: &MigrationStatus) {
                 .unwrap_or("unknown");
             let _ = write!(
                 out,
-                "<li class=\"badge unit-{state}\" data-unit=\"{id}\" data-state=\"{state}\">{id}</li>",
+                "<li class=\"badge unit-{state}\" data-unit=\"{id}\" data-state=\"{state}\">{link}</li>",
                 id = escape(id),
+                link = unit_link(id, "unit-link"),
             );
         }
         out.push_str("</ul></div>\n");
@@ -171,12 +251,20 @@ fn waves(out: &mut String, s: &MigrationStatus) {
     out.push_str("</section>\n");
 }
 
-fn units_table(out: &mut String, s: &MigrationStatus) {
-    out.push_str("<section id=\"units-section\">\n<h2>Units</h2>\n");
+fn units_table(out: &mut String, s: &MigrationStatus, nights: &[Night]) {
+    out.push_str("<section id=\"units-section\">\n<h2>Units</h2>\n<div class=\"scroll\">");
     out.push_str(
-        "<table id=\"units\"><thead><tr><th>unit</th><th>wave</th><th>sites</th><th>state</th>\
-         <th>step</th><th>attempt</th><th>epoch</th><th>freeze</th><th>message</th></tr></thead>\n<tbody>\n",
+        "<table id=\"units\"><thead><tr><th>unit</th><th>night</th><th>lane</th><th>sites</th>\
+         <th>state</th><th>step</th><th>attempt</th><th>epoch</th><th>freeze</th><th>message</th>\
+         </tr></thead>\n<tbody>\n",
     );
+    let lane_of = |id: &str| {
+        nights
+            .iter()
+            .flat_map(|n| &n.rows)
+            .find(|r| r.unit.id == id)
+            .and_then(|r| r.lane)
+    };
     for u in &s.units {
         let id = escape(&u.id);
         let state = unit_state_str(u.state);
@@ -188,12 +276,19 @@ fn units_table(out: &mut String, s: &MigrationStatus) {
         let _ = writeln!(
             out,
             "<tr id=\"unit-{id}\" data-state=\"{state}\" class=\"unit\">\
-             <td class=\"col-id\">{id}</td><td class=\"col-wave\">{wave}</td><td class=\"col-sites\">{sites}</td>\
-             <td class=\"col-state\"><span class=\"badge unit-{state}\">{state}</span>{dir}</td>\
-             <td class=\"col-step\">{step}</td><td class=\"col-attempt\">{attempt}</td>\
-             <td class=\"col-epoch\">{epoch}</td><td class=\"col-freeze\">{freeze}</td>\
-             <td class=\"col-message\">{message}</td></tr>",
+             <td class=\"col-id\" data-label=\"unit\">{link}</td>\
+             <td class=\"col-wave\" data-label=\"night\">{wave}</td>\
+             <td class=\"col-lane\" data-label=\"lane\">{lane}</td>\
+             <td class=\"col-sites\" data-label=\"sites\">{sites}</td>\
+             <td class=\"col-state\" data-label=\"state\"><span><span class=\"badge unit-{state}\">{state}</span>{dir}</span></td>\
+             <td class=\"col-step\" data-label=\"step\">{step}</td>\
+             <td class=\"col-attempt\" data-label=\"attempt\">{attempt}</td>\
+             <td class=\"col-epoch\" data-label=\"epoch\">{epoch}</td>\
+             <td class=\"col-freeze\" data-label=\"freeze\">{freeze}</td>\
+             <td class=\"col-message\" data-label=\"message\">{message}</td></tr>",
+            link = unit_link(&u.id, "unit-link"),
             wave = u.wave.map(|w| w.to_string()).unwrap_or_else(|| "-".into()),
+            lane = lane_of(&u.id).map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
             sites = u.sites,
             step = u.step.map(Step::as_str).unwrap_or("-"),
             attempt = u.attempt,
@@ -202,7 +297,7 @@ fn units_table(out: &mut String, s: &MigrationStatus) {
             message = u.message.as_deref().map(escape).unwrap_or_default(),
         );
     }
-    out.push_str("</tbody></table>\n</section>\n");
+    out.push_str("</tbody></table></div>\n</section>\n");
 }
 
 /// One freeze window of one attempt, as drawn on the timeline.
@@ -263,93 +358,379 @@ fn freeze_spans(u: &UnitStatus, now: u64) -> Vec<FreezeSpan> {
     spans
 }
 
-fn timeline(out: &mut String, s: &MigrationStatus) {
-    out.push_str("<section id=\"timeline\">\n<h2>Timeline</h2>\n");
+/// Each unit's freeze (the one that flipped, else the latest attempt's) as
+/// a bar, with the plan's prediction as a mark on the same scale.
+fn freezes(out: &mut String, s: &MigrationStatus, expected: &Expected) {
     let now = s.updated_at_ms;
-    let mut t0 = s.started_at_ms;
-    let mut t1 = now;
-    for r in s.units.iter().flat_map(|u| &u.steps) {
-        t0 = t0.min(r.started_at_ms);
-        t1 = t1.max(r.ended_at_ms.unwrap_or(r.started_at_ms));
+    // (unit, its freeze and how it ended, the prediction)
+    type FreezeRow<'a> = (&'a UnitStatus, Option<(u64, &'static str)>, Option<u64>);
+    let rows: Vec<FreezeRow> = s
+        .units
+        .iter()
+        .map(|u| {
+            let actual = match u.freeze_ms {
+                Some(ms) => Some((ms, "flipped")),
+                None => freeze_spans(u, now)
+                    .last()
+                    .map(|f| (f.end - f.start, f.kind)),
+            };
+            (u, actual, expected.unit(&u.id).freeze_ms)
+        })
+        .filter(|(_, a, p)| a.is_some() || p.is_some())
+        .collect();
+    if rows.is_empty() {
+        return;
     }
-    let span = t1.saturating_sub(t0).max(1);
-    let pos = |t: u64| percent(t.saturating_sub(t0), span);
-    let _ = writeln!(
-        out,
-        "<div class=\"axis\" data-start=\"{t0}\" data-end=\"{t1}\"><span>{}</span><span>{}</span><span>{}</span></div>",
-        fmt_utc(t0),
-        fmt_duration(span / 2),
-        fmt_duration(span),
-    );
-    for u in &s.units {
+    out.push_str("<section id=\"freezes\">\n<h2>Freezes</h2>\n");
+    let scale = rows
+        .iter()
+        .map(|(_, a, p)| a.map_or(0, |a| a.0).max(p.unwrap_or(0)))
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    for (u, actual, predicted) in &rows {
         let id = escape(&u.id);
+        let over = matches!((actual, predicted), (Some((a, _)), Some(p)) if a > p);
         let _ = write!(
             out,
-            "<div class=\"timeline-row\" id=\"timeline-{id}\" data-state=\"{}\">\
-             <div class=\"label\">{id}</div><div class=\"track\">",
-            unit_state_str(u.state)
+            "<div class=\"fz-row{over}\" id=\"freeze-{id}\" data-freeze-ms=\"{ms}\" data-predicted-ms=\"{pms}\">\
+             {link}<div class=\"fz-track\">",
+            over = if over { " fz-over" } else { "" },
+            ms = actual.map(|a| a.0.to_string()).unwrap_or_default(),
+            pms = predicted.map(|p| p.to_string()).unwrap_or_default(),
+            link = unit_link(&u.id, "label"),
         );
-        for f in freeze_spans(u, now) {
-            let len = f.end - f.start;
+        if let Some((ms, kind)) = actual {
             let _ = write!(
                 out,
-                "<div class=\"step step-freeze freeze-{kind}\" data-attempt=\"{a}\" data-freeze-ms=\"{len}\" \
-                 style=\"left:{l:.3}%;width:{w:.3}%\" title=\"freeze, attempt {a}: {d} ({kind})\">\
-                 <span class=\"freeze-len\">freeze {d}</span></div>",
-                kind = f.kind,
-                a = f.attempt,
-                l = pos(f.start),
-                w = (pos(f.end) - pos(f.start)).max(0.2),
-                d = fmt_duration(len),
+                "<div class=\"fz-bar fz-{kind}\" style=\"width:{:.3}%\"></div>",
+                percent(*ms, scale).max(0.5)
             );
         }
-        for r in &u.steps {
-            let class = step_class(r);
-            let end = r.ended_at_ms.unwrap_or(now).max(r.started_at_ms);
-            let mut title = format!(
-                "{} (attempt {}): {}",
-                r.step.as_str(),
-                r.attempt,
-                fmt_duration(end - r.started_at_ms)
-            );
-            if r.ended_at_ms.is_none() {
-                title.push_str(", running");
-            }
-            if r.direction == Direction::Reverse {
-                title.push_str(", reverse");
-            }
-            if let Some(e) = r.epoch {
-                let _ = write!(title, ", epoch {e}");
-            }
-            if let Some(d) = &r.detail {
-                title.push_str(": ");
-                title.push_str(d);
-            }
+        if let Some(p) = predicted {
             let _ = write!(
                 out,
-                "<div class=\"step {class}\" data-step=\"{step}\" data-attempt=\"{a}\" \
-                 style=\"left:{l:.3}%;width:{w:.3}%\" title=\"{title}\"></div>",
-                step = r.step.as_str(),
-                a = r.attempt,
-                l = pos(r.started_at_ms),
-                w = (pos(end) - pos(r.started_at_ms)).max(0.2),
-                title = escape(&title),
+                "<div class=\"fz-pred\" style=\"left:{:.3}%\" title=\"predicted {}\"></div>",
+                percent(*p, scale),
+                fmt_duration(*p)
             );
         }
-        out.push_str("</div>");
-        let freeze = u
-            .freeze_ms
-            .map(|ms| format!("freeze {}", fmt_duration(ms)))
-            .unwrap_or_default();
-        let _ = writeln!(out, "<div class=\"freeze-total\">{freeze}</div></div>");
+        // How the freeze ended, when it did not flip.
+        let so_far = match actual.map(|(_, kind)| kind) {
+            Some("open") => " so far",
+            Some("abandoned") => " (abandoned)",
+            Some("failed") => " (failed)",
+            _ => "",
+        };
+        let text = match (actual, predicted) {
+            (Some((a, _)), Some(p)) => format!(
+                "{}{so_far}, predicted {}",
+                fmt_duration(*a),
+                fmt_duration(*p)
+            ),
+            (Some((a, _)), None) => format!("{}{so_far}", fmt_duration(*a)),
+            (None, Some(p)) => format!("predicted {}", fmt_duration(*p)),
+            (None, None) => String::new(),
+        };
+        let _ = writeln!(out, "</div><div class=\"fz-text\">{text}</div></div>");
     }
     out.push_str(
-        "<p class=\"legend\"><span class=\"key step-ok\"></span>ok \
-         <span class=\"key step-running\"></span>running \
-         <span class=\"key step-failed\"></span>failed \
-         <span class=\"key step-abandoned\"></span>abandoned \
-         <span class=\"key step-freeze\"></span>freeze (freeze sent &rarr; flip applied)</p>\n",
+        "<p class=\"legend\"><span class=\"item\"><span class=\"key fz-flipped\"></span>freeze sent &rarr; \
+         flip applied</span> <span class=\"item\"><span class=\"key fz-open\"></span>still frozen</span> \
+         <span class=\"item\"><span class=\"key fz-abandoned\"></span>abandoned</span> \
+         <span class=\"item\"><span class=\"key fz-over\"></span>longer than predicted</span> \
+         <span class=\"item\"><span class=\"key pred\"></span>the plan's prediction</span></p>\n</section>\n",
     );
+}
+
+/// One night of the timeline: its units by lane.
+struct Night<'a> {
+    night: Option<u32>,
+    /// Whether the lanes are the plan's (else drawn from the steps).
+    planned: bool,
+    /// Sorted by lane (units not started last), then start.
+    rows: Vec<Row<'a>>,
+}
+
+struct Row<'a> {
+    unit: &'a UnitStatus,
+    lane: Option<u32>,
+    /// When it ran ([`active_span`]).
+    span: Option<(u64, u64)>,
+}
+
+/// When a unit ran: its first step's start to its last step's end (`now`
+/// while one runs); None before it starts.
+fn active_span(u: &UnitStatus, now: u64) -> Option<(u64, u64)> {
+    let start = u.steps.iter().map(|r| r.started_at_ms).min()?;
+    let end = u
+        .steps
+        .iter()
+        .map(|r| r.ended_at_ms.unwrap_or(now.max(r.started_at_ms)))
+        .max()?;
+    Some((start, end.max(start)))
+}
+
+/// The units by night, each night's units in lanes: the plan's when it gives
+/// one for every unit of the night, else the first lane free when the unit
+/// started (units that ran at the same time get parallel lanes).
+fn layout<'a>(s: &'a MigrationStatus, expected: &Expected) -> Vec<Night<'a>> {
+    let now = s.updated_at_ms;
+    // Nights in order, units the plan did not schedule last.
+    let mut by_night: BTreeMap<(bool, u32), Vec<&UnitStatus>> = BTreeMap::new();
+    for u in &s.units {
+        let key = (u.wave.is_none(), u.wave.unwrap_or(0));
+        by_night.entry(key).or_default().push(u);
+    }
+    let mut nights = Vec::new();
+    for units in by_night.into_values() {
+        let planned = units.iter().all(|u| expected.unit(&u.id).lane.is_some());
+        let mut rows: Vec<Row> = units
+            .iter()
+            .map(|u| Row {
+                unit: u,
+                lane: None,
+                span: active_span(u, now),
+            })
+            .collect();
+        if planned {
+            for r in &mut rows {
+                r.lane = expected.unit(&r.unit.id).lane;
+            }
+        } else {
+            rows.sort_by_key(|r| r.span.map(|(start, _)| start));
+            // The end of the last unit placed in each lane.
+            let mut lane_ends: Vec<u64> = Vec::new();
+            for r in rows.iter_mut() {
+                let Some((start, end)) = r.span else { continue };
+                let lane = match lane_ends.iter().position(|e| *e <= start) {
+                    Some(l) => l,
+                    None => {
+                        lane_ends.push(0);
+                        lane_ends.len() - 1
+                    }
+                };
+                lane_ends[lane] = end;
+                r.lane = Some(lane as u32);
+            }
+        }
+        // By lane, each lane in the order its units ran, units not started last.
+        rows.sort_by_key(|r| {
+            (
+                r.lane.is_none(),
+                r.lane,
+                r.span.map_or(u64::MAX, |(start, _)| start),
+            )
+        });
+        nights.push(Night {
+            night: units[0].wave,
+            planned,
+            rows,
+        });
+    }
+    nights
+}
+
+fn timeline(out: &mut String, s: &MigrationStatus, nights: &[Night]) {
+    out.push_str("<section id=\"timeline\">\n<h2>Timeline</h2>\n");
+    let now = s.updated_at_ms;
+    for night in nights {
+        let (id, name) = match night.night {
+            Some(n) => (format!("night-{n}"), format!("Night {n}")),
+            None => ("night-none".to_string(), "Not in a night".to_string()),
+        };
+        let lanes_from = if night.planned {
+            "lanes of the plan"
+        } else {
+            "lanes as run"
+        };
+        let _ = writeln!(
+            out,
+            "<div class=\"night\" id=\"{id}\" data-lanes=\"{}\"><h3>{name} <span class=\"count\">{} units, {lanes_from}</span></h3>",
+            if night.planned { "plan" } else { "run" },
+            night.rows.len(),
+        );
+        let spans: Vec<(u64, u64)> = night.rows.iter().filter_map(|r| r.span).collect();
+        let t0 = spans.iter().map(|s| s.0).min();
+        let t1 = spans.iter().map(|s| s.1).max();
+        let (t0, t1) = match (t0, t1) {
+            (Some(a), Some(b)) => (a, b),
+            _ => (now, now),
+        };
+        let span = t1.saturating_sub(t0).max(1);
+        if spans.is_empty() {
+            out.push_str("<p class=\"note\">not started</p>\n");
+        } else {
+            let _ = writeln!(
+                out,
+                "<div class=\"axis\" data-start=\"{t0}\" data-end=\"{t1}\"><span>{}</span><span>+{}</span><span>+{}</span></div>",
+                fmt_utc(t0),
+                fmt_duration(span / 2),
+                fmt_duration(span),
+            );
+        }
+        let mut open_lane: Option<Option<u32>> = None;
+        for row in &night.rows {
+            if open_lane != Some(row.lane) {
+                if open_lane.is_some() {
+                    out.push_str("</div>\n");
+                }
+                match row.lane {
+                    Some(l) => {
+                        let _ = write!(
+                            out,
+                            "<div class=\"lane\" data-lane=\"{l}\"><div class=\"lane-name\">lane {l}</div>"
+                        );
+                    }
+                    None => out.push_str(
+                        "<div class=\"lane\" data-lane=\"\"><div class=\"lane-name\">not started</div>",
+                    ),
+                }
+                open_lane = Some(row.lane);
+            }
+            timeline_row(out, row, now, t0, span);
+        }
+        if open_lane.is_some() {
+            out.push_str("</div>\n");
+        }
+        out.push_str("</div>\n");
+    }
+    out.push_str(
+        "<p class=\"legend\"><span class=\"item\"><span class=\"key step-ok\"></span>ok</span> \
+         <span class=\"item\"><span class=\"key step-running\"></span>running</span> \
+         <span class=\"item\"><span class=\"key step-failed\"></span>failed</span> \
+         <span class=\"item\"><span class=\"key step-abandoned\"></span>abandoned</span> \
+         <span class=\"item\"><span class=\"key step-freeze\"></span>freeze (freeze sent &rarr; \
+         flip applied)</span></p>\n",
+    );
+    out.push_str("</section>\n");
+}
+
+/// One unit's steps on its night's axis (`t0`, `span` ms wide).
+fn timeline_row(out: &mut String, row: &Row, now: u64, t0: u64, span: u64) {
+    let u = row.unit;
+    let pos = |t: u64| percent(t.saturating_sub(t0), span);
+    let _ = write!(
+        out,
+        "<div class=\"timeline-row\" id=\"timeline-{id}\" data-state=\"{}\" data-lane=\"{}\">\
+         {link}<div class=\"track\">",
+        unit_state_str(u.state),
+        row.lane.map(|l| l.to_string()).unwrap_or_default(),
+        id = escape(&u.id),
+        link = unit_link(&u.id, "label"),
+    );
+    for f in freeze_spans(u, now) {
+        let len = f.end - f.start;
+        let _ = write!(
+            out,
+            "<div class=\"step step-freeze freeze-{kind}\" data-attempt=\"{a}\" data-freeze-ms=\"{len}\" \
+             style=\"left:{l:.3}%;width:{w:.3}%\" title=\"freeze, attempt {a}: {d} ({kind})\">\
+             <span class=\"freeze-len\">freeze {d}</span></div>",
+            kind = f.kind,
+            a = f.attempt,
+            l = pos(f.start),
+            w = (pos(f.end) - pos(f.start)).max(0.2),
+            d = fmt_duration(len),
+        );
+    }
+    for r in &u.steps {
+        let end = r.ended_at_ms.unwrap_or(now).max(r.started_at_ms);
+        let _ = write!(
+            out,
+            "<div class=\"step {class}\" data-step=\"{step}\" data-attempt=\"{a}\" \
+             style=\"left:{l:.3}%;width:{w:.3}%\" title=\"{title}\"></div>",
+            class = step_class(r),
+            step = r.step.as_str(),
+            a = r.attempt,
+            l = pos(r.started_at_ms),
+            w = (pos(end) - pos(r.started_at_ms)).max(0.2),
+            title = escape(&step_title(r, now)),
+        );
+    }
+    out.push_str("</div>");
+    let freeze = u
+        .freeze_ms
+        .map(|ms| format!("freeze {}", fmt_duration(ms)))
+        .unwrap_or_default();
+    let _ = writeln!(out, "<div class=\"freeze-total\">{freeze}</div></div>");
+}
+
+/// `freeze (attempt 2): 1.2 s, epoch 7: detail`.
+fn step_title(r: &StepRecord, now: u64) -> String {
+    let end = r.ended_at_ms.unwrap_or(now).max(r.started_at_ms);
+    let mut title = format!(
+        "{} (attempt {}): {}",
+        r.step.as_str(),
+        r.attempt,
+        fmt_duration(end - r.started_at_ms)
+    );
+    if r.ended_at_ms.is_none() {
+        title.push_str(", running");
+    }
+    if r.direction == Direction::Reverse {
+        title.push_str(", reverse");
+    }
+    if let Some(e) = r.epoch {
+        let _ = write!(title, ", epoch {e}");
+    }
+    if let Some(d) = &r.detail {
+        title.push_str(": ");
+        title.push_str(d);
+    }
+    title
+}
+
+/// Each unit's steps as the journal recorded them, under `#events-ID`.
+fn events(out: &mut String, s: &MigrationStatus) {
+    out.push_str("<section id=\"events\">\n<h2>Events by unit</h2>\n");
+    let now = s.updated_at_ms;
+    for u in &s.units {
+        let id = escape(&u.id);
+        let state = unit_state_str(u.state);
+        let _ = write!(
+            out,
+            "<section class=\"unit-events\" id=\"events-{id}\" data-unit=\"{id}\">\
+             <h3>{id} <span class=\"badge unit-{state}\">{state}</span>\
+             <a class=\"up\" href=\"#unit-{id}\">unit &uarr;</a></h3>",
+        );
+        if u.steps.is_empty() {
+            out.push_str("<p class=\"empty\">no events yet</p></section>\n");
+            continue;
+        }
+        out.push_str("<ol class=\"events\">");
+        for r in &u.steps {
+            let end = r.ended_at_ms.unwrap_or(now).max(r.started_at_ms);
+            let outcome = match (r.outcome, r.ended_at_ms) {
+                (Some(Outcome::Ok), _) => "ok",
+                (Some(Outcome::Failed), _) => "failed",
+                (Some(Outcome::Abandoned), _) => "abandoned",
+                (None, None) => "running",
+                (None, Some(_)) => "ended",
+            };
+            let mut facts = format!("{outcome} after {}", fmt_duration(end - r.started_at_ms));
+            if r.direction == Direction::Reverse {
+                facts.push_str(" &middot; reverse");
+            }
+            if let Some(e) = r.epoch {
+                let _ = write!(facts, " &middot; epoch {e}");
+            }
+            let _ = write!(
+                out,
+                "<li class=\"ev ev-{class}\" data-step=\"{step}\" data-attempt=\"{a}\">\
+                 <time title=\"{utc}\">{clock}</time><span class=\"ev-step\">{step}</span> #{a} &middot; {facts}",
+                class = step_class(r).trim_start_matches("step-"),
+                step = r.step.as_str(),
+                a = r.attempt,
+                utc = fmt_utc(r.started_at_ms),
+                clock = fmt_clock(r.started_at_ms),
+            );
+            if let Some(d) = &r.detail {
+                let _ = write!(out, "<div class=\"detail\">{}</div>", escape(d));
+            }
+            out.push_str("</li>");
+        }
+        out.push_str("</ol></section>\n");
+    }
     out.push_str("</section>\n");
 }
 
@@ -416,6 +797,12 @@ pub fn fmt_utc(ms: u64) -> String {
     )
 }
 
+/// The time of day of `ms` since the Unix epoch, `HH:MM:SS` (UTC).
+fn fmt_clock(ms: u64) -> String {
+    let rem = (ms / 1000) % 86_400;
+    format!("{:02}:{:02}:{:02}", rem / 3600, (rem / 60) % 60, rem % 60)
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian date, counting in
 /// 400-year eras of 146,097 days whose years start on March 1st (so the
 /// leap day is the last day of the year).
@@ -432,59 +819,13 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-const CSS: &str = "
-:root{--ok:#2e8b57;--failed:#c0392b;--abandoned:#e67e22;--running:#2f6fd6;--unknown:#999;--freeze:rgba(142,68,173,.22);--freeze-line:#8e44ad}
-body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
-header{display:flex;align-items:baseline;gap:1em;padding:.6em 1.2em;background:#1f2a36;color:#fff}
-header h1{font-size:1.2em;margin:0}
-#live{font-size:.8em;padding:.1em .5em;border-radius:.6em;background:#555}
-#live[data-live=open]{background:var(--ok)}#live[data-live=error]{background:var(--failed)}
-main{padding:.4em 1.2em 2em}
-h2{font-size:1.05em;margin:1.2em 0 .4em}h3{font-size:.95em;margin:.2em 0}
-.badge{display:inline-block;padding:0 .45em;border-radius:.5em;background:#ddd;font-size:.9em}
-.run-running,.unit-running{background:#d6e4fb}.run-finished,.unit-done{background:#cdebd8}
-.run-stopped,.unit-failed{background:#f6d3cf}.unit-waiting{background:#fbe3cc}.unit-rolled_back{background:#e8daef}
-.dc{font-weight:600}.meta{color:#555}
-.wave{display:inline-block;vertical-align:top;min-width:14em;margin:0 1em .8em 0;padding:.4em .6em;background:#fff;border:1px solid #ddd;border-radius:4px}
-.progress{height:6px;background:#eee;border-radius:3px;overflow:hidden}.progress-bar{height:100%;background:var(--ok)}
-.wave-units{list-style:none;padding:0;margin:.4em 0 0}.wave-units li{margin:0 .2em .2em 0}
-table{border-collapse:collapse;background:#fff}th,td{border:1px solid #ddd;padding:.2em .5em;text-align:left;vertical-align:top}
-th{background:#f0f0f0}td.col-message{max-width:40em;overflow-wrap:anywhere}
-.axis{display:flex;justify-content:space-between;margin-left:10em;margin-right:8em;color:#777;font-size:.8em}
-.timeline-row{display:flex;align-items:center;margin:.15em 0}
-.timeline-row .label{width:10em;flex:none;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.track{position:relative;flex:1;height:18px;background:#fff;border:1px solid #e3e3e3}
-.freeze-total{width:8em;flex:none;padding-left:.5em;font-size:.85em;color:var(--freeze-line)}
-.step{position:absolute;top:3px;height:12px;border-radius:2px}
-.step-ok{background:var(--ok)}.step-failed{background:var(--failed)}.step-abandoned{background:var(--abandoned)}
-.step-running{background:var(--running)}.step-unknown{background:var(--unknown)}
-.track .step-freeze{top:0;height:100%;border-radius:0;background:var(--freeze);border-left:2px solid var(--freeze-line);border-right:2px solid var(--freeze-line);box-sizing:border-box;z-index:1;pointer-events:none}
-.freeze-len{position:absolute;bottom:100%;left:0;font-size:.7em;color:var(--freeze-line);white-space:nowrap}
-.legend .key{display:inline-block;width:1.2em;height:.8em;margin:0 .3em 0 1em;vertical-align:middle}
-.legend .key.step-freeze{background:var(--freeze);border:1px solid var(--freeze-line)}
-.empty{color:#777}
-";
+/// The page's style: phone first (cards for the units table below 640 px,
+/// labels above the tracks), dark when the reader's system is.
+const CSS: &str = include_str!("report/page.css");
 
 /// Follows the server's event stream: every `status` event carries a fresh
 /// `<main>` fragment that replaces the current one.
-const LIVE_JS: &str = "
-(function () {
-  var live = document.getElementById('live');
-  function mark(state) { if (live) { live.setAttribute('data-live', state); live.textContent = state; } }
-  if (!window.EventSource) { mark('no EventSource'); return; }
-  var es = new EventSource('{EVENTS}');
-  es.onopen = function () { mark('open'); };
-  es.onerror = function () { mark('error'); };
-  es.addEventListener('status', function (e) {
-    var old = document.getElementById('{MAIN}');
-    if (!old) { return; }
-    var t = document.createElement('template');
-    t.innerHTML = e.data;
-    var fresh = t.content.getElementById('{MAIN}');
-    if (fresh) { old.replaceWith(fresh); }
-  });
-})();
-";
+const LIVE_JS: &str = include_str!("report/live.js");
 
 #[cfg(test)]
 mod tests {
@@ -679,6 +1020,88 @@ mod tests {
         let live = render_html(&status(vec![]), "Ferry", true);
         assert!(live.contains("new EventSource('/v1/migration/events')"));
         assert!(live.contains("<noscript><meta http-equiv=\"refresh\" content=\"2\"></noscript>"));
+    }
+
+    #[test]
+    fn expected_comes_from_the_plan() {
+        let json = br#"{"format": "ferry-plan", "version": 1, "units": [
+            {"id": "U1", "status": "scheduled", "night": 1, "lane": 2, "order": 0,
+             "freeze": {"total_s": 65.3, "overhead_s": 60}},
+            {"id": "U2", "status": "impossible", "night": null, "lane": null, "order": null}]}"#;
+        let plan = Plan::from_bytes(json, std::path::Path::new("plan.json")).unwrap();
+        let e = Expected::from_plan(&plan);
+        assert_eq!(
+            e.unit("U1"),
+            ExpectedUnit {
+                lane: Some(2),
+                freeze_ms: Some(65_300)
+            }
+        );
+        assert_eq!(e.unit("U2"), ExpectedUnit::default());
+        assert_eq!(e.unit("U9"), ExpectedUnit::default());
+    }
+
+    #[test]
+    fn lanes_follow_the_plan_or_the_steps() {
+        let ok = Some(Outcome::Ok);
+        let a = unit(
+            "A",
+            UnitState::Done,
+            vec![rec(Step::Prepare, 1, 1_000_000, Some(1_005_000), ok)],
+        );
+        let b = unit(
+            "B",
+            UnitState::Done,
+            vec![rec(Step::Prepare, 1, 1_002_000, Some(1_003_000), ok)],
+        );
+        let c = unit(
+            "C",
+            UnitState::Done,
+            vec![rec(Step::Prepare, 1, 1_006_000, Some(1_007_000), ok)],
+        );
+        let d = unit("D", UnitState::Pending, vec![]);
+        let s = status(vec![a, b, c, d]);
+        let lanes = |nights: &[Night]| -> Vec<(String, Option<u32>)> {
+            nights[0]
+                .rows
+                .iter()
+                .map(|r| (r.unit.id.clone(), r.lane))
+                .collect()
+        };
+        // As run: B overlaps A, C starts after both ended.
+        let run = layout(&s, &Expected::default());
+        assert!(!run[0].planned);
+        assert_eq!(
+            lanes(&run),
+            [
+                ("A".into(), Some(0)),
+                ("C".into(), Some(0)),
+                ("B".into(), Some(1)),
+                ("D".into(), None)
+            ]
+        );
+        // The plan's, when it has a lane for every unit of the night.
+        let mut e = Expected::default();
+        for (id, lane) in [("A", 1), ("B", 0), ("C", 1), ("D", 0)] {
+            e.set(
+                id,
+                ExpectedUnit {
+                    lane: Some(lane),
+                    freeze_ms: None,
+                },
+            );
+        }
+        let planned = layout(&s, &e);
+        assert!(planned[0].planned);
+        assert_eq!(
+            lanes(&planned),
+            [
+                ("B".into(), Some(0)),
+                ("D".into(), Some(0)),
+                ("A".into(), Some(1)),
+                ("C".into(), Some(1))
+            ]
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The tracking server: a small HTTP/1.1 server showing a migration live.
 //!
 //! Routes (GET only; any other method is 405, any other path 404):
-//! - `/`: the live page ([`crate::report::render_html`] with `live`);
+//! - `/`: the live page ([`crate::report::render_html_with`] with `live`,
+//!   and what the plan expected when [`Tracker::expected`] was given);
 //! - `/v1/migration`: the [`MigrationStatus`] as JSON (503 while the source
 //!   has none);
 //! - `/v1/migration/events`: server-sent events; an `event: status` whose
@@ -35,7 +36,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{interval, interval_at, Instant, MissedTickBehavior};
 
-use crate::report;
+use crate::report::{self, Expected};
 use crate::status::MigrationStatus;
 
 /// Where the server reads the migration's status; `None` while there is none.
@@ -67,6 +68,7 @@ type Resp = Response<BoxBody<Bytes, Infallible>>;
 #[derive(Clone)]
 pub struct Tracker {
     title: String,
+    expected: Arc<Expected>,
     max_subscribers: usize,
     keepalive: Duration,
     counters: Arc<Counters>,
@@ -88,6 +90,7 @@ impl Tracker {
     pub fn new() -> Tracker {
         Tracker {
             title: "Ferry migration".to_string(),
+            expected: Arc::default(),
             max_subscribers: MAX_SUBSCRIBERS,
             keepalive: KEEPALIVE_EVERY,
             counters: Arc::default(),
@@ -97,6 +100,13 @@ impl Tracker {
     /// The page's title and heading.
     pub fn title(mut self, title: impl Into<String>) -> Tracker {
         self.title = title.into();
+        self
+    }
+
+    /// What the plan expected (lanes, predicted freezes), shown beside
+    /// what happened.
+    pub fn expected(mut self, expected: Expected) -> Tracker {
+        self.expected = Arc::new(expected);
         self
     }
 
@@ -264,7 +274,7 @@ async fn poll_status(
         if last.as_ref() == Some(&s) {
             continue;
         }
-        let frame = sse_event("status", &report::render_main(&s));
+        let frame = sse_event("status", &report::render_main_with(&s, &tracker.expected));
         last = Some(s);
         frames.send_replace(Some(frame));
     }
@@ -326,7 +336,10 @@ async fn handle(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Resp {
 async fn page(ctx: &Ctx) -> Resp {
     let title = &ctx.tracker.title;
     let (code, html) = match fetch(&ctx.status).await {
-        Some(s) => (StatusCode::OK, report::render_html(&s, title, true)),
+        Some(s) => (
+            StatusCode::OK,
+            report::render_html_with(&s, &ctx.tracker.expected, title, true),
+        ),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             report::render_page(

@@ -1,12 +1,15 @@
 //! The tracking server in a real browser (headless Chromium, Debian's
 //! `chromium`; `scripts/test.sh` installs it) and its endpoints over plain
-//! HTTP. Every test binds port 0 and builds its status by hand.
+//! HTTP. Every test binds port 0 and builds its status by hand. The layout
+//! tests measure the page at a phone's width and a desktop's, and leave
+//! screenshots under the target directory (`track-page/`, paths printed).
 
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_orch::report::{Expected, ExpectedUnit};
 use ferry_orch::status::WaveStatus;
 use ferry_orch::track::{StatusSource, Tracker};
 use ferry_orch::{
@@ -257,7 +260,13 @@ struct Browser {
 }
 
 impl Browser {
+    /// Dumps the DOM (`--dump-dom`) once the page is loaded.
     fn launch(url: &str, extra: &[&str]) -> Browser {
+        Browser::spawn(url, extra, "--dump-dom")
+    }
+
+    /// `mode`: `--dump-dom` or `--screenshot=PATH`.
+    fn spawn(url: &str, extra: &[&str], mode: &str) -> Browser {
         let profile = tempfile::tempdir().unwrap();
         let bin = std::env::var("FERRY_CHROMIUM").unwrap_or_else(|_| "chromium".to_string());
         let mut cmd = tokio::process::Command::new(&bin);
@@ -276,7 +285,7 @@ impl Browser {
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .args(extra)
-        .arg("--dump-dom")
+        .arg(mode)
         .arg(url)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -296,18 +305,29 @@ impl Browser {
         }
     }
 
-    /// Waits for the browser to exit and returns the DOM it printed.
-    async fn dom(mut self, within: Duration) -> String {
+    /// Waits for the browser to exit successfully; returns what it printed.
+    async fn finish(mut self, within: Duration) -> std::process::Output {
         let child = self.child.take().unwrap();
         let out = tokio::time::timeout(within, child.wait_with_output())
             .await
             .unwrap_or_else(|_| panic!("chromium did not finish within {within:?}"))
             .unwrap();
-        let dom = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
-            out.status.success() && dom.contains("</html>"),
+            out.status.success(),
             "chromium failed ({}); stderr:\n{}",
             out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Waits for the browser to exit and returns the DOM it printed.
+    async fn dom(self, within: Duration) -> String {
+        let out = self.finish(within).await;
+        let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            dom.contains("</html>"),
+            "chromium printed no page; stderr:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         dom
@@ -575,4 +595,326 @@ async fn event_stream_sends_changes_and_is_bounded() {
         .await
         .expect("the stream ends at shutdown")
         .unwrap();
+}
+
+/// A night as an operator sees it on a phone: two lanes of the plan running
+/// side by side, one unit over its predicted freeze, one failed with a long
+/// message, one waiting after an abandoned freeze, two not started.
+fn night_fixture() -> (MigrationStatus, Expected) {
+    let mut units = Vec::new();
+    let mut expected = Expected::default();
+    let mut add = |id: &str, lane: u32, predicted_ms: u64, u: UnitStatus| {
+        expected.set(
+            id,
+            ExpectedUnit {
+                lane: Some(lane),
+                freeze_ms: Some(predicted_ms),
+            },
+        );
+        units.push(u);
+    };
+    let mut a = unit("U01", 1, UnitState::Done, done_steps(0, 1_800));
+    a.freeze_ms = Some(1_800);
+    add("U01", 0, 2_500, a);
+    let mut b = unit("U02", 1, UnitState::Done, done_steps(1_000, 4_200));
+    b.freeze_ms = Some(4_200);
+    add("U02", 1, 3_000, b);
+    let mut c = unit("U03", 1, UnitState::Running, done_steps(6_000, 1_000));
+    c.steps.truncate(4);
+    c.steps.push(rec(Step::FinalCopy, 1, 8_100, None, None));
+    c.step = Some(Step::FinalCopy);
+    add("U03", 0, 2_000, c);
+    let mut d = unit("U04", 1, UnitState::Failed, done_steps(7_500, 0));
+    d.steps.truncate(2);
+    d.step = Some(Step::PreCopy);
+    d.steps[1].outcome = Some(Outcome::Failed);
+    d.steps[1].detail = Some(
+        "rsync of filer-b7:/export/hosting/very-long-customer-directory-name-that-does-not-wrap-nicely failed: No space left on device (os error 28)"
+            .to_string(),
+    );
+    d.message = Some(
+        "pre_copy failed: destination filer-b7 is full; free space and run `ferry migrate resume`"
+            .to_string(),
+    );
+    add("U04", 1, 2_200, d);
+    let mut e = unit("U05", 2, UnitState::Waiting, done_steps(12_000, 900));
+    e.steps.truncate(5);
+    e.step = Some(Step::FinalCopy);
+    e.steps[4].outcome = Some(Outcome::Abandoned);
+    e.steps[4].detail = Some("router r2 did not acknowledge epoch 6".to_string());
+    e.message = Some("freeze abandoned; next attempt at the next window".to_string());
+    add("U05", 0, 1_500, e);
+    add("U06", 1, 900, unit("U06", 2, UnitState::Pending, vec![]));
+    add("U07", 0, 1_100, unit("U07", 2, UnitState::Pending, vec![]));
+    let status = MigrationStatus {
+        source: "dc-paris-north".to_string(),
+        destination: "dc-lyon-south".to_string(),
+        state: RunState::Running,
+        started_at_ms: T0,
+        updated_at_ms: T0 + 15_000,
+        waves: vec![
+            WaveStatus {
+                night: 1,
+                units: vec!["U01".into(), "U02".into(), "U03".into(), "U04".into()],
+                done: 2,
+            },
+            WaveStatus {
+                night: 2,
+                units: vec!["U05".into(), "U06".into(), "U07".into()],
+                done: 0,
+            },
+        ],
+        units,
+    };
+    (status, expected)
+}
+
+/// Where screenshots go: under the cargo target directory, kept after the
+/// test for people (and CI artifacts) to look at.
+fn artifacts() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("track-page");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Headless Chromium will not make a window narrower than 500 px, so a
+/// page is laid out at a phone's width inside a frame of that width: a
+/// harness page whose `<iframe srcdoc>` holds a copy of the page (same
+/// origin as the harness, so its script can measure the frame). The copy
+/// is static: its live script, if any, is left out (it could not reach the
+/// server from there).
+fn harness(html: &str, width: u32, height: u32) -> tempfile::TempDir {
+    let page = match (html.find("<script>"), html.rfind("</script>")) {
+        (Some(a), Some(b)) => format!("{}{}", &html[..a], &html[b + "</script>".len()..]),
+        _ => html.to_string(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let doc = format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><style>html,body{{margin:0;background:#777}}\
+         iframe{{display:block;border:0;width:{width}px;height:{height}px}}</style></head>\
+         <body><iframe id=\"f\" srcdoc=\"{}\"></iframe><script>{MEASURE_JS}</script></body></html>",
+        ferry_orch::report::escape(&page)
+    );
+    std::fs::write(dir.path().join("harness.html"), doc).unwrap();
+    dir
+}
+
+fn harness_url(dir: &tempfile::TempDir) -> String {
+    format!("file://{}", dir.path().join("harness.html").display())
+}
+
+/// Runs in the harness once the frame has loaded (which the harness's own
+/// load, and so `--dump-dom`, waits for): measures the page as laid out
+/// and writes the result into the harness (`<pre id="measure">`).
+const MEASURE_JS: &str = r##"
+(function () {
+  var f = document.getElementById('f');
+  function measure() {
+    var win = f.contentWindow, doc = f.contentDocument, d = doc.documentElement;
+    var w = win.innerWidth, wide = [], missing = [], small = [];
+    doc.querySelectorAll('body *').forEach(function (e) {
+      var box = e.closest('.scroll');
+      if (box && box !== e) { return; }
+      var r = e.getBoundingClientRect();
+      // Text running out of its box counts too (visible overflow).
+      var spill = e.clientWidth > 0 && win.getComputedStyle(e).overflowX === 'visible' ? e.scrollWidth - e.clientWidth : 0;
+      if (r.right + spill > w + 0.5) { wide.push(e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + '.' + e.className + ' right=' + Math.round(r.right)); }
+    });
+    doc.querySelectorAll('a[href^="#"]').forEach(function (a) {
+      var id = decodeURIComponent(a.getAttribute('href').slice(1));
+      if (!doc.getElementById(id)) { missing.push(id); }
+    });
+    doc.querySelectorAll('main td, main li, main p, main .label, main time').forEach(function (e) {
+      var px = parseFloat(win.getComputedStyle(e).fontSize);
+      if (px < 12) { small.push(e.tagName.toLowerCase() + '.' + e.className + ' ' + px + 'px'); }
+    });
+    var o = document.createElement('pre');
+    o.id = 'measure';
+    o.textContent = JSON.stringify({ scroll_width: d.scrollWidth, inner_width: w, wide: wide.slice(0, 20), missing: missing, small: small.slice(0, 20) });
+    document.body.appendChild(o);
+  }
+  f.addEventListener('load', measure);
+})();
+"##;
+
+#[derive(Debug, serde::Deserialize)]
+struct Measure {
+    scroll_width: u32,
+    inner_width: u32,
+    wide: Vec<String>,
+    missing: Vec<String>,
+    small: Vec<String>,
+}
+
+/// Lays `html` out in Chromium at `width` x `height` and returns what
+/// [`MEASURE_JS`] found.
+async fn measure(html: &str, width: u32, height: u32) -> Measure {
+    let dir = harness(html, width, height);
+    let size = format!("--window-size={},{height}", width.max(500));
+    let dom = Browser::launch(&harness_url(&dir), &[&size, "--hide-scrollbars"])
+        .dom(Duration::from_secs(60))
+        .await;
+    let start = dom.find("<pre id=\"measure\">").expect("the measurement") + 18;
+    let json = &dom[start..start + dom[start..].find("</pre>").unwrap()];
+    let json = json
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&");
+    serde_json::from_str(&json).unwrap()
+}
+
+/// Saves a screenshot of `html` laid out at `width` x `height` under
+/// [`artifacts`] and prints its path.
+async fn screenshot(html: &str, name: &str, width: u32, height: u32, extra: &[&str]) {
+    let dir = harness(html, width, height);
+    shoot(&harness_url(&dir), name, width, height, extra).await;
+}
+
+/// Saves a screenshot of `url` (the top-left `width` x `height`).
+async fn shoot(url: &str, name: &str, width: u32, height: u32, extra: &[&str]) {
+    let path = artifacts().join(format!("{name}.png"));
+    let _ = std::fs::remove_file(&path);
+    let size = format!("--window-size={width},{height}");
+    let mut args = vec![size.as_str(), "--hide-scrollbars"];
+    args.extend_from_slice(extra);
+    Browser::spawn(url, &args, &format!("--screenshot={}", path.display()))
+        .finish(Duration::from_secs(60))
+        .await;
+    let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        len > 1000,
+        "no screenshot at {} ({len} bytes)",
+        path.display()
+    );
+    println!("screenshot: {}", path.display());
+}
+
+/// Every unit links to its events, and the events are there.
+fn assert_units_link_to_events(dom: &str, s: &MigrationStatus) {
+    for u in &s.units {
+        let row = &dom[dom.find(&format!("id=\"unit-{}\"", u.id)).unwrap()..];
+        let row = &row[..row.find("</tr>").unwrap()];
+        assert!(row.contains(&format!("href=\"#events-{}\"", u.id)), "{row}");
+        let events = tag_with_id(dom, &format!("events-{}", u.id));
+        assert_eq!(attr(events, "data-unit"), Some(u.id.as_str()), "{events}");
+        let timeline = &dom[dom.find(&format!("id=\"timeline-{}\"", u.id)).unwrap()..];
+        assert!(
+            timeline[..timeline.find("class=\"track\"").unwrap()]
+                .contains(&format!("href=\"#events-{}\"", u.id)),
+            "{timeline}"
+        );
+    }
+    // Each step of a unit is one event line in its section.
+    for u in s.units.iter().filter(|u| !u.steps.is_empty()) {
+        let at = dom.find(&format!("id=\"events-{}\"", u.id)).unwrap();
+        let section = &dom[at..at + dom[at..].find("</section>").unwrap()];
+        assert_eq!(section.matches("<li ").count(), u.steps.len(), "{section}");
+    }
+}
+
+#[tokio::test]
+async fn page_fits_a_phone_and_a_desktop() {
+    let (status, expected) = night_fixture();
+    let tracker = Tracker::new()
+        .title("Paris north to Lyon south")
+        .expected(expected.clone());
+    let srv = Server::start(Some(status.clone()), tracker).await;
+    let page = http(srv.addr, "GET", "/").await;
+    assert_eq!(page.code, 200);
+    std::fs::write(artifacts().join("page.html"), &page.body).unwrap();
+
+    let _slot = BROWSER_SLOT.lock().await;
+    // Pictures first: when a check below fails, they show why.
+    screenshot(&page.body, "page-375", 375, 800, &[]).await;
+    screenshot(&page.body, "page-375-full", 375, 4000, &[]).await;
+    screenshot(
+        &page.body,
+        "page-375-dark",
+        375,
+        800,
+        &["--force-dark-mode"],
+    )
+    .await;
+    screenshot(&page.body, "page-1280-full", 1280, 2200, &[]).await;
+    // The live page itself (wide enough for a headless window).
+    shoot(&srv.url("/"), "live-1280", 1280, 900, &[]).await;
+    for (width, height) in [(375, 800), (1280, 900)] {
+        let m = measure(&page.body, width, height).await;
+        assert_eq!(m.inner_width, width, "{m:?}");
+        assert!(
+            m.scroll_width <= m.inner_width && m.wide.is_empty(),
+            "the page scrolls sideways at {width} px: {m:?}"
+        );
+        assert!(m.missing.is_empty(), "links to nothing: {m:?}");
+        assert!(m.small.is_empty(), "text too small at {width} px: {m:?}");
+    }
+    assert_units_link_to_events(&page.body, &status);
+
+    // Lanes: the plan's, one row per unit; U01 and U03 share lane 0.
+    let dom = &page.body;
+    assert_eq!(
+        attr(tag_with_id(dom, "night-1"), "data-lanes"),
+        Some("plan")
+    );
+    assert_eq!(
+        attr(tag_with_id(dom, "timeline-U03"), "data-lane"),
+        Some("0")
+    );
+    assert_eq!(
+        attr(tag_with_id(dom, "timeline-U02"), "data-lane"),
+        Some("1")
+    );
+    // Freezes against their prediction: U02 froze 4.2 s of 3 s predicted.
+    let u02 = tag_with_id(dom, "freeze-U02");
+    assert_eq!(attr(u02, "data-freeze-ms"), Some("4200"));
+    assert_eq!(attr(u02, "data-predicted-ms"), Some("3000"));
+    assert!(u02.contains("fz-over"), "{u02}");
+    assert!(!tag_with_id(dom, "freeze-U01").contains("fz-over"));
+    assert_eq!(
+        attr(tag_with_id(dom, "freeze-U07"), "data-predicted-ms"),
+        Some("1100")
+    );
+
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn report_fits_a_phone() {
+    // The static report (the demo's), lanes drawn from the steps as run:
+    // U2 and U3 overlap, so they are in two lanes.
+    let mut s = fixture();
+    s.units[2].wave = Some(1);
+    s.units[2].steps.iter_mut().for_each(|r| {
+        r.started_at_ms -= 4_000;
+        r.ended_at_ms = r.ended_at_ms.map(|e| e - 4_000);
+    });
+    let html = ferry_orch::report::render_html(&s, "Paris to Lyon, report", false);
+    assert!(!html.contains("<script"));
+    let _slot = BROWSER_SLOT.lock().await;
+    let m = measure(&html, 375, 800).await;
+    assert_eq!(m.inner_width, 375, "{m:?}");
+    assert!(
+        m.scroll_width <= m.inner_width && m.wide.is_empty(),
+        "the report scrolls sideways at 375 px: {m:?}"
+    );
+    assert!(m.missing.is_empty() && m.small.is_empty(), "{m:?}");
+    assert_units_link_to_events(&html, &s);
+    assert_eq!(
+        attr(tag_with_id(&html, "night-1"), "data-lanes"),
+        Some("run")
+    );
+    assert_eq!(
+        attr(tag_with_id(&html, "timeline-U2"), "data-lane"),
+        Some("0")
+    );
+    assert_eq!(
+        attr(tag_with_id(&html, "timeline-U3"), "data-lane"),
+        Some("1")
+    );
+    assert_eq!(
+        attr(tag_with_id(&html, "timeline-U1"), "data-lane"),
+        Some("")
+    );
+    std::fs::write(artifacts().join("report.html"), &html).unwrap();
+    screenshot(&html, "report-375-full", 375, 2600, &[]).await;
 }
