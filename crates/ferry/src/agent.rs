@@ -1,6 +1,8 @@
 //! `ferry agent`: serves named volumes to `ferry sync` over TCP, and with
 //! `--exec-config` runs allow-listed commands for `ferry exec` / `ferry
-//! update` (ferry-fleet's exec server, on its own address).
+//! update` (ferry-fleet's exec server, on its own address). With
+//! `--metrics-listen` the sync agent's counters are served to Prometheus
+//! (`GET /metrics`, ferry-sync's bounded responder).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +29,79 @@ pub struct Args {
     /// Validate the configuration and exit (2 if invalid).
     #[arg(long)]
     check: bool,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+}
+
+/// Where to serve `GET /metrics`, for the sync agent and `ferry sync --follow`.
+#[derive(clap::Args)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics (GET /metrics) on this address, e.g.
+    /// 127.0.0.1:9102. A non-loopback address needs --metrics-token-file.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// File holding the bearer token scrapes must present (owner-only, as
+    /// every Ferry secret file).
+    #[arg(long, value_name = "PATH", requires = "metrics_listen")]
+    metrics_token_file: Option<PathBuf>,
+}
+
+/// A running metrics endpoint; [`Metrics::stop`] ends it.
+pub struct Metrics {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<(), SyncError>>,
+}
+
+/// A metrics endpoint's checked settings: where, and the token if any.
+pub struct MetricsSettings {
+    addr: std::net::SocketAddr,
+    token: Option<ferry_secret::Secret>,
+}
+
+impl MetricsArgs {
+    /// The checked settings, before anything starts: a token file others
+    /// may read, or a network address without a token, is a usage error
+    /// (exit 2).
+    pub fn settings(&self) -> Result<Option<MetricsSettings>, Failure> {
+        let Some(addr) = self.metrics_listen else {
+            return Ok(None);
+        };
+        let token = match &self.metrics_token_file {
+            Some(p) => {
+                Some(ferry_secret::read_file("--metrics-token-file", p).map_err(Failure::usage)?)
+            }
+            None => None,
+        };
+        ferry_sync::metrics_http::check_listen(addr, token.as_ref()).map_err(Failure::usage)?;
+        Ok(Some(MetricsSettings { addr, token }))
+    }
+}
+
+impl Metrics {
+    /// Binds the address and serves `render` on a thread of its own.
+    pub fn start(
+        settings: MetricsSettings,
+        render: ferry_sync::metrics_http::Render,
+    ) -> anyhow::Result<Metrics> {
+        let MetricsSettings { addr, token } = settings;
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        tracing::info!(%addr, token = token.is_some(), "serving metrics");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            ferry_sync::metrics_http::serve_metrics(listener, token, render, stop2)
+        });
+        Ok(Metrics { stop, thread })
+    }
+
+    pub fn stop(self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("metrics thread panicked"))??;
+        Ok(())
+    }
 }
 
 pub async fn run(args: Args) -> Result<(), Failure> {
@@ -35,6 +110,11 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         None => None,
     };
     let Some(config) = args.config.clone() else {
+        if args.metrics.metrics_listen.is_some() {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "--metrics-listen serves the sync agent's metrics: it needs --config"
+            )));
+        }
         return crate::exec::serve_agent(exec, &args.join, args.check).await;
     };
     let cfg = match AgentConfig::load(&config) {
@@ -43,6 +123,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         Err(e @ SyncError::Io { .. }) => return Err(Failure::usage(e)),
         Err(e) => return Err(e.into()),
     };
+    let metrics = args.metrics.settings()?;
     if args.check {
         println!(
             "{}: ok ({} volumes, listen {})",
@@ -59,11 +140,20 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         tracing::info!(volume = %name, path = %v.path.display(), read_only = v.read_only, "serving volume");
     }
     tracing::info!(%addr, "ferry agent listening");
+    let stats = Arc::new(ferry_sync::AgentStats::default());
+    let metrics = match metrics {
+        Some(m) => {
+            let stats = stats.clone();
+            Some(Metrics::start(m, Arc::new(move || stats.render()))?)
+        }
+        None => None,
+    };
     let extras = crate::exec::start_extras(exec, &args.join).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
-    let server =
-        tokio::task::spawn_blocking(move || ferry_sync::serve(listener, Arc::new(cfg), stop2));
+    let server = tokio::task::spawn_blocking(move || {
+        ferry_sync::serve_with_stats(listener, Arc::new(cfg), stats, stop2)
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -73,5 +163,8 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     stop.store(true, Ordering::Relaxed);
     extras.stop().await;
     server.await.context("agent thread")??;
+    if let Some(m) = metrics {
+        m.stop()?;
+    }
     Ok(())
 }

@@ -536,3 +536,69 @@ fn a_key_file_others_can_read_is_refused_before_connecting() {
         text(&o)
     );
 }
+
+#[test]
+fn agent_metrics_on_a_network_address_need_a_private_token_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let ex = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/agent.toml");
+    let ex = ex.to_str().unwrap();
+    // No token, an address other hosts reach: refused.
+    let o = run(&[
+        "agent",
+        "--check",
+        "--config",
+        ex,
+        "--metrics-listen",
+        "0.0.0.0:9102",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--metrics-token-file"),
+        "{}",
+        text(&o)
+    );
+    // A token file others can read: refused (ferry-secret's rule).
+    let token = t.path().join("metrics.token");
+    fs::write(&token, "scrape-token-0123456789\n").unwrap();
+    fs::set_permissions(&token, fs::Permissions::from_mode(0o644)).unwrap();
+    let tok = token.to_str().unwrap();
+    let args = [
+        "agent",
+        "--check",
+        "--config",
+        ex,
+        "--metrics-listen",
+        "0.0.0.0:9102",
+        "--metrics-token-file",
+        tok,
+    ];
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // Owner-only: accepted; on loopback no token is needed.
+    fs::set_permissions(&token, fs::Permissions::from_mode(0o600)).unwrap();
+    let o = run(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&[
+        "agent",
+        "--check",
+        "--config",
+        ex,
+        "--metrics-listen",
+        "127.0.0.1:9102",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Without --config there is no sync agent to measure.
+    let exec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/exec.toml");
+    if exec.exists() {
+        let o = run(&[
+            "agent",
+            "--check",
+            "--exec-config",
+            exec.to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:9102",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    }
+}
