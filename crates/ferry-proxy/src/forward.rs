@@ -623,3 +623,269 @@ async fn forward_remote(
         }
     }
 }
+
+/// The request path inside the crate: a client speaks HTTP/1.1 over an
+/// in-memory pipe to hyper serving [`handle`], which forwards to a real
+/// upstream on loopback (as linkerd2-proxy tests a layer: no binary, no
+/// listener of ours).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use ferry_model::{Epoch, SiteRecord};
+    use ferry_router::SiteChange;
+    use ferry_store::SqliteStore;
+    use http::HeaderMap;
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+
+    /// The address requests come from.
+    const CLIENT: &str = "192.0.2.7:40000";
+
+    /// An upstream answering every request with what it saw: its own name,
+    /// the Host and X-Forwarded-For it got. Counts the connections it accepted.
+    struct Upstream {
+        addr: SocketAddr,
+        connections: Arc<AtomicUsize>,
+    }
+
+    async fn upstream(name: &'static str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let svc = service_fn(move |req: Request<Incoming>| async move {
+                    let h = |n: &str| {
+                        req.headers()
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_string()
+                    };
+                    let text = format!("{name} host={} xff={}", h("host"), h("x-forwarded-for"));
+                    let mut resp = Response::new(Full::new(Bytes::from(text)));
+                    // Hop-by-hop: must not reach the client.
+                    resp.headers_mut()
+                        .insert("keep-alive", HeaderValue::from_static("timeout=5"));
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc),
+                );
+            }
+        });
+        Upstream { addr, connections }
+    }
+
+    /// A closed port: connecting to it fails at once.
+    async fn closed_port() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        l.local_addr().expect("addr")
+    }
+
+    fn shared(config: &str) -> Arc<Shared> {
+        let config = ferry_config::parse(config, Path::new("test.toml")).expect("config");
+        let store = Arc::new(SqliteStore::in_memory().expect("store"));
+        Arc::new(Shared::new(config, None, store).expect("shared"))
+    }
+
+    fn router(servers: &[(&str, SocketAddr, u8)]) -> Arc<Shared> {
+        let mut text = String::from(
+            "[router]\nname = \"dc1\"\nhold_max = \"30s\"\nretry_after = 7\n\
+             operator_networks = [\"10.0.0.0/8\"]\n\n\
+             [[listener]]\nlisten = \"127.0.0.1:0\"\n\n[[pool]]\nname = \"web\"\n",
+        );
+        for (name, addr, tier) in servers {
+            text += &format!(
+                "\n[[pool.server]]\nname = \"{name}\"\naddress = \"{addr}\"\ntier = {tier}\n"
+            );
+        }
+        for (host, state) in [
+            ("a.com", "active"),
+            ("frozen.com", "frozen"),
+            ("down.com", "maintenance"),
+        ] {
+            text += &format!(
+                "\n[[site]]\nhost = \"{host}\"\nplacement = \"pool:web\"\nstate = \"{state}\"\n"
+            );
+        }
+        shared(&text)
+    }
+
+    /// One client connection to the router, from `client`.
+    async fn connect(
+        shared: &Arc<Shared>,
+        client: &str,
+    ) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+        let (client_io, router_io) = tokio::io::duplex(64 * 1024);
+        let conn = ConnInfo::new(
+            client.parse().expect("client address"),
+            false,
+            false,
+            shared.upstream.affinity(),
+        );
+        let shared = Arc::clone(shared);
+        let svc = service_fn(move |req| handle(Arc::clone(&shared), conn.clone(), req));
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(router_io), svc),
+        );
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client_io))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        sender
+    }
+
+    async fn get(
+        sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        host: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, String) {
+        let mut req = Request::get("/page");
+        if let Some(h) = host {
+            req = req.header(header::HOST, h);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::new())).expect("request");
+        let resp = sender.send_request(req).await.expect("response");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_request_goes_to_its_pool_server_with_the_client_named() {
+        let up = upstream("up1").await;
+        let shared = router(&[("a", up.addr, 0)]);
+        let mut client = connect(&shared, CLIENT).await;
+        let (status, headers, body) = get(&mut client, Some("a.com"), &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "up1 host=a.com xff=192.0.2.7");
+        assert!(
+            headers.get("keep-alive").is_none(),
+            "hop-by-hop header passed on"
+        );
+        // Keep-alive: the client's next request reuses its upstream connection.
+        let (status, _, _) = get(&mut client, Some("a.com"), &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            shared.table.total_counters(),
+            (0, 0),
+            "nothing left in flight"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_host_is_404_and_a_missing_host_400() {
+        let up = upstream("up1").await;
+        let shared = router(&[("a", up.addr, 0)]);
+        let mut client = connect(&shared, CLIENT).await;
+        let (status, _, body) = get(&mut client, Some("nowhere.com"), &[]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body, "no site for host nowhere.com\n");
+        let (status, _, body) = get(&mut client, None, &[]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body, "request has no Host header\n");
+        assert_eq!(shared.metrics.bad_requests.load(Ordering::Relaxed), 1);
+        assert_eq!(up.connections.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_site_in_maintenance_answers_503_except_to_operators() {
+        let up = upstream("up1").await;
+        let shared = router(&[("a", up.addr, 0)]);
+        let mut client = connect(&shared, CLIENT).await;
+        let (status, headers, body) = get(&mut client, Some("down.com"), &[]).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers[header::RETRY_AFTER], "7");
+        assert_eq!(body, crate::state::BUILTIN_MAINTENANCE_PAGE);
+        let mut operator = connect(&shared, "10.1.2.3:5000").await;
+        let (status, _, body) = get(&mut operator, Some("down.com"), &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "up1 host=down.com xff=10.1.2.3");
+    }
+
+    #[tokio::test]
+    async fn a_frozen_site_is_held_until_the_change_is_applied() {
+        let old = upstream("old").await;
+        let new = upstream("new").await;
+        let text = format!(
+            "[router]\nname = \"dc1\"\nhold_max = \"60s\"\n\n\
+             [[listener]]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[pool]]\nname = \"old\"\n[[pool.server]]\nname = \"a\"\naddress = \"{}\"\n\n\
+             [[pool]]\nname = \"new\"\n[[pool.server]]\nname = \"b\"\naddress = \"{}\"\n\n\
+             [[site]]\nhost = \"a.com\"\nplacement = \"pool:old\"\nstate = \"frozen\"\nepoch = 1\n",
+            old.addr, new.addr
+        );
+        let shared = shared(&text);
+        let mut client = connect(&shared, CLIENT).await;
+        let held = tokio::spawn(async move { get(&mut client, Some("a.com"), &[]).await });
+        // Held: counted for the site (what a cutover's drain reads).
+        let wait_held = async {
+            while shared.table.total_counters().0 == 0 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait_held)
+            .await
+            .expect("the request is held");
+        assert!(!held.is_finished());
+        let moved = SiteChange {
+            record: SiteRecord {
+                host: ferry_model::Hostname::parse("a.com").expect("host"),
+                placement: Placement::Pool("new".into()),
+                state: SiteState::Active,
+                epoch: Epoch(2),
+            },
+            extras: None,
+        };
+        shared.apply_sites(vec![moved]).expect("apply");
+        let (status, _, body) = held.await.expect("task");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "new host=a.com xff=192.0.2.7", "looked up again");
+        assert_eq!(old.connections.load(Ordering::SeqCst), 0);
+        assert_eq!(shared.metrics.held_total.load(Ordering::Relaxed), 1);
+        assert_eq!(shared.table.total_counters(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_retried_once_on_the_next() {
+        let up = upstream("up1").await;
+        let shared = router(&[("dead", closed_port().await, 0), ("a", up.addr, 1)]);
+        let mut client = connect(&shared, CLIENT).await;
+        let (status, _, body) = get(&mut client, Some("a.com"), &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "up1 host=a.com xff=192.0.2.7");
+        assert_eq!(shared.metrics.retries.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_already_crossed_this_router_is_refused() {
+        let up = upstream("up1").await;
+        let shared = router(&[("a", up.addr, 0)]);
+        let mut client = connect(&shared, CLIENT).await;
+        let via = [(crate::headers::VIA_HEADER, "dc2, dc1")];
+        let (status, _, _) = get(&mut client, Some("a.com"), &via).await;
+        assert_eq!(status, StatusCode::LOOP_DETECTED);
+        assert_eq!(shared.metrics.loops.load(Ordering::Relaxed), 1);
+        assert_eq!(up.connections.load(Ordering::SeqCst), 0);
+    }
+}
