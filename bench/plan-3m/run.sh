@@ -6,8 +6,12 @@
 #
 # Goals (issue 4): generate < 20 s; plan < 10 s with < 2 GB peak memory.
 #
-# Usage: bench/plan-3m/run.sh [--sites N] [--seed S] [--keep]
-#   --keep   keep the generated inventory and plan.json (in $WORK, printed)
+# Also reports the plan itself: units, nights, and when the last night's last
+# freeze ends after its window opens (issue 18).
+#
+# Usage: bench/plan-3m/run.sh [--sites N] [--seed S] [--keep] [--ferry PATH]
+#   --keep        keep the generated inventory and plan.json (in $WORK, printed)
+#   --ferry PATH  use this ferry binary instead of building the release one
 # Honours CARGO_TARGET_DIR. Needs GNU time (/usr/bin/time); installs Debian's
 # `time` package when missing and running as root.
 set -euo pipefail
@@ -19,11 +23,13 @@ cd "$root"
 sites=3000000
 seed=1
 keep=0
+ferry=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --sites) sites="$2"; shift 2 ;;
         --seed) seed="$2"; shift 2 ;;
         --keep) keep=1; shift ;;
+        --ferry) ferry="$2"; shift 2 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -39,9 +45,11 @@ if [ ! -x /usr/bin/time ]; then
     fi
 fi
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferry-target}"
-cargo build --release -p ferry
-ferry="$CARGO_TARGET_DIR/release/ferry"
+if [ -z "$ferry" ]; then
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferry-target}"
+    cargo build --release -p ferry
+    ferry="$CARGO_TARGET_DIR/release/ferry"
+fi
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/ferry-plan-3m.XXXXXX")"
 if [ "$keep" -eq 0 ]; then
@@ -91,6 +99,10 @@ summary="$(head -c 100000 "$WORK/plan.json" | grep -o '"summary":{[^}]*}' || tru
 units="$(echo "$summary" | grep -o '"units":[0-9]\+' | cut -d: -f2 || true)"
 nights="$(echo "$summary" | grep -o '"nights":[0-9]\+' | cut -d: -f2 || true)"
 impossible="$(echo "$summary" | grep -o '"impossible_units":[0-9]\+' | cut -d: -f2 || true)"
+# The nights list comes before the units: when each night's last freeze ends.
+busy="$(head -c 20000000 "$WORK/plan.json" | grep -o '"busy_s":[0-9.e+-]*' | cut -d: -f2 || true)"
+last_busy="$(echo "$busy" | tail -1)"
+max_busy="$(echo "$busy" | sort -g | tail -1)"
 
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
 cat >"$here/results.json" <<JSON
@@ -112,6 +124,8 @@ cat >"$here/results.json" <<JSON
     "units": ${units:-null},
     "nights": ${nights:-null},
     "impossible_units": ${impossible:-null},
+    "last_night_busy_s": ${last_busy:-null},
+    "longest_night_busy_s": ${max_busy:-null},
     "plan_json_bytes": $plan_bytes,
     "goal_seconds": 10,
     "goal_max_rss_kib": 2097152
@@ -132,3 +146,7 @@ printf '  %-34s %10s\n' "  of which units, costs, waves" "${compute_s:-?} s"
 printf '  %-34s %10s\n' "  of which plan.json" "${write_s:-?} s"
 printf '  %-34s %10s   goal < %-8s %s\n' "plan peak memory" "$((plan_rss / 1024)) MiB" "2048 MiB" "$(verdict "$plan_rss" 2097152)"
 printf '  %-34s %10s\n' "generate peak memory" "$((gen_rss / 1024)) MiB"
+printf '  %-34s %10s\n' "units" "${units:-?}"
+printf '  %-34s %10s\n' "nights" "${nights:-?}"
+printf '  %-34s %10s\n' "last night's freezes end after" "${last_busy:-?} s"
+printf '  %-34s %10s\n' "longest night's freezes end after" "${max_busy:-?} s"
