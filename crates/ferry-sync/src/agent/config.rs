@@ -90,15 +90,8 @@ struct RawVolume {
     watch: Option<bool>,
 }
 
-/// Shortest pre-shared key accepted.
-pub const MIN_KEY_LEN: usize = 16;
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, col)
-}
+/// Shortest pre-shared key accepted (ferry-conf's rule for keys and tokens).
+pub const MIN_KEY_LEN: usize = ferry_conf::MIN_TOKEN_CHARS;
 
 impl AgentConfig {
     /// Reads and checks a config file.
@@ -110,17 +103,16 @@ impl AgentConfig {
 
     /// Checks config text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<AgentConfig> {
-        let err = |span: std::ops::Range<usize>, message: String| {
-            let (line, column) = line_col(text, span.start);
-            SyncError::Config {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message,
-            }
+        let src = ferry_conf::Source { path, text };
+        let config_error = |e: ferry_conf::Invalid| SyncError::Config {
+            path: e.path,
+            line: e.line,
+            column: e.column,
+            message: e.message,
         };
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| err(e.span().unwrap_or(0..0), e.message().to_string()))?;
+        let err =
+            |span: std::ops::Range<usize>, message: String| config_error(src.error(span, message));
+        let raw: RawConfig = toml::from_str(text).map_err(|e| config_error(src.toml(&e)))?;
         let listen: SocketAddr = raw.listen.get_ref().parse().map_err(|e| {
             err(
                 raw.listen.span(),
@@ -131,29 +123,17 @@ impl AgentConfig {
             )
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let psk = match (&raw.key, &raw.key_file) {
-            (Some(k), None) => ferry_secret::Secret::new("key", k.get_ref().clone())
-                .map_err(|e| err(k.span(), e.to_string()))?,
-            // Refused unless only its owner may read it (as ssh does with
-            // a private key): a key others can read is no secret.
-            (None, Some(f)) => ferry_secret::read_file("key_file", &base.join(f.get_ref()))
-                .map_err(|e| err(f.span(), e.to_string()))?,
-            (Some(k), Some(_)) => {
-                return Err(err(k.span(), "set key or key_file, not both".into()))
-            }
-            (None, None) => return Err(err(0..0, "missing key (or key_file)".into())),
-        };
-        if psk.expose().len() < MIN_KEY_LEN {
-            let span = raw
-                .key
-                .as_ref()
-                .or(raw.key_file.as_ref())
-                .map_or(0..0, |k| k.span());
-            return Err(err(
-                span,
-                format!("the key must be at least {MIN_KEY_LEN} characters"),
-            ));
+        // A key file is refused unless only its owner may read it (as ssh
+        // does with a private key): a key others can read is no secret.
+        let psk = ferry_conf::SecretKeys {
+            owner: "",
+            key: "key",
+            inline: raw.key.as_ref(),
+            file: raw.key_file.as_ref(),
+            min_chars: MIN_KEY_LEN,
         }
+        .required(base, 0..0)
+        .map_err(|e| config_error(src.locate(e)))?;
         let mut volumes = BTreeMap::new();
         for (name, v) in raw.volumes {
             let n = name.get_ref();
