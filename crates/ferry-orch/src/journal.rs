@@ -57,13 +57,6 @@ pub struct RunMeta {
 /// A journaled event.
 pub type EventRecord = Record<NewEvent>;
 
-fn dir_str(d: Direction) -> &'static str {
-    match d {
-        Direction::Forward => "forward",
-        Direction::Reverse => "reverse",
-    }
-}
-
 fn text(v: &Value) -> Option<&str> {
     match v {
         Value::Text(s) => Some(s),
@@ -200,7 +193,7 @@ CREATE TABLE head (
             opt(e.step.map(Step::as_str)),
             Value::Text(e.phase.as_str().to_string()),
             Value::Integer(i64::from(e.attempt)),
-            Value::Text(dir_str(e.direction).to_string()),
+            Value::Text(e.direction.as_str().to_string()),
             e.epoch.map_or(Value::Null, |x| Value::Integer(x as i64)),
             opt(e.outcome.map(Outcome::as_str)),
             Value::Text(e.detail.to_json().to_string()),
@@ -221,11 +214,9 @@ CREATE TABLE head (
             attempt: int(&r[3])
                 .and_then(|a| u32::try_from(a).ok())
                 .ok_or_else(|| bad("attempt"))?,
-            direction: match text(&r[4]) {
-                Some("forward") => Direction::Forward,
-                Some("reverse") => Direction::Reverse,
-                _ => return Err(bad("direction")),
-            },
+            direction: text(&r[4])
+                .and_then(Direction::parse)
+                .ok_or_else(|| bad("direction"))?,
             epoch: match &r[5] {
                 Value::Null => None,
                 v => Some(int(v).ok_or_else(|| bad("epoch"))? as u64),

@@ -18,7 +18,7 @@ pub(crate) struct Owed {
 
 /// Where a unit stands, folded from its journal events.
 #[derive(Clone, Debug, Default)]
-pub struct Progress {
+pub struct UnitProgress {
     pub direction: Option<Direction>,
     /// The freeze attempt of the last step begun.
     pub attempt: u32,
@@ -40,10 +40,10 @@ pub struct Progress {
     pub(crate) owed: Vec<Owed>,
 }
 
-impl Progress {
+impl UnitProgress {
     /// Folds `unit`'s events.
-    pub fn of(unit: &str, events: &[EventRecord]) -> Progress {
-        let mut p = Progress::default();
+    pub fn of(unit: &str, events: &[EventRecord]) -> UnitProgress {
+        let mut p = UnitProgress::default();
         for rec in events.iter().filter(|r| r.event.unit == unit) {
             let e = &rec.event;
             if let Some(ep) = e.epoch {

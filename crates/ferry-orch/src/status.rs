@@ -66,6 +66,22 @@ pub enum Direction {
     Reverse,
 }
 
+impl Direction {
+    /// As the journal and the JSON write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Forward => "forward",
+            Direction::Reverse => "reverse",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Direction> {
+        [Direction::Forward, Direction::Reverse]
+            .into_iter()
+            .find(|d| d.as_str() == s)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnitState {

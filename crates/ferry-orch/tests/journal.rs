@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use ferry_orch::journal::{NewEvent, RunMeta, UnitMeta};
-use ferry_orch::runbook::Progress;
+use ferry_orch::runbook::UnitProgress;
 use ferry_orch::{Direction, Journal, OrchError, Outcome, Phase, Step, UnitState};
 use serde_json::json;
 
@@ -132,11 +132,11 @@ fn a_step_begun_and_not_ended_is_replayed_with_its_epoch() {
     sample(&p);
     let j = Journal::open(&p).unwrap();
     let events = j.events().unwrap();
-    let p2 = Progress::of("U2", &events);
+    let p2 = UnitProgress::of("U2", &events);
     assert_eq!(p2.open.map(|o| (o.0, o.1)), Some((Step::Freeze, Some(7))));
     assert_eq!(p2.freeze_epoch, Some(7));
     assert_eq!(p2.terminal, None);
-    let p1 = Progress::of("U1", &events);
+    let p1 = UnitProgress::of("U1", &events);
     assert_eq!(p1.terminal, Some(UnitState::Done));
     assert!(p1.open.is_none());
 }

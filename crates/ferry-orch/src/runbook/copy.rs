@@ -9,15 +9,15 @@ use ferry_sync::{Mode, PassSummary, SyncError, SyncOptions};
 use super::unit::Job;
 
 /// One end of a job, opened.
-enum Side {
+enum JobEnd {
     Local(Box<ferry_sync::LocalTree>),
     Remote(ferry_sync::RemoteTree),
 }
 
-impl Side {
+impl JobEnd {
     /// Opens the job's source end, or (`to`) its destination end (a local
     /// destination directory is created in file mode).
-    fn open(job: &Job, to: bool, mode: Mode) -> std::result::Result<Side, SyncError> {
+    fn open(job: &Job, to: bool, mode: Mode) -> std::result::Result<JobEnd, SyncError> {
         let s = if to { &job.to } else { &job.from };
         match ferry_sync::Endpoint::parse(s)? {
             ferry_sync::Endpoint::Local(p) => {
@@ -28,13 +28,13 @@ impl Side {
                         source,
                     })?;
                 }
-                Ok(Side::Local(Box::new(ferry_sync::LocalTree::new(p))))
+                Ok(JobEnd::Local(Box::new(ferry_sync::LocalTree::new(p))))
             }
             ferry_sync::Endpoint::Remote { host, port, volume } => {
                 let key = job
                     .key
                     .ok_or_else(|| SyncError::Auth(format!("no key for {host}")))?;
-                Ok(Side::Remote(ferry_sync::RemoteTree::connect(
+                Ok(JobEnd::Remote(ferry_sync::RemoteTree::connect(
                     &host, port, &volume, &key, to,
                 )?))
             }
@@ -42,21 +42,24 @@ impl Side {
     }
 
     /// Both ends of a job.
-    fn open_both(job: &Job, mode: Mode) -> std::result::Result<(Side, Side), SyncError> {
-        Ok((Side::open(job, false, mode)?, Side::open(job, true, mode)?))
+    fn open_both(job: &Job, mode: Mode) -> std::result::Result<(JobEnd, JobEnd), SyncError> {
+        Ok((
+            JobEnd::open(job, false, mode)?,
+            JobEnd::open(job, true, mode)?,
+        ))
     }
 
     fn source(&self) -> &dyn ferry_sync::Source {
         match self {
-            Side::Local(t) => t.as_ref(),
-            Side::Remote(t) => t,
+            JobEnd::Local(t) => t.as_ref(),
+            JobEnd::Remote(t) => t,
         }
     }
 
     fn dest(&self) -> &dyn ferry_sync::Dest {
         match self {
-            Side::Local(t) => t.as_ref(),
-            Side::Remote(t) => t,
+            JobEnd::Local(t) => t.as_ref(),
+            JobEnd::Remote(t) => t,
         }
     }
 }
@@ -75,8 +78,8 @@ pub(super) fn sync_opts(checksum: bool) -> SyncOptions {
 
 /// One pass of `mode`, numbered `n`.
 fn pass(
-    s: &Side,
-    d: &Side,
+    s: &JobEnd,
+    d: &JobEnd,
     o: &SyncOptions,
     mode: Mode,
     n: u32,
@@ -91,7 +94,7 @@ fn pass(
 pub(super) async fn first_pass(job: &Job, mode: Mode, opts: &SyncOptions) -> Result<PassSummary> {
     let (j, o) = (job.clone(), opts.clone());
     blocking(job, move || {
-        let (s, d) = Side::open_both(&j, mode)?;
+        let (s, d) = JobEnd::open_both(&j, mode)?;
         pass(&s, &d, &o, mode, 1)
     })
     .await
@@ -110,7 +113,7 @@ pub(super) async fn converge(
     };
     let (j, o) = (job.clone(), opts.clone());
     blocking(job, move || {
-        let (s, d) = Side::open_both(&j, mode)?;
+        let (s, d) = JobEnd::open_both(&j, mode)?;
         ferry_sync::converge(s.source(), d.dest(), &o, mode, &conv, &|_| {})
     })
     .await
@@ -126,7 +129,7 @@ pub(super) async fn final_passes(
 ) -> Result<(PassSummary, Option<PassSummary>)> {
     let (j, o) = (job.clone(), opts.clone());
     blocking(job, move || {
-        let (s, d) = Side::open_both(&j, mode)?;
+        let (s, d) = JobEnd::open_both(&j, mode)?;
         let a = pass(&s, &d, &o, mode, 1)?;
         let b = if a.changed_entries > 0 || a.deleted > 0 {
             Some(pass(&s, &d, &o, mode, 2)?)
@@ -151,7 +154,7 @@ pub(super) struct Verified {
 pub(super) async fn verify(job: &Job, mode: Mode, block_size: u32) -> Result<Verified> {
     let j = job.clone();
     blocking(job, move || {
-        let (s, d) = Side::open_both(&j, mode)?;
+        let (s, d) = JobEnd::open_both(&j, mode)?;
         Ok(match mode {
             Mode::File => {
                 let v = ferry_sync::verify(s.source(), d.dest(), 10)?;

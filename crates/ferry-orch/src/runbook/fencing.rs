@@ -11,7 +11,7 @@ use super::unit::Unit;
 use super::Orchestrator;
 use crate::error::{OrchError, Result};
 use crate::event::{NewEvent, Note, Paid, Phase};
-use crate::progress::Progress;
+use crate::progress::UnitProgress;
 use crate::router::{RouterClient, SiteChange, SiteReport};
 use ferry_model::SiteState;
 
@@ -117,7 +117,7 @@ impl Orchestrator {
 
     /// Sends the changes a router still owes (it was unreachable when an
     /// abandon or rollback was sent), before the unit's next step.
-    pub(super) async fn pay_owed(&self, u: &Unit, p: &mut Progress) -> Result<()> {
+    pub(super) async fn pay_owed(&self, u: &Unit, p: &mut UnitProgress) -> Result<()> {
         for o in p.owed.clone() {
             let Some(r) = self.routers.iter().find(|r| r.name() == o.router) else {
                 continue;

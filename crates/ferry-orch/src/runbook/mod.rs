@@ -3,7 +3,7 @@
 //! (shared/design/cutover.md), every step journaled before it acts.
 //!
 //! Replay: where a unit stands is read back from the journal
-//! ([`Progress::of`]). A step with a `begin` and no `end` is run again with
+//! ([`UnitProgress::of`]). A step with a `begin` and no `end` is run again with
 //! the epoch its `begin` recorded, so the routers see exactly the same
 //! changes (same epoch + same content is a no-op for them); every step is
 //! idempotent (copies converge, verification reads, sends repeat).
@@ -46,7 +46,7 @@ use crate::event::{NewEvent, Note, Phase};
 use crate::failpoint::{Failpoints, Faults};
 use crate::journal::{now_ms, EventRecord, Journal, Migration, RunMeta, UnitMeta};
 use crate::plan::Plan;
-pub use crate::progress::Progress;
+pub use crate::progress::UnitProgress;
 use crate::router::{Http, RouterClient};
 use crate::status::{Direction, Outcome, Step, UnitState};
 use ferry_journal::Steps;
@@ -300,7 +300,7 @@ impl Orchestrator {
         self.session_note("run")?;
         let mut out = Vec::new();
         for id in self.selected.clone() {
-            let mut p = Progress::of(&id, &self.journal.unit_events(&id)?);
+            let mut p = UnitProgress::of(&id, &self.journal.unit_events(&id)?);
             if let Some(t) = p.terminal {
                 // A failed unit may have left a change owed by a router that
                 // was down (an abandon it never got): pay it now.
@@ -319,7 +319,7 @@ impl Orchestrator {
     }
 
     async fn run_unit(&self, id: &str, dir: Direction) -> Result<UnitState> {
-        let p = Progress::of(id, &self.journal.unit_events(id)?);
+        let p = UnitProgress::of(id, &self.journal.unit_events(id)?);
         self.run_unit_from(id, dir, p, dir == Direction::Reverse)
             .await
     }
@@ -330,7 +330,7 @@ impl Orchestrator {
         &self,
         id: &str,
         dir: Direction,
-        mut p: Progress,
+        mut p: UnitProgress,
         skip_window: bool,
     ) -> Result<UnitState> {
         let u = self.unit(id, dir)?;
@@ -371,7 +371,7 @@ impl Orchestrator {
                 Step::PostCheck => run.post_check().await?,
                 Step::Done => run.done().await?,
             }
-            let mut np = Progress::of(id, &self.journal.unit_events(id)?);
+            let mut np = UnitProgress::of(id, &self.journal.unit_events(id)?);
             if dir == Direction::Reverse && np.direction == Some(Direction::Forward) {
                 // Nothing of the reverse run is journaled yet (cannot happen
                 // after a step ran, kept as a guard against looping forward).
@@ -385,7 +385,7 @@ impl Orchestrator {
     /// None when the unit has nothing left (the last step ended: done after
     /// an `ok` of the last step, failed after any other outcome). After an
     /// abandoned freeze, waits out the rest of `retry_after` first.
-    async fn next_step(&self, id: &str, p: &Progress) -> Option<(Step, bool, u32)> {
+    async fn next_step(&self, id: &str, p: &UnitProgress) -> Option<(Step, bool, u32)> {
         Some(match (p.open, p.last_end) {
             (Some((s, _, _)), _) => (s, true, p.attempt.max(1)),
             (None, Some((Step::Freeze, Outcome::Abandoned, at))) => {

@@ -4,7 +4,7 @@
 //! window skipped.
 
 use super::fencing::at_source;
-use super::{Orchestrator, Progress};
+use super::{Orchestrator, UnitProgress};
 use crate::dbmove;
 use crate::error::{OrchError, Result};
 use crate::event::{NewEvent, Note, Phase};
@@ -21,7 +21,7 @@ impl Orchestrator {
             return Err(OrchError::UnknownUnit(id.to_string()));
         }
         self.session_note("rollback")?;
-        let p = Progress::of(id, &self.journal.unit_events(id)?);
+        let p = UnitProgress::of(id, &self.journal.unit_events(id)?);
         if p.terminal == Some(UnitState::RolledBack) {
             return Ok(UnitState::RolledBack);
         }
@@ -30,9 +30,9 @@ impl Orchestrator {
                 // A rollback already under way: go on with it.
                 return self.run_unit(id, Direction::Reverse).await;
             }
-            let fresh = Progress {
+            let fresh = UnitProgress {
                 max_epoch: p.max_epoch,
-                ..Progress::default()
+                ..UnitProgress::default()
             };
             return self
                 .run_unit_from(id, Direction::Reverse, fresh, true)
@@ -41,7 +41,7 @@ impl Orchestrator {
         self.rollback_before_flip(id, &p).await
     }
 
-    async fn rollback_before_flip(&self, id: &str, p: &Progress) -> Result<UnitState> {
+    async fn rollback_before_flip(&self, id: &str, p: &UnitProgress) -> Result<UnitState> {
         let unit = self.unit(id, Direction::Forward)?;
         // The databases first, while the routers may still hold the sites:
         // the destination's copy dropped, the source accounts unlocked. An

@@ -6,7 +6,7 @@ use super::unit::Unit;
 use super::Orchestrator;
 use crate::error::Result;
 use crate::event::{Detail, NewEvent, Phase, StepDetail};
-use crate::progress::Progress;
+use crate::progress::UnitProgress;
 use crate::status::{Outcome, Step, UnitState};
 
 /// One step of one unit about to run: what each step used to be handed
@@ -15,7 +15,7 @@ pub(super) struct UnitRun<'a> {
     pub(super) orch: &'a Orchestrator,
     pub(super) unit: &'a Unit,
     /// Where the unit stood before this step (folded from its events).
-    pub(super) progress: &'a Progress,
+    pub(super) progress: &'a UnitProgress,
     /// The freeze attempt (1 for the steps before the first freeze).
     pub(super) attempt: u32,
     /// The step was begun before the orchestrator stopped: its begin is
