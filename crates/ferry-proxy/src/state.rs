@@ -581,3 +581,113 @@ impl ReloadReport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_model::{Epoch, SiteState};
+    use ferry_store::SqliteStore;
+    use std::path::Path;
+
+    /// A config with pools `web` and `other` (unless `without_other`) and
+    /// the sites `(host, pool, epoch)`.
+    fn config(sites: &[(&str, &str, u64)], without_other: bool) -> Config {
+        let mut text = String::from(
+            "[router]\nname = \"dc1\"\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[pool]]\nname = \"web\"\n[[pool.server]]\nname = \"a\"\naddress = \"127.0.0.1:9\"\n",
+        );
+        if !without_other {
+            text += "\n[[pool]]\nname = \"other\"\n[[pool.server]]\nname = \"b\"\naddress = \"127.0.0.1:10\"\n";
+        }
+        for (host, pool, epoch) in sites {
+            text += &format!(
+                "\n[[site]]\nhost = \"{host}\"\nplacement = \"pool:{pool}\"\nepoch = {epoch}\n"
+            );
+        }
+        ferry_config::parse(&text, Path::new("test.toml")).expect("config")
+    }
+
+    fn shared(c: Config) -> Shared {
+        let store = Arc::new(SqliteStore::in_memory().expect("store"));
+        Shared::new(c, None, store).expect("shared")
+    }
+
+    fn change(host: &str, pool: &str, state: SiteState, epoch: u64) -> SiteChange {
+        SiteChange {
+            record: SiteRecord {
+                host: Hostname::parse(host).expect("host"),
+                placement: Placement::Pool(pool.into()),
+                state,
+                epoch: Epoch(epoch),
+            },
+            extras: None,
+        }
+    }
+
+    fn record(s: &Shared, host: &str) -> Option<SiteRecord> {
+        s.table.record(&Hostname::parse(host).expect("host"))
+    }
+
+    #[test]
+    fn a_reload_keeps_a_runtime_record_unless_the_config_is_newer() {
+        let s = shared(config(&[("a.com", "web", 1)], false));
+        // The orchestrator moved it at run time.
+        s.apply_sites(vec![change("a.com", "other", SiteState::Maintenance, 5)])
+            .expect("apply");
+        let report = s
+            .reload(config(&[("a.com", "web", 1)], false))
+            .expect("reload");
+        assert_eq!((report.sites_added, report.sites_changed), (0, 0));
+        let kept = record(&s, "a.com").expect("site");
+        assert_eq!((kept.epoch, kept.state), (Epoch(5), SiteState::Maintenance));
+        let report = s
+            .reload(config(&[("a.com", "web", 6)], false))
+            .expect("reload");
+        assert_eq!(report.sites_changed, 1);
+        let newer = record(&s, "a.com").expect("site");
+        assert_eq!(newer.placement, Placement::Pool("web".into()));
+        assert_eq!((newer.epoch, newer.state), (Epoch(6), SiteState::Active));
+    }
+
+    #[test]
+    fn a_reload_that_would_strand_a_runtime_site_is_refused() {
+        let s = shared(config(&[("a.com", "web", 1)], false));
+        // Added through the admin API: in no config.
+        s.apply_sites(vec![change("b.com", "other", SiteState::Active, 1)])
+            .expect("apply");
+        let err = s.reload(config(&[("a.com", "web", 1)], true));
+        assert!(
+            matches!(err, Err(ProxyError::UnknownPlacement { ref host, .. }) if host.as_str() == "b.com"),
+            "{err:?}"
+        );
+        // Nothing changed: the pool it points at is still there.
+        assert!(s.check_placement(&Placement::Pool("other".into())));
+        assert!(record(&s, "b.com").is_some());
+    }
+
+    #[test]
+    fn a_site_that_left_the_config_is_removed_and_runtime_sites_stay() {
+        let s = shared(config(
+            &[("a.com", "web", 1), ("gone.com", "web", 1)],
+            false,
+        ));
+        s.apply_sites(vec![change("b.com", "other", SiteState::Active, 1)])
+            .expect("apply");
+        let report = s
+            .reload(config(&[("a.com", "web", 1), ("new.com", "web", 1)], false))
+            .expect("reload");
+        assert_eq!((report.sites_added, report.sites_removed), (1, 1));
+        assert!(record(&s, "gone.com").is_none());
+        assert!(record(&s, "new.com").is_some());
+        assert!(record(&s, "b.com").is_some(), "runtime site left alone");
+        // Persisted: a restart on the same store sees the same sites.
+        let hosts: Vec<String> = s
+            .store
+            .sites()
+            .expect("sites")
+            .into_iter()
+            .map(|r| r.host.as_str().to_string())
+            .collect();
+        assert!(hosts.contains(&"new.com".to_string()) && !hosts.contains(&"gone.com".to_string()));
+    }
+}
