@@ -1,8 +1,9 @@
 //! The operator's view (issue 21): the alerting rules in
 //! `dist/prometheus/ferry-alerts.yml` pass `promtool check rules` and their
 //! unit tests on recorded series, and a real Prometheus (Debian's) scraping a
-//! real router on loopback loads them and answers every expression of the
-//! Grafana dashboard `dist/grafana/ferry-dashboard.json` with data.
+//! real router and a real sync agent (`ferry agent --metrics-listen`, with
+//! a metrics token) on loopback loads them and answers every expression of
+//! the Grafana dashboard `dist/grafana/ferry-dashboard.json` with data.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,9 +13,14 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::client;
+use crate::support::procs::FERRY;
 use crate::support::{
     free_port, pool, router_config, site, workdir, Backend, Deadline, Ferry, TOKEN,
 };
+
+/// The sync agent's key and its metrics token (a file, owner-only).
+const SYNC_KEY: &str = "e2e-sync-key-0123456789";
+const AGENT_METRICS_TOKEN: &str = "e2e-agent-metrics-token";
 
 fn dist(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -56,8 +62,110 @@ impl Drop for Prometheus {
     }
 }
 
+/// `ferry agent` serving one volume, with its metrics on a loopback port
+/// behind a bearer token; killed (by pid) when dropped.
+struct Agent {
+    child: Child,
+    sync: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Agent {
+    async fn start(dir: &Path) -> Agent {
+        use std::os::unix::fs::PermissionsExt;
+        let vol = dir.join("volume");
+        std::fs::create_dir_all(&vol).unwrap();
+        let sync = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{sync}\"\nkey = \"{SYNC_KEY}\"\n[volumes.www]\npath = \"{}\"\n",
+                vol.display()
+            ),
+        )
+        .unwrap();
+        let token = dir.join("agent-metrics.token");
+        std::fs::write(&token, AGENT_METRICS_TOKEN).unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let child = Command::new(FERRY)
+            .arg("agent")
+            .arg("--config")
+            .arg(&config)
+            .arg(format!("--metrics-listen={metrics}"))
+            .arg("--metrics-token-file")
+            .arg(&token)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
+            .spawn()
+            .expect("starting ferry agent");
+        let agent = Agent {
+            child,
+            sync,
+            metrics,
+        };
+        // The metrics endpoint starts after the sync port is bound: once
+        // it answers, the agent takes sessions.
+        let ready = Deadline::new("agent metrics", Duration::from_secs(30));
+        while curl_status(metrics, "/metrics", Some(AGENT_METRICS_TOKEN)).await != Some(200) {
+            ready.tick().await;
+        }
+        agent
+    }
+
+    /// Pushes `src` to the agent's volume with `ferry sync`.
+    async fn push(&self, src: &Path) {
+        let out = tokio::process::Command::new(FERRY)
+            .env("FERRY_SYNC_KEY", SYNC_KEY)
+            .arg("sync")
+            .arg("--delete")
+            .arg(src)
+            .arg(format!("ferry://{}/www", self.sync))
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ferry sync: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The HTTP status of a GET (with a bearer token), by curl.
+async fn curl_status(addr: SocketAddr, path: &str, token: Option<&str>) -> Option<u16> {
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+    ]);
+    if let Some(t) = token {
+        cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+    }
+    let out = cmd
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .await
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
 impl Prometheus {
-    async fn start(dir: &Path, router_admin: SocketAddr) -> Prometheus {
+    async fn start(dir: &Path, router_admin: SocketAddr, agent_metrics: SocketAddr) -> Prometheus {
         std::fs::copy(
             dist("prometheus/ferry-alerts.yml"),
             dir.join("ferry-alerts.yml"),
@@ -68,7 +176,10 @@ impl Prometheus {
              rule_files: [ferry-alerts.yml]\n\
              scrape_configs:\n  - job_name: ferry-router\n    \
              authorization:\n      credentials: {TOKEN}\n    \
-             static_configs:\n      - targets: ['{router_admin}']\n"
+             static_configs:\n      - targets: ['{router_admin}']\n  \
+             - job_name: ferry-agent\n    \
+             authorization:\n      credentials: {AGENT_METRICS_TOKEN}\n    \
+             static_configs:\n      - targets: ['{agent_metrics}']\n"
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -178,7 +289,25 @@ async fn prometheus_scrapes_a_router_and_every_dashboard_panel_has_data() {
             app.addr
         );
     let ferry = Ferry::start(dir.path(), &config);
-    let prom = Prometheus::start(dir.path(), ferry.admin).await;
+    let agent = Agent::start(dir.path()).await;
+    // The agent's metrics need the token: none or a wrong one is refused.
+    assert_eq!(
+        curl_status(agent.metrics, "/metrics", None).await,
+        Some(401)
+    );
+    assert_eq!(
+        curl_status(agent.metrics, "/metrics", Some("wrong")).await,
+        Some(401)
+    );
+    let prom = Prometheus::start(dir.path(), ferry.admin, agent.metrics).await;
+    // A tree pushed through the agent: sessions, bytes, files, operations.
+    let src = dir.path().join("site-files");
+    std::fs::create_dir_all(src.join("img")).unwrap();
+    for i in 0..20 {
+        std::fs::write(src.join(format!("img/{i}.png")), vec![i as u8; 5000]).unwrap();
+    }
+    std::fs::write(src.join("big.bin"), vec![7u8; 2 << 20]).unwrap();
+    agent.push(&src).await;
 
     // Traffic of every kind the dashboard shows, for a few scrapes.
     let http = client::http1();
@@ -200,6 +329,9 @@ async fn prometheus_scrapes_a_router_and_every_dashboard_panel_has_data() {
         ])
         .await;
         assert_eq!(tls.status, 200, "round {round}");
+        // A change at the source each round: the agent keeps moving bytes.
+        std::fs::write(src.join("changing.txt"), format!("round {round}")).unwrap();
+        agent.push(&src).await;
         traffic.tick().await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -216,7 +348,29 @@ async fn prometheus_scrapes_a_router_and_every_dashboard_panel_has_data() {
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(loaded.len(), 16, "every rule of ferry-alerts.yml loaded");
+    assert_eq!(loaded.len(), 20, "every rule of ferry-alerts.yml loaded");
+
+    // The agent's series, through the query API, with what the pushes did.
+    let agent_up = Deadline::new("the agent scraped", Duration::from_secs(60));
+    while prom.query("up{job=\"ferry-agent\"} == 1").await.is_empty() {
+        agent_up.tick().await;
+    }
+    for expr in [
+        "ferry_agent_sessions_accepted_total{job=\"ferry-agent\"} >= 9",
+        "ferry_agent_sessions_closed_total{job=\"ferry-agent\",how=\"client\"} >= 9",
+        "ferry_agent_received_bytes_total{job=\"ferry-agent\"} > 2097152",
+        "ferry_agent_files_written_total{job=\"ferry-agent\"} >= 22",
+        "ferry_agent_operations_total{job=\"ferry-agent\",op=\"put_file\"} >= 21",
+        "ferry_agent_requests_total{job=\"ferry-agent\",request=\"scan\"} >= 9",
+        "ferry_agent_sessions_active{job=\"ferry-agent\"} == 0",
+        "ferry_agent_last_session_end_timestamp_seconds{job=\"ferry-agent\"} > 0",
+        "ferry_agent_sessions_refused_total{job=\"ferry-agent\",reason=\"busy\"} == 0",
+    ] {
+        let data = Deadline::new(format!("agent series {expr}"), Duration::from_secs(30));
+        while prom.query(expr).await.is_empty() {
+            data.tick().await;
+        }
+    }
     let healthy = Deadline::new("rules evaluated", Duration::from_secs(60));
     loop {
         let rules = get(prom.addr, "/api/v1/rules", &[]).await.unwrap();
@@ -258,6 +412,7 @@ async fn prometheus_scrapes_a_router_and_every_dashboard_panel_has_data() {
             }
             let expr = expr
                 .replace("$instance", ".*")
+                .replace("$agent", ".*")
                 .replace("$__rate_interval", "30s");
             let data = Deadline::new(format!("data for {expr}"), Duration::from_secs(30));
             while prom.query(&expr).await.is_empty() {
