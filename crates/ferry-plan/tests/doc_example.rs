@@ -239,6 +239,12 @@ fn the_docs_example_plan_is_the_real_plan_of_the_example_inventory() {
     let shown: Value = serde_json::from_str(&doc[range.clone()])
         .unwrap_or_else(|e| panic!("the doc's example is not JSON: {e}"));
     let params = params_of(&shown);
+    // The prose says the example is planned with the default flags.
+    assert_eq!(
+        params,
+        Params::default(),
+        "the doc's example records other parameters than the default flags"
+    );
     let inv = ferry_inventory::load_dir(&root().join("examples/inventory"), &Quiet).unwrap();
     let plan = Plan::build(&inv, &params, &Quiet).unwrap();
     let mut bytes = Vec::new();
