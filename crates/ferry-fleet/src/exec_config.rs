@@ -439,6 +439,29 @@ cwd = "/srv/shop"
         assert!(e.contains(":1:"), "{e}");
     }
 
+    /// Columns are characters, as editors count them (ferry-conf's rule),
+    /// and both ways of giving a token at once are refused.
+    #[test]
+    fn columns_are_characters_and_one_token_source_is_allowed() {
+        let text = "listen = \"127.0.0.1:7801\"\naudit_log = \"a.jsonl\"\n\
+                    callers = { \"é\" = { token = \"short\" } }\n";
+        let e = parse(text).unwrap_err().to_string();
+        // Byte 30, character 29.
+        assert!(
+            e.contains(":3:29: callers.é: the token must be at least 16"),
+            "{e}"
+        );
+        let both = OK.replace(
+            "token = \"0123456789abcdef0\"",
+            "token = \"0123456789abcdef0\"\ntoken_file = \"ops.token\"",
+        );
+        let e = parse(&both).unwrap_err().to_string();
+        assert!(
+            e.contains(":6:") && e.contains("token and token_file are mutually exclusive"),
+            "{e}"
+        );
+    }
+
     /// examples/exec.toml stays a valid config whose limits are the
     /// defaults it claims (token files replaced by inline tokens).
     #[test]
