@@ -1,0 +1,286 @@
+//! `/v1/sites...`: read, change (one site or an atomic batch), query and
+//! remove sites. Hosts and placements arrive as text and are checked here,
+//! so a refusal names the site (`sites[3]: host "a b": ...`).
+
+use std::collections::HashSet;
+
+use ferry_admin_api::sites::{
+    AbsentSite, Applied, Conflict, HostList, QueriedSite, QueryAnswer, Removed, Site, SiteBatch,
+    SiteChange as Change, SitePage, SiteRecord as ListedSite, StaleSite,
+};
+use ferry_model::{Epoch, Hostname, Placement, SiteRecord};
+use ferry_router::{ApplyError, Outcome, SiteChange, SiteId};
+use http::StatusCode;
+
+use super::{answer, error, ok, parse_host, percent_decode, read_body, Resp};
+use crate::{Proxy, ProxyError};
+
+/// The API's view of a site the table has.
+fn site(proxy: &Proxy, rec: SiteRecord, id: SiteId) -> Site {
+    let (held, in_flight) = proxy.shared.table.counters(id);
+    Site {
+        host: rec.host.to_string(),
+        placement: rec.placement.to_string(),
+        state: rec.state,
+        epoch: rec.epoch.0,
+        held: held.into(),
+        in_flight: in_flight.into(),
+    }
+}
+
+/// The site named exactly `host`, with its current counts.
+fn lookup(proxy: &Proxy, host: Hostname) -> Option<Site> {
+    let route = proxy.shared.table.get(&host)?;
+    let rec = SiteRecord {
+        host,
+        placement: (*route.placement).clone(),
+        state: route.state,
+        epoch: route.epoch,
+    };
+    Some(site(proxy, rec, route.site))
+}
+
+pub(super) fn get(proxy: &Proxy, raw: &str) -> Resp {
+    let host = match parse_host(raw) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    match lookup(proxy, host.clone()) {
+        Some(s) => ok(&s),
+        None => error(StatusCode::NOT_FOUND, format!("no site {host}")),
+    }
+}
+
+pub(super) fn list(proxy: &Proxy, query: &str) -> Resp {
+    let mut limit = 1000usize;
+    let mut offset = 0usize;
+    let mut prefix = String::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "limit" => match v.parse() {
+                Ok(n) => limit = n,
+                Err(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("limit={v:?} is not a number"),
+                    )
+                }
+            },
+            "offset" => match v.parse() {
+                Ok(n) => offset = n,
+                Err(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("offset={v:?} is not a number"),
+                    )
+                }
+            },
+            "prefix" => prefix = percent_decode(v),
+            other => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown query parameter {other:?}"),
+                )
+            }
+        }
+    }
+    let mut recs = proxy.shared.table.records();
+    recs.retain(|r| r.host.as_str().starts_with(&prefix));
+    recs.sort_by(|a, b| a.host.cmp(&b.host));
+    let total = recs.len() as u64;
+    let sites = recs
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|r| ListedSite {
+            host: r.host.to_string(),
+            placement: r.placement.to_string(),
+            state: r.state,
+            epoch: r.epoch.0,
+        })
+        .collect();
+    ok(&SitePage { total, sites })
+}
+
+fn to_record(proxy: &Proxy, host: Hostname, c: Change) -> Result<SiteRecord, String> {
+    let placement = Placement::parse(&c.placement).ok_or_else(|| {
+        format!(
+            "site {host}: placement {:?} is not \"pool:NAME\" or \"remote:NAME\"",
+            c.placement
+        )
+    })?;
+    if !proxy.shared.check_placement(&placement) {
+        return Err(format!(
+            "site {host}: placement {placement} names no configured pool or remote"
+        ));
+    }
+    Ok(SiteRecord {
+        host,
+        placement,
+        state: c.state,
+        epoch: Epoch(c.epoch),
+    })
+}
+
+/// Applies `records` as one batch (the epoch rule, the store first, held
+/// requests woken: `Shared::apply_sites`).
+fn apply(proxy: &Proxy, records: Vec<SiteRecord>) -> Resp {
+    let changes = records
+        .into_iter()
+        .map(|record| SiteChange {
+            record,
+            extras: None,
+        })
+        .collect();
+    match proxy.shared.apply_sites(changes) {
+        Ok(outcomes) => {
+            let count = |k: Outcome| outcomes.iter().filter(|(_, o)| *o == k).count() as u64;
+            ok(&Applied {
+                added: count(Outcome::Added),
+                changed: count(Outcome::Changed),
+                unchanged: count(Outcome::Unchanged),
+            })
+        }
+        Err(ApplyError::Stale(list)) => answer(
+            StatusCode::CONFLICT,
+            &Conflict {
+                error: format!(
+                    "stale epoch for {} site(s); nothing was changed",
+                    list.len()
+                ),
+                stale: list
+                    .iter()
+                    .take(100)
+                    .map(|(h, cur, given)| StaleSite {
+                        host: h.to_string(),
+                        current_epoch: cur.0,
+                        given_epoch: given.0,
+                    })
+                    .collect(),
+            },
+        ),
+        Err(ApplyError::Invalid(e)) => error(StatusCode::BAD_REQUEST, e),
+        Err(ApplyError::Persist(e)) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, ProxyError::Store(e))
+        }
+    }
+}
+
+pub(super) fn put_one(proxy: &Proxy, raw: &str, body: &[u8]) -> Resp {
+    let host = match parse_host(raw) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    let c: Change = match read_body(body) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if let Some(h) = &c.host {
+        if Hostname::parse(h).ok().as_ref() != Some(&host) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("body names host {h:?} but the path names {host}"),
+            );
+        }
+    }
+    match to_record(proxy, host, c) {
+        Ok(rec) => apply(proxy, vec![rec]),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+pub(super) fn put_batch(proxy: &Proxy, body: &[u8]) -> Resp {
+    let b: SiteBatch = match read_body(body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let mut records = Vec::with_capacity(b.sites.len());
+    for (i, s) in b.sites.into_iter().enumerate() {
+        let Some(raw) = s.host.clone() else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("sites[{i}]: missing \"host\""),
+            );
+        };
+        let host = match Hostname::parse(&raw) {
+            Ok(h) => h,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("sites[{i}]: host {raw:?}: {e}"),
+                )
+            }
+        };
+        match to_record(proxy, host, s) {
+            Ok(r) => records.push(r),
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("sites[{i}]: {e}")),
+        }
+    }
+    apply(proxy, records)
+}
+
+/// The hosts of a [`HostList`], normalised, each once, in the order given.
+fn parse_hosts(body: &[u8]) -> Result<Vec<Hostname>, Resp> {
+    let b: HostList = read_body(body)?;
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(b.hosts.len());
+    for (i, raw) in b.hosts.iter().enumerate() {
+        let h = Hostname::parse(raw)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("hosts[{i}]: {raw:?}: {e}")))?;
+        if seen.insert(h.clone()) {
+            out.push(h);
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn query(proxy: &Proxy, body: &[u8]) -> Resp {
+    let hosts = match parse_hosts(body) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    let sites = hosts
+        .into_iter()
+        .map(|h| {
+            let host = h.to_string();
+            match lookup(proxy, h) {
+                Some(s) => QueriedSite::Present(s),
+                None => QueriedSite::Absent(AbsentSite { host, absent: true }),
+            }
+        })
+        .collect();
+    ok(&QueryAnswer { sites })
+}
+
+fn remove(proxy: &Proxy, hosts: Vec<Hostname>) -> Result<u64, Resp> {
+    let shared = &proxy.shared;
+    // Held like an apply's, so a reload never judges a stale snapshot.
+    let _config = shared.config.lock();
+    match shared
+        .table
+        .remove(&hosts, |h| shared.store.remove_sites(h))
+    {
+        Ok(out) => Ok(out.iter().filter(|(_, o)| *o == Outcome::Removed).count() as u64),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
+    }
+}
+
+pub(super) fn remove_batch(proxy: &Proxy, body: &[u8]) -> Resp {
+    match parse_hosts(body).and_then(|h| remove(proxy, h)) {
+        Ok(removed) => ok(&Removed { removed }),
+        Err(r) => r,
+    }
+}
+
+pub(super) fn delete_one(proxy: &Proxy, raw: &str) -> Resp {
+    let host = match parse_host(raw) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    match remove(proxy, vec![host.clone()]) {
+        Ok(0) => error(StatusCode::NOT_FOUND, format!("no site {host}")),
+        Ok(removed) => ok(&Removed { removed }),
+        Err(r) => r,
+    }
+}
