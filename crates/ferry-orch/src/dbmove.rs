@@ -8,10 +8,96 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::config::DbSettings;
 use crate::error::{OrchError, Result};
+
+/// What prepare found on one server (journaled with the step's end).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum Prepared {
+    /// A move back: ready from its forward move's record.
+    MovingBack {
+        server: String,
+        databases: Vec<String>,
+        phase: String,
+        moving_back_from: Option<String>,
+    },
+    /// Prepared before (a replay): nothing checked again.
+    Already { server: String, phase: String },
+    /// The mover's checks passed.
+    Checked {
+        server: String,
+        databases: Vec<String>,
+        accounts: Vec<String>,
+        roles: Vec<String>,
+        warnings: Vec<String>,
+        source_bytes: u64,
+    },
+}
+
+/// What the pre-copy did on one server.
+#[derive(Debug, Serialize)]
+pub(crate) struct PreCopied {
+    server: String,
+    /// None when the first copy was done before (a replay).
+    first_copy: Option<FirstCopy>,
+    lag_transactions: u64,
+    applied: String,
+    pub(crate) ready: bool,
+    /// None without `verify`, or when not caught up (the freeze checks all).
+    verified_online: Option<Checked>,
+}
+
+#[derive(Debug, Serialize)]
+struct FirstCopy {
+    rows: u64,
+    tables: usize,
+    snapshot: String,
+    elapsed_ms: u64,
+    lock_held_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Checked {
+    rows: u64,
+    chunks: u64,
+    scope: String,
+}
+
+/// One server frozen: its writes blocked, the position read after.
+#[derive(Debug, Serialize)]
+pub(crate) struct Frozen {
+    pub(crate) server: String,
+    pub(crate) position: String,
+    locked: Vec<String>,
+    sessions_ended: u64,
+    not_blocked: Vec<String>,
+}
+
+/// The final copy of one server: at the freeze position (and equal, with `verify`).
+#[derive(Debug, Serialize)]
+pub(crate) struct FinalCheck {
+    server: String,
+    position: String,
+    verified: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tables: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rows: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chunks: Option<u64>,
+}
+
+/// One server switched: the destination is the databases' home.
+#[derive(Debug, Serialize)]
+pub(crate) struct Switched {
+    server: String,
+    accounts: usize,
+}
 
 /// One database server's share of a unit, in one direction.
 #[derive(Clone, Debug)]
@@ -84,28 +170,31 @@ async fn open(g: &DbGroup, s: &DbSettings) -> Result<ferry_db::Mover> {
 /// again only while the mover is still at `prepared`. A move back is
 /// ready from its forward move's record: no first copy, the catch-up starts
 /// where the destination stood at the switch.
-pub(crate) async fn prepare(g: &DbGroup, s: &DbSettings) -> Result<Value> {
+pub(crate) async fn prepare(g: &DbGroup, s: &DbSettings) -> Result<Prepared> {
     let mut m = open(g, s).await?;
     if g.forward_state.is_some() {
-        return Ok(json!({
-            "server": g.server,
-            "databases": g.databases,
-            "phase": m.phase().to_string(),
-            "moving_back_from": m.snapshot().map(|p| p.to_string()),
-        }));
+        return Ok(Prepared::MovingBack {
+            server: g.server.clone(),
+            databases: g.databases.clone(),
+            phase: m.phase().to_string(),
+            moving_back_from: m.snapshot().map(|p| p.to_string()),
+        });
     }
     if m.phase() != ferry_db::Phase::Prepared {
-        return Ok(json!({"server": g.server, "phase": m.phase().to_string()}));
+        return Ok(Prepared::Already {
+            server: g.server.clone(),
+            phase: m.phase().to_string(),
+        });
     }
     let r = m.prepare().await.map_err(|e| g.err(e))?;
-    Ok(json!({
-        "server": g.server,
-        "databases": g.databases,
-        "accounts": r.accounts.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        "roles": r.roles,
-        "warnings": r.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
-        "source_bytes": r.source_bytes,
-    }))
+    Ok(Prepared::Checked {
+        server: g.server.clone(),
+        databases: g.databases.clone(),
+        accounts: r.accounts.iter().map(|a| a.to_string()).collect(),
+        roles: r.roles,
+        warnings: r.warnings.iter().map(|w| w.to_string()).collect(),
+        source_bytes: r.source_bytes,
+    })
 }
 
 /// Pre-copy: first copy (unless done), catch-up started (idempotent: a
@@ -113,7 +202,7 @@ pub(crate) async fn prepare(g: &DbGroup, s: &DbSettings) -> Result<Value> {
 /// until the lag is at most `max_lag` transactions, or `catch_up_timeout`
 /// (advisory, like the files' convergence). A first copy cut off midway
 /// cannot be continued: what it created is dropped and it starts over.
-pub(crate) async fn pre_copy(g: &DbGroup, s: &DbSettings) -> Result<(bool, Value)> {
+pub(crate) async fn pre_copy(g: &DbGroup, s: &DbSettings) -> Result<PreCopied> {
     use ferry_db::Phase;
     let mut m = open(g, s).await?;
     if matches!(m.phase(), Phase::Copying | Phase::RolledBack) {
@@ -134,10 +223,13 @@ pub(crate) async fn pre_copy(g: &DbGroup, s: &DbSettings) -> Result<(bool, Value
     let mut copied = None;
     if m.phase() == Phase::Prepared {
         let r = m.first_copy(&|_| {}).await.map_err(|e| g.err(e))?;
-        copied = Some(
-            json!({"rows": r.rows, "tables": r.tables, "snapshot": r.snapshot.to_string(),
-            "elapsed_ms": r.elapsed.as_millis() as u64, "lock_held_ms": r.lock_held.as_millis() as u64}),
-        );
+        copied = Some(FirstCopy {
+            rows: r.rows,
+            tables: r.tables,
+            snapshot: r.snapshot.to_string(),
+            elapsed_ms: r.elapsed.as_millis() as u64,
+            lock_held_ms: r.lock_held.as_millis() as u64,
+        });
     }
     m.catch_up().await.map_err(|e| g.err(e))?;
     let started = Instant::now();
@@ -171,20 +263,20 @@ pub(crate) async fn pre_copy(g: &DbGroup, s: &DbSettings) -> Result<(bool, Value
                 ),
             });
         }
-        online =
-            Some(json!({"rows": v.rows(), "chunks": v.chunks(), "scope": v.scope.to_string()}));
+        online = Some(Checked {
+            rows: v.rows(),
+            chunks: v.chunks(),
+            scope: v.scope.to_string(),
+        });
     }
-    Ok((
+    Ok(PreCopied {
+        server: g.server.clone(),
+        first_copy: copied,
+        lag_transactions: lag.transactions,
+        applied: lag.applied_position.to_string(),
         ready,
-        json!({
-            "server": g.server,
-            "first_copy": copied,
-            "lag_transactions": lag.transactions,
-            "applied": lag.applied_position.to_string(),
-            "ready": ready,
-            "verified_online": online,
-        }),
-    ))
+        verified_online: online,
+    })
 }
 
 /// The tables and chunks a failed check names.
@@ -207,21 +299,21 @@ fn differences(v: &ferry_db::VerifyReport) -> String {
 /// and their sessions ended, then the position read. Again at `frozen`: the
 /// accounts are already locked (skipped), the position read again is the
 /// same (writes are blocked).
-pub(crate) async fn freeze(g: &DbGroup, s: &DbSettings) -> Result<Value> {
+pub(crate) async fn freeze(g: &DbGroup, s: &DbSettings) -> Result<Frozen> {
     let mut m = open(g, s).await?;
     let r = m.freeze().await.map_err(|e| g.err(e))?;
-    Ok(json!({
-        "server": g.server,
-        "position": r.position.to_string(),
-        "locked": r.locked.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        "sessions_ended": r.sessions_ended,
-        "not_blocked": r.not_blocked.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-    }))
+    Ok(Frozen {
+        server: g.server.clone(),
+        position: r.position.to_string(),
+        locked: r.locked.iter().map(|a| a.to_string()).collect(),
+        sessions_ended: r.sessions_ended,
+        not_blocked: r.not_blocked.iter().map(|a| a.to_string()).collect(),
+    })
 }
 
 /// What the final copy found for one server.
 pub(crate) enum Final {
-    Equal(Value),
+    Equal(FinalCheck),
     /// Checksums differ: the reason names the tables.
     Differ(String),
 }
@@ -243,9 +335,15 @@ pub(crate) async fn final_copy(g: &DbGroup, s: &DbSettings) -> Result<Final> {
         .await
         .map_err(|e| g.err(e))?;
     if !s.verify {
-        return Ok(Final::Equal(
-            json!({"server": g.server, "position": pos.to_string(), "verified": false}),
-        ));
+        return Ok(Final::Equal(FinalCheck {
+            server: g.server.clone(),
+            position: pos.to_string(),
+            verified: false,
+            scope: None,
+            tables: None,
+            rows: None,
+            chunks: None,
+        }));
     }
     let v = m.verify_frozen().await.map_err(|e| g.err(e))?;
     if !v.equal() {
@@ -256,24 +354,27 @@ pub(crate) async fn final_copy(g: &DbGroup, s: &DbSettings) -> Result<Final> {
             differences(&v)
         )));
     }
-    Ok(Final::Equal(json!({
-        "server": g.server,
-        "position": pos.to_string(),
-        "verified": true,
-        "scope": v.scope.to_string(),
-        "tables": v.tables.len(),
-        "rows": v.rows(),
-        "chunks": v.chunks(),
-    })))
+    Ok(Final::Equal(FinalCheck {
+        server: g.server.clone(),
+        position: pos.to_string(),
+        verified: true,
+        scope: Some(v.scope.to_string()),
+        tables: Some(v.tables.len()),
+        rows: Some(v.rows()),
+        chunks: Some(v.chunks()),
+    }))
 }
 
 /// Flip, before any router: the destination becomes the databases' home
 /// (catch-up removed, accounts created). Again at `switched`: the accounts
 /// are checked and left as they are.
-pub(crate) async fn switch(g: &DbGroup, s: &DbSettings) -> Result<Value> {
+pub(crate) async fn switch(g: &DbGroup, s: &DbSettings) -> Result<Switched> {
     let mut m = open(g, s).await?;
     let r = m.switch().await.map_err(|e| g.err(e))?;
-    Ok(json!({"server": g.server, "accounts": r.accounts.len()}))
+    Ok(Switched {
+        server: g.server.clone(),
+        accounts: r.accounts.len(),
+    })
 }
 
 /// An abandoned freeze: the accounts this move locked are unlocked, the

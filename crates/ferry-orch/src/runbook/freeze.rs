@@ -51,11 +51,7 @@ impl UnitRun<'_> {
         }
         let mut summary = format!("every router acknowledged epoch {epoch} with 0 in flight");
         for d in &positions {
-            summary.push_str(&format!(
-                "; {} frozen at {}",
-                d["server"].as_str().unwrap_or("?"),
-                d["position"].as_str().unwrap_or("?")
-            ));
+            summary.push_str(&format!("; {} frozen at {}", d.server, d.position));
         }
         let mut d = StepDetail::summary(summary);
         if !positions.is_empty() {

@@ -52,8 +52,8 @@ impl UnitRun<'_> {
         let mut db_results = Vec::new();
         for g in &u.dbs {
             match dbmove::pre_copy(g, &o.cfg.db).await {
-                Ok((ready, d)) => {
-                    all_ready &= ready;
+                Ok(d) => {
+                    all_ready &= d.ready;
                     db_results.push(d);
                 }
                 Err(e) => return self.fail(step, None, e.to_string()),
