@@ -113,7 +113,7 @@ struct Settings {
 impl Settings {
     fn from_args(a: MoveArgs) -> Result<Settings, Failure> {
         let dur = |flag: &str, s: &str| {
-            ferry_config::parse_duration(s)
+            ferry_conf::parse_duration(s)
                 .map_err(|e| Failure::usage(anyhow!("--{flag} {s:?}: {e}")))
         };
         let max_freeze = dur("max-freeze", &a.max_freeze)?;

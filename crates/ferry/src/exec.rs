@@ -39,7 +39,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> Result<(), Failure> {
     let fleet = FleetConfig::load(&args.fleet).map_err(Failure::usage)?;
-    let timeout = ferry_config::parse_duration(&args.timeout)
+    let timeout = ferry_conf::parse_duration(&args.timeout)
         .map_err(|e| Failure::usage(anyhow!("--timeout: {e}")))?;
     if args.parallel == Some(0) {
         return Err(Failure::usage(anyhow!("--parallel: must be at least 1")));
@@ -150,7 +150,7 @@ pub(crate) async fn start_extras(
     let joined = match (&join.join, &join.join_name, join.join_address) {
         (Some(pool), Some(name), Some(address)) => {
             let token = join.router_token.clone().unwrap_or_default();
-            let leave_timeout = ferry_config::parse_duration(&join.leave_timeout)
+            let leave_timeout = ferry_conf::parse_duration(&join.leave_timeout)
                 .map_err(|e| Failure::usage(anyhow!("--leave-timeout: {e}")))?;
             let mut routers = Vec::new();
             for (i, url) in join.router.iter().enumerate() {

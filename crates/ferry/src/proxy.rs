@@ -26,12 +26,8 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
     /// How long open connections may take to finish at shutdown.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = ferry_conf::parse_duration)]
     grace: Duration,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    ferry_config::parse_duration(s)
 }
 
 pub async fn run(args: Args) -> Result<(), Failure> {
