@@ -6,7 +6,7 @@
 use ferry_inventory::{DatabaseId, FilerId, HostingId, Inventory, InventoryBuilder, UserRef};
 use ferry_plan::{
     explain, schedule, Constraint, Constraints, Impossible, Job, Params, Partition, Plan, Prepared,
-    Slot, Window, NO_UNIT,
+    Slot, Window, MAX_BATCH_DATABASES, NO_UNIT,
 };
 use proptest::prelude::*;
 
@@ -300,6 +300,65 @@ proptest! {
             // Filer-only units vanish without `filer`; all others are counted.
             prop_assert!(parts <= nonempty_children);
         }
+    }
+
+    #[test]
+    fn unused_databases_batch_greedily_within_the_freeze(
+        s in spec(),
+        max_freeze in 100.0f64..2_000.0,
+    ) {
+        // Slow checks (5 MB take up to 500 s) so batches hit the budget.
+        let inv = build(&s);
+        let prep = Prepared::new(&inv);
+        let params = Params { max_freeze, db_check_rate: 10_000.0, ..Params::default() };
+        let limit = max_freeze.min(params.window.seconds());
+        let freeze = |batch: &[DatabaseId]| {
+            let mut per_server = std::collections::HashMap::new();
+            for d in batch {
+                *per_server.entry(inv.database_servers()[d.index()]).or_insert(0u64) +=
+                    inv.database_bytes()[d.index()];
+            }
+            let busiest = per_server.values().copied().max().unwrap_or(0);
+            params.freeze_overhead + busiest as f64 / params.db_check_rate
+        };
+        let batches = prep.unused_database_batches(&params);
+        let p = Partition::compute(&prep, &params, Constraints::default());
+        let mut seen = Vec::new();
+        for (k, batch) in batches.iter().enumerate() {
+            prop_assert!(!batch.is_empty() && batch.len() <= MAX_BATCH_DATABASES);
+            prop_assert!(batch.len() == 1 || freeze(batch) <= limit + 1e-9);
+            // Greedy: the next batch's first database did not fit this one.
+            if let Some(next) = batches.get(k + 1) {
+                let mut more = batch.clone();
+                more.push(next[0]);
+                prop_assert!(
+                    batch.len() == MAX_BATCH_DATABASES || freeze(&more) > limit
+                );
+            }
+            // One batch, one unit, with the batch's freeze and nothing else.
+            let u = p.database_unit(batch[0]);
+            prop_assert!(batch.iter().all(|d| p.database_unit(*d) == u));
+            let st = &p.stats()[u as usize];
+            prop_assert_eq!(st.databases as usize, batch.len());
+            prop_assert_eq!(st.hostings, 0);
+            prop_assert!((st.freeze_s - freeze(batch)).abs() < 1e-9);
+            seen.extend(batch.iter().copied());
+        }
+        // Every database no hosting uses, once, in inventory order.
+        let used: std::collections::HashSet<DatabaseId> = inv
+            .declared_uses()
+            .iter()
+            .map(|(_, d)| *d)
+            .chain(inv.observed_uses().iter().filter_map(|u| match u.user {
+                ferry_inventory::User::Hosting(_) => Some(u.database),
+                ferry_inventory::User::Client(_) => None,
+            }))
+            .collect();
+        let unused: Vec<DatabaseId> = (0..inv.counts().databases as u32)
+            .map(DatabaseId)
+            .filter(|d| !used.contains(d))
+            .collect();
+        prop_assert_eq!(seen, unused);
     }
 
     #[test]
