@@ -9,7 +9,7 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context};
@@ -83,6 +83,10 @@ pub struct Args {
     /// File holding the pre-shared key for agents.
     #[arg(long, env = "FERRY_SYNC_KEY_FILE")]
     key_file: Option<PathBuf>,
+    /// With --follow: publish passes and the predicted final pass (GET
+    /// /metrics, as `ferry agent --metrics-listen`).
+    #[command(flatten)]
+    metrics: crate::agent::MetricsArgs,
 }
 
 /// Checked settings.
@@ -98,6 +102,8 @@ struct Settings {
     verify: bool,
     json: bool,
     key: Option<[u8; 32]>,
+    /// Follow mode's metrics endpoint.
+    metrics: Option<crate::agent::MetricsSettings>,
 }
 
 /// "10M" -> 10 MiB. Plain numbers are bytes.
@@ -202,6 +208,12 @@ impl Settings {
             }
             (None, None) => None,
         };
+        let metrics = a.metrics.settings()?;
+        if metrics.is_some() && !following {
+            return Err(Failure::usage(anyhow!(
+                "--metrics-listen works with --follow (a single run ends before a scrape)"
+            )));
+        }
         Ok(Settings {
             src,
             dst,
@@ -212,7 +224,103 @@ impl Settings {
             verify: a.verify,
             json: a.json,
             key,
+            metrics,
         })
+    }
+}
+
+/// What `ferry sync --follow --metrics-listen` publishes: passes, changed
+/// bytes, destinations lost, and the predicted final pass (S + R/B) of
+/// each destination's last pass, as the largest of them (what a freeze
+/// now would cost at worst). No label: one process follows one source.
+#[derive(Default)]
+struct FollowStats {
+    passes: AtomicU64,
+    changed_bytes: AtomicU64,
+    dest_failures: AtomicU64,
+    last_pass_end: AtomicU64,
+    predicted: Mutex<std::collections::HashMap<String, f64>>,
+}
+
+impl FollowStats {
+    fn record(&self, e: &Event) {
+        match e {
+            Event::PassFinished { summary } => {
+                self.passes.fetch_add(1, Ordering::Relaxed);
+                self.changed_bytes
+                    .fetch_add(summary.changed_bytes, Ordering::Relaxed);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                self.last_pass_end.store(now, Ordering::Relaxed);
+                self.predicted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(
+                        summary.dest.clone().unwrap_or_default(),
+                        summary.predicted_final_secs,
+                    );
+            }
+            Event::DestDown { .. } => {
+                self.dest_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    fn render(&self) -> String {
+        let predicted = self
+            .predicted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .fold(0.0f64, |a, b| a.max(*b));
+        // The exposition format spells infinity "+Inf" (a pass that moved
+        // nothing of what changed predicts an endless freeze).
+        let predicted = if predicted.is_infinite() {
+            "+Inf".to_string()
+        } else {
+            predicted.to_string()
+        };
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::new();
+        for (name, kind, help, value) in [
+            (
+                "passes_total",
+                "counter",
+                "Passes finished, all destinations.",
+                load(&self.passes).to_string(),
+            ),
+            (
+                "changed_bytes_total",
+                "counter",
+                "Changed bytes R of the finished passes.",
+                load(&self.changed_bytes).to_string(),
+            ),
+            (
+                "destination_failures_total",
+                "counter",
+                "Destinations lost (retried with backoff).",
+                load(&self.dest_failures).to_string(),
+            ),
+            (
+                "last_pass_end_timestamp_seconds",
+                "gauge",
+                "Unix time the last pass ended (0: none yet).",
+                load(&self.last_pass_end).to_string(),
+            ),
+            (
+                "predicted_final_seconds",
+                "gauge",
+                "The largest predicted final pass (S + R/B) over the destinations' last passes.",
+                predicted,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP ferry_sync_follow_{name} {help}\n# TYPE ferry_sync_follow_{name} {kind}\nferry_sync_follow_{name} {value}\n"
+            ));
+        }
+        out
     }
 }
 
@@ -294,8 +402,19 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     joined.map_err(|e| anyhow!("sync thread: {e}"))?
 }
 
-fn run_blocking(st: Settings, stop: &AtomicBool) -> Result<(), Failure> {
+fn run_blocking(mut st: Settings, stop: &AtomicBool) -> Result<(), Failure> {
     let src = open(&st.src, Role::Source, &st)?;
+    let follow_stats = Arc::new(FollowStats::default());
+    let metrics = match st.metrics.take() {
+        Some(m) => {
+            let fs = follow_stats.clone();
+            Some(crate::agent::Metrics::start(
+                m,
+                Arc::new(move || fs.render()),
+            )?)
+        }
+        None => None,
+    };
     let json = st.json;
     let bar = if !json && std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
@@ -312,6 +431,7 @@ fn run_blocking(st: Settings, stop: &AtomicBool) -> Result<(), Failure> {
     };
     let out = Mutex::new(std::io::stdout());
     let on_event = |e: &Event| {
+        follow_stats.record(e);
         if json {
             if let Ok(line) = serde_json::to_string(e) {
                 use std::io::Write;
@@ -374,6 +494,9 @@ fn run_blocking(st: Settings, stop: &AtomicBool) -> Result<(), Failure> {
         let r = run_follow(&st, src.source(), dests, stop, &on_event);
         if let Some(b) = &bar {
             b.finish_and_clear();
+        }
+        if let Some(m) = metrics {
+            m.stop()?;
         }
         return r;
     }

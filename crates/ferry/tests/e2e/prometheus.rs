@@ -141,6 +141,43 @@ impl Agent {
     }
 }
 
+/// `ferry sync --follow SRC DST --metrics-listen ADDR` (loopback, no
+/// token); killed when dropped.
+struct Follow {
+    child: Child,
+    metrics: SocketAddr,
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Follow {
+    async fn start(dir: &Path, src: &Path) -> Follow {
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let child = Command::new(FERRY)
+            .arg("sync")
+            .arg("--follow")
+            .arg(src)
+            .arg(dir.join("follow-copy"))
+            .arg(format!("--metrics-listen={metrics}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("follow.log")).unwrap())
+            .spawn()
+            .expect("starting ferry sync --follow");
+        let follow = Follow { child, metrics };
+        let ready = Deadline::new("follow metrics", Duration::from_secs(30));
+        while curl_status(metrics, "/metrics", None).await != Some(200) {
+            ready.tick().await;
+        }
+        follow
+    }
+}
+
 /// The HTTP status of a GET (with a bearer token), by curl.
 async fn curl_status(addr: SocketAddr, path: &str, token: Option<&str>) -> Option<u16> {
     let mut cmd = tokio::process::Command::new("curl");
@@ -165,7 +202,12 @@ async fn curl_status(addr: SocketAddr, path: &str, token: Option<&str>) -> Optio
 }
 
 impl Prometheus {
-    async fn start(dir: &Path, router_admin: SocketAddr, agent_metrics: SocketAddr) -> Prometheus {
+    async fn start(
+        dir: &Path,
+        router_admin: SocketAddr,
+        agent_metrics: SocketAddr,
+        follow_metrics: SocketAddr,
+    ) -> Prometheus {
         std::fs::copy(
             dist("prometheus/ferry-alerts.yml"),
             dir.join("ferry-alerts.yml"),
@@ -179,7 +221,9 @@ impl Prometheus {
              static_configs:\n      - targets: ['{router_admin}']\n  \
              - job_name: ferry-agent\n    \
              authorization:\n      credentials: {AGENT_METRICS_TOKEN}\n    \
-             static_configs:\n      - targets: ['{agent_metrics}']\n"
+             static_configs:\n      - targets: ['{agent_metrics}']\n  \
+             - job_name: ferry-sync-follow\n    \
+             static_configs:\n      - targets: ['{follow_metrics}']\n"
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -299,7 +343,6 @@ async fn prometheus_scrapes_a_router_and_every_dashboard_panel_has_data() {
         curl_status(agent.metrics, "/metrics", Some("wrong")).await,
         Some(401)
     );
-    let prom = Prometheus::start(dir.path(), ferry.admin, agent.metrics).await;
     // A tree pushed through the agent: sessions, bytes, files, operations.
     let src = dir.path().join("site-files");
     std::fs::create_dir_all(src.join("img")).unwrap();
@@ -307,6 +350,9 @@ async fn prometheus_scrapes_a_router_and_every_dashboard_panel_has_data() {
         std::fs::write(src.join(format!("img/{i}.png")), vec![i as u8; 5000]).unwrap();
     }
     std::fs::write(src.join("big.bin"), vec![7u8; 2 << 20]).unwrap();
+    // The same tree followed to a local copy, publishing its predictions.
+    let follow = Follow::start(dir.path(), &src).await;
+    let prom = Prometheus::start(dir.path(), ferry.admin, agent.metrics, follow.metrics).await;
     agent.push(&src).await;
 
     // Traffic of every kind the dashboard shows, for a few scrapes.
@@ -365,6 +411,8 @@ async fn prometheus_scrapes_a_router_and_every_dashboard_panel_has_data() {
         "ferry_agent_sessions_active{job=\"ferry-agent\"} == 0",
         "ferry_agent_last_session_end_timestamp_seconds{job=\"ferry-agent\"} > 0",
         "ferry_agent_sessions_refused_total{job=\"ferry-agent\",reason=\"busy\"} == 0",
+        "ferry_sync_follow_passes_total{job=\"ferry-sync-follow\"} >= 2",
+        "ferry_sync_follow_predicted_final_seconds{job=\"ferry-sync-follow\"} >= 0",
     ] {
         let data = Deadline::new(format!("agent series {expr}"), Duration::from_secs(30));
         while prom.query(expr).await.is_empty() {
