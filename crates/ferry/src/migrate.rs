@@ -213,9 +213,21 @@ async fn drive(
                 .map_err(|e| Failure::usage(anyhow!("--listen {addr}: {e}")))?;
             tracing::info!(addr = %l.local_addr().map_or(addr.clone(), |a| a.to_string()), "tracking page");
             let j = o.journal();
+            // The plan's lanes and predicted freezes, beside what happens
+            // (none when the plan cannot be read again: the page still works).
+            let expected = j
+                .meta()
+                .ok()
+                .flatten()
+                .and_then(|m| ferry_orch::Plan::load(&m.plan_path).ok())
+                .map(|p| ferry_orch::report::Expected::from_plan(&p))
+                .unwrap_or_default();
             let status: ferry_orch::track::StatusSource =
                 Arc::new(move || j.status().ok().flatten());
-            Some(tokio::spawn(ferry_orch::track::serve(l, status, stop_rx)))
+            let tracker = ferry_orch::track::Tracker::new().expected(expected);
+            Some(tokio::spawn(async move {
+                tracker.serve(l, status, stop_rx).await
+            }))
         }
     };
     let result = what(o).await;
