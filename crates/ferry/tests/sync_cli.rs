@@ -588,6 +588,18 @@ fn agent_metrics_on_a_network_address_need_a_private_token_file() {
         "127.0.0.1:9102",
     ]);
     assert!(o.status.success(), "{}", text(&o));
+    // `ferry sync` publishes metrics only while it follows.
+    let (src, dst) = (t.path().join("s"), t.path().join("d"));
+    fs::create_dir_all(&src).unwrap();
+    let o = run(&[
+        "sync",
+        src.to_str().unwrap(),
+        dst.to_str().unwrap(),
+        "--metrics-listen",
+        "127.0.0.1:9102",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(!dst.exists(), "nothing done before the usage error");
     // Without --config there is no sync agent to measure.
     let exec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/exec.toml");
     if exec.exists() {
