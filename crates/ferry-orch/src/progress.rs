@@ -16,21 +16,45 @@ pub(crate) struct Owed {
     pub(crate) changes: Vec<SiteChange>,
 }
 
+/// A step begun and not ended (run again on replay).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenStep {
+    pub step: Step,
+    /// The epoch its begin recorded (a replay sends the same).
+    pub epoch: Option<u64>,
+    pub began_ms: u64,
+}
+
+/// The last step that ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndedStep {
+    pub step: Step,
+    pub outcome: Outcome,
+    pub at_ms: u64,
+}
+
+/// An abandon journaled for the open step and not finished.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Abandoning {
+    /// The epoch every router is sent (source, active).
+    pub epoch: u64,
+    /// The unit fails (no attempt left, or a failed verification).
+    pub fail: bool,
+    pub reason: String,
+}
+
 /// Where a unit stands, folded from its journal events.
 #[derive(Clone, Debug, Default)]
 pub struct UnitProgress {
     pub direction: Option<Direction>,
     /// The freeze attempt of the last step begun.
     pub attempt: u32,
-    /// A step begun and not ended: (step, epoch, begin time).
-    pub open: Option<(Step, Option<u64>, u64)>,
-    /// The last ended step with its outcome.
-    pub last_end: Option<(Step, Outcome, u64)>,
+    pub open: Option<OpenStep>,
+    pub last_end: Option<EndedStep>,
     pub terminal: Option<UnitState>,
     pub freeze_epoch: Option<u64>,
     pub freeze_began_ms: Option<u64>,
-    /// An abandon journaled for the open step: (epoch, fail the unit, reason).
-    pub abandoning: Option<(u64, bool, String)>,
+    pub abandoning: Option<Abandoning>,
     /// What each site answered at prepare (for the post-check).
     pub fingerprints: Option<BTreeMap<String, Fingerprint>>,
     /// The highest epoch this unit's events carry.
@@ -62,10 +86,14 @@ impl UnitProgress {
                     }
                     p.direction = Some(e.direction);
                     p.attempt = e.attempt;
-                    if p.open.map(|o| o.0) != Some(step) {
+                    if p.open.map(|o| o.step) != Some(step) {
                         p.abandoning = None;
                     }
-                    p.open = Some((step, e.epoch, rec.at_ms));
+                    p.open = Some(OpenStep {
+                        step,
+                        epoch: e.epoch,
+                        began_ms: rec.at_ms,
+                    });
                     if step == Step::Freeze {
                         p.freeze_epoch = e.epoch;
                         p.freeze_began_ms = Some(rec.at_ms);
@@ -79,7 +107,11 @@ impl UnitProgress {
                     p.open = None;
                     p.abandoning = None;
                     let outcome = e.outcome.unwrap_or(Outcome::Ok);
-                    p.last_end = Some((step, outcome, rec.at_ms));
+                    p.last_end = Some(EndedStep {
+                        step,
+                        outcome,
+                        at_ms: rec.at_ms,
+                    });
                     if step == Step::Prepare && outcome == Outcome::Ok {
                         if let Detail::Step(d) = &e.detail {
                             p.fingerprints = d.fingerprints.clone();
@@ -97,7 +129,13 @@ impl UnitProgress {
                         abandon_epoch,
                         fail,
                         reason,
-                    }) => p.abandoning = Some((*abandon_epoch, *fail, reason.clone())),
+                    }) => {
+                        p.abandoning = Some(Abandoning {
+                            epoch: *abandon_epoch,
+                            fail: *fail,
+                            reason: reason.clone(),
+                        })
+                    }
                     Detail::Note(Note::Owed {
                         router, changes, ..
                     }) => p.owed.push(Owed {

@@ -133,7 +133,10 @@ fn a_step_begun_and_not_ended_is_replayed_with_its_epoch() {
     let j = Journal::open(&p).unwrap();
     let events = j.events().unwrap();
     let p2 = UnitProgress::of("U2", &events);
-    assert_eq!(p2.open.map(|o| (o.0, o.1)), Some((Step::Freeze, Some(7))));
+    assert_eq!(
+        p2.open.map(|o| (o.step, o.epoch)),
+        Some((Step::Freeze, Some(7)))
+    );
     assert_eq!(p2.freeze_epoch, Some(7));
     assert_eq!(p2.terminal, None);
     let p1 = UnitProgress::of("U1", &events);

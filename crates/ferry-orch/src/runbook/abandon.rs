@@ -22,8 +22,11 @@ impl UnitRun<'_> {
         if !self.replay {
             return None;
         }
-        let (ab, fail, reason) = self.progress.abandoning.clone()?;
-        Some(self.finish_abandon(step, epoch, ab, fail, reason).await)
+        let a = self.progress.abandoning.clone()?;
+        Some(
+            self.finish_abandon(step, epoch, a.epoch, a.fail, a.reason)
+                .await,
+        )
     }
 
     /// Abandons the step: journals it, sends (source, active, e+1) everywhere.

@@ -47,6 +47,7 @@ use crate::failpoint::{Failpoints, Faults};
 use crate::journal::{now_ms, EventRecord, Journal, Migration, RunMeta, UnitMeta};
 use crate::plan::Plan;
 pub use crate::progress::UnitProgress;
+use crate::progress::{EndedStep, OpenStep};
 use crate::router::{Http, RouterClient};
 use crate::status::{Direction, Outcome, Step, UnitState};
 use ferry_journal::Steps;
@@ -342,7 +343,10 @@ impl Orchestrator {
             }
             let Some((step, replay, attempt)) = self.next_step(id, &p).await else {
                 return Ok(match p.last_end {
-                    Some((_, Outcome::Ok, _)) => UnitState::Done,
+                    Some(EndedStep {
+                        outcome: Outcome::Ok,
+                        ..
+                    }) => UnitState::Done,
                     _ => UnitState::Failed,
                 });
             };
@@ -355,7 +359,7 @@ impl Orchestrator {
                 attempt,
                 replay,
                 open_epoch: if replay {
-                    p.open.and_then(|o| o.1)
+                    p.open.and_then(|o| o.epoch)
                 } else {
                     None
                 },
@@ -387,13 +391,20 @@ impl Orchestrator {
     /// abandoned freeze, waits out the rest of `retry_after` first.
     async fn next_step(&self, id: &str, p: &UnitProgress) -> Option<(Step, bool, u32)> {
         Some(match (p.open, p.last_end) {
-            (Some((s, _, _)), _) => (s, true, p.attempt.max(1)),
-            (None, Some((Step::Freeze, Outcome::Abandoned, at))) => {
+            (Some(OpenStep { step, .. }), _) => (step, true, p.attempt.max(1)),
+            (
+                None,
+                Some(EndedStep {
+                    step: Step::Freeze,
+                    outcome: Outcome::Abandoned,
+                    at_ms,
+                }),
+            ) => {
                 let wait = self
                     .cfg
                     .freeze
                     .retry_after
-                    .saturating_sub(Duration::from_millis(now_ms().saturating_sub(at)));
+                    .saturating_sub(Duration::from_millis(now_ms().saturating_sub(at_ms)));
                 if !wait.is_zero() {
                     tracing::info!(
                         unit = id,
@@ -404,7 +415,14 @@ impl Orchestrator {
                 }
                 (Step::Freeze, false, p.attempt + 1)
             }
-            (None, Some((s, Outcome::Ok, _))) => (s.next()?, false, p.attempt.max(1)),
+            (
+                None,
+                Some(EndedStep {
+                    step,
+                    outcome: Outcome::Ok,
+                    ..
+                }),
+            ) => (step.next()?, false, p.attempt.max(1)),
             (None, Some(_)) => return None,
             (None, None) => (Step::Prepare, false, 1),
         })
