@@ -203,32 +203,66 @@ fn parse_size(text: &str) -> Result<u64, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Generated text only: no runtime, no logging.
-    match &cli.command {
+    if let Some(code) = generated_text(&cli.command) {
+        return code;
+    }
+    let log = match init_logging(&cli) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match runtime_for(&cli.command) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferry: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(run(cli.command));
+    // Background tasks (connections, health checks) must not keep us alive.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    // Flush the queued log lines before the last word, so it is the last line.
+    drop(log);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("ferry: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// `ferry completions` and `ferry manpages`: answered at once (`Some`).
+fn generated_text(command: &Command) -> Option<ExitCode> {
+    match command {
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
             clap_complete::generate(*shell, &mut cmd, "ferry", &mut std::io::stdout());
-            return ExitCode::SUCCESS;
+            Some(ExitCode::SUCCESS)
         }
-        Command::Manpages { dir } => {
-            return match write_manpages(dir) {
-                Ok(n) => {
-                    println!("{n} man pages written to {}", dir.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("ferry: writing man pages to {}: {e}", dir.display());
-                    ExitCode::from(1)
-                }
-            };
-        }
-        _ => {}
+        Command::Manpages { dir } => Some(match write_manpages(dir) {
+            Ok(n) => {
+                println!("{n} man pages written to {}", dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ferry: writing man pages to {}: {e}", dir.display());
+                ExitCode::from(1)
+            }
+        }),
+        _ => None,
     }
+}
+
+fn init_logging(cli: &Cli) -> Result<ferry_log::Guard, ferry_log::LogError> {
     let default_level = match cli.command {
         Command::Demo(_) => "warn",
         _ => "info",
     };
-    let log = ferry_log::init(&ferry_log::Options {
+    ferry_log::init(&ferry_log::Options {
         filter: cli
             .log_level
             .clone()
@@ -241,17 +275,13 @@ fn main() -> ExitCode {
         file: cli.log_file.clone(),
         max_size: cli.log_max_size,
         keep: cli.log_keep,
-    });
-    let log = match log {
-        Ok(guard) => guard,
-        Err(e) => {
-            eprintln!("ferry: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    // One thread: a current-thread runtime, with no work-stealing scheduler in
-    // the request path (what `ferry proxy --threads 1` and benchmarks use).
-    let threads = match &cli.command {
+    })
+}
+
+/// One thread: a current-thread runtime, with no work-stealing scheduler in
+/// the request path (what `ferry proxy --threads 1` and benchmarks use).
+fn runtime_for(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = match command {
         Command::Proxy(a) => a.threads,
         _ => None,
     };
@@ -264,41 +294,25 @@ fn main() -> ExitCode {
         }
         None => tokio::runtime::Builder::new_multi_thread(),
     };
-    let runtime = match builder.enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ferry: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Proxy(a) => proxy::run(a).await,
-            Command::Ctl(a) => ctl::run(a).await,
-            Command::Demo(a) => demo::run(a).await,
-            Command::Backend(a) => backend::run(a).await,
-            Command::Inventory(a) => inventory::run(a).await,
-            Command::Plan(a) => plan::run(a).await,
-            Command::Sync(a) => sync::run(a).await,
-            Command::Agent(a) => agent::run(a).await,
-            Command::Exec(a) => exec::run(a).await,
-            Command::Update(a) => update::run(a).await,
-            Command::Migrate(a) => migrate::run(a).await,
-            Command::Db(a) => db::run(a).await,
-            // Answered before the runtime started.
-            Command::Completions { .. } | Command::Manpages { .. } => Ok(()),
-        }
-    });
-    // Background tasks (connections, health checks) must not keep us alive.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
-    // Flush the queued log lines before the last word, so it is the last line.
-    drop(log);
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            eprintln!("ferry: {:#}", f.error);
-            ExitCode::from(f.code)
-        }
+    builder.enable_all().build()
+}
+
+async fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Proxy(a) => proxy::run(a).await,
+        Command::Ctl(a) => ctl::run(a).await,
+        Command::Demo(a) => demo::run(a).await,
+        Command::Backend(a) => backend::run(a).await,
+        Command::Inventory(a) => inventory::run(a).await,
+        Command::Plan(a) => plan::run(a).await,
+        Command::Sync(a) => sync::run(a).await,
+        Command::Agent(a) => agent::run(a).await,
+        Command::Exec(a) => exec::run(a).await,
+        Command::Update(a) => update::run(a).await,
+        Command::Migrate(a) => migrate::run(a).await,
+        Command::Db(a) => db::run(a).await,
+        // Answered before the runtime started.
+        Command::Completions { .. } | Command::Manpages { .. } => Ok(()),
     }
 }
 
