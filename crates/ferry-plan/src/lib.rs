@@ -2,10 +2,12 @@
 //!
 //! - [`Partition`]: units as connected components of the dependency graph under
 //!   a set of [`Constraints`] (union-find, linear), with each unit's
-//!   [`UnitStats`] and predicted freeze.
+//!   [`UnitStats`] and predicted freeze. Databases used by no hosting are
+//!   batched into units that share one freeze (at most
+//!   [`MAX_BATCH_DATABASES`], within the freeze budget).
 //! - [`schedule()`]: packs units into nights under the window, the bandwidth and
-//!   the freeze budget ([`Params`]); a unit that cannot fit even alone is
-//!   [`Slot::Impossible`], never scheduled.
+//!   the freeze budget ([`Params`]), each night's freezes spread over its lanes;
+//!   a unit that cannot fit even alone is [`Slot::Impossible`], never scheduled.
 //! - [`explain`]: the databases and IPs that glue volumes together ([`Glue`]) and
 //!   what each constraint costs ([`Scenario`]).
 //! - [`Plan`]: all of it for one run; [`Plan::write_json`] writes the versioned
