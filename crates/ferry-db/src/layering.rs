@@ -19,25 +19,43 @@ fn module_of(rel: &Path) -> Option<String> {
 }
 
 /// The identifiers right after each `crate::` (and inside `crate::{..}`,
-/// the first segment of each item) in `code`, comments removed.
+/// the first segment of each item, over several lines if need be) in
+/// `code`, comments removed.
 fn named_through_root(code: &str) -> BTreeSet<String> {
     let ident = |s: &str| -> String {
-        s.chars()
+        s.trim_start()
+            .chars()
             .take_while(|c| c.is_alphanumeric() || *c == '_')
             .collect()
     };
+    let code: String = code
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
     let mut out = BTreeSet::new();
-    for line in code.lines() {
-        let line = line.split("//").next().unwrap_or("");
-        let mut rest = line;
-        while let Some(at) = rest.find("crate::") {
-            rest = &rest[at + "crate::".len()..];
-            if let Some(group) = rest.strip_prefix('{') {
-                // One level of braces is enough for this crate's imports.
-                let inner = group.split('}').next().unwrap_or("");
-                out.extend(inner.split(',').map(|i| ident(i.trim())));
-            } else {
-                out.insert(ident(rest));
+    let mut rest = code.as_str();
+    while let Some(at) = rest.find("crate::") {
+        rest = &rest[at + "crate::".len()..];
+        let Some(group) = rest.strip_prefix('{') else {
+            out.insert(ident(rest));
+            continue;
+        };
+        // Items of the group: split at its own commas, up to its `}`.
+        let (mut depth, mut item_start) = (0usize, 0usize);
+        for (i, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    out.insert(ident(&group[item_start..i]));
+                    break;
+                }
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    out.insert(ident(&group[item_start..i]));
+                    item_start = i + 1;
+                }
+                _ => {}
             }
         }
     }
@@ -119,10 +137,11 @@ fn modules_depend_one_way() {
 #[test]
 fn a_cycle_is_found_and_named() {
     let code = "use crate::error::{Result, Side};\nuse crate::{accounts, state};\n\
-                // crate::mover in a comment\nlet x = crate::gtid::GtidPos::default();";
+                // crate::mover in a comment\nlet x = crate::gtid::GtidPos::default();\n\
+                use crate::{\n    copy::{self, Counters},\n    schema,\n};";
     assert_eq!(
         named_through_root(code).into_iter().collect::<Vec<_>>(),
-        ["accounts", "error", "gtid", "state"]
+        ["accounts", "copy", "error", "gtid", "schema", "state"]
     );
     let edges = |pairs: &[(&str, &str)]| {
         let mut g = Graph::new();
