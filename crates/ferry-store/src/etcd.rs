@@ -469,11 +469,12 @@ impl Inner {
         let limit = i64::try_from(page).unwrap_or(i64::MAX);
         let mut revision = at;
         let mut sites = Vec::new();
+        let mut decoding = None;
         // Ranges still to read, the next one on top.
         let mut todo = vec![(start.into_bytes(), end.into_bytes())];
         while let Some((mut from, mut to)) = todo.pop() {
             loop {
-                let resp: GetResponse = self
+                let mut resp: GetResponse = self
                     .call("read sites", |mut c| {
                         let (from, to) = (from.clone(), to.clone());
                         let options = GetOptions::new()
@@ -487,32 +488,47 @@ impl Inner {
                     // Every later page is read at the first page's revision.
                     revision = resp.header().map(|h| h.revision()).unwrap_or_default();
                 }
-                let kvs = resp.kvs();
-                for kv in kvs {
-                    sites.push(self.decode_site(kv)?);
-                }
-                let (Some(first), Some(last)) = (kvs.first(), kvs.last()) else {
-                    break;
-                };
-                if !resp.more() {
-                    break;
-                }
-                // The next key after the last one read.
-                from = last.key().to_vec();
-                from.push(0);
-                let left = usize::try_from(resp.count())
-                    .unwrap_or(0)
-                    .saturating_sub(kvs.len());
-                if left > SPLIT_PAGES * page {
-                    let points = split_points(first.key(), last.key(), &to);
-                    let mut upper = to.clone();
-                    for p in points.iter().rev() {
-                        todo.push((p.clone(), upper));
-                        upper = p.clone();
+                let (more, count) = (resp.more(), resp.count());
+                let kvs = resp.take_kvs();
+                let next = match (kvs.first(), kvs.last()) {
+                    (Some(first), Some(last)) if more => {
+                        // The next key after the last one read.
+                        from = last.key().to_vec();
+                        from.push(0);
+                        let left = usize::try_from(count)
+                            .unwrap_or(0)
+                            .saturating_sub(kvs.len());
+                        if left > SPLIT_PAGES * page {
+                            let points = split_points(first.key(), last.key(), &to);
+                            let mut upper = to.clone();
+                            for p in points.iter().rev() {
+                                todo.push((p.clone(), upper));
+                                upper = p.clone();
+                            }
+                            to = upper;
+                        }
+                        true
                     }
-                    to = upper;
+                    _ => false,
+                };
+                // Decode this page on another thread while the next one is
+                // fetched; pages are joined in order.
+                if let Some(previous) = decoding.take() {
+                    sites.extend(join_decoded(previous).await?);
+                }
+                let sites_start = self.keys.sites_start();
+                decoding = Some(tokio::task::spawn_blocking(move || {
+                    kvs.iter()
+                        .map(|kv| decode_site_kv(&sites_start, kv))
+                        .collect::<Result<Vec<_>, _>>()
+                }));
+                if !next {
+                    break;
                 }
             }
+        }
+        if let Some(previous) = decoding.take() {
+            sites.extend(join_decoded(previous).await?);
         }
         Ok(Snapshot { revision, sites })
     }
@@ -697,11 +713,7 @@ impl Inner {
     }
 
     fn decode_site(&self, kv: &KeyValue) -> Result<SiteRecord, StoreError> {
-        let key = String::from_utf8_lossy(kv.key());
-        let raw_host = key
-            .strip_prefix(&self.keys.sites_start())
-            .ok_or_else(|| corrupt(format!("site key {key:?}"), "outside the sites prefix"))?;
-        decode_site(raw_host, kv.value())
+        decode_site_kv(&self.keys.sites_start(), kv)
     }
 
     fn decode_server_state(
@@ -854,6 +866,31 @@ fn state_from_letter(letter: &str) -> Option<SiteState> {
     [SiteState::Active, SiteState::Maintenance, SiteState::Frozen]
         .into_iter()
         .find(|s| letter.len() == 1 && letter.starts_with(state_letter(*s)))
+}
+
+/// A site's key and value; `sites_start` is `P/sites/`.
+fn decode_site_kv(sites_start: &str, kv: &KeyValue) -> Result<SiteRecord, StoreError> {
+    let key = kv.key();
+    let raw_host = key
+        .strip_prefix(sites_start.as_bytes())
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or_else(|| {
+            corrupt(
+                format!("site key {:?}", String::from_utf8_lossy(key)),
+                "outside the sites prefix, or not UTF-8",
+            )
+        })?;
+    decode_site(raw_host, kv.value())
+}
+
+/// The records of a page decoded by `spawn_blocking`.
+async fn join_decoded(
+    task: tokio::task::JoinHandle<Result<Vec<SiteRecord>, StoreError>>,
+) -> Result<Vec<SiteRecord>, StoreError> {
+    task.await.map_err(|e| StoreError::Etcd {
+        op: "decode sites",
+        source: e.into(),
+    })?
 }
 
 /// `"<epoch> <state letter> <placement>"`: the placement last, so a name with
