@@ -467,3 +467,146 @@ async fn close_cleanly(mut client: TcpStream) {
     })
     .await;
 }
+
+/// A passthrough connection inside the crate: real loopback sockets for the
+/// client and the server, [`serve`] called on the accepted side.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client_hello::build::{handshake, records, sni};
+    use ferry_model::{Epoch, SiteRecord};
+    use ferry_router::SiteChange;
+    use ferry_store::SqliteStore;
+    use std::path::Path;
+
+    /// A ClientHello naming `name`, in one record.
+    fn hello(name: &str) -> Vec<u8> {
+        records(&handshake(&[], &[(0, sni(name))]), 16_384)
+    }
+
+    struct World {
+        shared: Arc<Shared>,
+        spec: Arc<PassthroughSpec>,
+        /// The pool server's TLS port (`backend_port`).
+        backend: TcpListener,
+    }
+
+    async fn world() -> World {
+        let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = backend.local_addr().expect("addr").port();
+        let text = format!(
+            "[router]\nname = \"dc1\"\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[passthrough]]\nlisten = \"127.0.0.1:0\"\nbackend_port = {port}\nhold_max = \"60s\"\n\n\
+             [[pool]]\nname = \"web\"\n[[pool.server]]\nname = \"a\"\naddress = \"127.0.0.1:80\"\n\n\
+             [[site]]\nhost = \"a.com\"\nplacement = \"pool:web\"\n\n\
+             [[site]]\nhost = \"frozen.com\"\nplacement = \"pool:web\"\nstate = \"frozen\"\nepoch = 1\n"
+        );
+        let config = ferry_config::parse(&text, Path::new("test.toml")).expect("config");
+        let spec = Arc::new(config.passthroughs[0].clone());
+        let store = Arc::new(SqliteStore::in_memory().expect("store"));
+        let shared = Arc::new(Shared::new(config, None, store).expect("shared"));
+        World {
+            shared,
+            spec,
+            backend,
+        }
+    }
+
+    impl World {
+        /// A client connected to the router; the router's side served.
+        async fn connect(&self) -> (TcpStream, tokio::task::JoinHandle<()>) {
+            let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let client = TcpStream::connect(front.local_addr().expect("addr"))
+                .await
+                .expect("connect");
+            let (accepted, peer) = front.accept().await.expect("accept");
+            let (shared, spec) = (Arc::clone(&self.shared), Arc::clone(&self.spec));
+            let served = tokio::spawn(async move { serve(&shared, &spec, accepted, peer).await });
+            (client, served)
+        }
+
+        async fn wait_held(&self, n: u64) {
+            let held = async {
+                while self.shared.table.total_counters().0 != n {
+                    tokio::task::yield_now().await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), held)
+                .await
+                .expect("held count reached");
+        }
+
+        /// What the pool server receives first: exactly `len` bytes.
+        async fn backend_reads(&self, len: usize) -> (TcpStream, Vec<u8>) {
+            let (mut server, _) = self.backend.accept().await.expect("accept");
+            let mut got = vec![0u8; len];
+            server.read_exact(&mut got).await.expect("read");
+            (server, got)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_client_hello_goes_on_unchanged_then_bytes_flow_both_ways() {
+        let w = world().await;
+        let (mut client, _served) = w.connect().await;
+        let h = hello("a.com");
+        client.write_all(&h).await.expect("write");
+        let (mut server, got) = w.backend_reads(h.len()).await;
+        assert_eq!(got, h);
+        server.write_all(b"server hello").await.expect("write");
+        let mut answer = [0u8; 12];
+        client.read_exact(&mut answer).await.expect("read");
+        assert_eq!(&answer, b"server hello");
+    }
+
+    #[tokio::test]
+    async fn a_frozen_site_is_held_until_the_change_is_applied() {
+        let w = world().await;
+        let (mut client, _served) = w.connect().await;
+        let h = hello("frozen.com");
+        client.write_all(&h).await.expect("write");
+        w.wait_held(1).await;
+        let change = SiteChange {
+            record: SiteRecord {
+                host: Hostname::parse("frozen.com").expect("host"),
+                placement: Placement::Pool("web".into()),
+                state: SiteState::Active,
+                epoch: Epoch(2),
+            },
+            extras: None,
+        };
+        w.shared.apply_sites(vec![change]).expect("apply");
+        let (_server, got) = w.backend_reads(h.len()).await;
+        assert_eq!(got, h);
+        w.wait_held(0).await;
+        assert_eq!(w.shared.metrics.passthrough.held.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_held_client_that_hangs_up_stops_being_held() {
+        let w = world().await;
+        let (mut client, served) = w.connect().await;
+        client.write_all(&hello("frozen.com")).await.expect("write");
+        w.wait_held(1).await;
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("served ends")
+            .expect("task");
+        assert_eq!(w.shared.table.total_counters(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_name_is_closed() {
+        let w = world().await;
+        let (mut client, served) = w.connect().await;
+        client
+            .write_all(&hello("nowhere.com"))
+            .await
+            .expect("write");
+        served.await.expect("task");
+        let mut rest = Vec::new();
+        let n = client.read_to_end(&mut rest).await.unwrap_or(0);
+        assert_eq!(n, 0, "nothing sent back");
+    }
+}
