@@ -11,14 +11,10 @@ pub enum OrchError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// `migrate.toml` is invalid; 1-based line and column of the offending value.
-    #[error("{}:{line}:{column}: {message}", path.display())]
-    Config {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    /// `migrate.toml` is invalid: `file:line:column` of the offending value
+    /// (ferry-conf's positions).
+    #[error(transparent)]
+    Config(#[from] ferry_conf::Invalid),
     /// `plan.json` could not be read or is not a plan this version understands.
     #[error("plan {}: {message}", path.display())]
     Plan { path: PathBuf, message: String },
@@ -102,17 +98,6 @@ impl OrchError {
 }
 
 pub type Result<T, E = OrchError> = std::result::Result<T, E>;
-
-impl From<ferry_conf::Invalid> for OrchError {
-    fn from(e: ferry_conf::Invalid) -> OrchError {
-        OrchError::Config {
-            path: e.path,
-            line: e.line,
-            column: e.column,
-            message: e.message,
-        }
-    }
-}
 
 impl From<ferry_journal::Error> for OrchError {
     fn from(e: ferry_journal::Error) -> OrchError {

@@ -58,12 +58,12 @@ fn refused_at(text: &str, needle: &str, words: &str) {
         .expect("needle")
         + 1;
     match parse(text) {
-        Err(OrchError::Config {
+        Err(OrchError::Config(ferry_conf::Invalid {
             path,
             line,
             message,
             ..
-        }) => {
+        })) => {
             assert_eq!(path, Path::new("/etc/ferry/migrate.toml"));
             assert_eq!(line, want, "wrong line for {message:?}");
             assert!(message.contains(words), "{message:?} lacks {words:?}");
