@@ -402,6 +402,59 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     joined.map_err(|e| anyhow!("sync thread: {e}"))?
 }
 
+/// An event shown to a person: the progress bar, or a line per pass.
+fn show_event(e: &Event, bar: Option<&indicatif::ProgressBar>) {
+    match e {
+        Event::PassStarted { pass } => {
+            if let Some(b) = bar {
+                b.set_prefix(format!("pass {pass}"));
+                b.set_position(0);
+                b.set_length(0);
+                b.set_message("scanning");
+            }
+        }
+        Event::Planned {
+            changed_bytes,
+            changed_entries,
+            ..
+        } => {
+            if let Some(b) = bar {
+                b.set_length(*changed_bytes);
+                b.set_message(format!("{changed_entries} entries"));
+            }
+        }
+        Event::Progress { done_bytes, .. } => {
+            if let Some(b) = bar {
+                b.set_position(*done_bytes);
+            }
+        }
+        Event::PassFinished { summary } => {
+            let line = summary_line(summary);
+            match bar {
+                Some(b) => b.println(line),
+                None => println!("{line}"),
+            }
+        }
+        Event::Converged { reason, .. } => match bar {
+            Some(b) => b.println(reason),
+            None => println!("{reason}"),
+        },
+        Event::FullWalk { pass, reason } => {
+            let line = format!("pass {pass}: walking the whole tree: {reason}");
+            match bar {
+                Some(b) => b.println(line),
+                None => println!("{line}"),
+            }
+        }
+        Event::DestDown {
+            dest,
+            error,
+            retry_in_secs,
+        } => eprintln!("{dest}: {error}; retrying in {retry_in_secs:.1}s"),
+        Event::Scanned { .. } => {}
+    }
+}
+
 fn run_blocking(mut st: Settings, stop: &AtomicBool) -> Result<(), Failure> {
     let src = open(&st.src, Role::Source, &st)?;
     let follow_stats = Arc::new(FollowStats::default());
@@ -440,55 +493,7 @@ fn run_blocking(mut st: Settings, stop: &AtomicBool) -> Result<(), Failure> {
             }
             return;
         }
-        match e {
-            Event::PassStarted { pass } => {
-                if let Some(b) = &bar {
-                    b.set_prefix(format!("pass {pass}"));
-                    b.set_position(0);
-                    b.set_length(0);
-                    b.set_message("scanning");
-                }
-            }
-            Event::Planned {
-                changed_bytes,
-                changed_entries,
-                ..
-            } => {
-                if let Some(b) = &bar {
-                    b.set_length(*changed_bytes);
-                    b.set_message(format!("{changed_entries} entries"));
-                }
-            }
-            Event::Progress { done_bytes, .. } => {
-                if let Some(b) = &bar {
-                    b.set_position(*done_bytes);
-                }
-            }
-            Event::PassFinished { summary } => {
-                let line = summary_line(summary);
-                match &bar {
-                    Some(b) => b.println(line),
-                    None => println!("{line}"),
-                }
-            }
-            Event::Converged { reason, .. } => match &bar {
-                Some(b) => b.println(reason),
-                None => println!("{reason}"),
-            },
-            Event::FullWalk { pass, reason } => {
-                let line = format!("pass {pass}: walking the whole tree: {reason}");
-                match &bar {
-                    Some(b) => b.println(line),
-                    None => println!("{line}"),
-                }
-            }
-            Event::DestDown {
-                dest,
-                error,
-                retry_in_secs,
-            } => eprintln!("{dest}: {error}; retrying in {retry_in_secs:.1}s"),
-            Event::Scanned { .. } => {}
-        }
+        show_event(e, bar.as_ref());
     };
     if let Some(dests) = &st.follow {
         let r = run_follow(&st, src.source(), dests, stop, &on_event);

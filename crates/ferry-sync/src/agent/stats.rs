@@ -242,7 +242,13 @@ impl AgentStats {
     /// rate or an alert has a series before the first event.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        self.render_gauges(&mut out);
+        self.render_counters(&mut out);
+        self.render_labelled(&mut out);
+        out
+    }
+
+    fn render_gauges(&self, out: &mut String) {
         let gauges: [(&str, &str, u64); 4] = [
             (
                 "connections_open",
@@ -262,13 +268,17 @@ impl AgentStats {
             (
                 "last_session_end_timestamp_seconds",
                 "Unix time the last session ended (0: none since the start).",
-                load(&self.last_session_end),
+                self.last_session_end.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, v) in gauges {
-            metric(&mut out, name, "gauge", help);
+            metric(out, name, "gauge", help);
             let _ = writeln!(out, "ferry_agent_{name} {v}");
         }
+    }
+
+    fn render_counters(&self, out: &mut String) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let plain: [(&str, &str, &AtomicU64); 9] = [
             (
                 "sessions_accepted_total",
@@ -317,9 +327,13 @@ impl AgentStats {
             ),
         ];
         for (name, help, c) in plain {
-            metric(&mut out, name, "counter", help);
+            metric(out, name, "counter", help);
             let _ = writeln!(out, "ferry_agent_{name} {}", load(c));
         }
+    }
+
+    fn render_labelled(&self, out: &mut String) {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let labelled: [Labelled<'_>; 5] = [
             (
                 "sessions_refused_total",
@@ -358,12 +372,11 @@ impl AgentStats {
             ),
         ];
         for (name, help, label, values, counters) in labelled {
-            metric(&mut out, name, "counter", help);
+            metric(out, name, "counter", help);
             for (v, c) in values.iter().zip(counters) {
                 let _ = writeln!(out, "ferry_agent_{name}{{{label}=\"{v}\"}} {}", load(c));
             }
         }
-        out
     }
 }
 
