@@ -285,37 +285,10 @@ impl Proxy {
             );
         }
         // Bind new listeners first: if one cannot be bound, refuse the reload.
-        let current: HashMap<SocketAddr, ()> = self
-            .listeners
-            .lock()
-            .iter()
-            .map(|l| (l.configured, ()))
-            .collect();
-        let mut fresh = Vec::new();
-        for spec in &config.listeners {
-            if !current.contains_key(&spec.listen) {
-                fresh.push((listen::bind(spec.listen)?, spec.clone()));
-            }
-        }
+        let fresh = self.bind_new_listeners(&config)?;
         let prepared = self.tunnels.prepare(&config)?;
         let prepared_passthroughs = self.passthroughs.prepare(&config)?;
-        // The certificate directory is indexed again: files added or removed
-        // since the start are seen, as after an HAProxy reload.
-        // On the blocking pool: 100,000 files take a second or two, and with
-        // `--threads 1` the runtime thread is every connection's thread.
-        let tls_next = match config.tls.clone() {
-            Some(s) => {
-                let previous = self.tls.load_full();
-                let open = tokio::task::spawn_blocking(move || {
-                    tls::TlsState::open(&s, previous.as_deref())
-                });
-                match open.await {
-                    Ok(state) => Some(Arc::new(state?)),
-                    Err(e) => return Err(ProxyError::TlsIndexing(e.to_string())),
-                }
-            }
-            None => None,
-        };
+        let tls_next = self.reopen_tls(&config).await?;
         let tunnel_config = config.clone();
         let specs = config.listeners.clone();
         let report = match self.shared.reload(config) {
@@ -329,39 +302,7 @@ impl Proxy {
             }
         };
         self.tls.store(tls_next);
-        {
-            let mut listeners = self.listeners.lock();
-            listeners.retain(|l| {
-                let keep = specs.iter().find(|s| s.listen == l.configured);
-                match keep {
-                    Some(s) => {
-                        if s.max_connections != l.spec.load().max_connections {
-                            tracing::warn!(listen = %l.bound, "listener max_connections changes when the listener is bound again (restart, or remove and re-add it)");
-                        }
-                        l.spec.store(Arc::new(s.clone()));
-                        true
-                    }
-                    None => {
-                        tracing::info!(listen = %l.bound, "listener removed by reload");
-                        let _ = l.stop.send(true);
-                        false
-                    }
-                }
-            });
-            for (l, spec) in fresh {
-                let h = server::spawn_listener(
-                    Arc::clone(&self.shared),
-                    l,
-                    spec,
-                    self.shutdown.subscribe(),
-                    Arc::clone(&self.conns),
-                    Arc::clone(&self.tls),
-                    self.traffic_cap.clone(),
-                )?;
-                tracing::info!(listen = %h.bound, "listener added by reload");
-                listeners.push(h);
-            }
-        }
+        self.reconcile_listeners(&specs, fresh)?;
         self.tunnels
             .commit(prepared, &tunnel_config, &self.shutdown.subscribe());
         self.passthroughs.commit(
@@ -382,6 +323,86 @@ impl Proxy {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(?report, "configuration reloaded");
         Ok(report)
+    }
+
+    /// Binds the listeners `config` adds (a running one is kept by its
+    /// configured address).
+    fn bind_new_listeners(
+        &self,
+        config: &Config,
+    ) -> Result<Vec<(tokio::net::TcpListener, ferry_config::ListenerSpec)>, ProxyError> {
+        let current: HashMap<SocketAddr, ()> = self
+            .listeners
+            .lock()
+            .iter()
+            .map(|l| (l.configured, ()))
+            .collect();
+        let mut fresh = Vec::new();
+        for spec in &config.listeners {
+            if !current.contains_key(&spec.listen) {
+                fresh.push((listen::bind(spec.listen)?, spec.clone()));
+            }
+        }
+        Ok(fresh)
+    }
+
+    /// The certificate directory indexed again: files added or removed since
+    /// the start are seen, as after an HAProxy reload. On the blocking pool:
+    /// 100,000 files take a second or two, and with `--threads 1` the
+    /// runtime thread is every connection's thread.
+    async fn reopen_tls(&self, config: &Config) -> Result<Option<Arc<tls::TlsState>>, ProxyError> {
+        let Some(s) = config.tls.clone() else {
+            return Ok(None);
+        };
+        let previous = self.tls.load_full();
+        let open =
+            tokio::task::spawn_blocking(move || tls::TlsState::open(&s, previous.as_deref()));
+        match open.await {
+            Ok(state) => Ok(Some(Arc::new(state?))),
+            Err(e) => Err(ProxyError::TlsIndexing(e.to_string())),
+        }
+    }
+
+    /// Keeps the traffic listeners `specs` still has (with their new
+    /// settings), stops the others (open connections go on) and starts the
+    /// freshly bound ones.
+    fn reconcile_listeners(
+        &self,
+        specs: &[ferry_config::ListenerSpec],
+        fresh: Vec<(tokio::net::TcpListener, ferry_config::ListenerSpec)>,
+    ) -> Result<(), ProxyError> {
+        let mut listeners = self.listeners.lock();
+        listeners.retain(|l| {
+            let keep = specs.iter().find(|s| s.listen == l.configured);
+            match keep {
+                Some(s) => {
+                    if s.max_connections != l.spec.load().max_connections {
+                        tracing::warn!(listen = %l.bound, "listener max_connections changes when the listener is bound again (restart, or remove and re-add it)");
+                    }
+                    l.spec.store(Arc::new(s.clone()));
+                    true
+                }
+                None => {
+                    tracing::info!(listen = %l.bound, "listener removed by reload");
+                    let _ = l.stop.send(true);
+                    false
+                }
+            }
+        });
+        for (l, spec) in fresh {
+            let h = server::spawn_listener(
+                Arc::clone(&self.shared),
+                l,
+                spec,
+                self.shutdown.subscribe(),
+                Arc::clone(&self.conns),
+                Arc::clone(&self.tls),
+                self.traffic_cap.clone(),
+            )?;
+            tracing::info!(listen = %h.bound, "listener added by reload");
+            listeners.push(h);
+        }
+        Ok(())
     }
 
     /// Stops accepting, lets open connections finish for up to `grace`, then returns.
