@@ -146,10 +146,15 @@ pub(super) fn freezes(out: &mut String, s: &MigrationStatus, expected: &Expected
     out.push_str(
         "<p class=\"legend\"><span class=\"item\"><span class=\"key fz-flipped\"></span>freeze sent &rarr; \
          flip applied</span> <span class=\"item\"><span class=\"key fz-open\"></span>still frozen</span> \
-         <span class=\"item\"><span class=\"key fz-abandoned\"></span>abandoned</span> \
-         <span class=\"item\"><span class=\"key fz-over\"></span>longer than predicted</span> \
-         <span class=\"item\"><span class=\"key pred\"></span>the plan's prediction</span></p>\n</section>\n",
+         <span class=\"item\"><span class=\"key fz-abandoned\"></span>abandoned</span>",
     );
+    if rows.iter().any(|(_, _, p)| p.is_some()) {
+        out.push_str(
+            " <span class=\"item\"><span class=\"key fz-over\"></span>longer than predicted</span> \
+             <span class=\"item\"><span class=\"key pred\"></span>the plan's prediction</span>",
+        );
+    }
+    out.push_str("</p>\n</section>\n");
 }
 
 /// One night of the timeline: its units by lane.
