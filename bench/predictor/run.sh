@@ -114,15 +114,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 40000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return
-        fi
-    done
+# N distinct loopback ports free right now (bound together to port 0, then
+# released; a race with other programs is possible but would fail loudly).
+free_ports() {
+    python3 -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 }
 
 if [ -n "${FERRY_BIN:-}" ]; then
@@ -142,11 +141,8 @@ echo "versions: $versions"
 echo "machine: $(nproc --all) cores; router on core $proxy_core; upstream nginx, wrk (and the second router with --mix) on core $load_core"
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-upstream_ports="$(free_port),$(free_port),$(free_port),$(free_port)"
-port="$(free_port)"
-remote_port="$(free_port)"
-admin_port="$(free_port)"
-remote_admin_port="$(free_port)"
+read -r u1 u2 u3 u4 port remote_port admin_port remote_admin_port < <(free_ports 8)
+upstream_ports="$u1,$u2,$u3,$u4"
 
 echo "== generating $sites sites (ferry inventory generate, seed 1) and the configs"
 t_gen=$(date +%s.%N)
