@@ -2,7 +2,7 @@
 //!
 //! Each connection must prove it knows the pre-shared key (see [`crate::proto`])
 //! before it can name a volume; a read-only volume refuses every receiver
-//! operation. A session then runs the same [`LocalTree`] code as a local sync,
+//! operation. A session then runs the same [`LocalTree`](crate::LocalTree) code as a local sync,
 //! so the receiver's safety rules (validated paths, no write through a
 //! symlink, temporary file + rename) hold for remote writers too.
 //!

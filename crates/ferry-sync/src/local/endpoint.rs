@@ -91,7 +91,7 @@ impl Source for LocalTree {
         }
     }
 
-    /// Read relative to the file's open directory (see [`DirCache`]), into a
+    /// Read relative to the file's open directory (see `DirCache`), into a
     /// buffer one byte larger than the scanned size: no path walk, no fstat,
     /// and one read when the size is still the scanned one (a second read
     /// only to hear "end of file" is a sixth of reading a small file).

@@ -199,7 +199,7 @@ impl LocalTree {
         Ok(open)
     }
 
-    /// [`Source::read_small`] reading at most `max` bytes: a file larger
+    /// [`Source::read_small`](crate::Source::read_small) reading at most `max` bytes: a file larger
     /// than that is refused once `max` is passed, not read whole into memory
     /// (the agent answers a small read with one frame: a read-only session
     /// asking for a 10 GB file must not cost 10 GB).

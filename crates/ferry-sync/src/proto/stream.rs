@@ -16,7 +16,7 @@ pub fn read_msg(r: &mut impl Read) -> std::io::Result<Option<Result<Msg>>> {
 
 /// [`read_msg`] refusing frames longer than `max` (at most [`MAX_FRAME`])
 /// before reading or reserving anything for them: the agent reads the
-/// handshake with [`MAX_HANDSHAKE_FRAME`].
+/// handshake with [`MAX_HANDSHAKE_FRAME`](crate::limits::MAX_HANDSHAKE_FRAME).
 pub fn read_msg_max(r: &mut impl Read, max: usize) -> std::io::Result<Option<Result<Msg>>> {
     let max = max.min(MAX_FRAME);
     let mut len = [0u8; 4];
