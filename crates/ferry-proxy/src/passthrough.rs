@@ -39,7 +39,7 @@ use crate::client_hello::{Hello, HelloError, HelloParser};
 use crate::hold::{Hold, Unrouted};
 use crate::listen::{self, Cap};
 use crate::state::Shared;
-use crate::stats::{ListenerKind, PassthroughOutcome};
+use crate::stats::{ListenerKind, OpenGauge, PassthroughOutcome};
 use crate::{deadline, proxy_protocol, ProxyError};
 
 /// How long a refused client may take to close its side after ours, so the
@@ -206,14 +206,13 @@ async fn serve(shared: &Shared, spec: &PassthroughSpec, mut client: TcpStream, p
         }
     };
     stats.count(upstream.outcome);
-    stats.open.fetch_add(1, Ordering::Relaxed);
+    let _open = OpenGauge::enter(&stats.open);
     let _ = client.set_nodelay(true);
     let _ = upstream.stream.set_nodelay(true);
     // Half-closes are passed on; errors only end the splice.
     if deadline::splice(&mut client, &mut upstream.stream, spec.idle_timeout).await {
         stats.idle_closed.fetch_add(1, Ordering::Relaxed);
     }
-    stats.open.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Everything before the splice: the PROXY header, the ClientHello, the site,

@@ -294,3 +294,20 @@ impl TlsCounters {
         );
     }
 }
+
+/// One open connection counted on a gauge until dropped (so a connection
+/// whose task is cancelled is uncounted too).
+pub(crate) struct OpenGauge<'a>(&'a AtomicU64);
+
+impl<'a> OpenGauge<'a> {
+    pub fn enter(gauge: &'a AtomicU64) -> OpenGauge<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        OpenGauge(gauge)
+    }
+}
+
+impl Drop for OpenGauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

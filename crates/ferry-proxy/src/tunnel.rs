@@ -583,8 +583,7 @@ fn write_atomically(path: &Path, lines: &[String]) -> io::Result<()> {
 async fn serve(tunnel: &Tunnel, client: TcpStream, peer: SocketAddr, generation: &AtomicU64) {
     let stats = &tunnel.stats;
     stats.connections.fetch_add(1, Ordering::Relaxed);
-    stats.open.fetch_add(1, Ordering::Relaxed);
-    let _open = OpenGuard(&stats.open);
+    let _open = crate::stats::OpenGauge::enter(&stats.open);
     let spec = tunnel.spec.load_full();
     // Read once: a re-point (or the Galera check choosing another node)
     // later does not move this connection.
@@ -665,14 +664,6 @@ fn decide(watch: &Watch<'_>, verdict: Verdict) {
         Verdict::Refused(_) => stats.login(1),
         Verdict::Tls => stats.login(2),
         Verdict::Unobserved | Verdict::Pending => stats.login(3),
-    }
-}
-
-struct OpenGuard<'a>(&'a AtomicU64);
-
-impl Drop for OpenGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
