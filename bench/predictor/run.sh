@@ -35,7 +35,10 @@
 #            [--changes N]
 # Environment: FERRY_BIN (use this binary, no build), CARGO_TARGET_DIR (honoured
 # when building), BENCH_WARMUP (3s), NGINX_START_MAX (120: seconds nginx may take
-# to start with the map before it is given up).
+# to start with the map before it is given up), BENCH_NICE (0; as in
+# bench/proxy-vs-haproxy: non-zero runs everything the bench starts in its own
+# session with that niceness on its autogroup too; -10 makes other jobs on a
+# shared machine yield to the bench. Needs root).
 # Needs: haproxy nginx wrk curl python3 taskset.
 set -euo pipefail
 
@@ -50,6 +53,7 @@ ferry_sites=api
 changes=10
 warmup="${BENCH_WARMUP:-3s}"
 nginx_start_max="${NGINX_START_MAX:-120}"
+niceness="${BENCH_NICE:-0}"
 router_start_max=300
 proxy_core=0
 load_core=1
@@ -124,6 +128,20 @@ for s in socks:
 print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 }
 
+# Prefix of every process the bench starts, before `taskset -c CORE` (setsid,
+# nice and taskset all exec what they run, so `$!` is the process itself).
+if [ "$niceness" != 0 ]; then
+    prefix=(setsid nice -n "$niceness")
+else
+    prefix=()
+fi
+nice_session() {
+    [ "$niceness" != 0 ] || return 0
+    if [ -e "/proc/$1/autogroup" ] && ! echo "$niceness" >"/proc/$1/autogroup" 2>/dev/null; then
+        echo "run.sh: could not set the autogroup niceness of $1 (BENCH_NICE needs root)" >&2
+    fi
+}
+
 if [ -n "${FERRY_BIN:-}" ]; then
     ferry_bin="$FERRY_BIN"
 else
@@ -138,7 +156,7 @@ ferry_commit="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknow
 if [ -n "${FERRY_BIN:-}" ]; then ferry_commit="FERRY_BIN, tree at $ferry_commit"; fi
 versions="haproxy=$(first_line haproxy -v | awk '{print $3}') nginx=$(first_line nginx -v | sed 's|.*/||') ferry=$("$ferry_bin" --version | awk '{print $2}')($ferry_commit)"
 echo "versions: $versions"
-echo "machine: $(nproc --all) cores; router on core $proxy_core; upstream nginx, wrk (and the second router with --mix) on core $load_core"
+echo "machine: $(nproc --all) cores; router on core $proxy_core; upstream nginx, wrk (and the second router with --mix) on core $load_core; nice $niceness"
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 read -r u1 u2 u3 u4 port remote_port admin_port remote_admin_port < <(free_ports 8)
@@ -166,9 +184,10 @@ meta() { python3 -c "import json,sys; print(json.load(open('$w/meta.json'))[sys.
 late_host="$(meta late_host)"
 late_body="$(meta late_body)"
 
-taskset -c "$load_core" nginx -p "$w" -c "$w/upstream.conf" -e "$w/upstream-error.log" >"$w/upstream.out" 2>&1 &
+"${prefix[@]}" taskset -c "$load_core" nginx -p "$w" -c "$w/upstream.conf" -e "$w/upstream-error.log" >"$w/upstream.out" 2>&1 &
 upstream_pid=$!
 pids+=("$upstream_pid")
+nice_session "$upstream_pid"
 for p in ${upstream_ports//,/ }; do
     for i in $(seq 100); do
         curl -s --max-time 1 "http://127.0.0.1:$p/" >/dev/null 2>&1 && break
@@ -230,13 +249,14 @@ wait_body() {
 start() {
     local who="$1" core="$2" n="$4"
     case "$who" in
-    haproxy) taskset -c "$core" haproxy -db -f "$w/haproxy$n.cfg" >"$w/haproxy$n.out" 2>&1 & ;;
-    nginx) taskset -c "$core" nginx -p "$w" -c "$w/nginx$n.conf" -e "$w/nginx$n-error.log" >"$w/nginx$n.out" 2>&1 & ;;
-    ferry) taskset -c "$core" "$ferry_bin" --log-level warn proxy --threads 1 --config "$w/ferry$n.toml" \
+    haproxy) "${prefix[@]}" taskset -c "$core" haproxy -db -f "$w/haproxy$n.cfg" >"$w/haproxy$n.out" 2>&1 & ;;
+    nginx) "${prefix[@]}" taskset -c "$core" nginx -p "$w" -c "$w/nginx$n.conf" -e "$w/nginx$n-error.log" >"$w/nginx$n.out" 2>&1 & ;;
+    ferry) "${prefix[@]}" taskset -c "$core" "$ferry_bin" --log-level warn proxy --threads 1 --config "$w/ferry$n.toml" \
         >"$w/ferry$n.out" 2>&1 & ;;
     esac
     started_pid=$!
     pids+=("$started_pid")
+    nice_session "$started_pid"
     # A store file is the router's state: every start begins from the generated one.
 }
 
@@ -258,7 +278,7 @@ measure() {
         start "$who" "$load_core" "$remote_port" 2
         pid2="$started_pid"
         if [ "$who" = ferry ] && [[ "$ferry_sites" == api* ]]; then
-            taskset -c "$load_core" python3 "$here/load_sites.py" post "$w" "$remote_admin_port" --remote-router >/dev/null
+            "${prefix[@]}" taskset -c "$load_core" python3 "$here/load_sites.py" post "$w" "$remote_admin_port" --remote-router >/dev/null
         fi
         if ! wait_body "$(meta remote_host)" "$remote_port" "$(meta remote_body)" "$pid2" "$router_start_max"; then
             echo "run.sh: the second $who did not answer for $(meta remote_host)" >&2
@@ -273,9 +293,10 @@ measure() {
     pid="$started_pid"
     if [ "$who" = ferry ] && [[ "$ferry_sites" == api* ]]; then
         # The operator's load: batches posted as soon as the admin API listens.
-        taskset -c "$load_core" python3 "$here/load_sites.py" post "$w" "$admin_port" >"$w/loader.out" 2>&1 &
+        "${prefix[@]}" taskset -c "$load_core" python3 "$here/load_sites.py" post "$w" "$admin_port" >"$w/loader.out" 2>&1 &
         loader=$!
         pids+=("$loader")
+        nice_session "$loader"
     fi
     wait_body "$late_host" "$port" "$late_body" "$pid" "$max" || rc=$?
     t1="$(date +%s.%N)"
@@ -312,20 +333,25 @@ measure() {
             sleep 2
         fi
     fi
-    PRED_HOSTS="$w/hosts.txt" taskset -c "$load_core" wrk -t1 -c"$connections" -d"$warmup" \
+    PRED_HOSTS="$w/hosts.txt" "${prefix[@]}" taskset -c "$load_core" wrk -t1 -c"$connections" -d"$warmup" \
         -s "$here/hosts.lua" "http://127.0.0.1:$port/" >/dev/null
     c0="$(core_ticks "$proxy_core")"
     c1="$(core_ticks "$load_core")"
     ticks0="$(proc_ticks "$pid")"
     t0="$(date +%s.%N)"
     if [ "$mix" = 1 ]; then
-        PRED_CLOSE=1 PRED_SEED=2 PRED_HOSTS="$w/hosts.txt" taskset -c "$load_core" wrk -t1 -c"$close_connections" \
+        PRED_CLOSE=1 PRED_SEED=2 PRED_HOSTS="$w/hosts.txt" "${prefix[@]}" taskset -c "$load_core" wrk -t1 -c"$close_connections" \
             -d"$duration" --latency -s "$here/hosts.lua" "http://127.0.0.1:$port/" >"$out_close" &
         wrk_close=$!
         pids+=("$wrk_close")
+        nice_session "$wrk_close"
     fi
-    PRED_HOSTS="$w/hosts.txt" taskset -c "$load_core" wrk -t1 -c"$connections" -d"$duration" --latency \
-        -s "$here/hosts.lua" "http://127.0.0.1:$port/" >"$out"
+    PRED_HOSTS="$w/hosts.txt" "${prefix[@]}" taskset -c "$load_core" wrk -t1 -c"$connections" -d"$duration" --latency \
+        -s "$here/hosts.lua" "http://127.0.0.1:$port/" >"$out" &
+    local wrk_main=$!
+    pids+=("$wrk_main")
+    nice_session "$wrk_main"
+    wait "$wrk_main"
     [ -z "$wrk_close" ] || wait "$wrk_close"
     t1="$(date +%s.%N)"
     ticks1="$(proc_ticks "$pid")"
@@ -376,4 +402,4 @@ name=results
 python3 "$here/summarize.py" "$results_tsv" "$tmp" "$here/$name.json" \
     --sites "$sites" --mix "$mix" --rounds "$rounds" --duration "$duration" --warmup "$warmup" \
     --ferry-sites "$ferry_sites" --versions "$versions" --connections "$connections" \
-    --close-connections "$close_connections"
+    --close-connections "$close_connections" --nice "$niceness"

@@ -41,7 +41,7 @@ def main():
     ap.add_argument("tmp")
     ap.add_argument("out")
     for opt in ("--sites", "--mix", "--rounds", "--duration", "--warmup", "--ferry-sites",
-                "--versions", "--connections", "--close-connections"):
+                "--versions", "--connections", "--close-connections", "--nice"):
         ap.add_argument(opt)
     a = ap.parse_args()
     mix = a.mix == "1"
@@ -98,7 +98,8 @@ def main():
         "load": {"tool": "wrk -t1 --latency, hosts.lua (a random site's Host per request)",
                  "connections": int(a.connections),
                  "close_connections": int(a.close_connections) if mix else 0,
-                 "duration": a.duration, "warmup": a.warmup, "rounds": int(a.rounds)},
+                 "duration": a.duration, "warmup": a.warmup, "rounds": int(a.rounds),
+                 "nice": int(a.nice)},
         "figures": "medians over the rounds; memory in kB (Pss counts pages shared by nginx's "
                    "master and worker once); cpu_us_per_request = router utime+stime over the "
                    "run / requests of every wrk; change = PUT/set map/reload until a new "
