@@ -75,6 +75,15 @@ impl Http {
             })
     }
 
+    /// Sends `req` and returns the answer as it starts, its body still to
+    /// be read (for streamed answers such as an agent's command output).
+    pub async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        self.client.request(req).await.map_err(|e| error_chain(&e))
+    }
+
     /// One request whose answer body is at most `limit` bytes.
     pub(crate) async fn exchange(
         &self,

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ferry_admin_api::Http;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
 /// An agent to run commands on.
@@ -82,17 +81,14 @@ const CLIENT_GRACE: Duration = Duration::from_secs(15);
 
 #[derive(Clone)]
 pub struct ExecClient {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Http,
     token: String,
 }
 
 impl ExecClient {
     pub fn new(token: String) -> ExecClient {
-        let mut c = HttpConnector::new();
-        c.set_nodelay(true);
-        c.set_connect_timeout(Some(Duration::from_secs(3)));
         ExecClient {
-            http: Client::builder(TokioExecutor::new()).build(c),
+            http: Http::with_connect_timeout(Duration::from_secs(3)),
             token,
         }
     }
@@ -143,7 +139,7 @@ impl ExecClient {
             .map_err(|e| format!("{url}: {e}"))?;
         let resp = self
             .http
-            .request(req)
+            .send(req)
             .await
             .map_err(|e| format!("{}: cannot reach the agent: {e}", target.addr))?;
         let status = resp.status();
