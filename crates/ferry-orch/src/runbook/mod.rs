@@ -9,14 +9,14 @@
 //! idempotent (copies converge, verification reads, sends repeat).
 //!
 //! Layout: this file holds the [`Orchestrator`] (start, resume, the loop
-//! that picks each unit's next step); [`unit_run`] the context every step
-//! runs in ([`unit_run::UnitRun`]: the unit, where it stands, the attempt,
+//! that picks each unit's next step); `unit_run` the context every step
+//! runs in (`UnitRun`: the unit, where it stands, the attempt,
 //! whether the step is a replay, the epoch its begin recorded); one file per
 //! step (`prepare`, `pre_copy`, `window`, `freeze`, `abandon`, `final_copy`,
 //! `flip`, `unfreeze`, `post_check`, `done`) and per rollback before the
-//! flip (`rollback`); [`fencing`]: the changes sent to routers, epochs,
-//! changes owed by routers that were down; [`copy`]: the replicator's jobs;
-//! [`fingerprint`]: what the sites answer before and after; [`unit`]: a
+//! flip (`rollback`); `fencing`: the changes sent to routers, epochs,
+//! changes owed by routers that were down; `copy`: the replicator's jobs;
+//! `fingerprint`: what the sites answer before and after; `unit`: a
 //! plan unit as the runbook sees it in one direction.
 
 mod abandon;
