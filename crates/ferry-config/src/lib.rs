@@ -219,6 +219,65 @@ pub struct PoolSpec {
     pub servers: Vec<ServerSpec>,
     /// Path rules in the order written; the router picks the longest matching prefix.
     pub rules: Vec<PathRule>,
+    /// `[pool.scale]`: servers added at peaks and removed after.
+    pub scale: Option<ScaleSpec>,
+}
+
+/// `[pool.scale]`: when to add a server to a pool and when to remove one,
+/// and the provider's commands that do it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleSpec {
+    pub signal: ScaleSignal,
+    /// A server is added once the signal has stayed above this for `hold`.
+    pub add_above: SignalLevel,
+    /// A server is removed once the signal has stayed below this for `hold`
+    /// (below `add_above`: the gap between them is the hysteresis).
+    pub remove_below: SignalLevel,
+    pub hold: Duration,
+    /// No new decision for this long after an action ended.
+    pub cooldown: Duration,
+    /// Ready servers the policy keeps at least (it adds below this) ...
+    pub min_servers: u32,
+    /// ... and at most (it never adds above this).
+    pub max_servers: u32,
+    /// Argument vector run (never through a shell) to start one more server;
+    /// the server joins the pool itself (`ferry agent --join`).
+    pub add_command: Vec<String>,
+    /// Argument vector run after a server left the pool; `FERRY_POOL`,
+    /// `FERRY_SERVER` and `FERRY_ADDRESS` name it.
+    pub remove_command: Vec<String>,
+    /// A command still running after this is killed (its process group) and
+    /// counts as failed.
+    pub command_timeout: Duration,
+    /// How long a leaving server may take to finish its requests in flight
+    /// before it is deregistered anyway.
+    pub drain_timeout: Duration,
+}
+
+/// What a scale policy watches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ScaleSignal {
+    /// Requests in flight in the pool divided by its ready servers.
+    #[default]
+    InflightPerServer,
+}
+
+impl ScaleSignal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScaleSignal::InflightPerServer => "inflight_per_server",
+        }
+    }
+}
+
+/// A level of a scale signal, kept in thousandths so the config stays `Eq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SignalLevel(pub u64);
+
+impl SignalLevel {
+    pub fn get(self) -> f64 {
+        self.0 as f64 / 1000.0
+    }
 }
 
 /// How a pool spreads requests over the servers of its best healthy tier.

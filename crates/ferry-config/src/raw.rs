@@ -99,6 +99,24 @@ pub(crate) struct RawPool {
     pub servers: Vec<RawServer>,
     #[serde(default, rename = "rule")]
     pub rules: Vec<RawRule>,
+    pub scale: Option<RawScale>,
+}
+
+/// `[pool.scale]`: the pool's scale policy (checked in `check/scale.rs`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawScale {
+    pub signal: Option<S<String>>,
+    pub add_above: S<f64>,
+    pub remove_below: S<f64>,
+    pub hold: Option<S<String>>,
+    pub cooldown: Option<S<String>>,
+    pub min_servers: Option<S<i64>>,
+    pub max_servers: S<i64>,
+    pub add_command: S<Vec<String>>,
+    pub remove_command: S<Vec<String>>,
+    pub command_timeout: Option<S<String>>,
+    pub drain_timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

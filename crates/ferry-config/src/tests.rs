@@ -1118,3 +1118,110 @@ fn connection_caps_and_client_deadlines() {
         &["must be above 0"],
     );
 }
+
+const SCALED: &str = r#"
+[router]
+name = "dc1"
+
+[[listener]]
+listen = "127.0.0.1:8080"
+
+[[pool]]
+name = "web"
+
+[[pool.server]]
+name = "a"
+address = "127.0.0.1:8081"
+
+[[pool.server]]
+name = "b"
+address = "127.0.0.1:8082"
+
+[pool.scale]
+add_above = 8
+remove_below = 2.5
+hold = "20s"
+cooldown = "1m"
+max_servers = 6
+add_command = ["/usr/local/bin/add-front", "web"]
+remove_command = ["/usr/local/bin/remove-front"]
+command_timeout = "3m"
+"#;
+
+#[test]
+fn a_scale_policy_is_read_with_its_defaults() {
+    let cfg = ok(SCALED);
+    let s = cfg.pools[0].scale.as_ref().unwrap();
+    assert_eq!(s.signal, ScaleSignal::InflightPerServer);
+    assert_eq!(
+        (s.add_above, s.remove_below),
+        (SignalLevel(8000), SignalLevel(2500))
+    );
+    assert_eq!(
+        (s.hold, s.cooldown),
+        (Duration::from_secs(20), Duration::from_secs(60))
+    );
+    // min_servers defaults to the configured servers, which it never removes.
+    assert_eq!((s.min_servers, s.max_servers), (2, 6));
+    assert_eq!(s.add_command, ["/usr/local/bin/add-front", "web"]);
+    assert_eq!(s.remove_command, ["/usr/local/bin/remove-front"]);
+    assert_eq!(s.command_timeout, Duration::from_secs(180));
+    assert_eq!(s.drain_timeout, Duration::from_secs(60));
+    assert_eq!(ok(MINIMAL).pools[0].scale, None);
+}
+
+#[test]
+fn a_bad_scale_policy_is_refused_at_its_line() {
+    refused_at(
+        &SCALED.replace("remove_below = 2.5", "remove_below = 8"),
+        "remove_below = 8",
+        &[
+            "pool \"web\": scale",
+            "remove_below",
+            "must be below add_above",
+        ],
+    );
+    refused_at(
+        &SCALED.replace("max_servers = 6", "max_servers = 6\nmin_servers = 7"),
+        "max_servers = 6",
+        &["max_servers (6) is below min_servers (7)"],
+    );
+    refused_at(
+        &SCALED.replace(
+            "add_command = [\"/usr/local/bin/add-front\", \"web\"]",
+            "add_command = []",
+        ),
+        "add_command = []",
+        &["add_command is empty"],
+    );
+    refused_at(
+        &SCALED.replace("max_servers = 6", "max_servers = 6\nsignal = \"cpu\""),
+        "signal = \"cpu\"",
+        &["not built yet"],
+    );
+    refused_at(
+        &SCALED.replace("max_servers = 6", "max_servers = 6\nsignal = \"load\""),
+        "signal = \"load\"",
+        &["unknown"],
+    );
+    refused_at(
+        &SCALED.replace("add_above = 8", "add_above = -1"),
+        "add_above = -1",
+        &["add_above -1 is out of range"],
+    );
+    refused_at(
+        &SCALED.replace("\"3m\"", "\"0s\""),
+        "command_timeout",
+        &["must be above 0"],
+    );
+    refused_at(
+        &SCALED.replace("hold = \"20s\"", "hold = \"20s\"\nholdd = \"1s\""),
+        "holdd",
+        &["unknown field"],
+    );
+    refused_at(
+        &SCALED.replace("max_servers = 6", "max_servers = 0"),
+        "max_servers = 0",
+        &["out of range"],
+    );
+}

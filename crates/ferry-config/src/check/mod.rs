@@ -6,6 +6,7 @@ mod listeners;
 mod passthroughs;
 mod pools;
 mod router;
+mod scale;
 mod sites;
 mod tunnels;
 

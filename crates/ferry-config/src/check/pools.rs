@@ -85,6 +85,10 @@ impl Cx<'_> {
             passive_fall: p.passive_fall.unwrap_or(DEFAULT_PASSIVE_FALL),
             servers,
             rules: self.rules(&ctx, &p.rules, pool_names)?,
+            scale: match &p.scale {
+                Some(s) => Some(self.scale(&ctx, s, p.servers.len())?),
+                None => None,
+            },
         })
     }
 
