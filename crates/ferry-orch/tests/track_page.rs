@@ -410,7 +410,8 @@ async fn page_follows_status_changes_in_a_browser() {
     // Virtual time does not run while a request is open, so this browser
     // dumps its DOM only after the server ends the event stream (shutdown)
     // and the budget then runs out.
-    let browser = Browser::launch(&srv.url("/"), &["--virtual-time-budget=10000"]);
+    // Opened at U1's events, as from a link: they stay marked after the swap.
+    let browser = Browser::launch(&srv.url("/#events-U1"), &["--virtual-time-budget=10000"]);
     let t = srv.tracker.clone();
     wait_until(
         "the browser follows the event stream",
@@ -433,6 +434,12 @@ async fn page_follows_status_changes_in_a_browser() {
     // Replaced, not appended: one main, one row per unit.
     assert_eq!(dom.matches("id=\"migration\"").count(), 1);
     assert_eq!(dom.matches("id=\"unit-U1\"").count(), 1);
+    assert_eq!(
+        attr(tag_with_id(&dom, "events-U1"), "class"),
+        Some("unit-events targeted"),
+        "{dom}"
+    );
+    assert_eq!(dom.matches("targeted\"").count(), 1, "{dom}");
 }
 
 #[tokio::test]
