@@ -60,10 +60,17 @@ def main():
     for who, recs in rounds.items():
         s = {k: median([r[k] for r in recs]) for k in FIELDS}
         s["req_per_s_total"] = median([(r["req_per_s"] or 0) + (r["close_req_per_s"] or 0) for r in recs])
+        # Rounds where other processes took part of the router's core (it used
+        # less than 85 % of it while the core was >= 95 % busy): req/s and p99
+        # say more about the machine than about the router then.
+        s["contested_rounds"] = [r["round"] for r in recs
+                                 if (r["cpu_percent"] or 0) < 85 and (r["core0_busy_percent"] or 0) >= 95]
         s["rounds"] = recs
         change = os.path.join(a.tmp, f"change-{who}.json")
         if os.path.exists(change):
             s["change"] = json.load(open(change))
+            for k in ("median_ms", "command_median_ms"):
+                s["change"][k] = round(s["change"][k], 3)
         summary[who] = s
     for who in failed:
         summary.setdefault(who, {})["start_failed"] = True
