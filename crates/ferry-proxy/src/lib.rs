@@ -25,13 +25,12 @@ mod galera_pool;
 mod headers;
 mod health;
 mod hold;
-#[cfg(test)]
-mod layering;
 mod listen;
 mod metrics;
 mod mysql_handshake;
 mod passthrough;
 mod proxy_protocol;
+mod scale;
 mod server;
 mod settle;
 mod state;
@@ -121,6 +120,8 @@ pub struct Proxy {
     /// `[router] max_connections`: every traffic, passthrough and tunnel
     /// connection holds a slot (fixed at start).
     traffic_cap: listen::Cap,
+    /// `[pool.scale]` policies: their state, for the admin API and metrics.
+    scale: Arc<scale::Scaling>,
 }
 
 impl Proxy {
@@ -202,6 +203,8 @@ impl Proxy {
         }
         let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
         let health = health::spawn_checks(&shared);
+        let scale = Arc::new(scale::Scaling::default());
+        scale::spawn(Arc::clone(&shared), Arc::clone(&scale), shutdown_rx.clone());
         let proxy = Arc::new(Proxy {
             shared,
             listeners: Mutex::new(listeners),
@@ -214,6 +217,7 @@ impl Proxy {
             tls,
             reloading: tokio::sync::Mutex::new(()),
             traffic_cap,
+            scale,
         });
         if let Some(l) = admin_listener {
             admin::spawn(Arc::clone(&proxy), l, shutdown_rx);
@@ -422,3 +426,8 @@ impl Proxy {
         }
     }
 }
+
+// Last in the file: scripts/code-size.py reads a file up to its first
+// `#[cfg(test)] mod`.
+#[cfg(test)]
+mod layering;
