@@ -4,6 +4,7 @@
 //! checksums. Any difference fails the unit through the abandon path: the
 //! source untouched and writable again.
 
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::copy;
@@ -15,6 +16,23 @@ use crate::status::{Outcome, Step};
 
 /// Why the final copy cannot go on: the unit fails with it.
 type Mismatch = String;
+
+/// One job's last passes, as journaled.
+#[derive(Serialize)]
+struct Copied<'a> {
+    job: &'a str,
+    changed_entries: u64,
+    changed_bytes: u64,
+    /// What a second pass changed (none when the first changed nothing).
+    second_pass: Option<u64>,
+}
+
+/// One job's Merkle root (equal on both ends).
+#[derive(Serialize)]
+struct Root<'a> {
+    job: &'a str,
+    root: String,
+}
 
 impl UnitRun<'_> {
     pub(super) async fn final_copy(&self) -> Result<()> {
@@ -77,11 +95,11 @@ impl UnitRun<'_> {
             let (a, b) = copy::final_passes(job, cfg.copy.mode, &opts)
                 .await
                 .map_err(|e| e.to_string())?;
-            passes.push(json!({
-                "job": job.label,
-                "changed_entries": a.changed_entries,
-                "changed_bytes": a.changed_bytes,
-                "second_pass": b.map(|b| b.changed_entries),
+            passes.push(json!(Copied {
+                job: &job.label,
+                changed_entries: a.changed_entries,
+                changed_bytes: a.changed_bytes,
+                second_pass: b.map(|b| b.changed_entries),
             }));
         }
         Ok(passes)
@@ -103,7 +121,10 @@ impl UnitRun<'_> {
                     v.differing.join(", ")
                 ));
             }
-            roots.push(json!({"job": job.label, "root": v.root}));
+            roots.push(json!(Root {
+                job: &job.label,
+                root: v.root,
+            }));
         }
         Ok(roots)
     }

@@ -3,6 +3,7 @@
 //! the databases' first copy and catch-up. Not converging is advisory: the
 //! freeze goes on (and takes longer).
 
+use serde::Serialize;
 use serde_json::json;
 
 use super::copy;
@@ -11,6 +12,24 @@ use crate::dbmove;
 use crate::error::Result;
 use crate::event::StepDetail;
 use crate::status::{Outcome, Step};
+
+/// One job's pre-copy, as journaled.
+#[derive(Serialize)]
+struct Converged<'a> {
+    job: &'a str,
+    first_pass: FirstPass,
+    /// The first pass and the converging ones.
+    passes: usize,
+    ready: bool,
+    reason: &'a str,
+    predicted_final_s: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct FirstPass {
+    changed_entries: u64,
+    changed_bytes: u64,
+}
 
 impl UnitRun<'_> {
     pub(super) async fn pre_copy(&self) -> Result<()> {
@@ -37,13 +56,16 @@ impl UnitRun<'_> {
             match copy::converge(job, &o.cfg, &opts).await {
                 Ok(c) => {
                     all_ready &= c.ready;
-                    results.push(json!({
-                        "job": job.label,
-                        "first_pass": {"changed_entries": first.changed_entries, "changed_bytes": first.changed_bytes},
-                        "passes": c.passes.len() + 1,
-                        "ready": c.ready,
-                        "reason": c.reason,
-                        "predicted_final_s": c.passes.last().map(|p| p.predicted_final_secs),
+                    results.push(json!(Converged {
+                        job: &job.label,
+                        first_pass: FirstPass {
+                            changed_entries: first.changed_entries,
+                            changed_bytes: first.changed_bytes,
+                        },
+                        passes: c.passes.len() + 1,
+                        ready: c.ready,
+                        reason: &c.reason,
+                        predicted_final_s: c.passes.last().map(|p| p.predicted_final_secs),
                     }));
                 }
                 Err(e) => return self.fail(step, None, e.to_string()),

@@ -3,7 +3,8 @@
 //! learn them as served from the source), the database movers' checks, the
 //! sites' fingerprints taken for the post-check.
 
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::json;
 
 use super::fencing::site_changes;
 use super::unit_run::UnitRun;
@@ -12,6 +13,13 @@ use crate::error::Result;
 use crate::event::StepDetail;
 use crate::status::{Outcome, Step};
 use ferry_model::SiteState;
+
+/// Sites a router was taught (as served from the source).
+#[derive(Serialize)]
+struct Taught {
+    router: String,
+    sites: usize,
+}
 
 impl UnitRun<'_> {
     pub(super) async fn prepare(&self) -> Result<()> {
@@ -72,7 +80,7 @@ impl UnitRun<'_> {
     /// The source routers must already serve every site; the others learn
     /// them as served from the source, so traffic entering anywhere reaches
     /// it. Answers what was sent (per router), or why the unit fails.
-    async fn teach_routers(&self, epoch: u64) -> std::result::Result<Vec<Value>, String> {
+    async fn teach_routers(&self, epoch: u64) -> std::result::Result<Vec<Taught>, String> {
         let (o, u) = (self.orch, self.unit);
         let mut sent = Vec::new();
         for (name, res) in o.query_all(&o.routers, &u.sites).await {
@@ -107,7 +115,10 @@ impl UnitRun<'_> {
             }
             let changes = site_changes(&todo, &want, SiteState::Active, epoch);
             r.apply(&changes).await.map_err(|e| e.to_string())?;
-            sent.push(json!({"router": name, "sites": todo.len()}));
+            sent.push(Taught {
+                router: name,
+                sites: todo.len(),
+            });
         }
         Ok(sent)
     }
