@@ -1,6 +1,7 @@
 //! The plain HTTP/1.1 client under [`AdminClient`](crate::AdminClient), also
 //! used for requests through a router's traffic listener (the orchestrator's
-//! fingerprints, the fleet's health checks).
+//! fingerprints, the fleet's health checks) and for the fleet's calls to its
+//! agents' exec servers.
 
 use std::time::Duration;
 
