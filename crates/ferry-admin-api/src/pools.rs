@@ -21,16 +21,61 @@ pub struct Server {
 }
 
 /// A pool and its servers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Pool {
     pub name: String,
     /// The tier serving now; none when no server can serve.
     pub serving_tier: Option<u8>,
     pub servers: Vec<Server>,
+    /// The pool's scale policy and where it stands; absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<Scale>,
+}
+
+/// A pool's scale policy (`[pool.scale]`) and its last decision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Scale {
+    /// What the policy watches (`inflight_per_server`).
+    pub signal: String,
+    /// The signal over the last second.
+    pub value: f64,
+    pub add_above: f64,
+    pub remove_below: f64,
+    /// Servers taking traffic (state `ready`).
+    pub servers: u32,
+    /// Servers the policy wants (servers plus or minus the action in flight).
+    pub wanted: u32,
+    pub min_servers: u32,
+    pub max_servers: u32,
+    /// The last decision: `add`, `remove`, or why nothing is done (`steady`,
+    /// `holding`, `busy`, `cooldown`, `back_off`, `at_max`, `at_min`).
+    pub decision: String,
+    /// The action in flight (`add`, or `remove SERVER`), at most one.
+    pub in_flight: Option<String>,
+    /// Failed actions in a row (the back-off doubles with each).
+    pub failures: u32,
+    /// The last action that ended.
+    pub last_action: Option<ScaleAction>,
+}
+
+/// A scale action that ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleAction {
+    /// `add` or `remove`.
+    pub action: String,
+    /// The server removed (none for an add: the new server names itself
+    /// when it joins).
+    pub server: Option<String>,
+    /// `ok`, `failed`, `timeout`, `not_started`, `drain_timeout`.
+    pub result: String,
+    /// What happened, in words (exit status, error).
+    pub detail: String,
+    /// Seconds since it ended.
+    pub ended_secs_ago: u64,
 }
 
 /// The answer of `GET /v1/pools`, sorted by name.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PoolList {
     pub pools: Vec<Pool>,
 }

@@ -36,6 +36,11 @@ pub(super) fn list(proxy: &Proxy) -> Resp {
                         served: s.served(),
                     })
                     .collect(),
+                scale: pools.pools[n]
+                    .spec
+                    .scale
+                    .as_ref()
+                    .map(|policy| proxy.scale.view(&p.name, policy)),
             }
         })
         .collect();

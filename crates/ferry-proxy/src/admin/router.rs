@@ -45,6 +45,7 @@ pub(super) fn metrics(proxy: &Proxy) -> Resp {
     let shared = &proxy.shared;
     let mut out = String::with_capacity(8192);
     shared.metrics.render(&mut out);
+    proxy.scale.render(&mut out);
     let (held, in_flight) = shared.table.total_counters();
     let _ = writeln!(
         out,
