@@ -280,3 +280,92 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::net::TcpListener;
+
+    /// A keep-alive HTTP/1.1 server on loopback answering "ok"; counts the
+    /// connections it accepted.
+    async fn server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let svc = service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc),
+                );
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn get(up: &Upstream, affinity: &Affinity, addr: SocketAddr) -> String {
+        let req = Request::get("/")
+            .header(http::header::HOST, "a.com")
+            .body(Either::Right(Empty::new()))
+            .expect("request");
+        let resp = up
+            .send_affine(affinity, addr, req, Duration::from_secs(10))
+            .await
+            .expect("response");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_client_connection_keeps_its_upstream_connection() {
+        let (addr, accepted) = server().await;
+        let up = Upstream::new(Duration::from_secs(1));
+        let affinity = up.affinity();
+        for _ in 0..3 {
+            assert_eq!(get(&up, &affinity, addr).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_departed_client_leaves_its_connection_to_the_next() {
+        let (addr, accepted) = server().await;
+        let up = Upstream::new(Duration::from_secs(1));
+        let first = up.affinity();
+        assert_eq!(get(&up, &first, addr).await, "ok");
+        // Its client connection closed: the upstream connection goes idle.
+        drop(first);
+        let second = up.affinity();
+        assert_eq!(get(&up, &second, addr).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // Two clients at once need two connections.
+        let third = up.affinity();
+        assert_eq!(get(&up, &third, addr).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_a_connect_error() {
+        let addr = {
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let up = Upstream::new(Duration::from_secs(1));
+        let req = Request::get("/")
+            .header(http::header::HOST, "a.com")
+            .body(Either::Right(Empty::new()))
+            .expect("request");
+        let got = up
+            .send_affine(&up.affinity(), addr, req, Duration::from_secs(10))
+            .await;
+        assert!(matches!(got, Err(UpstreamError::Connect(_))), "{got:?}");
+    }
+}
