@@ -81,6 +81,7 @@ pub(super) async fn run(api: &AdminClient, out: &Out, cmd: PoolsCmd) -> Result<(
             let pools = api.pools().await.map_err(failure)?;
             let answer = PoolList { pools };
             out.print(&answer, |a| server_table(&a.pools));
+            print_scale(out, &answer.pools);
         }
         PoolsCmd::Servers { pool } => {
             let found: Vec<Pool> = api
@@ -97,6 +98,7 @@ pub(super) async fn run(api: &AdminClient, out: &Out, cmd: PoolsCmd) -> Result<(
                 )));
             };
             out.print(p, |p| server_table(std::slice::from_ref(p)));
+            print_scale(out, std::slice::from_ref(p));
         }
         PoolsCmd::Set {
             pool,
@@ -176,4 +178,62 @@ fn server_table(pools: &[Pool]) -> Table {
         }
     }
     t
+}
+
+/// Below the servers, the scale policies (`[pool.scale]`) and where they
+/// stand; in JSON they are the pools' `scale` field.
+fn print_scale(out: &Out, pools: &[Pool]) {
+    if out.json || pools.iter().all(|p| p.scale.is_none()) {
+        return;
+    }
+    let mut t = Table::new(&[
+        "POOL",
+        "SIGNAL",
+        "NOW",
+        "ADD>",
+        "REMOVE<",
+        "SERVERS",
+        "WANTED",
+        "MIN",
+        "MAX",
+        "DECISION",
+        "IN FLIGHT",
+        "LAST ACTION",
+    ]);
+    for p in pools {
+        let Some(s) = &p.scale else {
+            continue;
+        };
+        let last = s.last_action.as_ref().map(|a| {
+            let server = a
+                .server
+                .as_deref()
+                .map(|n| format!(" {n}"))
+                .unwrap_or_default();
+            format!(
+                "{}{server}: {} ({}s ago; {})",
+                a.action, a.result, a.ended_secs_ago, a.detail
+            )
+        });
+        let decision = if s.failures > 0 {
+            format!("{} ({} failed in a row)", s.decision, s.failures)
+        } else {
+            s.decision.clone()
+        };
+        t = t.row(vec![
+            p.name.clone(),
+            s.signal.clone(),
+            s.value.to_string(),
+            s.add_above.to_string(),
+            s.remove_below.to_string(),
+            s.servers.to_string(),
+            s.wanted.to_string(),
+            s.min_servers.to_string(),
+            s.max_servers.to_string(),
+            decision,
+            or_dash(s.in_flight.as_ref()),
+            or_dash(last),
+        ]);
+    }
+    print!("\n{t}");
 }
