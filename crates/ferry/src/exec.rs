@@ -126,6 +126,87 @@ pub struct JoinArgs {
     /// Longest wait for the server's requests to finish when leaving.
     #[arg(long, default_value = "30s")]
     leave_timeout: String,
+    /// Files first, traffic after: join drained, copy the site's files from
+    /// the pool's primary (`ferry://HOST:PORT/VOLUME`, a full sync with
+    /// deletions, then the Merkle verification) into --join-files-to, and
+    /// only then take traffic. A failed copy leaves the pool: a server whose
+    /// files are not verified never gets a request.
+    #[arg(long, requires_all = ["join", "join_files_to", "join_key_file"])]
+    join_files_from: Option<String>,
+    /// The document root the joining server serves from (created if missing).
+    #[arg(long, requires = "join_files_from")]
+    join_files_to: Option<PathBuf>,
+    /// The primary's agent key file (owner-only), for --join-files-from.
+    #[arg(long, requires = "join_files_from")]
+    join_key_file: Option<PathBuf>,
+}
+
+/// Where a joining server's files come from (`--join-files-from`).
+struct FilesFirst {
+    from: ferry_sync::Endpoint,
+    to: PathBuf,
+    key: [u8; 32],
+}
+
+impl JoinArgs {
+    /// The checked files-first settings, before anything joins.
+    fn files_first(&self) -> Result<Option<FilesFirst>, Failure> {
+        let (Some(from), Some(to), Some(key)) = (
+            &self.join_files_from,
+            &self.join_files_to,
+            &self.join_key_file,
+        ) else {
+            return Ok(None);
+        };
+        let from = match ferry_sync::Endpoint::parse(from) {
+            Ok(e @ ferry_sync::Endpoint::Remote { .. }) => e,
+            Ok(ferry_sync::Endpoint::Local(_)) => {
+                return Err(Failure::usage(anyhow!(
+                    "--join-files-from {from:?}: expected ferry://HOST:PORT/VOLUME"
+                )))
+            }
+            Err(e) => return Err(Failure::usage(anyhow!("--join-files-from: {e}"))),
+        };
+        let key =
+            ferry_sync::proto::read_key_file("--join-key-file", key).map_err(Failure::usage)?;
+        Ok(Some(FilesFirst {
+            from,
+            to: to.clone(),
+            key,
+        }))
+    }
+}
+
+/// A full copy of `f.from` into `f.to` (deletions included), proved equal by
+/// the Merkle verification; up to three passes if the source changes
+/// meanwhile. Blocking (ferry-sync's engine is synchronous).
+fn copy_files(f: &FilesFirst) -> anyhow::Result<String> {
+    use ferry_sync::{Endpoint, OpenOptions, Role, SyncOptions};
+    let opts = OpenOptions {
+        key: Some(f.key),
+        ..OpenOptions::default()
+    };
+    let src = f.from.open(Role::Source, &opts)?;
+    let dst = Endpoint::Local(f.to.clone()).open(Role::Dest, &opts)?;
+    let sync = SyncOptions {
+        delete: true,
+        ..SyncOptions::default()
+    };
+    let mut changed = 0;
+    for pass in 1..=3u32 {
+        let sum = ferry_sync::run_pass(src.source(), dst.dest(), &sync, pass, &|_| {})?;
+        changed += sum.changed_entries;
+        let v = ferry_sync::verify(src.source(), dst.dest(), 20)?;
+        if v.equal() {
+            return Ok(format!(
+                "{changed} entries copied in {pass} passes, verified equal"
+            ));
+        }
+        if pass == 3 {
+            anyhow::bail!("still different after 3 passes: {:?}", v.differing);
+        }
+    }
+    unreachable!("the loop returns by its third pass")
 }
 
 /// What the agent runs next to the sync server: the exec server and the
@@ -146,6 +227,7 @@ pub(crate) async fn start_extras(
     exec: Option<ExecConfig>,
     join: &JoinArgs,
 ) -> Result<Extras, Failure> {
+    let files_first = join.files_first()?;
     let exec = spawn_agent_server(exec).await?;
     let joined = match (&join.join, &join.join_name, join.join_address) {
         (Some(pool), Some(name), Some(address)) => {
@@ -167,16 +249,20 @@ pub(crate) async fn start_extras(
             }
             let http = ferry_orch::router::Http::new();
             for (i, r) in routers.iter().enumerate() {
-                let joined = ferry_fleet::routers::join(
-                    &http,
-                    r,
-                    pool,
-                    name,
-                    &address.to_string(),
-                    join.join_tier,
-                    join.join_weight,
-                )
-                .await;
+                let joined = if files_first.is_some() {
+                    join_drained(&http, r, pool, name, address, join).await
+                } else {
+                    ferry_fleet::routers::join(
+                        &http,
+                        r,
+                        pool,
+                        name,
+                        &address.to_string(),
+                        join.join_tier,
+                        join.join_weight,
+                    )
+                    .await
+                };
                 if let Err(e) = joined {
                     // Half a membership is worse than none: leave the
                     // routers already joined before giving up.
@@ -190,7 +276,47 @@ pub(crate) async fn start_extras(
                     }
                     return Err(Failure::from(e));
                 }
-                tracing::info!(router = %r.admin, %pool, %name, %address, tier = join.join_tier, "joined the pool");
+                tracing::info!(router = %r.admin, %pool, %name, %address, tier = join.join_tier, drained = files_first.is_some(), "joined the pool");
+            }
+            if let Some(f) = files_first {
+                let leave_all = |why: String| {
+                    let (http, routers) = (&http, &routers);
+                    async move {
+                        for r in routers {
+                            if let Err(e) =
+                                ferry_fleet::routers::leave(http, r, pool, name, leave_timeout)
+                                    .await
+                            {
+                                tracing::error!(error = %e, "leaving after {why}");
+                            }
+                        }
+                    }
+                };
+                tracing::info!(from = %f.from, to = %f.to.display(), "copying the site's files before taking traffic");
+                let copied = tokio::task::spawn_blocking(move || copy_files(&f)).await;
+                let done = match copied {
+                    Ok(Ok(done)) => done,
+                    Ok(Err(e)) => {
+                        leave_all("a failed copy".into()).await;
+                        return Err(Failure::from(e.context("files first: the copy failed, the server left the pool without taking traffic")));
+                    }
+                    Err(e) => {
+                        leave_all("a failed copy".into()).await;
+                        return Err(Failure::from(anyhow!(
+                            "files first: the copy task failed: {e}"
+                        )));
+                    }
+                };
+                tracing::info!(%done, "files verified");
+                for r in &routers {
+                    if let Err(e) =
+                        ferry_fleet::routers::set_server(&http, r, pool, name, "ready").await
+                    {
+                        leave_all("a failed ready".into()).await;
+                        return Err(Failure::from(e));
+                    }
+                    tracing::info!(router = %r.admin, %pool, %name, "files verified: taking traffic");
+                }
             }
             Some(Joined {
                 routers,
@@ -292,4 +418,37 @@ pub(crate) async fn serve_agent(
     tracing::info!("stopping");
     extras.stop().await;
     Ok(())
+}
+
+/// Joins `r`'s pool in state `drain` (no traffic until the files are
+/// verified); a membership left by an earlier run is drained too.
+async fn join_drained(
+    http: &ferry_orch::router::Http,
+    r: &ferry_fleet::runbook::Router,
+    pool: &str,
+    name: &str,
+    address: std::net::SocketAddr,
+    join: &JoinArgs,
+) -> Result<(), ferry_fleet::FleetError> {
+    use ferry_admin_api::pools::{NewServer, ServerState};
+    let client = ferry_admin_api::AdminClient::new(r.name.clone(), &r.admin, Some(&r.token))
+        .with_http(http.clone())
+        .with_timeout(std::time::Duration::from_secs(10));
+    let server = NewServer {
+        name: name.to_string(),
+        address,
+        tier: join.join_tier,
+        weight: join.join_weight,
+        state: ServerState::Drain,
+    };
+    match client.add_server(pool, &server).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_conflict() => {
+            ferry_fleet::routers::set_server(http, r, pool, name, "drain").await
+        }
+        Err(e) => Err(ferry_fleet::FleetError::Router {
+            router: e.router().to_string(),
+            message: e.detail(),
+        }),
+    }
 }
