@@ -151,6 +151,7 @@ impl Scaling {
             } else {
                 p.sum / f64::from(p.samples)
             };
+            let signal = round3(signal);
             p.sum = 0.0;
             p.samples = 0;
             p.signal = signal;

@@ -20,5 +20,6 @@ mod prometheus;
 mod remote;
 mod restart;
 mod routing;
+mod scale;
 mod tls;
 mod tunnel;
