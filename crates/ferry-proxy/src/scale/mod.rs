@@ -95,7 +95,7 @@ pub(crate) fn spawn(
             }
             scaling.sample(&shared);
             n = n.wrapping_add(1);
-            if n % SAMPLES_PER_DECISION == 0 {
+            if n.is_multiple_of(SAMPLES_PER_DECISION) {
                 scaling.decide(&shared, &scaling, Instant::now());
             }
         }

@@ -227,6 +227,7 @@ impl Drop for Extras {
                     let _ = Command::new("kill")
                         .arg("-KILL")
                         .arg(pid.to_string())
+                        .stderr(Stdio::null())
                         .status();
                 }
             }
