@@ -14,11 +14,12 @@ FN = re.compile(r"^\s*(pub(\([^)]*\))?\s+)?(const\s+)?(async\s+)?(unsafe\s+)?(ex
 
 
 def src_lines(path):
-    """Lines of a file up to its in-file test module."""
+    """Lines of a file up to its in-file test module (`#[cfg(test)] mod x {`;
+    a `mod x;` declaration is not a cut)."""
     with open(path, encoding="utf-8", errors="replace") as f:
         lines = f.read().split("\n")
     for i, line in enumerate(lines):
-        if line.strip() == "#[cfg(test)]" and i + 1 < len(lines) and lines[i + 1].lstrip().startswith("mod "):
+        if line.strip() == "#[cfg(test)]" and i + 1 < len(lines) and re.match(r"\s*(pub(\([^)]*\))?\s+)?mod \w+\s*\{", lines[i + 1]):
             return lines[:i]
     return lines
 

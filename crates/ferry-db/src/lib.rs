@@ -26,8 +26,6 @@ mod copy;
 mod endpoint;
 mod error;
 mod gtid;
-#[cfg(test)]
-mod layering;
 mod mover;
 mod preflight;
 mod replica;

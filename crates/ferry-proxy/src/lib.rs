@@ -429,5 +429,3 @@ impl Proxy {
 
 // Last in the file: scripts/code-size.py reads a file up to its first
 // `#[cfg(test)] mod`.
-#[cfg(test)]
-mod layering;

@@ -7,7 +7,6 @@ mod block;
 mod converge;
 mod limits;
 mod metrics;
-mod modules;
 mod proto_props;
 mod remote;
 mod roundtrip;
