@@ -9,6 +9,7 @@
 //! sorted as they always have.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -269,6 +270,31 @@ pub fn detail_line(d: &Detail) -> Option<String> {
         v => Some(v.to_string()),
     }
 }
+
+/// What a unit looks like in the run meta (what the status needs without the plan).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UnitMeta {
+    pub id: String,
+    pub night: Option<u32>,
+    pub sites: usize,
+    pub filers: Vec<String>,
+}
+
+/// The run row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunMeta {
+    pub config_text: String,
+    pub config_path: PathBuf,
+    pub plan_path: PathBuf,
+    pub plan_digest: String,
+    pub source: String,
+    pub destination: String,
+    pub started_at_ms: u64,
+    pub units: Vec<UnitMeta>,
+}
+
+/// A journaled event.
+pub type EventRecord = ferry_journal::Record<NewEvent>;
 
 #[cfg(test)]
 mod tests {

@@ -2,8 +2,7 @@
 //! meta and the events ([`fold`]), served by the tracking server and shown
 //! by `ferry migrate status`.
 
-use crate::event::Phase;
-use crate::journal::{EventRecord, RunMeta, UnitMeta};
+use crate::event::{EventRecord, Phase, RunMeta, UnitMeta};
 use crate::status::{
     Direction, MigrationStatus, Outcome, RunState, Step, StepRecord, UnitState, UnitStatus,
     WaveStatus,

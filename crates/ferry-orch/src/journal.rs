@@ -17,45 +17,21 @@
 
 use std::path::{Path, PathBuf};
 
-use ferry_journal::{Chain, Failpoints, Kind, Record, Steps};
+use ferry_journal::{Chain, Failpoints, Kind, Steps};
 use rusqlite::types::Value;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{OrchError, Result};
 use crate::status::{Direction, MigrationStatus, Outcome, Step};
 
-pub use crate::event::{detail_line, Detail, NewEvent, Note, Paid, Phase, StepDetail};
+pub use crate::event::{
+    detail_line, Detail, EventRecord, NewEvent, Note, Paid, Phase, RunMeta, StepDetail, UnitMeta,
+};
 pub use crate::fold::fold;
 
 pub use ferry_journal::now_ms;
 
 /// `PRAGMA user_version` of the schema this code writes.
 pub const SCHEMA_VERSION: i64 = 1;
-
-/// What a unit looks like in the run meta (what the status needs without the plan).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct UnitMeta {
-    pub id: String,
-    pub night: Option<u32>,
-    pub sites: usize,
-    pub filers: Vec<String>,
-}
-
-/// The run row.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RunMeta {
-    pub config_text: String,
-    pub config_path: PathBuf,
-    pub plan_path: PathBuf,
-    pub plan_digest: String,
-    pub source: String,
-    pub destination: String,
-    pub started_at_ms: u64,
-    pub units: Vec<UnitMeta>,
-}
-
-/// A journaled event.
-pub type EventRecord = Record<NewEvent>;
 
 fn text(v: &Value) -> Option<&str> {
     match v {

@@ -4,64 +4,27 @@
 
 use crate::config::MigrateConfig;
 use crate::error::{OrchError, Result};
-use ferry_sync::{Mode, PassSummary, SyncError, SyncOptions};
+use ferry_sync::{
+    Endpoint, EndpointTree, Mode, OpenOptions, PassSummary, Role, SyncError, SyncOptions,
+};
 
 use super::unit::Job;
 
-/// One end of a job, opened.
-enum JobEnd {
-    Local(Box<ferry_sync::LocalTree>),
-    Remote(ferry_sync::RemoteTree),
-}
-
-impl JobEnd {
-    /// Opens the job's source end, or (`to`) its destination end (a local
-    /// destination directory is created in file mode).
-    fn open(job: &Job, to: bool, mode: Mode) -> std::result::Result<JobEnd, SyncError> {
-        let s = if to { &job.to } else { &job.from };
-        match ferry_sync::Endpoint::parse(s)? {
-            ferry_sync::Endpoint::Local(p) => {
-                if to && mode == Mode::File {
-                    std::fs::create_dir_all(&p).map_err(|source| SyncError::Io {
-                        op: "create directory",
-                        path: p.clone(),
-                        source,
-                    })?;
-                }
-                Ok(JobEnd::Local(Box::new(ferry_sync::LocalTree::new(p))))
-            }
-            ferry_sync::Endpoint::Remote { host, port, volume } => {
-                let key = job
-                    .key
-                    .ok_or_else(|| SyncError::Auth(format!("no key for {host}")))?;
-                Ok(JobEnd::Remote(ferry_sync::RemoteTree::connect(
-                    &host, port, &volume, &key, to,
-                )?))
-            }
-        }
-    }
-
-    /// Both ends of a job.
-    fn open_both(job: &Job, mode: Mode) -> std::result::Result<(JobEnd, JobEnd), SyncError> {
-        Ok((
-            JobEnd::open(job, false, mode)?,
-            JobEnd::open(job, true, mode)?,
-        ))
-    }
-
-    fn source(&self) -> &dyn ferry_sync::Source {
-        match self {
-            JobEnd::Local(t) => t.as_ref(),
-            JobEnd::Remote(t) => t,
-        }
-    }
-
-    fn dest(&self) -> &dyn ferry_sync::Dest {
-        match self {
-            JobEnd::Local(t) => t.as_ref(),
-            JobEnd::Remote(t) => t,
-        }
-    }
+/// Opens both ends of a job through ferry-sync's one way of opening a side
+/// (a local destination directory is created in file mode; an agent's
+/// volume is connected with the job's key).
+fn open_both(
+    job: &Job,
+    mode: Mode,
+) -> std::result::Result<(EndpointTree, EndpointTree), SyncError> {
+    let opts = OpenOptions {
+        key: job.key,
+        mode,
+        ..OpenOptions::default()
+    };
+    let source = Endpoint::parse(&job.from)?.open(Role::Source, &opts)?;
+    let dest = Endpoint::parse(&job.to)?.open(Role::Dest, &opts)?;
+    Ok((source, dest))
 }
 
 /// The replicator's options for the runbook's copies.
@@ -78,8 +41,8 @@ pub(super) fn sync_opts(checksum: bool) -> SyncOptions {
 
 /// One pass of `mode`, numbered `n`.
 fn pass(
-    s: &JobEnd,
-    d: &JobEnd,
+    s: &EndpointTree,
+    d: &EndpointTree,
     o: &SyncOptions,
     mode: Mode,
     n: u32,
@@ -94,7 +57,7 @@ fn pass(
 pub(super) async fn first_pass(job: &Job, mode: Mode, opts: &SyncOptions) -> Result<PassSummary> {
     let (j, o) = (job.clone(), opts.clone());
     blocking(job, move || {
-        let (s, d) = JobEnd::open_both(&j, mode)?;
+        let (s, d) = open_both(&j, mode)?;
         pass(&s, &d, &o, mode, 1)
     })
     .await
@@ -113,7 +76,7 @@ pub(super) async fn converge(
     };
     let (j, o) = (job.clone(), opts.clone());
     blocking(job, move || {
-        let (s, d) = JobEnd::open_both(&j, mode)?;
+        let (s, d) = open_both(&j, mode)?;
         ferry_sync::converge(s.source(), d.dest(), &o, mode, &conv, &|_| {})
     })
     .await
@@ -129,7 +92,7 @@ pub(super) async fn final_passes(
 ) -> Result<(PassSummary, Option<PassSummary>)> {
     let (j, o) = (job.clone(), opts.clone());
     blocking(job, move || {
-        let (s, d) = JobEnd::open_both(&j, mode)?;
+        let (s, d) = open_both(&j, mode)?;
         let a = pass(&s, &d, &o, mode, 1)?;
         let b = if a.changed_entries > 0 || a.deleted > 0 {
             Some(pass(&s, &d, &o, mode, 2)?)
@@ -154,7 +117,7 @@ pub(super) struct Verified {
 pub(super) async fn verify(job: &Job, mode: Mode, block_size: u32) -> Result<Verified> {
     let j = job.clone();
     blocking(job, move || {
-        let (s, d) = JobEnd::open_both(&j, mode)?;
+        let (s, d) = open_both(&j, mode)?;
         Ok(match mode {
             Mode::File => {
                 let v = ferry_sync::verify(s.source(), d.dest(), 10)?;
