@@ -41,9 +41,9 @@ use crate::fleet_config::FleetConfig;
 use crate::journal::{Entry, Event, Journal, Phase, Update};
 use crate::routers::{self, SiteRecord};
 use crate::runbook::{HttpCheck, Runbook};
+use ferry_admin_api::Http;
 use ferry_journal::Steps;
 pub use ferry_journal::{Failpoints, KillMode, Outcome};
-use ferry_admin_api::Http;
 
 /// What a step does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -735,17 +735,20 @@ fn full_sync(
     key: &[u8; 32],
     checksum: bool,
 ) -> std::result::Result<Value, String> {
-    use ferry_sync::{Endpoint, RemoteTree, SyncOptions};
-    let open = |e: &str, write: bool| -> std::result::Result<RemoteTree, String> {
+    use ferry_sync::{Endpoint, OpenOptions, Role, SyncOptions};
+    let opts = OpenOptions {
+        key: Some(*key),
+        ..OpenOptions::default()
+    };
+    // Both sides are agents: a path here would be the runner's own disk.
+    let open = |e: &str, role: Role| -> std::result::Result<_, String> {
         match Endpoint::parse(e).map_err(|x| x.to_string())? {
-            Endpoint::Remote { host, port, volume } => {
-                RemoteTree::connect(&host, port, &volume, key, write).map_err(|x| x.to_string())
-            }
             Endpoint::Local(_) => Err(format!("{e}: not a ferry:// volume")),
+            remote => remote.open(role, &opts).map_err(|x| x.to_string()),
         }
     };
-    let s = open(src, false)?;
-    let d = open(dst, true)?;
+    let s = open(src, Role::Source)?;
+    let d = open(dst, Role::Dest)?;
     let opts = SyncOptions {
         delete: true,
         checksum,
@@ -754,9 +757,10 @@ fn full_sync(
     let mut changed = 0;
     let mut pass = 1u32;
     loop {
-        let sum = ferry_sync::run_pass(&s, &d, &opts, pass, &|_| {}).map_err(|e| e.to_string())?;
+        let sum = ferry_sync::run_pass(s.source(), d.dest(), &opts, pass, &|_| {})
+            .map_err(|e| e.to_string())?;
         changed += sum.changed_entries;
-        let v = ferry_sync::verify(&s, &d, 20).map_err(|e| e.to_string())?;
+        let v = ferry_sync::verify(s.source(), d.dest(), 20).map_err(|e| e.to_string())?;
         if v.equal() {
             return Ok(json!({"passes": pass, "changed_entries": changed, "verified": true}));
         }
