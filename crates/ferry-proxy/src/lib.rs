@@ -25,6 +25,7 @@ mod galera_pool;
 mod headers;
 mod health;
 mod hold;
+mod joined;
 mod listen;
 mod metrics;
 mod mysql_handshake;
@@ -295,6 +296,8 @@ impl Proxy {
         let tls_next = self.reopen_tls(&config).await?;
         let tunnel_config = config.clone();
         let specs = config.listeners.clone();
+        // Servers that joined at run time are in no config file: kept.
+        let joined = joined::runtime_servers(&self.shared);
         let report = match self.shared.reload(config) {
             Ok(r) => r,
             Err(e) => {
@@ -305,6 +308,7 @@ impl Proxy {
                 return Err(e);
             }
         };
+        joined::rejoin(&self.shared, joined);
         self.tls.store(tls_next);
         self.reconcile_listeners(&specs, fresh)?;
         self.tunnels
