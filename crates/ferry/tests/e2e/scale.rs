@@ -551,3 +551,56 @@ drain_timeout = "10s"
             .join("\n")
     );
 }
+
+/// Issue 22: a server that joined at run time used to be forgotten at the
+/// next reload. It is kept, with its state, and serves on.
+#[tokio::test]
+async fn a_server_that_joined_at_run_time_is_kept_across_a_reload() {
+    let dir = workdir();
+    let a = crate::support::Nginx::start("a");
+    let b = crate::support::Nginx::start("b");
+    let config = router_config("dc1", "")
+        + &pool("web", &[("a", a.addr())])
+        + &site("shop.test", "pool:web", "");
+    let router = Ferry::start(dir.path(), &config);
+    let admin = Admin::new(router.admin);
+    let (status, v) = admin
+        .post(
+            "/v1/pools/web/servers",
+            &serde_json::json!({"name": "b", "address": b.addr().to_string(), "state": "drain"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    for _ in 0..2 {
+        let (status, v) = admin.post("/v1/reload", &Value::Null).await;
+        assert_eq!(status, 200, "{v}");
+        let p = web(&admin).await;
+        let b_now = p["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "b")
+            .cloned();
+        let b_now = b_now.unwrap_or_else(|| panic!("b forgotten by the reload: {p}"));
+        assert_eq!(b_now["state"], "drain", "{p}");
+    }
+    // It still serves once made ready.
+    let (status, v) = admin
+        .put(
+            "/v1/pools/web/servers/b",
+            &serde_json::json!({"state": "ready"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let http = client::http1();
+    let mut from_b = 0;
+    for _ in 0..10 {
+        let r = client::get(&http, router.addr(), "shop.test", "/")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        from_b += usize::from(r.backend() == Some("b"));
+    }
+    assert!(from_b > 0, "b took no request after the reloads");
+    assert!(router.stderr().contains("kept across the reload"));
+}
