@@ -604,3 +604,78 @@ async fn a_server_that_joined_at_run_time_is_kept_across_a_reload() {
     assert!(from_b > 0, "b took no request after the reloads");
     assert!(router.stderr().contains("kept across the reload"));
 }
+
+/// A provider command that fails is retried after a doubling back-off,
+/// never in a tight loop; one that hangs is killed at its timeout. Both
+/// are counted and shown.
+#[tokio::test]
+async fn failing_and_hanging_commands_back_off_and_are_counted() {
+    let dir = workdir();
+    let d = dir.path();
+    let a = crate::support::Nginx::start("a");
+    let b = crate::support::Nginx::start("b");
+    let script = |name: &str, body: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p.display().to_string()
+    };
+    let fails = script(
+        "fails.sh",
+        &format!(
+            "date +%s.%N >> {}/attempts; echo no quota >&2; exit 7",
+            d.display()
+        ),
+    );
+    let hangs = script("hangs.sh", "exec sleep 30");
+    // min_servers 2 with one server: an add is due at once, every time.
+    let policy = |cmd: &str, timeout: &str| {
+        format!(
+            "\n[pool.scale]\nadd_above = 3\nremove_below = 1\nhold = \"1s\"\ncooldown = \"1s\"\nmin_servers = 2\nmax_servers = 3\nadd_command = [\"{cmd}\"]\nremove_command = [\"/bin/true\"]\ncommand_timeout = \"{timeout}\"\n"
+        )
+    };
+    let config = router_config("dc1", "")
+        + &pool("web", &[("a", a.addr())])
+        + &policy(&fails, "10s")
+        + &pool("slow", &[("b", b.addr())])
+        + &policy(&hangs, "500ms")
+        + &site("shop.test", "pool:web", "");
+    let router = Ferry::start(d, &config);
+    let admin = Admin::new(router.admin);
+    // Watch for 9 s: attempts at about 1 s, then 2 s and 4 s later (at
+    // most 4, whatever the timing); a tight loop would make hundreds.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let attempts = std::fs::read_to_string(d.join("attempts")).unwrap_or_default();
+    let times: Vec<f64> = attempts.lines().filter_map(|l| l.parse().ok()).collect();
+    assert!((2..=4).contains(&times.len()), "attempts: {attempts}");
+    for w in times.windows(2) {
+        assert!(
+            w[1] - w[0] >= 1.9,
+            "retried after {:.2} s: {attempts}",
+            w[1] - w[0]
+        );
+    }
+    let m = admin.metrics().await;
+    let failed = metric(
+        &m,
+        "ferry_scale_actions_total{pool=\"web\",action=\"add\",result=\"failed\"}",
+    );
+    assert_eq!(failed, Some(times.len() as f64), "{m}");
+    let timeouts = metric(
+        &m,
+        "ferry_scale_actions_total{pool=\"slow\",action=\"add\",result=\"timeout\"}",
+    );
+    assert!(timeouts.is_some_and(|n| n >= 1.0), "{m}");
+    let p = web(&admin).await;
+    let s = &p["scale"];
+    assert_eq!(s["failures"].as_u64(), Some(times.len() as u64), "{p}");
+    assert_eq!(s["last_action"]["result"], "failed", "{p}");
+    assert_eq!(s["last_action"]["detail"], "exit 7", "{p}");
+    let log = router.stderr();
+    assert!(log.contains("scale action failed"), "{log}");
+    assert!(
+        log.contains("no quota"),
+        "the command's stderr is in the log: {log}"
+    );
+}
