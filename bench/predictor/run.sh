@@ -399,6 +399,8 @@ done
 name=results
 [ "$mix" = 1 ] && name=results-mix
 [ "$sites" = 1000000 ] || name="$name-$sites"
+[ "$ferry_sites" = api ] || name="$name-$ferry_sites"
+[ "$contenders" = "haproxy nginx ferry" ] || name="$name-${contenders// /-}"
 python3 "$here/summarize.py" "$results_tsv" "$tmp" "$here/$name.json" \
     --sites "$sites" --mix "$mix" --rounds "$rounds" --duration "$duration" --warmup "$warmup" \
     --ferry-sites "$ferry_sites" --versions "$versions" --connections "$connections" \
