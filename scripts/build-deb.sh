@@ -31,7 +31,8 @@ while [ $# -gt 0 ]; do
 done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferry-target}"
 if [ -z "$binary" ]; then
-  cargo build --release -p ferry --bins >&2
+  # The package is what providers run: the etcd control plane is in it.
+  cargo build --release -p ferry --bins --features etcd >&2
   binary="$CARGO_TARGET_DIR/release/ferry"
 fi
 out="${out:-$CARGO_TARGET_DIR/debian}"

@@ -45,7 +45,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferry-target}"
 # The etcd backend of ferry-store is a cargo feature (its client needs protoc to
 # build); the tests run with it, and both commands name it so the binaries are
 # built once. CI's workspace clippy does not enable it: lint it here.
-features=(--features ferry-store/etcd)
-cargo clippy -p ferry-store --all-targets "${features[@]}" -- -D warnings
+features=(--features ferry-store/etcd,ferry/etcd)
+cargo clippy -p ferry-store --all-targets --features etcd -- -D warnings
 cargo build --workspace --bins "${features[@]}"
 cargo test --workspace "${features[@]}" "$@"
