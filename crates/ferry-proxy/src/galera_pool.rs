@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use ferry_admin_api::tunnels::{Galera, GaleraNode};
 use ferry_config::GaleraCheck;
 use parking_lot::Mutex;
-use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::galera;
@@ -63,24 +63,22 @@ impl GaleraPool {
         self.chosen.load_full()
     }
 
-    pub fn json(&self) -> Value {
-        let nodes: Vec<Value> = self
-            .nodes
-            .lock()
-            .iter()
-            .map(|n| {
-                json!({
-                    "addr": n.addr,
-                    "usable": n.usable,
-                    "state": n.state,
-                    "checked_ms_ago": n.checked.elapsed().as_millis() as u64,
+    /// The check as the admin API shows it (a tunnel's `galera`).
+    pub fn view(&self) -> Galera {
+        Galera {
+            chosen: self.chosen.load().as_deref().cloned(),
+            nodes: self
+                .nodes
+                .lock()
+                .iter()
+                .map(|n| GaleraNode {
+                    addr: n.addr.clone(),
+                    usable: n.usable,
+                    state: n.state.clone(),
+                    checked_ms_ago: n.checked.elapsed().as_millis() as u64,
                 })
-            })
-            .collect();
-        json!({
-            "chosen": self.chosen.load().as_deref().map(String::as_str),
-            "nodes": nodes,
-        })
+                .collect(),
+        }
     }
 
     pub fn node_states(&self) -> Vec<NodeHealth> {
@@ -187,7 +185,45 @@ fn encode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::encode;
+    use super::*;
+
+    /// The answer keeps the fields and values routers have always sent.
+    #[test]
+    fn the_admin_view_keeps_its_wire_shape() {
+        let pool = GaleraPool::new();
+        assert_eq!(
+            serde_json::to_value(pool.view()).unwrap(),
+            serde_json::json!({"chosen": null, "nodes": []})
+        );
+        let checked = Instant::now() - Duration::from_secs(5);
+        *pool.nodes.lock() = vec![
+            NodeHealth {
+                addr: "a:1".into(),
+                usable: false,
+                state: "Donor/Desynced (Primary, 3)".into(),
+                checked,
+            },
+            NodeHealth {
+                addr: "b:1".into(),
+                usable: true,
+                state: "Synced (Primary, 3)".into(),
+                checked,
+            },
+        ];
+        pool.chosen.store(Some(Arc::new("b:1".into())));
+        let mut view = serde_json::to_value(pool.view()).unwrap();
+        for node in view["nodes"].as_array_mut().unwrap() {
+            let ago = node["checked_ms_ago"].take().as_u64().unwrap();
+            assert!((5_000..60_000).contains(&ago), "{ago}");
+        }
+        assert_eq!(
+            view,
+            serde_json::json!({"chosen": "b:1", "nodes": [
+                {"addr": "a:1", "usable": false, "state": "Donor/Desynced (Primary, 3)", "checked_ms_ago": null},
+                {"addr": "b:1", "usable": true, "state": "Synced (Primary, 3)", "checked_ms_ago": null},
+            ]})
+        );
+    }
 
     #[test]
     fn credentials_are_url_safe() {

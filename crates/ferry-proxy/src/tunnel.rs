@@ -21,9 +21,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use ferry_admin_api::tunnels as api;
 use ferry_config::{Config, TunnelSpec};
 use parking_lot::Mutex;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -135,51 +136,57 @@ impl Tunnel {
         *slot = Some((pool, stop));
     }
 
-    pub fn json(&self) -> Value {
+    /// The tunnel as the admin API shows it (`GET /v1/tunnels/{tunnel}`).
+    pub fn view(&self) -> api::Tunnel {
         let spec = self.spec.load();
         let s = &self.stats;
-        let logins: serde_json::Map<String, Value> = OUTCOMES
-            .iter()
-            .zip(&s.logins)
-            .map(|(k, v)| ((*k).to_string(), json!(v.load(Ordering::Relaxed))))
-            .collect();
-        json!({
-            "name": spec.name,
-            "listen": self.bound().map(|a| a.to_string()),
-            "upstream": self.upstream.load().as_str(),
-            "configured_upstream": spec.upstream,
-            "server": spec.server,
-            "observe": spec.observe,
-            "connections_total": s.connections.load(Ordering::Relaxed),
-            "open_connections": s.open.load(Ordering::Relaxed),
-            "connect_failures": s.connect_failures.load(Ordering::Relaxed),
-            "bytes_to_upstream": s.bytes_to_upstream.load(Ordering::Relaxed),
-            "bytes_to_client": s.bytes_to_client.load(Ordering::Relaxed),
-            "idle_closed": s.idle_closed.load(Ordering::Relaxed),
-            "no_usable_node": s.no_usable_node.load(Ordering::Relaxed),
-            "logins": logins,
-            "galera": self.galera_pool().map(|p| p.json()),
-        })
+        api::Tunnel {
+            name: spec.name.clone(),
+            listen: self.bound().map(|a| a.to_string()),
+            upstream: self.upstream.load().to_string(),
+            configured_upstream: spec.upstream.clone(),
+            server: spec.server.clone(),
+            observe: spec.observe,
+            connections_total: s.connections.load(Ordering::Relaxed),
+            open_connections: s.open.load(Ordering::Relaxed),
+            connect_failures: s.connect_failures.load(Ordering::Relaxed),
+            bytes_to_upstream: s.bytes_to_upstream.load(Ordering::Relaxed),
+            bytes_to_client: s.bytes_to_client.load(Ordering::Relaxed),
+            idle_closed: s.idle_closed.load(Ordering::Relaxed),
+            no_usable_node: s.no_usable_node.load(Ordering::Relaxed),
+            logins: OUTCOMES
+                .iter()
+                .zip(&s.logins)
+                .map(|(k, v)| ((*k).to_string(), v.load(Ordering::Relaxed)))
+                .collect(),
+            galera: self.galera_pool().map(|p| p.view()),
+        }
     }
 
-    /// Every (client, user, database) seen, with its count of accepted logins.
-    pub fn uses_json(&self) -> Value {
-        let uses = self.uses.lock();
-        let mut out = Vec::new();
-        for (client, users) in uses.iter() {
-            for (user, dbs) in users {
-                for (db, n) in dbs {
-                    out.push(json!({
-                        "client": client.to_string(),
-                        "user": user,
-                        "database": db,
-                        "connections": n,
-                    }));
-                }
-            }
-        }
+    /// Every (client, user, database) seen, with its count of accepted
+    /// logins (`GET /v1/tunnels/{tunnel}/uses`).
+    pub fn uses_view(&self) -> api::TunnelUses {
+        let uses = self
+            .uses
+            .lock()
+            .iter()
+            .flat_map(|(client, users)| {
+                users.iter().flat_map(move |(user, dbs)| {
+                    dbs.iter().map(move |(database, n)| api::TunnelUse {
+                        client: client.to_string(),
+                        user: user.clone(),
+                        database: database.clone(),
+                        connections: *n,
+                    })
+                })
+            })
+            .collect();
         let spec = self.spec.load();
-        json!({ "tunnel": spec.name, "server": spec.server, "uses": out })
+        api::TunnelUses {
+            tunnel: spec.name.clone(),
+            server: spec.server.clone(),
+            uses,
+        }
     }
 
     /// Distinct (`database@server`, client) of accepted logins that named a database.
@@ -521,13 +528,8 @@ fn read_uses_file(path: &Path) -> Vec<(String, String)> {
         return Vec::new();
     };
     text.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| {
-            Some((
-                v.get("database")?.as_str()?.to_string(),
-                v.get("client")?.as_str()?.to_string(),
-            ))
-        })
+        .filter_map(|l| serde_json::from_str::<api::ObservedUse>(l).ok())
+        .map(|u| (u.database, u.client))
         .collect()
 }
 
@@ -741,5 +743,84 @@ impl AsyncWrite for Tap<'_> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tunnel() -> Tunnel {
+        let spec = TunnelSpec {
+            name: "sql002".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream: "10.0.0.1:3306".into(),
+            server: "sql002-1".into(),
+            observe: true,
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            galera: None,
+        };
+        let t = Tunnel {
+            spec: ArcSwap::from_pointee(spec),
+            upstream: ArcSwap::from_pointee("10.0.0.2:3306".to_string()),
+            stats: TunnelStats::default(),
+            uses: Mutex::new(BTreeMap::new()),
+            accept: Mutex::new(None),
+            galera: Mutex::new(None),
+        };
+        t.stats.connections.store(7, Ordering::Relaxed);
+        t.stats.open.store(2, Ordering::Relaxed);
+        t.stats.bytes_to_client.store(900, Ordering::Relaxed);
+        t.stats.no_usable_node.store(1, Ordering::Relaxed);
+        t.stats.login(0);
+        t.stats.login(0);
+        t.stats.login(3);
+        for (client, user, db) in [
+            ("127.0.0.1", "app", None),
+            ("127.0.0.1", "app", Some("shopdb")),
+            ("10.9.9.9", "report", Some("blogdb")),
+            ("127.0.0.1", "app", Some("shopdb")),
+        ] {
+            t.record(
+                client.parse().unwrap(),
+                Login {
+                    user: user.into(),
+                    database: db.map(str::to_string),
+                },
+            );
+        }
+        t
+    }
+
+    /// The answers keep the fields and values routers have always sent.
+    #[test]
+    fn the_admin_views_keep_their_wire_shape() {
+        let t = tunnel();
+        let (stop, _stop_rx) = watch::channel(false);
+        *t.galera.lock() = Some((GaleraPool::new(), stop));
+        assert_eq!(
+            serde_json::to_value(t.view()).unwrap(),
+            json!({
+                "name": "sql002", "listen": null, "upstream": "10.0.0.2:3306",
+                "configured_upstream": "10.0.0.1:3306", "server": "sql002-1",
+                "observe": true, "connections_total": 7, "open_connections": 2,
+                "connect_failures": 0, "bytes_to_upstream": 0, "bytes_to_client": 900,
+                "idle_closed": 0, "no_usable_node": 1,
+                "logins": {"accepted": 2, "refused": 0, "tls": 0, "unobserved": 1, "off": 0},
+                "galera": {"chosen": null, "nodes": []},
+            })
+        );
+        assert_eq!(
+            serde_json::to_value(t.uses_view()).unwrap(),
+            json!({
+                "tunnel": "sql002", "server": "sql002-1",
+                "uses": [
+                    {"client": "10.9.9.9", "user": "report", "database": "blogdb", "connections": 1},
+                    {"client": "127.0.0.1", "user": "app", "database": null, "connections": 1},
+                    {"client": "127.0.0.1", "user": "app", "database": "shopdb", "connections": 2},
+                ],
+            })
+        );
     }
 }

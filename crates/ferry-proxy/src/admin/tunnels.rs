@@ -2,26 +2,26 @@
 
 use std::sync::Arc;
 
-use ferry_admin_api::tunnels::{ObservedUse, UsesExport};
+use ferry_admin_api::tunnels::{ObservedUse, TunnelList, UsesExport};
 use http::StatusCode;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{error, ok, percent_decode, Resp};
 use crate::tunnel::Tunnel;
 use crate::Proxy;
 
 pub(super) fn list(proxy: &Proxy) -> Resp {
-    let tunnels: Vec<Value> = proxy.tunnels.all().iter().map(|t| t.json()).collect();
-    ok(&json!({ "tunnels": tunnels }))
+    let tunnels = proxy.tunnels.all().iter().map(|t| t.view()).collect();
+    ok(&TunnelList { tunnels })
 }
 
 pub(super) fn get(proxy: &Proxy, raw: &str) -> Resp {
-    with_tunnel(proxy, raw, |t| ok(&t.json()))
+    with_tunnel(proxy, raw, |t| ok(&t.view()))
 }
 
 pub(super) fn uses(proxy: &Proxy, raw: &str) -> Resp {
-    with_tunnel(proxy, raw, |t| ok(&t.uses_json()))
+    with_tunnel(proxy, raw, |t| ok(&t.uses_view()))
 }
 
 fn with_tunnel(proxy: &Proxy, raw: &str, f: impl FnOnce(&Tunnel) -> Resp) -> Resp {
@@ -76,7 +76,7 @@ pub(super) fn repoint(proxy: &Proxy, raw: &str, body: &[u8]) -> Resp {
         }
         let old = t.upstream.swap(Arc::new(upstream.clone()));
         tracing::info!(tunnel = %t.spec.load().name, from = %old, to = %upstream, "tunnel re-pointed");
-        ok(&t.json())
+        ok(&t.view())
     })
 }
 
