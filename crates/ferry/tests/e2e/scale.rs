@@ -679,3 +679,71 @@ async fn failing_and_hanging_commands_back_off_and_are_counted() {
         "the command's stderr is in the log: {log}"
     );
 }
+
+/// Files first: a joining server whose copy fails never takes a request;
+/// it leaves the pool and its agent exits with the error.
+#[tokio::test]
+async fn a_server_whose_copy_fails_never_gets_traffic() {
+    let dir = workdir();
+    let d = dir.path();
+    let a = crate::support::Nginx::start("a");
+    let x = crate::support::Nginx::start("x");
+    let config = router_config("dc1", "")
+        + &pool("web", &[("a", a.addr())])
+        + &site("shop.test", "pool:web", "");
+    let router = Ferry::start(d, &config);
+    let admin = Admin::new(router.admin);
+    std::fs::write(d.join("key"), "campaign-sync-key-0123456789").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.join("key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Nothing listens there: the copy cannot even start.
+    let nowhere = free_port();
+    let http = client::http1();
+    let out = tokio::process::Command::new(FERRY)
+        .args([
+            "agent",
+            "--join",
+            "web",
+            "--join-name",
+            "x",
+            "--join-address",
+        ])
+        .arg(x.addr().to_string())
+        .arg("--router")
+        .arg(format!("http://{}", router.admin))
+        .args(["--router-token", TOKEN, "--join-files-from"])
+        .arg(format!("ferry://127.0.0.1:{nowhere}/site"))
+        .arg("--join-files-to")
+        .arg(d.join("root"))
+        .arg("--join-key-file")
+        .arg(d.join("key"))
+        .stdin(Stdio::null())
+        .output();
+    // Traffic all along the attempt.
+    let traffic = async {
+        let mut n = 0;
+        for _ in 0..50 {
+            let r = client::get(&http, router.addr(), "shop.test", "/")
+                .await
+                .unwrap();
+            assert_eq!((r.status, r.backend()), (200, Some("a")));
+            n += 1;
+        }
+        n
+    };
+    let (out, n) = tokio::join!(tokio::time::timeout(Duration::from_secs(60), out), traffic);
+    let out = out.expect("the agent gave up within 60 s").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("files first"), "{stderr}");
+    assert_eq!(n, 50);
+    assert!(x.requests().is_empty(), "x served: {:?}", x.requests());
+    let p = web(&admin).await;
+    let names: Vec<&str> = p["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a"], "x is still in the pool: {p}");
+}
