@@ -273,7 +273,29 @@ pub fn generate(
         path: out.to_path_buf(),
         source,
     })?;
-    let other = match params.format {
+    refuse_other_format(out, params.format)?;
+    let shape = Shape::new(params.sites);
+    let mut files = HostingFiles::create(out, params.format)?;
+    let mut walk = Walk::new(Rng(params.seed ^ 0x5EED_F00D_CAFE_D00D), shape);
+    progress.begin("generating inventory", params.sites);
+    for c in 0..shape.clusters {
+        let quota = shape
+            .sites_per_cluster
+            .min(params.sites - walk.written_sites);
+        walk.cluster(c, quota, &mut files, progress)?;
+    }
+    progress.advance(walk.since_report);
+    progress.end();
+
+    let mut counts = files.finish()?;
+    write_topology(out, params.format, &shape, &walk, &mut counts)?;
+    Ok(counts)
+}
+
+/// Files of one format and of the other would make the directory ambiguous
+/// to load, so a directory holding the other format is left alone.
+fn refuse_other_format(out: &Path, format: Format) -> Result<(), InventoryError> {
+    let other = match format {
         Format::Csv => Format::Jsonl,
         Format::Jsonl => Format::Csv,
     };
@@ -288,220 +310,390 @@ pub fn generate(
             }
         }
     }
-    let fmt = params.format;
-    let mut rng = Rng(params.seed ^ 0x5EED_F00D_CAFE_D00D);
-    let n = params.sites;
-    let clusters = if n >= 1_000 {
-        n.div_ceil(SITES_PER_CLUSTER).max(2)
-    } else {
-        1
-    };
-    let sites_per_cluster = n.div_ceil(clusters).max(1);
-    let hostings_per_cluster = sites_per_cluster as f64 / MEAN_SITES_PER_HOSTING;
-    let max_hostings_per_filer = ((hostings_per_cluster / 10.0) as u64).max(3);
-    let db_servers_per_cluster =
-        ((hostings_per_cluster * MEAN_DBS_PER_HOSTING / DATABASES_PER_SERVER).ceil() as u64).max(2);
-    let expected_filers =
-        (hostings_per_cluster / max_hostings_per_filer.min(3000) as f64).max(1.0) * clusters as f64;
-    let expected_shared =
-        hostings_per_cluster * clusters as f64 * MEAN_DBS_PER_HOSTING * SHARE_PROBABILITY;
-    let cross_filer =
-        (CROSS_FILER_SHARES_PER_FILER * expected_filers / expected_shared.max(1.0)).clamp(0.0, 0.5);
+    Ok(())
+}
 
-    let mut sites = Out::create(out, Entity::Sites, fmt, &["hostname", "hosting", "ip"])?;
-    let mut hostings = Out::create(
-        out,
-        Entity::Hostings,
-        fmt,
-        &["name", "filer", "directory", "files", "bytes"],
-    )?;
-    let mut databases = Out::create(out, Entity::Databases, fmt, &["name", "server", "bytes"])?;
-    let mut declared = Out::create(out, Entity::DeclaredUses, fmt, &["hosting", "database"])?;
-    let mut observed = Out::create(
-        out,
-        Entity::ObservedUses,
-        fmt,
-        &["database", "hosting", "client"],
-    )?;
+/// The platform's sizes for `n` sites: how many clusters, filers' capacity,
+/// database servers, and how often a shared database crosses filers.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    clusters: u64,
+    sites_per_cluster: u64,
+    max_hostings_per_filer: u64,
+    db_servers_per_cluster: u64,
+    /// Probability that a shared database's partner is on another filer,
+    /// chosen so there are ~CROSS_FILER_SHARES_PER_FILER such shares per filer.
+    cross_filer: f64,
+}
 
-    let sph = SitesPerHosting::new();
-    // Hostings written so far (the next hosting's index).
-    let mut hostings_written = 0u64;
-    let mut filer_cluster: Vec<u64> = Vec::new();
-    // First hosting of every filer, to find the filers filled just before.
-    let mut filer_starts: Vec<u64> = Vec::new();
-    let mut ips_per_cluster: Vec<u64> = Vec::new();
-    let mut name = String::new();
-    let mut partner_name = String::new();
-    let mut domain = String::new();
-    let mut host = String::new();
-    let mut db = String::new();
-    let mut server = String::new();
-    let mut text = String::new();
-    let mut filer_name = String::new();
-    let mut ip_cache: Vec<String> = Vec::new();
-    let mut written_sites = 0u64;
-    let mut since_report = 0u64;
-    progress.begin("generating inventory", n);
+impl Shape {
+    fn new(n: u64) -> Shape {
+        let clusters = if n >= 1_000 {
+            n.div_ceil(SITES_PER_CLUSTER).max(2)
+        } else {
+            1
+        };
+        let sites_per_cluster = n.div_ceil(clusters).max(1);
+        let hostings_per_cluster = sites_per_cluster as f64 / MEAN_SITES_PER_HOSTING;
+        let max_hostings_per_filer = ((hostings_per_cluster / 10.0) as u64).max(3);
+        let db_servers_per_cluster =
+            ((hostings_per_cluster * MEAN_DBS_PER_HOSTING / DATABASES_PER_SERVER).ceil() as u64)
+                .max(2);
+        let expected_filers = (hostings_per_cluster / max_hostings_per_filer.min(3000) as f64)
+            .max(1.0)
+            * clusters as f64;
+        let expected_shared =
+            hostings_per_cluster * clusters as f64 * MEAN_DBS_PER_HOSTING * SHARE_PROBABILITY;
+        let cross_filer = (CROSS_FILER_SHARES_PER_FILER * expected_filers
+            / expected_shared.max(1.0))
+        .clamp(0.0, 0.5);
+        Shape {
+            clusters,
+            sites_per_cluster,
+            max_hostings_per_filer,
+            db_servers_per_cluster,
+            cross_filer,
+        }
+    }
+}
 
-    for c in 0..clusters {
-        let quota = sites_per_cluster.min(n - written_sites);
-        let cluster_first_hosting = hostings_written;
-        let cluster_first_filer = filer_starts.len();
-        let mut cluster_sites = 0u64;
-        let mut filer_first_hosting = cluster_first_hosting;
-        let mut filer_capacity = 0u64;
-        let mut filer = filer_cluster.len() as u64;
-        ip_cache.clear();
-        while cluster_sites < quota {
-            let h = hostings_written;
-            if h - filer_first_hosting >= filer_capacity || h == cluster_first_hosting {
-                filer = filer_cluster.len() as u64;
-                filer_cluster.push(c);
-                filer_starts.push(h);
-                filer_first_hosting = h;
-                filer_capacity = rng.range(1500, 4501).min(max_hostings_per_filer);
-                filer_name.clear();
-                let _ = write!(filer_name, "fs{c:03}-{filer:04}");
+/// The files written hosting by hosting (the others are written at the end,
+/// from what the walk made).
+struct HostingFiles {
+    sites: Out,
+    hostings: Out,
+    databases: Out,
+    declared: Out,
+    observed: Out,
+}
+
+impl HostingFiles {
+    fn create(dir: &Path, fmt: Format) -> Result<HostingFiles, InventoryError> {
+        Ok(HostingFiles {
+            sites: Out::create(dir, Entity::Sites, fmt, &["hostname", "hosting", "ip"])?,
+            hostings: Out::create(
+                dir,
+                Entity::Hostings,
+                fmt,
+                &["name", "filer", "directory", "files", "bytes"],
+            )?,
+            databases: Out::create(dir, Entity::Databases, fmt, &["name", "server", "bytes"])?,
+            declared: Out::create(dir, Entity::DeclaredUses, fmt, &["hosting", "database"])?,
+            observed: Out::create(
+                dir,
+                Entity::ObservedUses,
+                fmt,
+                &["database", "hosting", "client"],
+            )?,
+        })
+    }
+
+    fn finish(self) -> Result<Counts, InventoryError> {
+        Ok(Counts {
+            sites: self.sites.finish()?,
+            hostings: self.hostings.finish()?,
+            databases: self.databases.finish()?,
+            declared_uses: self.declared.finish()?,
+            observed_uses: self.observed.finish()?,
+            ..Counts::default()
+        })
+    }
+}
+
+/// Where the current cluster's walk stands.
+struct ClusterCursor {
+    c: u64,
+    quota: u64,
+    first_hosting: u64,
+    first_filer: usize,
+    sites: u64,
+    filer: u64,
+    filer_first_hosting: u64,
+    filer_capacity: u64,
+}
+
+/// The walk over hostings: every random draw happens here, in one fixed order
+/// (the output for a seed depends on it), with reused text buffers so millions
+/// of rows allocate almost nothing.
+struct Walk {
+    rng: Rng,
+    shape: Shape,
+    sites_per_hosting: SitesPerHosting,
+    /// Hostings written so far (the next hosting's index).
+    hostings_written: u64,
+    written_sites: u64,
+    since_report: u64,
+    filer_cluster: Vec<u64>,
+    /// First hosting of every filer, to find the filers filled just before.
+    filer_starts: Vec<u64>,
+    ips_per_cluster: Vec<u64>,
+    /// The current cluster's IP addresses.
+    ip_cache: Vec<String>,
+    name: String,
+    partner_name: String,
+    domain: String,
+    host: String,
+    db: String,
+    server: String,
+    text: String,
+    filer_name: String,
+}
+
+impl Walk {
+    fn new(rng: Rng, shape: Shape) -> Walk {
+        Walk {
+            rng,
+            shape,
+            sites_per_hosting: SitesPerHosting::new(),
+            hostings_written: 0,
+            written_sites: 0,
+            since_report: 0,
+            filer_cluster: Vec::new(),
+            filer_starts: Vec::new(),
+            ips_per_cluster: Vec::new(),
+            ip_cache: Vec::new(),
+            name: String::new(),
+            partner_name: String::new(),
+            domain: String::new(),
+            host: String::new(),
+            db: String::new(),
+            server: String::new(),
+            text: String::new(),
+            filer_name: String::new(),
+        }
+    }
+
+    /// Writes hostings of cluster `c` until it holds `quota` sites.
+    fn cluster(
+        &mut self,
+        c: u64,
+        quota: u64,
+        files: &mut HostingFiles,
+        progress: &dyn Progress,
+    ) -> Result<(), InventoryError> {
+        let mut cur = ClusterCursor {
+            c,
+            quota,
+            first_hosting: self.hostings_written,
+            first_filer: self.filer_starts.len(),
+            sites: 0,
+            filer: self.filer_cluster.len() as u64,
+            filer_first_hosting: self.hostings_written,
+            filer_capacity: 0,
+        };
+        self.ip_cache.clear();
+        while cur.sites < quota {
+            let h = self.hostings_written;
+            if h - cur.filer_first_hosting >= cur.filer_capacity || h == cur.first_hosting {
+                self.open_filer(&mut cur, h);
             }
-            hostings_written += 1;
-            account(h, &mut name);
-            domain.clear();
-            let _ = write!(
-                domain,
-                "{name}.{}",
-                TLDS[rng.below(TLDS.len() as u64) as usize]
-            );
-            let k = sph.sample(&mut rng).min(quota - cluster_sites);
-            let bytes = rng.lognormal(150e6, 1.6).clamp(1e5, 2e12) as u64;
-            let files = (bytes as f64 / rng.lognormal(40e3, 1.0)).max(1.0) as u64;
-            text.clear();
-            let _ = write!(text, "/homez.{filer}/{name}");
-            hostings.row(&[
-                V::S(&name),
-                V::S(&filer_name),
-                V::S(&text),
-                V::N(files),
-                V::N(bytes),
+            self.hostings_written += 1;
+            let k = self.hosting(&cur, h, files)?;
+            cur.sites += k;
+            self.written_sites += k;
+            self.since_report += k;
+            if self.since_report >= 1 << 16 {
+                progress.advance(self.since_report);
+                self.since_report = 0;
+            }
+            self.databases(&cur, h, files)?;
+        }
+        self.ips_per_cluster.push(self.ip_cache.len() as u64);
+        Ok(())
+    }
+
+    /// Starts a new filer at hosting `h`, with a random capacity.
+    fn open_filer(&mut self, cur: &mut ClusterCursor, h: u64) {
+        let c = cur.c;
+        cur.filer = self.filer_cluster.len() as u64;
+        self.filer_cluster.push(c);
+        self.filer_starts.push(h);
+        cur.filer_first_hosting = h;
+        cur.filer_capacity = self
+            .rng
+            .range(1500, 4501)
+            .min(self.shape.max_hostings_per_filer);
+        self.filer_name.clear();
+        let _ = write!(self.filer_name, "fs{c:03}-{:04}", cur.filer);
+    }
+
+    /// Writes hosting `h` and its sites; returns how many sites.
+    fn hosting(
+        &mut self,
+        cur: &ClusterCursor,
+        h: u64,
+        files: &mut HostingFiles,
+    ) -> Result<u64, InventoryError> {
+        account(h, &mut self.name);
+        self.domain.clear();
+        let tld = TLDS[self.rng.below(TLDS.len() as u64) as usize];
+        let _ = write!(self.domain, "{}.{tld}", self.name);
+        let k = self
+            .sites_per_hosting
+            .sample(&mut self.rng)
+            .min(cur.quota - cur.sites);
+        let bytes = self.rng.lognormal(150e6, 1.6).clamp(1e5, 2e12) as u64;
+        let files_count = (bytes as f64 / self.rng.lognormal(40e3, 1.0)).max(1.0) as u64;
+        self.text.clear();
+        let _ = write!(self.text, "/homez.{}/{}", cur.filer, self.name);
+        files.hostings.row(&[
+            V::S(&self.name),
+            V::S(&self.filer_name),
+            V::S(&self.text),
+            V::N(files_count),
+            V::N(bytes),
+        ])?;
+        for j in 0..k {
+            site_name(j, &self.domain, &mut self.host);
+            let ip_index = (cur.sites + j) / SITES_PER_IP;
+            while self.ip_cache.len() as u64 <= ip_index {
+                self.ip_cache
+                    .push(ip_address(cur.c, self.ip_cache.len() as u64));
+            }
+            files.sites.row(&[
+                V::S(&self.host),
+                V::S(&self.name),
+                V::S(&self.ip_cache[ip_index as usize]),
             ])?;
-            for j in 0..k {
-                host.clear();
-                match j {
-                    0 => {
-                        let _ = write!(host, "www.{domain}");
-                    }
-                    1 => host.push_str(&domain),
-                    _ => {
-                        let s = (j - 2) as usize;
-                        let sub = SUBDOMAINS[s % SUBDOMAINS.len()];
-                        match s / SUBDOMAINS.len() {
-                            0 => {
-                                let _ = write!(host, "{sub}.{domain}");
-                            }
-                            r => {
-                                let _ = write!(host, "{sub}{r}.{domain}");
-                            }
-                        }
-                    }
-                }
-                let ip_index = (cluster_sites + j) / SITES_PER_IP;
-                while ip_cache.len() as u64 <= ip_index {
-                    ip_cache.push(ip_address(c, ip_cache.len() as u64));
-                }
-                sites.row(&[V::S(&host), V::S(&name), V::S(&ip_cache[ip_index as usize])])?;
-            }
-            cluster_sites += k;
-            written_sites += k;
-            since_report += k;
-            if since_report >= 1 << 16 {
-                progress.advance(since_report);
-                since_report = 0;
-            }
+        }
+        Ok(k)
+    }
 
-            // Databases of this hosting, then the orphan leftovers of closed accounts.
-            let dbs = dbs_per_hosting(&mut rng);
-            let orphans = u64::from(rng.chance(ORPHAN_PROBABILITY * MEAN_DBS_PER_HOSTING));
-            for d in 0..dbs + orphans {
-                let orphan = d >= dbs;
-                db.clear();
-                server.clear();
-                let s = rng.below(db_servers_per_cluster);
-                let _ = write!(server, "sql{c:03}-{s:03}");
-                if orphan {
-                    let _ = write!(db, "{name}_old{d}");
-                } else {
-                    let _ = write!(db, "{name}_{d}");
+    /// The databases of hosting `h` (whose name is in `self.name`), then the
+    /// orphan leftovers of closed accounts, with their uses.
+    fn databases(
+        &mut self,
+        cur: &ClusterCursor,
+        h: u64,
+        files: &mut HostingFiles,
+    ) -> Result<(), InventoryError> {
+        let dbs = dbs_per_hosting(&mut self.rng);
+        let orphans = u64::from(self.rng.chance(ORPHAN_PROBABILITY * MEAN_DBS_PER_HOSTING));
+        for d in 0..dbs + orphans {
+            let orphan = d >= dbs;
+            self.db.clear();
+            self.server.clear();
+            let s = self.rng.below(self.shape.db_servers_per_cluster);
+            let _ = write!(self.server, "sql{:03}-{s:03}", cur.c);
+            if orphan {
+                let _ = write!(self.db, "{}_old{d}", self.name);
+            } else {
+                let _ = write!(self.db, "{}_{d}", self.name);
+            }
+            let bytes = self
+                .rng
+                .lognormal(15e6, 2.0)
+                .clamp(65_536.0, MAX_DATABASE_BYTES) as u64;
+            files
+                .databases
+                .row(&[V::S(&self.db), V::S(&self.server), V::N(bytes)])?;
+            let _ = write!(self.db, "@{}", self.server);
+            if !orphan {
+                files.declared.row(&[V::S(&self.name), V::S(&self.db)])?;
+                if self.rng.chance(DECLARED_ALSO_OBSERVED) {
+                    files
+                        .observed
+                        .row(&[V::S(&self.db), V::S(&self.name), V::S("")])?;
                 }
-                let bytes = rng.lognormal(15e6, 2.0).clamp(65_536.0, MAX_DATABASE_BYTES) as u64;
-                databases.row(&[V::S(&db), V::S(&server), V::N(bytes)])?;
-                let _ = write!(db, "@{server}");
-                if !orphan {
-                    declared.row(&[V::S(&name), V::S(&db)])?;
-                    if rng.chance(DECLARED_ALSO_OBSERVED) {
-                        observed.row(&[V::S(&db), V::S(&name), V::S("")])?;
-                    }
+            }
+            if self.rng.chance(CLIENT_USE_PROBABILITY) || (orphan && self.rng.chance(0.2)) {
+                let addr = client_address(self.rng.below(512));
+                files
+                    .observed
+                    .row(&[V::S(&self.db), V::S(""), V::S(&addr)])?;
+            }
+            if orphan || !self.rng.chance(SHARE_PROBABILITY) {
+                continue;
+            }
+            let Some(p) = self.partner(cur, h) else {
+                continue;
+            };
+            account(p, &mut self.partner_name);
+            if self.rng.chance(UNDECLARED_SHARE) {
+                files
+                    .observed
+                    .row(&[V::S(&self.db), V::S(&self.partner_name), V::S("")])?;
+            } else {
+                files
+                    .declared
+                    .row(&[V::S(&self.partner_name), V::S(&self.db)])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The hosting that shares a database of hosting `h`: usually an earlier
+    /// one on the same filer, sometimes one on a nearby filer or in an
+    /// earlier cluster; none when there is no earlier candidate.
+    fn partner(&mut self, cur: &ClusterCursor, h: u64) -> Option<u64> {
+        if self.rng.chance(self.shape.cross_filer) {
+            if self.rng.chance(CROSS_CLUSTER_SHARE) && cur.first_hosting > 0 {
+                Some(self.rng.below(cur.first_hosting))
+            } else if cur.filer_first_hosting > cur.first_hosting {
+                let nearby = self
+                    .filer_starts
+                    .len()
+                    .saturating_sub(NEARBY_FILERS as usize + 1)
+                    .max(cur.first_filer);
+                let lo = self.filer_starts[nearby].max(cur.first_hosting);
+                Some(self.rng.range(lo, cur.filer_first_hosting))
+            } else {
+                None
+            }
+        } else if h > cur.filer_first_hosting {
+            Some(self.rng.range(cur.filer_first_hosting, h))
+        } else {
+            None
+        }
+    }
+}
+
+/// The name of site `j` of a hosting: `www.` first, then the bare domain,
+/// then subdomains (numbered once the list is used up).
+fn site_name(j: u64, domain: &str, host: &mut String) {
+    host.clear();
+    match j {
+        0 => {
+            let _ = write!(host, "www.{domain}");
+        }
+        1 => host.push_str(domain),
+        _ => {
+            let s = (j - 2) as usize;
+            let sub = SUBDOMAINS[s % SUBDOMAINS.len()];
+            match s / SUBDOMAINS.len() {
+                0 => {
+                    let _ = write!(host, "{sub}.{domain}");
                 }
-                if rng.chance(CLIENT_USE_PROBABILITY) || (orphan && rng.chance(0.2)) {
-                    let addr = client_address(rng.below(512));
-                    observed.row(&[V::S(&db), V::S(""), V::S(&addr)])?;
-                }
-                if orphan || !rng.chance(SHARE_PROBABILITY) {
-                    continue;
-                }
-                let partner = if rng.chance(cross_filer) {
-                    if rng.chance(CROSS_CLUSTER_SHARE) && cluster_first_hosting > 0 {
-                        Some(rng.below(cluster_first_hosting))
-                    } else if filer_first_hosting > cluster_first_hosting {
-                        let nearby = filer_starts
-                            .len()
-                            .saturating_sub(NEARBY_FILERS as usize + 1)
-                            .max(cluster_first_filer);
-                        let lo = filer_starts[nearby].max(cluster_first_hosting);
-                        Some(rng.range(lo, filer_first_hosting))
-                    } else {
-                        None
-                    }
-                } else if h > filer_first_hosting {
-                    Some(rng.range(filer_first_hosting, h))
-                } else {
-                    None
-                };
-                let Some(p) = partner else { continue };
-                account(p, &mut partner_name);
-                if rng.chance(UNDECLARED_SHARE) {
-                    observed.row(&[V::S(&db), V::S(&partner_name), V::S("")])?;
-                } else {
-                    declared.row(&[V::S(&partner_name), V::S(&db)])?;
+                r => {
+                    let _ = write!(host, "{sub}{r}.{domain}");
                 }
             }
         }
-        ips_per_cluster.push(ip_cache.len() as u64);
     }
-    progress.advance(since_report);
-    progress.end();
+}
 
-    let mut counts = Counts {
-        sites: sites.finish()?,
-        hostings: hostings.finish()?,
-        databases: databases.finish()?,
-        declared_uses: declared.finish()?,
-        observed_uses: observed.finish()?,
-        ..Counts::default()
-    };
-
+/// Datacenters, clusters, IPs, database servers and filers: what the walk
+/// made, written once it is over.
+fn write_topology(
+    out: &Path,
+    fmt: Format,
+    shape: &Shape,
+    walk: &Walk,
+    counts: &mut Counts,
+) -> Result<(), InventoryError> {
     let mut dcs = Out::create(out, Entity::Datacenters, fmt, &["name"])?;
     dcs.row(&[V::S("par")])?;
     counts.datacenters = dcs.finish()?;
     let mut cl = Out::create(out, Entity::Clusters, fmt, &["name", "datacenter"])?;
     let mut ips = Out::create(out, Entity::Ips, fmt, &["address", "cluster"])?;
     let mut dbs = Out::create(out, Entity::DbServers, fmt, &["name", "cluster"])?;
-    for c in 0..clusters {
+    for c in 0..shape.clusters {
         let cname = format!("cluster{c:03}");
         cl.row(&[V::S(&cname), V::S("par")])?;
-        for k in 0..ips_per_cluster.get(c as usize).copied().unwrap_or(0) {
+        for k in 0..walk.ips_per_cluster.get(c as usize).copied().unwrap_or(0) {
             ips.row(&[V::S(&ip_address(c, k)), V::S(&cname)])?;
         }
-        for s in 0..db_servers_per_cluster {
+        for s in 0..shape.db_servers_per_cluster {
             dbs.row(&[V::S(&format!("sql{c:03}-{s:03}")), V::S(&cname)])?;
         }
     }
@@ -509,12 +701,12 @@ pub fn generate(
     counts.ips = ips.finish()?;
     counts.db_servers = dbs.finish()?;
     let mut filers = Out::create(out, Entity::Filers, fmt, &["name", "cluster"])?;
-    for (f, c) in filer_cluster.iter().enumerate() {
+    for (f, c) in walk.filer_cluster.iter().enumerate() {
         filers.row(&[
             V::S(&format!("fs{c:03}-{f:04}")),
             V::S(&format!("cluster{c:03}")),
         ])?;
     }
     counts.filers = filers.finish()?;
-    Ok(counts)
+    Ok(())
 }
