@@ -1,6 +1,6 @@
 //! The one accept loop of the router: HTTP listeners (`server.rs`),
 //! passthrough listeners (`passthrough.rs`), database tunnels (`tunnel.rs`)
-//! and the admin API (`admin.rs`) all accept through [`spawn`].
+//! and the admin API (`admin/`) all accept through [`spawn`].
 //!
 //! - Connection caps ([`Cap`]): a connection holds a slot of its listener's
 //!   cap (if it has one) and of the router's cap (traffic only; the admin API
@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::stats::ListenerKind;
 use crate::ProxyError;
 
 /// File descriptors kept out of the derived cap: the store, log files, the
@@ -36,12 +37,6 @@ const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// While accepts keep failing, one log line per this period.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
-
-use crate::stats::ListenerKind;
-
-/// What a listener serves; defined with its counters in `stats.rs`. (`Kind`
-/// is the name the admin API uses.)
-pub(crate) use crate::stats::ListenerKind as Kind;
 
 /// A bound on connections open at once.
 #[derive(Clone)]

@@ -156,6 +156,19 @@ pub(crate) struct HttpLimits {
     pub keepalive_timeout: Duration,
 }
 
+/// What serving one HTTP connection needs besides its I/O and the request
+/// handler ([`serve_http`]), filled in by each of its callers.
+pub(crate) struct HttpContext {
+    pub peer: SocketAddr,
+    /// Sniffed on plain listeners, from ALPN on TLS.
+    pub proto: Alpn,
+    /// The connection is TLS (responses are flattened into one record).
+    pub tls: bool,
+    pub limits: HttpLimits,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
 /// One client connection of a traffic listener: the PROXY header (trusted
 /// listeners), then the TLS handshake or the protocol sniff, then HTTP until
 /// the connection ends.
@@ -313,8 +326,15 @@ impl HttpConn {
                 }
             }
         };
-        let (peer, limits, shutdown) = (self.peer, self.limits, self.shutdown);
-        serve_http(io, peer, proto, tls, limits, handler, metrics, shutdown).await
+        let cx = HttpContext {
+            peer: self.peer,
+            proto,
+            tls,
+            limits: self.limits,
+            metrics,
+            shutdown: self.shutdown,
+        };
+        serve_http(io, handler, cx).await
     }
 }
 
@@ -323,26 +343,22 @@ impl HttpConn {
 /// head, or HTTP/2 with pings; on both, the connection is closed once it
 /// has had no request in progress for `keepalive_timeout`. Used by the
 /// traffic listeners and the admin API.
-// Eight arguments: its two callers (`HttpConn::serve`, the admin API) pass
-// different I/O, handlers and limits; gathering them into one struct is
-// left for when the admin API's call changes anyway.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn serve_http<I, H, Fut, B>(
-    io: I,
-    peer: SocketAddr,
-    proto: Alpn,
-    tls: bool,
-    limits: HttpLimits,
-    handler: H,
-    metrics: Arc<crate::metrics::Metrics>,
-    mut shutdown: watch::Receiver<bool>,
-) where
+pub(crate) async fn serve_http<I, H, Fut, B>(io: I, handler: H, cx: HttpContext)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
+    let HttpContext {
+        peer,
+        proto,
+        tls,
+        limits,
+        metrics,
+        mut shutdown,
+    } = cx;
     let activity = Activity::new();
     let svc = {
         let activity = Arc::clone(&activity);
@@ -436,17 +452,15 @@ mod tests {
         let (tx, shutdown) = watch::channel(false);
         let peer = SocketAddr::from(([127, 0, 0, 1], 1));
         tokio::spawn(async move {
-            serve_http(
-                server,
+            let cx = HttpContext {
                 peer,
-                Alpn::Http1,
-                false,
-                LIMITS,
-                handler,
+                proto: Alpn::Http1,
+                tls: false,
+                limits: LIMITS,
                 metrics,
                 shutdown,
-            )
-            .await;
+            };
+            serve_http(server, handler, cx).await;
             drop(tx);
         });
         client

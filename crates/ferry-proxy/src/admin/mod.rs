@@ -40,10 +40,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::deadline::{BodyDeadline, SendDeadline};
-use crate::listen::{self, Cap, Kind};
-use crate::server::{serve_http, HttpLimits};
+use crate::listen::{self, Cap};
+use crate::server::{serve_http, HttpContext, HttpLimits};
 use crate::state::AdminAuth;
-use crate::stats::Stalled;
+use crate::stats::{ListenerKind, Stalled};
 use crate::tls::Alpn;
 use crate::Proxy;
 
@@ -64,7 +64,7 @@ pub(crate) fn spawn(proxy: Arc<Proxy>, listener: TcpListener, shutdown: watch::R
     let metrics = Arc::clone(&proxy.shared.metrics);
     let conn_shutdown = shutdown.clone();
     listen::spawn(
-        Kind::Admin,
+        ListenerKind::Admin,
         listener,
         vec![Cap::new(cap)],
         metrics,
@@ -98,17 +98,15 @@ async fn serve(
         let proxy = Arc::clone(&proxy);
         async move { handle(&proxy, req).await }
     };
-    serve_http(
-        io,
+    let cx = HttpContext {
         peer,
-        Alpn::Http1,
-        false,
+        proto: Alpn::Http1,
+        tls: false,
         limits,
-        handler,
         metrics,
         shutdown,
-    )
-    .await;
+    };
+    serve_http(io, handler, cx).await;
 }
 
 /// An answer: `v` as JSON with `status`.
