@@ -10,6 +10,9 @@
 //!
 //! - add: the provider's `add_command` (`command.rs`: argv, own process
 //!   group, timeout); the new server joins by itself (`ferry agent --join`).
+//!   Until it is `ready` (at most `command_timeout` after the command), the
+//!   add still counts as in flight: a slow join does not make the policy add
+//!   again.
 //! - remove (`leave.rs`): the newest server that joined at run time is
 //!   drained, its requests in flight reach 0 (bounded by `drain_timeout`),
 //!   it is deregistered, then `remove_command` runs with `FERRY_POOL`,
@@ -65,7 +68,29 @@ struct PoolScale {
     decision: Option<Decision>,
     /// The action in flight, in words (`add`, `remove NAME`).
     in_flight: Option<String>,
+    /// After an add command succeeded: the ready servers then, and until
+    /// when the new one may take to join. Meanwhile the add still counts
+    /// as in flight, so a slow join (an instance booting, files copying)
+    /// does not make the policy add again.
+    joining: Option<(u32, Instant)>,
+    /// Ready servers when the add in flight was decided.
+    add_base: u32,
     last: Option<Ended>,
+}
+
+impl PoolScale {
+    /// An add in flight: its command running, or its server not joined yet.
+    fn busy(&mut self, now: Instant, ready: u32) -> bool {
+        if let Some((before, until)) = self.joining {
+            if ready > before || now >= until {
+                if ready <= before {
+                    tracing::warn!(servers = ready, "scale: the added server did not join within command_timeout; the policy decides again");
+                }
+                self.joining = None;
+            }
+        }
+        self.in_flight.is_some() || self.joining.is_some()
+    }
 }
 
 /// An action that ended.
@@ -160,9 +185,10 @@ impl Scaling {
                 signal,
                 servers: ready,
             };
-            let d = p.decider.decide(policy, now, sample, p.in_flight.is_some());
+            let busy = p.busy(now, ready);
+            let d = p.decider.decide(policy, now, sample, busy);
             p.decision = Some(d);
-            if p.in_flight.is_none() {
+            if !busy {
                 p.wanted = ready.clamp(policy.min_servers, policy.max_servers);
             }
             match d {
@@ -175,6 +201,7 @@ impl Scaling {
                         "scale decision: add a server"
                     );
                     p.in_flight = Some("add".into());
+                    p.add_base = ready;
                     tokio::spawn(add(Arc::clone(me), name.clone(), policy.clone(), ready));
                 }
                 Decision::Remove => {
@@ -231,6 +258,9 @@ impl Scaling {
         let mut pools = self.pools.lock();
         let p = pools.entry(pool.to_string()).or_default();
         p.in_flight = None;
+        if action == "add" && result == "ok" {
+            p.joining = Some((p.add_base, now + policy.command_timeout));
+        }
         let quiet = p.decider.finished(policy, now, result == "ok");
         p.last = Some(Ended {
             action,
@@ -259,7 +289,11 @@ impl Scaling {
                 .and_then(|p| p.decision)
                 .map_or("starting", Decision::as_str)
                 .to_string(),
-            in_flight: p.and_then(|p| p.in_flight.clone()),
+            in_flight: p.and_then(|p| match (&p.in_flight, p.joining) {
+                (Some(a), _) => Some(a.clone()),
+                (None, Some(_)) => Some("add (waiting for the server to join)".to_string()),
+                (None, None) => None,
+            }),
             failures: p.map_or(0, |p| p.decider.failures()),
             last_action: p.and_then(|p| p.last.as_ref()).map(|e| ScaleAction {
                 action: e.action.to_string(),
@@ -313,7 +347,7 @@ impl Scaling {
             let _ = writeln!(
                 out,
                 "ferry_scale_actions_in_flight{{pool=\"{n}\"}} {}",
-                u8::from(pools[*n].in_flight.is_some())
+                u8::from(pools[*n].in_flight.is_some() || pools[*n].joining.is_some())
             );
         }
     }
