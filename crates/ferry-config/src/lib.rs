@@ -12,9 +12,7 @@
 //! `path:line:column: what`, with the name of the site, pool or server involved.
 //!
 //! Entry points: [`load`] (reads a file) and [`parse`] (text plus the path it
-//! came from). Positions, durations and secrets follow ferry-conf's rules;
-//! [`parse_duration`] is re-exported from there until every caller takes it
-//! from ferry-conf.
+//! came from). Positions, durations and secrets follow ferry-conf's rules.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,7 +25,6 @@ mod check;
 mod raw;
 
 pub use check::check_host_port;
-pub use ferry_conf::parse_duration;
 
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]

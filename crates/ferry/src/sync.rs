@@ -186,7 +186,7 @@ impl Settings {
         }
         let converge = match (&a.max_freeze, a.until_converged) {
             (Some(d), true) => Some(ConvergeOptions {
-                max_freeze: ferry_config::parse_duration(d)
+                max_freeze: ferry_conf::parse_duration(d)
                     .map_err(|e| Failure::usage(anyhow!("--max-freeze: {e}")))?,
                 max_passes: a.max_passes.max(1),
             }),

@@ -15,11 +15,11 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferry_conf::{SecretKeys, Source};
+use ferry_conf::{parse_duration, SecretKeys, Source};
 use ipnet::IpNet;
 
 use crate::raw::{RawConfig, S};
-use crate::{parse_duration, Config, ConfigError, RouterSettings};
+use crate::{Config, ConfigError, RouterSettings};
 
 const MAX_NAME_LEN: usize = 63;
 const MAX_CONNECTIONS: std::ops::RangeInclusive<i64> = 1..=10_000_000;
