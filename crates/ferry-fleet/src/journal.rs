@@ -14,6 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ferry_journal::cell::{int, opt_text, text};
 use ferry_journal::{
     Chain, ErrorKind, FailpointError, Failpoints, Kind, Outcome, StepError, Steps,
 };
@@ -84,13 +85,6 @@ pub struct Event {
     pub data: serde_json::Value,
 }
 
-fn text(v: &Value) -> Option<&str> {
-    match v {
-        Value::Text(s) => Some(s),
-        _ => None,
-    }
-}
-
 impl Kind for Update {
     const APPLICATION_ID: i64 = APPLICATION_ID;
     const SCHEMA_VERSION: i64 = 1;
@@ -143,9 +137,7 @@ CREATE TABLE head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, 
     }
 
     fn event_from_row(row: &[Value]) -> std::result::Result<Entry, String> {
-        let Value::Integer(idx) = row[0] else {
-            return Err("bad idx".into());
-        };
+        let idx = int(&row[0]).ok_or("bad idx")?;
         Ok(Entry {
             idx: usize::try_from(idx).map_err(|_| "bad idx")?,
             step: text(&row[1]).ok_or("bad step")?.to_string(),
@@ -154,9 +146,9 @@ CREATE TABLE head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, 
                 Some("end") => Phase::End,
                 p => return Err(format!("unknown phase {p:?}")),
             },
-            outcome: match &row[3] {
-                Value::Null => None,
-                v => Some(text(v).and_then(Outcome::parse).ok_or("bad outcome")?),
+            outcome: match opt_text(&row[3]).ok_or("bad outcome")? {
+                None => None,
+                Some(o) => Some(Outcome::parse(o).ok_or("bad outcome")?),
             },
             data: serde_json::from_str(text(&row[4]).ok_or("bad data")?)
                 .map_err(|e| format!("data: {e}"))?,

@@ -13,9 +13,11 @@
 //! - [`Failpoints`]: `FERRY_FAILPOINTS`, ways to stop a runbook on purpose
 //!   (SIGKILL, or a pause a test lifts), always compiled in.
 //! - [`Error`]: what went wrong with which journal file.
+//! - [`cell`]: a row's cells read back (text, integer, text or NULL).
 
 #![forbid(unsafe_code)]
 
+pub mod cell;
 mod chain;
 mod error;
 pub mod failpoint;

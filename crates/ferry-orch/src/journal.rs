@@ -17,6 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ferry_journal::cell::{int, opt_text, text};
 use ferry_journal::{Chain, Failpoints, Kind, Steps};
 use rusqlite::types::Value;
 
@@ -32,27 +33,6 @@ pub use ferry_journal::now_ms;
 
 /// `PRAGMA user_version` of the schema this code writes.
 pub const SCHEMA_VERSION: i64 = 1;
-
-fn text(v: &Value) -> Option<&str> {
-    match v {
-        Value::Text(s) => Some(s),
-        _ => None,
-    }
-}
-
-fn int(v: &Value) -> Option<i64> {
-    match v {
-        Value::Integer(i) => Some(*i),
-        _ => None,
-    }
-}
-
-fn opt_text(v: &Value) -> Option<Option<&str>> {
-    match v {
-        Value::Null => Some(None),
-        v => text(v).map(Some),
-    }
-}
 
 /// The migration journal's format.
 pub struct Migration;
