@@ -4,14 +4,10 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    /// A configuration file (agent exec config, fleet, runbook) is invalid.
-    #[error("{}:{line}:{column}: {message}", path.display())]
-    Config {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    /// A configuration file (agent exec config, fleet, runbook) is invalid:
+    /// `file:line:column` of the offending value (ferry-conf's positions).
+    #[error(transparent)]
+    Config(#[from] ferry_conf::Invalid),
     /// The cause is in the message (not a `source`), so a message nested in
     /// another keeps it and `{:#}` does not print it twice.
     #[error("{what} {}: {error}", path.display())]
@@ -78,16 +74,5 @@ impl ConfigErrors<'_> {
     /// A check of ferry-conf refused a value.
     pub fn locate(&self, e: ferry_conf::SpanError) -> FleetError {
         self.source().locate(e).into()
-    }
-}
-
-impl From<ferry_conf::Invalid> for FleetError {
-    fn from(e: ferry_conf::Invalid) -> FleetError {
-        FleetError::Config {
-            path: e.path,
-            line: e.line,
-            column: e.column,
-            message: e.message,
-        }
     }
 }
