@@ -123,6 +123,53 @@ impl Problems {
 
 /// Loads and checks the inventory in `dir`.
 pub fn load_dir(dir: &Path, progress: &dyn Progress) -> Result<Inventory, InventoryError> {
+    let files = inventory_files(dir)?;
+    progress.begin("loading inventory", total_bytes(&files)?);
+    let mut builder = InventoryBuilder::new();
+    reserve_from_sizes(&mut builder, &files);
+    let mut loader = Loader {
+        files: &files,
+        progress,
+        infos: Vec::new(),
+        problems: Problems::default(),
+    };
+    loader.small_tables(&mut builder)?;
+    // Then two large files at a time on two threads: hostings with databases,
+    // then sites with uses. Each pair writes disjoint parts of the builder.
+    {
+        let (mut hostings, mut databases) = builder.table_sinks();
+        loader.pair(
+            (
+                &[Entity::Hostings],
+                Box::new(|_, f, line| apply_hosting(&mut hostings, f, line)),
+            ),
+            (
+                &[Entity::Databases],
+                Box::new(|_, f, line| apply_database(&mut databases, f, line)),
+            ),
+        )?;
+    }
+    {
+        let (mut sites, mut uses) = builder.link_sinks();
+        loader.pair(
+            (
+                &[Entity::Sites],
+                Box::new(|_, f, line| apply_site(&mut sites, f, line)),
+            ),
+            (
+                &[Entity::DeclaredUses, Entity::ObservedUses],
+                Box::new(|e, f, line| apply_use(e, &mut uses, f, line)),
+            ),
+        )?;
+    }
+    loader.finish(builder)
+}
+
+/// One file of an inventory directory: what it holds, where, in which format.
+type InventoryFile = (Entity, PathBuf, Format);
+
+/// The inventory's files in `dir`, in [`Entity::ALL`] order; at least one.
+fn inventory_files(dir: &Path) -> Result<Vec<InventoryFile>, InventoryError> {
     if !dir.is_dir() {
         return Err(InventoryError::NotADirectory {
             dir: dir.to_path_buf(),
@@ -139,8 +186,13 @@ pub fn load_dir(dir: &Path, progress: &dyn Progress) -> Result<Inventory, Invent
             dir: dir.to_path_buf(),
         });
     }
+    Ok(files)
+}
+
+/// The bytes to read in all, for the progress bar.
+fn total_bytes(files: &[InventoryFile]) -> Result<u64, InventoryError> {
     let mut total = 0;
-    for (_, path, _) in &files {
+    for (_, path, _) in files {
         total += std::fs::metadata(path)
             .map_err(|source| InventoryError::Io {
                 path: path.clone(),
@@ -148,11 +200,12 @@ pub fn load_dir(dir: &Path, progress: &dyn Progress) -> Result<Inventory, Invent
             })?
             .len();
     }
-    progress.begin("loading inventory", total);
-    let mut builder = InventoryBuilder::new();
-    let mut problems = Problems::default();
-    // Pre-size the large tables from file sizes (typical bytes per row), so
-    // millions of rows load without repeated growing and rehashing.
+    Ok(total)
+}
+
+/// Pre-sizes the large tables from file sizes (typical bytes per row), so
+/// millions of rows load without repeated growing and rehashing.
+fn reserve_from_sizes(builder: &mut InventoryBuilder, files: &[InventoryFile]) {
     let size_of = |e: Entity| {
         files
             .iter()
@@ -166,128 +219,151 @@ pub fn load_dir(dir: &Path, progress: &dyn Progress) -> Result<Inventory, Invent
         size_of(Entity::Sites) / 41,
         size_of(Entity::DeclaredUses) / 36,
     );
-    let file_of = |e: Entity| files.iter().find(|f| f.0 == e).map(|f| (&f.1, f.2));
-    let mut infos: Vec<(Entity, FileInfo)> = Vec::new();
-    // Small tables first, in order: they are what the large ones refer to.
-    for entity in [
-        Entity::Datacenters,
-        Entity::Clusters,
-        Entity::Ips,
-        Entity::Filers,
-        Entity::DbServers,
-    ] {
-        if let Some((path, format)) = file_of(entity) {
-            let info = load_file(entity, path, format, &mut problems, progress, |f, line| {
-                apply_small(entity, &mut builder, f, line)
-            })?;
-            infos.push((entity, info));
-        }
+}
+
+/// What one loading thread returns: its files' infos and its problems.
+type Loaded = Result<(Vec<(Entity, FileInfo)>, Problems), InventoryError>;
+/// Applies one row of a large file to its part of the builder.
+type RowFn<'a> = Box<dyn FnMut(Entity, &Fields<'_>, u64) -> Result<(), RowError> + Send + 'a>;
+
+/// The state of one `load_dir`: the files, and what their rows gave so far.
+struct Loader<'a> {
+    files: &'a [InventoryFile],
+    progress: &'a dyn Progress,
+    infos: Vec<(Entity, FileInfo)>,
+    problems: Problems,
+}
+
+impl<'a> Loader<'a> {
+    fn file_of(&self, e: Entity) -> Option<(&'a PathBuf, Format)> {
+        self.files.iter().find(|f| f.0 == e).map(|f| (&f.1, f.2))
     }
-    // Then two large files at a time on two threads: hostings with databases,
-    // then sites with uses. Each pair writes disjoint parts of the builder.
-    type Loaded = Result<(Vec<(Entity, FileInfo)>, Problems), InventoryError>;
-    type RowFn<'a> = Box<dyn FnMut(Entity, &Fields<'_>, u64) -> Result<(), RowError> + Send + 'a>;
-    let run = |entities: &[Entity], poisoned: Vec<&'static str>, mut apply: RowFn<'_>| -> Loaded {
+
+    /// The small tables, in order on this thread: they are what the large
+    /// ones refer to.
+    fn small_tables(&mut self, builder: &mut InventoryBuilder) -> Result<(), InventoryError> {
+        for entity in [
+            Entity::Datacenters,
+            Entity::Clusters,
+            Entity::Ips,
+            Entity::Filers,
+            Entity::DbServers,
+        ] {
+            if let Some((path, format)) = self.file_of(entity) {
+                let info = load_file(
+                    entity,
+                    path,
+                    format,
+                    &mut self.problems,
+                    self.progress,
+                    |f, line| apply_small(entity, builder, f, line),
+                )?;
+                self.infos.push((entity, info));
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads `here`'s files on this thread and `there`'s on another, then
+    /// merges their results (here's first).
+    fn pair(
+        &mut self,
+        here: (&[Entity], RowFn<'_>),
+        there: (&[Entity], RowFn<'_>),
+    ) -> Result<(), InventoryError> {
+        let poisoned = self.problems.poisoned.clone();
+        let this = &*self;
+        let (a, b) = std::thread::scope(|s| {
+            let p = poisoned.clone();
+            let b = s.spawn(move || this.run(there.0, p, there.1));
+            let a = this.run(here.0, poisoned, here.1);
+            (a, join(b))
+        });
+        self.merge(a)?;
+        self.merge(b)
+    }
+
+    /// Loads the files of `entities` with problems of their own, starting
+    /// from the kinds already `poisoned`.
+    fn run(
+        &self,
+        entities: &[Entity],
+        poisoned: Vec<&'static str>,
+        mut apply: RowFn<'_>,
+    ) -> Loaded {
         let mut problems = Problems {
             poisoned,
             ..Problems::default()
         };
         let mut infos = Vec::new();
         for &entity in entities {
-            if let Some((path, format)) = file_of(entity) {
-                let info = load_file(entity, path, format, &mut problems, progress, |f, line| {
-                    apply(entity, f, line)
-                })?;
+            if let Some((path, format)) = self.file_of(entity) {
+                let info = load_file(
+                    entity,
+                    path,
+                    format,
+                    &mut problems,
+                    self.progress,
+                    |f, line| apply(entity, f, line),
+                )?;
                 infos.push((entity, info));
             }
         }
         Ok((infos, problems))
-    };
-    let mut merge = |r: Loaded, problems: &mut Problems| -> Result<(), InventoryError> {
+    }
+
+    fn merge(&mut self, r: Loaded) -> Result<(), InventoryError> {
         let (i, mut p) = r?;
-        infos.extend(i);
+        self.infos.extend(i);
         // The thread started with our poisoned kinds; keep only its new ones.
-        p.poisoned.retain(|k| !problems.poisoned.contains(k));
-        problems.append(p);
+        p.poisoned.retain(|k| !self.problems.poisoned.contains(k));
+        self.problems.append(p);
         Ok(())
-    };
-    {
-        let (mut hostings, mut databases) = builder.table_sinks();
-        let poisoned = problems.poisoned.clone();
-        let (a, b) = std::thread::scope(|s| {
-            let p = poisoned.clone();
-            let b = s.spawn(|| {
-                run(
-                    &[Entity::Databases],
-                    p,
-                    Box::new(|_, f, line| apply_database(&mut databases, f, line)),
-                )
-            });
-            let a = run(
-                &[Entity::Hostings],
-                poisoned,
-                Box::new(|_, f, line| apply_hosting(&mut hostings, f, line)),
-            );
-            (a, join(b))
-        });
-        merge(a, &mut problems)?;
-        merge(b, &mut problems)?;
     }
-    {
-        let (mut sites, mut uses) = builder.link_sinks();
-        let poisoned = problems.poisoned.clone();
-        let (a, b) = std::thread::scope(|s| {
-            let p = poisoned.clone();
-            let b = s.spawn(|| {
-                run(
-                    &[Entity::DeclaredUses, Entity::ObservedUses],
-                    p,
-                    Box::new(|e, f, line| apply_use(e, &mut uses, f, line)),
-                )
-            });
-            let a = run(
-                &[Entity::Sites],
-                poisoned,
-                Box::new(|_, f, line| apply_site(&mut sites, f, line)),
-            );
-            (a, join(b))
-        });
-        merge(a, &mut problems)?;
-        merge(b, &mut problems)?;
-    }
-    // Report in file order, whatever thread found what.
-    problems.sort();
-    infos.sort_by_key(|(e, _)| Entity::ALL.iter().position(|x| x == e));
-    let files_order: Vec<Entity> = infos.iter().map(|(e, _)| *e).collect();
-    let infos: Vec<FileInfo> = infos.into_iter().map(|(_, i)| i).collect();
-    progress.end();
-    // Checks that need every row (duplicates of the largest tables).
-    let finished = builder.finish();
-    if let Err(late) = &finished {
-        for p in late {
-            let file = infos
-                .iter()
-                .zip(&files_order)
-                .find(|(_, e)| **e == p.entity)
-                .map_or_else(|| p.entity.stem().to_string(), |(i, _)| i.name.clone());
-            problems.push(&file, p.line, p.error.clone());
-        }
+
+    /// Sorts what was found into file order, runs the checks that need every
+    /// row, and gives the inventory or every problem.
+    fn finish(self, builder: InventoryBuilder) -> Result<Inventory, InventoryError> {
+        let Loader {
+            progress,
+            mut infos,
+            mut problems,
+            ..
+        } = self;
+        // Report in file order, whatever thread found what.
         problems.sort();
+        infos.sort_by_key(|(e, _)| Entity::ALL.iter().position(|x| x == e));
+        let files_order: Vec<Entity> = infos.iter().map(|(e, _)| *e).collect();
+        let infos: Vec<FileInfo> = infos.into_iter().map(|(_, i)| i).collect();
+        progress.end();
+        // Checks that need every row (duplicates of the largest tables).
+        let finished = builder.finish();
+        if let Err(late) = &finished {
+            for p in late {
+                let file = infos
+                    .iter()
+                    .zip(&files_order)
+                    .find(|(_, e)| **e == p.entity)
+                    .map_or_else(|| p.entity.stem().to_string(), |(i, _)| i.name.clone());
+                problems.push(&file, p.line, p.error.clone());
+            }
+            problems.sort();
+        }
+        let invalid = |problems: Problems| InventoryError::Invalid {
+            problems: problems.kept,
+            count: problems.count,
+            follow_on: problems.follow_on,
+        };
+        if problems.count > 0 {
+            return Err(invalid(problems));
+        }
+        let Ok(mut inv) = finished else {
+            // Unreachable: a late problem was counted above.
+            return Err(invalid(problems));
+        };
+        inv.set_files(infos);
+        Ok(inv)
     }
-    let invalid = |problems: Problems| InventoryError::Invalid {
-        problems: problems.kept,
-        count: problems.count,
-        follow_on: problems.follow_on,
-    };
-    if problems.count > 0 {
-        return Err(invalid(problems));
-    }
-    let Ok(mut inv) = finished else {
-        // Unreachable: a late problem was counted above.
-        return Err(invalid(problems));
-    };
-    inv.set_files(infos);
-    Ok(inv)
 }
 
 /// Counts bytes for the progress bar and digests them as they are read.
@@ -597,26 +673,11 @@ struct JsonRow<'a> {
     pairs: Vec<(Cow<'a, str>, Scalar<'a>)>,
 }
 
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> de::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_string())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
+/// A JSON key, borrowed from the line when it has no escapes (serde's own
+/// borrowing `Cow` visitor, the same as `Scalar::Str` below without the other kinds).
+#[derive(serde::Deserialize)]
+#[serde(transparent)]
+struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
 
 impl<'de> de::Deserialize<'de> for Scalar<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

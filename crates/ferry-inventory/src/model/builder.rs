@@ -1,240 +1,17 @@
-//! The loaded inventory ([`Inventory`]) and the only way to build one
-//! ([`InventoryBuilder`]), which checks every reference as rows arrive.
+//! [`InventoryBuilder`]: rows in dependency order, each checked against what
+//! came before (references exist, names are new); the checks that need every
+//! row (duplicates of the largest tables) run at `finish`.
 
 use std::net::IpAddr;
 
-use ferry_model::Hostname;
-use std::hash::BuildHasher;
-
 use hashbrown::DefaultHashBuilder;
 
+use super::sinks::{DatabaseSink, HostingSink, SiteSink, UseSink};
+use super::Inventory;
 use crate::error::RowError;
 use crate::ids::*;
-use crate::names::{Names, Strings};
+use crate::names::Names;
 use crate::schema::Entity;
-
-/// Who a database tunnel saw using a database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum User {
-    /// A hosting of the inventory: a real dependency the planner can honour.
-    Hosting(HostingId),
-    /// Any other client address: it keeps using the database through the tunnel,
-    /// wherever the database goes, so it ties nothing together.
-    Client(ClientId),
-}
-
-/// One use of a database recorded by the tunnel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ObservedUse {
-    pub database: DatabaseId,
-    pub user: User,
-}
-
-/// One inventory file as read: enough to tell later whether a plan was made from
-/// the same data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileInfo {
-    /// File name inside the inventory directory (`sites.csv`).
-    pub name: String,
-    /// Data rows (header, blank and comment lines not counted).
-    pub rows: u64,
-    pub bytes: u64,
-    /// A 64-bit digest of the content ([`crate::digest`]), as 16 hex digits.
-    pub digest: String,
-}
-
-/// Row counts per entity.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Counts {
-    pub datacenters: usize,
-    pub clusters: usize,
-    pub ips: usize,
-    pub filers: usize,
-    pub db_servers: usize,
-    pub databases: usize,
-    pub hostings: usize,
-    pub sites: usize,
-    pub declared_uses: usize,
-    pub observed_uses: usize,
-}
-
-/// A whole inventory, held compactly: names interned per kind, references as
-/// `u32` ids, one column vector per attribute.
-#[derive(Debug, Default, Clone)]
-pub struct Inventory {
-    datacenters: Names,
-    clusters: Names,
-    cluster_dc: Vec<DatacenterId>,
-    ips: Names,
-    ip_cluster: Vec<ClusterId>,
-    filers: Names,
-    filer_cluster: Vec<ClusterId>,
-    db_servers: Names,
-    db_server_cluster: Vec<ClusterId>,
-    databases: Names,
-    database_server: Vec<DbServerId>,
-    database_bytes: Vec<u64>,
-    hostings: Names,
-    hosting_filer: Vec<FilerId>,
-    hosting_directory: Strings,
-    hosting_files: Vec<u64>,
-    hosting_bytes: Vec<u64>,
-    sites: Strings,
-    site_hosting: Vec<HostingId>,
-    site_ip: Vec<IpId>,
-    declared: Vec<(HostingId, DatabaseId)>,
-    observed: Vec<ObservedUse>,
-    clients: Names,
-    files: Vec<FileInfo>,
-}
-
-impl Inventory {
-    pub fn counts(&self) -> Counts {
-        Counts {
-            datacenters: self.datacenters.len(),
-            clusters: self.clusters.len(),
-            ips: self.ips.len(),
-            filers: self.filers.len(),
-            db_servers: self.db_servers.len(),
-            databases: self.databases.len(),
-            hostings: self.hostings.len(),
-            sites: self.sites.len(),
-            declared_uses: self.declared.len(),
-            observed_uses: self.observed.len(),
-        }
-    }
-
-    pub fn datacenter_name(&self, id: DatacenterId) -> &str {
-        self.datacenters.get(id.0)
-    }
-    pub fn cluster_name(&self, id: ClusterId) -> &str {
-        self.clusters.get(id.0)
-    }
-    pub fn cluster_datacenter(&self, id: ClusterId) -> DatacenterId {
-        self.cluster_dc[id.index()]
-    }
-    pub fn ip_address(&self, id: IpId) -> &str {
-        self.ips.get(id.0)
-    }
-    pub fn ip_cluster(&self, id: IpId) -> ClusterId {
-        self.ip_cluster[id.index()]
-    }
-    pub fn filer_name(&self, id: FilerId) -> &str {
-        self.filers.get(id.0)
-    }
-    /// The cluster of each filer, indexed by [`FilerId`].
-    pub fn filer_clusters(&self) -> &[ClusterId] {
-        &self.filer_cluster
-    }
-    pub fn db_server_name(&self, id: DbServerId) -> &str {
-        self.db_servers.get(id.0)
-    }
-    pub fn db_server_cluster(&self, id: DbServerId) -> ClusterId {
-        self.db_server_cluster[id.index()]
-    }
-    /// `name@server`.
-    pub fn database_name(&self, id: DatabaseId) -> &str {
-        self.databases.get(id.0)
-    }
-    pub fn database_servers(&self) -> &[DbServerId] {
-        &self.database_server
-    }
-    pub fn database_bytes(&self) -> &[u64] {
-        &self.database_bytes
-    }
-    pub fn hosting_name(&self, id: HostingId) -> &str {
-        self.hostings.get(id.0)
-    }
-    pub fn hosting_filers(&self) -> &[FilerId] {
-        &self.hosting_filer
-    }
-    pub fn hosting_directory(&self, id: HostingId) -> &str {
-        self.hosting_directory.get(id.0)
-    }
-    pub fn hosting_files(&self) -> &[u64] {
-        &self.hosting_files
-    }
-    pub fn hosting_bytes(&self) -> &[u64] {
-        &self.hosting_bytes
-    }
-    pub fn site_name(&self, id: SiteId) -> &str {
-        self.sites.get(id.0)
-    }
-    pub fn site_hostings(&self) -> &[HostingId] {
-        &self.site_hosting
-    }
-    pub fn site_ips(&self) -> &[IpId] {
-        &self.site_ip
-    }
-    /// Declared uses: (hosting, database) pairs, each once.
-    pub fn declared_uses(&self) -> &[(HostingId, DatabaseId)] {
-        &self.declared
-    }
-    /// Uses the database tunnel recorded, each once.
-    pub fn observed_uses(&self) -> &[ObservedUse] {
-        &self.observed
-    }
-    pub fn client_address(&self, id: ClientId) -> &str {
-        self.clients.get(id.0)
-    }
-    /// The files the inventory was read from (empty when built in code).
-    pub fn files(&self) -> &[FileInfo] {
-        &self.files
-    }
-    pub(crate) fn set_files(&mut self, files: Vec<FileInfo>) {
-        self.files = files;
-    }
-
-    pub fn find_filer(&self, name: &str) -> Option<FilerId> {
-        self.filers.find(name).map(FilerId)
-    }
-    pub fn find_hosting(&self, name: &str) -> Option<HostingId> {
-        self.hostings.find(name).map(HostingId)
-    }
-    pub fn find_database(&self, name: &str) -> Option<DatabaseId> {
-        self.databases.find(name).map(DatabaseId)
-    }
-    /// Looks a site up by hostname (normalised like the router does). A linear
-    /// scan: sites carry no index (the loader finds duplicates by sorting), and
-    /// this serves one-off queries such as `ferry plan --dot www.example.com`.
-    pub fn find_site(&self, name: &str) -> Option<SiteId> {
-        let h = Hostname::parse(name).ok()?;
-        self.sites
-            .iter()
-            .position(|s| s == h.as_str())
-            .map(|i| SiteId(i as u32))
-    }
-
-    /// Approximate heap bytes held, for memory reports.
-    pub fn heap_bytes(&self) -> usize {
-        let names = [
-            &self.datacenters,
-            &self.clusters,
-            &self.ips,
-            &self.filers,
-            &self.db_servers,
-            &self.databases,
-            &self.hostings,
-            &self.clients,
-        ];
-        names.iter().map(|n| n.heap_bytes()).sum::<usize>()
-            + self.sites.heap_bytes()
-            + self.hosting_directory.heap_bytes()
-            + 4 * (self.cluster_dc.capacity()
-                + self.ip_cluster.capacity()
-                + self.filer_cluster.capacity()
-                + self.db_server_cluster.capacity()
-                + self.database_server.capacity()
-                + self.hosting_filer.capacity()
-                + self.site_hosting.capacity()
-                + self.site_ip.capacity())
-            + 8 * (self.database_bytes.capacity()
-                + self.hosting_files.capacity()
-                + self.hosting_bytes.capacity()
-                + self.declared.capacity())
-            + 12 * self.observed.capacity()
-    }
-}
 
 /// Which user an observed use names, before lookup.
 #[derive(Debug, Clone, Copy)]
@@ -293,12 +70,17 @@ struct Lines {
 /// after it, which costs a string compare in memory already being read, and
 /// only then the hash table (two cache misses at millions of rows).
 #[derive(Debug, Default)]
-struct Cursor {
+pub(super) struct Cursor {
     last: Option<u32>,
 }
 
 impl Cursor {
-    fn lookup(&mut self, names: &Names, kind: &'static str, name: &str) -> Result<u32, RowError> {
+    pub(super) fn lookup(
+        &mut self,
+        names: &Names,
+        kind: &'static str,
+        name: &str,
+    ) -> Result<u32, RowError> {
         if let Some(last) = self.last {
             for id in [last, last + 1] {
                 if (id as usize) < names.len() && names.get(id) == name {
@@ -313,7 +95,7 @@ impl Cursor {
     }
 }
 
-fn nonempty(field: &'static str, value: &str) -> Result<(), RowError> {
+pub(super) fn nonempty(field: &'static str, value: &str) -> Result<(), RowError> {
     if value.is_empty() {
         Err(RowError::Empty { field })
     } else {
@@ -321,7 +103,7 @@ fn nonempty(field: &'static str, value: &str) -> Result<(), RowError> {
     }
 }
 
-fn no_at(field: &'static str, value: &str) -> Result<(), RowError> {
+pub(super) fn no_at(field: &'static str, value: &str) -> Result<(), RowError> {
     if value.contains('@') {
         Err(RowError::AtInName {
             field,
@@ -332,19 +114,19 @@ fn no_at(field: &'static str, value: &str) -> Result<(), RowError> {
     }
 }
 
-fn lookup(names: &Names, kind: &'static str, name: &str) -> Result<u32, RowError> {
+pub(super) fn lookup(names: &Names, kind: &'static str, name: &str) -> Result<u32, RowError> {
     names.find(name).ok_or_else(|| RowError::UnknownReference {
         kind,
         name: name.to_string(),
     })
 }
 
-fn line32(line: u64) -> u32 {
+pub(super) fn line32(line: u64) -> u32 {
     u32::try_from(line).unwrap_or(u32::MAX)
 }
 
 /// Inserts a new unique name or reports the duplicate with its first line.
-fn insert_unique(
+pub(super) fn insert_unique(
     names: &mut Names,
     lines: &mut Vec<u32>,
     kind: &'static str,
@@ -365,7 +147,7 @@ fn insert_unique(
 }
 
 /// Canonical text of an IP address (so `2001:DB8::1` and `2001:db8::1` match).
-fn parse_address(field: &'static str, value: &str) -> Result<String, RowError> {
+pub(super) fn parse_address(field: &'static str, value: &str) -> Result<String, RowError> {
     value
         .parse::<IpAddr>()
         .map(|a| a.to_string())
@@ -373,35 +155,6 @@ fn parse_address(field: &'static str, value: &str) -> Result<String, RowError> {
             field,
             value: value.to_string(),
         })
-}
-
-/// True when `name` is already a valid, normalised exact hostname (lowercase,
-/// no trailing dot), the common case, which then needs no allocation. Anything
-/// else goes through [`Hostname::parse`], which normalises or explains.
-fn is_plain_hostname(name: &str) -> bool {
-    let b = name.as_bytes();
-    if b.is_empty() || b.len() > ferry_model::MAX_HOSTNAME_LEN {
-        return false;
-    }
-    let mut label = 0usize;
-    for &c in b {
-        match c {
-            b'.' => {
-                if label == 0 {
-                    return false;
-                }
-                label = 0;
-            }
-            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {
-                label += 1;
-                if label > 63 {
-                    return false;
-                }
-            }
-            _ => return false,
-        }
-    }
-    label > 0
 }
 
 impl InventoryBuilder {
@@ -730,196 +483,11 @@ fn use_duplicates(
     }
 }
 
-pub(crate) struct HostingSink<'a> {
-    filers: &'a Names,
-    hostings: &'a mut Names,
-    filer: &'a mut Vec<FilerId>,
-    directory: &'a mut Strings,
-    files: &'a mut Vec<u64>,
-    bytes: &'a mut Vec<u64>,
-    lines: &'a mut Vec<u32>,
-}
-
-impl HostingSink<'_> {
-    pub(crate) fn add_hosting(
-        &mut self,
-        name: &str,
-        filer: &str,
-        directory: &str,
-        files: u64,
-        bytes: u64,
-        line: u64,
-    ) -> Result<HostingId, RowError> {
-        nonempty("name", name)?;
-        nonempty("filer", filer)?;
-        let f = lookup(self.filers, "filer", filer)?;
-        let id = insert_unique(self.hostings, self.lines, "hosting", name, line)?;
-        self.filer.push(FilerId(f));
-        self.directory.push(directory);
-        self.files.push(files);
-        self.bytes.push(bytes);
-        Ok(HostingId(id))
-    }
-}
-
-pub(crate) struct DatabaseSink<'a> {
-    servers: &'a Names,
-    databases: &'a mut Names,
-    server: &'a mut Vec<DbServerId>,
-    bytes: &'a mut Vec<u64>,
-    lines: &'a mut Vec<u32>,
-    scratch: &'a mut String,
-}
-
-impl DatabaseSink<'_> {
-    pub(crate) fn add_database(
-        &mut self,
-        name: &str,
-        server: &str,
-        bytes: u64,
-        line: u64,
-    ) -> Result<DatabaseId, RowError> {
-        nonempty("name", name)?;
-        nonempty("server", server)?;
-        no_at("name", name)?;
-        let s = lookup(self.servers, "database server", server)?;
-        self.scratch.clear();
-        self.scratch.push_str(name);
-        self.scratch.push('@');
-        self.scratch.push_str(server);
-        let id = insert_unique(self.databases, self.lines, "database", self.scratch, line)?;
-        self.server.push(DbServerId(s));
-        self.bytes.push(bytes);
-        Ok(DatabaseId(id))
-    }
-}
-
-pub(crate) struct SiteSink<'a> {
-    hostings: &'a Names,
-    ips: &'a Names,
-    sites: &'a mut Strings,
-    hosting: &'a mut Vec<HostingId>,
-    ip: &'a mut Vec<IpId>,
-    lines: &'a mut Vec<u32>,
-    hashes: &'a mut Vec<(u64, u32)>,
-    hasher: &'a DefaultHashBuilder,
-    last: &'a mut Cursor,
-}
-
-impl SiteSink<'_> {
-    /// Adds a site. Duplicates (and a site on two hostings) are reported by
-    /// [`InventoryBuilder::finish`].
-    pub(crate) fn add_site(
-        &mut self,
-        hostname: &str,
-        hosting: &str,
-        ip: &str,
-        line: u64,
-    ) -> Result<SiteId, RowError> {
-        nonempty("hostname", hostname)?;
-        nonempty("hosting", hosting)?;
-        nonempty("ip", ip)?;
-        let parsed;
-        let host = if is_plain_hostname(hostname) {
-            hostname
-        } else {
-            parsed = Hostname::parse(hostname).map_err(|e| RowError::BadHostname {
-                value: hostname.to_string(),
-                reason: e.to_string(),
-            })?;
-            parsed.as_str()
-        };
-        let h = self.last.lookup(self.hostings, "hosting", hosting)?;
-        // Most exports write addresses canonically; only re-format when needed.
-        let ip_id = match self.ips.find(ip) {
-            Some(id) => id,
-            None => lookup(self.ips, "IP", &parse_address("ip", ip)?)?,
-        };
-        let id = self.sites.push(host);
-        self.hashes.push((self.hasher.hash_one(host), id));
-        self.lines.push(line32(line));
-        self.hosting.push(HostingId(h));
-        self.ip.push(IpId(ip_id));
-        Ok(SiteId(id))
-    }
-}
-
-pub(crate) struct UseSink<'a> {
-    hostings: &'a Names,
-    databases: &'a Names,
-    clients: &'a mut Names,
-    declared: &'a mut Vec<(HostingId, DatabaseId)>,
-    observed: &'a mut Vec<ObservedUse>,
-    declared_keys: &'a mut Vec<(u64, u32)>,
-    observed_keys: &'a mut Vec<(u64, u32)>,
-    last_hosting: &'a mut Cursor,
-    last_database: &'a mut Cursor,
-}
-
-impl UseSink<'_> {
-    fn database_ref(&mut self, database: &str) -> Result<DatabaseId, RowError> {
-        nonempty("database", database)?;
-        if !database.contains('@') {
-            return Err(RowError::BadDatabaseRef {
-                value: database.to_string(),
-            });
-        }
-        self.last_database
-            .lookup(self.databases, "database", database)
-            .map(DatabaseId)
-    }
-
-    /// Adds a declared use; a repeated one is reported by
-    /// [`InventoryBuilder::finish`].
-    pub(crate) fn add_declared_use(
-        &mut self,
-        hosting: &str,
-        database: &str,
-        line: u64,
-    ) -> Result<(), RowError> {
-        nonempty("hosting", hosting)?;
-        let h = self
-            .last_hosting
-            .lookup(self.hostings, "hosting", hosting)?;
-        let d = self.database_ref(database)?;
-        self.declared_keys
-            .push(((u64::from(h) << 32) | u64::from(d.0), line32(line)));
-        self.declared.push((HostingId(h), d));
-        Ok(())
-    }
-
-    /// Adds an observed use; a repeated one is reported by
-    /// [`InventoryBuilder::finish`].
-    pub(crate) fn add_observed_use(
-        &mut self,
-        database: &str,
-        user: UserRef<'_>,
-        line: u64,
-    ) -> Result<(), RowError> {
-        let d = self.database_ref(database)?;
-        let (user, low) = match user {
-            UserRef::Hosting(h) => {
-                nonempty("hosting", h)?;
-                let id = self.last_hosting.lookup(self.hostings, "hosting", h)?;
-                (User::Hosting(HostingId(id)), id)
-            }
-            UserRef::Client(c) => {
-                nonempty("client", c)?;
-                let addr = parse_address("client", c)?;
-                let id = self.clients.intern(&addr);
-                (User::Client(ClientId(id)), id | 0x8000_0000)
-            }
-        };
-        self.observed_keys
-            .push(((u64::from(d.0) << 32) | u64::from(low), line32(line)));
-        self.observed.push(ObservedUse { database: d, user });
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::sinks::is_plain_hostname;
     use super::*;
+    use ferry_model::Hostname;
 
     #[test]
     fn plain_hostnames_match_the_router_rules() {
