@@ -49,16 +49,11 @@ pub fn text(
     out
 }
 
-/// Inventory, parameters, units by size, and the glue between volumes.
-fn overview(out: &mut String, plan: &Plan<'_>, inventory: &Path) {
-    let inv = plan.inventory();
-    let p = &plan.params;
-    let c = inv.counts();
-    let stats = plan.partition.stats();
-    let _ = writeln!(
-        out,
-        "Inventory   {}: {} sites, {} hostings, {} filers, {} databases ({} servers), {} IPs, {} clusters",
-        inventory.display(),
+/// The inventory's size in one phrase, as `ferry plan` and `ferry inventory
+/// check` print it.
+pub fn inventory_counts(c: &ferry_inventory::Counts) -> String {
+    format!(
+        "{} sites on {} hostings, {} filers, {} databases on {} servers, {} IPs, {} clusters, {} datacenters",
         human::count(c.sites as u64),
         human::count(c.hostings as u64),
         human::count(c.filers as u64),
@@ -66,6 +61,20 @@ fn overview(out: &mut String, plan: &Plan<'_>, inventory: &Path) {
         human::count(c.db_servers as u64),
         human::count(c.ips as u64),
         human::count(c.clusters as u64),
+        human::count(c.datacenters as u64),
+    )
+}
+
+/// Inventory, parameters, units by size, and the glue between volumes.
+fn overview(out: &mut String, plan: &Plan<'_>, inventory: &Path) {
+    let inv = plan.inventory();
+    let p = &plan.params;
+    let stats = plan.partition.stats();
+    let _ = writeln!(
+        out,
+        "Inventory   {}: {}",
+        inventory.display(),
+        inventory_counts(&inv.counts())
     );
     let _ = writeln!(
         out,

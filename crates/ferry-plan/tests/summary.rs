@@ -14,8 +14,12 @@ fn text_and_json_summaries_of_the_example_agree() {
     let written = Some((Path::new("out/plan.json"), 2048));
 
     let text = summary::text(&plan, Path::new("inv"), 3, written);
+    let counts = format!(
+        "Inventory   inv: {}\n",
+        summary::inventory_counts(&inv.counts())
+    );
     for section in [
-        "Inventory   inv: ",
+        counts.as_str(),
         "Parameters  constraints ",
         "\nUnits       ",
         "Glue        ",

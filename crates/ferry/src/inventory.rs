@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use ferry_inventory::{Format, Inventory, InventoryError, Progress};
-use ferry_plan::human;
+use ferry_plan::{human, summary};
 use parking_lot::Mutex;
 
 use crate::Failure;
@@ -206,18 +206,7 @@ fn check(dir: &Path, json: bool) -> Result<(), Failure> {
                     .iter()
                     .filter(|o| matches!(o.user, ferry_inventory::User::Client(_)))
                     .count();
-                let _ = writeln!(
-                    text,
-                    "  {} sites on {} hostings, {} filers, {} databases on {} servers, {} IPs, {} clusters, {} datacenters",
-                    human::count(c.sites as u64),
-                    human::count(c.hostings as u64),
-                    human::count(c.filers as u64),
-                    human::count(c.databases as u64),
-                    human::count(c.db_servers as u64),
-                    human::count(c.ips as u64),
-                    human::count(c.clusters as u64),
-                    human::count(c.datacenters as u64),
-                );
+                let _ = writeln!(text, "  {}", summary::inventory_counts(&c));
                 let _ = writeln!(
                     text,
                     "  {} declared uses, {} observed uses ({} by client addresses outside the inventory)",
