@@ -3,8 +3,10 @@
 
 Input: the hostnames of `ferry inventory generate` (its sites.csv). Output, in
 --out: hosts.txt (every host, for wrk's Lua script), the configs of ferry
-(proxy.toml; the sites either as [[site]] entries or in a pre-filled SQLite
-store), HAProxy (haproxy.cfg + hosts.map) and nginx (nginx.conf + map.conf),
+(ferry.toml; by --ferry-sites the sites are [[site]] entries, a pre-filled
+SQLite store, or left to load_sites.py and the admin API), HAProxy (haproxy.cfg
++ hosts.map) and nginx (nginx.conf + map.conf), with --mix also the second
+router's (ferry2.toml, haproxy2.cfg, nginx2.conf: only the remote sites),
 the upstream nginx (4 ports, each answering "pN\n" with its index), and
 meta.json (the hosts used for the start-up and change measurements).
 

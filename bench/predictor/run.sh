@@ -9,7 +9,7 @@
 #
 # For each contender and round: start-up time with the table (process start to
 # the first correct answer for the last site of the table), resident memory
-# (VmRSS / VmHWM after start and after the load), req/s and p99, the router's
+# (VmRSS / VmHWM / Pss after start and after the load), req/s and p99, the router's
 # CPU time per request (utime + stime over the run / requests). Once per
 # contender (round 1): the time one site's change takes to be seen by a client
 # (change.py: ferry's PUT /v1/sites/{host}, HAProxy's `set map` on its runtime
