@@ -18,6 +18,7 @@ import os
 import sys
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ left in the repository
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gen import kind, pool_of  # noqa: E402
 
