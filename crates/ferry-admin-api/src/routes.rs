@@ -147,7 +147,7 @@ impl Route {
 
 /// Percent-encodes a path segment or query value: everything but RFC 3986's
 /// unreserved characters (so `*.example.com` becomes `%2A.example.com`; the
-/// router decodes hosts, certificate and tunnel names).
+/// router decodes hosts, certificate and tunnel names with [`decode`]).
 pub fn encode(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for b in segment.bytes() {
@@ -160,9 +160,38 @@ pub fn encode(segment: &str) -> String {
     out
 }
 
+/// Reverses [`encode`] (and any other `%XX`); a `%` not followed by two hex
+/// digits stays as it is, and bytes that are not UTF-8 are replaced.
+pub fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() && s.is_char_boundary(i + 3) {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoding_reverses_encoding_and_keeps_stray_percents() {
+        assert_eq!(decode("%2A.a.com"), "*.a.com");
+        assert_eq!(decode(&encode("p@ss:w/rd%")), "p@ss:w/rd%");
+        assert_eq!(decode("a%2"), "a%2");
+        assert_eq!(decode("%"), "%");
+        assert_eq!(decode("%zz"), "%zz");
+    }
 
     #[test]
     fn paths_are_filled_and_encoded() {

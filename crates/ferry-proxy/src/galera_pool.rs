@@ -14,6 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+// The URL's user and password are percent-encoded like the admin API's
+// path segments (everything but RFC 3986's unreserved characters).
+use ferry_admin_api::routes::encode;
 use ferry_admin_api::tunnels::{Galera, GaleraNode};
 use ferry_config::GaleraCheck;
 use parking_lot::Mutex;
@@ -168,19 +171,6 @@ impl GaleraPool {
             }
         });
     }
-}
-
-/// Percent-encodes a URL user or password component.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use ferry_admin_api::certs::{CertList, CertPair, CertRemoved, CertStored, Certificate};
+use ferry_admin_api::routes;
 use http::StatusCode;
 
-use super::{error, ok, percent_decode, Resp};
+use super::{error, ok, Resp};
 use crate::Proxy;
 
 /// The certificate store, or the answer for a router without `[tls]`.
@@ -48,7 +49,7 @@ pub(super) fn put(proxy: &Proxy, raw_name: &str, body: &[u8]) -> Resp {
         Ok(s) => s,
         Err(r) => return r,
     };
-    let name = percent_decode(raw_name);
+    let name = routes::decode(raw_name);
     let json_body = body
         .iter()
         .find(|b| !b.is_ascii_whitespace())
@@ -86,7 +87,7 @@ pub(super) fn delete(proxy: &Proxy, raw_name: &str) -> Resp {
         Ok(s) => s,
         Err(r) => return r,
     };
-    let name = percent_decode(raw_name);
+    let name = routes::decode(raw_name);
     match store.remove(&name) {
         Ok(()) => {
             tracing::info!(cert = %name, "certificate removed");

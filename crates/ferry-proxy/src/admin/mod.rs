@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ferry_admin_api::router::{ErrorBody, Health};
+use ferry_admin_api::routes;
 use ferry_admin_api::Route;
 use ferry_model::Hostname;
 use http::{header, Method, Request, Response, StatusCode};
@@ -230,36 +231,7 @@ async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Resp {
 }
 
 fn parse_host(raw: &str) -> Result<Hostname, Resp> {
-    let decoded = percent_decode(raw);
+    let decoded = routes::decode(raw);
     Hostname::parse(&decoded)
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("site {decoded:?}: {e}")))
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() && s.is_char_boundary(i + 3) {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(super::percent_decode("%2A.a.com"), "*.a.com");
-        assert_eq!(super::percent_decode("a%2"), "a%2");
-        assert_eq!(super::percent_decode("%"), "%");
-        assert_eq!(super::percent_decode("%zz"), "%zz");
-    }
 }

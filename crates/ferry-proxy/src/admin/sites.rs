@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 
+use ferry_admin_api::routes;
 use ferry_admin_api::sites::{
     AbsentSite, Applied, Conflict, HostList, QueriedSite, QueryAnswer, Removed, Site, SiteBatch,
     SiteChange as Change, SitePage, SiteRecord as ListedSite, StaleSite,
@@ -12,7 +13,7 @@ use ferry_model::{Epoch, Hostname, Placement, SiteRecord};
 use ferry_router::{ApplyError, Outcome, SiteChange, SiteId};
 use http::StatusCode;
 
-use super::{answer, error, ok, parse_host, percent_decode, read_body, Resp};
+use super::{answer, error, ok, parse_host, read_body, Resp};
 use crate::{Proxy, ProxyError};
 
 /// The API's view of a site the table has.
@@ -76,7 +77,7 @@ pub(super) fn list(proxy: &Proxy, query: &str) -> Resp {
                     )
                 }
             },
-            "prefix" => prefix = percent_decode(v),
+            "prefix" => prefix = routes::decode(v),
             other => {
                 return error(
                     StatusCode::BAD_REQUEST,

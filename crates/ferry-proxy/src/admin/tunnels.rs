@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
+use ferry_admin_api::routes;
 use ferry_admin_api::tunnels::{ObservedUse, TunnelList, UsesExport};
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{error, ok, percent_decode, Resp};
+use super::{error, ok, Resp};
 use crate::tunnel::Tunnel;
 use crate::Proxy;
 
@@ -25,7 +26,7 @@ pub(super) fn uses(proxy: &Proxy, raw: &str) -> Resp {
 }
 
 fn with_tunnel(proxy: &Proxy, raw: &str, f: impl FnOnce(&Tunnel) -> Resp) -> Resp {
-    let name = percent_decode(raw);
+    let name = routes::decode(raw);
     match proxy.tunnels.get(&name) {
         Some(t) => f(&t),
         None => error(StatusCode::NOT_FOUND, format!("no tunnel named {name:?}")),
