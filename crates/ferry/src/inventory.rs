@@ -265,15 +265,9 @@ fn generate(sites: u64, seed: u64, out: &Path, format: FormatArg) -> Result<(), 
         e => Failure::from(e),
     })?;
     emit(&format!(
-        "{}: {} sites, {} hostings, {} filers, {} databases on {} servers, {} IPs, {} clusters; {} declared and {} observed uses (seed {seed}, {:.2} s)\n",
+        "{}: {}; {} declared and {} observed uses (seed {seed}, {:.2} s)\n",
         out.display(),
-        human::count(c.sites as u64),
-        human::count(c.hostings as u64),
-        human::count(c.filers as u64),
-        human::count(c.databases as u64),
-        human::count(c.db_servers as u64),
-        human::count(c.ips as u64),
-        human::count(c.clusters as u64),
+        summary::inventory_counts(&c),
         human::count(c.declared_uses as u64),
         human::count(c.observed_uses as u64),
         started.elapsed().as_secs_f64()
