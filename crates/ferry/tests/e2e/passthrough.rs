@@ -8,15 +8,17 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::client::{client_hello, connect};
-use crate::support::{free_port, metric, router_config, site, workdir, Admin, Deadline, Ferry};
+use crate::support::procs::nginx_prefix;
+use crate::support::{
+    free_port, metric, router_config, site, workdir, Admin, Deadline, Ferry, Nginx,
+};
 
 const HOST: &str = "tls.test";
 const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 7));
@@ -27,21 +29,15 @@ const LIMIT: Duration = Duration::from_secs(15);
 /// with `STATUS` and `NAME SNI PROXY-CLIENT`, and logs
 /// `PROXY-CLIENT SNI URI` per request.
 struct TlsNginx {
-    child: Child,
-    name: String,
-    port: u16,
+    nginx: Nginx,
     /// The certificate, which clients trust as their only CA: a handshake
     /// that verifies proves they talked to this nginx.
     cert: PathBuf,
-    dir: TempDir,
 }
 
 impl TlsNginx {
     fn start(name: &str, status: u16) -> TlsNginx {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("ferry-e2e-tls-{name}-"))
-            .tempdir()
-            .expect("creating nginx prefix");
+        let dir = nginx_prefix(&format!("tls-{name}"));
         let d = dir.path().display().to_string();
         let out = Command::new("openssl")
             .args(["req", "-x509", "-nodes", "-days", "2"])
@@ -65,22 +61,9 @@ impl TlsNginx {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        let conf = format!(
-            r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    default_type text/plain;
-    log_format pp '$proxy_protocol_addr $ssl_server_name $request_uri';
+        let http = format!(
+            r#"log_format pp '$proxy_protocol_addr $ssl_server_name $request_uri';
     access_log {d}/access.log pp;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
     server {{
         listen 127.0.0.1:{port} ssl proxy_protocol;
         ssl_certificate {d}/cert.pem;
@@ -89,45 +72,17 @@ http {{
             add_header X-Backend {name} always;
             return {status} "{name} $ssl_server_name $proxy_protocol_addr\n";
         }}
-    }}
-}}
-"#
+    }}"#
         );
-        let conf_path = dir.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf).expect("writing nginx.conf");
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting nginx (apt-get install nginx-light)");
-        let nginx = TlsNginx {
-            child,
-            name: name.to_string(),
-            port,
-            cert: dir.path().join("cert.pem"),
-            dir,
-        };
-        let end = Instant::now() + LIMIT;
-        while std::net::TcpStream::connect(nginx.addr()).is_err() {
-            assert!(
-                Instant::now() < end,
-                "nginx {name} not listening on {port}: {}",
-                std::fs::read_to_string(nginx.dir.path().join("error.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let cert = dir.path().join("cert.pem");
+        TlsNginx {
+            nginx: Nginx::run(name, port, dir, &http),
+            cert,
         }
-        nginx
     }
 
     fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        self.nginx.addr()
     }
 
     fn cert(&self) -> &str {
@@ -139,25 +94,17 @@ http {{
     fn log_line(&self, uri: &str) -> String {
         let end = Instant::now() + LIMIT;
         loop {
-            let log =
-                std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
-            if let Some(l) = log.lines().find(|l| l.ends_with(uri)) {
+            let log = self.nginx.requests();
+            if let Some(l) = log.iter().find(|l| l.ends_with(uri)) {
                 return l.to_string();
             }
             assert!(
                 Instant::now() < end,
                 "nginx {} logged no {uri}: {log:?}",
-                self.name
+                self.nginx.name
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-}
-
-impl Drop for TlsNginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -279,7 +226,10 @@ async fn clients_see_nginx_certificate_and_nginx_sees_the_client() {
     let web = TlsNginx::start("web", 200);
     let config = router_config("dc1", "")
         + &tls_pool("web")
-        + &passthrough(&format!("backend_port = {}\nsend_proxy = true", web.port))
+        + &passthrough(&format!(
+            "backend_port = {}\nsend_proxy = true",
+            web.nginx.port
+        ))
         + &site(HOST, "pool:web", "");
     let ferry = Ferry::start(dir.path(), &config);
     let via = ferry.passthrough[0];
@@ -345,7 +295,7 @@ async fn a_hop_through_a_remote_router_keeps_the_client_address() {
         + &tls_pool("web")
         + &format!(
             "\n[[passthrough]]\nlisten = \"127.0.0.1:{b_port}\"\nproxy_protocol = true\ntrusted_networks = [\"127.0.0.1\"]\nbackend_port = {}\nsend_proxy = true\n",
-            web.port
+            web.nginx.port
         )
         + &site(HOST, "pool:web", "")
         + &site("loop.test", "remote:dc-a", "");
@@ -383,10 +333,13 @@ async fn frozen_site_holds_new_connections_until_unfrozen() {
     let web = TlsNginx::start("web", 200);
     let config = router_config("dc1", "hold_max = \"60s\"")
         + &tls_pool("web")
-        + &passthrough(&format!("backend_port = {}\nsend_proxy = true", web.port))
+        + &passthrough(&format!(
+            "backend_port = {}\nsend_proxy = true",
+            web.nginx.port
+        ))
         + &passthrough(&format!(
             "backend_port = {}\nsend_proxy = true\nhold_max = \"300ms\"",
-            web.port
+            web.nginx.port
         ))
         + &site(HOST, "pool:web", "epoch = 1");
     let ferry = Ferry::start(dir.path(), &config);
@@ -440,8 +393,8 @@ async fn frozen_site_holds_new_connections_until_unfrozen() {
     // The first is still waiting, nothing reached nginx, and it is released
     // by the unfreeze, as the orchestrator sends it.
     assert_eq!(admin.site(HOST).await["held"], 1);
-    let log = std::fs::read_to_string(web.dir.path().join("access.log")).unwrap_or_default();
-    assert!(log.is_empty(), "{log}");
+    let log = web.nginx.requests();
+    assert!(log.is_empty(), "{log:?}");
     admin.set_site(HOST, "pool:web", "active", 3).await;
     let out = tokio::time::timeout(LIMIT, held.wait_with_output())
         .await
@@ -466,10 +419,13 @@ async fn maintenance_goes_to_the_terminator_or_is_closed_cleanly() {
         + &tls_pool("web")
         + &passthrough(&format!(
             "backend_port = {}\nsend_proxy = true\nmaintenance_terminator = \"{}\"",
-            web.port,
+            web.nginx.port,
             maint.addr()
         ))
-        + &passthrough(&format!("backend_port = {}\nsend_proxy = true", web.port))
+        + &passthrough(&format!(
+            "backend_port = {}\nsend_proxy = true",
+            web.nginx.port
+        ))
         + &site(HOST, "pool:web", "state = \"maintenance\"");
     let ferry = Ferry::start(dir.path(), &config);
     let admin = Admin::new(ferry.admin);
@@ -517,7 +473,7 @@ async fn reload_moves_a_passthrough_listener_and_changes_its_settings() {
     let listener = |port: u16, send_proxy: bool| {
         format!(
             "\n[[passthrough]]\nlisten = \"127.0.0.1:{port}\"\nbackend_port = {}\nsend_proxy = {send_proxy}\n",
-            web.port
+            web.nginx.port
         )
     };
     let base = router_config("dc1", "") + &tls_pool("web") + &site(HOST, "pool:web", "");
@@ -593,7 +549,7 @@ async fn split_hello_works_and_bad_clients_are_closed_and_counted() {
         + &tls_pool("web")
         + &passthrough(&format!(
             "backend_port = {}\nsend_proxy = true\nclient_hello_timeout = \"1s\"\nmax_client_hello = 4096",
-            web.port
+            web.nginx.port
         ))
         + &site(HOST, "pool:web", "");
     let ferry = Ferry::start(dir.path(), &config);

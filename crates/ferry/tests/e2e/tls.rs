@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::client::curl;
+use crate::support::procs::nginx_prefix;
 use crate::support::{
     free_port, metric, pool, router_config, site, workdir, Admin, Deadline, Ferry, Nginx,
 };
@@ -302,70 +303,25 @@ fn subject_cn(out: &str) -> Option<&str> {
 
 /// nginx answering with the forwarding headers it received:
 /// `xfp=X-Forwarded-Proto fwd=Forwarded`.
-struct EchoNginx {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl EchoNginx {
-    fn start() -> EchoNginx {
-        let dir = tempfile::Builder::new()
-            .prefix("ferry-e2e-nginx-echo-")
-            .tempdir()
-            .expect("nginx prefix");
-        let port = free_port();
-        let d = dir.path().display();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nevents {{ worker_connections 512; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/cb; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n  keepalive_requests 100000;\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{ add_header X-Backend echo always; return 200 \"xfp=$http_x_forwarded_proto fwd=$http_forwarded\\n\"; }}\n  }}\n}}\n"
-        );
-        let conf_path = dir.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf).expect("writing nginx.conf");
-        let nginx = if Path::new("/usr/sbin/nginx").exists() {
-            "/usr/sbin/nginx"
-        } else {
-            "nginx"
-        };
-        let child = Command::new(nginx)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting nginx (apt-get install nginx-light)");
-        let echo = EchoNginx {
-            child,
-            port,
-            _dir: dir,
-        };
-        let end = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(echo.addr()).is_err() {
-            assert!(Instant::now() < end, "echo nginx not listening on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        echo
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-}
-
-impl Drop for EchoNginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn echo_nginx() -> Nginx {
+    let port = free_port();
+    let http = format!(
+        r#"access_log off;
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            add_header X-Backend echo always;
+            return 200 "xfp=$http_x_forwarded_proto fwd=$http_forwarded\n";
+        }}
+    }}"#
+    );
+    Nginx::run("echo", port, nginx_prefix("echo"), &http)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_picks_exact_wildcard_and_default_and_alpn_picks_h2() {
-    let echo = EchoNginx::start();
+    let echo = echo_nginx();
     let r = TlsRouter::start(echo.addr(), &[]);
 
     // (SNI, certificate that must answer)

@@ -206,9 +206,11 @@ impl Drop for Ferry {
     }
 }
 
-/// A real nginx answering `NAME PATH X-FORWARDED-FOR` with `X-Backend: NAME`,
-/// and `/healthz`; `/files/NAME` serves what [`Nginx::put_file`] wrote. One process (`master_process off`), everything in its own
-/// temporary prefix, requests logged to `access.log` there.
+/// A real nginx: one process (`master_process off`), everything in its own
+/// temporary prefix. [`Nginx::start`] answers `NAME PATH X-FORWARDED-FOR`
+/// with `X-Backend: NAME`, and `/healthz`; `/files/NAME` serves what
+/// [`Nginx::put_file`] wrote; requests are logged to `access.log` there.
+/// [`Nginx::run`] serves any `http` block.
 pub struct Nginx {
     child: Child,
     pub name: String,
@@ -224,6 +226,14 @@ fn nginx_binary() -> &'static str {
     }
 }
 
+/// A temporary directory for one nginx (its prefix).
+pub fn nginx_prefix(name: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("ferry-e2e-nginx-{name}-"))
+        .tempdir()
+        .expect("creating nginx prefix")
+}
+
 impl Nginx {
     /// Starts on a free port.
     pub fn start(name: &str) -> Nginx {
@@ -232,27 +242,11 @@ impl Nginx {
 
     /// Starts on `port` (e.g. the port of an instance stopped earlier).
     pub fn start_on(name: &str, port: u16) -> Nginx {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("ferry-e2e-nginx-{name}-"))
-            .tempdir()
-            .expect("creating nginx prefix");
+        let dir = nginx_prefix(name);
         let d = dir.path().display();
-        let conf = format!(
-            r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 512; }}
-http {{
-    default_type text/plain;
-    log_format e2e '$request_method $request_uri fwd=$http_forwarded xff=$http_x_forwarded_for';
+        let http = format!(
+            r#"log_format e2e '$request_method $request_uri fwd=$http_forwarded xff=$http_x_forwarded_for';
     access_log {d}/access.log e2e;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
     keepalive_requests 100000;
     server {{
         listen 127.0.0.1:{port};
@@ -266,7 +260,31 @@ http {{
             add_header X-Backend {name} always;
             return 200 "{name} $uri $http_x_forwarded_for\n";
         }}
-    }}
+    }}"#
+        );
+        Nginx::run(name, port, dir, &http)
+    }
+
+    /// Starts nginx in `dir` (its prefix: config, logs, temporary files)
+    /// with `http` inside its `http` block (listening on `port`, at
+    /// 127.0.0.1), and waits until `port` accepts.
+    pub fn run(name: &str, port: u16, dir: TempDir, http: &str) -> Nginx {
+        let d = dir.path().display();
+        let conf = format!(
+            r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 512; }}
+http {{
+    default_type text/plain;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    {http}
 }}
 "#
         );
