@@ -3,17 +3,9 @@
 use std::fs;
 use std::os::unix::fs::FileExt;
 
-use ferry_sync::{run_pass, verify, LocalTree, RemoteTree, SyncError, SyncOptions};
+use ferry_sync::{run_pass, verify, LocalTree, RemoteTree, SyncError};
 
 use crate::support::*;
-
-fn opts() -> SyncOptions {
-    SyncOptions {
-        delete: true,
-        owners: true,
-        ..Default::default()
-    }
-}
 
 #[test]
 fn push_to_agent_round_trip_and_verify() {
@@ -23,10 +15,10 @@ fn push_to_agent_round_trip_and_verify() {
     let agent = Agent::start(&[("www", &dst, false)]);
     let remote = agent.connect("www", true);
     let s = LocalTree::new(&src);
-    let p1 = run_pass(&s, &remote, &opts(), 1, &no_events()).unwrap();
+    let p1 = run_pass(&s, &remote, &mirror_options(), 1, &no_events()).unwrap();
     assert!(p1.wire_sent > 0);
     assert_same(&src, &dst);
-    let p2 = run_pass(&s, &remote, &opts(), 2, &no_events()).unwrap();
+    let p2 = run_pass(&s, &remote, &mirror_options(), 2, &no_events()).unwrap();
     assert_eq!(p2.changed_entries, 0);
     let v = verify(&s, &remote, 10).unwrap();
     assert!(v.equal(), "{v:?}");
@@ -50,7 +42,7 @@ fn pull_from_agent_round_trip() {
     let agent = Agent::start(&[("www", &src, true)]);
     let remote = agent.connect("www", false);
     let d = LocalTree::new(&dst);
-    run_pass(&remote, &d, &opts(), 1, &no_events()).unwrap();
+    run_pass(&remote, &d, &mirror_options(), 1, &no_events()).unwrap();
     assert_same(&src, &dst);
 }
 
@@ -64,7 +56,7 @@ fn delta_of_a_one_percent_change_costs_a_small_multiple_on_the_wire() {
     let agent = Agent::start(&[("v", &dst, false)]);
     let remote = agent.connect("v", true);
     let s = LocalTree::new(&src);
-    let p1 = run_pass(&s, &remote, &opts(), 1, &no_events()).unwrap();
+    let p1 = run_pass(&s, &remote, &mirror_options(), 1, &no_events()).unwrap();
     assert!(p1.wire_sent >= SIZE as u64);
     // Change 1%: ten 64 KiB regions spread over the file.
     let f = fs::OpenOptions::new()
@@ -79,7 +71,7 @@ fn delta_of_a_one_percent_change_costs_a_small_multiple_on_the_wire() {
         changed += region as u64;
     }
     drop(f);
-    let p2 = run_pass(&s, &remote, &opts(), 2, &no_events()).unwrap();
+    let p2 = run_pass(&s, &remote, &mirror_options(), 2, &no_events()).unwrap();
     let wire = p2.wire_sent + p2.wire_received;
     eprintln!(
         "1% change of 64 MiB: changed {changed} B, wire {wire} B (sent {} + received {}), ratio {:.2}",

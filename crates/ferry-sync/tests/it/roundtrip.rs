@@ -7,21 +7,13 @@ use ferry_sync::{run_pass, verify, Dest, LocalTree, Op, SyncError, SyncOptions};
 
 use crate::support::*;
 
-fn opts() -> SyncOptions {
-    SyncOptions {
-        delete: true,
-        owners: true,
-        ..Default::default()
-    }
-}
-
 #[test]
 fn odd_tree_round_trip_is_equal_by_rsync_and_diff() {
     let t = tmp();
     let (src, dst) = dirs(&t);
     make_tree(&src);
     let (s, d) = (LocalTree::new(&src), LocalTree::new(&dst));
-    let p1 = run_pass(&s, &d, &opts(), 1, &no_events()).unwrap();
+    let p1 = run_pass(&s, &d, &mirror_options(), 1, &no_events()).unwrap();
     assert!(p1.changed_entries > 200);
     assert_same(&src, &dst);
     // Sparse stays sparse: 8 MiB file, a few blocks allocated.
@@ -37,7 +29,7 @@ fn odd_tree_round_trip_is_equal_by_rsync_and_diff() {
     let b = fs::metadata(dst.join("dir3/hl-c")).unwrap();
     assert_eq!(a.ino(), b.ino());
     // A second pass finds nothing to do, and verification agrees.
-    let p2 = run_pass(&s, &d, &opts(), 2, &no_events()).unwrap();
+    let p2 = run_pass(&s, &d, &mirror_options(), 2, &no_events()).unwrap();
     assert_eq!(p2.changed_entries, 0, "{p2:?}");
     assert_eq!(p2.changed_bytes, 0);
     let v = verify(&s, &d, 100).unwrap();
@@ -50,7 +42,7 @@ fn changes_deletions_and_type_changes_converge_to_the_source() {
     let (src, dst) = dirs(&t);
     make_tree(&src);
     let (s, d) = (LocalTree::new(&src), LocalTree::new(&dst));
-    run_pass(&s, &d, &opts(), 1, &no_events()).unwrap();
+    run_pass(&s, &d, &mirror_options(), 1, &no_events()).unwrap();
     // At the source: a file becomes a directory, a directory becomes a file, a
     // symlink changes target, a file changes content, one is removed.
     fs::remove_file(src.join("dir0/f5.php")).unwrap();
@@ -64,7 +56,7 @@ fn changes_deletions_and_type_changes_converge_to_the_source() {
     // At the destination: extraneous things.
     fs::write(dst.join("extra"), b"x").unwrap();
     fs::create_dir_all(dst.join("extra-dir/a")).unwrap();
-    let p = run_pass(&s, &d, &opts(), 2, &no_events()).unwrap();
+    let p = run_pass(&s, &d, &mirror_options(), 2, &no_events()).unwrap();
     assert!(p.deleted >= 3, "{p:?}");
     assert_same(&src, &dst);
 }
@@ -95,7 +87,7 @@ fn checksum_mode_finds_same_size_same_mtime_changes() {
     let (src, dst) = dirs(&t);
     make_tree(&src);
     let (s, d) = (LocalTree::new(&src), LocalTree::new(&dst));
-    run_pass(&s, &d, &opts(), 1, &no_events()).unwrap();
+    run_pass(&s, &d, &mirror_options(), 1, &no_events()).unwrap();
     // Same size, same mtime, different content: invisible without --checksum.
     let p = dst.join("dir5/f3.php");
     let md = fs::metadata(&p).unwrap();
@@ -103,7 +95,7 @@ fn checksum_mode_finds_same_size_same_mtime_changes() {
     data[0] ^= 0xff;
     fs::write(&p, &data).unwrap();
     filetime::set_file_mtime(&p, filetime::FileTime::from_last_modification_time(&md)).unwrap();
-    let quick = run_pass(&s, &d, &opts(), 2, &no_events()).unwrap();
+    let quick = run_pass(&s, &d, &mirror_options(), 2, &no_events()).unwrap();
     assert_eq!(quick.changed_entries, 0);
     // Verification sees it and names exactly that path.
     let v = verify(&s, &d, 100).unwrap();
@@ -112,7 +104,7 @@ fn checksum_mode_finds_same_size_same_mtime_changes() {
     assert_eq!(names, vec!["dir5/f3.php".to_string()]);
     let o = SyncOptions {
         checksum: true,
-        ..opts()
+        ..mirror_options()
     };
     let full = run_pass(&s, &d, &o, 3, &no_events()).unwrap();
     assert_eq!(full.changed_entries, 1);
@@ -126,7 +118,7 @@ fn verify_lists_missing_extra_and_changed_paths() {
     let (src, dst) = dirs(&t);
     make_tree(&src);
     let (s, d) = (LocalTree::new(&src), LocalTree::new(&dst));
-    run_pass(&s, &d, &opts(), 1, &no_events()).unwrap();
+    run_pass(&s, &d, &mirror_options(), 1, &no_events()).unwrap();
     fs::remove_file(dst.join("dir6/sub/deep.txt")).unwrap();
     fs::write(dst.join("dir7/new"), b"n").unwrap();
     fs::write(dst.join("with space"), b"other").unwrap();
@@ -218,7 +210,7 @@ fn interrupted_pass_leaves_no_half_file_and_resumes_without_resending() {
         inner: &d,
         budget: std::sync::atomic::AtomicI64::new(50 * 3000 + 8 * 1024 * 1024),
     };
-    let err = run_pass(&s, &failing, &opts(), 1, &no_events()).unwrap_err();
+    let err = run_pass(&s, &failing, &mirror_options(), 1, &no_events()).unwrap_err();
     assert!(err.to_string().contains("test hook"), "{err}");
     // No half file under a real name: every visible file is complete.
     for e in fs::read_dir(&dst).unwrap() {
@@ -235,7 +227,7 @@ fn interrupted_pass_leaves_no_half_file_and_resumes_without_resending() {
     }
     assert!(!dst.join("big").exists());
     // Resume: the partial file is the basis; only the missing part travels.
-    let p = run_pass(&s, &d, &opts(), 2, &no_events()).unwrap();
+    let p = run_pass(&s, &d, &mirror_options(), 2, &no_events()).unwrap();
     assert!(
         p.data_bytes < 9 * 1024 * 1024,
         "resumed pass re-sent {} bytes",
@@ -305,7 +297,7 @@ fn new_directories_appear_whole_and_an_interrupted_first_copy_resumes_them() {
             inner: &d,
             budget: std::sync::atomic::AtomicI64::new(60 * 3000 + 1500),
         };
-        let err = run_pass(&s, &failing, &opts(), 1, &no_events()).unwrap_err();
+        let err = run_pass(&s, &failing, &mirror_options(), 1, &no_events()).unwrap_err();
         assert!(err.to_string().contains("test hook"), "{err}");
         // Nothing of the new directories is visible, and nothing half.
         for name in ["a", "c"] {
@@ -328,7 +320,7 @@ fn new_directories_appear_whole_and_an_interrupted_first_copy_resumes_them() {
         "only {staged_files} files arrived before the kill"
     );
     let d = LocalTree::new(&dst);
-    let p = run_pass(&s, &d, &opts(), 2, &no_events()).unwrap();
+    let p = run_pass(&s, &d, &mirror_options(), 2, &no_events()).unwrap();
     assert!(
         p.data_bytes <= (120 * 3000 - staged_files * 3000) as u64,
         "resumed pass sent {} bytes, {staged_files} files had arrived",
@@ -367,7 +359,7 @@ fn staged_directories_resume_through_an_agent() {
             inner: &remote,
             budget: std::sync::atomic::AtomicI64::new(60 * 3000 + 1500),
         };
-        let err = run_pass(&s, &failing, &opts(), 1, &no_events()).unwrap_err();
+        let err = run_pass(&s, &failing, &mirror_options(), 1, &no_events()).unwrap_err();
         assert!(err.to_string().contains("test hook"), "{err}");
     }
     // The old session applies the 60 files it received in its own thread;
@@ -395,7 +387,7 @@ fn staged_directories_resume_through_an_agent() {
         );
     }
     assert_eq!(visible_files_are_whole(&src, &dst), 0);
-    let p = run_pass(&s, &remote, &opts(), 2, &no_events()).unwrap();
+    let p = run_pass(&s, &remote, &mirror_options(), 2, &no_events()).unwrap();
     assert!(
         p.data_bytes < 120 * 3000 - 40 * 3000,
         "resumed pass sent {} bytes",
@@ -419,7 +411,14 @@ fn a_staged_directory_whose_parent_is_deleted_goes_with_it() {
     fs::write(src.join("x/keep"), b"keep").unwrap();
     fs::write(src.join("top"), b"top").unwrap();
     let s = LocalTree::new(&src);
-    run_pass(&s, &LocalTree::new(&dst), &opts(), 1, &no_events()).unwrap();
+    run_pass(
+        &s,
+        &LocalTree::new(&dst),
+        &mirror_options(),
+        1,
+        &no_events(),
+    )
+    .unwrap();
     fs::create_dir_all(src.join("x/t")).unwrap();
     for i in 0..40 {
         fs::write(src.join(format!("x/t/f{i}")), bytes(i, 3000)).unwrap();
@@ -430,12 +429,12 @@ fn a_staged_directory_whose_parent_is_deleted_goes_with_it() {
             inner: &d,
             budget: std::sync::atomic::AtomicI64::new(20 * 3000 + 1500),
         };
-        run_pass(&s, &failing, &opts(), 2, &no_events()).unwrap_err();
+        run_pass(&s, &failing, &mirror_options(), 2, &no_events()).unwrap_err();
     }
     assert!(!dst.join("x/t").exists());
     fs::remove_dir_all(src.join("x")).unwrap();
     let d = LocalTree::new(&dst);
-    run_pass(&s, &d, &opts(), 3, &no_events()).unwrap();
+    run_pass(&s, &d, &mirror_options(), 3, &no_events()).unwrap();
     assert_same(&src, &dst);
     assert!(!dst.join("x").exists());
 }
@@ -475,12 +474,12 @@ fn owners_and_modes_survive_where_creation_would_change_them() {
     fill(&src.join("plain"), "a");
     fill(&src.join("setgid"), "a");
     let (s, d) = (LocalTree::new(&src), LocalTree::new(&dst));
-    run_pass(&s, &d, &opts(), 1, &no_events()).unwrap();
+    run_pass(&s, &d, &mirror_options(), 1, &no_events()).unwrap();
     assert_same(&src, &dst);
     // Into directories the receiver has now: unnamed files, linked in.
     fill(&src.join("plain"), "b");
     fill(&src.join("setgid"), "b");
-    run_pass(&s, &d, &opts(), 2, &no_events()).unwrap();
+    run_pass(&s, &d, &mirror_options(), 2, &no_events()).unwrap();
     assert_same(&src, &dst);
     for name in ["plain/b0", "setgid/b1", "setgid/a6", "plain/a7"] {
         let (a, b) = (

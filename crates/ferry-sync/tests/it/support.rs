@@ -7,9 +7,18 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use ferry_sync::{AgentConfig, Event, RemoteTree, Volume};
+use ferry_sync::{AgentConfig, Event, RemoteTree, SyncOptions, Volume};
 
 pub const KEY: &str = "test-key-0123456789abcdef";
+
+/// A mirror pass: what the source lacks is deleted, owners are kept.
+pub fn mirror_options() -> SyncOptions {
+    SyncOptions {
+        delete: true,
+        owners: true,
+        ..Default::default()
+    }
+}
 
 pub fn no_events() -> impl Fn(&Event) + Sync {
     |_e: &Event| {}
