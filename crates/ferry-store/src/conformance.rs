@@ -14,7 +14,7 @@ type Check = fn(&dyn Store);
 
 /// Every check, by name, each given a fresh store from `make`.
 pub fn run_all(make: &dyn Fn() -> Box<dyn Store>) {
-    let checks: [(&str, Check); 7] = [
+    let checks: [(&str, Check); 8] = [
         ("empty_store", empty_store),
         ("sites_roundtrip", sites_roundtrip),
         ("put_overwrites", put_overwrites),
@@ -22,6 +22,7 @@ pub fn run_all(make: &dyn Fn() -> Box<dyn Store>) {
         ("readers_see_whole_batches", readers_see_whole_batches),
         ("remove", remove),
         ("server_states", server_states),
+        ("joined_servers", joined_servers),
     ];
     for (name, check) in checks {
         // Printed (and captured by the test harness) so a failure names its check.
@@ -255,4 +256,44 @@ pub fn server_states(store: &dyn Store) {
         ("web".to_string(), "w2".to_string(), ServerState::Maint),
     ];
     assert_eq!(ok("server_states", store.server_states()), expected);
+}
+
+/// Joined servers upsert by `(pool, name)`, list in that order, and go.
+pub fn joined_servers(store: &dyn Store) {
+    let joined = |pool: &str, name: &str, port: u16, tier: u8| crate::JoinedServer {
+        pool: pool.to_string(),
+        name: name.to_string(),
+        address: std::net::SocketAddr::from(([10, 0, 0, 7], port)),
+        tier,
+        weight: 3,
+    };
+    assert!(ok("joined_servers", store.joined_servers()).is_empty());
+    for s in [
+        joined("web", "x2", 80, 0),
+        joined("web", "x1", 81, 1),
+        joined("api", "a/1", 82, 0),
+        joined("web", "x1", 83, 2),
+    ] {
+        ok("put_joined_server", store.put_joined_server(&s));
+    }
+    assert_eq!(
+        ok("joined_servers", store.joined_servers()),
+        vec![
+            joined("api", "a/1", 82, 0),
+            joined("web", "x1", 83, 2),
+            joined("web", "x2", 80, 0),
+        ]
+    );
+    ok(
+        "remove_joined_server",
+        store.remove_joined_server("web", "x1"),
+    );
+    ok(
+        "remove_joined_server",
+        store.remove_joined_server("web", "absent"),
+    );
+    assert_eq!(
+        ok("joined_servers", store.joined_servers()),
+        vec![joined("api", "a/1", 82, 0), joined("web", "x2", 80, 0)]
+    );
 }

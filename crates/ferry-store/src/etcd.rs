@@ -31,7 +31,7 @@ use etcd_client::{
 };
 use ferry_model::{ChangeVerdict, Epoch, Hostname, Placement, ServerState, SiteRecord, SiteState};
 
-use crate::{Store, StoreError};
+use crate::{JoinedServer, Store, StoreError};
 
 /// The key layout this build writes and the newest it reads (`P/schema`). Raise
 /// it only for a change an older router must not read as version 1, together with
@@ -339,6 +339,53 @@ impl Store for EtcdStore {
                 .call("write a server state", |mut c| {
                     let key = key.clone();
                     async move { c.put(key, state.as_str(), None).await }
+                })
+                .await
+                .map(drop)
+        })
+    }
+
+    fn joined_servers(&self) -> Result<Vec<JoinedServer>, StoreError> {
+        self.run(|inner| async move {
+            let (start, end) = inner.keys.pools_range();
+            let resp = inner
+                .call("read joined servers", |mut c| {
+                    let (start, end) = (start.clone(), end.clone());
+                    async move { c.get(start, Some(GetOptions::new().with_range(end))).await }
+                })
+                .await?;
+            let mut out = resp
+                .kvs()
+                .iter()
+                .filter_map(|kv| inner.decode_joined(kv).transpose())
+                .collect::<Result<Vec<_>, _>>()?;
+            out.sort_by(|a, b| (&a.pool, &a.name).cmp(&(&b.pool, &b.name)));
+            Ok(out)
+        })
+    }
+
+    fn put_joined_server(&self, s: &JoinedServer) -> Result<(), StoreError> {
+        let key = self.inner.keys.joined(&s.pool, &s.name);
+        // "ADDRESS TIER WEIGHT": three plain fields, no JSON needed.
+        let value = format!("{} {} {}", s.address, s.tier, s.weight);
+        self.run(move |inner| async move {
+            inner
+                .call("write a joined server", |mut c| {
+                    let (key, value) = (key.clone(), value.clone());
+                    async move { c.put(key, value, None).await }
+                })
+                .await
+                .map(drop)
+        })
+    }
+
+    fn remove_joined_server(&self, pool: &str, name: &str) -> Result<(), StoreError> {
+        let key = self.inner.keys.joined(pool, name);
+        self.run(move |inner| async move {
+            inner
+                .call("remove a joined server", |mut c| {
+                    let key = key.clone();
+                    async move { c.delete(key, None).await }
                 })
                 .await
                 .map(drop)
@@ -716,6 +763,39 @@ impl Inner {
         decode_site_kv(&self.keys.sites_start(), kv)
     }
 
+    /// A joined server from a key under `P/pools/`; `None` for the other
+    /// keys a later layout may keep there.
+    fn decode_joined(&self, kv: &KeyValue) -> Result<Option<JoinedServer>, StoreError> {
+        let key = String::from_utf8_lossy(kv.key());
+        let what = || format!("joined server key {key:?}");
+        let rest = key
+            .strip_prefix(&self.keys.pools_start())
+            .ok_or_else(|| corrupt(what(), "outside the pools prefix"))?;
+        let Some((pool, name)) = rest.split_once("/joined/") else {
+            return Ok(None);
+        };
+        let raw = String::from_utf8_lossy(kv.value());
+        let mut f = raw.split(' ');
+        let bad = || {
+            corrupt(
+                what(),
+                format!("value {raw:?} is not \"ADDRESS TIER WEIGHT\""),
+            )
+        };
+        let (Some(address), Some(tier), Some(weight), None) =
+            (f.next(), f.next(), f.next(), f.next())
+        else {
+            return Err(bad());
+        };
+        Ok(Some(JoinedServer {
+            pool: unescape(pool),
+            name: unescape(name),
+            address: address.parse().map_err(|_| bad())?,
+            tier: tier.parse().map_err(|_| bad())?,
+            weight: weight.parse().map_err(|_| bad())?,
+        }))
+    }
+
     fn decode_server_state(
         &self,
         kv: &KeyValue,
@@ -815,6 +895,24 @@ impl Keys {
 
     fn servers_range(&self) -> (String, String) {
         (self.servers_start(), format!("{}/servers0", self.prefix))
+    }
+
+    /// Pools' run-time state: `P/pools/<pool>/joined/<server>` so far.
+    fn pools_start(&self) -> String {
+        format!("{}/pools/", self.prefix)
+    }
+
+    fn pools_range(&self) -> (String, String) {
+        (self.pools_start(), format!("{}/pools0", self.prefix))
+    }
+
+    fn joined(&self, pool: &str, name: &str) -> String {
+        format!(
+            "{}/pools/{}/joined/{}",
+            self.prefix,
+            escape(pool),
+            escape(name)
+        )
     }
 
     fn server(&self, pool: &str, server: &str) -> String {

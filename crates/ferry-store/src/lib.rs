@@ -70,6 +70,28 @@ pub trait Store: Send + Sync + 'static {
         server: &str,
         state: ServerState,
     ) -> Result<(), StoreError>;
+
+    /// Servers that joined pools at run time (in no config file), in
+    /// `(pool, name)` order; their states are in [`Store::server_states`].
+    fn joined_servers(&self) -> Result<Vec<JoinedServer>, StoreError>;
+
+    /// Records a server that joined a pool, replacing one of the same pool
+    /// and name.
+    fn put_joined_server(&self, server: &JoinedServer) -> Result<(), StoreError>;
+
+    /// Forgets a joined server; one the store does not hold is ignored.
+    fn remove_joined_server(&self, pool: &str, name: &str) -> Result<(), StoreError>;
+}
+
+/// A server that joined a pool at run time (`POST /v1/pools/{pool}/servers`),
+/// kept so the router still has it after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinedServer {
+    pub pool: String,
+    pub name: String,
+    pub address: std::net::SocketAddr,
+    pub tier: u8,
+    pub weight: u32,
 }
 
 /// Why the control store could not do what was asked.

@@ -7,11 +7,11 @@ use std::time::Duration;
 use ferry_model::{Epoch, Hostname, Placement, ServerState, SiteRecord, SiteState};
 use rusqlite::{params, Connection, Row, TransactionBehavior};
 
-use crate::{Store, StoreError};
+use crate::{JoinedServer, Store, StoreError};
 
 /// The schema version this build writes and the newest it opens. Raise it only
 /// together with a new entry in `MIGRATIONS` and a new `tests/fixtures/vN.sql`.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// `MIGRATIONS[v]` takes a database from schema version `v` to `v + 1`. A released
 /// entry is never edited: files written by that release must keep opening, and
@@ -38,7 +38,24 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
         body       TEXT NOT NULL,            -- JSON
         at_unix_ms INTEGER NOT NULL
     );",
+    // v1 -> v2: servers that joined pools at run time.
+    "CREATE TABLE joined_servers (
+        pool    TEXT NOT NULL,
+        server  TEXT NOT NULL,
+        address TEXT NOT NULL,               -- IP:PORT
+        tier    INTEGER NOT NULL,
+        weight  INTEGER NOT NULL,
+        PRIMARY KEY (pool, server)
+    ) WITHOUT ROWID;",
 ];
+
+const SELECT_JOINED: &str =
+    "SELECT pool, server, address, tier, weight FROM joined_servers ORDER BY pool, server";
+const UPSERT_JOINED: &str =
+    "INSERT INTO joined_servers (pool, server, address, tier, weight) VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT (pool, server) DO UPDATE SET
+       address = excluded.address, tier = excluded.tier, weight = excluded.weight";
+const DELETE_JOINED: &str = "DELETE FROM joined_servers WHERE pool = ?1 AND server = ?2";
 
 /// How long a write waits for another process holding the file's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -389,6 +406,61 @@ impl Store for SqliteStore {
         conn.prepare_cached(UPSERT_SERVER_STATE)
             .and_then(|mut stmt| stmt.execute(params![pool, server, state.as_str()]))
             .map_err(sql("write a server state"))?;
+        Ok(())
+    }
+
+    fn joined_servers(&self) -> Result<Vec<JoinedServer>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(SELECT_JOINED)
+            .map_err(sql("read joined servers"))?;
+        let mut rows = stmt.query([]).map_err(sql("read joined servers"))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(sql("read joined servers"))? {
+            let get = |i| -> Result<String, StoreError> {
+                row.get::<_, String>(i).map_err(sql("read joined servers"))
+            };
+            let (pool, name, address) = (get(0)?, get(1)?, get(2)?);
+            let tier: i64 = row.get(3).map_err(sql("read joined servers"))?;
+            let weight: i64 = row.get(4).map_err(sql("read joined servers"))?;
+            let corrupt = |detail: String| StoreError::Corrupt {
+                what: format!("joined server {pool}/{name}"),
+                detail,
+            };
+            out.push(JoinedServer {
+                address: address
+                    .parse()
+                    .map_err(|_| corrupt(format!("address {address:?}")))?,
+                tier: u8::try_from(tier).map_err(|_| corrupt(format!("tier {tier}")))?,
+                weight: u32::try_from(weight).map_err(|_| corrupt(format!("weight {weight}")))?,
+                pool,
+                name,
+            });
+        }
+        Ok(out)
+    }
+
+    fn put_joined_server(&self, s: &JoinedServer) -> Result<(), StoreError> {
+        let conn = self.lock();
+        conn.prepare_cached(UPSERT_JOINED)
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    s.pool,
+                    s.name,
+                    s.address.to_string(),
+                    s.tier,
+                    s.weight
+                ])
+            })
+            .map_err(sql("write a joined server"))?;
+        Ok(())
+    }
+
+    fn remove_joined_server(&self, pool: &str, name: &str) -> Result<(), StoreError> {
+        let conn = self.lock();
+        conn.prepare_cached(DELETE_JOINED)
+            .and_then(|mut stmt| stmt.execute(params![pool, name]))
+            .map_err(sql("remove a joined server"))?;
         Ok(())
     }
 }

@@ -413,3 +413,46 @@ fn killed_writer_leaves_all_or_nothing() {
     store.put_sites(&batch("after", 1, 1)).unwrap();
     assert_eq!(store.sites().unwrap().len(), count + 1);
 }
+
+/// Pins schema version 2: the servers that joined pools at run time read
+/// back as written, and a version-1 file gains the (empty) table.
+#[test]
+fn v2_fixture_still_opens() {
+    use ferry_store::JoinedServer;
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(include_str!("fixtures/v2.sql"))
+        .unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(
+        store.joined_servers().unwrap(),
+        vec![
+            JoinedServer {
+                pool: "web".into(),
+                name: "extra1".into(),
+                address: "10.0.0.21:80".parse().unwrap(),
+                tier: 0,
+                weight: 1,
+            },
+            JoinedServer {
+                pool: "web".into(),
+                name: "extra2".into(),
+                address: "[2001:db8::22]:8080".parse().unwrap(),
+                tier: 1,
+                weight: 4,
+            },
+        ]
+    );
+    assert_eq!(store.sites().unwrap().len(), 3);
+
+    let dir1 = tempfile::tempdir().unwrap();
+    let path1 = db_path(&dir1);
+    Connection::open(&path1)
+        .unwrap()
+        .execute_batch(include_str!("fixtures/v1.sql"))
+        .unwrap();
+    let store = SqliteStore::open(&path1).unwrap();
+    assert_eq!(store.joined_servers().unwrap(), vec![]);
+}
