@@ -178,6 +178,8 @@ impl Proxy {
             }
         });
         let shared = Arc::new(Shared::new(config, config_path, store)?);
+        // Servers that joined at run time before a restart are in the store.
+        joined::restore(&shared)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         tunnels.set_accept_limits(traffic_cap.clone(), Arc::clone(&shared.metrics));
         tunnels.commit(prepared, &tunnel_config, &shutdown_rx);

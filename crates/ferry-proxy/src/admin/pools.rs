@@ -92,9 +92,17 @@ pub(super) fn add_server(proxy: &Proxy, pool: &str, body: &[u8]) -> Resp {
         );
     }
     let server = ferry_router::Server::new(b.name.clone(), b.address, b.tier, b.weight, b.state);
+    let kept = ferry_router::Server::new(b.name.clone(), b.address, b.tier, b.weight, b.state);
     match proxy.shared.add_server(pool, server) {
         Ok(()) => {
             tracing::info!(%pool, server = %b.name, address = %b.address, tier = b.tier, "server joined");
+            if let Err(e) = crate::joined::persist(&proxy.shared, pool, &kept) {
+                tracing::error!(%pool, server = %b.name, error = %e, "a joined server could not be stored");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("server {} joined pool {pool}, but the store failed ({e}): it will be forgotten at the next restart", b.name),
+                );
+            }
             answer(
                 StatusCode::CREATED,
                 &ServerJoined {
@@ -114,6 +122,7 @@ pub(super) fn remove_server(proxy: &Proxy, pool: &str, server: &str) -> Resp {
     match proxy.shared.remove_server(pool, server) {
         Ok(()) => {
             tracing::info!(%pool, %server, "server left");
+            crate::joined::forget(&proxy.shared, pool, server);
             ok(&ServerLeft {
                 pool: pool.to_string(),
                 removed: server.to_string(),

@@ -81,7 +81,7 @@ async fn leave_steps(
     }
     match shared.remove_server(pool, name) {
         // Gone already: its agent left by itself (SIGTERM) meanwhile.
-        Ok(()) | Err(RuntimeServerError::NoServer(_)) => {}
+        Ok(()) | Err(RuntimeServerError::NoServer(_)) => crate::joined::forget(shared, pool, name),
         Err(e) => {
             let _ = shared.set_server_state(pool, name, ServerState::Ready);
             return Err(("failed", format!("cannot deregister {name}: {e}")));

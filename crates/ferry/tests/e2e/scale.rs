@@ -747,3 +747,87 @@ async fn a_server_whose_copy_fails_never_gets_traffic() {
         .collect();
     assert_eq!(names, ["a"], "x is still in the pool: {p}");
 }
+
+/// Issue 22: joined servers persist in the router's store. A server that
+/// joined (drained) is there again, drained, after a restart; one that left
+/// is not.
+#[tokio::test]
+async fn joined_servers_are_restored_after_a_restart_and_left_ones_are_not() {
+    let dir = workdir();
+    let a = crate::support::Nginx::start("a");
+    let b = crate::support::Nginx::start("b");
+    let c = crate::support::Nginx::start("c");
+    let config = router_config("dc1", "store = \"state.db\"")
+        + &pool("web", &[("a", a.addr())])
+        + &site("shop.test", "pool:web", "");
+    let names = |p: &Value| -> Vec<(String, String)> {
+        p["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap().to_string(),
+                    s["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let router = Ferry::start(dir.path(), &config);
+    let admin = Admin::new(router.admin);
+    for (name, addr, state) in [("b", b.addr(), "drain"), ("c", c.addr(), "ready")] {
+        let (status, v) = admin
+            .post(
+                "/v1/pools/web/servers",
+                &serde_json::json!({"name": name, "address": addr.to_string(), "state": state, "weight": 2}),
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+    }
+    // c leaves (drained, idle) before the restart.
+    let (status, v) = admin
+        .put(
+            "/v1/pools/web/servers/c",
+            &serde_json::json!({"state": "drain"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = admin
+        .call(http::Method::DELETE, "/v1/pools/web/servers/c", "")
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(router.terminate().success());
+
+    let router = Ferry::start(dir.path(), &config);
+    let admin = Admin::new(router.admin);
+    let p = web(&admin).await;
+    assert_eq!(
+        names(&p),
+        [("a".into(), "ready".into()), ("b".into(), "drain".into())],
+        "{p}"
+    );
+    let b_now = &p["servers"][1];
+    assert_eq!(
+        (b_now["address"].as_str(), b_now["weight"].as_u64()),
+        (Some(b.addr().to_string().as_str()), Some(2))
+    );
+    // Made ready, it serves.
+    let (status, v) = admin
+        .put(
+            "/v1/pools/web/servers/b",
+            &serde_json::json!({"state": "ready"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let http = client::http1();
+    let mut from_b = 0;
+    for _ in 0..10 {
+        let r = client::get(&http, router.addr(), "shop.test", "/")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        from_b += usize::from(r.backend() == Some("b"));
+    }
+    assert!(from_b > 0);
+    assert!(router.stderr().contains("restored"));
+}
