@@ -27,7 +27,8 @@ pub(super) enum PoolsCmd {
         #[arg(value_enum)]
         state: StateArg,
     },
-    /// Add a server to a pool until the next reload or restart.
+    /// Add a server to a pool (kept by the router across reloads and
+    /// restarts until it leaves).
     Join {
         /// The pool's name.
         pool: String,
