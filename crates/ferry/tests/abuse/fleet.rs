@@ -11,8 +11,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::http1::read_response;
 use crate::report;
 use crate::support::procs::{free_port, FERRY};
+use crate::support::workdir;
+use crate::tmpfs::Tmpfs;
 
 /// The binary under test.
 const FERRY_BIN: &str = FERRY;
@@ -153,40 +156,6 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn workdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("ferry-abuse-fleet-")
-        .tempdir()
-        .unwrap()
-}
-
-/// Reads one HTTP/1.1 response with a Content-Length body: (status, body).
-fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<(u16, String)> {
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-    let mut len = 0;
-    loop {
-        line.clear();
-        r.read_line(&mut line)?;
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body)?;
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
 /// How long until the peer closes `s` (EOF or reset), or None if it sent
 /// data or the read deadline passed first.
 fn closed_after(s: &mut TcpStream, since: Instant) -> Option<Duration> {
@@ -228,7 +197,7 @@ fn fleet_half_sent_requests_and_idle_connections_are_closed() {
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
         .unwrap();
     let mut idle_r = BufReader::new(idle.try_clone().unwrap());
-    let (st, _) = read_response(&mut idle_r).unwrap();
+    let st = read_response(&mut idle_r).unwrap().status;
     assert_eq!(st, 200);
     let idle_since = Instant::now();
     let mut slow_body = agent.connect();
@@ -259,8 +228,9 @@ fn fleet_half_sent_requests_and_idle_connections_are_closed() {
             "{what} connection closed after {t:?}, before the header timeout"
         );
     }
-    let (st, body) = slow.expect("a response to the unfinished body");
-    assert_eq!(st, 408, "{body}");
+    let slow = slow.expect("a response to the unfinished body");
+    let body = &slow.body;
+    assert_eq!(slow.status, 408, "{body}");
     assert!(body.contains("body_timeout"), "{body}");
     assert!(served);
     report::row(
@@ -316,7 +286,7 @@ fn fleet_connection_flood_is_capped() {
                 .as_bytes(),
         )
         .unwrap();
-        read_response(&mut BufReader::new(s)).unwrap().1
+        read_response(&mut BufReader::new(s)).unwrap().body
     };
     assert!(
         metrics.contains("ferry_exec_connections_refused_total 16"),
@@ -360,7 +330,7 @@ fn fleet_unauthenticated_flood_is_counted_not_synced_each() {
                         b"POST /v1/exec HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer wrong-token-wrong-token\r\nContent-Length: 0\r\n\r\n",
                     )
                     .unwrap();
-                    let (st, _) = read_response(&mut r).unwrap();
+                    let st = read_response(&mut r).unwrap().status;
                     assert_eq!(st, 401);
                 }
             })
@@ -408,49 +378,6 @@ fn fleet_unauthenticated_flood_is_counted_not_synced_each() {
         rss,
         served,
     );
-}
-
-/// A tmpfs mounted for one test, unmounted when dropped (after the agent
-/// using it, which is declared later and so dropped first).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .expect("running mount");
-        assert!(
-            st.success(),
-            "mounting a tmpfs on {} failed: this test needs root",
-            dir.display()
-        );
-        Tmpfs(dir.to_path_buf())
-    }
-
-    /// Writes a file until the filesystem is full.
-    fn fill(&self) -> PathBuf {
-        let p = self.0.join("filler");
-        let mut f = std::fs::File::create(&p).unwrap();
-        let chunk = vec![0u8; 4096];
-        loop {
-            match f.write(&chunk) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(28) => break,
-                Err(e) => panic!("filling {}: {e}", p.display()),
-            }
-        }
-        p
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
 }
 
 /// Issue 15 #12: with the audit log's disk full, an authenticated command

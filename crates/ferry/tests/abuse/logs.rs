@@ -13,13 +13,15 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::http1::read_response;
 use crate::report;
 use crate::support::procs::FERRY;
 use crate::support::{free_port, metric, router_config, workdir, Admin, Backend};
+use crate::tmpfs::Tmpfs;
 
 /// A `ferry proxy` started with extra global flags and a chosen stdout;
 /// killed (by pid) when dropped.
@@ -81,50 +83,6 @@ impl Drop for Router {
     }
 }
 
-/// A tmpfs of `size` mounted on a new directory under `dir`; unmounted when
-/// dropped. Needs root (as the test command runs in CI).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        let at = dir.join("small-disk");
-        std::fs::create_dir(&at).unwrap();
-        let status = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0755"),
-                "tmpfs",
-            ])
-            .arg(&at)
-            .status()
-            .expect("running mount");
-        assert!(
-            status.success(),
-            "mounting a {size} tmpfs failed: this test needs root (the test command runs as root)"
-        );
-        Tmpfs(at)
-    }
-
-    /// Writes a file until the filesystem says it is full.
-    fn fill(&self) {
-        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
-        let block = vec![0u8; 64 * 1024];
-        loop {
-            if std::io::Write::write_all(&mut f, &block).is_err() {
-                break;
-            }
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 fn files_bytes(dir: &Path, prefix: &str) -> (usize, u64) {
     let mut n = 0;
     let mut total = 0;
@@ -157,19 +115,19 @@ fn hammer(addr: SocketAddr, n: usize, limit: Duration) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_tunnel_cannot_flood_the_log_nor_a_full_disk_stop_the_router() {
     let dir = workdir();
-    let disk = Tmpfs::mount(dir.path(), "4m");
+    let disk = Tmpfs::mount(&dir.path().join("small-disk"), "4m");
     let backend = Backend::start("app1");
     // Nothing listens on the database's port: every tunnel connection fails.
     let dead_db = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let tunnel = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let access = disk.0.join("access.log");
+    let access = disk.path().join("access.log");
     let config = router_config("dc1", &format!("access_log = \"{}\"", access.display()))
         + &crate::support::pool("web", &[("app1", backend.addr)])
         + &crate::support::site("www.a.test", "pool:web", "")
         + &format!(
             "\n[[tunnels]]\nname = \"db\"\nlisten = \"{tunnel}\"\nupstream = \"{dead_db}\"\n"
         );
-    let log = disk.0.join("ferry.log");
+    let log = disk.path().join("ferry.log");
     let log_flag = log.to_string_lossy().into_owned();
     let router = Router::start(
         dir.path(),
@@ -205,7 +163,7 @@ async fn a_failing_tunnel_cannot_flood_the_log_nor_a_full_disk_stop_the_router()
     let mut summary = false;
     for _ in 0..100 {
         let text = std::fs::read_to_string(&log).unwrap_or_default()
-            + &std::fs::read_to_string(disk.0.join("ferry.log.1")).unwrap_or_default();
+            + &std::fs::read_to_string(disk.path().join("ferry.log.1")).unwrap_or_default();
         if text.contains("suppressed") {
             summary = true;
             break;
@@ -216,7 +174,7 @@ async fn a_failing_tunnel_cannot_flood_the_log_nor_a_full_disk_stop_the_router()
         summary,
         "no 'suppressed N similar log lines' line after {tried} failures"
     );
-    let (files, bytes) = files_bytes(&disk.0, "ferry.log");
+    let (files, bytes) = files_bytes(disk.path(), "ferry.log");
     assert!(files <= 3, "{files} log files: rotation keeps 2 old ones");
     assert!(
         bytes <= 3 * 64 * 1024 + 16 * 1024,
@@ -224,8 +182,8 @@ async fn a_failing_tunnel_cannot_flood_the_log_nor_a_full_disk_stop_the_router()
     );
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let all = text
-        + &std::fs::read_to_string(disk.0.join("ferry.log.1")).unwrap_or_default()
-        + &std::fs::read_to_string(disk.0.join("ferry.log.2")).unwrap_or_default();
+        + &std::fs::read_to_string(disk.path().join("ferry.log.1")).unwrap_or_default()
+        + &std::fs::read_to_string(disk.path().join("ferry.log.2")).unwrap_or_default();
     let per_conn = all
         .lines()
         .filter(|l| l.contains("tunnel") && !l.contains("suppressed"))
@@ -310,13 +268,13 @@ async fn an_access_log_nobody_reads_holds_a_bounded_queue() {
                             continue;
                         }
                         match read_response(reader) {
-                            Some(close) => {
+                            Ok(answer) => {
                                 n += 1;
-                                if close {
+                                if answer.close {
                                     conn = None;
                                 }
                             }
-                            None => conn = None,
+                            Err(_) => conn = None,
                         }
                     }
                     n
@@ -365,30 +323,4 @@ async fn an_access_log_nobody_reads_holds_a_bounded_queue() {
         "the router grew from {before} KiB to {after} KiB"
     );
     assert!(served);
-}
-
-/// Reads one HTTP/1.1 response with a Content-Length body: whether the
-/// server closes the connection after it; None on error.
-fn read_response(r: &mut impl std::io::BufRead) -> Option<bool> {
-    let mut len = 0usize;
-    let mut close = false;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let lower = l.to_ascii_lowercase();
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            len = v.trim().parse().ok()?;
-        }
-        close |= lower.starts_with("connection:") && lower.contains("close");
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).ok()?;
-    Some(close)
 }

@@ -12,7 +12,9 @@
 mod support;
 
 mod fleet;
+mod http1;
 mod logs;
 mod proxy;
 mod report;
 mod sync;
+mod tmpfs;

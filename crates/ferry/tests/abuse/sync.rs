@@ -88,7 +88,7 @@ impl Agent {
 
     /// Peak resident memory so far (VmHWM), KiB.
     fn peak_kib(&self) -> u64 {
-        status_kib(self.pid, "VmHWM:")
+        report::status_kib(self.pid, "VmHWM:")
     }
 
     fn connect(&self, volume: &str, write: bool) -> Result<RemoteTree, SyncError> {
@@ -124,18 +124,6 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// A source tree for the normal pushes, and the agent's writable volume.
@@ -199,7 +187,7 @@ fn sync_preauth_frames_claiming_8_mib_do_not_grow_the_agent() {
         t.path(),
         &format!("[volumes.www]\npath = \"{}\"\n", www.display()),
     );
-    let before = status_kib(agent.pid, "VmRSS:");
+    let before = report::rss_kib(agent.pid);
     let lines_before = agent.log().lines().count();
     let port = agent.port;
     let attackers: Vec<_> = (0..48)
@@ -378,7 +366,7 @@ fn sync_block_hashes_with_huge_blocks_are_refused_and_hashing_stays_small() {
             img.display()
         ),
     );
-    let before = status_kib(agent.pid, "VmRSS:");
+    let before = report::rss_kib(agent.pid);
     let huge = agent
         .connect("img", false)
         .expect("opening the image")
@@ -628,7 +616,7 @@ fn sync_reads_that_would_hold_a_whole_file_are_bounded() {
             vol.display()
         ),
     );
-    let before = status_kib(agent.pid, "VmRSS:");
+    let before = report::rss_kib(agent.pid);
     let tree = agent.connect("ro", false).expect("opening the volume");
     let small = tree.read_small(&RelPath::new(&b"big.bin"[..]).unwrap(), 0);
     // The refusal ends nothing: the session goes on.
