@@ -159,16 +159,22 @@ struct Asker<'a> {
 }
 
 impl Asker<'_> {
-    async fn bad_request(&self, bad: BadRequest) -> Response<RespBody> {
-        let BadRequest { status, msg, argv } = bad;
-        self.srv.stats.bad_request.fetch_add(1, Ordering::Relaxed);
+    /// Puts a refused request on the audit log. Best effort: the refusal is
+    /// answered either way, and a failing log is counted by `audit`.
+    async fn record(&self, event: &'static str, argv: Value, reason: &str) {
         let _ = self
             .srv
             .audit(
-                "bad_request",
-                json!({"peer": self.peer.to_string(), "caller": self.caller, "argv": argv, "reason": msg}),
+                event,
+                json!({"peer": self.peer.to_string(), "caller": self.caller, "argv": argv, "reason": reason}),
             )
             .await;
+    }
+
+    async fn bad_request(&self, bad: BadRequest) -> Response<RespBody> {
+        let BadRequest { status, msg, argv } = bad;
+        self.srv.stats.bad_request.fetch_add(1, Ordering::Relaxed);
+        self.record("bad_request", json!(argv), &msg).await;
         json_resp(status, &json!({ "error": msg }))
     }
 
@@ -213,13 +219,7 @@ impl Asker<'_> {
         counter: &AtomicU64,
     ) -> Response<RespBody> {
         counter.fetch_add(1, Ordering::Relaxed);
-        let _ = self
-            .srv
-            .audit(
-                "refused",
-                json!({"peer": self.peer.to_string(), "caller": self.caller, "argv": argv, "reason": msg}),
-            )
-            .await;
+        self.record("refused", json!(argv), &msg).await;
         let mut r = json_resp(status, &json!({"error": format!("{argv:?}: {msg}")}));
         if status == StatusCode::TOO_MANY_REQUESTS {
             r.headers_mut().insert(
