@@ -373,6 +373,19 @@ impl Tree for RemoteTree {
     }
 }
 
+/// The agent's "not found" comes back as text: made a `NotFound` read error
+/// again, so a file that vanished since the scan is skipped, not fatal.
+fn vanished_as_not_found(e: SyncError, path: &RelPath) -> SyncError {
+    match e {
+        SyncError::Remote(m) if m.starts_with(VANISHED) => SyncError::io(
+            "read",
+            path.as_path(),
+            std::io::Error::new(std::io::ErrorKind::NotFound, m),
+        ),
+        e => e,
+    }
+}
+
 impl Source for RemoteTree {
     fn read(
         &self,
@@ -401,16 +414,7 @@ impl Source for RemoteTree {
                 m => Err(Self::unexpected(&m)),
             },
         )
-        .map_err(|e| match e {
-            // The agent's "not found" comes back as text; keep it recognisable
-            // so a vanished file is skipped, not fatal.
-            SyncError::Remote(m) if m.starts_with(VANISHED) => SyncError::io(
-                "read",
-                path.as_path(),
-                std::io::Error::new(std::io::ErrorKind::NotFound, m),
-            ),
-            e => e,
-        })?;
+        .map_err(|e| vanished_as_not_found(e, path))?;
         match failed {
             Some(e) => Err(e),
             None => Ok(()),
@@ -426,14 +430,7 @@ impl Source for RemoteTree {
             }
             m => Err(Self::unexpected(&m)),
         })
-        .map_err(|e| match e {
-            SyncError::Remote(m) if m.starts_with(VANISHED) => SyncError::io(
-                "read",
-                path.as_path(),
-                std::io::Error::new(std::io::ErrorKind::NotFound, m),
-            ),
-            e => e,
-        })?;
+        .map_err(|e| vanished_as_not_found(e, path))?;
         Ok(out)
     }
 
