@@ -32,7 +32,7 @@ pub use time::{fmt_duration, fmt_utc};
 use timeline::{freezes, layout, timeline, Night};
 
 use crate::plan::Plan;
-use crate::status::{Direction, MigrationStatus, Outcome, RunState, Step, StepRecord, UnitState};
+use crate::status::{Direction, MigrationStatus, Outcome, Step, StepRecord, UnitState};
 
 /// The `id` of the `<main>` element; the live script replaces it whole.
 pub const MAIN_ID: &str = "migration";
@@ -147,7 +147,7 @@ pub fn render_main_with(status: &MigrationStatus, expected: &Expected) -> String
     let _ = writeln!(
         out,
         "<main id=\"{MAIN_ID}\" data-state=\"{}\" data-updated=\"{}\">",
-        run_state_str(status.state),
+        status.state.as_str(),
         status.updated_at_ms
     );
     let nights = layout(status, expected);
@@ -205,7 +205,7 @@ fn summary(out: &mut String, s: &MigrationStatus) {
         out,
         "<p><span id=\"run-state\" class=\"badge run-{0}\" data-state=\"{0}\">{0}</span> \
          <span id=\"route\"><span class=\"dc\">{1}</span> &rarr; <span class=\"dc\">{2}</span></span></p>",
-        run_state_str(s.state),
+        s.state.as_str(),
         escape(&s.source),
         escape(&s.destination),
     );
@@ -242,7 +242,7 @@ fn waves(out: &mut String, s: &MigrationStatus) {
                 .units
                 .iter()
                 .find(|u| &u.id == id)
-                .map(|u| unit_state_str(u.state))
+                .map(|u| u.state.as_str())
                 .unwrap_or("unknown");
             let _ = write!(
                 out,
@@ -272,7 +272,7 @@ fn units_table(out: &mut String, s: &MigrationStatus, nights: &[Night]) {
     };
     for u in &s.units {
         let id = escape(&u.id);
-        let state = unit_state_str(u.state);
+        let state = u.state.as_str();
         let dir = if u.direction == Direction::Reverse {
             " <span class=\"reverse\">(reverse)</span>"
         } else {
@@ -311,7 +311,7 @@ fn events(out: &mut String, s: &MigrationStatus) {
     let now = s.updated_at_ms;
     for u in &s.units {
         let id = escape(&u.id);
-        let state = unit_state_str(u.state);
+        let state = u.state.as_str();
         let _ = write!(
             out,
             "<section class=\"unit-events\" id=\"events-{id}\" data-unit=\"{id}\">\
@@ -369,25 +369,6 @@ fn step_class(r: &StepRecord) -> &'static str {
     }
 }
 
-fn run_state_str(s: RunState) -> &'static str {
-    match s {
-        RunState::Running => "running",
-        RunState::Finished => "finished",
-        RunState::Stopped => "stopped",
-    }
-}
-
-fn unit_state_str(s: UnitState) -> &'static str {
-    match s {
-        UnitState::Pending => "pending",
-        UnitState::Running => "running",
-        UnitState::Waiting => "waiting",
-        UnitState::Done => "done",
-        UnitState::Failed => "failed",
-        UnitState::RolledBack => "rolled_back",
-    }
-}
-
 fn percent(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         return 0.0;
@@ -407,7 +388,24 @@ const LIVE_JS: &str = include_str!("report/live.js");
 mod tests {
     use super::timeline::{freeze_spans, FreezeSpan};
     use super::*;
-    use crate::status::{UnitStatus, WaveStatus};
+    use crate::status::{RunState, UnitStatus, WaveStatus};
+
+    #[test]
+    fn state_names_are_the_json_names() {
+        for s in [RunState::Running, RunState::Finished, RunState::Stopped] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        for s in [
+            UnitState::Pending,
+            UnitState::Running,
+            UnitState::Waiting,
+            UnitState::Done,
+            UnitState::Failed,
+            UnitState::RolledBack,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
 
     fn rec(
         step: Step,

@@ -101,6 +101,20 @@ pub enum UnitState {
     RolledBack,
 }
 
+impl UnitState {
+    /// As the JSON writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitState::Pending => "pending",
+            UnitState::Running => "running",
+            UnitState::Waiting => "waiting",
+            UnitState::Done => "done",
+            UnitState::Failed => "failed",
+            UnitState::RolledBack => "rolled_back",
+        }
+    }
+}
+
 /// How a step ended (ferry-journal's: the journal stores it). `Abandoned`:
 /// the freeze was abandoned, every router was sent (source, active, e+1).
 pub use ferry_journal::Outcome;
@@ -157,6 +171,17 @@ pub enum RunState {
     Finished,
     /// Nothing runs now (the orchestrator stopped or failed); `resume` goes on.
     Stopped,
+}
+
+impl RunState {
+    /// As the JSON writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Finished => "finished",
+            RunState::Stopped => "stopped",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

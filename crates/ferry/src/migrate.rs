@@ -258,14 +258,11 @@ async fn drive(
     }
 }
 
+/// A unit's state in words (the JSON's name, but "rolled back").
 fn state_name(s: UnitState) -> &'static str {
     match s {
-        UnitState::Pending => "pending",
-        UnitState::Running => "running",
-        UnitState::Waiting => "waiting",
-        UnitState::Done => "done",
-        UnitState::Failed => "failed",
         UnitState::RolledBack => "rolled back",
+        s => s.as_str(),
     }
 }
 

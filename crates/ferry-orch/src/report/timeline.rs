@@ -4,9 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::{
-    escape, fmt_duration, fmt_utc, percent, step_class, unit_link, unit_state_str, Expected,
-};
+use super::{escape, fmt_duration, fmt_utc, percent, step_class, unit_link, Expected};
 use crate::status::{Direction, MigrationStatus, Outcome, Step, StepRecord, UnitStatus};
 
 /// One freeze window of one attempt, as drawn on the timeline.
@@ -328,7 +326,7 @@ fn timeline_row(out: &mut String, row: &Row, now: u64, t0: u64, span: u64) {
         out,
         "<div class=\"timeline-row\" id=\"timeline-{id}\" data-state=\"{}\" data-lane=\"{}\">\
          {link}<div class=\"track\">",
-        unit_state_str(u.state),
+        u.state.as_str(),
         row.lane.map(|l| l.to_string()).unwrap_or_default(),
         id = escape(&u.id),
         link = unit_link(&u.id, "label"),
