@@ -524,7 +524,11 @@ drain_timeout = "10s"
         |a: &str| format!("ferry_scale_actions_total{{pool=\"web\",action=\"{a}\",result=\"ok\"}}");
     assert_eq!(metric(&m, &series("add")), Some(2.0), "{m}");
     assert_eq!(metric(&m, &series("remove")), Some(2.0), "{m}");
-    assert_eq!(metric(&m, "ferry_scale_servers{pool=\"web\"}"), Some(2.0));
+    // The gauges follow at the next decision (once a second).
+    let gauges = Deadline::new("ferry_scale_servers to show 2", Duration::from_secs(10));
+    while metric(&admin.metrics().await, "ferry_scale_servers{pool=\"web\"}") != Some(2.0) {
+        gauges.tick().await;
+    }
     assert!(metric(&m, "ferry_scale_signal{pool=\"web\"}").is_some());
     let log = router.stderr();
     let adds: Vec<&str> = log
