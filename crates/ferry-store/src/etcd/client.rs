@@ -33,7 +33,7 @@ pub(super) fn wait<T: Send + 'static>(
 /// A member down, no leader, a connection refused or reset: worth retrying
 /// within the request timeout. Anything else (a refused request, a compacted
 /// revision) is final.
-pub(super) fn is_transient(e: &etcd_client::Error) -> bool {
+fn is_transient(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         etcd_client::Error::GRpcStatus(s) => {

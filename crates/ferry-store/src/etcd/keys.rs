@@ -38,7 +38,7 @@ impl Keys {
         format!("{}/sites/{host}", self.prefix)
     }
 
-    pub(super) fn servers_start(&self) -> String {
+    fn servers_start(&self) -> String {
         format!("{}/servers/", self.prefix)
     }
 
@@ -47,7 +47,7 @@ impl Keys {
     }
 
     /// Pools' run-time state: `P/pools/<pool>/joined/<server>` so far.
-    pub(super) fn pools_start(&self) -> String {
+    fn pools_start(&self) -> String {
         format!("{}/pools/", self.prefix)
     }
 
@@ -75,11 +75,11 @@ impl Keys {
 }
 
 /// `%` and `/` as `%25` and `%2F`, so a name never splits the key.
-pub(super) fn escape(name: &str) -> String {
+fn escape(name: &str) -> String {
     name.replace('%', "%25").replace('/', "%2F")
 }
 
-pub(super) fn unescape(name: &str) -> String {
+fn unescape(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     let mut rest = name;
     while let Some(i) = rest.find('%') {
@@ -99,7 +99,7 @@ pub(super) fn unescape(name: &str) -> String {
     out
 }
 
-pub(super) fn state_letter(state: SiteState) -> char {
+fn state_letter(state: SiteState) -> char {
     match state {
         SiteState::Active => 'a',
         SiteState::Maintenance => 'm',
@@ -109,7 +109,7 @@ pub(super) fn state_letter(state: SiteState) -> char {
 
 // Names every variant, so a new state in ferry-model fails to read back and the
 // conformance suite says so.
-pub(super) fn state_from_letter(letter: &str) -> Option<SiteState> {
+fn state_from_letter(letter: &str) -> Option<SiteState> {
     [SiteState::Active, SiteState::Maintenance, SiteState::Frozen]
         .into_iter()
         .find(|s| letter.len() == 1 && letter.starts_with(state_letter(*s)))

@@ -9,11 +9,11 @@ use super::{Inner, Snapshot};
 use crate::StoreError;
 
 /// Attempts of a snapshot whose revision is compacted while it is being paged.
-pub(super) const SNAPSHOT_ATTEMPTS: u32 = 3;
+const SNAPSHOT_ATTEMPTS: u32 = 3;
 
 /// A snapshot cuts the rest of a range when more than this many pages remain
 /// in it (see `Inner::snapshot_once`).
-pub(super) const SPLIT_PAGES: usize = 4;
+const SPLIT_PAGES: usize = 4;
 
 /// Keys after `last`, before `to`, in increasing order, that cut the keys after a
 /// page `first..=last` into parts of about 4, 16, 64... pages if the keys
@@ -21,7 +21,7 @@ pub(super) const SPLIT_PAGES: usize = 4;
 /// 16 bytes starting 8 bytes before the first byte where `first` and `last`
 /// differ: the 8 bytes above let the cuts carry into the next prefixes
 /// (`site0001999` is followed by `site0002000`, far away in base 256).
-pub(super) fn split_points(first: &[u8], last: &[u8], to: &[u8]) -> Vec<Vec<u8>> {
+fn split_points(first: &[u8], last: &[u8], to: &[u8]) -> Vec<Vec<u8>> {
     let shared = first
         .iter()
         .zip(last)
@@ -58,7 +58,7 @@ pub(super) fn split_points(first: &[u8], last: &[u8], to: &[u8]) -> Vec<Vec<u8>>
 }
 
 /// The records of a page decoded by `spawn_blocking`.
-pub(super) async fn join_decoded(
+async fn join_decoded(
     task: tokio::task::JoinHandle<Result<Vec<SiteRecord>, StoreError>>,
 ) -> Result<Vec<SiteRecord>, StoreError> {
     task.await.map_err(|e| StoreError::Etcd {
@@ -94,7 +94,7 @@ impl Inner {
     /// at keys guessed from the page's own spread ([`split_points`]: about 4,
     /// 16, 64... pages further), and each part is paged on its own, in key
     /// order. A wrong guess only costs a bigger or smaller part, never a key.
-    pub(super) async fn snapshot_once(&self, at: i64) -> Result<Snapshot, StoreError> {
+    async fn snapshot_once(&self, at: i64) -> Result<Snapshot, StoreError> {
         let (start, end) = self.keys.sites_range();
         let page = self.cfg.page_size.max(1);
         let limit = i64::try_from(page).unwrap_or(i64::MAX);

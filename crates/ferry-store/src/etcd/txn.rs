@@ -13,11 +13,11 @@ use crate::StoreError;
 
 /// Attempts of one chunk of [`EtcdStore::apply_sites`] when another writer keeps
 /// changing the same keys between our read and our write.
-pub(super) const APPLY_ATTEMPTS: u32 = 16;
+const APPLY_ATTEMPTS: u32 = 16;
 
 /// One planned write of [`Inner::apply_sites`]: the records of one chunk after
 /// judging, and the mod revisions they were judged against.
-pub(super) struct Judged {
+struct Judged {
     /// `(key, mod_revision seen (0: absent))` of every host of the chunk.
     pub(super) seen: Vec<(String, i64)>,
     /// `(key, value)` to write.
@@ -119,7 +119,7 @@ impl Inner {
 
     /// Judges one chunk and writes it in one transaction guarded by the revisions
     /// it was judged at; judges again when another writer got there first.
-    pub(super) async fn apply_chunk(
+    async fn apply_chunk(
         &self,
         chunk: &[(String, Vec<(SiteRecord, String)>)],
     ) -> Result<Judged, StoreError> {
@@ -155,7 +155,7 @@ impl Inner {
 
     /// Reads the chunk's keys at one revision (one transaction of gets) and
     /// applies the epoch rule record by record.
-    pub(super) async fn judge(
+    async fn judge(
         &self,
         chunk: &[(String, Vec<(SiteRecord, String)>)],
     ) -> Result<Judged, StoreError> {
