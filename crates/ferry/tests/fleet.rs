@@ -22,7 +22,7 @@ use serde_json::Value;
 #[path = "e2e/support/procs.rs"]
 mod procs;
 
-use procs::{free_port, signal, Ferry, FERRY};
+use procs::{free_port, nginx_prefix, signal, Ferry, Nginx, FERRY};
 
 const TOKEN: &str = "fleet-test-caller-token-0123";
 const SYNC_KEY: &str = "fleet-test-sync-key-0123456";
@@ -158,63 +158,22 @@ fn audit(agent: &Agent) -> Vec<Value> {
 }
 
 /// nginx serving `root` (a server's application files).
-fn start_nginx(dir: &Path, name: &str, root: &Path) -> (Guard, SocketAddr) {
-    let prefix = dir.join(format!("nginx-{name}"));
-    std::fs::create_dir_all(&prefix).unwrap();
+fn start_nginx(name: &str, root: &Path) -> (Nginx, SocketAddr) {
     let port = free_port();
-    let d = prefix.display();
-    let conf = format!(
-        r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 512; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
+    let http = format!(
+        r#"access_log off;
     keepalive_requests 100000;
     server {{
         listen 127.0.0.1:{port};
         root {root};
         index index.html;
         add_header X-Server {name} always;
-    }}
-}}
-"#,
+    }}"#,
         root = root.display()
     );
-    std::fs::write(prefix.join("nginx.conf"), conf).unwrap();
-    let nginx = if Path::new("/usr/sbin/nginx").exists() {
-        "/usr/sbin/nginx"
-    } else {
-        "nginx"
-    };
-    let child = Command::new(nginx)
-        .arg("-p")
-        .arg(&prefix)
-        .arg("-c")
-        .arg(prefix.join("nginx.conf"))
-        .arg("-e")
-        .arg(prefix.join("error.log"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting nginx");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let g = Guard {
-        child,
-        term_first: false,
-    };
-    wait_port(addr, "nginx", || {
-        std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default()
-    });
-    (g, addr)
+    let nginx = Nginx::run(name, port, nginx_prefix(name), &http);
+    let addr = nginx.addr();
+    (nginx, addr)
 }
 
 /// varnishd in front of `backend`: PURGE removes one URL, BAN every URL
@@ -268,7 +227,7 @@ struct Shop {
     dir: tempfile::TempDir,
     bin: PathBuf,
     agents: Vec<Agent>,
-    nginx: Vec<(Guard, SocketAddr)>,
+    nginx: Vec<(Nginx, SocketAddr)>,
     router: Ferry,
     varnish: (Guard, SocketAddr),
     fleet: PathBuf,
@@ -291,7 +250,7 @@ impl Shop {
         let nginx: Vec<_> = NAMES
             .iter()
             .zip(&agents)
-            .map(|(n, a)| start_nginx(dir.path(), n, &a.app))
+            .map(|(n, a)| start_nginx(n, &a.app))
             .collect();
         let mut conf = format!(
             "[router]\nname = \"r1\"\nretry_after = 7\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{ADMIN_TOKEN}\"\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\n\n[[pool]]\nname = \"shop\"\n"
@@ -1003,7 +962,7 @@ async fn an_extra_server_joins_a_pool_and_leaves_drained() {
     let extra_root = shop.path("s4-app");
     std::fs::create_dir_all(&extra_root).unwrap();
     std::fs::write(extra_root.join("index.html"), "shop v1\n").unwrap();
-    let (_nginx4, addr4) = start_nginx(shop.dir.path(), "s4", &extra_root);
+    let (_nginx4, addr4) = start_nginx("s4", &extra_root);
     // A configured server that is ready cannot be removed.
     let (s, v) = admin(
         shop.router.admin,
