@@ -402,11 +402,15 @@ impl HostingFiles {
 
 /// Where the current cluster's walk stands.
 struct ClusterCursor {
-    c: u64,
+    /// The cluster's index (its name is `cluster{index:03}`).
+    index: u64,
+    /// Sites the cluster gets in all, and written so far.
     quota: u64,
+    sites: u64,
+    /// Its first hosting and first filer (global indexes).
     first_hosting: u64,
     first_filer: usize,
-    sites: u64,
+    /// The filer being filled: its index, first hosting and capacity in hostings.
     filer: u64,
     filer_first_hosting: u64,
     filer_capacity: u64,
@@ -472,7 +476,7 @@ impl Walk {
         progress: &dyn Progress,
     ) -> Result<(), InventoryError> {
         let mut cur = ClusterCursor {
-            c,
+            index: c,
             quota,
             first_hosting: self.hostings_written,
             first_filer: self.filer_starts.len(),
@@ -504,7 +508,7 @@ impl Walk {
 
     /// Starts a new filer at hosting `h`, with a random capacity.
     fn open_filer(&mut self, cur: &mut ClusterCursor, h: u64) {
-        let c = cur.c;
+        let c = cur.index;
         cur.filer = self.filer_cluster.len() as u64;
         self.filer_cluster.push(c);
         self.filer_starts.push(h);
@@ -548,7 +552,7 @@ impl Walk {
             let ip_index = (cur.sites + j) / SITES_PER_IP;
             while self.ip_cache.len() as u64 <= ip_index {
                 self.ip_cache
-                    .push(ip_address(cur.c, self.ip_cache.len() as u64));
+                    .push(ip_address(cur.index, self.ip_cache.len() as u64));
             }
             files.sites.row(&[
                 V::S(&self.host),
@@ -574,7 +578,7 @@ impl Walk {
             self.db.clear();
             self.server.clear();
             let s = self.rng.below(self.shape.db_servers_per_cluster);
-            let _ = write!(self.server, "sql{:03}-{s:03}", cur.c);
+            let _ = write!(self.server, "sql{:03}-{s:03}", cur.index);
             if orphan {
                 let _ = write!(self.db, "{}_old{d}", self.name);
             } else {
