@@ -6,7 +6,9 @@ use serde_json::Value;
 
 use crate::support::client;
 use crate::support::procs::FERRY;
-use crate::support::{free_port, pool, router_config, site, workdir, Backend, Ferry, TOKEN};
+use crate::support::{
+    free_port, pool, router_config, self_signed, site, workdir, Backend, Ferry, TOKEN,
+};
 
 struct Ctl {
     code: Option<i32>,
@@ -316,41 +318,6 @@ async fn ctl_covers_status_sites_pools_reload_and_metrics() {
     assert_eq!(reloaded["pools"], 2, "{reloaded}");
     let reload_table = table_ok(admin, &["reload"]).await;
     assert!(reload_table.contains("sites_added"), "{reload_table}");
-}
-
-/// A self-signed certificate for `host`: (chain file, key file).
-fn self_signed(dir: &std::path::Path, name: &str, host: &str) -> (String, String) {
-    let (crt, key) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt)
-        .args(["-days", "2", "-subj", &format!("/CN={host}")])
-        .args(["-addext", &format!("subjectAltName=DNS:{host}")])
-        .output()
-        .expect("running openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        crt.to_str().unwrap().to_string(),
-        key.to_str().unwrap().to_string(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

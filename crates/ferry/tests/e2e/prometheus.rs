@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::support::client;
 use crate::support::procs::FERRY;
 use crate::support::{
-    free_port, pool, router_config, site, workdir, Backend, Deadline, Ferry, TOKEN,
+    free_port, pool, router_config, self_signed, site, workdir, Backend, Deadline, Ferry, TOKEN,
 };
 
 /// The sync agent's key and its metrics token (a file, owner-only).
@@ -280,36 +280,11 @@ async fn get(addr: SocketAddr, path: &str, params: &[(&str, &str)]) -> Option<Va
         .or(Some(Value::Null))
 }
 
-/// A self-signed certificate for `host`, as the router's default, made with openssl.
-fn self_signed(certs: &Path, host: &str) {
+/// `certs/default.pem`: a self-signed certificate for `host`, as the
+/// router's default.
+fn default_cert(certs: &Path, host: &str) {
     std::fs::create_dir_all(certs).unwrap();
-    let (key, crt) = (certs.join("k.tmp"), certs.join("c.tmp"));
-    let st = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&crt)
-        .args([
-            "-subj",
-            &format!("/CN={host}"),
-            "-addext",
-            &format!("subjectAltName=DNS:{host}"),
-        ])
-        .stderr(Stdio::null())
-        .status()
-        .expect("running openssl");
-    assert!(st.success());
+    let (crt, key) = self_signed(certs, "default-tmp", host);
     let pem = std::fs::read_to_string(&crt).unwrap() + &std::fs::read_to_string(&key).unwrap();
     std::fs::write(certs.join("default.pem"), pem).unwrap();
     std::fs::remove_file(key).unwrap();
@@ -320,7 +295,7 @@ fn self_signed(certs: &Path, host: &str) {
 async fn prometheus_scrapes_a_router_and_every_dashboard_panel_has_data() {
     let dir = workdir();
     let app = Backend::start("app1");
-    self_signed(&dir.path().join("certs"), "www.a.test");
+    default_cert(&dir.path().join("certs"), "www.a.test");
     let tls_port = free_port();
     let tunnel = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = router_config("dc1", "")

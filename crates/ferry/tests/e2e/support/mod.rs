@@ -49,6 +49,42 @@ pub fn workdir() -> tempfile::TempDir {
         .expect("creating a temporary directory")
 }
 
+/// A self-signed certificate for `host` made with openssl, written to
+/// `dir/NAME.crt` and `dir/NAME.key`: (certificate file, key file).
+pub fn self_signed(dir: &std::path::Path, name: &str, host: &str) -> (String, String) {
+    let (crt, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .args(["-days", "2", "-subj", &format!("/CN={host}")])
+        .args(["-addext", &format!("subjectAltName=DNS:{host}")])
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        crt.to_str().expect("temporary paths are UTF-8").to_string(),
+        key.to_str().expect("temporary paths are UTF-8").to_string(),
+    )
+}
+
 /// `[router]` (with `extra` lines), `[admin]` with the test token and one
 /// traffic listener, all on port 0.
 pub fn router_config(name: &str, extra: &str) -> String {
