@@ -411,8 +411,8 @@ fn open_root(root: &Path) -> Result<OwnedFd> {
     .map_err(|e| SyncError::io("open directory", root, e.into()))
 }
 
-/// Walks the tree under `root` (the root itself is not an entry).
-pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Manifest> {
+/// The metadata of a scan's root, which must be a directory.
+fn root_metadata(root: &Path) -> Result<std::fs::Metadata> {
     let md = std::fs::metadata(root).map_err(|e| SyncError::io("stat root", root, e))?;
     if !md.is_dir() {
         return Err(SyncError::io(
@@ -421,6 +421,12 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Manifest> {
             std::io::Error::other("not a directory"),
         ));
     }
+    Ok(md)
+}
+
+/// Walks the tree under `root` (the root itself is not an entry).
+pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Manifest> {
+    let md = root_metadata(root)?;
     // Staged content cannot be hashed by its listed path: a checksum scan
     // lists staged directories as leftovers (what they hold is sent again).
     let root_fd = open_root(root)?;
@@ -473,14 +479,7 @@ pub fn scan_paths(
     paths: &std::collections::BTreeSet<RelPath>,
     opts: &ScanOptions,
 ) -> Result<Manifest> {
-    let md = std::fs::metadata(root).map_err(|e| SyncError::io("stat root", root, e))?;
-    if !md.is_dir() {
-        return Err(SyncError::io(
-            "scan",
-            root,
-            std::io::Error::other("not a directory"),
-        ));
-    }
+    let md = root_metadata(root)?;
     let root_fd = open_root(root)?;
     let in_set = |p: &RelPath| {
         let mut cur = p.parent();
