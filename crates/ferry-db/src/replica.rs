@@ -201,13 +201,18 @@ pub(crate) async fn start(
     }
 }
 
+/// `SHOW ALL SLAVES STATUS` of the destination: a row per replication
+/// connection.
+async fn replication_status(dest: &mut Conn) -> Result<Vec<Row>> {
+    dest.query("SHOW ALL SLAVES STATUS")
+        .await
+        .ctx(D, || "SHOW ALL SLAVES STATUS".into())
+}
+
 /// Every replication connection of the destination: its name and the
 /// `host:port` it replicates from.
 pub(crate) async fn connections(dest: &mut Conn) -> Result<Vec<(String, String)>> {
-    let rows: Vec<Row> = dest
-        .query("SHOW ALL SLAVES STATUS")
-        .await
-        .ctx(D, || "SHOW ALL SLAVES STATUS".into())?;
+    let rows = replication_status(dest).await?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -220,10 +225,7 @@ pub(crate) async fn connections(dest: &mut Conn) -> Result<Vec<(String, String)>
 }
 
 pub(crate) async fn running_connections(dest: &mut Conn) -> Result<Vec<String>> {
-    let rows: Vec<Row> = dest
-        .query("SHOW ALL SLAVES STATUS")
-        .await
-        .ctx(D, || "SHOW ALL SLAVES STATUS".into())?;
+    let rows = replication_status(dest).await?;
     Ok(rows
         .iter()
         .filter(|r| field(r, "Slave_SQL_Running") == "Yes" || field(r, "Slave_IO_Running") == "Yes")
