@@ -12,7 +12,7 @@ use ferry_model::{Hostname, Placement, ServerState, SiteRecord};
 use ferry_router::{
     ApplyError, Balance, HostTable, Outcome, Pool, Server, SiteChange, SiteExtras, SiteId,
 };
-use ferry_store::{Store, StoreError};
+use ferry_store::{JoinedServer, Store, StoreError};
 use parking_lot::Mutex;
 
 use crate::accesslog::AccessLogger;
@@ -20,6 +20,53 @@ use crate::hold::Holds;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 use crate::ProxyError;
+
+/// The store of a router with no `store` configured: it keeps nothing. Writes
+/// succeed and are forgotten, reads find nothing, so the admin API's changes go
+/// straight to the table and a restart begins from the config alone. (Before,
+/// such a router kept an in-memory SQLite copy of every site, ~80 MiB at a
+/// million sites and an insert per site, which a restart forgot just the same.)
+/// It does not meet the [`Store`] contract (nothing reads back): it is for the
+/// router only and is not run through `ferry_store::conformance`.
+pub(crate) struct NoStore;
+
+impl Store for NoStore {
+    fn sites(&self) -> Result<Vec<SiteRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    fn site(&self, _host: &Hostname) -> Result<Option<SiteRecord>, StoreError> {
+        Ok(None)
+    }
+
+    fn put_sites(&self, _records: &[SiteRecord]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn remove_sites(&self, _hosts: &[Hostname]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn server_states(&self) -> Result<Vec<(String, String, ServerState)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    fn put_server_state(&self, _: &str, _: &str, _: ServerState) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn joined_servers(&self) -> Result<Vec<JoinedServer>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    fn put_joined_server(&self, _server: &JoinedServer) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn remove_joined_server(&self, _pool: &str, _name: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
 
 /// Router-wide settings that a reload may change.
 #[derive(Debug, Clone)]
@@ -208,8 +255,10 @@ fn site_changes(c: &Config) -> Vec<SiteChange> {
 }
 
 impl Shared {
-    /// Builds the state: the config seeds the table, then what the store holds
-    /// (the state the router had when it stopped) wins where its epoch is newer.
+    /// Builds the state: the store's records (the state the router had when it
+    /// stopped) seed the table, and the config's sites win where their epoch is
+    /// newer. Only those are written to the store: a start from a filled store
+    /// writes nothing back.
     pub fn new(
         config: Config,
         path: Option<PathBuf>,
@@ -217,31 +266,7 @@ impl Shared {
     ) -> Result<Shared, ProxyError> {
         let table = Arc::new(HostTable::new());
         table.set_default_site(config.router.default_site.clone());
-        let stored = store.sites().map_err(ProxyError::Store)?;
-        let stored_hosts: HashMap<Hostname, SiteRecord> =
-            stored.into_iter().map(|r| (r.host.clone(), r)).collect();
-        let mut changes = site_changes(&config);
-        for change in &mut changes {
-            if let Some(rec) = stored_hosts.get(&change.record.host) {
-                if rec.epoch >= change.record.epoch {
-                    change.record = rec.clone();
-                }
-            }
-        }
-        let configured: HashSet<&Hostname> = config.sites.iter().map(|s| &s.host).collect();
-        for (host, rec) in &stored_hosts {
-            if !configured.contains(host) {
-                changes.push(SiteChange {
-                    record: rec.clone(),
-                    extras: None,
-                });
-            }
-        }
-        check_placements(&config, changes.iter().map(|c| &c.record))?;
-        // Persist the seeded records so the store is complete from the start.
-        table
-            .apply(changes, |recs| store.put_sites(recs))
-            .map_err(|e| ProxyError::Seed(e.to_string()))?;
+        seed(&table, &config, store.as_ref())?;
         let metrics = Metrics::default();
         let pools = build_pools(&config, None, &metrics);
         for (pool, server, state) in store.server_states().map_err(ProxyError::Store)? {
@@ -538,10 +563,12 @@ fn check_placements<'a>(
     c: &Config,
     records: impl Iterator<Item = &'a SiteRecord>,
 ) -> Result<(), ProxyError> {
+    let pools: HashSet<&str> = c.pools.iter().map(|p| p.name.as_str()).collect();
+    let remotes: HashSet<&str> = c.remotes.iter().map(|r| r.name.as_str()).collect();
     for r in records {
         let ok = match &r.placement {
-            Placement::Pool(p) => c.pools.iter().any(|x| &x.name == p),
-            Placement::Remote(d) => c.remotes.iter().any(|x| &x.name == d),
+            Placement::Pool(p) => pools.contains(p.as_str()),
+            Placement::Remote(d) => remotes.contains(d.as_str()),
         };
         if !ok {
             return Err(ProxyError::UnknownPlacement {
@@ -550,6 +577,65 @@ fn check_placements<'a>(
             });
         }
     }
+    Ok(())
+}
+
+/// Sites applied to the table per batch while seeding: bounds the batch's
+/// bookkeeping (plan, duplicate check) at a million sites.
+const SEED_CHUNK: usize = 65_536;
+
+/// Fills an empty table at start. The store's records go in without a store
+/// write (the store holds them already), each with the config's extras when
+/// the config names the site too; a config site goes in from the config, and
+/// is written, where the store lacks it or holds an older epoch (a stored
+/// record with an epoch at least the config's wins, as in a reload). Both
+/// lists are merged in host order, so no map of every site is built.
+fn seed(table: &HostTable, config: &Config, store: &dyn Store) -> Result<(), ProxyError> {
+    let mut stored = store.sites().map_err(ProxyError::Store)?;
+    // Stores return host order already; sorting sorted input is one pass.
+    stored.sort_unstable_by(|a, b| a.host.cmp(&b.host));
+    let mut configured = site_changes(config);
+    configured.sort_unstable_by(|a, b| a.record.host.cmp(&b.record.host));
+    let mut configured = configured.into_iter().peekable();
+    let mut seeded: Vec<SiteChange> = Vec::with_capacity(SEED_CHUNK.min(stored.len()));
+    let mut newer: Vec<SiteChange> = Vec::new();
+    for record in stored {
+        // Config sites before this one that the store lacks.
+        while let Some(c) = configured.next_if(|c| c.record.host < record.host) {
+            newer.push(c);
+        }
+        let extras = match configured.next_if(|c| c.record.host == record.host) {
+            Some(c) if c.record.epoch > record.epoch => {
+                newer.push(c);
+                continue;
+            }
+            Some(c) => c.extras,
+            None => None,
+        };
+        seeded.push(SiteChange { record, extras });
+        if seeded.len() == SEED_CHUNK {
+            seed_stored(table, config, std::mem::take(&mut seeded))?;
+        }
+    }
+    seed_stored(table, config, seeded)?;
+    newer.extend(configured);
+    check_placements(config, newer.iter().map(|c| &c.record))?;
+    table
+        .apply(newer, |recs| store.put_sites(recs))
+        .map_err(|e| ProxyError::Seed(e.to_string()))?;
+    Ok(())
+}
+
+/// Applies records read from the store, with no store write.
+fn seed_stored(
+    table: &HostTable,
+    config: &Config,
+    chunk: Vec<SiteChange>,
+) -> Result<(), ProxyError> {
+    check_placements(config, chunk.iter().map(|c| &c.record))?;
+    table
+        .apply(chunk, |_| Ok::<(), StoreError>(()))
+        .map_err(|e| ProxyError::Seed(e.to_string()))?;
     Ok(())
 }
 
@@ -689,5 +775,155 @@ mod tests {
             .map(|r| r.host.as_str().to_string())
             .collect();
         assert!(hosts.contains(&"new.com".to_string()) && !hosts.contains(&"gone.com".to_string()));
+    }
+
+    /// A SQLite store that counts the site records written to it.
+    struct Counting {
+        inner: SqliteStore,
+        written: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Counting {
+        fn written(&self) -> usize {
+            self.written.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl Store for Counting {
+        fn sites(&self) -> Result<Vec<SiteRecord>, StoreError> {
+            self.inner.sites()
+        }
+        fn site(&self, host: &Hostname) -> Result<Option<SiteRecord>, StoreError> {
+            self.inner.site(host)
+        }
+        fn put_sites(&self, records: &[SiteRecord]) -> Result<(), StoreError> {
+            self.written
+                .fetch_add(records.len(), std::sync::atomic::Ordering::SeqCst);
+            self.inner.put_sites(records)
+        }
+        fn remove_sites(&self, hosts: &[Hostname]) -> Result<(), StoreError> {
+            self.inner.remove_sites(hosts)
+        }
+        fn server_states(&self) -> Result<Vec<(String, String, ServerState)>, StoreError> {
+            self.inner.server_states()
+        }
+        fn put_server_state(&self, p: &str, s: &str, st: ServerState) -> Result<(), StoreError> {
+            self.inner.put_server_state(p, s, st)
+        }
+        fn joined_servers(&self) -> Result<Vec<JoinedServer>, StoreError> {
+            self.inner.joined_servers()
+        }
+        fn put_joined_server(&self, server: &JoinedServer) -> Result<(), StoreError> {
+            self.inner.put_joined_server(server)
+        }
+        fn remove_joined_server(&self, pool: &str, name: &str) -> Result<(), StoreError> {
+            self.inner.remove_joined_server(pool, name)
+        }
+    }
+
+    /// A store holding `n` sites `s{i}.example` (pool `web`, or `other` for
+    /// odd i, epoch 3), its write counter at zero.
+    fn filled(n: usize) -> Arc<Counting> {
+        let inner = SqliteStore::in_memory().expect("store");
+        let records: Vec<SiteRecord> = (0..n)
+            .map(|i| {
+                change(
+                    &format!("s{i}.example"),
+                    if i % 2 == 1 { "other" } else { "web" },
+                    SiteState::Active,
+                    3,
+                )
+                .record
+            })
+            .collect();
+        inner.put_sites(&records).expect("fill");
+        Arc::new(Counting {
+            inner,
+            written: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_start_from_a_filled_store_writes_nothing_back_and_routes_every_site() {
+        let n = 200_000;
+        let store = filled(n);
+        let s = Shared::new(config(&[], false), None, store.clone()).expect("shared");
+        assert_eq!(store.written(), 0, "site records written at start");
+        assert_eq!(s.table.len(), n);
+        for i in 0..n {
+            let want = if i % 2 == 1 { "other" } else { "web" };
+            let route = s
+                .table
+                .lookup(&format!("s{i}.example"))
+                .unwrap_or_else(|| panic!("s{i}.example not routed"));
+            assert_eq!(*route.placement, Placement::Pool(want.into()));
+            assert_eq!(route.epoch, Epoch(3));
+        }
+    }
+
+    #[test]
+    fn at_start_only_the_config_sites_newer_than_the_store_are_written() {
+        let store = filled(10);
+        // s0: the store's epoch 3 wins over the config's 2 (nothing written);
+        // s2: the config's epoch 4 wins (written); s3: the same epoch, the
+        // store wins; new.example: only in the config (written).
+        let c = config(
+            &[
+                ("s0.example", "other", 2),
+                ("s2.example", "other", 4),
+                ("s3.example", "web", 3),
+                ("new.example", "web", 1),
+            ],
+            false,
+        );
+        let s = Shared::new(c, None, store.clone()).expect("shared");
+        assert_eq!(store.written(), 2);
+        assert_eq!(s.table.len(), 11);
+        let placement = |h: &str| record(&s, h).expect("site").placement;
+        assert_eq!(placement("s0.example"), Placement::Pool("web".into()));
+        assert_eq!(placement("s2.example"), Placement::Pool("other".into()));
+        assert_eq!(placement("s3.example"), Placement::Pool("other".into()));
+        // The store now holds what the table holds.
+        let mut held = store.sites().expect("sites");
+        let mut routed = s.table.records();
+        held.sort_by(|a, b| a.host.cmp(&b.host));
+        routed.sort_by(|a, b| a.host.cmp(&b.host));
+        assert_eq!(held, routed);
+    }
+
+    #[test]
+    fn a_stored_site_whose_pool_left_the_config_fails_the_start() {
+        let store = filled(2);
+        // s1 points at `other`, which this config lacks.
+        let err = Shared::new(config(&[], true), None, store);
+        assert!(
+            matches!(err, Err(ProxyError::UnknownPlacement { ref host, .. }) if host.as_str() == "s1.example"),
+            "{:?}",
+            err.err()
+        );
+    }
+
+    #[test]
+    fn without_a_store_admin_changes_apply_and_nothing_is_kept() {
+        let store: Arc<dyn Store> = Arc::new(NoStore);
+        let s = Shared::new(config(&[("a.com", "web", 1)], false), None, store).expect("shared");
+        s.apply_sites(vec![change("b.com", "other", SiteState::Active, 1)])
+            .expect("apply");
+        // Stale changes are still refused: the table judges epochs, not the store.
+        assert!(matches!(
+            s.apply_sites(vec![change("a.com", "other", SiteState::Active, 0)]),
+            Err(ApplyError::Stale(_))
+        ));
+        assert_eq!(record(&s, "b.com").expect("b").epoch, Epoch(1));
+        assert!(s.store.sites().expect("sites").is_empty());
+        // A restart (a new state on a new NoStore) starts from the config alone.
+        let again = Shared::new(
+            config(&[("a.com", "web", 1)], false),
+            None,
+            Arc::new(NoStore),
+        )
+        .expect("shared");
+        assert!(record(&again, "b.com").is_none());
+        assert!(record(&again, "a.com").is_some());
     }
 }
