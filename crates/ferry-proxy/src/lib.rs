@@ -126,14 +126,16 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Opens the store named by the config (in memory when none) and starts.
+    /// Opens the store named by the config and starts. With no `store`, the
+    /// router keeps no copy of its sites beside the table (`state::NoStore`):
+    /// changes made through the admin API are forgotten at restart.
     pub async fn start(
         config: Config,
         config_path: Option<PathBuf>,
     ) -> Result<Arc<Proxy>, ProxyError> {
         let store: Arc<dyn Store> = match &config.router.store {
             Some(path) => Arc::new(SqliteStore::open(path)?),
-            None => Arc::new(SqliteStore::in_memory()?),
+            None => Arc::new(state::NoStore),
         };
         Proxy::start_with_store(config, config_path, store).await
     }
