@@ -257,12 +257,16 @@ pub enum ScaleSignal {
     /// Requests in flight in the pool divided by its ready servers.
     #[default]
     InflightPerServer,
+    /// The 95th percentile of the pool's upstream latency over the last
+    /// second, in milliseconds (coarse: the bound of its histogram bucket).
+    P95Latency,
 }
 
 impl ScaleSignal {
     pub fn as_str(self) -> &'static str {
         match self {
             ScaleSignal::InflightPerServer => "inflight_per_server",
+            ScaleSignal::P95Latency => "p95_latency",
         }
     }
 }

@@ -1168,6 +1168,15 @@ fn a_scale_policy_is_read_with_its_defaults() {
     assert_eq!(s.command_timeout, Duration::from_secs(180));
     assert_eq!(s.drain_timeout, Duration::from_secs(60));
     assert_eq!(ok(MINIMAL).pools[0].scale, None);
+    let p95 = ok(&SCALED.replace(
+        "max_servers = 6",
+        "max_servers = 6\nsignal = \"p95_latency\"",
+    ));
+    let s = p95.pools[0].scale.as_ref().unwrap();
+    assert_eq!(
+        (s.signal, s.add_above.get()),
+        (ScaleSignal::P95Latency, 8.0)
+    );
 }
 
 #[test]

@@ -33,6 +33,17 @@ impl Histogram {
         self.sum_us
             .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
     }
+
+    /// Observations so far per bucket (upper bound in seconds, not
+    /// cumulative) and in all; a scale policy's `p95_latency` reads them.
+    pub fn counts(&self) -> (Vec<(f64, u64)>, u64) {
+        let per_bucket = BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(b, n)| (*b, n.load(Ordering::Relaxed)))
+            .collect();
+        (per_bucket, self.count.load(Ordering::Relaxed))
+    }
 }
 
 /// Status classes 1xx..5xx, by site state (active, maintenance, frozen, none).

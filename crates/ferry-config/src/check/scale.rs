@@ -23,11 +23,12 @@ impl Cx<'_> {
             None => ScaleSignal::default(),
             Some(v) => match v.get_ref().as_str() {
                 "inflight_per_server" => ScaleSignal::InflightPerServer,
-                "p95_latency" | "cpu" => {
+                "p95_latency" => ScaleSignal::P95Latency,
+                "cpu" => {
                     return Err(self.error(
                         v.span(),
                         format!(
-                            "{ctx}: signal {:?} is not built yet (use \"inflight_per_server\")",
+                            "{ctx}: signal {:?} is not built yet (use \"inflight_per_server\" or \"p95_latency\")",
                             v.get_ref()
                         ),
                     ))
@@ -35,7 +36,7 @@ impl Cx<'_> {
                 other => {
                     return Err(self.error(
                         v.span(),
-                        format!("{ctx}: signal {other:?} is unknown (use \"inflight_per_server\")"),
+                        format!("{ctx}: signal {other:?} is unknown (use \"inflight_per_server\" or \"p95_latency\")"),
                     ))
                 }
             },

@@ -3,7 +3,9 @@
 //!
 //! One task per router samples every policy's signal ten times a second
 //! (requests in flight on the pool's `ready` servers, divided by their
-//! number) and, once a second, hands the mean to the pool's [`Decider`]
+//! number) and, once a second, hands the mean (or, for `p95_latency`, the
+//! 95th percentile of the pool's upstream latency over that second,
+//! `latency.rs`) to the pool's [`Decider`]
 //! (`decide.rs`, pure: hysteresis between `add_above` and `remove_below`,
 //! `hold`, `cooldown`, min/max, back-off after failures). An `add` or
 //! `remove` runs as its own task, at most one per pool:
@@ -25,6 +27,7 @@
 
 mod command;
 mod decide;
+mod latency;
 mod leave;
 
 use std::collections::{BTreeMap, HashMap};
@@ -33,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_admin_api::pools::{Scale, ScaleAction};
-use ferry_config::ScaleSpec;
+use ferry_config::{ScaleSignal, ScaleSpec};
 use ferry_model::ServerState;
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -75,6 +78,8 @@ struct PoolScale {
     joining: Option<(u32, Instant)>,
     /// Ready servers when the add in flight was decided.
     add_base: u32,
+    /// The pool's latency histogram at the last decision (`p95_latency`).
+    latency_before: Option<latency::Counts>,
     last: Option<Ended>,
 }
 
@@ -171,10 +176,14 @@ impl Scaling {
                 continue;
             };
             let (ready, _) = load_of(&entry.pool);
-            let signal = if p.samples == 0 {
-                p.signal
-            } else {
-                p.sum / f64::from(p.samples)
+            let signal = match policy.signal {
+                ScaleSignal::InflightPerServer if p.samples == 0 => p.signal,
+                ScaleSignal::InflightPerServer => p.sum / f64::from(p.samples),
+                ScaleSignal::P95Latency => {
+                    let now_counts = entry.histogram.counts();
+                    let before = p.latency_before.replace(now_counts.clone());
+                    before.map_or(0.0, |b| latency::p95_ms(&b, &now_counts))
+                }
             };
             let signal = round3(signal);
             p.sum = 0.0;
@@ -318,7 +327,7 @@ impl Scaling {
         let pools = self.pools.lock();
         let mut names: Vec<&String> = pools.keys().collect();
         names.sort();
-        let _ = writeln!(out, "# HELP ferry_scale_signal The scale policy's signal over the last second (requests in flight per ready server).\n# TYPE ferry_scale_signal gauge");
+        let _ = writeln!(out, "# HELP ferry_scale_signal The scale policy's signal over the last second (inflight_per_server: requests in flight per ready server; p95_latency: milliseconds).\n# TYPE ferry_scale_signal gauge");
         for n in &names {
             let _ = writeln!(
                 out,

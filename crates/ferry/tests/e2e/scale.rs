@@ -835,3 +835,89 @@ async fn joined_servers_are_restored_after_a_restart_and_left_ones_are_not() {
     assert!(from_b > 0);
     assert!(router.stderr().contains("restored"));
 }
+
+/// A server whose every answer starts 700 ms after the request (the
+/// upstream latency the router measures is the time to the response head).
+async fn slow_head_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match c.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.clear();
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    let body = page();
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Backend: slow\r\n\r\n",
+                        body.len()
+                    );
+                    if c.write_all(head.as_bytes()).await.is_err()
+                        || c.write_all(&body).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// The `p95_latency` signal: answers that start 700 ms after the request put
+/// the pool's 95th percentile (bucket bound 1000 ms) above `add_above`
+/// (500 ms), and the policy adds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_pool_is_grown_on_its_p95_latency() {
+    let dir = workdir();
+    let d = dir.path();
+    let (slow, server) = slow_head_server().await;
+    let add = d.join("add.sh");
+    std::fs::write(
+        &add,
+        format!("#!/bin/sh\necho add >> {}/adds\n", d.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&add, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = router_config("dc1", "")
+        + &pool("web", &[("slow", slow)])
+        + &format!(
+            "\n[pool.scale]\nsignal = \"p95_latency\"\nadd_above = 500\nremove_below = 50\nhold = \"1s\"\ncooldown = \"30s\"\nmin_servers = 1\nmax_servers = 2\nadd_command = [\"{}\"]\nremove_command = [\"/bin/true\"]\n",
+            add.display()
+        )
+        + &site("shop.test", "pool:web", "");
+    let router = Ferry::start(d, &config);
+    let admin = Admin::new(router.admin);
+    let load = Arc::new(Load::default());
+    load.target.store(4, Ordering::Relaxed);
+    let workers = start_load(router.addr(), &load);
+    let added = Deadline::new("an add on p95 latency", Duration::from_secs(30));
+    while std::fs::read_to_string(d.join("adds")).is_err() {
+        added.tick().await;
+    }
+    load.stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+    }
+    let log = router.stderr();
+    let decision = log
+        .lines()
+        .find(|l| l.contains("scale decision: add a server"))
+        .unwrap_or_else(|| panic!("{log}"));
+    // Answers after 700 ms fall in the (0.5 s, 1 s] bucket.
+    assert!(decision.contains("signal=1000"), "{decision}");
+    let p = web(&admin).await;
+    assert_eq!(p["scale"]["signal"], "p95_latency", "{p}");
+    assert_eq!(load.failed.load(Ordering::Relaxed), 0);
+    server.abort();
+}
