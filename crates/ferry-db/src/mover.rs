@@ -354,6 +354,14 @@ impl Mover {
     /// credentials. Writes the state file.
     pub async fn prepare(&mut self) -> Result<PrepareReport> {
         self.need("prepare", &[Phase::Prepared])?;
+        let report = self.check().await?;
+        self.save()?;
+        Ok(report)
+    }
+
+    /// The checks of [`prepare`](Self::prepare) alone: reads both servers,
+    /// writes nothing (no state file either), so a dry run can ask them.
+    pub async fn check(&mut self) -> Result<PrepareReport> {
         let dbs = self.cfg.databases.clone();
         if dbs.is_empty() {
             return Err(Error::Phase {
@@ -423,7 +431,6 @@ impl Mover {
                 problems: findings.refusals,
             });
         }
-        self.save()?;
         Ok(PrepareReport {
             accounts: users,
             roles,

@@ -12,9 +12,12 @@
 //!   where a unit stands, folded from its events (what a replay starts from).
 //! - [`failpoint`]: `FERRY_FAILPOINTS` / `FERRY_FAULTS` (crash tests, demo).
 //! - [`status`]: what a migration looks like from outside.
+//! - [`check`]: `ferry migrate check` / `run --dry-run`: everything a run
+//!   needs, asked without changing anything ([`CheckReport`]).
 
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod config;
 mod dbmove;
 mod error;
@@ -31,6 +34,7 @@ pub mod runbook;
 pub mod status;
 pub mod track;
 
+pub use check::{CheckLine, CheckOptions, CheckReport, Verdict};
 pub use config::MigrateConfig;
 pub use error::{OrchError, Result};
 pub use failpoint::{Failpoints, Faults, KillMode};

@@ -4,6 +4,8 @@
 //! Exit codes: 0 every unit done; 1 a unit failed (or the run stopped on an
 //! error); 2 bad config, plan, unit id or flag; 3 refused (a journal that is
 //! not ours, damaged or already used; a plan that changed since the run began).
+//! `check` (and `run --dry-run`): 0 the night could run, 1 a check failed,
+//! 2 bad config, plan, unit id or flag.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -37,6 +39,32 @@ enum Cmd {
     /// Put a unit back at the source: before its flip, unfreeze there; after
     /// it, run the runbook in reverse (copy back, freeze, flip back).
     Rollback(RollbackArgs),
+    /// Check everything a run would need (routers, agents, databases, the
+    /// journal's directory, room, predicted freezes) without changing
+    /// anything; exit 0 only if the night could run.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// migrate.toml: routers, pools, filers, freeze budget (docs/migrate-config.md).
+    #[arg(long)]
+    config: PathBuf,
+    /// plan.json written by `ferry plan`.
+    #[arg(long)]
+    plan: PathBuf,
+    /// The journal a run would create (checked, not created).
+    #[arg(long, default_value = "ferry-journal.db")]
+    journal: PathBuf,
+    /// Only these units (comma-separated ids), whatever their plan status.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// One JSON object per check on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Bound of each router and agent call, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = ferry_conf::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 #[derive(clap::Args)]
@@ -62,6 +90,9 @@ struct RunArgs {
     /// Serve the tracking page and JSON status here (overrides [tracking] listen).
     #[arg(long)]
     listen: Option<String>,
+    /// Change nothing: run `ferry migrate check` with these flags instead.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(clap::Args)]
@@ -114,6 +145,18 @@ fn orch_failure(e: OrchError) -> Failure {
 
 pub async fn run(args: Args) -> Result<(), Failure> {
     match args.command {
+        Cmd::Run(a) if a.dry_run => {
+            check(CheckArgs {
+                config: a.config,
+                plan: a.plan,
+                journal: a.journal,
+                only: a.only,
+                json: a.json,
+                timeout: std::time::Duration::from_secs(10),
+            })
+            .await
+        }
+        Cmd::Check(a) => check(a).await,
         Cmd::Run(a) => {
             let inputs = RunInputs::load(
                 &a.config,
@@ -177,6 +220,43 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             }
             Ok(())
         }
+    }
+}
+
+/// `ferry migrate check`: one line per check, exit 1 if any failed.
+async fn check(a: CheckArgs) -> Result<(), Failure> {
+    let inputs = RunInputs::load(
+        &a.config,
+        &a.plan,
+        (!a.only.is_empty()).then_some(a.only.as_slice()),
+    )
+    .map_err(|e| Failure::usage(anyhow!(e)))?;
+    let opts = ferry_orch::CheckOptions {
+        journal: a.journal,
+        timeout: a.timeout,
+    };
+    let report = ferry_orch::check::check(&inputs, &opts).await;
+    let mut o = std::io::stdout().lock();
+    for l in &report.lines {
+        let line = if a.json {
+            serde_json::to_string(l).map_err(anyhow::Error::from)?
+        } else {
+            l.to_string()
+        };
+        let _ = writeln!(o, "{line}");
+    }
+    let _ = o.flush();
+    let failed = report.failed().count();
+    if failed == 0 {
+        if !a.json {
+            println!("the night could run: {} checks passed", report.lines.len());
+        }
+        Ok(())
+    } else {
+        Err(Failure::from(anyhow!(
+            "{failed} of {} checks failed: the night could not run",
+            report.lines.len()
+        )))
     }
 }
 

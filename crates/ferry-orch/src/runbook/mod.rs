@@ -52,7 +52,7 @@ use crate::router::{Http, RouterClient};
 use crate::status::{Direction, Outcome, Step, UnitState};
 use ferry_journal::Steps;
 
-use unit::unit_filers;
+pub(crate) use unit::unit_filers;
 use unit_run::UnitRun;
 
 /// Called with every journaled event (progress bars, `--json`).

@@ -168,7 +168,7 @@ impl Orchestrator {
 }
 
 /// The filers a unit names (its own list, else its hostings').
-pub(super) fn unit_filers(u: &PlanUnit) -> Vec<String> {
+pub(crate) fn unit_filers(u: &PlanUnit) -> Vec<String> {
     let mut v: Vec<String> = u.filers.clone();
     for h in &u.hostings {
         if !v.contains(&h.filer) {
