@@ -1,0 +1,296 @@
+//! `ferry migrate check` against a real world: two routers (in process),
+//! two ferry-sync agents serving the filer's two sides, two MariaDB servers.
+//! The check passes and changes nothing (the routers' sites, every file
+//! under the world's directory, the journal's absence, both servers'
+//! databases and replication connections); then one thing at a time is
+//! broken and the check fails with a line naming it.
+
+mod common;
+#[path = "../../ferry-db/tests/support/mod.rs"]
+mod dbsupport;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{world, World, TOKEN};
+use dbsupport::MariaDb;
+use ferry_orch::check::{check, CheckOptions, CheckReport, Verdict};
+use ferry_orch::RunInputs;
+use mysql_async::prelude::Queryable;
+
+const KEY: &str = "check-test-agent-key-0123456789abcdef";
+
+/// A ferry-sync agent serving one volume, on a listener bound before its
+/// thread starts (a connection waits in the backlog: no race), stopped on drop.
+struct Agent {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Agent {
+    fn start(volume: &str, path: &Path, read_only: bool) -> Agent {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let cfg = ferry_sync::AgentConfig {
+            listen: addr,
+            key: ferry_sync::proto::derive_key(KEY),
+            volumes: BTreeMap::from([(
+                volume.to_string(),
+                ferry_sync::Volume {
+                    path: path.to_path_buf(),
+                    read_only,
+                    watch: false,
+                },
+            )]),
+            limits: ferry_sync::Limits::default(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            ferry_sync::serve(l, Arc::new(cfg), s).unwrap();
+        });
+        Agent {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct CheckWorld {
+    w: World,
+    src: MariaDb,
+    dst: MariaDb,
+    par_agent: Option<Agent>,
+    _gra_agent: Agent,
+    /// migrate.toml as the world wrote it, with the agents as the filer.
+    config: String,
+}
+
+async fn check_world() -> CheckWorld {
+    let (src, dst) = tokio::join!(MariaDb::start(1), MariaDb::start(2));
+    src.exec(
+        "CREATE DATABASE shop; \
+         CREATE TABLE shop.orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(40) NOT NULL); \
+         CREATE USER 'shop'@'127.0.0.1' IDENTIFIED BY 'pw'; \
+         GRANT ALL ON shop.* TO 'shop'@'127.0.0.1'; \
+         INSERT INTO shop.orders (v) VALUES ('one'), ('two')",
+    )
+    .await;
+    let w = world(&format!(
+        "[db_servers.sql1]\nsource = \"{}\"\ndestination = \"{}\"\n",
+        src.url(),
+        dst.url()
+    ))
+    .await;
+    std::fs::create_dir_all(w.path("gra/fs-1")).unwrap();
+    let par_agent = Agent::start("fs-1", &w.path("par/fs-1"), true);
+    let gra_agent = Agent::start("fs-1", &w.path("gra/fs-1"), false);
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    let text = text.replace(
+        "source = \"par/fs-1\"\ndestination = \"gra/fs-1\"",
+        &format!(
+            "source = \"ferry://{}/fs-1\"\ndestination = \"ferry://{}/fs-1\"\nkey = \"{KEY}\"",
+            par_agent.addr, gra_agent.addr
+        ),
+    );
+    assert!(text.contains("ferry://"), "{text}");
+    std::fs::write(&w.config, &text).unwrap();
+    // The plan of the runbook tests, with U1's database and its sizes.
+    let plan = common::plan_json(true).replacen(
+        r#""filers":["fs-1"],"#,
+        r#""filers":["fs-1"],"databases":["shop@sql1"],"size":{"file_bytes":23},"freeze":{"total_s":12.5,"final_copy_s":0.5,"db_check_s":1.0},"#,
+        1,
+    );
+    std::fs::write(&w.plan, plan).unwrap();
+    CheckWorld {
+        w,
+        src,
+        dst,
+        par_agent: Some(par_agent),
+        _gra_agent: gra_agent,
+        config: text,
+    }
+}
+
+impl CheckWorld {
+    async fn check(&self) -> CheckReport {
+        let inputs = RunInputs::load(&self.w.config, &self.w.plan, None).unwrap();
+        let opts = CheckOptions {
+            journal: self.w.journal.clone(),
+            timeout: Duration::from_secs(5),
+        };
+        let r = check(&inputs, &opts).await;
+        for l in &r.lines {
+            eprintln!("{l}");
+        }
+        r
+    }
+
+    fn set_config(&self, text: &str) {
+        std::fs::write(&self.w.config, text).unwrap();
+    }
+
+    /// What the check must leave as it was.
+    async fn snapshot(&self) -> Snapshot {
+        let mut files = BTreeMap::new();
+        tree(self.w.dir.path(), self.w.dir.path(), &mut files);
+        Snapshot {
+            par: format!("{:?}", self.w.records("par-1").await),
+            gra: format!("{:?}", self.w.records("gra-1").await),
+            files,
+            src: server_state(&self.src).await,
+            dst: server_state(&self.dst).await,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    par: String,
+    gra: String,
+    /// Every path under the world's directory: its bytes and mtime.
+    files: BTreeMap<PathBuf, (Vec<u8>, Option<std::time::SystemTime>)>,
+    src: Vec<String>,
+    dst: Vec<String>,
+}
+
+fn tree(
+    root: &Path,
+    dir: &Path,
+    out: &mut BTreeMap<PathBuf, (Vec<u8>, Option<std::time::SystemTime>)>,
+) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        let md = std::fs::symlink_metadata(&p).unwrap();
+        let rel = p.strip_prefix(root).unwrap().to_path_buf();
+        if md.is_dir() {
+            out.insert(rel, (Vec::new(), md.modified().ok()));
+            tree(root, &p, out);
+        } else {
+            out.insert(rel, (std::fs::read(&p).unwrap(), md.modified().ok()));
+        }
+    }
+}
+
+/// The databases, accounts and replication connections of a server.
+async fn server_state(db: &MariaDb) -> Vec<String> {
+    let mut c = db.conn().await;
+    let mut out: Vec<String> = c.query("SHOW DATABASES").await.unwrap();
+    let users: Vec<(String, String)> = c
+        .query("SELECT user, host FROM mysql.user ORDER BY user, host")
+        .await
+        .unwrap();
+    out.extend(users.into_iter().map(|(u, h)| format!("{u}@{h}")));
+    let slaves: Vec<mysql_async::Row> = c.query("SHOW ALL SLAVES STATUS").await.unwrap();
+    out.push(format!("{} replication connection(s)", slaves.len()));
+    out
+}
+
+fn failed_at<'a>(r: &'a CheckReport, what: &str, at: &str) -> Option<&'a ferry_orch::CheckLine> {
+    r.lines
+        .iter()
+        .find(|l| l.verdict == Verdict::Failed && l.what == what && l.at.contains(at))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn check_passes_changes_nothing_and_names_each_broken_thing() {
+    let mut cw = check_world().await;
+    let before = cw.snapshot().await;
+
+    let r = cw.check().await;
+    assert!(r.ok(), "{:?}", r.failed().collect::<Vec<_>>());
+    for what in [
+        "plan", "journal", "router", "sites", "filer", "room", "database", "freeze",
+    ] {
+        assert!(r.lines.iter().any(|l| l.what == what), "no {what} line");
+    }
+    // The agents' volumes cannot tell their free space: said, not failed.
+    assert!(r
+        .lines
+        .iter()
+        .any(|l| l.what == "room" && l.verdict == Verdict::Unchecked));
+    assert!(!cw.w.journal.exists());
+    assert_eq!(cw.snapshot().await, before, "the check changed something");
+
+    // A wrong token at gra-1.
+    let at = cw.config.find("name = \"gra-1\"").unwrap();
+    let (head, tail) = cw.config.split_at(at);
+    let bad = format!(
+        "{head}{}",
+        tail.replacen(
+            &format!("token = \"{TOKEN}\""),
+            "token = \"not-the-router-token\"",
+            1
+        )
+    );
+    cw.set_config(&bad);
+    let r = cw.check().await;
+    let l = failed_at(&r, "router", "gra-1").expect("a failed line for gra-1");
+    assert!(l.fix.contains("token"), "{l}");
+    assert!(failed_at(&r, "router", "par-1").is_none());
+    cw.set_config(&cw.config.clone());
+
+    // par-1's admin API unreachable.
+    cw.w.par_admin.set_down(true);
+    let r = cw.check().await;
+    assert!(failed_at(&r, "router", "par-1").is_some());
+    cw.w.par_admin.set_down(false);
+
+    // A wrong agent key.
+    cw.set_config(
+        &cw.config
+            .replace(KEY, "another-key-that-the-agents-do-not-hold"),
+    );
+    let r = cw.check().await;
+    let l = failed_at(&r, "filer", "fs-1 source").expect("a failed line for fs-1's source");
+    assert!(l.fix.contains("key"), "{l}");
+    assert!(failed_at(&r, "filer", "fs-1 destination").is_some());
+    cw.set_config(&cw.config.clone());
+
+    // The source agent down.
+    let gone = cw.par_agent.take().unwrap();
+    let old = gone.addr;
+    drop(gone);
+    let r = cw.check().await;
+    let l = failed_at(&r, "filer", "fs-1 source").expect("a failed line for fs-1's source");
+    assert!(l.fix.contains("start the agent"), "{l}");
+    assert!(failed_at(&r, "filer", "fs-1 destination").is_none());
+    let back = Agent::start("fs-1", &cw.w.path("par/fs-1"), true);
+    cw.config = cw.config.replace(&old.to_string(), &back.addr.to_string());
+    cw.par_agent = Some(back);
+    cw.set_config(&cw.config.clone());
+    assert!(cw.check().await.ok());
+
+    // The database missing at the source.
+    cw.src.exec("DROP DATABASE shop").await;
+    let r = cw.check().await;
+    let l = failed_at(&r, "database", "sql1").expect("a failed line for sql1");
+    assert!(l.why.contains("shop"), "{l}");
+
+    // Nothing of all this left a journal or a mover's state file.
+    assert!(!cw.w.journal.exists());
+    let left: Vec<_> = std::fs::read_dir(cw.w.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("journal"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    drop(cw.dst);
+}
