@@ -45,20 +45,37 @@ enum Cmd {
     Check(CheckArgs),
 }
 
+/// What a run is made of, as `check` and `run` take it.
 #[derive(clap::Args)]
-struct CheckArgs {
+struct InputArgs {
     /// migrate.toml: routers, pools, filers, freeze budget (docs/migrate-config.md).
     #[arg(long)]
     config: PathBuf,
     /// plan.json written by `ferry plan`.
     #[arg(long)]
     plan: PathBuf,
-    /// The journal a run would create (checked, not created).
-    #[arg(long, default_value = "ferry-journal.db")]
-    journal: PathBuf,
     /// Only these units (comma-separated ids), whatever their plan status.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+}
+
+impl InputArgs {
+    fn load(&self) -> Result<RunInputs, OrchError> {
+        RunInputs::load(
+            &self.config,
+            &self.plan,
+            (!self.only.is_empty()).then_some(self.only.as_slice()),
+        )
+    }
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    inputs: InputArgs,
+    /// The journal a run would create (checked, not created).
+    #[arg(long, default_value = "ferry-journal.db")]
+    journal: PathBuf,
     /// One JSON object per check on stdout.
     #[arg(long)]
     json: bool,
@@ -69,21 +86,14 @@ struct CheckArgs {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// migrate.toml: routers, pools, filers, freeze budget (docs/migrate-config.md).
-    #[arg(long)]
-    config: PathBuf,
-    /// plan.json written by `ferry plan`.
-    #[arg(long)]
-    plan: PathBuf,
+    #[command(flatten)]
+    inputs: InputArgs,
     /// The journal to create (must not hold a run yet).
     #[arg(long, default_value = "ferry-journal.db")]
     journal: PathBuf,
     /// Do not wait for the [window]: freeze as soon as pre-copy is done.
     #[arg(long)]
     now: bool,
-    /// Only these units (comma-separated ids), whatever their plan status.
-    #[arg(long, value_delimiter = ',')]
-    only: Vec<String>,
     /// One JSON event per line on stdout instead of progress bars.
     #[arg(long)]
     json: bool,
@@ -147,10 +157,8 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     match args.command {
         Cmd::Run(a) if a.dry_run => {
             check(CheckArgs {
-                config: a.config,
-                plan: a.plan,
+                inputs: a.inputs,
                 journal: a.journal,
-                only: a.only,
                 json: a.json,
                 timeout: std::time::Duration::from_secs(10),
             })
@@ -158,12 +166,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         }
         Cmd::Check(a) => check(a).await,
         Cmd::Run(a) => {
-            let inputs = RunInputs::load(
-                &a.config,
-                &a.plan,
-                (!a.only.is_empty()).then_some(a.only.as_slice()),
-            )
-            .map_err(orch_failure)?;
+            let inputs = a.inputs.load().map_err(orch_failure)?;
             let listen = a
                 .listen
                 .clone()
@@ -225,12 +228,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
 
 /// `ferry migrate check`: one line per check, exit 1 if any failed.
 async fn check(a: CheckArgs) -> Result<(), Failure> {
-    let inputs = RunInputs::load(
-        &a.config,
-        &a.plan,
-        (!a.only.is_empty()).then_some(a.only.as_slice()),
-    )
-    .map_err(|e| Failure::usage(anyhow!(e)))?;
+    let inputs = a.inputs.load().map_err(|e| Failure::usage(anyhow!(e)))?;
     let opts = ferry_orch::CheckOptions {
         journal: a.journal,
         timeout: a.timeout,
