@@ -426,6 +426,17 @@ pub fn schedule(jobs: &[Job], params: &Params) -> Schedule {
 mod tests {
     use super::*;
 
+    /// Each job's night (`u32::MAX`: not in a night).
+    fn nights_of(s: &Schedule) -> Vec<u32> {
+        s.slots
+            .iter()
+            .map(|s| match s {
+                Slot::Night { night, .. } => *night,
+                _ => u32::MAX,
+            })
+            .collect()
+    }
+
     fn params() -> Params {
         Params {
             bandwidth: 1000.0,
@@ -446,14 +457,7 @@ mod tests {
         };
         let s = schedule(&[job; 5], &p);
         // 4 h window: two 5000 s freezes per night.
-        let nights: Vec<u32> = s
-            .slots
-            .iter()
-            .map(|s| match s {
-                Slot::Night { night, .. } => *night,
-                _ => u32::MAX,
-            })
-            .collect();
+        let nights = nights_of(&s);
         assert_eq!(nights, [0, 0, 1, 1, 2]);
         assert_eq!(s.nights.len(), 3);
         assert!(matches!(s.slots[1], Slot::Night { order: 1, start_s, .. } if start_s == 5_000.0));
@@ -469,14 +473,7 @@ mod tests {
             final_bytes: 0.0,
         };
         let s = schedule(&[job; 3], &p);
-        let nights: Vec<u32> = s
-            .slots
-            .iter()
-            .map(|s| match s {
-                Slot::Night { night, .. } => *night,
-                _ => u32::MAX,
-            })
-            .collect();
+        let nights = nights_of(&s);
         // 50 MB needs ~0.58 day: night 1 (86.4 MB budget) takes one, night 2 one more...
         assert_eq!(nights, [1, 2, 2]);
         for n in &s.nights {
