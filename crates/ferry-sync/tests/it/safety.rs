@@ -102,6 +102,15 @@ fn rel(s: &str) -> RelPath {
     RelPath::new(s.as_bytes()).unwrap()
 }
 
+/// The op that writes `data` at `path` in one piece.
+fn put_file(path: &str, data: &[u8]) -> Msg {
+    Msg::Op(Op::PutFile {
+        path: rel(path),
+        meta: meta(),
+        data: data.to_vec(),
+    })
+}
+
 /// A volume with an `outside` directory next to it, and symlinks planted in
 /// the volume pointing there.
 fn setup() -> (
@@ -198,11 +207,7 @@ fn refuses_oversized_frame_before_reading_it() {
 fn refuses_to_write_through_a_symlinked_directory() {
     let (_t, _vol, outside, agent) = setup();
     let mut raw = Raw::open(&agent, "v", true);
-    raw.send_msg(&Msg::Op(Op::PutFile {
-        path: rel("link/evil"),
-        meta: meta(),
-        data: b"evil".to_vec(),
-    }));
+    raw.send_msg(&put_file("link/evil", b"evil"));
     let e = raw.expect_error();
     assert!(e.contains("symbolic link"), "{e}");
     outside_untouched(&outside);
@@ -218,11 +223,7 @@ fn a_directory_swapped_for_a_symlink_mid_pass_never_redirects_a_write() {
     let (_t, vol, outside, agent) = setup();
     fs::create_dir(vol.join("d")).unwrap();
     let mut raw = Raw::open(&agent, "v", true);
-    raw.send_msg(&Msg::Op(Op::PutFile {
-        path: rel("d/first"),
-        meta: meta(),
-        data: b"first".to_vec(),
-    }));
+    raw.send_msg(&put_file("d/first", b"first"));
     // A read is a barrier (the file above is written before it is answered)
     // that leaves the pass open.
     raw.send_msg(&Msg::ReadSmallReq {
@@ -231,19 +232,11 @@ fn a_directory_swapped_for_a_symlink_mid_pass_never_redirects_a_write() {
     assert_eq!(raw.recv(), Msg::FileData(b"first".to_vec()));
     fs::rename(vol.join("d"), vol.join("moved")).unwrap();
     symlink(&outside, vol.join("d")).unwrap();
-    raw.send_msg(&Msg::Op(Op::PutFile {
-        path: rel("d/second"),
-        meta: meta(),
-        data: b"second".to_vec(),
-    }));
+    raw.send_msg(&put_file("d/second", b"second"));
     raw.expect_ok();
     outside_untouched(&outside);
     assert_eq!(fs::read(vol.join("moved/second")).unwrap(), b"second");
-    raw.send_msg(&Msg::Op(Op::PutFile {
-        path: rel("d/third"),
-        meta: meta(),
-        data: b"third".to_vec(),
-    }));
+    raw.send_msg(&put_file("d/third", b"third"));
     let e = raw.expect_error();
     assert!(e.contains("symbolic link"), "{e}");
     outside_untouched(&outside);
@@ -298,11 +291,7 @@ fn refuses_streamed_file_through_a_symlinked_directory() {
 fn replaces_a_planted_symlink_instead_of_writing_through_it() {
     let (_t, vol, outside, agent) = setup();
     let mut raw = Raw::open(&agent, "v", true);
-    raw.send_msg(&Msg::Op(Op::PutFile {
-        path: rel("f"),
-        meta: meta(),
-        data: b"new".to_vec(),
-    }));
+    raw.send_msg(&put_file("f", b"new"));
     raw.expect_ok();
     outside_untouched(&outside);
     assert!(fs::symlink_metadata(vol.join("f")).unwrap().is_file());
@@ -420,17 +409,9 @@ fn refuses_copy_beyond_the_basis() {
 fn nothing_is_written_after_a_refused_op() {
     let (_t, vol, outside, agent) = setup();
     let mut raw = Raw::open(&agent, "v", true);
-    raw.send_msg(&Msg::Op(Op::PutFile {
-        path: rel("link/evil"),
-        meta: meta(),
-        data: b"evil".to_vec(),
-    }));
+    raw.send_msg(&put_file("link/evil", b"evil"));
     raw.send_msg(&Msg::Op(Op::Mkdir { path: rel("d") }));
-    raw.send_msg(&Msg::Op(Op::PutFile {
-        path: rel("after"),
-        meta: meta(),
-        data: b"after".to_vec(),
-    }));
+    raw.send_msg(&put_file("after", b"after"));
     raw.expect_error();
     assert!(!vol.join("d").exists());
     assert!(!vol.join("after").exists());
@@ -441,11 +422,7 @@ fn nothing_is_written_after_a_refused_op() {
 fn refuses_writes_on_a_session_opened_for_reading() {
     let (_t, vol, _outside, agent) = setup();
     let mut raw = Raw::open(&agent, "v", false);
-    raw.send_msg(&Msg::Op(Op::PutFile {
-        path: rel("x"),
-        meta: meta(),
-        data: b"x".to_vec(),
-    }));
+    raw.send_msg(&put_file("x", b"x"));
     let e = raw.expect_error();
     assert!(e.contains("opened for reading"), "{e}");
     assert!(!vol.join("x").exists());
@@ -470,12 +447,7 @@ fn refuses_requests_before_authentication() {
         Msg::Error { message } => assert!(message.contains("authentication required")),
         other => panic!("{other:?}"),
     }
-    w.write_all(&proto::encode(&Msg::Op(Op::PutFile {
-        path: rel("x"),
-        meta: meta(),
-        data: b"x".to_vec(),
-    })))
-    .ok();
+    w.write_all(&proto::encode(&put_file("x", b"x"))).ok();
     std::thread::sleep(std::time::Duration::from_millis(50));
     assert!(!vol.join("x").exists());
 }
