@@ -113,7 +113,7 @@ async fn check_world() -> CheckWorld {
     // The plan of the runbook tests, with U1's database and its sizes.
     let plan = common::plan_json(true).replacen(
         r#""filers":["fs-1"],"#,
-        r#""filers":["fs-1"],"databases":["shop@sql1"],"size":{"file_bytes":23},"freeze":{"total_s":12.5,"final_copy_s":0.5,"db_check_s":1.0},"#,
+        r#""filers":["fs-1"],"databases":["shop@sql1"],"size":{"file_bytes":23},"freeze":{"total_s":12.5,"final_copy_s":0.5,"final_bytes":1.0,"db_check_s":1.0},"#,
         1,
     );
     std::fs::write(&w.plan, plan).unwrap();
@@ -133,6 +133,7 @@ impl CheckWorld {
         let opts = CheckOptions {
             journal: self.w.journal.clone(),
             timeout: Duration::from_secs(5),
+            measure_link: true,
         };
         let r = check(&inputs, &opts).await;
         for l in &r.lines {

@@ -82,6 +82,10 @@ struct CheckArgs {
     /// Bound of each router and agent call, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = ferry_conf::parse_duration)]
     timeout: std::time::Duration,
+    /// Time a bounded read (64 MiB, --timeout) from each filer's source and
+    /// print each unit's pre-copy, final copy and freeze at that rate.
+    #[arg(long)]
+    measure_link: bool,
 }
 
 #[derive(clap::Args)]
@@ -161,6 +165,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
                 journal: a.journal,
                 json: a.json,
                 timeout: std::time::Duration::from_secs(10),
+                measure_link: false,
             })
             .await
         }
@@ -232,6 +237,7 @@ async fn check(a: CheckArgs) -> Result<(), Failure> {
     let opts = ferry_orch::CheckOptions {
         journal: a.journal,
         timeout: a.timeout,
+        measure_link: a.measure_link,
     };
     let report = ferry_orch::check::check(&inputs, &opts).await;
     let mut o = std::io::stdout().lock();
