@@ -13,6 +13,8 @@
 //!
 //! Entry points: [`load`] (reads a file) and [`parse`] (text plus the path it
 //! came from). Positions, durations and secrets follow ferry-conf's rules.
+//! [`read_sites_file`] reads `[router] sites_file`, the bulk site list a router
+//! loads at start (one `host placement [state] [epoch]` a line).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,8 +25,10 @@ use serde::Deserialize;
 
 mod check;
 mod raw;
+mod sites_file;
 
 pub use check::check_host_port;
+pub use sites_file::{read_sites_file, SitesFileError};
 
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +110,12 @@ pub struct RouterSettings {
     pub hold_max: Duration,
     /// Seconds in the `Retry-After` header of 503 answers.
     pub retry_after: u32,
-    /// SQLite state file; `None` keeps state in memory.
+    /// SQLite state file; `None` keeps no state: admin changes are forgotten
+    /// at restart.
     pub store: Option<PathBuf>,
+    /// The bulk site list loaded at start, before the listeners open
+    /// ([`read_sites_file`], format in `sites_file.rs`).
+    pub sites_file: Option<PathBuf>,
     pub access_log: AccessLog,
     pub access_log_format: AccessLogFormat,
     /// Client networks let through while a site is in maintenance.

@@ -39,6 +39,7 @@ pub(crate) struct RawRouter {
     pub hold_max: Option<S<String>>,
     pub retry_after: Option<u32>,
     pub store: Option<S<String>>,
+    pub sites_file: Option<S<String>>,
     pub access_log: Option<S<String>>,
     pub access_log_format: Option<AccessLogFormat>,
     #[serde(default)]

@@ -90,6 +90,8 @@ pub enum ProxyError {
     },
     #[error("cannot seed the site table: {0}")]
     Seed(String),
+    #[error(transparent)]
+    SitesFile(#[from] ferry_config::SitesFileError),
     #[error("access log {}: {source}", path.display())]
     AccessLog {
         path: PathBuf,

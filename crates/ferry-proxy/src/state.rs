@@ -586,15 +586,25 @@ const SEED_CHUNK: usize = 65_536;
 
 /// Fills an empty table at start. The store's records go in without a store
 /// write (the store holds them already), each with the config's extras when
-/// the config names the site too; a config site goes in from the config, and
-/// is written, where the store lacks it or holds an older epoch (a stored
-/// record with an epoch at least the config's wins, as in a reload). Both
-/// lists are merged in host order, so no map of every site is built.
+/// the config names the site too; a site of the config (`[[site]]` or the
+/// `sites_file`) goes in from the config, and is written, where the store
+/// lacks it or holds an older epoch (a stored record with an epoch at least
+/// the config's wins, as in a reload). Both lists are merged in host order,
+/// so no map of every site is built.
 fn seed(table: &HostTable, config: &Config, store: &dyn Store) -> Result<(), ProxyError> {
     let mut stored = store.sites().map_err(ProxyError::Store)?;
     // Stores return host order already; sorting sorted input is one pass.
     stored.sort_unstable_by(|a, b| a.host.cmp(&b.host));
     let mut configured = site_changes(config);
+    if let Some(path) = &config.router.sites_file {
+        // Checked whole (placements, duplicates, hosts also in [[site]]).
+        let listed = ferry_config::read_sites_file(path, config)?;
+        configured.reserve(listed.len());
+        configured.extend(listed.into_iter().map(|record| SiteChange {
+            record,
+            extras: None,
+        }));
+    }
     configured.sort_unstable_by(|a, b| a.record.host.cmp(&b.record.host));
     let mut configured = configured.into_iter().peekable();
     let mut seeded: Vec<SiteChange> = Vec::with_capacity(SEED_CHUNK.min(stored.len()));
@@ -620,9 +630,15 @@ fn seed(table: &HostTable, config: &Config, store: &dyn Store) -> Result<(), Pro
     seed_stored(table, config, seeded)?;
     newer.extend(configured);
     check_placements(config, newer.iter().map(|c| &c.record))?;
-    table
-        .apply(newer, |recs| store.put_sites(recs))
-        .map_err(|e| ProxyError::Seed(e.to_string()))?;
+    // In chunks too: a store write each (a failed one fails the start; what
+    // was written is the config's newer records, written again next time).
+    let mut newer = newer.into_iter().peekable();
+    while newer.peek().is_some() {
+        let chunk: Vec<SiteChange> = newer.by_ref().take(SEED_CHUNK).collect();
+        table
+            .apply(chunk, |recs| store.put_sites(recs))
+            .map_err(|e| ProxyError::Seed(e.to_string()))?;
+    }
     Ok(())
 }
 
@@ -925,5 +941,45 @@ mod tests {
         .expect("shared");
         assert!(record(&again, "b.com").is_none());
         assert!(record(&again, "a.com").is_some());
+    }
+
+    #[test]
+    fn the_sites_file_seeds_the_table_and_only_what_is_newer_than_the_store_is_written() {
+        let dir = tempfile::tempdir().expect("dir");
+        let list = dir.path().join("sites.txt");
+        // s0 is stored with epoch 3: the file's epoch 2 loses, its 5 wins.
+        let with_list = |epoch_line: &str| {
+            std::fs::write(
+                &list,
+                format!("s0.example pool:other active {epoch_line}\nf1.example pool:web\n"),
+            )
+            .expect("write");
+            let mut c = config(&[], false);
+            c.router.sites_file = Some(list.clone());
+            c
+        };
+        let store = filled(4);
+        let s = Shared::new(with_list("2"), None, store.clone()).expect("shared");
+        assert_eq!(store.written(), 1, "only f1.example, which the store lacks");
+        assert_eq!(s.table.len(), 5);
+        assert_eq!(
+            record(&s, "s0.example").expect("s0").placement,
+            Placement::Pool("web".into())
+        );
+        let s = Shared::new(with_list("5"), None, store.clone()).expect("shared");
+        // f1.example is stored now (unchanged: not written again); s0 is newer.
+        assert_eq!(store.written(), 2);
+        assert_eq!(
+            record(&s, "s0.example").expect("s0").placement,
+            Placement::Pool("other".into())
+        );
+        // A bad line refuses the start, naming the file and line.
+        std::fs::write(&list, "ok.example pool:web\nbad.example pool:gone\n").expect("write");
+        let mut c = config(&[], false);
+        c.router.sites_file = Some(list.clone());
+        let err = Shared::new(c, None, Arc::new(NoStore))
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("sites.txt:2:13: "), "{err}");
     }
 }

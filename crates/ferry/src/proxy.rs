@@ -47,6 +47,13 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             }
             None => String::new(),
         };
+        // The sites file is checked whole too: every bad line at file:line.
+        let listed = match &config.router.sites_file {
+            Some(path) => ferry_config::read_sites_file(path, &config)
+                .map_err(Failure::usage)?
+                .len(),
+            None => 0,
+        };
         // Said on the valid line, so nobody runs an open admin API unawares.
         let open_admin = match &config.admin {
             Some(a) if a.insecure_no_auth => format!(
@@ -64,7 +71,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             config.tunnels.len(),
             config.pools.len(),
             config.remotes.len(),
-            config.sites.len()
+            config.sites.len() + listed
         );
         return Ok(());
     }
@@ -90,7 +97,8 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         .await
         .map_err(|e| match e {
             ferry_proxy::ProxyError::UnknownPlacement { .. }
-            | ferry_proxy::ProxyError::Config(_) => Failure::usage(e),
+            | ferry_proxy::ProxyError::Config(_)
+            | ferry_proxy::ProxyError::SitesFile(_) => Failure::usage(e),
             other => Failure::from(other),
         })?;
     if let Some(path) = &args.ready_file {

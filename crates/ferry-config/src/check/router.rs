@@ -82,8 +82,16 @@ impl Cx<'_> {
             Some(s) => Some(self.resolve(s.get_ref())),
             None => None,
         };
+        let sites_file = match &r.sites_file {
+            Some(s) if s.get_ref().is_empty() => {
+                return Err(self.error(s.span(), "sites_file is an empty path"));
+            }
+            Some(s) => Some(self.resolve(s.get_ref())),
+            None => None,
+        };
         Ok(RouterSettings {
             name,
+            sites_file,
             observed_uses_file,
             hold_max: self.duration("hold_max", r.hold_max.as_ref(), DEFAULT_HOLD_MAX)?,
             retry_after: r.retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
