@@ -295,3 +295,46 @@ async fn check_passes_changes_nothing_and_names_each_broken_thing() {
     assert!(left.is_empty(), "{left:?}");
     drop(cw.dst);
 }
+
+/// Local filers (no agents, no database): room at the destination is asked
+/// (statvfs) and fails for more bytes than the disk holds; a journal that
+/// exists already fails; a destination directory the run would create is
+/// not created by the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_filers_room_and_an_existing_journal() {
+    let w = world("").await;
+    let plan = common::plan_json(true).replacen(
+        r#""filers":["fs-1"],"#,
+        r#""filers":["fs-1"],"size":{"file_bytes":23},"#,
+        1,
+    );
+    std::fs::write(&w.plan, &plan).unwrap();
+    let opts = CheckOptions {
+        journal: w.journal.clone(),
+        timeout: Duration::from_secs(5),
+        measure_link: false,
+    };
+    let inputs = RunInputs::load(&w.config, &w.plan, None).unwrap();
+    let r = check(&inputs, &opts).await;
+    assert!(r.ok(), "{:?}", r.failed().collect::<Vec<_>>());
+    let room = r.lines.iter().find(|l| l.what == "room").unwrap();
+    assert_eq!(room.verdict, Verdict::Ok, "{room}");
+    assert!(!w.path("gra").exists(), "the check created the destination");
+
+    // More bytes than any disk here holds.
+    std::fs::write(
+        &w.plan,
+        plan.replace("\"file_bytes\":23", "\"file_bytes\":18000000000000000000"),
+    )
+    .unwrap();
+    let inputs = RunInputs::load(&w.config, &w.plan, None).unwrap();
+    let r = check(&inputs, &opts).await;
+    assert!(failed_at(&r, "room", "fs-1 destination").is_some(), "{r:?}");
+
+    // A journal that holds something.
+    std::fs::write(&w.journal, b"not empty").unwrap();
+    let r = check(&inputs, &opts).await;
+    let l = failed_at(&r, "journal", "journal.db").expect("a failed journal line");
+    assert!(l.fix.contains("resume"), "{l}");
+    assert_eq!(std::fs::read(&w.journal).unwrap(), b"not empty");
+}
