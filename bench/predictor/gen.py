@@ -49,8 +49,8 @@ def main():
     ap.add_argument("--remote-port", type=int, required=True, help="second router's port")
     ap.add_argument("--admin-port", type=int, required=True)
     ap.add_argument("--remote-admin-port", type=int, required=True)
-    ap.add_argument("--ferry-sites", choices=["config", "store", "api", "api-store"], default="api",
-                    help="config: [[site]] entries; store: a pre-filled SQLite store; api: none (load_sites.py posts them), kept in memory; api-store: the same with an (empty) store")
+    ap.add_argument("--ferry-sites", choices=["config", "store", "api", "api-store", "file"], default="api",
+                    help="config: [[site]] entries; store: a pre-filled SQLite store; api: none (load_sites.py posts them), kept in memory; api-store: the same with an (empty) store; file: [router] sites_file, loaded before listening")
     ap.add_argument("--mix", action="store_true")
     a = ap.parse_args()
     ups = [int(p) for p in a.upstream_ports.split(",")]
@@ -141,6 +141,16 @@ access_log = "off"
 """)
             if store:
                 f.write(f'store = "{store}"\n')
+            if in_file:
+                listed = path[:-len(".toml")] + "-sites.txt"
+                f.write(f'sites_file = "{listed}"\n')
+                with open(listed, "w") as s:
+                    s.write("# host placement [state] [epoch] (ferry's [router] sites_file)\n")
+                    for i in site_ids:
+                        kd = kind(i, a.mix) if remote else "local"
+                        pl = "remote:dc2" if kd == "remote" else f"pool:p{pool_of(i)}"
+                        st = " maintenance" if kd == "maint" else ""
+                        s.write(f"{hosts[i]} {pl}{st}\n")
             f.write(f"""
 [admin]
 listen = "127.0.0.1:{admin_port}"
@@ -191,6 +201,7 @@ PRAGMA synchronous = OFF;
     use_store = a.ferry_sites in ("store", "api-store")
     prefill = a.ferry_sites == "store"
     in_config = a.ferry_sites == "config"
+    in_file = a.ferry_sites == "file"
     ferry_toml(f"{out}/ferry.toml", "dc1", a.port, a.admin_port,
                f"{out}/ferry.db" if use_store else None, all_ids, a.mix)
     if prefill:

@@ -27,11 +27,12 @@
 # sites, load_sites.py posts them to POST /v1/sites in batches of 100,000 right
 # after the start, kept in memory), api-store (the same, persisted in an empty
 # SQLite store), store (a pre-filled SQLite store read at start), config
-# ([[site]] entries in proxy.toml). api was the fastest on 1M sites (see
-# BENCHMARKS.md). The start-up time includes the load.
+# ([[site]] entries in proxy.toml), file ([router] sites_file: one
+# `host placement [state]` a line, loaded before the listeners open, as
+# HAProxy's map file). The start-up time includes the load.
 #
 # Usage: bench/predictor/run.sh [--sites N] [--mix] [--rounds R] [--duration 10s]
-#            [--contenders "haproxy nginx ferry"] [--ferry-sites api|api-store|store|config]
+#            [--contenders "haproxy nginx ferry"] [--ferry-sites api|api-store|store|config|file]
 #            [--changes N]
 # Environment: FERRY_BIN (use this binary, no build), CARGO_TARGET_DIR (honoured
 # when building), BENCH_WARMUP (3s), NGINX_START_MAX (120: seconds nginx may take
