@@ -4,12 +4,13 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{assert_trees_equal, world};
+use common::{assert_trees_equal, world, World};
 use ferry_orch::{
-    Failpoints, KillMode, Options, OrchError, Orchestrator, Outcome, Step, UnitState,
+    Failpoints, KillMode, Options, OrchError, Orchestrator, Outcome, RunSummary, Step, UnitState,
 };
 
 fn now_opts() -> Options {
@@ -17,6 +18,39 @@ fn now_opts() -> Options {
         now: true,
         ..Options::default()
     }
+}
+
+/// Starts a run with `opts` and a pause at failpoint `point` (`freeze:inside`)
+/// and waits until it holds there: the orchestrator, its run, and the pause
+/// file whose removal lets the run go on.
+async fn run_until_paused(
+    w: &World,
+    point: &str,
+    opts: Options,
+) -> (
+    Arc<Orchestrator>,
+    tokio::task::JoinHandle<ferry_orch::Result<RunSummary>>,
+    PathBuf,
+) {
+    let pause_dir = w.path("pauses");
+    std::fs::create_dir_all(&pause_dir).unwrap();
+    let fp = Failpoints::parse(&format!("{point}=pause"), KillMode::Interrupt)
+        .unwrap()
+        .with_pause_dir(pause_dir.clone());
+    let o = Arc::new(
+        w.start(Options {
+            failpoints: Arc::new(fp),
+            ..opts
+        })
+        .await,
+    );
+    let o2 = o.clone();
+    let run = tokio::spawn(async move { o2.run().await });
+    let flag = pause_dir.join(format!("{}.paused", point.replace(':', "_")));
+    while !flag.exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (o, run, flag)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,24 +208,7 @@ async fn a_freeze_that_does_not_drain_is_abandoned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verification_mismatch_fails_the_unit() {
     let w = world("").await;
-    let pause_dir = w.path("pauses");
-    std::fs::create_dir_all(&pause_dir).unwrap();
-    let fp = Failpoints::parse("final_copy:inside=pause", KillMode::Interrupt)
-        .unwrap()
-        .with_pause_dir(pause_dir.clone());
-    let o = Arc::new(
-        w.start(Options {
-            failpoints: Arc::new(fp),
-            ..now_opts()
-        })
-        .await,
-    );
-    let o2 = o.clone();
-    let run = tokio::spawn(async move { o2.run().await });
-    let flag = pause_dir.join("final_copy_inside.paused");
-    while !flag.exists() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (o, run, flag) = run_until_paused(&w, "final_copy:inside", now_opts()).await;
     std::fs::write(w.path("gra/fs-1/homes/b/index.html"), "tampered\n").unwrap();
     std::fs::remove_file(&flag).unwrap();
     let s = run.await.unwrap().unwrap();
@@ -300,25 +317,15 @@ async fn a_router_down_during_the_freeze_owes_the_abandon() {
     let w =
         world("[freeze]\ndrain_timeout = \"500ms\"\nretry_after = \"1500ms\"\nmax_attempts = 2\n")
             .await;
-    let pause_dir = w.path("pauses");
-    std::fs::create_dir_all(&pause_dir).unwrap();
-    let fp = Failpoints::parse("freeze:inside=pause", KillMode::Interrupt)
-        .unwrap()
-        .with_pause_dir(pause_dir.clone());
-    let o = Arc::new(
-        w.start(Options {
-            failpoints: Arc::new(fp),
+    let (o, run, flag) = run_until_paused(
+        &w,
+        "freeze:inside",
+        Options {
             admin_timeout: Duration::from_millis(300),
             ..now_opts()
-        })
-        .await,
-    );
-    let o2 = o.clone();
-    let run = tokio::spawn(async move { o2.run().await });
-    let flag = pause_dir.join("freeze_inside.paused");
-    while !flag.exists() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        },
+    )
+    .await;
     w.par_admin.set_down(true);
     std::fs::remove_file(&flag).unwrap();
     // Wait for the abandon, then bring par back during retry_after.
@@ -362,25 +369,15 @@ async fn a_router_down_during_the_freeze_owes_the_abandon() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_flip_waits_for_a_source_router_that_is_down() {
     let w = world("").await;
-    let pause_dir = w.path("pauses");
-    std::fs::create_dir_all(&pause_dir).unwrap();
-    let fp = Failpoints::parse("flip:inside=pause", KillMode::Interrupt)
-        .unwrap()
-        .with_pause_dir(pause_dir.clone());
-    let o = Arc::new(
-        w.start(Options {
-            failpoints: Arc::new(fp),
+    let (_o, run, flag) = run_until_paused(
+        &w,
+        "flip:inside",
+        Options {
             admin_timeout: Duration::from_millis(300),
             ..now_opts()
-        })
-        .await,
-    );
-    let o2 = o.clone();
-    let run = tokio::spawn(async move { o2.run().await });
-    let flag = pause_dir.join("flip_inside.paused");
-    while !flag.exists() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        },
+    )
+    .await;
     w.par_admin.set_down(true);
     std::fs::remove_file(&flag).unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -397,26 +394,16 @@ async fn the_flip_waits_for_a_source_router_that_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_skip_freeze_fault_leaves_a_router_unfrozen() {
     let w = world("").await;
-    let pause_dir = w.path("pauses");
-    std::fs::create_dir_all(&pause_dir).unwrap();
-    let fp = Failpoints::parse("final_copy:before=pause", KillMode::Interrupt)
-        .unwrap()
-        .with_pause_dir(pause_dir.clone());
     let faults = ferry_orch::Faults::parse("skip-freeze:par-1").unwrap();
-    let o = Arc::new(
-        w.start(Options {
-            failpoints: Arc::new(fp),
+    let (o, run, flag) = run_until_paused(
+        &w,
+        "final_copy:before",
+        Options {
             faults,
             ..now_opts()
-        })
-        .await,
-    );
-    let o2 = o.clone();
-    let run = tokio::spawn(async move { o2.run().await });
-    let flag = pause_dir.join("final_copy_before.paused");
-    while !flag.exists() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        },
+    )
+    .await;
     assert!(w.records("par-1").await.iter().all(|s| s.state == "active"));
     assert!(w.records("gra-1").await.iter().all(|s| s.state == "frozen"));
     std::fs::remove_file(&flag).unwrap();
