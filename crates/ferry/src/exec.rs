@@ -11,6 +11,8 @@ use tokio::sync::watch;
 
 use crate::Failure;
 
+mod join_follow;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The fleet: servers with their exec addresses (see docs/update-runbook.md).
@@ -139,13 +141,27 @@ pub struct JoinArgs {
     /// The primary's agent key file (owner-only), for --join-files-from.
     #[arg(long, requires = "join_files_from")]
     join_key_file: Option<PathBuf>,
+    /// With --join-files-from: once taking traffic, keep following the
+    /// primary into --join-files-to (as `ferry sync --follow`) until the
+    /// agent stops, so a file saved at the primary reaches this server
+    /// within about a second. A lost primary is retried with back-off.
+    #[arg(long, requires = "join_files_from")]
+    join_follow: bool,
+    /// With --join-follow: a server whose copy has been out of step this
+    /// long (the primary lost, a pass failing) is drained; its next
+    /// successful pass makes it ready again.
+    #[arg(long, default_value = "30s")]
+    join_stale_after: String,
 }
 
 /// Where a joining server's files come from (`--join-files-from`).
+#[derive(Clone)]
 struct FilesFirst {
     from: ferry_sync::Endpoint,
     to: PathBuf,
     key: [u8; 32],
+    /// `--join-follow`: out of step this long drains the server.
+    follow: Option<std::time::Duration>,
 }
 
 impl JoinArgs {
@@ -169,10 +185,13 @@ impl JoinArgs {
         };
         let key =
             ferry_sync::proto::read_key_file("--join-key-file", key).map_err(Failure::usage)?;
+        let stale_after = ferry_conf::parse_duration(&self.join_stale_after)
+            .map_err(|e| Failure::usage(anyhow!("--join-stale-after: {e}")))?;
         Ok(Some(FilesFirst {
             from,
             to: to.clone(),
             key,
+            follow: self.join_follow.then_some(stale_after),
         }))
     }
 }
@@ -214,6 +233,7 @@ fn copy_files(f: &FilesFirst) -> anyhow::Result<String> {
 pub(crate) struct Extras {
     exec: Option<ExecServing>,
     joined: Option<Joined>,
+    follower: Option<join_follow::Follower>,
 }
 
 struct Joined {
@@ -229,6 +249,7 @@ pub(crate) async fn start_extras(
 ) -> Result<Extras, Failure> {
     let files_first = join.files_first()?;
     let exec = spawn_agent_server(exec).await?;
+    let mut follower = None;
     let joined = match (&join.join, &join.join_name, join.join_address) {
         (Some(pool), Some(name), Some(address)) => {
             let token = join.router_token.clone().unwrap_or_default();
@@ -293,7 +314,8 @@ pub(crate) async fn start_extras(
                     }
                 };
                 tracing::info!(from = %f.from, to = %f.to.display(), "copying the site's files before taking traffic");
-                let copied = tokio::task::spawn_blocking(move || copy_files(&f)).await;
+                let copy = f.clone();
+                let copied = tokio::task::spawn_blocking(move || copy_files(&copy)).await;
                 let done = match copied {
                     Ok(Ok(done)) => done,
                     Ok(Err(e)) => {
@@ -317,6 +339,22 @@ pub(crate) async fn start_extras(
                     }
                     tracing::info!(router = %r.admin, %pool, %name, "files verified: taking traffic");
                 }
+                if let Some(stale_after) = f.follow {
+                    let m = join_follow::Membership {
+                        routers: routers.clone(),
+                        pool: pool.clone(),
+                        name: name.clone(),
+                    };
+                    match join_follow::Follower::start(f.from, f.to, f.key, stale_after, m) {
+                        Ok(started) => follower = Some(started),
+                        Err(e) => {
+                            leave_all("a failed follower start".into()).await;
+                            return Err(Failure::from(anyhow!(
+                                "--join-follow: cannot start the follower: {e}"
+                            )));
+                        }
+                    }
+                }
             }
             Some(Joined {
                 routers,
@@ -327,12 +365,21 @@ pub(crate) async fn start_extras(
         }
         _ => None,
     };
-    Ok(Extras { exec, joined })
+    Ok(Extras {
+        exec,
+        joined,
+        follower,
+    })
 }
 
 impl Extras {
-    /// Leaves the pools (drained first), then stops the exec server.
+    /// Leaves the pools (drained first), then stops the follower (which
+    /// kept the copy fresh for the requests still in flight) and the exec
+    /// server.
     pub(crate) async fn stop(self) {
+        if let Some(f) = &self.follower {
+            f.stop_keeper();
+        }
         if let Some(j) = &self.joined {
             let http = ferry_orch::router::Http::new();
             for r in &j.routers {
@@ -344,6 +391,9 @@ impl Extras {
                     Err(e) => tracing::error!(error = %e, "leaving the pool failed"),
                 }
             }
+        }
+        if let Some(f) = self.follower {
+            f.stop().await;
         }
         if let Some(e) = self.exec {
             e.stop().await;

@@ -921,3 +921,173 @@ async fn a_slow_pool_is_grown_on_its_p95_latency() {
     assert_eq!(load.failed.load(Ordering::Relaxed), 0);
     server.abort();
 }
+
+/// The state of `name` in the pool `web`, if it is there.
+async fn state_of(admin: &Admin, name: &str) -> Option<String> {
+    let p = web(admin).await;
+    p["servers"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == name)
+        .and_then(|s| s["state"].as_str().map(str::to_string))
+}
+
+/// Issue 22, "while it serves, --follow keeps it in step": once the joined
+/// server is ready, a file saved at the primary is served through the
+/// router by the joined server within a bound (the delay is printed), and
+/// a deletion follows too. A lost primary drains it after
+/// `--join-stale-after`; the primary back, it is ready again. SIGTERM
+/// leaves the pool and stops the follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_server_follows_the_primary_and_serves_new_files_within_seconds() {
+    let dir = workdir();
+    let d = dir.path();
+    let primary_root = d.join("primary");
+    write_site(&primary_root);
+    std::fs::write(d.join("key"), "campaign-sync-key-0123456789").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.join("key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let agent_port = free_port();
+    // Read-only for the joined servers, watched so they can follow it.
+    std::fs::write(
+        d.join("agent.toml"),
+        format!(
+            "listen = \"127.0.0.1:{agent_port}\"\nkey_file = \"{}\"\n[volumes.site]\npath = \"{}\"\nread_only = true\nwatch = true\n",
+            d.join("key").display(),
+            primary_root.display()
+        ),
+    )
+    .unwrap();
+    let start_primary = |log: &str| {
+        let p = Proc(
+            Command::new(FERRY)
+                .arg("agent")
+                .arg("--config")
+                .arg(d.join("agent.toml"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(d.join(log)).unwrap())
+                .spawn()
+                .expect("starting the primary's agent"),
+        );
+        wait_port(agent_port, "the primary's agent");
+        p
+    };
+    let primary = start_primary("primary-agent.log");
+    let a = crate::support::Nginx::start("a");
+    let root = d.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let xp = free_port();
+    let _x = start_nginx(&d.join("x"), &root, "x", xp);
+    let config = router_config("dc1", "")
+        + &pool("web", &[("a", a.addr())])
+        + &site("shop.test", "pool:web", "");
+    let router = Ferry::start(d, &config);
+    let admin = Admin::new(router.admin);
+    let mut agent = Command::new(FERRY)
+        .args(["agent", "--join", "web", "--join-name", "x"])
+        .arg("--join-address")
+        .arg(format!("127.0.0.1:{xp}"))
+        .arg("--router")
+        .arg(format!("http://{}", router.admin))
+        .args(["--router-token", TOKEN, "--join-files-from"])
+        .arg(format!("ferry://127.0.0.1:{agent_port}/site"))
+        .arg("--join-files-to")
+        .arg(&root)
+        .arg("--join-key-file")
+        .arg(d.join("key"))
+        .args(["--join-follow", "--join-stale-after", "2s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(d.join("x-agent.log")).unwrap())
+        .spawn()
+        .expect("starting the joining agent");
+    let agent_log = || std::fs::read_to_string(d.join("x-agent.log")).unwrap_or_default();
+    let wait_state = |want: &'static str, limit: Duration| {
+        let admin = &admin;
+        async move {
+            let deadline = Deadline::new(format!("x {want}"), limit);
+            while state_of(admin, "x").await.as_deref() != Some(want) {
+                deadline.tick().await;
+            }
+        }
+    };
+    wait_state("ready", Duration::from_secs(30)).await;
+    assert_eq!(count_files(&root), SITE_FILES + 1);
+    // Only x takes traffic from here, so what is served is its copy.
+    let (status, v) = admin
+        .put(
+            "/v1/pools/web/servers/a",
+            &serde_json::json!({"state": "drain"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let http = client::http1();
+
+    // A product image saved in the back office.
+    let body = "a new product image";
+    std::fs::write(primary_root.join("media/3/new.jpg"), body).unwrap();
+    let saved = std::time::Instant::now();
+    let deadline = Deadline::new("the new file served by x", Duration::from_secs(20));
+    loop {
+        let r = client::get(&http, router.addr(), "shop.test", "/media/3/new.jpg")
+            .await
+            .unwrap();
+        if r.status == 200 {
+            assert_eq!((r.backend(), r.body.as_str()), (Some("x"), body));
+            break;
+        }
+        deadline.tick().await;
+    }
+    let delay = saved.elapsed();
+    println!("follow delay: saved at the primary to served by the joined server in {delay:?}");
+    // Deleted at the primary, gone at x.
+    std::fs::remove_file(primary_root.join("media/3/new.jpg")).unwrap();
+    let deadline = Deadline::new("the deletion at x", Duration::from_secs(20));
+    loop {
+        let r = client::get(&http, router.addr(), "shop.test", "/media/3/new.jpg")
+            .await
+            .unwrap();
+        if r.status == 404 {
+            break;
+        }
+        deadline.tick().await;
+    }
+
+    // The primary lost: x is drained after 2 s out of step...
+    drop(primary);
+    wait_state("drain", Duration::from_secs(20)).await;
+    assert!(agent_log().contains("lost the primary"), "{}", agent_log());
+    // ... and ready again once a pass (a full walk) catches it up,
+    // with what changed meanwhile.
+    std::fs::write(primary_root.join("while-away.txt"), "missed").unwrap();
+    let _primary = start_primary("primary-agent-2.log");
+    wait_state("ready", Duration::from_secs(30)).await;
+    assert_eq!(
+        std::fs::read_to_string(root.join("while-away.txt")).unwrap(),
+        "missed"
+    );
+
+    // SIGTERM: drained, left, follower stopped.
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(agent.id().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Deadline::new("the agent to exit", Duration::from_secs(30));
+    let status = loop {
+        if let Some(s) = agent.try_wait().unwrap() {
+            break s;
+        }
+        deadline.tick().await;
+    };
+    let log = agent_log();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("stopped following the primary"), "{log}");
+    assert_eq!(state_of(&admin, "x").await, None);
+    assert!(
+        delay < Duration::from_secs(20),
+        "the new file took {delay:?}"
+    );
+}
