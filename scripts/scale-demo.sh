@@ -3,8 +3,9 @@
 # a pool of two nginx with a [pool.scale] policy, a primary agent holding the
 # site's files, and wrk playing a TV campaign (a trickle, a peak, a trickle).
 # The policy's add command starts an nginx with an empty document root and
-# `ferry agent --join --join-files-from` (drained until its files are copied
-# and verified); its remove command stops them. Every few seconds the script
+# `ferry agent --join --join-files-from --join-follow` (drained until its
+# files are copied and verified, then following the primary); its remove
+# command stops them. Every few seconds the script
 # prints `ferry ctl pools list`; at the end, the decisions from the router's
 # log, the commands run and wrk's error counts.
 #
@@ -86,6 +87,7 @@ key_file = "$w/key"
 [volumes.site]
 path = "$w/primary"
 read_only = true
+watch = true
 EOF
 "$ferry" agent --config "$w/agent.toml" 2>"$w/primary-agent.log" &
 pids+=($!)
@@ -101,7 +103,7 @@ echo "add \$name (pool \$FERRY_POOL: \$FERRY_SERVERS servers, \$FERRY_WANTED wan
 setsid $nginx -p \$P -c \$P/nginx.conf -e \$P/error.log </dev/null >/dev/null 2>&1 & echo \$! > \$P/nginx.pid
 setsid $ferry agent --join web --join-name \$name --join-address 127.0.0.1:\$port \\
   --router http://127.0.0.1:$admin --router-token demo-admin-token \\
-  --join-files-from ferry://127.0.0.1:$agent/site --join-files-to \$P/root --join-key-file $w/key \\
+  --join-files-from ferry://127.0.0.1:$agent/site --join-files-to \$P/root --join-key-file $w/key --join-follow \\
   </dev/null >\$P/agent.log 2>&1 & echo \$! > \$P/agent.pid
 EOF
 cat > "$w/remove.sh" <<EOF

@@ -2,7 +2,8 @@
 //! policy, a load that ramps up then down. The policy's add command starts a
 //! new nginx with an empty document root and `ferry agent --join` with files
 //! first (joined drained, full sync + verification from the primary's
-//! agent, then ready); its remove command stops them. The pool grows to its
+//! agent, then ready, then following the primary); its remove command
+//! stops them. The pool grows to its
 //! max under the peak and back to its min after, no request fails, a joined
 //! server never serves before its files are verified, and every decision is
 //! in the router's log and metrics.
@@ -186,7 +187,7 @@ setsid {nginx} -p $P -c $P/nginx.conf -e $P/error.log </dev/null >/dev/null 2>&1
 echo $! > $P/nginx.pid
 setsid {ferry} agent --join web --join-name $name --join-address 127.0.0.1:$port \
   --router http://{admin} --router-token {TOKEN} \
-  --join-files-from ferry://{agent}/site --join-files-to $P/root --join-key-file $D/key \
+  --join-files-from ferry://{agent}/site --join-files-to $P/root --join-key-file $D/key --join-follow \
   </dev/null >$P/agent.log 2>&1 &
 echo $! > $P/agent.pid
 "#,
@@ -352,7 +353,7 @@ async fn a_campaign_grows_the_pool_to_its_max_and_back_with_no_failed_request() 
     std::fs::write(
         d.join("agent.toml"),
         format!(
-            "listen = \"127.0.0.1:{agent_port}\"\nkey_file = \"{}\"\n[volumes.site]\npath = \"{}\"\nread_only = true\n",
+            "listen = \"127.0.0.1:{agent_port}\"\nkey_file = \"{}\"\n[volumes.site]\npath = \"{}\"\nread_only = true\nwatch = true\n",
             d.join("key").display(),
             primary_root.display()
         ),
