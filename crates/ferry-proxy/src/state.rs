@@ -563,25 +563,46 @@ fn check_placements<'a>(
     c: &Config,
     records: impl Iterator<Item = &'a SiteRecord>,
 ) -> Result<(), ProxyError> {
-    let pools: HashSet<&str> = c.pools.iter().map(|p| p.name.as_str()).collect();
-    let remotes: HashSet<&str> = c.remotes.iter().map(|r| r.name.as_str()).collect();
+    let known = Known::of(c);
     for r in records {
-        let ok = match &r.placement {
-            Placement::Pool(p) => pools.contains(p.as_str()),
-            Placement::Remote(d) => remotes.contains(d.as_str()),
-        };
-        if !ok {
-            return Err(ProxyError::UnknownPlacement {
-                host: r.host.clone(),
-                placement: r.placement.clone(),
-            });
+        if !known.has(&r.placement) {
+            return Err(unknown_placement(r));
         }
     }
     Ok(())
 }
 
+fn unknown_placement(r: &SiteRecord) -> ProxyError {
+    ProxyError::UnknownPlacement {
+        host: r.host.clone(),
+        placement: r.placement.clone(),
+    }
+}
+
+/// The pools and remotes a config names, for checking placements.
+struct Known<'a> {
+    pools: HashSet<&'a str>,
+    remotes: HashSet<&'a str>,
+}
+
+impl<'a> Known<'a> {
+    fn of(c: &'a Config) -> Known<'a> {
+        Known {
+            pools: c.pools.iter().map(|p| p.name.as_str()).collect(),
+            remotes: c.remotes.iter().map(|r| r.name.as_str()).collect(),
+        }
+    }
+
+    fn has(&self, p: &Placement) -> bool {
+        match p {
+            Placement::Pool(name) => self.pools.contains(name.as_str()),
+            Placement::Remote(name) => self.remotes.contains(name.as_str()),
+        }
+    }
+}
+
 /// Sites applied to the table per batch while seeding: bounds the batch's
-/// bookkeeping (plan, duplicate check) at a million sites.
+/// bookkeeping (plan, duplicate check) and the copies held at a million sites.
 const SEED_CHUNK: usize = 65_536;
 
 /// Fills an empty table at start. The store's records go in without a store
@@ -589,70 +610,128 @@ const SEED_CHUNK: usize = 65_536;
 /// the config names the site too; a site of the config (`[[site]]` or the
 /// `sites_file`) goes in from the config, and is written, where the store
 /// lacks it or holds an older epoch (a stored record with an epoch at least
-/// the config's wins, as in a reload). Both lists are merged in host order,
-/// so no map of every site is built.
+/// the config's wins, as in a reload). The lists are merged in host order and
+/// applied in chunks, so no map or second copy of every site is built. Every
+/// placement is checked before anything is written.
 fn seed(table: &HostTable, config: &Config, store: &dyn Store) -> Result<(), ProxyError> {
     let mut stored = store.sites().map_err(ProxyError::Store)?;
     // Stores return host order already; sorting sorted input is one pass.
     stored.sort_unstable_by(|a, b| a.host.cmp(&b.host));
-    let mut configured = site_changes(config);
-    if let Some(path) = &config.router.sites_file {
-        // Checked whole (placements, duplicates, hosts also in [[site]]).
-        let listed = ferry_config::read_sites_file(path, config)?;
-        configured.reserve(listed.len());
-        configured.extend(listed.into_iter().map(|record| SiteChange {
-            record,
-            extras: None,
-        }));
+    let mut from_config = site_changes(config);
+    from_config.sort_unstable_by(|a, b| a.record.host.cmp(&b.record.host));
+    check_placements(config, from_config.iter().map(|c| &c.record))?;
+    // Checked whole (placements, duplicates, hosts also in [[site]]); host order.
+    let listed = match &config.router.sites_file {
+        Some(path) => ferry_config::read_sites_file(path, config)?,
+        None => Vec::new(),
+    };
+    // A stored record must name a known pool or remote unless the config
+    // replaces it (a newer epoch).
+    let known = Known::of(config);
+    for r in stored.iter().filter(|r| !known.has(&r.placement)) {
+        let newer_in_config = from_config
+            .binary_search_by(|c| c.record.host.cmp(&r.host))
+            .is_ok_and(|i| from_config[i].record.epoch > r.epoch);
+        let newer_in_list = listed
+            .binary_search_by(|l| l.host.cmp(&r.host))
+            .is_ok_and(|i| listed[i].epoch > r.epoch);
+        if !newer_in_config && !newer_in_list {
+            return Err(unknown_placement(r));
+        }
     }
-    configured.sort_unstable_by(|a, b| a.record.host.cmp(&b.record.host));
-    let mut configured = configured.into_iter().peekable();
-    let mut seeded: Vec<SiteChange> = Vec::with_capacity(SEED_CHUNK.min(stored.len()));
-    let mut newer: Vec<SiteChange> = Vec::new();
+    let mut configured = merged(from_config, listed).peekable();
+    let mut seeder = Seeder {
+        table,
+        store,
+        stored: Vec::new(),
+        newer: Vec::new(),
+    };
     for record in stored {
-        // Config sites before this one that the store lacks.
+        // Config sites before this one, which the store lacks.
         while let Some(c) = configured.next_if(|c| c.record.host < record.host) {
-            newer.push(c);
+            seeder.newer(c)?;
         }
-        let extras = match configured.next_if(|c| c.record.host == record.host) {
-            Some(c) if c.record.epoch > record.epoch => {
-                newer.push(c);
-                continue;
-            }
-            Some(c) => c.extras,
-            None => None,
-        };
-        seeded.push(SiteChange { record, extras });
-        if seeded.len() == SEED_CHUNK {
-            seed_stored(table, config, std::mem::take(&mut seeded))?;
+        match configured.next_if(|c| c.record.host == record.host) {
+            Some(c) if c.record.epoch > record.epoch => seeder.newer(c)?,
+            Some(c) => seeder.stored(SiteChange {
+                record,
+                extras: c.extras,
+            })?,
+            None => seeder.stored(SiteChange {
+                record,
+                extras: None,
+            })?,
         }
     }
-    seed_stored(table, config, seeded)?;
-    newer.extend(configured);
-    check_placements(config, newer.iter().map(|c| &c.record))?;
-    // In chunks too: a store write each (a failed one fails the start; what
-    // was written is the config's newer records, written again next time).
-    let mut newer = newer.into_iter().peekable();
-    while newer.peek().is_some() {
-        let chunk: Vec<SiteChange> = newer.by_ref().take(SEED_CHUNK).collect();
-        table
-            .apply(chunk, |recs| store.put_sites(recs))
-            .map_err(|e| ProxyError::Seed(e.to_string()))?;
+    for c in configured {
+        seeder.newer(c)?;
     }
-    Ok(())
+    seeder.flush_stored()?;
+    seeder.flush_newer()
 }
 
-/// Applies records read from the store, with no store write.
-fn seed_stored(
-    table: &HostTable,
-    config: &Config,
-    chunk: Vec<SiteChange>,
-) -> Result<(), ProxyError> {
-    check_placements(config, chunk.iter().map(|c| &c.record))?;
-    table
-        .apply(chunk, |_| Ok::<(), StoreError>(()))
-        .map_err(|e| ProxyError::Seed(e.to_string()))?;
-    Ok(())
+/// A config's `[[site]]`s and its sites file's records (each in host order,
+/// no host in both) as one list in host order.
+fn merged(sites: Vec<SiteChange>, listed: Vec<SiteRecord>) -> impl Iterator<Item = SiteChange> {
+    let mut sites = sites.into_iter().peekable();
+    let mut listed = listed
+        .into_iter()
+        .map(|record| SiteChange {
+            record,
+            extras: None,
+        })
+        .peekable();
+    std::iter::from_fn(move || match (sites.peek(), listed.peek()) {
+        (Some(s), Some(l)) if l.record.host < s.record.host => listed.next(),
+        (Some(_), _) => sites.next(),
+        (None, _) => listed.next(),
+    })
+}
+
+/// Applies the seed in chunks: the store's own records without a store
+/// write, the config's newer ones with one (a failed write fails the start;
+/// chunks written before it hold the config's newer records, which the next
+/// start writes again).
+struct Seeder<'a> {
+    table: &'a HostTable,
+    store: &'a dyn Store,
+    stored: Vec<SiteChange>,
+    newer: Vec<SiteChange>,
+}
+
+impl Seeder<'_> {
+    fn stored(&mut self, c: SiteChange) -> Result<(), ProxyError> {
+        self.stored.push(c);
+        if self.stored.len() == SEED_CHUNK {
+            self.flush_stored()?;
+        }
+        Ok(())
+    }
+
+    fn newer(&mut self, c: SiteChange) -> Result<(), ProxyError> {
+        self.newer.push(c);
+        if self.newer.len() == SEED_CHUNK {
+            self.flush_newer()?;
+        }
+        Ok(())
+    }
+
+    fn flush_stored(&mut self) -> Result<(), ProxyError> {
+        let chunk = std::mem::take(&mut self.stored);
+        self.table
+            .apply(chunk, |_| Ok::<(), StoreError>(()))
+            .map_err(|e| ProxyError::Seed(e.to_string()))?;
+        Ok(())
+    }
+
+    fn flush_newer(&mut self) -> Result<(), ProxyError> {
+        let chunk = std::mem::take(&mut self.newer);
+        let store = self.store;
+        self.table
+            .apply(chunk, |recs| store.put_sites(recs))
+            .map_err(|e| ProxyError::Seed(e.to_string()))?;
+        Ok(())
+    }
 }
 
 /// What a reload changed.
@@ -911,11 +990,24 @@ mod tests {
     fn a_stored_site_whose_pool_left_the_config_fails_the_start() {
         let store = filled(2);
         // s1 points at `other`, which this config lacks.
-        let err = Shared::new(config(&[], true), None, store);
+        let err = Shared::new(
+            config(&[("new.example", "web", 1)], true),
+            None,
+            store.clone(),
+        );
         assert!(
             matches!(err, Err(ProxyError::UnknownPlacement { ref host, .. }) if host.as_str() == "s1.example"),
             "{:?}",
             err.err()
+        );
+        assert_eq!(store.written(), 0, "nothing written before the refusal");
+        // A newer config record for it replaces it: then the start goes on.
+        let c = config(&[("s1.example", "web", 4)], true);
+        let s = Shared::new(c, None, store.clone()).expect("shared");
+        assert_eq!(store.written(), 1);
+        assert_eq!(
+            record(&s, "s1.example").expect("s1").placement,
+            Placement::Pool("web".into())
         );
     }
 
