@@ -233,7 +233,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
 
 /// `ferry migrate check`: one line per check, exit 1 if any failed.
 async fn check(a: CheckArgs) -> Result<(), Failure> {
-    let inputs = a.inputs.load().map_err(|e| Failure::usage(anyhow!(e)))?;
+    let inputs = a.inputs.load().map_err(Failure::usage)?;
     let opts = ferry_orch::CheckOptions {
         journal: a.journal,
         timeout: a.timeout,
