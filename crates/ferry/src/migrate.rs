@@ -107,6 +107,10 @@ struct RunArgs {
     /// Change nothing: run `ferry migrate check` with these flags instead.
     #[arg(long)]
     dry_run: bool,
+    /// With --dry-run: time a bounded read from each filer's source (as
+    /// `check --measure-link`).
+    #[arg(long, requires = "dry_run")]
+    measure_link: bool,
 }
 
 #[derive(clap::Args)]
@@ -165,7 +169,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
                 journal: a.journal,
                 json: a.json,
                 timeout: std::time::Duration::from_secs(10),
-                measure_link: false,
+                measure_link: a.measure_link,
             })
             .await
         }
