@@ -728,7 +728,8 @@ async fn check(http: &Http, c: &HttpCheck) -> std::result::Result<(), String> {
 }
 
 /// One pass with deletions from `src` to `dst` (both agents), then the
-/// Merkle proof; a second and third pass if files changed meanwhile.
+/// Merkle proof; a second and third pass if files changed meanwhile
+/// (ferry-sync's `full_sync_verified`).
 fn full_sync(
     src: &str,
     dst: &str,
@@ -750,25 +751,17 @@ fn full_sync(
     let s = open(src, Role::Source)?;
     let d = open(dst, Role::Dest)?;
     let opts = SyncOptions {
-        delete: true,
         checksum,
         ..SyncOptions::default()
     };
-    let mut changed = 0;
-    let mut pass = 1u32;
-    loop {
-        let sum = ferry_sync::run_pass(s.source(), d.dest(), &opts, pass, &|_| {})
-            .map_err(|e| e.to_string())?;
-        changed += sum.changed_entries;
-        let v = ferry_sync::verify(s.source(), d.dest(), 20).map_err(|e| e.to_string())?;
-        if v.equal() {
-            return Ok(json!({"passes": pass, "changed_entries": changed, "verified": true}));
-        }
-        if pass == 3 {
-            return Err(format!("still different after 3 passes: {:?}", v.differing));
-        }
-        pass += 1;
+    let done = ferry_sync::open::full_sync_verified(&s, &d, &opts).map_err(|e| e.to_string())?;
+    if !done.verdict.equal() {
+        return Err(format!(
+            "still different after {} passes: {:?}",
+            done.passes, done.verdict.differing
+        ));
     }
+    Ok(json!({"passes": done.passes, "changed_entries": done.changed_entries, "verified": true}))
 }
 
 #[cfg(test)]

@@ -14,9 +14,10 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::endpoint::{Dest, Source};
-use crate::engine::Mode;
+use crate::engine::{run_pass, verify, Mode, SyncOptions};
 use crate::error::{Result, SyncError};
 use crate::local::LocalTree;
+use crate::merkle::Verdict;
 use crate::remote::{Deadlines, RemoteTree};
 
 /// Where a side of a sync lives: a local path or `ferry://HOST:PORT/VOLUME`.
@@ -171,6 +172,52 @@ impl EndpointTree {
     }
 }
 
+/// Passes [`full_sync_verified`] runs at most.
+pub const FULL_SYNC_PASSES: u32 = 3;
+
+/// What [`full_sync_verified`] did.
+#[derive(Debug)]
+pub struct FullSync {
+    pub passes: u32,
+    /// Entries the passes changed at the destination, all passes together.
+    pub changed_entries: u64,
+    /// The last verification: equal, unless the source kept changing
+    /// through every pass.
+    pub verdict: Verdict,
+}
+
+/// A full copy proved equal, as the update runbook's level-1 sync and a
+/// joining front server (`ferry agent --join-files-from`) need it: a pass
+/// with deletions from `src` to `dst`, then the Merkle verification; while
+/// it finds differences (files changed at the source meanwhile), another
+/// pass, up to [`FULL_SYNC_PASSES`]. The caller decides what a verdict
+/// still not equal means. Blocking, as the engine.
+pub fn full_sync_verified(
+    src: &EndpointTree,
+    dst: &EndpointTree,
+    opts: &SyncOptions,
+) -> Result<FullSync> {
+    let opts = SyncOptions {
+        delete: true,
+        ..opts.clone()
+    };
+    let mut changed_entries = 0;
+    let mut passes = 0;
+    loop {
+        passes += 1;
+        let sum = run_pass(src.source(), dst.dest(), &opts, passes, &|_| {})?;
+        changed_entries += sum.changed_entries;
+        let verdict = verify(src.source(), dst.dest(), 20)?;
+        if verdict.equal() || passes == FULL_SYNC_PASSES {
+            return Ok(FullSync {
+                passes,
+                changed_entries,
+                verdict,
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +255,24 @@ mod tests {
         let e = Endpoint::parse("ferry://127.0.0.1:1/vol").unwrap();
         let err = e.open(Role::Source, &OpenOptions::default()).err().unwrap();
         assert!(matches!(err, SyncError::Auth(_)), "{err}");
+    }
+
+    #[test]
+    fn a_full_sync_copies_deletes_and_proves_equal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (s, d) = (tmp.path().join("s"), tmp.path().join("d"));
+        std::fs::create_dir_all(s.join("media")).unwrap();
+        std::fs::write(s.join("media/a.jpg"), b"aaa").unwrap();
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("stale.txt"), b"old").unwrap();
+        let opts = OpenOptions::default();
+        let src = Endpoint::Local(s).open(Role::Source, &opts).unwrap();
+        let dst = Endpoint::Local(d.clone()).open(Role::Dest, &opts).unwrap();
+        let done = full_sync_verified(&src, &dst, &SyncOptions::default()).unwrap();
+        assert!(done.verdict.equal(), "{:?}", done.verdict.differing);
+        assert_eq!(done.passes, 1);
+        assert_eq!(std::fs::read(d.join("media/a.jpg")).unwrap(), b"aaa");
+        assert!(!d.join("stale.txt").exists());
     }
 
     #[test]

@@ -197,8 +197,8 @@ impl JoinArgs {
 }
 
 /// A full copy of `f.from` into `f.to` (deletions included), proved equal by
-/// the Merkle verification; up to three passes if the source changes
-/// meanwhile. Blocking (ferry-sync's engine is synchronous).
+/// the Merkle verification (ferry-sync's `full_sync_verified`). Blocking
+/// (ferry-sync's engine is synchronous).
 fn copy_files(f: &FilesFirst) -> anyhow::Result<String> {
     use ferry_sync::{Endpoint, OpenOptions, Role, SyncOptions};
     let opts = OpenOptions {
@@ -207,25 +207,18 @@ fn copy_files(f: &FilesFirst) -> anyhow::Result<String> {
     };
     let src = f.from.open(Role::Source, &opts)?;
     let dst = Endpoint::Local(f.to.clone()).open(Role::Dest, &opts)?;
-    let sync = SyncOptions {
-        delete: true,
-        ..SyncOptions::default()
-    };
-    let mut changed = 0;
-    for pass in 1..=3u32 {
-        let sum = ferry_sync::run_pass(src.source(), dst.dest(), &sync, pass, &|_| {})?;
-        changed += sum.changed_entries;
-        let v = ferry_sync::verify(src.source(), dst.dest(), 20)?;
-        if v.equal() {
-            return Ok(format!(
-                "{changed} entries copied in {pass} passes, verified equal"
-            ));
-        }
-        if pass == 3 {
-            anyhow::bail!("still different after 3 passes: {:?}", v.differing);
-        }
+    let done = ferry_sync::open::full_sync_verified(&src, &dst, &SyncOptions::default())?;
+    if !done.verdict.equal() {
+        anyhow::bail!(
+            "still different after {} passes: {:?}",
+            done.passes,
+            done.verdict.differing
+        );
     }
-    unreachable!("the loop returns by its third pass")
+    Ok(format!(
+        "{} entries copied in {} passes, verified equal",
+        done.changed_entries, done.passes
+    ))
 }
 
 /// What the agent runs next to the sync server: the exec server and the
