@@ -331,7 +331,7 @@ async fn routers(r: &mut CheckReport, inputs: &RunInputs, units: &[&PlanUnit], t
                 r.push("sites", at, Verdict::Failed, e.to_string(), fix);
                 continue;
             }
-            sites_line(r, at, spec, &cfg.source, &found);
+            sites_line(r, at, spec, cfg, &found);
         }
     }
 }
@@ -356,10 +356,22 @@ fn sites_line(
     r: &mut CheckReport,
     at: String,
     spec: &RouterSpec,
-    source: &str,
+    cfg: &crate::config::MigrateConfig,
     found: &[QueriedSite],
 ) {
+    // The placements the runbook gives this router's sites before and
+    // after the flip (as runbook/unit.rs decides them).
+    let placement = |dc: &str| {
+        if spec.datacenter == dc {
+            format!("pool:{}", cfg.pool_of(dc))
+        } else {
+            format!("remote:{dc}")
+        }
+    };
+    let moved_to = placement(&cfg.destination);
     let mut absent = Vec::new();
+    let mut moved = Vec::new();
+    let mut frozen = Vec::new();
     let mut max = 0u64;
     let mut states: BTreeMap<&str, usize> = BTreeMap::new();
     for q in found {
@@ -367,13 +379,47 @@ fn sites_line(
             QueriedSite::Present(s) => {
                 max = max.max(s.epoch);
                 *states.entry(s.state.as_str()).or_default() += 1;
+                if s.placement == moved_to {
+                    moved.push(s.host.as_str());
+                }
+                if s.state == ferry_model::SiteState::Frozen {
+                    frozen.push(s.host.as_str());
+                }
             }
             QueriedSite::Absent(a) => absent.push(a.host.as_str()),
         }
     }
     let states: Vec<String> = states.iter().map(|(s, n)| format!("{n} {s}")).collect();
-    if spec.datacenter == source && !absent.is_empty() {
-        let shown: Vec<&str> = absent.iter().take(10).copied().collect();
+    let shown = |v: &[&str]| v.iter().take(10).copied().collect::<Vec<_>>().join(", ");
+    if !moved.is_empty() {
+        r.push(
+            "sites",
+            at,
+            Verdict::Failed,
+            format!(
+                "{} site(s) already served from the destination ({moved_to}): {}; prepare would send them back to the source first",
+                moved.len(),
+                shown(&moved)
+            ),
+            "leave the unit out (--only), or plan again from the current inventory",
+        );
+        return;
+    }
+    if !frozen.is_empty() {
+        r.push(
+            "sites",
+            at,
+            Verdict::Failed,
+            format!(
+                "{} site(s) frozen: {}; another run is under way or stopped in its freeze",
+                frozen.len(),
+                shown(&frozen)
+            ),
+            "let that run end (`ferry migrate status`), or resume and roll it back",
+        );
+        return;
+    }
+    if spec.datacenter == cfg.source && !absent.is_empty() {
         r.push(
             "sites",
             at,
@@ -381,7 +427,7 @@ fn sites_line(
             format!(
                 "the source router does not know {} site(s) of the unit: {}",
                 absent.len(),
-                shown.join(", ")
+                shown(&absent)
             ),
             "add the sites to the source routers (their config or PUT /v1/sites), or run `ferry plan` on the current inventory",
         );

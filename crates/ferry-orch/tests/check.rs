@@ -297,9 +297,10 @@ async fn check_passes_changes_nothing_and_names_each_broken_thing() {
 }
 
 /// Local filers (no agents, no database): room at the destination is asked
-/// (statvfs) and fails for more bytes than the disk holds; a journal that
-/// exists already fails; a destination directory the run would create is
-/// not created by the check.
+/// (statvfs) and fails for more bytes than the disk holds; a site already
+/// at the destination, or frozen, fails; a journal that exists already
+/// fails; a destination directory the run would create is not created by
+/// the check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_filers_room_and_an_existing_journal() {
     let w = world("").await;
@@ -330,6 +331,33 @@ async fn local_filers_room_and_an_existing_journal() {
     let inputs = RunInputs::load(&w.config, &w.plan, None).unwrap();
     let r = check(&inputs, &opts).await;
     assert!(failed_at(&r, "room", "fs-1 destination").is_some(), "{r:?}");
+
+    // A site already served from the destination at gra-1: a new run
+    // would route it back to the source first.
+    let change = |host: &str, placement: &str, state: &str, epoch| ferry_orch::router::SiteChange {
+        host: host.into(),
+        placement: placement.into(),
+        state: state.into(),
+        epoch,
+    };
+    w.client("gra-1")
+        .apply(&[change("b.example", "pool:gra-web", "active", 7)])
+        .await
+        .unwrap();
+    let r = check(&inputs, &opts).await;
+    let l = failed_at(&r, "sites", "gra-1 U1").expect("a failed sites line at gra-1");
+    assert!(l.why.contains("b.example"), "{l}");
+    // A site frozen at par-1: another run is in its freeze.
+    w.client("par-1")
+        .apply(&[change("a.example", "pool:par-web", "frozen", 9)])
+        .await
+        .unwrap();
+    let r = check(&inputs, &opts).await;
+    let l = failed_at(&r, "sites", "par-1 U1").expect("a failed sites line at par-1");
+    assert!(
+        l.why.contains("frozen") && l.why.contains("a.example"),
+        "{l}"
+    );
 
     // A journal that holds something.
     std::fs::write(&w.journal, b"not empty").unwrap();
