@@ -166,6 +166,18 @@ load() { # CONNECTIONS SECONDS
 }
 load 2 5
 load 24 35
+# --join-follow: a product image saved at the primary reaches every front.
+echo "== a new file at the primary"
+echo "a new product image" > "$w/primary/new.jpg"
+t0=$(date +%s%N)
+for root in "$w"/extra*/root; do
+    for _ in $(seq 1 500); do [ -f "$root/new.jpg" ] && break; sleep 0.01; done
+    if [ -f "$root/new.jpg" ]; then
+        echo "   $(basename "$(dirname "$root")"): there after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+    else
+        echo "   $(basename "$(dirname "$root")"): not there after 5 s"
+    fi
+done
 load 1 35
 
 echo "== decisions"

@@ -1,8 +1,9 @@
 //! `ferry agent`: serves named volumes to `ferry sync` over TCP, and with
 //! `--exec-config` runs allow-listed commands for `ferry exec` / `ferry
 //! update` (ferry-fleet's exec server, on its own address). With
-//! `--metrics-listen` the sync agent's counters are served to Prometheus
-//! (`GET /metrics`, ferry-sync's bounded responder).
+//! `--metrics-listen` the sync agent's counters (and a `--join-follow`
+//! follower's) are served to Prometheus (`GET /metrics`, ferry-sync's
+//! bounded responder).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,12 +111,13 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         None => None,
     };
     let Some(config) = args.config.clone() else {
-        if args.metrics.metrics_listen.is_some() {
+        if args.metrics.metrics_listen.is_some() && !args.join.follows() {
             return Err(Failure::usage(anyhow::anyhow!(
-                "--metrics-listen serves the sync agent's metrics: it needs --config"
+                "--metrics-listen serves the sync agent's or the follower's metrics: it needs --config or --join-follow"
             )));
         }
-        return crate::exec::serve_agent(exec, &args.join, args.check).await;
+        let metrics = args.metrics.settings()?;
+        return crate::exec::serve_agent(exec, &args.join, args.check, metrics).await;
     };
     let cfg = match AgentConfig::load(&config) {
         Ok(c) => c,
@@ -141,14 +143,25 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     }
     tracing::info!(%addr, "ferry agent listening");
     let stats = Arc::new(ferry_sync::AgentStats::default());
+    let follow_counts = Arc::new(crate::exec::FollowCounts::default());
     let metrics = match metrics {
         Some(m) => {
-            let stats = stats.clone();
-            Some(Metrics::start(m, Arc::new(move || stats.render()))?)
+            let (stats, counts) = (stats.clone(), follow_counts.clone());
+            let follows = args.join.follows();
+            Some(Metrics::start(
+                m,
+                Arc::new(move || {
+                    let mut out = stats.render();
+                    if follows {
+                        out.push_str(&counts.render());
+                    }
+                    out
+                }),
+            )?)
         }
         None => None,
     };
-    let extras = crate::exec::start_extras(exec, &args.join).await?;
+    let extras = crate::exec::start_extras(exec, &args.join, follow_counts).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let server = tokio::task::spawn_blocking(move || {

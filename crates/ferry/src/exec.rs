@@ -13,6 +13,8 @@ use crate::Failure;
 
 mod join_follow;
 
+pub(crate) use join_follow::Counts as FollowCounts;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The fleet: servers with their exec addresses (see docs/update-runbook.md).
@@ -165,6 +167,11 @@ struct FilesFirst {
 }
 
 impl JoinArgs {
+    /// Whether the agent follows the primary once joined (`--join-follow`).
+    pub(crate) fn follows(&self) -> bool {
+        self.join_follow
+    }
+
     /// The checked files-first settings, before anything joins.
     fn files_first(&self) -> Result<Option<FilesFirst>, Failure> {
         let (Some(from), Some(to), Some(key)) = (
@@ -236,9 +243,12 @@ struct Joined {
     leave_timeout: std::time::Duration,
 }
 
+/// `follow_counts` is where a `--join-follow` follower counts (the agent's
+/// metrics serve it).
 pub(crate) async fn start_extras(
     exec: Option<ExecConfig>,
     join: &JoinArgs,
+    follow_counts: Arc<FollowCounts>,
 ) -> Result<Extras, Failure> {
     let files_first = join.files_first()?;
     let exec = spawn_agent_server(exec).await?;
@@ -338,7 +348,14 @@ pub(crate) async fn start_extras(
                         pool: pool.clone(),
                         name: name.clone(),
                     };
-                    match join_follow::Follower::start(f.from, f.to, f.key, stale_after, m) {
+                    match join_follow::Follower::start(
+                        f.from,
+                        f.to,
+                        f.key,
+                        stale_after,
+                        m,
+                        follow_counts,
+                    ) {
                         Ok(started) => follower = Some(started),
                         Err(e) => {
                             leave_all("a failed follower start".into()).await;
@@ -435,11 +452,13 @@ pub(crate) async fn spawn_agent_server(
     Ok(Some(ExecServing { stop, task }))
 }
 
-/// An agent with no volumes: the exec server and/or the pool membership.
+/// An agent with no volumes: the exec server and/or the pool membership,
+/// and with `--join-follow` the follower's metrics (`metrics`).
 pub(crate) async fn serve_agent(
     exec: Option<ExecConfig>,
     join: &JoinArgs,
     check: bool,
+    metrics: Option<crate::agent::MetricsSettings>,
 ) -> Result<(), Failure> {
     if check {
         if let Some(c) = &exec {
@@ -452,7 +471,18 @@ pub(crate) async fn serve_agent(
         }
         return Ok(());
     }
-    let extras = start_extras(exec, join).await?;
+    let counts = Arc::new(FollowCounts::default());
+    let metrics = match metrics {
+        Some(m) => {
+            let c = counts.clone();
+            Some(crate::agent::Metrics::start(
+                m,
+                Arc::new(move || c.render()),
+            )?)
+        }
+        None => None,
+    };
+    let extras = start_extras(exec, join, counts).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -460,6 +490,9 @@ pub(crate) async fn serve_agent(
     }
     tracing::info!("stopping");
     extras.stop().await;
+    if let Some(m) = metrics {
+        m.stop()?;
+    }
     Ok(())
 }
 

@@ -29,9 +29,10 @@ use tokio::sync::watch;
 const RETRY_MIN: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// What the follower counted; logged with every change of state.
+/// What the follower counted: logged with every change of state, and
+/// served by the agent's `--metrics-listen`.
 #[derive(Default)]
-struct Counts {
+pub(crate) struct Counts {
     /// Passes that brought the copy in step.
     passes: AtomicU64,
     /// Follows that ended on an error (the primary lost) and passes that
@@ -39,6 +40,47 @@ struct Counts {
     failures: AtomicU64,
     /// Times the server was drained for being out of step too long.
     drains: AtomicU64,
+    /// Whether the last pass succeeded (set true at start: the copy was
+    /// just verified).
+    in_step: AtomicBool,
+}
+
+impl Counts {
+    /// The counts in Prometheus' text format.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, kind, help, value) in [
+            (
+                "passes_total",
+                "counter",
+                "Follow passes that brought the joined server's copy in step.",
+                self.passes.load(Ordering::Relaxed),
+            ),
+            (
+                "failures_total",
+                "counter",
+                "Follows that lost the primary and passes that failed.",
+                self.failures.load(Ordering::Relaxed),
+            ),
+            (
+                "drains_total",
+                "counter",
+                "Times the joined server was drained for being out of step too long.",
+                self.drains.load(Ordering::Relaxed),
+            ),
+            (
+                "in_step",
+                "gauge",
+                "1 while the joined server's copy is in step with the primary.",
+                u64::from(self.in_step.load(Ordering::Relaxed)),
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP ferry_join_follow_{name} {help}\n# TYPE ferry_join_follow_{name} {kind}\nferry_join_follow_{name} {value}\n"
+            ));
+        }
+        out
+    }
 }
 
 /// Where the routers know this server.
@@ -65,9 +107,10 @@ impl Follower {
         key: [u8; 32],
         stale_after: Duration,
         m: Membership,
+        counts: Arc<Counts>,
     ) -> std::io::Result<Follower> {
         let stop = Arc::new(AtomicBool::new(false));
-        let counts = Arc::new(Counts::default());
+        counts.in_step.store(true, Ordering::Relaxed);
         let (in_step, rx) = watch::channel(true);
         let thread = {
             let (stop, counts) = (stop.clone(), counts.clone());
@@ -138,11 +181,13 @@ fn follow_loop(
                 tracing::info!(passes = n, "follower: the copy is in step again");
             }
             tracing::debug!(changed = summary.changed_entries, "follower: pass");
+            counts.in_step.store(true, Ordering::Relaxed);
             in_step.send_replace(true);
         }
         Event::DestDown { .. } => {
             // follow() logs the error and retries this destination itself.
             counts.failures.fetch_add(1, Ordering::Relaxed);
+            counts.in_step.store(false, Ordering::Relaxed);
             in_step.send_replace(false);
         }
         _ => {}
@@ -161,6 +206,7 @@ fn follow_loop(
             )
         });
         let Err(e) = followed else { return };
+        counts.in_step.store(false, Ordering::Relaxed);
         in_step.send_replace(false);
         let failures = counts.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if passed.swap(false, Ordering::Relaxed) {

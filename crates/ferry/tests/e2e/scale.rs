@@ -937,8 +937,8 @@ async fn state_of(admin: &Admin, name: &str) -> Option<String> {
 /// server is ready, a file saved at the primary is served through the
 /// router by the joined server within a bound (the delay is printed), and
 /// a deletion follows too. A lost primary drains it after
-/// `--join-stale-after`; the primary back, it is ready again. SIGTERM
-/// leaves the pool and stops the follower.
+/// `--join-stale-after`; the primary back, it is ready again; both are in
+/// the agent's metrics. SIGTERM leaves the pool and stops the follower.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joined_server_follows_the_primary_and_serves_new_files_within_seconds() {
     let dir = workdir();
@@ -985,6 +985,7 @@ async fn a_joined_server_follows_the_primary_and_serves_new_files_within_seconds
         + &site("shop.test", "pool:web", "");
     let router = Ferry::start(d, &config);
     let admin = Admin::new(router.admin);
+    let metrics_port = free_port();
     let mut agent = Command::new(FERRY)
         .args(["agent", "--join", "web", "--join-name", "x"])
         .arg("--join-address")
@@ -998,6 +999,8 @@ async fn a_joined_server_follows_the_primary_and_serves_new_files_within_seconds
         .arg("--join-key-file")
         .arg(d.join("key"))
         .args(["--join-follow", "--join-stale-after", "2s"])
+        .arg("--metrics-listen")
+        .arg(format!("127.0.0.1:{metrics_port}"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(d.join("x-agent.log")).unwrap())
@@ -1067,6 +1070,30 @@ async fn a_joined_server_follows_the_primary_and_serves_new_files_within_seconds
     assert_eq!(
         std::fs::read_to_string(root.join("while-away.txt")).unwrap(),
         "missed"
+    );
+    // Counted: one drain, the failures, back in step.
+    let m = client::get(
+        &http,
+        ([127, 0, 0, 1], metrics_port).into(),
+        "localhost",
+        "/metrics",
+    )
+    .await
+    .unwrap()
+    .body;
+    assert_eq!(
+        metric(&m, "ferry_join_follow_drains_total"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(metric(&m, "ferry_join_follow_in_step"), Some(1.0), "{m}");
+    assert!(
+        metric(&m, "ferry_join_follow_failures_total") >= Some(1.0),
+        "{m}"
+    );
+    assert!(
+        metric(&m, "ferry_join_follow_passes_total") >= Some(2.0),
+        "{m}"
     );
 
     // SIGTERM: drained, left, follower stopped.
