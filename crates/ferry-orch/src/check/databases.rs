@@ -1,0 +1,100 @@
+//! Database servers: the mover's preconditions, asked without a state file.
+
+use std::path::{Path, PathBuf};
+
+use super::{CheckReport, Verdict};
+use crate::dbmove;
+use crate::plan::PlanUnit;
+use crate::runbook::RunInputs;
+
+/// Each unit's database servers: the mover's preconditions on both
+/// servers ([`ferry_db::Mover::check`]: reads, writes no state file).
+pub(super) async fn databases(
+    r: &mut CheckReport,
+    inputs: &RunInputs,
+    units: &[&PlanUnit],
+    journal: &Path,
+) {
+    let journal = std::path::absolute(journal).unwrap_or_else(|_| journal.to_path_buf());
+    for u in units {
+        let Ok(groups) = u.databases_by_server() else {
+            continue; // RunInputs::load checked the names
+        };
+        for (server, dbs) in groups {
+            let at = format!("{server} {}", u.id);
+            let Some(spec) = inputs.cfg.db_servers.get(&server) else {
+                continue; // checked by RunInputs::load
+            };
+            let state_path = dbmove::state_path(&journal, &u.id, &server, false);
+            if state_path.exists() {
+                r.push(
+                    "database",
+                    at,
+                    Verdict::Failed,
+                    format!(
+                        "{} exists: a move of these databases was started",
+                        state_path.display()
+                    ),
+                    "resume that run, or remove the state file if that move was undone",
+                );
+                continue;
+            }
+            let line = db_check(
+                &spec.source,
+                &spec.destination,
+                &dbs,
+                state_path,
+                &inputs.cfg.db,
+            )
+            .await;
+            match line {
+                Ok(why) => r.push("database", at, Verdict::Ok, why, ""),
+                Err(e) => {
+                    let fix = db_fix(&e);
+                    r.push("database", at, Verdict::Failed, e.to_string(), &fix);
+                }
+            }
+        }
+    }
+}
+
+async fn db_check(
+    from: &str,
+    to: &str,
+    dbs: &[String],
+    state_path: PathBuf,
+    s: &crate::config::DbSettings,
+) -> ferry_db::Result<String> {
+    let mut cfg = ferry_db::MoverConfig::new(from, to, dbs.to_vec(), state_path)?;
+    cfg.workers = s.workers;
+    cfg.dest_binlog = s.dest_binlog;
+    let mut m = ferry_db::Mover::open(cfg).await?;
+    let report = m.check().await?;
+    let mut why = format!(
+        "{}: preconditions hold ({} bytes, {} account(s))",
+        dbs.join(", "),
+        report.source_bytes,
+        report.accounts.len()
+    );
+    for w in report.warnings.iter().take(3) {
+        why.push_str(&format!("; warning: {w}"));
+    }
+    Ok(why)
+}
+
+fn db_fix(e: &ferry_db::Error) -> String {
+    match e {
+        ferry_db::Error::DatabaseMissing { .. } => {
+            "the database is not at the source: run `ferry plan` on the current inventory".into()
+        }
+        ferry_db::Error::DatabaseExists { .. } => {
+            "drop or rename the destination's copy (or move a unit without it)".into()
+        }
+        ferry_db::Error::Preconditions { problems } => problems
+            .iter()
+            .map(|p| p.fix.clone())
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => "check [db_servers.NAME] source/destination URLs and that both servers are up".into(),
+    }
+}

@@ -1,0 +1,207 @@
+//! Routers: each one's status with its token, then the units' sites there
+//! (known, not moved yet, not frozen, epochs with room), read only.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ferry_admin_api::sites::QueriedSite;
+use ferry_admin_api::{AdminClient, AdminError, Http};
+
+use super::{CheckReport, Verdict};
+use crate::config::RouterSpec;
+use crate::plan::PlanUnit;
+use crate::runbook::RunInputs;
+
+/// The largest epoch a router's site table holds (46 bits of the slot word).
+const MAX_EPOCH: u64 = (1 << 46) - 1;
+
+/// Each router: reachable, the token accepted (`GET /v1/status`); then the
+/// units' sites: known to the source routers (prepare refuses a unit
+/// otherwise), with epochs the run can go past (it sends 1 + the highest
+/// epoch any router reports, the rule of runbook/fencing.rs).
+pub(super) async fn routers(
+    r: &mut CheckReport,
+    inputs: &RunInputs,
+    units: &[&PlanUnit],
+    timeout: Duration,
+) {
+    let http = Http::new();
+    let cfg = &inputs.cfg;
+    for spec in &cfg.routers {
+        let api = client(spec, &http, timeout);
+        match api.status().await {
+            Ok(_) => r.push(
+                "router",
+                spec.name.as_str(),
+                Verdict::Ok,
+                format!("{} answered GET /v1/status with the token", spec.admin),
+                "",
+            ),
+            Err(e) => {
+                let fix = router_fix(&e);
+                r.push(
+                    "router",
+                    spec.name.as_str(),
+                    Verdict::Failed,
+                    e.to_string(),
+                    fix,
+                );
+                continue;
+            }
+        }
+        for u in units {
+            let sites = u.sites();
+            if sites.is_empty() {
+                continue;
+            }
+            let mut found = Vec::with_capacity(sites.len());
+            let mut failed = None;
+            for chunk in sites.chunks(crate::router::QUERY_CHUNK) {
+                match api.query(chunk).await {
+                    Ok(list) => found.extend(list),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            let at = format!("{} {}", spec.name, u.id);
+            if let Some(e) = failed {
+                let fix = router_fix(&e);
+                r.push("sites", at, Verdict::Failed, e.to_string(), fix);
+                continue;
+            }
+            sites_line(r, at, spec, cfg, &found);
+        }
+    }
+}
+
+fn client(spec: &RouterSpec, http: &Http, timeout: Duration) -> AdminClient {
+    AdminClient::new(spec.name.clone(), &spec.admin, Some(&spec.token))
+        .with_http(http.clone())
+        .with_timeout(timeout)
+}
+
+fn router_fix(e: &AdminError) -> &'static str {
+    match e.status() {
+        Some(401) | Some(403) => {
+            "the router refused the token: set [[routers]] token to the router's [admin] token"
+        }
+        Some(_) => "see the router's answer; is `admin` the router's admin listener?",
+        None => "start the router, or correct [[routers]] admin (http://HOST:PORT of its admin listener)",
+    }
+}
+
+fn sites_line(
+    r: &mut CheckReport,
+    at: String,
+    spec: &RouterSpec,
+    cfg: &crate::config::MigrateConfig,
+    found: &[QueriedSite],
+) {
+    // The placements the runbook gives this router's sites before and
+    // after the flip (as runbook/unit.rs decides them).
+    let placement = |dc: &str| {
+        if spec.datacenter == dc {
+            format!("pool:{}", cfg.pool_of(dc))
+        } else {
+            format!("remote:{dc}")
+        }
+    };
+    let moved_to = placement(&cfg.destination);
+    let mut absent = Vec::new();
+    let mut moved = Vec::new();
+    let mut frozen = Vec::new();
+    let mut max = 0u64;
+    let mut states: BTreeMap<&str, usize> = BTreeMap::new();
+    for q in found {
+        match q {
+            QueriedSite::Present(s) => {
+                max = max.max(s.epoch);
+                *states.entry(s.state.as_str()).or_default() += 1;
+                if s.placement == moved_to {
+                    moved.push(s.host.as_str());
+                }
+                if s.state == ferry_model::SiteState::Frozen {
+                    frozen.push(s.host.as_str());
+                }
+            }
+            QueriedSite::Absent(a) => absent.push(a.host.as_str()),
+        }
+    }
+    let states: Vec<String> = states.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let shown = |v: &[&str]| v.iter().take(10).copied().collect::<Vec<_>>().join(", ");
+    if !moved.is_empty() {
+        r.push(
+            "sites",
+            at,
+            Verdict::Failed,
+            format!(
+                "{} site(s) already served from the destination ({moved_to}): {}; prepare would send them back to the source first",
+                moved.len(),
+                shown(&moved)
+            ),
+            "leave the unit out (--only), or plan again from the current inventory",
+        );
+        return;
+    }
+    if !frozen.is_empty() {
+        r.push(
+            "sites",
+            at,
+            Verdict::Failed,
+            format!(
+                "{} site(s) frozen: {}; another run is under way or stopped in its freeze",
+                frozen.len(),
+                shown(&frozen)
+            ),
+            "let that run end (`ferry migrate status`), or resume and roll it back",
+        );
+        return;
+    }
+    if spec.datacenter == cfg.source && !absent.is_empty() {
+        r.push(
+            "sites",
+            at,
+            Verdict::Failed,
+            format!(
+                "the source router does not know {} site(s) of the unit: {}",
+                absent.len(),
+                shown(&absent)
+            ),
+            "add the sites to the source routers (their config or PUT /v1/sites), or run `ferry plan` on the current inventory",
+        );
+        return;
+    }
+    if max >= MAX_EPOCH {
+        r.push(
+            "sites",
+            at,
+            Verdict::Failed,
+            format!("epoch {max}: the run's next epoch would not fit a router's 46 bits"),
+            "nothing a run can do: these sites' epochs are exhausted",
+        );
+        return;
+    }
+    let learn = if absent.is_empty() {
+        String::new()
+    } else {
+        format!(", {} to learn at prepare", absent.len())
+    };
+    r.push(
+        "sites",
+        at,
+        Verdict::Ok,
+        format!(
+            "{} known ({}){learn}; highest epoch {max}, the run sends {} or more",
+            found.len() - absent.len(),
+            if states.is_empty() {
+                "none".into()
+            } else {
+                states.join(", ")
+            },
+            max + 1
+        ),
+        "",
+    );
+}
