@@ -213,6 +213,13 @@ fn copy_files(f: &FilesFirst) -> anyhow::Result<String> {
         ..OpenOptions::default()
     };
     let src = f.from.open(Role::Source, &opts)?;
+    if f.follow.is_some() {
+        // A primary that cannot be followed (its volume not watched) is
+        // found now, before any traffic, not by a drain after the join.
+        src.source()
+            .changes()
+            .with_context(|| format!("--join-follow: {} cannot be followed", f.from))?;
+    }
     let dst = Endpoint::Local(f.to.clone()).open(Role::Dest, &opts)?;
     let done = ferry_sync::open::full_sync_verified(&src, &dst, &SyncOptions::default())?;
     if !done.verdict.equal() {

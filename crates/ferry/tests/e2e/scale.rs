@@ -933,6 +933,41 @@ async fn state_of(admin: &Admin, name: &str) -> Option<String> {
         .and_then(|s| s["state"].as_str().map(str::to_string))
 }
 
+/// The primary's agent on `port`, serving `d/primary` (the site, written
+/// if missing) read-only as volume `site`, watched (so joined servers can
+/// follow it) or not; its key in `d/key`.
+fn primary_agent(d: &Path, port: u16, watch: bool, log: &str) -> Proc {
+    let root = d.join("primary");
+    if !root.exists() {
+        write_site(&root);
+    }
+    std::fs::write(d.join("key"), "campaign-sync-key-0123456789").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.join("key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(
+        d.join("agent.toml"),
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nkey_file = \"{}\"\n[volumes.site]\npath = \"{}\"\nread_only = true\nwatch = {watch}\n",
+            d.join("key").display(),
+            root.display()
+        ),
+    )
+    .unwrap();
+    let p = Proc(
+        Command::new(FERRY)
+            .arg("agent")
+            .arg("--config")
+            .arg(d.join("agent.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join(log)).unwrap())
+            .spawn()
+            .expect("starting the primary's agent"),
+    );
+    wait_port(port, "the primary's agent");
+    p
+}
+
 /// Issue 22, "while it serves, --follow keeps it in step": once the joined
 /// server is ready, a file saved at the primary is served through the
 /// router by the joined server within a bound (the delay is printed), and
@@ -944,37 +979,8 @@ async fn a_joined_server_follows_the_primary_and_serves_new_files_within_seconds
     let dir = workdir();
     let d = dir.path();
     let primary_root = d.join("primary");
-    write_site(&primary_root);
-    std::fs::write(d.join("key"), "campaign-sync-key-0123456789").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(d.join("key"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let agent_port = free_port();
-    // Read-only for the joined servers, watched so they can follow it.
-    std::fs::write(
-        d.join("agent.toml"),
-        format!(
-            "listen = \"127.0.0.1:{agent_port}\"\nkey_file = \"{}\"\n[volumes.site]\npath = \"{}\"\nread_only = true\nwatch = true\n",
-            d.join("key").display(),
-            primary_root.display()
-        ),
-    )
-    .unwrap();
-    let start_primary = |log: &str| {
-        let p = Proc(
-            Command::new(FERRY)
-                .arg("agent")
-                .arg("--config")
-                .arg(d.join("agent.toml"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(d.join(log)).unwrap())
-                .spawn()
-                .expect("starting the primary's agent"),
-        );
-        wait_port(agent_port, "the primary's agent");
-        p
-    };
-    let primary = start_primary("primary-agent.log");
+    let primary = primary_agent(d, agent_port, true, "primary-agent.log");
     let a = crate::support::Nginx::start("a");
     let root = d.join("root");
     std::fs::create_dir_all(&root).unwrap();
@@ -1065,7 +1071,7 @@ async fn a_joined_server_follows_the_primary_and_serves_new_files_within_seconds
     // ... and ready again once a pass (a full walk) catches it up,
     // with what changed meanwhile.
     std::fs::write(primary_root.join("while-away.txt"), "missed").unwrap();
-    let _primary = start_primary("primary-agent-2.log");
+    let _primary = primary_agent(d, agent_port, true, "primary-agent-2.log");
     wait_state("ready", Duration::from_secs(30)).await;
     assert_eq!(
         std::fs::read_to_string(root.join("while-away.txt")).unwrap(),
@@ -1118,4 +1124,47 @@ async fn a_joined_server_follows_the_primary_and_serves_new_files_within_seconds
         delay < Duration::from_secs(20),
         "the new file took {delay:?}"
     );
+}
+
+/// `--join-follow` from a primary whose volume is not watched is refused
+/// before the server takes any traffic (not found by a drain later): the
+/// server leaves the pool and its agent exits naming the cause.
+#[tokio::test]
+async fn a_primary_that_cannot_be_followed_is_refused_before_any_traffic() {
+    let dir = workdir();
+    let d = dir.path();
+    let agent_port = free_port();
+    let _primary = primary_agent(d, agent_port, false, "primary-agent.log");
+    let a = crate::support::Nginx::start("a");
+    let x = crate::support::Nginx::start("x");
+    let config = router_config("dc1", "")
+        + &pool("web", &[("a", a.addr())])
+        + &site("shop.test", "pool:web", "");
+    let router = Ferry::start(d, &config);
+    let admin = Admin::new(router.admin);
+    let out = tokio::process::Command::new(FERRY)
+        .args(["agent", "--join", "web", "--join-name", "x"])
+        .arg("--join-address")
+        .arg(x.addr().to_string())
+        .arg("--router")
+        .arg(format!("http://{}", router.admin))
+        .args(["--router-token", TOKEN, "--join-files-from"])
+        .arg(format!("ferry://127.0.0.1:{agent_port}/site"))
+        .arg("--join-files-to")
+        .arg(d.join("root"))
+        .arg("--join-key-file")
+        .arg(d.join("key"))
+        .arg("--join-follow")
+        .stdin(Stdio::null())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("the agent gave up within 60 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot be followed"), "{stderr}");
+    assert!(stderr.contains("watch = true"), "{stderr}");
+    assert!(x.requests().is_empty(), "x served: {:?}", x.requests());
+    assert_eq!(state_of(&admin, "x").await, None);
 }
