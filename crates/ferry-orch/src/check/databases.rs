@@ -7,8 +7,13 @@ use crate::dbmove;
 use crate::plan::PlanUnit;
 use crate::runbook::RunInputs;
 
+/// Database servers asked at once: each check holds two connections
+/// for a moment; a night of thousands of small units must not take hours.
+const AT_ONCE: usize = 8;
+
 /// Each unit's database servers: the mover's preconditions on both
-/// servers ([`ferry_db::Mover::check`]: reads, writes no state file).
+/// servers ([`ferry_db::Mover::check`]: reads, writes no state file),
+/// [`AT_ONCE`] at a time, the lines in plan order.
 pub(super) async fn databases(
     r: &mut CheckReport,
     inputs: &RunInputs,
@@ -16,45 +21,67 @@ pub(super) async fn databases(
     journal: &Path,
 ) {
     let journal = std::path::absolute(journal).unwrap_or_else(|_| journal.to_path_buf());
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(AT_ONCE));
+    let mut set = tokio::task::JoinSet::new();
+    let mut asked = 0usize;
     for u in units {
         let Ok(groups) = u.databases_by_server() else {
             continue; // RunInputs::load checked the names
         };
         for (server, dbs) in groups {
-            let at = format!("{server} {}", u.id);
             let Some(spec) = inputs.cfg.db_servers.get(&server) else {
                 continue; // checked by RunInputs::load
             };
+            let at = format!("{server} {}", u.id);
             let state_path = dbmove::state_path(&journal, &u.id, &server, false);
-            if state_path.exists() {
-                r.push(
-                    "database",
-                    at,
-                    Verdict::Failed,
-                    format!(
-                        "{} exists: a move of these databases was started",
-                        state_path.display()
-                    ),
-                    "resume that run, or remove the state file if that move was undone",
-                );
-                continue;
-            }
-            let line = db_check(
-                &spec.source,
-                &spec.destination,
-                &dbs,
-                state_path,
-                &inputs.cfg.db,
-            )
-            .await;
-            match line {
-                Ok(why) => r.push("database", at, Verdict::Ok, why, ""),
-                Err(e) => {
-                    let fix = db_fix(&e);
-                    r.push("database", at, Verdict::Failed, e.to_string(), &fix);
-                }
-            }
+            let (i, gate, spec, settings) =
+                (asked, gate.clone(), spec.clone(), inputs.cfg.db.clone());
+            asked += 1;
+            set.spawn(async move {
+                let _slot = gate.acquire_owned().await;
+                (i, at, one(&spec, &dbs, state_path, &settings).await)
+            });
         }
+    }
+    let mut done = Vec::with_capacity(asked);
+    while let Some(j) = set.join_next().await {
+        match j {
+            Ok(x) => done.push(x),
+            Err(e) => r.push(
+                "database",
+                "?",
+                Verdict::Failed,
+                format!("a check stopped: {e}"),
+                "run the check again",
+            ),
+        }
+    }
+    done.sort_by_key(|x| x.0);
+    for (_, at, (verdict, why, fix)) in done {
+        r.push("database", at, verdict, why, &fix);
+    }
+}
+
+/// One unit's databases on one server: (verdict, why, fix).
+async fn one(
+    spec: &crate::config::DbServerSpec,
+    dbs: &[String],
+    state_path: PathBuf,
+    settings: &crate::config::DbSettings,
+) -> (Verdict, String, String) {
+    if state_path.exists() {
+        return (
+            Verdict::Failed,
+            format!(
+                "{} exists: a move of these databases was started",
+                state_path.display()
+            ),
+            "resume that run, or remove the state file if that move was undone".into(),
+        );
+    }
+    match db_check(&spec.source, &spec.destination, dbs, state_path, settings).await {
+        Ok(why) => (Verdict::Ok, why, String::new()),
+        Err(e) => (Verdict::Failed, e.to_string(), db_fix(&e)),
     }
 }
 

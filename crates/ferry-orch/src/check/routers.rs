@@ -2,23 +2,25 @@
 //! (known, not moved yet, not frozen, epochs with room), read only.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_admin_api::sites::QueriedSite;
 use ferry_admin_api::{AdminClient, AdminError, Http};
 
 use super::{CheckReport, Verdict};
-use crate::config::RouterSpec;
+use crate::config::{MigrateConfig, RouterSpec};
 use crate::plan::PlanUnit;
 use crate::runbook::RunInputs;
 
 /// The largest epoch a router's site table holds (46 bits of the slot word).
 const MAX_EPOCH: u64 = (1 << 46) - 1;
 
-/// Each router: reachable, the token accepted (`GET /v1/status`); then the
-/// units' sites: known to the source routers (prepare refuses a unit
-/// otherwise), with epochs the run can go past (it sends 1 + the highest
-/// epoch any router reports, the rule of runbook/fencing.rs).
+/// Each router (all at once, the lines in config order): reachable, the
+/// token accepted (`GET /v1/status`); then the units' sites: known to the
+/// source routers (prepare refuses a unit otherwise), not moved yet, not
+/// frozen, with epochs the run can go past (it sends 1 + the highest epoch
+/// any router reports, the rule of runbook/fencing.rs).
 pub(super) async fn routers(
     r: &mut CheckReport,
     inputs: &RunInputs,
@@ -26,54 +28,87 @@ pub(super) async fn routers(
     timeout: Duration,
 ) {
     let http = Http::new();
-    let cfg = &inputs.cfg;
-    for spec in &cfg.routers {
-        let api = client(spec, &http, timeout);
-        match api.status().await {
-            Ok(_) => r.push(
+    let cfg = Arc::new(inputs.cfg.clone());
+    let units: Arc<Vec<(String, Vec<String>)>> =
+        Arc::new(units.iter().map(|u| (u.id.clone(), u.sites())).collect());
+    let mut set = tokio::task::JoinSet::new();
+    for (i, spec) in cfg.routers.iter().enumerate() {
+        let (spec, cfg, units, http) = (spec.clone(), cfg.clone(), units.clone(), http.clone());
+        set.spawn(async move { (i, router(&spec, &cfg, &units, &http, timeout).await) });
+    }
+    let mut done = Vec::new();
+    while let Some(j) = set.join_next().await {
+        match j {
+            Ok(x) => done.push(x),
+            Err(e) => r.push(
                 "router",
-                spec.name.as_str(),
-                Verdict::Ok,
-                format!("{} answered GET /v1/status with the token", spec.admin),
-                "",
+                "?",
+                Verdict::Failed,
+                format!("a check stopped: {e}"),
+                "run the check again",
             ),
-            Err(e) => {
-                let fix = router_fix(&e);
-                r.push(
-                    "router",
-                    spec.name.as_str(),
-                    Verdict::Failed,
-                    e.to_string(),
-                    fix,
-                );
-                continue;
-            }
-        }
-        for u in units {
-            let sites = u.sites();
-            if sites.is_empty() {
-                continue;
-            }
-            let mut found = Vec::with_capacity(sites.len());
-            let mut failed = None;
-            for chunk in sites.chunks(crate::router::QUERY_CHUNK) {
-                match api.query(chunk).await {
-                    Ok(list) => found.extend(list),
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
-            let at = format!("{} {}", spec.name, u.id);
-            if let Some(e) = failed {
-                let fix = router_fix(&e);
-                r.push("sites", at, Verdict::Failed, e.to_string(), fix);
-                continue;
-            }
-            sites_line(r, at, spec, cfg, &found);
         }
     }
+    done.sort_by_key(|x| x.0);
+    for (_, lines) in done {
+        r.lines.extend(lines.lines);
+    }
+}
+
+/// One router's lines.
+async fn router(
+    spec: &RouterSpec,
+    cfg: &MigrateConfig,
+    units: &[(String, Vec<String>)],
+    http: &Http,
+    timeout: Duration,
+) -> CheckReport {
+    let mut r = CheckReport::default();
+    let api = client(spec, http, timeout);
+    match api.status().await {
+        Ok(_) => r.push(
+            "router",
+            spec.name.as_str(),
+            Verdict::Ok,
+            format!("{} answered GET /v1/status with the token", spec.admin),
+            "",
+        ),
+        Err(e) => {
+            let fix = router_fix(&e);
+            r.push(
+                "router",
+                spec.name.as_str(),
+                Verdict::Failed,
+                e.to_string(),
+                fix,
+            );
+            return r;
+        }
+    }
+    for (id, sites) in units {
+        if sites.is_empty() {
+            continue;
+        }
+        let mut found = Vec::with_capacity(sites.len());
+        let mut failed = None;
+        for chunk in sites.chunks(crate::router::QUERY_CHUNK) {
+            match api.query(chunk).await {
+                Ok(list) => found.extend(list),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let at = format!("{} {id}", spec.name);
+        if let Some(e) = failed {
+            let fix = router_fix(&e);
+            r.push("sites", at, Verdict::Failed, e.to_string(), fix);
+            continue;
+        }
+        sites_line(&mut r, at, spec, cfg, &found);
+    }
+    r
 }
 
 fn client(spec: &RouterSpec, http: &Http, timeout: Duration) -> AdminClient {
@@ -96,7 +131,7 @@ fn sites_line(
     r: &mut CheckReport,
     at: String,
     spec: &RouterSpec,
-    cfg: &crate::config::MigrateConfig,
+    cfg: &MigrateConfig,
     found: &[QueriedSite],
 ) {
     // The placements the runbook gives this router's sites before and
