@@ -118,7 +118,13 @@ impl Follower {
                 .name("join-follow".into())
                 .spawn(move || follow_loop(&from, &to, key, &stop, &in_step, &counts))?
         };
-        let keeper = tokio::spawn(keep_state(rx, stale_after, m, counts));
+        let m = Arc::new(m);
+        let http = ferry_orch::router::Http::new();
+        let set_state = move |state: &'static str| {
+            let (m, http) = (m.clone(), http.clone());
+            async move { set_all(&http, &m, state).await }
+        };
+        let keeper = tokio::spawn(keep_state(rx, stale_after, counts, set_state));
         Ok(Follower {
             stop,
             thread,
@@ -221,16 +227,19 @@ fn follow_loop(
     }
 }
 
-/// Drains the server at every router once its copy has been out of step
-/// for `stale_after`, and makes it ready again at the next successful
-/// pass. Ends when the follower does (or is aborted by the leave).
-async fn keep_state(
+/// Drains the server (`set_state("drain")`, at every router) once its copy
+/// has been out of step for `stale_after`, and makes it ready again at the
+/// next successful pass. Ends when the follower does (or is aborted by the
+/// leave).
+async fn keep_state<F, Fut>(
     mut rx: watch::Receiver<bool>,
     stale_after: Duration,
-    m: Membership,
     counts: Arc<Counts>,
-) {
-    let http = ferry_orch::router::Http::new();
+    set_state: F,
+) where
+    F: Fn(&'static str) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     loop {
         if rx.wait_for(|ok| !*ok).await.is_err() {
             return;
@@ -252,7 +261,7 @@ async fn keep_state(
             failures = counts.failures.load(Ordering::Relaxed),
             "follower: the copy is out of step for too long: draining until it is in step again"
         );
-        set_all(&http, &m, "drain").await;
+        set_state("drain").await;
         if rx.wait_for(|ok| *ok).await.is_err() {
             return;
         }
@@ -261,7 +270,7 @@ async fn keep_state(
             drains,
             "follower: in step again: taking traffic"
         );
-        set_all(&http, &m, "ready").await;
+        set_state("ready").await;
     }
 }
 
@@ -277,5 +286,82 @@ async fn set_all(http: &ferry_orch::router::Http, m: &Membership, state: &str) {
                 tracing::error!(router = %r.admin, error = %e, state, "follower: setting the server's state failed")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// The keeper with a recording `set_state`. Real time, in tenths of a
+    /// second with wide margins (the binary's tests have no paused clock).
+    type Recorded = Arc<Mutex<Vec<&'static str>>>;
+
+    fn keeper(
+        stale_after: Duration,
+    ) -> (
+        watch::Sender<bool>,
+        Recorded,
+        Arc<Counts>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = watch::channel(true);
+        let set = Arc::new(Mutex::new(Vec::new()));
+        let counts = Arc::new(Counts::default());
+        let s = set.clone();
+        let task = tokio::spawn(keep_state(rx, stale_after, counts.clone(), move |state| {
+            s.lock().unwrap().push(state);
+            async {}
+        }));
+        (tx, set, counts, task)
+    }
+
+    async fn settle(d: Duration) {
+        tokio::time::sleep(d).await;
+        tokio::task::yield_now().await;
+    }
+
+    #[tokio::test]
+    async fn a_short_loss_drains_nothing_a_long_one_drains_until_the_next_pass() {
+        let ms = Duration::from_millis;
+        let (tx, set, counts, task) = keeper(ms(600));
+        // Lost for a moment, then a pass: no drain.
+        tx.send_replace(false);
+        settle(ms(100)).await;
+        tx.send_replace(true);
+        settle(ms(900)).await;
+        assert!(set.lock().unwrap().is_empty());
+        // Lost for longer than the bound: drained once, however long it lasts.
+        tx.send_replace(false);
+        settle(ms(1200)).await;
+        assert_eq!(*set.lock().unwrap(), ["drain"]);
+        settle(ms(800)).await;
+        assert_eq!(*set.lock().unwrap(), ["drain"]);
+        // The next pass: ready again.
+        tx.send_replace(true);
+        settle(ms(200)).await;
+        assert_eq!(*set.lock().unwrap(), ["drain", "ready"]);
+        assert_eq!(counts.drains.load(Ordering::Relaxed), 1);
+        // The follower gone, the keeper ends.
+        drop(tx);
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn the_counts_render_as_prometheus_text() {
+        let c = Counts::default();
+        c.passes.store(3, Ordering::Relaxed);
+        c.in_step.store(true, Ordering::Relaxed);
+        let text = c.render();
+        assert!(
+            text.contains("\nferry_join_follow_passes_total 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nferry_join_follow_in_step 1\n"), "{text}");
+        assert!(
+            text.contains("# TYPE ferry_join_follow_drains_total counter"),
+            "{text}"
+        );
     }
 }
