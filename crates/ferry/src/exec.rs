@@ -152,7 +152,7 @@ pub struct JoinArgs {
     /// With --join-follow: a server whose copy has been out of step this
     /// long (the primary lost, a pass failing) is drained; its next
     /// successful pass makes it ready again.
-    #[arg(long, default_value = "30s")]
+    #[arg(long, default_value = "30s", requires = "join_follow")]
     join_stale_after: String,
 }
 
