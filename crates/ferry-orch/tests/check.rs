@@ -217,7 +217,8 @@ async fn check_passes_changes_nothing_and_names_each_broken_thing() {
     let r = cw.check().await;
     assert!(r.ok(), "{:?}", r.failed().collect::<Vec<_>>());
     for what in [
-        "plan", "journal", "router", "sites", "filer", "room", "database", "freeze",
+        "plan", "journal", "router", "pool", "sites", "filer", "room", "database", "freeze",
+        "link", "timeline",
     ] {
         assert!(r.lines.iter().any(|l| l.what == what), "no {what} line");
     }
@@ -358,6 +359,19 @@ async fn local_filers_room_and_an_existing_journal() {
         l.why.contains("frozen") && l.why.contains("a.example"),
         "{l}"
     );
+
+    // The destination's pool unknown at gra-1: the flip would be refused.
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    std::fs::write(
+        &w.config,
+        text.replace("pool = \"gra-web\"", "pool = \"gra-none\""),
+    )
+    .unwrap();
+    let bad = RunInputs::load(&w.config, &w.plan, None).unwrap();
+    let r = check(&bad, &opts).await;
+    let l = failed_at(&r, "pool", "gra-1 gra-none").expect("a failed pool line at gra-1");
+    assert!(l.why.contains("gra-none"), "{l}");
+    std::fs::write(&w.config, text).unwrap();
 
     // A journal that holds something.
     std::fs::write(&w.journal, b"not empty").unwrap();

@@ -85,6 +85,7 @@ async fn router(
             return r;
         }
     }
+    pool_line(&mut r, &api, spec, cfg).await;
     for (id, sites) in units {
         if sites.is_empty() {
             continue;
@@ -109,6 +110,50 @@ async fn router(
         sites_line(&mut r, at, spec, cfg, &found);
     }
     r
+}
+
+/// A router of the source or the destination serves the sites from that
+/// datacenter's pool: it must know the pool (the flip's placement would be
+/// refused otherwise) and, at the destination, have a server that can serve
+/// (the flip would send the sites' traffic nowhere).
+async fn pool_line(r: &mut CheckReport, api: &AdminClient, spec: &RouterSpec, cfg: &MigrateConfig) {
+    let dest = spec.datacenter == cfg.destination;
+    if !dest && spec.datacenter != cfg.source {
+        return;
+    }
+    let want = cfg.pool_of(&spec.datacenter);
+    let at = format!("{} {want}", spec.name);
+    let pools = match api.pools().await {
+        Ok(p) => p,
+        Err(e) => {
+            let fix = router_fix(&e);
+            r.push("pool", at, Verdict::Failed, e.to_string(), fix);
+            return;
+        }
+    };
+    match pools.iter().find(|p| p.name == want) {
+        None => r.push(
+            "pool",
+            at,
+            Verdict::Failed,
+            format!("the router has no pool {want:?}: the sites' placement pool:{want} would be refused"),
+            "add the pool to the router's config (or correct [datacenters] pool)",
+        ),
+        Some(p) if dest && p.serving_tier.is_none() => r.push(
+            "pool",
+            at,
+            Verdict::Failed,
+            format!("no server of pool {want:?} can serve: the flip would send the sites to none"),
+            "bring the destination's servers up (health checks passing, state ready)",
+        ),
+        Some(p) => r.push(
+            "pool",
+            at,
+            Verdict::Ok,
+            format!("{} server(s), serving tier {}", p.servers.len(), p.serving_tier.map_or("none".into(), |t| t.to_string())),
+            "",
+        ),
+    }
 }
 
 fn client(spec: &RouterSpec, http: &Http, timeout: Duration) -> AdminClient {
