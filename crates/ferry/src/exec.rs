@@ -465,7 +465,7 @@ pub(crate) async fn serve_agent(
     exec: Option<ExecConfig>,
     join: &JoinArgs,
     check: bool,
-    metrics: Option<crate::agent::MetricsSettings>,
+    metrics: Option<crate::metrics_endpoint::MetricsSettings>,
 ) -> Result<(), Failure> {
     if check {
         if let Some(c) = &exec {
@@ -482,7 +482,7 @@ pub(crate) async fn serve_agent(
     let metrics = match metrics {
         Some(m) => {
             let c = counts.clone();
-            Some(crate::agent::Metrics::start(
+            Some(crate::metrics_endpoint::Metrics::start(
                 m,
                 Arc::new(move || c.render()),
             )?)

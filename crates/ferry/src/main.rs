@@ -15,6 +15,7 @@ mod db;
 mod demo;
 mod exec;
 mod inventory;
+mod metrics_endpoint;
 mod migrate;
 mod plan;
 mod proxy;

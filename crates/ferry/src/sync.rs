@@ -86,7 +86,7 @@ pub struct Args {
     /// With --follow: publish passes and the predicted final pass (GET
     /// /metrics, as `ferry agent --metrics-listen`).
     #[command(flatten)]
-    metrics: crate::agent::MetricsArgs,
+    metrics: crate::metrics_endpoint::MetricsArgs,
 }
 
 /// Checked settings.
@@ -103,7 +103,7 @@ struct Settings {
     json: bool,
     key: Option<[u8; 32]>,
     /// Follow mode's metrics endpoint.
-    metrics: Option<crate::agent::MetricsSettings>,
+    metrics: Option<crate::metrics_endpoint::MetricsSettings>,
 }
 
 /// "10M" -> 10 MiB. Plain numbers are bytes.
@@ -461,7 +461,7 @@ fn run_blocking(mut st: Settings, stop: &AtomicBool) -> Result<(), Failure> {
     let metrics = match st.metrics.take() {
         Some(m) => {
             let fs = follow_stats.clone();
-            Some(crate::agent::Metrics::start(
+            Some(crate::metrics_endpoint::Metrics::start(
                 m,
                 Arc::new(move || fs.render()),
             )?)
