@@ -259,134 +259,166 @@ pub(crate) async fn start_extras(
 ) -> Result<Extras, Failure> {
     let files_first = join.files_first()?;
     let exec = spawn_agent_server(exec).await?;
-    let mut follower = None;
-    let joined = match (&join.join, &join.join_name, join.join_address) {
-        (Some(pool), Some(name), Some(address)) => {
-            let token = join.router_token.clone().unwrap_or_default();
-            let leave_timeout = ferry_conf::parse_duration(&join.leave_timeout)
-                .map_err(|e| Failure::usage(anyhow!("--leave-timeout: {e}")))?;
-            let mut routers = Vec::new();
-            for (i, url) in join.router.iter().enumerate() {
-                if !url.starts_with("http://") {
-                    return Err(Failure::usage(anyhow!(
-                        "--router {url:?}: expected http://HOST:PORT"
-                    )));
-                }
-                routers.push(ferry_fleet::runbook::Router {
-                    name: format!("router{} ({url})", i + 1),
-                    admin: url.trim_end_matches('/').to_string(),
-                    token: token.clone(),
-                });
-            }
-            let http = ferry_orch::router::Http::new();
-            for (i, r) in routers.iter().enumerate() {
-                let joined = if files_first.is_some() {
-                    join_drained(&http, r, pool, name, address, join).await
-                } else {
-                    ferry_fleet::routers::join(
-                        &http,
-                        r,
-                        pool,
-                        name,
-                        &address.to_string(),
-                        join.join_tier,
-                        join.join_weight,
-                    )
-                    .await
-                };
-                if let Err(e) = joined {
-                    // Half a membership is worse than none: leave the
-                    // routers already joined before giving up.
-                    for done in &routers[..i] {
-                        if let Err(e) =
-                            ferry_fleet::routers::leave(&http, done, pool, name, leave_timeout)
-                                .await
-                        {
-                            tracing::error!(error = %e, "leaving after a failed join");
-                        }
-                    }
-                    return Err(Failure::from(e));
-                }
-                tracing::info!(router = %r.admin, %pool, %name, %address, tier = join.join_tier, drained = files_first.is_some(), "joined the pool");
-            }
-            if let Some(f) = files_first {
-                let leave_all = |why: String| {
-                    let (http, routers) = (&http, &routers);
-                    async move {
-                        for r in routers {
-                            if let Err(e) =
-                                ferry_fleet::routers::leave(http, r, pool, name, leave_timeout)
-                                    .await
-                            {
-                                tracing::error!(error = %e, "leaving after {why}");
-                            }
-                        }
-                    }
-                };
-                tracing::info!(from = %f.from, to = %f.to.display(), "copying the site's files before taking traffic");
-                let copy = f.clone();
-                let copied = tokio::task::spawn_blocking(move || copy_files(&copy)).await;
-                let done = match copied {
-                    Ok(Ok(done)) => done,
-                    Ok(Err(e)) => {
-                        leave_all("a failed copy".into()).await;
-                        return Err(Failure::from(e.context("files first: the copy failed, the server left the pool without taking traffic")));
-                    }
-                    Err(e) => {
-                        leave_all("a failed copy".into()).await;
-                        return Err(Failure::from(anyhow!(
-                            "files first: the copy task failed: {e}"
-                        )));
-                    }
-                };
-                tracing::info!(%done, "files verified");
-                for r in &routers {
-                    if let Err(e) =
-                        ferry_fleet::routers::set_server(&http, r, pool, name, "ready").await
-                    {
-                        leave_all("a failed ready".into()).await;
-                        return Err(Failure::from(e));
-                    }
-                    tracing::info!(router = %r.admin, %pool, %name, "files verified: taking traffic");
-                }
-                if let Some(stale_after) = f.follow {
-                    let m = join_follow::Membership {
-                        routers: routers.clone(),
-                        pool: pool.clone(),
-                        name: name.clone(),
-                    };
-                    match join_follow::Follower::start(
-                        f.from,
-                        f.to,
-                        f.key,
-                        stale_after,
-                        m,
-                        follow_counts,
-                    ) {
-                        Ok(started) => follower = Some(started),
-                        Err(e) => {
-                            leave_all("a failed follower start".into()).await;
-                            return Err(Failure::from(anyhow!(
-                                "--join-follow: cannot start the follower: {e}"
-                            )));
-                        }
-                    }
-                }
-            }
-            Some(Joined {
-                routers,
-                pool: pool.clone(),
-                name: name.clone(),
-                leave_timeout,
-            })
-        }
-        _ => None,
+    let (Some(pool), Some(name), Some(address)) = (&join.join, &join.join_name, join.join_address)
+    else {
+        return Ok(Extras {
+            exec,
+            joined: None,
+            follower: None,
+        });
+    };
+    let joined = Joined {
+        routers: routers_of(join)?,
+        pool: pool.clone(),
+        name: name.clone(),
+        leave_timeout: ferry_conf::parse_duration(&join.leave_timeout)
+            .map_err(|e| Failure::usage(anyhow!("--leave-timeout: {e}")))?,
+    };
+    let http = ferry_orch::router::Http::new();
+    joined
+        .join_every_router(&http, address, join, files_first.is_some())
+        .await?;
+    let follower = match files_first {
+        Some(f) => joined.copy_then_ready(&http, f, follow_counts).await?,
+        None => None,
     };
     Ok(Extras {
         exec,
-        joined,
+        joined: Some(joined),
         follower,
     })
+}
+
+/// The routers of `--router`, each with the one `--router-token`.
+fn routers_of(join: &JoinArgs) -> Result<Vec<ferry_fleet::runbook::Router>, Failure> {
+    let token = join.router_token.clone().unwrap_or_default();
+    join.router
+        .iter()
+        .enumerate()
+        .map(|(i, url)| {
+            if !url.starts_with("http://") {
+                return Err(Failure::usage(anyhow!(
+                    "--router {url:?}: expected http://HOST:PORT"
+                )));
+            }
+            Ok(ferry_fleet::runbook::Router {
+                name: format!("router{} ({url})", i + 1),
+                admin: url.trim_end_matches('/').to_string(),
+                token: token.clone(),
+            })
+        })
+        .collect()
+}
+
+impl Joined {
+    /// Joins the pool at every router (drained when the files come first).
+    async fn join_every_router(
+        &self,
+        http: &ferry_orch::router::Http,
+        address: std::net::SocketAddr,
+        join: &JoinArgs,
+        drained: bool,
+    ) -> Result<(), Failure> {
+        let (pool, name) = (&self.pool, &self.name);
+        for (i, r) in self.routers.iter().enumerate() {
+            let joined = if drained {
+                join_drained(http, r, pool, name, address, join).await
+            } else {
+                ferry_fleet::routers::join(
+                    http,
+                    r,
+                    pool,
+                    name,
+                    &address.to_string(),
+                    join.join_tier,
+                    join.join_weight,
+                )
+                .await
+            };
+            if let Err(e) = joined {
+                // Half a membership is worse than none: leave the routers
+                // already joined before giving up.
+                self.leave(http, &self.routers[..i], "a failed join").await;
+                return Err(Failure::from(e));
+            }
+            tracing::info!(router = %r.admin, %pool, %name, %address, tier = join.join_tier, drained, "joined the pool");
+        }
+        Ok(())
+    }
+
+    /// Files first: copies and verifies the site's files, then takes
+    /// traffic at every router, then (`--join-follow`) keeps following the
+    /// primary. Any failure leaves every router before it is returned, so
+    /// a server whose copy failed never serves.
+    async fn copy_then_ready(
+        &self,
+        http: &ferry_orch::router::Http,
+        f: FilesFirst,
+        follow_counts: Arc<FollowCounts>,
+    ) -> Result<Option<join_follow::Follower>, Failure> {
+        let (pool, name) = (&self.pool, &self.name);
+        tracing::info!(from = %f.from, to = %f.to.display(), "copying the site's files before taking traffic");
+        let copy = f.clone();
+        let done = match tokio::task::spawn_blocking(move || copy_files(&copy)).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => {
+                self.leave(http, &self.routers, "a failed copy").await;
+                return Err(Failure::from(e.context(
+                    "files first: the copy failed, the server left the pool without taking traffic",
+                )));
+            }
+            Err(e) => {
+                self.leave(http, &self.routers, "a failed copy").await;
+                return Err(Failure::from(anyhow!(
+                    "files first: the copy task failed: {e}"
+                )));
+            }
+        };
+        tracing::info!(%done, "files verified");
+        for r in &self.routers {
+            if let Err(e) = ferry_fleet::routers::set_server(http, r, pool, name, "ready").await {
+                self.leave(http, &self.routers, "a failed ready").await;
+                return Err(Failure::from(e));
+            }
+            tracing::info!(router = %r.admin, %pool, %name, "files verified: taking traffic");
+        }
+        let Some(stale_after) = f.follow else {
+            return Ok(None);
+        };
+        let m = join_follow::Membership {
+            routers: self.routers.clone(),
+            pool: pool.clone(),
+            name: name.clone(),
+        };
+        match join_follow::Follower::start(f.from, f.to, f.key, stale_after, m, follow_counts) {
+            Ok(started) => Ok(Some(started)),
+            Err(e) => {
+                self.leave(http, &self.routers, "a failed follower start")
+                    .await;
+                Err(Failure::from(anyhow!(
+                    "--join-follow: cannot start the follower: {e}"
+                )))
+            }
+        }
+    }
+
+    /// Leaves the pool at `routers`, logging (not returning) what fails:
+    /// it runs on the way out of another failure.
+    async fn leave(
+        &self,
+        http: &ferry_orch::router::Http,
+        routers: &[ferry_fleet::runbook::Router],
+        why: &str,
+    ) {
+        for r in routers {
+            let left =
+                ferry_fleet::routers::leave(http, r, &self.pool, &self.name, self.leave_timeout)
+                    .await;
+            if let Err(e) = left {
+                tracing::error!(error = %e, "leaving after {why}");
+            }
+        }
+    }
 }
 
 impl Extras {
