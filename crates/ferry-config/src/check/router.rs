@@ -44,7 +44,7 @@ impl Cx<'_> {
             Some(s) if s.get_ref().is_empty() => {
                 return Err(self.error(
                     s.span(),
-                    "store is an empty path (leave it out to keep state in memory)",
+                    "store is an empty path (leave it out to keep no state across restarts)",
                 ));
             }
             Some(s) => Some(self.resolve(s.get_ref())),
