@@ -345,32 +345,8 @@ async fn a_campaign_grows_the_pool_to_its_max_and_back_with_no_failed_request() 
     let d = dir.path();
     // The primary's files, served to joining servers by its agent.
     let primary_root = d.join("primary");
-    write_site(&primary_root);
-    std::fs::write(d.join("key"), "campaign-sync-key-0123456789").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(d.join("key"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let agent_port = free_port();
-    std::fs::write(
-        d.join("agent.toml"),
-        format!(
-            "listen = \"127.0.0.1:{agent_port}\"\nkey_file = \"{}\"\n[volumes.site]\npath = \"{}\"\nread_only = true\nwatch = true\n",
-            d.join("key").display(),
-            primary_root.display()
-        ),
-    )
-    .unwrap();
-    let _agent = Proc(
-        Command::new(FERRY)
-            .arg("agent")
-            .arg("--config")
-            .arg(d.join("agent.toml"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join("primary-agent.log")).unwrap())
-            .spawn()
-            .expect("starting the primary's agent"),
-    );
-    wait_port(agent_port, "the primary's agent");
+    let _agent = primary_agent(d, agent_port, true, "primary-agent.log");
     // The pool's own two servers, with the site's files.
     let (p1, p2) = (free_port(), free_port());
     let _web1 = start_nginx(&d.join("web1"), &primary_root, "web1", p1);
