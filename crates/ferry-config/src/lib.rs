@@ -81,7 +81,74 @@ pub struct Config {
     pub passthroughs: Vec<PassthroughSpec>,
     /// `[tls]`: certificates for listeners with `tls = true`.
     pub tls: Option<TlsSettings>,
+    /// `[store] backend = "etcd"`: the shared control store the router loads
+    /// and watches (`None`: SQLite at `router.store`, or no store).
+    pub etcd: Option<EtcdSettings>,
 }
+
+/// Whether this build can use `[store] backend = "etcd"` (cargo feature
+/// `etcd` of ferry-config, turned on by ferry-proxy's and ferry's).
+pub const ETCD_SUPPORTED: bool = cfg!(feature = "etcd");
+
+/// `[store] backend = "etcd"`: the etcd cluster holding the control state.
+#[derive(Debug, Clone)]
+pub struct EtcdSettings {
+    /// Client URLs (`http://10.0.0.1:2379`, `https://...` with `ca_file`).
+    pub endpoints: Vec<String>,
+    /// Key prefix (`/ferry`), without a trailing `/`.
+    pub prefix: String,
+    /// `user` and the content of `password_file` (etcd authentication).
+    pub auth: Option<(String, ferry_secret::Secret)>,
+    /// Client TLS: the CA that signs the members' certificates, and this
+    /// router's certificate and key (PEM) when the cluster requires them.
+    pub tls: Option<EtcdTls>,
+    /// TTL of the lease the router registers under (`P/routers/<name>`).
+    pub lease_ttl: Duration,
+    /// Bound on one request to etcd, retries included.
+    pub request_timeout: Duration,
+    /// SQLite copy of what the router applied, served from at a start while
+    /// etcd is unreachable (settled sites only, see docs/control-plane.md).
+    pub local_copy: Option<PathBuf>,
+}
+
+/// PEM of an etcd client's TLS settings.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: String,
+    /// Certificate and private key (both or neither).
+    pub identity: Option<(String, ferry_secret::Secret)>,
+}
+
+// By hand: `Secret` compares in constant time and has no `Eq` of its own.
+impl PartialEq for EtcdSettings {
+    fn eq(&self, o: &EtcdSettings) -> bool {
+        let auth = match (&self.auth, &o.auth) {
+            (None, None) => true,
+            (Some((u, p)), Some((v, q))) => u == v && p == q,
+            _ => false,
+        };
+        let tls = match (&self.tls, &o.tls) {
+            (None, None) => true,
+            (Some(a), Some(b)) => {
+                a.ca == b.ca
+                    && match (&a.identity, &b.identity) {
+                        (None, None) => true,
+                        (Some((c, k)), Some((d, l))) => c == d && k == l,
+                        _ => false,
+                    }
+            }
+            _ => false,
+        };
+        auth && tls
+            && self.endpoints == o.endpoints
+            && self.prefix == o.prefix
+            && self.lease_ttl == o.lease_ttl
+            && self.request_timeout == o.request_timeout
+            && self.local_copy == o.local_copy
+    }
+}
+
+impl Eq for EtcdSettings {}
 
 /// `[tls]`: TLS termination settings shared by every `tls = true` listener.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,6 +30,26 @@ pub(crate) struct RawConfig {
     #[serde(default, rename = "passthrough")]
     pub passthroughs: Vec<RawPassthrough>,
     pub tls: Option<RawTls>,
+    pub store: Option<RawStore>,
+}
+
+/// `[store]`: where the router's control state lives (SQLite or etcd).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStore {
+    pub backend: S<String>,
+    /// SQLite: the file (same as `[router] store`).
+    pub path: Option<S<String>>,
+    pub endpoints: Option<S<Vec<S<String>>>>,
+    pub prefix: Option<S<String>>,
+    pub user: Option<S<String>>,
+    pub password_file: Option<S<String>>,
+    pub ca_file: Option<S<String>>,
+    pub cert_file: Option<S<String>>,
+    pub key_file: Option<S<String>>,
+    pub lease_ttl: Option<S<String>>,
+    pub request_timeout: Option<S<String>>,
+    pub local_copy: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

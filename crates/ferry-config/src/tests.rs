@@ -1234,3 +1234,174 @@ fn a_bad_scale_policy_is_refused_at_its_line() {
         &["out of range"],
     );
 }
+
+/// `[store]`: SQLite as `[router] store` was, etcd only in a build with it,
+/// every etcd key checked at its line.
+#[test]
+fn store_section_sqlite_and_etcd() {
+    let sqlite = format!("{MINIMAL}\n[store]\nbackend = \"sqlite\"\npath = \"state.db\"\n");
+    assert_eq!(
+        ok(&sqlite).router.store,
+        Some(Path::new("conf").join("state.db"))
+    );
+    assert!(ok(&sqlite).etcd.is_none());
+    let both = sqlite.replace("name = \"dc1\"", "name = \"dc1\"\nstore = \"other.db\"");
+    refused_at(
+        &both,
+        "path = \"state.db\"",
+        &["[router] store", "keep one"],
+    );
+    refused_at(
+        &format!("{MINIMAL}\n[store]\nbackend = \"sqlite\"\n"),
+        "backend",
+        &["needs path"],
+    );
+    refused_at(
+        &format!("{sqlite}lease_ttl = \"5s\"\n"),
+        "lease_ttl",
+        &["etcd setting"],
+    );
+    refused_at(
+        &format!("{MINIMAL}\n[store]\nbackend = \"redis\"\n"),
+        "backend",
+        &["\"redis\"", "sqlite", "etcd"],
+    );
+
+    let etcd = format!(
+        "{MINIMAL}\n[store]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\", \"http://etcd-2:2379\"]\n"
+    );
+    if !ETCD_SUPPORTED {
+        refused_at(&etcd, "backend", &["built without etcd support"]);
+        return;
+    }
+    let e = ok(&etcd).etcd.unwrap();
+    assert_eq!(e.endpoints.len(), 2);
+    assert_eq!(e.prefix, "/ferry");
+    assert_eq!(e.lease_ttl, Duration::from_secs(10));
+    assert!(e.auth.is_none() && e.tls.is_none() && e.local_copy.is_none());
+    let full =
+        format!("{etcd}prefix = \"/ferry/dc1/\"\nlease_ttl = \"30s\"\nlocal_copy = \"copy.db\"\n");
+    let e = ok(&full).etcd.unwrap();
+    assert_eq!(e.prefix, "/ferry/dc1");
+    assert_eq!(e.lease_ttl, Duration::from_secs(30));
+    assert_eq!(e.local_copy, Some(Path::new("conf").join("copy.db")));
+
+    refused_at(
+        &etcd.replace("\"http://etcd-2:2379\"", "\"etcd-2:2379\""),
+        "endpoints",
+        &["\"etcd-2:2379\"", "http://HOST:PORT"],
+    );
+    refused_at(
+        &etcd.replace("http://etcd-2:2379", "https://etcd-2:2379"),
+        "endpoints",
+        &["https", "ca_file"],
+    );
+    refused_at(
+        &format!("{MINIMAL}\n[store]\nbackend = \"etcd\"\n"),
+        "backend",
+        &["needs endpoints"],
+    );
+    refused_at(
+        &format!("{MINIMAL}\n[store]\nbackend = \"etcd\"\nendpoints = []\n"),
+        "endpoints",
+        &["empty"],
+    );
+    refused_at(
+        &format!("{etcd}prefix = \"ferry\"\n"),
+        "prefix",
+        &["start with '/'"],
+    );
+    refused_at(
+        &format!("{etcd}prefix = \"/\"\n"),
+        "prefix",
+        &["start with '/'"],
+    );
+    refused_at(
+        &format!("{etcd}lease_ttl = \"1s\"\n"),
+        "lease_ttl",
+        &["out of range"],
+    );
+    refused_at(
+        &format!("{etcd}lease_ttl = \"2500ms\"\n"),
+        "lease_ttl",
+        &["whole number"],
+    );
+    refused_at(
+        &format!("{etcd}request_timeout = \"0s\"\n"),
+        "request_timeout",
+        &["above 0"],
+    );
+    refused_at(&format!("{etcd}path = \"x.db\"\n"), "path", &["local_copy"]);
+    refused_at(
+        &etcd.replace("name = \"dc1\"", "name = \"dc1\"\nstore = \"old.db\""),
+        "store = \"old.db\"",
+        &["local_copy"],
+    );
+    refused_at(
+        &format!("{etcd}user = \"ferry\"\n"),
+        "user",
+        &["password_file"],
+    );
+    refused_at(
+        &format!("{etcd}cert_file = \"c.pem\"\n"),
+        "cert_file",
+        &["key_file"],
+    );
+    refused_at(
+        &format!("{etcd}colour = \"blue\"\n"),
+        "colour",
+        &["unknown field"],
+    );
+}
+
+/// The etcd password and client key follow the secret-file rule (fail closed
+/// on a file others can read); certificates are read at load time.
+#[test]
+fn store_etcd_secrets_and_certificates() {
+    if !ETCD_SUPPORTED {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("etcd.pw");
+    std::fs::write(&pw, "hunter2\n").unwrap();
+    set_mode(&pw, 0o644);
+    let text = format!(
+        "{MINIMAL}\n[store]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nuser = \"ferry\"\npassword_file = {:?}\n",
+        pw.display().to_string()
+    );
+    refused_at(&text, "password_file", &["chmod 600"]);
+    set_mode(&pw, 0o600);
+    let (user, password) = ok(&text).etcd.unwrap().auth.unwrap();
+    assert_eq!(user, "ferry");
+    assert!(password.matches(b"hunter2"));
+    refused_at(
+        &text.replace("etcd.pw", "missing.pw"),
+        "password_file",
+        &["missing.pw"],
+    );
+
+    for (name, body, mode) in [
+        ("ca.pem", "CA", 0o644),
+        ("c.pem", "CERT", 0o644),
+        ("c.key", "KEY", 0o644),
+    ] {
+        std::fs::write(dir.path().join(name), body).unwrap();
+        set_mode(&dir.path().join(name), mode);
+    }
+    let d = dir.path().display().to_string();
+    let tls = format!(
+        "{MINIMAL}\n[store]\nbackend = \"etcd\"\nendpoints = [\"https://127.0.0.1:2379\"]\nca_file = \"{d}/ca.pem\"\ncert_file = \"{d}/c.pem\"\nkey_file = \"{d}/c.key\"\n"
+    );
+    refused_at(&tls, "key_file", &["chmod 600"]);
+    set_mode(&dir.path().join("c.key"), 0o600);
+    let t = ok(&tls).etcd.unwrap().tls.unwrap();
+    assert_eq!(t.ca, "CA");
+    let (cert, key) = t.identity.unwrap();
+    assert_eq!(cert, "CERT");
+    assert!(key.matches(b"KEY"));
+    refused_at(
+        &tls.replace("https://", "http://"),
+        "endpoints",
+        &["plain http", "ca_file"],
+    );
+}

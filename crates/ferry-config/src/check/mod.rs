@@ -8,6 +8,7 @@ mod pools;
 mod router;
 mod scale;
 mod sites;
+mod store;
 mod tunnels;
 
 use std::net::{IpAddr, SocketAddr};
@@ -196,8 +197,13 @@ impl Cx<'_> {
         let pool_names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
         let remotes = self.remotes(raw.remotes, &router.name, &listeners)?;
         let sites = self.sites(raw.sites, &pool_names, &remotes)?;
+        let (store, etcd) = self.store(
+            raw.store.as_ref(),
+            raw.router.store.as_ref().zip(router.store.clone()),
+        )?;
         let router = RouterSettings {
             default_site: self.default_site(raw.router.default_site.as_ref(), &sites)?,
+            store,
             ..router
         };
         let tunnels = self.tunnels(raw.tunnels, &listeners, admin.as_ref())?;
@@ -214,6 +220,7 @@ impl Cx<'_> {
             tunnels,
             passthroughs,
             tls,
+            etcd,
         })
     }
 
