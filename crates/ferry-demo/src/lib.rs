@@ -12,15 +12,19 @@
 //! (the clients), `orch` (the `ferry migrate` children), `faults` (what
 //! `--fault` breaks), `check` (the proof). The `ferry` binary itself is run
 //! as the children: [`run`] must be called from it.
+//!
+//! The pieces are public for `ferry rehearse` (ferry-rehearse), which runs
+//! the same shop, clients, orchestrator children and checks across network
+//! namespaces instead of loopback.
 
 #![forbid(unsafe_code)]
 
-mod app;
-mod check;
+pub mod app;
+pub mod check;
 mod faults;
-mod load;
-mod orch;
-mod topology;
+pub mod load;
+pub mod orch;
+pub mod topology;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -83,6 +87,7 @@ pub enum Fault {
 }
 
 /// Human output: stdout, or stderr when stdout is reserved for `--json`.
+#[derive(Clone)]
 pub struct Out {
     json: bool,
     t0: Instant,
@@ -106,7 +111,7 @@ impl Out {
     }
 
     /// A progress line stamped with the time since the start.
-    fn progress(&self, line: &str) {
+    pub fn progress(&self, line: &str) {
         let s = self.t0.elapsed().as_secs();
         self.say(&format!("  [{:02}:{:02}] {line}", s / 60, s % 60));
     }

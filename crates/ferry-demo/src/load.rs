@@ -50,6 +50,29 @@ pub struct LoadResult {
     pub writes: u64,
     /// The longest any acknowledged request took (held ones included).
     pub slowest: Duration,
+    /// Every request, in no particular order: what `ferry rehearse` needs to
+    /// tell, per unit, the requests held by its freeze and those that failed.
+    pub log: Vec<RequestRecord>,
+}
+
+/// One request as the client saw it.
+#[derive(Clone, Debug)]
+pub struct RequestRecord {
+    /// Index into the site list.
+    pub site: usize,
+    /// Sent at, in milliseconds since the Unix epoch (the journal's clock).
+    pub sent_at_ms: u64,
+    /// How long until the answer was complete (or the failure).
+    pub took: Duration,
+    /// The reason it failed, if it did.
+    pub failed: Option<String>,
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub struct Load {
@@ -135,6 +158,7 @@ impl Load {
             for (site, seqs) in r.acked.into_iter().enumerate() {
                 total.acked[site].extend(seqs);
             }
+            total.log.extend(r.log);
         }
         total
     }
@@ -194,10 +218,16 @@ impl Worker {
             } else {
                 Op::Asset(self.rng.below(self.sites[site].assets.len()))
             };
-            let t0 = Instant::now();
+            let (t0, sent_at_ms) = (Instant::now(), unix_ms());
             let outcome = self.once(site, &op).await;
             r.sent += 1;
             self.done.fetch_add(1, Ordering::Relaxed);
+            r.log.push(RequestRecord {
+                site,
+                sent_at_ms,
+                took: t0.elapsed(),
+                failed: outcome.as_ref().err().cloned(),
+            });
             match outcome {
                 Ok(()) => {
                     r.slowest = r.slowest.max(t0.elapsed());

@@ -176,7 +176,7 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 /// One router's config: its pool of two demo app servers, the other DC as a
-/// remote, and every site on `placement`.
+/// remote, and every site on `placement`. Everything on loopback.
 pub fn router_config(
     name: &str,
     listen: u16,
@@ -186,6 +186,46 @@ pub fn router_config(
     sites: &[Site],
     placement: &str,
 ) -> String {
+    let lo = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    router_config_at(
+        name,
+        RouterAddrs {
+            listen: lo(listen),
+            admin: lo(0),
+            remote: (remote.0, lo(remote.1)),
+        },
+        pool,
+        servers,
+        sites,
+        placement,
+    )
+}
+
+/// Where a router listens and how it reaches the other DC.
+pub struct RouterAddrs<'a> {
+    /// The traffic listener.
+    pub listen: SocketAddr,
+    /// The admin API (port 0: any; the ready file says which).
+    pub admin: SocketAddr,
+    /// The other DC: its name and a router's traffic address there.
+    pub remote: (&'a str, SocketAddr),
+}
+
+/// [`router_config`] with every address given (`ferry rehearse` puts the
+/// routers in network namespaces).
+pub fn router_config_at(
+    name: &str,
+    addrs: RouterAddrs<'_>,
+    pool: &str,
+    servers: &[(String, SocketAddr)],
+    sites: &[Site],
+    placement: &str,
+) -> String {
+    let RouterAddrs {
+        listen,
+        admin,
+        remote,
+    } = addrs;
     let mut c = format!(
         r#"[router]
 name = "{name}"
@@ -194,15 +234,15 @@ hold_max = "30s"
 retry_after = 1
 
 [admin]
-listen = "127.0.0.1:0"
+listen = "{admin}"
 token = "{TOKEN}"
 
 [[listener]]
-listen = "127.0.0.1:{listen}"
+listen = "{listen}"
 
 [[remote]]
 name = "{}"
-address = "127.0.0.1:{}"
+address = "{}"
 
 [[pool]]
 name = "{pool}"

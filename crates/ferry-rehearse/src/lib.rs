@@ -1,0 +1,497 @@
+//! `ferry rehearse`: a whole migration night on one machine. The two
+//! datacenters are Linux network namespaces joined by a veth pair shaped
+//! with `tc netem` (latency each way, a rate limit); the visitors live in a
+//! third namespace, the internet. Each DC has two routers (`ferry proxy`)
+//! and two shop servers (ferry-demo's app); each filer has a `ferry agent`
+//! on both sides; the orchestrator (`ferry migrate run`, in the destination
+//! DC) runs the plan `ferry plan` made of a generated inventory, with the
+//! plan's lanes. The demo's clients (keep-alive browsers reading pages and
+//! posting orders, some through the old address) run with large downloads
+//! and slow readers ([`traffic`]).
+//!
+//! Afterwards, per unit: predicted against actual freeze and pre-copy time,
+//! requests held by the freeze, cut across it (by reason) and failed
+//! otherwise; and the demo's proof from the data (every acknowledged write
+//! exactly once at the destination, none at the source after its freeze,
+//! none at the destination before its flip). [`run`] returns a [`Summary`];
+//! the binary prints it and picks the exit code.
+//!
+//! [`netns`] is the reusable part: namespaces, links with netem, processes
+//! and runtimes inside a namespace.
+
+#![forbid(unsafe_code)]
+
+pub mod netns;
+mod report;
+pub mod traffic;
+mod units;
+mod world;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ferry_demo::check::{self, Check};
+use ferry_demo::load::{Load, LoadConfig};
+use ferry_demo::orch::{self as demo_orch, ChildEnv};
+use ferry_demo::topology::{self, DESTINATION, SOURCE};
+use ferry_demo::Out;
+
+pub use units::UnitRow;
+use world::{FreezeSettings, Net, Place};
+
+/// Names of the checks this crate adds to the demo's.
+pub const TRAFFIC_MIX: &str = "traffic_mix";
+
+/// What to rehearse, as checked by the binary's flags.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub sites: u32,
+    pub filers: u32,
+    /// Freezes at once (`ferry plan --parallel`).
+    pub lanes: u32,
+    /// Added each way on the link between the DCs.
+    pub latency: Duration,
+    /// The link's rate, bytes per second, each way (the plan's bandwidth too).
+    pub rate_bytes: u64,
+    /// The load runs at least this long (the night runs inside it).
+    pub duration: Duration,
+    /// The largest media file (bytes); two per filer's first sites.
+    pub large_bytes: u64,
+    pub report: PathBuf,
+}
+
+impl Options {
+    /// Refuses options that cannot run, before anything starts.
+    pub fn check(&self) -> Result<(), String> {
+        if self.sites < self.filers {
+            return Err(format!(
+                "--sites {} < --filers {}: every filer needs a site",
+                self.sites, self.filers
+            ));
+        }
+        if self.rate_bytes < 125_000 {
+            return Err(format!(
+                "--rate {} B/s: at least 1 Mbit/s (125000 B/s)",
+                self.rate_bytes
+            ));
+        }
+        if self.latency > Duration::from_secs(1) {
+            return Err(format!("--latency {:?}: at most 1s each way", self.latency));
+        }
+        Ok(())
+    }
+}
+
+/// What the rehearsal found.
+pub struct Summary {
+    /// The demo's checks, then this crate's; the report last.
+    pub checks: Vec<Check>,
+    pub units: Vec<UnitRow>,
+    /// Lanes the plan asked for, and the most freezes seen at once.
+    pub parallel: u64,
+    pub max_overlap: usize,
+    /// Per kind of client: (sent, failed).
+    pub requests: BTreeMap<&'static str, (u64, u64)>,
+    /// The namespaces used (all deleted when `run` returns).
+    pub namespaces: Vec<String>,
+    /// The link between the DCs: what shapes it and its measured round trip.
+    pub link: LinkInfo,
+    /// Seconds: building the world, and the night (`ferry migrate run`).
+    pub setup_s: f64,
+    pub night_s: f64,
+    pub report: PathBuf,
+}
+
+/// The wan as this kernel could shape it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LinkInfo {
+    /// netem (latency and rate), tbf (rate only: no netem in this kernel).
+    pub qdisc: String,
+    pub delay_ms_each_way: f64,
+    pub rate_bits: Option<u64>,
+    /// TCP connect time across it (fastest of five), in ms.
+    pub rtt_ms: Option<f64>,
+}
+
+/// Milliseconds since the Unix epoch (the journal's clock).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Aborts a task when dropped (an error or Ctrl-C elsewhere).
+struct Task<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs the rehearsal in `work` (a fresh directory the caller owns). Must
+/// run as root, from the `ferry` binary (its children are this binary), on
+/// a multi-thread runtime. Dropping the future stops every process and
+/// deletes every namespace it created.
+pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summary> {
+    if !netns::is_root() {
+        return Err(netns::NetnsError::NotRoot.into());
+    }
+    let exe = std::env::current_exe().context("finding the ferry binary")?;
+    let t0 = Instant::now();
+    out.say(&format!(
+        "ferry rehearse: {} sites on {} filer(s) move from {SOURCE} to {DESTINATION}; {} lane(s); link {} ms each way, {} Mbit/s",
+        opts.sites,
+        opts.filers,
+        opts.lanes,
+        opts.latency.as_millis(),
+        opts.rate_bytes * 8 / 1_000_000
+    ));
+    let stale = tokio::task::block_in_place(|| netns::remove_stale(world::PREFIX))?;
+    if !stale.is_empty() {
+        out.progress(&format!(
+            "removed namespaces of dead runs: {}",
+            stale.join(", ")
+        ));
+    }
+    let netem = netns::Netem {
+        delay: opts.latency,
+        rate_bits: Some(opts.rate_bytes * 8),
+        loss_percent: 0.0,
+    };
+    let net = tokio::task::block_in_place(|| Net::create(&netem))?;
+    let namespaces = net.names();
+    out.progress(&format!("namespaces: {}", namespaces.join(", ")));
+
+    // The files, the inventory and the plan.
+    let (sites, large) = {
+        let (w, o) = (work.to_path_buf(), opts.clone());
+        tokio::task::spawn_blocking(move || {
+            world::write_sites(&w, o.sites, o.filers, o.large_bytes)
+        })
+        .await??
+    };
+    let inventory = work.join("inventory");
+    {
+        let (inv, s, f, root) = (
+            inventory.clone(),
+            sites.clone(),
+            opts.filers,
+            work.join(SOURCE),
+        );
+        tokio::task::spawn_blocking(move || topology::write_inventory(&inv, &s, f, &root))
+            .await??;
+    }
+    let plan_path = work.join("plan.json");
+    run_plan(&exe, opts, &inventory, &plan_path, &work.join("plan.log")).await?;
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&plan_path)?).context("reading plan.json")?;
+    let parallel = plan["parameters"]["parallel"].as_u64().unwrap_or(1);
+    out.progress(&format!(
+        "{} sites written ({} large files); ferry plan: {} unit(s), {parallel} lane(s)",
+        sites.len(),
+        large.len(),
+        plan["units"].as_array().map_or(0, Vec::len)
+    ));
+
+    let agents =
+        tokio::task::block_in_place(|| world::start_agents(&exe, &net, work, opts.filers))?;
+    let link = LinkInfo {
+        qdisc: net.applied.qdisc.to_string(),
+        delay_ms_each_way: net.applied.delay.as_secs_f64() * 1000.0,
+        rate_bits: net.applied.rate_bits,
+        rtt_ms: tokio::task::block_in_place(|| net.wan_rtt(world::AGENT_PORT + 1))
+            .map(|d| d.as_secs_f64() * 1000.0),
+    };
+    if net.applied.delay < opts.latency {
+        out.progress(&format!(
+            "this kernel has no netem (CONFIG_NET_SCH_NETEM): the link gets its rate ({}) but no added latency",
+            if link.qdisc.is_empty() { "none" } else { &link.qdisc }
+        ));
+    }
+    out.progress(&format!(
+        "wan: {}, round trip {}",
+        if link.qdisc.is_empty() {
+            "unshaped"
+        } else {
+            &link.qdisc
+        },
+        link.rtt_ms
+            .map_or("unmeasured".into(), |ms| format!("{ms:.2} ms"))
+    ));
+    let (apps, par_pool, gra_pool) = world::start_shops(&net, work, &sites).await?;
+    let routers = tokio::task::block_in_place(|| {
+        world::start_routers(&exe, &net, work, &sites, &par_pool, &gra_pool)
+    })?;
+    out.progress(&format!(
+        "up: {} agents, 4 shop servers, routers {}",
+        agents.len(),
+        routers
+            .iter()
+            .map(|r| format!("{} (pid {})", r.name, r.router.pid))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let migrate_toml = work.join("migrate.toml");
+    std::fs::write(
+        &migrate_toml,
+        world::migrate_config(
+            &routers,
+            opts.filers,
+            &FreezeSettings {
+                max_freeze: Duration::from_secs(10),
+                drain_timeout: Duration::from_secs(5),
+            },
+        ),
+    )?;
+
+    // The traffic, from the internet.
+    let sites = Arc::new(sites);
+    let (gra_1, gra_2) = (routers[2].public(), routers[3].public());
+    let (par_1, par_2) = (routers[0].public(), routers[1].public());
+    let inet = net.handle(Place::Inet);
+    let load = {
+        let sites = Arc::clone(&sites);
+        let max_run = opts.duration + Duration::from_secs(600);
+        inet.spawn(async move {
+            Load::start(LoadConfig {
+                entry: gra_1,
+                stale_entry: par_1,
+                clients: 16,
+                stale_clients: 2,
+                sites,
+                max_run,
+            })
+        })
+        .await?
+    };
+    let mix = {
+        let config = traffic::MixConfig {
+            sites: Arc::clone(&sites),
+            large: Arc::new(large),
+            entry: gra_2,
+            stale_entry: par_2,
+            downloads: 3,
+            slow_readers: 2,
+            slow_chunk: 16 * 1024,
+        };
+        inet.spawn(async move { traffic::Mix::start(config) })
+            .await?
+    };
+    out.progress(
+        "traffic: 16 browsers (2 via the old address), 3 downloads (1 old), 2 slow readers (1 old)",
+    );
+    let warm_up = (opts.duration / 4).min(Duration::from_secs(10));
+    tokio::time::sleep(warm_up).await;
+    let setup_s = t0.elapsed().as_secs_f64();
+
+    // The night.
+    let journal = work.join("journal.db");
+    let args: Vec<String> = vec![
+        "run".into(),
+        "--config".into(),
+        migrate_toml.display().to_string(),
+        "--plan".into(),
+        plan_path.display().to_string(),
+        "--journal".into(),
+        journal.display().to_string(),
+        "--now".into(),
+    ];
+    let night_t0 = Instant::now();
+    let end = {
+        let (exe, log, o) = (exe.clone(), work.join("migrate.log"), out.clone());
+        let mut task = Task(net.handle(Place::Gra).spawn(async move {
+            demo_orch::run(&exe, &args, &ChildEnv::default(), &log, |l| {
+                o.progress(&format!("migrate: {l}"))
+            })
+            .await
+        }));
+        match (&mut task.0).await {
+            Ok(r) => r?,
+            Err(e) => bail!("the orchestrator task: {e}"),
+        }
+    };
+    let night_s = night_t0.elapsed().as_secs_f64();
+
+    // The load runs its duration, then drains.
+    while load.elapsed() < opts.duration {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    out.progress("stopping the traffic");
+    let (mut load, mixed) = tokio::join!(load.finish(), mix.finish());
+    drop(routers);
+    drop(apps);
+    drop(agents);
+
+    let status = demo_orch::status(&exe, &journal).await;
+    let mut checks = vec![check::check_requests(&load)];
+    let mut records: Vec<traffic::Record> = load
+        .log
+        .drain(..)
+        .map(|r| traffic::Record {
+            kind: traffic::Kind::Browser,
+            site: r.site,
+            sent_at_ms: r.sent_at_ms,
+            took: r.took,
+            failed: r.failed,
+            bytes: 0,
+        })
+        .collect();
+    records.extend(mixed);
+    let mut requests: BTreeMap<&'static str, (u64, u64)> = BTreeMap::new();
+    for r in &records {
+        let e = requests.entry(r.kind.name()).or_default();
+        e.0 += 1;
+        e.1 += u64::from(r.failed.is_some());
+    }
+    let (rows, overlap) = match &status {
+        Ok(s) => {
+            checks.push(check::check_units(s));
+            let rows = units::rows(&plan, s, &sites, &records);
+            let overlap = units::max_overlap(&rows);
+            (rows, overlap)
+        }
+        Err(e) => {
+            checks.push(Check::new(
+                check::UNITS_DONE,
+                false,
+                format!("no status: {e:#}").replace('\n', " "),
+            ));
+            (Vec::new(), 0)
+        }
+    };
+    checks.push(check_mix(&records, &rows));
+    {
+        let (s, w, st) = (
+            Arc::clone(&sites),
+            work.to_path_buf(),
+            status.as_ref().ok().cloned(),
+        );
+        let acked = std::mem::take(&mut load.acked);
+        let data =
+            tokio::task::spawn_blocking(move || check::check_data(&s, &w, &acked, st.as_ref()))
+                .await?;
+        checks.extend(data);
+    }
+    match &status {
+        Ok(s) => checks.push(check::check_verified(s)),
+        Err(_) => checks.push(Check::new(check::VERIFIED, false, "no migration status")),
+    }
+    checks.push(Check::new(
+        check::ORCHESTRATOR,
+        end.status.success(),
+        if end.status.success() {
+            "ferry migrate finished (exit 0)".to_string()
+        } else {
+            format!(
+                "ferry migrate ended with {}: {}",
+                end.describe(),
+                end.stderr_tail
+            )
+        },
+    ));
+    let report = std::path::absolute(&opts.report).unwrap_or_else(|_| opts.report.clone());
+    let summary = Summary {
+        checks,
+        units: rows,
+        parallel,
+        max_overlap: overlap,
+        requests,
+        namespaces,
+        link,
+        setup_s,
+        night_s,
+        report: report.clone(),
+    };
+    let written = report::write(&report, status.as_ref().ok(), &summary, opts);
+    let mut summary = summary;
+    summary.checks.push(match written {
+        Ok(bytes) => Check::new(
+            check::REPORT,
+            true,
+            format!("{} ({bytes} bytes)", report.display()),
+        ),
+        Err(e) => Check::new(check::REPORT, false, format!("{}: {e:#}", report.display())),
+    });
+    drop(net);
+    Ok(summary)
+}
+
+/// `ferry plan` as a child, with the link and lanes of this rehearsal; a
+/// freeze's fixed cost is small here (routers a few ms apart, no databases).
+async fn run_plan(
+    exe: &Path,
+    opts: &Options,
+    inventory: &Path,
+    plan: &Path,
+    log: &Path,
+) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new(exe)
+        .arg("plan")
+        .arg("--inventory")
+        .arg(inventory)
+        .args(["--constraints", "filer"])
+        .arg("--bandwidth")
+        .arg(format!("{}B/s", opts.rate_bytes))
+        .arg("--parallel")
+        .arg(opts.lanes.to_string())
+        .args(["--freeze-overhead", "1s", "--json", "--out"])
+        .arg(plan)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running ferry plan")?;
+    std::fs::write(log, [&out.stdout[..], &out.stderr[..]].concat())?;
+    if !out.status.success() || !plan.is_file() {
+        bail!(
+            "ferry plan failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The downloads and slow readers: some sent, none failed outside a
+/// freeze; those cut across a freeze are listed (by reason), not failures.
+fn check_mix(records: &[traffic::Record], rows: &[UnitRow]) -> Check {
+    let mixed: Vec<&traffic::Record> = records
+        .iter()
+        .filter(|r| r.kind != traffic::Kind::Browser)
+        .collect();
+    let bytes: u64 = mixed.iter().map(|r| r.bytes).sum();
+    let mut cut: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut failed: BTreeMap<&str, u64> = BTreeMap::new();
+    for row in rows {
+        for (k, n) in &row.cut {
+            *cut.entry(k).or_default() += n;
+        }
+        for (k, n) in &row.failed {
+            *failed.entry(k).or_default() += n;
+        }
+    }
+    let list = |m: &BTreeMap<&str, u64>| {
+        m.iter()
+            .map(|(k, n)| format!("{n} x {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let slow = mixed
+        .iter()
+        .filter(|r| r.kind == traffic::Kind::SlowReader)
+        .count();
+    let mut detail = format!(
+        "{} large downloads ({slow} by slow readers), {} MB; all clients: cut across a freeze: {}; failed otherwise: {}",
+        mixed.len(),
+        bytes / 1_000_000,
+        if cut.is_empty() { "none".into() } else { list(&cut) },
+        if failed.is_empty() { "none".into() } else { list(&failed) },
+    );
+    let ok_downloads = mixed.iter().filter(|r| r.failed.is_none()).count();
+    detail.push_str(&format!("; {ok_downloads} downloads complete"));
+    Check::new(TRAFFIC_MIX, ok_downloads > 0 && failed.is_empty(), detail)
+}

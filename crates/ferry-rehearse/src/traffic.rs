@@ -1,0 +1,264 @@
+//! The traffic the demo's clients do not make: large downloads at full
+//! speed and slow readers (a large file read a few KiB at a time), over
+//! keep-alive HTTP/1.1 connections, some through the old address. Each
+//! request is recorded (site, when, how long, why it failed) so the
+//! rehearsal can say, per unit, what its freeze held and what it cut.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_demo::topology::Site;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+use crate::world::LargeFile;
+
+/// Longer than the routers' hold_max (30 s): only a hang ends a request here.
+const TIMEOUT: Duration = Duration::from_secs(45);
+/// A response head larger than this is refused.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// What kind of client sent a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// The demo's keep-alive browsers: pages, assets, orders.
+    Browser,
+    Download,
+    SlowReader,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Browser => "browser",
+            Kind::Download => "download",
+            Kind::SlowReader => "slow_reader",
+        }
+    }
+}
+
+/// One request as its client saw it.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub kind: Kind,
+    pub site: usize,
+    pub sent_at_ms: u64,
+    pub took: Duration,
+    pub failed: Option<String>,
+    pub bytes: u64,
+}
+
+/// Who sends what, where.
+pub struct MixConfig {
+    pub sites: Arc<Vec<Site>>,
+    pub large: Arc<Vec<LargeFile>>,
+    /// The public address (the destination's router) and the old one.
+    pub entry: SocketAddr,
+    pub stale_entry: SocketAddr,
+    pub downloads: usize,
+    pub slow_readers: usize,
+    /// A slow reader's pace: bytes per 20 ms tick.
+    pub slow_chunk: usize,
+}
+
+pub struct Mix {
+    stop: Arc<AtomicBool>,
+    tasks: JoinSet<Vec<Record>>,
+}
+
+impl Mix {
+    /// Starts the clients on the current runtime (the internet's).
+    pub fn start(c: MixConfig) -> Mix {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = JoinSet::new();
+        if c.large.is_empty() {
+            return Mix { stop, tasks };
+        }
+        let total = c.downloads + c.slow_readers;
+        for i in 0..total {
+            let kind = if i < c.downloads {
+                Kind::Download
+            } else {
+                Kind::SlowReader
+            };
+            // One client of each kind uses the old address.
+            let target = if i == 0 || i == c.downloads {
+                c.stale_entry
+            } else {
+                c.entry
+            };
+            let client = Client {
+                kind,
+                target,
+                sites: Arc::clone(&c.sites),
+                large: Arc::clone(&c.large),
+                stop: Arc::clone(&stop),
+                chunk: c.slow_chunk.max(1024),
+                conn: None,
+                next: i,
+            };
+            tasks.spawn(client.run());
+        }
+        Mix { stop, tasks }
+    }
+
+    /// Stops the clients after their current request; every record.
+    pub async fn finish(mut self) -> Vec<Record> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        while let Some(r) = self.tasks.join_next().await {
+            match r {
+                Ok(mut v) => all.append(&mut v),
+                Err(_) => all.push(Record {
+                    kind: Kind::Download,
+                    site: 0,
+                    sent_at_ms: crate::unix_ms(),
+                    took: Duration::ZERO,
+                    failed: Some("client panicked".into()),
+                    bytes: 0,
+                }),
+            }
+        }
+        all
+    }
+}
+
+struct Client {
+    kind: Kind,
+    target: SocketAddr,
+    sites: Arc<Vec<Site>>,
+    large: Arc<Vec<LargeFile>>,
+    stop: Arc<AtomicBool>,
+    chunk: usize,
+    /// The keep-alive connection, if the last exchange left it usable.
+    conn: Option<TcpStream>,
+    next: usize,
+}
+
+impl Client {
+    async fn run(mut self) -> Vec<Record> {
+        let mut out = Vec::new();
+        while !self.stop.load(Ordering::Relaxed) {
+            let file = self.large[self.next % self.large.len()].clone();
+            self.next += 1;
+            let (t0, sent_at_ms) = (Instant::now(), crate::unix_ms());
+            let r = tokio::time::timeout(TIMEOUT, self.get(&file)).await;
+            let (failed, bytes) = match r {
+                Ok(Ok(n)) => (None, n),
+                Ok(Err(reason)) => {
+                    self.conn = None;
+                    (Some(reason), 0)
+                }
+                Err(_) => {
+                    self.conn = None;
+                    (Some(format!("timeout after {}s", TIMEOUT.as_secs())), 0)
+                }
+            };
+            out.push(Record {
+                kind: self.kind,
+                site: file.site,
+                sent_at_ms,
+                took: t0.elapsed(),
+                failed,
+                bytes,
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        out
+    }
+
+    /// One GET of a large file on the kept connection (a new one if none);
+    /// Ok(bytes of the body) when the status is 200 and the length right.
+    async fn get(&mut self, file: &LargeFile) -> Result<u64, String> {
+        let host = &self.sites[file.site].host;
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => {
+                let c = TcpStream::connect(self.target)
+                    .await
+                    .map_err(|_| "connect error".to_string())?;
+                let _ = c.set_nodelay(true);
+                c
+            }
+        };
+        let req = format!("GET /{} HTTP/1.1\r\nHost: {host}\r\n\r\n", file.path);
+        conn.write_all(req.as_bytes())
+            .await
+            .map_err(|_| "connection error".to_string())?;
+        let (status, length, close, mut body) = read_head(&mut conn).await?;
+        let mut got = body.len() as u64;
+        body.clear();
+        let mut buf = vec![0u8; self.chunk];
+        while got < length {
+            let want = buf.len().min((length - got) as usize);
+            let n = conn
+                .read(&mut buf[..want])
+                .await
+                .map_err(|_| "body cut short".to_string())?;
+            if n == 0 {
+                return Err("body cut short".into());
+            }
+            got += n as u64;
+            if self.kind == Kind::SlowReader {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        if status != 200 {
+            return Err(format!("status {status}"));
+        }
+        if got != file.bytes {
+            return Err("wrong body".into());
+        }
+        if !close {
+            self.conn = Some(conn);
+        }
+        Ok(got)
+    }
+}
+
+/// Reads a response head: (status, content-length, connection: close, the
+/// body bytes read past the head).
+async fn read_head(conn: &mut TcpStream) -> Result<(u16, u64, bool, Vec<u8>), String> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut tmp = [0u8; 4096];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        if buf.len() > MAX_HEAD {
+            return Err("response head too large".into());
+        }
+        let n = conn
+            .read(&mut tmp)
+            .await
+            .map_err(|_| "connection error".to_string())?;
+        if n == 0 {
+            return Err("connection error".into());
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| "bad status line".to_string())?;
+    let (mut length, mut close) = (None, false);
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+        if k == "content-length" {
+            length = v.parse::<u64>().ok();
+        } else if k == "connection" && v.eq_ignore_ascii_case("close") {
+            close = true;
+        }
+    }
+    let length = length.ok_or_else(|| format!("status {status} without content-length"))?;
+    Ok((status, length, close, buf[end + 4..].to_vec()))
+}

@@ -1,0 +1,474 @@
+//! The rehearsal's world: three network namespaces (the two datacenters and
+//! the internet), the links between them, the sites' files, one `ferry
+//! agent` per filer on each side, two shop servers and two routers per DC,
+//! and `migrate.toml` as the orchestrator (in the destination DC) sees it.
+//!
+//! Addresses (private, and only inside the namespaces):
+//!
+//! ```text
+//!   par 10.213.1.1 ==== wan (netem: latency, rate) ==== 10.213.1.2 gra
+//!   par 10.213.3.2 ---- inet 10.213.3.1   inet 10.213.2.1 ---- 10.213.2.2 gra
+//! ```
+//!
+//! Every server binds 0.0.0.0 inside its namespace on a fixed port (a fresh
+//! namespace has every port free): routers 8081/8082 (traffic) and
+//! 9101/9102 (admin), agents 7701.. (one per filer).
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ferry_demo::app::{AppConfig, AppServer};
+use ferry_demo::topology::{self, Router, RouterAddrs, Site, DESTINATION, SOURCE, TOKEN};
+
+use crate::netns::{Applied, End, Link, Namespace, Netem};
+
+/// Namespace names start with this (then the pid, then the role).
+pub const PREFIX: &str = "ferry";
+/// The agents' pre-shared key (inside the namespaces only).
+const AGENT_KEY: &str = "ferry-rehearse-agent-key";
+
+pub const PAR_WAN: Ipv4Addr = Ipv4Addr::new(10, 213, 1, 1);
+pub const GRA_WAN: Ipv4Addr = Ipv4Addr::new(10, 213, 1, 2);
+const INET_GRA: Ipv4Addr = Ipv4Addr::new(10, 213, 2, 1);
+pub const GRA_PUBLIC: Ipv4Addr = Ipv4Addr::new(10, 213, 2, 2);
+const INET_PAR: Ipv4Addr = Ipv4Addr::new(10, 213, 3, 1);
+pub const PAR_PUBLIC: Ipv4Addr = Ipv4Addr::new(10, 213, 3, 2);
+const TRAFFIC_PORT: u16 = 8080;
+const ADMIN_PORT: u16 = 9100;
+pub const AGENT_PORT: u16 = 7700;
+
+/// The three namespaces, their runtimes and the link that is measured.
+/// Dropping it stops the runtimes (their tasks and children), then deletes
+/// the namespaces (killing anything still inside).
+pub struct Net {
+    pub par: Namespace,
+    pub gra: Namespace,
+    pub inet: Namespace,
+    /// The measured link (kept for re-shaping: partition tests).
+    _wan: Link,
+    /// What the shaping of the wan could apply on this kernel.
+    pub applied: Applied,
+    runtimes: Runtimes,
+}
+
+/// Tokio runtimes whose threads live in a namespace; shut down without
+/// waiting on drop (dropping a runtime inside another one would panic).
+struct Runtimes(Vec<Option<tokio::runtime::Runtime>>);
+
+impl Drop for Runtimes {
+    fn drop(&mut self) {
+        for rt in self.0.iter_mut().filter_map(Option::take) {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Which namespace's runtime.
+#[derive(Clone, Copy)]
+pub enum Place {
+    Par,
+    Gra,
+    Inet,
+}
+
+impl Net {
+    /// Creates the namespaces and links; `netem` shapes the wan both ways.
+    pub fn create(netem: &Netem) -> anyhow::Result<Net> {
+        let par = Namespace::create(PREFIX, "par")?;
+        let gra = Namespace::create(PREFIX, "gra")?;
+        let inet = Namespace::create(PREFIX, "inet")?;
+        let end = |ns, dev, addr| End {
+            ns,
+            dev,
+            addr,
+            prefix_len: 24,
+        };
+        let wan = Link::veth(end(&par, "wan", PAR_WAN), end(&gra, "wan", GRA_WAN))?;
+        let applied = wan.shape(netem)?;
+        Link::veth(
+            end(&inet, "to-gra", INET_GRA),
+            end(&gra, "public", GRA_PUBLIC),
+        )?;
+        Link::veth(
+            end(&inet, "to-par", INET_PAR),
+            end(&par, "public", PAR_PUBLIC),
+        )?;
+        let runtimes = Runtimes(vec![
+            Some(par.runtime(2)?),
+            Some(gra.runtime(2)?),
+            Some(inet.runtime(2)?),
+        ]);
+        Ok(Net {
+            par,
+            gra,
+            inet,
+            _wan: wan,
+            applied,
+            runtimes,
+        })
+    }
+
+    /// A handle to spawn on the runtime living in `place`.
+    pub fn handle(&self, place: Place) -> tokio::runtime::Handle {
+        let i = match place {
+            Place::Par => 0,
+            Place::Gra => 1,
+            Place::Inet => 2,
+        };
+        match &self.runtimes.0[i] {
+            Some(rt) => rt.handle().clone(),
+            // Only Drop takes them.
+            None => unreachable!("runtimes live as long as the Net"),
+        }
+    }
+
+    /// The wan's round trip as TCP sees it: the fastest of five connects
+    /// from the destination to a port listening at the source.
+    pub fn wan_rtt(&self, port: u16) -> Option<Duration> {
+        let to = SocketAddr::from((PAR_WAN, port));
+        self.gra
+            .run(|| {
+                (0..5)
+                    .filter_map(|_| {
+                        let t0 = Instant::now();
+                        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                            .ok()
+                            .map(|_| t0.elapsed())
+                    })
+                    .min()
+            })
+            .ok()
+            .flatten()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        [&self.par, &self.gra, &self.inet]
+            .iter()
+            .map(|n| n.name().to_string())
+            .collect()
+    }
+}
+
+/// The sites' files: the demo's (an index, 20 small assets, an orders.log
+/// per site) and, on a few sites per filer, large media files. Returns the
+/// sites and, per large file, (site index, path, bytes).
+pub fn write_sites(
+    work: &Path,
+    sites: u32,
+    filers: u32,
+    large_bytes: u64,
+) -> anyhow::Result<(Vec<Site>, Vec<LargeFile>)> {
+    let par_root = work.join(SOURCE);
+    let list = topology::generate_sites(&par_root, sites, filers)?;
+    let mut large = Vec::new();
+    // Two large files on each of the first two sites of every filer.
+    let per_filer = 2.min(sites / filers.max(1)).max(1) as usize;
+    for (i, site) in list.iter().enumerate() {
+        if i / filers as usize >= per_filer {
+            break;
+        }
+        let dir = site.dir(&par_root).join("media");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for n in 1..=2 {
+            let rel = format!("media/video-{n}.bin");
+            let bytes = large_bytes / n;
+            std::fs::write(
+                site.dir(&par_root).join(&rel),
+                pattern(i as u64 * 7 + n, bytes),
+            )?;
+            large.push(LargeFile {
+                site: i,
+                path: rel,
+                bytes,
+            });
+        }
+    }
+    for f in 0..filers {
+        std::fs::create_dir_all(work.join(DESTINATION).join(topology::filer_name(f)))?;
+    }
+    Ok((list, large))
+}
+
+/// A large file a download client fetches.
+#[derive(Clone, Debug)]
+pub struct LargeFile {
+    pub site: usize,
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// Bytes that do not compress (xorshift), so the link carries them all.
+fn pattern(seed: u64, len: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len as usize + 8);
+    while (v.len() as u64) < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len as usize);
+    v
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One `ferry agent` per filer in each DC, serving the filer's copy as
+/// volume `<filer>` on port 7700 + n.
+pub fn start_agents(exe: &Path, net: &Net, work: &Path, filers: u32) -> anyhow::Result<Vec<Proc>> {
+    let mut procs = Vec::new();
+    for (dc, ns) in [(SOURCE, &net.par), (DESTINATION, &net.gra)] {
+        for f in 0..filers {
+            let filer = topology::filer_name(f);
+            let dir = work.join("agents").join(dc).join(&filer);
+            std::fs::create_dir_all(&dir)?;
+            let conf = dir.join("agent.toml");
+            std::fs::write(
+                &conf,
+                format!(
+                    "listen = \"0.0.0.0:{}\"\nkey = \"{AGENT_KEY}\"\nmax_connections = 64\n\n[volumes.{filer}]\npath = {:?}\n",
+                    AGENT_PORT + 1 + f as u16,
+                    work.join(dc).join(&filer).display().to_string()
+                ),
+            )?;
+            let log = dir.join("stderr.log");
+            let child = ns
+                .command(exe)
+                .args(["--log-level", "warn", "agent", "--config"])
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log)?)
+                .spawn()
+                .with_context(|| format!("starting the agent of {filer} in {dc}"))?;
+            procs.push(Proc {
+                name: format!("{dc}/{filer}"),
+                child,
+                log,
+            });
+        }
+    }
+    // Ready when its port accepts, from inside its namespace.
+    for (i, p) in procs.iter_mut().enumerate() {
+        let ns = if i < filers as usize {
+            &net.par
+        } else {
+            &net.gra
+        };
+        let port = AGENT_PORT + 1 + (i as u32 % filers) as u16;
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let up = ns.run(|| {
+                std::net::TcpStream::connect_timeout(
+                    &SocketAddr::from(([127, 0, 0, 1], port)),
+                    Duration::from_secs(1),
+                )
+                .is_ok()
+            })?;
+            if up {
+                break;
+            }
+            if let Some(status) = p.child.try_wait()? {
+                bail!(
+                    "agent {} exited ({status}) before it listened: {}",
+                    p.name,
+                    std::fs::read_to_string(&p.log).unwrap_or_default()
+                );
+            }
+            if Instant::now() > end {
+                bail!("agent {} not listening after 30s", p.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(procs)
+}
+
+/// Every shop server's name and address (127.0.0.1 inside its DC).
+pub type Pool = Vec<(String, SocketAddr)>;
+
+/// Two shop servers per DC (the demo's app), on that DC's runtime, each
+/// serving its DC's copy of the filers.
+pub async fn start_shops(
+    net: &Net,
+    work: &Path,
+    sites: &[Site],
+) -> anyhow::Result<(Vec<AppServer>, Pool, Pool)> {
+    let mut apps = Vec::new();
+    let mut pools = (Pool::new(), Pool::new());
+    for (dc, place) in [(SOURCE, Place::Par), (DESTINATION, Place::Gra)] {
+        let root = work.join(dc);
+        for n in 1..=2 {
+            let name = format!("{dc}-web-{n}");
+            let config = Arc::new(AppConfig {
+                dc: dc.to_string(),
+                name: name.clone(),
+                sites: sites
+                    .iter()
+                    .map(|s| (s.host.clone(), s.dir(&root)))
+                    .collect(),
+            });
+            let app = net.handle(place).spawn(AppServer::start(config)).await??;
+            let pool = if dc == SOURCE {
+                &mut pools.0
+            } else {
+                &mut pools.1
+            };
+            pool.push((name, app.addr));
+            apps.push(app);
+        }
+    }
+    Ok((apps, pools.0, pools.1))
+}
+
+/// A router and where the others reach it.
+pub struct RouterAt {
+    pub router: Router,
+    pub name: String,
+    pub dc: &'static str,
+    /// Its port number n (1 or 2): traffic 8080 + n, admin 9100 + n.
+    pub n: u16,
+}
+
+impl RouterAt {
+    /// Its traffic address as the internet sees it.
+    pub fn public(&self) -> SocketAddr {
+        let ip = if self.dc == SOURCE {
+            PAR_PUBLIC
+        } else {
+            GRA_PUBLIC
+        };
+        SocketAddr::from((ip, TRAFFIC_PORT + self.n))
+    }
+
+    /// As the orchestrator (in the destination DC) sees it: (admin, traffic).
+    fn seen_from_gra(&self) -> (SocketAddr, SocketAddr) {
+        let ip = if self.dc == SOURCE {
+            PAR_WAN
+        } else {
+            Ipv4Addr::LOCALHOST
+        };
+        (
+            SocketAddr::from((ip, ADMIN_PORT + self.n)),
+            SocketAddr::from((ip, TRAFFIC_PORT + self.n)),
+        )
+    }
+}
+
+/// Two routers per DC: par-n serves the sites from its pool; gra-n, where
+/// the public IP points, forwards them over the wan to par-n until the flip.
+pub fn start_routers(
+    exe: &Path,
+    net: &Net,
+    work: &Path,
+    sites: &[Site],
+    par_pool: &Pool,
+    gra_pool: &Pool,
+) -> anyhow::Result<Vec<RouterAt>> {
+    let mut out = Vec::new();
+    for (dc, ns, pool) in [
+        (SOURCE, &net.par, par_pool),
+        (DESTINATION, &net.gra, gra_pool),
+    ] {
+        for n in 1..=2u16 {
+            let name = format!("{dc}-{n}");
+            let (remote, remote_ip, placement) = if dc == SOURCE {
+                (DESTINATION, GRA_WAN, "pool:par-web".to_string())
+            } else {
+                (SOURCE, PAR_WAN, format!("remote:{SOURCE}"))
+            };
+            let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+            let conf = topology::router_config_at(
+                &name,
+                RouterAddrs {
+                    listen: any(TRAFFIC_PORT + n),
+                    admin: any(ADMIN_PORT + n),
+                    remote: (remote, SocketAddr::from((remote_ip, TRAFFIC_PORT + n))),
+                },
+                &format!("{dc}-web"),
+                pool,
+                sites,
+                &placement,
+            );
+            let dir = work.join("routers").join(&name);
+            let router = ns.run(|| Router::start(exe, &dir, &name, &conf))??;
+            out.push(RouterAt {
+                router,
+                name,
+                dc,
+                n,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// How the night is run (`[freeze]` of migrate.toml).
+pub struct FreezeSettings {
+    pub max_freeze: Duration,
+    pub drain_timeout: Duration,
+}
+
+/// `migrate.toml` as the orchestrator in the destination DC sees the world.
+pub fn migrate_config(routers: &[RouterAt], filers: u32, freeze: &FreezeSettings) -> String {
+    let mut c = format!(
+        "source = \"{SOURCE}\"\ndestination = \"{DESTINATION}\"\n\n[datacenters.{SOURCE}]\npool = \"{SOURCE}-web\"\n[datacenters.{DESTINATION}]\npool = \"{DESTINATION}-web\"\n"
+    );
+    for r in routers {
+        let (admin, traffic) = r.seen_from_gra();
+        let _ = write!(
+            c,
+            "\n[[routers]]\nname = \"{}\"\ndatacenter = \"{}\"\nadmin = \"http://{admin}\"\ntraffic = \"http://{traffic}\"\ntoken = \"{TOKEN}\"\n",
+            r.name, r.dc
+        );
+    }
+    for f in 0..filers {
+        let filer = topology::filer_name(f);
+        let port = AGENT_PORT + 1 + f as u16;
+        let _ = write!(
+            c,
+            "\n[filers.{filer}]\nsource = \"ferry://{PAR_WAN}:{port}/{filer}\"\ndestination = \"ferry://127.0.0.1:{port}/{filer}\"\nkey = \"{AGENT_KEY}\"\n"
+        );
+    }
+    let secs = |d: Duration| format!("{}ms", d.as_millis());
+    let _ = write!(
+        c,
+        r#"
+[copy]
+mode = "file"
+max_passes = 10
+checksum = false
+
+[freeze]
+max_freeze = "{}"
+drain_timeout = "{}"
+retry_after = "1s"
+max_attempts = 5
+
+[check]
+via = "{DESTINATION}-1"
+path = "/"
+timeout = "5s"
+"#,
+        secs(freeze.max_freeze),
+        secs(freeze.drain_timeout)
+    );
+    c
+}
