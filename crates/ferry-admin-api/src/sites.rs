@@ -54,8 +54,47 @@ pub struct Site {
     pub epoch: u64,
     /// Requests held because the site is frozen.
     pub held: u64,
-    /// Requests forwarded and not finished yet.
+    /// Requests forwarded that could still write at the source: not
+    /// finished, and not yet answered with a committed answer (a fixed
+    /// length after a whole request body; such an answer streams on to its
+    /// client without counting, see ARCHITECTURE.md, "Stragglers at a freeze").
     pub in_flight: u64,
+    /// While the site is frozen (routers that know it): what its drain
+    /// deadline did. Absent from older routers and for sites not frozen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stragglers: Option<Stragglers>,
+}
+
+/// What a router did with a frozen site's requests at its drain deadline
+/// (`[router] drain_timeout` after the freeze): the requests cut because
+/// they could still write at the source, by reason, and those kept. A
+/// freeze's acknowledgement (`in_flight` 0) lists these in the journal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stragglers {
+    /// The deadline has passed: the counts are final for this epoch.
+    #[serde(default)]
+    pub deadline_passed: bool,
+    /// Uploads still sending their body.
+    #[serde(default)]
+    pub upload: u64,
+    /// Safe requests (GET, HEAD, OPTIONS) still waiting for their answer.
+    #[serde(default)]
+    pub long_poll: u64,
+    /// Answers without a fixed length still streaming (SSE, chunked).
+    #[serde(default)]
+    pub stream: u64,
+    /// Unsafe requests still waiting for their answer: not cut (their
+    /// application may be writing; closing the connection would not stop
+    /// it), still in flight until they end or `request_timeout`.
+    #[serde(default)]
+    pub kept: u64,
+}
+
+impl Stragglers {
+    /// Requests cut, every reason.
+    pub fn cut(&self) -> u64 {
+        self.upload + self.long_poll + self.stream
+    }
 }
 
 impl Site {

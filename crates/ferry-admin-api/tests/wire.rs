@@ -62,3 +62,47 @@ fn a_tunnel_without_galera_reads_and_writes_null() {
     let t: Tunnel = serde_json::from_value(v.clone()).unwrap();
     assert_eq!(serde_json::to_value(&t).unwrap(), v);
 }
+
+#[test]
+fn a_site_answer_grows_its_stragglers_compatibly() {
+    use ferry_admin_api::sites::{Site, Stragglers};
+    // From a router before stragglers: no field, read as None.
+    let old: Site = serde_json::from_value(json!({
+        "host": "a.com", "placement": "pool:web", "state": "frozen",
+        "epoch": 2, "held": 0, "in_flight": 0
+    }))
+    .unwrap();
+    assert_eq!(old.stragglers, None);
+    // Not frozen: the field is left out, so older readers see the old shape.
+    let active = Site {
+        state: SiteState::Active,
+        ..old.clone()
+    };
+    assert!(serde_json::to_value(&active)
+        .unwrap()
+        .get("stragglers")
+        .is_none());
+    let cut = Site {
+        stragglers: Some(Stragglers {
+            deadline_passed: true,
+            upload: 1,
+            long_poll: 2,
+            stream: 3,
+            kept: 0,
+        }),
+        ..old
+    };
+    let v = serde_json::to_value(&cut).unwrap();
+    assert_eq!(
+        v["stragglers"],
+        json!({"deadline_passed": true, "upload": 1, "long_poll": 2, "stream": 3, "kept": 0})
+    );
+    let back: Site = serde_json::from_value(v).unwrap();
+    assert_eq!(back.stragglers.map(|s| s.cut()), Some(6));
+    // A newer router may add reasons: unknown ones are ignored, missing ones are 0.
+    let newer: Stragglers = serde_json::from_value(json!({"upload": 1, "websocket": 4})).unwrap();
+    assert_eq!(
+        (newer.upload, newer.stream, newer.deadline_passed),
+        (1, 0, false)
+    );
+}

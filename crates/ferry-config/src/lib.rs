@@ -214,6 +214,11 @@ pub struct RouterSettings {
     /// A request or response body that moves no byte for this long is cut
     /// (client not sending, client not reading, server not sending).
     pub body_timeout: Duration,
+    /// How long after a site is frozen its requests that could still write
+    /// at the source may go on; then they are cut (`straggler.rs` in
+    /// ferry-proxy). Below `hold_max`, so the requests held at the freeze
+    /// outlive its drain.
+    pub drain_timeout: Duration,
 }
 
 /// Where access log lines go.

@@ -74,6 +74,7 @@ pub(crate) struct RawRouter {
     pub header_timeout: Option<S<String>>,
     pub keepalive_timeout: Option<S<String>>,
     pub body_timeout: Option<S<String>>,
+    pub drain_timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

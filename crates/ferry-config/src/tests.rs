@@ -1119,6 +1119,34 @@ fn connection_caps_and_client_deadlines() {
     );
 }
 
+#[test]
+fn the_drain_deadline_is_below_hold_max() {
+    let r = ok(MINIMAL).router;
+    assert_eq!(r.drain_timeout, Duration::from_secs(5));
+    assert!(r.drain_timeout < r.hold_max, "the defaults are coherent");
+    let with = |extra: &str| MINIMAL.replace("name = \"dc1\"", &format!("name = \"dc1\"\n{extra}"));
+    assert_eq!(
+        ok(&with("drain_timeout = \"2s\"")).router.drain_timeout,
+        Duration::from_secs(2)
+    );
+    refused_at(
+        &with("drain_timeout = \"10s\""),
+        "drain_timeout",
+        &["drain_timeout (10s) must be below hold_max (10s)", "503"],
+    );
+    // hold_max lowered under the default drain: the line that did it is named.
+    refused_at(
+        &with("hold_max = \"3s\""),
+        "hold_max",
+        &["drain_timeout (5s)", "hold_max (3s)"],
+    );
+    refused_at(
+        &with("drain_timeout = \"0s\""),
+        "drain_timeout",
+        &["drain_timeout must be above 0"],
+    );
+}
+
 const SCALED: &str = r#"
 [router]
 name = "dc1"

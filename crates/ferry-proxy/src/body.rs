@@ -28,11 +28,12 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::deadline::{BodyDeadline, BodyStalled, BoxError};
 use crate::stats::Stalled;
+use crate::straggler::Cuttable;
 
 pub enum ProxyBody {
     Full(Full<Bytes>),
     Upstream {
-        body: BodyDeadline<Incoming>,
+        body: BodyDeadline<Cuttable<Incoming>>,
         _in_flight: Option<Tracked>,
         _server: Option<Pick>,
     },
@@ -43,8 +44,8 @@ pub enum ProxyBody {
 /// What a [`ProxyBody::Watched`] shares with its watchdog.
 pub struct Slot {
     /// `None` once finished or cut.
-    body: Option<BodyDeadline<Incoming>>,
-    counts: Option<(Tracked, Option<Pick>)>,
+    body: Option<BodyDeadline<Cuttable<Incoming>>>,
+    counts: Option<(Option<Tracked>, Option<Pick>)>,
     /// When hyper last took a frame; `None` while it waits on the upstream
     /// (that stall is `BodyDeadline`'s to judge).
     taken_at: Option<Instant>,
@@ -55,8 +56,8 @@ impl ProxyBody {
     /// An upstream body watched for a client that stops taking frames;
     /// starts its watchdog.
     pub fn watched(
-        body: BodyDeadline<Incoming>,
-        in_flight: Tracked,
+        body: BodyDeadline<Cuttable<Incoming>>,
+        in_flight: Option<Tracked>,
         server: Option<Pick>,
         timeout: Duration,
         metrics: Arc<crate::metrics::Metrics>,

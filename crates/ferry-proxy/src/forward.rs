@@ -24,6 +24,7 @@ use crate::hold::{Hold, Unrouted};
 use crate::metrics::Histogram;
 use crate::state::{Settings, Shared};
 use crate::stats::Stalled;
+use crate::straggler::{Cuttable, InFlight};
 use crate::upstream::{UpBody, UpstreamError};
 
 fn version_str(v: Version) -> &'static str {
@@ -181,27 +182,43 @@ async fn route_request(
     if let Some(resp) = maintenance_answer(&settings, conn, &route) {
         return Routed::answered(resp, host_str, Some(SiteState::Maintenance));
     }
+    let straggler =
+        shared
+            .stragglers
+            .register(route.site, req.method(), req.body().is_end_stream());
     let exchange = Exchange {
         shared,
         settings: &settings,
         conn,
         host: host.as_str(),
         in_flight: shared.table.track(route.site, false),
+        straggler: straggler.clone(),
         want_label: log,
     };
-    let (resp, upstream) = match route.placement.as_ref() {
-        Placement::Pool(pool_name) => forward_local(exchange, &route, pool_name, req).await,
-        Placement::Remote(dc) if via == Via::OtherRouter => {
-            // The other router sent it here because it thinks the site lives
-            // here; we think it lives there. Refuse rather than ping-pong.
-            count(&shared.metrics.loops);
-            let msg = format!("site {host} is placed in {dc} by both routers");
-            (
-                text(StatusCode::LOOP_DETECTED, &msg),
-                format!("remote:{dc}"),
-            )
+    // Cut at a freeze's drain deadline while it still waits for its answer
+    // (`straggler.rs`): the exchange is dropped, the upstream connection with it.
+    let forwarded = async {
+        match route.placement.as_ref() {
+            Placement::Pool(pool_name) => forward_local(exchange, &route, pool_name, req).await,
+            Placement::Remote(dc) if via == Via::OtherRouter => {
+                // The other router sent it here because it thinks the site lives
+                // here; we think it lives there. Refuse rather than ping-pong.
+                count(&shared.metrics.loops);
+                let msg = format!("site {host} is placed in {dc} by both routers");
+                (
+                    text(StatusCode::LOOP_DETECTED, &msg),
+                    format!("remote:{dc}"),
+                )
+            }
+            Placement::Remote(dc) => forward_remote(exchange, dc, req).await,
         }
-        Placement::Remote(dc) => forward_remote(exchange, dc, req).await,
+    };
+    let (resp, upstream) = match straggler.unless_cut(forwarded).await {
+        Some(forwarded) => forwarded,
+        None => (
+            crate::straggler::cut_answer(settings.retry_after),
+            "-".into(),
+        ),
     };
     Routed {
         resp,
@@ -326,15 +343,17 @@ struct Exchange<'a> {
     host: &'a str,
     /// Counts the request in flight for its site until its response body ends.
     in_flight: Tracked,
+    /// Registered for a freeze's drain deadline (`straggler.rs`).
+    straggler: InFlight,
     /// The access log wants the upstream label.
     want_label: bool,
 }
 
 impl Exchange<'_> {
     /// The client's request body, cut if it stops for `body_timeout`.
-    fn client_body(&self, body: Incoming) -> BodyDeadline<Incoming> {
+    fn client_body(&self, body: Incoming) -> BodyDeadline<Cuttable<Incoming>> {
         BodyDeadline::new(
-            body,
+            self.straggler.request_body(body),
             self.settings.body_timeout,
             Stalled::ClientSend,
             Arc::clone(&self.shared.metrics),
@@ -348,6 +367,8 @@ impl Exchange<'_> {
         let (shared, settings) = (self.shared, self.settings);
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // A committed answer stops counting in flight (`straggler.rs`).
+        let (body, in_flight) = self.straggler.answered(body, self.in_flight);
         let body = BodyDeadline::new(
             body,
             settings.body_timeout,
@@ -357,7 +378,7 @@ impl Exchange<'_> {
         let body = if self.conn.h2 {
             ProxyBody::watched(
                 body,
-                self.in_flight,
+                in_flight,
                 pick,
                 settings.body_timeout,
                 Arc::clone(&shared.metrics),
@@ -365,7 +386,7 @@ impl Exchange<'_> {
         } else {
             ProxyBody::Upstream {
                 body,
-                _in_flight: Some(self.in_flight),
+                _in_flight: in_flight,
                 _server: pick,
             }
         };

@@ -36,6 +36,7 @@ mod server;
 mod settle;
 mod state;
 mod stats;
+mod straggler;
 mod tls;
 mod tunnel;
 mod upstream;

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub accept: crate::stats::AcceptStats,
     /// Body stalls, idle keep-alive closes, silent connections.
     pub deadlines: crate::stats::DeadlineStats,
+    /// Requests cut at freezes' drain deadlines (`straggler.rs`).
+    pub stragglers: crate::straggler::StragglerCounts,
     upstream: RwLock<HashMap<String, Arc<Histogram>>>,
 }
 
@@ -177,6 +179,7 @@ impl Metrics {
         self.passthrough.render(out);
         self.accept.render(out);
         self.deadlines.render(out);
+        self.stragglers.render(out);
         let map = self.upstream.read();
         let mut pools: Vec<_> = map.iter().collect();
         pools.sort_by(|a, b| a.0.cmp(b.0));

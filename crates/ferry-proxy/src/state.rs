@@ -84,6 +84,9 @@ pub(crate) struct Settings {
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub body_timeout: Duration,
+    /// A frozen site's requests that could still write are cut this long
+    /// after the freeze (`straggler.rs`).
+    pub drain_timeout: Duration,
 }
 
 /// Who may call the admin API.
@@ -134,6 +137,9 @@ pub(crate) struct Shared {
     pub table: Arc<HostTable>,
     pub store: Arc<dyn Store>,
     pub holds: Holds,
+    /// Requests forwarded, by site, and the freezes' drain deadlines
+    /// (`straggler.rs`).
+    pub stragglers: Arc<crate::straggler::Stragglers>,
     pub metrics: Arc<Metrics>,
     pub upstream: Upstream,
     pub access_log: ArcSwap<AccessLogger>,
@@ -163,6 +169,7 @@ impl Settings {
             header_timeout: c.router.header_timeout,
             keepalive_timeout: c.router.keepalive_timeout,
             body_timeout: c.router.body_timeout,
+            drain_timeout: c.router.drain_timeout,
         }
     }
 }
@@ -267,7 +274,7 @@ impl Shared {
         let table = Arc::new(HostTable::new());
         table.set_default_site(config.router.default_site.clone());
         seed(&table, &config, store.as_ref())?;
-        let metrics = Metrics::default();
+        let metrics = Arc::new(Metrics::default());
         let pools = build_pools(&config, None, &metrics);
         for (pool, server, state) in store.server_states().map_err(ProxyError::Store)? {
             if let Some(s) = pools.pools.get(&pool).and_then(|p| p.pool.server(&server)) {
@@ -282,7 +289,8 @@ impl Shared {
             table,
             store,
             holds: Holds::default(),
-            metrics: Arc::new(metrics),
+            stragglers: Arc::new(crate::straggler::Stragglers::new(Arc::clone(&metrics))),
+            metrics,
             upstream,
             access_log: ArcSwap::from_pointee(AccessLogger::open(
                 &config.router.access_log,

@@ -30,7 +30,8 @@ use crate::proxy_protocol;
 
 /// A request body on its way upstream: the client's (cut if it stalls for
 /// `body_timeout`) or none.
-pub(crate) type UpBody = Either<crate::deadline::BodyDeadline<Incoming>, Empty<Bytes>>;
+pub(crate) type UpBody =
+    Either<crate::deadline::BodyDeadline<crate::straggler::Cuttable<Incoming>>, Empty<Bytes>>;
 
 /// Why an upstream exchange failed, and whether it may be retried elsewhere.
 #[derive(Debug)]

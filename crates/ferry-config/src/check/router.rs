@@ -31,6 +31,14 @@ const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// stream survives, a client that stopped reading holds its request (and a
 /// cutover's drain) for at most this long without progress.
 const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The router's share of a freeze: requests of a frozen site that could
+/// still write at the source get this long to finish before they are cut.
+/// Half of `hold_max`'s default, so the requests held at the freeze outlive
+/// the drain with room for the final copy, and below the orchestrator's
+/// `[freeze] drain_timeout` default (10 s), so the cut lands before the
+/// orchestrator gives the attempt up. Not `body_timeout` (30 s): that bounds
+/// a body that stopped moving, not one that moves slowly.
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The admin API's own connection cap: a handful of operators, `ferry ctl`
 /// and the orchestrator; small, so a flood of admin connections cannot use
 /// the file descriptors traffic needs.
@@ -89,11 +97,35 @@ impl Cx<'_> {
             Some(s) => Some(self.resolve(s.get_ref())),
             None => None,
         };
+        let hold_max = self.duration("hold_max", r.hold_max.as_ref(), DEFAULT_HOLD_MAX)?;
+        let drain_timeout = self.positive_duration(
+            "drain_timeout",
+            r.drain_timeout.as_ref(),
+            DEFAULT_DRAIN_TIMEOUT,
+        )?;
+        // A request that arrives as the freeze begins is held up to hold_max;
+        // the drain must end before that, or every such request gets a 503
+        // while the router still waits for the old ones.
+        if drain_timeout >= hold_max {
+            let span = r
+                .drain_timeout
+                .as_ref()
+                .or(r.hold_max.as_ref())
+                .map(|s| s.span())
+                .unwrap_or_else(|| r.name.span());
+            return Err(self.error(
+                span,
+                format!(
+                    "drain_timeout ({drain_timeout:?}) must be below hold_max ({hold_max:?}): \
+                     requests held when a freeze begins would get 503 before its drain ends"
+                ),
+            ));
+        }
         Ok(RouterSettings {
             name,
             sites_file,
             observed_uses_file,
-            hold_max: self.duration("hold_max", r.hold_max.as_ref(), DEFAULT_HOLD_MAX)?,
+            hold_max,
             retry_after: r.retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
             store,
             access_log,
@@ -132,6 +164,7 @@ impl Cx<'_> {
                 r.body_timeout.as_ref(),
                 DEFAULT_BODY_TIMEOUT,
             )?,
+            drain_timeout,
         })
     }
 

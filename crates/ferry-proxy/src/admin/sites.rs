@@ -7,10 +7,11 @@ use std::collections::HashSet;
 use ferry_admin_api::routes;
 use ferry_admin_api::sites::{
     AbsentSite, Applied, Conflict, HostList, QueriedSite, QueryAnswer, Removed, Site, SiteBatch,
-    SiteChange as Change, SitePage, SiteRecord as ListedSite, StaleSite,
+    SiteChange as Change, SitePage, SiteRecord as ListedSite, StaleSite, Stragglers,
 };
-use ferry_model::{Epoch, Hostname, Placement, SiteRecord};
+use ferry_model::{Epoch, Hostname, Placement, SiteRecord, SiteState};
 use ferry_router::{ApplyError, Outcome, SiteChange, SiteId};
+use ferry_store::StoreError;
 use http::StatusCode;
 
 use super::{answer, error, ok, parse_host, read_body, Resp};
@@ -19,6 +20,19 @@ use crate::{Proxy, ProxyError};
 /// The API's view of a site the table has.
 fn site(proxy: &Proxy, rec: SiteRecord, id: SiteId) -> Site {
     let (held, in_flight) = proxy.shared.table.counters(id);
+    let stragglers = match rec.state {
+        SiteState::Frozen => proxy.shared.stragglers.cuts(id, rec.epoch).map(|c| {
+            let [upload, long_poll, stream] = c.cut;
+            Stragglers {
+                deadline_passed: c.deadline_passed,
+                upload,
+                long_poll,
+                stream,
+                kept: c.kept,
+            }
+        }),
+        _ => None,
+    };
     Site {
         host: rec.host.to_string(),
         placement: rec.placement.to_string(),
@@ -26,6 +40,7 @@ fn site(proxy: &Proxy, rec: SiteRecord, id: SiteId) -> Site {
         epoch: rec.epoch.0,
         held: held.into(),
         in_flight: in_flight.into(),
+        stragglers,
     }
 }
 
@@ -125,8 +140,10 @@ fn to_record(proxy: &Proxy, host: Hostname, c: Change) -> Result<SiteRecord, Str
 }
 
 /// Applies `records` as one batch (the epoch rule, the store first, held
-/// requests woken: `Shared::apply_sites`).
+/// requests woken: `Shared::apply_sites`); a site it freezes gets its drain
+/// deadline (`straggler.rs`), one it unfreezes loses it.
 fn apply(proxy: &Proxy, records: Vec<SiteRecord>) -> Resp {
+    let hosts: Vec<Hostname> = records.iter().map(|r| r.host.clone()).collect();
     let changes = records
         .into_iter()
         .map(|record| SiteChange {
@@ -136,6 +153,8 @@ fn apply(proxy: &Proxy, records: Vec<SiteRecord>) -> Resp {
         .collect();
     match proxy.shared.apply_sites(changes) {
         Ok(outcomes) => {
+            crate::control::await_applied(&proxy.shared);
+            drains(proxy, &hosts);
             let count = |k: Outcome| outcomes.iter().filter(|(_, o)| *o == k).count() as u64;
             ok(&Applied {
                 added: count(Outcome::Added),
@@ -162,10 +181,35 @@ fn apply(proxy: &Proxy, records: Vec<SiteRecord>) -> Resp {
             },
         ),
         Err(ApplyError::Invalid(e)) => error(StatusCode::BAD_REQUEST, e),
+        // etcd judged the batch against a newer record this router has not
+        // applied yet (another writer's): nothing was written.
+        Err(ApplyError::Persist(e @ StoreError::Stale { .. })) => {
+            error(StatusCode::CONFLICT, ProxyError::Store(e))
+        }
         Err(ApplyError::Persist(e)) => {
             error(StatusCode::INTERNAL_SERVER_ERROR, ProxyError::Store(e))
         }
     }
+}
+
+/// Arms the drain deadline of the sites of `hosts` now frozen (a replay of
+/// the same freeze keeps the first deadline) and ends it for the others.
+fn drains(proxy: &Proxy, hosts: &[Hostname]) {
+    let shared = &proxy.shared;
+    let mut frozen = Vec::new();
+    let mut settled = Vec::new();
+    for h in hosts {
+        match shared.table.get(h) {
+            Some(r) if r.state == SiteState::Frozen => {
+                frozen.push((r.site, r.epoch, h.to_string()));
+            }
+            Some(r) => settled.push(r.site),
+            None => {}
+        }
+    }
+    shared.stragglers.settled(&settled);
+    let after = shared.settings.load().drain_timeout;
+    shared.stragglers.frozen(&shared.table, frozen, after);
 }
 
 pub(super) fn put_one(proxy: &Proxy, raw: &str, body: &[u8]) -> Resp {
@@ -258,11 +302,18 @@ fn remove(proxy: &Proxy, hosts: Vec<Hostname>) -> Result<u64, Resp> {
     let shared = &proxy.shared;
     // Held like an apply's, so a reload never judges a stale snapshot.
     let _config = shared.config.lock();
+    let ids: Vec<SiteId> = hosts
+        .iter()
+        .filter_map(|h| shared.table.get(h).map(|r| r.site))
+        .collect();
     match shared
         .table
         .remove(&hosts, |h| shared.store.remove_sites(h))
     {
-        Ok(out) => Ok(out.iter().filter(|(_, o)| *o == Outcome::Removed).count() as u64),
+        Ok(out) => {
+            shared.stragglers.settled(&ids);
+            Ok(out.iter().filter(|(_, o)| *o == Outcome::Removed).count() as u64)
+        }
         Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
     }
 }

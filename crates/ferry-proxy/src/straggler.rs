@@ -1,0 +1,655 @@
+//! Stragglers at a freeze: the requests of a site still in flight when it is
+//! frozen, and the deadline after which those that could still write at the
+//! source are cut (the design note: ARCHITECTURE.md, "Stragglers at a
+//! freeze").
+//!
+//! Every forwarded request is registered under its site
+//! ([`Stragglers::register`], an [`InFlight`]) with what it has done so far:
+//! its request body is whole, its answer has begun. An answer that is
+//! *committed* (the request body whole, the upstream's head received with a
+//! fixed length) cannot carry a new write to the source: it leaves the
+//! registry and stops counting in flight for its site, and streams on to its
+//! client at the client's pace (a large download read slowly no longer holds
+//! a freeze). At `[router] drain_timeout` after a site is frozen
+//! ([`Stragglers::frozen`], from the admin API's site changes) each request
+//! of the site still registered gets a [`verdict`]: an upload still
+//! sending, a safe request still waiting for its answer (long polling) and an
+//! answer streamed without a length (SSE, chunked) are cut (the upstream
+//! connection is closed, so nothing more of them reaches the source; the
+//! client gets a 503 with Retry-After, or a cut body); a request with a
+//! whole body and an unsafe method whose answer has not begun is kept: its
+//! application may be writing now, and closing its connection would not stop
+//! that. It keeps the freeze from being acknowledged until it ends.
+//! Cuts are counted by reason (`ferry_stragglers_cut_total`), per site in
+//! the admin API's answer, and logged per site.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_model::{Epoch, SiteState};
+use ferry_router::{HostTable, SiteId, Tracked};
+use http::Method;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use parking_lot::Mutex;
+
+use crate::deadline::BoxError;
+use crate::metrics::Metrics;
+
+/// Why a request was cut at a freeze's drain deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CutReason {
+    /// Its request body was still on its way to the source.
+    Upload,
+    /// A safe request (GET, HEAD, OPTIONS, TRACE) still waiting for its answer.
+    LongPoll,
+    /// An answer without a fixed length (SSE, chunked): the application is
+    /// still producing it.
+    Stream,
+}
+
+impl CutReason {
+    pub const ALL: [CutReason; 3] = [CutReason::Upload, CutReason::LongPoll, CutReason::Stream];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CutReason::Upload => "upload",
+            CutReason::LongPoll => "long_poll",
+            CutReason::Stream => "stream",
+        }
+    }
+}
+
+/// What the drain deadline does with a request still registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Cut(CutReason),
+    /// An unsafe request whose application may be writing: not cut (that
+    /// would not stop the write), still counted in flight.
+    Keep,
+}
+
+/// The rule (pure, so it is tested alone): `safe` is the method's, `sent`
+/// says the request body is whole at the upstream, `answered` that the
+/// upstream's head arrived (an answer without a fixed length: committed
+/// answers are no longer registered).
+pub(crate) fn verdict(safe: bool, sent: bool, answered: bool) -> Verdict {
+    match (sent, answered) {
+        (false, _) => Verdict::Cut(CutReason::Upload),
+        (true, true) => Verdict::Cut(CutReason::Stream),
+        (true, false) if safe => Verdict::Cut(CutReason::LongPoll),
+        (true, false) => Verdict::Keep,
+    }
+}
+
+/// Cuts of one site at one freeze.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SiteCuts {
+    pub deadline_passed: bool,
+    pub cut: [u64; 3],
+    pub kept: u64,
+}
+
+impl SiteCuts {
+    fn count(&mut self, v: Verdict) {
+        match v {
+            Verdict::Cut(r) => self.cut[r as usize] += 1,
+            Verdict::Keep => self.kept += 1,
+        }
+    }
+}
+
+/// `ferry_stragglers_cut_total{reason}` and `ferry_stragglers_kept_total`.
+#[derive(Default)]
+pub(crate) struct StragglerCounts {
+    cut: [AtomicU64; 3],
+    kept: AtomicU64,
+}
+
+impl StragglerCounts {
+    fn add(&self, c: &SiteCuts) {
+        for (n, total) in c.cut.iter().zip(&self.cut) {
+            total.fetch_add(*n, Ordering::Relaxed);
+        }
+        self.kept.fetch_add(c.kept, Ordering::Relaxed);
+    }
+
+    pub fn cut(&self, r: CutReason) -> u64 {
+        self.cut[r as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP ferry_stragglers_cut_total Requests cut at a freeze's drain deadline because they could still write at the source, by reason.\n# TYPE ferry_stragglers_cut_total counter");
+        for r in CutReason::ALL {
+            let _ = writeln!(
+                out,
+                "ferry_stragglers_cut_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.cut(r)
+            );
+        }
+        let _ = writeln!(out, "# HELP ferry_stragglers_kept_total Unsafe requests still waiting for their answer at a freeze's drain deadline: not cut (their application may be writing), still in flight.\n# TYPE ferry_stragglers_kept_total counter\nferry_stragglers_kept_total {}", self.kept.load(Ordering::Relaxed));
+    }
+}
+
+/// Registries are sharded by site, so requests of different sites do not
+/// contend for one lock.
+const SHARDS: usize = 64;
+/// Sites named one by one in the log of one deadline; the others are summed
+/// up in one line.
+const LOGGED_SITES: usize = 20;
+
+/// The registry of forwarded requests, by site, and the freezes' drains.
+pub(crate) struct Stragglers {
+    shards: Box<[Mutex<Shard>]>,
+    next_id: AtomicU64,
+    /// Frozen sites: the epoch, the host (for the log) and the cuts so far.
+    drains: Mutex<HashMap<SiteId, Drain>>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Weak: a request leaves when its last handle goes (or when its answer
+    /// is committed).
+    entries: hashbrown::HashMap<u64, Weak<Entry>>,
+    /// Sites whose drain deadline passed at this epoch: a request registered
+    /// later (routed just before the freeze) is cut at once.
+    past_deadline: hashbrown::HashMap<SiteId, Epoch>,
+}
+
+struct Drain {
+    epoch: Epoch,
+    host: String,
+    cuts: SiteCuts,
+}
+
+/// One request as the registry sees it.
+struct Entry {
+    id: u64,
+    owner: Arc<Stragglers>,
+    site: SiteId,
+    safe: bool,
+    /// The request body is whole at the upstream.
+    sent: AtomicBool,
+    /// The upstream's head arrived (and the answer is not committed).
+    answered: AtomicBool,
+    cut: AtomicBool,
+    /// The request body's and the answer's pollers, woken by a cut.
+    wakers: Mutex<[Option<Waker>; 2]>,
+    /// The wait for the answer, woken by a cut.
+    notify: tokio::sync::Notify,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.owner.leave(self.site, self.id);
+    }
+}
+
+impl Entry {
+    fn cut(&self) {
+        self.cut.store(true, Ordering::Release);
+        let wakers = std::mem::take(&mut *self.wakers.lock());
+        for w in wakers.into_iter().flatten() {
+            w.wake();
+        }
+        self.notify.notify_waiters();
+    }
+
+    fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
+    }
+
+    /// Registers `cx` in `slot`, then says whether the request was cut (in
+    /// that order, so a cut in between is not missed).
+    fn poll_cut(&self, slot: usize, cx: &Context<'_>) -> bool {
+        {
+            let mut w = self.wakers.lock();
+            match &mut w[slot] {
+                Some(old) if old.will_wake(cx.waker()) => {}
+                s => *s = Some(cx.waker().clone()),
+            }
+        }
+        self.is_cut()
+    }
+}
+
+/// A registered request (its handles: the request body, the wait for the
+/// answer, the answer's body); it leaves the registry when the last goes.
+#[derive(Clone)]
+pub(crate) struct InFlight {
+    entry: Arc<Entry>,
+}
+
+/// The request body sent upstream and the answer's body: a cut makes them
+/// fail, which closes the upstream connection.
+#[derive(Debug, thiserror::Error)]
+#[error("cut at the freeze's drain deadline (drain_timeout): it could still write at the source")]
+pub(crate) struct CutAtDrain;
+
+impl Stragglers {
+    pub fn new(metrics: Arc<Metrics>) -> Stragglers {
+        Stragglers {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            next_id: AtomicU64::new(0),
+            drains: Mutex::default(),
+            metrics,
+        }
+    }
+
+    fn shard(&self, site: SiteId) -> &Mutex<Shard> {
+        &self.shards[site.0 as usize % SHARDS]
+    }
+
+    fn leave(&self, site: SiteId, id: u64) {
+        self.shard(site).lock().entries.remove(&id);
+    }
+
+    /// Registers a request of `site` about to be forwarded; `body_done`: it
+    /// has no request body (or an empty one).
+    pub fn register(self: &Arc<Self>, site: SiteId, method: &Method, body_done: bool) -> InFlight {
+        let safe = matches!(
+            *method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+        );
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(Entry {
+            id,
+            owner: Arc::clone(self),
+            site,
+            safe,
+            sent: AtomicBool::new(body_done),
+            answered: AtomicBool::new(false),
+            cut: AtomicBool::new(false),
+            wakers: Mutex::new([None, None]),
+            notify: tokio::sync::Notify::new(),
+        });
+        let late = {
+            let mut shard = self.shard(site).lock();
+            shard.entries.insert(id, Arc::downgrade(&entry));
+            shard.past_deadline.contains_key(&site)
+        };
+        let reg = InFlight { entry };
+        if late {
+            // Routed just before the freeze, registered after its deadline.
+            let v = reg.verdict();
+            if let Verdict::Cut(_) = v {
+                reg.entry.cut();
+            }
+            self.record(site, v);
+        }
+        reg
+    }
+
+    /// Sites just frozen (or frozen again, at a new epoch): their drain
+    /// deadline is `after` from now. Replays of the same freeze change nothing.
+    pub fn frozen(
+        self: &Arc<Self>,
+        table: &Arc<HostTable>,
+        sites: Vec<(SiteId, Epoch, String)>,
+        after: Duration,
+    ) {
+        let mut armed = Vec::new();
+        {
+            let mut drains = self.drains.lock();
+            for (site, epoch, host) in sites {
+                if drains.get(&site).is_some_and(|d| d.epoch == epoch) {
+                    continue;
+                }
+                drains.insert(
+                    site,
+                    Drain {
+                        epoch,
+                        host,
+                        cuts: SiteCuts::default(),
+                    },
+                );
+                self.shard(site).lock().past_deadline.remove(&site);
+                armed.push((site, epoch));
+            }
+        }
+        if armed.is_empty() {
+            return;
+        }
+        let (me, table) = (Arc::clone(self), Arc::clone(table));
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            me.deadline(&table, &armed);
+        });
+    }
+
+    /// Sites no longer frozen (flipped, abandoned, removed): their drains end.
+    pub fn settled(&self, sites: &[SiteId]) {
+        let mut drains = self.drains.lock();
+        for site in sites {
+            if drains.remove(site).is_some() {
+                self.shard(*site).lock().past_deadline.remove(site);
+            }
+        }
+    }
+
+    /// The cuts of `site` at the freeze of `epoch` (None: no drain at that
+    /// epoch, e.g. the site is not frozen).
+    pub fn cuts(&self, site: SiteId, epoch: Epoch) -> Option<SiteCuts> {
+        let drains = self.drains.lock();
+        drains
+            .get(&site)
+            .filter(|d| d.epoch == epoch)
+            .map(|d| d.cuts)
+    }
+
+    /// The drain deadline of `sites` (frozen at `epoch` each): every request
+    /// still registered gets its verdict, the cuts are counted and logged.
+    fn deadline(&self, table: &HostTable, sites: &[(SiteId, Epoch)]) {
+        let mut logged = 0usize;
+        let mut rest = (0usize, SiteCuts::default());
+        for &(site, epoch) in sites {
+            // Flipped or frozen again meanwhile: that change owns the site now.
+            if table.state_of(site) != Some((SiteState::Frozen, epoch)) {
+                continue;
+            }
+            let mut cuts = SiteCuts {
+                deadline_passed: true,
+                ..SiteCuts::default()
+            };
+            let of_site: Vec<Arc<Entry>> = {
+                let mut shard = self.shard(site).lock();
+                shard.past_deadline.insert(site, epoch);
+                shard
+                    .entries
+                    .values()
+                    .filter_map(Weak::upgrade)
+                    .filter(|e| e.site == site)
+                    .collect()
+            };
+            // Outside the lock: the last handle of an entry leaves the shard.
+            for e in of_site {
+                let v = verdict(
+                    e.safe,
+                    e.sent.load(Ordering::Acquire),
+                    e.answered.load(Ordering::Acquire),
+                );
+                if let Verdict::Cut(_) = v {
+                    e.cut();
+                }
+                cuts.count(v);
+            }
+            self.metrics.stragglers.add(&cuts);
+            let host = {
+                let mut drains = self.drains.lock();
+                match drains.get_mut(&site).filter(|d| d.epoch == epoch) {
+                    Some(d) => {
+                        d.cuts.deadline_passed = true;
+                        for (a, b) in d.cuts.cut.iter_mut().zip(cuts.cut) {
+                            *a += b;
+                        }
+                        d.cuts.kept += cuts.kept;
+                        d.host.clone()
+                    }
+                    None => continue,
+                }
+            };
+            if cuts.cut == [0; 3] && cuts.kept == 0 {
+                continue;
+            }
+            if logged < LOGGED_SITES {
+                logged += 1;
+                let [upload, long_poll, stream] = cuts.cut;
+                tracing::warn!(
+                    site = %host,
+                    epoch = epoch.0,
+                    upload,
+                    long_poll,
+                    stream,
+                    kept = cuts.kept,
+                    "freeze drain deadline: requests that could still write at the source were cut"
+                );
+            } else {
+                rest.0 += 1;
+                for (a, b) in rest.1.cut.iter_mut().zip(cuts.cut) {
+                    *a += b;
+                }
+                rest.1.kept += cuts.kept;
+            }
+        }
+        if rest.0 > 0 {
+            let [upload, long_poll, stream] = rest.1.cut;
+            tracing::warn!(
+                sites = rest.0,
+                upload,
+                long_poll,
+                stream,
+                kept = rest.1.kept,
+                "freeze drain deadline: more sites had requests cut (totals; per site in the admin API)"
+            );
+        }
+    }
+
+    /// A request that met a passed deadline as it registered.
+    fn record(&self, site: SiteId, v: Verdict) {
+        let mut one = SiteCuts::default();
+        one.count(v);
+        self.metrics.stragglers.add(&one);
+        if let Some(d) = self.drains.lock().get_mut(&site) {
+            d.cuts.count(v);
+        }
+    }
+}
+
+impl InFlight {
+    fn verdict(&self) -> Verdict {
+        let e = &self.entry;
+        verdict(
+            e.safe,
+            e.sent.load(Ordering::Acquire),
+            e.answered.load(Ordering::Acquire),
+        )
+    }
+
+    /// The request body on its way upstream, failing when the request is cut.
+    pub fn request_body<B>(&self, body: B) -> Cuttable<B> {
+        Cuttable {
+            inner: body,
+            entry: Some(Arc::clone(&self.entry)),
+            role: Role::Request,
+            _reg: None,
+        }
+    }
+
+    /// `exchange` (the wait for the upstream's answer), unless the request is
+    /// cut first: then `None`, the exchange is dropped (and with it the
+    /// upstream connection).
+    pub async fn unless_cut<T>(&self, exchange: impl Future<Output = T>) -> Option<T> {
+        let cut = async {
+            loop {
+                let notified = self.entry.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.entry.is_cut() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::select! {
+            biased;
+            () = cut => None,
+            t = exchange => Some(t),
+        }
+    }
+
+    /// The upstream's answer arrived. Committed (request body whole, a
+    /// fixed length): it cannot carry a write any more; it leaves the
+    /// registry and stops counting in flight (`tracked` is dropped). Else it
+    /// stays registered, and counted, until its body ends or is cut.
+    pub fn answered(
+        self,
+        body: Incoming,
+        tracked: Tracked,
+    ) -> (Cuttable<Incoming>, Option<Tracked>) {
+        let sent = self.entry.sent.load(Ordering::Acquire);
+        if sent && body.size_hint().exact().is_some() {
+            let e = &self.entry;
+            e.owner.leave(e.site, e.id);
+            let plain = Cuttable {
+                inner: body,
+                entry: None,
+                role: Role::Response,
+                _reg: None,
+            };
+            return (plain, None);
+        }
+        self.entry.answered.store(true, Ordering::Release);
+        let entry = Some(Arc::clone(&self.entry));
+        let body = Cuttable {
+            inner: body,
+            entry,
+            role: Role::Response,
+            _reg: Some(self),
+        };
+        (body, Some(tracked))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Request = 0,
+    Response = 1,
+}
+
+/// A body that fails once its request is cut (a request body also records
+/// that it went out whole). Without an entry (a committed answer) it only
+/// passes frames on.
+pub(crate) struct Cuttable<B> {
+    inner: B,
+    entry: Option<Arc<Entry>>,
+    role: Role,
+    /// An answer keeps its request registered until it is dropped.
+    _reg: Option<InFlight>,
+}
+
+impl<B: Body> Cuttable<B> {
+    fn note_end(&self) {
+        if self.role == Role::Request && self.inner.is_end_stream() {
+            if let Some(e) = &self.entry {
+                e.sent.store(true, Ordering::Release);
+            }
+        }
+    }
+}
+
+impl<B> Body for Cuttable<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(e) = &this.entry {
+            if e.poll_cut(this.role as usize, cx) {
+                this.entry = None;
+                this._reg = None;
+                return Poll::Ready(Some(Err(Box::new(CutAtDrain))));
+            }
+        }
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => {
+                if let (Role::Request, Some(e)) = (this.role, &this.entry) {
+                    e.sent.store(true, Ordering::Release);
+                }
+            }
+            Poll::Ready(Some(Ok(_))) => this.note_end(),
+            _ => {}
+        }
+        r.map(|o| o.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.note_end();
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The answer to a request cut while it waited for its upstream: the site
+/// is being moved; the client retries and is held, then sent to where the
+/// site lives after the flip.
+pub(crate) fn cut_answer(retry_after: u32) -> http::Response<crate::body::ProxyBody> {
+    let mut r = http::Response::new(crate::body::ProxyBody::full(
+        "site is being moved; the request was cut at the freeze's drain deadline; retry shortly\n",
+    ));
+    *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    let h = r.headers_mut();
+    h.insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from(retry_after),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    // The client may still be sending a body nobody will read.
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rule() {
+        use CutReason::*;
+        // An upload still sending is cut, whatever its method or answer.
+        for safe in [true, false] {
+            for answered in [true, false] {
+                assert_eq!(verdict(safe, false, answered), Verdict::Cut(Upload));
+            }
+        }
+        // Waiting for an answer: a safe request (long polling) is cut; an
+        // unsafe one may be writing now and is kept.
+        assert_eq!(verdict(true, true, false), Verdict::Cut(LongPoll));
+        assert_eq!(verdict(false, true, false), Verdict::Keep);
+        // An answer without a fixed length, still streaming: cut.
+        assert_eq!(verdict(true, true, true), Verdict::Cut(Stream));
+        assert_eq!(verdict(false, true, true), Verdict::Cut(Stream));
+    }
+
+    #[test]
+    fn the_counters_render_every_reason() {
+        let c = StragglerCounts::default();
+        let mut cuts = SiteCuts::default();
+        cuts.count(Verdict::Cut(CutReason::Stream));
+        cuts.count(Verdict::Keep);
+        c.add(&cuts);
+        let mut out = String::new();
+        c.render(&mut out);
+        assert!(out.contains("ferry_stragglers_cut_total{reason=\"upload\"} 0"));
+        assert!(out.contains("ferry_stragglers_cut_total{reason=\"stream\"} 1"));
+        assert!(out.contains("ferry_stragglers_kept_total 1"));
+    }
+}
