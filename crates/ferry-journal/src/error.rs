@@ -1,4 +1,4 @@
-//! The journal's errors: which file, and what about it.
+//! The journal's errors: which file (or etcd run), and what about it.
 
 use std::path::PathBuf;
 
@@ -45,4 +45,22 @@ pub enum ErrorKind {
     Row(String),
     #[error("{0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A run id that cannot name etcd keys (`P/runs/<id>/`).
+    #[error("run id {id:?}: {why}")]
+    BadRunId { id: String, why: &'static str },
+    /// Another runner holds the run's lease (etcd).
+    #[error("run {run} is held by {holder} since {since} (lease TTL {ttl_s} s): another runner is acting on it; wait until it ends, or until its lease expires if it is dead")]
+    Held {
+        run: String,
+        holder: String,
+        since: String,
+        ttl_s: i64,
+    },
+    /// This runner's lease ended and another runner (or none yet) holds the
+    /// run: it may change nothing more (etcd).
+    #[error("lost the lease to {holder}: this runner changes nothing more")]
+    LostLease { holder: String },
+    /// etcd could not be asked or answered an error.
+    #[error("etcd: {0}")]
+    Etcd(String),
 }

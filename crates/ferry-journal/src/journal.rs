@@ -1,499 +1,155 @@
-//! The journal file: an append-only SQLite log of one run.
+//! [`Journal`]: one run's journal, in whichever backend holds it.
 //!
-//! Three tables, whatever the runbook: `run` (one row, id 1: what the run
-//! was started with), `events` (`seq`, `at_ms`, the runbook's columns) and
-//! `head` (one row: the last sequence number and hash). Each row carries a
-//! BLAKE3 hash chained over the previous row's (the first event's over the
-//! run row's); `head` is updated in the same transaction as the event. So an
-//! edited byte, a deleted row (middle or last) or garbage is found when the
-//! journal is opened, and the row is named.
+//! - A SQLite file on the runner's disk (`sqlite.rs`, the default): three
+//!   tables, WAL + `synchronous=FULL`, `<journal>.lock` flock-ed by the one
+//!   process that may write.
+//! - etcd keys under `P/runs/<id>/` (`etcd.rs`, cargo feature `etcd`): the
+//!   same rows, appended by transactions that compare the run's lease
+//!   (`lease.rs`), so a runner on another machine can take the run over and
+//!   a paused one can append nothing after it.
 //!
-//! Durability: WAL with `synchronous=FULL`: an event a runbook saw committed
-//! survives a crash of the process or the machine. A file that is not ours
-//! (`application_id`) or of another schema (`user_version`) is refused
-//! without being written: it is checked through a read-only connection
-//! before any writable one is opened.
-//!
-//! `<journal>.lock` is flock-ed exclusively while a process may write: a
-//! second writer is refused, and [`running`] tells a live run from a dead
-//! one (the kernel drops the lock when the process dies, even by SIGKILL).
-//! A separate file: closing any other descriptor of the database would drop
-//! SQLite's own POSIX locks.
+//! Both answer the same calls with the same errors, and both check the same
+//! hash chain with the same code ([`crate::kind`]): what a runbook journals
+//! and what a damaged journal is called do not depend on where it is kept.
 
-use std::fs::File;
-use std::marker::PhantomData;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use parking_lot::Mutex;
-use rusqlite::types::Value;
-use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension};
-use serde::Serialize;
+use crate::error::Error;
+use crate::kind::{Kind, Record};
+use crate::sqlite::Sqlite;
 
-use crate::error::{Error, ErrorKind};
-
-/// One row's columns as stored (after `id`/`seq, at_ms`, before `hash`).
-pub type Row = Vec<Value>;
-
-/// What a runbook's journal looks like: its identity, its tables and how
-/// its rows are encoded and hashed. The hashes are part of the persisted
-/// format: once files exist, a kind's hash functions never change.
-pub trait Kind {
-    /// `PRAGMA application_id`: whose file this is.
-    const APPLICATION_ID: i64;
-    /// `PRAGMA user_version` of the schema this code reads and writes.
-    const SCHEMA_VERSION: i64;
-    /// What the file is, for "not a ...".
-    const WHAT: &'static str;
-    /// The command that writes it, for "another ... is using this journal".
-    const COMMAND: &'static str;
-    /// `CREATE TABLE run (id INTEGER PRIMARY KEY CHECK (id = 1), <RUN_COLUMNS>, hash BLOB NOT NULL)`,
-    /// `CREATE TABLE events (seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, <EVENT_COLUMNS>, hash BLOB NOT NULL)`,
-    /// `CREATE TABLE head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash BLOB NOT NULL)`
-    /// and any index.
-    const SCHEMA: &'static str;
-    const RUN_COLUMNS: &'static [&'static str];
-    const EVENT_COLUMNS: &'static [&'static str];
-    type Run;
-    type Event;
-    fn run_row(run: &Self::Run) -> Result<Row, String>;
-    fn run_from_row(row: &[Value]) -> Result<Self::Run, String>;
-    /// The run row's hash: the chain's first link.
-    fn run_hash(row: &[Value]) -> [u8; 32];
-    fn event_row(event: &Self::Event) -> Row;
-    fn event_from_row(row: &[Value]) -> Result<Self::Event, String>;
-    /// An event row's hash, chained over the previous row's `prev`.
-    fn event_hash(prev: &[u8], seq: u64, at_ms: u64, row: &[Value]) -> [u8; 32];
-}
-
-/// A journaled event.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Record<E> {
-    pub seq: u64,
-    pub at_ms: u64,
-    #[serde(flatten)]
-    pub event: E,
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn lock_path(path: &Path) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push(".lock");
-    PathBuf::from(p)
-}
-
-/// Is a live process holding the writer's lock of the journal at `path`?
+/// Is a live process holding the writer's lock of the SQLite journal at `path`?
 pub fn running(path: &Path) -> bool {
-    let Ok(f) = File::open(lock_path(path)) else {
-        return false;
-    };
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).is_err()
+    crate::sqlite::running(path)
+}
+
+enum Backend<K: Kind> {
+    Sqlite(Sqlite<K>),
+    #[cfg(feature = "etcd")]
+    Etcd(crate::etcd::EtcdJournal<K>),
 }
 
 /// An open journal of kind `K`.
-pub struct Journal<K: Kind> {
-    path: PathBuf,
-    conn: Mutex<Connection>,
-    /// The writer's lock; None for a read-only handle.
-    lock: Option<File>,
-    kind: PhantomData<fn() -> K>,
+pub struct Journal<K: Kind>(Backend<K>);
+
+/// Calls the same method on whichever backend holds the journal.
+macro_rules! each {
+    ($self:ident, $j:ident => $e:expr) => {
+        match &$self.0 {
+            Backend::Sqlite($j) => $e,
+            #[cfg(feature = "etcd")]
+            Backend::Etcd($j) => $e,
+        }
+    };
 }
 
 impl<K: Kind> Journal<K> {
-    fn fail(path: &Path, kind: ErrorKind) -> Error {
-        Error {
-            path: path.to_path_buf(),
-            kind,
-        }
-    }
-
-    fn err(&self, kind: ErrorKind) -> Error {
-        Journal::<K>::fail(&self.path, kind)
-    }
-
-    fn damaged(&self, message: impl Into<String>) -> Error {
-        self.err(ErrorKind::Damaged(message.into()))
-    }
-
-    fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> Error + '_ {
-        move |e| Journal::<K>::fail(path, ErrorKind::Sqlite(e))
-    }
-
-    /// Takes the writer's lock of the journal at `path`.
-    fn take_lock(path: &Path) -> Result<File, Error> {
-        let lock = lock_path(path);
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock)
-            .map_err(|source| {
-                Journal::<K>::fail(
-                    path,
-                    ErrorKind::LockFile {
-                        lock: lock.clone(),
-                        source,
-                    },
-                )
-            })?;
-        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(f),
-            Err(rustix::io::Errno::WOULDBLOCK) => Err(Journal::<K>::fail(
-                path,
-                ErrorKind::Locked {
-                    command: K::COMMAND,
-                },
-            )),
-            Err(e) => Err(Journal::<K>::fail(
-                path,
-                ErrorKind::LockFile {
-                    lock,
-                    source: e.into(),
-                },
-            )),
-        }
-    }
-
-    /// Creates a new journal at `path` (refused if a file is there), locked
-    /// for writing; with `run`, the run row is written in the same
+    /// Creates a new SQLite journal at `path` (refused if a file is there),
+    /// locked for writing; with `run`, the run row is written in the same
     /// transaction as the schema.
     pub fn create(path: &Path, run: Option<&K::Run>) -> Result<Journal<K>, Error> {
-        if path.exists() {
-            return Err(Journal::<K>::fail(path, ErrorKind::Exists));
-        }
-        let j = Journal::<K>::open_rw(path)?;
-        {
-            let conn = j.conn.lock();
-            let sql = Journal::<K>::sql(path);
-            let tx = conn.unchecked_transaction().map_err(&sql)?;
-            tx.execute_batch(K::SCHEMA).map_err(&sql)?;
-            tx.execute_batch(&format!(
-                "PRAGMA application_id = {}; PRAGMA user_version = {};",
-                K::APPLICATION_ID,
-                K::SCHEMA_VERSION
-            ))
-            .map_err(&sql)?;
-            if let Some(run) = run {
-                j.insert_run(&tx, run)?;
-            }
-            tx.commit().map_err(&sql)?;
-        }
-        Ok(j)
+        Sqlite::create(path, run).map(|j| Journal(Backend::Sqlite(j)))
     }
 
-    /// Opens an existing journal for writing after checking it whole
+    /// Opens an existing SQLite journal for writing after checking it whole
     /// (read-only first: a file that is not ours or is damaged is refused
     /// unchanged), then takes the writer's lock.
     pub fn open(path: &Path) -> Result<Journal<K>, Error> {
-        drop(Journal::<K>::open_read_only(path)?);
-        let j = Journal::<K>::open_rw(path)?;
-        j.check_kind()?;
-        Ok(j)
+        Sqlite::open(path).map(|j| Journal(Backend::Sqlite(j)))
     }
 
-    /// Opens an existing journal for reading only (a status, while a run
-    /// may be writing it), after checking it whole.
+    /// Opens an existing SQLite journal for reading only (a status, while a
+    /// run may be writing it), after checking it whole.
     pub fn open_read_only(path: &Path) -> Result<Journal<K>, Error> {
-        if !path.is_file() {
-            return Err(Journal::<K>::fail(path, ErrorKind::Missing));
-        }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(Journal::<K>::sql(path))?;
-        let j = Journal {
-            path: path.to_path_buf(),
-            conn: Mutex::new(conn),
-            lock: None,
-            kind: PhantomData,
-        };
-        j.check_kind()?;
-        j.verify()?;
-        Ok(j)
+        Sqlite::open_read_only(path).map(|j| Journal(Backend::Sqlite(j)))
     }
 
-    fn open_rw(path: &Path) -> Result<Journal<K>, Error> {
-        let lock = Journal::<K>::take_lock(path)?;
-        let sql = Journal::<K>::sql(path);
-        let conn = Connection::open(path).map_err(&sql)?;
-        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-            .map_err(&sql)?;
-        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")
-            .map_err(&sql)?;
-        Ok(Journal {
-            path: path.to_path_buf(),
-            conn: Mutex::new(conn),
-            lock: Some(lock),
-            kind: PhantomData,
-        })
+    /// A new journal for run `run_id` in etcd (refused if one is there),
+    /// written under `fence` (the run's lease, taken first); with `run`, the
+    /// run row in the same transaction.
+    #[cfg(feature = "etcd")]
+    pub fn create_etcd(
+        store: std::sync::Arc<ferry_store::EtcdStore>,
+        run_id: &str,
+        fence: crate::lease::Fence,
+        run: Option<&K::Run>,
+    ) -> Result<Journal<K>, Error> {
+        crate::etcd::EtcdJournal::create(store, run_id, fence, run)
+            .map(|j| Journal(Backend::Etcd(j)))
     }
 
-    fn check_kind(&self) -> Result<(), Error> {
-        let conn = self.conn.lock();
-        let not_ours = |e: rusqlite::Error| {
-            self.err(ErrorKind::NotOurs {
-                what: K::WHAT,
-                detail: format!("cannot read it as SQLite: {e}"),
-            })
-        };
-        let app: i64 = conn
-            .query_row("PRAGMA application_id", [], |r| r.get(0))
-            .map_err(not_ours)?;
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(not_ours)?;
-        if app != K::APPLICATION_ID {
-            return Err(self.err(ErrorKind::NotOurs {
-                what: K::WHAT,
-                detail: format!(
-                    "SQLite application_id {app:#x}, expected {:#x}",
-                    K::APPLICATION_ID
-                ),
-            }));
-        }
-        if version != K::SCHEMA_VERSION {
-            return Err(self.err(ErrorKind::Version {
-                found: version,
-                expected: K::SCHEMA_VERSION,
-            }));
-        }
-        Ok(())
+    /// Opens run `run_id`'s journal in etcd for writing under `fence`, after
+    /// checking it whole.
+    #[cfg(feature = "etcd")]
+    pub fn open_etcd(
+        store: std::sync::Arc<ferry_store::EtcdStore>,
+        run_id: &str,
+        fence: crate::lease::Fence,
+    ) -> Result<Journal<K>, Error> {
+        crate::etcd::EtcdJournal::open(store, run_id, fence).map(|j| Journal(Backend::Etcd(j)))
     }
 
+    /// Opens run `run_id`'s journal in etcd for reading only, after checking
+    /// it whole.
+    #[cfg(feature = "etcd")]
+    pub fn open_etcd_read_only(
+        store: std::sync::Arc<ferry_store::EtcdStore>,
+        run_id: &str,
+    ) -> Result<Journal<K>, Error> {
+        crate::etcd::EtcdJournal::open_read_only(store, run_id).map(|j| Journal(Backend::Etcd(j)))
+    }
+
+    /// Errs ([`crate::ErrorKind::LostLease`]) when this writer's lease may
+    /// have ended, before acting on anything the journal does not guard; a
+    /// SQLite journal (its flock lasts as long as the process) is always fine.
+    pub fn check_fence(&self) -> Result<(), Error> {
+        match &self.0 {
+            Backend::Sqlite(_) => Ok(()),
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(j) => j.check_fence(),
+        }
+    }
+
+    /// Where the journal is: the file, or `etcd:P/runs/<id>`.
     pub fn path(&self) -> &Path {
-        &self.path
+        each!(self, j => j.path())
     }
 
-    /// This handle holds the writer's lock.
+    /// This handle may write: it holds the file's lock, or the run's lease.
     pub fn is_writer(&self) -> bool {
-        self.lock.is_some()
+        each!(self, j => j.is_writer())
     }
 
-    /// A run is going on: this handle or another live process holds the lock.
+    /// A run is going on: this handle or another live process holds the
+    /// lock (for etcd: the run's lease is held by someone).
     pub fn running(&self) -> bool {
-        self.is_writer() || running(&self.path)
-    }
-
-    fn insert_run(&self, conn: &Connection, run: &K::Run) -> Result<(), Error> {
-        let row = K::run_row(run).map_err(|m| self.err(ErrorKind::Row(format!("run row: {m}"))))?;
-        let hash = K::run_hash(&row);
-        let sql = Journal::<K>::sql(&self.path);
-        let marks: Vec<String> = (1..row.len() + 2).map(|i| format!("?{i}")).collect();
-        let text = format!(
-            "INSERT INTO run (id, {}, hash) VALUES (1, {})",
-            K::RUN_COLUMNS.join(", "),
-            marks.join(", ")
-        );
-        let mut args = row;
-        args.push(Value::Blob(hash.to_vec()));
-        conn.execute(&text, params_from_iter(args)).map_err(&sql)?;
-        conn.execute(
-            "INSERT INTO head (id, seq, hash) VALUES (1, 0, ?1)",
-            [hash.to_vec()],
-        )
-        .map_err(&sql)?;
-        Ok(())
+        each!(self, j => j.running())
     }
 
     /// Records the run. Only once per journal.
     pub fn start_run(&self, run: &K::Run) -> Result<(), Error> {
-        let conn = self.conn.lock();
-        let sql = Journal::<K>::sql(&self.path);
-        let tx = conn.unchecked_transaction().map_err(&sql)?;
-        let n: i64 = tx
-            .query_row("SELECT count(*) FROM run", [], |r| r.get(0))
-            .map_err(&sql)?;
-        if n > 0 {
-            return Err(self.err(ErrorKind::RunExists));
-        }
-        self.insert_run(&tx, run)?;
-        tx.commit().map_err(&sql)
-    }
-
-    /// The run row's columns and hash, None before the run is recorded.
-    fn raw_run(&self, conn: &Connection) -> Result<Option<(Row, Value)>, Error> {
-        let n = K::RUN_COLUMNS.len();
-        conn.query_row(
-            &format!(
-                "SELECT {}, hash FROM run WHERE id = 1",
-                K::RUN_COLUMNS.join(", ")
-            ),
-            [],
-            |r| {
-                let row = (0..n)
-                    .map(|i| r.get(i))
-                    .collect::<rusqlite::Result<Row>>()?;
-                Ok((row, r.get(n)?))
-            },
-        )
-        .optional()
-        .map_err(|e| self.err(ErrorKind::Row(format!("run row unreadable: {e}"))))
+        each!(self, j => j.start_run(run))
     }
 
     /// The run, None before it was recorded.
     pub fn run(&self) -> Result<Option<K::Run>, Error> {
-        let conn = self.conn.lock();
-        let Some((row, _)) = self.raw_run(&conn)? else {
-            return Ok(None);
-        };
-        K::run_from_row(&row)
-            .map(Some)
-            .map_err(|m| self.err(ErrorKind::Row(format!("run row: {m}"))))
-    }
-
-    fn select_events(
-        &self,
-        filter: Option<(&str, &str)>,
-    ) -> Result<Vec<(i64, Value, Row, Value)>, Error> {
-        let conn = self.conn.lock();
-        let bad = |e: rusqlite::Error| self.damaged(e.to_string());
-        let n = K::EVENT_COLUMNS.len();
-        let cols = format!(
-            "SELECT seq, at_ms, {}, hash FROM events",
-            K::EVENT_COLUMNS.join(", ")
-        );
-        let (text, args): (String, Vec<&str>) = match filter {
-            None => (format!("{cols} ORDER BY seq"), vec![]),
-            Some((c, v)) => (format!("{cols} WHERE {c} = ?1 ORDER BY seq"), vec![v]),
-        };
-        let mut stmt = conn.prepare(&text).map_err(bad)?;
-        let rows = stmt
-            .query_map(params_from_iter(args), |r| {
-                let row = (2..n + 2)
-                    .map(|i| r.get(i))
-                    .collect::<rusqlite::Result<Row>>()?;
-                Ok((r.get(0)?, r.get(1)?, row, r.get(n + 2)?))
-            })
-            .map_err(bad)?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(bad)
+        each!(self, j => j.run())
     }
 
     /// Checks the chain: run row, every event in sequence, the head.
     pub fn verify(&self) -> Result<(), Error> {
-        {
-            let conn = self.conn.lock();
-            let bad = |e: rusqlite::Error| self.damaged(e.to_string());
-            for t in ["run", "events", "head"] {
-                let n: i64 = conn
-                    .query_row(
-                        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-                        [t],
-                        |r| r.get(0),
-                    )
-                    .map_err(bad)?;
-                if n != 1 {
-                    return Err(self.damaged(format!("table {t} is missing")));
-                }
-            }
-        }
-        let run = {
-            let conn = self.conn.lock();
-            self.raw_run(&conn)?
-        };
-        let Some((run, run_hash)) = run else {
-            let n: i64 = self
-                .conn
-                .lock()
-                .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-                .map_err(|e| self.damaged(e.to_string()))?;
-            if n > 0 {
-                return Err(self.damaged("events without a run row"));
-            }
-            return Ok(());
-        };
-        let stored = |v: &Value| match v {
-            Value::Blob(b) => b.clone(),
-            _ => Vec::new(),
-        };
-        let mut prev = stored(&run_hash);
-        if K::run_hash(&run).as_slice() != prev.as_slice() {
-            return Err(self.damaged("the run row does not match its hash (edited?)"));
-        }
-        let mut expect = 1i64;
-        for (seq, at_ms, row, hash) in self.select_events(None)? {
-            if seq != expect {
-                return Err(self.damaged(format!(
-                    "event {expect} is missing (next row is {seq}): rows were deleted"
-                )));
-            }
-            let at_ms = match at_ms {
-                Value::Integer(t) => t as u64,
-                _ => return Err(self.damaged(format!("event {seq}: at_ms is not a number"))),
-            };
-            let h = K::event_hash(&prev, seq as u64, at_ms, &row);
-            let hash = stored(&hash);
-            if h.as_slice() != hash.as_slice() {
-                return Err(self.damaged(format!(
-                    "event {seq} does not match its hash (edited, or an earlier row changed)"
-                )));
-            }
-            prev = hash;
-            expect += 1;
-        }
-        let (hseq, hhash): (i64, Vec<u8>) = self
-            .conn
-            .lock()
-            .query_row("SELECT seq, hash FROM head WHERE id = 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .map_err(|e| self.damaged(format!("head row: {e}")))?;
-        if hseq != expect - 1 || hhash != prev {
-            return Err(self.damaged(format!(
-                "the journal ends at event {} but its head says {hseq}: rows were removed at the end",
-                expect - 1
-            )));
-        }
-        Ok(())
+        each!(self, j => j.verify())
     }
 
-    /// Appends an event, hash-chained, committed durably before this returns.
+    /// Appends an event, hash-chained, committed durably before this returns
+    /// (in etcd: only while this runner still holds the run's lease).
     pub fn append(&self, event: K::Event) -> Result<Record<K::Event>, Error> {
-        let conn = self.conn.lock();
-        let sql = Journal::<K>::sql(&self.path);
-        let tx = conn.unchecked_transaction().map_err(&sql)?;
-        let (hseq, prev): (i64, Vec<u8>) = tx
-            .query_row("SELECT seq, hash FROM head WHERE id = 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()
-            .map_err(&sql)?
-            .ok_or_else(|| self.err(ErrorKind::NoRun))?;
-        let seq = hseq + 1;
-        let at_ms = now_ms();
-        let row = K::event_row(&event);
-        let hash = K::event_hash(&prev, seq as u64, at_ms, &row);
-        let marks: Vec<String> = (1..row.len() + 4).map(|i| format!("?{i}")).collect();
-        let text = format!(
-            "INSERT INTO events (seq, at_ms, {}, hash) VALUES ({})",
-            K::EVENT_COLUMNS.join(", "),
-            marks.join(", ")
-        );
-        let mut args = vec![Value::Integer(seq), Value::Integer(at_ms as i64)];
-        args.extend(row);
-        args.push(Value::Blob(hash.to_vec()));
-        tx.execute(&text, params_from_iter(args)).map_err(&sql)?;
-        tx.execute(
-            "UPDATE head SET seq = ?1, hash = ?2 WHERE id = 1",
-            rusqlite::params![seq, hash.to_vec()],
-        )
-        .map_err(&sql)?;
-        tx.commit().map_err(&sql)?;
-        Ok(Record {
-            seq: seq as u64,
-            at_ms,
-            event,
-        })
+        each!(self, j => j.append(event))
     }
 
     /// Every event, in order.
     pub fn events(&self) -> Result<Vec<Record<K::Event>>, Error> {
-        self.decode(self.select_events(None)?)
+        each!(self, j => j.events())
     }
 
     /// The events whose `column` (one of the kind's event columns) holds
@@ -503,25 +159,6 @@ impl<K: Kind> Journal<K> {
         column: &'static str,
         value: &str,
     ) -> Result<Vec<Record<K::Event>>, Error> {
-        if !K::EVENT_COLUMNS.contains(&column) {
-            return Err(self.err(ErrorKind::Row(format!("no event column {column:?}"))));
-        }
-        self.decode(self.select_events(Some((column, value)))?)
-    }
-
-    fn decode(&self, rows: Vec<(i64, Value, Row, Value)>) -> Result<Vec<Record<K::Event>>, Error> {
-        rows.into_iter()
-            .map(|(seq, at_ms, row, _)| {
-                let what = |m: String| self.err(ErrorKind::Row(format!("event {seq}: {m}")));
-                let Value::Integer(at_ms) = at_ms else {
-                    return Err(what("bad at_ms".into()));
-                };
-                Ok(Record {
-                    seq: seq as u64,
-                    at_ms: at_ms as u64,
-                    event: K::event_from_row(&row).map_err(what)?,
-                })
-            })
-            .collect()
+        each!(self, j => j.events_where(column, value))
     }
 }

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::failpoint::{FailpointError, Failpoints};
-use crate::journal::{Journal, Kind, Record};
+use crate::journal::Journal;
+use crate::kind::{Kind, Record};
 
 /// How a step ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

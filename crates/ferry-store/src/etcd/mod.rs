@@ -212,6 +212,25 @@ impl EtcdStore {
         &self.inner.cfg
     }
 
+    /// The key `P/<rest>` of this store's prefix.
+    pub fn key(&self, rest: &str) -> String {
+        format!("{}/{rest}", self.inner.keys.prefix)
+    }
+
+    /// Runs one request of the caller's own (keys it keeps under
+    /// [`EtcdStore::key`]: the orchestrator's lease and journal) with the
+    /// store's client on its runtime, retried while the cluster is unavailable
+    /// and bounded by [`EtcdConfig::request_timeout`] like the store's own calls.
+    /// `f` may be called more than once: what it sends must be safe to repeat.
+    pub fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(Client) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        self.run(move |inner| async move { inner.call(op, f).await })
+    }
+
     /// Runs `f`'s future on the store's runtime and waits for it.
     fn run<T, F>(&self, f: impl FnOnce(Arc<Inner>) -> F) -> Result<T, StoreError>
     where
