@@ -32,7 +32,10 @@ mod etcd;
 mod sqlite;
 
 #[cfg(feature = "etcd")]
-pub use etcd::{Applied, EtcdConfig, EtcdStore, Snapshot, LAYOUT_VERSION};
+pub use etcd::{
+    Applied, Change, ChangeBatch, EtcdAuth, EtcdConfig, EtcdStore, EtcdTlsConfig, Lease, Snapshot,
+    Watch, WatchError, LAYOUT_VERSION,
+};
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 
 /// Persistent control state of one router.

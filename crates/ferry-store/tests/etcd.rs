@@ -19,8 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use ferry_model::{Epoch, Hostname, Placement, SiteRecord, SiteState};
-use ferry_store::{conformance, EtcdConfig, EtcdStore, Store, StoreError, LAYOUT_VERSION};
+use ferry_model::{Epoch, Hostname, Placement, ServerState, SiteRecord, SiteState};
+use ferry_store::{
+    conformance, Change, EtcdConfig, EtcdStore, Store, StoreError, WatchError, LAYOUT_VERSION,
+};
 
 /// Operations per transaction the test members allow (`--max-txn-ops`), above
 /// the conformance suite's 200-record batches.
@@ -304,6 +306,102 @@ fn etcd_specific_behaviour() {
     large_batches_are_cut_into_transactions(&cluster);
     layout_version_is_checked(&cluster);
     usable_from_inside_a_tokio_runtime(&cluster);
+    watch_delivers_each_revision_and_reports_compaction(&cluster);
+    leases_carry_registrations(&cluster);
+}
+
+/// A watch from a snapshot's revision + 1 hands out one batch per
+/// transaction (sites written and removed, server states), skips keys of no
+/// interest (registrations), and a start revision already compacted is
+/// `WatchError::Compacted`, not a silent gap.
+fn watch_delivers_each_revision_and_reports_compaction(cluster: &Cluster) {
+    let store = EtcdStore::connect(config(cluster, "/watch")).unwrap();
+    store
+        .put_sites(&[record("a.example.com", "pool:web", SiteState::Active, 1)])
+        .unwrap();
+    let snap = store.snapshot().unwrap();
+    let mut watch = store.watch_from(snap.revision + 1).unwrap();
+    let applied = store
+        .apply_sites(&[
+            record("a.example.com", "pool:web", SiteState::Frozen, 2),
+            record("b.example.com", "pool:web", SiteState::Active, 1),
+        ])
+        .unwrap();
+    let lease = store.grant_lease(Duration::from_secs(5)).unwrap();
+    store.put_registration("r1", "{}", &lease).unwrap();
+    store.remove_sites(&[host("b.example.com")]).unwrap();
+    store
+        .put_server_state("web", "a/1", ServerState::Drain)
+        .unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < 3 && Instant::now() < deadline {
+        if let Some(b) = watch.next(Duration::from_millis(200)).unwrap() {
+            got.push(b);
+        }
+    }
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0].revision, applied.revision);
+    assert_eq!(
+        got[0].changes,
+        vec![
+            Change::Site(record("a.example.com", "pool:web", SiteState::Frozen, 2)),
+            Change::Site(record("b.example.com", "pool:web", SiteState::Active, 1)),
+        ]
+    );
+    // The registration made no batch: the next one is the removal.
+    assert_eq!(
+        got[1].changes,
+        vec![Change::SiteRemoved(host("b.example.com"))]
+    );
+    assert_eq!(
+        got[2].changes,
+        vec![Change::ServerState {
+            pool: "web".into(),
+            server: "a/1".into(),
+            state: ServerState::Drain
+        }]
+    );
+    assert!(got[0].revision < got[1].revision && got[1].revision < got[2].revision);
+    drop(watch);
+
+    let now = store.revision().unwrap();
+    store.compact(now).unwrap();
+    let mut late = store.watch_from(snap.revision + 1).unwrap();
+    let err = match late.next(Duration::from_secs(10)) {
+        Ok(Some(b)) => panic!("a compacted start revision delivered {b:?}"),
+        Ok(None) => panic!("no answer from a watch on a compacted revision"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(err, WatchError::Compacted { compacted, .. } if compacted == now),
+        "{err}"
+    );
+}
+
+/// A registration lives under its lease: kept while the lease is kept alive
+/// (past its TTL), gone at once when the lease is dropped (revoked).
+fn leases_carry_registrations(cluster: &Cluster) {
+    let store = EtcdStore::connect(config(cluster, "/lease")).unwrap();
+    let lease = store.grant_lease(Duration::from_secs(2)).unwrap();
+    store
+        .put_registration("r2", "{\"revision\":7}", &lease)
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        store.registration("r2").unwrap().as_deref(),
+        Some("{\"revision\":7}")
+    );
+    assert!(!lease.is_lost());
+    drop(lease);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.registration("r2").unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "registration still there after its lease was revoked"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The router calls the store from its own tokio workers: opening, using and

@@ -38,7 +38,7 @@ impl Keys {
         format!("{}/sites/{host}", self.prefix)
     }
 
-    fn servers_start(&self) -> String {
+    pub(super) fn servers_start(&self) -> String {
         format!("{}/servers/", self.prefix)
     }
 
@@ -62,6 +62,24 @@ impl Keys {
             escape(pool),
             escape(name)
         )
+    }
+
+    /// `[P/, P0)`: every key of the prefix (a watch's range).
+    pub(super) fn all_range(&self) -> (String, String) {
+        (format!("{}/", self.prefix), format!("{}0", self.prefix))
+    }
+
+    /// A router's registration (under its lease).
+    pub(super) fn router(&self, name: &str) -> String {
+        format!("{}/routers/{}", self.prefix, escape(name))
+    }
+
+    /// `(pool, server)` of a joined server's key.
+    pub(super) fn joined_of(&self, key: &[u8]) -> Option<(String, String)> {
+        let key = std::str::from_utf8(key).ok()?;
+        let rest = key.strip_prefix(&self.pools_start())?;
+        let (pool, name) = rest.split_once("/joined/")?;
+        Some((unescape(pool), unescape(name)))
     }
 
     pub(super) fn server(&self, pool: &str, server: &str) -> String {

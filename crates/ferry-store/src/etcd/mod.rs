@@ -28,6 +28,7 @@ mod client;
 mod keys;
 mod snapshot;
 mod txn;
+mod watch;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +41,7 @@ use ferry_model::{Hostname, ServerState, SiteRecord};
 use crate::{JoinedServer, Store, StoreError};
 use client::{etcd_err, wait};
 use keys::{encode_site, Keys};
+pub use watch::{Change, ChangeBatch, Lease, Watch, WatchError};
 
 /// The key layout this build writes and the newest it reads (`P/schema`). Raise
 /// it only for a change an older router must not read as version 1, together with
@@ -69,6 +71,41 @@ pub struct EtcdConfig {
     pub max_txn_bytes: usize,
     /// Keys per page of a snapshot read ([`EtcdStore::snapshot`]).
     pub page_size: usize,
+    /// etcd authentication: user and password.
+    pub auth: Option<EtcdAuth>,
+    /// TLS to the members: the CA's PEM, and this client's certificate and
+    /// key (PEM) when the cluster asks for them.
+    pub tls: Option<EtcdTlsConfig>,
+}
+
+/// etcd's user and password ([`EtcdConfig::auth`]); `Debug` shows the user only.
+#[derive(Clone)]
+pub struct EtcdAuth {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAuth")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// PEM of the TLS settings of [`EtcdConfig::tls`].
+#[derive(Clone)]
+pub struct EtcdTlsConfig {
+    pub ca: String,
+    pub identity: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdTlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTlsConfig")
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl EtcdConfig {
@@ -82,6 +119,8 @@ impl EtcdConfig {
             max_txn_ops: 128,
             max_txn_bytes: 1024 * 1024,
             page_size: 10_000,
+            auth: None,
+            tls: None,
         }
     }
 }
@@ -149,6 +188,21 @@ impl EtcdStore {
             // A member cut from the leader answers "no leader" at once instead
             // of holding the request until its own timeout.
             .with_require_leader(true);
+        let options = match &cfg.auth {
+            Some(a) => options.with_user(a.user.clone(), a.password.clone()),
+            None => options,
+        };
+        let options = match &cfg.tls {
+            Some(t) => {
+                let mut tls = etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(t.ca.as_bytes()));
+                if let Some((cert, key)) = &t.identity {
+                    tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+                }
+                options.with_tls(tls)
+            }
+            None => options,
+        };
         let endpoints = cfg.endpoints.clone();
         let client = wait(&runtime, "connect", async move {
             Client::connect(endpoints, Some(options))
