@@ -19,6 +19,7 @@ mod metrics_endpoint;
 mod migrate;
 mod plan;
 mod proxy;
+mod rehearse;
 mod sync;
 mod update;
 
@@ -94,6 +95,10 @@ enum Command {
     /// Migrate N demo sites from DC par to DC gra on loopback under live read
     /// and write load, then prove nothing was lost and nothing split-brained.
     Demo(demo::Args),
+    /// Rehearse a whole migration night on this machine: two datacenters as
+    /// network namespaces (latency, rate limit), routers, agents, the plan's
+    /// lanes, live traffic; per-unit predicted vs actual, and the write checks.
+    Rehearse(rehearse::Args),
     /// Check or generate an inventory (sites, hostings, filers, databases, uses).
     Inventory(inventory::Args),
     /// Compute units and night waves from an inventory; write plan.json.
@@ -303,6 +308,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Proxy(a) => proxy::run(a).await,
         Command::Ctl(a) => ctl::run(a).await,
         Command::Demo(a) => demo::run(a).await,
+        Command::Rehearse(a) => rehearse::run(a).await,
         Command::Backend(a) => backend::run(a).await,
         Command::Inventory(a) => inventory::run(a).await,
         Command::Plan(a) => plan::run(a).await,
