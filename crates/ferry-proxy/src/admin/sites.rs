@@ -153,7 +153,6 @@ fn apply(proxy: &Proxy, records: Vec<SiteRecord>) -> Resp {
         .collect();
     match proxy.shared.apply_sites(changes) {
         Ok(outcomes) => {
-            crate::control::await_applied(&proxy.shared);
             drains(proxy, &hosts);
             let count = |k: Outcome| outcomes.iter().filter(|(_, o)| *o == k).count() as u64;
             ok(&Applied {
