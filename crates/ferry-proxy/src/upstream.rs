@@ -58,11 +58,17 @@ pub(crate) struct IdlePool {
 /// An idle connection and since when it has been idle.
 type IdleConn = (Instant, SendRequest<UpBody>);
 
-/// Idle connections kept per server, and for how long. Servers usually close
-/// idle connections after 60-75 s (nginx keepalive_timeout); we stop reusing
-/// them well before so a request never races the server's close.
+/// Idle connections kept per server, and for how long. The side that reuses
+/// an idle connection must give up on it before the side that closes it:
+/// a request written into a connection the server is closing for idleness is
+/// lost with it (a POST cannot be replayed: the client gets a 502). Servers
+/// close idle connections after 5 s (Apache's KeepAliveTimeout), 10 s (a
+/// Ferry router's keepalive_timeout, for requests forwarded between
+/// datacenters) or 75 s (nginx), so we stop reusing them before the shortest.
+/// HAProxy purges idle server connections on a similar clock
+/// (pool-purge-delay, 5 s).
 const IDLE_PER_SERVER: usize = 256;
-const IDLE_FOR: Duration = Duration::from_secs(30);
+const IDLE_FOR: Duration = Duration::from_secs(4);
 /// Upstream connections one client connection keeps (HTTP/2 clients may use
 /// several at once; path rules send one client to several pools).
 const AFFINE_PER_CLIENT: usize = 8;
@@ -132,7 +138,7 @@ impl Upstream {
         connector.set_nodelay(true);
         connector.set_keepalive(Some(Duration::from_secs(60)));
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(IDLE_FOR)
             .pool_max_idle_per_host(256)
             .build(connector);
         Upstream {

@@ -12,6 +12,7 @@ mod bad_input;
 mod ctl;
 mod failover;
 mod hold;
+mod keepalive;
 mod load;
 mod maintenance;
 mod metrics;

@@ -235,6 +235,11 @@ pub fn nginx_prefix(name: &str) -> TempDir {
 }
 
 impl Nginx {
+    /// Its process (nginx runs without a master here: the one worker).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts on a free port.
     pub fn start(name: &str) -> Nginx {
         Nginx::start_on(name, free_port())
