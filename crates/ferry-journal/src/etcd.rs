@@ -33,7 +33,7 @@ use serde_json::{json, Value as Json};
 
 use crate::error::{Error, ErrorKind};
 use crate::kind::{now_ms, verify_chain, Kind, Record, Row, StoredEvent};
-use crate::lease::{read_holder, run_base, Fence};
+use crate::lease::{read_holder, run_base, Fence, Holder};
 
 /// Keys read per page.
 const PAGE: i64 = 1000;
@@ -426,10 +426,32 @@ impl<K: Kind> EtcdJournal<K> {
 
     /// Errs when this writer's lease may have ended (see [`Fence::check`]).
     pub(crate) fn check_fence(&self) -> Result<(), Error> {
-        match &self.fence {
-            Some(f) => f.check(&self.path),
-            None => Ok(()),
+        let Some(f) = &self.fence else {
+            return Ok(());
+        };
+        if f.check(&self.path).is_ok() {
+            return Ok(());
         }
+        // Name who holds the run now, when etcd can say.
+        let key = f.key.clone();
+        let holder = self
+            .store
+            .call("read the run's lock", move |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .ok()
+            .and_then(|r| {
+                r.kvs()
+                    .first()
+                    .filter(|kv| kv.create_revision() != f.token())
+                    .and_then(|kv| serde_json::from_slice::<Holder>(kv.value()).ok())
+            })
+            .map_or("nobody yet (this runner's lease ended)".to_string(), |h| {
+                h.holder
+            });
+        tracing::error!(journal = %self.path.display(), holder, "lost the lease to {holder}");
+        Err(self.err(ErrorKind::LostLease { holder }))
     }
 
     /// Someone holds the run's lease now.

@@ -66,6 +66,10 @@ pub enum OrchError {
     /// A failpoint stopped the runbook in-process (test mode of `kill`).
     #[error("interrupted at failpoint {0}")]
     Interrupted(String),
+    /// This runner's lease on the run (etcd) ended and the journal refused
+    /// its append: another runner holds the run (or will): it changes nothing more.
+    #[error("journal {}: lost the lease to {holder}: this runner stops and changes nothing more", journal.display())]
+    LostLease { journal: PathBuf, holder: String },
     /// Local I/O (directories, failpoint files).
     #[error("{what}: {source}")]
     Io {
@@ -106,6 +110,10 @@ impl From<ferry_journal::Error> for OrchError {
             ErrorKind::Sqlite(source) => OrchError::Sqlite {
                 path: e.path,
                 source,
+            },
+            ErrorKind::LostLease { holder } => OrchError::LostLease {
+                journal: e.path,
+                holder,
             },
             ErrorKind::RunExists => OrchError::JournalInUse {
                 path: e.path,

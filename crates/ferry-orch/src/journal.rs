@@ -11,7 +11,9 @@
 //! The hash chain, the checks at open (a file that is not ours or is
 //! damaged is refused unchanged, naming the row), WAL + `synchronous=FULL`
 //! and the writer's lock are ferry-journal's; the row hashes below are this
-//! format's (version 1; `tests/fixtures/journal-v1.db` holds them). What an
+//! format's (version 1; `tests/fixtures/journal-v1.db` holds them). With
+//! `[store] backend = "etcd"` the same rows and chain live in etcd under the
+//! run's lease ([`JournalAt::Etcd`], `lease.rs`). What an
 //! event records is typed in [`crate::event`]; the status is a pure fold of
 //! the events ([`fold`], in `fold.rs`).
 
@@ -203,26 +205,142 @@ CREATE TABLE head (
     }
 }
 
+/// Where a run's journal is: a SQLite file (`--journal`), or etcd
+/// (`[store] backend = "etcd"`: [`crate::lease::EtcdRun`], with the run's
+/// lease when this process is its runner).
+#[derive(Clone)]
+pub enum JournalAt {
+    File(PathBuf),
+    #[cfg(feature = "etcd")]
+    Etcd(crate::lease::EtcdRun),
+}
+
+impl From<&Path> for JournalAt {
+    fn from(p: &Path) -> JournalAt {
+        JournalAt::File(p.to_path_buf())
+    }
+}
+
+impl From<&PathBuf> for JournalAt {
+    fn from(p: &PathBuf) -> JournalAt {
+        JournalAt::File(p.clone())
+    }
+}
+
+impl From<PathBuf> for JournalAt {
+    fn from(p: PathBuf) -> JournalAt {
+        JournalAt::File(p)
+    }
+}
+
+#[cfg(feature = "etcd")]
+impl From<crate::lease::EtcdRun> for JournalAt {
+    fn from(r: crate::lease::EtcdRun) -> JournalAt {
+        JournalAt::Etcd(r)
+    }
+}
+
 /// An open journal. Shared between the runbook and the tracking server.
-pub struct Journal(ferry_journal::Journal<Migration>);
+pub struct Journal {
+    inner: ferry_journal::Journal<Migration>,
+    /// The run's lease (etcd), kept alive as long as the journal is open.
+    #[cfg(feature = "etcd")]
+    _lease: Option<std::sync::Arc<ferry_journal::lease::RunLease>>,
+}
 
 impl Journal {
+    fn wrap(inner: ferry_journal::Journal<Migration>) -> Journal {
+        Journal {
+            inner,
+            #[cfg(feature = "etcd")]
+            _lease: None,
+        }
+    }
+
+    /// An etcd run's journal, opened (or created) with `f` under its lease.
+    #[cfg(feature = "etcd")]
+    fn etcd(
+        r: crate::lease::EtcdRun,
+        f: impl FnOnce(
+            std::sync::Arc<ferry_store::EtcdStore>,
+            &str,
+            Option<ferry_journal::lease::Fence>,
+        )
+            -> std::result::Result<ferry_journal::Journal<Migration>, ferry_journal::Error>,
+    ) -> Result<Journal> {
+        let fence = r.lease.as_ref().map(|l| l.fence());
+        Ok(Journal {
+            inner: f(r.store.clone(), &r.run, fence)?,
+            _lease: r.lease,
+        })
+    }
+
     /// Opens an existing journal for writing after checking it whole
     /// (read-only first: a file that is not ours or is damaged is refused
-    /// unchanged).
-    pub fn open(path: &Path) -> Result<Journal> {
-        Ok(Journal(ferry_journal::Journal::open(path)?))
+    /// unchanged). In etcd, under the run's lease (taken by the caller).
+    pub fn open(at: impl Into<JournalAt>) -> Result<Journal> {
+        match at.into() {
+            JournalAt::File(p) => Ok(Journal::wrap(ferry_journal::Journal::open(&p)?)),
+            #[cfg(feature = "etcd")]
+            JournalAt::Etcd(r) => Journal::etcd(r, |store, run, fence| match fence {
+                Some(f) => ferry_journal::Journal::open_etcd(store, run, f),
+                None => ferry_journal::Journal::open_etcd_read_only(store, run),
+            }),
+        }
     }
 
     /// Opens an existing journal for reading only (`ferry migrate status`,
     /// while a run may be writing it), after checking it whole.
-    pub fn open_read_only(path: &Path) -> Result<Journal> {
-        Ok(Journal(ferry_journal::Journal::open_read_only(path)?))
+    pub fn open_read_only(at: impl Into<JournalAt>) -> Result<Journal> {
+        match at.into() {
+            JournalAt::File(p) => Ok(Journal::wrap(ferry_journal::Journal::open_read_only(&p)?)),
+            #[cfg(feature = "etcd")]
+            JournalAt::Etcd(r) => Journal::etcd(r, |store, run, _| {
+                ferry_journal::Journal::open_etcd_read_only(store, run)
+            }),
+        }
     }
 
-    /// Opens the journal at `path` for a new run: creates it if missing; an
-    /// existing file must be a valid journal with no run yet.
-    pub fn create(path: &Path) -> Result<Journal> {
+    /// Opens the journal at `at` for a new run: creates it if missing; an
+    /// existing one must be a valid journal with no run yet.
+    pub fn create(at: impl Into<JournalAt>) -> Result<Journal> {
+        // One arm in a build without etcd.
+        #[allow(clippy::infallible_destructuring_match)]
+        let path = match at.into() {
+            JournalAt::File(p) => p,
+            #[cfg(feature = "etcd")]
+            JournalAt::Etcd(r) => {
+                let j = Journal::etcd(r, |store, run, fence| {
+                    let Some(fence) = fence else {
+                        return Err(ferry_journal::Error {
+                            path: format!("etcd:runs/{run}").into(),
+                            kind: ferry_journal::ErrorKind::Etcd(
+                                "a run is started only under its lease".into(),
+                            ),
+                        });
+                    };
+                    match ferry_journal::Journal::create_etcd(
+                        store.clone(),
+                        run,
+                        fence.clone(),
+                        None,
+                    ) {
+                        Err(e) if matches!(e.kind, ferry_journal::ErrorKind::Exists) => {
+                            ferry_journal::Journal::open_etcd(store, run, fence)
+                        }
+                        other => other,
+                    }
+                })?;
+                if let Some(m) = j.meta()? {
+                    return Err(OrchError::JournalInUse {
+                        path: j.path().to_path_buf(),
+                        started: format!("{} ms since the epoch", m.started_at_ms),
+                    });
+                }
+                return Ok(j);
+            }
+        };
+        let path = path.as_path();
         if path.exists() {
             let j = Journal::open(path)?;
             if let Some(m) = j.meta()? {
@@ -233,41 +351,47 @@ impl Journal {
             }
             return Ok(j);
         }
-        Ok(Journal(ferry_journal::Journal::create(path, None)?))
+        Ok(Journal::wrap(ferry_journal::Journal::create(path, None)?))
+    }
+
+    /// Errs with [`OrchError::LostLease`] when this runner's lease (etcd)
+    /// may have ended: before acting on anything the journal does not guard.
+    pub fn check_fence(&self) -> Result<()> {
+        Ok(self.inner.check_fence()?)
     }
 
     pub fn path(&self) -> &Path {
-        self.0.path()
+        self.inner.path()
     }
 
     /// Records the run. Only once per journal.
     pub fn start_run(&self, m: &RunMeta) -> Result<()> {
-        Ok(self.0.start_run(m)?)
+        Ok(self.inner.start_run(m)?)
     }
 
     /// The run meta, None before `start_run`.
     pub fn meta(&self) -> Result<Option<RunMeta>> {
-        Ok(self.0.run()?)
+        Ok(self.inner.run()?)
     }
 
     /// Checks the chain: run row, every event in sequence, the head.
     pub fn verify(&self) -> Result<()> {
-        Ok(self.0.verify()?)
+        Ok(self.inner.verify()?)
     }
 
     /// Appends an event (hash-chained; committed durably before this returns).
     pub fn append(&self, ev: NewEvent) -> Result<EventRecord> {
-        Ok(self.0.append(ev)?)
+        Ok(self.inner.append(ev)?)
     }
 
     /// Every event, in order.
     pub fn events(&self) -> Result<Vec<EventRecord>> {
-        Ok(self.0.events()?)
+        Ok(self.inner.events()?)
     }
 
     /// The events of one unit, in order.
     pub fn unit_events(&self, unit: &str) -> Result<Vec<EventRecord>> {
-        Ok(self.0.events_where("unit", unit)?)
+        Ok(self.inner.events_where("unit", unit)?)
     }
 
     /// The migration as the events tell it; None before a run was recorded.
@@ -276,11 +400,11 @@ impl Journal {
             return Ok(None);
         };
         let events = self.events()?;
-        Ok(Some(fold(&meta, &events, self.0.running())))
+        Ok(Some(fold(&meta, &events, self.inner.running())))
     }
 
     /// The step runner of this journal.
     pub(crate) fn steps<'a>(&'a self, failpoints: &'a Failpoints) -> Steps<'a, Migration> {
-        Steps::new(&self.0, failpoints)
+        Steps::new(&self.inner, failpoints)
     }
 }

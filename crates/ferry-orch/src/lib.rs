@@ -5,7 +5,8 @@
 //! - [`config`]: `migrate.toml` -> [`MigrateConfig`] (errors name file:line:col).
 //! - [`plan`]: the parts of `plan.json` the runbook needs ([`Plan`]).
 //! - [`journal`]: the migration's kind of ferry-journal file (SQLite,
-//!   hash-chained, locked: [`Journal`]) and its fold into [`MigrationStatus`];
+//!   hash-chained, locked: [`Journal`], or in etcd under the run's lease:
+//!   `lease`, cargo feature `etcd`) and its fold into [`MigrationStatus`];
 //!   [`event`]: what it records, typed ([`event::Detail`]).
 //! - [`router`]: the routers' admin API client.
 //! - [`runbook`]: [`Orchestrator`]: run, resume, rollback; [`progress`]:
@@ -25,6 +26,8 @@ pub mod event;
 pub mod failpoint;
 mod fold;
 pub mod journal;
+#[cfg(feature = "etcd")]
+pub mod lease;
 mod metrics;
 pub mod plan;
 pub mod progress;
@@ -38,7 +41,7 @@ pub use check::{CheckLine, CheckOptions, CheckReport, Verdict};
 pub use config::MigrateConfig;
 pub use error::{OrchError, Result};
 pub use failpoint::{Failpoints, Faults, KillMode};
-pub use journal::{EventRecord, Journal, Phase};
+pub use journal::{EventRecord, Journal, JournalAt, Phase};
 pub use plan::Plan;
 pub use runbook::{Observer, Options, Orchestrator, RunInputs, RunSummary};
 pub use status::{

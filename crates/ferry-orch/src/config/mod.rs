@@ -37,6 +37,35 @@ pub struct MigrateConfig {
     pub window: Option<Window>,
     pub check: CheckSettings,
     pub tracking: Option<std::net::SocketAddr>,
+    /// `[store]`: where the journal is kept.
+    pub store: StoreSettings,
+}
+
+/// `[store]`: where the journal is kept. Default: a SQLite file on this
+/// machine (`--journal`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum StoreSettings {
+    #[default]
+    Sqlite,
+    /// In etcd under `P/runs/<run>/`, with the run's lease
+    /// (docs/control-plane.md): another machine can resume the run.
+    Etcd(EtcdSettings),
+}
+
+/// `[store] backend = "etcd"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdSettings {
+    /// `http://HOST:PORT` of the members.
+    pub endpoints: Vec<String>,
+    /// The key prefix `P` (default `/ferry`), as the routers' `[store]`.
+    pub prefix: String,
+    /// The run id: the journal lives under `P/runs/<run>/`.
+    pub run: String,
+    /// TTL of the run's lease: how long after its runner stops (dies, is
+    /// paused, is cut off) another may take the run over. Default 10 s.
+    pub lease_ttl: Duration,
+    /// Bound of each etcd request. Default 5 s.
+    pub request_timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

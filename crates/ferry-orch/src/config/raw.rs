@@ -27,6 +27,7 @@ pub(super) struct RawConfig {
     pub(super) window: Option<RawWindow>,
     pub(super) check: Option<RawCheck>,
     pub(super) tracking: Option<RawTracking>,
+    pub(super) store: Option<RawStore>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,4 +113,16 @@ pub(super) struct RawCheck {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTracking {
     pub(super) listen: Option<S<String>>,
+}
+
+/// `[store]`: where the journal is kept (and the run's lease, with etcd).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    pub(super) backend: S<String>,
+    pub(super) endpoints: Option<S<Vec<S<String>>>>,
+    pub(super) prefix: Option<S<String>>,
+    pub(super) run: Option<S<String>>,
+    pub(super) lease_ttl: Option<S<String>>,
+    pub(super) request_timeout: Option<S<String>>,
 }

@@ -2,7 +2,9 @@
 //! change carries an epoch (a router refuses an older one), so a stale or
 //! replayed orchestrator can never undo a newer decision. A router that is
 //! down when it must take a change (an abandon, a rollback) is *owed* it:
-//! the debt is journaled and paid before the unit's next step.
+//! the debt is journaled and paid before the unit's next step. With the
+//! journal in etcd, a runner checks its lease before each step (the epochs
+//! stay the routers' own fence: no admin call carries a lease token).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -118,6 +120,10 @@ impl Orchestrator {
     /// Sends the changes a router still owes (it was unreachable when an
     /// abandon or rollback was sent), before the unit's next step.
     pub(super) async fn pay_owed(&self, u: &Unit, p: &mut UnitProgress) -> Result<()> {
+        // Before every step: a runner whose lease (etcd) may have ended sends
+        // routers nothing more (the journal's guarded appends are the hard
+        // rule; this stops it before a router call that etcd does not guard).
+        self.journal.check_fence()?;
         for o in p.owed.clone() {
             let Some(r) = self.routers.iter().find(|r| r.name() == o.router) else {
                 continue;

@@ -158,7 +158,7 @@ impl Orchestrator {
     /// meta. Refuses a journal that already holds a run.
     pub fn start(
         inputs: RunInputs,
-        journal: &std::path::Path,
+        journal: impl Into<crate::journal::JournalAt>,
         opts: Options,
     ) -> Result<Orchestrator> {
         let j = Journal::create(journal)?;
@@ -194,10 +194,13 @@ impl Orchestrator {
 
     /// Opens the run recorded in `journal`: the config from the journal, the
     /// plan re-read from its recorded path (refused if its digest changed).
-    pub fn resume(journal: &std::path::Path, opts: Options) -> Result<Orchestrator> {
+    pub fn resume(
+        journal: impl Into<crate::journal::JournalAt>,
+        opts: Options,
+    ) -> Result<Orchestrator> {
         let j = Journal::open(journal)?;
         let meta = j.meta()?.ok_or_else(|| OrchError::Journal {
-            path: journal.to_path_buf(),
+            path: j.path().to_path_buf(),
             message: "holds no run yet (use `ferry migrate run`)".into(),
         })?;
         let cfg = MigrateConfig::parse(&meta.config_text, &meta.config_path)?;
