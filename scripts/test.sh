@@ -44,8 +44,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferry-target}"
 # the first test does not pay for the build inside its timeouts.
 # The etcd backend of ferry-store is a cargo feature (its client needs protoc to
 # build); the tests run with it, and both commands name it so the binaries are
-# built once. CI's workspace clippy does not enable it: lint it here.
+# built once. CI's workspace clippy does not enable it: lint it here, every
+# crate, since the feature reaches the router, the orchestrator and the journal.
 features=(--features ferry-store/etcd,ferry/etcd)
-cargo clippy -p ferry-store --all-targets --features etcd -- -D warnings
+cargo clippy --workspace --all-targets "${features[@]}" -- -D warnings
 cargo build --workspace --bins "${features[@]}"
-cargo test --workspace "${features[@]}" "$@"
+# --no-fail-fast: one failing test binary must not hide the others' results.
+cargo test --workspace --no-fail-fast "${features[@]}" "$@"
