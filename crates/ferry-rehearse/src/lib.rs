@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+mod delay;
 pub mod netns;
 mod report;
 pub mod traffic;
@@ -162,7 +163,7 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
         rate_bits: Some(opts.rate_bytes * 8),
         loss_percent: 0.0,
     };
-    let net = tokio::task::block_in_place(|| Net::create(&netem))?;
+    let net = Net::create(&netem, opts.filers).await?;
     let namespaces = net.names();
     out.progress(&format!("namespaces: {}", namespaces.join(", ")));
 
@@ -199,29 +200,6 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
 
     let agents =
         tokio::task::block_in_place(|| world::start_agents(&exe, &net, work, opts.filers))?;
-    let link = LinkInfo {
-        qdisc: net.applied.qdisc.to_string(),
-        delay_ms_each_way: net.applied.delay.as_secs_f64() * 1000.0,
-        rate_bits: net.applied.rate_bits,
-        rtt_ms: tokio::task::block_in_place(|| net.wan_rtt(world::AGENT_PORT + 1))
-            .map(|d| d.as_secs_f64() * 1000.0),
-    };
-    if net.applied.delay < opts.latency {
-        out.progress(&format!(
-            "this kernel has no netem (CONFIG_NET_SCH_NETEM): the link gets its rate ({}) but no added latency",
-            if link.qdisc.is_empty() { "none" } else { &link.qdisc }
-        ));
-    }
-    out.progress(&format!(
-        "wan: {}, round trip {}",
-        if link.qdisc.is_empty() {
-            "unshaped"
-        } else {
-            &link.qdisc
-        },
-        link.rtt_ms
-            .map_or("unmeasured".into(), |ms| format!("{ms:.2} ms"))
-    ));
     let (apps, par_pool, gra_pool) = world::start_shops(&net, work, &sites).await?;
     let routers = tokio::task::block_in_place(|| {
         world::start_routers(&exe, &net, work, &sites, &par_pool, &gra_pool)
@@ -235,10 +213,35 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    let link = LinkInfo {
+        qdisc: if net.relay_delay.is_zero() {
+            net.applied.qdisc.to_string()
+        } else {
+            format!(
+                "{} + delay relays (no netem in this kernel)",
+                net.applied.qdisc
+            )
+        },
+        delay_ms_each_way: (net.applied.delay + net.relay_delay).as_secs_f64() * 1000.0,
+        rate_bits: net.applied.rate_bits,
+        rtt_ms: tokio::task::block_in_place(|| net.wan_rtt()).map(|d| d.as_secs_f64() * 1000.0),
+    };
+    out.progress(&format!(
+        "wan: {}, {} ms each way, round trip of a request {}",
+        if link.qdisc.is_empty() {
+            "unshaped"
+        } else {
+            &link.qdisc
+        },
+        link.delay_ms_each_way,
+        link.rtt_ms
+            .map_or("unmeasured".into(), |ms| format!("{ms:.2} ms"))
+    ));
     let migrate_toml = work.join("migrate.toml");
     std::fs::write(
         &migrate_toml,
         world::migrate_config(
+            &net,
             &routers,
             opts.filers,
             &FreezeSettings {

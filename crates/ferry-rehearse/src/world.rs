@@ -38,6 +38,12 @@ const INET_GRA: Ipv4Addr = Ipv4Addr::new(10, 213, 2, 1);
 pub const GRA_PUBLIC: Ipv4Addr = Ipv4Addr::new(10, 213, 2, 2);
 const INET_PAR: Ipv4Addr = Ipv4Addr::new(10, 213, 3, 1);
 pub const PAR_PUBLIC: Ipv4Addr = Ipv4Addr::new(10, 213, 3, 2);
+/// Where the latency relays listen (on lo) when the kernel has no netem:
+/// in gra for the services of par, in par for those of gra.
+const RELAY_GRA: Ipv4Addr = Ipv4Addr::new(10, 213, 4, 1);
+const RELAY_PAR: Ipv4Addr = Ipv4Addr::new(10, 213, 4, 2);
+/// A relay listens on its service's port + this (servers bind 0.0.0.0).
+const RELAY_OFFSET: u16 = 10_000;
 const TRAFFIC_PORT: u16 = 8080;
 const ADMIN_PORT: u16 = 9100;
 pub const AGENT_PORT: u16 = 7700;
@@ -53,6 +59,15 @@ pub struct Net {
     _wan: Link,
     /// What the shaping of the wan could apply on this kernel.
     pub applied: Applied,
+    /// Latency added by [`crate::delay`] relays when the kernel has no
+    /// netem (zero otherwise).
+    pub relay_delay: Duration,
+    /// The source DC's services as the destination reaches them (the wan
+    /// address, or a relay's that adds the latency), and the reverse.
+    par_from_gra: Ipv4Addr,
+    gra_from_par: Ipv4Addr,
+    /// Added to a port to reach it through its relay (0 without relays).
+    relay_offset: u16,
     runtimes: Runtimes,
 }
 
@@ -78,7 +93,66 @@ pub enum Place {
 
 impl Net {
     /// Creates the namespaces and links; `netem` shapes the wan both ways.
-    pub fn create(netem: &Netem) -> anyhow::Result<Net> {
+    /// Without netem in the kernel, relays add the latency on the ports
+    /// that cross the wan (`filers` agents, the routers).
+    pub async fn create(netem: &Netem, filers: u32) -> anyhow::Result<Net> {
+        let mut net = tokio::task::block_in_place(|| Net::namespaces(netem))?;
+        let missing = netem.delay.saturating_sub(net.applied.delay);
+        if missing.is_zero() {
+            return Ok(net);
+        }
+        net.ip_on_lo(&net.gra, RELAY_GRA)?;
+        net.ip_on_lo(&net.par, RELAY_PAR)?;
+        let mut par_ports: Vec<u16> = (1..=filers).map(|f| AGENT_PORT + f as u16).collect();
+        par_ports.extend([
+            TRAFFIC_PORT + 1,
+            TRAFFIC_PORT + 2,
+            ADMIN_PORT + 1,
+            ADMIN_PORT + 2,
+        ]);
+        for port in par_ports {
+            let (at, to) = ((RELAY_GRA, port + RELAY_OFFSET), (PAR_WAN, port));
+            net.handle(Place::Gra)
+                .spawn(async move {
+                    let l = tokio::net::TcpListener::bind(at).await?;
+                    tokio::spawn(crate::delay::relay(l, to.into(), missing));
+                    Ok::<_, std::io::Error>(())
+                })
+                .await??;
+        }
+        for port in [TRAFFIC_PORT + 1, TRAFFIC_PORT + 2] {
+            let (at, to) = ((RELAY_PAR, port + RELAY_OFFSET), (GRA_WAN, port));
+            net.handle(Place::Par)
+                .spawn(async move {
+                    let l = tokio::net::TcpListener::bind(at).await?;
+                    tokio::spawn(crate::delay::relay(l, to.into(), missing));
+                    Ok::<_, std::io::Error>(())
+                })
+                .await??;
+        }
+        net.relay_delay = missing;
+        net.par_from_gra = RELAY_GRA;
+        net.gra_from_par = RELAY_PAR;
+        net.relay_offset = RELAY_OFFSET;
+        Ok(net)
+    }
+
+    /// A port of the source DC as the destination reaches it.
+    pub fn par_seen_from_gra(&self, port: u16) -> SocketAddr {
+        SocketAddr::from((self.par_from_gra, port + self.relay_offset))
+    }
+
+    /// A port of the destination DC as the source reaches it.
+    pub fn gra_seen_from_par(&self, port: u16) -> SocketAddr {
+        SocketAddr::from((self.gra_from_par, port + self.relay_offset))
+    }
+
+    fn ip_on_lo(&self, ns: &Namespace, ip: Ipv4Addr) -> anyhow::Result<()> {
+        ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"])?;
+        Ok(())
+    }
+
+    fn namespaces(netem: &Netem) -> anyhow::Result<Net> {
         let par = Namespace::create(PREFIX, "par")?;
         let gra = Namespace::create(PREFIX, "gra")?;
         let inet = Namespace::create(PREFIX, "inet")?;
@@ -109,6 +183,10 @@ impl Net {
             inet,
             _wan: wan,
             applied,
+            relay_delay: Duration::ZERO,
+            par_from_gra: PAR_WAN,
+            gra_from_par: GRA_WAN,
+            relay_offset: 0,
             runtimes,
         })
     }
@@ -127,21 +205,24 @@ impl Net {
         }
     }
 
-    /// The wan's round trip as TCP sees it: the fastest of five connects
-    /// from the destination to a port listening at the source.
-    pub fn wan_rtt(&self, port: u16) -> Option<Duration> {
-        let to = SocketAddr::from((PAR_WAN, port));
+    /// The wan's round trip as a request sees it: the fastest of five
+    /// small HTTP exchanges (each on a new connection) from the destination
+    /// with a router at the source (it answers an unknown host at once).
+    pub fn wan_rtt(&self) -> Option<Duration> {
+        use std::io::{Read, Write};
+        let to = self.par_seen_from_gra(TRAFFIC_PORT + 1);
+        let once = || -> std::io::Result<Duration> {
+            let mut c = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+            c.set_nodelay(true)?;
+            c.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let t0 = Instant::now();
+            c.write_all(b"HEAD / HTTP/1.1\r\nHost: rtt.invalid\r\nConnection: close\r\n\r\n")?;
+            let mut b = [0u8; 1];
+            c.read_exact(&mut b)?;
+            Ok(t0.elapsed())
+        };
         self.gra
-            .run(|| {
-                (0..5)
-                    .filter_map(|_| {
-                        let t0 = Instant::now();
-                        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
-                            .ok()
-                            .map(|_| t0.elapsed())
-                    })
-                    .min()
-            })
+            .run(|| (0..5).filter_map(|_| once().ok()).min())
             .ok()
             .flatten()
     }
@@ -359,16 +440,14 @@ impl RouterAt {
     }
 
     /// As the orchestrator (in the destination DC) sees it: (admin, traffic).
-    fn seen_from_gra(&self) -> (SocketAddr, SocketAddr) {
-        let ip = if self.dc == SOURCE {
-            PAR_WAN
+    fn seen_from_gra(&self, net: &Net) -> (SocketAddr, SocketAddr) {
+        let (admin, traffic) = (ADMIN_PORT + self.n, TRAFFIC_PORT + self.n);
+        if self.dc == SOURCE {
+            (net.par_seen_from_gra(admin), net.par_seen_from_gra(traffic))
         } else {
-            Ipv4Addr::LOCALHOST
-        };
-        (
-            SocketAddr::from((ip, ADMIN_PORT + self.n)),
-            SocketAddr::from((ip, TRAFFIC_PORT + self.n)),
-        )
+            let lo = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            (lo(admin), lo(traffic))
+        }
     }
 }
 
@@ -389,10 +468,18 @@ pub fn start_routers(
     ] {
         for n in 1..=2u16 {
             let name = format!("{dc}-{n}");
-            let (remote, remote_ip, placement) = if dc == SOURCE {
-                (DESTINATION, GRA_WAN, "pool:par-web".to_string())
+            let (remote, remote_addr, placement) = if dc == SOURCE {
+                (
+                    DESTINATION,
+                    net.gra_seen_from_par(TRAFFIC_PORT + n),
+                    "pool:par-web".to_string(),
+                )
             } else {
-                (SOURCE, PAR_WAN, format!("remote:{SOURCE}"))
+                (
+                    SOURCE,
+                    net.par_seen_from_gra(TRAFFIC_PORT + n),
+                    format!("remote:{SOURCE}"),
+                )
             };
             let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
             let conf = topology::router_config_at(
@@ -400,7 +487,7 @@ pub fn start_routers(
                 RouterAddrs {
                     listen: any(TRAFFIC_PORT + n),
                     admin: any(ADMIN_PORT + n),
-                    remote: (remote, SocketAddr::from((remote_ip, TRAFFIC_PORT + n))),
+                    remote: (remote, remote_addr),
                 },
                 &format!("{dc}-web"),
                 pool,
@@ -427,12 +514,17 @@ pub struct FreezeSettings {
 }
 
 /// `migrate.toml` as the orchestrator in the destination DC sees the world.
-pub fn migrate_config(routers: &[RouterAt], filers: u32, freeze: &FreezeSettings) -> String {
+pub fn migrate_config(
+    net: &Net,
+    routers: &[RouterAt],
+    filers: u32,
+    freeze: &FreezeSettings,
+) -> String {
     let mut c = format!(
         "source = \"{SOURCE}\"\ndestination = \"{DESTINATION}\"\n\n[datacenters.{SOURCE}]\npool = \"{SOURCE}-web\"\n[datacenters.{DESTINATION}]\npool = \"{DESTINATION}-web\"\n"
     );
     for r in routers {
-        let (admin, traffic) = r.seen_from_gra();
+        let (admin, traffic) = r.seen_from_gra(net);
         let _ = write!(
             c,
             "\n[[routers]]\nname = \"{}\"\ndatacenter = \"{}\"\nadmin = \"http://{admin}\"\ntraffic = \"http://{traffic}\"\ntoken = \"{TOKEN}\"\n",
@@ -442,9 +534,10 @@ pub fn migrate_config(routers: &[RouterAt], filers: u32, freeze: &FreezeSettings
     for f in 0..filers {
         let filer = topology::filer_name(f);
         let port = AGENT_PORT + 1 + f as u16;
+        let par = net.par_seen_from_gra(port);
         let _ = write!(
             c,
-            "\n[filers.{filer}]\nsource = \"ferry://{PAR_WAN}:{port}/{filer}\"\ndestination = \"ferry://127.0.0.1:{port}/{filer}\"\nkey = \"{AGENT_KEY}\"\n"
+            "\n[filers.{filer}]\nsource = \"ferry://{par}/{filer}\"\ndestination = \"ferry://127.0.0.1:{port}/{filer}\"\nkey = \"{AGENT_KEY}\"\n"
         );
     }
     let secs = |d: Duration| format!("{}ms", d.as_millis());

@@ -1,4 +1,6 @@
-//! `ferry rehearse` at the small size CI can afford: 200 sites on 4 filers,
+//! `ferry rehearse` at the small size CI can afford: 200 sites on 4 filers
+//! and 1 ms each way (the pre-copy pays round trips per file: 5 ms makes
+//! it minutes),
 //! two datacenters as network namespaces, the real routers, agents, planner
 //! and orchestrator. Asserts exit 0, every check in the JSON output, the
 //! per-unit numbers, and that no namespace of the run is left behind.
@@ -50,6 +52,8 @@ fn a_small_night_passes_every_check_and_leaves_no_namespace() {
             "4",
             "--duration",
             "20s",
+            "--latency",
+            "1ms",
             "--large-file",
             "1M",
             "--json",
