@@ -29,6 +29,8 @@
 #   BENCH_PERF=1    after ferry's run, profile it for 5 s under the same load with
 #                   `perf record -g` and write ferry-profile.txt (perf report) here
 #   FERRY_BIN       use this ferry binary instead of building one
+#   FERRY_BIN_B     a second ferry binary, run as the proxy "ferry-b" (add it to
+#                   BENCH_PROXIES): before/after comparisons in alternating rounds
 #   CARGO_TARGET_DIR  honoured when building ferry
 # Needs: haproxy, nginx, wrk, curl, taskset (Debian: haproxy nginx-light wrk curl
 # util-linux), and perf for BENCH_PERF (linux-perf).
@@ -259,15 +261,19 @@ start_proxy() {
         "${prefix[@]}" taskset -c "$proxy_core" nginx -p "$tmp" -c "$tmp/nginx-proxy.conf" \
             -e "$tmp/nginx-proxy-error.log" >"$tmp/nginx.out" 2>&1 &
         ;;
-    ferry)
+    ferry | ferry-b)
+        local bin="$ferry_bin"
+        if [ "$1" = ferry-b ]; then
+            bin="${FERRY_BIN_B:?run.sh: the proxy ferry-b needs FERRY_BIN_B}"
+        fi
         render "$here/ferry.toml.in" "$tmp/ferry.toml"
-        "$ferry_bin" proxy --config "$tmp/ferry.toml" --check >&2
+        "$bin" proxy --config "$tmp/ferry.toml" --check >&2
         # One core and one thread (a current-thread runtime, like HAProxy's nbthread 1).
         "${prefix[@]}" taskset -c "$proxy_core" \
-            "$ferry_bin" --log-level warn proxy --threads 1 --config "$tmp/ferry.toml" >"$tmp/ferry.out" 2>&1 &
+            "$bin" --log-level warn proxy --threads 1 --config "$tmp/ferry.toml" >"$tmp/$1.out" 2>&1 &
         ;;
     *)
-        echo "run.sh: unknown proxy $1 (BENCH_PROXIES takes direct, haproxy, nginx, ferry)" >&2
+        echo "run.sh: unknown proxy $1 (BENCH_PROXIES takes direct, haproxy, nginx, ferry, ferry-b)" >&2
         exit 2
         ;;
     esac
@@ -503,6 +509,12 @@ if [ "$rps_ratio" != null ]; then
     echo "ferry/HAProxy req/s:           $rps_ratio   (goal >= 1)"
     echo "ferry/HAProxy p99:             $p99_ratio   (goal <= 1)"
     echo "ferry/HAProxy CPU per request: $cpu_ratio   (lower is better)"
+    if [ -n "${rps[ferry-b]:-}" ]; then
+        echo "ferry-b/HAProxy req/s:         $(ratio "${rps[ferry-b]}" "${rps[haproxy]}")"
+        echo "ferry-b/HAProxy p99:           $(ratio "${p99[ferry-b]}" "${p99[haproxy]}")"
+        echo "ferry-b/HAProxy CPU/request:   $(ratio "${cpu_us[ferry-b]}" "${cpu_us[haproxy]}")"
+        echo "ferry/ferry-b CPU per request: $(ratio "${cpu_us[ferry]}" "${cpu_us[ferry-b]}")"
+    fi
 else
     echo "ferry/HAProxy ratios: not computed (BENCH_PROXIES must include haproxy and ferry)"
 fi

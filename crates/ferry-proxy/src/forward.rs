@@ -19,7 +19,7 @@ use hyper::body::{Body, Incoming};
 use crate::accesslog::Entry;
 use crate::body::ProxyBody;
 use crate::deadline::BodyDeadline;
-use crate::headers::{outgoing_parts, strip_hop_by_hop, ConnInfo, FERRY_VIA};
+use crate::headers::{outgoing_head, outgoing_parts, strip_hop_by_hop, ConnInfo, FERRY_VIA};
 use crate::hold::{Hold, Unrouted};
 use crate::metrics::Histogram;
 use crate::state::{Settings, Shared};
@@ -71,7 +71,7 @@ fn unavailable(retry_after: u32, html: Option<&str>, msg: &str) -> Response<Prox
 /// Entry point for every request on a traffic listener.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
-    conn: ConnInfo,
+    conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let start = Instant::now();
@@ -477,7 +477,7 @@ async fn forward_local(
                 None => Either::Right(Empty::new()),
             }
         };
-        let result = send_to_server(&exchange, &target, &pick, parts.clone(), out_body).await;
+        let result = send_to_server(&exchange, &target, &pick, &parts, out_body).await;
         // Only the access log and debug logs use the label; skip the allocation otherwise.
         let label = if exchange.want_label || tracing::enabled!(tracing::Level::DEBUG) {
             format!("{}/{}", pool_name, pick.server.name)
@@ -510,10 +510,10 @@ async fn send_to_server(
     exchange: &Exchange<'_>,
     target: &PoolTarget,
     pick: &Pick,
-    mut parts: http::request::Parts,
+    parts: &http::request::Parts,
     body: UpBody,
 ) -> Result<Response<Incoming>, UpstreamError> {
-    outgoing_parts(&mut parts, exchange.conn, exchange.host, None);
+    let head = outgoing_head(parts, exchange.conn, exchange.host);
     let t0 = Instant::now();
     let result = exchange
         .shared
@@ -521,7 +521,7 @@ async fn send_to_server(
         .send_affine(
             &exchange.conn.affinity,
             pick.server.address,
-            Request::from_parts(parts, body),
+            Request::from_parts(head, body),
             exchange.settings.request_timeout,
         )
         .await;
@@ -749,12 +749,12 @@ mod tests {
         client: &str,
     ) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
         let (client_io, router_io) = tokio::io::duplex(64 * 1024);
-        let conn = ConnInfo::new(
+        let conn = Arc::new(ConnInfo::new(
             client.parse().expect("client address"),
             false,
             false,
             shared.upstream.affinity(),
-        );
+        ));
         let shared = Arc::clone(shared);
         let svc = service_fn(move |req| handle(Arc::clone(&shared), conn.clone(), req));
         tokio::spawn(

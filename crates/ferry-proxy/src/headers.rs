@@ -5,23 +5,24 @@
 //! client only on trusted listeners), `ferry-via` for router hops.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Uri, Version};
+use http::request::Parts;
+use http::{Request, Uri, Version};
 
 /// Header a router adds when it forwards to another DC's router, naming itself.
 /// A router that receives it and would forward again answers 508 instead.
 pub(crate) const VIA_HEADER: &str = "ferry-via";
 
-/// What the listener knows about the connection a request came on.
-#[derive(Clone)]
+/// What the listener knows about the connection a request came on (shared
+/// by its requests behind an `Arc`: nothing is copied per request).
 pub(crate) struct ConnInfo {
     /// The client: the peer, or the source named by a trusted PROXY header.
     pub client: SocketAddr,
     pub trusted: bool,
     /// Upstream connections this client connection has used.
-    pub affinity: Arc<crate::upstream::Affinity>,
+    pub affinity: crate::upstream::Affinity,
     /// `X-Forwarded-For` and `Forwarded` values for this client, built once per
     /// connection rather than per request.
     pub client_ip_header: HeaderValue,
@@ -53,7 +54,7 @@ impl ConnInfo {
         ConnInfo {
             client,
             trusted,
-            affinity: Arc::new(affinity),
+            affinity,
             client_ip_header: value(ip.to_string()),
             forwarded_for: format!("for={for_}").into(),
             tls,
@@ -79,109 +80,275 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
+/// The other headers a message's `Connection` header names (RFC 9110
+/// 7.6.1), those that are not hop-by-hop anyway; empty (no allocation)
+/// for the usual `Connection: keep-alive` or `close`.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut named = Vec::new();
+    for token in headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+    {
+        let fixed = token.eq_ignore_ascii_case("close")
+            || HOP_BY_HOP
+                .iter()
+                .any(|h| h.as_str().eq_ignore_ascii_case(token));
+        if fixed || token.is_empty() {
+            continue;
+        }
+        if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+            named.push(n);
+        }
+    }
+    named
+}
+
+/// Removes the hop-by-hop headers (and those `Connection` names). One
+/// pass over the names finds them: most messages have none, or only
+/// `Connection`.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any {
+        return;
+    }
+    if present[0] {
+        for n in connection_named(headers) {
             headers.remove(n);
         }
     }
-    for h in &HOP_BY_HOP {
-        if headers.contains_key(h) {
+    for (h, here) in HOP_BY_HOP.iter().zip(present) {
+        if here {
             headers.remove(h);
         }
     }
 }
 
-/// Prepares the outgoing head: hop-by-hop headers removed, Host set, the client
-/// address appended to X-Forwarded-For and Forwarded. With `absolute_to`, the
-/// URI is made absolute for a pooled client that dials by URI; without, it is
-/// left in (or brought to) origin form for a connection we already hold.
+/// The headers only a trusted peer (another router) may send: from anyone
+/// else they are dropped and set by this router.
+fn is_forwarding(name: &HeaderName) -> bool {
+    name == X_FORWARDED_FOR
+        || name == header::FORWARDED
+        || name == FERRY_VIA
+        || name == X_FORWARDED_PROTO
+}
+
+/// The head sent upstream for the client's request `parts`, which are left
+/// as they are (a retry builds its head from them again): hop-by-hop
+/// headers dropped, Host set, the client named in X-Forwarded-For,
+/// X-Forwarded-Proto and Forwarded (kept as they came from a trusted
+/// peer), origin-form URI, HTTP/1.1. The headers are copied once into a
+/// map sized for the additions (values are shared, not copied).
+pub(crate) fn outgoing_head(parts: &Parts, conn: &ConnInfo, host: &str) -> Parts {
+    let named = connection_named(&parts.headers);
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
+    let (mut has_host, mut has_xff, mut has_xfp, mut has_fwd) = (false, false, false, false);
+    for (name, value) in &parts.headers {
+        if is_hop_by_hop(name) || (!named.is_empty() && named.contains(name)) {
+            continue;
+        }
+        if is_forwarding(name) {
+            if !conn.trusted {
+                continue;
+            }
+            has_xff |= name == X_FORWARDED_FOR;
+            has_xfp |= name == X_FORWARDED_PROTO;
+            has_fwd |= name == header::FORWARDED;
+        }
+        has_host |= name == header::HOST;
+        headers.append(name.clone(), value.clone());
+    }
+    if !has_host {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            headers.insert(header::HOST, v);
+        }
+    }
+    // A trusted peer (another router) already named the client, and knows
+    // how the client reached it.
+    if !has_xff {
+        headers.insert(&X_FORWARDED_FOR, conn.client_ip_header.clone());
+    }
+    let proto = if conn.tls { "https" } else { "http" };
+    if !has_xfp {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !has_fwd {
+        if let Some(v) = forwarded(conn, host, proto) {
+            headers.insert(header::FORWARDED, v);
+        }
+    }
+    // HTTP/2 requests arrive in absolute form; HTTP/1 upstreams want origin form.
+    let uri = match parts.uri.authority() {
+        Some(_) => {
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            Uri::builder()
+                .path_and_query(pq)
+                .build()
+                .unwrap_or_else(|_| parts.uri.clone())
+        }
+        None => parts.uri.clone(),
+    };
+    let (mut out, ()) = Request::new(()).into_parts();
+    out.method = parts.method.clone();
+    out.uri = uri;
+    out.version = Version::HTTP_11;
+    out.headers = headers;
+    out.extensions = parts.extensions.clone();
+    out
+}
+
+/// `Forwarded: for=CLIENT;host=HOST;proto=PROTO`, built in one buffer.
+fn forwarded(conn: &ConnInfo, host: &str, proto: &str) -> Option<HeaderValue> {
+    let mut v = BytesMut::with_capacity(conn.forwarded_for.len() + host.len() + proto.len() + 13);
+    v.extend_from_slice(conn.forwarded_for.as_bytes());
+    v.extend_from_slice(b";host=");
+    v.extend_from_slice(host.as_bytes());
+    v.extend_from_slice(b";proto=");
+    v.extend_from_slice(proto.as_bytes());
+    HeaderValue::from_maybe_shared(v.freeze()).ok()
+}
+
+/// Prepares the outgoing head in place ([`outgoing_head`]); with
+/// `absolute_to`, the URI is made absolute for a pooled client that dials
+/// by URI.
 pub(crate) fn outgoing_parts(
-    parts: &mut http::request::Parts,
+    parts: &mut Parts,
     conn: &ConnInfo,
     host: &str,
     absolute_to: Option<SocketAddr>,
 ) {
-    strip_hop_by_hop(&mut parts.headers);
-    if !conn.trusted {
-        // Only another router may tell us who the client is.
-        parts.headers.remove(&X_FORWARDED_FOR);
-        parts.headers.remove(header::FORWARDED);
-        parts.headers.remove(&FERRY_VIA);
-        parts.headers.remove(&X_FORWARDED_PROTO);
-    }
-    if !parts.headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            parts.headers.insert(header::HOST, v);
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+    *parts = outgoing_head(parts, conn, host);
+    if let Some(target) = absolute_to {
+        if let Ok(uri) = Uri::builder()
+            .scheme("http")
+            .authority(target.to_string())
+            .path_and_query(pq)
+            .build()
+        {
+            parts.uri = uri;
         }
     }
-    match parts
-        .headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-    {
-        // A trusted peer (another router) already named the client.
-        Some(_) if conn.trusted => {}
-        Some(prev) => {
-            if let Ok(v) = HeaderValue::from_str(&format!("{prev}, {}", conn.client.ip())) {
-                parts.headers.insert(&X_FORWARDED_FOR, v);
-            }
-        }
-        None => {
-            parts
-                .headers
-                .insert(&X_FORWARDED_FOR, conn.client_ip_header.clone());
-        }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(trusted: bool) -> ConnInfo {
+        let up = crate::upstream::Upstream::new(std::time::Duration::from_secs(1));
+        ConnInfo::new(
+            "192.0.2.7:4000".parse().unwrap(),
+            trusted,
+            false,
+            up.affinity(),
+        )
     }
-    let proto = if conn.tls { "https" } else { "http" };
-    // A trusted peer (another router) knows how the client reached it.
-    if !(conn.trusted && parts.headers.contains_key(&X_FORWARDED_PROTO)) {
-        parts
-            .headers
-            .insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    }
-    if !(conn.trusted && parts.headers.contains_key(header::FORWARDED)) {
-        let value = format!("{};host={host};proto={proto}", conn.forwarded_for);
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            parts.headers.insert(header::FORWARDED, v);
+
+    fn request(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = Request::get(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
         }
+        b.body(()).unwrap().into_parts().0
     }
-    match absolute_to {
-        Some(target) => {
-            let pq = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
-            if let Ok(uri) = Uri::builder()
-                .scheme("http")
-                .authority(target.to_string())
-                .path_and_query(pq)
-                .build()
-            {
-                parts.uri = uri;
-            }
-        }
-        // HTTP/2 requests arrive in absolute form; HTTP/1 upstreams want origin form.
-        None if parts.uri.authority().is_some() => {
-            let pq = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
-            if let Ok(uri) = Uri::builder().path_and_query(pq).build() {
-                parts.uri = uri;
-            }
-        }
-        None => {}
+
+    fn all(h: &HeaderMap, name: &str) -> Vec<String> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
     }
-    parts.version = Version::HTTP_11;
+
+    #[tokio::test]
+    async fn a_client_cannot_name_itself_and_hop_by_hop_headers_stay_here() {
+        let parts = request(
+            "/p?q=1",
+            &[
+                ("host", "a.com"),
+                ("connection", "keep-alive, x-secret"),
+                ("keep-alive", "timeout=5"),
+                ("x-secret", "1"),
+                ("te", "trailers"),
+                ("x-forwarded-for", "6.6.6.6"),
+                ("forwarded", "for=6.6.6.6"),
+                ("x-forwarded-proto", "https"),
+                ("ferry-via", "dc9"),
+                ("accept", "a"),
+                ("accept", "b"),
+            ],
+        );
+        let out = outgoing_head(&parts, &conn(false), "a.com");
+        for gone in ["connection", "keep-alive", "x-secret", "te", "ferry-via"] {
+            assert!(out.headers.get(gone).is_none(), "{gone} passed on");
+        }
+        assert_eq!(all(&out.headers, "x-forwarded-for"), ["192.0.2.7"]);
+        assert_eq!(all(&out.headers, "x-forwarded-proto"), ["http"]);
+        assert_eq!(
+            all(&out.headers, "forwarded"),
+            ["for=192.0.2.7;host=a.com;proto=http"]
+        );
+        assert_eq!(all(&out.headers, "accept"), ["a", "b"]);
+        assert_eq!(all(&out.headers, "host"), ["a.com"]);
+        assert_eq!(out.uri, "/p?q=1");
+        assert_eq!(out.version, Version::HTTP_11);
+        // The client's head is untouched, for a retry.
+        assert_eq!(all(&parts.headers, "x-secret"), ["1"]);
+    }
+
+    #[tokio::test]
+    async fn a_trusted_router_keeps_what_it_said_of_the_client() {
+        let parts = request(
+            "http://a.com/x",
+            &[
+                ("x-forwarded-for", "198.51.100.1"),
+                ("forwarded", "for=198.51.100.1;host=a.com;proto=https"),
+                ("x-forwarded-proto", "https"),
+                ("ferry-via", "dc2"),
+            ],
+        );
+        let out = outgoing_head(&parts, &conn(true), "a.com");
+        assert_eq!(all(&out.headers, "x-forwarded-for"), ["198.51.100.1"]);
+        assert_eq!(all(&out.headers, "x-forwarded-proto"), ["https"]);
+        assert_eq!(
+            all(&out.headers, "forwarded"),
+            ["for=198.51.100.1;host=a.com;proto=https"]
+        );
+        assert_eq!(all(&out.headers, "ferry-via"), ["dc2"]);
+        // HTTP/2's absolute form: Host from the authority, origin-form URI.
+        assert_eq!(all(&out.headers, "host"), ["a.com"]);
+        assert_eq!(out.uri, "/x");
+    }
+
+    #[test]
+    fn a_response_loses_its_hop_by_hop_headers_only() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=60"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("6"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::CONTENT_LENGTH));
+    }
 }

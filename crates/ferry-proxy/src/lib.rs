@@ -72,6 +72,9 @@ pub use state::ReloadReport;
 use server::{ConnCount, ListenerHandle};
 use state::Shared;
 
+/// One traffic listener's sockets, one per worker runtime.
+type ListenerGroup = Vec<(tokio::runtime::Handle, tokio::net::TcpListener)>;
+
 /// Why the proxy could not start, reload or apply a change.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -104,6 +107,11 @@ pub enum ProxyError {
     Tls(#[from] ferry_tls::TlsError),
     #[error("tls: indexing the certificate directory stopped: {0}")]
     TlsIndexing(String),
+    #[error("cannot start {threads} worker thread(s): {source}")]
+    Workers {
+        threads: usize,
+        source: std::io::Error,
+    },
 }
 
 /// A running router.
@@ -126,21 +134,42 @@ pub struct Proxy {
     traffic_cap: listen::Cap,
     /// `[pool.scale]` policies: their state, for the admin API and metrics.
     scale: Arc<scale::Scaling>,
+    /// The runtimes traffic listeners accept and serve on (`--threads`).
+    workers: listen::Workers,
 }
 
 impl Proxy {
     /// Opens the store named by the config and starts. With no `store`, the
     /// router keeps no copy of its sites beside the table (`state::NoStore`):
     /// changes made through the admin API are forgotten at restart.
+    /// Traffic is served on the runtime this is called on only (see
+    /// [`Proxy::start_threads`]).
     pub async fn start(
         config: Config,
         config_path: Option<PathBuf>,
+    ) -> Result<Arc<Proxy>, ProxyError> {
+        Proxy::start_threads(config, config_path, 1).await
+    }
+
+    /// [`Proxy::start`] with traffic served by `threads` current-thread
+    /// runtimes: the one this is called on (which also runs the admin API,
+    /// health checks, tunnels and passthrough listeners) and `threads - 1`
+    /// more on threads of their own, each accepting on its own
+    /// `SO_REUSEPORT` socket of every traffic listener. A connection stays
+    /// on the thread that accepted it; caps, metrics, reloads and shutdown
+    /// cover all of them.
+    pub async fn start_threads(
+        config: Config,
+        config_path: Option<PathBuf>,
+        threads: usize,
     ) -> Result<Arc<Proxy>, ProxyError> {
         let store: Arc<dyn Store> = match &config.router.store {
             Some(path) => Arc::new(SqliteStore::open(path)?),
             None => Arc::new(state::NoStore),
         };
-        Proxy::start_with_store(config, config_path, store).await
+        let workers = listen::Workers::start(threads)
+            .map_err(|source| ProxyError::Workers { threads, source })?;
+        Proxy::start_on(config, config_path, store, workers).await
     }
 
     /// Starts with a given store (tests hand in their own).
@@ -149,11 +178,20 @@ impl Proxy {
         config_path: Option<PathBuf>,
         store: Arc<dyn Store>,
     ) -> Result<Arc<Proxy>, ProxyError> {
+        Proxy::start_on(config, config_path, store, listen::Workers::current()).await
+    }
+
+    async fn start_on(
+        config: Config,
+        config_path: Option<PathBuf>,
+        store: Arc<dyn Store>,
+        workers: listen::Workers,
+    ) -> Result<Arc<Proxy>, ProxyError> {
         // Bind everything before serving anything, so a port conflict fails the
         // start without having half a router running.
         let mut bound = Vec::new();
         for spec in &config.listeners {
-            bound.push((listen::bind(spec.listen)?, spec.clone()));
+            bound.push((listen::bind_group(spec.listen, &workers)?, spec.clone()));
         }
         let admin_listener = match &config.admin {
             Some(a) => Some(listen::bind(a.listen)?),
@@ -226,6 +264,7 @@ impl Proxy {
             reloading: tokio::sync::Mutex::new(()),
             traffic_cap,
             scale,
+            workers,
         });
         if let Some(l) = admin_listener {
             admin::spawn(Arc::clone(&proxy), l, shutdown_rx);
@@ -345,7 +384,7 @@ impl Proxy {
     fn bind_new_listeners(
         &self,
         config: &Config,
-    ) -> Result<Vec<(tokio::net::TcpListener, ferry_config::ListenerSpec)>, ProxyError> {
+    ) -> Result<Vec<(ListenerGroup, ferry_config::ListenerSpec)>, ProxyError> {
         let current: HashMap<SocketAddr, ()> = self
             .listeners
             .lock()
@@ -355,7 +394,10 @@ impl Proxy {
         let mut fresh = Vec::new();
         for spec in &config.listeners {
             if !current.contains_key(&spec.listen) {
-                fresh.push((listen::bind(spec.listen)?, spec.clone()));
+                fresh.push((
+                    listen::bind_group(spec.listen, &self.workers)?,
+                    spec.clone(),
+                ));
             }
         }
         Ok(fresh)
@@ -384,7 +426,7 @@ impl Proxy {
     fn reconcile_listeners(
         &self,
         specs: &[ferry_config::ListenerSpec],
-        fresh: Vec<(tokio::net::TcpListener, ferry_config::ListenerSpec)>,
+        fresh: Vec<(ListenerGroup, ferry_config::ListenerSpec)>,
     ) -> Result<(), ProxyError> {
         let mut listeners = self.listeners.lock();
         listeners.retain(|l| {
@@ -440,3 +482,133 @@ impl Proxy {
 
 // Last in the file: scripts/code-size.py reads a file up to its first
 // `#[cfg(test)] mod`.
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An upstream on loopback answering "ok" to everything.
+    async fn upstream() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let svc = hyper::service::service_fn(|_req| async {
+                    let body = http_body_util::Full::new(bytes::Bytes::from_static(b"ok"));
+                    Ok::<_, std::convert::Infallible>(http::Response::new(body))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+                );
+            }
+        });
+        addr
+    }
+
+    fn config(upstream: SocketAddr, listeners: &[&str]) -> Config {
+        let mut text = String::from("[router]\nname = \"dc1\"\ndefault_site = \"a.com\"\n");
+        for l in listeners {
+            text += &format!("\n[[listener]]\nlisten = \"{l}\"\n");
+        }
+        text += &format!(
+            "\n[[pool]]\nname = \"web\"\n[[pool.server]]\nname = \"s\"\naddress = \"{upstream}\"\n\n\
+             [[site]]\nhost = \"a.com\"\nplacement = \"pool:web\"\n"
+        );
+        ferry_config::parse(&text, std::path::Path::new("test.toml")).unwrap()
+    }
+
+    /// One request on a new connection: the status line, or the error.
+    async fn get(addr: SocketAddr) -> Result<String, std::io::Error> {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a.com\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await?;
+        Ok(text.lines().next().unwrap_or_default().to_string())
+    }
+
+    /// `n` requests at once, each on its own connection: their status lines.
+    async fn get_many(addr: SocketAddr, n: usize) -> Vec<String> {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            set.spawn(get(addr));
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            out.push(r.unwrap().unwrap());
+        }
+        out
+    }
+
+    /// Waits until nothing listens on `addr` any more (the accept loops end
+    /// on their own threads); panics after 30 s.
+    async fn wait_refused(addr: SocketAddr, what: &str) {
+        let refused = async {
+            loop {
+                match tokio::net::TcpStream::connect(addr).await {
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), refused)
+            .await
+            .unwrap_or_else(|_| panic!("{what}"));
+    }
+
+    #[tokio::test]
+    async fn threads_share_each_listener_its_caps_metrics_reloads_and_shutdown() {
+        let up = upstream().await;
+        let proxy = Proxy::start_threads(config(up, &["127.0.0.1:0"]), None, 3)
+            .await
+            .unwrap();
+        assert_eq!(proxy.workers.count(), 3);
+        let first = proxy.listen_addrs()[0];
+        // Connections from many source ports: the kernel spreads them over
+        // the three sockets of the listener; every one is answered.
+        for a in get_many(first, 60).await {
+            assert_eq!(a, "HTTP/1.1 200 OK");
+        }
+        assert_eq!(proxy.shared.metrics.connections.load(Ordering::Relaxed), 60);
+        // A listener added by a reload gets a socket on every thread; the
+        // one removed is closed on every thread (no socket left to answer).
+        let second = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        proxy
+            .reload(config(up, &[&second.to_string()]))
+            .await
+            .unwrap();
+        assert_eq!(proxy.listen_addrs(), [second]);
+        for a in get_many(second, 30).await {
+            assert_eq!(a, "HTTP/1.1 200 OK");
+        }
+        // Refused once the last of the listener's sockets is closed.
+        wait_refused(first, "the removed listener closes on every thread").await;
+        // Shutdown waits for a connection open on a worker thread.
+        let mut open = tokio::net::TcpStream::connect(second).await.unwrap();
+        open.write_all(b"GET / HTTP/1.1\r\nHost: a.com\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"ok") {
+            let mut buf = [0u8; 256];
+            let n = open.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the answer");
+            head.extend_from_slice(&buf[..n]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"));
+        let shutdown = proxy.shutdown(Duration::from_secs(30));
+        tokio::pin!(shutdown);
+        // Still open (keep-alive): the graceful shutdown closes it, then returns.
+        tokio::time::timeout(Duration::from_secs(30), &mut shutdown)
+            .await
+            .expect("shutdown drains the connection on a worker thread");
+        assert_eq!(proxy.conns.open(), 0);
+        wait_refused(second, "still accepting after shutdown").await;
+    }
+}

@@ -15,6 +15,11 @@
 //!   `ferry_accept_errors_total`).
 //! - [`raise_nofile_limit`] and [`default_max_connections`]: the open-file
 //!   limit the router runs with and the cap derived from it.
+//! - [`Workers`]: the runtimes traffic listeners accept on, one
+//!   current-thread runtime per thread (`ferry proxy --threads N`); each
+//!   has its own `SO_REUSEPORT` socket of every traffic listener
+//!   ([`bind_group`]), so a connection lives on one thread from accept to
+//!   close and the kernel spreads new connections over the threads.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,7 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::stats::ListenerKind;
@@ -105,23 +111,126 @@ pub(crate) fn default_max_connections(nofile: Option<u64>) -> usize {
 
 /// Binds with SO_REUSEADDR so a restarted router rebinds at once.
 pub(crate) fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    let socket = bind_std(addr, false)?;
+    TcpListener::from_std(socket).map_err(|source| ProxyError::Bind { addr, source })
+}
+
+/// One socket of `addr` per worker runtime, each registered with its
+/// worker's I/O driver. With more than one worker they are bound with
+/// `SO_REUSEPORT` (the first resolves port 0, the others take its port), so
+/// the kernel spreads new connections over the workers. Errors name the
+/// configured address.
+pub(crate) fn bind_group(
+    addr: SocketAddr,
+    workers: &Workers,
+) -> Result<Vec<(Handle, TcpListener)>, ProxyError> {
+    let io = |source| ProxyError::Bind { addr, source };
+    let reuse_port = workers.count() > 1;
+    let mut group = Vec::with_capacity(workers.count());
+    let mut at = addr;
+    for handle in workers.handles() {
+        let socket = bind_std(at, reuse_port)?;
+        at = socket.local_addr().map_err(io)?;
+        // Registered with the worker's reactor, not the caller's.
+        let _in = handle.enter();
+        group.push((handle.clone(), TcpListener::from_std(socket).map_err(io)?));
+    }
+    Ok(group)
+}
+
+fn bind_std(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener, ProxyError> {
     let io = |source| ProxyError::Bind { addr, source };
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
         .map_err(io)?;
     socket.set_reuse_address(true).map_err(io)?;
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(io)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(io)?;
     }
     socket.set_nonblocking(true).map_err(io)?;
     socket.bind(&addr.into()).map_err(io)?;
     socket.listen(4096).map_err(io)?;
-    TcpListener::from_std(socket.into()).map_err(io)
+    Ok(socket.into())
+}
+
+/// The runtimes traffic connections are served on. The first is the
+/// runtime the router was started on (the admin API, health checks,
+/// tunnels and passthrough listeners run there too); the others are
+/// current-thread runtimes on threads of their own, stopped when the
+/// `Workers` is dropped (their open connections are dropped with them:
+/// [`crate::Proxy::shutdown`] drains first).
+pub(crate) struct Workers {
+    handles: Vec<Handle>,
+    /// Dropped to stop the worker threads.
+    _stop: Vec<oneshot::Sender<()>>,
+}
+
+impl Workers {
+    /// Only the runtime this is called on (`--threads 1`, and tests).
+    pub fn current() -> Workers {
+        Workers {
+            handles: vec![Handle::current()],
+            _stop: Vec::new(),
+        }
+    }
+
+    /// The runtime this is called on and `threads - 1` more, each a
+    /// current-thread runtime on a thread named `ferry-worker-N`.
+    pub fn start(threads: usize) -> std::io::Result<Workers> {
+        let mut workers = Workers::current();
+        for n in 1..threads.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (stop, stopped) = oneshot::channel::<()>();
+            workers.handles.push(runtime.handle().clone());
+            workers._stop.push(stop);
+            std::thread::Builder::new()
+                .name(format!("ferry-worker-{n}"))
+                .spawn(move || {
+                    let _ = runtime.block_on(stopped);
+                    // Dropping the runtime drops the tasks still on it.
+                    drop(runtime);
+                })?;
+        }
+        Ok(workers)
+    }
+
+    pub fn count(&self) -> usize {
+        self.handles.len()
+    }
+
+    pub fn handles(&self) -> &[Handle] {
+        &self.handles
+    }
 }
 
 /// Starts accepting on `listener` until `stop` or `shutdown` changes. Each
 /// connection holds a slot of every cap in `caps` until `serve` returns.
 pub(crate) fn spawn<F, Fut>(
+    kind: ListenerKind,
+    listener: TcpListener,
+    caps: Vec<Cap>,
+    stats: Arc<crate::metrics::Metrics>,
+    stop: Option<watch::Receiver<bool>>,
+    shutdown: watch::Receiver<bool>,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let on = Handle::current();
+    spawn_on(&on, kind, listener, caps, stats, stop, shutdown, serve)
+}
+
+/// [`spawn`] on the runtime `on` (the one `listener` is registered with):
+/// the accept loop and its connections run there.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn spawn_on<F, Fut>(
+    on: &Handle,
     kind: ListenerKind,
     listener: TcpListener,
     caps: Vec<Cap>,
@@ -134,7 +243,7 @@ pub(crate) fn spawn<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let local = listener.local_addr().ok();
-    tokio::spawn(async move {
+    on.spawn(async move {
         let k = kind.index();
         let mut backoff = Backoff::default();
         loop {

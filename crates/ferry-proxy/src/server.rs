@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
@@ -93,23 +94,36 @@ pub(crate) struct ListenerHandle {
     pub stop: watch::Sender<bool>,
 }
 
-/// Starts accepting on `listener`. Connections get the shutdown signal from
+/// Starts accepting on `group` (one socket per worker runtime, see
+/// `listen::bind_group`). Connections get the shutdown signal from
 /// `shutdown` (whole-proxy stop); `stop` ends only this listener's accept
-/// loop. A connection holds a slot of the listener's own cap (if it has
-/// one, fixed when it is bound) and of the router's `traffic` cap.
+/// loops. A connection holds a slot of the listener's own cap (if it has
+/// one, fixed when it is bound; shared by the listener's sockets) and of the
+/// router's `traffic` cap.
 pub(crate) fn spawn_listener(
     shared: Arc<Shared>,
-    listener: TcpListener,
+    group: Vec<(Handle, TcpListener)>,
     spec: ListenerSpec,
     shutdown: watch::Receiver<bool>,
     conns: Arc<ConnCount>,
     tls: Arc<ArcSwapOption<TlsState>>,
     traffic: Cap,
 ) -> Result<ListenerHandle, ProxyError> {
-    let bound = listener.local_addr().map_err(|source| ProxyError::Bind {
-        addr: spec.listen,
-        source,
-    })?;
+    let bound = match group.first().map(|(_, l)| l.local_addr()) {
+        Some(Ok(a)) => a,
+        Some(Err(source)) => {
+            return Err(ProxyError::Bind {
+                addr: spec.listen,
+                source,
+            })
+        }
+        None => {
+            return Err(ProxyError::Bind {
+                addr: spec.listen,
+                source: std::io::Error::other("no worker runtime to listen on"),
+            })
+        }
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let configured = spec.listen;
     let mut caps = Vec::with_capacity(2);
@@ -118,29 +132,34 @@ pub(crate) fn spawn_listener(
     }
     caps.push(traffic);
     let spec = Arc::new(ArcSwap::from_pointee(spec));
-    let spec_for_loop = Arc::clone(&spec);
-    let metrics = Arc::clone(&shared.metrics);
-    let shutdown_accept = shutdown.clone();
-    listen::spawn(
-        ListenerKind::Http,
-        listener,
-        caps,
-        metrics,
-        Some(stop_rx),
-        shutdown_accept,
-        move |stream, peer| {
-            shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
-            let spec = spec_for_loop.load_full();
-            let shared = Arc::clone(&shared);
-            let shutdown = shutdown.clone();
-            let guard = conns.enter();
-            let tls = Arc::clone(&tls);
-            async move {
-                serve_connection(shared, stream, peer, &spec, shutdown, &tls).await;
-                drop(guard);
-            }
-        },
-    );
+    for (on, listener) in group {
+        let spec_for_loop = Arc::clone(&spec);
+        let shared = Arc::clone(&shared);
+        let conns = Arc::clone(&conns);
+        let tls = Arc::clone(&tls);
+        let shutdown_conn = shutdown.clone();
+        listen::spawn_on(
+            &on,
+            ListenerKind::Http,
+            listener,
+            caps.clone(),
+            Arc::clone(&shared.metrics),
+            Some(stop_rx.clone()),
+            shutdown.clone(),
+            move |stream, peer| {
+                shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+                let spec = spec_for_loop.load_full();
+                let shared = Arc::clone(&shared);
+                let shutdown = shutdown_conn.clone();
+                let guard = conns.enter();
+                let tls = Arc::clone(&tls);
+                async move {
+                    serve_connection(shared, stream, peer, &spec, shutdown, &tls).await;
+                    drop(guard);
+                }
+            },
+        );
+    }
     Ok(ListenerHandle {
         configured,
         bound,
@@ -316,9 +335,9 @@ impl HttpConn {
     {
         self.info.h2 = proto == Alpn::H2;
         let metrics = Arc::clone(&shared.metrics);
-        let info = self.info;
+        let info = Arc::new(self.info);
         let handler = move |req| {
-            let fut = forward::handle(Arc::clone(&shared), info.clone(), req);
+            let fut = forward::handle(Arc::clone(&shared), Arc::clone(&info), req);
             async move {
                 match fut.await {
                     Ok(r) => r,

@@ -284,21 +284,13 @@ fn init_logging(cli: &Cli) -> Result<ferry_log::Guard, ferry_log::LogError> {
     })
 }
 
-/// One thread: a current-thread runtime, with no work-stealing scheduler in
-/// the request path (what `ferry proxy --threads 1` and benchmarks use).
+/// `ferry proxy` runs on current-thread runtimes, one per `--threads`
+/// (the others are started by `ferry_proxy::Proxy::start_threads`): no
+/// work-stealing scheduler in the request path.
 fn runtime_for(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
-    let threads = match command {
-        Command::Proxy(a) => a.threads,
-        _ => None,
-    };
-    let mut builder = match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(usize::from(n));
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
+    let mut builder = match command {
+        Command::Proxy(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
     };
     builder.enable_all().build()
 }

@@ -21,8 +21,10 @@ pub struct Args {
     /// tests that start the router with port 0).
     #[arg(long)]
     ready_file: Option<PathBuf>,
-    /// Worker threads (default: one per core). 1 runs everything on one
-    /// thread without a work-stealing scheduler: the cheapest per request.
+    /// Threads serving traffic (default: one per core). Each runs its own
+    /// event loop with its own SO_REUSEPORT socket of every listener, and a
+    /// connection stays on the thread that accepted it; the first thread also
+    /// runs the admin API, health checks, tunnels and passthrough listeners.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
     /// How long open connections may take to finish at shutdown.
@@ -93,7 +95,11 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     if let Some(a) = config.admin.as_ref().filter(|a| a.insecure_no_auth) {
         tracing::warn!(listen = %a.listen, "admin API without authentication (insecure_no_auth = true)");
     }
-    let proxy = Proxy::start(config, Some(args.config.clone()))
+    let threads = match args.threads {
+        Some(n) => usize::from(n),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let proxy = Proxy::start_threads(config, Some(args.config.clone()), threads)
         .await
         .map_err(|e| match e {
             ferry_proxy::ProxyError::UnknownPlacement { .. }
