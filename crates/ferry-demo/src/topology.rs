@@ -333,13 +333,23 @@ impl Router {
     }
 
     /// Sends SIGSTOP/SIGCONT: a router that stops answering without dying.
+    /// A SIGSTOP returns once every thread of the router has stopped: kill(2)
+    /// only queues the stop, and a router whose threads are waiting for a
+    /// busy CPU can still answer a request after kill returned (the demo's
+    /// stop-router fault saw the router take the very freeze it was stopped
+    /// to miss).
     pub fn signal(&self, sig: rustix::process::Signal) -> anyhow::Result<()> {
         let pid = i32::try_from(self.pid)
             .ok()
             .and_then(rustix::process::Pid::from_raw)
             .ok_or_else(|| anyhow!("bad pid {}", self.pid))?;
         rustix::process::kill_process(pid, sig)
-            .with_context(|| format!("signalling router {} (pid {})", self.name, self.pid))
+            .with_context(|| format!("signalling router {} (pid {})", self.name, self.pid))?;
+        if sig == rustix::process::Signal::STOP {
+            wait_stopped(self.pid)
+                .with_context(|| format!("router {} (pid {}) did not stop", self.name, self.pid))?;
+        }
+        Ok(())
     }
 }
 
@@ -413,4 +423,35 @@ timeout = "5s"
 "#
     );
     c
+}
+
+/// Waits (bounded) until every thread of `pid` is in the stopped state ('T'
+/// in /proc/PID/task/TID/stat).
+fn wait_stopped(pid: u32) -> anyhow::Result<()> {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if all_threads_stopped(pid)? {
+            return Ok(());
+        }
+        if Instant::now() >= end {
+            return Err(anyhow!("threads still running 10 s after SIGSTOP"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn all_threads_stopped(pid: u32) -> anyhow::Result<bool> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).context("listing its threads")?;
+    for task in tasks {
+        let stat = std::fs::read_to_string(task?.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        match state {
+            Some("T") | Some("t") | None => {}
+            Some(_) => return Ok(false),
+        }
+    }
+    Ok(true)
 }
