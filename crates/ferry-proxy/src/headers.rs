@@ -5,6 +5,7 @@
 //! client only on trusted listeners), `ferry-via` for router hops.
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -28,6 +29,10 @@ pub(crate) struct ConnInfo {
     pub client_ip_header: HeaderValue,
     /// `for=` part of `Forwarded` (RFC 7239 quoting for IPv6).
     pub forwarded_for: Box<str>,
+    /// The whole `Forwarded` value for the first host this connection's
+    /// requests went to (a keep-alive connection rarely has another): built
+    /// once, then shared. Set once, read without a lock.
+    forwarded_first: OnceLock<(Box<str>, HeaderValue)>,
     /// The client connection is TLS: `proto=https` and `X-Forwarded-Proto: https`.
     pub tls: bool,
     /// The client speaks HTTP/2: response bodies are watched for a client
@@ -57,6 +62,7 @@ impl ConnInfo {
             affinity,
             client_ip_header: value(ip.to_string()),
             forwarded_for: format!("for={for_}").into(),
+            forwarded_first: OnceLock::new(),
             tls,
             h2: false,
         }
@@ -153,7 +159,12 @@ fn is_forwarding(name: &HeaderName) -> bool {
 /// peer), origin-form URI, HTTP/1.1. The headers are copied once into a
 /// map sized for the additions (values are shared, not copied).
 pub(crate) fn outgoing_head(parts: &Parts, conn: &ConnInfo, host: &str) -> Parts {
-    let named = connection_named(&parts.headers);
+    // A name comparison per header, no lookup, tells whether `Connection` is there.
+    let named = if parts.headers.keys().any(|n| n == header::CONNECTION) {
+        connection_named(&parts.headers)
+    } else {
+        Vec::new()
+    };
     let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
     let (mut has_host, mut has_xff, mut has_xfp, mut has_fwd) = (false, false, false, false);
     for (name, value) in &parts.headers {
@@ -214,8 +225,21 @@ pub(crate) fn outgoing_head(parts: &Parts, conn: &ConnInfo, host: &str) -> Parts
     out
 }
 
-/// `Forwarded: for=CLIENT;host=HOST;proto=PROTO`, built in one buffer.
+/// `Forwarded: for=CLIENT;host=HOST;proto=PROTO`: the connection's
+/// first host's value is kept and shared, another host's built anew.
 fn forwarded(conn: &ConnInfo, host: &str, proto: &str) -> Option<HeaderValue> {
+    if let Some((first, v)) = conn.forwarded_first.get() {
+        if **first == *host {
+            return Some(v.clone());
+        }
+    }
+    let v = forwarded_value(conn, host, proto)?;
+    let _ = conn.forwarded_first.set((host.into(), v.clone()));
+    Some(v)
+}
+
+/// The `Forwarded` value, built in one buffer.
+fn forwarded_value(conn: &ConnInfo, host: &str, proto: &str) -> Option<HeaderValue> {
     let mut v = BytesMut::with_capacity(conn.forwarded_for.len() + host.len() + proto.len() + 13);
     v.extend_from_slice(conn.forwarded_for.as_bytes());
     v.extend_from_slice(b";host=");
@@ -310,6 +334,13 @@ mod tests {
             ["for=192.0.2.7;host=a.com;proto=http"]
         );
         assert_eq!(all(&out.headers, "accept"), ["a", "b"]);
+        // The connection's next request, for another host, names that host.
+        let c = conn(false);
+        for host in ["a.com", "b.com", "a.com"] {
+            let out = outgoing_head(&request("/", &[]), &c, host);
+            let want = format!("for=192.0.2.7;host={host};proto=http");
+            assert_eq!(all(&out.headers, "forwarded"), [want]);
+        }
         assert_eq!(all(&out.headers, "host"), ["a.com"]);
         assert_eq!(out.uri, "/p?q=1");
         assert_eq!(out.version, Version::HTTP_11);
