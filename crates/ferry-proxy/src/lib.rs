@@ -18,6 +18,7 @@ mod accesslog;
 mod admin;
 mod body;
 mod client_hello;
+mod control;
 mod deadline;
 mod forward;
 mod galera;
@@ -220,10 +221,13 @@ impl Proxy {
                 n
             }
         });
+        // [store] backend = "etcd": seeded from a snapshot (or the local copy).
+        let (store, control) = control::choose(&config, store)?;
         let shared = Arc::new(Shared::new(config, config_path, store)?);
         // Servers that joined at run time before a restart are in the store.
         joined::restore(&shared)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
+        control::attach(&shared, control, &shutdown_rx)?;
         tunnels.set_accept_limits(traffic_cap.clone(), Arc::clone(&shared.metrics));
         tunnels.commit(prepared, &tunnel_config, &shutdown_rx);
         passthroughs.commit(

@@ -146,6 +146,9 @@ pub(crate) struct Shared {
     /// The config last applied and the path it came from (for reloads).
     pub config: Mutex<(Config, Option<PathBuf>)>,
     pub admin_auth: ArcSwap<AdminAuth>,
+    /// `[store] backend = "etcd"`: the control thread's state (set at start).
+    #[cfg(feature = "etcd")]
+    pub control: std::sync::OnceLock<Arc<crate::control::Control>>,
 }
 
 pub(crate) const BUILTIN_MAINTENANCE_PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Maintenance</title></head><body><h1>Down for maintenance</h1><p>This site is being worked on and will be back shortly.</p></body></html>\n";
@@ -297,6 +300,8 @@ impl Shared {
                 config.router.access_log_format,
             )?),
             admin_auth: ArcSwap::from_pointee(AdminAuth::from_config(&config)),
+            #[cfg(feature = "etcd")]
+            control: std::sync::OnceLock::new(),
             config: Mutex::new((config, path)),
         })
     }

@@ -100,6 +100,7 @@ pub(super) fn metrics(proxy: &Proxy) -> Resp {
         }
     }
     proxy.tunnels.render_metrics(&mut out);
+    crate::control::metrics(shared, &mut out);
     if let Some(tls) = proxy.tls.load().as_deref() {
         crate::tls::render_store(&tls.store, &mut out);
     }

@@ -153,6 +153,7 @@ fn apply(proxy: &Proxy, records: Vec<SiteRecord>) -> Resp {
         .collect();
     match proxy.shared.apply_sites(changes) {
         Ok(outcomes) => {
+            crate::control::await_applied(&proxy.shared);
             drains(proxy, &hosts);
             let count = |k: Outcome| outcomes.iter().filter(|(_, o)| *o == k).count() as u64;
             ok(&Applied {
@@ -300,7 +301,7 @@ pub(super) fn query(proxy: &Proxy, body: &[u8]) -> Resp {
 fn remove(proxy: &Proxy, hosts: Vec<Hostname>) -> Result<u64, Resp> {
     let shared = &proxy.shared;
     // Held like an apply's, so a reload never judges a stale snapshot.
-    let _config = shared.config.lock();
+    let config = shared.config.lock();
     let ids: Vec<SiteId> = hosts
         .iter()
         .filter_map(|h| shared.table.get(h).map(|r| r.site))
@@ -311,6 +312,9 @@ fn remove(proxy: &Proxy, hosts: Vec<Hostname>) -> Result<u64, Resp> {
     {
         Ok(out) => {
             shared.stragglers.settled(&ids);
+            // The watch applies under the config lock: wait without it.
+            drop(config);
+            crate::control::await_applied(shared);
             Ok(out.iter().filter(|(_, o)| *o == Outcome::Removed).count() as u64)
         }
         Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e)),
