@@ -67,5 +67,6 @@ pub use manifest::{Entry, Kind, Manifest, Meta, Mtime, ScanOptions};
 pub use merkle::{Digest, Verdict};
 pub use open::{Endpoint, EndpointTree, OpenOptions, Role};
 pub use path::RelPath;
-pub use remote::{Deadlines, RemoteTree};
+pub use proto::Space;
+pub use remote::{query_space, Deadlines, RemoteTree};
 pub use watch::{Changes, Watch};

@@ -17,7 +17,7 @@ use crate::error::{Result, SyncError};
 use crate::manifest::{Manifest, ScanOptions};
 use crate::merkle::{Child, Digest};
 use crate::path::RelPath;
-use crate::proto::{self, Msg, VANISHED};
+use crate::proto::{self, Msg, Space, VANISHED};
 use crate::watch::Changes;
 
 struct Counting<T> {
@@ -295,6 +295,32 @@ impl RemoteTree {
         Ok(m)
     }
 
+    /// Room on the file system of the volume (statvfs at the agent). An
+    /// agent older than the query refuses the frame as an unknown type and
+    /// hangs up: that comes back as [`SyncError::Unsupported`] saying the
+    /// agent is too old, and this tree's connection is closed, so ask on a
+    /// connection of its own (see [`query_space`]).
+    pub fn space(&self) -> Result<Space> {
+        let mut out = None;
+        let asked = self.call(&Msg::SpaceReq, |m| match m {
+            Msg::Space(s) => {
+                out = Some(s);
+                Ok(true)
+            }
+            m => Err(Self::unexpected(&m)),
+        });
+        match asked {
+            Err(SyncError::Remote(m)) if m.contains(&format!("unknown message type {}", proto::SPACE_REQ_TYPE)) => {
+                Err(SyncError::Unsupported(format!(
+                    "{}: agent too old for a free-space query (it refused the frame: {m}); upgrade `ferry agent` there",
+                    self.peer
+                )))
+            }
+            Err(e) => Err(e),
+            Ok(()) => out.ok_or_else(|| SyncError::Protocol("no Space answer".into())),
+        }
+    }
+
     fn hashes(&self, req: &Msg) -> Result<(u64, Vec<Digest>)> {
         let mut out = Vec::new();
         let mut size = 0;
@@ -311,6 +337,19 @@ impl RemoteTree {
         })?;
         Ok((size, out))
     }
+}
+
+/// Opens `volume` for reading on its own connection and asks its room
+/// ([`RemoteTree::space`]): an older agent that hangs up on the query ends
+/// only this connection.
+pub fn query_space(
+    host: &str,
+    port: u16,
+    volume: &str,
+    key: &[u8; 32],
+    deadlines: &Deadlines,
+) -> Result<Space> {
+    RemoteTree::connect_with(host, port, volume, key, false, deadlines)?.space()
 }
 
 impl Tree for RemoteTree {

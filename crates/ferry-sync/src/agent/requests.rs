@@ -194,11 +194,29 @@ fn answer(sess: &mut Session<'_>, m: Msg, w: &mut Out) -> Result<()> {
                 "BlockFinish does not match BlockPrepare".into(),
             )),
         },
+        Msg::SpaceReq => send(w, &Msg::Space(space(sess)?)),
         other => Err(SyncError::Protocol(format!(
             "unexpected message in a session: {:?}",
             std::mem::discriminant(&other)
         ))),
     }
+}
+
+/// statvfs of the volume's root: what an unprivileged writer may still use
+/// (`f_bavail`, `f_favail`), not the root-reserved blocks.
+fn space(sess: &Session<'_>) -> Result<proto::Space> {
+    let root = sess.tree.root();
+    let s = rustix::fs::statvfs(root)
+        .map_err(|e| SyncError::io("statvfs", root, std::io::Error::from(e)))?;
+    let bytes = |blocks: u64| blocks.saturating_mul(s.f_frsize);
+    // Some file systems report more available than total inodes (or none
+    // at all): clamped, so the answer passes the client's decoder.
+    Ok(proto::Space {
+        bytes_free: bytes(s.f_bavail).min(bytes(s.f_blocks)),
+        bytes_total: bytes(s.f_blocks),
+        inodes_free: s.f_favail.min(s.f_files),
+        inodes_total: s.f_files,
+    })
 }
 
 /// A scan's answer: its entries, the temporary files it found, the end.

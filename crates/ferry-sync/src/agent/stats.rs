@@ -74,7 +74,7 @@ fn op_index(op: &Op) -> usize {
 }
 
 /// Requests, by the `request` label.
-const REQUESTS: [&str; 14] = [
+const REQUESTS: [&str; 15] = [
     "scan",
     "scan_paths",
     "merkle_root",
@@ -89,6 +89,7 @@ const REQUESTS: [&str; 14] = [
     "changes",
     "watch_full",
     "flush",
+    "space",
 ];
 
 fn request_index(m: &Msg) -> Option<usize> {
@@ -107,6 +108,7 @@ fn request_index(m: &Msg) -> Option<usize> {
         Msg::ChangesReq => 11,
         Msg::WatchFull { .. } => 12,
         Msg::Flush => 13,
+        Msg::SpaceReq => 14,
         _ => return None,
     })
 }
@@ -146,7 +148,7 @@ pub struct AgentStats {
     files_written: AtomicU64,
     blocks_written: AtomicU64,
     ops: [AtomicU64; 11],
-    requests: [AtomicU64; 14],
+    requests: [AtomicU64; 15],
     /// Unix time (seconds) the last session ended; 0: none yet.
     last_session_end: AtomicU64,
 }

@@ -1,6 +1,6 @@
 //! The strict decoder: frames to messages, every length and code checked.
 
-use super::{bad, t, Msg, MAX_LIST, VERSION};
+use super::{bad, t, Msg, Space, MAX_LIST, VERSION};
 use crate::delta::{Chunk, Signature, STRONG_LEN};
 use crate::endpoint::{Basis, Op};
 use crate::error::Result;
@@ -285,6 +285,8 @@ pub(super) fn decode_parts(head: &[u8], payload: Option<Vec<u8>>) -> Result<Msg>
         t::SCAN_PATHS_REQ => Msg::ScanPathsReq {
             checksum: r.bool()?,
         },
+        t::SPACE_REQ => Msg::SpaceReq,
+        t::SPACE => Msg::Space(r.space()?),
         other => return Err(bad(format!("unknown message type {other}"))),
     };
     r.end()?;
@@ -328,6 +330,23 @@ impl R<'_> {
             ino: self.u64()?,
             nlink: self.u32()?,
         })
+    }
+
+    /// Free at most total, for bytes and for inodes.
+    fn space(&mut self) -> Result<Space> {
+        let s = Space {
+            bytes_free: self.u64()?,
+            bytes_total: self.u64()?,
+            inodes_free: self.u64()?,
+            inodes_total: self.u64()?,
+        };
+        if s.bytes_free > s.bytes_total || s.inodes_free > s.inodes_total {
+            return Err(bad(format!(
+                "free space ({} bytes, {} inodes) exceeds the total ({} bytes, {} inodes)",
+                s.bytes_free, s.inodes_free, s.bytes_total, s.inodes_total
+            )));
+        }
+        Ok(s)
     }
 
     fn children(&mut self) -> Result<Vec<Child>> {

@@ -220,6 +220,14 @@ pub(super) fn encode_parts(m: &Msg) -> (Vec<u8>, &[u8]) {
             w.u8(t::SCAN_PATHS_REQ);
             w.bool(*checksum);
         }
+        Msg::SpaceReq => w.u8(t::SPACE_REQ),
+        Msg::Space(s) => {
+            w.u8(t::SPACE);
+            w.u64(s.bytes_free);
+            w.u64(s.bytes_total);
+            w.u64(s.inodes_free);
+            w.u64(s.inodes_total);
+        }
     }
     let len = (w.0.len() - 4 + w.1.len()) as u32;
     w.0[..4].copy_from_slice(&len.to_be_bytes());

@@ -146,6 +146,24 @@ pub enum Msg {
     ScanPathsReq {
         checksum: bool,
     },
+    /// Room on the file system that holds the volume (statvfs of its root),
+    /// for `ferry migrate check`. Answer: `Space`. An agent older than this
+    /// frame refuses it as an unknown type and hangs up (see
+    /// [`crate::remote::query_space`]).
+    SpaceReq,
+    Space(Space),
+}
+
+/// Room on the file system of a volume, as an unprivileged writer sees it
+/// (statvfs: `f_bavail * f_frsize`, `f_favail`). The decoder refuses more
+/// free than total. `inodes_total == 0`: the file system has no inode
+/// limit (btrfs and others report 0 for both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Space {
+    pub bytes_free: u64,
+    pub bytes_total: u64,
+    pub inodes_free: u64,
+    pub inodes_total: u64,
 }
 
 /// Frame type codes (the byte after the version). Only ever grow; a code
@@ -201,7 +219,14 @@ mod t {
     /// meaning of `OP_BLOCK`: an agent that only knows single blocks refuses
     /// the frame instead of recording one hash for the whole run.
     pub const OP_BLOCK_RUN: u8 = 51;
+    pub const SPACE_REQ: u8 = 52;
+    pub const SPACE: u8 = 53;
 }
+
+/// `SpaceReq`'s type code: an older agent names it when it refuses the
+/// frame ("unknown message type 52"), which the client turns into "agent
+/// too old".
+pub(crate) const SPACE_REQ_TYPE: u8 = t::SPACE_REQ;
 
 /// Largest total of path bytes put in one `ChangedPart` / `ScanPathsPart`.
 pub const PATHS_PART_BYTES: usize = 4 * 1024 * 1024;

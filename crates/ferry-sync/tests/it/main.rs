@@ -11,4 +11,5 @@ mod proto_props;
 mod remote;
 mod roundtrip;
 mod safety;
+mod space;
 mod watch;

@@ -55,6 +55,15 @@ fn arb_msg() -> impl Strategy<Value = Msg> {
         proptest::collection::vec(arb_path(), 0..8).prop_map(Msg::ScanPathsPart),
         proptest::option::of("[a-z ]{0,20}").prop_map(|full| Msg::ChangesEnd { full }),
         any::<bool>().prop_map(|checksum| Msg::ScanPathsReq { checksum }),
+        Just(Msg::SpaceReq),
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(a, b, c, d)| {
+            Msg::Space(proto::Space {
+                bytes_free: a.min(b),
+                bytes_total: a.max(b),
+                inodes_free: c.min(d),
+                inodes_total: c.max(d),
+            })
+        }),
         proptest::collection::vec(any::<u8>(), 0..64).prop_map(Msg::FileData),
         proptest::collection::vec(any::<u8>(), 0..64).prop_map(|d| Msg::Chunk(Chunk::Data(d))),
         (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64))
@@ -184,6 +193,7 @@ fn within_bounds(m: &Msg) -> bool {
         Msg::ReadReq { sig: Some(s), .. } | Msg::Sig(Some(s)) => {
             s.block_size <= proto::MAX_DELTA_BLOCK
         }
+        Msg::Space(s) => s.bytes_free <= s.bytes_total && s.inodes_free <= s.inodes_total,
         _ => true,
     }
 }
@@ -244,6 +254,23 @@ fn block_sizes_out_of_range_are_refused_by_the_decoder() {
         block_size: proto::MAX_DELTA_BLOCK + 1,
     };
     assert!(proto::decode(&proto::encode(&sig)[4..]).is_err());
+}
+
+proptest! {
+    /// A `Space` answer with more free than total (bytes or inodes) is
+    /// refused, whatever the numbers.
+    #[test]
+    fn space_with_more_free_than_total_is_refused(total in any::<u64>(), over in 1u64.., inodes in any::<bool>()) {
+        let free = total.saturating_add(over);
+        prop_assume!(free > total);
+        let s = if inodes {
+            proto::Space { bytes_free: 0, bytes_total: 0, inodes_free: free, inodes_total: total }
+        } else {
+            proto::Space { bytes_free: free, bytes_total: total, inodes_free: 0, inodes_total: 0 }
+        };
+        let e = proto::decode(&proto::encode(&Msg::Space(s))[4..]).unwrap_err();
+        prop_assert!(e.to_string().contains("exceeds the total"), "{}", e);
+    }
 }
 
 #[test]
