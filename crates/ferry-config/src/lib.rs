@@ -28,7 +28,9 @@ mod raw;
 mod sites_file;
 
 pub use check::check_host_port;
-pub use sites_file::{read_sites_file, SitesFileError};
+pub use sites_file::{
+    read_sites_file, read_sites_file_with, ListedSite, SitesFileError, SitesList,
+};
 
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]

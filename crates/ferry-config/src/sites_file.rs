@@ -19,12 +19,12 @@
 //! bad line refuses the file. It is read at start only; a reload does not
 //! read it again (change sites at run time through the admin API).
 
-use std::collections::HashSet;
-use std::io::BufRead;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 
 use ferry_conf::Invalid;
-use ferry_model::{Epoch, Hostname, Placement, SiteRecord, SiteState};
+use ferry_model::{Epoch, Hostname, Placement, SiteRecord, SiteState, MAX_HOSTNAME_LEN};
 
 use crate::Config;
 
@@ -61,93 +61,501 @@ fn and_more(n: usize) -> String {
     }
 }
 
+/// The checked sites of a sites file, in file order, kept compact: the file's
+/// text (hosts lowercased in place) and, per site, where its host is, a small
+/// placement index, its state and epoch. No allocation per site.
+pub struct SitesList {
+    text: String,
+    sites: Vec<Listed>,
+    placements: Vec<Placement>,
+}
+
+#[derive(Clone, Copy)]
+struct Listed {
+    start: u32,
+    len: u8,
+    state: SiteState,
+    placement: u16,
+    line: u32,
+    epoch: u64,
+}
+
+impl std::fmt::Debug for SitesList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SitesList")
+            .field("sites", &self.sites.len())
+            .field("placements", &self.placements)
+            .finish()
+    }
+}
+
+/// One site of a [`SitesList`], borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct ListedSite<'a> {
+    /// Lowercase, checked as [`Hostname::parse`] does.
+    pub host: &'a str,
+    /// Index into [`SitesList::placements`].
+    pub placement: u16,
+    pub state: SiteState,
+    pub epoch: Epoch,
+    /// Line in the file (from 1).
+    pub line: u32,
+}
+
+impl SitesList {
+    pub fn len(&self) -> usize {
+        self.sites.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sites.is_empty()
+    }
+
+    /// The placements the sites use (each once).
+    pub fn placements(&self) -> &[Placement] {
+        &self.placements
+    }
+
+    /// The sites in file order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = ListedSite<'_>> + Clone + '_ {
+        self.sites.iter().map(|s| self.site(s))
+    }
+
+    /// Site `i` (file order).
+    pub fn get(&self, i: usize) -> Option<ListedSite<'_>> {
+        self.sites.get(i).map(|s| self.site(s))
+    }
+
+    /// Site `i` as an owned record (allocates its host and placement).
+    pub fn record(&self, i: usize) -> Option<SiteRecord> {
+        let s = self.get(i)?;
+        Some(SiteRecord {
+            // Checked when the file was read.
+            host: Hostname::parse(s.host).ok()?,
+            placement: self.placements[usize::from(s.placement)].clone(),
+            state: s.state,
+            epoch: s.epoch,
+        })
+    }
+
+    /// `(position, position of its first occurrence)` of every site whose
+    /// host came earlier in the list, in order (one hash table of the hosts).
+    pub fn repeated(&self) -> Vec<(usize, usize)> {
+        let mut first: HashMap<&str, usize, Fast64> =
+            HashMap::with_capacity_and_hasher(self.len(), Default::default());
+        let mut twice = Vec::new();
+        for (i, s) in self.iter().enumerate() {
+            match first.entry(s.host) {
+                std::collections::hash_map::Entry::Occupied(e) => twice.push((i, *e.get())),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(i);
+                }
+            }
+        }
+        twice
+    }
+
+    fn site(&self, s: &Listed) -> ListedSite<'_> {
+        let start = s.start as usize;
+        ListedSite {
+            // ASCII, checked when the file was read.
+            host: self
+                .text
+                .get(start..start + usize::from(s.len))
+                .unwrap_or(""),
+            placement: s.placement,
+            state: s.state,
+            epoch: Epoch(s.epoch),
+            line: s.line,
+        }
+    }
+}
+
 /// Reads the sites file at `path` and checks every line against `config`
 /// (placements name its pools or remotes; no host twice, nor in a
-/// `[[site]]`). The records come back in host order.
-pub fn read_sites_file(path: &Path, config: &Config) -> Result<Vec<SiteRecord>, SitesFileError> {
-    let read_err = |source| SitesFileError::Read {
+/// `[[site]]`). The sites come back in file order.
+///
+/// The file is read whole into one buffer and split in place; a line in the
+/// usual form (`host placement [state] [epoch]`, ASCII, no uppercase in the
+/// state) is checked without allocating, any other goes through the general
+/// parser, which names what is wrong. Duplicates are found with one hash
+/// table of the hosts ([`SitesList::repeated`]).
+pub fn read_sites_file(path: &Path, config: &Config) -> Result<SitesList, SitesFileError> {
+    read_sites_file_with(path, config, SitesList::repeated)
+}
+
+/// [`read_sites_file`] with the duplicate check done by `repeated`, which
+/// returns what [`SitesList::repeated`] does: for a caller that indexes the
+/// hosts anyway (the router's table, filled as it checks). It is called only
+/// when every line is valid; otherwise the list's own check runs, so the
+/// error names every bad line.
+pub fn read_sites_file_with(
+    path: &Path,
+    config: &Config,
+    repeated: impl FnOnce(&SitesList) -> Vec<(usize, usize)>,
+) -> Result<SitesList, SitesFileError> {
+    let mut text = std::fs::read(path).map_err(|source| SitesFileError::Read {
         path: path.to_path_buf(),
         source,
+    })?;
+    if text.len() > u32::MAX as usize {
+        return Err(SitesFileError::Read {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "larger than 4 GiB, the most a sites file may hold",
+            ),
+        });
+    }
+    let vocab = Vocabulary::of(config);
+    let mut problems = Problems::new(path);
+    let mut sites: Vec<Listed> = Vec::with_capacity(text.len() / 24 + 1);
+    let mut used: Vec<Option<u16>> = vec![None; vocab.placements.len()];
+    let mut placements = Vec::new();
+    let mut line_no = 0u32;
+    let mut at = 0usize;
+    while at < text.len() {
+        let end = text[at..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(text.len(), |n| at + n);
+        line_no += 1;
+        let mut stop = end;
+        while stop > at && text[stop - 1] == b'\r' {
+            stop -= 1;
+        }
+        let line = &mut text[at..stop];
+        let parsed = match fast_line(line, &vocab) {
+            Fast::Skip => None,
+            Fast::Site(s) => Some(s),
+            Fast::Slow => match slow_line(line, &vocab) {
+                Ok(s) => s,
+                Err((column, message)) => {
+                    problems.report(line_no as usize, column, message);
+                    None
+                }
+            },
+        };
+        if let Some(mut s) = parsed {
+            // The host, lowercase and without trailing dots, in place.
+            line[s.start as usize..s.start as usize + usize::from(s.len)].make_ascii_lowercase();
+            s.start += at as u32;
+            s.line = line_no;
+            let index = &mut used[usize::from(s.placement)];
+            s.placement = *index.get_or_insert_with(|| {
+                placements.push(vocab.placements[usize::from(s.placement)].clone());
+                (placements.len() - 1) as u16
+            });
+            sites.push(s);
+        }
+        at = end + 1;
+        if line_no == u32::MAX {
+            problems.report(line_no as usize, 1, "too many lines".to_string());
+            break;
+        }
+    }
+    let list = SitesList {
+        text: utf8(text),
+        sites,
+        placements,
     };
-    let file = std::fs::File::open(path).map_err(read_err)?;
-    let pools: HashSet<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
-    let remotes: HashSet<&str> = config.remotes.iter().map(|r| r.name.as_str()).collect();
-    let in_config: HashSet<&str> = config.sites.iter().map(|s| s.host.as_str()).collect();
-    let mut problems = Vec::new();
-    let mut bad = 0usize;
-    let mut report = |line: usize, column: usize, message: String| {
-        bad += 1;
-        if problems.len() < MAX_LISTED {
-            problems.push(Invalid {
-                path: path.to_path_buf(),
+    // Hosts that are also a [[site]] of the config.
+    if !config.sites.is_empty() {
+        for (i, s) in list.iter().enumerate() {
+            if vocab.in_config.contains(s.host) {
+                let start = list.sites[i].start as usize;
+                let line_start = list.text[..start].rfind('\n').map_or(0, |n| n + 1);
+                let column = list.text[line_start..start].chars().count() + 1;
+                problems.report(
+                    s.line as usize,
+                    column,
+                    format!("site {} is also a [[site]] of the config", s.host),
+                );
+            }
+        }
+    }
+    // Hosts listed twice.
+    let twice = if problems.bad == 0 {
+        repeated(&list)
+    } else {
+        list.repeated()
+    };
+    for (i, first) in twice {
+        if let (Some(s), Some(f)) = (list.get(i), list.get(first)) {
+            problems.report(
+                s.line as usize,
+                1,
+                format!("site {} is listed twice (first at line {})", s.host, f.line),
+            );
+        }
+    }
+    problems.finish()?;
+    Ok(list)
+}
+
+/// The file's text as a `String`. The sites' lines are ASCII once checked;
+/// bytes that are not UTF-8 can only be in comments, and become `?`.
+fn utf8(mut text: Vec<u8>) -> String {
+    let mut from = 0;
+    loop {
+        match std::str::from_utf8(&text[from..]) {
+            Ok(_) => break,
+            Err(e) => {
+                let bad = from + e.valid_up_to();
+                let n = e.error_len().unwrap_or(text.len() - bad);
+                text[bad..bad + n].fill(b'?');
+                from = bad + n;
+            }
+        }
+    }
+    String::from_utf8(text).unwrap_or_default()
+}
+
+/// The bad lines found so far.
+struct Problems<'a> {
+    path: &'a Path,
+    listed: Vec<Invalid>,
+    bad: usize,
+}
+
+impl<'a> Problems<'a> {
+    fn new(path: &'a Path) -> Problems<'a> {
+        Problems {
+            path,
+            listed: Vec::new(),
+            bad: 0,
+        }
+    }
+
+    fn report(&mut self, line: usize, column: usize, message: String) {
+        self.bad += 1;
+        if self.listed.len() < MAX_LISTED {
+            self.listed.push(Invalid {
+                path: self.path.to_path_buf(),
                 line,
                 column,
                 message,
             });
-        }
-    };
-    // (record, line), sorted by host afterwards to find duplicates.
-    let mut records: Vec<(SiteRecord, u32)> = Vec::new();
-    let mut text = String::new();
-    let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
-    let mut line_no = 0usize;
-    loop {
-        text.clear();
-        if reader.read_line(&mut text).map_err(read_err)? == 0 {
-            break;
-        }
-        line_no += 1;
-        let line = text.trim_end_matches(['\n', '\r']);
-        let trimmed = line.trim_start();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        match parse_line(line, &pools, &remotes, &in_config) {
-            Ok(record) => records.push((record, line_no as u32)),
-            Err((at, message)) => {
-                let column = line[..at].chars().count() + 1;
-                report(line_no, column, message);
+        } else if let Some(last) = self.listed.iter().map(|p| p.line).max() {
+            // Keep the first MAX_LISTED lines of the file, whatever order the
+            // checks found them in.
+            if line < last {
+                if let Some(i) = self.listed.iter().position(|p| p.line == last) {
+                    self.listed[i] = Invalid {
+                        path: self.path.to_path_buf(),
+                        line,
+                        column,
+                        message,
+                    };
+                }
             }
         }
     }
-    records.sort_unstable_by(|a, b| a.0.host.cmp(&b.0.host).then(a.1.cmp(&b.1)));
-    for pair in records.windows(2) {
-        if pair[0].0.host == pair[1].0.host {
-            report(
-                pair[1].1 as usize,
-                1,
-                format!(
-                    "site {} is listed twice (first at line {})",
-                    pair[1].0.host, pair[0].1
-                ),
-            );
+
+    fn finish(mut self) -> Result<(), SitesFileError> {
+        if self.bad == 0 {
+            return Ok(());
         }
+        self.listed.sort_by_key(|p| p.line);
+        Err(SitesFileError::Invalid {
+            more: self.bad - self.listed.len(),
+            problems: self.listed,
+        })
     }
-    if bad > 0 {
-        // Duplicates were found after the sort: list every problem in file order.
-        problems.sort_by_key(|p| p.line);
-        return Err(SitesFileError::Invalid {
-            more: bad - problems.len(),
-            problems,
-        });
-    }
-    Ok(records.into_iter().map(|(r, _)| r).collect())
 }
 
-/// One site line; on error, the byte offset of the bad field and why.
-fn parse_line(
-    line: &str,
-    pools: &HashSet<&str>,
-    remotes: &HashSet<&str>,
-    in_config: &HashSet<&str>,
-) -> Result<SiteRecord, (usize, String)> {
+/// The placements a config offers (`pool:NAME` for each pool, `remote:NAME`
+/// for each remote), found by name without allocating.
+struct Vocabulary<'a> {
+    placements: Vec<Placement>,
+    pools: HashMap<&'a [u8], u16, Fast64>,
+    remotes: HashMap<&'a [u8], u16, Fast64>,
+    /// Hosts of the config's `[[site]]`s.
+    in_config: HashSet<&'a str, Fast64>,
+}
+
+impl<'a> Vocabulary<'a> {
+    fn of(config: &'a Config) -> Vocabulary<'a> {
+        let mut v = Vocabulary {
+            placements: Vec::new(),
+            pools: HashMap::default(),
+            remotes: HashMap::default(),
+            in_config: config.sites.iter().map(|s| s.host.as_str()).collect(),
+        };
+        // A config with more than 65,535 pools and remotes is refused by the
+        // table anyway; placements past that are not offered.
+        for p in &config.pools {
+            if let Ok(i) = u16::try_from(v.placements.len()) {
+                v.placements.push(Placement::Pool(p.name.clone()));
+                v.pools.entry(p.name.as_bytes()).or_insert(i);
+            }
+        }
+        for r in &config.remotes {
+            if let Ok(i) = u16::try_from(v.placements.len()) {
+                v.placements.push(Placement::Remote(r.name.clone()));
+                v.remotes.entry(r.name.as_bytes()).or_insert(i);
+            }
+        }
+        v
+    }
+
+    fn find(&self, raw: &[u8]) -> Option<u16> {
+        if let Some(name) = raw.strip_prefix(b"pool:") {
+            self.pools.get(name).copied()
+        } else if let Some(name) = raw.strip_prefix(b"remote:") {
+            self.remotes.get(name).copied()
+        } else {
+            None
+        }
+    }
+}
+
+enum Fast {
+    /// Blank or a comment.
+    Skip,
+    Site(Listed),
+    /// Anything else: the general parser decides, and names what is wrong.
+    Slow,
+}
+
+/// A line in the usual form, checked in place; `Fast::Slow` for anything
+/// unusual or wrong. `start` and `len` of the site are within the line;
+/// `placement` indexes the vocabulary.
+fn fast_line(line: &[u8], vocab: &Vocabulary) -> Fast {
+    let mut fields = line
+        .split(|&b| b == b' ' || b == b'\t')
+        .filter(|f| !f.is_empty());
+    let Some(host) = fields.next() else {
+        return Fast::Skip;
+    };
+    if host[0] == b'#' {
+        return Fast::Skip;
+    }
+    let start = host.as_ptr() as usize - line.as_ptr() as usize;
+    let Some(len) = host_len(host) else {
+        return Fast::Slow;
+    };
+    let Some(placement) = fields.next().and_then(|p| vocab.find(p)) else {
+        return Fast::Slow;
+    };
+    let state = match fields.next() {
+        None | Some(b"active") => SiteState::Active,
+        Some(b"maintenance") => SiteState::Maintenance,
+        Some(b"frozen") => SiteState::Frozen,
+        Some(_) => return Fast::Slow,
+    };
+    let epoch = match fields.next() {
+        None => 0,
+        Some(digits) => match parse_u64(digits) {
+            Some(e) => e,
+            None => return Fast::Slow,
+        },
+    };
+    if fields.next().is_some() {
+        return Fast::Slow;
+    }
+    Fast::Site(Listed {
+        start: start as u32,
+        len,
+        state,
+        placement,
+        line: 0,
+        epoch,
+    })
+}
+
+/// The length of `raw` as a hostname once its trailing dots are dropped, if
+/// it is one [`Hostname::parse`] accepts (letters of either case, digits,
+/// `-`, `_`, labels of 1-63 bytes not starting or ending with `-`, at most
+/// 253 bytes, `*.` only in front).
+fn host_len(raw: &[u8]) -> Option<u8> {
+    let mut end = raw.len();
+    while end > 0 && raw[end - 1] == b'.' {
+        end -= 1;
+    }
+    let name = &raw[..end];
+    let body = name.strip_prefix(b"*.").unwrap_or(name);
+    if body.is_empty() || body.len() > MAX_HOSTNAME_LEN {
+        return None;
+    }
+    for label in body.split(|&b| b == b'.') {
+        let (&first, &last) = (label.first()?, label.last()?);
+        if label.len() > 63 || first == b'-' || last == b'-' {
+            return None;
+        }
+        if !label
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return None;
+        }
+    }
+    u8::try_from(name.len()).ok()
+}
+
+/// Digits only (what `u64::from_str` accepts, less a leading `+`).
+fn parse_u64(digits: &[u8]) -> Option<u64> {
+    let mut n = 0u64;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    Some(n)
+}
+
+/// The general parser for a line the fast one passed on: `Ok(None)` for a
+/// blank line or a comment; on error, the column (from 1) and why.
+fn slow_line(line: &[u8], vocab: &Vocabulary) -> Result<Option<Listed>, (usize, String)> {
+    let Ok(line) = std::str::from_utf8(line) else {
+        let valid = match std::str::from_utf8(line) {
+            Err(e) => e.valid_up_to(),
+            Ok(_) => 0,
+        };
+        let column = String::from_utf8_lossy(&line[..valid]).chars().count() + 1;
+        return Err((column, "the line is not UTF-8 text".to_string()));
+    };
+    let trimmed = line.trim_start();
+    if trimmed.is_empty() || trimmed.starts_with('#') {
+        return Ok(None);
+    }
+    match parse_line(line, vocab) {
+        Ok((start, record)) => {
+            let placement = match &record.placement {
+                Placement::Pool(n) => vocab.pools.get(n.as_bytes()),
+                Placement::Remote(n) => vocab.remotes.get(n.as_bytes()),
+            };
+            let (Some(&placement), Ok(len)) = (placement, u8::try_from(record.host.as_str().len()))
+            else {
+                return Err((start + 1, format!("site {}: not loadable", record.host)));
+            };
+            Ok(Some(Listed {
+                start: start as u32,
+                len,
+                state: record.state,
+                placement,
+                line: 0,
+                epoch: record.epoch.0,
+            }))
+        }
+        Err((at, message)) => Err((line[..at].chars().count() + 1, message)),
+    }
+}
+
+/// One site line; its host's byte offset and the record, or on error, the
+/// byte offset of the bad field and why.
+fn parse_line(line: &str, vocab: &Vocabulary) -> Result<(usize, SiteRecord), (usize, String)> {
     let mut fields = fields(line);
     // The caller skips blank lines: there is a first field.
-    let (at, raw_host) = fields.next().unwrap_or((0, ""));
+    let (host_at, raw_host) = fields.next().unwrap_or((0, ""));
     let host =
-        Hostname::parse(raw_host).map_err(|e| (at, format!("bad host {raw_host:?}: {e}")))?;
-    if in_config.contains(host.as_str()) {
-        return Err((at, format!("site {host} is also a [[site]] of the config")));
+        Hostname::parse(raw_host).map_err(|e| (host_at, format!("bad host {raw_host:?}: {e}")))?;
+    if vocab.in_config.contains(host.as_str()) {
+        return Err((
+            host_at,
+            format!("site {host} is also a [[site]] of the config"),
+        ));
     }
     let Some((at, raw_placement)) = fields.next() else {
         return Err((
@@ -162,8 +570,8 @@ fn parse_line(
         )
     })?;
     let known = match &placement {
-        Placement::Pool(p) => pools.contains(p.as_str()),
-        Placement::Remote(r) => remotes.contains(r.as_str()),
+        Placement::Pool(p) => vocab.pools.contains_key(p.as_bytes()),
+        Placement::Remote(r) => vocab.remotes.contains_key(r.as_bytes()),
     };
     if !known {
         return Err((
@@ -202,12 +610,15 @@ fn parse_line(
             ),
         ));
     }
-    Ok(SiteRecord {
-        host,
-        placement,
-        state,
-        epoch,
-    })
+    Ok((
+        host_at,
+        SiteRecord {
+            host,
+            placement,
+            state,
+            epoch,
+        },
+    ))
 }
 
 /// The whitespace-separated fields of a line with their byte offsets.
@@ -219,6 +630,42 @@ fn fields(line: &str) -> impl Iterator<Item = (usize, &str)> {
             Some((at, field))
         })
         .filter(|(_, f)| !f.is_empty())
+}
+
+type Fast64 = BuildHasherDefault<Fold>;
+
+/// A fast hash for the duplicate check (64-bit words, multiply and rotate;
+/// the hosts come from the operator's file, not from the network).
+#[derive(Default)]
+struct Fold(u64);
+
+impl Hasher for Fold {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0 ^ u64::from_le_bytes(w))
+                .wrapping_mul(K)
+                .rotate_left(29);
+        }
+        let rest = chunks.remainder();
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        self.0 = (self.0 ^ u64::from_le_bytes(w) ^ rest.len() as u64)
+            .wrapping_mul(K)
+            .rotate_left(29);
+    }
+
+    fn write_u8(&mut self, b: u8) {
+        self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        let h = self.0.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^ (h >> 32)
+    }
 }
 
 #[cfg(test)]
@@ -233,16 +680,30 @@ mod tests {
         crate::parse(text, Path::new("proxy.toml")).expect("config")
     }
 
-    fn read(text: &str) -> Result<Vec<SiteRecord>, SitesFileError> {
+    fn read(text: &str) -> Result<SitesList, SitesFileError> {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("sites.txt");
         std::fs::write(&path, text).expect("write");
         read_sites_file(&path, &config())
     }
 
+    /// (host, placement, state, epoch) of every site, in file order.
+    fn sites(list: &SitesList) -> Vec<(String, String, SiteState, u64)> {
+        list.iter()
+            .map(|s| {
+                (
+                    s.host.to_string(),
+                    list.placements()[usize::from(s.placement)].to_string(),
+                    s.state,
+                    s.epoch.0,
+                )
+            })
+            .collect()
+    }
+
     #[test]
-    fn sites_come_back_in_host_order_with_defaults() {
-        let sites = read(
+    fn sites_come_back_in_file_order_with_defaults() {
+        let list = read(
             "# host placement [state] [epoch]\n\
              \n\
              shop.example\tpool:web\n\
@@ -250,20 +711,15 @@ mod tests {
              blog.example pool:web maintenance 3\n",
         )
         .expect("read");
-        let got: Vec<(String, String, SiteState, u64)> = sites
-            .iter()
-            .map(|r| {
-                (
-                    r.host.to_string(),
-                    r.placement.to_string(),
-                    r.state,
-                    r.epoch.0,
-                )
-            })
-            .collect();
         assert_eq!(
-            got,
+            sites(&list),
             vec![
+                (
+                    "shop.example".into(),
+                    "pool:web".into(),
+                    SiteState::Active,
+                    0
+                ),
                 (
                     "*.example.org".into(),
                     "remote:dc2".into(),
@@ -276,13 +732,65 @@ mod tests {
                     SiteState::Maintenance,
                     3
                 ),
+            ]
+        );
+        let lines: Vec<u32> = list.iter().map(|s| s.line).collect();
+        assert_eq!(lines, [3, 4, 5]);
+        assert_eq!(list.placements().len(), 2, "each placement once");
+        assert_eq!(
+            list.record(1).expect("record").host.as_str(),
+            "*.example.org"
+        );
+    }
+
+    #[test]
+    fn hosts_are_normalised_in_place_and_odd_lines_take_the_general_parser() {
+        // Uppercase, trailing dots, CRLF, leading blanks, a "+" epoch (which
+        // u64 parsing takes), a form feed before a comment, a comment that is
+        // not UTF-8: all accepted as before.
+        let mut text = Vec::new();
+        text.extend_from_slice(b"  Shop.EXAMPLE.. pool:web\r\n");
+        text.extend_from_slice(b"b.example pool:web frozen +4\n");
+        text.extend_from_slice(b"\x0c# comment\n");
+        text.extend_from_slice(b"# caf\xe9\n");
+        text.extend_from_slice(b"\t\t\n");
+        text.extend_from_slice(b"C.example remote:dc2 maintenance 18446744073709551615");
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("sites.txt");
+        std::fs::write(&path, &text).expect("write");
+        let list = read_sites_file(&path, &config()).expect("read");
+        assert_eq!(
+            sites(&list),
+            vec![
                 (
                     "shop.example".into(),
                     "pool:web".into(),
                     SiteState::Active,
                     0
                 ),
+                ("b.example".into(), "pool:web".into(), SiteState::Frozen, 4),
+                (
+                    "c.example".into(),
+                    "remote:dc2".into(),
+                    SiteState::Maintenance,
+                    u64::MAX
+                ),
             ]
+        );
+        // A duplicate spelled differently is still a duplicate.
+        let err = read("a.example pool:web\nA.Example. pool:web\n").expect_err("twice");
+        assert!(
+            err.to_string()
+                .contains("sites.txt:2:1: site a.example is listed twice (first at line 1)"),
+            "{err}"
+        );
+        // A site line that is not UTF-8 is named.
+        std::fs::write(&path, b"ok.example pool:web\nb\xe9.example pool:web\n").expect("write");
+        let err = read_sites_file(&path, &config()).expect_err("not UTF-8");
+        assert!(
+            err.to_string()
+                .contains("sites.txt:2:2: the line is not UTF-8 text"),
+            "{err}"
         );
     }
 

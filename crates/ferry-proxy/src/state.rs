@@ -10,7 +10,8 @@ use arc_swap::ArcSwap;
 use ferry_config::{Config, PoolSpec, RemoteSpec};
 use ferry_model::{Hostname, Placement, ServerState, SiteRecord};
 use ferry_router::{
-    ApplyError, Balance, HostTable, Outcome, Pool, Server, SiteChange, SiteExtras, SiteId,
+    ApplyError, Balance, HostTable, Loaded, NewSite, Outcome, Pool, Server, SiteChange, SiteExtras,
+    SiteId,
 };
 use ferry_store::{JoinedServer, Store, StoreError};
 use parking_lot::Mutex;
@@ -368,22 +369,26 @@ impl Shared {
         check_placements(new, changes.iter().map(|c| &c.record))?;
         // Sites that left the config are removed; sites added at run time through
         // the admin API were never in the config and are left alone.
-        let new_hosts: HashSet<&Hostname> = new.sites.iter().map(|s| &s.host).collect();
+        let new_hosts: HashSet<&str> = new.sites.iter().map(|s| s.host.as_str()).collect();
         let removed: Vec<Hostname> = old
             .sites
             .iter()
-            .filter(|s| !new_hosts.contains(&s.host))
+            .filter(|s| !new_hosts.contains(s.host.as_str()))
             .map(|s| s.host.clone())
             .collect();
         // Runtime sites that would point at a pool or remote the new config lacks
-        // make the reload invalid: refuse rather than strand them.
-        let remaining: Vec<SiteRecord> = self
-            .table
-            .records()
-            .into_iter()
-            .filter(|r| !removed.contains(&r.host) && !new_hosts.contains(&r.host))
-            .collect();
-        check_placements(new, remaining.iter())?;
+        // make the reload invalid: refuse rather than strand them. Only the
+        // sites of a placement the new config lacks are looked at (none, most
+        // of the time); the table is not copied.
+        let known = Known::of(new);
+        let gone: HashSet<&str> = removed.iter().map(Hostname::as_str).collect();
+        let stranded = self.table.find_placed(
+            |p| !known.has(p),
+            |host| !gone.contains(host) && !new_hosts.contains(host),
+        );
+        if let Some(r) = stranded {
+            return Err(unknown_placement(&r));
+        }
         Ok((changes, removed))
     }
 
@@ -614,137 +619,143 @@ impl<'a> Known<'a> {
     }
 }
 
-/// Sites applied to the table per batch while seeding: bounds the batch's
-/// bookkeeping (plan, duplicate check) and the copies held at a million sites.
+/// Sites written to the store per call while seeding: bounds the copies held
+/// at a million sites.
 const SEED_CHUNK: usize = 65_536;
 
-/// Fills an empty table at start. The store's records go in without a store
-/// write (the store holds them already), each with the config's extras when
-/// the config names the site too; a site of the config (`[[site]]` or the
-/// `sites_file`) goes in from the config, and is written, where the store
-/// lacks it or holds an older epoch (a stored record with an epoch at least
-/// the config's wins, as in a reload). The lists are merged in host order and
-/// applied in chunks, so no map or second copy of every site is built. Every
-/// placement is checked before anything is written.
+/// Fills an empty table at start, in bulk (`HostTable::load`): first the
+/// store's records as they are (the state the router had when it stopped;
+/// nothing written back), then the `sites_file`'s, each taken where the store
+/// lacks the site or holds an older epoch (a stored record with an epoch at
+/// least the config's wins, as in a reload), then the `[[site]]`s the same
+/// way, with their extras in any case. Every placement is checked before
+/// anything is written: a stored record must name a pool or remote of the
+/// config unless the config replaces it. Then the sites taken from the
+/// config are written to the store, in chunks. No map or sorted copy of
+/// every site is built.
 fn seed(table: &HostTable, config: &Config, store: &dyn Store) -> Result<(), ProxyError> {
-    let mut stored = store.sites().map_err(ProxyError::Store)?;
-    // Stores return host order already; sorting sorted input is one pass.
-    stored.sort_unstable_by(|a, b| a.host.cmp(&b.host));
-    let mut from_config = site_changes(config);
-    from_config.sort_unstable_by(|a, b| a.record.host.cmp(&b.record.host));
+    let seed_err = |e: ferry_router::RouterError| ProxyError::Seed(e.to_string());
+    let stored = store.sites().map_err(ProxyError::Store)?;
+    let from_config = site_changes(config);
     check_placements(config, from_config.iter().map(|c| &c.record))?;
-    // Checked whole (placements, duplicates, hosts also in [[site]]); host order.
+    load_stored(table, &stored)?;
+    drop(stored);
+    // The file is checked whole (placements, hosts also in [[site]]); its
+    // sites go into the table as the check's last step, which finds hosts
+    // listed twice with the table's own index (no second one).
+    let mut loaded = Ok(Loaded::default());
     let listed = match &config.router.sites_file {
-        Some(path) => ferry_config::read_sites_file(path, config)?,
-        None => Vec::new(),
+        Some(path) => Some(ferry_config::read_sites_file_with(path, config, |list| {
+            loaded = table.load(
+                list.placements(),
+                list.iter().map(|s| NewSite {
+                    host: s.host,
+                    placement: s.placement,
+                    state: s.state,
+                    epoch: s.epoch,
+                }),
+            );
+            match &loaded {
+                Ok(l) => l.repeated.clone(),
+                Err(_) => Vec::new(),
+            }
+        })?),
+        None => None,
     };
-    // A stored record must name a known pool or remote unless the config
-    // replaces it (a newer epoch).
-    let known = Known::of(config);
-    for r in stored.iter().filter(|r| !known.has(&r.placement)) {
-        let newer_in_config = from_config
-            .binary_search_by(|c| c.record.host.cmp(&r.host))
-            .is_ok_and(|i| from_config[i].record.epoch > r.epoch);
-        let newer_in_list = listed
-            .binary_search_by(|l| l.host.cmp(&r.host))
-            .is_ok_and(|i| listed[i].epoch > r.epoch);
-        if !newer_in_config && !newer_in_list {
-            return Err(unknown_placement(r));
-        }
-    }
-    let mut configured = merged(from_config, listed).peekable();
-    let mut seeder = Seeder {
-        table,
-        store,
-        stored: Vec::new(),
-        newer: Vec::new(),
-    };
-    for record in stored {
-        // Config sites before this one, which the store lacks.
-        while let Some(c) = configured.next_if(|c| c.record.host < record.host) {
-            seeder.newer(c)?;
-        }
-        match configured.next_if(|c| c.record.host == record.host) {
-            Some(c) if c.record.epoch > record.epoch => seeder.newer(c)?,
-            Some(c) => seeder.stored(SiteChange {
-                record,
+    let not_taken = loaded.map_err(seed_err)?.not_taken;
+    // [[site]]s: the stored record stays where its epoch is at least the
+    // config's (with the config's extras); otherwise the config's is newer.
+    let (mut kept, mut newer) = (Vec::new(), Vec::new());
+    for c in from_config {
+        match table.record(&c.record.host) {
+            Some(cur) if cur.epoch >= c.record.epoch => kept.push(SiteChange {
+                record: cur,
                 extras: c.extras,
-            })?,
-            None => seeder.stored(SiteChange {
-                record,
-                extras: None,
-            })?,
+            }),
+            _ => newer.push(c),
         }
     }
-    for c in configured {
-        seeder.newer(c)?;
-    }
-    seeder.flush_stored()?;
-    seeder.flush_newer()
-}
-
-/// A config's `[[site]]`s and its sites file's records (each in host order,
-/// no host in both) as one list in host order.
-fn merged(sites: Vec<SiteChange>, listed: Vec<SiteRecord>) -> impl Iterator<Item = SiteChange> {
-    let mut sites = sites.into_iter().peekable();
-    let mut listed = listed
-        .into_iter()
-        .map(|record| SiteChange {
-            record,
-            extras: None,
-        })
-        .peekable();
-    std::iter::from_fn(move || match (sites.peek(), listed.peek()) {
-        (Some(s), Some(l)) if l.record.host < s.record.host => listed.next(),
-        (Some(_), _) => sites.next(),
-        (None, _) => listed.next(),
-    })
-}
-
-/// Applies the seed in chunks: the store's own records without a store
-/// write, the config's newer ones with one (a failed write fails the start;
-/// chunks written before it hold the config's newer records, which the next
-/// start writes again).
-struct Seeder<'a> {
-    table: &'a HostTable,
-    store: &'a dyn Store,
-    stored: Vec<SiteChange>,
-    newer: Vec<SiteChange>,
-}
-
-impl Seeder<'_> {
-    fn stored(&mut self, c: SiteChange) -> Result<(), ProxyError> {
-        self.stored.push(c);
-        if self.stored.len() == SEED_CHUNK {
-            self.flush_stored()?;
-        }
-        Ok(())
-    }
-
-    fn newer(&mut self, c: SiteChange) -> Result<(), ProxyError> {
-        self.newer.push(c);
-        if self.newer.len() == SEED_CHUNK {
-            self.flush_newer()?;
-        }
-        Ok(())
-    }
-
-    fn flush_stored(&mut self) -> Result<(), ProxyError> {
-        let chunk = std::mem::take(&mut self.stored);
-        self.table
+    for chunk in chunks(kept) {
+        table
             .apply(chunk, |_| Ok::<(), StoreError>(()))
             .map_err(|e| ProxyError::Seed(e.to_string()))?;
-        Ok(())
     }
-
-    fn flush_newer(&mut self) -> Result<(), ProxyError> {
-        let chunk = std::mem::take(&mut self.newer);
-        let store = self.store;
-        self.table
+    let replaced: HashSet<&str> = newer.iter().map(|c| c.record.host.as_str()).collect();
+    let known = Known::of(config);
+    if let Some(r) = table.find_placed(|p| !known.has(p), |host| !replaced.contains(host)) {
+        return Err(unknown_placement(&r));
+    }
+    drop(replaced);
+    // Only now is the store written: the config's newer [[site]]s, then the
+    // listed sites taken (a failed write fails the start; what was written
+    // before it is the config's, which the next start writes again).
+    for chunk in chunks(newer) {
+        table
             .apply(chunk, |recs| store.put_sites(recs))
             .map_err(|e| ProxyError::Seed(e.to_string()))?;
-        Ok(())
     }
+    if let Some(list) = &listed {
+        let mut skip = not_taken.into_iter().peekable();
+        let mut batch = Vec::with_capacity(SEED_CHUNK.min(list.len()));
+        for i in 0..list.len() {
+            if skip.next_if_eq(&i).is_some() {
+                continue;
+            }
+            batch.extend(list.record(i));
+            if batch.len() == SEED_CHUNK {
+                store.put_sites(&batch).map_err(ProxyError::Store)?;
+                batch.clear();
+            }
+        }
+        if !batch.is_empty() {
+            store.put_sites(&batch).map_err(ProxyError::Store)?;
+        }
+    }
+    Ok(())
+}
+
+/// The store's records into the empty table, as they are.
+fn load_stored(table: &HostTable, stored: &[SiteRecord]) -> Result<(), ProxyError> {
+    let mut placements: Vec<Placement> = Vec::new();
+    let mut index: HashMap<&Placement, u16> = HashMap::new();
+    let mut of_site = Vec::with_capacity(stored.len());
+    for r in stored {
+        let i = match index.get(&r.placement) {
+            Some(&i) => i,
+            None => {
+                let i = u16::try_from(placements.len()).map_err(|_| {
+                    ProxyError::Seed(ferry_router::RouterError::TooManyPlacements.to_string())
+                })?;
+                placements.push(r.placement.clone());
+                index.insert(&r.placement, i);
+                i
+            }
+        };
+        of_site.push(i);
+    }
+    table
+        .load(
+            &placements,
+            stored.iter().zip(&of_site).map(|(r, &placement)| NewSite {
+                host: r.host.as_str(),
+                placement,
+                state: r.state,
+                epoch: r.epoch,
+            }),
+        )
+        .map_err(|e| ProxyError::Seed(e.to_string()))?;
+    Ok(())
+}
+
+/// `changes` in batches of at most [`SEED_CHUNK`].
+fn chunks(mut changes: Vec<SiteChange>) -> impl Iterator<Item = Vec<SiteChange>> {
+    std::iter::from_fn(move || {
+        if changes.is_empty() {
+            return None;
+        }
+        let rest = changes.split_off(changes.len().min(SEED_CHUNK));
+        Some(std::mem::replace(&mut changes, rest))
+    })
 }
 
 /// What a reload changed.
@@ -1086,5 +1097,40 @@ mod tests {
             .err()
             .expect("refused");
         assert!(err.to_string().contains("sites.txt:2:13: "), "{err}");
+    }
+
+    #[test]
+    fn a_host_twice_in_the_sites_file_refuses_the_start_even_where_the_store_wins() {
+        let dir = tempfile::tempdir().expect("dir");
+        let list = dir.path().join("sites.txt");
+        let mut c = config(&[], false);
+        c.router.sites_file = Some(list.clone());
+        // s1 is stored with epoch 3: both of its lines lose to the store, and
+        // are still a duplicate; x.example is new, twice.
+        std::fs::write(
+            &list,
+            "s1.example pool:web active 1\nx.example pool:web\ns1.example pool:other active 2\n\nX.example. pool:web\n",
+        )
+        .expect("write");
+        let store = filled(4);
+        let err = Shared::new(c.clone(), None, store.clone())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains("sites.txt:3:1: site s1.example is listed twice (first at line 1)"),
+            "{err}"
+        );
+        assert!(
+            err.contains("sites.txt:5:1: site x.example is listed twice (first at line 2)"),
+            "{err}"
+        );
+        assert_eq!(store.written(), 0);
+        // Without the repeats the same file starts, s1 kept from the store.
+        std::fs::write(&list, "s1.example pool:web active 1\nx.example pool:web\n").expect("write");
+        let s = Shared::new(c, None, store.clone()).expect("shared");
+        assert_eq!(store.written(), 1);
+        assert_eq!(s.table.len(), 5);
+        assert_eq!(record(&s, "s1.example").expect("s1").epoch, Epoch(3));
     }
 }

@@ -17,8 +17,8 @@ mod table;
 
 pub use pool::{match_rule, Balance, Pick, Pool, Server};
 pub use table::{
-    ApplyError, HostTable, Outcome, PlacementId, Route, SiteChange, SiteExtras, SiteId, Tracked,
-    MAX_EPOCH,
+    ApplyError, HostTable, Loaded, NewSite, Outcome, PlacementId, Route, SiteChange, SiteExtras,
+    SiteId, Tracked, MAX_EPOCH,
 };
 
 use ferry_model::{Epoch, Hostname};

@@ -55,6 +55,39 @@ impl NameIndex {
             .insert_unique(widen(h), Entry { id, hash: h }, |e| widen(e.hash));
     }
 
+    /// The id stored under `key`, or `new_id` inserted under it (one probe
+    /// either way): `Ok(id)` when the key was there, `Err(new_id)` when it was
+    /// just added. The caller pushes `new_id`'s name into the arena next.
+    pub(crate) fn get_or_insert(
+        &mut self,
+        key: &str,
+        new_id: u32,
+        hasher: &impl BuildHasher,
+        arena: &NameArena,
+        key_of: KeyOf,
+    ) -> Result<u32, u32> {
+        let h = hash32(hasher, key);
+        match self.table.entry(
+            widen(h),
+            |e| e.hash == h && key_of.key(arena.get(e.id)) == key,
+            |e| widen(e.hash),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(e) => Ok(e.get().id),
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(Entry {
+                    id: new_id,
+                    hash: h,
+                });
+                Err(new_id)
+            }
+        }
+    }
+
+    /// Drops the entries whose id is `from` or above (undoing a load).
+    pub(crate) fn forget_from(&mut self, from: u32) {
+        self.table.retain(|e| e.id < from);
+    }
+
     pub(crate) fn remove(
         &mut self,
         key: &str,
@@ -145,6 +178,15 @@ impl NameArena {
             self.spans[id as usize] = (start, len);
         }
         Ok(())
+    }
+
+    /// Drops the slots from `id` on and their names (undoing a load that
+    /// appended them, the last names of the arena).
+    pub(crate) fn truncate(&mut self, id: u32) {
+        if let Some(&(start, _)) = self.spans.get(id as usize) {
+            self.bytes.truncate(start as usize);
+            self.spans.truncate(id as usize);
+        }
     }
 
     pub(crate) fn reserve(&mut self, names: usize, bytes: usize) {

@@ -58,6 +58,31 @@ pub enum Outcome {
     Absent,
 }
 
+/// One site of a bulk load ([`HostTable::load`]), borrowed from the caller's
+/// list: no allocation per site.
+#[derive(Debug, Clone, Copy)]
+pub struct NewSite<'a> {
+    /// The name as [`Hostname::parse`] gives it (lowercase, checked): the
+    /// table stores it as is.
+    pub host: &'a str,
+    /// Index into the placements given to [`HostTable::load`].
+    pub placement: u16,
+    pub state: SiteState,
+    pub epoch: Epoch,
+}
+
+/// What [`HostTable::load`] did besides adding sites.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// Positions of the sites not taken: the table held their host with an
+    /// epoch at least theirs. In order.
+    pub not_taken: Vec<usize>,
+    /// `(position, position of its first occurrence)` of every site whose
+    /// host came earlier in the same load, in order. When not empty, the
+    /// load changed nothing.
+    pub repeated: Vec<(usize, usize)>,
+}
+
 /// Per-site packed state and live counters.
 struct Slot {
     /// placement id (16 bits) | state (2 bits) | epoch (46 bits); 0 in the
@@ -265,6 +290,172 @@ impl HostTable {
             site,
             held,
         }
+    }
+
+    /// Fills the table with many sites at once, without the per-batch
+    /// bookkeeping of [`HostTable::apply`] (made for a start: a million sites
+    /// in tens of milliseconds). A site whose host the table already holds
+    /// replaces it only with a greater epoch; otherwise the table's record
+    /// stays and the site's position in `sites` is in [`Loaded::not_taken`].
+    /// A host given twice in `sites` is refused: its positions are in
+    /// [`Loaded::repeated`] and then nothing changed. Extras are untouched.
+    ///
+    /// Every site is checked (epochs, names, placements, room) before anything
+    /// changes: on error the table is as it was. Readers wait while the sites
+    /// go in (the write lock is held throughout).
+    ///
+    /// # Panics
+    ///
+    /// If a site's placement index is not below `placements.len()`.
+    pub fn load<'a, I>(&self, placements: &[Placement], sites: I) -> Result<Loaded, RouterError>
+    where
+        I: IntoIterator<Item = NewSite<'a>>,
+        I::IntoIter: Clone,
+    {
+        let sites = sites.into_iter();
+        let _w = self.writer.lock();
+        let mut inner = self.inner.write();
+        let (mut count, mut bytes) = (0usize, inner.name_bytes);
+        for site in sites.clone() {
+            assert!(
+                usize::from(site.placement) < placements.len(),
+                "placement index {} out of {}",
+                site.placement,
+                placements.len()
+            );
+            if site.epoch.0 > MAX_EPOCH {
+                return Err(match Hostname::parse(site.host) {
+                    Ok(host) => RouterError::EpochTooLarge {
+                        host,
+                        epoch: site.epoch,
+                    },
+                    Err(_) => RouterError::TableFull,
+                });
+            }
+            if site.host.is_empty() || site.host.len() > usize::from(u8::MAX) {
+                return Err(RouterError::TableFull);
+            }
+            count += 1;
+            bytes += site.host.len() as u64;
+        }
+        if bytes > u64::from(u32::MAX) || inner.slots.len() + count > u32::MAX as usize {
+            return Err(RouterError::TableFull);
+        }
+        let new_placements = placements
+            .iter()
+            .filter(|p| !inner.placement_ids.contains_key(*p))
+            .count();
+        if inner.placements.len() + new_placements > usize::from(u16::MAX) {
+            return Err(RouterError::TooManyPlacements);
+        }
+        // Nothing below can fail.
+        let ids: Vec<PlacementId> = placements.iter().map(|p| inner.intern(p)).collect();
+        let (base, base_bytes) = (inner.slots.len(), inner.name_bytes);
+        inner.slots.reserve(count);
+        let added_bytes = (bytes - inner.name_bytes) as usize;
+        inner.names.reserve(count, added_bytes);
+        inner.exact.reserve(count);
+        // Slots this load has met (a second meeting is a repeated host), one
+        // bit each; and the words it replaced, to undo.
+        let mut met = vec![0u64; (base + count).div_ceil(64)];
+        let mut replaced: Vec<(u32, u64)> = Vec::new();
+        let mut loaded = Loaded::default();
+        for (i, site) in sites.clone().enumerate() {
+            let word = pack(ids[usize::from(site.placement)], site.state, site.epoch);
+            let (id, fresh) = inner.load_one(site.host, word);
+            let (cell, bit) = (id as usize / 64, 1u64 << (id % 64));
+            if met[cell] & bit != 0 {
+                loaded.repeated.push((i, 0));
+                continue;
+            }
+            met[cell] |= bit;
+            if fresh {
+                continue;
+            }
+            let slot = &inner.slots[id as usize].word;
+            let old = slot.load(Ordering::Acquire);
+            if unpack(old).is_none_or(|(_, _, epoch)| site.epoch > epoch) {
+                slot.store(word, Ordering::Release);
+                replaced.push((id, old));
+            } else {
+                loaded.not_taken.push(i);
+            }
+        }
+        if loaded.repeated.is_empty() {
+            return Ok(loaded);
+        }
+        // Undo, then find each repeated host's first position.
+        for (id, old) in replaced {
+            inner.slots[id as usize].word.store(old, Ordering::Release);
+        }
+        let base32 = base as u32;
+        inner.exact.forget_from(base32);
+        inner.wildcard.forget_from(base32);
+        inner.names.truncate(base32);
+        inner.slots.truncate(base);
+        inner.name_bytes = base_bytes;
+        drop(inner);
+        // Each repeated host's first position (two more passes, on this
+        // error path only).
+        let mut at = loaded.repeated.iter().map(|&(i, _)| i).peekable();
+        let mut hosts: Vec<&str> = Vec::with_capacity(loaded.repeated.len());
+        for (i, s) in sites.clone().enumerate() {
+            if at.next_if_eq(&i).is_some() {
+                hosts.push(s.host);
+            }
+        }
+        let mut first: hashbrown::HashMap<&str, usize> =
+            hosts.iter().map(|h| (*h, usize::MAX)).collect();
+        for (i, s) in sites.enumerate() {
+            if let Some(f) = first.get_mut(s.host) {
+                if *f == usize::MAX {
+                    *f = i;
+                }
+            }
+        }
+        for ((_, f), h) in loaded.repeated.iter_mut().zip(&hosts) {
+            *f = first.get(h).copied().unwrap_or(0);
+        }
+        loaded.not_taken.clear();
+        Ok(loaded)
+    }
+
+    /// The first site (in slot order) whose placement `refused` returns true
+    /// for and whose name `matters` returns true for, as a record. Costs one
+    /// call per distinct placement when no placement is refused, the common
+    /// case; a scan of the sites only otherwise. No copy of the table.
+    pub fn find_placed(
+        &self,
+        refused: impl Fn(&Placement) -> bool,
+        mut matters: impl FnMut(&str) -> bool,
+    ) -> Option<SiteRecord> {
+        let inner = self.inner.read();
+        let bad: Vec<bool> = inner.placements.iter().map(|p| refused(p)).collect();
+        if !bad.contains(&true) {
+            return None;
+        }
+        for (i, slot) in inner.slots.iter().enumerate() {
+            let Some((p, state, epoch)) = unpack(slot.word.load(Ordering::Acquire)) else {
+                continue;
+            };
+            if !bad[usize::from(p.0)] {
+                continue;
+            }
+            let name = inner.names.get(i as u32);
+            if !matters(name) {
+                continue;
+            }
+            // Names in the arena were checked when they went in.
+            if let Ok(host) = Hostname::parse(name) {
+                return Some(SiteRecord {
+                    host,
+                    placement: (*inner.placements[usize::from(p.0)]).clone(),
+                    state,
+                    epoch,
+                });
+            }
+        }
+        None
     }
 
     /// Applies a batch of changes atomically: every record is judged by the epoch
@@ -596,6 +787,40 @@ impl Inner {
             None => self.exact.insert(name, id, &self.hasher),
         }
         Ok(id)
+    }
+
+    /// Adds `name` in a fresh slot with `word` (`(id, true)`), unless the
+    /// table holds it: then its slot comes back (`(id, false)`) and nothing
+    /// changes. Room was checked.
+    fn load_one(&mut self, name: &str, word: u64) -> (u32, bool) {
+        let Inner {
+            hasher,
+            names,
+            exact,
+            wildcard,
+            slots,
+            name_bytes,
+            ..
+        } = self;
+        let new_id = slots.len() as u32;
+        let found = match name.strip_prefix("*.") {
+            Some(d) => wildcard.get_or_insert(d, new_id, hasher, names, KeyOf::WildcardDomain),
+            None => exact.get_or_insert(name, new_id, hasher, names, KeyOf::Whole),
+        };
+        match found {
+            Ok(id) => (id, false),
+            Err(id) => {
+                // Room (names of at most 255 bytes, u32 offsets) was checked.
+                let _ = names.push(name);
+                *name_bytes += name.len() as u64;
+                slots.push(Slot {
+                    word: AtomicU64::new(word),
+                    in_flight: AtomicU32::new(0),
+                    held: AtomicU32::new(0),
+                });
+                (id, true)
+            }
+        }
     }
 
     fn remove(&mut self, host: &Hostname) -> bool {
@@ -1101,6 +1326,122 @@ mod tests {
         drop(t.track(SiteId(999), true));
         assert_eq!(t.counters(SiteId(999)), (0, 0));
         assert_eq!(t.total_counters(), (0, 0));
+    }
+
+    /// `(host, placement index, epoch)` as the sites of a load over
+    /// `pool:a`, `pool:b`, `remote:dc2`.
+    fn load(t: &HostTable, sites: &[(&str, u16, u64)]) -> Result<Loaded, RouterError> {
+        let placements = ["pool:a", "pool:b", "remote:dc2"].map(|p| Placement::parse(p).unwrap());
+        t.load(
+            &placements,
+            sites.iter().map(|&(host, placement, epoch)| NewSite {
+                host,
+                placement,
+                state: SiteState::Active,
+                epoch: Epoch(epoch),
+            }),
+        )
+    }
+
+    #[test]
+    fn load_fills_the_table_and_keeps_what_it_holds_unless_newer() {
+        let t = table(vec![
+            change("kept.com", "pool:b", 5),
+            change("old.com", "pool:b", 1),
+        ]);
+        let loaded = load(
+            &t,
+            &[
+                ("a.com", 0, 0),
+                ("kept.com", 0, 5),
+                ("*.wild.net", 2, 3),
+                ("old.com", 0, 2),
+            ],
+        )
+        .unwrap();
+        assert_eq!(loaded.not_taken, [1]);
+        assert!(loaded.repeated.is_empty());
+        assert_eq!(t.len(), 4);
+        assert_eq!(seen(&t, "a.com"), Some(("pool:a".into(), 0)));
+        assert_eq!(seen(&t, "kept.com"), Some(("pool:b".into(), 5)));
+        assert_eq!(seen(&t, "old.com"), Some(("pool:a".into(), 2)));
+        assert_eq!(seen(&t, "x.y.wild.net"), Some(("remote:dc2".into(), 3)));
+        // Loaded sites take changes like any other.
+        let changed = apply(&t, vec![change("a.com", "pool:b", 1)]);
+        assert_eq!(outcomes(&changed), [Outcome::Changed]);
+        assert_eq!(t.records().len(), 4, "every site once: {:?}", t.records());
+    }
+
+    #[test]
+    fn load_of_a_repeated_host_changes_nothing_and_names_both_positions() {
+        let t = table(vec![change("held.com", "pool:b", 5)]);
+        let loaded = load(
+            &t,
+            &[
+                ("a.com", 0, 0),
+                ("held.com", 0, 1),
+                ("b.com", 0, 0),
+                ("a.com", 1, 0),
+                ("held.com", 0, 9),
+                ("*.w.net", 0, 0),
+                ("*.w.net", 0, 0),
+                ("c.com", 0, 0),
+            ],
+        )
+        .unwrap();
+        assert_eq!(loaded.repeated, [(3, 0), (4, 1), (6, 5)]);
+        assert!(loaded.not_taken.is_empty());
+        assert_eq!(t.len(), 1);
+        assert_eq!(seen(&t, "held.com"), Some(("pool:b".into(), 5)));
+        for gone in ["a.com", "b.com", "c.com", "x.w.net"] {
+            assert_eq!(seen(&t, gone), None, "{gone}");
+        }
+        // The table is whole: the same sites once each go in.
+        let loaded = load(&t, &[("a.com", 0, 0), ("b.com", 1, 0), ("*.w.net", 2, 0)]).unwrap();
+        assert_eq!(loaded, Loaded::default());
+        assert_eq!(t.len(), 4);
+        assert_eq!(seen(&t, "b.com"), Some(("pool:b".into(), 0)));
+        assert_eq!(seen(&t, "q.w.net"), Some(("remote:dc2".into(), 0)));
+    }
+
+    #[test]
+    fn load_checks_everything_first() {
+        let t = table(vec![change("a.com", "pool:a", 1)]);
+        let err = load(&t, &[("b.com", 0, 1), ("c.com", 0, MAX_EPOCH + 1)]).unwrap_err();
+        assert_eq!(
+            err,
+            RouterError::EpochTooLarge {
+                host: host("c.com"),
+                epoch: Epoch(MAX_EPOCH + 1)
+            }
+        );
+        let long = "a".repeat(256);
+        assert_eq!(
+            load(&t, &[("b.com", 0, 1), (&long, 0, 1)]).unwrap_err(),
+            RouterError::TableFull
+        );
+        assert_eq!(t.len(), 1);
+        assert_eq!(seen(&t, "b.com"), None);
+    }
+
+    #[test]
+    fn find_placed_looks_only_at_refused_placements() {
+        let t = table(vec![
+            change("a.com", "pool:a", 1),
+            change("b.com", "pool:b", 1),
+            change("c.com", "pool:b", 1),
+        ]);
+        assert!(t.find_placed(|_| false, |_| true).is_none());
+        let mut asked = Vec::new();
+        let found = t.find_placed(
+            |p| *p == Placement::Pool("b".into()),
+            |h| {
+                asked.push(h.to_string());
+                h != "b.com"
+            },
+        );
+        assert_eq!(found, Some(rec("c.com", "pool:b", 1)));
+        assert_eq!(asked, ["b.com", "c.com"]);
     }
 
     #[test]
