@@ -639,6 +639,101 @@ mod tests {
         assert_eq!(verdict(false, true, true), Verdict::Cut(Stream));
     }
 
+    use ferry_model::{Hostname, Placement, SiteRecord};
+    use ferry_router::SiteChange;
+
+    /// A table with `a.com` frozen at `epoch`, and a registry.
+    fn world(epoch: u64) -> (Arc<HostTable>, Arc<Stragglers>, SiteId) {
+        let table = Arc::new(HostTable::new());
+        set(&table, SiteState::Frozen, epoch);
+        let site = table.lookup("a.com").expect("site").site;
+        let reg = Arc::new(Stragglers::new(Arc::new(Metrics::default())));
+        (table, reg, site)
+    }
+
+    fn set(table: &HostTable, state: SiteState, epoch: u64) {
+        let change = SiteChange {
+            record: SiteRecord {
+                host: Hostname::parse("a.com").expect("host"),
+                placement: Placement::Pool("p".into()),
+                state,
+                epoch: Epoch(epoch),
+            },
+            extras: None,
+        };
+        table
+            .apply(vec![change], |_| Ok::<_, std::convert::Infallible>(()))
+            .expect("apply");
+    }
+
+    const DRAIN: Duration = Duration::from_secs(5);
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_cuts_what_could_write_and_keeps_a_write_being_handled() {
+        let (table, reg, site) = world(2);
+        let poll = reg.register(site, &Method::GET, true);
+        let order = reg.register(site, &Method::POST, true);
+        let upload = reg.register(site, &Method::PUT, false);
+        reg.frozen(&table, vec![(site, Epoch(2), "a.com".into())], DRAIN);
+        assert_eq!(reg.cuts(site, Epoch(2)), Some(SiteCuts::default()));
+        tokio::time::sleep(DRAIN - Duration::from_millis(1)).await;
+        assert!(!poll.entry.is_cut(), "nothing is cut before the deadline");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(poll.entry.is_cut() && upload.entry.is_cut());
+        assert!(!order.entry.is_cut(), "a write being handled is kept");
+        let cuts = reg.cuts(site, Epoch(2)).expect("a drain");
+        assert!(cuts.deadline_passed);
+        assert_eq!((cuts.cut, cuts.kept), ([1, 1, 0], 1));
+        assert_eq!(reg.metrics.stragglers.cut(CutReason::LongPoll), 1);
+        // The wait for the answer ends at once for a request already cut.
+        assert_eq!(poll.unless_cut(std::future::pending::<()>()).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_registered_after_the_deadline_is_judged_at_once() {
+        let (table, reg, site) = world(2);
+        reg.frozen(&table, vec![(site, Epoch(2), "a.com".into())], DRAIN);
+        tokio::time::sleep(DRAIN * 2).await;
+        let late = reg.register(site, &Method::GET, true);
+        assert!(late.entry.is_cut());
+        assert_eq!(reg.cuts(site, Epoch(2)).expect("a drain").cut, [0, 1, 0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replayed_freeze_keeps_its_deadline_and_a_flip_ends_it() {
+        let (table, reg, site) = world(2);
+        let poll = reg.register(site, &Method::GET, true);
+        reg.frozen(&table, vec![(site, Epoch(2), "a.com".into())], DRAIN);
+        tokio::time::sleep(DRAIN / 2).await;
+        // The orchestrator sends the same freeze again: same deadline.
+        reg.frozen(&table, vec![(site, Epoch(2), "a.com".into())], DRAIN);
+        tokio::time::sleep(DRAIN / 2 + Duration::from_millis(1)).await;
+        assert!(poll.entry.is_cut());
+        // Flipped before the deadline of a new freeze: nothing is cut.
+        set(&table, SiteState::Frozen, 3);
+        reg.frozen(&table, vec![(site, Epoch(3), "a.com".into())], DRAIN);
+        let other = reg.register(site, &Method::GET, true);
+        set(&table, SiteState::Active, 4);
+        reg.settled(&[site]);
+        tokio::time::sleep(DRAIN * 2).await;
+        assert!(!other.entry.is_cut());
+        assert_eq!(reg.cuts(site, Epoch(3)), None);
+        // And a request of an active site is never judged late.
+        let fresh = reg.register(site, &Method::GET, true);
+        assert!(!fresh.entry.is_cut());
+    }
+
+    #[test]
+    fn a_request_leaves_the_registry_with_its_last_handle() {
+        let (_table, reg, site) = world(1);
+        let r = reg.register(site, &Method::GET, true);
+        let second = r.clone();
+        drop(r);
+        assert_eq!(reg.shard(site).lock().entries.len(), 1);
+        drop(second);
+        assert!(reg.shard(site).lock().entries.is_empty());
+    }
+
     #[test]
     fn the_counters_render_every_reason() {
         let c = StragglerCounts::default();
