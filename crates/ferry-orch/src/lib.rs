@@ -9,8 +9,10 @@
 //!   `lease`, cargo feature `etcd`) and its fold into [`MigrationStatus`];
 //!   [`event`]: what it records, typed ([`event::Detail`]).
 //! - [`router`]: the routers' admin API client.
-//! - [`runbook`]: [`Orchestrator`]: run, resume, rollback; [`progress`]:
-//!   where a unit stands, folded from its events (what a replay starts from).
+//! - [`runbook`]: [`Orchestrator`]: run (units over lanes,
+//!   [`runbook::lanes`]; copy jobs under one [`runbook::Budget`]), resume,
+//!   rollback; [`progress`]: where a unit stands, folded from its events
+//!   (what a replay starts from).
 //! - [`failpoint`]: `FERRY_FAILPOINTS` / `FERRY_FAULTS` (crash tests, demo).
 //! - [`status`]: what a migration looks like from outside.
 //! - [`check`]: `ferry migrate check` / `run --dry-run`: everything a run

@@ -80,6 +80,9 @@ impl PlanUnit {
 struct Parameters {
     #[serde(default)]
     constraints: Vec<String>,
+    /// The night's lanes the plan was made for (`--parallel` of `ferry plan`).
+    #[serde(default)]
+    parallel: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +102,9 @@ pub struct Plan {
     /// The `filer` constraint was on: a unit moves whole filers (one copy job
     /// per filer); without it, one job per hosting directory.
     pub whole_filers: bool,
+    /// The lanes of a night (`parameters.parallel`): how many units the
+    /// runbook freezes at once unless told otherwise (`--parallel`).
+    pub parallel: Option<u32>,
     pub units: Vec<PlanUnit>,
 }
 
@@ -144,6 +150,7 @@ impl Plan {
             path: path.to_path_buf(),
             digest: blake3::hash(bytes).to_hex().to_string(),
             whole_filers: raw.parameters.constraints.iter().any(|c| c == "filer"),
+            parallel: raw.parameters.parallel.filter(|p| *p > 0),
             units: raw.units,
         })
     }

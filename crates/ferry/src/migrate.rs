@@ -3,7 +3,10 @@
 //!
 //! Exit codes: 0 every unit done; 1 a unit failed (or the run stopped on an
 //! error); 2 bad config, plan, unit id or flag; 3 refused (a journal that is
-//! not ours, damaged or already used; a plan that changed since the run began).
+//! not ours, damaged or already used; a plan that changed since the run began;
+//! a run whose lease another runner holds, with `[store] backend = "etcd"` or
+//! `--control etcd`); 4 this runner lost the run's lease to another runner
+//! (etcd): it stopped at once and changed nothing more (docs/control-plane.md).
 //! `check` (and `run --dry-run`): 0 the night could run, 1 a check failed,
 //! 2 bad config, plan, unit id or flag.
 
@@ -29,8 +32,9 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum Cmd {
-    /// Start a migration: every scheduled unit of the plan (or --only), one
-    /// at a time, in plan order.
+    /// Start a migration: every scheduled unit of the plan (or --only), in
+    /// the plan's lanes (--parallel units frozen at once), each lane in plan
+    /// order.
     Run(RunArgs),
     /// Go on with the run recorded in a journal (after a crash or a stop).
     Resume(ResumeArgs),
@@ -111,13 +115,118 @@ struct RunArgs {
     /// `check --measure-link`).
     #[arg(long, requires = "dry_run")]
     measure_link: bool,
+    /// Units frozen at once: the lanes (default: the plan's `parallel`). A
+    /// lane runs its units back to back, the next one's pre-copy beside the
+    /// freeze; 1 runs every unit start to end, one after another.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    parallel: Option<u32>,
+    /// Bytes per second for every copy job of the run together, all lanes
+    /// sharing it (K, M, G: powers of 1024), e.g. 100M. Default: unlimited.
+    #[arg(long, value_parser = crate::parse_size)]
+    bwlimit: Option<u64>,
+}
+
+/// Where a run is when its journal is in etcd (the migrate config's
+/// `[store] backend = "etcd"`), instead of `--journal`.
+#[derive(clap::Args)]
+struct ControlArgs {
+    /// `etcd`: the run's journal and lease are in etcd (`--etcd-endpoints`,
+    /// `--etcd-prefix`, `--run`); another machine's dead run is taken over
+    /// once its lease has expired.
+    #[arg(long, value_parser = ["etcd"], requires_all = ["run", "etcd_endpoints"])]
+    control: Option<String>,
+    /// The etcd members, comma-separated `http://HOST:PORT` (`[store] endpoints`).
+    #[arg(long, value_delimiter = ',', requires = "control")]
+    etcd_endpoints: Vec<String>,
+    /// The key prefix in etcd (`[store] prefix`).
+    #[arg(long, default_value = "/ferry", requires = "control")]
+    etcd_prefix: String,
+    /// The run id (`[store] run`): its journal is under PREFIX/runs/RUN/.
+    #[arg(long, requires = "control")]
+    run: Option<String>,
+    /// TTL of the run's lease taken by this runner (`[store] lease_ttl`).
+    #[arg(long, default_value = "10s", value_parser = ferry_conf::parse_duration, requires = "control")]
+    lease_ttl: std::time::Duration,
+}
+
+/// The journal named by `--journal` or `--control etcd ...`; with etcd and
+/// `runner`, the run's lease is taken first (refused, exit 3, while another
+/// runner holds it).
+fn journal_at(
+    journal: Option<&PathBuf>,
+    c: &ControlArgs,
+    runner: bool,
+) -> Result<ferry_orch::JournalAt, Failure> {
+    if c.control.is_none() {
+        let p = journal
+            .ok_or_else(|| Failure::usage(anyhow!("--journal or --control etcd is needed")))?;
+        return Ok(p.into());
+    }
+    #[cfg(feature = "etcd")]
+    {
+        let mut endpoints = Vec::new();
+        for e in &c.etcd_endpoints {
+            let ok = e.strip_prefix("http://").is_some_and(|r| {
+                r.rsplit_once(':').is_some_and(|(h, p)| {
+                    !h.is_empty() && p.trim_end_matches('/').parse::<u16>().is_ok_and(|p| p > 0)
+                })
+            });
+            if !ok {
+                return Err(Failure::usage(anyhow!(
+                    "--etcd-endpoints {e:?}: expected http://HOST:PORT"
+                )));
+            }
+            endpoints.push(e.trim_end_matches('/').to_string());
+        }
+        let s = ferry_orch::config::EtcdSettings {
+            endpoints,
+            prefix: c.etcd_prefix.trim_end_matches('/').to_string(),
+            run: c.run.clone().unwrap_or_default(),
+            lease_ttl: c.lease_ttl,
+            request_timeout: std::time::Duration::from_secs(5),
+        };
+        let run = if runner {
+            ferry_orch::lease::EtcdRun::take(&s, None)
+        } else {
+            ferry_orch::lease::EtcdRun::read_only(&s)
+        };
+        Ok(run.map_err(orch_failure)?.into())
+    }
+    #[cfg(not(feature = "etcd"))]
+    {
+        let _ = runner;
+        Err(Failure::usage(anyhow!(
+            "--control etcd: this ferry was built without etcd support (cargo feature `etcd`)"
+        )))
+    }
+}
+
+/// Where `run` keeps its journal: the config's `[store]` (etcd, under the
+/// run's lease) or `--journal`.
+fn run_journal(
+    inputs: &RunInputs,
+    journal: &std::path::Path,
+) -> Result<ferry_orch::JournalAt, Failure> {
+    match &inputs.cfg.store {
+        ferry_orch::config::StoreSettings::Sqlite => Ok(journal.into()),
+        #[cfg(feature = "etcd")]
+        ferry_orch::config::StoreSettings::Etcd(s) => Ok(ferry_orch::lease::EtcdRun::take(s, None)
+            .map_err(orch_failure)?
+            .into()),
+        #[cfg(not(feature = "etcd"))]
+        ferry_orch::config::StoreSettings::Etcd(_) => Err(Failure::usage(anyhow!(
+            "[store] backend = \"etcd\": this ferry was built without etcd support"
+        ))),
+    }
 }
 
 #[derive(clap::Args)]
 struct ResumeArgs {
     /// The journal of the run (it holds the config and the plan's path).
-    #[arg(long)]
-    journal: PathBuf,
+    #[arg(long, required_unless_present = "control")]
+    journal: Option<PathBuf>,
+    #[command(flatten)]
+    control: ControlArgs,
     /// Do not wait for the [window].
     #[arg(long)]
     now: bool,
@@ -127,13 +236,24 @@ struct ResumeArgs {
     /// Serve the tracking page and JSON status here (overrides [tracking] listen).
     #[arg(long)]
     listen: Option<String>,
+    /// Units frozen at once: the lanes (default: the plan's `parallel`). A
+    /// lane runs its units back to back, the next one's pre-copy beside the
+    /// freeze; 1 runs every unit start to end, one after another.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    parallel: Option<u32>,
+    /// Bytes per second for every copy job of the run together, all lanes
+    /// sharing it (K, M, G: powers of 1024), e.g. 100M. Default: unlimited.
+    #[arg(long, value_parser = crate::parse_size)]
+    bwlimit: Option<u64>,
 }
 
 #[derive(clap::Args)]
 struct StatusArgs {
     /// The journal of the run (read only).
-    #[arg(long)]
-    journal: PathBuf,
+    #[arg(long, required_unless_present = "control")]
+    journal: Option<PathBuf>,
+    #[command(flatten)]
+    control: ControlArgs,
     /// The status as one JSON document.
     #[arg(long)]
     json: bool,
@@ -152,6 +272,13 @@ struct RollbackArgs {
 }
 
 fn orch_failure(e: OrchError) -> Failure {
+    if let OrchError::LostLease { holder, .. } = &e {
+        tracing::error!(holder, "lost the lease to {holder}; stopping");
+        return Failure {
+            code: 4,
+            error: e.into(),
+        };
+    }
     if e.is_usage() {
         Failure::usage(e)
     } else if e.is_refusal() {
@@ -181,14 +308,24 @@ pub async fn run(args: Args) -> Result<(), Failure> {
                 .clone()
                 .or_else(|| inputs.cfg.tracking.map(|s| s.to_string()));
             let out = Output::new(a.json);
-            let opts = options(a.now, &out)?;
-            let o = Orchestrator::start(inputs, &a.journal, opts).map_err(orch_failure)?;
+            let opts = Options {
+                parallel: a.parallel.map(|p| p as usize),
+                bwlimit: a.bwlimit,
+                ..options(a.now, &out)?
+            };
+            let at = run_journal(&inputs, &a.journal)?;
+            let o = Orchestrator::start(inputs, at, opts).map_err(orch_failure)?;
             drive(&o, &out, listen, |o| Box::pin(o.run())).await
         }
         Cmd::Resume(a) => {
             let out = Output::new(a.json);
-            let opts = options(a.now, &out)?;
-            let o = Orchestrator::resume(&a.journal, opts).map_err(orch_failure)?;
+            let opts = Options {
+                parallel: a.parallel.map(|p| p as usize),
+                bwlimit: a.bwlimit,
+                ..options(a.now, &out)?
+            };
+            let at = journal_at(a.journal.as_ref(), &a.control, true)?;
+            let o = Orchestrator::resume(at, opts).map_err(orch_failure)?;
             let listen = a
                 .listen
                 .clone()
@@ -215,11 +352,12 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             }
         }
         Cmd::Status(a) => {
-            let j = Journal::open_read_only(&a.journal).map_err(orch_failure)?;
+            let at = journal_at(a.journal.as_ref(), &a.control, false)?;
+            let j = Journal::open_read_only(at).map_err(orch_failure)?;
             let Some(st) = j.status().map_err(orch_failure)? else {
                 return Err(Failure::refused(anyhow!(
                     "{}: holds no run yet",
-                    a.journal.display()
+                    j.path().display()
                 )));
             };
             if a.json {
@@ -291,7 +429,7 @@ async fn drive(
     listen: Option<String>,
     what: impl for<'a> FnOnce(&'a Orchestrator) -> RunFuture<'a>,
 ) -> Result<(), Failure> {
-    out.units(o.selected());
+    out.units(o.selected(), |id| o.lane_of(id));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = match listen {
         None => None,
@@ -303,13 +441,21 @@ async fn drive(
             let j = o.journal();
             // The plan's lanes and predicted freezes, beside what happens
             // (none when the plan cannot be read again: the page still works).
-            let expected = j
+            let mut expected = j
                 .meta()
                 .ok()
                 .flatten()
                 .and_then(|m| ferry_orch::Plan::load(&m.plan_path).ok())
                 .map(|p| ferry_orch::report::Expected::from_plan(&p))
                 .unwrap_or_default();
+            // The lanes the run uses (--parallel may fold the plan's).
+            for id in o.selected() {
+                if let Some(l) = o.lane_of(id) {
+                    let mut e = expected.unit(id);
+                    e.lane = Some(l);
+                    expected.set(id, e);
+                }
+            }
             let status: ferry_orch::track::StatusSource =
                 Arc::new(move || j.status().ok().flatten());
             let tracker = ferry_orch::track::Tracker::new().expected(expected);
@@ -365,6 +511,8 @@ struct Bars {
 struct Output {
     json: bool,
     bars: Option<Arc<Bars>>,
+    /// Each unit's lane, when the run has several.
+    lanes: Arc<parking_lot::Mutex<BTreeMap<String, u32>>>,
 }
 
 impl Output {
@@ -375,10 +523,22 @@ impl Output {
                 units: parking_lot::Mutex::new(BTreeMap::new()),
             })
         });
-        Output { json, bars }
+        Output {
+            json,
+            bars,
+            lanes: Arc::default(),
+        }
     }
 
-    fn units(&self, ids: &[String]) {
+    fn units(&self, ids: &[String], lane_of: impl Fn(&str) -> Option<u32>) {
+        {
+            let mut lanes = self.lanes.lock();
+            for id in ids {
+                if let Some(l) = lane_of(id) {
+                    lanes.insert(id.clone(), l);
+                }
+            }
+        }
         let Some(b) = &self.bars else { return };
         let style = indicatif::ProgressStyle::with_template(
             "{spinner} {prefix:>8} {elapsed:>5} {wide_msg}",
@@ -388,9 +548,17 @@ impl Output {
         for id in ids {
             let bar = b.multi.add(indicatif::ProgressBar::new_spinner());
             bar.set_style(style.clone());
-            bar.set_prefix(id.clone());
+            bar.set_prefix(self.name(id));
             bar.set_message("pending");
             map.insert(id.clone(), bar);
+        }
+    }
+
+    /// The unit as lines name it: `U3`, or with lanes `U3 [lane 1]`.
+    fn name(&self, id: &str) -> String {
+        match self.lanes.lock().get(id) {
+            Some(l) => format!("{id} [lane {l}]"),
+            None => id.to_string(),
         }
     }
 
@@ -398,7 +566,7 @@ impl Output {
         let ev = &e.event;
         let summary = detail_line(&ev.detail);
         if self.json {
-            let line = serde_json::json!({
+            let mut line = serde_json::json!({
                 "seq": e.seq,
                 "at_ms": e.at_ms,
                 "unit": ev.unit,
@@ -413,6 +581,10 @@ impl Output {
                 "freeze_ms": ev.detail.freeze_ms(),
                 "detail": summary,
             });
+            // With lanes, each line names its unit's lane.
+            if let (Some(l), Some(m)) = (self.lanes.lock().get(&ev.unit), line.as_object_mut()) {
+                m.insert("lane".into(), (*l).into());
+            }
             let mut o = std::io::stdout().lock();
             let _ = writeln!(o, "{line}");
             let _ = o.flush();
@@ -448,13 +620,13 @@ impl Output {
                     bar.set_message(text.clone());
                     bar.tick();
                     if ev.phase == Phase::End {
-                        let _ = b.multi.println(format!("{} {text}", ev.unit));
+                        let _ = b.multi.println(format!("{} {text}", self.name(&ev.unit)));
                     }
                 }
             }
             None => {
                 if ev.phase != Phase::Begin {
-                    println!("{} {text}", ev.unit);
+                    println!("{} {text}", self.name(&ev.unit));
                 }
             }
         }

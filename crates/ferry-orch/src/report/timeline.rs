@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::{escape, fmt_duration, fmt_utc, percent, step_class, unit_link, Expected};
-use crate::status::{Direction, MigrationStatus, Outcome, Step, StepRecord, UnitStatus};
+use crate::status::{Direction, MigrationStatus, Outcome, Step, StepRecord, UnitState, UnitStatus};
 
 /// One freeze window of one attempt, as drawn on the timeline.
 #[derive(Debug, PartialEq)]
@@ -291,7 +291,8 @@ pub(super) fn timeline(out: &mut String, s: &MigrationStatus, nights: &[Night]) 
                     Some(l) => {
                         let _ = write!(
                             out,
-                            "<div class=\"lane\" data-lane=\"{l}\"><div class=\"lane-name\">lane {l}</div>"
+                            "<div class=\"lane\" data-lane=\"{l}\"><div class=\"lane-name\">lane {l} {}</div>",
+                            lane_progress(night, l)
                         );
                     }
                     None => out.push_str(
@@ -316,6 +317,46 @@ pub(super) fn timeline(out: &mut String, s: &MigrationStatus, nights: &[Night]) 
          flip applied)</span></p>\n",
     );
     out.push_str("</section>\n");
+}
+
+/// Where lane `lane` of `night` stands, live: its units done (of all),
+/// and the unit it runs now with its step (`class="lane-progress"`, with
+/// `data-done`, `data-units` and `data-running`).
+fn lane_progress(night: &Night, lane: u32) -> String {
+    let rows: Vec<&Row> = night.rows.iter().filter(|r| r.lane == Some(lane)).collect();
+    let done = rows
+        .iter()
+        .filter(|r| matches!(r.unit.state, UnitState::Done | UnitState::RolledBack))
+        .count();
+    let failed = rows
+        .iter()
+        .filter(|r| r.unit.state == UnitState::Failed)
+        .count();
+    // The unit in its freeze stage (window .. done) first; else the one
+    // pre-copying.
+    let active = |r: &&&Row| matches!(r.unit.state, UnitState::Running | UnitState::Waiting);
+    let running = rows
+        .iter()
+        .filter(active)
+        .find(|r| r.unit.step.is_some_and(|s| s >= Step::AwaitWindow))
+        .or_else(|| rows.iter().find(active));
+    let mut text = format!("{done}/{} done", rows.len());
+    if failed > 0 {
+        let _ = write!(text, ", {failed} failed");
+    }
+    if let Some(r) = running {
+        let _ = write!(
+            text,
+            " &middot; {} {}",
+            escape(&r.unit.id),
+            r.unit.step.map_or("", |s| s.as_str())
+        );
+    }
+    format!(
+        "<span class=\"lane-progress\" data-done=\"{done}\" data-units=\"{}\" data-running=\"{}\">{text}</span>",
+        rows.len(),
+        running.map(|r| escape(&r.unit.id)).unwrap_or_default()
+    )
 }
 
 /// One unit's steps on its night's axis (`t0`, `span` ms wide).

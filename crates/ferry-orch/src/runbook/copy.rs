@@ -1,6 +1,10 @@
 //! Copy jobs: the replicator (ferry-sync: std I/O + rayon) driven off the
-//! async threads, one job at a time. Each call opens both ends afresh, so a
-//! replayed step starts from what is on disk.
+//! async threads, one job at a time per unit (lanes copy at the same time).
+//! Each call opens both ends afresh, so a replayed step starts from what is
+//! on disk. With a run budget (`--bwlimit`), every job's data goes through
+//! it ([`Budgeted`]): the lanes share one link.
+
+use std::sync::Arc;
 
 use crate::config::MigrateConfig;
 use crate::error::{OrchError, Result};
@@ -8,7 +12,11 @@ use ferry_sync::{
     Endpoint, EndpointTree, Mode, OpenOptions, PassSummary, Role, SyncError, SyncOptions,
 };
 
+use super::budget::{Budget, Budgeted};
 use super::unit::Job;
+
+/// The run's shared budget, handed to each job's thread.
+pub(super) type SharedBudget = Option<Arc<Budget>>;
 
 /// Opens both ends of a job through ferry-sync's one way of opening a side
 /// (a local destination directory is created in file mode; an agent's
@@ -39,6 +47,21 @@ pub(super) fn sync_opts(checksum: bool) -> SyncOptions {
     }
 }
 
+/// `d`'s destination, behind the budget when there is one.
+fn with_budget<T>(
+    d: &EndpointTree,
+    budget: &SharedBudget,
+    f: impl FnOnce(&dyn ferry_sync::Dest) -> T,
+) -> T {
+    match budget {
+        Some(b) => f(&Budgeted {
+            inner: d.dest(),
+            budget: b,
+        }),
+        None => f(d.dest()),
+    }
+}
+
 /// One pass of `mode`, numbered `n`.
 fn pass(
     s: &EndpointTree,
@@ -46,19 +69,25 @@ fn pass(
     o: &SyncOptions,
     mode: Mode,
     n: u32,
+    budget: &SharedBudget,
 ) -> std::result::Result<PassSummary, SyncError> {
-    match mode {
-        Mode::File => ferry_sync::run_pass(s.source(), d.dest(), o, n, &|_| {}),
-        Mode::Block => ferry_sync::run_block_pass(s.source(), d.dest(), o, n, &|_| {}),
-    }
+    with_budget(d, budget, |dest| match mode {
+        Mode::File => ferry_sync::run_pass(s.source(), dest, o, n, &|_| {}),
+        Mode::Block => ferry_sync::run_block_pass(s.source(), dest, o, n, &|_| {}),
+    })
 }
 
 /// The first pass of a job alone (so a failpoint can sit after it).
-pub(super) async fn first_pass(job: &Job, mode: Mode, opts: &SyncOptions) -> Result<PassSummary> {
-    let (j, o) = (job.clone(), opts.clone());
+pub(super) async fn first_pass(
+    job: &Job,
+    mode: Mode,
+    opts: &SyncOptions,
+    budget: &SharedBudget,
+) -> Result<PassSummary> {
+    let (j, o, b) = (job.clone(), opts.clone(), budget.clone());
     blocking(job, move || {
         let (s, d) = open_both(&j, mode)?;
-        pass(&s, &d, &o, mode, 1)
+        pass(&s, &d, &o, mode, 1, &b)
     })
     .await
 }
@@ -68,16 +97,19 @@ pub(super) async fn converge(
     job: &Job,
     cfg: &MigrateConfig,
     opts: &SyncOptions,
+    budget: &SharedBudget,
 ) -> Result<ferry_sync::Convergence> {
     let mode = cfg.copy.mode;
     let conv = ferry_sync::ConvergeOptions {
         max_freeze: cfg.freeze.max_freeze,
         max_passes: cfg.copy.max_passes,
     };
-    let (j, o) = (job.clone(), opts.clone());
+    let (j, o, b) = (job.clone(), opts.clone(), budget.clone());
     blocking(job, move || {
         let (s, d) = open_both(&j, mode)?;
-        ferry_sync::converge(s.source(), d.dest(), &o, mode, &conv, &|_| {})
+        with_budget(&d, &b, |dest| {
+            ferry_sync::converge(s.source(), dest, &o, mode, &conv, &|_| {})
+        })
     })
     .await
 }
@@ -89,13 +121,14 @@ pub(super) async fn final_passes(
     job: &Job,
     mode: Mode,
     opts: &SyncOptions,
+    budget: &SharedBudget,
 ) -> Result<(PassSummary, Option<PassSummary>)> {
-    let (j, o) = (job.clone(), opts.clone());
+    let (j, o, bud) = (job.clone(), opts.clone(), budget.clone());
     blocking(job, move || {
         let (s, d) = open_both(&j, mode)?;
-        let a = pass(&s, &d, &o, mode, 1)?;
+        let a = pass(&s, &d, &o, mode, 1, &bud)?;
         let b = if a.changed_entries > 0 || a.deleted > 0 {
-            Some(pass(&s, &d, &o, mode, 2)?)
+            Some(pass(&s, &d, &o, mode, 2, &bud)?)
         } else {
             None
         };

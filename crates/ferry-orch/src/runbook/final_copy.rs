@@ -92,7 +92,7 @@ impl UnitRun<'_> {
         let opts = copy::sync_opts(cfg.copy.checksum);
         let mut passes = Vec::new();
         for job in &self.unit.jobs {
-            let (a, b) = copy::final_passes(job, cfg.copy.mode, &opts)
+            let (a, b) = copy::final_passes(job, cfg.copy.mode, &opts, &self.orch.budget)
                 .await
                 .map_err(|e| e.to_string())?;
             passes.push(json!(Copied {

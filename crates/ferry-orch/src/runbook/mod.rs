@@ -1,6 +1,20 @@
-//! The runbook: one unit at a time through prepare, pre-copy, window,
-//! freeze, final copy + verify, flip, unfreeze, post-check, done
+//! The runbook: each unit through prepare, pre-copy, window, freeze, final
+//! copy + verify, flip, unfreeze, post-check, done
 //! (shared/design/cutover.md), every step journaled before it acts.
+//!
+//! Lanes ([`lanes`]): the selected units are laid out over `parallel`
+//! lanes (the plan's lanes; `--parallel` overrides the plan's count). Each
+//! lane runs its units back to back; while one of its units is in its
+//! freeze stage (window .. done), the pre-copy stage (prepare, pre-copy) of
+//! its next unit runs beside it, so at most `parallel` units are frozen at
+//! once and at most `parallel` pre-copies run. Every copy job of every lane
+//! takes its data from one budget (`--bwlimit`, [`budget`]). A unit that
+//! fails ends failed in the journal and its lane goes on with its next
+//! unit; the other lanes do not notice. A lane whose step errs (the
+//! journal cannot be written, ...) stops; the others run to their end and
+//! the error is returned then. An interruption (a `kill` failpoint in
+//! process) stops every lane at once, as a SIGKILL would. With one lane,
+//! nothing runs beside anything: each unit start to end, in plan order.
 //!
 //! Replay: where a unit stands is read back from the journal
 //! ([`UnitProgress::of`]). A step with a `begin` and no `end` is run again with
@@ -15,11 +29,13 @@
 //! step (`prepare`, `pre_copy`, `window`, `freeze`, `abandon`, `final_copy`,
 //! `flip`, `unfreeze`, `post_check`, `done`) and per rollback before the
 //! flip (`rollback`); `fencing`: the changes sent to routers, epochs,
-//! changes owed by routers that were down; `copy`: the replicator's jobs;
+//! changes owed by routers that were down; `copy`: the replicator's jobs
+//! (through `budget`, the run's shared bandwidth); `lanes`: the layout;
 //! `fingerprint`: what the sites answer before and after; `unit`: a
 //! plan unit as the runbook sees it in one direction.
 
 mod abandon;
+mod budget;
 mod copy;
 mod done;
 mod fencing;
@@ -27,6 +43,7 @@ mod final_copy;
 mod fingerprint;
 mod flip;
 mod freeze;
+pub mod lanes;
 mod post_check;
 mod pre_copy;
 mod prepare;
@@ -52,6 +69,9 @@ use crate::router::{Http, RouterClient};
 use crate::status::{Direction, Outcome, Step, UnitState};
 use ferry_journal::Steps;
 
+pub use budget::Budget;
+use copy::SharedBudget;
+pub use lanes::Lane;
 pub(crate) use unit::unit_filers;
 use unit_run::UnitRun;
 
@@ -70,6 +90,12 @@ pub struct Options {
     pub poll: Duration,
     /// Per-request timeout of admin API calls.
     pub admin_timeout: Duration,
+    /// Lanes (units frozen at once); `None`: the plan's `parallel` (1 when
+    /// the plan does not say).
+    pub parallel: Option<usize>,
+    /// Bytes per second for all copy jobs together (`--bwlimit`); `None`:
+    /// unlimited.
+    pub bwlimit: Option<u64>,
 }
 
 impl Default for Options {
@@ -81,6 +107,8 @@ impl Default for Options {
             observer: None,
             poll: Duration::from_millis(25),
             admin_timeout: Duration::from_secs(5),
+            parallel: None,
+            bwlimit: None,
         }
     }
 }
@@ -107,8 +135,16 @@ pub struct Orchestrator {
     journal: Arc<Journal>,
     selected: Vec<String>,
     opts: Options,
+    /// One keep-alive client for every router call of every lane (its
+    /// connections are reused; no lock is held around a call).
     http: Http,
     routers: Vec<RouterClient>,
+    /// Lanes asked for (`--parallel`, else the plan's).
+    parallel: usize,
+    /// The selected units over the run's lanes.
+    lanes: Vec<Lane>,
+    /// Every copy job's data goes through it (`--bwlimit`).
+    budget: SharedBudget,
     /// Logs each journaled event and hands it to the observer.
     on_append: Box<OnAppend>,
 }
@@ -230,6 +266,13 @@ impl Orchestrator {
             .iter()
             .map(|r| RouterClient::new(r.clone(), http.clone(), opts.admin_timeout))
             .collect();
+        let parallel = opts
+            .parallel
+            .or(plan.parallel.map(|p| p as usize))
+            .unwrap_or(1)
+            .max(1);
+        let lanes = lanes::lay_out(&plan, &selected, parallel);
+        let budget = opts.bwlimit.map(|b| Arc::new(Budget::new(b)));
         let observer = opts.observer.clone();
         let on_append: Box<OnAppend> = Box::new(move |rec: &EventRecord| {
             tracing::debug!(
@@ -252,8 +295,25 @@ impl Orchestrator {
             opts,
             http,
             routers,
+            parallel,
+            lanes,
+            budget,
             on_append,
         }
+    }
+
+    /// The selected units over the run's lanes.
+    pub fn lanes(&self) -> &[Lane] {
+        &self.lanes
+    }
+
+    /// The lane of unit `id` when the run has several (a run of one lane
+    /// journals and prints what it always did).
+    pub fn lane_of(&self, id: &str) -> Option<u32> {
+        if self.parallel <= 1 {
+            return None;
+        }
+        lanes::lane_of(&self.lanes, id)
     }
 
     pub fn journal(&self) -> Arc<Journal> {
@@ -281,6 +341,11 @@ impl Orchestrator {
     }
 
     fn session_note(&self, what: &str) -> Result<()> {
+        self.session_note_saying(what, String::new())
+    }
+
+    /// A session note whose summary goes on with `more`.
+    fn session_note_saying(&self, what: &str, more: String) -> Result<()> {
         self.emit(NewEvent {
             unit: String::new(),
             step: None,
@@ -292,34 +357,141 @@ impl Orchestrator {
             detail: Note::Session {
                 pid: std::process::id(),
                 what: what.to_string(),
-                summary: format!("orchestrator {what} (pid {})", std::process::id()),
+                summary: format!("orchestrator {what} (pid {}){more}", std::process::id()),
             }
             .into(),
         })?;
         Ok(())
     }
 
-    /// Runs (or goes on with) every selected unit, one at a time, in plan order.
+    /// Runs (or goes on with) every selected unit over the run's lanes
+    /// (see the module doc); the summary lists the units in plan order.
     pub async fn run(&self) -> Result<RunSummary> {
-        self.session_note("run")?;
-        let mut out = Vec::new();
-        for id in self.selected.clone() {
-            let mut p = UnitProgress::of(&id, &self.journal.unit_events(&id)?);
-            if let Some(t) = p.terminal {
-                // A failed unit may have left a change owed by a router that
-                // was down (an abandon it never got): pay it now.
-                if !p.owed.is_empty() {
-                    let u = self.unit(&id, p.direction.unwrap_or(Direction::Forward))?;
-                    self.pay_owed(&u, &mut p).await?;
+        let layout = lanes::describe(&self.lanes);
+        tracing::info!(parallel = self.parallel, lanes = %layout, "run");
+        // With lanes, the session note lists them (one lane: as before lanes).
+        let more = if self.parallel > 1 {
+            format!(
+                ", {} lane{}: {layout}",
+                self.lanes.len(),
+                if self.lanes.len() == 1 { "" } else { "s" }
+            )
+        } else {
+            String::new()
+        };
+        self.session_note_saying("run", more)?;
+        // Units a stopped run left past their window (waiting for it,
+        // frozen, flipping; or rolling back) go first in their lane, so no
+        // lane freezes a unit while another of its units is still frozen.
+        // A lane holding several (a resume with another --parallel) runs
+        // the others at once, beside the lanes: they are frozen already.
+        let mut work: Vec<(Option<u32>, Vec<String>)> = Vec::new();
+        for lane in &self.lanes {
+            let mut first = Vec::new();
+            let mut rest = Vec::new();
+            for id in &lane.units {
+                let p = UnitProgress::of(id, &self.journal.unit_events(id)?);
+                if past_window(&p) {
+                    first.push(id.clone());
+                } else {
+                    rest.push(id.clone());
                 }
-                out.push((id, t));
-                continue;
             }
-            let dir = p.direction.unwrap_or(Direction::Forward);
-            let state = self.run_unit(&id, dir).await?;
-            out.push((id, state));
+            for extra in first.drain(1.min(first.len())..) {
+                work.push((Some(lane.index), vec![extra]));
+            }
+            first.extend(rest);
+            work.push((Some(lane.index), first));
         }
-        Ok(RunSummary { units: out })
+        let runs = work.into_iter().map(|(lane, units)| async move {
+            match self.run_lane(lane, &units).await {
+                // A kill is a kill: every lane stops where it stands.
+                Err(e @ OrchError::Interrupted(_)) => Err(e),
+                other => Ok(other),
+            }
+        });
+        let ended = futures_util::future::try_join_all(runs).await?;
+        let mut states = std::collections::HashMap::new();
+        let mut first_error = None;
+        for r in ended {
+            match r {
+                Ok(v) => states.extend(v),
+                Err(e) => {
+                    tracing::error!(error = %e, "a lane stopped");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let units = self
+            .selected
+            .iter()
+            .map(|id| {
+                let s = states.get(id).copied().unwrap_or(UnitState::Pending);
+                (id.clone(), s)
+            })
+            .collect();
+        Ok(RunSummary { units })
+    }
+
+    /// One lane: its units back to back; with more than one lane, the
+    /// pre-copy stage of the next unit beside the freeze stage of this one.
+    async fn run_lane(
+        &self,
+        lane: Option<u32>,
+        units: &[String],
+    ) -> Result<Vec<(String, UnitState)>> {
+        let mut out = Vec::new();
+        if self.parallel <= 1 {
+            for id in units {
+                out.push((
+                    id.clone(),
+                    self.advance(id, None).await?.unwrap_or(UnitState::Pending),
+                ));
+            }
+            return Ok(out);
+        }
+        let mut pre_copied = false;
+        for (i, id) in units.iter().enumerate() {
+            if !pre_copied {
+                self.advance(id, Some(Step::AwaitWindow)).await?;
+            }
+            let next = units.get(i + 1);
+            if let Some(n) = next {
+                tracing::info!(lane, unit = %id, next = %n, "freeze stage; the lane's next unit pre-copies beside it");
+            }
+            let (state, _) = tokio::try_join!(self.advance(id, None), async {
+                match next {
+                    Some(n) => self.advance(n, Some(Step::AwaitWindow)).await,
+                    None => Ok(None),
+                }
+            })?;
+            pre_copied = next.is_some();
+            out.push((id.clone(), state.unwrap_or(UnitState::Pending)));
+        }
+        Ok(out)
+    }
+
+    /// Runs unit `id` from where its journal stands until it ends, or
+    /// (forward only) until its next step is `until`: then `None`. A unit
+    /// already ended may still pay a change a router owes.
+    async fn advance(&self, id: &str, until: Option<Step>) -> Result<Option<UnitState>> {
+        let mut p = UnitProgress::of(id, &self.journal.unit_events(id)?);
+        if let Some(t) = p.terminal {
+            // A failed unit may have left a change owed by a router that
+            // was down (an abandon it never got): pay it now.
+            if !p.owed.is_empty() {
+                let u = self.unit(id, p.direction.unwrap_or(Direction::Forward))?;
+                self.pay_owed(&u, &mut p).await?;
+            }
+            return Ok(Some(t));
+        }
+        let dir = p.direction.unwrap_or(Direction::Forward);
+        let until = until.filter(|_| dir == Direction::Forward);
+        self.run_unit_until(id, dir, p, dir == Direction::Reverse, until)
+            .await
     }
 
     async fn run_unit(&self, id: &str, dir: Direction) -> Result<UnitState> {
@@ -334,24 +506,53 @@ impl Orchestrator {
         &self,
         id: &str,
         dir: Direction,
-        mut p: UnitProgress,
+        p: UnitProgress,
         skip_window: bool,
     ) -> Result<UnitState> {
+        // Without `until` it only returns once the unit ended.
+        Ok(self
+            .run_unit_until(id, dir, p, skip_window, None)
+            .await?
+            .unwrap_or(UnitState::Running))
+    }
+
+    /// [`Self::run_unit_from`], stopping before `until` (`None` then).
+    async fn run_unit_until(
+        &self,
+        id: &str,
+        dir: Direction,
+        mut p: UnitProgress,
+        skip_window: bool,
+        until: Option<Step>,
+    ) -> Result<Option<UnitState>> {
         let u = self.unit(id, dir)?;
-        tracing::info!(unit = id, direction = ?dir, sites = u.sites.len(), "unit");
+        let lane = self.lane_of(id);
+        tracing::info!(unit = id, lane, direction = ?dir, sites = u.sites.len(), "unit");
         loop {
             self.pay_owed(&u, &mut p).await?;
             if let Some(t) = p.terminal {
-                return Ok(t);
+                return Ok(Some(t));
+            }
+            if let Some(until) = until {
+                let next = match (p.open, p.last_end) {
+                    (Some(o), _) => Some(o.step),
+                    (None, Some(e)) if e.outcome == Outcome::Ok => e.step.next(),
+                    (None, Some(e)) if e.outcome == Outcome::Abandoned => Some(Step::Freeze),
+                    (None, Some(_)) => None,
+                    (None, None) => Some(Step::Prepare),
+                };
+                if next.is_some_and(|s| s >= until) {
+                    return Ok(None);
+                }
             }
             let Some((step, replay, attempt)) = self.next_step(id, &p).await else {
-                return Ok(match p.last_end {
+                return Ok(Some(match p.last_end {
                     Some(EndedStep {
                         outcome: Outcome::Ok,
                         ..
                     }) => UnitState::Done,
                     _ => UnitState::Failed,
-                });
+                }));
             };
             // Attempts count freezes: the steps before the first one are attempt 1.
             let attempt = if step < Step::Freeze { 1 } else { attempt };
@@ -430,4 +631,17 @@ impl Orchestrator {
             (None, None) => (Step::Prepare, false, 1),
         })
     }
+}
+
+/// A unit a stopped run left past its window: waiting for it, frozen, or
+/// beyond (or moving back); it must finish before its lane freezes another.
+fn past_window(p: &UnitProgress) -> bool {
+    if p.terminal.is_some() {
+        return false;
+    }
+    if p.direction == Some(Direction::Reverse) {
+        return true;
+    }
+    let at = p.open.map(|o| o.step).or(p.last_end.map(|e| e.step));
+    at.is_some_and(|s| s >= Step::AwaitWindow)
 }

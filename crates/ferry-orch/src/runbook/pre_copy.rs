@@ -46,14 +46,14 @@ impl UnitRun<'_> {
         let mut results = Vec::new();
         let mut all_ready = true;
         for (i, job) in u.jobs.iter().enumerate() {
-            let first = match copy::first_pass(job, mode, &opts).await {
+            let first = match copy::first_pass(job, mode, &opts, &o.budget).await {
                 Ok(f) => f,
                 Err(e) => return self.fail(step, None, e.to_string()),
             };
             if i == 0 {
                 o.opts.failpoints.hit("pre_copy:inside").await?;
             }
-            match copy::converge(job, &o.cfg, &opts).await {
+            match copy::converge(job, &o.cfg, &opts, &o.budget).await {
                 Ok(c) => {
                     all_ready &= c.ready;
                     results.push(json!(Converged {

@@ -55,11 +55,17 @@ impl UnitRun<'_> {
         epoch: Option<u64>,
         detail: impl Into<Detail>,
     ) -> Result<()> {
+        let lane = self.orch.lane_of(&self.unit.id);
         let begin = if self.replay {
-            tracing::info!(unit = %self.unit.id, step = step.as_str(), "replaying a step begun before the orchestrator stopped");
+            tracing::info!(unit = %self.unit.id, lane, step = step.as_str(), "replaying a step begun before the orchestrator stopped");
             None
         } else {
-            Some(self.event(Some(step), Phase::Begin, epoch, None, detail.into()))
+            let mut detail = detail.into();
+            // With several lanes, each begin names its unit's lane.
+            if let (Detail::Step(d), Some(l)) = (&mut detail, lane) {
+                d.report.insert("lane".into(), l.into());
+            }
+            Some(self.event(Some(step), Phase::Begin, epoch, None, detail))
         };
         Ok(self.orch.steps().begin(step.as_str(), begin).await?)
     }
