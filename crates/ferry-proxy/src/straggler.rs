@@ -33,7 +33,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_model::{Epoch, SiteState};
+use ferry_model::{Epoch, Hostname, SiteState};
 use ferry_router::{HostTable, SiteId, Tracked};
 use http::Method;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -286,6 +286,26 @@ impl Stragglers {
             self.record(site, v);
         }
         reg
+    }
+
+    /// After site changes were applied (by the admin API, or any other path
+    /// that changes sites at run time): the sites of `hosts` now frozen get
+    /// their drain deadline, `after` from now (a replay of the same freeze
+    /// keeps the first); the others lose theirs.
+    pub fn note(self: &Arc<Self>, table: &Arc<HostTable>, hosts: &[Hostname], after: Duration) {
+        let mut frozen = Vec::new();
+        let mut settled = Vec::new();
+        for h in hosts {
+            match table.get(h) {
+                Some(r) if r.state == SiteState::Frozen => {
+                    frozen.push((r.site, r.epoch, h.to_string()));
+                }
+                Some(r) => settled.push(r.site),
+                None => {}
+            }
+        }
+        self.settled(&settled);
+        self.frozen(table, frozen, after);
     }
 
     /// Sites just frozen (or frozen again, at a new epoch): their drain
@@ -639,7 +659,7 @@ mod tests {
         assert_eq!(verdict(false, true, true), Verdict::Cut(Stream));
     }
 
-    use ferry_model::{Hostname, Placement, SiteRecord};
+    use ferry_model::{Placement, SiteRecord};
     use ferry_router::SiteChange;
 
     /// A table with `a.com` frozen at `epoch`, and a registry.

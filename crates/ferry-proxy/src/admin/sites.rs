@@ -196,20 +196,8 @@ fn apply(proxy: &Proxy, records: Vec<SiteRecord>) -> Resp {
 /// the same freeze keeps the first deadline) and ends it for the others.
 fn drains(proxy: &Proxy, hosts: &[Hostname]) {
     let shared = &proxy.shared;
-    let mut frozen = Vec::new();
-    let mut settled = Vec::new();
-    for h in hosts {
-        match shared.table.get(h) {
-            Some(r) if r.state == SiteState::Frozen => {
-                frozen.push((r.site, r.epoch, h.to_string()));
-            }
-            Some(r) => settled.push(r.site),
-            None => {}
-        }
-    }
-    shared.stragglers.settled(&settled);
     let after = shared.settings.load().drain_timeout;
-    shared.stragglers.frozen(&shared.table, frozen, after);
+    shared.stragglers.note(&shared.table, hosts, after);
 }
 
 pub(super) fn put_one(proxy: &Proxy, raw: &str, body: &[u8]) -> Resp {
