@@ -222,11 +222,14 @@ async fn check_passes_changes_nothing_and_names_each_broken_thing() {
     ] {
         assert!(r.lines.iter().any(|l| l.what == what), "no {what} line");
     }
-    // The agents' volumes cannot tell their free space: said, not failed.
-    assert!(r
+    // The destination agent answered the free-space query.
+    let room = r
         .lines
         .iter()
-        .any(|l| l.what == "room" && l.verdict == Verdict::Unchecked));
+        .find(|l| l.what == "room" && l.at == "fs-1 destination")
+        .expect("a room line");
+    assert_eq!(room.verdict, Verdict::Ok, "{room}");
+    assert!(room.why.contains("ferry://"), "{room}");
     assert!(!cw.w.journal.exists());
     assert_eq!(cw.snapshot().await, before, "the check changed something");
 
@@ -379,4 +382,103 @@ async fn local_filers_room_and_an_existing_journal() {
     let l = failed_at(&r, "journal", "journal.db").expect("a failed journal line");
     assert!(l.fix.contains("resume"), "{l}");
     assert_eq!(std::fs::read(&w.journal).unwrap(), b"not empty");
+}
+
+/// A tmpfs mounted for one test, unmounted (lazily) when dropped. Needs
+/// root (the test command runs as root).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, opts: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("running mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs ({opts}) on {} failed: this test needs root",
+            at.display()
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Room at a destination served by an agent, on a small tmpfs (1 MiB, 16
+/// inodes): asked with the free-space query, ok when the units fit, failed
+/// naming bytes or inodes when they do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_at_an_agents_destination() {
+    let w = world("").await;
+    let small = Tmpfs::mount(&w.path("gra/fs-1"), "size=1m,nr_inodes=16,mode=0755");
+    let agent = Agent::start("fs-1", &small.0, false);
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    let text = text.replace(
+        "destination = \"gra/fs-1\"",
+        &format!(
+            "destination = \"ferry://{}/fs-1\"\nkey = \"{KEY}\"",
+            agent.addr
+        ),
+    );
+    assert!(text.contains("ferry://"), "{text}");
+    std::fs::write(&w.config, &text).unwrap();
+    let opts = CheckOptions {
+        journal: w.journal.clone(),
+        timeout: Duration::from_secs(5),
+        measure_link: false,
+    };
+    let plan = common::plan_json(true);
+    let with_size = |bytes: u64, files: u64| {
+        plan.replacen(
+            r#""filers":["fs-1"],"#,
+            &format!(r#""filers":["fs-1"],"size":{{"file_bytes":{bytes},"files":{files}}},"#),
+            1,
+        )
+    };
+    let room_line = |r: &CheckReport| {
+        r.lines
+            .iter()
+            .find(|l| l.what == "room" && l.at == "fs-1 destination")
+            .cloned()
+            .expect("a room line")
+    };
+
+    std::fs::write(&w.plan, with_size(23, 3)).unwrap();
+    let inputs = RunInputs::load(&w.config, &w.plan, None).unwrap();
+    let r = check(&inputs, &opts).await;
+    assert!(r.ok(), "{:?}", r.failed().collect::<Vec<_>>());
+    let l = room_line(&r);
+    assert_eq!(l.verdict, Verdict::Ok, "{l}");
+    assert!(l.why.contains("1048576 bytes free"), "{l}");
+
+    // More bytes than the tmpfs holds.
+    std::fs::write(&w.plan, with_size(2 << 20, 3)).unwrap();
+    let inputs = RunInputs::load(&w.config, &w.plan, None).unwrap();
+    let r = check(&inputs, &opts).await;
+    let l = room_line(&r);
+    assert_eq!(l.verdict, Verdict::Failed, "{l}");
+    assert!(l.why.contains("too few bytes"), "{l}");
+
+    // More files than it has inodes.
+    std::fs::write(&w.plan, with_size(23, 100)).unwrap();
+    let inputs = RunInputs::load(&w.config, &w.plan, None).unwrap();
+    let r = check(&inputs, &opts).await;
+    let l = room_line(&r);
+    assert_eq!(l.verdict, Verdict::Failed, "{l}");
+    assert!(l.why.contains("too few inodes"), "{l}");
+
+    // Nothing written on the destination.
+    assert_eq!(std::fs::read_dir(&small.0).unwrap().count(), 0);
+    drop(agent);
+    drop(small);
 }

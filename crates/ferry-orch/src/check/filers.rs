@@ -1,5 +1,6 @@
 //! Filers: each side opened (an agent's handshake with the key, a local
-//! path), and room at a local destination.
+//! path), and room at the destination (statvfs of a local path, the agent's
+//! free-space query for a `ferry://` volume).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use crate::plan::PlanUnit;
 use crate::runbook::RunInputs;
 
 /// Each filer the units use: its source readable, its destination
-/// writable, and room at a local destination.
+/// writable, and room at the destination.
 pub(super) async fn filers(
     r: &mut CheckReport,
     inputs: &RunInputs,
@@ -21,17 +22,16 @@ pub(super) async fn filers(
     numbers: &BTreeMap<String, UnitNumbers>,
     timeout: Duration,
 ) {
-    let mut bytes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut needs: BTreeMap<String, Need> = BTreeMap::new();
     for u in units {
-        let b = numbers
-            .get(&u.id)
-            .and_then(|n| n.size.as_ref())
-            .map_or(0, |s| s.file_bytes);
+        let size = numbers.get(&u.id).and_then(|n| n.size.as_ref());
         for f in crate::runbook::unit_filers(u) {
-            *bytes.entry(f).or_default() += b;
+            let n = needs.entry(f).or_default();
+            n.bytes = n.bytes.saturating_add(size.map_or(0, |s| s.file_bytes));
+            n.files = n.files.saturating_add(size.map_or(0, |s| s.files));
         }
     }
-    for (name, need) in &bytes {
+    for (name, need) in &needs {
         let Some(spec) = inputs.cfg.filers.get(name) else {
             continue; // RunInputs::load checked every filer is described
         };
@@ -41,7 +41,7 @@ pub(super) async fn filers(
         let dst_ok = dst.verdict == Verdict::Ok;
         r.lines.push(dst);
         if dst_ok {
-            room(r, name, &spec.destination, *need);
+            room(r, name, spec, &spec.destination, *need, timeout).await;
         }
     }
 }
@@ -174,52 +174,140 @@ fn nearest_existing(path: &Path) -> Option<PathBuf> {
     }
 }
 
-/// Free space at a local destination against the bytes of the units that
-/// use the filer (the plan counts bytes per unit, not per filer: for a unit
-/// of several filers this asks for more than the filer needs). An agent's
-/// volume cannot be asked: the sync protocol has no free-space query.
-fn room(r: &mut CheckReport, name: &str, at: &str, need: u64) {
+/// Free space at the destination against the bytes (and files against
+/// inodes) of the units that use the filer (the plan counts per unit, not
+/// per filer: for a unit of several filers this asks for more than the
+/// filer needs). A local path is asked with statvfs; an agent's volume with
+/// the sync protocol's free-space query, on a connection of its own.
+async fn room(
+    r: &mut CheckReport,
+    name: &str,
+    spec: &FilerSpec,
+    at: &str,
+    need: Need,
+    timeout: Duration,
+) {
     let at_name = format!("{name} destination");
-    let ferry_sync::Endpoint::Local(path) =
-        ferry_sync::Endpoint::parse(at).unwrap_or(ferry_sync::Endpoint::Local(PathBuf::new()))
-    else {
-        r.push(
-            "room",
-            at_name,
-            Verdict::Unchecked,
-            format!("the units need {need} bytes; the agent protocol has no free-space query"),
-            "check the free space on the destination filer by hand (df)",
-        );
-        return;
-    };
-    let Some(existing) = nearest_existing(&path) else {
-        return;
-    };
-    match rustix::fs::statvfs(&existing) {
-        Ok(s) => {
-            let free = s.f_bavail.saturating_mul(s.f_frsize);
-            let verdict = if free >= need {
-                Verdict::Ok
-            } else {
-                Verdict::Failed
+    let endpoint =
+        ferry_sync::Endpoint::parse(at).unwrap_or(ferry_sync::Endpoint::Local(PathBuf::new()));
+    let (space, shown) = match endpoint {
+        ferry_sync::Endpoint::Remote { host, port, volume } => {
+            let Some(key) = spec.key else {
+                return; // the side's line said so
             };
-            r.push(
-                "room",
-                at_name,
-                verdict,
-                format!(
-                    "{free} bytes free at {}, the units need {need}",
-                    existing.display()
-                ),
-                "free space at the destination, or move fewer units (--only)",
-            );
+            let asked = tokio::task::spawn_blocking(move || {
+                let d = ferry_sync::Deadlines {
+                    connect: timeout,
+                    handshake: timeout,
+                    idle: timeout,
+                };
+                ferry_sync::query_space(&host, port, &volume, &key, &d)
+            })
+            .await;
+            match asked {
+                Ok(Ok(s)) => (s, format!("the agent's volume {at}")),
+                Ok(Err(e)) => {
+                    let fix = if matches!(e, ferry_sync::SyncError::Unsupported(_)) {
+                        "upgrade `ferry agent` on the destination filer, or check the free space there by hand (df -h, df -i)"
+                    } else {
+                        "check the free space on the destination filer by hand (df -h, df -i)"
+                    };
+                    r.push(
+                        "room",
+                        at_name,
+                        Verdict::Unchecked,
+                        format!("the units need {}; {e}", need.show()),
+                        fix,
+                    );
+                    return;
+                }
+                Err(e) => {
+                    r.push(
+                        "room",
+                        at_name,
+                        Verdict::Unchecked,
+                        format!("the units need {}; the query stopped: {e}", need.show()),
+                        "run the check again",
+                    );
+                    return;
+                }
+            }
         }
-        Err(e) => r.push(
-            "room",
-            at_name,
-            Verdict::Unchecked,
-            format!("statvfs {}: {e}", existing.display()),
-            "check the free space by hand (df)",
-        ),
+        ferry_sync::Endpoint::Local(path) => {
+            let Some(existing) = nearest_existing(&path) else {
+                return;
+            };
+            match rustix::fs::statvfs(&existing) {
+                Ok(s) => {
+                    let bytes = |b: u64| b.saturating_mul(s.f_frsize);
+                    let space = ferry_sync::Space {
+                        bytes_free: bytes(s.f_bavail),
+                        bytes_total: bytes(s.f_blocks),
+                        inodes_free: s.f_favail,
+                        inodes_total: s.f_files,
+                    };
+                    (space, existing.display().to_string())
+                }
+                Err(e) => {
+                    r.push(
+                        "room",
+                        at_name,
+                        Verdict::Unchecked,
+                        format!("statvfs {}: {e}", existing.display()),
+                        "check the free space by hand (df -h, df -i)",
+                    );
+                    return;
+                }
+            }
+        }
+    };
+    judge(r, at_name, &shown, &space, need);
+}
+
+/// What the units that use a filer hold, from the plan.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Need {
+    pub bytes: u64,
+    pub files: u64,
+}
+
+impl Need {
+    fn show(&self) -> String {
+        format!("{} bytes in {} files", self.bytes, self.files)
     }
+}
+
+/// The rule, the same for a local path and an agent's volume: failed when
+/// the bytes, or the files, do not fit in what is free (a file system with
+/// no inode limit reports 0 inodes in all and is not asked for files).
+fn judge(r: &mut CheckReport, at_name: String, shown: &str, s: &ferry_sync::Space, need: Need) {
+    let bytes_ok = s.bytes_free >= need.bytes;
+    let inodes_ok = s.inodes_total == 0 || s.inodes_free >= need.files;
+    let inodes = if s.inodes_total == 0 {
+        "no inode limit".to_string()
+    } else {
+        format!("{} inodes free", s.inodes_free)
+    };
+    let verdict = if bytes_ok && inodes_ok {
+        Verdict::Ok
+    } else {
+        Verdict::Failed
+    };
+    let short = match (bytes_ok, inodes_ok) {
+        (false, false) => " (too few bytes and inodes)",
+        (false, true) => " (too few bytes)",
+        (true, false) => " (too few inodes)",
+        (true, true) => "",
+    };
+    r.push(
+        "room",
+        at_name,
+        verdict,
+        format!(
+            "{} bytes free and {inodes} at {shown}, the units need {}{short}",
+            s.bytes_free,
+            need.show()
+        ),
+        "free space (or inodes) at the destination, or move fewer units (--only)",
+    );
 }

@@ -152,6 +152,8 @@ struct UnitNumbers {
 struct Size {
     #[serde(default)]
     file_bytes: u64,
+    #[serde(default)]
+    files: u64,
 }
 
 #[derive(Default, Deserialize)]
