@@ -46,7 +46,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferry-target}"
 # build); the tests run with it, and both commands name it so the binaries are
 # built once. CI's workspace clippy does not enable it: lint it here, every
 # crate, since the feature reaches the router, the orchestrator and the journal.
-features=(--features ferry-store/etcd,ferry-proxy/etcd,ferry/etcd)
+features=(--features ferry-store/etcd,ferry-proxy/etcd,ferry-journal/etcd,ferry-orch/etcd,ferry/etcd)
 cargo clippy --workspace --all-targets "${features[@]}" -- -D warnings
 cargo build --workspace --bins "${features[@]}"
 # --no-fail-fast: one failing test binary must not hide the others' results.

@@ -194,7 +194,13 @@ fn journal_at(
     }
     #[cfg(not(feature = "etcd"))]
     {
-        let _ = runner;
+        let _ = (
+            runner,
+            &c.etcd_endpoints,
+            &c.etcd_prefix,
+            &c.run,
+            c.lease_ttl,
+        );
         Err(Failure::usage(anyhow!(
             "--control etcd: this ferry was built without etcd support (cargo feature `etcd`)"
         )))
