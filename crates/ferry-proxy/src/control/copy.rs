@@ -168,3 +168,62 @@ impl LocalCopy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_model::{Epoch, Placement, SiteState};
+
+    fn rec(host: &str, state: SiteState, epoch: u64) -> SiteRecord {
+        SiteRecord {
+            host: Hostname::parse(host).unwrap(),
+            placement: Placement::parse("pool:web").unwrap(),
+            state,
+            epoch: Epoch(epoch),
+        }
+    }
+
+    /// A sync writes what differs, removes what etcd no longer has, and
+    /// records the revision last; a copy never synced is not usable.
+    #[test]
+    fn sync_brings_the_copy_in_step_and_records_the_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = LocalCopy::open(&dir.path().join("copy.db")).unwrap();
+        assert!(!copy.usable());
+        copy.sync(
+            vec![
+                rec("b.example", SiteState::Frozen, 2),
+                rec("a.example", SiteState::Active, 1),
+            ],
+            &[],
+            &[],
+            7,
+        );
+        assert_eq!(copy.revision(), 7);
+        assert!(copy.usable());
+        copy.write(|s| s.put_sites(&[rec("c.example", SiteState::Active, 1)]));
+        copy.sync(
+            vec![
+                rec("a.example", SiteState::Maintenance, 3),
+                rec("d.example", SiteState::Active, 1),
+            ],
+            &[],
+            &[],
+            9,
+        );
+        let held = copy.store().sites().unwrap();
+        assert_eq!(
+            held,
+            vec![
+                rec("a.example", SiteState::Maintenance, 3),
+                rec("d.example", SiteState::Active, 1),
+            ]
+        );
+        assert_eq!(copy.revision(), 9);
+        // Reopened (a restart), the copy and its revision are there.
+        drop(copy);
+        let again = LocalCopy::open(&dir.path().join("copy.db")).unwrap();
+        assert_eq!(again.revision(), 9);
+        assert_eq!(again.store().sites().unwrap().len(), 2);
+    }
+}
