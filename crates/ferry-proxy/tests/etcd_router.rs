@@ -241,6 +241,19 @@ fn backend() -> SocketAddr {
 }
 
 fn router_config(dir: &Path, name: &str, endpoints: &[String], backend: SocketAddr) -> PathBuf {
+    let path = router_config_without_copy(dir, name, endpoints, backend);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("local_copy = \"copy.db\"\n");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn router_config_without_copy(
+    dir: &Path,
+    name: &str,
+    endpoints: &[String],
+    backend: SocketAddr,
+) -> PathBuf {
     let list: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
     let text = format!(
         r#"
@@ -267,7 +280,6 @@ endpoints = [{}]
 prefix = "{PREFIX}"
 lease_ttl = "2s"
 request_timeout = "2s"
-local_copy = "copy.db"
 "#,
         list.join(", ")
     );
@@ -628,6 +640,59 @@ fn restart_with_etcd_down_serves_settled_sites_from_the_copy() {
     assert_eq!(
         site(admin, "a.example.com"),
         Some(("pool:web".into(), "active".into(), 1))
+    );
+    router.stop();
+}
+
+/// The measurement of docs/control-plane.md: a router's start on N sites in
+/// etcd (`FERRY_BENCH_SITES`, 100,000 by default), then the time from another
+/// client's write to the router answering with it, over 200 writes:
+/// `cargo test --release -p ferry-proxy --features etcd --test etcd_router -- --ignored --nocapture measure`
+#[test]
+#[ignore = "a measurement; run by hand"]
+fn measure_load_and_write_to_applied() {
+    let n: usize = std::env::var("FERRY_BENCH_SITES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let cluster = Cluster::start();
+    let etcd = cluster.client();
+    let written = Instant::now();
+    let mut batch = Vec::with_capacity(1000);
+    for i in 0..n {
+        batch.push(rec(
+            &format!("site{i:07}.example-hosting.com"),
+            "pool:web",
+            SiteState::Active,
+            1,
+        ));
+        if batch.len() == 1000 || i + 1 == n {
+            etcd.put_sites(&batch).unwrap();
+            batch.clear();
+        }
+    }
+    println!("{n} sites written in {:.1?}", written.elapsed());
+    let dir = tempfile::tempdir().unwrap();
+    let config = router_config_without_copy(dir.path(), "bench", &cluster.endpoints(), backend());
+    let started = Instant::now();
+    let router = Router::start(&config);
+    let load = started.elapsed();
+    assert_eq!(router.proxy.site_count(), n);
+    println!("router start on {n} sites from etcd: {load:.2?}");
+    let admin = router.admin();
+    let mut times = Vec::with_capacity(200);
+    for i in 0..200 {
+        let host = format!("site{:07}.example-hosting.com", i * (n / 200).max(1));
+        let t = Instant::now();
+        etcd.apply_sites(&[rec(&host, "pool:web", SiteState::Frozen, 2)])
+            .unwrap();
+        while site(admin, &host).map(|s| s.2) != Some(2) {}
+        times.push(t.elapsed());
+    }
+    times.sort();
+    println!(
+        "write to applied over 200 writes: p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+        times[100], times[197], times[199]
     );
     router.stop();
 }
