@@ -332,6 +332,13 @@ impl Thread {
                         .map(|(id, _)| *id)
                         .collect();
                     self.shared.holds.wake(&woken);
+                    // A freeze that arrives by the watch gets its drain
+                    // deadline here, as one through the admin API does.
+                    let hosts: Vec<Hostname> = records.iter().map(|r| r.host.clone()).collect();
+                    let drain = self.shared.settings.load().drain_timeout;
+                    self.shared
+                        .stragglers
+                        .note(&self.shared.table, &hosts, drain);
                     for r in &records {
                         if r.state == SiteState::Frozen {
                             self.frozen.insert(r.host.clone(), r.epoch);
