@@ -1,11 +1,11 @@
-//! `ferry rehearse` at the small size CI can afford: 200 sites on 4 filers
-//! and 1 ms each way (the pre-copy pays round trips per file: 5 ms makes
-//! it minutes),
-//! two datacenters as network namespaces, the real routers, agents, planner
-//! and orchestrator. Asserts exit 0, every check in the JSON output, the
-//! per-unit numbers, and that no namespace of the run is left behind.
-//! CI runs as root; without root this test fails (it does not skip), and
-//! the not-root answer itself is pinned by the second test when not root.
+//! `ferry rehearse` at the small size CI can afford: 200 sites on 4 filers,
+//! 1 ms each way (the copy pays round trips per file: 5 ms makes it
+//! minutes), two datacenters as network namespaces, the real routers,
+//! agents, planner and orchestrator. Asserts exit 0, every check in the JSON
+//! output, the per-unit numbers, and that no namespace of the run is left
+//! behind. CI runs as root; without root the first test fails (it does not
+//! skip). The second pins the not-root answer (exit 2 and its message),
+//! dropping root with `setpriv` when run as root.
 
 use std::process::Command;
 
@@ -14,7 +14,7 @@ fn ferry() -> Command {
 }
 
 fn is_root() -> bool {
-    // SAFETY-free: `id -u` is enough here and keeps the test dependency-free.
+    // `id -u` keeps the test free of a dependency for one syscall.
     Command::new("id")
         .arg("-u")
         .output()
