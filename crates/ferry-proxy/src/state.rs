@@ -147,9 +147,18 @@ pub(crate) struct Shared {
     /// The config last applied and the path it came from (for reloads).
     pub config: Mutex<(Config, Option<PathBuf>)>,
     pub admin_auth: ArcSwap<AdminAuth>,
-    /// `[store] backend = "etcd"`: the control thread's state (set at start).
-    #[cfg(feature = "etcd")]
-    pub control: std::sync::OnceLock<Arc<crate::control::Control>>,
+    /// `[store] backend = "etcd"`: the control plane (set at start; empty
+    /// otherwise).
+    pub control: std::sync::OnceLock<Arc<dyn ControlPlane>>,
+}
+
+/// What the admin API asks of the control plane (`control/`, etcd); a
+/// trait here so that this module does not name `control`, which names it.
+pub(crate) trait ControlPlane: Send + Sync {
+    /// Waits (bounded) until the router applied its own last write.
+    fn await_written(&self);
+    /// Its Prometheus lines.
+    fn render_metrics(&self, out: &mut String);
 }
 
 pub(crate) const BUILTIN_MAINTENANCE_PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Maintenance</title></head><body><h1>Down for maintenance</h1><p>This site is being worked on and will be back shortly.</p></body></html>\n";
@@ -301,7 +310,6 @@ impl Shared {
                 config.router.access_log_format,
             )?),
             admin_auth: ArcSwap::from_pointee(AdminAuth::from_config(&config)),
-            #[cfg(feature = "etcd")]
             control: std::sync::OnceLock::new(),
             config: Mutex::new((config, path)),
         })

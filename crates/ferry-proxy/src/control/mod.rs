@@ -13,7 +13,8 @@
 //!   revision), and the rule for serving from it while etcd is unreachable:
 //!   settled sites serve, frozen ones stay frozen (held, then refused).
 //!
-//! Without the feature only [`await_applied`] exists, a no-op.
+//! Without the feature, `choose` and `attach` leave the router as it was and
+//! `Shared::control` stays empty.
 
 #[cfg(feature = "etcd")]
 mod copy;
@@ -24,8 +25,6 @@ mod watcher;
 
 #[cfg(feature = "etcd")]
 pub(crate) use store::Control;
-#[cfg(feature = "etcd")]
-use watcher::render_metrics;
 
 use std::sync::Arc;
 
@@ -70,7 +69,9 @@ pub(crate) fn attach(
 ) -> Result<(), ProxyError> {
     #[cfg(feature = "etcd")]
     if let Some(control) = started {
-        let _ = shared.control.set(Arc::clone(&control));
+        let _ = shared
+            .control
+            .set(Arc::clone(&control) as Arc<dyn crate::state::ControlPlane>);
         watcher::spawn(Arc::clone(shared), control, shutdown.clone())
             .map_err(|e| ProxyError::Seed(format!("cannot start the control thread: {e}")))?;
     }
@@ -83,20 +84,14 @@ pub(crate) fn attach(
 /// the revision the write made in etcd, so the answer reflects what every
 /// router converges to. A no-op without etcd.
 pub(crate) fn await_applied(shared: &Shared) {
-    #[cfg(feature = "etcd")]
     if let Some(c) = shared.control.get() {
         c.await_written();
     }
-    #[cfg(not(feature = "etcd"))]
-    let _ = shared;
 }
 
 /// The control plane's lines of `/metrics` (none without etcd).
 pub(crate) fn metrics(shared: &Shared, out: &mut String) {
-    #[cfg(feature = "etcd")]
     if let Some(c) = shared.control.get() {
-        render_metrics(c, out);
+        c.render_metrics(out);
     }
-    #[cfg(not(feature = "etcd"))]
-    let _ = (shared, out);
 }

@@ -93,6 +93,16 @@ impl Control {
     }
 }
 
+impl crate::state::ControlPlane for Control {
+    fn await_written(&self) {
+        Control::await_written(self);
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        super::watcher::render_metrics(self, out);
+    }
+}
+
 /// The etcd client's settings from `[store]`.
 pub(crate) fn etcd_config(s: &EtcdSettings) -> EtcdConfig {
     let mut cfg = EtcdConfig::new(s.endpoints.clone(), s.prefix.clone());

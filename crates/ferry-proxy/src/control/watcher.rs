@@ -32,9 +32,16 @@ pub(crate) fn spawn(
     control: Arc<Control>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    // The router's runtime (the thread is started from its start): what the
+    // thread hands work to that needs one (the stragglers' drain timers).
+    let runtime = tokio::runtime::Handle::try_current().ok();
     std::thread::Builder::new()
         .name("ferry-control".into())
-        .spawn(move || Thread::new(shared, control, shutdown).run())
+        .spawn(move || {
+            let mut t = Thread::new(shared, control, shutdown);
+            t.runtime = runtime;
+            t.run()
+        })
         .map(drop)
 }
 
@@ -49,6 +56,7 @@ struct Thread {
     last_publish: Instant,
     /// The layout moved past this build: changes are no longer applied.
     halted: bool,
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Thread {
@@ -66,6 +74,7 @@ impl Thread {
             published: String::new(),
             last_publish: Instant::now() - PUBLISH_EVERY,
             halted: false,
+            runtime: None,
         }
     }
 
@@ -336,6 +345,8 @@ impl Thread {
                     // deadline here, as one through the admin API does.
                     let hosts: Vec<Hostname> = records.iter().map(|r| r.host.clone()).collect();
                     let drain = self.shared.settings.load().drain_timeout;
+                    // Its timer runs on the router's runtime.
+                    let _runtime = self.runtime.as_ref().map(|h| h.enter());
                     self.shared
                         .stragglers
                         .note(&self.shared.table, &hosts, drain);
