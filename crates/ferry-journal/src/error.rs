@@ -49,7 +49,7 @@ pub enum ErrorKind {
     #[error("run id {id:?}: {why}")]
     BadRunId { id: String, why: &'static str },
     /// Another runner holds the run's lease (etcd).
-    #[error("run {run} is held by {holder} since {since} (lease TTL {ttl_s} s): another runner is acting on it; wait until it ends, or until its lease expires if it is dead")]
+    #[error("run {run} is held by {holder}, who took it {since} (lease TTL {ttl_s} s): another runner is acting on it; wait until it ends, or until its lease expires if it is dead")]
     Held {
         run: String,
         holder: String,

@@ -67,7 +67,7 @@ pub struct Holder {
 impl Holder {
     fn since(&self) -> String {
         let ago = now_ms().saturating_sub(self.since_ms) / 1000;
-        format!("{} ms since the epoch, {ago} s ago", self.since_ms)
+        format!("{ago} s ago ({} ms since the epoch)", self.since_ms)
     }
 }
 
