@@ -415,10 +415,16 @@ impl Demo<'_> {
         self.out.progress(&format!(
             "fault: the orchestrator never freezes {PAR_ROUTER} (a broken fence)"
         ));
+        // One lane: the router is stopped for the unit the failpoint paused,
+        // and no other unit is frozen meanwhile (with two lanes the other
+        // unit's flip would wait on the stopped router too, and its held
+        // requests outlive hold_max: 503s that belong to another story).
+        let mut run_args = run_args.to_vec();
+        run_args.extend(["--parallel".to_string(), "1".to_string()]);
         let done = AtomicBool::new(false);
         let run = async {
             let log = self.work.join("migrate-1.log");
-            let r = orch::run(self.exe, run_args, &env, &log, self.show()).await;
+            let r = orch::run(self.exe, &run_args, &env, &log, self.show()).await;
             done.store(true, Ordering::Relaxed);
             r
         };
@@ -442,10 +448,16 @@ impl Demo<'_> {
             failpoint_dir: Some(fp.clone()),
             ..ChildEnv::default()
         };
+        // One lane: the router is stopped for the unit the failpoint paused,
+        // and no other unit is frozen meanwhile (with two lanes the other
+        // unit's flip would wait on the stopped router too, and its held
+        // requests outlive hold_max: 503s that belong to another story).
+        let mut run_args = run_args.to_vec();
+        run_args.extend(["--parallel".to_string(), "1".to_string()]);
         let done = AtomicBool::new(false);
         let run = async {
             let log = self.work.join("migrate-1.log");
-            let r = orch::run(self.exe, run_args, &env, &log, self.show()).await;
+            let r = orch::run(self.exe, &run_args, &env, &log, self.show()).await;
             done.store(true, Ordering::Relaxed);
             r
         };
