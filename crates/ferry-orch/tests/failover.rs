@@ -185,3 +185,62 @@ async fn a_run_in_etcd_is_refused_twice_and_resumed_after_a_clean_stop() {
     assert!(b.run().await.unwrap().ok());
     w.assert_moved().await;
 }
+
+/// `[store]` is checked at its lines: what etcd needs, what SQLite refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_settings_are_checked_at_their_lines() {
+    use ferry_orch::config::StoreSettings;
+    use ferry_orch::MigrateConfig;
+    let w = world("").await;
+    let base = std::fs::read_to_string(&w.config).unwrap();
+    let parse = |extra: &str| MigrateConfig::parse(&format!("{base}\n{extra}"), &w.config);
+    assert_eq!(parse("").unwrap().store, StoreSettings::Sqlite);
+    let ok = parse(
+        "[store]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379/\"]\nrun = \"night-1\"\nlease_ttl = \"3s\"\n",
+    )
+    .unwrap();
+    match ok.store {
+        StoreSettings::Etcd(e) => {
+            assert_eq!(e.endpoints, vec!["http://127.0.0.1:2379".to_string()]);
+            assert_eq!((e.prefix.as_str(), e.run.as_str()), ("/ferry", "night-1"));
+            assert_eq!(e.lease_ttl, Duration::from_secs(3));
+        }
+        other => panic!("{other:?}"),
+    }
+    let lines = base.lines().count();
+    for (extra, want, line) in [
+        ("[store]\nbackend = \"zk\"\n", "expected \"sqlite\" or \"etcd\"", 2),
+        ("[store]\nbackend = \"etcd\"\nrun = \"r\"\n", "needs endpoints", 2),
+        (
+            "[store]\nbackend = \"etcd\"\nendpoints = [\"http://h:1\"]\n",
+            "needs run",
+            2,
+        ),
+        (
+            "[store]\nbackend = \"etcd\"\nendpoints = [\"h:1\"]\nrun = \"r\"\n",
+            "store endpoints",
+            3,
+        ),
+        (
+            "[store]\nbackend = \"etcd\"\nendpoints = [\"http://h:1\"]\nrun = \"a/b\"\n",
+            "store run",
+            4,
+        ),
+        (
+            "[store]\nbackend = \"etcd\"\nendpoints = [\"http://h:1\"]\nrun = \"r\"\nlease_ttl = \"2h\"\n",
+            "lease_ttl",
+            5,
+        ),
+        (
+            "[store]\nbackend = \"sqlite\"\nrun = \"r\"\n",
+            "only with backend = \"etcd\"",
+            3,
+        ),
+    ] {
+        let e = parse(extra).expect_err(extra).to_string();
+        assert!(e.contains(want), "{extra}: {e}");
+        // The error names the line of the offending value.
+        let at = format!(":{}:", lines + 1 + line);
+        assert!(e.contains(&at), "{extra}: {e} (expected {at})");
+    }
+}
