@@ -77,9 +77,15 @@ impl InputArgs {
 struct CheckArgs {
     #[command(flatten)]
     inputs: InputArgs,
-    /// The journal a run would create (checked, not created).
+    /// The journal a run would create (checked, not created); with
+    /// --resume, the run's journal (read, never written).
     #[arg(long, default_value = "ferry-journal.db")]
     journal: PathBuf,
+    /// Check before `ferry migrate resume`: open the journal read-only,
+    /// verify its chain, skip the units it says are done, and fail a router
+    /// behind the epochs it says every router took.
+    #[arg(long)]
+    resume: bool,
     /// One JSON object per check on stdout.
     #[arg(long)]
     json: bool,
@@ -303,6 +309,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
                 json: a.json,
                 timeout: std::time::Duration::from_secs(10),
                 measure_link: a.measure_link,
+                resume: false,
             })
             .await
         }
@@ -386,6 +393,7 @@ async fn check(a: CheckArgs) -> Result<(), Failure> {
         journal: a.journal,
         timeout: a.timeout,
         measure_link: a.measure_link,
+        resume: a.resume,
     };
     let report = ferry_orch::check::check(&inputs, &opts).await;
     let mut o = std::io::stdout().lock();

@@ -11,13 +11,18 @@
 //! database servers are asked the mover's preconditions through
 //! [`ferry_db::Mover::check`], which writes no state file.
 //!
+//! With `--resume` the journal is the run's, opened read-only and verified
+//! (`resume`): done units are skipped, and the routers are compared with
+//! the epochs it says they took.
+//!
 //! One file per kind of check: `routers`, `filers` (sides and room),
-//! `databases`, `link` (`--measure-link`); the plan, journal and freeze
-//! lines are here.
+//! `databases`, `link` (`--measure-link`), `resume`; the plan, journal and
+//! freeze lines are here.
 
 mod databases;
 mod filers;
 mod link;
+mod resume;
 mod routers;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -132,6 +137,10 @@ pub struct CheckOptions {
     /// [`LINK_SAMPLE`] bytes, at most `timeout`) and predict each unit's
     /// pre-copy and final copy at that rate.
     pub measure_link: bool,
+    /// Before `ferry migrate resume`: `journal` holds the run, opened
+    /// read-only and verified; done units are skipped, and the routers
+    /// must not be behind the epochs it says they took.
+    pub resume: bool,
 }
 
 /// Most bytes `measure_link` reads from one filer.
@@ -179,17 +188,54 @@ struct PlanNumbers {
 /// are usage errors, before any check).
 pub async fn check(inputs: &RunInputs, opts: &CheckOptions) -> CheckReport {
     let mut r = CheckReport::default();
-    let units: Vec<&PlanUnit> = inputs
+    let mut units: Vec<&PlanUnit> = inputs
         .selected
         .iter()
         .filter_map(|id| inputs.plan.unit(id))
         .collect();
     plan_line(&mut r, inputs, &units);
-    journal(&mut r, &opts.journal);
+    let resumed = if opts.resume {
+        let resumed = resume::journal(&mut r, &opts.journal).unwrap_or_default();
+        units.retain(|u| {
+            if !resumed.done.contains(&u.id) {
+                return true;
+            }
+            r.push(
+                "unit",
+                u.id.as_str(),
+                Verdict::Ok,
+                "done in the journal: skipped (resume leaves it)".into(),
+                "",
+            );
+            false
+        });
+        resumed
+    } else {
+        journal(&mut r, &opts.journal);
+        resume::Resumed::default()
+    };
     let numbers = plan_numbers(&inputs.plan.path);
-    routers::routers(&mut r, inputs, &units, opts.timeout).await;
+    routers::routers(&mut r, inputs, &units, opts.timeout, &resumed.started).await;
     filers::filers(&mut r, inputs, &units, &numbers, opts.timeout).await;
-    databases::databases(&mut r, inputs, &units, &opts.journal).await;
+    // A unit under way has its mover's state beside the journal and its
+    // databases (partly) at the destination: the preconditions were asked
+    // when it started, resume continues from that state.
+    let (under_way, fresh): (Vec<&PlanUnit>, Vec<&PlanUnit>) = units
+        .iter()
+        .partition(|u| resumed.started.contains_key(&u.id));
+    for u in under_way {
+        if !u.databases.is_empty() {
+            r.push(
+                "database",
+                u.id.as_str(),
+                Verdict::Unchecked,
+                "the unit is under way: its mover continues from its state file beside the journal"
+                    .into(),
+                "`ferry migrate status` shows where it stopped",
+            );
+        }
+    }
+    databases::databases(&mut r, inputs, &fresh, &opts.journal).await;
     freezes(&mut r, inputs, &units, &numbers);
     if opts.measure_link {
         link::link(&mut r, inputs, &units, &numbers, opts.timeout).await;

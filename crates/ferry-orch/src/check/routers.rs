@@ -1,13 +1,14 @@
 //! Routers: each one's status with its token, then the units' sites there
 //! (known, not moved yet, not frozen, epochs with room), read only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_admin_api::sites::QueriedSite;
 use ferry_admin_api::{AdminClient, AdminError, Http};
 
+use super::resume::Expect;
 use super::{CheckReport, Verdict};
 use crate::config::{MigrateConfig, RouterSpec};
 use crate::plan::PlanUnit;
@@ -26,11 +27,20 @@ pub(super) async fn routers(
     inputs: &RunInputs,
     units: &[&PlanUnit],
     timeout: Duration,
+    started: &BTreeMap<String, Expect>,
 ) {
     let http = Http::new();
     let cfg = Arc::new(inputs.cfg.clone());
-    let units: Arc<Vec<(String, Vec<String>)>> =
-        Arc::new(units.iter().map(|u| (u.id.clone(), u.sites())).collect());
+    let units: Arc<Vec<Unit>> = Arc::new(
+        units
+            .iter()
+            .map(|u| Unit {
+                id: u.id.clone(),
+                sites: u.sites(),
+                expect: started.get(&u.id).map(|x| (x.epoch, x.owing.clone())),
+            })
+            .collect(),
+    );
     let mut set = tokio::task::JoinSet::new();
     for (i, spec) in cfg.routers.iter().enumerate() {
         let (spec, cfg, units, http) = (spec.clone(), cfg.clone(), units.clone(), http.clone());
@@ -55,11 +65,20 @@ pub(super) async fn routers(
     }
 }
 
+/// A unit as the router checks see it.
+struct Unit {
+    id: String,
+    sites: Vec<String>,
+    /// Under way (`--resume`): the epoch every router took, and the
+    /// routers that owe a change.
+    expect: Option<(u64, BTreeSet<String>)>,
+}
+
 /// One router's lines.
 async fn router(
     spec: &RouterSpec,
     cfg: &MigrateConfig,
-    units: &[(String, Vec<String>)],
+    units: &[Unit],
     http: &Http,
     timeout: Duration,
 ) -> CheckReport {
@@ -86,7 +105,7 @@ async fn router(
         }
     }
     pool_line(&mut r, &api, spec, cfg).await;
-    for (id, sites) in units {
+    for Unit { id, sites, expect } in units {
         if sites.is_empty() {
             continue;
         }
@@ -107,9 +126,98 @@ async fn router(
             r.push("sites", at, Verdict::Failed, e.to_string(), fix);
             continue;
         }
-        sites_line(&mut r, at, spec, cfg, &found);
+        match expect {
+            Some((epoch, owing)) => resumed_line(&mut r, at, spec, *epoch, owing, &found),
+            None => sites_line(&mut r, at, spec, cfg, &found),
+        }
     }
     r
+}
+
+/// A unit under way (`--resume`): its sites may be frozen or flipped
+/// already; what matters is that the router holds at least the epoch the
+/// journal says every router took. A router behind it lost what it was
+/// sent (restarted without its sites file?): resume would go on from a
+/// state that router does not have. A router that owes a change is behind
+/// on purpose (resume sends it first).
+fn resumed_line(
+    r: &mut CheckReport,
+    at: String,
+    spec: &RouterSpec,
+    epoch: u64,
+    owing: &BTreeSet<String>,
+    found: &[QueriedSite],
+) {
+    let mut behind = Vec::new();
+    let mut absent = Vec::new();
+    let mut max = 0u64;
+    for q in found {
+        match q {
+            QueriedSite::Present(s) => {
+                max = max.max(s.epoch);
+                if s.epoch < epoch {
+                    behind.push(format!("{} at epoch {}", s.host, s.epoch));
+                }
+            }
+            QueriedSite::Absent(a) if epoch > 0 => absent.push(a.host.as_str()),
+            QueriedSite::Absent(_) => {}
+        }
+    }
+    let shown = |v: &[&str]| v.iter().take(10).copied().collect::<Vec<_>>().join(", ");
+    if (!behind.is_empty() || !absent.is_empty()) && owing.contains(&spec.name) {
+        r.push(
+            "sites",
+            at,
+            Verdict::Ok,
+            format!(
+                "behind the journal's epoch {epoch} ({} site(s)), and the journal says the router owes a change: resume sends it first",
+                behind.len() + absent.len()
+            ),
+            "",
+        );
+        return;
+    }
+    if !behind.is_empty() || !absent.is_empty() {
+        let behind_refs: Vec<&str> = behind.iter().map(String::as_str).collect();
+        let mut why = format!(
+            "router {} is behind the journal, which says every router took epoch {epoch}:",
+            spec.name
+        );
+        if !behind.is_empty() {
+            why += &format!(" {} site(s) {}", behind.len(), shown(&behind_refs));
+        }
+        if !absent.is_empty() {
+            why += &format!(" {} site(s) unknown: {}", absent.len(), shown(&absent));
+        }
+        r.push(
+            "sites",
+            at,
+            Verdict::Failed,
+            why,
+            "the router lost its sites (restarted without its sites file?): restore them, or send the unit's last state to it (`ferry migrate status` shows it) before resuming",
+        );
+        return;
+    }
+    if max >= MAX_EPOCH {
+        r.push(
+            "sites",
+            at,
+            Verdict::Failed,
+            format!("epoch {max}: the run's next epoch would not fit a router's 46 bits"),
+            "nothing a run can do: these sites' epochs are exhausted",
+        );
+        return;
+    }
+    r.push(
+        "sites",
+        at,
+        Verdict::Ok,
+        format!(
+            "{} site(s) at or past the journal's epoch {epoch} (highest {max})",
+            found.len()
+        ),
+        "",
+    );
 }
 
 /// A router of the source or the destination serves the sites from that
