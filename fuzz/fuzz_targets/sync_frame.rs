@@ -40,6 +40,13 @@ fuzz_target!(|data: &[u8]| {
             other => panic!("read_msg and decode disagree: {other:?}"),
         }
         if let Ok(m) = whole {
+            // A free-space answer never claims more free than total.
+            if let Msg::Space(s) = &m {
+                assert!(
+                    s.bytes_free <= s.bytes_total && s.inodes_free <= s.inodes_total,
+                    "{s:?}"
+                );
+            }
             let lossy = matches!(
                 m,
                 Msg::Error { .. } | Msg::ChangesEnd { full: Some(_) } | Msg::WatchFull { .. }
