@@ -210,7 +210,10 @@ async fn route_request(
                     format!("remote:{dc}"),
                 )
             }
-            Placement::Remote(dc) => forward_remote(exchange, dc, req).await,
+            // Boxed: unboxed, this rarer path's state (a dial with a PROXY
+            // header, the pooled client) would be part of every request's
+            // future, which is moved whole.
+            Placement::Remote(dc) => Box::pin(forward_remote(exchange, dc, req)).await,
         }
     };
     let (resp, upstream) = match straggler.unless_cut(forwarded).await {
@@ -463,7 +466,8 @@ async fn forward_local(
     // retried if the body is known to be empty.
     let replayable = is_idempotent(&parts.method) && body.is_end_stream();
     let mut body = Some(body);
-    let mut tried: Vec<usize> = Vec::with_capacity(2);
+    // Allocated only when a server fails (a retry), not per request.
+    let mut tried: Vec<usize> = Vec::new();
     loop {
         let Some(pick) = target.pool.pick(&tried) else {
             let answer = no_server(pool_name, tried.is_empty(), exchange.settings.retry_after);

@@ -206,7 +206,9 @@ impl Upstream {
                     },
                 }
             }
-            let mut tx = self.dial(addr).await?;
+            // Boxed: dialing happens once per upstream connection; unboxed,
+            // its state would be part of every request's future.
+            let mut tx = Box::pin(self.dial(addr)).await?;
             match tx.send_request(req).await {
                 Ok(resp) => {
                     affinity.put(addr, tx);
