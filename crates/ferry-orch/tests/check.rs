@@ -624,3 +624,84 @@ async fn resume_check_reads_the_journal_and_compares_epochs() {
     assert!(!r.lines.iter().any(|l| l.what == "sites"), "{r:?}");
     drop(fresh);
 }
+
+/// What an agent from before the free-space query sends when it gets that
+/// frame: its decoder's refusal (then it hangs up).
+const OLD_AGENT_REFUSAL: &str =
+    "protocol error: refused frame: protocol error: unknown message type 52";
+
+/// An agent older than the free-space query, for two connections: the
+/// destination's side check (the handshake and a scan of no path), then the
+/// query, refused as that agent's decoder refused an unknown frame type.
+fn old_agent() -> (SocketAddr, std::thread::JoinHandle<()>) {
+    use ferry_sync::proto::{self, Msg};
+    use std::io::Write;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let key = proto::derive_key(KEY);
+    let t = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let send = |m: &Msg| (&s).write_all(&proto::encode(m)).unwrap();
+            let nonce = [7u8; 32];
+            send(&Msg::Hello { nonce });
+            let Some(Ok(Msg::Auth { nonce: cn, .. })) = proto::read_msg(&mut r).unwrap() else {
+                panic!("no Auth");
+            };
+            send(&Msg::AuthOk {
+                mac: proto::auth_mac(&key, "server", &cn, &nonce),
+            });
+            let Some(Ok(Msg::Open { .. })) = proto::read_msg(&mut r).unwrap() else {
+                panic!("no Open");
+            };
+            send(&Msg::Ok);
+            match proto::read_msg(&mut r).unwrap() {
+                Some(Ok(Msg::ScanPathsReq { .. })) => send(&Msg::ScanEnd {
+                    skipped: 0,
+                    root: None,
+                }),
+                Some(Ok(Msg::SpaceReq)) => send(&Msg::Error {
+                    message: OLD_AGENT_REFUSAL.into(),
+                }),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+    (addr, t)
+}
+
+/// An agent too old for the free-space query: the room line is unchecked
+/// and says so (the check does not hang or fail on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_at_an_agent_too_old_for_the_query_is_unchecked() {
+    let w = world("").await;
+    let (addr, old) = old_agent();
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    let text = text.replace(
+        "destination = \"gra/fs-1\"",
+        &format!("destination = \"ferry://{addr}/fs-1\"\nkey = \"{KEY}\""),
+    );
+    std::fs::write(&w.config, &text).unwrap();
+    let opts = CheckOptions {
+        journal: w.journal.clone(),
+        timeout: Duration::from_secs(10),
+        measure_link: false,
+        resume: false,
+    };
+    let inputs = RunInputs::load(&w.config, &w.plan, None).unwrap();
+    let r = check(&inputs, &opts).await;
+    assert!(r.ok(), "{:?}", r.failed().collect::<Vec<_>>());
+    let l = r
+        .lines
+        .iter()
+        .find(|l| l.what == "room" && l.at == "fs-1 destination")
+        .expect("a room line");
+    assert_eq!(l.verdict, Verdict::Unchecked, "{l}");
+    assert!(
+        l.why.contains("agent too old for a free-space query") && l.fix.contains("upgrade"),
+        "{l}"
+    );
+    old.join().unwrap();
+}
