@@ -339,10 +339,27 @@ impl Stragglers {
             return;
         }
         let (me, table) = (Arc::clone(self), Arc::clone(table));
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            me.deadline(&table, &armed);
-        });
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    tokio::time::sleep(after).await;
+                    me.deadline(&table, &armed);
+                });
+            }
+            // Called from a thread of its own (the etcd watcher): a thread
+            // for the deadline too (freezes are few).
+            Err(_) => {
+                let spawned = std::thread::Builder::new()
+                    .name("ferry-drain".into())
+                    .spawn(move || {
+                        std::thread::sleep(after);
+                        me.deadline(&table, &armed);
+                    });
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "no thread for a freeze's drain deadline: nothing will be cut");
+                }
+            }
+        }
     }
 
     /// Sites no longer frozen (flipped, abandoned, removed): their drains end.
