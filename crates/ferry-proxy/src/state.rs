@@ -67,6 +67,10 @@ impl Store for NoStore {
     fn remove_joined_server(&self, _pool: &str, _name: &str) -> Result<(), StoreError> {
         Ok(())
     }
+
+    fn keeps_writes(&self) -> bool {
+        false
+    }
 }
 
 /// Router-wide settings that a reload may change.
@@ -702,7 +706,9 @@ fn seed(table: &HostTable, config: &Config, store: &dyn Store) -> Result<(), Pro
             .apply(chunk, |recs| store.put_sites(recs))
             .map_err(|e| ProxyError::Seed(e.to_string()))?;
     }
-    if let Some(list) = &listed {
+    // A store that keeps nothing (no `store`) is not handed a copy of every
+    // listed site to forget.
+    if let Some(list) = listed.as_ref().filter(|_| store.keeps_writes()) {
         let mut skip = not_taken.into_iter().peekable();
         let mut batch = Vec::with_capacity(SEED_CHUNK.min(list.len()));
         for i in 0..list.len() {

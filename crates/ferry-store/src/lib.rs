@@ -84,6 +84,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Forgets a joined server; one the store does not hold is ignored.
     fn remove_joined_server(&self, pool: &str, name: &str) -> Result<(), StoreError>;
+
+    /// Whether what is written is kept to be read back: true for every real
+    /// store. False only for a store that forgets every write (a router run
+    /// without a store), so a caller may skip writes whose only purpose is to
+    /// keep what it holds anyway (a router's start skips writing a million
+    /// sites it just loaded).
+    fn keeps_writes(&self) -> bool {
+        true
+    }
 }
 
 /// A server that joined a pool at run time (`POST /v1/pools/{pool}/servers`),
