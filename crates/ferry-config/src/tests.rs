@@ -1134,11 +1134,16 @@ fn the_drain_deadline_is_below_hold_max() {
         "drain_timeout",
         &["drain_timeout (10s) must be below hold_max (10s)", "503"],
     );
-    // hold_max lowered under the default drain: the line that did it is named.
+    // hold_max lowered under the default drain: the drain follows it down.
+    assert_eq!(
+        ok(&with("hold_max = \"3s\"")).router.drain_timeout,
+        Duration::from_millis(1500)
+    );
+    // Both set, the drain not below: the drain's line is named.
     refused_at(
-        &with("hold_max = \"3s\""),
-        "hold_max",
-        &["drain_timeout (5s)", "hold_max (3s)"],
+        &with("hold_max = \"3s\"\ndrain_timeout = \"3s\""),
+        "drain_timeout",
+        &["drain_timeout (3s)", "hold_max (3s)"],
     );
     refused_at(
         &with("drain_timeout = \"0s\""),

@@ -98,15 +98,20 @@ impl Cx<'_> {
             None => None,
         };
         let hold_max = self.duration("hold_max", r.hold_max.as_ref(), DEFAULT_HOLD_MAX)?;
-        let drain_timeout = self.positive_duration(
-            "drain_timeout",
-            r.drain_timeout.as_ref(),
-            DEFAULT_DRAIN_TIMEOUT,
-        )?;
+        // Left out, the drain follows a short hold_max down (half of it), so a
+        // config that was valid before drain_timeout existed still is.
+        let default_drain = if hold_max.is_zero() {
+            DEFAULT_DRAIN_TIMEOUT
+        } else {
+            DEFAULT_DRAIN_TIMEOUT.min(hold_max / 2)
+        };
+        let drain_timeout =
+            self.positive_duration("drain_timeout", r.drain_timeout.as_ref(), default_drain)?;
         // A request that arrives as the freeze begins is held up to hold_max;
         // the drain must end before that, or every such request gets a 503
-        // while the router still waits for the old ones.
-        if drain_timeout >= hold_max {
+        // while the router still waits for the old ones. (hold_max = 0 holds
+        // nothing: there is no such request.)
+        if !hold_max.is_zero() && drain_timeout >= hold_max {
             let span = r
                 .drain_timeout
                 .as_ref()
