@@ -186,6 +186,8 @@ pub(crate) struct HttpContext {
     pub limits: HttpLimits,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub shutdown: watch::Receiver<bool>,
+    /// The client's socket, asked at a deadline for unread bytes.
+    pub unread: crate::settle::Unread,
 }
 
 /// One client connection of a traffic listener: the PROXY header (trusted
@@ -310,15 +312,17 @@ impl HttpConn {
             Sniffed::H2 => Alpn::H2,
             Sniffed::Http1 => Alpn::Http1,
         };
+        let unread = crate::settle::Unread::of(&stream);
         let io = SendDeadline::new(stream, self.body_timeout, Arc::clone(&shared.metrics));
         let io = Prefixed::new(prefix, io);
-        self.serve(shared, io, proto, false).await
+        self.serve(shared, io, proto, false, unread).await
     }
 
     /// TLS: ALPN tells HTTP/2 from HTTP/1.1. No separate first-byte wait:
     /// `[tls] handshake_timeout` bounds the whole handshake, its first byte
     /// included.
     async fn serve_tls(self, shared: Arc<Shared>, stream: TcpStream, tls: Arc<TlsState>) {
+        let unread = crate::settle::Unread::of(&stream);
         let io = SendDeadline::new(stream, self.body_timeout, Arc::clone(&shared.metrics));
         let handshake = crate::tls::handshake(&tls, io, self.peer, &shared.metrics.tls);
         let Some((stream, alpn)) = handshake.await else {
@@ -326,11 +330,17 @@ impl HttpConn {
         };
         // Not kept for the connection's life: a reload may replace it.
         drop(tls);
-        self.serve(shared, stream, alpn, true).await
+        self.serve(shared, stream, alpn, true, unread).await
     }
 
-    async fn serve<I>(mut self, shared: Arc<Shared>, io: I, proto: Alpn, tls: bool)
-    where
+    async fn serve<I>(
+        mut self,
+        shared: Arc<Shared>,
+        io: I,
+        proto: Alpn,
+        tls: bool,
+        unread: crate::settle::Unread,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         self.info.h2 = proto == Alpn::H2;
@@ -352,6 +362,7 @@ impl HttpConn {
             limits: self.limits,
             metrics,
             shutdown: self.shutdown,
+            unread,
         };
         serve_http(io, handler, cx).await
     }
@@ -377,6 +388,7 @@ where
         limits,
         metrics,
         mut shutdown,
+        unread,
     } = cx;
     let activity = Activity::new();
     let svc = {
@@ -396,7 +408,7 @@ where
         .http1()
         // The timer starts when hyper waits for a head, so it bounds the
         // idle time between keep-alive requests as well as the head itself.
-        .timer(crate::settle::SettledTimer)
+        .timer(crate::settle::SettledTimer(unread.clone()))
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(64 * 1024)
         // Over TLS a vectored write seals each slice (head, body) as its own
@@ -404,7 +416,7 @@ where
         .writev(!tls);
     builder
         .http2()
-        .timer(crate::settle::SettledTimer)
+        .timer(crate::settle::SettledTimer(unread.clone()))
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(H2_PING_INTERVAL))
         .keep_alive_timeout(H2_PING_TIMEOUT);
@@ -432,7 +444,7 @@ where
                 let _ = conn.await;
                 return;
             }
-            _ = crate::settle::sleep_until(wake) => {
+            _ = crate::settle::sleep_until_read(wake, unread.clone()) => {
                 let idle = activity
                     .idle_deadline(limits.keepalive_timeout)
                     .is_some_and(|at| at <= Instant::now());
@@ -478,6 +490,7 @@ mod tests {
                 limits: LIMITS,
                 metrics,
                 shutdown,
+                unread: crate::settle::Unread::default(),
             };
             serve_http(server, handler, cx).await;
             drop(tx);

@@ -13,31 +13,80 @@
 //! once after its time has come (`tokio::task::yield_now` wakes the task
 //! only after the driver has polled the sockets) and fires only if the
 //! connection still has nothing to show then.
+//!
+//! The yield is not enough on the multi-threaded runtime: the driver may be
+//! held by another worker that has not delivered the readiness yet (the
+//! demo's stop-router fault still lost one forwarded POST in twenty runs).
+//! A deadline that knows its socket ([`Unread`]) therefore asks the kernel
+//! itself (a non-blocking MSG_PEEK) and, while bytes wait unread, gives the
+//! connection a little longer, a bounded number of times.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 type Yield = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 
-/// A sleep that, once its deadline has passed, yields once before it is ready.
+/// How much longer a deadline waits, each time, for bytes the kernel holds
+/// unread, and how many times: a stalled process catches up within
+/// milliseconds; a client cannot stretch a deadline by more than a second.
+const UNREAD_GRACE: Duration = Duration::from_millis(50);
+const UNREAD_GRACES: u8 = 20;
+
+/// The socket of a client connection, asked at a deadline whether bytes
+/// wait unread in the kernel: a duplicate of its descriptor (one dup per
+/// connection, dropped with the connection's deadlines).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Unread(Option<Arc<std::os::fd::OwnedFd>>);
+
+impl Unread {
+    pub fn of(socket: &impl std::os::fd::AsFd) -> Unread {
+        Unread(socket.as_fd().try_clone_to_owned().ok().map(Arc::new))
+    }
+
+    /// Whether the peer sent bytes not read yet (an EOF is not).
+    pub fn waiting(&self) -> bool {
+        let Some(fd) = &self.0 else {
+            return false;
+        };
+        let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        // Sockets of the runtime are non-blocking: an empty buffer is WouldBlock.
+        matches!(
+            socket2::SockRef::from(fd.as_ref()).peek(&mut byte),
+            Ok(n) if n > 0
+        )
+    }
+}
+
+/// A sleep that, once its deadline has passed, yields once before it is
+/// ready, and waits a little longer while its socket holds unread bytes.
 pub(crate) struct Settled {
     sleep: Pin<Box<tokio::time::Sleep>>,
     yielded: Option<Yield>,
+    unread: Unread,
+    graces: u8,
 }
 
 impl Settled {
     pub fn until(deadline: tokio::time::Instant) -> Settled {
+        Settled::watching(deadline, Unread::default())
+    }
+
+    pub fn watching(deadline: tokio::time::Instant, unread: Unread) -> Settled {
         Settled {
             sleep: Box::pin(tokio::time::sleep_until(deadline)),
             yielded: None,
+            unread,
+            graces: 0,
         }
     }
 
     fn reset(&mut self, deadline: tokio::time::Instant) {
         self.sleep.as_mut().reset(deadline);
         self.yielded = None;
+        self.graces = 0;
     }
 }
 
@@ -46,13 +95,26 @@ impl Future for Settled {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        if this.sleep.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
+        loop {
+            if this.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let yielded = this
+                .yielded
+                .get_or_insert_with(|| Box::pin(tokio::task::yield_now()));
+            if yielded.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if this.graces < UNREAD_GRACES && this.unread.waiting() {
+                this.graces += 1;
+                this.sleep
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + UNREAD_GRACE);
+                this.yielded = None;
+                continue;
+            }
+            return Poll::Ready(());
         }
-        this.yielded
-            .get_or_insert_with(|| Box::pin(tokio::task::yield_now()))
-            .as_mut()
-            .poll(cx)
     }
 }
 
@@ -61,6 +123,11 @@ impl hyper::rt::Sleep for Settled {}
 /// `sleep_until` that fires only after one more look at the sockets.
 pub(crate) fn sleep_until(deadline: tokio::time::Instant) -> Settled {
     Settled::until(deadline)
+}
+
+/// [`sleep_until`] that also waits (bounded) while `unread` holds bytes.
+pub(crate) fn sleep_until_read(deadline: tokio::time::Instant, unread: Unread) -> Settled {
+    Settled::watching(deadline, unread)
 }
 
 /// `tokio::time::timeout_at` whose deadline is [`Settled`]: the future is
@@ -91,17 +158,21 @@ pub(crate) async fn timeout_at<F: Future>(
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Elapsed;
 
-/// hyper's timer with [`Settled`] sleeps (header read timeouts, HTTP/2 pings).
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct SettledTimer;
+/// hyper's timer with [`Settled`] sleeps (header read timeouts, HTTP/2
+/// pings), watching the connection's socket for unread bytes.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SettledTimer(pub Unread);
 
 impl hyper::rt::Timer for SettledTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(Settled::until(tokio::time::Instant::now() + duration))
+        Box::pin(Settled::watching(
+            tokio::time::Instant::now() + duration,
+            self.0.clone(),
+        ))
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(Settled::until(deadline.into()))
+        Box::pin(Settled::watching(deadline.into(), self.0.clone()))
     }
 
     fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
@@ -133,6 +204,35 @@ mod tests {
         let silent = std::future::pending::<()>();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         assert_eq!(timeout_at(deadline, silent).await, Err(Elapsed));
+    }
+
+    #[tokio::test]
+    async fn a_deadline_waits_while_the_kernel_holds_unread_bytes_but_not_forever() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let unread = Unread::of(&server);
+        assert!(!unread.waiting(), "nothing sent yet");
+        // Silent socket: the deadline fires on time.
+        let t0 = std::time::Instant::now();
+        sleep_until_read(tokio::time::Instant::now(), unread.clone()).await;
+        let silent = t0.elapsed();
+        // A request the connection has not read (a stalled process): the
+        // deadline gives it every grace, and then fires all the same.
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        while !unread.waiting() {
+            tokio::task::yield_now().await;
+        }
+        let t0 = std::time::Instant::now();
+        sleep_until_read(tokio::time::Instant::now(), unread).await;
+        let waited = t0.elapsed();
+        assert!(
+            waited >= UNREAD_GRACE * u32::from(UNREAD_GRACES),
+            "unread bytes bought {waited:?} (silent: {silent:?})"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -93,6 +93,7 @@ async fn serve(
         keepalive_timeout: settings.keepalive_timeout,
     };
     let metrics = Arc::clone(&proxy.shared.metrics);
+    let unread = crate::settle::Unread::of(&stream);
     let io = SendDeadline::new(stream, settings.body_timeout, Arc::clone(&metrics));
     drop(settings);
     let handler = move |req| {
@@ -106,6 +107,7 @@ async fn serve(
         limits,
         metrics,
         shutdown,
+        unread,
     };
     serve_http(io, handler, cx).await;
 }
