@@ -67,7 +67,7 @@ pub struct Metrics {
     /// Body stalls, idle keep-alive closes, silent connections.
     pub deadlines: crate::stats::DeadlineStats,
     /// Requests cut at freezes' drain deadlines (`straggler.rs`).
-    pub stragglers: crate::straggler::StragglerCounts,
+    pub stragglers: crate::stats::StragglerCounts,
     upstream: RwLock<HashMap<String, Arc<Histogram>>>,
 }
 

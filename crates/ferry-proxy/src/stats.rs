@@ -311,3 +311,61 @@ impl Drop for OpenGauge<'_> {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// Why a request was cut at a freeze's drain deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CutReason {
+    /// Its request body was still on its way to the source.
+    Upload,
+    /// A safe request (GET, HEAD, OPTIONS, TRACE) still waiting for its answer.
+    LongPoll,
+    /// An answer without a fixed length (SSE, chunked): the application is
+    /// still producing it.
+    Stream,
+}
+
+impl CutReason {
+    pub const ALL: [CutReason; 3] = [CutReason::Upload, CutReason::LongPoll, CutReason::Stream];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CutReason::Upload => "upload",
+            CutReason::LongPoll => "long_poll",
+            CutReason::Stream => "stream",
+        }
+    }
+}
+
+/// `ferry_stragglers_cut_total{reason}` and `ferry_stragglers_kept_total`.
+#[derive(Default)]
+pub(crate) struct StragglerCounts {
+    cut: [AtomicU64; 3],
+    kept: AtomicU64,
+}
+
+impl StragglerCounts {
+    /// Adds one drain's cuts (indexed by `CutReason as usize`) and kept requests.
+    pub fn add(&self, cut: &[u64; 3], kept: u64) {
+        for (n, total) in cut.iter().zip(&self.cut) {
+            total.fetch_add(*n, Ordering::Relaxed);
+        }
+        self.kept.fetch_add(kept, Ordering::Relaxed);
+    }
+
+    pub fn cut(&self, r: CutReason) -> u64 {
+        self.cut[r as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP ferry_stragglers_cut_total Requests cut at a freeze's drain deadline because they could still write at the source, by reason.\n# TYPE ferry_stragglers_cut_total counter");
+        for r in CutReason::ALL {
+            let _ = writeln!(
+                out,
+                "ferry_stragglers_cut_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.cut(r)
+            );
+        }
+        let _ = writeln!(out, "# HELP ferry_stragglers_kept_total Unsafe requests still waiting for their answer at a freeze's drain deadline: not cut (their application may be writing), still in flight.\n# TYPE ferry_stragglers_kept_total counter\nferry_stragglers_kept_total {}", self.kept.load(Ordering::Relaxed));
+    }
+}

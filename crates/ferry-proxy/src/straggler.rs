@@ -24,7 +24,6 @@
 //! the admin API's answer, and logged per site.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,30 +40,7 @@ use parking_lot::Mutex;
 
 use crate::deadline::BoxError;
 use crate::metrics::Metrics;
-
-/// Why a request was cut at a freeze's drain deadline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CutReason {
-    /// Its request body was still on its way to the source.
-    Upload,
-    /// A safe request (GET, HEAD, OPTIONS, TRACE) still waiting for its answer.
-    LongPoll,
-    /// An answer without a fixed length (SSE, chunked): the application is
-    /// still producing it.
-    Stream,
-}
-
-impl CutReason {
-    pub const ALL: [CutReason; 3] = [CutReason::Upload, CutReason::LongPoll, CutReason::Stream];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CutReason::Upload => "upload",
-            CutReason::LongPoll => "long_poll",
-            CutReason::Stream => "stream",
-        }
-    }
-}
+pub(crate) use crate::stats::CutReason;
 
 /// What the drain deadline does with a request still registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,39 +78,6 @@ impl SiteCuts {
             Verdict::Cut(r) => self.cut[r as usize] += 1,
             Verdict::Keep => self.kept += 1,
         }
-    }
-}
-
-/// `ferry_stragglers_cut_total{reason}` and `ferry_stragglers_kept_total`.
-#[derive(Default)]
-pub(crate) struct StragglerCounts {
-    cut: [AtomicU64; 3],
-    kept: AtomicU64,
-}
-
-impl StragglerCounts {
-    fn add(&self, c: &SiteCuts) {
-        for (n, total) in c.cut.iter().zip(&self.cut) {
-            total.fetch_add(*n, Ordering::Relaxed);
-        }
-        self.kept.fetch_add(c.kept, Ordering::Relaxed);
-    }
-
-    pub fn cut(&self, r: CutReason) -> u64 {
-        self.cut[r as usize].load(Ordering::Relaxed)
-    }
-
-    pub fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP ferry_stragglers_cut_total Requests cut at a freeze's drain deadline because they could still write at the source, by reason.\n# TYPE ferry_stragglers_cut_total counter");
-        for r in CutReason::ALL {
-            let _ = writeln!(
-                out,
-                "ferry_stragglers_cut_total{{reason=\"{}\"}} {}",
-                r.as_str(),
-                self.cut(r)
-            );
-        }
-        let _ = writeln!(out, "# HELP ferry_stragglers_kept_total Unsafe requests still waiting for their answer at a freeze's drain deadline: not cut (their application may be writing), still in flight.\n# TYPE ferry_stragglers_kept_total counter\nferry_stragglers_kept_total {}", self.kept.load(Ordering::Relaxed));
     }
 }
 
@@ -418,7 +361,7 @@ impl Stragglers {
                 }
                 cuts.count(v);
             }
-            self.metrics.stragglers.add(&cuts);
+            self.metrics.stragglers.add(&cuts.cut, cuts.kept);
             let host = {
                 let mut drains = self.drains.lock();
                 match drains.get_mut(&site).filter(|d| d.epoch == epoch) {
@@ -473,7 +416,7 @@ impl Stragglers {
     fn record(&self, site: SiteId, v: Verdict) {
         let mut one = SiteCuts::default();
         one.count(v);
-        self.metrics.stragglers.add(&one);
+        self.metrics.stragglers.add(&one.cut, one.kept);
         if let Some(d) = self.drains.lock().get_mut(&site) {
             d.cuts.count(v);
         }
@@ -625,35 +568,6 @@ where
     }
 }
 
-/// The answer to a request cut while it waited for its upstream: the site
-/// is being moved; the client retries and is held, then sent to where the
-/// site lives after the flip.
-pub(crate) fn cut_answer(retry_after: u32) -> http::Response<crate::body::ProxyBody> {
-    let mut r = http::Response::new(crate::body::ProxyBody::full(
-        "site is being moved; the request was cut at the freeze's drain deadline; retry shortly\n",
-    ));
-    *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-    let h = r.headers_mut();
-    h.insert(
-        http::header::RETRY_AFTER,
-        http::HeaderValue::from(retry_after),
-    );
-    h.insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    // The client may still be sending a body nobody will read.
-    h.insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("close"),
-    );
-    r
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -773,11 +687,11 @@ mod tests {
 
     #[test]
     fn the_counters_render_every_reason() {
-        let c = StragglerCounts::default();
+        let c = crate::stats::StragglerCounts::default();
         let mut cuts = SiteCuts::default();
         cuts.count(Verdict::Cut(CutReason::Stream));
         cuts.count(Verdict::Keep);
-        c.add(&cuts);
+        c.add(&cuts.cut, cuts.kept);
         let mut out = String::new();
         c.render(&mut out);
         assert!(out.contains("ferry_stragglers_cut_total{reason=\"upload\"} 0"));
