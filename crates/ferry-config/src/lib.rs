@@ -221,6 +221,9 @@ pub struct RouterSettings {
     /// ferry-proxy). Below `hold_max`, so the requests held at the freeze
     /// outlive its drain.
     pub drain_timeout: Duration,
+    /// An upgraded connection (a WebSocket) with no byte either way for this
+    /// long is closed (HAProxy's `timeout tunnel`).
+    pub tunnel_idle_timeout: Duration,
 }
 
 /// Where access log lines go.

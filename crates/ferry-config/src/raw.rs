@@ -75,6 +75,7 @@ pub(crate) struct RawRouter {
     pub keepalive_timeout: Option<S<String>>,
     pub body_timeout: Option<S<String>>,
     pub drain_timeout: Option<S<String>>,
+    pub tunnel_idle_timeout: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1152,6 +1152,31 @@ fn the_drain_deadline_is_below_hold_max() {
     );
 }
 
+#[test]
+fn an_upgraded_connection_idles_an_hour_unless_told_otherwise() {
+    assert_eq!(
+        ok(MINIMAL).router.tunnel_idle_timeout,
+        Duration::from_secs(3600)
+    );
+    let with = |extra: &str| MINIMAL.replace("name = \"dc1\"", &format!("name = \"dc1\"\n{extra}"));
+    assert_eq!(
+        ok(&with("tunnel_idle_timeout = \"90s\""))
+            .router
+            .tunnel_idle_timeout,
+        Duration::from_secs(90)
+    );
+    refused_at(
+        &with("tunnel_idle_timeout = \"0s\""),
+        "tunnel_idle_timeout",
+        &["tunnel_idle_timeout must be above 0"],
+    );
+    refused_at(
+        &with("tunnel_idle_timeout = \"soon\""),
+        "tunnel_idle_timeout",
+        &["tunnel_idle_timeout"],
+    );
+}
+
 const SCALED: &str = r#"
 [router]
 name = "dc1"

@@ -39,6 +39,11 @@ const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// orchestrator gives the attempt up. Not `body_timeout` (30 s): that bounds
 /// a body that stopped moving, not one that moves slowly.
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// An upgraded connection (WebSocket) that moved no byte either way for
+/// this long is closed. One hour, as HAProxy's usual `timeout tunnel`: a
+/// WebSocket's application pings far more often, and a connection silent
+/// longer is most likely a client that went away without a FIN.
+const DEFAULT_TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The admin API's own connection cap: a handful of operators, `ferry ctl`
 /// and the orchestrator; small, so a flood of admin connections cannot use
 /// the file descriptors traffic needs.
@@ -170,6 +175,11 @@ impl Cx<'_> {
                 DEFAULT_BODY_TIMEOUT,
             )?,
             drain_timeout,
+            tunnel_idle_timeout: self.positive_duration(
+                "tunnel_idle_timeout",
+                r.tunnel_idle_timeout.as_ref(),
+                DEFAULT_TUNNEL_IDLE_TIMEOUT,
+            )?,
         })
     }
 
