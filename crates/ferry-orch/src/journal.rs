@@ -246,6 +246,10 @@ pub struct Journal {
     /// The run's lease (etcd), kept alive as long as the journal is open.
     #[cfg(feature = "etcd")]
     _lease: Option<std::sync::Arc<ferry_journal::lease::RunLease>>,
+    /// The etcd cluster the run lives in: its routers acknowledge freezes
+    /// there too (`runbook/fleet_acks.rs`).
+    #[cfg(feature = "etcd")]
+    etcd: Option<std::sync::Arc<ferry_store::EtcdStore>>,
 }
 
 impl Journal {
@@ -254,7 +258,15 @@ impl Journal {
             inner,
             #[cfg(feature = "etcd")]
             _lease: None,
+            #[cfg(feature = "etcd")]
+            etcd: None,
         }
+    }
+
+    /// The etcd cluster of a run kept in etcd (`None` for a SQLite journal).
+    #[cfg(feature = "etcd")]
+    pub(crate) fn etcd_store(&self) -> Option<std::sync::Arc<ferry_store::EtcdStore>> {
+        self.etcd.clone()
     }
 
     /// An etcd run's journal, opened (or created) with `f` under its lease.
@@ -272,6 +284,7 @@ impl Journal {
         Ok(Journal {
             inner: f(r.store.clone(), &r.run, fence)?,
             _lease: r.lease,
+            etcd: Some(r.store),
         })
     }
 

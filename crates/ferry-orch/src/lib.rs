@@ -8,7 +8,8 @@
 //!   hash-chained, locked: [`Journal`], or in etcd under the run's lease:
 //!   `lease`, cargo feature `etcd`) and its fold into [`MigrationStatus`];
 //!   [`event`]: what it records, typed ([`event::Detail`]).
-//! - [`router`]: the routers' admin API client.
+//! - [`router`]: the routers' admin API client; [`acks`]: with etcd, who
+//!   must acknowledge a freeze (registered, seen, retired) and who has.
 //! - [`runbook`]: [`Orchestrator`]: run (units over lanes,
 //!   [`runbook::lanes`]; copy jobs under one [`runbook::Budget`]), resume,
 //!   rollback; [`progress`]: where a unit stands, folded from its events
@@ -20,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acks;
 pub mod check;
 pub mod config;
 mod dbmove;

@@ -33,8 +33,8 @@ impl UnitRun<'_> {
             return resumed;
         }
         let last = attempt >= o.cfg.freeze.max_attempts;
-        let skipped = match self.freeze_routers(epoch).await? {
-            Ok(skipped) => skipped,
+        let (skipped, fleet) = match self.freeze_routers(epoch).await? {
+            Ok(done) => done,
             Err((router, why)) => {
                 let reason = format!("router {router} {why}");
                 return self.abandon(step, epoch, last, reason).await;
@@ -50,6 +50,9 @@ impl UnitRun<'_> {
             }
         }
         let mut summary = format!("every router acknowledged epoch {epoch} with 0 in flight");
+        if let Some(names) = &fleet {
+            summary.push_str(&format!("; in etcd: {}", names.join(", ")));
+        }
         for d in &positions {
             summary.push_str(&format!("; {} frozen at {}", d.server, d.position));
         }
@@ -68,12 +71,14 @@ impl UnitRun<'_> {
     /// a source router frozen first, a request a destination router had
     /// already forwarded to it would be held there while the forwarding
     /// router waits for that very request to finish: a drain deadlock).
-    /// Answers the routers skipped by the `skip-freeze` fault, or the first
-    /// router that did not acknowledge in time (router, why).
+    /// With the run in etcd, every router registered or seen there must then
+    /// acknowledge it there too (`fleet_acks.rs`). Answers the routers
+    /// skipped by the `skip-freeze` fault and those that acknowledged in
+    /// etcd, or the first router that did not acknowledge in time (router, why).
     async fn freeze_routers(
         &self,
         epoch: u64,
-    ) -> Result<std::result::Result<Vec<String>, (String, String)>> {
+    ) -> Result<std::result::Result<(Vec<String>, Option<Vec<String>>), (String, String)>> {
         let (o, u) = (self.orch, self.unit);
         let deadline = Instant::now() + o.cfg.freeze.drain_timeout;
         let (src_group, dst_group): (Vec<RouterClient>, Vec<RouterClient>) = o
@@ -122,6 +127,13 @@ impl UnitRun<'_> {
                 return Ok(Err(f));
             }
         }
-        Ok(Ok(skipped))
+        #[cfg(feature = "etcd")]
+        if let Some(etcd) = o.journal.etcd_store() {
+            return Ok(match o.wait_fleet_acks(etcd, epoch, deadline).await {
+                Ok(names) => Ok((skipped, Some(names))),
+                Err(f) => Err(f),
+            });
+        }
+        Ok(Ok((skipped, None)))
     }
 }

@@ -28,7 +28,8 @@
 //! whether the step is a replay, the epoch its begin recorded); one file per
 //! step (`prepare`, `pre_copy`, `window`, `freeze`, `abandon`, `final_copy`,
 //! `flip`, `unfreeze`, `post_check`, `done`) and per rollback before the
-//! flip (`rollback`); `fencing`: the changes sent to routers, epochs,
+//! flip (`rollback`); `fleet_acks`: with the run in etcd, the freeze's
+//! acknowledgements by every router registered or seen there; `fencing`: the changes sent to routers, epochs,
 //! changes owed by routers that were down; `copy`: the replicator's jobs
 //! (through `budget`, the run's shared bandwidth); `lanes`: the layout;
 //! `fingerprint`: what the sites answer before and after; `unit`: a
@@ -41,6 +42,8 @@ mod done;
 mod fencing;
 mod final_copy;
 mod fingerprint;
+#[cfg(feature = "etcd")]
+mod fleet_acks;
 mod flip;
 mod freeze;
 pub mod lanes;

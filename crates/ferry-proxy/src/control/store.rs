@@ -42,6 +42,12 @@ pub(crate) struct Control {
     /// Whether the router started from the local copy and has not yet caught
     /// up with etcd.
     pub from_copy: AtomicBool,
+    /// Whether `P/routers/<name>` is in place under a lease that cannot have
+    /// expired yet (false from a lost lease until a fresh snapshot and a new
+    /// registration).
+    pub registered: AtomicBool,
+    /// Leases lost (expired, or no keep-alive answered within the TTL).
+    pub leases_lost: AtomicU64,
 }
 
 impl Control {
@@ -162,6 +168,8 @@ pub(crate) fn open(
         batches: AtomicU64::new(0),
         stale_skipped: AtomicU64::new(0),
         from_copy: AtomicBool::new(from_copy),
+        registered: AtomicBool::new(false),
+        leases_lost: AtomicU64::new(0),
     });
     let store: Arc<dyn Store> = Arc::new(EtcdBacked {
         control: Arc::clone(&control),

@@ -2,6 +2,15 @@
 //! seeded revision + 1; a fresh snapshot and the difference applied after a
 //! compaction or a lost watch), keeps the local copy, and keeps this router's
 //! registration `P/routers/<name>` under its lease.
+//!
+//! A lost lease (etcd said it expired, or no keep-alive was answered within
+//! the TTL: etcd unreachable, this process paused) means the orchestrator no
+//! longer reads this router's acknowledgements, so the router stops trusting
+//! its watch: it drops it, takes a fresh snapshot once etcd answers, and only
+//! then registers again under a new lease. Meanwhile sites in motion (frozen
+//! in its table) stay held (then 503), settled ones serve: a settled site
+//! cannot have been flipped without this router's acknowledgement, which a
+//! router the orchestrator has seen owes until it is retired.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -52,6 +61,8 @@ struct Thread {
     /// Frozen sites and their epochs (for the registration's in-flight counts).
     frozen: HashMap<Hostname, Epoch>,
     lease: Option<Lease>,
+    /// `P/fleet/seen/<name>` written (and any retirement cleared) for this lease.
+    noted_seen: bool,
     published: String,
     last_publish: Instant,
     /// The layout moved past this build: changes are no longer applied.
@@ -71,6 +82,7 @@ impl Thread {
             shutdown,
             frozen: HashMap::new(),
             lease: None,
+            noted_seen: false,
             published: String::new(),
             last_publish: Instant::now() - PUBLISH_EVERY,
             halted: false,
@@ -145,6 +157,11 @@ impl Thread {
                     }
                 }
                 self.register(&etcd);
+                if self.lease.as_ref().is_some_and(Lease::may_have_expired) {
+                    self.lease_lost();
+                    from = 0;
+                    break;
+                }
             }
         }
     }
@@ -155,6 +172,24 @@ impl Thread {
             std::thread::sleep(TICK);
         }
         *retry = (*retry * 2).min(RETRY_MAX);
+    }
+
+    /// The registration may be gone: nothing this router publishes counts
+    /// until it registered again, and what it applied since the lease
+    /// lapsed is not trusted: the watch is dropped and the next registration
+    /// follows a fresh snapshot.
+    fn lease_lost(&mut self) {
+        self.lease = None;
+        self.published.clear();
+        self.control.registered.store(false, Ordering::Release);
+        self.control.leases_lost.fetch_add(1, Ordering::Relaxed);
+        self.control.resnapshots.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            frozen_sites = self.frozen.len(),
+            "this router's registration lease may have expired (no keep-alive answered within \
+             its TTL): frozen sites stay held, settled ones serve; registering again after a \
+             fresh snapshot once etcd answers"
+        );
     }
 
     fn watch_failed(&self, e: &WatchError) {
@@ -418,16 +453,35 @@ impl Thread {
             return;
         }
         self.last_publish = Instant::now();
-        if self.lease.as_ref().is_some_and(Lease::is_lost) {
-            tracing::warn!("this router's lease expired: registering again");
-            self.lease = None;
-            self.published.clear();
-        }
         if self.lease.is_none() {
             match etcd.grant_lease(self.control.settings.lease_ttl) {
                 Ok(l) => self.lease = Some(l),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot take a lease for the registration");
+                    return;
+                }
+            }
+            self.noted_seen = false;
+        }
+        if !self.noted_seen {
+            // Seen before registered: from now on every freeze waits for
+            // this router until an operator retires it. A retirement is
+            // cleared: a router that registers again serves again, so it
+            // must acknowledge again.
+            let seen = serde_json::json!({ "first_ms": now_ms() }).to_string();
+            match etcd.note_seen(&self.control.router, &seen) {
+                Ok(was_retired) => {
+                    self.noted_seen = true;
+                    if was_retired {
+                        tracing::warn!(
+                            router = %self.control.router,
+                            "this router was retired and registers again: no longer retired \
+                             (freezes wait for its acknowledgement again)"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record this router as seen in etcd");
                     return;
                 }
             }
@@ -455,10 +509,22 @@ impl Thread {
         }
         let Some(lease) = &self.lease else { return };
         match etcd.put_registration(&self.control.router, &value, lease) {
-            Ok(()) => self.published = value,
+            Ok(()) => {
+                self.published = value;
+                if !self.control.registered.swap(true, Ordering::AcqRel) {
+                    tracing::info!(revision, "registered in etcd");
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "cannot update this router's registration"),
         }
     }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The control plane's Prometheus lines (`/metrics`).
@@ -468,5 +534,7 @@ pub(crate) fn render_metrics(control: &Control, out: &mut String) {
     let _ = writeln!(out, "# HELP ferry_store_resnapshots_total Fresh snapshots taken after a compaction or a lost watch.\n# TYPE ferry_store_resnapshots_total counter\nferry_store_resnapshots_total {}", control.resnapshots.load(Ordering::Relaxed));
     let _ = writeln!(out, "# HELP ferry_store_watch_batches_total Revisions applied from the watch.\n# TYPE ferry_store_watch_batches_total counter\nferry_store_watch_batches_total {}", control.batches.load(Ordering::Relaxed));
     let _ = writeln!(out, "# HELP ferry_store_stale_skipped_total Records from etcd older than the router's own, skipped.\n# TYPE ferry_store_stale_skipped_total counter\nferry_store_stale_skipped_total {}", control.stale_skipped.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# HELP ferry_store_registered 1 while this router's registration is in etcd under a live lease.\n# TYPE ferry_store_registered gauge\nferry_store_registered {}", u8::from(control.registered.load(Ordering::Relaxed)));
+    let _ = writeln!(out, "# HELP ferry_store_leases_lost_total Registration leases lost (expired, or no keep-alive answered within the TTL).\n# TYPE ferry_store_leases_lost_total counter\nferry_store_leases_lost_total {}", control.leases_lost.load(Ordering::Relaxed));
     let _ = writeln!(out, "# HELP ferry_store_from_copy 1 while the router serves from its local copy (etcd unreachable since start).\n# TYPE ferry_store_from_copy gauge\nferry_store_from_copy {}", u8::from(control.from_copy.load(Ordering::Relaxed)));
 }

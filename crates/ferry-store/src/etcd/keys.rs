@@ -74,6 +74,17 @@ impl Keys {
         format!("{}/routers/{}", self.prefix, escape(name))
     }
 
+    /// `P/fleet/seen/<name>`: the router registered once (docs: "Who must
+    /// acknowledge a freeze").
+    pub(super) fn fleet_seen(&self, name: &str) -> String {
+        format!("{}/fleet/seen/{}", self.prefix, escape(name))
+    }
+
+    /// `P/fleet/retired/<name>`: an operator retired the router.
+    pub(super) fn fleet_retired(&self, name: &str) -> String {
+        format!("{}/fleet/retired/{}", self.prefix, escape(name))
+    }
+
     /// `(pool, server)` of a joined server's key.
     pub(super) fn joined_of(&self, key: &[u8]) -> Option<(String, String)> {
         let key = std::str::from_utf8(key).ok()?;
@@ -97,7 +108,7 @@ fn escape(name: &str) -> String {
     name.replace('%', "%25").replace('/', "%2F")
 }
 
-fn unescape(name: &str) -> String {
+pub(super) fn unescape(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     let mut rest = name;
     while let Some(i) = rest.find('%') {

@@ -25,6 +25,7 @@
 //! sites at one revision; `txn.rs` chunked and epoch-judged writes.
 
 mod client;
+mod fleet;
 mod keys;
 mod snapshot;
 mod txn;
@@ -41,6 +42,7 @@ use ferry_model::{Hostname, ServerState, SiteRecord};
 use crate::{JoinedServer, Store, StoreError};
 use client::{etcd_err, wait};
 use keys::{encode_site, Keys};
+pub use fleet::Fleet;
 pub use watch::{Change, ChangeBatch, Lease, Watch, WatchError};
 
 /// The key layout this build writes and the newest it reads (`P/schema`). Raise

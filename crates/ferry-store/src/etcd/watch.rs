@@ -116,6 +116,10 @@ pub struct Lease {
     keeper: tokio::task::JoinHandle<()>,
     runtime: tokio::runtime::Handle,
     lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Until when etcd surely still holds the lease: the send time of the
+    /// last keep-alive etcd answered, plus the TTL it granted (a keep-alive
+    /// sent earlier than the leader received it, so this is never late).
+    valid_until: std::sync::Arc<std::sync::Mutex<std::time::Instant>>,
 }
 
 impl Lease {
@@ -127,6 +131,18 @@ impl Lease {
     /// keys under it are gone; register again with a new lease.
     pub fn is_lost(&self) -> bool {
         self.lost.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether the lease may have expired by now: etcd said so, or no
+    /// keep-alive was answered within the TTL (etcd unreachable, this
+    /// process paused). Judged on this process's own clock, so it turns true
+    /// no later than etcd expires the lease, even while etcd cannot answer.
+    pub fn may_have_expired(&self) -> bool {
+        self.is_lost()
+            || self
+                .valid_until
+                .lock()
+                .map_or(true, |until| std::time::Instant::now() >= *until)
     }
 }
 
@@ -215,6 +231,7 @@ impl EtcdStore {
     /// store's runtime (a keep-alive every third of the TTL).
     pub fn grant_lease(&self, ttl: Duration) -> Result<Lease, StoreError> {
         let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let asked = std::time::Instant::now();
         let id = self.run(move |inner| async move {
             let resp = inner
                 .call("grant a lease", |mut c| async move {
@@ -228,11 +245,15 @@ impl EtcdStore {
             .as_ref()
             .expect("the etcd store's runtime lives until drop");
         let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let valid_until = std::sync::Arc::new(std::sync::Mutex::new(
+            asked + Duration::from_secs(secs.unsigned_abs()),
+        ));
         let keeper = runtime.spawn(keep_alive(
             self.inner.clone(),
             id,
             ttl.max(Duration::from_secs(1)),
             lost.clone(),
+            valid_until.clone(),
         ));
         Ok(Lease {
             id,
@@ -240,6 +261,7 @@ impl EtcdStore {
             keeper,
             runtime: runtime.handle().clone(),
             lost,
+            valid_until,
         })
     }
 
@@ -289,6 +311,7 @@ async fn keep_alive(
     id: i64,
     ttl: Duration,
     lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    valid_until: std::sync::Arc<std::sync::Mutex<std::time::Instant>>,
 ) {
     let every = ttl / 3;
     loop {
@@ -298,10 +321,15 @@ async fn keep_alive(
             let mut c = inner.client.clone();
             let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
             loop {
+                let sent = std::time::Instant::now();
                 keeper.keep_alive().await?;
                 match stream.message().await? {
                     Some(resp) if resp.ttl() <= 0 => return Ok::<bool, etcd_client::Error>(true),
-                    Some(_) => {}
+                    Some(resp) => {
+                        if let Ok(mut until) = valid_until.lock() {
+                            *until = sent + Duration::from_secs(resp.ttl().unsigned_abs());
+                        }
+                    }
                     None => return Ok(false),
                 }
                 tokio::time::sleep(every).await;
