@@ -5,6 +5,8 @@
 //! remote receiver gets, so what the wire carries is exactly what a local
 //! receiver executes.
 
+use rayon::prelude::*;
+
 use crate::delta::{Chunk, Signature};
 use crate::error::Result;
 use crate::manifest::{Kind, Manifest, Meta, ScanOptions};
@@ -115,6 +117,22 @@ pub trait Source: Tree {
     /// file that still has exactly that many bytes is not asked for more
     /// (one read, not two); one that grew is read to its end.
     fn read_small(&self, path: &RelPath, size: u64) -> Result<Vec<u8>>;
+    /// Many small files (path, size the scan saw), each handed to `out`
+    /// with its index in `files`, in no set order; the first error `out`
+    /// returns ends the reads (files not read yet are not handed over).
+    /// The default reads them on rayon's threads with
+    /// [`Source::read_small`]; a source behind a round trip keeps many
+    /// reads outstanding instead of waiting for each.
+    fn read_small_each(
+        &self,
+        files: &[(&RelPath, u64)],
+        out: &(dyn Fn(usize, Result<Vec<u8>>) -> Result<()> + Sync),
+    ) -> Result<()> {
+        files
+            .par_iter()
+            .enumerate()
+            .try_for_each(|(i, (path, size))| out(i, self.read_small(path, *size)))
+    }
     /// Block mode: the content of blocks `index` (the last one may be short).
     fn read_block(&self, index: u64, block_size: u32) -> Result<Vec<u8>>;
     /// Block mode: `count` consecutive blocks from `index`, back to back.

@@ -51,6 +51,7 @@ pub mod metrics_http;
 pub mod open;
 pub mod path;
 pub mod proto;
+mod read_ahead;
 pub mod remote;
 pub mod watch;
 

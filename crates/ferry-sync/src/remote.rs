@@ -18,6 +18,7 @@ use crate::manifest::{Manifest, ScanOptions};
 use crate::merkle::{Child, Digest};
 use crate::path::RelPath;
 use crate::proto::{self, Msg, Space, VANISHED};
+use crate::read_ahead::{self, WINDOW};
 use crate::watch::Changes;
 
 struct Counting<T> {
@@ -471,6 +472,25 @@ impl Source for RemoteTree {
         })
         .map_err(|e| vanished_as_not_found(e, path))?;
         Ok(out)
+    }
+
+    /// A window of `ReadSmallReq`s outstanding ([`crate::read_ahead`]):
+    /// a round trip per window, not per file.
+    fn read_small_each(
+        &self,
+        files: &[(&RelPath, u64)],
+        out: &(dyn Fn(usize, Result<Vec<u8>>) -> Result<()> + Sync),
+    ) -> Result<()> {
+        let mut c = self.lock();
+        let socket = c.w.get_ref().inner.try_clone().map_err(|e| self.net(e))?;
+        let hang_up = move || {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        };
+        let Conn { r, w } = &mut *c;
+        let mut each = |i: usize, read: Result<Vec<u8>>| {
+            out(i, read.map_err(|e| vanished_as_not_found(e, files[i].0)))
+        };
+        read_ahead::read_small_files(&self.peer, r, w, files, WINDOW, &mut each, &hang_up)
     }
 
     fn read_block(&self, index: u64, block_size: u32) -> Result<Vec<u8>> {

@@ -310,29 +310,16 @@ struct Sender<'a> {
 }
 
 impl Sender<'_> {
-    /// Small files, symlinks and metadata-only updates, in parallel.
+    /// Small files, symlinks and metadata-only updates. Links and metadata
+    /// need nothing from the source and go out in parallel; file contents
+    /// come through [`Source::read_small_each`] (a remote source keeps
+    /// many reads outstanding, issue 18).
     fn small_files(&self, small: &[(&Entry, bool)]) -> Result<()> {
-        small.par_iter().try_for_each(|(s, content)| -> Result<()> {
+        let (files, rest): (Vec<_>, Vec<_>) = small
+            .iter()
+            .partition(|(s, content)| *content && s.kind == Kind::File);
+        rest.par_iter().try_for_each(|(s, content)| -> Result<()> {
             let op = match (s.kind, content) {
-                (Kind::File, true) => {
-                    let data = match self.src.read_small(&s.path, s.size) {
-                        Ok(d) => d,
-                        Err(e) if e.is_not_found() => {
-                            self.vanished.fetch_add(1, Ordering::Relaxed);
-                            return Ok(());
-                        }
-                        Err(e) => return Err(e),
-                    };
-                    self.limiter.take(data.len() as u64);
-                    self.progress
-                        .data
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    Op::PutFile {
-                        path: s.path.clone(),
-                        meta: s.meta,
-                        data,
-                    }
-                }
                 (Kind::Symlink, true) => Op::Symlink {
                     path: s.path.clone(),
                     target: s.target.clone().unwrap_or_default(),
@@ -346,6 +333,29 @@ impl Sender<'_> {
             };
             self.dst.apply(op)?;
             self.progress.add(1, if *content { s.size } else { 0 });
+            Ok(())
+        })?;
+        let asked: Vec<(&RelPath, u64)> = files.iter().map(|(s, _)| (&s.path, s.size)).collect();
+        self.src.read_small_each(&asked, &|i, read| {
+            let s = files[i].0;
+            let data = match read {
+                Ok(d) => d,
+                Err(e) if e.is_not_found() => {
+                    self.vanished.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            self.limiter.take(data.len() as u64);
+            self.progress
+                .data
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            self.dst.apply(Op::PutFile {
+                path: s.path.clone(),
+                meta: s.meta,
+                data,
+            })?;
+            self.progress.add(1, s.size);
             Ok(())
         })
     }

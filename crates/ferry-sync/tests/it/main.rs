@@ -12,4 +12,5 @@ mod remote;
 mod roundtrip;
 mod safety;
 mod space;
+mod wan;
 mod watch;
