@@ -83,6 +83,9 @@ pub struct Stragglers {
     /// Answers without a fixed length still streaming (SSE, chunked).
     #[serde(default)]
     pub stream: u64,
+    /// Upgraded connections (WebSockets): either side may write at any time.
+    #[serde(default)]
+    pub upgrade: u64,
     /// Unsafe requests still waiting for their answer: not cut (their
     /// application may be writing; closing the connection would not stop
     /// it), still in flight until they end or `request_timeout`.
@@ -93,7 +96,7 @@ pub struct Stragglers {
 impl Stragglers {
     /// Requests cut, every reason.
     pub fn cut(&self) -> u64 {
-        self.upload + self.long_poll + self.stream
+        self.upload + self.long_poll + self.stream + self.upgrade
     }
 }
 

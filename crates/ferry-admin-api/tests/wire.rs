@@ -88,6 +88,7 @@ fn a_site_answer_grows_its_stragglers_compatibly() {
             upload: 1,
             long_poll: 2,
             stream: 3,
+            upgrade: 4,
             kept: 0,
         }),
         ..old
@@ -95,10 +96,10 @@ fn a_site_answer_grows_its_stragglers_compatibly() {
     let v = serde_json::to_value(&cut).unwrap();
     assert_eq!(
         v["stragglers"],
-        json!({"deadline_passed": true, "upload": 1, "long_poll": 2, "stream": 3, "kept": 0})
+        json!({"deadline_passed": true, "upload": 1, "long_poll": 2, "stream": 3, "upgrade": 4, "kept": 0})
     );
     let back: Site = serde_json::from_value(v).unwrap();
-    assert_eq!(back.stragglers.map(|s| s.cut()), Some(6));
+    assert_eq!(back.stragglers.map(|s| s.cut()), Some(10));
     // A newer router may add reasons: unknown ones are ignored, missing ones are 0.
     let newer: Stragglers = serde_json::from_value(json!({"upload": 1, "websocket": 4})).unwrap();
     assert_eq!(

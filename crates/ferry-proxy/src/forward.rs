@@ -4,6 +4,8 @@
 //! path rule, a server by tier, `send_to_server`, one retry elsewhere when an
 //! idempotent request could not reach its server) or `forward_remote`. An
 //! [`Exchange`] carries what forwarding needs; headers are `headers.rs`'s.
+//! An HTTP/1.1 upgrade goes the same way; on the upstream's 101 `respond`
+//! attaches a tunnel that `handle` runs (`tunnel_upgrade.rs`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,12 +21,16 @@ use hyper::body::{Body, Incoming};
 use crate::accesslog::Entry;
 use crate::body::ProxyBody;
 use crate::deadline::BodyDeadline;
-use crate::headers::{outgoing_head, outgoing_parts, strip_hop_by_hop, ConnInfo, FERRY_VIA};
+use crate::headers::{
+    outgoing_head, outgoing_parts, strip_hop_by_hop, switching_protocols_headers, upgrade_asked,
+    ConnInfo, UpgradeAsk, FERRY_VIA,
+};
 use crate::hold::{Hold, Unrouted};
 use crate::metrics::Histogram;
 use crate::state::{Settings, Shared};
 use crate::stats::Stalled;
 use crate::straggler::{Cuttable, InFlight};
+use crate::tunnel_upgrade::{self, PendingTunnel};
 use crate::upstream::{UpBody, UpstreamError};
 
 fn version_str(v: Version) -> &'static str {
@@ -96,12 +102,48 @@ pub(crate) async fn handle(
         )
     });
     let Routed {
-        resp,
+        mut resp,
         host,
         state,
         upstream,
     } = route_request(&shared, &conn, req, log_parts.is_some()).await;
     shared.metrics.request(state, resp.status().as_u16());
+    if let Some(tunnel) = tunnel_upgrade::take(&mut resp) {
+        // The access log line waits for the tunnel's end: its bytes and
+        // its whole duration.
+        let logger = shared.access_log.load_full();
+        let client = conn.client;
+        let site_state = state.map(SiteState::as_str).unwrap_or("-");
+        tokio::spawn(async move {
+            let done = tunnel.run().await;
+            tracing::debug!(
+                %client,
+                host = %host,
+                to_upstream = done.to_upstream,
+                to_client = done.to_client,
+                end = ?done.end,
+                elapsed = ?start.elapsed(),
+                "upgraded connection ended"
+            );
+            if let Some((method, path, version, referer, user_agent)) = log_parts {
+                logger.log(Entry {
+                    client,
+                    method,
+                    host,
+                    path,
+                    version,
+                    status: StatusCode::SWITCHING_PROTOCOLS.as_u16(),
+                    bytes: Some(done.to_client),
+                    referer,
+                    user_agent,
+                    upstream,
+                    duration: start.elapsed(),
+                    site_state,
+                });
+            }
+        });
+        return Ok(resp);
+    }
     if let Some((method, path, version, referer, user_agent)) = log_parts {
         logger.log(Entry {
             client: conn.client,
@@ -148,7 +190,7 @@ impl Routed {
 async fn route_request(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     log: bool,
 ) -> Routed {
     let settings = shared.settings.load_full();
@@ -186,6 +228,13 @@ async fn route_request(
         shared
             .stragglers
             .register(route.site, req.method(), req.body().is_end_stream());
+    // Taken only for an upgrade passed on: hyper then hands over the client
+    // connection after our 101.
+    let client_upgrade =
+        match upgrade_asked(req.version(), req.headers(), !req.body().is_end_stream()) {
+            UpgradeAsk::Forward => Some(hyper::upgrade::on(&mut req)),
+            UpgradeAsk::None | UpgradeAsk::Ignored => None,
+        };
     let exchange = Exchange {
         shared,
         settings: &settings,
@@ -194,6 +243,7 @@ async fn route_request(
         in_flight: shared.table.track(route.site, false),
         straggler: straggler.clone(),
         want_label: log,
+        client_upgrade,
     };
     // Cut at a freeze's drain deadline while it still waits for its answer
     // (`straggler.rs`): the exchange is dropped, the upstream connection with it.
@@ -347,6 +397,9 @@ struct Exchange<'a> {
     straggler: InFlight,
     /// The access log wants the upstream label.
     want_label: bool,
+    /// The client connection, when the request is an upgrade passed on
+    /// (`headers::upgrade_asked`).
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 impl Exchange<'_> {
@@ -363,7 +416,18 @@ impl Exchange<'_> {
     /// The upstream's response, handed to the client: hop-by-hop headers
     /// removed, the body cut if it stalls, the request counted in flight
     /// (and on its server) until the body ends.
-    fn respond(self, resp: Response<Incoming>, pick: Option<Pick>) -> Response<ProxyBody> {
+    fn respond(mut self, resp: Response<Incoming>, pick: Option<Pick>) -> Response<ProxyBody> {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return match self.client_upgrade.take() {
+                Some(client) => self.switch_protocols(resp, client, pick),
+                // Not asked (an HTTP/2 or HTTP/1.0 client, h2c refused):
+                // the connection it switched cannot be handed to the client.
+                None => text(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream server switched protocols the request did not ask for",
+                ),
+            };
+        }
         let (shared, settings) = (self.shared, self.settings);
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -391,6 +455,39 @@ impl Exchange<'_> {
             }
         };
         Response::from_parts(parts, body)
+    }
+}
+
+impl Exchange<'_> {
+    /// The upstream's 101 to an upgrade: answered 101 to the client, with
+    /// the tunnel that splices both connections attached (`handle` runs
+    /// it). The request stays registered, marked upgraded, and in flight
+    /// for its site until the tunnel ends.
+    fn switch_protocols(
+        self,
+        mut resp: Response<Incoming>,
+        client: hyper::upgrade::OnUpgrade,
+        pick: Option<Pick>,
+    ) -> Response<ProxyBody> {
+        let upstream = hyper::upgrade::on(&mut resp);
+        let (mut parts, _empty) = resp.into_parts();
+        switching_protocols_headers(&mut parts.headers);
+        self.straggler.upgraded();
+        let idle = self.shared.config.lock().0.router.tunnel_idle_timeout;
+        let mut answer = Response::from_parts(parts, ProxyBody::full(Bytes::new()));
+        tunnel_upgrade::attach(
+            &mut answer,
+            PendingTunnel {
+                client,
+                upstream,
+                straggler: self.straggler,
+                in_flight: self.in_flight,
+                server: pick,
+                idle,
+                metrics: Arc::clone(&self.shared.metrics),
+            },
+        );
+        answer
     }
 }
 
@@ -514,7 +611,8 @@ async fn send_to_server(
     parts: &http::request::Parts,
     body: UpBody,
 ) -> Result<Response<Incoming>, UpstreamError> {
-    let head = outgoing_head(parts, exchange.conn, exchange.host);
+    let upgrade = exchange.client_upgrade.is_some();
+    let head = outgoing_head(parts, exchange.conn, exchange.host, upgrade);
     let t0 = Instant::now();
     let result = exchange
         .shared
@@ -602,6 +700,7 @@ async fn forward_remote(
         exchange.conn,
         exchange.host,
         Some(remote.address),
+        exchange.client_upgrade.is_some(),
     );
     let via = match parts.headers.get(&FERRY_VIA).and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {}", settings.name),
@@ -938,5 +1037,173 @@ mod tests {
         assert_eq!(status, StatusCode::LOOP_DETECTED);
         assert_eq!(shared.metrics.loops.load(Ordering::Relaxed), 1);
         assert_eq!(up.connections.load(Ordering::SeqCst), 0);
+    }
+
+    /// An upstream that switches to an echo after a 101 (to any `Upgrade`),
+    /// and records each request head it got.
+    async fn upgrading_upstream() -> (SocketAddr, Arc<parking_lot::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let heads = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&heads);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let head = read_head(&mut stream).await;
+                    seen.lock().push(head.to_ascii_lowercase());
+                    if !head.to_ascii_lowercase().contains("upgrade: echo") {
+                        let _ = stream
+                            .write_all(
+                                b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n",
+                            )
+                            .await;
+                        return;
+                    }
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\nKeep-Alive: timeout=5\r\n\r\n")
+                        .await;
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => {
+                                // Half-close passed on: end our side too.
+                                let _ = stream.shutdown().await;
+                                return;
+                            }
+                            Ok(n) => {
+                                if stream.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, heads)
+    }
+
+    async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => break,
+            }
+        }
+        String::from_utf8_lossy(&head).into_owned()
+    }
+
+    /// A raw client connection to the router served with upgrades (as
+    /// `server.rs` serves traffic), and the task running the tunnel `handle`
+    /// spawns.
+    fn raw_connect(shared: &Arc<Shared>) -> tokio::io::DuplexStream {
+        let (client_io, router_io) = tokio::io::duplex(64 * 1024);
+        let conn = Arc::new(ConnInfo::new(
+            CLIENT.parse().expect("client address"),
+            false,
+            false,
+            shared.upstream.affinity(),
+        ));
+        let shared = Arc::clone(shared);
+        let svc = service_fn(move |req| handle(Arc::clone(&shared), conn.clone(), req));
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(router_io), svc)
+                .with_upgrades(),
+        );
+        client_io
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_is_spliced_after_the_101_and_half_closes_pass_on() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (addr, heads) = upgrading_upstream().await;
+        let shared = router(&[("a", addr, 0)]);
+        let mut client = raw_connect(&shared);
+        client
+            .write_all(
+                b"GET /ws HTTP/1.1\r\nHost: a.com\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+            )
+            .await
+            .expect("write");
+        let head = read_head(&mut client).await.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(
+            head.contains("upgrade: echo") && head.contains("connection: upgrade"),
+            "{head}"
+        );
+        assert!(
+            !head.contains("keep-alive"),
+            "hop-by-hop header passed on: {head}"
+        );
+        let up = heads.lock()[0].clone();
+        assert!(
+            up.contains("upgrade: echo") && up.contains("connection: upgrade"),
+            "{up}"
+        );
+        client.write_all(b"ping").await.expect("write");
+        let mut got = [0u8; 4];
+        client.read_exact(&mut got).await.expect("echo");
+        assert_eq!(&got, b"ping");
+        assert_eq!(
+            shared.table.total_counters().1,
+            1,
+            "the tunnel is in flight"
+        );
+        // Our end of stream reaches the upstream, whose own end comes back.
+        client.shutdown().await.expect("shutdown");
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest))
+            .await
+            .expect("the tunnel ends")
+            .expect("read");
+        assert!(rest.is_empty());
+        let wait = async {
+            while shared.metrics.upgrades.open.load(Ordering::Relaxed) != 0 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("closed");
+        let u = &shared.metrics.upgrades;
+        assert_eq!(u.total.load(Ordering::Relaxed), 1);
+        assert_eq!(u.bytes_to_upstream.load(Ordering::Relaxed), 4);
+        assert_eq!(u.bytes_to_client.load(Ordering::Relaxed), 4);
+        assert_eq!(u.ends(crate::stats::TunnelEnd::Closed), 1);
+        assert_eq!(shared.table.total_counters(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_refused_upgrade_is_a_plain_answer_and_an_unasked_101_a_502() {
+        use tokio::io::AsyncWriteExt;
+        let (addr, heads) = upgrading_upstream().await;
+        let shared = router(&[("a", addr, 0)]);
+        // Not a protocol the upstream speaks: its 426 comes back as it is.
+        let mut client = raw_connect(&shared);
+        client
+            .write_all(
+                b"GET / HTTP/1.1\r\nHost: a.com\r\nConnection: Upgrade\r\nUpgrade: other\r\n\r\n",
+            )
+            .await
+            .expect("write");
+        let head = read_head(&mut client).await;
+        assert!(head.starts_with("HTTP/1.1 426"), "{head}");
+        // `Upgrade: echo` without `Connection: upgrade` is no upgrade: the
+        // router strips it, so the upstream answers 426 again.
+        let mut client = raw_connect(&shared);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a.com\r\nUpgrade: echo\r\n\r\n")
+            .await
+            .expect("write");
+        let head = read_head(&mut client).await;
+        assert!(head.starts_with("HTTP/1.1 426"), "{head}");
+        assert!(!heads.lock()[1].contains("upgrade:"), "{:?}", heads.lock());
+        assert_eq!(shared.metrics.upgrades.total.load(Ordering::Relaxed), 0);
     }
 }

@@ -3,6 +3,11 @@
 //! and the client's address and protocol passed on to the upstream
 //! (`X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto`; believed from the
 //! client only on trusted listeners), `ferry-via` for router hops.
+//!
+//! `Upgrade` is hop-by-hop, but an HTTP/1.1 upgrade the router proxies
+//! ([`upgrade_asked`]: a WebSocket or another protocol, never `h2c`) keeps
+//! it on the way up and on the upstream's 101 on the way back, with
+//! `Connection: upgrade` (`tunnel_upgrade.rs` splices the two connections).
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -143,6 +148,86 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// What a client request asks of `Upgrade` (RFC 9110 7.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpgradeAsk {
+    /// No upgrade: a plain request.
+    None,
+    /// An HTTP/1.1 upgrade to pass on (`Connection: upgrade` and `Upgrade`
+    /// with a protocol other than h2c, no request body).
+    Forward,
+    /// An upgrade the router does not pass on: `h2c` (the router speaks
+    /// HTTP/2 to clients itself and HTTP/1.1 upstream; a tunnelled h2c
+    /// would skip its per-request routing and limits), or an upgrade with
+    /// a request body. `Upgrade` is stripped and the request goes on as a
+    /// plain one, which RFC 9110 allows (a server may ignore an upgrade);
+    /// nginx does the same without `proxy_set_header Upgrade`.
+    Ignored,
+}
+
+/// Whether `headers` of a request in `version` ask for an upgrade the router
+/// passes on; `has_body`: the request carries a body.
+pub(crate) fn upgrade_asked(version: Version, headers: &HeaderMap, has_body: bool) -> UpgradeAsk {
+    // HTTP/1.0 has no upgrade; HTTP/2 forbids the header (RFC 9113 8.2.2;
+    // its extended CONNECT, RFC 8441, is not offered).
+    if version != Version::HTTP_11 {
+        return UpgradeAsk::None;
+    }
+    let mut protocols = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .peekable();
+    if protocols.peek().is_none() {
+        return UpgradeAsk::None;
+    }
+    let connection_says_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !connection_says_upgrade {
+        // `Upgrade` without `Connection: upgrade` is not an upgrade request
+        // (a proxy before us would have removed the pair together).
+        return UpgradeAsk::None;
+    }
+    let h2c = |p: &str| {
+        let name = p.split('/').next().unwrap_or(p).trim();
+        name.eq_ignore_ascii_case("h2c")
+    };
+    if has_body || protocols.any(h2c) {
+        return UpgradeAsk::Ignored;
+    }
+    UpgradeAsk::Forward
+}
+
+static CONNECTION_UPGRADE: HeaderValue = HeaderValue::from_static("upgrade");
+
+/// Puts back what an upgrade needs after hop-by-hop headers were dropped:
+/// the `Upgrade` values `from` had and `Connection: upgrade`.
+fn keep_upgrade(from: &HeaderMap, to: &mut HeaderMap) {
+    for v in from.get_all(header::UPGRADE) {
+        to.append(header::UPGRADE, v.clone());
+    }
+    to.insert(header::CONNECTION, CONNECTION_UPGRADE.clone());
+}
+
+/// The upstream's 101 on its way to the client: hop-by-hop headers removed
+/// but the upgrade's own (`Upgrade`, `Connection: upgrade`).
+pub(crate) fn switching_protocols_headers(headers: &mut HeaderMap) {
+    let upgrade: HeaderMap = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .map(|v| (header::UPGRADE, v.clone()))
+        .collect();
+    strip_hop_by_hop(headers);
+    keep_upgrade(&upgrade, headers);
+}
+
 /// The headers only a trusted peer (another router) may send: from anyone
 /// else they are dropped and set by this router.
 fn is_forwarding(name: &HeaderName) -> bool {
@@ -157,8 +242,10 @@ fn is_forwarding(name: &HeaderName) -> bool {
 /// headers dropped, Host set, the client named in X-Forwarded-For,
 /// X-Forwarded-Proto and Forwarded (kept as they came from a trusted
 /// peer), origin-form URI, HTTP/1.1. The headers are copied once into a
-/// map sized for the additions (values are shared, not copied).
-pub(crate) fn outgoing_head(parts: &Parts, conn: &ConnInfo, host: &str) -> Parts {
+/// map sized for the additions (values are shared, not copied). With
+/// `upgrade` ([`UpgradeAsk::Forward`]) `Upgrade` and `Connection: upgrade`
+/// go up too.
+pub(crate) fn outgoing_head(parts: &Parts, conn: &ConnInfo, host: &str, upgrade: bool) -> Parts {
     // A name comparison per header, no lookup, tells whether `Connection` is there.
     let named = if parts.headers.keys().any(|n| n == header::CONNECTION) {
         connection_named(&parts.headers)
@@ -181,6 +268,9 @@ pub(crate) fn outgoing_head(parts: &Parts, conn: &ConnInfo, host: &str) -> Parts
         }
         has_host |= name == header::HOST;
         headers.append(name.clone(), value.clone());
+    }
+    if upgrade {
+        keep_upgrade(&parts.headers, &mut headers);
     }
     if !has_host {
         if let Ok(v) = HeaderValue::from_str(host) {
@@ -222,6 +312,9 @@ pub(crate) fn outgoing_head(parts: &Parts, conn: &ConnInfo, host: &str) -> Parts
     out.version = Version::HTTP_11;
     out.headers = headers;
     out.extensions = parts.extensions.clone();
+    // The client connection's upgrade is the router's to take, not the
+    // upstream request's.
+    out.extensions.remove::<hyper::upgrade::OnUpgrade>();
     out
 }
 
@@ -257,13 +350,14 @@ pub(crate) fn outgoing_parts(
     conn: &ConnInfo,
     host: &str,
     absolute_to: Option<SocketAddr>,
+    upgrade: bool,
 ) {
     let pq = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".to_owned());
-    *parts = outgoing_head(parts, conn, host);
+    *parts = outgoing_head(parts, conn, host, upgrade);
     if let Some(target) = absolute_to {
         if let Ok(uri) = Uri::builder()
             .scheme("http")
@@ -323,7 +417,7 @@ mod tests {
                 ("accept", "b"),
             ],
         );
-        let out = outgoing_head(&parts, &conn(false), "a.com");
+        let out = outgoing_head(&parts, &conn(false), "a.com", false);
         for gone in ["connection", "keep-alive", "x-secret", "te", "ferry-via"] {
             assert!(out.headers.get(gone).is_none(), "{gone} passed on");
         }
@@ -337,7 +431,7 @@ mod tests {
         // The connection's next request, for another host, names that host.
         let c = conn(false);
         for host in ["a.com", "b.com", "a.com"] {
-            let out = outgoing_head(&request("/", &[]), &c, host);
+            let out = outgoing_head(&request("/", &[]), &c, host, false);
             let want = format!("for=192.0.2.7;host={host};proto=http");
             assert_eq!(all(&out.headers, "forwarded"), [want]);
         }
@@ -359,7 +453,7 @@ mod tests {
                 ("ferry-via", "dc2"),
             ],
         );
-        let out = outgoing_head(&parts, &conn(true), "a.com");
+        let out = outgoing_head(&parts, &conn(true), "a.com", false);
         assert_eq!(all(&out.headers, "x-forwarded-for"), ["198.51.100.1"]);
         assert_eq!(all(&out.headers, "x-forwarded-proto"), ["https"]);
         assert_eq!(
@@ -381,5 +475,76 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key(header::CONTENT_LENGTH));
+    }
+
+    fn map(headers: &[(&str, &str)]) -> HeaderMap {
+        request("/", headers).headers
+    }
+
+    #[test]
+    fn an_upgrade_is_passed_on_only_as_http_1_1_with_both_headers() {
+        use UpgradeAsk::*;
+        let ws = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ];
+        let v11 = Version::HTTP_11;
+        assert_eq!(upgrade_asked(v11, &map(&ws), false), Forward);
+        // Other protocols too, several values, any case.
+        let other = [("connection", "UPGRADE"), ("upgrade", "foo/2, bar")];
+        assert_eq!(upgrade_asked(v11, &map(&other), false), Forward);
+        // One header without the other is no upgrade.
+        assert_eq!(upgrade_asked(v11, &map(&ws[1..]), false), None);
+        let no_upgrade = [("connection", "upgrade")];
+        assert_eq!(upgrade_asked(v11, &map(&no_upgrade), false), None);
+        let empty = [("connection", "upgrade"), ("upgrade", " ")];
+        assert_eq!(upgrade_asked(v11, &map(&empty), false), None);
+        // HTTP/1.0 and HTTP/2 have no upgrade.
+        assert_eq!(upgrade_asked(Version::HTTP_10, &map(&ws), false), None);
+        assert_eq!(upgrade_asked(Version::HTTP_2, &map(&ws), false), None);
+        // h2c, alone or among others, and an upgrade with a body: ignored.
+        for h2c in ["h2c", "H2C", "websocket, h2c"] {
+            let h = [("connection", "Upgrade, HTTP2-Settings"), ("upgrade", h2c)];
+            assert_eq!(upgrade_asked(v11, &map(&h), false), Ignored, "{h2c}");
+        }
+        assert_eq!(upgrade_asked(v11, &map(&ws), true), Ignored);
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_keeps_its_headers_on_the_way_up_and_a_plain_request_does_not() {
+        let parts = request(
+            "/chat",
+            &[
+                ("host", "a.com"),
+                ("connection", "Upgrade, x-secret"),
+                ("upgrade", "websocket"),
+                ("x-secret", "1"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ("sec-websocket-version", "13"),
+            ],
+        );
+        let up = outgoing_head(&parts, &conn(false), "a.com", true);
+        assert_eq!(all(&up.headers, "upgrade"), ["websocket"]);
+        assert_eq!(all(&up.headers, "connection"), ["upgrade"]);
+        assert!(up.headers.get("x-secret").is_none(), "named by Connection");
+        assert_eq!(all(&up.headers, "sec-websocket-version"), ["13"]);
+        let plain = outgoing_head(&parts, &conn(false), "a.com", false);
+        assert!(plain.headers.get("upgrade").is_none());
+        assert!(plain.headers.get("connection").is_none());
+    }
+
+    #[test]
+    fn a_101_keeps_its_upgrade_and_loses_the_other_hop_by_hop_headers() {
+        let mut h = map(&[
+            ("connection", "Upgrade, keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ]);
+        switching_protocols_headers(&mut h);
+        assert_eq!(all(&h, "upgrade"), ["websocket"]);
+        assert_eq!(all(&h, "connection"), ["upgrade"]);
+        assert!(h.get("keep-alive").is_none());
+        assert_eq!(h.len(), 3);
     }
 }

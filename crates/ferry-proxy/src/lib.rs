@@ -40,6 +40,7 @@ mod stats;
 mod straggler;
 mod tls;
 mod tunnel;
+mod tunnel_upgrade;
 mod upstream;
 
 use std::collections::HashMap;

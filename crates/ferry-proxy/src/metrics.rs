@@ -68,6 +68,8 @@ pub struct Metrics {
     pub deadlines: crate::stats::DeadlineStats,
     /// Requests cut at freezes' drain deadlines (`straggler.rs`).
     pub stragglers: crate::stats::StragglerCounts,
+    /// Upgraded connections (WebSockets): open, total, bytes, ends.
+    pub upgrades: crate::stats::UpgradeStats,
     upstream: RwLock<HashMap<String, Arc<Histogram>>>,
 }
 
@@ -180,6 +182,7 @@ impl Metrics {
         self.accept.render(out);
         self.deadlines.render(out);
         self.stragglers.render(out);
+        self.upgrades.render(out);
         let map = self.upstream.read();
         let mut pools: Vec<_> = map.iter().collect();
         pools.sort_by(|a, b| a.0.cmp(b.0));

@@ -420,7 +420,10 @@ where
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(H2_PING_INTERVAL))
         .keep_alive_timeout(H2_PING_TIMEOUT);
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    // With upgrades: a request the router proxies as an HTTP/1.1 upgrade
+    // (a WebSocket, `tunnel_upgrade.rs`) takes the connection over after
+    // its 101; the connection future then ends and the tunnel goes on.
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     loop {
         let wake = activity

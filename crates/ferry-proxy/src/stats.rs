@@ -322,16 +322,28 @@ pub(crate) enum CutReason {
     /// An answer without a fixed length (SSE, chunked): the application is
     /// still producing it.
     Stream,
+    /// An upgraded connection (a WebSocket): either side may send at any
+    /// time, so it is never committed.
+    Upgrade,
 }
 
+/// Cut counts indexed by `CutReason as usize`.
+pub(crate) type CutCounts = [u64; CutReason::ALL.len()];
+
 impl CutReason {
-    pub const ALL: [CutReason; 3] = [CutReason::Upload, CutReason::LongPoll, CutReason::Stream];
+    pub const ALL: [CutReason; 4] = [
+        CutReason::Upload,
+        CutReason::LongPoll,
+        CutReason::Stream,
+        CutReason::Upgrade,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             CutReason::Upload => "upload",
             CutReason::LongPoll => "long_poll",
             CutReason::Stream => "stream",
+            CutReason::Upgrade => "upgrade",
         }
     }
 }
@@ -339,13 +351,13 @@ impl CutReason {
 /// `ferry_stragglers_cut_total{reason}` and `ferry_stragglers_kept_total`.
 #[derive(Default)]
 pub(crate) struct StragglerCounts {
-    cut: [AtomicU64; 3],
+    cut: [AtomicU64; CutReason::ALL.len()],
     kept: AtomicU64,
 }
 
 impl StragglerCounts {
     /// Adds one drain's cuts (indexed by `CutReason as usize`) and kept requests.
-    pub fn add(&self, cut: &[u64; 3], kept: u64) {
+    pub fn add(&self, cut: &CutCounts, kept: u64) {
         for (n, total) in cut.iter().zip(&self.cut) {
             total.fetch_add(*n, Ordering::Relaxed);
         }
@@ -367,5 +379,85 @@ impl StragglerCounts {
             );
         }
         let _ = writeln!(out, "# HELP ferry_stragglers_kept_total Unsafe requests still waiting for their answer at a freeze's drain deadline: not cut (their application may be writing), still in flight.\n# TYPE ferry_stragglers_kept_total counter\nferry_stragglers_kept_total {}", self.kept.load(Ordering::Relaxed));
+    }
+}
+
+/// How an upgraded connection's tunnel ended, for
+/// `ferry_upgrades_closed_total{how}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TunnelEnd {
+    /// Both sides finished (or one failed).
+    Closed,
+    /// No byte either way for `tunnel_idle_timeout`.
+    Idle,
+    /// Cut at a freeze's drain deadline.
+    Cut,
+    /// The client or the upstream never finished switching protocols.
+    Failed,
+}
+
+const TUNNEL_ENDS: [(TunnelEnd, &str); 4] = [
+    (TunnelEnd::Closed, "closed"),
+    (TunnelEnd::Idle, "idle"),
+    (TunnelEnd::Cut, "cut"),
+    (TunnelEnd::Failed, "failed"),
+];
+
+/// Upgraded connections (WebSockets) through the HTTP router
+/// (`tunnel_upgrade.rs`).
+#[derive(Default)]
+pub(crate) struct UpgradeStats {
+    /// Upgrades the upstream accepted (101) and the router spliced.
+    pub total: AtomicU64,
+    /// Tunnels open now.
+    pub open: AtomicU64,
+    /// Bytes from the client to the upstream, and back, after the 101.
+    pub bytes_to_upstream: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+    ends: [AtomicU64; TUNNEL_ENDS.len()],
+}
+
+impl UpgradeStats {
+    pub fn ended(&self, how: TunnelEnd) {
+        if let Some(i) = TUNNEL_ENDS.iter().position(|(e, _)| *e == how) {
+            self.ends[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[cfg(test)]
+    pub fn ends(&self, how: TunnelEnd) -> u64 {
+        TUNNEL_ENDS
+            .iter()
+            .position(|(e, _)| *e == how)
+            .map_or(0, |i| self.ends[i].load(Ordering::Relaxed))
+    }
+
+    pub fn render(&self, out: &mut String) {
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP ferry_upgrades_total HTTP/1.1 upgrades (WebSockets) the upstream accepted with 101, spliced by the router.\n# TYPE ferry_upgrades_total counter\nferry_upgrades_total {}",
+            v(&self.total)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ferry_upgrades_open Upgraded connections open now.\n# TYPE ferry_upgrades_open gauge\nferry_upgrades_open {}",
+            v(&self.open)
+        );
+        let name = "ferry_upgrade_bytes_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Bytes through upgraded connections after the 101, by direction.\n# TYPE {name} counter\n{name}{{direction=\"to_upstream\"}} {}\n{name}{{direction=\"to_client\"}} {}",
+            v(&self.bytes_to_upstream),
+            v(&self.bytes_to_client)
+        );
+        let name = "ferry_upgrades_closed_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Upgraded connections ended, by how: closed by a side, idle for tunnel_idle_timeout, cut at a freeze's drain deadline, or failed to switch.\n# TYPE {name} counter"
+        );
+        for ((_, label), c) in TUNNEL_ENDS.iter().zip(&self.ends) {
+            let _ = writeln!(out, "{name}{{how=\"{label}\"}} {}", v(c));
+        }
     }
 }

@@ -19,7 +19,10 @@
 //! client gets a 503 with Retry-After, or a cut body); a request with a
 //! whole body and an unsafe method whose answer has not begun is kept: its
 //! application may be writing now, and closing its connection would not stop
-//! that. It keeps the freeze from being acknowledged until it ends.
+//! that. It keeps the freeze from being acknowledged until it ends. An
+//! upgraded connection (a WebSocket, [`InFlight::upgraded`]) is never
+//! committed: either side may send at any time; it counts in flight until it
+//! ends and is cut at the deadline (`upgrade`).
 //! Cuts are counted by reason (`ferry_stragglers_cut_total`), per site in
 //! the admin API's answer, and logged per site.
 
@@ -40,6 +43,7 @@ use parking_lot::Mutex;
 
 use crate::deadline::BoxError;
 use crate::metrics::Metrics;
+use crate::stats::CutCounts;
 pub(crate) use crate::stats::CutReason;
 
 /// What the drain deadline does with a request still registered.
@@ -51,11 +55,31 @@ pub(crate) enum Verdict {
     Keep,
 }
 
-/// The rule (pure, so it is tested alone): `safe` is the method's, `sent`
-/// says the request body is whole at the upstream, `answered` that the
-/// upstream's head arrived (an answer without a fixed length: committed
-/// answers are no longer registered).
-pub(crate) fn verdict(safe: bool, sent: bool, answered: bool) -> Verdict {
+/// What the registry knows of a request when it judges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Progress {
+    /// The method is safe (GET, HEAD, OPTIONS, TRACE).
+    pub safe: bool,
+    /// The request body is whole at the upstream.
+    pub sent: bool,
+    /// The upstream's head arrived (an answer without a fixed length:
+    /// committed answers are no longer registered).
+    pub answered: bool,
+    /// The upstream switched protocols (101): the connection is a tunnel.
+    pub upgraded: bool,
+}
+
+/// The rule (pure, so it is tested alone).
+pub(crate) fn verdict(p: Progress) -> Verdict {
+    let Progress {
+        safe,
+        sent,
+        answered,
+        upgraded,
+    } = p;
+    if upgraded {
+        return Verdict::Cut(CutReason::Upgrade);
+    }
     match (sent, answered) {
         (false, _) => Verdict::Cut(CutReason::Upload),
         (true, true) => Verdict::Cut(CutReason::Stream),
@@ -68,7 +92,7 @@ pub(crate) fn verdict(safe: bool, sent: bool, answered: bool) -> Verdict {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct SiteCuts {
     pub deadline_passed: bool,
-    pub cut: [u64; 3],
+    pub cut: CutCounts,
     pub kept: u64,
 }
 
@@ -123,6 +147,8 @@ struct Entry {
     sent: AtomicBool,
     /// The upstream's head arrived (and the answer is not committed).
     answered: AtomicBool,
+    /// The upstream switched protocols: a tunnel now.
+    upgraded: AtomicBool,
     cut: AtomicBool,
     /// The request body's and the answer's pollers, woken by a cut.
     wakers: Mutex<[Option<Waker>; 2]>,
@@ -148,6 +174,15 @@ impl Entry {
 
     fn is_cut(&self) -> bool {
         self.cut.load(Ordering::Acquire)
+    }
+
+    fn progress(&self) -> Progress {
+        Progress {
+            safe: self.safe,
+            sent: self.sent.load(Ordering::Acquire),
+            answered: self.answered.load(Ordering::Acquire),
+            upgraded: self.upgraded.load(Ordering::Acquire),
+        }
     }
 
     /// Registers `cx` in `slot`, then says whether the request was cut (in
@@ -210,6 +245,7 @@ impl Stragglers {
             safe,
             sent: AtomicBool::new(body_done),
             answered: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
             cut: AtomicBool::new(false),
             wakers: Mutex::new([None, None]),
             notify: tokio::sync::Notify::new(),
@@ -351,11 +387,7 @@ impl Stragglers {
             };
             // Outside the lock: the last handle of an entry leaves the shard.
             for e in of_site {
-                let v = verdict(
-                    e.safe,
-                    e.sent.load(Ordering::Acquire),
-                    e.answered.load(Ordering::Acquire),
-                );
+                let v = verdict(e.progress());
                 if let Verdict::Cut(_) = v {
                     e.cut();
                 }
@@ -376,18 +408,19 @@ impl Stragglers {
                     None => continue,
                 }
             };
-            if cuts.cut == [0; 3] && cuts.kept == 0 {
+            if cuts.cut == CutCounts::default() && cuts.kept == 0 {
                 continue;
             }
             if logged < LOGGED_SITES {
                 logged += 1;
-                let [upload, long_poll, stream] = cuts.cut;
+                let [upload, long_poll, stream, upgrade] = cuts.cut;
                 tracing::warn!(
                     site = %host,
                     epoch = epoch.0,
                     upload,
                     long_poll,
                     stream,
+                    upgrade,
                     kept = cuts.kept,
                     "freeze drain deadline: requests that could still write at the source were cut"
                 );
@@ -400,12 +433,13 @@ impl Stragglers {
             }
         }
         if rest.0 > 0 {
-            let [upload, long_poll, stream] = rest.1.cut;
+            let [upload, long_poll, stream, upgrade] = rest.1.cut;
             tracing::warn!(
                 sites = rest.0,
                 upload,
                 long_poll,
                 stream,
+                upgrade,
                 kept = rest.1.kept,
                 "freeze drain deadline: more sites had requests cut (totals; per site in the admin API)"
             );
@@ -425,12 +459,15 @@ impl Stragglers {
 
 impl InFlight {
     fn verdict(&self) -> Verdict {
-        let e = &self.entry;
-        verdict(
-            e.safe,
-            e.sent.load(Ordering::Acquire),
-            e.answered.load(Ordering::Acquire),
-        )
+        verdict(self.entry.progress())
+    }
+
+    /// The upstream switched protocols (101): from now on the request is a
+    /// tunnel either side may write into at any time, never committed. It
+    /// stays registered while this handle lives; a cut ends
+    /// [`unless_cut`](Self::unless_cut) around the splice.
+    pub fn upgraded(&self) {
+        self.entry.upgraded.store(true, Ordering::Release);
     }
 
     /// The request body on its way upstream, failing when the request is cut.
@@ -572,9 +609,20 @@ where
 mod tests {
     use super::*;
 
+    /// The rule of a request that did not switch protocols.
+    fn plain(safe: bool, sent: bool, answered: bool) -> Verdict {
+        verdict(Progress {
+            safe,
+            sent,
+            answered,
+            upgraded: false,
+        })
+    }
+
     #[test]
     fn the_rule() {
         use CutReason::*;
+        let verdict = plain;
         // An upload still sending is cut, whatever its method or answer.
         for safe in [true, false] {
             for answered in [true, false] {
@@ -588,6 +636,16 @@ mod tests {
         // An answer without a fixed length, still streaming: cut.
         assert_eq!(verdict(true, true, true), Verdict::Cut(Stream));
         assert_eq!(verdict(false, true, true), Verdict::Cut(Stream));
+        // An upgraded connection may write at any time: always cut.
+        for safe in [true, false] {
+            let p = Progress {
+                safe,
+                sent: true,
+                answered: false,
+                upgraded: true,
+            };
+            assert_eq!(super::verdict(p), Verdict::Cut(Upgrade));
+        }
     }
 
     use ferry_model::{Placement, SiteRecord};
@@ -625,16 +683,19 @@ mod tests {
         let poll = reg.register(site, &Method::GET, true);
         let order = reg.register(site, &Method::POST, true);
         let upload = reg.register(site, &Method::PUT, false);
+        let websocket = reg.register(site, &Method::GET, true);
+        websocket.upgraded();
         reg.frozen(&table, vec![(site, Epoch(2), "a.com".into())], DRAIN);
         assert_eq!(reg.cuts(site, Epoch(2)), Some(SiteCuts::default()));
         tokio::time::sleep(DRAIN - Duration::from_millis(1)).await;
         assert!(!poll.entry.is_cut(), "nothing is cut before the deadline");
         tokio::time::sleep(Duration::from_millis(2)).await;
-        assert!(poll.entry.is_cut() && upload.entry.is_cut());
+        assert!(poll.entry.is_cut() && upload.entry.is_cut() && websocket.entry.is_cut());
         assert!(!order.entry.is_cut(), "a write being handled is kept");
         let cuts = reg.cuts(site, Epoch(2)).expect("a drain");
         assert!(cuts.deadline_passed);
-        assert_eq!((cuts.cut, cuts.kept), ([1, 1, 0], 1));
+        assert_eq!((cuts.cut, cuts.kept), ([1, 1, 0, 1], 1));
+        assert_eq!(reg.metrics.stragglers.cut(CutReason::Upgrade), 1);
         assert_eq!(reg.metrics.stragglers.cut(CutReason::LongPoll), 1);
         // The wait for the answer ends at once for a request already cut.
         assert_eq!(poll.unless_cut(std::future::pending::<()>()).await, None);
@@ -647,7 +708,7 @@ mod tests {
         tokio::time::sleep(DRAIN * 2).await;
         let late = reg.register(site, &Method::GET, true);
         assert!(late.entry.is_cut());
-        assert_eq!(reg.cuts(site, Epoch(2)).expect("a drain").cut, [0, 1, 0]);
+        assert_eq!(reg.cuts(site, Epoch(2)).expect("a drain").cut, [0, 1, 0, 0]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -696,6 +757,7 @@ mod tests {
         c.render(&mut out);
         assert!(out.contains("ferry_stragglers_cut_total{reason=\"upload\"} 0"));
         assert!(out.contains("ferry_stragglers_cut_total{reason=\"stream\"} 1"));
+        assert!(out.contains("ferry_stragglers_cut_total{reason=\"upgrade\"} 0"));
         assert!(out.contains("ferry_stragglers_kept_total 1"));
     }
 }

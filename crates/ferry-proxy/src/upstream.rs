@@ -6,6 +6,10 @@
 //!   its upstream connections go to a shared idle pool ([`IdlePool`]) that other
 //!   client connections draw from before they dial.
 //! - Remote routers and health checks: hyper-util's pooled client.
+//!
+//! Every upstream connection can be upgraded: a 101 hands it to the
+//! response (`hyper::upgrade::on`, `tunnel_upgrade.rs`); hyper-util's pooled
+//! client does the same and never reuses an upgraded connection.
 //! - Remote routers that want a PROXY v2 header: a dedicated connection per
 //!   request (it carries one client's address, so it is never shared).
 
@@ -175,7 +179,9 @@ impl Upstream {
         tokio::spawn(async move {
             // Ends when the server closes or every sender is dropped; an error
             // here has already been returned to the request that saw it.
-            let _ = conn.await;
+            // With upgrades: after a 101 the connection is handed to the
+            // response's `OnUpgrade` (`tunnel_upgrade.rs`).
+            let _ = conn.with_upgrades().await;
         });
         Ok(tx)
     }
@@ -263,9 +269,10 @@ impl Upstream {
                 .await
                 .map_err(|e| UpstreamError::Connect(e.to_string()))?;
             tokio::spawn(async move {
-                // The connection ends with the exchange; its error, if any, has
-                // already reached the sender.
-                let _ = conn.await;
+                // The connection ends with the exchange (or is handed to the
+                // response after a 101); its error, if any, has already
+                // reached the sender.
+                let _ = conn.with_upgrades().await;
             });
             sender
                 .send_request(req)

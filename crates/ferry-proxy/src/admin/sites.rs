@@ -22,12 +22,13 @@ fn site(proxy: &Proxy, rec: SiteRecord, id: SiteId) -> Site {
     let (held, in_flight) = proxy.shared.table.counters(id);
     let stragglers = match rec.state {
         SiteState::Frozen => proxy.shared.stragglers.cuts(id, rec.epoch).map(|c| {
-            let [upload, long_poll, stream] = c.cut;
+            let [upload, long_poll, stream, upgrade] = c.cut;
             Stragglers {
                 deadline_passed: c.deadline_passed,
                 upload,
                 long_poll,
                 stream,
+                upgrade,
                 kept: c.kept,
             }
         }),

@@ -24,3 +24,4 @@ mod routing;
 mod scale;
 mod tls;
 mod tunnel;
+mod websocket;
