@@ -54,7 +54,7 @@ pub(super) fn metrics(proxy: &Proxy) -> Resp {
     );
     let _ = writeln!(out, "# HELP ferry_site_table_bytes Approximate heap bytes of the site table.\n# TYPE ferry_site_table_bytes gauge\nferry_site_table_bytes {}", shared.table.heap_bytes());
     let _ = writeln!(out, "# HELP ferry_held_requests Requests held right now (frozen sites).\n# TYPE ferry_held_requests gauge\nferry_held_requests {held}");
-    let _ = writeln!(out, "# HELP ferry_in_flight_requests Requests forwarded and not yet finished.\n# TYPE ferry_in_flight_requests gauge\nferry_in_flight_requests {in_flight}");
+    let _ = writeln!(out, "# HELP ferry_in_flight_requests Requests forwarded that could still write at the source: not yet answered, or answered without a fixed length (a freeze waits for them).\n# TYPE ferry_in_flight_requests gauge\nferry_in_flight_requests {in_flight}");
     let _ = writeln!(out, "# HELP ferry_max_connections The router's connection cap ([router] max_connections or derived from the open-file limit).\n# TYPE ferry_max_connections gauge\nferry_max_connections {}", proxy.traffic_cap.size());
     let _ = writeln!(out, "# HELP ferry_connection_slots_used Connections holding a slot of the router's cap (traffic, passthrough, tunnels).\n# TYPE ferry_connection_slots_used gauge\nferry_connection_slots_used {}", proxy.traffic_cap.used());
     let _ = writeln!(out, "# HELP ferry_open_connections Client connections open.\n# TYPE ferry_open_connections gauge\nferry_open_connections {}", proxy.conns.open());

@@ -271,6 +271,20 @@ async fn an_admin_api_without_a_token_does_not_start() {
     assert_eq!(metrics, 401, "anonymous /metrics");
 }
 
+/// `ferry_body_timeouts_total{stalled="client_receive"}` once it is
+/// counted (waited for up to LIMIT).
+async fn stall_cut(admin: &Admin) -> Option<f64> {
+    let name = r#"ferry_body_timeouts_total{stalled="client_receive"}"#;
+    let counted = Deadline::new("the stall to be counted", LIMIT);
+    loop {
+        let cut = metric(&admin.metrics().await, name);
+        if cut.is_some_and(|n| n >= 1.0) {
+            return cut;
+        }
+        counted.tick().await;
+    }
+}
+
 /// #10: a client that asks for a 64 MiB file and reads none of it. Before:
 /// its request stayed in flight for as long as it kept the connection (a
 /// freeze of the site could never drain).
@@ -293,19 +307,13 @@ async fn a_client_that_stops_reading_is_cut_and_in_flight_returns_to_zero() {
         .write_all(format!("GET /files/big HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
         .await
         .expect("writing the request");
-    let in_flight = |v: serde_json::Value| v["in_flight"].as_u64();
-    let seen = Deadline::new("the request to be in flight", LIMIT);
-    while in_flight(admin.site(HOST).await) != Some(1) {
-        seen.tick().await;
-    }
+    // A committed answer (fixed length, request whole) stops counting in
+    // flight at its head (it can no longer write at the source), so the cut
+    // is read from the stall counter; in flight must be 0 after it.
     let stalled_at = Instant::now();
-    let drained = Deadline::new("in_flight to return to 0", LIMIT);
-    while in_flight(admin.site(HOST).await) != Some(0) {
-        drained.tick().await;
-    }
+    let cut = stall_cut(&admin).await;
     let held_for = stalled_at.elapsed();
-    let m = admin.metrics().await;
-    let cut = metric(&m, r#"ferry_body_timeouts_total{stalled="client_receive"}"#);
+    let in_flight = admin.site(HOST).await["in_flight"].as_u64();
     let other = client::get(&client::http1(), ferry.addr(), HOST, "/").await;
     let served = matches!(&other, Ok(r) if r.status == 200);
     // The reader finds its connection closed once it reads what was sent.
@@ -320,6 +328,11 @@ async fn a_client_that_stops_reading_is_cut_and_in_flight_returns_to_zero() {
         served,
     );
     assert_eq!(cut, Some(1.0), "the stall is counted");
+    assert!(
+        held_for >= Duration::from_millis(1500),
+        "cut before body_timeout: {held_for:?}"
+    );
+    assert_eq!(in_flight, Some(0), "in flight after the cut");
     assert!(closed, "the stalled connection was not closed");
     assert!(served, "a normal request failed: {other:?}");
 }
@@ -353,17 +366,10 @@ async fn an_http2_client_that_stops_reading_is_cut_and_in_flight_returns_to_zero
     .expect("a response head");
     assert_eq!(stuck.status(), 200);
     // Its body is never read: hyper grants no window beyond the first 64 KiB.
-    let in_flight = |v: serde_json::Value| v["in_flight"].as_u64();
     let stalled_at = Instant::now();
-    let drained = Deadline::new("in_flight to return to 0", LIMIT);
-    while in_flight(admin.site(HOST).await) != Some(0) {
-        drained.tick().await;
-    }
+    let cut = stall_cut(&admin).await;
     let held_for = stalled_at.elapsed();
-    let cut = metric(
-        &admin.metrics().await,
-        r#"ferry_body_timeouts_total{stalled="client_receive"}"#,
-    );
+    let in_flight = admin.site(HOST).await["in_flight"].as_u64();
     // The same connection still serves other streams.
     let other = client::get(&h2, ferry.addr(), HOST, "/").await;
     let served = matches!(&other, Ok(r) if r.status == 200 && r.version == "HTTP/2");
@@ -378,6 +384,11 @@ async fn an_http2_client_that_stops_reading_is_cut_and_in_flight_returns_to_zero
         served,
     );
     assert_eq!(cut, Some(1.0), "the stall is counted");
+    assert!(
+        held_for >= Duration::from_millis(1500),
+        "cut before body_timeout: {held_for:?}"
+    );
+    assert_eq!(in_flight, Some(0), "in flight after the cut");
     assert!(served, "another stream on the connection failed: {other:?}");
 }
 
