@@ -9,7 +9,8 @@
 //!   `lease`, cargo feature `etcd`) and its fold into [`MigrationStatus`];
 //!   [`event`]: what it records, typed ([`event::Detail`]).
 //! - [`router`]: the routers' admin API client; [`acks`]: with etcd, who
-//!   must acknowledge a freeze (registered, seen, retired) and who has.
+//!   must acknowledge a freeze (registered, seen, retired) and who has;
+//!   `fleet` (feature `etcd`): the wait for it on etcd.
 //! - [`runbook`]: [`Orchestrator`]: run (units over lanes,
 //!   [`runbook::lanes`]; copy jobs under one [`runbook::Budget`]), resume,
 //!   rollback; [`progress`]: where a unit stands, folded from its events
@@ -28,6 +29,8 @@ mod dbmove;
 mod error;
 pub mod event;
 pub mod failpoint;
+#[cfg(feature = "etcd")]
+pub mod fleet;
 mod fold;
 pub mod journal;
 #[cfg(feature = "etcd")]

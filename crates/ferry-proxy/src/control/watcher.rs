@@ -106,6 +106,11 @@ impl Thread {
             }
         }
         while !self.stopping() {
+            // Cut from etcd, the watch broke first: the lease is judged here.
+            if self.lease.as_ref().is_some_and(Lease::may_have_expired) {
+                self.lease_lost();
+                from = 0;
+            }
             let etcd = match self.control.etcd.load_full() {
                 Some(e) => e,
                 None => match EtcdStore::connect(etcd_config(&self.control.settings)) {

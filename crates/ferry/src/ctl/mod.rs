@@ -9,6 +9,7 @@
 
 mod certs;
 mod pools;
+mod routers;
 mod sites;
 mod table;
 mod tunnels;
@@ -82,6 +83,9 @@ enum Cmd {
     Tunnels(TunnelsCmd),
     /// Re-read the router's config file (same as SIGHUP).
     Reload,
+    /// The routers of an etcd control plane (not this router's admin API):
+    /// list who is registered, seen and retired; retire one for good.
+    Routers(routers::RoutersArgs),
 }
 
 /// A refusal (4xx) exits 3, anything else that failed exits 1.
@@ -94,6 +98,10 @@ pub(super) fn failure(e: AdminError) -> Failure {
 }
 
 pub async fn run(args: Args) -> Result<(), Failure> {
+    if let Cmd::Routers(r) = args.command {
+        let out = Out { json: args.json };
+        return routers::run(&out, Duration::from_secs(args.timeout), r);
+    }
     let token = match &args.token_file {
         Some(path) => Some(
             ferry_secret::read_file("--token-file", path)
@@ -157,6 +165,8 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         }
         Cmd::Certs(c) => certs::run(&api, &out, c).await?,
         Cmd::Tunnels(c) => tunnels::run(&api, &out, c).await?,
+        // Answered above, before a router's API client is made.
+        Cmd::Routers(_) => {}
     }
     Ok(())
 }
