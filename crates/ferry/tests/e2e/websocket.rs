@@ -34,15 +34,9 @@ async fn echo_server() -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let refuse = |req: &Request, resp: Response| {
-                    if req.uri().path() == "/forbidden" {
-                        let mut r = ErrorResponse::new(Some("no chat for you".into()));
-                        *r.status_mut() = http::StatusCode::FORBIDDEN;
-                        return Err(r);
-                    }
-                    Ok(resp)
-                };
-                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, refuse).await else {
+                let Ok(mut ws) =
+                    tokio_tungstenite::accept_hdr_async(stream, refuse_forbidden).await
+                else {
                     return;
                 };
                 if ws.send(Message::text("hello")).await.is_err() {
@@ -60,6 +54,18 @@ async fn echo_server() -> SocketAddr {
         }
     });
     addr
+}
+
+/// The echo server's handshake callback: `/forbidden` gets a 403. The
+/// error type is tungstenite's, large or not.
+#[allow(clippy::result_large_err)]
+fn refuse_forbidden(req: &Request, resp: Response) -> Result<Response, ErrorResponse> {
+    if req.uri().path() == "/forbidden" {
+        let mut r = ErrorResponse::new(Some("no chat for you".into()));
+        *r.status_mut() = http::StatusCode::FORBIDDEN;
+        return Err(r);
+    }
+    Ok(resp)
 }
 
 /// A plain HTTP/1.1 server that records each request head and answers 200.
@@ -142,6 +148,8 @@ async fn closed(ws: &mut Client) -> Instant {
             .expect("closed in time")
         {
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Instant::now(),
+            // Control frames are not the end.
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(other)) => panic!("unexpected message {other:?}"),
         }
     }
