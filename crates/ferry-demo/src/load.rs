@@ -288,7 +288,14 @@ impl Worker {
             _ => StatusCode::OK,
         };
         if status != expected {
-            return Err(format!("status {}", status.as_u16()));
+            // The router's own answers say why in their first line.
+            let why = String::from_utf8_lossy(&body[..body.len().min(200)]);
+            let why: String = why.lines().next().unwrap_or("").chars().take(72).collect();
+            return Err(if why.is_empty() {
+                format!("status {}", status.as_u16())
+            } else {
+                format!("status {} ({why})", status.as_u16())
+            });
         }
         let good = match op {
             // The page names its site: a response from another site is wrong.
