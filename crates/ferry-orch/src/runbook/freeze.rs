@@ -50,8 +50,10 @@ impl UnitRun<'_> {
             }
         }
         let mut summary = format!("every router acknowledged epoch {epoch} with 0 in flight");
-        if let Some(names) = &fleet {
-            summary.push_str(&format!("; in etcd: {}", names.join(", ")));
+        match fleet.as_deref() {
+            Some([]) => summary.push_str("; in etcd: no router registered or seen"),
+            Some(names) => summary.push_str(&format!("; in etcd: {}", names.join(", "))),
+            None => {}
         }
         for d in &positions {
             summary.push_str(&format!("; {} frozen at {}", d.server, d.position));
