@@ -1053,7 +1053,9 @@ mod tests {
                 tokio::spawn(async move {
                     let head = read_head(&mut stream).await;
                     seen.lock().push(head.to_ascii_lowercase());
-                    if !head.to_ascii_lowercase().contains("upgrade: echo") {
+                    // `/always`: a 101 whatever the request asked.
+                    let always = head.starts_with("GET /always ");
+                    if !always && !head.to_ascii_lowercase().contains("upgrade: echo") {
                         let _ = stream
                             .write_all(
                                 b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n",
@@ -1204,6 +1206,65 @@ mod tests {
         let head = read_head(&mut client).await;
         assert!(head.starts_with("HTTP/1.1 426"), "{head}");
         assert!(!heads.lock()[1].contains("upgrade:"), "{:?}", heads.lock());
+        // A 101 to a request that asked for no upgrade: 502, the upstream's
+        // switched connection is not handed to the client.
+        let mut client = raw_connect(&shared);
+        client
+            .write_all(b"GET /always HTTP/1.1\r\nHost: a.com\r\n\r\n")
+            .await
+            .expect("write");
+        let head = read_head(&mut client).await;
+        assert!(head.starts_with("HTTP/1.1 502"), "{head}");
         assert_eq!(shared.metrics.upgrades.total.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_reads_stops_the_upstream_at_bounded_buffers() {
+        use tokio::io::AsyncWriteExt;
+        // After its 101 the upstream writes as fast as it can, until a
+        // write has waited a second: then the router holds what it had.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let flood = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            read_head(&mut stream).await;
+            stream
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: flood\r\n\r\n")
+                .await
+                .expect("101");
+            let chunk = vec![7u8; 64 * 1024];
+            let mut written = 0usize;
+            loop {
+                match tokio::time::timeout(Duration::from_secs(1), stream.write_all(&chunk)).await {
+                    Ok(Ok(())) => written += chunk.len(),
+                    Ok(Err(e)) => panic!("the router closed the tunnel: {e}"),
+                    Err(_) => return written,
+                }
+                assert!(written < 256 << 20, "256 MiB taken without a reader");
+            }
+        });
+        let shared = router(&[("a", addr, 0)]);
+        let mut client = raw_connect(&shared);
+        client
+            .write_all(
+                b"GET / HTTP/1.1\r\nHost: a.com\r\nConnection: upgrade\r\nUpgrade: flood\r\n\r\n",
+            )
+            .await
+            .expect("write");
+        let written = tokio::time::timeout(Duration::from_secs(60), flood)
+            .await
+            .expect("the upstream's writes stop")
+            .expect("upstream task");
+        // The client's pipe (64 KiB), the splice's buffer and the kernel's
+        // loopback socket buffers: nothing grows with what the upstream sends.
+        eprintln!("the upstream wrote {written} bytes before its writes stopped");
+        assert!(written < 32 << 20, "{written} bytes taken without a reader");
+        let taken = shared
+            .metrics
+            .upgrades
+            .bytes_to_client
+            .load(Ordering::Relaxed);
+        assert!(taken <= written as u64);
+        drop(client);
     }
 }
