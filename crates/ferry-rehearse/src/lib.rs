@@ -34,11 +34,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use ferry_demo::app::AppServer;
 use ferry_demo::check::{self, Check};
-use ferry_demo::load::{Load, LoadConfig};
+use ferry_demo::load::{Load, LoadConfig, LoadResult};
 use ferry_demo::orch::{self as demo_orch, ChildEnv};
-use ferry_demo::topology::{self, DESTINATION, SOURCE};
+use ferry_demo::topology::{self, Site, DESTINATION, SOURCE};
 use ferry_demo::Out;
+use ferry_orch::MigrationStatus;
 
 pub use units::UnitRow;
 use world::{FreezeSettings, Net, Place};
@@ -151,6 +153,87 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
         opts.latency.as_millis(),
         opts.rate_bytes * 8 / 1_000_000
     ));
+    let net = open_net(opts, out).await?;
+    let namespaces = net.names();
+    let files = write_files(&exe, opts, work, out).await?;
+    let up = start_services(&exe, &net, work, &files.sites, opts.filers, out).await?;
+    let link = measure_link(&net, out);
+    let migrate_toml = work.join("migrate.toml");
+    std::fs::write(
+        &migrate_toml,
+        world::migrate_config(
+            &net,
+            &up.routers,
+            opts.filers,
+            &FreezeSettings {
+                max_freeze: Duration::from_secs(10),
+                drain_timeout: Duration::from_secs(5),
+            },
+        ),
+    )?;
+    let sites = Arc::new(files.sites);
+    let (load, mix) = start_traffic(&net, &up.routers, &sites, files.large, opts).await?;
+    out.progress(
+        "traffic: 16 browsers (2 via the old address), 3 downloads (1 old), 2 slow readers (1 old)",
+    );
+    let warm_up = (opts.duration / 4).min(Duration::from_secs(10));
+    tokio::time::sleep(warm_up).await;
+    let setup_s = t0.elapsed().as_secs_f64();
+
+    let journal = work.join("journal.db");
+    let night_t0 = Instant::now();
+    let end = run_night(
+        &exe,
+        &net,
+        work,
+        &migrate_toml,
+        &files.plan_path,
+        &journal,
+        out,
+    )
+    .await?;
+    let night_s = night_t0.elapsed().as_secs_f64();
+
+    // The load runs its duration, then drains.
+    while load.elapsed() < opts.duration {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    out.progress("stopping the traffic");
+    let (load, mixed) = tokio::join!(load.finish(), mix.finish());
+    drop(up);
+
+    let status = demo_orch::status(&exe, &journal).await;
+    let judged = judge(load, mixed, &files.plan, &sites, work, &status).await?;
+    let mut checks = judged.checks;
+    checks.push(check_orchestrator(&end));
+    let report = std::path::absolute(&opts.report).unwrap_or_else(|_| opts.report.clone());
+    let mut summary = Summary {
+        checks,
+        units: judged.rows,
+        parallel: files.parallel,
+        max_overlap: judged.overlap,
+        requests: judged.requests,
+        namespaces,
+        link,
+        setup_s,
+        night_s,
+        report: report.clone(),
+    };
+    let written = report::write(&report, status.as_ref().ok(), &summary, opts);
+    summary.checks.push(match written {
+        Ok(bytes) => Check::new(
+            check::REPORT,
+            true,
+            format!("{} ({bytes} bytes)", report.display()),
+        ),
+        Err(e) => Check::new(check::REPORT, false, format!("{}: {e:#}", report.display())),
+    });
+    drop(net);
+    Ok(summary)
+}
+
+/// The namespaces and the shaped wan, after removing those of dead runs.
+async fn open_net(opts: &Options, out: &Out) -> anyhow::Result<Net> {
     let stale = tokio::task::block_in_place(|| netns::remove_stale(world::PREFIX))?;
     if !stale.is_empty() {
         out.progress(&format!(
@@ -164,10 +247,21 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
         loss_percent: 0.0,
     };
     let net = Net::create(&netem, opts.filers).await?;
-    let namespaces = net.names();
-    out.progress(&format!("namespaces: {}", namespaces.join(", ")));
+    out.progress(&format!("namespaces: {}", net.names().join(", ")));
+    Ok(net)
+}
 
-    // The files, the inventory and the plan.
+/// The sites' files, the inventory and the plan made of it.
+struct Files {
+    sites: Vec<Site>,
+    large: Vec<world::LargeFile>,
+    plan_path: PathBuf,
+    plan: serde_json::Value,
+    /// Lanes the plan laid out.
+    parallel: u64,
+}
+
+async fn write_files(exe: &Path, opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Files> {
     let (sites, large) = {
         let (w, o) = (work.to_path_buf(), opts.clone());
         tokio::task::spawn_blocking(move || {
@@ -187,7 +281,7 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
             .await??;
     }
     let plan_path = work.join("plan.json");
-    run_plan(&exe, opts, &inventory, &plan_path, &work.join("plan.log")).await?;
+    run_plan(exe, opts, &inventory, &plan_path, &work.join("plan.log")).await?;
     let plan: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&plan_path)?).context("reading plan.json")?;
     let parallel = plan["parameters"]["parallel"].as_u64().unwrap_or(1);
@@ -197,12 +291,34 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
         large.len(),
         plan["units"].as_array().map_or(0, Vec::len)
     ));
+    Ok(Files {
+        sites,
+        large,
+        plan_path,
+        plan,
+        parallel,
+    })
+}
 
-    let agents =
-        tokio::task::block_in_place(|| world::start_agents(&exe, &net, work, opts.filers))?;
-    let (apps, par_pool, gra_pool) = world::start_shops(&net, work, &sites).await?;
+/// Everything that runs in the DCs; dropping it stops them all.
+struct Services {
+    routers: Vec<world::RouterAt>,
+    _apps: Vec<AppServer>,
+    _agents: Vec<world::Proc>,
+}
+
+async fn start_services(
+    exe: &Path,
+    net: &Net,
+    work: &Path,
+    sites: &[Site],
+    filers: u32,
+    out: &Out,
+) -> anyhow::Result<Services> {
+    let agents = tokio::task::block_in_place(|| world::start_agents(exe, net, work, filers))?;
+    let (apps, par_pool, gra_pool) = world::start_shops(net, work, sites).await?;
     let routers = tokio::task::block_in_place(|| {
-        world::start_routers(&exe, &net, work, &sites, &par_pool, &gra_pool)
+        world::start_routers(exe, net, work, sites, &par_pool, &gra_pool)
     })?;
     out.progress(&format!(
         "up: {} agents, 4 shop servers, routers {}",
@@ -213,6 +329,15 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
             .collect::<Vec<_>>()
             .join(", ")
     ));
+    Ok(Services {
+        routers,
+        _apps: apps,
+        _agents: agents,
+    })
+}
+
+/// The wan as shaped, with the round trip of a request across it.
+fn measure_link(net: &Net, out: &Out) -> LinkInfo {
     let link = LinkInfo {
         qdisc: if net.relay_delay.is_zero() {
             net.applied.qdisc.to_string()
@@ -237,27 +362,23 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
         link.rtt_ms
             .map_or("unmeasured".into(), |ms| format!("{ms:.2} ms"))
     ));
-    let migrate_toml = work.join("migrate.toml");
-    std::fs::write(
-        &migrate_toml,
-        world::migrate_config(
-            &net,
-            &routers,
-            opts.filers,
-            &FreezeSettings {
-                max_freeze: Duration::from_secs(10),
-                drain_timeout: Duration::from_secs(5),
-            },
-        ),
-    )?;
+    link
+}
 
-    // The traffic, from the internet.
-    let sites = Arc::new(sites);
+/// The visitors, from the internet: the demo's browsers on one public
+/// router of each DC, the mix (downloads, slow readers) on the other.
+async fn start_traffic(
+    net: &Net,
+    routers: &[world::RouterAt],
+    sites: &Arc<Vec<Site>>,
+    large: Vec<world::LargeFile>,
+    opts: &Options,
+) -> anyhow::Result<(Load, traffic::Mix)> {
     let (gra_1, gra_2) = (routers[2].public(), routers[3].public());
     let (par_1, par_2) = (routers[0].public(), routers[1].public());
     let inet = net.handle(Place::Inet);
     let load = {
-        let sites = Arc::clone(&sites);
+        let sites = Arc::clone(sites);
         let max_run = opts.duration + Duration::from_secs(600);
         inet.spawn(async move {
             Load::start(LoadConfig {
@@ -273,7 +394,7 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
     };
     let mix = {
         let config = traffic::MixConfig {
-            sites: Arc::clone(&sites),
+            sites: Arc::clone(sites),
             large: Arc::new(large),
             entry: gra_2,
             stale_entry: par_2,
@@ -284,15 +405,19 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
         inet.spawn(async move { traffic::Mix::start(config) })
             .await?
     };
-    out.progress(
-        "traffic: 16 browsers (2 via the old address), 3 downloads (1 old), 2 slow readers (1 old)",
-    );
-    let warm_up = (opts.duration / 4).min(Duration::from_secs(10));
-    tokio::time::sleep(warm_up).await;
-    let setup_s = t0.elapsed().as_secs_f64();
+    Ok((load, mix))
+}
 
-    // The night.
-    let journal = work.join("journal.db");
+/// `ferry migrate run` of the plan, in the destination DC.
+async fn run_night(
+    exe: &Path,
+    net: &Net,
+    work: &Path,
+    migrate_toml: &Path,
+    plan_path: &Path,
+    journal: &Path,
+    out: &Out,
+) -> anyhow::Result<demo_orch::RunEnd> {
     let args: Vec<String> = vec![
         "run".into(),
         "--config".into(),
@@ -303,33 +428,36 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
         journal.display().to_string(),
         "--now".into(),
     ];
-    let night_t0 = Instant::now();
-    let end = {
-        let (exe, log, o) = (exe.clone(), work.join("migrate.log"), out.clone());
-        let mut task = Task(net.handle(Place::Gra).spawn(async move {
-            demo_orch::run(&exe, &args, &ChildEnv::default(), &log, |l| {
-                o.progress(&format!("migrate: {l}"))
-            })
-            .await
-        }));
-        match (&mut task.0).await {
-            Ok(r) => r?,
-            Err(e) => bail!("the orchestrator task: {e}"),
-        }
-    };
-    let night_s = night_t0.elapsed().as_secs_f64();
-
-    // The load runs its duration, then drains.
-    while load.elapsed() < opts.duration {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let (exe, log, o) = (exe.to_path_buf(), work.join("migrate.log"), out.clone());
+    let mut task = Task(net.handle(Place::Gra).spawn(async move {
+        demo_orch::run(&exe, &args, &ChildEnv::default(), &log, |l| {
+            o.progress(&format!("migrate: {l}"))
+        })
+        .await
+    }));
+    match (&mut task.0).await {
+        Ok(r) => r,
+        Err(e) => bail!("the orchestrator task: {e}"),
     }
-    out.progress("stopping the traffic");
-    let (mut load, mixed) = tokio::join!(load.finish(), mix.finish());
-    drop(routers);
-    drop(apps);
-    drop(agents);
+}
 
-    let status = demo_orch::status(&exe, &journal).await;
+/// The checks that need the traffic's records and the journal, and the
+/// per-unit rows.
+struct Judged {
+    checks: Vec<Check>,
+    rows: Vec<UnitRow>,
+    overlap: usize,
+    requests: BTreeMap<&'static str, (u64, u64)>,
+}
+
+async fn judge(
+    mut load: LoadResult,
+    mixed: Vec<traffic::Record>,
+    plan: &serde_json::Value,
+    sites: &Arc<Vec<Site>>,
+    work: &Path,
+    status: &anyhow::Result<MigrationStatus>,
+) -> anyhow::Result<Judged> {
     let mut checks = vec![check::check_requests(&load)];
     let mut records: Vec<traffic::Record> = load
         .log
@@ -350,10 +478,10 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
         e.0 += 1;
         e.1 += u64::from(r.failed.is_some());
     }
-    let (rows, overlap) = match &status {
+    let (rows, overlap) = match status {
         Ok(s) => {
             checks.push(check::check_units(s));
-            let rows = units::rows(&plan, s, &sites, &records);
+            let rows = units::rows(plan, s, sites, &records);
             let overlap = units::max_overlap(&rows);
             (rows, overlap)
         }
@@ -369,7 +497,7 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
     checks.push(check_mix(&records, &rows));
     {
         let (s, w, st) = (
-            Arc::clone(&sites),
+            Arc::clone(sites),
             work.to_path_buf(),
             status.as_ref().ok().cloned(),
         );
@@ -379,11 +507,20 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
                 .await?;
         checks.extend(data);
     }
-    match &status {
-        Ok(s) => checks.push(check::check_verified(s)),
-        Err(_) => checks.push(Check::new(check::VERIFIED, false, "no migration status")),
-    }
-    checks.push(Check::new(
+    checks.push(match status {
+        Ok(s) => check::check_verified(s),
+        Err(_) => Check::new(check::VERIFIED, false, "no migration status"),
+    });
+    Ok(Judged {
+        checks,
+        rows,
+        overlap,
+        requests,
+    })
+}
+
+fn check_orchestrator(end: &demo_orch::RunEnd) -> Check {
+    Check::new(
         check::ORCHESTRATOR,
         end.status.success(),
         if end.status.success() {
@@ -395,32 +532,7 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
                 end.stderr_tail
             )
         },
-    ));
-    let report = std::path::absolute(&opts.report).unwrap_or_else(|_| opts.report.clone());
-    let summary = Summary {
-        checks,
-        units: rows,
-        parallel,
-        max_overlap: overlap,
-        requests,
-        namespaces,
-        link,
-        setup_s,
-        night_s,
-        report: report.clone(),
-    };
-    let written = report::write(&report, status.as_ref().ok(), &summary, opts);
-    let mut summary = summary;
-    summary.checks.push(match written {
-        Ok(bytes) => Check::new(
-            check::REPORT,
-            true,
-            format!("{} ({bytes} bytes)", report.display()),
-        ),
-        Err(e) => Check::new(check::REPORT, false, format!("{}: {e:#}", report.display())),
-    });
-    drop(net);
-    Ok(summary)
+    )
 }
 
 /// `ferry plan` as a child, with the link and lanes of this rehearsal; a
