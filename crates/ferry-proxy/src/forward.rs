@@ -114,8 +114,10 @@ pub(crate) async fn handle(
         let logger = shared.access_log.load_full();
         let client = conn.client;
         let site_state = state.map(SiteState::as_str).unwrap_or("-");
+        let holds_connection = conn.tunnel_started();
         tokio::spawn(async move {
             let done = tunnel.run().await;
+            drop(holds_connection);
             tracing::debug!(
                 %client,
                 host = %host,
@@ -224,10 +226,12 @@ async fn route_request(
     if let Some(resp) = maintenance_answer(&settings, conn, &route) {
         return Routed::answered(resp, host_str, Some(SiteState::Maintenance));
     }
-    let straggler =
-        shared
-            .stragglers
-            .register(route.site, req.method(), req.body().is_end_stream());
+    let straggler = shared.stragglers.register(
+        route.site,
+        route.epoch,
+        req.method(),
+        req.body().is_end_stream(),
+    );
     // Taken only for an upgrade passed on: hyper then hands over the client
     // connection after our 101.
     let client_upgrade =

@@ -43,6 +43,11 @@ pub(crate) struct ConnInfo {
     /// The client speaks HTTP/2: response bodies are watched for a client
     /// that stops granting flow-control window (`body.rs`).
     pub h2: bool,
+    /// Ends when the connection's upgraded tunnel ends (at most one: an
+    /// upgraded HTTP/1.1 connection carries no more requests). The
+    /// connection's task waits for it, so the tunnel keeps the connection's
+    /// slot (`max_connections`, shutdown's drain).
+    tunnel: parking_lot::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 impl ConnInfo {
@@ -70,6 +75,23 @@ impl ConnInfo {
             forwarded_first: OnceLock::new(),
             tls,
             h2: false,
+            tunnel: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// A tunnel starts on this connection: it holds the sender until it ends.
+    pub fn tunnel_started(&self) -> tokio::sync::oneshot::Sender<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *self.tunnel.lock() = Some(rx);
+        tx
+    }
+
+    /// Resolves when the connection's tunnel ends (at once without one).
+    pub async fn tunnel_ended(&self) {
+        let rx = self.tunnel.lock().take();
+        if let Some(rx) = rx {
+            // An error is the sender dropped: the tunnel ended too.
+            let _ = rx.await;
         }
     }
 }

@@ -346,6 +346,8 @@ impl HttpConn {
         self.info.h2 = proto == Alpn::H2;
         let metrics = Arc::clone(&shared.metrics);
         let info = Arc::new(self.info);
+        let upgraded = Arc::clone(&info);
+        let mut shutdown = self.shutdown.clone();
         let handler = move |req| {
             let fut = forward::handle(Arc::clone(&shared), Arc::clone(&info), req);
             async move {
@@ -364,7 +366,14 @@ impl HttpConn {
             shutdown: self.shutdown,
             unread,
         };
-        serve_http(io, handler, cx).await
+        serve_http(io, handler, cx).await;
+        // An upgraded connection (`tunnel_upgrade.rs`) lives on after
+        // hyper's: it keeps its slot until its tunnel ends, or the router
+        // shuts down.
+        tokio::select! {
+            () = upgraded.tunnel_ended() => {}
+            _ = shutdown.changed() => {}
+        }
     }
 }
 

@@ -187,6 +187,9 @@ async fn a_websocket_echoes_both_ways_through_the_router() {
     let m = admin.metrics().await;
     assert_eq!(metric(&m, "ferry_upgrades_total"), Some(1.0));
     assert_eq!(metric(&m, "ferry_upgrades_open"), Some(1.0));
+    // The upgraded connection keeps its slot of the listener.
+    let open_http = "ferry_open_connections_by_kind{kind=\"http\"}";
+    assert_eq!(metric(&m, open_http), Some(1.0), "{m}");
     let site = admin.site("ws.test").await;
     assert_eq!(site["in_flight"], 1, "a tunnel counts in flight: {site}");
 
@@ -196,7 +199,7 @@ async fn a_websocket_echoes_both_ways_through_the_router() {
     let deadline = Deadline::new("the tunnel ended and was counted", HANG);
     loop {
         let m = admin.metrics().await;
-        if metric(&m, "ferry_upgrades_open") == Some(0.0) {
+        if metric(&m, "ferry_upgrades_open") == Some(0.0) && metric(&m, open_http) == Some(0.0) {
             let up = metric(&m, "ferry_upgrade_bytes_total{direction=\"to_upstream\"}");
             let down = metric(&m, "ferry_upgrade_bytes_total{direction=\"to_client\"}");
             assert!(up.unwrap_or(0.0) > 1_000_000.0, "{m}");
