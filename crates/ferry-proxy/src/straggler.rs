@@ -127,7 +127,7 @@ struct Shard {
     /// is committed).
     entries: hashbrown::HashMap<u64, Weak<Entry>>,
     /// Sites whose drain deadline passed at this epoch: a request registered
-    /// later (routed just before the freeze) is cut at once.
+    /// later but routed before that freeze (an older epoch) is cut at once.
     past_deadline: hashbrown::HashMap<SiteId, Epoch>,
 }
 
@@ -230,9 +230,16 @@ impl Stragglers {
         self.shard(site).lock().entries.remove(&id);
     }
 
-    /// Registers a request of `site` about to be forwarded; `body_done`: it
-    /// has no request body (or an empty one).
-    pub fn register(self: &Arc<Self>, site: SiteId, method: &Method, body_done: bool) -> InFlight {
+    /// Registers a request of `site` about to be forwarded, routed by the
+    /// site's record at `epoch`; `body_done`: it has no request body (or an
+    /// empty one).
+    pub fn register(
+        self: &Arc<Self>,
+        site: SiteId,
+        epoch: Epoch,
+        method: &Method,
+        body_done: bool,
+    ) -> InFlight {
         let safe = matches!(
             *method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
@@ -253,7 +260,13 @@ impl Stragglers {
         let late = {
             let mut shard = self.shard(site).lock();
             shard.entries.insert(id, Arc::downgrade(&entry));
-            shard.past_deadline.contains_key(&site)
+            // Only a request routed before the freeze is late: one routed
+            // by a newer record (a held request released by the unfreeze
+            // or the flip, which may reach here before `settled` runs) is not.
+            shard
+                .past_deadline
+                .get(&site)
+                .is_some_and(|&frozen_at| epoch < frozen_at)
         };
         let reg = InFlight { entry };
         if late {
@@ -680,10 +693,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_deadline_cuts_what_could_write_and_keeps_a_write_being_handled() {
         let (table, reg, site) = world(2);
-        let poll = reg.register(site, &Method::GET, true);
-        let order = reg.register(site, &Method::POST, true);
-        let upload = reg.register(site, &Method::PUT, false);
-        let websocket = reg.register(site, &Method::GET, true);
+        let poll = reg.register(site, Epoch(1), &Method::GET, true);
+        let order = reg.register(site, Epoch(1), &Method::POST, true);
+        let upload = reg.register(site, Epoch(1), &Method::PUT, false);
+        let websocket = reg.register(site, Epoch(1), &Method::GET, true);
         websocket.upgraded();
         reg.frozen(&table, vec![(site, Epoch(2), "a.com".into())], DRAIN);
         assert_eq!(reg.cuts(site, Epoch(2)), Some(SiteCuts::default()));
@@ -706,15 +719,33 @@ mod tests {
         let (table, reg, site) = world(2);
         reg.frozen(&table, vec![(site, Epoch(2), "a.com".into())], DRAIN);
         tokio::time::sleep(DRAIN * 2).await;
-        let late = reg.register(site, &Method::GET, true);
+        let late = reg.register(site, Epoch(1), &Method::GET, true);
         assert!(late.entry.is_cut());
         assert_eq!(reg.cuts(site, Epoch(2)).expect("a drain").cut, [0, 1, 0, 0]);
+    }
+
+    /// The demo's stop-router fault: the deadline passed at the destination
+    /// while the orchestrator abandoned the freeze; the unfreeze wakes the
+    /// held requests, which register before `settled` runs. They were routed
+    /// by the new record: not late. One routed before the freeze still is.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_released_by_the_unfreeze_is_not_late() {
+        let (table, reg, site) = world(2);
+        reg.frozen(&table, vec![(site, Epoch(2), "a.com".into())], DRAIN);
+        tokio::time::sleep(DRAIN * 2).await;
+        set(&table, SiteState::Active, 3);
+        let released = reg.register(site, Epoch(3), &Method::GET, true);
+        let before = reg.register(site, Epoch(1), &Method::GET, true);
+        assert!(!released.entry.is_cut(), "released by the unfreeze");
+        assert!(before.entry.is_cut(), "routed before the freeze");
+        reg.settled(&[site]);
+        assert_eq!(reg.cuts(site, Epoch(2)), None);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_replayed_freeze_keeps_its_deadline_and_a_flip_ends_it() {
         let (table, reg, site) = world(2);
-        let poll = reg.register(site, &Method::GET, true);
+        let poll = reg.register(site, Epoch(1), &Method::GET, true);
         reg.frozen(&table, vec![(site, Epoch(2), "a.com".into())], DRAIN);
         tokio::time::sleep(DRAIN / 2).await;
         // The orchestrator sends the same freeze again: same deadline.
@@ -724,21 +755,21 @@ mod tests {
         // Flipped before the deadline of a new freeze: nothing is cut.
         set(&table, SiteState::Frozen, 3);
         reg.frozen(&table, vec![(site, Epoch(3), "a.com".into())], DRAIN);
-        let other = reg.register(site, &Method::GET, true);
+        let other = reg.register(site, Epoch(1), &Method::GET, true);
         set(&table, SiteState::Active, 4);
         reg.settled(&[site]);
         tokio::time::sleep(DRAIN * 2).await;
         assert!(!other.entry.is_cut());
         assert_eq!(reg.cuts(site, Epoch(3)), None);
         // And a request of an active site is never judged late.
-        let fresh = reg.register(site, &Method::GET, true);
+        let fresh = reg.register(site, Epoch(4), &Method::GET, true);
         assert!(!fresh.entry.is_cut());
     }
 
     #[test]
     fn a_request_leaves_the_registry_with_its_last_handle() {
         let (_table, reg, site) = world(1);
-        let r = reg.register(site, &Method::GET, true);
+        let r = reg.register(site, Epoch(1), &Method::GET, true);
         let second = r.clone();
         drop(r);
         assert_eq!(reg.shard(site).lock().entries.len(), 1);
