@@ -210,6 +210,20 @@ async fn route_request(
     } else {
         String::new()
     };
+    if req.method() == Method::CONNECT {
+        // A forward proxy's method: no site is reached by it, and a 2xx
+        // from an upstream would hand over its connection. HTTP/2's
+        // extended CONNECT (RFC 8441, WebSockets over HTTP/2) is not
+        // offered either, so a client uses HTTP/1.1 for those.
+        count(&shared.metrics.bad_requests);
+        let msg = "CONNECT is not served: the router is not a forward proxy";
+        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, msg);
+        resp.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+        return Routed::answered(resp, host_str, None);
+    }
     let via = via_of(&req, &settings.name);
     if via == Via::ThisRouter {
         count(&shared.metrics.loops);
@@ -1270,5 +1284,20 @@ mod tests {
             .load(Ordering::Relaxed);
         assert!(taken <= written as u64);
         drop(client);
+    }
+
+    #[tokio::test]
+    async fn connect_is_refused_with_405() {
+        use tokio::io::AsyncWriteExt;
+        let up = upstream("up1").await;
+        let shared = router(&[("a", up.addr, 0)]);
+        let mut client = raw_connect(&shared);
+        client
+            .write_all(b"CONNECT a.com:443 HTTP/1.1\r\nHost: a.com:443\r\n\r\n")
+            .await
+            .expect("write");
+        let head = read_head(&mut client).await;
+        assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+        assert_eq!(up.connections.load(Ordering::SeqCst), 0);
     }
 }
