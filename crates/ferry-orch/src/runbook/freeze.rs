@@ -51,7 +51,7 @@ impl UnitRun<'_> {
         }
         let mut summary = format!("every router acknowledged epoch {epoch} with 0 in flight");
         match fleet.as_deref() {
-            Some([]) => summary.push_str("; in etcd: no router registered or seen"),
+            Some([]) => summary.push_str("; in etcd: no router to wait for"),
             Some(names) => summary.push_str(&format!("; in etcd: {}", names.join(", "))),
             None => {}
         }
