@@ -3,7 +3,9 @@
 //! The router passes the handshake on, answers the upstream's 101 and
 //! splices both connections; a refusal is relayed; a silent tunnel closes at
 //! `tunnel_idle_timeout`; a frozen site's tunnel is cut at `drain_timeout`
-//! (reason `upgrade`) while other traffic goes on; h2c is not passed on.
+//! (reason `upgrade`) while other traffic goes on, and a new handshake is
+//! held until the flip; maintenance answers 503; a remote site's handshake
+//! crosses to the other router (plain and PROXY v2); h2c is not passed on.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -392,4 +394,21 @@ async fn a_websocket_crosses_to_the_router_of_the_other_datacenter() {
         let m = Admin::new(router.admin).metrics().await;
         assert_eq!(metric(&m, "ferry_upgrades_total"), Some(2.0), "{name}: {m}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_to_a_site_in_maintenance_gets_its_503() {
+    let (_dir, ferry, _) = router("retry_after = 9").await;
+    let admin = Admin::new(ferry.admin);
+    admin.set_site("ws.test", "pool:ws", "maintenance", 2).await;
+    match connect(ferry.addr(), "ws.test", "/chat").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503);
+            assert_eq!(resp.headers()["retry-after"], "9");
+        }
+        Err(e) => panic!("expected the 503, got {e}"),
+        Ok(_) => panic!("expected the 503, got an upgrade"),
+    }
+    let m = admin.metrics().await;
+    assert_eq!(metric(&m, "ferry_upgrades_total"), Some(0.0));
 }
