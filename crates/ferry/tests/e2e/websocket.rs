@@ -29,19 +29,29 @@ type Client = WebSocketStream<TcpStream>;
 
 /// A WebSocket echo server on loopback: it greets each connection with
 /// "hello", then sends every message back. `/forbidden` is refused with 403
-/// before the upgrade.
+/// before the upgrade; `/flood` sends without end instead of echoing.
 async fn echo_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
+                let mut flood = false;
                 let Ok(mut ws) =
-                    tokio_tungstenite::accept_hdr_async(stream, refuse_forbidden).await
+                    tokio_tungstenite::accept_hdr_async(stream, |req: &Request, resp| {
+                        handshake(req, resp, &mut flood)
+                    })
+                    .await
                 else {
                     return;
                 };
                 if ws.send(Message::text("hello")).await.is_err() {
+                    return;
+                }
+                if flood {
+                    // Sends until the router stops taking.
+                    let chunk = Message::binary(vec![7u8; 64 * 1024]);
+                    while ws.send(chunk.clone()).await.is_ok() {}
                     return;
                 }
                 while let Some(Ok(msg)) = ws.next().await {
@@ -58,10 +68,11 @@ async fn echo_server() -> SocketAddr {
     addr
 }
 
-/// The echo server's handshake callback: `/forbidden` gets a 403. The
-/// error type is tungstenite's, large or not.
+/// The echo server's handshake callback: `/forbidden` gets a 403, `/flood`
+/// is noted. The error type is tungstenite's, large or not.
 #[allow(clippy::result_large_err)]
-fn refuse_forbidden(req: &Request, resp: Response) -> Result<Response, ErrorResponse> {
+fn handshake(req: &Request, resp: Response, flood: &mut bool) -> Result<Response, ErrorResponse> {
+    *flood = req.uri().path() == "/flood";
     if req.uri().path() == "/forbidden" {
         let mut r = ErrorResponse::new(Some("no chat for you".into()));
         *r.status_mut() = http::StatusCode::FORBIDDEN;
@@ -411,4 +422,35 @@ async fn a_handshake_to_a_site_in_maintenance_gets_its_503() {
     }
     let m = admin.metrics().await;
     assert_eq!(metric(&m, "ferry_upgrades_total"), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_at_body_timeout() {
+    let (_dir, ferry, _) = router("body_timeout = \"1s\"").await;
+    let admin = Admin::new(ferry.admin);
+    // A raw handshake, then the client reads nothing while the server floods.
+    let mut stream = TcpStream::connect(ferry.addr()).await.expect("connect");
+    stream
+        .write_all(
+            b"GET /flood HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\n\
+              Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .expect("handshake");
+    let deadline = Deadline::new("the tunnel of a client not reading closed", HANG);
+    loop {
+        let m = admin.metrics().await;
+        let stalled = metric(&m, "ferry_body_timeouts_total{stalled=\"client_receive\"}");
+        if metric(&m, "ferry_upgrades_closed_total{how=\"closed\"}") == Some(1.0) {
+            assert_eq!(stalled, Some(1.0), "{m}");
+            assert_eq!(metric(&m, "ferry_upgrades_open"), Some(0.0));
+            let sent = metric(&m, "ferry_upgrade_bytes_total{direction=\"to_client\"}");
+            // The socket buffers' worth, not what the server would send.
+            assert!(sent.unwrap_or(0.0) < 64e6, "{m}");
+            break;
+        }
+        deadline.tick().await;
+    }
+    drop(stream);
 }
