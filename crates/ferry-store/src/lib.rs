@@ -34,8 +34,7 @@ mod sqlite;
 #[cfg(feature = "etcd")]
 pub use etcd::{
     Applied, Change, ChangeBatch, EtcdAuth, EtcdConfig, EtcdStore, EtcdTlsConfig, Fleet, Lease,
-    Snapshot,
-    Watch, WatchError, LAYOUT_VERSION,
+    Snapshot, Watch, WatchError, LAYOUT_VERSION,
 };
 pub use sqlite::{SqliteStore, SCHEMA_VERSION};
 

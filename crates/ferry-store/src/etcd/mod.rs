@@ -41,8 +41,8 @@ use ferry_model::{Hostname, ServerState, SiteRecord};
 
 use crate::{JoinedServer, Store, StoreError};
 use client::{etcd_err, wait};
-use keys::{encode_site, Keys};
 pub use fleet::Fleet;
+use keys::{encode_site, Keys};
 pub use watch::{Change, ChangeBatch, Lease, Watch, WatchError};
 
 /// The key layout this build writes and the newest it reads (`P/schema`). Raise
