@@ -6,6 +6,8 @@
 //! (reason `upgrade`) while other traffic goes on, and a new handshake is
 //! held until the flip; maintenance answers 503; a remote site's handshake
 //! crosses to the other router (plain and PROXY v2); h2c is not passed on.
+// tungstenite's handshake callback returns its own large error type.
+#![allow(clippy::result_large_err)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,8 +71,7 @@ async fn echo_server() -> SocketAddr {
 }
 
 /// The echo server's handshake callback: `/forbidden` gets a 403, `/flood`
-/// is noted. The error type is tungstenite's, large or not.
-#[allow(clippy::result_large_err)]
+/// is noted.
 fn handshake(req: &Request, resp: Response, flood: &mut bool) -> Result<Response, ErrorResponse> {
     *flood = req.uri().path() == "/flood";
     if req.uri().path() == "/forbidden" {
