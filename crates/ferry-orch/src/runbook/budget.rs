@@ -9,9 +9,17 @@
 //! taken from the bucket before the op goes on. Directories, links,
 //! deletions and metadata carry no data and pass freely; so do the
 //! scans and Merkle reads, which are small next to the data.
+//!
+//! A frozen unit's final copy goes first: while one runs ([`Budget::freezing`]),
+//! the other lanes' pre-copies ([`Priority::Background`]) wait before their
+//! next data op, so the freeze has the whole link and its duration is the
+//! one the plan predicted for it alone. Pre-copies wait at most one freeze
+//! at a time (each is bounded by `max_freeze`); a night whose freezes
+//! leave no room between them stalls its next units' pre-copies, which
+//! delays their freezes in turn, so the link is never idle for long.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_sync::delta::{Chunk, Signature};
@@ -32,6 +40,31 @@ pub struct Budget {
     rate: f64,
     burst: f64,
     state: Mutex<Bucket>,
+    /// Final copies running now; background takers wait while it is not 0.
+    freezing: Mutex<usize>,
+    thawed: Condvar,
+}
+
+/// Whose bytes these are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Priority {
+    /// A frozen unit's final copy: goes first.
+    Freeze,
+    /// A pre-copy: waits while a final copy runs.
+    Background,
+}
+
+/// A final copy running; dropping it lets the pre-copies go on.
+pub(super) struct Freezing<'a>(&'a Budget);
+
+impl Drop for Freezing<'_> {
+    fn drop(&mut self) {
+        let mut n = self.0.freezing.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.0.thawed.notify_all();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -53,6 +86,22 @@ impl Budget {
                 tokens: burst,
                 at: Instant::now(),
             }),
+            freezing: Mutex::new(0),
+            thawed: Condvar::new(),
+        }
+    }
+
+    /// Marks a final copy as running until the guard is dropped.
+    pub(super) fn freezing(&self) -> Freezing<'_> {
+        *self.freezing.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Freezing(self)
+    }
+
+    /// Blocks this (replicator) thread while a final copy runs.
+    fn wait_for_freezes(&self) {
+        let mut n = self.freezing.lock().unwrap_or_else(|p| p.into_inner());
+        while *n > 0 {
+            n = self.thawed.wait(n).unwrap_or_else(|p| p.into_inner());
         }
     }
 
@@ -77,10 +126,14 @@ impl Budget {
         }
     }
 
-    /// Takes `n` bytes, sleeping this (replicator) thread until they may go.
-    pub fn take(&self, n: u64) {
+    /// Takes `n` bytes of `priority`, sleeping this (replicator) thread
+    /// until they may go.
+    pub(super) fn take(&self, n: u64, priority: Priority) {
         if n == 0 {
             return;
+        }
+        if priority == Priority::Background {
+            self.wait_for_freezes();
         }
         let wait = self.charge(n, Instant::now());
         if !wait.is_zero() {
@@ -103,6 +156,7 @@ fn data_bytes(op: &Op) -> u64 {
 pub(super) struct Budgeted<'a> {
     pub(super) inner: &'a dyn Dest,
     pub(super) budget: &'a Budget,
+    pub(super) priority: Priority,
 }
 
 impl Tree for Budgeted<'_> {
@@ -140,7 +194,7 @@ impl Dest for Budgeted<'_> {
         self.inner.signature(path, basis, block_size)
     }
     fn apply(&self, op: Op) -> ferry_sync::Result<()> {
-        self.budget.take(data_bytes(&op));
+        self.budget.take(data_bytes(&op), self.priority);
         self.inner.apply(op)
     }
     fn flush(&self) -> ferry_sync::Result<()> {
@@ -188,6 +242,40 @@ mod tests {
         // A minute idle saves 0.1 s worth (1 MiB), not 600 MiB.
         assert_eq!(b.charge(1024 * 1024, later), Duration::ZERO);
         assert!(b.charge(1024 * 1024, later) > Duration::from_millis(99));
+    }
+
+    #[test]
+    fn pre_copies_wait_while_a_final_copy_runs() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{mpsc, Arc};
+        let b = Arc::new(Budget::new(u64::MAX / 2));
+        let freeze = b.freezing();
+        // A final copy's bytes go while it runs.
+        b.take(1, Priority::Freeze);
+        let went = Arc::new(AtomicBool::new(false));
+        let (asked, asked_rx) = mpsc::channel();
+        let pre_copy = {
+            let (b, went) = (Arc::clone(&b), Arc::clone(&went));
+            std::thread::spawn(move || {
+                asked.send(()).expect("channel");
+                b.take(1, Priority::Background);
+                went.store(true, Ordering::SeqCst);
+            })
+        };
+        asked_rx.recv().expect("the pre-copy asked");
+        // It stays blocked however long the final copy runs (a generous
+        // look, not a synchronisation: the assertion after the drop is
+        // the one that must hold).
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !went.load(Ordering::SeqCst),
+            "a pre-copy went during a freeze"
+        );
+        drop(freeze);
+        pre_copy.join().expect("the pre-copy thread");
+        assert!(went.load(Ordering::SeqCst));
+        // With no freeze, background bytes go at once.
+        b.take(1, Priority::Background);
     }
 
     #[test]

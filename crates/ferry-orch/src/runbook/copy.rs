@@ -12,7 +12,7 @@ use ferry_sync::{
     Endpoint, EndpointTree, Mode, OpenOptions, PassSummary, Role, SyncError, SyncOptions,
 };
 
-use super::budget::{Budget, Budgeted};
+use super::budget::{Budget, Budgeted, Priority};
 use super::unit::Job;
 
 /// The run's shared budget, handed to each job's thread.
@@ -51,12 +51,14 @@ pub(super) fn sync_opts(checksum: bool) -> SyncOptions {
 fn with_budget<T>(
     d: &EndpointTree,
     budget: &SharedBudget,
+    priority: Priority,
     f: impl FnOnce(&dyn ferry_sync::Dest) -> T,
 ) -> T {
     match budget {
         Some(b) => f(&Budgeted {
             inner: d.dest(),
             budget: b,
+            priority,
         }),
         None => f(d.dest()),
     }
@@ -70,8 +72,9 @@ fn pass(
     mode: Mode,
     n: u32,
     budget: &SharedBudget,
+    priority: Priority,
 ) -> std::result::Result<PassSummary, SyncError> {
-    with_budget(d, budget, |dest| match mode {
+    with_budget(d, budget, priority, |dest| match mode {
         Mode::File => ferry_sync::run_pass(s.source(), dest, o, n, &|_| {}),
         Mode::Block => ferry_sync::run_block_pass(s.source(), dest, o, n, &|_| {}),
     })
@@ -87,7 +90,7 @@ pub(super) async fn first_pass(
     let (j, o, b) = (job.clone(), opts.clone(), budget.clone());
     blocking(job, move || {
         let (s, d) = open_both(&j, mode)?;
-        pass(&s, &d, &o, mode, 1, &b)
+        pass(&s, &d, &o, mode, 1, &b, Priority::Background)
     })
     .await
 }
@@ -107,7 +110,7 @@ pub(super) async fn converge(
     let (j, o, b) = (job.clone(), opts.clone(), budget.clone());
     blocking(job, move || {
         let (s, d) = open_both(&j, mode)?;
-        with_budget(&d, &b, |dest| {
+        with_budget(&d, &b, Priority::Background, |dest| {
             ferry_sync::converge(s.source(), dest, &o, mode, &conv, &|_| {})
         })
     })
@@ -125,10 +128,12 @@ pub(super) async fn final_passes(
 ) -> Result<(PassSummary, Option<PassSummary>)> {
     let (j, o, bud) = (job.clone(), opts.clone(), budget.clone());
     blocking(job, move || {
+        // The other lanes' pre-copies wait while this runs.
+        let _freezing = bud.as_deref().map(Budget::freezing);
         let (s, d) = open_both(&j, mode)?;
-        let a = pass(&s, &d, &o, mode, 1, &bud)?;
+        let a = pass(&s, &d, &o, mode, 1, &bud, Priority::Freeze)?;
         let b = if a.changed_entries > 0 || a.deleted > 0 {
-            Some(pass(&s, &d, &o, mode, 2, &bud)?)
+            Some(pass(&s, &d, &o, mode, 2, &bud, Priority::Freeze)?)
         } else {
             None
         };
