@@ -369,7 +369,7 @@ async fn prometheus_scrapes_a_router_and_every_dashboard_panel_has_data() {
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(loaded.len(), 20, "every rule of ferry-alerts.yml loaded");
+    assert_eq!(loaded.len(), 21, "every rule of ferry-alerts.yml loaded");
 
     // The agent's series, through the query API, with what the pushes did.
     let agent_up = Deadline::new("the agent scraped", Duration::from_secs(60));
