@@ -291,16 +291,8 @@ fn remove(proxy: &Proxy, hosts: Vec<Hostname>) -> Result<u64, Resp> {
     let shared = &proxy.shared;
     // Held like an apply's, so a reload never judges a stale snapshot.
     let config = shared.config.lock();
-    let ids: Vec<SiteId> = hosts
-        .iter()
-        .filter_map(|h| shared.table.get(h).map(|r| r.site))
-        .collect();
-    match shared
-        .table
-        .remove(&hosts, |h| shared.store.remove_sites(h))
-    {
+    match shared.remove_sites_locked(&hosts, |h| shared.store.remove_sites(h)) {
         Ok(out) => {
-            shared.stragglers.settled(&ids);
             // The watch applies under the config lock: wait without it.
             drop(config);
             crate::control::await_applied(shared);

@@ -420,7 +420,7 @@ impl Thread {
             return;
         }
         let _config = self.shared.config.lock();
-        let _ = self.shared.table.remove(hosts, |h| {
+        let _ = self.shared.remove_sites_locked(hosts, |h| {
             if let Some(c) = &self.control.copy {
                 c.write(|s| s.remove_sites(h));
             }

@@ -345,8 +345,7 @@ impl Shared {
             }
         };
         let removed = self
-            .table
-            .remove(&removed, |hosts| self.store.remove_sites(hosts))
+            .remove_sites_locked(&removed, |hosts| self.store.remove_sites(hosts))
             .map_err(|e| ProxyError::Seed(e.to_string()))?;
         self.table.set_default_site(new.router.default_site.clone());
         self.settings.store(Arc::new(Settings::from_config(&new)));
@@ -455,6 +454,26 @@ impl Shared {
             .collect();
         self.holds.wake(&changed);
         Ok(outcomes)
+    }
+
+    /// Removes the sites of `hosts` (the caller holds the config lock):
+    /// `persist` first, then the table. Requests held on a removed site are
+    /// woken to look their host up again (404, or the default site) instead
+    /// of waiting out `hold_max` for a site that is gone, and their freezes'
+    /// drain deadlines end.
+    pub(crate) fn remove_sites_locked<E>(
+        &self,
+        hosts: &[Hostname],
+        persist: impl FnOnce(&[Hostname]) -> Result<(), E>,
+    ) -> Result<Vec<(Hostname, Outcome)>, ApplyError<E>> {
+        let ids: Vec<SiteId> = hosts
+            .iter()
+            .filter_map(|h| self.table.get(h).map(|r| r.site))
+            .collect();
+        let out = self.table.remove(hosts, persist)?;
+        self.holds.wake(&ids);
+        self.stragglers.settled(&ids);
+        Ok(out)
     }
 
     /// Validates that every placement names a pool or remote of `config`.
@@ -706,6 +725,40 @@ mod tests {
 
     fn record(s: &Shared, host: &str) -> Option<SiteRecord> {
         s.table.record(&Hostname::parse(host).expect("host"))
+    }
+
+    /// Before: a request held on a frozen site that was then removed waited
+    /// out hold_max (30 s) and got a 503 for a site that no longer existed.
+    #[tokio::test(start_paused = true)]
+    async fn removing_a_frozen_site_answers_its_held_requests_at_once() {
+        use crate::hold::{Hold, Unrouted};
+        let s = shared(config(&[("a.com", "web", 1)], false));
+        s.apply_sites(vec![change("a.com", "web", SiteState::Frozen, 2)])
+            .expect("freeze");
+        let held_total = std::sync::atomic::AtomicU64::new(0);
+        let hold = Hold {
+            table: &s.table,
+            holds: &s.holds,
+            max: Duration::from_secs(30),
+            held_total: &held_total,
+        };
+        let t0 = tokio::time::Instant::now();
+        let remove = async {
+            // The request is held (counted) before the site goes.
+            while held_total.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                tokio::task::yield_now().await;
+            }
+            let _config = s.config.lock();
+            let host = Hostname::parse("a.com").expect("host");
+            s.remove_sites_locked(&[host], |h| s.store.remove_sites(h))
+                .expect("remove");
+        };
+        let (routed, ()) = tokio::join!(hold.route("a.com", std::future::pending()), remove);
+        assert_eq!(routed.err(), Some(Unrouted::UnknownSite));
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "waited out hold_max"
+        );
     }
 
     #[test]
