@@ -417,6 +417,11 @@ pub struct RemoteSpec {
     /// The remote router's `[[passthrough]]` listener (it must have
     /// `proxy_protocol = true`: the PROXY v2 header is always sent there).
     pub passthrough: Option<SocketAddr>,
+    /// Pools that live in the remote's datacenter: `pool:NAME` on one of them
+    /// is forwarded to this remote. With records shared by every router (etcd),
+    /// a site's placement names the pool it lives in, and each router resolves
+    /// it: its own pool, or the remote whose datacenter holds it.
+    pub pools: Vec<String>,
 }
 
 /// `[[site]]`: one hostname (or `*.` pattern) and where it is served.

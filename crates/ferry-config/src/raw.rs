@@ -180,6 +180,10 @@ pub(crate) struct RawRemote {
     pub proxy_protocol: bool,
     /// The remote router's `[[passthrough]]` listener, for SNI passthrough.
     pub passthrough: Option<S<String>>,
+    /// Pools of the remote's datacenter: a site placed `pool:NAME` on one of
+    /// them is forwarded to this remote (records shared by every router).
+    #[serde(default)]
+    pub pools: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -396,6 +396,14 @@ impl<'a> Vocabulary<'a> {
                 v.remotes.entry(r.name.as_bytes()).or_insert(i);
             }
         }
+        // `pool:NAME` of a pool in a remote's datacenter: the router resolves
+        // it when it forwards (see RemoteSpec::pools).
+        for pool in config.remotes.iter().flat_map(|r| &r.pools) {
+            if let Ok(i) = u16::try_from(v.placements.len()) {
+                v.placements.push(Placement::Pool(pool.clone()));
+                v.pools.entry(pool.as_bytes()).or_insert(i);
+            }
+        }
         v
     }
 

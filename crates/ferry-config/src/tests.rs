@@ -681,6 +681,40 @@ fn remotes_are_checked() {
 }
 
 #[test]
+fn pools_of_a_remote_are_placements_of_their_own() {
+    let remote = |name: &str, addr: &str, pools: &str| {
+        format!("\n[[remote]]\nname = \"{name}\"\naddress = \"{addr}\"\npools = [{pools}]\n")
+    };
+    let site = "\n[[site]]\nhost = \"a.com\"\nplacement = \"pool:gra-web\"\n";
+    let text = format!(
+        "{MINIMAL}{}{site}",
+        remote("gra", "127.0.0.1:18080", "\"gra-web\"")
+    );
+    let cfg = ok(&text);
+    assert_eq!(cfg.remotes[0].pools, vec!["gra-web".to_string()]);
+    assert_eq!(cfg.sites[0].placement, Placement::Pool("gra-web".into()));
+
+    // Without the remote's list, the pool is unknown here.
+    let text = format!("{MINIMAL}{}{site}", remote("gra", "127.0.0.1:18080", ""));
+    refused_at(&text, "pool:gra-web", &["names no pool or remote"]);
+
+    // A pool lives in one place: not here and there, not in two remotes.
+    let text = format!("{MINIMAL}{}", remote("gra", "127.0.0.1:18080", "\"web\""));
+    refused_at(&text, "pools = [\"web\"]", &["\"web\"", "own pools"]);
+    let text = format!(
+        "{MINIMAL}{}{}",
+        remote("gra", "127.0.0.1:18080", "\"x\""),
+        remote("sbg", "127.0.0.1:18081", "\"y\", \"x\"")
+    );
+    refused_at(&text, "\"y\", \"x\"", &["also listed by remote \"gra\""]);
+    let text = format!(
+        "{MINIMAL}{}",
+        remote("gra", "127.0.0.1:18080", "\"Bad Name\"")
+    );
+    refused_at(&text, "Bad Name", &["pool name"]);
+}
+
+#[test]
 fn admin_token_sources_are_exclusive_and_not_empty() {
     let text = format!(
         "{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:9090\"\ntoken = \"x\"\ntoken_file = \"t.txt\"\n"

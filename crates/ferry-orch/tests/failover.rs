@@ -36,6 +36,7 @@ fn settings(c: &Cluster, prefix: &str) -> EtcdSettings {
         run: "night-1".to_string(),
         lease_ttl: Duration::from_secs(2),
         request_timeout: Duration::from_secs(5),
+        shared_records: false,
     }
 }
 

@@ -33,6 +33,7 @@ async fn a_seen_router_that_is_gone_blocks_the_freeze_until_retired() {
         run: "night-1".to_string(),
         lease_ttl: Duration::from_secs(2),
         request_timeout: Duration::from_secs(5),
+        shared_records: false,
     };
     let etcd = Arc::new(EtcdStore::connect(EtcdConfig::new(c.endpoints(), PREFIX)).unwrap());
     etcd.note_seen("ghost", r#"{"first_ms": 1}"#).unwrap();

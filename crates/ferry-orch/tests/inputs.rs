@@ -338,3 +338,30 @@ fn secret_files_open_to_others_are_refused_at_their_line() {
     let config = parse(&text).expect("owner-only secret files are read");
     drop(config);
 }
+
+#[test]
+fn each_router_is_sent_its_own_placement_unless_records_are_shared() {
+    let c = parse(GOOD).unwrap();
+    assert!(!c.shared_records());
+    assert_eq!(c.placement("par", "gra"), "remote:gra");
+    assert_eq!(c.placement("gra", "gra"), "pool:gra-web");
+    assert_eq!(c.placement("gra", "par"), "remote:par");
+    let sqlite = format!("{GOOD}\n[store]\nbackend = \"sqlite\"\nshared_records = true\n");
+    refused_at(&sqlite, "shared_records", "only with backend = \"etcd\"");
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn shared_records_name_the_pool_for_every_router() {
+    let etcd =
+        "\n[store]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nrun = \"n1\"\n";
+    let own = parse(&format!("{GOOD}{etcd}")).unwrap();
+    assert!(!own.shared_records(), "off unless said");
+    assert_eq!(own.placement("par", "gra"), "remote:gra");
+    let shared = parse(&format!("{GOOD}{etcd}shared_records = true\n")).unwrap();
+    assert!(shared.shared_records());
+    for router_dc in ["par", "gra"] {
+        assert_eq!(shared.placement(router_dc, "gra"), "pool:gra-web");
+        assert_eq!(shared.placement(router_dc, "par"), "pool:par-web");
+    }
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use ferry_model::{Hostname, Placement, SiteState};
+use ferry_model::{Hostname, SiteState};
 use ferry_router::{match_rule, Pick, Pool, Route, Tracked};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -27,7 +27,7 @@ use crate::headers::{
 };
 use crate::hold::{Hold, Unrouted};
 use crate::metrics::Histogram;
-use crate::state::{Settings, Shared};
+use crate::state::{Hop, Settings, Shared};
 use crate::stats::Stalled;
 use crate::straggler::{Cuttable, InFlight};
 use crate::tunnel_upgrade::{self, PendingTunnel};
@@ -266,9 +266,9 @@ async fn route_request(
     // Cut at a freeze's drain deadline while it still waits for its answer
     // (`straggler.rs`): the exchange is dropped, the upstream connection with it.
     let forwarded = async {
-        match route.placement.as_ref() {
-            Placement::Pool(pool_name) => forward_local(exchange, &route, pool_name, req).await,
-            Placement::Remote(dc) if via == Via::OtherRouter => {
+        match shared.hop(&route.placement) {
+            Hop::Local(pool_name) => forward_local(exchange, &route, pool_name, req).await,
+            Hop::Remote(dc) if via == Via::OtherRouter => {
                 // The other router sent it here because it thinks the site lives
                 // here; we think it lives there. Refuse rather than ping-pong.
                 count(&shared.metrics.loops);
@@ -281,7 +281,7 @@ async fn route_request(
             // Boxed: unboxed, this rarer path's state (a dial with a PROXY
             // header, the pooled client) would be part of every request's
             // future, which is moved whole.
-            Placement::Remote(dc) => Box::pin(forward_remote(exchange, dc, req)).await,
+            Hop::Remote(dc) => Box::pin(forward_remote(exchange, &dc, req)).await,
         }
     };
     let (resp, upstream) = match straggler.unless_cut(forwarded).await {
@@ -1019,7 +1019,7 @@ mod tests {
         let moved = SiteChange {
             record: SiteRecord {
                 host: ferry_model::Hostname::parse("a.com").expect("host"),
-                placement: Placement::Pool("new".into()),
+                placement: ferry_model::Placement::Pool("new".into()),
                 state: SiteState::Active,
                 epoch: Epoch(2),
             },

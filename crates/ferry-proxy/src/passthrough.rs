@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use ferry_config::{Config, PassthroughSpec};
-use ferry_model::{Hostname, Placement, SiteState};
+use ferry_model::{Hostname, SiteState};
 use ferry_router::{Pick, Route};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use crate::client_hello::{Hello, HelloError, HelloParser};
 use crate::hold::{Hold, Unrouted};
 use crate::listen::{self, Cap};
-use crate::state::Shared;
+use crate::state::{Hop, Shared};
 use crate::stats::{ListenerKind, OpenGauge, PassthroughOutcome};
 use crate::{deadline, proxy_protocol, ProxyError};
 
@@ -181,7 +181,7 @@ impl Passthroughs {
 /// Where a connection goes once its site is known.
 enum Target<'a> {
     Pool(&'a str),
-    Remote(&'a str),
+    Remote(std::borrow::Cow<'a, str>),
     Terminator(SocketAddr),
 }
 
@@ -268,11 +268,13 @@ async fn setup(
             Some(addr) => Target::Terminator(addr),
             None => return Err(PassthroughOutcome::MaintenanceClosed),
         },
-        (_, Placement::Pool(pool)) => Target::Pool(pool),
-        // Another router sent it here because it thinks the site lives here;
-        // we think it lives there. Refuse rather than ping-pong.
-        (_, Placement::Remote(_)) if spec.proxy_protocol => return Err(PassthroughOutcome::Loop),
-        (_, Placement::Remote(dc)) => Target::Remote(dc),
+        (_, placement) => match shared.hop(placement) {
+            Hop::Local(pool) => Target::Pool(pool),
+            // Another router sent it here because it thinks the site lives
+            // here; we think it lives there. Refuse rather than ping-pong.
+            Hop::Remote(_) if spec.proxy_protocol => return Err(PassthroughOutcome::Loop),
+            Hop::Remote(dc) => Target::Remote(dc),
+        },
     };
     // In flight only while being set up (see the module comment).
     let _in_flight = shared.table.track(route.site, false);
@@ -396,7 +398,7 @@ async fn connect(
             let addr = shared
                 .remotes
                 .load()
-                .get(*dc)
+                .get(dc.as_ref())
                 .and_then(|r| r.passthrough)
                 .ok_or(PassthroughOutcome::NoServer)?;
             match dial(addr).await {
@@ -568,7 +570,7 @@ mod tests {
         let change = SiteChange {
             record: SiteRecord {
                 host: Hostname::parse("frozen.com").expect("host"),
-                placement: Placement::Pool("web".into()),
+                placement: ferry_model::Placement::Pool("web".into()),
                 state: SiteState::Active,
                 epoch: Epoch(2),
             },

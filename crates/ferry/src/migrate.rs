@@ -190,6 +190,9 @@ fn journal_at(
             run: c.run.clone().unwrap_or_default(),
             lease_ttl: c.lease_ttl,
             request_timeout: std::time::Duration::from_secs(5),
+            // Only the lease is taken with these: the run's placements
+            // follow the migrate.toml recorded in its journal.
+            shared_records: false,
         };
         let run = if runner {
             ferry_orch::lease::EtcdRun::take(&s, None)

@@ -195,7 +195,7 @@ impl Cx<'_> {
         };
         let pools = self.pools(raw.pools)?;
         let pool_names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
-        let remotes = self.remotes(raw.remotes, &router.name, &listeners)?;
+        let remotes = self.remotes(raw.remotes, &router.name, &listeners, &pool_names)?;
         let sites = self.sites(raw.sites, &pool_names, &remotes)?;
         let (store, etcd) = self.store(
             raw.store.as_ref(),

@@ -15,8 +15,11 @@ impl Cx<'_> {
         raw: Vec<RawRemote>,
         router_name: &str,
         listeners: &[ListenerSpec],
+        local_pools: &[&str],
     ) -> Result<Vec<RemoteSpec>> {
         let mut seen: HashMap<String, Range<usize>> = HashMap::new();
+        // Pool name -> the remote that claims it: a pool lives in one place.
+        let mut claimed: HashMap<String, String> = HashMap::new();
         let mut out = Vec::with_capacity(raw.len());
         for r in raw {
             let name = self.name("remote", &r.name)?;
@@ -47,12 +50,35 @@ impl Cx<'_> {
                 Some(p) => Some(self.socket_addr(&format!("remote {name:?}: passthrough"), p)?),
                 None => None,
             };
+            let mut pools = Vec::with_capacity(r.pools.len());
+            for p in &r.pools {
+                let pool = self.name("pool", p)?;
+                if local_pools.contains(&pool.as_str()) {
+                    return Err(self.error(
+                        p.span(),
+                        format!("remote {name:?}: pool {pool:?} is one of this router's own pools"),
+                    ));
+                }
+                if let Some(other) = claimed.insert(pool.clone(), name.clone()) {
+                    let whose = if other == name {
+                        "listed twice".to_string()
+                    } else {
+                        format!("also listed by remote {other:?}")
+                    };
+                    return Err(self.error(
+                        p.span(),
+                        format!("remote {name:?}: pool {pool:?} is {whose}"),
+                    ));
+                }
+                pools.push(pool);
+            }
             seen.insert(name.clone(), r.name.span());
             out.push(RemoteSpec {
                 name,
                 address,
                 proxy_protocol: r.proxy_protocol,
                 passthrough,
+                pools,
             });
         }
         Ok(out)
@@ -89,7 +115,9 @@ impl Cx<'_> {
                 )
             })?;
             let exists = match &placement {
-                Placement::Pool(p) => pool_names.contains(&p.as_str()),
+                Placement::Pool(p) => {
+                    pool_names.contains(&p.as_str()) || remotes.iter().any(|x| x.pools.contains(p))
+                }
                 Placement::Remote(r) => remotes.iter().any(|x| &x.name == r),
             };
             if !exists {

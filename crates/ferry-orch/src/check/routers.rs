@@ -289,14 +289,7 @@ fn sites_line(
 ) {
     // The placements the runbook gives this router's sites before and
     // after the flip (as runbook/unit.rs decides them).
-    let placement = |dc: &str| {
-        if spec.datacenter == dc {
-            format!("pool:{}", cfg.pool_of(dc))
-        } else {
-            format!("remote:{dc}")
-        }
-    };
-    let moved_to = placement(&cfg.destination);
+    let moved_to = cfg.placement(&spec.datacenter, &cfg.destination);
     let mut absent = Vec::new();
     let mut moved = Vec::new();
     let mut frozen = Vec::new();

@@ -522,6 +522,9 @@ impl Cx<'_> {
                     st.request_timeout
                         .as_ref()
                         .map(|e| ("request_timeout", e.span())),
+                    st.shared_records
+                        .as_ref()
+                        .map(|e| ("shared_records", e.span())),
                 ];
                 if let Some((key, span)) = extra.into_iter().flatten().next() {
                     return Err(self.err(
@@ -608,6 +611,7 @@ impl Cx<'_> {
                         Duration::from_secs(5),
                         "store request_timeout",
                     )?,
+                    shared_records: st.shared_records.as_ref().is_some_and(|s| *s.get_ref()),
                 }))
             }
             other => Err(self.err(

@@ -66,6 +66,10 @@ pub struct EtcdSettings {
     pub lease_ttl: Duration,
     /// Bound of each etcd request. Default 5 s.
     pub request_timeout: Duration,
+    /// The routers load their sites from this etcd too, one record per site
+    /// for all of them: every router is sent the pool a site lives in
+    /// ([`placement`]). Default false: each router keeps its own records.
+    pub shared_records: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -215,5 +219,34 @@ impl MigrateConfig {
 
     pub fn pool_of(&self, dc: &str) -> &str {
         self.datacenters.get(dc).map_or("", |d| d.pool.as_str())
+    }
+
+    /// Whether the routers share one record per site (`[store]
+    /// shared_records`: they load and watch the same records in etcd).
+    pub fn shared_records(&self) -> bool {
+        matches!(&self.store, StoreSettings::Etcd(e) if e.shared_records)
+    }
+
+    /// The placement a router of `router_dc` is sent for a site living in
+    /// `site_dc`. Shared records name the pool the site lives in, for every
+    /// router (each resolves it: its own pool, or the `[[remote]]` whose
+    /// `pools` hold it); a router's own record says `pool:` in the site's
+    /// datacenter and `remote:DC` elsewhere.
+    pub fn placement(&self, router_dc: &str, site_dc: &str) -> String {
+        placement(
+            self.shared_records(),
+            router_dc,
+            site_dc,
+            self.pool_of(site_dc),
+        )
+    }
+}
+
+/// [`MigrateConfig::placement`] for a site living in pool `site_pool`.
+pub(crate) fn placement(shared: bool, router_dc: &str, site_dc: &str, site_pool: &str) -> String {
+    if shared || router_dc == site_dc {
+        format!("pool:{site_pool}")
+    } else {
+        format!("remote:{site_dc}")
     }
 }

@@ -125,4 +125,5 @@ pub(super) struct RawStore {
     pub(super) run: Option<S<String>>,
     pub(super) lease_ttl: Option<S<String>>,
     pub(super) request_timeout: Option<S<String>>,
+    pub(super) shared_records: Option<S<bool>>,
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::Orchestrator;
-use crate::config::FilerSpec;
+use crate::config::{self, FilerSpec};
 use crate::dbmove::{self, DbGroup};
 use crate::error::{OrchError, Result};
 use crate::plan::PlanUnit;
@@ -32,25 +32,22 @@ pub(super) struct Unit {
     pub(super) to_dc: String,
     pub(super) from_pool: String,
     pub(super) to_pool: String,
+    /// One record per site shared by every router (etcd):
+    /// `MigrateConfig::placement`.
+    pub(super) shared_records: bool,
 }
 
 impl Unit {
     /// The placement a router gives the unit's sites while they live at the source.
     pub(super) fn source_placement(&self, r: &RouterClient) -> String {
-        if r.spec.datacenter == self.from_dc {
-            format!("pool:{}", self.from_pool)
-        } else {
-            format!("remote:{}", self.from_dc)
-        }
+        let dc = &r.spec.datacenter;
+        config::placement(self.shared_records, dc, &self.from_dc, &self.from_pool)
     }
 
     /// The placement after the flip.
     pub(super) fn dest_placement(&self, r: &RouterClient) -> String {
-        if r.spec.datacenter == self.to_dc {
-            format!("pool:{}", self.to_pool)
-        } else {
-            format!("remote:{}", self.to_dc)
-        }
+        let dc = &r.spec.datacenter;
+        config::placement(self.shared_records, dc, &self.to_dc, &self.to_pool)
     }
 }
 
@@ -75,6 +72,7 @@ impl Orchestrator {
             to_pool: self.cfg.pool_of(&to_dc).to_string(),
             from_dc,
             to_dc,
+            shared_records: self.cfg.shared_records(),
         })
     }
 

@@ -124,6 +124,18 @@ impl AdminAuth {
 /// Pools by name with the settings the proxy needs next to them.
 pub(crate) struct PoolSet {
     pub pools: hashbrown::HashMap<String, PoolEntry>,
+    /// Pools of other datacenters (`[[remote]] pools`) -> the remote that
+    /// serves them: `pool:NAME` of a site whose record every router shares.
+    pub elsewhere: hashbrown::HashMap<String, Arc<str>>,
+}
+
+/// Where a placement sends a request from this router.
+pub(crate) enum Hop<'a> {
+    /// One of this router's pools, by name.
+    Local(&'a str),
+    /// Another datacenter's router, by remote name: `remote:NAME`, or a pool
+    /// that remote's datacenter holds.
+    Remote(std::borrow::Cow<'a, str>),
 }
 
 /// A pool with what the request path needs next to it, resolved once per
@@ -250,7 +262,20 @@ fn build_pools(c: &Config, old: Option<(&PoolSet, &Config)>, metrics: &Metrics) 
         };
         pools.insert(spec.name.clone(), entry);
     }
-    PoolSet { pools }
+    PoolSet {
+        pools,
+        elsewhere: elsewhere_of(c),
+    }
+}
+
+fn elsewhere_of(c: &Config) -> hashbrown::HashMap<String, Arc<str>> {
+    c.remotes
+        .iter()
+        .flat_map(|r| {
+            let dc: Arc<str> = Arc::from(r.name.as_str());
+            r.pools.iter().map(move |p| (p.clone(), Arc::clone(&dc)))
+        })
+        .collect()
 }
 
 /// The record a config gives a site.
@@ -476,10 +501,25 @@ impl Shared {
         Ok(out)
     }
 
+    /// Where `placement` sends a request from this router. A pool no remote
+    /// claims is local (a missing one is answered 503 by the caller).
+    pub(crate) fn hop<'a>(&self, placement: &'a Placement) -> Hop<'a> {
+        match placement {
+            Placement::Pool(name) => match self.pools.load().elsewhere.get(name.as_str()) {
+                Some(dc) => Hop::Remote(dc.to_string().into()),
+                None => Hop::Local(name),
+            },
+            Placement::Remote(dc) => Hop::Remote(dc.as_str().into()),
+        }
+    }
+
     /// Validates that every placement names a pool or remote of `config`.
     pub fn check_placement(&self, p: &Placement) -> bool {
         match p {
-            Placement::Pool(name) => self.pools.load().pools.contains_key(name),
+            Placement::Pool(name) => {
+                let pools = self.pools.load();
+                pools.pools.contains_key(name) || pools.elsewhere.contains_key(name)
+            }
             Placement::Remote(name) => self.remotes.load().contains_key(name),
         }
     }
@@ -580,7 +620,10 @@ impl Shared {
                 (name.clone(), entry)
             })
             .collect();
-        self.pools.store(Arc::new(PoolSet { pools }));
+        self.pools.store(Arc::new(PoolSet {
+            pools,
+            elsewhere: cur.elsewhere.clone(),
+        }));
     }
 }
 
@@ -639,7 +682,16 @@ struct Known<'a> {
 impl<'a> Known<'a> {
     fn of(c: &'a Config) -> Known<'a> {
         Known {
-            pools: c.pools.iter().map(|p| p.name.as_str()).collect(),
+            pools: c
+                .pools
+                .iter()
+                .map(|p| p.name.as_str())
+                .chain(
+                    c.remotes
+                        .iter()
+                        .flat_map(|r| r.pools.iter().map(String::as_str)),
+                )
+                .collect(),
             remotes: c.remotes.iter().map(|r| r.name.as_str()).collect(),
         }
     }

@@ -1,7 +1,9 @@
 //! Two routers: a site placed remote on both is refused with 508 instead of
 //! bouncing; a remote forward reaches the other router's backend with the
 //! original client address, over plain HTTP to a trusted listener or with a
-//! PROXY v2 header.
+//! PROXY v2 header. A placement that names a pool of the other datacenter
+//! (`[[remote]] pools`, the form records shared in etcd take) is forwarded
+//! there, and refused with 508 when it would bounce back.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -50,6 +52,7 @@ fn start_pair() -> Pair {
 [[remote]]
 name = "b"
 address = "127.0.0.1:{trusted}"
+pools = ["local"]
 
 [[remote]]
 name = "bpp"
@@ -59,7 +62,9 @@ proxy_protocol = true
         )
         + &site("loop.test", "remote:b", "")
         + &site("fwd.test", "remote:b", "")
-        + &site("fwdpp.test", "remote:bpp", "");
+        + &site("fwdpp.test", "remote:bpp", "")
+        + &site("shared.test", "pool:local", "")
+        + &site("pool-loop.test", "remote:b", "");
     let a = Ferry::start(dir_a.path(), &config_a);
     let config_b = router_config("dc-b", "")
         + &format!(
@@ -76,13 +81,16 @@ proxy_protocol = true
 [[remote]]
 name = "a"
 address = "{}"
+pools = ["a-web"]
 "#,
             a.addr()
         )
         + &pool("local", &[("web", web.addr())])
         + &site("loop.test", "remote:a", "")
         + &site("fwd.test", "pool:local", "")
-        + &site("fwdpp.test", "pool:local", "");
+        + &site("fwdpp.test", "pool:local", "")
+        + &site("shared.test", "pool:local", "")
+        + &site("pool-loop.test", "pool:a-web", "");
     let b = Ferry::start(dir_b.path(), &config_b);
     Pair {
         a,
@@ -107,6 +115,26 @@ async fn site_remote_on_both_routers_gets_508_not_a_loop() {
     let r = curl(&["-H", "Host: fwd.test", "-H", "ferry-via: dc-b", &direct]).await;
     assert_eq!(r.status, 508, "{r:?}");
     assert!(pair.web.requests().is_empty(), "{:?}", pair.web.requests());
+}
+
+/// One record for both routers, as etcd shares it: `pool:local` is B's pool,
+/// so A forwards to B and B serves it; `pool:a-web` on B goes back to A,
+/// which already sent it: 508.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_the_other_datacenter_is_forwarded_there() {
+    let pair = start_pair();
+    let url = format!("http://{}/shared", pair.a.addr());
+    let r = curl(&["-H", "Host: shared.test", &url]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.backend(), Some("b-web"), "{r:?}");
+    let seen = pair.web.requests_at_least(1);
+    assert!(seen[0].starts_with("GET /shared "), "{seen:?}");
+
+    let url = format!("http://{}/", pair.a.addr());
+    let r = curl(&["-H", "Host: pool-loop.test", &url]).await;
+    assert_eq!(r.status, 508, "{r:?}");
+    assert!(r.body.contains("placed in a by both routers"), "{r:?}");
+    assert_eq!(pair.web.requests().len(), 1, "{:?}", pair.web.requests());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
