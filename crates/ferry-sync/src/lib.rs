@@ -12,6 +12,8 @@
 //!   pre-copy criteria), [`verify`]; progress as [`Event`]s, a [`PassSummary`]
 //!   per pass with scan time S, changed bytes R, rate B and the predicted final
 //!   pass S + R/B.
+//! - [`hash_cache`]: content hashes kept between proofs ([`HashCache`]), so
+//!   the proof at a flip hashes only the files changed since the last one.
 //! - [`merkle`]: the Merkle tree over (path, type, mode, size, mtime, content)
 //!   and the narrowing that lists differing paths.
 //! - [`proto`]: the versioned, length-prefixed wire frames and their strict
@@ -43,6 +45,7 @@ pub mod endpoint;
 pub mod engine;
 mod error;
 pub mod follow;
+pub mod hash_cache;
 pub mod limits;
 pub mod local;
 pub mod manifest;
@@ -58,11 +61,12 @@ pub mod watch;
 pub use agent::{serve, serve_with_stats, AgentConfig, AgentStats, Limits, Volume};
 pub use endpoint::{Basis, Dest, Op, Source, Tree};
 pub use engine::{
-    converge, run_block_pass, run_pass, run_pass_over, verify, verify_blocks, BlockVerdict,
-    ConvergeOptions, Convergence, Event, Mode, OnEvent, PassSummary, SyncOptions,
+    converge, run_block_pass, run_pass, run_pass_over, verify, verify_blocks, warm_proof,
+    BlockVerdict, ConvergeOptions, Convergence, Event, Mode, OnEvent, PassSummary, SyncOptions,
 };
 pub use error::{Result, SyncError};
 pub use follow::{follow, FollowDest, FollowOptions};
+pub use hash_cache::HashCache;
 pub use local::LocalTree;
 pub use manifest::{Entry, Kind, Manifest, Meta, Mtime, ScanOptions};
 pub use merkle::{Digest, Verdict};

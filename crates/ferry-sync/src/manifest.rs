@@ -23,6 +23,7 @@ use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
 use crate::error::{Result, SyncError};
+use crate::hash_cache::HashCache;
 use crate::path::{is_temp_name, stage_name, RelPath, STAGE_MARKER};
 
 /// The type of an entry. Other types (sockets, fifos, devices) are skipped by
@@ -227,29 +228,10 @@ fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<Stat, Errn
 /// following links: a directory swapped for a symlink since the walk does
 /// not lead the hash (which travels) out of the tree.
 pub fn hash_file(root: impl std::os::fd::AsFd, rel: &RelPath, shown: &Path) -> Result<[u8; 32]> {
-    // One buffer per thread: a fresh zeroed 256 KiB buffer per file cost
-    // more than reading and hashing a small file.
-    thread_local! {
-        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    let path = shown;
     let mut f = crate::beneath::open_read_beneath(root, rel)
         .map(std::fs::File::from)
-        .map_err(|e| SyncError::io("open", path, e.into()))?;
-    let mut h = blake3::Hasher::new();
-    BUF.with_borrow_mut(|buf| -> Result<()> {
-        if buf.is_empty() {
-            buf.resize(256 * 1024, 0);
-        }
-        loop {
-            let n = f.read(buf).map_err(|e| SyncError::io("read", path, e))?;
-            if n == 0 {
-                return Ok(());
-            }
-            h.update(&buf[..n]);
-        }
-    })?;
-    Ok(*h.finalize().as_bytes())
+        .map_err(|e| SyncError::io("open", shown, e.into()))?;
+    crate::hash_cache::hash_reader(&mut f, shown)
 }
 
 #[derive(Default)]
@@ -308,7 +290,15 @@ fn dir_flags() -> rustix::fs::OFlags {
 /// symlink during the walk is refused, never listed through. With
 /// `staged`, a hidden directory an interrupted pass was building is walked
 /// as the directory it will become, unless a real one of that name exists.
-fn walk_dir(fd: OwnedFd, full: &Path, dir: Option<&RelPath>, staged: bool) -> Result<Walked> {
+/// With `hashes`, a file whose kept hash still holds gets it at once (see
+/// [`HashCache`]); the others are hashed by [`finish`].
+fn walk_dir(
+    fd: OwnedFd,
+    full: &Path,
+    dir: Option<&RelPath>,
+    staged: bool,
+    hashes: Option<&HashCache>,
+) -> Result<Walked> {
     let mut rd = Dir::new(fd).map_err(|e| SyncError::io("read directory", full, e.into()))?;
     let mut out = Walked::default();
     // (listed as, name on disk, staged)
@@ -358,7 +348,10 @@ fn walk_dir(fd: OwnedFd, full: &Path, dir: Option<&RelPath>, staged: bool) -> Re
             names.insert(rel.clone());
         }
         match entry_at(fd, OsStr::from_bytes(name), &p, rel.clone(), &st)? {
-            Some(e) => {
+            Some(mut e) => {
+                if let (Kind::File, Some(c)) = (e.kind, hashes) {
+                    e.hash = c.lookup(&st);
+                }
                 if e.kind == Kind::Dir {
                     subdirs.push((rel, name.to_vec(), staged));
                 }
@@ -391,7 +384,7 @@ fn walk_dir(fd: OwnedFd, full: &Path, dir: Option<&RelPath>, staged: bool) -> Re
             let p = full.join(OsStr::from_bytes(name));
             let sub = rustix::fs::openat(fd, OsStr::from_bytes(name), dir_flags(), Mode::empty())
                 .map_err(|e| SyncError::io("open directory", &p, e.into()))?;
-            walk_dir(sub, &p, Some(d), *staged)
+            walk_dir(sub, &p, Some(d), *staged, hashes)
         })
         .collect();
     for c in children {
@@ -432,8 +425,23 @@ pub fn scan(root: &Path, opts: &ScanOptions) -> Result<Manifest> {
     let root_fd = open_root(root)?;
     let listing =
         rustix::io::dup(&root_fd).map_err(|e| SyncError::io("open directory", root, e.into()))?;
-    let w = walk_dir(listing, root, None, opts.staged && !opts.checksum)?;
-    finish(root, &root_fd, w, &md, opts)
+    let w = walk_dir(listing, root, None, opts.staged && !opts.checksum, None)?;
+    finish(root, &root_fd, w, &md, opts, None)
+}
+
+/// A checksum scan (what a proof of equality needs) that takes the hashes
+/// `hashes` kept for files unchanged since, and keeps the new ones there.
+pub fn scan_hashed(root: &Path, hashes: &HashCache) -> Result<Manifest> {
+    let md = root_metadata(root)?;
+    let root_fd = open_root(root)?;
+    let listing =
+        rustix::io::dup(&root_fd).map_err(|e| SyncError::io("open directory", root, e.into()))?;
+    let w = walk_dir(listing, root, None, false, Some(hashes))?;
+    let opts = ScanOptions {
+        checksum: true,
+        staged: false,
+    };
+    finish(root, &root_fd, w, &md, &opts, Some(hashes))
 }
 
 /// Sorts the walked entries (parents first) and hashes them if asked.
@@ -443,6 +451,7 @@ fn finish(
     w: Walked,
     root_md: &Metadata,
     opts: &ScanOptions,
+    hashes: Option<&HashCache>,
 ) -> Result<Manifest> {
     let mut entries = w.entries;
     entries.par_sort_unstable_by(|a, b| a.path.cmp(&b.path));
@@ -450,9 +459,13 @@ fn finish(
     if opts.checksum {
         entries
             .par_iter_mut()
-            .filter(|e| e.kind == Kind::File)
+            .filter(|e| e.kind == Kind::File && e.hash.is_none())
             .try_for_each(|e| -> Result<()> {
-                e.hash = Some(hash_file(root_fd, &e.path, &e.path.under(root))?);
+                let shown = e.path.under(root);
+                e.hash = Some(match hashes {
+                    Some(c) => c.hash_file(root_fd, &e.path, &shown)?,
+                    None => hash_file(root_fd, &e.path, &shown)?,
+                });
                 Ok(())
             })?;
     }
@@ -547,7 +560,7 @@ pub fn scan_paths(
                     Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Ok(w),
                     Err(e) => return Err(SyncError::io("open directory", &full, e.into())),
                 };
-                match walk_dir(fd, &full, Some(p), false) {
+                match walk_dir(fd, &full, Some(p), false, None) {
                     Ok(sub) => w.extend(sub),
                     // Removed while we looked: simply not part of the tree.
                     Err(e) if e.is_not_found() => {}
@@ -560,7 +573,7 @@ pub fn scan_paths(
     for v in visits {
         out.extend(v?);
     }
-    finish(root, &root_fd, out, &md, opts)
+    finish(root, &root_fd, out, &md, opts, None)
 }
 
 /// The entry of one path (`None`: absent, below something that is not a

@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::{Result, SyncError};
+use crate::hash_cache::HashCache;
 use crate::proto::{self, Msg};
 
 mod config;
@@ -64,6 +65,9 @@ pub fn serve_with_stats(
     counters: Arc<AgentStats>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<()> {
+    // One per agent: a file's kept hash serves every session that proves
+    // its volume (the pre-copy's proof warms it, the flip's reuses it).
+    let hashes = Arc::new(HashCache::new());
     let mut summary = Summary {
         at: Instant::now(),
         seen: [0; 5],
@@ -72,7 +76,7 @@ pub fn serve_with_stats(
         &listener,
         &shutdown,
         "sync",
-        |s, peer| accept_one(s, peer, &config, &counters),
+        |s, peer| accept_one(s, peer, &config, &counters, &hashes),
         || {
             counters.accept_failed.fetch_add(1, Ordering::Relaxed);
         },
@@ -82,7 +86,13 @@ pub fn serve_with_stats(
 
 /// Starts a thread for a new connection, or refuses it at once when the
 /// agent is full or no thread can be started; the accept loop goes on.
-fn accept_one(s: TcpStream, peer: SocketAddr, config: &Arc<AgentConfig>, c: &Arc<AgentStats>) {
+fn accept_one(
+    s: TcpStream,
+    peer: SocketAddr,
+    config: &Arc<AgentConfig>,
+    c: &Arc<AgentStats>,
+    hashes: &Arc<HashCache>,
+) {
     let max = config.limits.max_connections;
     let open = c.open.fetch_add(1, Ordering::AcqRel) + 1;
     let slot = Slot(c.clone());
@@ -98,12 +108,12 @@ fn accept_one(s: TcpStream, peer: SocketAddr, config: &Arc<AgentConfig>, c: &Arc
         let _ = (&s).write_all(&proto::encode(&busy));
         return;
     }
-    let (cfg, counters) = (config.clone(), c.clone());
+    let (cfg, counters, hashes) = (config.clone(), c.clone(), hashes.clone());
     let spawned = std::thread::Builder::new()
         .name("ferry-agent-conn".into())
         .spawn(move || {
             let _slot = slot;
-            connection(s, peer, &cfg, &counters);
+            connection(s, peer, &cfg, &counters, hashes);
         });
     // On failure the closure is dropped unrun: the socket closes and the
     // slot is given back.
@@ -115,7 +125,13 @@ fn accept_one(s: TcpStream, peer: SocketAddr, config: &Arc<AgentConfig>, c: &Arc
 
 /// One connection: the handshake, then the session. Handshake failures are
 /// strangers' doing: counted and logged at debug only.
-fn connection(s: TcpStream, peer: SocketAddr, cfg: &AgentConfig, c: &Arc<AgentStats>) {
+fn connection(
+    s: TcpStream,
+    peer: SocketAddr,
+    cfg: &AgentConfig,
+    c: &Arc<AgentStats>,
+    hashes: Arc<HashCache>,
+) {
     let opened = match handshake(&s, cfg, c) {
         Ok(Some(o)) => o,
         Ok(None) => return,
@@ -125,7 +141,7 @@ fn connection(s: TcpStream, peer: SocketAddr, cfg: &AgentConfig, c: &Arc<AgentSt
             return;
         }
     };
-    match session(s, cfg, c, opened) {
+    match session(s, cfg, c, opened, hashes) {
         Ok(()) => c.session_closed(Closed::Client),
         Err(SyncError::Net { source, .. })
             if matches!(

@@ -216,6 +216,7 @@ pub(super) fn session(
     cfg: &AgentConfig,
     c: &Arc<AgentStats>,
     opened: Opened,
+    hashes: Arc<crate::hash_cache::HashCache>,
 ) -> Result<()> {
     let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let net = |source| SyncError::Net {
@@ -260,7 +261,7 @@ pub(super) fn session(
     let _in_gauge = c.session_started();
 
     let mut sess = Session {
-        tree: Arc::new(LocalTree::new(&vol.path)),
+        tree: Arc::new(LocalTree::new(&vol.path).with_hash_cache(hashes)),
         write,
         name: &volume,
         watch: vol.watch.then_some((c, cfg.limits.max_watches)),

@@ -30,7 +30,7 @@ mod verify;
 pub use block_pass::run_block_pass;
 pub use converge::{converge, ConvergeOptions, Convergence};
 pub use file_pass::{run_pass, run_pass_over};
-pub use verify::{block_root, verify, verify_blocks, BlockVerdict};
+pub use verify::{block_root, verify, verify_blocks, warm_proof, BlockVerdict};
 
 /// What a pass does.
 #[derive(Clone, Debug)]

@@ -71,10 +71,33 @@ impl BlockVerdict {
     }
 }
 
+/// Computes both sides' Merkle roots and nothing else: ahead of a proof
+/// that must be quick (the flip's), it leaves each side's kept content
+/// hashes ([`crate::HashCache`], an agent's) warm, so that proof hashes only
+/// what changes in between. Returns whether the roots were equal.
+pub fn warm_proof(src: &dyn Source, dst: &dyn Dest) -> Result<bool> {
+    let ((sr, _), (dr, _)) = roots(src, dst)?;
+    Ok(sr == dr)
+}
+
+/// Both sides' roots, computed at once (each on its own machine through an
+/// agent): the proof takes the longer of the two, not their sum.
+fn roots(src: &dyn Tree, dst: &dyn Tree) -> Result<((merkle::Digest, u64), (merkle::Digest, u64))> {
+    let (s, d) = std::thread::scope(|scope| {
+        let s = scope.spawn(|| src.merkle_root());
+        let d = dst.merkle_root();
+        (s.join(), d)
+    });
+    let s = match s {
+        Ok(r) => r?,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    Ok((s, d?))
+}
+
 /// Compares two trees: roots first, then narrows down to the differing paths.
 fn narrow(src: &dyn Tree, dst: &dyn Tree, limit: usize) -> Result<Verdict> {
-    let (sr, scount) = src.merkle_root()?;
-    let (dr, _) = dst.merkle_root()?;
+    let ((sr, scount), (dr, _)) = roots(src, dst)?;
     let mut v = Verdict {
         source_root: sr,
         dest_root: dr,

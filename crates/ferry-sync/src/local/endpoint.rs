@@ -42,13 +42,16 @@ impl Tree for LocalTree {
     }
 
     fn merkle_root(&self) -> Result<(Digest, u64)> {
-        let m = manifest::scan(
-            &self.root,
-            &ScanOptions {
-                checksum: true,
-                staged: false,
-            },
-        )?;
+        let m = match &self.hashes {
+            Some(c) => manifest::scan_hashed(&self.root, c)?,
+            None => manifest::scan(
+                &self.root,
+                &ScanOptions {
+                    checksum: true,
+                    staged: false,
+                },
+            )?,
+        };
         let t = MerkleTree::build(&m);
         let out = (t.root, t.count);
         *self.merkle.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);

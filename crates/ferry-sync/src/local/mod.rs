@@ -79,6 +79,9 @@ pub struct LocalTree {
     /// Staged directories: listed path -> hidden name in the same parent
     /// (see the module docs).
     staged: std::sync::RwLock<std::collections::HashMap<RelPath, Vec<u8>>>,
+    /// Content hashes kept between proofs of equality (see [`crate::HashCache`]);
+    /// without it every proof hashes every file.
+    hashes: Option<std::sync::Arc<crate::hash_cache::HashCache>>,
 }
 
 /// Access and modification time both set to the entry's mtime.
@@ -142,7 +145,18 @@ impl LocalTree {
             unnamed_files: true.into(),
             dirs: DirCache::default(),
             staged: Default::default(),
+            hashes: None,
         }
+    }
+
+    /// This tree's proofs of equality take and keep content hashes in
+    /// `hashes` (shared with other trees of the same process).
+    pub fn with_hash_cache(
+        mut self,
+        hashes: std::sync::Arc<crate::hash_cache::HashCache>,
+    ) -> LocalTree {
+        self.hashes = Some(hashes);
+        self
     }
 
     /// The open directory `dir` (`None` = the root); see [`DirCache`]. A

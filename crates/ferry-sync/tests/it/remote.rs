@@ -166,3 +166,63 @@ fn a_peer_that_accepts_and_never_answers_is_refused_within_the_handshake_deadlin
     assert!(matches!(err, SyncError::Net { .. }), "{err}");
     silent.join().unwrap();
 }
+
+/// Issue 18: the proof at a flip reuses content hashes kept since the
+/// pre-copy's proof; a file rewritten since, with its size and mtime put
+/// back, must still be found (its ctime moved), on either side.
+#[test]
+fn kept_hashes_never_hide_a_rewrite_that_kept_size_and_mtime() {
+    let t = tmp();
+    let (src, dst) = dirs(&t);
+    make_tree(&src);
+    let agent = Agent::start(&[("www", &dst, false)]);
+    let hashes = std::sync::Arc::new(ferry_sync::HashCache::new());
+    let s = LocalTree::new(&src).with_hash_cache(hashes.clone());
+    let remote = agent.connect("www", true);
+    run_pass(&s, &remote, &mirror_options(), 1, &no_events()).unwrap();
+    // Hashes are kept only for files whose last change is a second old (a
+    // write in the same clock tick would not move ctime): wait that out.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(ferry_sync::warm_proof(&s, &remote).unwrap());
+    assert!(!hashes.is_empty(), "the source kept its hashes");
+    // A proof in a new session (as at the flip) is still equal.
+    let remote = agent.connect("www", true);
+    assert!(verify(&s, &remote, 10).unwrap().equal());
+    let rewrite = |p: &std::path::Path| {
+        let old = fs::read(p).unwrap();
+        let mtime = fs::metadata(p).unwrap().modified().unwrap();
+        let mut new = old.clone();
+        new[0] ^= 0xff;
+        fs::write(p, &new).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+    };
+    rewrite(&dst.join("dir2/sub/deep.txt"));
+    let remote = agent.connect("www", true);
+    let v = verify(&s, &remote, 10).unwrap();
+    assert_eq!(
+        v.differing
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>(),
+        vec!["dir2/sub/deep.txt"],
+        "a rewrite at the destination"
+    );
+    // The same rewrite at the source makes deep.txt equal again (only a
+    // fresh hash on both sides can tell); f4.php now differs.
+    rewrite(&src.join("dir2/sub/deep.txt"));
+    rewrite(&src.join("dir3/f4.php"));
+    let v = verify(&s, &remote, 10).unwrap();
+    assert_eq!(
+        v.differing
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>(),
+        vec!["dir3/f4.php"],
+        "rewrites at the source"
+    );
+}
