@@ -33,8 +33,8 @@ pub use explain::{Glue, IpGlue, Scenario, UseKind, Volume};
 pub use members::Members;
 pub use output::{FORMAT_NAME, FORMAT_VERSION};
 pub use params::{
-    parse_byte_rate, parse_change_rate, parse_count_rate, parse_duration, Constraint, Constraints,
-    ParamError, Params, Window,
+    parse_byte_rate, parse_change_rate, parse_count_rate, parse_duration, parse_short_duration,
+    Constraint, Constraints, CopyMode, ParamError, Params, Window,
 };
 pub use schedule::{schedule, Impossible, Job, Night, Schedule, Slot};
 pub use units::{Partition, Prepared, UnitStats, MAX_BATCH_DATABASES, NO_UNIT};

@@ -60,6 +60,12 @@ struct ParamsDoc {
     change_rate_per_day: f64,
     scan_rate_bytes_per_s: f64,
     walk_rate_files_per_s: f64,
+    /// Only when chosen (`--copy-mode`): plans without it read as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    copy_mode: Option<&'static str>,
+    /// Only when chosen (`--freeze-per-file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    freeze_per_file_s: Option<f64>,
     db_check_rate_bytes_per_s: f64,
     freeze_overhead_s: f64,
     lead_s: f64,
@@ -350,6 +356,8 @@ impl From<&Params> for ParamsDoc {
             change_rate_per_day: p.change_rate * 86_400.0,
             scan_rate_bytes_per_s: p.scan_rate,
             walk_rate_files_per_s: p.walk_rate,
+            copy_mode: p.copy_mode.map(|m| m.name()),
+            freeze_per_file_s: p.freeze_per_file,
             db_check_rate_bytes_per_s: p.db_check_rate,
             freeze_overhead_s: p.freeze_overhead,
             lead_s: p.lead,

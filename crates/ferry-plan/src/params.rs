@@ -44,6 +44,43 @@ impl fmt::Display for Constraint {
     }
 }
 
+/// How a unit's files are copied, which sets what its freeze costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CopyMode {
+    /// A tree walked file by file (`ferry sync --mode file`): the freeze
+    /// walks and proves every file of the unit again.
+    Files,
+    /// A filer's volume copied block by block: the freeze reads the
+    /// replicator's record of written blocks. Needs units of whole filers.
+    Blocks,
+}
+
+impl CopyMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            CopyMode::Files => "files",
+            CopyMode::Blocks => "blocks",
+        }
+    }
+
+    /// `files` or `blocks`.
+    pub fn parse(s: &str) -> Result<CopyMode, ParamError> {
+        match s.trim() {
+            "files" => Ok(CopyMode::Files),
+            "blocks" => Ok(CopyMode::Blocks),
+            other => Err(ParamError::UnknownCopyMode {
+                value: other.to_string(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for CopyMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A set of [`Constraint`]s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Constraints(u8);
@@ -183,6 +220,10 @@ pub enum ParamError {
     BadDuration { value: String, reason: String },
     #[error("{what} must be greater than zero")]
     NotPositive { what: &'static str },
+    #[error("unknown copy mode {value:?} (choose from files, blocks)")]
+    UnknownCopyMode { value: String },
+    #[error("--copy-mode blocks needs the filer constraint (a block copy moves whole filers)")]
+    BlocksWithoutFiler,
 }
 
 fn split_number(s: &str) -> Option<(f64, &str)> {
@@ -192,6 +233,26 @@ fn split_number(s: &str) -> Option<(f64, &str)> {
         .unwrap_or(s.len());
     let n: f64 = s[..end].parse().ok()?;
     n.is_finite().then_some((n, s[end..].trim()))
+}
+
+/// A short time in seconds, with a fraction allowed: `60us`, `60µs`,
+/// `0.5ms`, `1s` (what one file costs a freeze: `--freeze-per-file`).
+pub fn parse_short_duration(s: &str) -> Result<f64, ParamError> {
+    let bad = |reason: &str| ParamError::BadDuration {
+        value: s.to_string(),
+        reason: reason.to_string(),
+    };
+    let (n, unit) = split_number(s).ok_or_else(|| bad("write e.g. 60us or 0.5ms"))?;
+    // Divided, not multiplied: 60us is then exactly the double nearest 6e-5.
+    let per_second = match unit {
+        "ns" => 1e9,
+        "us" | "µs" => 1e6,
+        "ms" => 1e3,
+        "s" => 1.0,
+        "" => return Err(bad("a unit is needed (ns, us, ms, s)")),
+        _ => return Err(bad("unknown unit (ns, us, ms, s)")),
+    };
+    Ok(n / per_second)
 }
 
 /// A data rate in bytes per second: `10Gbit/s`, `800Mbit/s`, `1GB/s`, `500MiB/s`.
@@ -282,8 +343,16 @@ pub struct Params {
     pub change_rate: f64,
     /// Bytes per second a pre-copy pass reads one filer at (block mode).
     pub scan_rate: f64,
-    /// Files per second a walk stats (file mode, without the filer constraint).
+    /// Files per second a walk stats (file mode).
     pub walk_rate: f64,
+    /// How units are copied (None: blocks under the `filer` constraint,
+    /// files otherwise, as plans made before the choice existed).
+    pub copy_mode: Option<CopyMode>,
+    /// Seconds a freeze spends per file of the unit in file mode: the final
+    /// pass's walk of both sides and the proof at the flip (None: a walk at
+    /// `walk_rate`, as plans made before the flag existed). `ferry migrate
+    /// check` measures it on the fleet.
+    pub freeze_per_file: Option<f64>,
     /// Bytes per second one database server checksums at during the freeze.
     pub db_check_rate: f64,
     /// Fixed cost of every freeze (router acknowledgements, binlog catch-up,
@@ -308,6 +377,8 @@ impl Default for Params {
             change_rate: 0.02 / 86_400.0,
             scan_rate: 1e9,
             walk_rate: 5_000.0,
+            copy_mode: None,
+            freeze_per_file: None,
             db_check_rate: 500e6,
             freeze_overhead: 60.0,
             lead: 86_400.0,
@@ -316,6 +387,28 @@ impl Default for Params {
 }
 
 impl Params {
+    /// How the units of a partition made under `constraints` are copied:
+    /// `copy_mode`, or what the `filer` constraint implies. Blocks need
+    /// whole filers, so a partition without `filer` (the planner's "what
+    /// each constraint costs" scenarios) copies files.
+    pub fn copy_mode_under(&self, constraints: Constraints) -> CopyMode {
+        let by_filer = constraints.contains(Constraint::Filer);
+        match self.copy_mode {
+            Some(CopyMode::Blocks) | None if by_filer => CopyMode::Blocks,
+            _ => CopyMode::Files,
+        }
+    }
+
+    /// Seconds a file-mode freeze spends on `files` files.
+    pub fn freeze_files_s(&self, files: u64) -> f64 {
+        match self.freeze_per_file {
+            Some(per_file) => files as f64 * per_file,
+            // Exactly the earlier model (a walk at walk_rate), so plans made
+            // without the flag stay byte for byte the same.
+            None => files as f64 / self.walk_rate,
+        }
+    }
+
     /// Refuses values the model cannot use (zero rates would divide by zero).
     pub fn validate(&self) -> Result<(), ParamError> {
         let positive = [
@@ -330,6 +423,17 @@ impl Params {
                 return Err(ParamError::NotPositive { what });
             }
         }
+        if let Some(c) = self.freeze_per_file {
+            if c.is_nan() || c < 0.0 {
+                return Err(ParamError::NotPositive {
+                    what: "--freeze-per-file",
+                });
+            }
+        }
+        if self.copy_mode == Some(CopyMode::Blocks) && !self.constraints.contains(Constraint::Filer)
+        {
+            return Err(ParamError::BlocksWithoutFiler);
+        }
         if self.parallel == 0 {
             return Err(ParamError::NotPositive { what: "--parallel" });
         }
@@ -343,6 +447,38 @@ impl Params {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_durations_parse_with_their_unit() {
+        assert_eq!(parse_short_duration("60us").unwrap(), 60e-6);
+        assert_eq!(parse_short_duration("60µs").unwrap(), 60e-6);
+        assert_eq!(parse_short_duration("0.5ms").unwrap(), 0.5e-3);
+        assert_eq!(parse_short_duration("2s").unwrap(), 2.0);
+        assert!(parse_short_duration("60").is_err());
+        assert!(parse_short_duration("60m").is_err());
+    }
+
+    #[test]
+    fn the_copy_mode_follows_the_filer_constraint_unless_chosen() {
+        let filer = Constraints::default();
+        let no_filer = Constraints::parse("declared-db").unwrap();
+        let p = Params::default();
+        assert_eq!(p.copy_mode_under(filer), CopyMode::Blocks);
+        assert_eq!(p.copy_mode_under(no_filer), CopyMode::Files);
+        let files = Params {
+            copy_mode: Some(CopyMode::Files),
+            ..p
+        };
+        assert_eq!(files.copy_mode_under(filer), CopyMode::Files);
+        let blocks = Params {
+            copy_mode: Some(CopyMode::Blocks),
+            ..p
+        };
+        // A scenario without whole filers cannot copy blocks.
+        assert_eq!(blocks.copy_mode_under(no_filer), CopyMode::Files);
+        assert_eq!(CopyMode::parse("files").unwrap(), CopyMode::Files);
+        assert!(CopyMode::parse("tar").is_err());
+    }
 
     #[test]
     fn constraints_parse_and_print() {

@@ -76,9 +76,16 @@ fn overview(out: &mut String, plan: &Plan<'_>, inventory: &Path) {
         inventory.display(),
         inventory_counts(&inv.counts())
     );
+    let mut copy = String::new();
+    if let Some(m) = p.copy_mode {
+        copy.push_str(&format!("; copy mode {m}"));
+    }
+    if let Some(c) = p.freeze_per_file {
+        copy.push_str(&format!("; freeze {:.0} µs a file", c * 1e6));
+    }
     let _ = writeln!(
         out,
-        "Parameters  constraints {}; window {} ({}); bandwidth {}; max freeze {}; change rate {:.3}%/day",
+        "Parameters  constraints {}; window {} ({}); bandwidth {}; max freeze {}; change rate {:.3}%/day{copy}",
         p.constraints,
         p.window,
         human::duration(p.window.seconds()),

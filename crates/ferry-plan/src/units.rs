@@ -16,7 +16,7 @@
 
 use ferry_inventory::{DatabaseId, FilerId, HostingId, Inventory, User};
 
-use crate::params::{Constraint, Constraints, Params};
+use crate::params::{Constraint, Constraints, CopyMode, Params};
 
 /// Marks "in no unit" (a filer whose hostings may be split, without `filer`).
 pub const NO_UNIT: u32 = u32::MAX;
@@ -310,7 +310,8 @@ impl Partition {
 
     fn fill_stats(&mut self, prep: &Prepared<'_>, params: &Params) {
         let inv = prep.inv;
-        let block = self.constraints.contains(Constraint::Filer);
+        let by_filer = self.constraints.contains(Constraint::Filer);
+        let block = params.copy_mode_under(self.constraints) == CopyMode::Blocks;
         let stats = &mut self.stats;
         let files = inv.hosting_files();
         let bytes = inv.hosting_bytes();
@@ -326,11 +327,13 @@ impl Partition {
             s.databases += 1;
             s.db_bytes += inv.database_bytes()[d];
         }
-        if block {
+        if by_filer {
             for (f, &u) in self.filer_unit.iter().enumerate() {
                 let s = &mut stats[u as usize];
                 s.filers += 1;
-                s.pass_s = s.pass_s.max(prep.filer_bytes[f] as f64 / params.scan_rate);
+                if block {
+                    s.pass_s = s.pass_s.max(prep.filer_bytes[f] as f64 / params.scan_rate);
+                }
             }
         } else {
             // A unit's filers are the distinct filers of its hostings.
@@ -345,9 +348,13 @@ impl Partition {
             for p in pairs {
                 stats[(p >> 32) as usize].filers += 1;
             }
+        }
+        if !block {
+            // File mode: the last pass walks every file; the freeze walks
+            // them again and proves them (`--freeze-per-file`).
             for s in stats.iter_mut() {
                 s.pass_s = s.files as f64 / params.walk_rate;
-                s.find_s = s.pass_s;
+                s.find_s = params.freeze_files_s(s.files);
             }
         }
         // Database servers checksum in parallel: the busiest one sets the time.

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use ferry_inventory::Quiet;
-use ferry_plan::{Constraints, Params, Plan, Window};
+use ferry_plan::{Constraints, CopyMode, Params, Plan, Window};
 use serde_json::Value;
 
 const MARKER: &str = "<!-- checked: crates/ferry-plan/tests/doc_example.rs -->";
@@ -57,6 +57,10 @@ fn params_of(doc: &Value) -> Params {
         change_rate: f("change_rate_per_day") / 86_400.0,
         scan_rate: f("scan_rate_bytes_per_s"),
         walk_rate: f("walk_rate_files_per_s"),
+        copy_mode: p["copy_mode"]
+            .as_str()
+            .map(|m| CopyMode::parse(m).expect("a copy mode")),
+        freeze_per_file: p["freeze_per_file_s"].as_f64(),
         db_check_rate: f("db_check_rate_bytes_per_s"),
         freeze_overhead: f("freeze_overhead_s"),
         lead: f("lead_s"),

@@ -47,9 +47,19 @@ pub struct Args {
     /// Read rate of one filer during a block-mode pre-copy pass.
     #[arg(long, default_value = "1GB/s", value_parser = ferry_plan::parse_byte_rate)]
     scan_rate: f64,
-    /// Files per second a file-mode walk stats (used without the filer constraint).
+    /// Files per second a file-mode walk stats (the last pre-copy pass).
     #[arg(long, default_value = "5000/s", value_parser = ferry_plan::parse_count_rate)]
     walk_rate: f64,
+    /// How units are copied: files (a tree walk) or blocks (whole filers'
+    /// volumes; needs the filer constraint). Default: blocks under the
+    /// filer constraint, files otherwise.
+    #[arg(long, value_parser = ferry_plan::CopyMode::parse)]
+    copy_mode: Option<ferry_plan::CopyMode>,
+    /// What a file-mode freeze spends per file of the unit (final pass and
+    /// proof), e.g. "60us"; `ferry migrate check` measures it. Default: a
+    /// walk at --walk-rate.
+    #[arg(long, value_parser = ferry_plan::parse_short_duration)]
+    freeze_per_file: Option<f64>,
     /// Checksum rate of one database server during the freeze.
     #[arg(long, default_value = "500MB/s", value_parser = ferry_plan::parse_byte_rate)]
     db_check_rate: f64,
@@ -94,6 +104,8 @@ fn settings(a: &Args) -> Result<Params, ferry_plan::ParamError> {
         change_rate: a.change_rate,
         scan_rate: a.scan_rate,
         walk_rate: a.walk_rate,
+        copy_mode: a.copy_mode,
+        freeze_per_file: a.freeze_per_file,
         db_check_rate: a.db_check_rate,
         freeze_overhead: a.freeze_overhead,
         lead: a.lead,
