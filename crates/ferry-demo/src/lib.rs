@@ -21,6 +21,7 @@
 
 pub mod app;
 pub mod check;
+pub mod etcd;
 mod faults;
 pub mod load;
 pub mod orch;
@@ -57,6 +58,9 @@ pub struct Options {
     pub crash_at: Option<String>,
     /// Break something on purpose (the checks must notice).
     pub fault: Option<Fault>,
+    /// The control plane on a 3-member etcd cluster (`etcd.rs`): two routers
+    /// per datacenter, the journal and lease in etcd.
+    pub control_etcd: bool,
 }
 
 impl Options {
@@ -72,6 +76,12 @@ impl Options {
         }
         if self.crash_at.is_some() && self.fault.is_some() {
             return Err("--crash-at and --fault do not combine".to_string());
+        }
+        if self.control_etcd && (self.crash_at.is_some() || self.fault.is_some()) {
+            return Err(
+                "--control etcd runs the plain move: --crash-at and --fault are for the SQLite demo"
+                    .to_string(),
+            );
         }
         Ok(())
     }
@@ -146,12 +156,24 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
     ));
     let (sites, plan) = demo.world_before_the_move().await?;
     let (apps, pools) = demo.start_shops(&sites).await?;
-    let (par, gra) = demo.start_routers(&sites, &pools)?;
+    let cluster = match opts.control_etcd {
+        true => Some(demo.start_etcd()?),
+        false => None,
+    };
+    let (par, gra, more) = match &cluster {
+        None => {
+            let (par, gra) = demo.start_routers(&sites, &pools)?;
+            (par, gra, Vec::new())
+        }
+        Some(c) => demo.start_etcd_routers(&sites, &pools, c)?,
+    };
     let migrate_toml = work.join("migrate.toml");
-    std::fs::write(
-        &migrate_toml,
-        topology::migrate_config(work, &par, &gra, opts.filers),
-    )?;
+    let routers: Vec<&Router> = [&par, &gra].into_iter().chain(&more).collect();
+    let mut toml = topology::migrate_config(work, &routers, opts.filers);
+    if let Some(c) = &cluster {
+        toml.push_str(&etcd::migrate_store(&c.endpoints_toml()));
+    }
+    std::fs::write(&migrate_toml, toml)?;
     let load = demo.start_load(&sites, &par, &gra);
     // A warm-up first, so the source takes writes the move must carry over.
     let warm_up = (opts.duration / 4).min(Duration::from_secs(10));
@@ -165,10 +187,14 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
     checks.push(check_orchestrator(&final_run));
 
     let mut load = demo.drain(load).await;
-    drop((par, gra));
+    drop((par, gra, more));
     drop(apps);
 
-    let status = orch::status(&exe, &journal).await;
+    let status = match &cluster {
+        None => orch::status(&exe, &journal).await,
+        Some(c) => orch::status_with(&exe, &etcd::status_args(&c.endpoints())).await,
+    };
+    drop(cluster);
     demo.check_outcome(&sites, &mut load, &status, &mut checks)
         .await?;
     let report = std::path::absolute(&opts.report).unwrap_or_else(|_| opts.report.clone());
@@ -288,6 +314,100 @@ impl Demo<'_> {
             par.traffic, par.pid, gra.traffic, gra.pid
         ));
         Ok((par, gra))
+    }
+
+    /// `--control etcd`: three members under the work directory.
+    fn start_etcd(&self) -> anyhow::Result<etcd::Cluster> {
+        let dir = self.work.join("etcd");
+        let c = tokio::task::block_in_place(|| etcd::Cluster::start(&dir))?;
+        self.out.progress(&format!(
+            "etcd up: 3 members ({}); routers and the orchestrator keep their state there",
+            c.endpoints().join(" ")
+        ));
+        Ok(c)
+    }
+
+    /// `--control etcd`: two routers per DC on one record per site. par-1
+    /// writes the sites to etcd (`pool:par-web`); the others load them. Each
+    /// router's remote is a router of the other DC, crosswise, so all four
+    /// carry traffic: gra-1 (the public IP) forwards to par-2 until the flip,
+    /// the stale clients' par-1 forwards to gra-2 after it.
+    fn start_etcd_routers(
+        &self,
+        sites: &[Site],
+        pools: &Pools,
+        cluster: &etcd::Cluster,
+    ) -> anyhow::Result<(Router, Router, Vec<Router>)> {
+        // Each router's clients' port, then its peers' port.
+        let ports: Vec<u16> = (0..8)
+            .map(|_| topology::free_port())
+            .collect::<anyhow::Result<_>>()?;
+        let [par1, par2, gra1, gra2] = [0, 1, 2, 3].map(|i| (ports[2 * i], ports[2 * i + 1]));
+        let eps = cluster.endpoints_toml();
+        let conf = |name, (listen, peers), dc: &str, remote: (&str, u16, &str), seeds| {
+            let pool = if dc == SOURCE { "par-web" } else { "gra-web" };
+            etcd::router_config(
+                &etcd::EtcdRouter {
+                    name,
+                    listen,
+                    peers,
+                    pool,
+                    servers: &pools[dc],
+                    remote,
+                    seeds,
+                },
+                &eps,
+            )
+        };
+        let plan = [
+            (
+                PAR_ROUTER,
+                par1,
+                SOURCE,
+                (DESTINATION, gra2.1, "gra-web"),
+                sites,
+            ),
+            (
+                "par-2",
+                par2,
+                SOURCE,
+                (DESTINATION, gra1.1, "gra-web"),
+                &[][..],
+            ),
+            (
+                GRA_ROUTER,
+                gra1,
+                DESTINATION,
+                (SOURCE, par2.1, "par-web"),
+                &[][..],
+            ),
+            (
+                "gra-2",
+                gra2,
+                DESTINATION,
+                (SOURCE, par1.1, "par-web"),
+                &[][..],
+            ),
+        ];
+        let mut up = tokio::task::block_in_place(|| -> anyhow::Result<Vec<Router>> {
+            let mut up = Vec::new();
+            for (name, listen, dc, remote, seeds) in plan {
+                let text = conf(name, listen, dc, remote, seeds);
+                let dir = self.work.join("routers").join(name);
+                up.push(Router::start(self.exe, &dir, name, &text)?);
+            }
+            Ok(up)
+        })?;
+        self.out.progress(&format!(
+            "routers up on etcd: {}; one record per site, 2 shop servers per DC",
+            up.iter()
+                .map(|r| format!("{} on {} (pid {})", r.name, r.traffic, r.pid))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let gra = up.remove(2);
+        let par = up.remove(0);
+        Ok((par, gra, up))
     }
 
     /// The load: most clients come in through gra (the public IP); two still

@@ -158,16 +158,15 @@ fn human(line: &str) -> Option<String> {
 /// `ferry migrate status --journal J --json`: the journal folded into
 /// waves, units and step records.
 pub async fn status(exe: &Path, journal: &Path) -> anyhow::Result<MigrationStatus> {
+    status_with(exe, &["--journal".into(), journal.display().to_string()]).await
+}
+
+/// `ferry migrate status --json` with `source`: `--journal FILE`, or the
+/// `--control etcd ...` flags of a run kept in etcd.
+pub async fn status_with(exe: &Path, source: &[String]) -> anyhow::Result<MigrationStatus> {
     let out = tokio::process::Command::new(exe)
-        .args([
-            "--log-level",
-            "warn",
-            "migrate",
-            "status",
-            "--json",
-            "--journal",
-        ])
-        .arg(journal)
+        .args(["--log-level", "warn", "migrate", "status", "--json"])
+        .args(source)
         .env_remove("FERRY_FAILPOINTS")
         .env_remove("FERRY_FAULTS")
         .stdin(Stdio::null())

@@ -362,7 +362,7 @@ impl Drop for Router {
 }
 
 /// `migrate.toml` (docs/migrate-config.md) for the two routers and the filers.
-pub fn migrate_config(work: &Path, par: &Router, gra: &Router, filers: u32) -> String {
+pub fn migrate_config(work: &Path, routers: &[&Router], filers: u32) -> String {
     let mut c = format!(
         r#"source = "{SOURCE}"
 destination = "{DESTINATION}"
@@ -373,8 +373,8 @@ pool = "par-web"
 pool = "gra-web"
 "#
     );
-    for r in [par, gra] {
-        let dc = if r.name == PAR_ROUTER {
+    for r in routers {
+        let dc = if r.name.starts_with(SOURCE) {
             SOURCE
         } else {
             DESTINATION

@@ -20,9 +20,19 @@ use crate::journal::now_ms;
 /// The fastest the fleet is read again while waiting.
 const MIN_POLL: Duration = Duration::from_millis(100);
 
-/// The cluster's revision now: once every freeze write was answered, each is
-/// at or below it, so a router that applied it holds the freeze.
-pub async fn freeze_revision(etcd: &Arc<EtcdStore>) -> Result<i64, String> {
+/// The freeze's revision, once every freeze write was answered: the newest
+/// revision of the unit's site records (`sites`), so a router that applied
+/// it holds the freeze. Not the cluster's revision: registrations move that
+/// too, and a router applies no revision that touched no site. Sites not in
+/// etcd (routers that keep their own records): the cluster's revision.
+pub async fn freeze_revision(etcd: &Arc<EtcdStore>, sites: &[String]) -> Result<i64, String> {
+    let sites = sites.to_vec();
+    let newest = blocking(etcd, move |e| e.sites_revision(&sites))
+        .await
+        .map_err(|e| format!("cannot read the freeze's revision in etcd: {e}"))?;
+    if newest > 0 {
+        return Ok(newest);
+    }
     blocking(etcd, |e| e.revision())
         .await
         .map_err(|e| format!("cannot read the freeze's revision in etcd: {e}"))

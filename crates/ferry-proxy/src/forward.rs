@@ -233,9 +233,13 @@ async fn route_request(
         );
         return Routed::answered(resp, host_str, None);
     }
-    let route = match find_site(shared, &settings, &host).await {
-        Ok(route) => route,
-        Err((resp, state)) => return Routed::answered(resp, host_str, state),
+    let sent_on = via == Via::OtherRouter && conn.trusted;
+    let route = match shared.drained_by_sender(sent_on, &host) {
+        Some(route) => route,
+        None => match find_site(shared, &settings, &host).await {
+            Ok(route) => route,
+            Err((resp, state)) => return Routed::answered(resp, host_str, state),
+        },
     };
     if let Some(resp) = maintenance_answer(&settings, conn, &route) {
         return Routed::answered(resp, host_str, Some(SiteState::Maintenance));

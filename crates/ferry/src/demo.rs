@@ -38,6 +38,18 @@ pub struct Args {
     /// the checks must catch the split brain).
     #[arg(long, hide = true, value_enum)]
     fault: Option<Fault>,
+    /// Where the control state lives: sqlite (each router's own file, the
+    /// default) or etcd (a 3-member etcd cluster started for the demo, two
+    /// routers per datacenter watching it; needs the etcd server installed
+    /// and a ferry built with the `etcd` feature).
+    #[arg(long, value_enum, default_value = "sqlite")]
+    control: Control,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Control {
+    Sqlite,
+    Etcd,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -57,7 +69,14 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             Fault::SkipFreeze => ferry_demo::Fault::SkipFreeze,
             Fault::StopRouter => ferry_demo::Fault::StopRouter,
         }),
+        control_etcd: args.control == Control::Etcd,
     };
+    if opts.control_etcd && !cfg!(feature = "etcd") {
+        return Err(Failure::usage(anyhow!(
+            "--control etcd: this ferry was built without etcd support (cargo feature `etcd`: \
+             cargo build --release -p ferry --features etcd)"
+        )));
+    }
     opts.check().map_err(|e| Failure::usage(anyhow!(e)))?;
     let out = Out::new(args.json);
     let work = tempfile::Builder::new()

@@ -234,6 +234,7 @@ impl FreezeWait {
             .expect("write the freeze");
         let verdicts: Arc<Mutex<Vec<Acks>>> = Arc::default();
         let (etcd, v) = (Arc::clone(etcd), Arc::clone(&verdicts));
+        let sites = vec![host.to_string()];
         let done = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -241,7 +242,9 @@ impl FreezeWait {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let revision = ferry_orch::fleet::freeze_revision(&etcd).await.unwrap();
+                let revision = ferry_orch::fleet::freeze_revision(&etcd, &sites)
+                    .await
+                    .unwrap();
                 ferry_orch::fleet::wait_freeze_acks(
                     &etcd,
                     epoch,

@@ -15,10 +15,11 @@ impl Orchestrator {
     pub(super) async fn wait_fleet_acks(
         &self,
         etcd: Arc<EtcdStore>,
+        sites: &[String],
         epoch: u64,
         deadline: Instant,
     ) -> std::result::Result<Vec<String>, (String, String)> {
-        let revision = crate::fleet::freeze_revision(&etcd)
+        let revision = crate::fleet::freeze_revision(&etcd, sites)
             .await
             .map_err(|e| ("etcd".to_string(), e))?;
         crate::fleet::wait_freeze_acks(&etcd, epoch, revision, deadline, self.opts.poll, |_| {})

@@ -131,10 +131,12 @@ impl UnitRun<'_> {
         }
         #[cfg(feature = "etcd")]
         if let Some(etcd) = o.journal.etcd_store() {
-            return Ok(match o.wait_fleet_acks(etcd, epoch, deadline).await {
-                Ok(names) => Ok((skipped, Some(names))),
-                Err(f) => Err(f),
-            });
+            return Ok(
+                match o.wait_fleet_acks(etcd, &u.sites, epoch, deadline).await {
+                    Ok(names) => Ok((skipped, Some(names))),
+                    Err(f) => Err(f),
+                },
+            );
         }
         Ok(Ok((skipped, None)))
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use ferry_config::{Config, PoolSpec, RemoteSpec};
-use ferry_model::{Hostname, Placement, ServerState, SiteRecord};
+use ferry_model::{Hostname, Placement, ServerState, SiteRecord, SiteState};
 use ferry_router::{
     ApplyError, Balance, HostTable, Outcome, Pool, Server, SiteChange, SiteExtras, SiteId,
 };
@@ -513,6 +513,29 @@ impl Shared {
         }
     }
 
+    /// A request another router sent on (`sent_on`: its `ferry-via`, believed
+    /// on a trusted listener only) for a site frozen here, which a pool of
+    /// this router serves: it goes through instead of being held. That router
+    /// routed it before it applied the freeze (a frozen router holds new
+    /// requests), counts it in flight and acknowledges the freeze only once
+    /// it has finished, and the final copy waits for every acknowledgement:
+    /// the request is part of that router's drain (cutover.md, step 1), over
+    /// before any copy starts. Held here, it would hold the freeze hostage
+    /// when both datacenters apply one shared record at once: the sender
+    /// waits for its answer, this router waits for the flip.
+    pub(crate) fn drained_by_sender(
+        &self,
+        sent_on: bool,
+        host: &Hostname,
+    ) -> Option<ferry_router::Route> {
+        if !sent_on {
+            return None;
+        }
+        let route = self.table.get(host)?;
+        let local = matches!(self.hop(&route.placement), Hop::Local(_));
+        (route.state == SiteState::Frozen && local).then_some(route)
+    }
+
     /// Validates that every placement names a pool or remote of `config`.
     pub fn check_placement(&self, p: &Placement) -> bool {
         match p {
@@ -777,6 +800,49 @@ mod tests {
 
     fn record(s: &Shared, host: &str) -> Option<SiteRecord> {
         s.table.record(&Hostname::parse(host).expect("host"))
+    }
+
+    /// A pool of another datacenter resolves to its remote; a request another
+    /// router sent on passes a freeze only where this router's own pool serves
+    /// the site, and only when it says it came from a router.
+    #[test]
+    fn pools_elsewhere_and_requests_drained_by_their_sender() {
+        let text = "[router]\nname = \"dc1\"\n\n[[listener]]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[remote]]\nname = \"dc2\"\naddress = \"127.0.0.1:11\"\npools = [\"far\"]\n\n\
+             [[pool]]\nname = \"web\"\n[[pool.server]]\nname = \"a\"\naddress = \"127.0.0.1:9\"\n\n\
+             [[site]]\nhost = \"a.com\"\nplacement = \"pool:web\"\nepoch = 1\n\n\
+             [[site]]\nhost = \"b.com\"\nplacement = \"pool:far\"\nepoch = 1\n";
+        let s = shared(ferry_config::parse(text, Path::new("test.toml")).expect("config"));
+        let far = Placement::Pool("far".into());
+        assert!(s.check_placement(&far));
+        assert!(matches!(s.hop(&far), Hop::Remote(dc) if dc == "dc2"));
+        assert!(matches!(
+            s.hop(&Placement::Pool("web".into())),
+            Hop::Local("web")
+        ));
+        let (a, b) = (
+            Hostname::parse("a.com").expect("host"),
+            Hostname::parse("b.com").expect("host"),
+        );
+        assert!(
+            s.drained_by_sender(true, &a).is_none(),
+            "active: the usual path"
+        );
+        s.apply_sites(vec![
+            change("a.com", "web", SiteState::Frozen, 2),
+            change("b.com", "far", SiteState::Frozen, 2),
+        ])
+        .expect("freeze");
+        let through = s.drained_by_sender(true, &a).expect("sent on by a router");
+        assert_eq!(
+            (through.state, through.epoch),
+            (SiteState::Frozen, Epoch(2))
+        );
+        assert!(s.drained_by_sender(false, &a).is_none(), "a client is held");
+        assert!(
+            s.drained_by_sender(true, &b).is_none(),
+            "not served here: held"
+        );
     }
 
     /// Before: a request held on a frozen site that was then removed waited

@@ -115,3 +115,39 @@ impl EtcdStore {
         })
     }
 }
+
+/// Site reads per transaction (etcd's default `--max-txn-ops` is 128).
+const SITES_PER_TXN: usize = 128;
+
+impl EtcdStore {
+    /// The newest revision at which one of `hosts`' records was written (0:
+    /// none is in etcd). A router whose applied revision reached it holds
+    /// every one of those records as etcd does now. The cluster's revision
+    /// would not do: registrations move it too, and a router applies no
+    /// revision that touched no site, so it would never reach it.
+    pub fn sites_revision(&self, hosts: &[String]) -> Result<i64, StoreError> {
+        let keys: Vec<String> = hosts.iter().map(|h| self.inner.keys.site(h)).collect();
+        self.run(move |inner| async move {
+            let mut newest = 0;
+            for chunk in keys.chunks(SITES_PER_TXN) {
+                let gets: Vec<TxnOp> = chunk
+                    .iter()
+                    .map(|k| TxnOp::get(k.as_str(), Some(GetOptions::new().with_keys_only())))
+                    .collect();
+                let resp = inner
+                    .txn("read the sites' revisions", Txn::new().and_then(gets))
+                    .await?;
+                for r in resp.op_responses() {
+                    if let TxnOpResponse::Get(g) = r {
+                        newest = g
+                            .kvs()
+                            .iter()
+                            .map(|kv| kv.mod_revision())
+                            .fold(newest, i64::max);
+                    }
+                }
+            }
+            Ok(newest)
+        })
+    }
+}
