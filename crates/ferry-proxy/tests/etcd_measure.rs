@@ -8,6 +8,8 @@
 //!    the keys' and values' own bytes per site;
 //! 2. **load**: each router's start on the N sites (snapshot plus table),
 //!    one router after the other;
+//! 2b. **idle**: nothing written for a while; the watches the routers lost
+//!    meanwhile (each one costs a fresh snapshot of every site);
 //! 3. **write to applied**: another client's write of one site to etcd until
 //!    every router answers with it (each router's admin API polled on a
 //!    kept-alive connection), p50/p99 over the writes;
@@ -20,7 +22,8 @@
 //!
 //! Sizes come from the environment: `FERRY_BENCH_SITES` (100,000),
 //! `FERRY_BENCH_ROUTERS` (4), `FERRY_BENCH_WRITES` (200), `FERRY_BENCH_UNIT`
-//! (100,000, at most the sites), `FERRY_BENCH_POLL_US` (poll interval, 1,000).
+//! (100,000, at most the sites), `FERRY_BENCH_POLL_US` (poll interval, 1,000),
+//! `FERRY_BENCH_IDLE_S` (30), `FERRY_BENCH_LEASE_TTL` (the routers' lease, 10s).
 //! Each measure prints one line for people and one `{"measure": ...}` JSON line.
 //!
 //! `cargo test --release -p ferry-proxy --features etcd --test etcd_measure -- --ignored --nocapture`
@@ -237,6 +240,7 @@ fn backend(body: &'static str) -> SocketAddr {
 // ------------------------------------------------------------ routers
 
 fn router_config(
+    lease_ttl: &str,
     dir: &Path,
     name: &str,
     endpoints: &[String],
@@ -274,7 +278,7 @@ address = "{dest}"
 backend = "etcd"
 endpoints = [{}]
 prefix = "{PREFIX}"
-lease_ttl = "10s"
+lease_ttl = "{lease_ttl}"
 request_timeout = "10s"
 "#,
         list.join(", ")
@@ -599,12 +603,18 @@ fn write_and_measure_space(cluster: &Cluster, etcd: &EtcdStore, n: usize) {
 }
 
 /// Starts the routers one after the other, each timed on its own.
-fn start_routers(cluster: &Cluster, dir: &Path, count: usize, n: usize) -> Vec<RouterProcess> {
+fn start_routers(
+    cluster: &Cluster,
+    dir: &Path,
+    count: usize,
+    n: usize,
+    lease_ttl: &str,
+) -> Vec<RouterProcess> {
     let backends = [backend("web"), backend("dest")];
     let mut routers = Vec::new();
     for i in 0..count {
         let name = format!("r{i}");
-        let config = router_config(dir, &name, &cluster.endpoints(), backends);
+        let config = router_config(lease_ttl, dir, &name, &cluster.endpoints(), backends);
         let r = RouterProcess::start(dir, &config, &name);
         assert_eq!(r.sites, n, "router {name} loaded {} sites of {n}", r.sites);
         routers.push(r);
@@ -624,6 +634,37 @@ fn start_routers(cluster: &Cluster, dir: &Path, count: usize, n: usize) -> Vec<R
         json!({"measure": "load", "sites": n, "routers": count, "seconds": starts, "rss_mib": rss}),
     );
     routers
+}
+
+/// Fresh snapshots and lost leases per router.
+fn resnapshots(routers: &[RouterProcess]) -> Vec<(f64, f64)> {
+    routers
+        .iter()
+        .map(|r| {
+            (
+                metric(r.admin, "ferry_store_resnapshots_total"),
+                metric(r.admin, "ferry_store_leases_lost_total"),
+            )
+        })
+        .collect()
+}
+
+/// Nothing written for `idle`: a watch lost meanwhile (each costs a fresh
+/// snapshot of every site) shows in the routers' counters.
+fn idle_watches(routers: &[RouterProcess], idle: Duration, lease_ttl: &str) {
+    let before = resnapshots(routers);
+    std::thread::sleep(idle);
+    let after = resnapshots(routers);
+    let lost: Vec<f64> = before.iter().zip(&after).map(|(b, a)| a.0 - b.0).collect();
+    report(
+        format!(
+            "idle: {} s without writes (lease_ttl {lease_ttl}): fresh snapshots per router \
+             meanwhile {lost:?}; since start (fresh snapshots, leases lost) {after:?}",
+            idle.as_secs()
+        ),
+        json!({"measure": "idle", "seconds": idle.as_secs(), "lease_ttl": lease_ttl,
+               "resnapshots_while_idle": lost, "since_start": after}),
+    );
 }
 
 /// Another client's writes of one site each, until every router answers with it.
@@ -674,15 +715,7 @@ fn write_to_applied(
     each.sort();
     etcd_write.sort();
     // A slow outlier is explained by a lost lease or a fresh snapshot, if any.
-    let counters: Vec<(f64, f64)> = routers
-        .iter()
-        .map(|r| {
-            (
-                metric(r.admin, "ferry_store_resnapshots_total"),
-                metric(r.admin, "ferry_store_leases_lost_total"),
-            )
-        })
-        .collect();
+    let counters = resnapshots(routers);
     report(
         format!(
             "write to applied at every one of {} routers, {writes} writes: p50 {:.1} ms, p99 {:.1} ms, \
@@ -937,6 +970,8 @@ fn measure_control_plane() {
     let writes = env_usize("FERRY_BENCH_WRITES", 200);
     let unit = env_usize("FERRY_BENCH_UNIT", 100_000).min(n);
     let every = Duration::from_micros(env_usize("FERRY_BENCH_POLL_US", 1000) as u64);
+    let idle = Duration::from_secs(env_usize("FERRY_BENCH_IDLE_S", 30) as u64);
+    let lease_ttl = std::env::var("FERRY_BENCH_LEASE_TTL").unwrap_or_else(|_| "10s".into());
     assert!(
         n >= 1 && count >= 1 && writes >= 1,
         "sites, routers and writes must be at least 1"
@@ -945,7 +980,10 @@ fn measure_control_plane() {
     let etcd = cluster.client();
     write_and_measure_space(&cluster, &etcd, n);
     let dir = tempfile::tempdir().unwrap();
-    let routers = start_routers(&cluster, dir.path(), count, n);
+    let routers = start_routers(&cluster, dir.path(), count, n, &lease_ttl);
+    if idle > Duration::ZERO {
+        idle_watches(&routers, idle, &lease_ttl);
+    }
     write_to_applied(&etcd, &routers, n, unit, writes, every);
     if unit > 0 {
         flip(&routers, unit, every);
