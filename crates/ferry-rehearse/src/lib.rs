@@ -535,8 +535,17 @@ fn check_orchestrator(end: &demo_orch::RunEnd) -> Check {
     )
 }
 
+/// What a file-mode freeze costs per file of a unit on this kind of machine
+/// (`ferry plan --freeze-per-file`): the final pass and the proof at the
+/// flip, both ends walked by agents on one machine, two units freezing at
+/// once on 2 vCPUs (BENCHMARKS.md, "ferry rehearse"). `ferry migrate check
+/// --measure-link` measures it on a real fleet.
+const FREEZE_PER_FILE: &str = "60us";
+
 /// `ferry plan` as a child, with the link and lanes of this rehearsal; a
 /// freeze's fixed cost is small here (routers a few ms apart, no databases).
+/// Units are whole filers (its copy jobs are per filer), copied file by
+/// file, as its migrate.toml says (`mode = "file"`).
 async fn run_plan(
     exe: &Path,
     opts: &Options,
@@ -548,7 +557,8 @@ async fn run_plan(
         .arg("plan")
         .arg("--inventory")
         .arg(inventory)
-        .args(["--constraints", "filer"])
+        .args(["--constraints", "filer", "--copy-mode", "files"])
+        .args(["--freeze-per-file", FREEZE_PER_FILE])
         .arg("--bandwidth")
         .arg(format!("{}B/s", opts.rate_bytes))
         .arg("--parallel")

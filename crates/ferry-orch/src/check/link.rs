@@ -1,5 +1,7 @@
 //! `--measure-link`: a bounded read from each filer's source, and each
-//! unit's timeline at the measured rate.
+//! unit's timeline at the measured rate; and, from the walk that finds the
+//! files to read, what a file-mode freeze costs per file (the figure to
+//! plan with: `ferry plan --freeze-per-file`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -29,6 +31,7 @@ pub(super) async fn link(
         }
     }
     let mut rates: BTreeMap<String, f64> = BTreeMap::new();
+    let mut per_file: Option<f64> = None;
     for (name, dirs) in dirs {
         let Some(spec) = inputs.cfg.filers.get(&name) else {
             continue;
@@ -37,7 +40,24 @@ pub(super) async fn link(
         let (source, key) = (spec.source.clone(), spec.key);
         let sampled =
             tokio::task::spawn_blocking(move || sample(&source, key, &dirs, timeout)).await;
-        match sampled {
+        if let Ok(Ok(s)) = &sampled {
+            if let Some(cost) = freeze_per_file(s.walked, s.walk_took) {
+                per_file = Some(per_file.map_or(cost, |c: f64| c.max(cost)));
+                r.push(
+                    "link",
+                    format!("{name} walk"),
+                    Verdict::Ok,
+                    format!(
+                        "walked {} entries in {:.2} s: a file-mode freeze costs about {:.0} µs a file here",
+                        s.walked,
+                        s.walk_took.as_secs_f64(),
+                        cost * 1e6
+                    ),
+                    "",
+                );
+            }
+        }
+        match sampled.map(|s| s.map(|s| (s.bytes, s.took))) {
             Ok(Ok((bytes, took))) if bytes > 0 => {
                 let rate = bytes as f64 / took.as_secs_f64().max(1e-6);
                 rates.insert(name.clone(), rate);
@@ -77,6 +97,18 @@ pub(super) async fn link(
             ),
         }
     }
+    if let Some(cost) = per_file {
+        r.push(
+            "link",
+            "freeze per file",
+            Verdict::Ok,
+            format!(
+                "the slowest filer's walk: plan file-mode copies with `ferry plan --copy-mode files --freeze-per-file {:.0}us`",
+                (cost * 1e6).ceil()
+            ),
+            "",
+        );
+    }
     let max = inputs.cfg.freeze.max_freeze.as_secs_f64();
     for u in units {
         let Some(rate) = crate::runbook::unit_filers(u)
@@ -113,14 +145,33 @@ pub(super) async fn link(
     }
 }
 
-/// Reads whole files of `dirs` from `source` until [`LINK_SAMPLE`] bytes
-/// or `timeout`: (bytes read, time taken by the reads).
+/// A file-mode freeze walks each file twice (the final pass, then the proof
+/// at the flip, whose content hashes are kept from the pre-copy for files
+/// that did not change), both ends at once: twice the slower end's walk.
+/// The source's walk stands for both ends (the destination may be empty
+/// before the pre-copy). None when too few entries were walked to say.
+fn freeze_per_file(walked: u64, took: Duration) -> Option<f64> {
+    (walked >= 100).then(|| 2.0 * took.as_secs_f64() / walked as f64)
+}
+
+/// What [`sample`] measured.
+struct Sample {
+    /// Bytes read, and the time the reads took.
+    bytes: u64,
+    took: Duration,
+    /// Entries the walk of the units' directories listed, and its time.
+    walked: u64,
+    walk_took: Duration,
+}
+
+/// Walks the units' `dirs` at `source` (timed), then reads whole files of
+/// them until [`LINK_SAMPLE`] bytes or `timeout`.
 fn sample(
     source: &str,
     key: Option<[u8; 32]>,
     dirs: &BTreeSet<String>,
     timeout: Duration,
-) -> ferry_sync::Result<(u64, Duration)> {
+) -> ferry_sync::Result<Sample> {
     let tree: Box<dyn ferry_sync::Source> = match ferry_sync::Endpoint::parse(source)? {
         ferry_sync::Endpoint::Local(p) => Box::new(ferry_sync::LocalTree::new(p)),
         ferry_sync::Endpoint::Remote { host, port, volume } => {
@@ -140,7 +191,9 @@ fn sample(
         .filter(|d| !d.is_empty())
         .map(|d| ferry_sync::RelPath::new(d.as_bytes().to_vec()))
         .collect::<ferry_sync::Result<BTreeSet<_>>>()?;
+    let walk_start = std::time::Instant::now();
     let m = tree.scan_paths(&paths, &ferry_sync::ScanOptions::default())?;
+    let walk_took = walk_start.elapsed();
     let start = std::time::Instant::now();
     let mut bytes = 0u64;
     for e in &m.entries {
@@ -157,5 +210,22 @@ fn sample(
             Ok(())
         })?;
     }
-    Ok((bytes, start.elapsed()))
+    Ok(Sample {
+        bytes,
+        took: start.elapsed(),
+        walked: m.entries.len() as u64,
+        walk_took,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_freeze_pays_two_walks_a_file_and_needs_a_sample() {
+        let c = freeze_per_file(50_000, Duration::from_millis(500)).unwrap();
+        assert!((c - 20e-6).abs() < 1e-12, "{c}");
+        assert_eq!(freeze_per_file(10, Duration::from_millis(1)), None);
+    }
 }

@@ -95,7 +95,10 @@ pub(super) async fn first_pass(
     .await
 }
 
-/// Converging passes until the next one fits the freeze budget (or not).
+/// Converging passes until the next one fits the freeze budget (or not);
+/// then, in file mode with an agent at either end, both ends' Merkle roots
+/// are computed once so the agents keep every file's content hash and the
+/// proof at the flip hashes only what changed since (see `final_pass`).
 pub(super) async fn converge(
     job: &Job,
     cfg: &MigrateConfig,
@@ -110,34 +113,47 @@ pub(super) async fn converge(
     let (j, o, b) = (job.clone(), opts.clone(), budget.clone());
     blocking(job, move || {
         let (s, d) = open_both(&j, mode)?;
-        with_budget(&d, &b, Priority::Background, |dest| {
+        let c = with_budget(&d, &b, Priority::Background, |dest| {
             ferry_sync::converge(s.source(), dest, &o, mode, &conv, &|_| {})
-        })
+        })?;
+        if mode == Mode::File && keeps_hashes(&j) {
+            // Only a warm-up: the proof that counts is at the flip.
+            if let Err(e) = ferry_sync::warm_proof(s.source(), d.dest()) {
+                tracing::warn!(job = %j.label, error = %e, "warming the content hashes failed; the proof at the flip hashes every file");
+            }
+        }
+        Ok(c)
     })
     .await
 }
 
-/// The final copy of a frozen job: one pass, and a second when the first
-/// changed anything (it catches what moved while the first ran; nothing
-/// should: the site is frozen).
-pub(super) async fn final_passes(
+/// Whether either end of `job` is an agent, which keeps content hashes
+/// between sessions (a local tree opened per call keeps none).
+fn keeps_hashes(job: &Job) -> bool {
+    [&job.from, &job.to]
+        .iter()
+        .any(|e| matches!(Endpoint::parse(e), Ok(Endpoint::Remote { .. })))
+}
+
+/// The final copy of a frozen job: one pass. It copies what the traffic
+/// wrote before the freeze; the sites are held now, so nothing moves while
+/// it runs. Anything that moved anyway is seen by the proof that follows
+/// (`verify` walks both ends again) and fails the unit: the second pass a
+/// freeze used to run whenever the first changed anything (with traffic,
+/// every freeze) only repeated that walk, and hid such a write instead of
+/// reporting it.
+pub(super) async fn final_pass(
     job: &Job,
     mode: Mode,
     opts: &SyncOptions,
     budget: &SharedBudget,
-) -> Result<(PassSummary, Option<PassSummary>)> {
+) -> Result<PassSummary> {
     let (j, o, bud) = (job.clone(), opts.clone(), budget.clone());
     blocking(job, move || {
         // The other lanes' pre-copies wait while this runs.
         let _freezing = bud.as_deref().map(Budget::freezing);
         let (s, d) = open_both(&j, mode)?;
-        let a = pass(&s, &d, &o, mode, 1, &bud, Priority::Freeze)?;
-        let b = if a.changed_entries > 0 || a.deleted > 0 {
-            Some(pass(&s, &d, &o, mode, 2, &bud, Priority::Freeze)?)
-        } else {
-            None
-        };
-        Ok((a, b))
+        pass(&s, &d, &o, mode, 1, &bud, Priority::Freeze)
     })
     .await
 }
@@ -152,6 +168,10 @@ pub(super) struct Verified {
 }
 
 /// Compares the job's two ends by Merkle root (the first 10 differences).
+/// Both ends hash at once; an agent reuses the content hash of every file
+/// whose inode, size, mtime and ctime did not move since the pre-copy's
+/// roots (`ferry_sync::HashCache`), so at a flip only what changed since is
+/// read.
 pub(super) async fn verify(job: &Job, mode: Mode, block_size: u32) -> Result<Verified> {
     let j = job.clone();
     blocking(job, move || {

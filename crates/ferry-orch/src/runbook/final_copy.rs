@@ -1,8 +1,9 @@
 //! Step `final_copy`: with the sites frozen, each job copied once more
-//! (twice when the first pass changed anything), then both ends compared by
-//! Merkle root; the databases wait for their freeze position and compare
-//! checksums. Any difference fails the unit through the abandon path: the
-//! source untouched and writable again.
+//! (one pass: nothing moves during a freeze, see `copy::final_pass`), then
+//! both ends compared by Merkle root; the databases wait for their freeze
+//! position and compare checksums. Any difference (something written on
+//! either side during the freeze) fails the unit through the abandon path:
+//! the source untouched and writable again.
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -17,13 +18,14 @@ use crate::status::{Outcome, Step};
 /// Why the final copy cannot go on: the unit fails with it.
 type Mismatch = String;
 
-/// One job's last passes, as journaled.
+/// One job's last pass, as journaled.
 #[derive(Serialize)]
 struct Copied<'a> {
     job: &'a str,
     changed_entries: u64,
     changed_bytes: u64,
-    /// What a second pass changed (none when the first changed nothing).
+    /// What a second pass changed: journals before the one-pass final copy
+    /// (issue 18) may hold a number; now always none.
     second_pass: Option<u64>,
 }
 
@@ -92,14 +94,14 @@ impl UnitRun<'_> {
         let opts = copy::sync_opts(cfg.copy.checksum);
         let mut passes = Vec::new();
         for job in &self.unit.jobs {
-            let (a, b) = copy::final_passes(job, cfg.copy.mode, &opts, &self.orch.budget)
+            let a = copy::final_pass(job, cfg.copy.mode, &opts, &self.orch.budget)
                 .await
                 .map_err(|e| e.to_string())?;
             passes.push(json!(Copied {
                 job: &job.label,
                 changed_entries: a.changed_entries,
                 changed_bytes: a.changed_bytes,
-                second_pass: b.map(|b| b.changed_entries),
+                second_pass: None,
             }));
         }
         Ok(passes)
