@@ -17,6 +17,8 @@
 #   SITES=1000000 bash bench/control-plane/run.sh
 # Needs etcd (Debian's etcd-server) and protoc (protobuf-compiler) to build
 # the etcd feature. Bounded by TIMEOUT seconds (default 1800) for the run.
+# TEST_BIN=path runs a test binary built before (cargo test --release -p
+# ferry-proxy --features etcd --test etcd_measure --no-run) instead of cargo.
 # Results: bench/control-plane/$RESULTS.txt (the machine, its load before and
 # after, one line per measure) and $RESULTS.jsonl (one JSON line per measure);
 # RESULTS defaults to "results". IDLE (30) seconds without writes after the
@@ -38,13 +40,22 @@ command -v protoc >/dev/null || { echo "needs protoc (apt-get install protobuf-c
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferry-target}"
 out=bench/control-plane
 test=(cargo test --release -p ferry-proxy --features etcd --test etcd_measure)
-"${test[@]}" --no-run
+if [ -n "${TEST_BIN:-}" ]; then
+  # A test binary built before (cargo test ... --no-run), when the shared
+  # target directory is busy with other builds.
+  test=("$TEST_BIN")
+  sep=()
+else
+  sep=(--)
+  "${test[@]}" --no-run
+fi
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 {
   echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)"
   echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(etcd --version | head -1)"
   echo "sites $SITES, routers $ROUTERS, writes $WRITES, unit $UNIT, idle $IDLE s, lease_ttl $LEASE_TTL"
   env | grep '^ETCD_' | sed 's/^/etcd setting: /' || true
+  [ -z "${TEST_BIN:-}" ] || echo "test binary: $TEST_BIN (built before)"
   echo "load average before: $(load)"
 } | tee "$out/$RESULTS.txt"
 log="$(mktemp)"
@@ -52,7 +63,7 @@ status=0
 trap 'rm -f "$log"' EXIT
 FERRY_BENCH_SITES="$SITES" FERRY_BENCH_ROUTERS="$ROUTERS" FERRY_BENCH_WRITES="$WRITES" \
   FERRY_BENCH_UNIT="$UNIT" FERRY_BENCH_IDLE_S="$IDLE" FERRY_BENCH_LEASE_TTL="$LEASE_TTL" timeout "$TIMEOUT" \
-  "${test[@]}" -- --ignored --nocapture --exact measure_control_plane 2>&1 | tee "$log" \
+  "${test[@]}" "${sep[@]}" --ignored --nocapture --exact measure_control_plane 2>&1 | tee "$log" \
   || status=$?
 grep -v '^{' "$log" | grep -E '^(write|space|load|idle|flip)' >> "$out/$RESULTS.txt" || true
 grep '^{"' "$log" > "$out/$RESULTS.jsonl" || true

@@ -8,12 +8,12 @@
 //!    the keys' and values' own bytes per site;
 //! 2. **load**: each router's start on the N sites (snapshot plus table),
 //!    one router after the other;
-//! 2b. **idle**: nothing written for a while; the watches the routers lost
+//! 3. **idle**: nothing written for a while; the watches the routers lost
 //!    meanwhile (each one costs a fresh snapshot of every site);
-//! 3. **write to applied**: another client's write of one site to etcd until
+//! 4. **write to applied**: another client's write of one site to etcd until
 //!    every router answers with it (each router's admin API polled on a
 //!    kept-alive connection), p50/p99 over the writes;
-//! 4. **flip**: a unit of U sites (frozen at the source first) flipped the way
+//! 5. **flip**: a unit of U sites (frozen at the source first) flipped the way
 //!    `ferry migrate`'s flip writes it: admin batches of 50,000 changes, to the
 //!    destination's routers first, then the others; timed until every router
 //!    answered (each answers once its own watch has applied the write), and
