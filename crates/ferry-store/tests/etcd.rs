@@ -308,6 +308,41 @@ fn etcd_specific_behaviour() {
     usable_from_inside_a_tokio_runtime(&cluster);
     watch_delivers_each_revision_and_reports_compaction(&cluster);
     leases_carry_registrations(&cluster);
+    revisions_to_wait_for_are_the_sites_own(&cluster);
+}
+
+/// What a writer waits for (`Applied::revision`) and what a freeze is judged
+/// against (`sites_revision`) are the revisions of the site records, never
+/// a later registration's: a router's watch applies no revision that touched
+/// no site, so waiting for one would last until the next site change.
+fn revisions_to_wait_for_are_the_sites_own(cluster: &Cluster) {
+    let store = EtcdStore::connect(config(cluster, "/own-revision")).unwrap();
+    let frozen = record("a.example.com", "pool:web", SiteState::Frozen, 2);
+    let written = store.apply_sites(std::slice::from_ref(&frozen)).unwrap();
+    assert_eq!(written.changed, 1);
+    let lease = store.grant_lease(Duration::from_secs(5)).unwrap();
+    store
+        .put_registration("r1", "{\"revision\":1}", &lease)
+        .unwrap();
+    store
+        .put_registration("r2", "{\"revision\":2}", &lease)
+        .unwrap();
+    assert!(
+        store.revision().unwrap() > written.revision,
+        "registrations moved the cluster"
+    );
+    let replay = store.apply_sites(&[frozen]).unwrap();
+    assert_eq!((replay.changed, replay.unchanged), (0, 1));
+    assert_eq!(
+        replay.revision, written.revision,
+        "the record's own revision"
+    );
+    let hosts = vec![
+        "a.example.com".to_string(),
+        "nowhere.example.com".to_string(),
+    ];
+    assert_eq!(store.sites_revision(&hosts).unwrap(), written.revision);
+    assert_eq!(store.sites_revision(&hosts[1..]).unwrap(), 0, "not in etcd");
 }
 
 /// A watch from a snapshot's revision + 1 hands out one batch per

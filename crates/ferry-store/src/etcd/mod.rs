@@ -140,7 +140,9 @@ pub struct Snapshot {
 /// What [`EtcdStore::apply_sites`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
-    /// The revision of the last transaction written (or read, if nothing changed).
+    /// The revision a watch must have applied to hold every record of the
+    /// batch as etcd now stores it: the newest transaction written, or the
+    /// newest revision of the records read when nothing changed (0: none).
     pub revision: i64,
     /// Records written (their epoch was newer than the stored one, or the host was new).
     pub changed: usize,

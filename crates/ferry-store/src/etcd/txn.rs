@@ -110,7 +110,7 @@ impl Inner {
                 Err(e) => return Err(partial(written, total, e)),
             };
             written += chunk.len();
-            applied.revision = done.revision;
+            applied.revision = applied.revision.max(done.revision);
             applied.changed += done.puts.len();
             applied.unchanged += done.unchanged;
         }
@@ -166,7 +166,7 @@ impl Inner {
         let resp = self
             .txn("read sites to judge", Txn::new().and_then(gets))
             .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        let header_revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         let stored = resp.op_responses().into_iter().map(|r| match r {
             TxnOpResponse::Get(g) => g.kvs().first().cloned(),
             _ => None,
@@ -175,7 +175,7 @@ impl Inner {
             seen: Vec::with_capacity(chunk.len()),
             puts: Vec::new(),
             unchanged: 0,
-            revision,
+            revision: header_revision,
         };
         for ((key, records), kv) in chunk.iter().zip(stored) {
             let mut current = kv.as_ref().map(|kv| self.decode_site(kv)).transpose()?;
@@ -204,6 +204,16 @@ impl Inner {
             }
             if let Some(value) = put {
                 judged.puts.push((key.clone(), value.clone()));
+            }
+        }
+        // Nothing to write: what a writer then waits for (its watch applying
+        // the records as stored) is their newest revision. The read's own
+        // revision may be a registration's, which no router's watch applies
+        // (they move no site): waiting for it lasted until the next site
+        // change or the deadline.
+        if let Some(newest) = judged.seen.iter().map(|(_, rev)| *rev).max() {
+            if newest > 0 {
+                judged.revision = newest;
             }
         }
         Ok(judged)
