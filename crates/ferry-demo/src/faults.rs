@@ -47,7 +47,7 @@ pub(crate) async fn hold_freeze_open(
 /// the freeze abandoned (bounded). Returns whether the router was stopped.
 pub(crate) async fn stop_router(
     exe: &Path,
-    journal: &Path,
+    run_at: &[String],
     fp: &Path,
     par: &Router,
     done: &AtomicBool,
@@ -72,7 +72,7 @@ pub(crate) async fn stop_router(
             let end = Instant::now() + Duration::from_secs(60);
             let mut seen = false;
             while Instant::now() < end && !done.load(Ordering::Relaxed) {
-                if let Ok(s) = orch::status(exe, journal).await {
+                if let Ok(s) = orch::status_with(exe, run_at).await {
                     if has_abandoned(&s) {
                         seen = true;
                         break;

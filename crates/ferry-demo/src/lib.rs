@@ -77,11 +77,8 @@ impl Options {
         if self.crash_at.is_some() && self.fault.is_some() {
             return Err("--crash-at and --fault do not combine".to_string());
         }
-        if self.control_etcd && (self.crash_at.is_some() || self.fault.is_some()) {
-            return Err(
-                "--control etcd runs the plain move: --crash-at and --fault are for the SQLite demo"
-                    .to_string(),
-            );
+        if self.control_etcd && self.fault.is_some() {
+            return Err("--control etcd and --fault do not combine yet".to_string());
         }
         Ok(())
     }
@@ -179,10 +176,15 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
     let warm_up = (opts.duration / 4).min(Duration::from_secs(10));
     tokio::time::sleep(warm_up).await;
 
-    let journal = work.join("journal.db");
+    let journal = demo.journal();
+    // Where `ferry migrate status` and `resume` find the run.
+    let run_at: Vec<String> = match &cluster {
+        None => vec!["--journal".into(), journal.display().to_string()],
+        Some(c) => etcd::status_args(&c.endpoints()),
+    };
     let mut checks = Vec::new();
     let final_run = demo
-        .migrate(&migrate_toml, &plan, &journal, &load, &par, &mut checks)
+        .migrate(&migrate_toml, &plan, &run_at, &load, &par, &mut checks)
         .await?;
     checks.push(check_orchestrator(&final_run));
 
@@ -190,10 +192,7 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
     drop((par, gra, more));
     drop(apps);
 
-    let status = match &cluster {
-        None => orch::status(&exe, &journal).await,
-        Some(c) => orch::status_with(&exe, &etcd::status_args(&c.endpoints())).await,
-    };
+    let status = orch::status_with(&exe, &run_at).await;
     drop(cluster);
     demo.check_outcome(&sites, &mut load, &status, &mut checks)
         .await?;
@@ -234,6 +233,11 @@ struct Demo<'a> {
 }
 
 impl Demo<'_> {
+    /// The run's SQLite journal (unused with `--control etcd`).
+    fn journal(&self) -> PathBuf {
+        self.work.join("journal.db")
+    }
+
     fn source_root(&self) -> PathBuf {
         self.work.join(SOURCE)
     }
@@ -433,7 +437,7 @@ impl Demo<'_> {
         &self,
         migrate_toml: &Path,
         plan: &Path,
-        journal: &Path,
+        run_at: &[String],
         load: &Load,
         par: &Router,
         checks: &mut Vec<Check>,
@@ -444,18 +448,19 @@ impl Demo<'_> {
             migrate_toml.display().to_string(),
             "--plan".into(),
             plan.display().to_string(),
+            // Ignored with the run in etcd (migrate.toml's [store]).
             "--journal".into(),
-            journal.display().to_string(),
+            self.journal().display().to_string(),
             "--now".into(),
         ];
         match (&self.opts.crash_at, self.opts.fault) {
             (Some(point), _) => {
-                self.crash_and_resume(&run_args, journal, point, checks)
+                self.crash_and_resume(&run_args, run_at, point, checks)
                     .await
             }
             (None, Some(Fault::SkipFreeze)) => self.skip_freeze(&run_args, load).await,
             (None, Some(Fault::StopRouter)) => {
-                self.stop_router(&run_args, journal, par, checks).await
+                self.stop_router(&run_args, run_at, par, checks).await
             }
             (None, None) => {
                 let log = self.work.join("migrate-1.log");
@@ -470,11 +475,12 @@ impl Demo<'_> {
     }
 
     /// `--crash-at`: the orchestrator dies (SIGKILL) at the failpoint, then
-    /// `ferry migrate resume` finishes from the journal.
+    /// `ferry migrate resume` finishes from the journal (`run_at`: its file,
+    /// or the run in etcd, taken over once the dead runner's lease expired).
     async fn crash_and_resume(
         &self,
         run_args: &[String],
-        journal: &Path,
+        run_at: &[String],
         point: &str,
         checks: &mut Vec<Check>,
     ) -> anyhow::Result<RunEnd> {
@@ -503,21 +509,34 @@ impl Demo<'_> {
             "orchestrator ended: {}; resuming from the journal",
             first.describe()
         ));
-        let resume_args: Vec<String> = vec![
-            "resume".into(),
-            "--journal".into(),
-            journal.display().to_string(),
-            "--now".into(),
-        ];
-        let log = self.work.join("migrate-2.log");
-        orch::run(
-            self.exe,
-            &resume_args,
-            &ChildEnv::default(),
-            &log,
-            self.show(),
-        )
-        .await
+        let resume_args: Vec<String> = ["resume"]
+            .into_iter()
+            .map(String::from)
+            .chain(run_at.iter().cloned())
+            .chain(["--now".to_string()])
+            .collect();
+        // In etcd the dead runner's lease lives up to its TTL: until then a
+        // resume is refused (exit 3, naming the holder).
+        let end = Instant::now() + Duration::from_secs(60);
+        let mut n = 2;
+        loop {
+            let log = self.work.join(format!("migrate-{n}.log"));
+            let r = orch::run(
+                self.exe,
+                &resume_args,
+                &ChildEnv::default(),
+                &log,
+                self.show(),
+            )
+            .await?;
+            if r.status.code() != Some(3) || Instant::now() > end {
+                return Ok(r);
+            }
+            self.out
+                .progress("the dead runner's lease still holds the run; resuming again in 1s");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            n += 1;
+        }
     }
 
     /// `--fault skip-freeze`. The freeze of a small unit lasts a few
@@ -557,7 +576,7 @@ impl Demo<'_> {
     async fn stop_router(
         &self,
         run_args: &[String],
-        journal: &Path,
+        run_at: &[String],
         par: &Router,
         checks: &mut Vec<Check>,
     ) -> anyhow::Result<RunEnd> {
@@ -581,7 +600,7 @@ impl Demo<'_> {
             done.store(true, Ordering::Relaxed);
             r
         };
-        let stop = faults::stop_router(self.exe, journal, &fp, par, &done, self.out);
+        let stop = faults::stop_router(self.exe, run_at, &fp, par, &done, self.out);
         let (r, stopped) = tokio::join!(run, stop);
         if !stopped {
             checks.push(Check::new(

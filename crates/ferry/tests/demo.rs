@@ -377,6 +377,40 @@ fn the_demo_runs_on_etcd_with_two_routers_per_datacenter() {
     );
 }
 
+/// `--control etcd --crash-at`: the runner is killed (SIGKILL) inside a
+/// unit; another `ferry migrate resume --control etcd` (refused while the
+/// dead runner's lease lives: the demo tries again) takes the run over from
+/// the journal in etcd and finishes it, and every check still passes.
+#[cfg(feature = "etcd")]
+#[test]
+fn killed_on_etcd_and_taken_over_by_another_runner() {
+    let _g = serial();
+    for point in ["freeze:inside", "final_copy:inside", "flip:after"] {
+        let out = demo(
+            &[
+                "--sites",
+                "8",
+                "--filers",
+                "2",
+                "--duration",
+                "2s",
+                "--control",
+                "etcd",
+                "--crash-at",
+                point,
+            ],
+            Duration::from_secs(240),
+        );
+        out.assert_all_pass();
+        assert_eq!(
+            out.ok("failpoint_reached"),
+            Some(true),
+            "{point}: {}",
+            out.explain()
+        );
+    }
+}
+
 /// Without the feature the flag is refused as bad usage, before anything starts.
 #[cfg(not(feature = "etcd"))]
 #[test]
