@@ -411,6 +411,34 @@ fn killed_on_etcd_and_taken_over_by_another_runner() {
     }
 }
 
+/// `--control etcd --fault stop-router`: par-1 is SIGSTOPped inside a freeze
+/// (cut from etcd, the orchestrator and its clients at once; its lease
+/// expires). The freeze waits for it and is abandoned; once it continues it
+/// loads a fresh snapshot, registers again, and the retry flips. Nothing is
+/// lost or written in two places meanwhile.
+#[cfg(feature = "etcd")]
+#[test]
+fn a_stopped_router_on_etcd_blocks_the_freeze_and_the_retry_flips() {
+    let _g = serial();
+    let out = demo(
+        &[
+            "--sites",
+            "8",
+            "--filers",
+            "2",
+            "--duration",
+            "3s",
+            "--control",
+            "etcd",
+            "--fault",
+            "stop-router",
+        ],
+        Duration::from_secs(240),
+    );
+    out.assert_all_pass();
+    assert_eq!(out.ok("freeze_abandoned"), Some(true), "{}", out.explain());
+}
+
 /// Without the feature the flag is refused as bad usage, before anything starts.
 #[cfg(not(feature = "etcd"))]
 #[test]
