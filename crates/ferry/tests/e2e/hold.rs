@@ -98,3 +98,48 @@ async fn a_request_held_past_hold_max_gets_503_with_retry_after() {
     );
     assert_eq!(admin.site("hold.test").await["held"], 0);
 }
+
+/// A request another router sent on before it froze a site is part of that
+/// router's drain, so a frozen site's own pool takes it (both datacenters
+/// freeze at once with records shared in etcd). Only a trusted listener
+/// believes `ferry-via`: a client that claims to be a router on the public
+/// listener is held like any other, so no client can write past a freeze.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_trusted_router_passes_a_freeze_and_only_to_a_local_pool() {
+    let dir = workdir();
+    let a = Backend::start("a");
+    let peers = crate::support::free_port();
+    let config = router_config("dc1", r#"hold_max = "1s""#)
+        + &format!("\n[[listener]]\nlisten = \"127.0.0.1:{peers}\"\ntrusted = true\n")
+        + "\n[[remote]]\nname = \"dc2\"\naddress = \"127.0.0.1:9\"\npools = [\"far\"]\n"
+        + &pool("a", &[("a1", a.addr)])
+        + &site("near.test", "pool:a", "epoch = 1")
+        + &site("far.test", "pool:far", "epoch = 1");
+    let ferry = Ferry::start(dir.path(), &config);
+    let admin = Admin::new(ferry.admin);
+    admin.set_site("near.test", "pool:a", "frozen", 2).await;
+    admin.set_site("far.test", "pool:far", "frozen", 2).await;
+
+    let public = format!("http://{}/liar", ferry.addr());
+    let trusted = format!("http://127.0.0.1:{peers}/drain");
+    let liar = client::curl(&["-H", "Host: near.test", "-H", "ferry-via: dc2", &public]).await;
+    assert_eq!(
+        liar.status, 503,
+        "a client is held until hold_max: {liar:?}"
+    );
+    let plain = client::curl(&["-H", "Host: near.test", &trusted]).await;
+    assert_eq!(plain.status, 503, "no ferry-via: held: {plain:?}");
+    let drained = client::curl(&["-H", "Host: near.test", "-H", "ferry-via: dc2", &trusted]).await;
+    assert_eq!(drained.status, 200, "sent on by dc2: {drained:?}");
+    assert_eq!(drained.backend(), Some("a"), "{drained:?}");
+    // Served in dc2: sending it back would bounce, so it waits for the flip.
+    let far = client::curl(&["-H", "Host: far.test", "-H", "ferry-via: dc2", &trusted]).await;
+    assert_eq!(far.status, 503, "{far:?}");
+    assert!(drained.body.starts_with("a /drain "), "{drained:?}");
+    for held in [&liar, &plain, &far] {
+        assert!(
+            held.body.contains("being moved"),
+            "held, then 503: {held:?}"
+        );
+    }
+}
