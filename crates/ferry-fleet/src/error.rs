@@ -22,6 +22,13 @@ pub enum FleetError {
     /// The update journal is unreadable, tampered with, or locked.
     #[error("journal {}: {message}", path.display())]
     Journal { path: PathBuf, message: String },
+    /// The update is in etcd and another runner took its lease: this one
+    /// stopped and changed nothing more.
+    #[error("lost the update's lease to {holder}: another runner took it over")]
+    LostLease { holder: String },
+    /// Another runner holds the update's lease (etcd): the message names it.
+    #[error("{0}")]
+    Held(String),
     /// A replication (sync) between two servers failed.
     #[error("sync {from} -> {to}: {message}")]
     Sync {

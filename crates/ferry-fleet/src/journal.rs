@@ -174,6 +174,8 @@ CREATE TABLE head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, 
 impl From<ferry_journal::Error> for FleetError {
     fn from(e: ferry_journal::Error) -> FleetError {
         let message = match e.kind {
+            ErrorKind::LostLease { holder } => return FleetError::LostLease { holder },
+            kind @ ErrorKind::Held { .. } => return FleetError::Held(kind.to_string()),
             ErrorKind::Exists => {
                 "already exists: `ferry update resume` continues it, or choose another --journal"
                     .to_string()
@@ -201,8 +203,100 @@ impl From<StepError> for FleetError {
     }
 }
 
-/// An open update journal.
-pub struct Journal(ferry_journal::Journal<Update>);
+/// An open update journal, and (in etcd, for the runner) the run's lease,
+/// kept alive as long as the journal is open.
+pub struct Journal(
+    ferry_journal::Journal<Update>,
+    // Held, never read: dropping it ends the lease's keep-alive.
+    #[allow(dead_code)] Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
+);
+
+/// An update kept in etcd (`ferry update --control etcd`, cargo feature
+/// `etcd`): under `P/runs/<run>/`, the same rows and chain as the file, every
+/// append guarded by the run's lease (docs/control-plane.md, "The
+/// orchestrator's lease and journal in etcd"): a runner that was paused past
+/// its lease while another took the update over can append nothing, so it
+/// can begin no step.
+#[cfg(feature = "etcd")]
+pub struct EtcdRun {
+    store: std::sync::Arc<ferry_store::EtcdStore>,
+    run: String,
+    lease: Option<std::sync::Arc<ferry_journal::lease::RunLease>>,
+}
+
+#[cfg(feature = "etcd")]
+impl EtcdRun {
+    /// Connects to read run `run` (`ferry update status`): no lease.
+    pub fn read_only(
+        endpoints: Vec<String>,
+        prefix: &str,
+        run: &str,
+        request_timeout: std::time::Duration,
+    ) -> Result<EtcdRun> {
+        let mut cfg = ferry_store::EtcdConfig::new(endpoints, prefix);
+        cfg.request_timeout = request_timeout;
+        let store = ferry_store::EtcdStore::connect(cfg).map_err(|e| FleetError::Journal {
+            path: format!("etcd:{prefix}/runs/{run}").into(),
+            message: format!("cannot reach etcd: {e}"),
+        })?;
+        Ok(EtcdRun {
+            store: std::sync::Arc::new(store),
+            run: run.to_string(),
+            lease: None,
+        })
+    }
+
+    /// Takes the run's lease for `holder` (refused while another runner's
+    /// lease lives, naming it).
+    pub fn take(mut self, holder: &str, ttl: std::time::Duration) -> Result<EtcdRun> {
+        let lease =
+            ferry_journal::lease::RunLease::acquire(self.store.clone(), &self.run, holder, ttl)?;
+        self.lease = Some(std::sync::Arc::new(lease));
+        Ok(self)
+    }
+
+    fn fence(&self) -> Result<ferry_journal::lease::Fence> {
+        self.lease
+            .as_ref()
+            .map(|l| l.fence())
+            .ok_or_else(|| FleetError::Journal {
+                path: format!("etcd:runs/{}", self.run).into(),
+                message: "an update is written only under its lease".into(),
+            })
+    }
+
+    fn guard(&self) -> Option<std::sync::Arc<dyn std::any::Any + Send + Sync>> {
+        self.lease
+            .clone()
+            .map(|l| l as std::sync::Arc<dyn std::any::Any + Send + Sync>)
+    }
+}
+
+#[cfg(feature = "etcd")]
+impl Journal {
+    /// A new update in etcd, under the lease `at` holds.
+    pub fn create_etcd(at: &EtcdRun, meta: &RunMeta) -> Result<Journal> {
+        let j = ferry_journal::Journal::create_etcd(
+            at.store.clone(),
+            &at.run,
+            at.fence()?,
+            Some(meta),
+        )?;
+        Ok(Journal(j, at.guard()))
+    }
+
+    /// An update in etcd, to resume under the lease `at` holds.
+    pub fn open_etcd(at: &EtcdRun) -> Result<Journal> {
+        let j = ferry_journal::Journal::open_etcd(at.store.clone(), &at.run, at.fence()?)?;
+        Ok(Journal(j, at.guard()))
+    }
+
+    /// An update in etcd, read only (status).
+    pub fn open_etcd_read_only(at: &EtcdRun) -> Result<Journal> {
+        let j = ferry_journal::Journal::open_etcd_read_only(at.store.clone(), &at.run)?;
+        Ok(Journal(j, None))
+    }
+}
 
 impl Journal {
     /// Whether a process holds the journal (a run is alive).
@@ -212,17 +306,20 @@ impl Journal {
 
     /// Creates a new journal with its run; an existing file is refused.
     pub fn create(path: &Path, meta: &RunMeta) -> Result<Journal> {
-        Ok(Journal(ferry_journal::Journal::create(path, Some(meta))?))
+        Ok(Journal(
+            ferry_journal::Journal::create(path, Some(meta))?,
+            None,
+        ))
     }
 
     /// Opens for writing (resume): checked, locked.
     pub fn open(path: &Path) -> Result<Journal> {
-        Ok(Journal(ferry_journal::Journal::open(path)?))
+        Ok(Journal(ferry_journal::Journal::open(path)?, None))
     }
 
     /// Opens for reading (status), checked, not locked.
     pub fn open_read_only(path: &Path) -> Result<Journal> {
-        Ok(Journal(ferry_journal::Journal::open_read_only(path)?))
+        Ok(Journal(ferry_journal::Journal::open_read_only(path)?, None))
     }
 
     pub fn meta(&self) -> Result<RunMeta> {

@@ -89,6 +89,9 @@ impl<'a, K: Kind> Steps<'a, K> {
     /// Before step `name` acts: its `begin` journaled (None: a replay, the
     /// begin is in the journal already), then the `<name>:before` failpoint.
     pub async fn begin(&self, name: &str, begin: Option<K::Event>) -> Result<(), StepError> {
+        // A replayed step journals no begin, so no append would notice a
+        // lease that may have ended (etcd): ask before acting.
+        self.journal.check_fence()?;
         if let Some(ev) = begin {
             self.record(ev)?;
         }

@@ -135,24 +135,46 @@ struct RunArgs {
 /// Where a run is when its journal is in etcd (the migrate config's
 /// `[store] backend = "etcd"`), instead of `--journal`.
 #[derive(clap::Args)]
-struct ControlArgs {
+pub(crate) struct ControlArgs {
     /// `etcd`: the run's journal and lease are in etcd (`--etcd-endpoints`,
     /// `--etcd-prefix`, `--run`); another machine's dead run is taken over
     /// once its lease has expired.
     #[arg(long, value_parser = ["etcd"], requires_all = ["run", "etcd_endpoints"])]
-    control: Option<String>,
+    pub(crate) control: Option<String>,
     /// The etcd members, comma-separated `http://HOST:PORT` (`[store] endpoints`).
     #[arg(long, value_delimiter = ',', requires = "control")]
     etcd_endpoints: Vec<String>,
     /// The key prefix in etcd (`[store] prefix`).
     #[arg(long, default_value = "/ferry", requires = "control")]
-    etcd_prefix: String,
+    pub(crate) etcd_prefix: String,
     /// The run id (`[store] run`): its journal is under PREFIX/runs/RUN/.
     #[arg(long, requires = "control")]
-    run: Option<String>,
+    pub(crate) run: Option<String>,
     /// TTL of the run's lease taken by this runner (`[store] lease_ttl`).
     #[arg(long, default_value = "10s", value_parser = ferry_conf::parse_duration, requires = "control")]
-    lease_ttl: std::time::Duration,
+    pub(crate) lease_ttl: std::time::Duration,
+}
+
+impl ControlArgs {
+    /// `--etcd-endpoints`, each checked as `http://HOST:PORT`.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub(crate) fn endpoints(&self) -> Result<Vec<String>, Failure> {
+        let mut endpoints = Vec::new();
+        for e in &self.etcd_endpoints {
+            let ok = e.strip_prefix("http://").is_some_and(|r| {
+                r.rsplit_once(':').is_some_and(|(h, p)| {
+                    !h.is_empty() && p.trim_end_matches('/').parse::<u16>().is_ok_and(|p| p > 0)
+                })
+            });
+            if !ok {
+                return Err(Failure::usage(anyhow!(
+                    "--etcd-endpoints {e:?}: expected http://HOST:PORT"
+                )));
+            }
+            endpoints.push(e.trim_end_matches('/').to_string());
+        }
+        Ok(endpoints)
+    }
 }
 
 /// The journal named by `--journal` or `--control etcd ...`; with etcd and
@@ -170,20 +192,7 @@ fn journal_at(
     }
     #[cfg(feature = "etcd")]
     {
-        let mut endpoints = Vec::new();
-        for e in &c.etcd_endpoints {
-            let ok = e.strip_prefix("http://").is_some_and(|r| {
-                r.rsplit_once(':').is_some_and(|(h, p)| {
-                    !h.is_empty() && p.trim_end_matches('/').parse::<u16>().is_ok_and(|p| p > 0)
-                })
-            });
-            if !ok {
-                return Err(Failure::usage(anyhow!(
-                    "--etcd-endpoints {e:?}: expected http://HOST:PORT"
-                )));
-            }
-            endpoints.push(e.trim_end_matches('/').to_string());
-        }
+        let endpoints = c.endpoints()?;
         let s = ferry_orch::config::EtcdSettings {
             endpoints,
             prefix: c.etcd_prefix.trim_end_matches('/').to_string(),

@@ -4,7 +4,11 @@
 //! Without `--journal` the journal is `ferry-update.journal` in the current
 //! directory; a finished run's journal there is moved aside to
 //! `ferry-update.<start ms>.journal`, an unfinished one is refused (resume
-//! it first).
+//! it first). With `--control etcd --etcd-endpoints URL,... --run ID` the
+//! journal and the update's lease are in etcd instead (cargo feature
+//! `etcd`): another machine resumes a dead runner's update once its lease
+//! expired (exit 3 while it lives), and a runner that lost its lease to
+//! another stops at once (exit 4).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,6 +69,8 @@ struct Common {
     /// The replicator's key (else the fleet file's sync_key).
     #[arg(long, env = "FERRY_SYNC_KEY", hide_env_values = true)]
     sync_key: Option<String>,
+    #[command(flatten)]
+    control: crate::migrate::ControlArgs,
 }
 
 #[derive(clap::Args)]
@@ -81,6 +87,8 @@ struct StatusArgs {
     /// The status as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    control: crate::migrate::ControlArgs,
 }
 
 pub async fn run(args: Args) -> Result<(), Failure> {
@@ -116,7 +124,8 @@ async fn start(a: RunArgs) -> Result<(), Failure> {
     let fleet = FleetConfig::load(&fleet_path).map_err(Failure::usage)?;
     let steps = plan(level, &runbook, &fleet, &primary).map_err(|m| Failure::usage(anyhow!(m)))?;
     let jpath = journal_path(&a.common.journal);
-    if a.common.journal.is_none() && jpath.exists() {
+    let etcd = a.common.control.control.is_some();
+    if !etcd && a.common.journal.is_none() && jpath.exists() {
         move_finished_aside(&jpath)?;
     }
     let meta = RunMeta {
@@ -128,8 +137,14 @@ async fn start(a: RunArgs) -> Result<(), Failure> {
         fleet_digest: digest(&fleet_path)?,
         started_at_ms: ferry_fleet::journal::now_ms(),
     };
-    let journal = Journal::create(&jpath, &meta).map_err(Failure::usage)?;
-    println!("journal: {}", jpath.display());
+    let journal = match etcd {
+        false => Journal::create(&jpath, &meta).map_err(Failure::usage)?,
+        true => etcd_journal(&a.common.control, Open::Create(&meta))?,
+    };
+    match etcd {
+        false => println!("journal: {}", jpath.display()),
+        true => println!("journal: {}", etcd_name(&a.common.control)),
+    }
     go(meta, runbook, fleet, steps, journal, &a.common).await
 }
 
@@ -164,8 +179,10 @@ fn load_plan(meta: &RunMeta) -> Result<(Runbook, FleetConfig, Vec<PlannedStep>),
 }
 
 async fn resume(c: Common) -> Result<(), Failure> {
-    let jpath = journal_path(&c.journal);
-    let journal = Journal::open(&jpath).map_err(Failure::usage)?;
+    let journal = match c.control.control {
+        None => Journal::open(&journal_path(&c.journal)).map_err(Failure::usage)?,
+        Some(_) => etcd_journal(&c.control, Open::Resume)?,
+    };
     let meta = journal.meta()?;
     for (path, want) in [
         (&meta.runbook_path, &meta.runbook_digest),
@@ -226,21 +243,79 @@ async fn go(
         say: Arc::new(|s: &str| println!("{s}")),
         sink,
     };
-    updater
-        .run_with(&failpoints)
-        .await
-        .map_err(|e| Failure::from(anyhow!(e)))
+    updater.run_with(&failpoints).await.map_err(|e| match e {
+        ferry_fleet::FleetError::LostLease { .. } => Failure {
+            code: 4,
+            error: anyhow!(e),
+        },
+        e => Failure::from(anyhow!(e)),
+    })
+}
+
+/// How an update in etcd is opened.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+enum Open<'a> {
+    Create(&'a RunMeta),
+    Resume,
+    Read,
+}
+
+/// `etcd:PREFIX/runs/RUN`, as the journal is named in messages.
+fn etcd_name(c: &crate::migrate::ControlArgs) -> String {
+    let run = c.run.as_deref().unwrap_or_default();
+    format!("etcd:{}/runs/{run}", c.etcd_prefix.trim_end_matches('/'))
+}
+
+/// The update's journal in etcd; a runner (create, resume) first takes the
+/// run's lease: refused (exit 3, naming the holder) while another's lives.
+fn etcd_journal(c: &crate::migrate::ControlArgs, how: Open<'_>) -> Result<Journal, Failure> {
+    #[cfg(feature = "etcd")]
+    {
+        use ferry_fleet::journal::EtcdRun;
+        let run = c.run.as_deref().unwrap_or_default();
+        let prefix = c.etcd_prefix.trim_end_matches('/');
+        let timeout = std::time::Duration::from_secs(5);
+        let at =
+            EtcdRun::read_only(c.endpoints()?, prefix, run, timeout).map_err(Failure::usage)?;
+        let take = |at: EtcdRun| {
+            let holder = ferry_orch::lease::default_holder();
+            at.take(&holder, c.lease_ttl).map_err(|e| match e {
+                ferry_fleet::FleetError::Held(_) => Failure::refused(anyhow!(e)),
+                e => Failure::usage(anyhow!(e)),
+            })
+        };
+        let opened = match how {
+            Open::Create(meta) => Journal::create_etcd(&take(at)?, meta),
+            Open::Resume => Journal::open_etcd(&take(at)?),
+            Open::Read => Journal::open_etcd_read_only(&at),
+        };
+        opened.map_err(Failure::usage)
+    }
+    #[cfg(not(feature = "etcd"))]
+    {
+        let _ = (c, how);
+        Err(Failure::usage(anyhow!(
+            "--control etcd: this ferry was built without etcd support (cargo feature `etcd`)"
+        )))
+    }
 }
 
 fn status(a: StatusArgs) -> Result<(), Failure> {
     let jpath = journal_path(&a.journal);
-    let journal = Journal::open_read_only(&jpath).map_err(Failure::usage)?;
+    let etcd = a.control.control.is_some();
+    let journal = match etcd {
+        false => Journal::open_read_only(&jpath).map_err(Failure::usage)?,
+        true => etcd_journal(&a.control, Open::Read)?,
+    };
     let meta = journal.meta()?;
     let (_, _, steps) = load_plan(&meta)?;
     let states = fold(&steps, &journal.events()?);
     let mut state = overall(&states).to_string();
     if state == "unfinished" {
-        state = if Journal::running(&jpath) {
+        state = if etcd {
+            "unfinished (running, or `ferry update resume --control etcd` once its lease expired)"
+                .into()
+        } else if Journal::running(&jpath) {
             "running".into()
         } else {
             "interrupted (run `ferry update resume`)".into()

@@ -1056,3 +1056,200 @@ async fn an_extra_server_joins_a_pool_and_leaves_drained() {
         .unwrap()
         .contains("left the pool"));
 }
+
+/// `ferry update --control etcd`: the journal and the update's lease live in
+/// etcd (3 members). The runner is killed (SIGKILL) inside a step; another
+/// runner is refused (exit 3, naming the holder) while the dead one's lease
+/// lives, then takes the update over from the journal in etcd and finishes
+/// it; `status` reads it from etcd.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_update_in_etcd_is_taken_over_by_another_runner() {
+    let shop = Shop::start();
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let cluster =
+        tokio::task::block_in_place(|| ferry_demo::etcd::Cluster::start(etcd_dir.path())).unwrap();
+    let endpoints = cluster.endpoints().join(",");
+    let control = |ttl: &'static str| -> Vec<String> {
+        [
+            "--control",
+            "etcd",
+            "--etcd-endpoints",
+            &endpoints,
+            "--etcd-prefix",
+            "/upd",
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain([
+            "--run".into(),
+            "update-1".into(),
+            "--lease-ttl".into(),
+            ttl.into(),
+        ])
+        .collect()
+    };
+    let started = shop.path("slow.started");
+    let release = shop.path("slow.release");
+    let steps = format!(
+        "[[steps]]\nname = \"setup:upgrade\"\nargv = {}\n[[steps]]\nname = \"static-content:deploy\"\nargv = {}\n",
+        shop.sh("slow.sh", &[started.to_str().unwrap(), release.to_str().unwrap()]),
+        shop.sh("upgrade.sh", &[]),
+    );
+    let rb = shop.runbook("slow.toml", &steps);
+    let mut update = Command::new(FERRY)
+        .args(["update", "--level", "2", "--primary", "s1", "--runbook"])
+        .arg(&rb)
+        .args(control("8s"))
+        .env("FERRY_FLEET", &shop.fleet)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + LIMIT;
+    while !started.exists() {
+        assert!(Instant::now() < end, "the slow step never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(update.id(), "KILL");
+    update.wait().unwrap();
+
+    let resume: Vec<String> = ["update", "resume"]
+        .into_iter()
+        .map(String::from)
+        .chain(control("10s"))
+        .collect();
+    let args: Vec<&str> = resume.iter().map(String::as_str).collect();
+    let refused = shop.ferry(&args);
+    assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
+    assert!(text(&refused).contains("is held by"), "{}", text(&refused));
+    let status: Vec<String> = ["update", "status"]
+        .into_iter()
+        .map(String::from)
+        .chain(control("10s"))
+        .collect();
+    let st = shop.ferry(&status.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        String::from_utf8_lossy(&st.stdout).contains("unfinished"),
+        "{}",
+        text(&st)
+    );
+
+    std::fs::write(&release, "").unwrap();
+    // The dead runner's lease expires within its TTL (8 s): then a resume
+    // takes the update over.
+    let end = Instant::now() + LIMIT;
+    let o = loop {
+        let o = shop.ferry(&args);
+        if o.status.code() != Some(3) {
+            break o;
+        }
+        assert!(
+            Instant::now() < end,
+            "the dead runner's lease never expired: {}",
+            text(&o)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("step:setup:upgrade (again"),
+        "{}",
+        text(&o)
+    );
+    for (_, addr) in &shop.nginx {
+        assert_eq!(served(*addr).await, "shop v2\n");
+    }
+    let mut json = status.clone();
+    json.push("--json".into());
+    let st = shop.ferry(&json.iter().map(String::as_str).collect::<Vec<_>>());
+    let v: Value = serde_json::from_slice(&st.stdout).unwrap_or_else(|_| panic!("{}", text(&st)));
+    assert_eq!(v["state"], "done", "{v:#}");
+}
+
+/// A runner paused (SIGSTOP) inside a step past its lease, while another took
+/// the update over and finished it, changes nothing when it wakes: its next
+/// journal write is refused and it exits 4, naming the new holder.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_update_runner_that_lost_its_lease_stops_with_exit_4() {
+    let shop = Shop::start();
+    let etcd_dir = tempfile::tempdir().unwrap();
+    let cluster =
+        tokio::task::block_in_place(|| ferry_demo::etcd::Cluster::start(etcd_dir.path())).unwrap();
+    let endpoints = cluster.endpoints().join(",");
+    let control: Vec<String> = [
+        "--control",
+        "etcd",
+        "--etcd-endpoints",
+        &endpoints,
+        "--run",
+        "update-2",
+        "--lease-ttl",
+        "2s",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    let started = shop.path("slow.started");
+    let release = shop.path("slow.release");
+    let steps = format!(
+        "[[steps]]\nname = \"setup:upgrade\"\nargv = {}\n[[steps]]\nname = \"static-content:deploy\"\nargv = {}\n",
+        shop.sh("slow.sh", &[started.to_str().unwrap(), release.to_str().unwrap()]),
+        shop.sh("upgrade.sh", &[]),
+    );
+    let rb = shop.runbook("slow.toml", &steps);
+    let first = Command::new(FERRY)
+        .args(["update", "--level", "2", "--primary", "s1", "--runbook"])
+        .arg(&rb)
+        .args(&control)
+        .env("FERRY_FLEET", &shop.fleet)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + LIMIT;
+    while !started.exists() {
+        assert!(Instant::now() < end, "the slow step never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(first.id(), "STOP");
+    std::fs::write(&release, "").unwrap();
+    let resume: Vec<String> = ["update".to_string(), "resume".to_string()]
+        .into_iter()
+        .chain(control.iter().cloned())
+        .collect();
+    let args: Vec<&str> = resume.iter().map(String::as_str).collect();
+    let end = Instant::now() + LIMIT;
+    let second = loop {
+        let o = shop.ferry(&args);
+        if o.status.code() != Some(3) {
+            break o;
+        }
+        assert!(
+            Instant::now() < end,
+            "the paused runner's lease never expired: {}",
+            text(&o)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(second.status.success(), "{}", text(&second));
+
+    signal(first.id(), "CONT");
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lost the update's lease"),
+        "{}",
+        text(&out)
+    );
+    let mut status: Vec<String> = vec!["update".into(), "status".into()];
+    status.extend(control.iter().cloned());
+    status.push("--json".into());
+    let st = shop.ferry(&status.iter().map(String::as_str).collect::<Vec<_>>());
+    let v: Value = serde_json::from_slice(&st.stdout).unwrap_or_else(|_| panic!("{}", text(&st)));
+    assert_eq!(v["state"], "done", "{v:#}");
+    for (name, state) in shop.pools().await {
+        assert_eq!(state, "ready", "{name}: the woken runner changed nothing");
+    }
+}
