@@ -487,6 +487,41 @@ fn router_follows_etcd() {
 /// The watch is cut; meanwhile another client changes, removes and adds
 /// sites and etcd is compacted past the router's revision. When the link
 /// comes back the router takes a fresh snapshot and ends with etcd's table.
+/// A watch on which nothing happens is kept: etcd cuts a client that pings
+/// more often than its `--grpc-keepalive-min-time` (5 s) while it has nothing
+/// to send, and each cut cost a fresh snapshot of the whole table (with the
+/// client's former 2 s pings, routers re-read everything every few seconds
+/// of quiet). Watched for 20 s of quiet; a write then still arrives.
+#[test]
+fn an_idle_watch_is_kept() {
+    let cluster = Cluster::start();
+    let etcd = cluster.client();
+    etcd.apply_sites(&[rec("a.example.com", "pool:web", SiteState::Active, 1)])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = router_config(dir.path(), "r1", &cluster.endpoints(), backend());
+    // A long lease: its keep-alive answers (etcd sending data) would
+    // otherwise forgive the pings on their connection.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("lease_ttl = \"2s\"", "lease_ttl = \"60s\""),
+    )
+    .unwrap();
+    let router = Router::start(&config);
+    let admin = router.admin();
+    expect(admin, "a.example.com", "pool:web", "active", 1);
+    // Observing that nothing happens takes time by nature; nothing waits
+    // on a signal here.
+    std::thread::sleep(Duration::from_secs(20));
+    assert_eq!(metric(admin, "ferry_store_resnapshots_total"), 0.0);
+    etcd.apply_sites(&[rec("a.example.com", "pool:web", SiteState::Maintenance, 2)])
+        .unwrap();
+    expect(admin, "a.example.com", "pool:web", "maintenance", 2);
+    assert_eq!(metric(admin, "ferry_store_resnapshots_total"), 0.0);
+    router.stop();
+}
+
 #[test]
 fn compaction_while_the_watch_is_cut_means_a_fresh_snapshot() {
     let cluster = Cluster::start();

@@ -45,6 +45,15 @@ pub use fleet::Fleet;
 use keys::{encode_site, Keys};
 pub use watch::{Change, ChangeBatch, Lease, Watch, WatchError};
 
+/// HTTP/2 pings on the client's connection: how a silently dead member (a
+/// cut link) is noticed, at most interval + timeout after it went. Not
+/// below etcd's `--grpc-keepalive-min-time` (5 s by default): a client that
+/// pings faster while etcd has nothing to send is cut off ("too many
+/// pings"), and every router then lost its idle watch and re-read the whole
+/// table (bench/control-plane saw 3-5 fresh snapshots of 3M sites in 40 s).
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(6);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The key layout this build writes and the newest it reads (`P/schema`). Raise
 /// it only for a change an older router must not read as version 1, together with
 /// docs/control-plane.md's compatibility section.
@@ -188,7 +197,7 @@ impl EtcdStore {
             .with_connect_timeout(cfg.connect_timeout)
             // No per-request timeout in tonic: `Inner::call` bounds each request
             // and its retries together by `request_timeout`.
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT)
             // A member cut from the leader answers "no leader" at once instead
             // of holding the request until its own timeout.
             .with_require_leader(true);
