@@ -58,35 +58,25 @@ impl Cluster {
         for (i, &(client_port, peer_port)) in ports.iter().enumerate() {
             let name = format!("m{i}");
             let log = dir.join(format!("{name}.log"));
-            let out = File::create(&log)?;
             let (client, peer) = (
                 format!("http://127.0.0.1:{client_port}"),
                 format!("http://127.0.0.1:{peer_port}"),
             );
-            let child = Command::new("etcd")
-                .args(["--name", &name])
-                .arg("--data-dir")
-                .arg(dir.join(&name))
-                .args(["--listen-client-urls", &client])
-                .args(["--advertise-client-urls", &client])
-                .args(["--listen-peer-urls", &peer])
-                .args(["--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &initial])
-                .args(["--initial-cluster-token", "ferry-demo"])
-                .args(["--initial-cluster-state", "new"])
-                // Fast elections on loopback; the routers' and runner's leases
-                // (seconds) are well above an election.
-                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-                .args(["--max-txn-ops", "4096"])
-                .args(["--logger", "zap", "--log-outputs", "stderr"])
-                .stdin(Stdio::null())
-                .stdout(out.try_clone()?)
-                .stderr(out)
-                .spawn()
-                .context(
-                    "--control etcd runs the etcd server, which is not installed here \
-                     (Debian: apt-get install etcd-server)",
-                )?;
+            let flags = MemberFlags {
+                name: &name,
+                data_dir: &dir.join(&name),
+                listen_client: client.clone(),
+                advertise_client: client,
+                listen_peer: peer.clone(),
+                advertise_peer: peer,
+                initial_cluster: &initial,
+                token: "ferry-demo",
+                state: "new",
+                // Fast elections on loopback; the routers' and runner's
+                // leases (seconds) are well above an election.
+                timing_ms: (50, 500),
+            };
+            let child = flags.spawn(Command::new("etcd"), &log)?;
             c.members.push(Member {
                 name,
                 client_port,
@@ -116,25 +106,88 @@ impl Cluster {
 
 impl Member {
     fn wait_healthy(&mut self) -> anyhow::Result<()> {
-        let end = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                bail!("etcd member {} exited ({status}):\n{log}", self.name);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.client_port));
+        wait_healthy(&self.name, &self.log, Some(&mut self.child), || {
+            Ok(healthy(addr))
+        })
+    }
+}
+
+/// The flags of one member of a small cluster started for a run.
+pub struct MemberFlags<'a> {
+    pub name: &'a str,
+    pub data_dir: &'a Path,
+    pub listen_client: String,
+    pub advertise_client: String,
+    pub listen_peer: String,
+    pub advertise_peer: String,
+    /// `--initial-cluster`: `name=peer-url,...`.
+    pub initial_cluster: &'a str,
+    pub token: &'a str,
+    /// `new`, or `existing` for a member started again on its data.
+    pub state: &'a str,
+    /// Heartbeat interval and election timeout, in ms.
+    pub timing_ms: (u32, u32),
+}
+
+impl MemberFlags<'_> {
+    /// Spawns `etcd` (`cmd`: a plain command, or one that enters a
+    /// namespace) with these flags, its output appended to `log`.
+    pub fn spawn(&self, mut cmd: Command, log: &Path) -> anyhow::Result<Child> {
+        let out = File::options().create(true).append(true).open(log)?;
+        let (heartbeat, election) = (self.timing_ms.0.to_string(), self.timing_ms.1.to_string());
+        cmd.args(["--name", self.name])
+            .arg("--data-dir")
+            .arg(self.data_dir)
+            .args(["--listen-client-urls", &self.listen_client])
+            .args(["--advertise-client-urls", &self.advertise_client])
+            .args(["--listen-peer-urls", &self.listen_peer])
+            .args(["--initial-advertise-peer-urls", &self.advertise_peer])
+            .args(["--initial-cluster", self.initial_cluster])
+            .args(["--initial-cluster-token", self.token])
+            .args(["--initial-cluster-state", self.state])
+            .args(["--heartbeat-interval", &heartbeat])
+            .args(["--election-timeout", &election])
+            .args(["--max-txn-ops", "4096"])
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context(
+                "--control etcd runs the etcd server, which is not installed here \
+                 (Debian: apt-get install etcd-server)",
+            )
+    }
+}
+
+/// Waits until `probe` says member `name` is healthy; fails if its
+/// `child` exits first or after 30 s, pointing at its `log`.
+pub fn wait_healthy(
+    name: &str,
+    log: &Path,
+    mut child: Option<&mut Child>,
+    mut probe: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let end = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(c) = child.as_mut() {
+            if let Some(status) = c.try_wait()? {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                bail!("etcd member {name} exited ({status}):\n{text}");
             }
-            if healthy(self.client_port) {
-                return Ok(());
-            }
-            if Instant::now() > end {
-                bail!(
-                    "etcd member {} not healthy after {START_TIMEOUT:?}; its log: {}",
-                    self.name,
-                    self.log.display()
-                );
-            }
-            // etcd writes no readiness file; /health is its signal.
-            std::thread::sleep(Duration::from_millis(50));
         }
+        if probe()? {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            bail!(
+                "etcd member {name} not healthy after {START_TIMEOUT:?}; its log: {}",
+                log.display()
+            );
+        }
+        // etcd writes no readiness file; /health is its signal.
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -147,9 +200,9 @@ impl Drop for Cluster {
     }
 }
 
-/// etcd's `/health` says `"health":"true"` once the member has a leader.
-fn healthy(port: u16) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+/// etcd's `/health` at `addr` says `"health":"true"` once the member has a
+/// leader.
+pub fn healthy(addr: SocketAddr) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
         return false;
     };
@@ -170,14 +223,16 @@ pub struct EtcdRouter<'a> {
     pub name: &'a str,
     /// The clients' listener, and the one other routers forward to
     /// (trusted: their `ferry-via` and client address are believed).
-    pub listen: u16,
-    pub peers: u16,
+    pub listen: SocketAddr,
+    pub peers: SocketAddr,
+    /// The admin API (port 0: any; the ready file says which).
+    pub admin: SocketAddr,
     /// Its datacenter's pool and shop servers.
     pub pool: &'a str,
     pub servers: &'a [(String, SocketAddr)],
-    /// The other datacenter: its name, a router's peer port there, and the
-    /// pool it holds.
-    pub remote: (&'a str, u16, &'a str),
+    /// The other datacenter: its name, a router's peers' listener there,
+    /// and the pool it holds.
+    pub remote: (&'a str, SocketAddr, &'a str),
     /// The sites it writes to etcd at its start (the first router only:
     /// the others load them from etcd).
     pub seeds: &'a [Site],
@@ -185,7 +240,7 @@ pub struct EtcdRouter<'a> {
 
 /// The config of a router whose sites live in etcd.
 pub fn router_config(r: &EtcdRouter<'_>, endpoints_toml: &str) -> String {
-    let (remote, remote_port, remote_pool) = r.remote;
+    let (remote, remote_addr, remote_pool) = r.remote;
     let mut c = format!(
         r#"[router]
 name = "{name}"
@@ -200,22 +255,22 @@ prefix = "{PREFIX}"
 lease_ttl = "4s"
 
 [admin]
-listen = "127.0.0.1:0"
+listen = "{admin}"
 token = "{TOKEN}"
 
 [[listener]]
-listen = "127.0.0.1:{listen}"
+listen = "{listen}"
 
 # For the other datacenter's routers only: a request they sent on before
 # they froze a site goes through here, as part of their drain.
 [[listener]]
-listen = "127.0.0.1:{peers}"
+listen = "{peers}"
 trusted = true
 
 # The other datacenter: pool:{remote_pool} is forwarded there.
 [[remote]]
 name = "{remote}"
-address = "127.0.0.1:{remote_port}"
+address = "{remote_addr}"
 pools = ["{remote_pool}"]
 
 [[pool]]
@@ -224,6 +279,7 @@ name = "{pool}"
         name = r.name,
         listen = r.listen,
         peers = r.peers,
+        admin = r.admin,
         pool = r.pool,
     );
     for (server, addr) in r.servers {

@@ -356,14 +356,17 @@ impl Demo<'_> {
         let eps = cluster.endpoints_toml();
         let conf = |name, (listen, peers), dc: &str, remote: (&str, u16, &str), seeds| {
             let pool = if dc == SOURCE { "par-web" } else { "gra-web" };
+            let lo = |port| SocketAddr::from(([127, 0, 0, 1], port));
+            let (name_of_remote, remote_peers, remote_pool) = remote;
             etcd::router_config(
                 &etcd::EtcdRouter {
                     name,
-                    listen,
-                    peers,
+                    listen: lo(listen),
+                    peers: lo(peers),
+                    admin: lo(0),
                     pool,
                     servers: &pools[dc],
-                    remote,
+                    remote: (name_of_remote, lo(remote_peers), remote_pool),
                     seeds,
                 },
                 &eps,
@@ -556,6 +559,7 @@ impl Demo<'_> {
             faults: Some(format!("skip-freeze:{PAR_ROUTER}")),
             failpoints: Some("final_copy:before=pause".into()),
             failpoint_dir: Some(fp.clone()),
+            pid: None,
         };
         self.out.progress(&format!(
             "fault: the orchestrator never freezes {PAR_ROUTER} (a broken fence)"

@@ -5,6 +5,8 @@
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use ferry_orch::MigrationStatus;
@@ -16,9 +18,12 @@ pub struct ChildEnv {
     pub failpoints: Option<String>,
     pub failpoint_dir: Option<PathBuf>,
     pub faults: Option<String>,
+    /// Set to the child's pid once it runs (a fault that signals it).
+    pub pid: Option<Arc<AtomicU32>>,
 }
 
 /// How one orchestrator run ended.
+#[derive(Clone, Debug)]
 pub struct RunEnd {
     pub status: ExitStatus,
     /// The last lines of its stderr, for a failure message.
@@ -74,6 +79,9 @@ pub async fn run(
         };
     }
     let mut child = cmd.spawn().context("starting ferry migrate")?;
+    if let (Some(pid), Some(id)) = (&env.pid, child.id()) {
+        pid.store(id, Ordering::Relaxed);
+    }
     let stdout = child.stdout.take().context("orchestrator stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     while let Some(line) = lines.next_line().await.unwrap_or(None) {

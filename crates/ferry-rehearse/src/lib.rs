@@ -21,8 +21,10 @@
 
 #![forbid(unsafe_code)]
 
+mod control;
 mod delay;
 pub mod netns;
+mod partition;
 mod report;
 pub mod traffic;
 mod units;
@@ -42,6 +44,7 @@ use ferry_demo::topology::{self, Site, DESTINATION, SOURCE};
 use ferry_demo::Out;
 use ferry_orch::MigrationStatus;
 
+pub use partition::{Partition, PARTITION};
 pub use units::UnitRow;
 use world::{FreezeSettings, Net, Place};
 
@@ -64,6 +67,11 @@ pub struct Options {
     /// The largest media file (bytes); two per filer's first sites.
     pub large_bytes: u64,
     pub report: PathBuf,
+    /// The control plane on etcd (3 members split 2+1 across the DCs):
+    /// routers watch it, the journal and lease live there.
+    pub control_etcd: bool,
+    /// Something broken on purpose mid-night (needs `control_etcd`).
+    pub partition: Option<Partition>,
 }
 
 impl Options {
@@ -83,6 +91,12 @@ impl Options {
         }
         if self.latency > Duration::from_secs(1) {
             return Err(format!("--latency {:?}: at most 1s each way", self.latency));
+        }
+        if let (Some(p), false) = (self.partition, self.control_etcd) {
+            return Err(format!(
+                "--partition {}: needs --control etcd (the scenarios break the control plane)",
+                p.as_str()
+            ));
         }
         Ok(())
     }
@@ -127,7 +141,7 @@ pub(crate) fn unix_ms() -> u64 {
 }
 
 /// Aborts a task when dropped (an error or Ctrl-C elsewhere).
-struct Task<T>(tokio::task::JoinHandle<T>);
+pub(crate) struct Task<T>(pub(crate) tokio::task::JoinHandle<T>);
 
 impl<T> Drop for Task<T> {
     fn drop(&mut self) {
@@ -155,8 +169,30 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
     ));
     let net = open_net(opts, out).await?;
     let namespaces = net.names();
+    let mut members = match opts.control_etcd {
+        false => None,
+        true => {
+            let m =
+                tokio::task::block_in_place(|| control::Members::start(&net, &work.join("etcd")))?;
+            out.progress(&format!(
+                "etcd up: m0, m1 in {DESTINATION}, m2 in {SOURCE} ({})",
+                m.endpoints().join(", ")
+            ));
+            Some(m)
+        }
+    };
+    let etcd = members.as_ref().map(control::Members::endpoints_toml);
     let files = write_files(&exe, opts, work, out).await?;
-    let up = start_services(&exe, &net, work, &files.sites, opts.filers, out).await?;
+    let up = start_services(
+        &exe,
+        &net,
+        work,
+        &files.sites,
+        opts.filers,
+        etcd.as_deref(),
+        out,
+    )
+    .await?;
     let link = measure_link(&net, out);
     let migrate_toml = work.join("migrate.toml");
     std::fs::write(
@@ -169,6 +205,7 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
                 max_freeze: Duration::from_secs(10),
                 drain_timeout: Duration::from_secs(5),
             },
+            etcd.as_deref(),
         ),
     )?;
     let sites = Arc::new(files.sites);
@@ -181,17 +218,30 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
     let setup_s = t0.elapsed().as_secs_f64();
 
     let journal = work.join("journal.db");
+    // Where `ferry migrate status` and `resume` find the run.
+    let run_at: Vec<String> = match &members {
+        None => vec!["--journal".into(), journal.display().to_string()],
+        Some(m) => ferry_demo::etcd::status_args(&m.endpoints()),
+    };
     let night_t0 = Instant::now();
-    let end = run_night(
-        &exe,
-        &net,
-        work,
-        &migrate_toml,
-        &files.plan_path,
-        &journal,
-        out,
-    )
-    .await?;
+    let run_args = night_args(&migrate_toml, &files.plan_path, &journal);
+    let mut partition_check = None;
+    let end = match (opts.partition, members.as_mut()) {
+        (Some(p), Some(m)) => {
+            let night = partition::Night {
+                exe: &exe,
+                net: &net,
+                work,
+                run_args,
+                run_at: run_at.clone(),
+                out,
+            };
+            let ended = partition::run(p, &night, m).await?;
+            partition_check = Some((ended.check, ended.excused));
+            ended.end
+        }
+        _ => run_night(&exe, &net, work, run_args, out).await?,
+    };
     let night_s = night_t0.elapsed().as_secs_f64();
 
     // The load runs its duration, then drains.
@@ -199,13 +249,32 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     out.progress("stopping the traffic");
-    let (load, mixed) = tokio::join!(load.finish(), mix.finish());
+    let (mut load, mut mixed) = tokio::join!(load.finish(), mix.finish());
+    let partition_check = partition_check.map(|(mut check, excused)| {
+        if let Some(e) = excused {
+            check.detail.push_str(&e.apply(&mut load, &mut mixed));
+        }
+        check
+    });
     drop(up);
 
-    let status = demo_orch::status(&exe, &journal).await;
+    let status = {
+        let (exe, run_at) = (exe.clone(), run_at.clone());
+        // In the destination DC: the run may live in etcd there.
+        match net
+            .handle(Place::Gra)
+            .spawn(async move { demo_orch::status_with(&exe, &run_at).await })
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => Err(anyhow::anyhow!("the status task: {e}")),
+        }
+    };
+    drop(members);
     let judged = judge(load, mixed, &files.plan, &sites, work, &status).await?;
     let mut checks = judged.checks;
     checks.push(check_orchestrator(&end));
+    checks.extend(partition_check);
     let report = std::path::absolute(&opts.report).unwrap_or_else(|_| opts.report.clone());
     let mut summary = Summary {
         checks,
@@ -313,12 +382,13 @@ async fn start_services(
     work: &Path,
     sites: &[Site],
     filers: u32,
+    etcd: Option<&str>,
     out: &Out,
 ) -> anyhow::Result<Services> {
     let agents = tokio::task::block_in_place(|| world::start_agents(exe, net, work, filers))?;
     let (apps, par_pool, gra_pool) = world::start_shops(net, work, sites).await?;
     let routers = tokio::task::block_in_place(|| {
-        world::start_routers(exe, net, work, sites, &par_pool, &gra_pool)
+        world::start_routers(exe, net, work, sites, (&par_pool, &gra_pool), etcd)
     })?;
     out.progress(&format!(
         "up: {} agents, 4 shop servers, routers {}",
@@ -408,17 +478,10 @@ async fn start_traffic(
     Ok((load, mix))
 }
 
-/// `ferry migrate run` of the plan, in the destination DC.
-async fn run_night(
-    exe: &Path,
-    net: &Net,
-    work: &Path,
-    migrate_toml: &Path,
-    plan_path: &Path,
-    journal: &Path,
-    out: &Out,
-) -> anyhow::Result<demo_orch::RunEnd> {
-    let args: Vec<String> = vec![
+/// `ferry migrate run` of the plan (the journal file is ignored when
+/// migrate.toml keeps the run in etcd).
+fn night_args(migrate_toml: &Path, plan_path: &Path, journal: &Path) -> Vec<String> {
+    vec![
         "run".into(),
         "--config".into(),
         migrate_toml.display().to_string(),
@@ -427,7 +490,17 @@ async fn run_night(
         "--journal".into(),
         journal.display().to_string(),
         "--now".into(),
-    ];
+    ]
+}
+
+/// `ferry migrate run` of the plan, in the destination DC.
+async fn run_night(
+    exe: &Path,
+    net: &Net,
+    work: &Path,
+    args: Vec<String>,
+    out: &Out,
+) -> anyhow::Result<demo_orch::RunEnd> {
     let (exe, log, o) = (exe.to_path_buf(), work.join("migrate.log"), out.clone());
     let mut task = Task(net.handle(Place::Gra).spawn(async move {
         demo_orch::run(&exe, &args, &ChildEnv::default(), &log, |l| {

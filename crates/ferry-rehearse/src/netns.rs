@@ -379,6 +379,17 @@ impl Link {
         }
     }
 
+    /// Takes both ends down (`up` false: a cut cable, packets in flight
+    /// and those sent after are dropped without a word to either side) or
+    /// up again; addresses and qdiscs stay.
+    pub fn set_up(&self, up: bool) -> Result<(), NetnsError> {
+        let state = if up { "up" } else { "down" };
+        for (ns, dev) in &self.ends {
+            run("ip", &["-n", ns, "link", "set", "dev", dev, state])?;
+        }
+        Ok(())
+    }
+
     fn qdisc(&self, kind: &str, args: &[String]) -> Result<(), NetnsError> {
         for (ns, dev) in &self.ends {
             let mut all = vec![

@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Every server binds 0.0.0.0 inside its namespace on a fixed port (a fresh
-//! namespace has every port free): routers 8081/8082 (traffic) and
+//! namespace has every port free): routers 8081/8082 (traffic),
+//! 8091/8092 (the other DC's routers, trusted: `--control etcd`) and
 //! 9101/9102 (admin), agents 7701.. (one per filer).
 
 use std::fmt::Write as _;
@@ -45,6 +46,8 @@ const RELAY_PAR: Ipv4Addr = Ipv4Addr::new(10, 213, 4, 2);
 /// A relay listens on its service's port + this (servers bind 0.0.0.0).
 const RELAY_OFFSET: u16 = 10_000;
 const TRAFFIC_PORT: u16 = 8080;
+/// The listener for the other DC's routers (`--control etcd`).
+const PEER_PORT: u16 = 8090;
 const ADMIN_PORT: u16 = 9100;
 pub const AGENT_PORT: u16 = 7700;
 
@@ -55,8 +58,8 @@ pub struct Net {
     pub par: Namespace,
     pub gra: Namespace,
     pub inet: Namespace,
-    /// The measured link (kept for re-shaping: partition tests).
-    _wan: Link,
+    /// The measured link (cut and restored by the partition scenarios).
+    pub wan: Link,
     /// What the shaping of the wan could apply on this kernel.
     pub applied: Applied,
     /// Latency added by [`crate::delay`] relays when the kernel has no
@@ -107,6 +110,8 @@ impl Net {
         par_ports.extend([
             TRAFFIC_PORT + 1,
             TRAFFIC_PORT + 2,
+            PEER_PORT + 1,
+            PEER_PORT + 2,
             ADMIN_PORT + 1,
             ADMIN_PORT + 2,
         ]);
@@ -120,7 +125,12 @@ impl Net {
                 })
                 .await??;
         }
-        for port in [TRAFFIC_PORT + 1, TRAFFIC_PORT + 2] {
+        for port in [
+            TRAFFIC_PORT + 1,
+            TRAFFIC_PORT + 2,
+            PEER_PORT + 1,
+            PEER_PORT + 2,
+        ] {
             let (at, to) = ((RELAY_PAR, port + RELAY_OFFSET), (GRA_WAN, port));
             net.handle(Place::Par)
                 .spawn(async move {
@@ -181,7 +191,7 @@ impl Net {
             par,
             gra,
             inet,
-            _wan: wan,
+            wan,
             applied,
             relay_delay: Duration::ZERO,
             par_from_gra: PAR_WAN,
@@ -453,47 +463,32 @@ impl RouterAt {
 
 /// Two routers per DC: par-n serves the sites from its pool; gra-n, where
 /// the public IP points, forwards them over the wan to par-n until the flip.
+/// With `etcd` (the members' endpoints as TOML), every router keeps the
+/// sites in etcd, one record per site (`pool:par-web`, resolved by each
+/// router: its own pool or the other DC's routers); par-1 writes them there
+/// at its start, the others load them.
 pub fn start_routers(
     exe: &Path,
     net: &Net,
     work: &Path,
     sites: &[Site],
-    par_pool: &Pool,
-    gra_pool: &Pool,
+    pools: (&Pool, &Pool),
+    etcd: Option<&str>,
 ) -> anyhow::Result<Vec<RouterAt>> {
     let mut out = Vec::new();
     for (dc, ns, pool) in [
-        (SOURCE, &net.par, par_pool),
-        (DESTINATION, &net.gra, gra_pool),
+        (SOURCE, &net.par, pools.0),
+        (DESTINATION, &net.gra, pools.1),
     ] {
         for n in 1..=2u16 {
             let name = format!("{dc}-{n}");
-            let (remote, remote_addr, placement) = if dc == SOURCE {
-                (
-                    DESTINATION,
-                    net.gra_seen_from_par(TRAFFIC_PORT + n),
-                    "pool:par-web".to_string(),
-                )
-            } else {
-                (
-                    SOURCE,
-                    net.par_seen_from_gra(TRAFFIC_PORT + n),
-                    format!("remote:{SOURCE}"),
-                )
+            let conf = match etcd {
+                None => static_router_config(net, &name, dc, n, pool, sites),
+                Some(endpoints) => {
+                    let seeds = if dc == SOURCE && n == 1 { sites } else { &[] };
+                    etcd_router_config(net, &name, dc, n, pool, seeds, endpoints)
+                }
             };
-            let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-            let conf = topology::router_config_at(
-                &name,
-                RouterAddrs {
-                    listen: any(TRAFFIC_PORT + n),
-                    admin: any(ADMIN_PORT + n),
-                    remote: (remote, remote_addr),
-                },
-                &format!("{dc}-web"),
-                pool,
-                sites,
-                &placement,
-            );
             let dir = work.join("routers").join(&name);
             let router = ns.run(|| Router::start(exe, &dir, &name, &conf))??;
             out.push(RouterAt {
@@ -507,24 +502,108 @@ pub fn start_routers(
     Ok(out)
 }
 
+fn any(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
+}
+
+/// A router whose sites are in its config, pushed to by the orchestrator.
+fn static_router_config(
+    net: &Net,
+    name: &str,
+    dc: &str,
+    n: u16,
+    pool: &Pool,
+    sites: &[Site],
+) -> String {
+    let (remote, remote_addr, placement) = if dc == SOURCE {
+        (
+            DESTINATION,
+            net.gra_seen_from_par(TRAFFIC_PORT + n),
+            "pool:par-web".to_string(),
+        )
+    } else {
+        (
+            SOURCE,
+            net.par_seen_from_gra(TRAFFIC_PORT + n),
+            format!("remote:{SOURCE}"),
+        )
+    };
+    topology::router_config_at(
+        name,
+        RouterAddrs {
+            listen: any(TRAFFIC_PORT + n),
+            admin: any(ADMIN_PORT + n),
+            remote: (remote, remote_addr),
+        },
+        &format!("{dc}-web"),
+        pool,
+        sites,
+        &placement,
+    )
+}
+
+/// A router that loads and watches the sites in etcd.
+fn etcd_router_config(
+    net: &Net,
+    name: &str,
+    dc: &str,
+    n: u16,
+    pool: &Pool,
+    seeds: &[Site],
+    endpoints: &str,
+) -> String {
+    let remote = if dc == SOURCE {
+        (DESTINATION, net.gra_seen_from_par(PEER_PORT + n), "gra-web")
+    } else {
+        (SOURCE, net.par_seen_from_gra(PEER_PORT + n), "par-web")
+    };
+    ferry_demo::etcd::router_config(
+        &ferry_demo::etcd::EtcdRouter {
+            name,
+            listen: any(TRAFFIC_PORT + n),
+            peers: any(PEER_PORT + n),
+            admin: any(ADMIN_PORT + n),
+            pool: &format!("{dc}-web"),
+            servers: pool,
+            remote,
+            seeds,
+        },
+        endpoints,
+    )
+}
+
 /// How the night is run (`[freeze]` of migrate.toml).
 pub struct FreezeSettings {
     pub max_freeze: Duration,
     pub drain_timeout: Duration,
 }
 
-/// `migrate.toml` as the orchestrator in the destination DC sees the world.
+/// `migrate.toml` as the orchestrator in the destination DC sees the world;
+/// with `etcd` (the members' endpoints as TOML), as an orchestrator in
+/// either DC does (every address a wan address, none through a latency
+/// relay: a runner in the source takes a run over), with the journal, the
+/// lease and one record per site in etcd.
 pub fn migrate_config(
     net: &Net,
     routers: &[RouterAt],
     filers: u32,
     freeze: &FreezeSettings,
+    etcd: Option<&str>,
 ) -> String {
     let mut c = format!(
         "source = \"{SOURCE}\"\ndestination = \"{DESTINATION}\"\n\n[datacenters.{SOURCE}]\npool = \"{SOURCE}-web\"\n[datacenters.{DESTINATION}]\npool = \"{DESTINATION}-web\"\n"
     );
+    let wan = |at_source: bool, port: u16| {
+        SocketAddr::from((if at_source { PAR_WAN } else { GRA_WAN }, port))
+    };
     for r in routers {
-        let (admin, traffic) = r.seen_from_gra(net);
+        let (admin, traffic) = match etcd {
+            None => r.seen_from_gra(net),
+            Some(_) => (
+                wan(r.dc == SOURCE, ADMIN_PORT + r.n),
+                wan(r.dc == SOURCE, TRAFFIC_PORT + r.n),
+            ),
+        };
         let _ = write!(
             c,
             "\n[[routers]]\nname = \"{}\"\ndatacenter = \"{}\"\nadmin = \"http://{admin}\"\ntraffic = \"http://{traffic}\"\ntoken = \"{TOKEN}\"\n",
@@ -534,11 +613,20 @@ pub fn migrate_config(
     for f in 0..filers {
         let filer = topology::filer_name(f);
         let port = AGENT_PORT + 1 + f as u16;
-        let par = net.par_seen_from_gra(port);
+        let (par, gra) = match etcd {
+            None => (
+                net.par_seen_from_gra(port),
+                SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            ),
+            Some(_) => (wan(true, port), wan(false, port)),
+        };
         let _ = write!(
             c,
-            "\n[filers.{filer}]\nsource = \"ferry://{par}/{filer}\"\ndestination = \"ferry://127.0.0.1:{port}/{filer}\"\nkey = \"{AGENT_KEY}\"\n"
+            "\n[filers.{filer}]\nsource = \"ferry://{par}/{filer}\"\ndestination = \"ferry://{gra}/{filer}\"\nkey = \"{AGENT_KEY}\"\n"
         );
+    }
+    if let Some(endpoints) = etcd {
+        c.push_str(&ferry_demo::etcd::migrate_store(endpoints));
     }
     let secs = |d: Duration| format!("{}ms", d.as_millis());
     let _ = write!(

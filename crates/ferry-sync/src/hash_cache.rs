@@ -37,8 +37,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustix::fs::Stat;
 
 use crate::error::{Result, SyncError};
-use crate::merkle::Digest;
 use crate::path::RelPath;
+
+/// A BLAKE3 hash: [`crate::merkle::Digest`], named here without importing
+/// merkle (which reads manifests, which use this cache).
+type Digest = [u8; 32];
 
 /// How much older than the start of its read a file's ctime must be for its
 /// hash to be kept (far above the kernel's timestamp tick).

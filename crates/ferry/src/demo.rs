@@ -47,7 +47,7 @@ pub struct Args {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Control {
+pub(crate) enum Control {
     Sqlite,
     Etcd,
 }

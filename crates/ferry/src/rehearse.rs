@@ -50,6 +50,17 @@ pub struct Args {
     /// goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Where the routers' sites and the orchestrator's journal live: each
+    /// router's own store (the default), or 3 etcd members split 2+1
+    /// across the datacenters (needs the etcd server and a ferry built
+    /// with the `etcd` feature).
+    #[arg(long, value_enum, default_value = "sqlite")]
+    control: crate::demo::Control,
+    /// Break something mid-night (needs --control etcd): etcd-member,
+    /// etcd-quorum, orchestrator-killed, orchestrator-paused, wan-cut
+    /// (docs/control-plane.md, "Partitions rehearsed").
+    #[arg(long, value_parser = |s: &str| s.parse::<ferry_rehearse::Partition>())]
+    partition: Option<ferry_rehearse::Partition>,
 }
 
 pub async fn run(args: Args) -> Result<(), Failure> {
@@ -62,8 +73,16 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         duration: args.duration,
         large_bytes: args.large_file,
         report: args.report.clone(),
+        control_etcd: args.control == crate::demo::Control::Etcd,
+        partition: args.partition,
     };
     opts.check().map_err(|e| Failure::usage(anyhow!(e)))?;
+    if opts.control_etcd && !cfg!(feature = "etcd") {
+        return Err(Failure::usage(anyhow!(
+            "--control etcd: this ferry was built without etcd support (cargo feature `etcd`: \
+             cargo build --release -p ferry --features etcd)"
+        )));
+    }
     if !ferry_rehearse::netns::is_root() {
         return Err(Failure::usage(anyhow!(
             "ferry rehearse needs root to create network namespaces"

@@ -1,5 +1,6 @@
 //! Abandoning a freeze (a router did not acknowledge, a database did not
-//! freeze) or a failed verification: journaled first (a note with the
+//! freeze, a final copy could not reach an agent) or a failed
+//! verification: journaled first (a note with the
 //! abandon's epoch), then the databases undone and every router sent
 //! (source, active, e+1); a router that does not take it is owed it.
 
@@ -72,7 +73,9 @@ impl UnitRun<'_> {
         // destination's copy too. Both may run again on replay.
         let mut db_error = None;
         for g in &u.dbs {
-            let undo = if step == Step::FinalCopy || fail {
+            // A final copy that could not run and is tried again undoes
+            // what an abandoned freeze does: its databases were not copied.
+            let undo = if fail {
                 dbmove::rollback(g, &o.cfg.db).await
             } else {
                 dbmove::unfreeze(g, &o.cfg.db).await
@@ -94,7 +97,7 @@ impl UnitRun<'_> {
         for (r, c, why) in &unpaid {
             o.note_owed(u, attempt, r, c, why)?;
         }
-        let (outcome, state, message) = if step == Step::FinalCopy {
+        let (outcome, state, message) = if step == Step::FinalCopy && fail {
             (
                 Outcome::Failed,
                 UnitState::Failed,

@@ -3,7 +3,10 @@
 //! both ends compared by Merkle root; the databases wait for their freeze
 //! position and compare checksums. Any difference (something written on
 //! either side during the freeze) fails the unit through the abandon path:
-//! the source untouched and writable again.
+//! the source untouched and writable again. A copy or proof that could not
+//! run (an agent unreachable: the link between the datacenters cut) proves
+//! nothing wrong: the freeze is abandoned the same way and tried again, like
+//! a freeze a router did not acknowledge, until `max_attempts`.
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -15,8 +18,13 @@ use crate::error::Result;
 use crate::event::{Detail, StepDetail};
 use crate::status::{Outcome, Step};
 
-/// Why the final copy cannot go on: the unit fails with it.
-type Mismatch = String;
+/// Why the final copy cannot go on.
+enum Stop {
+    /// The two ends differ: the unit fails.
+    Differ(String),
+    /// The copy or the proof could not run: the freeze is tried again.
+    Unreachable(String),
+}
 
 /// One job's last pass, as journaled.
 #[derive(Serialize)]
@@ -45,14 +53,16 @@ impl UnitRun<'_> {
         if let Some(resumed) = self.resume_abandon(step, epoch).await {
             return resumed;
         }
+        let last = self.attempt >= o.cfg.freeze.max_attempts;
         let passes = match self.copy_frozen().await {
             Ok(passes) => passes,
-            Err(reason) => return self.abandon(step, epoch, true, reason).await,
+            Err(reason) => return self.abandon(step, epoch, last, reason).await,
         };
         o.opts.failpoints.hit("final_copy:inside").await?;
         let roots = match self.verify_jobs().await {
             Ok(roots) => roots,
-            Err(reason) => return self.abandon(step, epoch, true, reason).await,
+            Err(Stop::Differ(reason)) => return self.abandon(step, epoch, true, reason).await,
+            Err(Stop::Unreachable(reason)) => return self.abandon(step, epoch, last, reason).await,
         };
         let mut db_checks = Vec::new();
         for g in &u.dbs {
@@ -89,7 +99,8 @@ impl UnitRun<'_> {
     }
 
     /// The last passes of every job (what each changed).
-    async fn copy_frozen(&self) -> std::result::Result<Vec<Value>, Mismatch> {
+    /// Every job's last pass; an error is a copy that could not run.
+    async fn copy_frozen(&self) -> std::result::Result<Vec<Value>, String> {
         let cfg = &self.orch.cfg;
         let opts = copy::sync_opts(cfg.copy.checksum);
         let mut passes = Vec::new();
@@ -108,20 +119,20 @@ impl UnitRun<'_> {
     }
 
     /// Every job's two ends compared: their (equal) roots.
-    async fn verify_jobs(&self) -> std::result::Result<Vec<Value>, Mismatch> {
+    async fn verify_jobs(&self) -> std::result::Result<Vec<Value>, Stop> {
         let cfg = &self.orch.cfg;
         let block_size = copy::sync_opts(cfg.copy.checksum).block_size;
         let mut roots = Vec::new();
         for job in &self.unit.jobs {
             let v = copy::verify(job, cfg.copy.mode, block_size)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Stop::Unreachable(e.to_string()))?;
             if !v.equal {
-                return Err(format!(
+                return Err(Stop::Differ(format!(
                     "{}: Merkle roots differ; first differing: {}",
                     job.label,
                     v.differing.join(", ")
-                ));
+                )));
             }
             roots.push(json!(Root {
                 job: &job.label,

@@ -599,10 +599,11 @@ impl Orchestrator {
     async fn next_step(&self, id: &str, p: &UnitProgress) -> Option<(Step, bool, u32)> {
         Some(match (p.open, p.last_end) {
             (Some(OpenStep { step, .. }), _) => (step, true, p.attempt.max(1)),
+            // A freeze abandoned in its own step or in the final copy.
             (
                 None,
                 Some(EndedStep {
-                    step: Step::Freeze,
+                    step: Step::Freeze | Step::FinalCopy,
                     outcome: Outcome::Abandoned,
                     at_ms,
                 }),

@@ -50,6 +50,13 @@ fn is_transient(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// How long one attempt of a request may go unanswered before it is sent
+/// again on fresh connections: half the request's time (two attempts), at
+/// least 500 ms.
+fn attempt_timeout(request_timeout: Duration) -> Duration {
+    (request_timeout / 2).max(Duration::from_millis(500))
+}
+
 pub(super) fn etcd_err(op: &'static str, e: etcd_client::Error) -> StoreError {
     StoreError::Etcd {
         op,
@@ -90,21 +97,52 @@ impl Inner {
     {
         let after = self.cfg.request_timeout;
         let deadline = Instant::now() + after;
+        let attempt = attempt_timeout(after);
         let mut backoff = Duration::from_millis(20);
-        let mut last = String::from("no answer");
+        let mut last: String;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, f(self.client.clone())).await {
+            match tokio::time::timeout(left.min(attempt), f(self.client.clone())).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) if is_transient(&e) => last = e.to_string(),
                 Ok(Err(e)) => return Err(etcd_err(op, e)),
-                Err(_) => {}
+                Err(_) => {
+                    last = format!("no answer within {attempt:?}");
+                    self.reconnect(attempt).await;
+                }
             }
             if Instant::now() + backoff >= deadline {
                 return Err(StoreError::Unavailable { op, after, last });
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Opens a fresh connection to every member, at most once per `every`.
+    /// A member cut off without a word (a link down, a silent drop) keeps
+    /// its connection looking alive until the HTTP/2 pings give up (up to
+    /// [`super::KEEP_ALIVE_INTERVAL`] + [`super::KEEP_ALIVE_TIMEOUT`]), and
+    /// the balancer keeps sending it requests; a runner's lease would
+    /// expire first. A new connection to it fails or hangs in connect, so
+    /// the balancer sends the retry to a member that answers. Streams on
+    /// the replaced connections (watches, keep-alives) end and are opened
+    /// again by their owners.
+    async fn reconnect(&self, every: Duration) {
+        {
+            let Ok(mut at) = self.reconnected.lock() else {
+                return;
+            };
+            if at.is_some_and(|t| t.elapsed() < every) {
+                return;
+            }
+            *at = Some(Instant::now());
+        }
+        for ep in &self.cfg.endpoints {
+            // Inserting an endpoint already known replaces its connection;
+            // an error (the client's endpoint list closed) leaves the old
+            // one, which the pings still end.
+            let _ = self.client.add_endpoint(ep).await;
         }
     }
 

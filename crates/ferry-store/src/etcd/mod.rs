@@ -51,8 +51,8 @@ pub use watch::{Change, ChangeBatch, Lease, Watch, WatchError};
 /// pings faster while etcd has nothing to send is cut off ("too many
 /// pings"), and every router then lost its idle watch and re-read the whole
 /// table (bench/control-plane saw 3-5 fresh snapshots of 3M sites in 40 s).
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(6);
-const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(6);
+pub(super) const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The key layout this build writes and the newest it reads (`P/schema`). Raise
 /// it only for a change an older router must not read as version 1, together with
@@ -172,6 +172,8 @@ struct Inner {
     cfg: EtcdConfig,
     keys: Keys,
     conflicts: AtomicU64,
+    /// When [`Inner::reconnect`] last replaced the connections.
+    reconnected: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl EtcdStore {
@@ -229,6 +231,7 @@ impl EtcdStore {
                 cfg,
                 keys,
                 conflicts: AtomicU64::new(0),
+                reconnected: std::sync::Mutex::new(None),
             }),
             runtime: Some(runtime),
         };

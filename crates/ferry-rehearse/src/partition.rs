@@ -1,0 +1,491 @@
+//! `ferry rehearse --control etcd --partition NAME`: the night with one
+//! thing broken on purpose in the middle of a unit (issue 17's partition
+//! scenarios). The orchestrator runs with one lane and pauses at a
+//! failpoint; the scenario breaks the world there, lets it go on, repairs
+//! what it broke, and resumes the run where it must. The rehearsal's
+//! checks then judge the end state exactly as for a night with no fault
+//! (every acknowledged write once at the destination, none at the source
+//! after its freeze, none at the destination before its flip, requests),
+//! and one more check says whether the fault happened as told.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use ferry_demo::check::Check;
+use ferry_demo::orch::{self as demo_orch, ChildEnv, RunEnd};
+use ferry_demo::Out;
+use rustix::process::{kill_process, Pid, Signal};
+
+use crate::control::Members;
+use crate::world::{Net, Place};
+use crate::Task;
+
+/// The check this module adds: the fault happened as the scenario says.
+pub const PARTITION: &str = "partition";
+
+/// The runner's lease in etcd (`migrate_store`'s `lease_ttl`): a second
+/// runner waits this long at most for a dead one's to expire.
+const RUNNER_LEASE: Duration = Duration::from_secs(5);
+/// How long a scenario waits for a failpoint to pause the runner.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The scenarios.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Partition {
+    /// One destination member killed inside a freeze: the night goes on
+    /// with the other two.
+    EtcdMember,
+    /// Both destination members killed inside a freeze: no quorum
+    /// anywhere. Routers serve from what they applied; the runner can
+    /// write nothing; the members come back and the run ends.
+    EtcdQuorum,
+    /// The runner killed (-9) inside a final copy; a second runner in the
+    /// source DC resumes the run from the journal in etcd.
+    OrchestratorKilled,
+    /// The runner stopped (SIGSTOP) inside a freeze; a second runner in
+    /// the source DC takes the run over once its lease expired and ends
+    /// it; the first, continued (SIGCONT), must exit 4 and change nothing.
+    OrchestratorPaused,
+    /// The link between the DCs cut while a unit is frozen, before its
+    /// final copy; restored 8 s later.
+    WanCut,
+}
+
+impl Partition {
+    pub const ALL: [Partition; 5] = [
+        Partition::EtcdMember,
+        Partition::EtcdQuorum,
+        Partition::OrchestratorKilled,
+        Partition::OrchestratorPaused,
+        Partition::WanCut,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Partition::EtcdMember => "etcd-member",
+            Partition::EtcdQuorum => "etcd-quorum",
+            Partition::OrchestratorKilled => "orchestrator-killed",
+            Partition::OrchestratorPaused => "orchestrator-paused",
+            Partition::WanCut => "wan-cut",
+        }
+    }
+
+    /// The failpoint the first runner stops at.
+    fn failpoint(self) -> &'static str {
+        match self {
+            Partition::EtcdMember | Partition::EtcdQuorum | Partition::OrchestratorPaused => {
+                "freeze:inside=pause"
+            }
+            Partition::OrchestratorKilled => "final_copy:inside=kill",
+            Partition::WanCut => "final_copy:before=pause",
+        }
+    }
+}
+
+impl FromStr for Partition {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Partition, String> {
+        Partition::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Partition::ALL.iter().map(|p| p.as_str()).collect();
+                format!("unknown partition {s:?} (known: {})", names.join(", "))
+            })
+    }
+}
+
+/// Failures a scenario causes on purpose, as documented for it
+/// (docs/control-plane.md, "Partitions rehearsed"): requests in flight
+/// between `from_ms` and `to_ms` (Unix ms) that failed with a reason
+/// starting with `reason`. They are taken out of the request checks and
+/// listed in the scenario's own; every other failure still fails them.
+pub(crate) struct Excused {
+    pub from_ms: u64,
+    pub to_ms: u64,
+    pub reason: &'static str,
+    /// Why, for the check's detail.
+    pub why: &'static str,
+}
+
+impl Excused {
+    fn covers(&self, sent_at_ms: u64, took: Duration, failed: Option<&String>) -> bool {
+        let ended = sent_at_ms + took.as_millis() as u64;
+        failed.is_some_and(|f| f.starts_with(self.reason))
+            && sent_at_ms <= self.to_ms
+            && ended >= self.from_ms
+    }
+
+    /// Takes the excused failures out of `load` and `mixed`; returns their
+    /// count by reason, as a sentence.
+    pub(crate) fn apply(
+        &self,
+        load: &mut ferry_demo::load::LoadResult,
+        mixed: &mut [crate::traffic::Record],
+    ) -> String {
+        let mut by_reason: std::collections::BTreeMap<String, u64> = Default::default();
+        for r in &mut load.log {
+            if self.covers(r.sent_at_ms, r.took, r.failed.as_ref()) {
+                let reason = r.failed.take().unwrap_or_default();
+                load.failed = load.failed.saturating_sub(1);
+                if let Some(n) = load.reasons.get_mut(&reason) {
+                    *n -= 1;
+                    if *n == 0 {
+                        load.reasons.remove(&reason);
+                    }
+                }
+                *by_reason.entry(reason).or_default() += 1;
+            }
+        }
+        for r in mixed.iter_mut() {
+            if self.covers(r.sent_at_ms, r.took, r.failed.as_ref()) {
+                *by_reason
+                    .entry(r.failed.take().unwrap_or_default())
+                    .or_default() += 1;
+            }
+        }
+        if by_reason.is_empty() {
+            return format!("; no request failed {}", self.why);
+        }
+        let list: Vec<String> = by_reason
+            .iter()
+            .map(|(r, n)| format!("{n} x {r}"))
+            .collect();
+        format!("; failed {} (documented): {}", self.why, list.join(", "))
+    }
+}
+
+/// What a scenario needs of the rehearsal.
+pub(crate) struct Night<'a> {
+    pub exe: &'a Path,
+    pub net: &'a Net,
+    pub work: &'a Path,
+    /// `run --config ... --plan ... --now` (one lane is added here).
+    pub run_args: Vec<String>,
+    /// Where `status` and `resume` find the run in etcd.
+    pub run_at: Vec<String>,
+    pub out: &'a Out,
+}
+
+/// What a scenario ended with: how its last runner ended, its check, and
+/// the failures it caused on purpose.
+pub(crate) struct Ended {
+    pub end: RunEnd,
+    pub check: Check,
+    pub excused: Option<Excused>,
+}
+
+/// Runs the night through `p`.
+pub(crate) async fn run(
+    p: Partition,
+    night: &Night<'_>,
+    members: &mut Members,
+) -> anyhow::Result<Ended> {
+    let (end, check, excused) = run_scenario(p, night, members).await?;
+    Ok(Ended {
+        end,
+        check,
+        excused,
+    })
+}
+
+type Outcome = (RunEnd, Check, Option<Excused>);
+
+async fn run_scenario(
+    p: Partition,
+    night: &Night<'_>,
+    members: &mut Members,
+) -> anyhow::Result<Outcome> {
+    let fp = night.work.join("fp");
+    std::fs::create_dir_all(&fp)?;
+    let pid = Arc::new(AtomicU32::new(0));
+    let env = ChildEnv {
+        failpoints: Some(p.failpoint().into()),
+        failpoint_dir: Some(fp.clone()),
+        pid: Some(Arc::clone(&pid)),
+        ..ChildEnv::default()
+    };
+    // One lane: the fault hits the unit the failpoint stopped, and no
+    // other unit's freeze shares it.
+    let mut args = night.run_args.clone();
+    args.extend(["--parallel".to_string(), "1".to_string()]);
+    night.out.progress(&format!(
+        "partition {}: the orchestrator stops at {}",
+        p.as_str(),
+        p.failpoint()
+    ));
+    let mut first = spawn_runner(night, Place::Gra, args, env, "migrate-1.log");
+    if p == Partition::OrchestratorKilled {
+        let end = join(&mut first).await?;
+        let killed = end.killed_by_sigkill();
+        let last = resume(night, Place::Par, 2).await?;
+        let ok = killed && last.status.success();
+        let how = if killed {
+            "killed (SIGKILL)".to_string()
+        } else {
+            format!("was not killed: {}", end.describe())
+        };
+        let check = Check::new(
+            PARTITION,
+            ok,
+            format!(
+                "runner 1 (destination) {how} inside a final copy; runner 2 in the source DC resumed the run from etcd: {}",
+                last.describe()
+            ),
+        );
+        return Ok((last, check, None));
+    }
+    let pause = fp.join(p.failpoint().replace(':', "_").replace("=pause", ".paused"));
+    if !wait_for(&pause, &first).await {
+        let end = join(&mut first).await?;
+        let check = Check::new(
+            PARTITION,
+            false,
+            format!(
+                "{} never paused the orchestrator ({}): nothing was broken",
+                p.failpoint(),
+                end.describe()
+            ),
+        );
+        return Ok((end, check, None));
+    }
+    match p {
+        Partition::EtcdMember => {
+            block(|| members.kill(1));
+            night
+                .out
+                .progress("partition: etcd m1 (destination) killed inside the freeze");
+            let _ = std::fs::remove_file(&pause);
+            let end = join(&mut first).await?;
+            let ok = end.status.success();
+            Ok((
+                end.clone(),
+                Check::new(
+                    PARTITION,
+                    ok,
+                    format!(
+                        "m1 killed inside a freeze; the night went on with m0 and m2: {}",
+                        end.describe()
+                    ),
+                ),
+                None,
+            ))
+        }
+        Partition::EtcdQuorum => {
+            block(|| {
+                members.kill(1);
+                members.kill(0);
+            });
+            night.out.progress(
+                "partition: etcd m0 and m1 killed inside the freeze (m2 alone: no quorum)",
+            );
+            let _ = std::fs::remove_file(&pause);
+            // Twice the runner's lease with no quorum: it can renew nothing.
+            tokio::time::sleep(2 * RUNNER_LEASE).await;
+            let first_done = first.0.is_finished();
+            block(|| -> anyhow::Result<()> {
+                members.restart(night.net, 0)?;
+                members.restart(night.net, 1)?;
+                members.wait_healthy(night.net, 0)?;
+                members.wait_healthy(night.net, 1)
+            })?;
+            night
+                .out
+                .progress("partition: m0 and m1 back; quorum again");
+            let last = finish(night, &mut first).await?;
+            let ok = last.status.success();
+            Ok((
+                last.clone(),
+                Check::new(
+                    PARTITION,
+                    ok,
+                    format!(
+                        "no quorum for {:?} inside a freeze; the first runner {} meanwhile; the night ended: {}",
+                        2 * RUNNER_LEASE,
+                        if first_done { "stopped" } else { "waited" },
+                        last.describe()
+                    ),
+                ),
+                None,
+            ))
+        }
+        Partition::OrchestratorPaused => {
+            let first_pid = pid.load(Ordering::Relaxed);
+            signal(first_pid, Signal::STOP)?;
+            // From here on runner 1 gets SIGCONT on every path.
+            let cont = Cont(first_pid);
+            let _ = std::fs::remove_file(&pause);
+            night.out.progress(&format!(
+                "partition: runner 1 (pid {first_pid}) stopped (SIGSTOP) inside the freeze"
+            ));
+            tokio::time::sleep(RUNNER_LEASE).await;
+            let second = resume(night, Place::Par, 2).await?;
+            drop(cont);
+            night
+                .out
+                .progress("partition: runner 1 continued (SIGCONT) after runner 2 ended");
+            let end = join(&mut first).await?;
+            let fenced = end.status.code() == Some(4);
+            let ok = fenced && second.status.success();
+            Ok((
+                second.clone(),
+                Check::new(
+                    PARTITION,
+                    ok,
+                    format!(
+                        "runner 1 stopped inside a freeze; runner 2 in the source DC took the run over: {}; runner 1, continued: {} (4: lost its lease, changed nothing)",
+                        second.describe(),
+                        end.describe()
+                    ),
+                ),
+                None,
+            ))
+        }
+        Partition::WanCut => {
+            let from_ms = crate::unix_ms();
+            block(|| night.net.wan.set_up(false))?;
+            night
+                .out
+                .progress("partition: the wan is cut (both ends down) before a final copy");
+            let _ = std::fs::remove_file(&pause);
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            block(|| night.net.wan.set_up(true))?;
+            let to_ms = crate::unix_ms();
+            night.out.progress("partition: the wan is back");
+            let last = finish(night, &mut first).await?;
+            let ok = last.status.success();
+            Ok((
+                last.clone(),
+                Check::new(
+                    PARTITION,
+                    ok,
+                    format!(
+                        "the wan cut for 8 s from a frozen unit's final copy; the night ended: {}",
+                        last.describe()
+                    ),
+                ),
+                Some(Excused {
+                    from_ms,
+                    // Connections across the wan open again within a second.
+                    to_ms: to_ms + 1_000,
+                    reason: "status 502",
+                    why: "through the other DC's routers while the wan was cut",
+                }),
+            ))
+        }
+        Partition::OrchestratorKilled => unreachable!("handled above"),
+    }
+}
+
+/// `ferry migrate ARGS` in `place`'s namespace (its runtime spawns the
+/// child there).
+fn spawn_runner(
+    night: &Night<'_>,
+    place: Place,
+    args: Vec<String>,
+    env: ChildEnv,
+    log: &str,
+) -> Task<anyhow::Result<RunEnd>> {
+    let (exe, log, out) = (
+        night.exe.to_path_buf(),
+        night.work.join(log),
+        night.out.clone(),
+    );
+    Task(night.net.handle(place).spawn(async move {
+        demo_orch::run(&exe, &args, &env, &log, |l| {
+            out.progress(&format!("migrate: {l}"))
+        })
+        .await
+    }))
+}
+
+async fn join(t: &mut Task<anyhow::Result<RunEnd>>) -> anyhow::Result<RunEnd> {
+    match (&mut t.0).await {
+        Ok(r) => r,
+        Err(e) => bail!("the orchestrator task: {e}"),
+    }
+}
+
+/// How the night ended once the world is whole again: the first runner's
+/// end, or (it stopped: a lost lease) a `resume` in the destination's.
+async fn finish(
+    night: &Night<'_>,
+    first: &mut Task<anyhow::Result<RunEnd>>,
+) -> anyhow::Result<RunEnd> {
+    let end = join(first).await?;
+    if end.status.success() {
+        return Ok(end);
+    }
+    night.out.progress(&format!(
+        "the first runner ended with {}; resuming",
+        end.describe()
+    ));
+    resume(night, Place::Gra, 2).await
+}
+
+/// `ferry migrate resume` in `place`, again while a dead or stopped
+/// runner's lease still holds the run (exit 3), for a bounded time.
+async fn resume(night: &Night<'_>, place: Place, mut n: u32) -> anyhow::Result<RunEnd> {
+    let args: Vec<String> = ["resume".to_string()]
+        .into_iter()
+        .chain(night.run_at.iter().cloned())
+        .chain(["--now".to_string()])
+        .collect();
+    let end = Instant::now() + 6 * RUNNER_LEASE;
+    loop {
+        let log = format!("migrate-{n}.log");
+        let mut t = spawn_runner(night, place, args.clone(), ChildEnv::default(), &log);
+        let r = join(&mut t).await?;
+        if r.status.code() != Some(3) || Instant::now() > end {
+            return Ok(r);
+        }
+        night
+            .out
+            .progress("the run's lease is still held; resuming again in 1s");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        n += 1;
+    }
+}
+
+/// Waits until the pause file exists; false if the runner ended first or
+/// it never came.
+async fn wait_for(pause: &Path, runner: &Task<anyhow::Result<RunEnd>>) -> bool {
+    let end = Instant::now() + PAUSE_TIMEOUT;
+    while Instant::now() < end {
+        if pause.exists() {
+            return true;
+        }
+        if runner.0.is_finished() {
+            return false;
+        }
+        // The failpoint writes a file and nothing else: polling it is the
+        // only signal there is.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+fn block<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn signal(pid: u32, sig: Signal) -> anyhow::Result<()> {
+    let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        bail!("the orchestrator's pid is unknown ({pid})");
+    };
+    kill_process(p, sig)?;
+    Ok(())
+}
+
+/// Sends SIGCONT when dropped.
+struct Cont(u32);
+
+impl Drop for Cont {
+    fn drop(&mut self) {
+        let _ = signal(self.0, Signal::CONT);
+    }
+}
