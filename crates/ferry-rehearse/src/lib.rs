@@ -235,6 +235,9 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
                 run_args,
                 run_at: run_at.clone(),
                 out,
+                sites: sites.as_slice(),
+                gra_pool: &up.gra_pool,
+                endpoints: etcd.as_deref().unwrap_or_default(),
             };
             let ended = partition::run(p, &night, m).await?;
             partition_check = Some((ended.check, ended.excused));
@@ -372,6 +375,8 @@ async fn write_files(exe: &Path, opts: &Options, work: &Path, out: &Out) -> anyh
 /// Everything that runs in the DCs; dropping it stops them all.
 struct Services {
     routers: Vec<world::RouterAt>,
+    /// The destination's shop servers (a router that joins later uses them).
+    gra_pool: world::Pool,
     _apps: Vec<AppServer>,
     _agents: Vec<world::Proc>,
 }
@@ -401,6 +406,7 @@ async fn start_services(
     ));
     Ok(Services {
         routers,
+        gra_pool,
         _apps: apps,
         _agents: agents,
     })

@@ -53,15 +53,19 @@ pub enum Partition {
     /// The link between the DCs cut while a unit is frozen, before its
     /// final copy; restored 8 s later.
     WanCut,
+    /// A third destination router (gra-3) started inside a freeze: it loads
+    /// the sites from etcd, registers, and every later freeze waits for it.
+    RouterJoins,
 }
 
 impl Partition {
-    pub const ALL: [Partition; 5] = [
+    pub const ALL: [Partition; 6] = [
         Partition::EtcdMember,
         Partition::EtcdQuorum,
         Partition::OrchestratorKilled,
         Partition::OrchestratorPaused,
         Partition::WanCut,
+        Partition::RouterJoins,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,15 +75,17 @@ impl Partition {
             Partition::OrchestratorKilled => "orchestrator-killed",
             Partition::OrchestratorPaused => "orchestrator-paused",
             Partition::WanCut => "wan-cut",
+            Partition::RouterJoins => "router-joins",
         }
     }
 
     /// The failpoint the first runner stops at.
     fn failpoint(self) -> &'static str {
         match self {
-            Partition::EtcdMember | Partition::EtcdQuorum | Partition::OrchestratorPaused => {
-                "freeze:inside=pause"
-            }
+            Partition::EtcdMember
+            | Partition::EtcdQuorum
+            | Partition::OrchestratorPaused
+            | Partition::RouterJoins => "freeze:inside=pause",
             Partition::OrchestratorKilled => "final_copy:inside=kill",
             Partition::WanCut => "final_copy:before=pause",
         }
@@ -169,6 +175,11 @@ pub(crate) struct Night<'a> {
     /// Where `status` and `resume` find the run in etcd.
     pub run_at: Vec<String>,
     pub out: &'a Out,
+    pub sites: &'a [ferry_demo::topology::Site],
+    /// The destination's shop servers and etcd's endpoints (TOML), for a
+    /// router that joins.
+    pub gra_pool: &'a crate::world::Pool,
+    pub endpoints: &'a str,
 }
 
 /// What a scenario ended with: how its last runner ended, its check, and
@@ -377,8 +388,99 @@ async fn run_scenario(
                 }),
             ))
         }
+        Partition::RouterJoins => {
+            let joined = block(|| {
+                crate::world::join_router(
+                    night.exe,
+                    night.net,
+                    night.work,
+                    JOINED_N,
+                    night.gra_pool,
+                    night.endpoints,
+                )
+            })?;
+            night.out.progress(&format!(
+                "partition: {} joined inside the freeze (pid {})",
+                joined.name, joined.router.pid
+            ));
+            let joined_at = crate::unix_ms();
+            let _ = std::fs::remove_file(&pause);
+            let end = join(&mut first).await?;
+            let waited = freezes_listing(night, &joined.name, joined_at).await;
+            let served = block(|| serves_every_site(night, JOINED_N));
+            drop(joined);
+            let ok =
+                end.status.success() && waited.as_ref().is_ok_and(|n| *n > 0) && served.is_ok();
+            let detail = format!(
+                "gra-{JOINED_N} joined inside a freeze; freezes begun after that acknowledged by it: {}; it serves: {}; the night ended: {}",
+                match &waited {
+                    Ok(n) => n.to_string(),
+                    Err(e) => format!("unknown ({e:#})"),
+                },
+                match &served {
+                    Ok(n) => format!("{n} sites, 200 each"),
+                    Err(e) => format!("{e:#}"),
+                },
+                end.describe()
+            );
+            Ok((end, Check::new(PARTITION, ok, detail), None))
+        }
         Partition::OrchestratorKilled => unreachable!("handled above"),
     }
+}
+
+/// The joining router's number (gra-3: ports 8083, 8093, 9103).
+const JOINED_N: u16 = 3;
+
+/// How many freeze steps begun after `since_ms` ended ok listing `router`
+/// among the routers in etcd that acknowledged.
+async fn freezes_listing(night: &Night<'_>, router: &str, since_ms: u64) -> anyhow::Result<usize> {
+    let (exe, run_at) = (night.exe.to_path_buf(), night.run_at.clone());
+    let status = night
+        .net
+        .handle(Place::Gra)
+        .spawn(async move { demo_orch::status_with(&exe, &run_at).await })
+        .await??;
+    Ok(status
+        .units
+        .iter()
+        .flat_map(|u| &u.steps)
+        .filter(|r| {
+            r.step == ferry_orch::Step::Freeze
+                && r.started_at_ms > since_ms
+                && r.outcome == Some(ferry_orch::Outcome::Ok)
+                && r.detail.as_deref().is_some_and(|d| d.contains(router))
+        })
+        .count())
+}
+
+/// GET / of every site (the first 500) through the joined router, in the
+/// destination: each must answer 200. Returns how many were asked.
+fn serves_every_site(night: &Night<'_>, n: u16) -> anyhow::Result<usize> {
+    use std::io::{Read, Write};
+    let sites: Vec<String> = night
+        .sites
+        .iter()
+        .take(500)
+        .map(|s| s.host.clone())
+        .collect();
+    let port = 8080 + n;
+    night.net.gra.run(|| -> anyhow::Result<usize> {
+        for host in &sites {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            c.set_read_timeout(Some(Duration::from_secs(35)))?;
+            write!(
+                c,
+                "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut head = [0u8; 12];
+            c.read_exact(&mut head)?;
+            if &head[9..12] != b"200" {
+                bail!("{host}: {}", String::from_utf8_lossy(&head));
+            }
+        }
+        Ok(sites.len())
+    })?
 }
 
 /// `ferry migrate ARGS` in `place`'s namespace (its runtime spawns the

@@ -476,30 +476,66 @@ pub fn start_routers(
     etcd: Option<&str>,
 ) -> anyhow::Result<Vec<RouterAt>> {
     let mut out = Vec::new();
-    for (dc, ns, pool) in [
-        (SOURCE, &net.par, pools.0),
-        (DESTINATION, &net.gra, pools.1),
-    ] {
+    for (dc, pool) in [(SOURCE, pools.0), (DESTINATION, pools.1)] {
         for n in 1..=2u16 {
-            let name = format!("{dc}-{n}");
             let conf = match etcd {
-                None => static_router_config(net, &name, dc, n, pool, sites),
+                None => static_router_config(net, &format!("{dc}-{n}"), dc, n, pool, sites),
                 Some(endpoints) => {
                     let seeds = if dc == SOURCE && n == 1 { sites } else { &[] };
-                    etcd_router_config(net, &name, dc, n, pool, seeds, endpoints)
+                    etcd_router_config(net, &format!("{dc}-{n}"), dc, n, pool, seeds, endpoints)
                 }
             };
-            let dir = work.join("routers").join(&name);
-            let router = ns.run(|| Router::start(exe, &dir, &name, &conf))??;
-            out.push(RouterAt {
-                router,
-                name,
-                dc,
-                n,
-            });
+            out.push(start_router(exe, net, work, dc, n, &conf)?);
         }
     }
     Ok(out)
+}
+
+/// Router `<dc>-<n>` with `conf`, in its DC's namespace; returns once ready.
+pub fn start_router(
+    exe: &Path,
+    net: &Net,
+    work: &Path,
+    dc: &'static str,
+    n: u16,
+    conf: &str,
+) -> anyhow::Result<RouterAt> {
+    let ns = if dc == SOURCE { &net.par } else { &net.gra };
+    let name = format!("{dc}-{n}");
+    let dir = work.join("routers").join(&name);
+    let router = ns.run(|| Router::start(exe, &dir, &name, conf))??;
+    Ok(RouterAt {
+        router,
+        name,
+        dc,
+        n,
+    })
+}
+
+/// A router of the destination that joins later (`gra-<n>`, n > 2): its
+/// sites from etcd, its remote the source's first router.
+pub fn join_router(
+    exe: &Path,
+    net: &Net,
+    work: &Path,
+    n: u16,
+    pool: &Pool,
+    endpoints: &str,
+) -> anyhow::Result<RouterAt> {
+    let conf = ferry_demo::etcd::router_config(
+        &ferry_demo::etcd::EtcdRouter {
+            name: &format!("{DESTINATION}-{n}"),
+            listen: any(TRAFFIC_PORT + n),
+            peers: any(PEER_PORT + n),
+            admin: any(ADMIN_PORT + n),
+            pool: &format!("{DESTINATION}-web"),
+            servers: pool,
+            remote: (SOURCE, net.par_seen_from_gra(PEER_PORT + 1), "par-web"),
+            seeds: &[],
+        },
+        endpoints,
+    );
+    start_router(exe, net, work, DESTINATION, n, &conf)
 }
 
 fn any(port: u16) -> SocketAddr {

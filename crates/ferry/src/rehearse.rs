@@ -57,7 +57,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "sqlite")]
     control: crate::demo::Control,
     /// Break something mid-night (needs --control etcd): etcd-member,
-    /// etcd-quorum, orchestrator-killed, orchestrator-paused, wan-cut
+    /// etcd-quorum, orchestrator-killed, orchestrator-paused, wan-cut,
+    /// router-joins
     /// (docs/control-plane.md, "Partitions rehearsed").
     #[arg(long, value_parser = |s: &str| s.parse::<ferry_rehearse::Partition>())]
     partition: Option<ferry_rehearse::Partition>,

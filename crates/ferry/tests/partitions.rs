@@ -161,3 +161,14 @@ fn the_wan_cut_during_a_final_copy_abandons_the_freeze_and_retries() {
         "no unit needed a second attempt: {doc}"
     );
 }
+
+/// Scenario 5: a router joins inside a freeze; it loads the sites from
+/// etcd, registers, every later freeze waits for it, and it serves every
+/// site at the end.
+#[test]
+fn a_router_that_joins_during_a_migration_is_waited_for_and_serves() {
+    let doc = rehearse("router-joins");
+    let d = detail(&doc, "partition");
+    assert!(d.contains("40 sites, 200 each"), "{d}");
+    assert!(!d.contains("acknowledged by it: 0"), "{d}");
+}
