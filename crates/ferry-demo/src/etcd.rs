@@ -253,6 +253,8 @@ backend = "etcd"
 endpoints = {endpoints_toml}
 prefix = "{PREFIX}"
 lease_ttl = "4s"
+# What it applied, to start from while etcd is out of reach.
+local_copy = "local-copy.db"
 
 [admin]
 listen = "{admin}"

@@ -183,7 +183,7 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
     };
     let etcd = members.as_ref().map(control::Members::endpoints_toml);
     let files = write_files(&exe, opts, work, out).await?;
-    let up = start_services(
+    let mut up = start_services(
         &exe,
         &net,
         work,
@@ -239,7 +239,7 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
                 gra_pool: &up.gra_pool,
                 endpoints: etcd.as_deref().unwrap_or_default(),
             };
-            let ended = partition::run(p, &night, m).await?;
+            let ended = partition::run(p, &night, m, &mut up.routers).await?;
             partition_check = Some((ended.check, ended.excused));
             ended.end
         }
@@ -254,7 +254,7 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
     out.progress("stopping the traffic");
     let (mut load, mut mixed) = tokio::join!(load.finish(), mix.finish());
     let partition_check = partition_check.map(|(mut check, excused)| {
-        if let Some(e) = excused {
+        for e in excused {
             check.detail.push_str(&e.apply(&mut load, &mut mixed));
         }
         check

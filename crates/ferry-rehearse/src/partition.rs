@@ -21,7 +21,7 @@ use ferry_demo::Out;
 use rustix::process::{kill_process, Pid, Signal};
 
 use crate::control::Members;
-use crate::world::{Net, Place};
+use crate::world::{Net, Place, RouterAt};
 use crate::Task;
 
 /// The check this module adds: the fault happened as the scenario says.
@@ -56,16 +56,22 @@ pub enum Partition {
     /// A third destination router (gra-3) started inside a freeze: it loads
     /// the sites from etcd, registers, and every later freeze waits for it.
     RouterJoins,
+    /// A source router (par-2) killed while a unit is frozen and started
+    /// again with the link to the destination cut (no etcd quorum in its
+    /// DC): it serves from its local copy, the frozen unit held; the link
+    /// comes back 8 s later.
+    RouterRestart,
 }
 
 impl Partition {
-    pub const ALL: [Partition; 6] = [
+    pub const ALL: [Partition; 7] = [
         Partition::EtcdMember,
         Partition::EtcdQuorum,
         Partition::OrchestratorKilled,
         Partition::OrchestratorPaused,
         Partition::WanCut,
         Partition::RouterJoins,
+        Partition::RouterRestart,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +82,7 @@ impl Partition {
             Partition::OrchestratorPaused => "orchestrator-paused",
             Partition::WanCut => "wan-cut",
             Partition::RouterJoins => "router-joins",
+            Partition::RouterRestart => "router-restart",
         }
     }
 
@@ -87,7 +94,7 @@ impl Partition {
             | Partition::OrchestratorPaused
             | Partition::RouterJoins => "freeze:inside=pause",
             Partition::OrchestratorKilled => "final_copy:inside=kill",
-            Partition::WanCut => "final_copy:before=pause",
+            Partition::WanCut | Partition::RouterRestart => "final_copy:before=pause",
         }
     }
 }
@@ -108,12 +115,12 @@ impl FromStr for Partition {
 /// Failures a scenario causes on purpose, as documented for it
 /// (docs/control-plane.md, "Partitions rehearsed"): requests in flight
 /// between `from_ms` and `to_ms` (Unix ms) that failed with a reason
-/// starting with `reason`. They are taken out of the request checks and
-/// listed in the scenario's own; every other failure still fails them.
+/// starting with one of `reasons`. They are taken out of the request checks
+/// and listed in the scenario's own; every other failure still fails them.
 pub(crate) struct Excused {
     pub from_ms: u64,
     pub to_ms: u64,
-    pub reason: &'static str,
+    pub reasons: &'static [&'static str],
     /// Why, for the check's detail.
     pub why: &'static str,
 }
@@ -121,7 +128,7 @@ pub(crate) struct Excused {
 impl Excused {
     fn covers(&self, sent_at_ms: u64, took: Duration, failed: Option<&String>) -> bool {
         let ended = sent_at_ms + took.as_millis() as u64;
-        failed.is_some_and(|f| f.starts_with(self.reason))
+        failed.is_some_and(|f| self.reasons.iter().any(|r| f.starts_with(r)))
             && sent_at_ms <= self.to_ms
             && ended >= self.from_ms
     }
@@ -187,7 +194,7 @@ pub(crate) struct Night<'a> {
 pub(crate) struct Ended {
     pub end: RunEnd,
     pub check: Check,
-    pub excused: Option<Excused>,
+    pub excused: Vec<Excused>,
 }
 
 /// Runs the night through `p`.
@@ -195,8 +202,9 @@ pub(crate) async fn run(
     p: Partition,
     night: &Night<'_>,
     members: &mut Members,
+    routers: &mut [RouterAt],
 ) -> anyhow::Result<Ended> {
-    let (end, check, excused) = run_scenario(p, night, members).await?;
+    let (end, check, excused) = run_scenario(p, night, members, routers).await?;
     Ok(Ended {
         end,
         check,
@@ -204,12 +212,13 @@ pub(crate) async fn run(
     })
 }
 
-type Outcome = (RunEnd, Check, Option<Excused>);
+type Outcome = (RunEnd, Check, Vec<Excused>);
 
 async fn run_scenario(
     p: Partition,
     night: &Night<'_>,
     members: &mut Members,
+    routers: &mut [RouterAt],
 ) -> anyhow::Result<Outcome> {
     let fp = night.work.join("fp");
     std::fs::create_dir_all(&fp)?;
@@ -248,7 +257,7 @@ async fn run_scenario(
                 last.describe()
             ),
         );
-        return Ok((last, check, None));
+        return Ok((last, check, Vec::new()));
     }
     let pause = fp.join(p.failpoint().replace(':', "_").replace("=pause", ".paused"));
     if !wait_for(&pause, &first).await {
@@ -262,7 +271,7 @@ async fn run_scenario(
                 end.describe()
             ),
         );
-        return Ok((end, check, None));
+        return Ok((end, check, Vec::new()));
     }
     match p {
         Partition::EtcdMember => {
@@ -283,7 +292,7 @@ async fn run_scenario(
                         end.describe()
                     ),
                 ),
-                None,
+                Vec::new(),
             ))
         }
         Partition::EtcdQuorum => {
@@ -321,7 +330,7 @@ async fn run_scenario(
                         last.describe()
                     ),
                 ),
-                None,
+                Vec::new(),
             ))
         }
         Partition::OrchestratorPaused => {
@@ -353,7 +362,7 @@ async fn run_scenario(
                         end.describe()
                     ),
                 ),
-                None,
+                Vec::new(),
             ))
         }
         Partition::WanCut => {
@@ -362,11 +371,7 @@ async fn run_scenario(
             night
                 .out
                 .progress("partition: the wan is cut (both ends down) before a final copy");
-            let _ = std::fs::remove_file(&pause);
-            tokio::time::sleep(Duration::from_secs(8)).await;
-            block(|| night.net.wan.set_up(true))?;
-            let to_ms = crate::unix_ms();
-            night.out.progress("partition: the wan is back");
+            let to_ms = release_and_restore(night, &pause).await?;
             let last = finish(night, &mut first).await?;
             let ok = last.status.success();
             Ok((
@@ -379,13 +384,7 @@ async fn run_scenario(
                         last.describe()
                     ),
                 ),
-                Some(Excused {
-                    from_ms,
-                    // Connections across the wan open again within a second.
-                    to_ms: to_ms + 1_000,
-                    reason: "status 502",
-                    why: "through the other DC's routers while the wan was cut",
-                }),
+                vec![wan_cut_502s(from_ms, to_ms)],
             ))
         }
         Partition::RouterJoins => {
@@ -423,9 +422,94 @@ async fn run_scenario(
                 },
                 end.describe()
             );
-            Ok((end, Check::new(PARTITION, ok, detail), None))
+            Ok((end, Check::new(PARTITION, ok, detail), Vec::new()))
+        }
+        Partition::RouterRestart => {
+            // par-2: the second router of the source.
+            let at = routers
+                .iter()
+                .position(|r| r.dc == ferry_demo::topology::SOURCE && r.n == 2)
+                .ok_or_else(|| anyhow::anyhow!("no router par-2"))?;
+            let killed_ms = crate::unix_ms();
+            routers[at].router.signal(Signal::KILL)?;
+            block(|| night.net.wan.set_up(false))?;
+            night.out.progress(
+                "partition: par-2 killed (SIGKILL) inside a freeze; the wan is cut (par: no etcd quorum)",
+            );
+            let dir = night.work.join("routers").join(&routers[at].name);
+            let conf = std::fs::read_to_string(dir.join("proxy.toml"))?;
+            // The dead router's ready file would answer for the new one.
+            let _ = std::fs::remove_file(dir.join("ready.json"));
+            let restarted = block(|| {
+                crate::world::start_router(
+                    night.exe,
+                    night.net,
+                    night.work,
+                    ferry_demo::topology::SOURCE,
+                    2,
+                    &conf,
+                )
+            });
+            let ready_ms = crate::unix_ms();
+            let started = match restarted {
+                // Dropping the dead one reaps it.
+                Ok(r) => {
+                    routers[at] = r;
+                    Ok(ready_ms - killed_ms)
+                }
+                Err(e) => Err(e),
+            };
+            night.out.progress(&match &started {
+                Ok(ms) => format!("partition: par-2 started again from its local copy in {ms} ms"),
+                Err(e) => format!("partition: par-2 did not start again: {e:#}"),
+            });
+            let to_ms = release_and_restore(night, &pause).await?;
+            let last = finish(night, &mut first).await?;
+            let ok = last.status.success() && started.is_ok();
+            let check = Check::new(
+                PARTITION,
+                ok,
+                format!(
+                    "par-2 killed inside a freeze and started again with etcd out of reach: {}; the night ended: {}",
+                    match &started {
+                        Ok(ms) => format!("ready from its local copy in {ms} ms"),
+                        Err(e) => format!("{e:#}"),
+                    },
+                    last.describe()
+                ),
+            );
+            let down = Excused {
+                from_ms: killed_ms,
+                to_ms: ready_ms + 1_000,
+                reasons: &["connect error", "connection error"],
+                why: "at par-2 while it was down",
+            };
+            Ok((last, check, vec![down, wan_cut_502s(killed_ms, to_ms)]))
         }
         Partition::OrchestratorKilled => unreachable!("handled above"),
+    }
+}
+
+/// Lets the paused runner go on into the cut wan, restores it 8 s later;
+/// returns when (Unix ms).
+async fn release_and_restore(night: &Night<'_>, pause: &Path) -> anyhow::Result<u64> {
+    let _ = std::fs::remove_file(pause);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    block(|| night.net.wan.set_up(true))?;
+    night.out.progress("partition: the wan is back");
+    Ok(crate::unix_ms())
+}
+
+/// What a cut of the wan from `from_ms` to `to_ms` costs by design: a site
+/// still at the source, reached through the destination's routers, has no
+/// path to it (502), and downloads across the link break.
+fn wan_cut_502s(from_ms: u64, to_ms: u64) -> Excused {
+    Excused {
+        from_ms,
+        // Connections across the wan open again within a second.
+        to_ms: to_ms + 1_000,
+        reasons: &["status 502"],
+        why: "through the other DC's routers while the wan was cut",
     }
 }
 

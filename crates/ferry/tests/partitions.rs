@@ -172,3 +172,14 @@ fn a_router_that_joins_during_a_migration_is_waited_for_and_serves() {
     assert!(d.contains("40 sites, 200 each"), "{d}");
     assert!(!d.contains("acknowledged by it: 0"), "{d}");
 }
+
+/// Scenario 2: a source router killed inside a freeze and started again
+/// while etcd is out of its reach (the link cut: no quorum in its DC): it
+/// starts from its local copy, the frozen unit held; once the link is back
+/// the freeze is tried again and the night ends.
+#[test]
+fn a_router_restarted_without_etcd_serves_from_its_local_copy() {
+    let doc = rehearse("router-restart");
+    let d = detail(&doc, "partition");
+    assert!(d.contains("ready from its local copy"), "{d}");
+}
