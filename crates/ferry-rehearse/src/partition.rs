@@ -50,9 +50,10 @@ pub enum Partition {
     /// the source DC takes the run over once its lease expired and ends
     /// it; the first, continued (SIGCONT), must exit 4 and change nothing.
     OrchestratorPaused,
-    /// The link between the DCs cut while a unit is frozen, before its
-    /// final copy; restored 8 s later.
-    WanCut,
+    /// The link between the DCs cut (the source's routers lose etcd's
+    /// quorum and the orchestrator, their clients still reach them) at one
+    /// moment of a unit; restored 8 s later.
+    WanCut(CutAt),
     /// A third destination router (gra-3) started inside a freeze: it loads
     /// the sites from etcd, registers, and every later freeze waits for it.
     RouterJoins,
@@ -63,13 +64,28 @@ pub enum Partition {
     RouterRestart,
 }
 
+/// When a `wan-cut` happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CutAt {
+    /// Before the unit's freeze begins: no router of the source can
+    /// acknowledge it.
+    BeforeFreeze,
+    /// The unit frozen, before its final copy.
+    FinalCopy,
+    /// The unit flipped, before it is unfrozen: the source's routers may
+    /// not have the flip yet.
+    AfterFlip,
+}
+
 impl Partition {
-    pub const ALL: [Partition; 7] = [
+    pub const ALL: [Partition; 9] = [
         Partition::EtcdMember,
         Partition::EtcdQuorum,
         Partition::OrchestratorKilled,
         Partition::OrchestratorPaused,
-        Partition::WanCut,
+        Partition::WanCut(CutAt::BeforeFreeze),
+        Partition::WanCut(CutAt::FinalCopy),
+        Partition::WanCut(CutAt::AfterFlip),
         Partition::RouterJoins,
         Partition::RouterRestart,
     ];
@@ -80,7 +96,9 @@ impl Partition {
             Partition::EtcdQuorum => "etcd-quorum",
             Partition::OrchestratorKilled => "orchestrator-killed",
             Partition::OrchestratorPaused => "orchestrator-paused",
-            Partition::WanCut => "wan-cut",
+            Partition::WanCut(CutAt::BeforeFreeze) => "wan-cut-before-freeze",
+            Partition::WanCut(CutAt::FinalCopy) => "wan-cut",
+            Partition::WanCut(CutAt::AfterFlip) => "wan-cut-after-flip",
             Partition::RouterJoins => "router-joins",
             Partition::RouterRestart => "router-restart",
         }
@@ -94,7 +112,11 @@ impl Partition {
             | Partition::OrchestratorPaused
             | Partition::RouterJoins => "freeze:inside=pause",
             Partition::OrchestratorKilled => "final_copy:inside=kill",
-            Partition::WanCut | Partition::RouterRestart => "final_copy:before=pause",
+            Partition::WanCut(CutAt::FinalCopy) | Partition::RouterRestart => {
+                "final_copy:before=pause"
+            }
+            Partition::WanCut(CutAt::BeforeFreeze) => "freeze:before=pause",
+            Partition::WanCut(CutAt::AfterFlip) => "flip:after=pause",
         }
     }
 }
@@ -365,12 +387,17 @@ async fn run_scenario(
                 Vec::new(),
             ))
         }
-        Partition::WanCut => {
+        Partition::WanCut(at) => {
+            let when = match at {
+                CutAt::BeforeFreeze => "before a unit's freeze",
+                CutAt::FinalCopy => "from a frozen unit's final copy",
+                CutAt::AfterFlip => "after a unit's flip",
+            };
             let from_ms = crate::unix_ms();
             block(|| night.net.wan.set_up(false))?;
-            night
-                .out
-                .progress("partition: the wan is cut (both ends down) before a final copy");
+            night.out.progress(&format!(
+                "partition: the wan is cut (both ends down) {when}"
+            ));
             let to_ms = release_and_restore(night, &pause).await?;
             let last = finish(night, &mut first).await?;
             let ok = last.status.success();
@@ -380,7 +407,7 @@ async fn run_scenario(
                     PARTITION,
                     ok,
                     format!(
-                        "the wan cut for 8 s from a frozen unit's final copy; the night ended: {}",
+                        "the wan cut for 8 s {when}; the night ended: {}",
                         last.describe()
                     ),
                 ),

@@ -58,6 +58,7 @@ pub struct Args {
     control: crate::demo::Control,
     /// Break something mid-night (needs --control etcd): etcd-member,
     /// etcd-quorum, orchestrator-killed, orchestrator-paused, wan-cut,
+    /// wan-cut-before-freeze, wan-cut-after-flip,
     /// router-joins, router-restart
     /// (docs/control-plane.md, "Partitions rehearsed").
     #[arg(long, value_parser = |s: &str| s.parse::<ferry_rehearse::Partition>())]

@@ -183,3 +183,26 @@ fn a_router_restarted_without_etcd_serves_from_its_local_copy() {
     let d = detail(&doc, "partition");
     assert!(d.contains("ready from its local copy"), "{d}");
 }
+
+/// Scenario 1 for the source's routers, before a freeze: cut from etcd's
+/// quorum and the orchestrator (their clients still reach them), they
+/// cannot acknowledge; the freeze is abandoned and tried again.
+#[test]
+fn the_wan_cut_before_a_freeze_holds_the_freeze_until_it_is_back() {
+    let doc = rehearse("wan-cut-before-freeze");
+    assert!(
+        attempts(&doc).iter().any(|&a| a >= 2),
+        "no unit needed a second attempt: {doc}"
+    );
+}
+
+/// Scenario 1 for the source's routers, after a flip: the next unit's
+/// prepare cannot reach them and asks again; nothing splits.
+#[test]
+fn the_wan_cut_after_a_flip_splits_nothing_and_the_night_ends() {
+    let doc = rehearse("wan-cut-after-flip");
+    assert!(
+        detail(&doc, "partition").contains("after a unit's flip"),
+        "{doc}"
+    );
+}

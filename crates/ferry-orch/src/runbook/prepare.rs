@@ -1,7 +1,8 @@
 //! Step `prepare`: destination directories created, every router knows
 //! the unit's sites (the source routers must already serve them; the others
 //! learn them as served from the source), the database movers' checks, the
-//! sites' fingerprints taken for the post-check.
+//! sites' fingerprints taken for the post-check. A router that cannot be
+//! asked is asked again, `retry_after` apart, up to `max_attempts` times.
 
 use serde::Serialize;
 use serde_json::json;
@@ -13,6 +14,15 @@ use crate::error::Result;
 use crate::event::StepDetail;
 use crate::status::{Outcome, Step};
 use ferry_model::SiteState;
+
+/// Why the routers could not be prepared.
+enum Unprepared {
+    /// A router did not answer or refused the call: asked again.
+    Unreachable(String),
+    /// What a router answered rules the unit out (a site the source does
+    /// not serve): the unit fails at once.
+    Refused(String),
+}
 
 /// Sites a router was taught (as served from the source).
 #[derive(Serialize)]
@@ -47,9 +57,22 @@ impl UnitRun<'_> {
                 }
             }
         }
-        let sent = match self.teach_routers(epoch).await {
-            Ok(sent) => sent,
-            Err(message) => return self.fail(step, Some(epoch), message),
+        // A router out of reach (a link cut, a restart) is asked again,
+        // `retry_after` apart, as often as a freeze would be: nothing has
+        // changed yet, and a unit failed here waits for the next night.
+        let mut tries = 1;
+        let sent = loop {
+            match self.teach_routers(epoch).await {
+                Ok(sent) => break sent,
+                Err(Unprepared::Unreachable(message)) if tries < o.cfg.freeze.max_attempts => {
+                    tracing::warn!(unit = %u.id, tries, retry_after = ?o.cfg.freeze.retry_after, "prepare: {message}; asking again");
+                    tokio::time::sleep(o.cfg.freeze.retry_after).await;
+                    tries += 1;
+                }
+                Err(Unprepared::Unreachable(message) | Unprepared::Refused(message)) => {
+                    return self.fail(step, Some(epoch), message)
+                }
+            }
         };
         let mut db_detail = Vec::new();
         for g in &u.dbs {
@@ -80,14 +103,14 @@ impl UnitRun<'_> {
     /// The source routers must already serve every site; the others learn
     /// them as served from the source, so traffic entering anywhere reaches
     /// it. Answers what was sent (per router), or why the unit fails.
-    async fn teach_routers(&self, epoch: u64) -> std::result::Result<Vec<Taught>, String> {
+    async fn teach_routers(&self, epoch: u64) -> std::result::Result<Vec<Taught>, Unprepared> {
         let (o, u) = (self.orch, self.unit);
         let mut sent = Vec::new();
         for (name, res) in o.query_all(&o.routers, &u.sites).await {
             let Some(r) = o.routers.iter().find(|r| r.name() == name) else {
                 continue; // cannot happen: the names come from the same list
             };
-            let list = res.map_err(|e| e.to_string())?;
+            let list = res.map_err(|e| Unprepared::Unreachable(e.to_string()))?;
             if r.spec.datacenter == u.from_dc {
                 let missing: Vec<&str> = list
                     .iter()
@@ -96,11 +119,11 @@ impl UnitRun<'_> {
                     .collect();
                 if !missing.is_empty() {
                     let shown: Vec<&str> = missing.iter().take(20).copied().collect();
-                    return Err(format!(
+                    return Err(Unprepared::Refused(format!(
                         "source router {name} does not know {} site(s) of the unit: {}",
                         missing.len(),
                         shown.join(", ")
-                    ));
+                    )));
                 }
                 continue;
             }
@@ -114,7 +137,9 @@ impl UnitRun<'_> {
                 continue;
             }
             let changes = site_changes(&todo, &want, SiteState::Active, epoch);
-            r.apply(&changes).await.map_err(|e| e.to_string())?;
+            r.apply(&changes)
+                .await
+                .map_err(|e| Unprepared::Unreachable(e.to_string()))?;
             sent.push(Taught {
                 router: name,
                 sites: todo.len(),
