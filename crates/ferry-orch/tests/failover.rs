@@ -187,6 +187,45 @@ async fn a_run_in_etcd_is_refused_twice_and_resumed_after_a_clean_stop() {
     w.assert_moved().await;
 }
 
+/// A run kept in etcd is rolled back by another runner, under its own
+/// lease: the unit moves back, and the journal in etcd says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_in_etcd_is_rolled_back_by_another_runner() {
+    let c = Cluster::start(3);
+    let w = world("").await;
+    let s = settings(&c, "/rollback");
+    let a = Orchestrator::start(
+        w.inputs(),
+        EtcdRun::take(&s, Some("runner-a")).unwrap(),
+        now_opts(),
+    )
+    .unwrap();
+    assert!(a.run().await.unwrap().ok());
+    drop(a);
+    let b = Orchestrator::resume(EtcdRun::take(&s, Some("runner-b")).unwrap(), now_opts()).unwrap();
+    // While runner-b holds the run, nobody else may roll it back.
+    let refused = EtcdRun::take(&s, Some("runner-c"))
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|e| e.contains("is held by") && e.contains("runner-b")),
+        "{refused:?}"
+    );
+    assert_eq!(b.rollback("U1").await.unwrap(), UnitState::RolledBack);
+    for r in w.records("par-1").await {
+        assert_eq!(
+            (r.placement.as_str(), r.state.as_str()),
+            ("pool:par-web", "active")
+        );
+    }
+    drop(b);
+    let reader = Journal::open_read_only(EtcdRun::read_only(&s).unwrap()).unwrap();
+    let st = reader.status().unwrap().unwrap();
+    assert_eq!(st.units[0].state, UnitState::RolledBack);
+}
+
 /// `[store]` is checked at its lines: what etcd needs, what SQLite refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_settings_are_checked_at_their_lines() {

@@ -288,8 +288,12 @@ struct RollbackArgs {
     /// The unit id.
     unit: String,
     /// The journal of the run.
-    #[arg(long)]
-    journal: PathBuf,
+    #[arg(long, required_unless_present = "control")]
+    journal: Option<PathBuf>,
+    /// The run in etcd instead: rolled back under its lease (refused, exit
+    /// 3, while another runner holds it).
+    #[command(flatten)]
+    control: ControlArgs,
     /// One JSON event per line on stdout.
     #[arg(long)]
     json: bool,
@@ -360,7 +364,8 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         Cmd::Rollback(a) => {
             let out = Output::new(a.json);
             let opts = options(true, &out)?;
-            let o = Orchestrator::resume(&a.journal, opts).map_err(orch_failure)?;
+            let at = journal_at(a.journal.as_ref(), &a.control, true)?;
+            let o = Orchestrator::resume(at, opts).map_err(orch_failure)?;
             let unit = a.unit.clone();
             let state = o.rollback(&unit).await.map_err(orch_failure)?;
             out.finish();
