@@ -104,6 +104,8 @@ pub enum Fault {
 pub struct Out {
     json: bool,
     t0: Instant,
+    /// `t0` on the wall clock (Unix ms), to place the load's records.
+    t0_unix_ms: u64,
 }
 
 impl Out {
@@ -112,7 +114,18 @@ impl Out {
         Out {
             json,
             t0: Instant::now(),
+            t0_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         }
+    }
+
+    /// A wall-clock time (Unix ms) as the progress lines stamp it, to the
+    /// tenth of a second: `00:06.2`.
+    pub fn stamp(&self, unix_ms: u64) -> String {
+        let ms = unix_ms.saturating_sub(self.t0_unix_ms);
+        let (s, tenth) = (ms / 1000, (ms % 1000) / 100);
+        format!("{:02}:{:02}.{tenth}", s / 60, s % 60)
     }
 
     pub fn say(&self, line: &str) {

@@ -288,14 +288,7 @@ impl Worker {
             _ => StatusCode::OK,
         };
         if status != expected {
-            // The router's own answers say why in their first line.
-            let why = String::from_utf8_lossy(&body[..body.len().min(200)]);
-            let why: String = why.lines().next().unwrap_or("").chars().take(72).collect();
-            return Err(if why.is_empty() {
-                format!("status {}", status.as_u16())
-            } else {
-                format!("status {} ({why})", status.as_u16())
-            });
+            return Err(failure_reason(status.as_u16(), &body));
         }
         let good = match op {
             // The page names its site: a response from another site is wrong.
@@ -312,4 +305,16 @@ impl Worker {
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A failed answer as the checks list it: `status 503 (the first line of
+/// its body)`; the router's own answers say why in their first line.
+pub fn failure_reason(status: u16, body: &[u8]) -> String {
+    let why = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    let why: String = why.lines().next().unwrap_or("").chars().take(72).collect();
+    if why.is_empty() {
+        format!("status {status}")
+    } else {
+        format!("status {status} ({why})")
+    }
 }

@@ -134,6 +134,43 @@ pub struct LinkInfo {
 }
 
 /// Milliseconds since the Unix epoch (the journal's clock).
+/// Prints the failed requests (after a scenario's documented ones were
+/// taken out) with when they were sent, the first 12: what an operator
+/// reads first when `requests` fails.
+fn list_failures(
+    out: &Out,
+    load: &ferry_demo::load::LoadResult,
+    mixed: &[traffic::Record],
+    sites: &[ferry_demo::topology::Site],
+) {
+    let load_failed = load
+        .log
+        .iter()
+        .filter_map(|r| Some(("browser", r.site, r.sent_at_ms, r.took, r.failed.as_ref()?)));
+    let mix_failed = mixed.iter().filter_map(|r| {
+        Some((
+            r.kind.name(),
+            r.site,
+            r.sent_at_ms,
+            r.took,
+            r.failed.as_ref()?,
+        ))
+    });
+    let mut failed: Vec<_> = load_failed.chain(mix_failed).collect();
+    failed.sort_by_key(|f| f.2);
+    for (kind, site, sent_at_ms, took, reason) in failed.iter().take(12) {
+        let host = sites.get(*site).map_or("?", |s| s.host.as_str());
+        out.progress(&format!(
+            "failed: {kind} to {host} sent at {}, after {} ms: {reason}",
+            out.stamp(*sent_at_ms),
+            took.as_millis()
+        ));
+    }
+    if failed.len() > 12 {
+        out.progress(&format!("failed: {} more", failed.len() - 12));
+    }
+}
+
 pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -259,6 +296,7 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
         }
         check
     });
+    list_failures(out, &load, &mixed, &sites);
     drop(up);
 
     let status = {
@@ -614,22 +652,46 @@ fn check_orchestrator(end: &demo_orch::RunEnd) -> Check {
     )
 }
 
-/// What a file-mode freeze costs per file of a unit on this kind of machine
-/// (`ferry plan --freeze-per-file`): the final pass and the proof at the
-/// flip (content hashes kept since the pre-copy), both ends walked by agents
-/// on one machine, two units freezing at once on 2 vCPUs shared with other
-/// builds. Measured (BENCHMARKS.md, "ferry rehearse", 2026-12-03 15:25-16:08
-/// UTC): units of 55,004 files froze in 1.46-2.72 s (median 2.33 s) in four
-/// runs planned at 60us and 5us; with the plan's `--freeze-overhead 1s`,
-/// (2.33 s - 1 s) / 55,004 files is 24 us a file, rounded up. Planned at
-/// 25us (2.375 s) they froze in 2.47 and 2.69 s. Runs spread wider than
-/// +-20 %, so no single value puts every freeze within 20 % here (the
-/// fastest run was 36-39 % below). `ferry migrate check --measure-link`
-/// measures it on a real fleet.
-const FREEZE_PER_FILE: &str = "25us";
+/// What a freeze of this rehearsal costs besides its files: the journal's
+/// writes, the routers' stores and the orchestrator's calls on one machine.
+/// Fitted with the two constants below to 44 freezes of units of 224 to
+/// 27,504 files at 5 ms each way (BENCHMARKS.md, "ferry rehearse", issue 18).
+const FREEZE_FIXED: Duration = Duration::from_millis(200);
 
-/// `ferry plan` as a child, with the link and lanes of this rehearsal; a
-/// freeze's fixed cost is small here (routers a few ms apart, no databases).
+/// Round trips across the link every freeze waits for: the freeze and the
+/// drain query at the source routers, the proof at the source agent, the
+/// flip at the source routers (each a call on an open connection).
+const FREEZE_ROUND_TRIPS: u32 = 4;
+
+/// CPU time a file of the unit costs a freeze (`ferry plan
+/// --freeze-per-file` on one core): the final pass walks it at both agents
+/// and the proof at the flip reads its kept hash. The debug build (tests,
+/// most rehearsals) takes about 4 times the release build's. Measured on 2
+/// vCPUs (BENCHMARKS.md, "ferry rehearse", issue 18): debug, 4 lanes, 330
+/// us a file of wall time (2 freezes a core); release (earlier runs, 2
+/// lanes: 1 a core), 35 us. `ferry migrate check --measure-link`
+/// measures it on a real fleet.
+const FREEZE_CPU_PER_FILE_US: f64 = if cfg!(debug_assertions) { 165.0 } else { 35.0 };
+
+/// `ferry plan`'s freeze model for this rehearsal: the fixed cost and the
+/// round trips at its latency, and a file's CPU time shared by the freezes
+/// that run at once (one per lane, at most one per filer) over this
+/// machine's cores, where both datacenters run.
+fn freeze_plan_args(opts: &Options) -> [String; 4] {
+    let overhead = FREEZE_FIXED + opts.latency * 2 * FREEZE_ROUND_TRIPS;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let at_once = opts.lanes.min(opts.filers).max(1);
+    let per_file_us = FREEZE_CPU_PER_FILE_US * f64::from(at_once) / cores as f64;
+    [
+        "--freeze-overhead".to_string(),
+        format!("{}ms", overhead.as_millis()),
+        "--freeze-per-file".to_string(),
+        format!("{per_file_us:.1}us"),
+    ]
+}
+
+/// `ferry plan` as a child, with the link and lanes of this rehearsal and
+/// its freeze model (`freeze_plan_args`, written first in the plan's log).
 /// Units are whole filers (its copy jobs are per filer), copied file by
 /// file, as its migrate.toml says (`mode = "file"`).
 async fn run_plan(
@@ -639,24 +701,29 @@ async fn run_plan(
     plan: &Path,
     log: &Path,
 ) -> anyhow::Result<()> {
+    let freeze = freeze_plan_args(opts);
     let out = tokio::process::Command::new(exe)
         .arg("plan")
         .arg("--inventory")
         .arg(inventory)
         .args(["--constraints", "filer", "--copy-mode", "files"])
-        .args(["--freeze-per-file", FREEZE_PER_FILE])
+        .args(&freeze)
         .arg("--bandwidth")
         .arg(format!("{}B/s", opts.rate_bytes))
         .arg("--parallel")
         .arg(opts.lanes.to_string())
-        .args(["--freeze-overhead", "1s", "--json", "--out"])
+        .args(["--json", "--out"])
         .arg(plan)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output()
         .await
         .context("running ferry plan")?;
-    std::fs::write(log, [&out.stdout[..], &out.stderr[..]].concat())?;
+    let flags = format!("freeze model: {}\n", freeze.join(" "));
+    std::fs::write(
+        log,
+        [flags.as_bytes(), &out.stdout[..], &out.stderr[..]].concat(),
+    )?;
     if !out.status.success() || !plan.is_file() {
         bail!(
             "ferry plan failed ({}): {}",

@@ -67,6 +67,9 @@ pub enum Partition {
 /// When a `wan-cut` happens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CutAt {
+    /// Between a unit's first pre-copy pass and its converging ones: the
+    /// source's agent is out of reach of the copy.
+    PreCopy,
     /// Before the unit's freeze begins: no router of the source can
     /// acknowledge it.
     BeforeFreeze,
@@ -78,11 +81,12 @@ pub enum CutAt {
 }
 
 impl Partition {
-    pub const ALL: [Partition; 9] = [
+    pub const ALL: [Partition; 10] = [
         Partition::EtcdMember,
         Partition::EtcdQuorum,
         Partition::OrchestratorKilled,
         Partition::OrchestratorPaused,
+        Partition::WanCut(CutAt::PreCopy),
         Partition::WanCut(CutAt::BeforeFreeze),
         Partition::WanCut(CutAt::FinalCopy),
         Partition::WanCut(CutAt::AfterFlip),
@@ -96,6 +100,7 @@ impl Partition {
             Partition::EtcdQuorum => "etcd-quorum",
             Partition::OrchestratorKilled => "orchestrator-killed",
             Partition::OrchestratorPaused => "orchestrator-paused",
+            Partition::WanCut(CutAt::PreCopy) => "wan-cut-pre-copy",
             Partition::WanCut(CutAt::BeforeFreeze) => "wan-cut-before-freeze",
             Partition::WanCut(CutAt::FinalCopy) => "wan-cut",
             Partition::WanCut(CutAt::AfterFlip) => "wan-cut-after-flip",
@@ -115,6 +120,7 @@ impl Partition {
             Partition::WanCut(CutAt::FinalCopy) | Partition::RouterRestart => {
                 "final_copy:before=pause"
             }
+            Partition::WanCut(CutAt::PreCopy) => "pre_copy:inside=pause",
             Partition::WanCut(CutAt::BeforeFreeze) => "freeze:before=pause",
             Partition::WanCut(CutAt::AfterFlip) => "flip:after=pause",
         }
@@ -389,6 +395,7 @@ async fn run_scenario(
         }
         Partition::WanCut(at) => {
             let when = match at {
+                CutAt::PreCopy => "inside a unit's pre-copy",
                 CutAt::BeforeFreeze => "before a unit's freeze",
                 CutAt::FinalCopy => "from a frozen unit's final copy",
                 CutAt::AfterFlip => "after a unit's flip",
@@ -400,18 +407,25 @@ async fn run_scenario(
             ));
             let to_ms = release_and_restore(night, &pause).await?;
             let last = finish(night, &mut first).await?;
-            let ok = last.status.success();
+            let mut ok = last.status.success();
+            let mut detail = format!(
+                "the wan cut for 8 s {when}; the night ended: {}",
+                last.describe()
+            );
+            if at == CutAt::PreCopy {
+                // The copy must have been asked again, not failed the unit.
+                let asked = pre_copies_asked_again(night).await;
+                ok &= asked.as_ref().is_ok_and(|d| !d.is_empty());
+                detail.push_str(&match asked {
+                    Ok(d) if d.is_empty() => "; no pre-copy was asked again".to_string(),
+                    Ok(d) => format!("; pre-copy: {}", d.join("; ")),
+                    Err(e) => format!("; the run's status: {e:#}"),
+                });
+            }
             Ok((
                 last.clone(),
-                Check::new(
-                    PARTITION,
-                    ok,
-                    format!(
-                        "the wan cut for 8 s {when}; the night ended: {}",
-                        last.describe()
-                    ),
-                ),
-                vec![wan_cut_502s(from_ms, to_ms)],
+                Check::new(PARTITION, ok, detail),
+                vec![wan_cut_failures(from_ms, to_ms)],
             ))
         }
         Partition::RouterJoins => {
@@ -511,7 +525,7 @@ async fn run_scenario(
                 reasons: &["connect error", "connection error"],
                 why: "at par-2 while it was down",
             };
-            Ok((last, check, vec![down, wan_cut_502s(killed_ms, to_ms)]))
+            Ok((last, check, vec![down, wan_cut_failures(killed_ms, to_ms)]))
         }
         Partition::OrchestratorKilled => unreachable!("handled above"),
     }
@@ -529,13 +543,19 @@ async fn release_and_restore(night: &Night<'_>, pause: &Path) -> anyhow::Result<
 
 /// What a cut of the wan from `from_ms` to `to_ms` costs by design: a site
 /// still at the source, reached through the destination's routers, has no
-/// path to it (502), and downloads across the link break.
-fn wan_cut_502s(from_ms: u64, to_ms: u64) -> Excused {
+/// path to it (502), and downloads across the link break. A request of such
+/// a site already on its way across the link when a freeze begins is stuck
+/// there: the destination's router, which took the freeze, cuts it at the
+/// drain deadline (503) rather than let it hold the freeze.
+fn wan_cut_failures(from_ms: u64, to_ms: u64) -> Excused {
     Excused {
         from_ms,
         // Connections across the wan open again within a second.
         to_ms: to_ms + 1_000,
-        reasons: &["status 502"],
+        reasons: &[
+            "status 502",
+            "status 503 (site is being moved; the request was cut at the freeze's drain deadline",
+        ],
         why: "through the other DC's routers while the wan was cut",
     }
 }
@@ -546,12 +566,7 @@ const JOINED_N: u16 = 3;
 /// How many freeze steps begun after `since_ms` ended ok listing `router`
 /// among the routers in etcd that acknowledged.
 async fn freezes_listing(night: &Night<'_>, router: &str, since_ms: u64) -> anyhow::Result<usize> {
-    let (exe, run_at) = (night.exe.to_path_buf(), night.run_at.clone());
-    let status = night
-        .net
-        .handle(Place::Gra)
-        .spawn(async move { demo_orch::status_with(&exe, &run_at).await })
-        .await??;
+    let status = run_status(night).await?;
     Ok(status
         .units
         .iter()
@@ -563,6 +578,35 @@ async fn freezes_listing(night: &Night<'_>, router: &str, since_ms: u64) -> anyh
                 && r.detail.as_deref().is_some_and(|d| d.contains(router))
         })
         .count())
+}
+
+/// The run's status, read in the destination DC (where etcd has quorum).
+async fn run_status(night: &Night<'_>) -> anyhow::Result<ferry_orch::MigrationStatus> {
+    let (exe, run_at) = (night.exe.to_path_buf(), night.run_at.clone());
+    night
+        .net
+        .handle(Place::Gra)
+        .spawn(async move { demo_orch::status_with(&exe, &run_at).await })
+        .await?
+}
+
+/// The pre-copy steps that ended ok after asking an agent again, as
+/// `U1: <the step's line>`.
+async fn pre_copies_asked_again(night: &Night<'_>) -> anyhow::Result<Vec<String>> {
+    let status = run_status(night).await?;
+    Ok(status
+        .units
+        .iter()
+        .flat_map(|u| u.steps.iter().map(move |r| (&u.id, r)))
+        .filter(|(_, r)| {
+            r.step == ferry_orch::Step::PreCopy
+                && r.outcome == Some(ferry_orch::Outcome::Ok)
+                && r.detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains("asked again"))
+        })
+        .map(|(id, r)| format!("{id}: {}", r.detail.as_deref().unwrap_or_default()))
+        .collect())
 }
 
 /// GET / of every site (the first 500) through the joined router, in the

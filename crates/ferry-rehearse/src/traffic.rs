@@ -190,7 +190,9 @@ impl Client {
             .map_err(|_| "connection error".to_string())?;
         let (status, length, close, mut body) = read_head(&mut conn).await?;
         let mut got = body.len() as u64;
-        body.clear();
+        // A failed answer's first bytes say why; a good one's are not kept.
+        let keep = if status == 200 { 0 } else { 200 };
+        body.truncate(keep);
         let mut buf = vec![0u8; self.chunk];
         while got < length {
             let want = buf.len().min((length - got) as usize);
@@ -202,12 +204,14 @@ impl Client {
                 return Err("body cut short".into());
             }
             got += n as u64;
+            let room = keep.saturating_sub(body.len()).min(n);
+            body.extend_from_slice(&buf[..room]);
             if self.kind == Kind::SlowReader {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         if status != 200 {
-            return Err(format!("status {status}"));
+            return Err(ferry_demo::load::failure_reason(status, &body));
         }
         if got != file.bytes {
             return Err("wrong body".into());

@@ -72,6 +72,12 @@ impl SyncError {
         }
     }
 
+    /// True when talking to the peer failed (refused, reset, timed out, no
+    /// route): the peer may answer again later, and asking again is safe.
+    pub fn is_network(&self) -> bool {
+        matches!(self, SyncError::Net { .. })
+    }
+
     /// True when the error is "the file is not there" (a file that vanished at the
     /// source between scan and read is skipped, as rsync does, not fatal).
     pub fn is_not_found(&self) -> bool {

@@ -206,3 +206,13 @@ fn the_wan_cut_after_a_flip_splits_nothing_and_the_night_ends() {
         "{doc}"
     );
 }
+
+/// The link cut inside a unit's pre-copy (between its first pass and the
+/// converging ones): the copy cannot reach the source's agent and asks it
+/// again later; the unit is not failed for the night.
+#[test]
+fn the_wan_cut_inside_a_pre_copy_is_waited_out() {
+    let doc = rehearse("wan-cut-pre-copy");
+    let d = detail(&doc, "partition");
+    assert!(d.contains("an agent out of reach was asked again"), "{d}");
+}

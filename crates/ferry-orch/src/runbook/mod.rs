@@ -649,3 +649,28 @@ fn past_window(p: &UnitProgress) -> bool {
     let at = p.open.map(|o| o.step).or(p.last_end.map(|e| e.step));
     at.is_some_and(|s| s >= Step::AwaitWindow)
 }
+
+/// How long `prepare` and `pre_copy` wait before asking a peer out of reach
+/// (a router, an agent) again, the `tries`-th time it failed: `retry_after`,
+/// doubled at each try up to 8 times it, so that `max_attempts` tries span a
+/// link's usual outage (5 tries: 15 x `retry_after`) while a peer that is
+/// back is asked again soon. Nothing has changed yet at these steps; a unit
+/// that fails there waits for the next night.
+pub(super) fn ask_again_after(retry_after: Duration, tries: u32) -> Duration {
+    retry_after * (1u32 << tries.saturating_sub(1).min(3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_out_of_reach_is_asked_again_later_each_time_up_to_eight_times_the_wait() {
+        let s = Duration::from_secs(1);
+        let waits: Vec<u64> = (1..=6).map(|t| ask_again_after(s, t).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 8, 8]);
+        // 5 attempts (the default) span an 8 s outage of the link.
+        let spanned: Duration = (1..5).map(|t| ask_again_after(s, t)).sum();
+        assert!(spanned >= Duration::from_secs(8), "{spanned:?}");
+    }
+}

@@ -2,7 +2,7 @@
 //! the unit's sites (the source routers must already serve them; the others
 //! learn them as served from the source), the database movers' checks, the
 //! sites' fingerprints taken for the post-check. A router that cannot be
-//! asked is asked again, `retry_after` apart, up to `max_attempts` times.
+//! asked is asked again (`ask_again_after`), up to `max_attempts` times.
 
 use serde::Serialize;
 use serde_json::json;
@@ -57,16 +57,16 @@ impl UnitRun<'_> {
                 }
             }
         }
-        // A router out of reach (a link cut, a restart) is asked again,
-        // `retry_after` apart, as often as a freeze would be: nothing has
-        // changed yet, and a unit failed here waits for the next night.
+        // A router out of reach (a link cut, a restart) is asked again
+        // (`ask_again_after`), as many times as a freeze is tried.
         let mut tries = 1;
         let sent = loop {
             match self.teach_routers(epoch).await {
                 Ok(sent) => break sent,
                 Err(Unprepared::Unreachable(message)) if tries < o.cfg.freeze.max_attempts => {
-                    tracing::warn!(unit = %u.id, tries, retry_after = ?o.cfg.freeze.retry_after, "prepare: {message}; asking again");
-                    tokio::time::sleep(o.cfg.freeze.retry_after).await;
+                    let wait = super::ask_again_after(o.cfg.freeze.retry_after, tries);
+                    tracing::warn!(unit = %u.id, tries, ?wait, "prepare: {message}; asking again");
+                    tokio::time::sleep(wait).await;
                     tries += 1;
                 }
                 Err(Unprepared::Unreachable(message) | Unprepared::Refused(message)) => {
