@@ -21,15 +21,23 @@
 //!     database account) are not Ferry's to judge, and routers' admin tokens
 //!     are accepted at any length for now: raising that would refuse
 //!     configurations that work today (see issue 19).
+//! - [`check_host_port`], [`read_named_file`]: an address to connect to, a
+//!   file the config names (read at load, refused at its key).
+//! - [`etcd`]: how an etcd client reaches its cluster (endpoints, user and
+//!   password, TLS files), one check for routers, the orchestrator and the
+//!   `--control etcd` flags.
 //!
 //! No Ferry dependency except `ferry-secret`.
 
 #![forbid(unsafe_code)]
 
 mod duration;
+pub mod etcd;
+mod files;
 mod position;
 mod secret;
 
 pub use duration::parse_duration;
+pub use files::{check_host_port, read_named_file};
 pub use position::{line_col, Invalid, Source};
 pub use secret::{SecretKeys, SpanError, MIN_TOKEN_CHARS};

@@ -113,35 +113,15 @@ pub struct EtcdSettings {
     pub local_copy: Option<PathBuf>,
 }
 
-/// PEM of an etcd client's TLS settings.
-#[derive(Debug, Clone)]
-pub struct EtcdTls {
-    pub ca: String,
-    /// Certificate and private key (both or neither).
-    pub identity: Option<(String, ferry_secret::Secret)>,
-}
+/// PEM of an etcd client's TLS settings: one type with the orchestrator's
+/// `[store]`, checked by the same code (ferry-conf's `etcd`).
+pub use ferry_conf::etcd::EtcdTls;
 
 // By hand: `Secret` compares in constant time and has no `Eq` of its own.
 impl PartialEq for EtcdSettings {
     fn eq(&self, o: &EtcdSettings) -> bool {
-        let auth = match (&self.auth, &o.auth) {
-            (None, None) => true,
-            (Some((u, p)), Some((v, q))) => u == v && p == q,
-            _ => false,
-        };
-        let tls = match (&self.tls, &o.tls) {
-            (None, None) => true,
-            (Some(a), Some(b)) => {
-                a.ca == b.ca
-                    && match (&a.identity, &b.identity) {
-                        (None, None) => true,
-                        (Some((c, k)), Some((d, l))) => c == d && k == l,
-                        _ => false,
-                    }
-            }
-            _ => false,
-        };
-        auth && tls
+        self.auth == o.auth
+            && self.tls == o.tls
             && self.endpoints == o.endpoints
             && self.prefix == o.prefix
             && self.lease_ttl == o.lease_ttl

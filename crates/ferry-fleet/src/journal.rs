@@ -226,24 +226,16 @@ pub struct EtcdRun {
 
 #[cfg(feature = "etcd")]
 impl EtcdRun {
-    /// Connects to read run `run` (`ferry update status`): no lease.
-    pub fn read_only(
-        endpoints: Vec<String>,
-        prefix: &str,
-        run: &str,
-        request_timeout: std::time::Duration,
-    ) -> Result<EtcdRun> {
-        let mut cfg = ferry_store::EtcdConfig::new(endpoints, prefix);
-        cfg.request_timeout = request_timeout;
-        let store = ferry_store::EtcdStore::connect(cfg).map_err(|e| FleetError::Journal {
-            path: format!("etcd:{prefix}/runs/{run}").into(),
-            message: format!("cannot reach etcd: {e}"),
-        })?;
-        Ok(EtcdRun {
-            store: std::sync::Arc::new(store),
+    /// Run `run` of the cluster `store` is connected to, read only (`ferry
+    /// update status`) until [`EtcdRun::take`]. The caller connects (with
+    /// the user and TLS files of its settings, and its own words for a
+    /// refusal).
+    pub fn read_only(store: std::sync::Arc<ferry_store::EtcdStore>, run: &str) -> EtcdRun {
+        EtcdRun {
+            store,
             run: run.to_string(),
             lease: None,
-        })
+        }
     }
 
     /// Takes the run's lease for `holder` (refused while another runner's

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use ferry_journal::lease::RunLease;
-use ferry_store::{EtcdConfig, EtcdStore};
+use ferry_store::{EtcdAuth, EtcdConfig, EtcdStore, EtcdTlsConfig};
 
 use crate::config::EtcdSettings;
 use crate::error::{OrchError, Result};
@@ -38,15 +38,44 @@ pub fn default_holder() -> String {
     format!("{host} pid {}", std::process::id())
 }
 
-fn connect(s: &EtcdSettings) -> Result<Arc<EtcdStore>> {
+/// The etcd client's settings from `[store]` (or `--control etcd`'s
+/// flags): endpoints, prefix, bound, and the user and TLS files when given.
+pub fn etcd_config(s: &EtcdSettings) -> EtcdConfig {
     let mut cfg = EtcdConfig::new(s.endpoints.clone(), s.prefix.clone());
     cfg.request_timeout = s.request_timeout;
-    EtcdStore::connect(cfg)
+    cfg.auth = s.auth.as_ref().map(|a| EtcdAuth {
+        user: a.user.clone(),
+        password: a.password.expose().to_string(),
+    });
+    cfg.tls = s.tls.as_ref().map(|t| EtcdTlsConfig {
+        ca: t.ca.clone(),
+        identity: t.identity_pem(),
+    });
+    cfg
+}
+
+/// Connects with `s`; a refused password is named as such.
+pub fn connect(s: &EtcdSettings) -> Result<Arc<EtcdStore>> {
+    EtcdStore::connect(etcd_config(s))
         .map(Arc::new)
         .map_err(|e| OrchError::Journal {
             path: format!("etcd:{}/runs/{}", s.prefix, s.run).into(),
-            message: format!("cannot reach etcd: {e}"),
+            message: refused_or_unreachable(s, &e),
         })
+}
+
+/// Why the connection failed, in words: a refused password or certificate is
+/// not a cluster down, and retrying will not help.
+fn refused_or_unreachable(s: &EtcdSettings, e: &ferry_store::StoreError) -> String {
+    let text = e.to_string();
+    match &s.auth {
+        // etcd's own words for a wrong user or password.
+        Some(a) if text.contains("authentication failed") => format!(
+            "etcd refused user {:?}: a wrong password, or no such user ({text})",
+            a.user
+        ),
+        _ => format!("cannot reach etcd: {text}"),
+    }
 }
 
 impl EtcdRun {

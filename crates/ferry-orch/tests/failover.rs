@@ -33,6 +33,8 @@ fn settings(c: &Cluster, prefix: &str) -> EtcdSettings {
     EtcdSettings {
         endpoints: c.endpoints(),
         prefix: prefix.to_string(),
+        auth: None,
+        tls: None,
         run: "night-1".to_string(),
         lease_ttl: Duration::from_secs(2),
         request_timeout: Duration::from_secs(5),
@@ -258,7 +260,7 @@ async fn store_settings_are_checked_at_their_lines() {
         ),
         (
             "[store]\nbackend = \"etcd\"\nendpoints = [\"h:1\"]\nrun = \"r\"\n",
-            "store endpoints",
+            "store: endpoint \"h:1\" is not http://HOST:PORT",
             3,
         ),
         (

@@ -30,6 +30,8 @@ async fn a_seen_router_that_is_gone_blocks_the_freeze_until_retired() {
     let s = EtcdSettings {
         endpoints: c.endpoints(),
         prefix: PREFIX.to_string(),
+        auth: None,
+        tls: None,
         run: "night-1".to_string(),
         lease_ttl: Duration::from_secs(2),
         request_timeout: Duration::from_secs(5),

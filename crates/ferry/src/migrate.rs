@@ -141,7 +141,8 @@ pub(crate) struct ControlArgs {
     /// once its lease has expired.
     #[arg(long, value_parser = ["etcd"], requires_all = ["run", "etcd_endpoints"])]
     pub(crate) control: Option<String>,
-    /// The etcd members, comma-separated `http://HOST:PORT` (`[store] endpoints`).
+    /// The etcd members, comma-separated `http://HOST:PORT` (`https://` with
+    /// --etcd-ca-file) (`[store] endpoints`).
     #[arg(long, value_delimiter = ',', requires = "control")]
     etcd_endpoints: Vec<String>,
     /// The key prefix in etcd (`[store] prefix`).
@@ -153,27 +154,78 @@ pub(crate) struct ControlArgs {
     /// TTL of the run's lease taken by this runner (`[store] lease_ttl`).
     #[arg(long, default_value = "10s", value_parser = ferry_conf::parse_duration, requires = "control")]
     pub(crate) lease_ttl: std::time::Duration,
+    /// User and TLS files (boxed: rarely given, and every subcommand
+    /// holding these flags would grow by their size).
+    #[command(flatten)]
+    access: Box<AccessArgs>,
+}
+
+/// How `--control etcd` logs in: the keys of `[store]` as flags.
+#[derive(clap::Args)]
+struct AccessArgs {
+    /// etcd user (`[store] user`), with --etcd-password-file.
+    #[arg(long, requires = "control")]
+    etcd_user: Option<String>,
+    /// File holding the etcd user's password, readable by its owner only
+    /// (`[store] password_file`).
+    #[arg(long, requires = "control")]
+    etcd_password_file: Option<String>,
+    /// The CA of the members' certificates (`[store] ca_file`): the
+    /// endpoints are then https://.
+    #[arg(long, requires = "control")]
+    etcd_ca_file: Option<String>,
+    /// Client certificate, when the cluster asks for one (`[store] cert_file`).
+    #[arg(long, requires = "control")]
+    etcd_cert_file: Option<String>,
+    /// Its private key, readable by its owner only (`[store] key_file`).
+    #[arg(long, requires = "control")]
+    etcd_key_file: Option<String>,
 }
 
 impl ControlArgs {
-    /// `--etcd-endpoints`, each checked as `http://HOST:PORT`.
+    /// The run in etcd these flags name, checked by the code that checks
+    /// `[store]` (ferry-conf's `etcd`: the same rules and messages, naming
+    /// the flags); relative files are relative to the working directory.
     #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
-    pub(crate) fn endpoints(&self) -> Result<Vec<String>, Failure> {
-        let mut endpoints = Vec::new();
-        for e in &self.etcd_endpoints {
-            let ok = e.strip_prefix("http://").is_some_and(|r| {
-                r.rsplit_once(':').is_some_and(|(h, p)| {
-                    !h.is_empty() && p.trim_end_matches('/').parse::<u16>().is_ok_and(|p| p > 0)
-                })
-            });
-            if !ok {
-                return Err(Failure::usage(anyhow!(
-                    "--etcd-endpoints {e:?}: expected http://HOST:PORT"
-                )));
-            }
-            endpoints.push(e.trim_end_matches('/').to_string());
+    pub(crate) fn settings(&self) -> Result<ferry_orch::config::EtcdSettings, Failure> {
+        let flag = |v: &String| ferry_conf::etcd::Spanned::new(0..0, v.clone());
+        let endpoints =
+            ferry_conf::etcd::Spanned::new(0..0, self.etcd_endpoints.iter().map(flag).collect());
+        let a = &self.access;
+        let [prefix, user, password_file, ca_file, cert_file, key_file] = [
+            Some(&self.etcd_prefix),
+            a.etcd_user.as_ref(),
+            a.etcd_password_file.as_ref(),
+            a.etcd_ca_file.as_ref(),
+            a.etcd_cert_file.as_ref(),
+            a.etcd_key_file.as_ref(),
+        ]
+        .map(|v| v.map(flag));
+        let access = ferry_conf::etcd::EtcdKeys {
+            naming: ferry_conf::etcd::Naming::Flags,
+            endpoints: Some(&endpoints),
+            prefix: prefix.as_ref(),
+            missing_at: 0..0,
+            user: user.as_ref(),
+            password_file: password_file.as_ref(),
+            ca_file: ca_file.as_ref(),
+            cert_file: cert_file.as_ref(),
+            key_file: key_file.as_ref(),
         }
-        Ok(endpoints)
+        .check(std::path::Path::new(""))
+        .map_err(|e| Failure::usage(anyhow!(e.message)))?;
+        Ok(ferry_orch::config::EtcdSettings {
+            endpoints: access.endpoints,
+            prefix: access.prefix,
+            auth: access.auth,
+            tls: access.tls,
+            run: self.run.clone().unwrap_or_default(),
+            lease_ttl: self.lease_ttl,
+            request_timeout: std::time::Duration::from_secs(5),
+            // Only the lease is taken with these: the run's placements
+            // follow the migrate.toml recorded in its journal.
+            shared_records: false,
+        })
     }
 }
 
@@ -192,17 +244,7 @@ fn journal_at(
     }
     #[cfg(feature = "etcd")]
     {
-        let endpoints = c.endpoints()?;
-        let s = ferry_orch::config::EtcdSettings {
-            endpoints,
-            prefix: c.etcd_prefix.trim_end_matches('/').to_string(),
-            run: c.run.clone().unwrap_or_default(),
-            lease_ttl: c.lease_ttl,
-            request_timeout: std::time::Duration::from_secs(5),
-            // Only the lease is taken with these: the run's placements
-            // follow the migrate.toml recorded in its journal.
-            shared_records: false,
-        };
+        let s = c.settings()?;
         let run = if runner {
             ferry_orch::lease::EtcdRun::take(&s, None)
         } else {
@@ -212,13 +254,7 @@ fn journal_at(
     }
     #[cfg(not(feature = "etcd"))]
     {
-        let _ = (
-            runner,
-            &c.etcd_endpoints,
-            &c.etcd_prefix,
-            &c.run,
-            c.lease_ttl,
-        );
+        let _ = (runner, &c.run, c.lease_ttl);
         Err(Failure::usage(anyhow!(
             "--control etcd: this ferry was built without etcd support (cargo feature `etcd`)"
         )))
@@ -299,7 +335,7 @@ struct RollbackArgs {
     json: bool,
 }
 
-fn orch_failure(e: OrchError) -> Failure {
+pub(crate) fn orch_failure(e: OrchError) -> Failure {
     if let OrchError::LostLease { holder, .. } = &e {
         tracing::error!(holder, "lost the lease to {holder}; stopping");
         return Failure {

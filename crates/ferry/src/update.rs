@@ -6,7 +6,8 @@
 //! `ferry-update.<start ms>.journal`, an unfinished one is refused (resume
 //! it first). With `--control etcd --etcd-endpoints URL,... --run ID` the
 //! journal and the update's lease are in etcd instead (cargo feature
-//! `etcd`): another machine resumes a dead runner's update once its lease
+//! `etcd`; `--etcd-user`, `--etcd-password-file`, `--etcd-ca-file`,
+//! `--etcd-cert-file`, `--etcd-key-file` as in `[store]`): another machine resumes a dead runner's update once its lease
 //! expired (exit 3 while it lives), and a runner that lost its lease to
 //! another stops at once (exit 4).
 
@@ -272,11 +273,13 @@ fn etcd_journal(c: &crate::migrate::ControlArgs, how: Open<'_>) -> Result<Journa
     #[cfg(feature = "etcd")]
     {
         use ferry_fleet::journal::EtcdRun;
-        let run = c.run.as_deref().unwrap_or_default();
-        let prefix = c.etcd_prefix.trim_end_matches('/');
-        let timeout = std::time::Duration::from_secs(5);
-        let at =
-            EtcdRun::read_only(c.endpoints()?, prefix, run, timeout).map_err(Failure::usage)?;
+        // The flags of `ferry migrate --control etcd`, user and TLS files
+        // included, checked as `[store]` is.
+        // Connected as `ferry migrate` is: a refused password is named as
+        // such and refused (exit 3).
+        let s = c.settings()?;
+        let store = ferry_orch::lease::connect(&s).map_err(crate::migrate::orch_failure)?;
+        let at = EtcdRun::read_only(store, &s.run);
         let take = |at: EtcdRun| {
             let holder = ferry_orch::lease::default_holder();
             at.take(&holder, c.lease_ttl).map_err(|e| match e {

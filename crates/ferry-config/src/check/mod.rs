@@ -80,20 +80,7 @@ impl Cx<'_> {
     /// it cannot: a missing maintenance page must stop the start, not show up as
     /// an empty 503 later.
     fn read_named_file(&self, what: &str, name: &S<String>) -> Result<String> {
-        if name.get_ref().is_empty() {
-            return Err(self.error(name.span(), format!("{what} is an empty path")));
-        }
-        let path = self.resolve(name.get_ref());
-        std::fs::read_to_string(&path).map_err(|e| {
-            self.error(
-                name.span(),
-                format!(
-                    "{what} {:?}: cannot read {}: {e}",
-                    name.get_ref(),
-                    path.display()
-                ),
-            )
-        })
+        ferry_conf::read_named_file(self.base, what, name).map_err(|e| self.src.locate(e).into())
     }
 
     fn duration(
@@ -253,32 +240,5 @@ impl Cx<'_> {
     }
 }
 
-/// Checks a `host:port` upstream (an IP, `[v6]` or a host name, and a port
-/// above 0); the answer says what is wrong. Shared with the admin API so a
-/// re-pointed tunnel obeys the same rule as a configured one.
-pub fn check_host_port(s: &str) -> std::result::Result<(), &'static str> {
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        // Port 0 means "any free port" when listening, nothing when connecting.
-        return if a.port() == 0 {
-            Err("has no valid port (1..=65535)")
-        } else {
-            Ok(())
-        };
-    }
-    let Some((host, port)) = s.rsplit_once(':') else {
-        return Err("is not HOST:PORT (e.g. \"10.0.0.5:3306\")");
-    };
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => {}
-        _ => return Err("has no valid port (1..=65535)"),
-    }
-    let plain = !host.is_empty()
-        && host.len() <= 253
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
-    if !plain {
-        return Err("has no valid host (an IP address, \"[v6]\" or a host name)");
-    }
-    Ok(())
-}
+/// Shared with the admin API and etcd endpoints (ferry-conf).
+pub use ferry_conf::check_host_port;

@@ -6,11 +6,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ferry_conf::SecretKeys;
+use ferry_conf::etcd::{EtcdKeys, Naming};
 
 use super::{Cx, Result};
 use crate::raw::{RawStore, S};
-use crate::{EtcdSettings, EtcdTls};
+use crate::EtcdSettings;
 
 /// The lease a router registers under: a dead router's key is gone this long
 /// after its last keep-alive.
@@ -18,7 +18,6 @@ const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 const LEASE_TTL: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(2)..=Duration::from_secs(3600);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_ENDPOINTS: usize = 64;
 
 impl Cx<'_> {
     /// Checks `[store]`; `router_store` is `[router] store`, which a SQLite
@@ -109,70 +108,21 @@ impl Cx<'_> {
     }
 
     fn etcd(&self, s: &RawStore) -> Result<EtcdSettings> {
-        let endpoints =
-            match &s.endpoints {
-                None => return Err(self.error(
-                    s.backend.span(),
-                    "store: backend = \"etcd\" needs endpoints (e.g. [\"http://10.0.0.1:2379\"])",
-                )),
-                Some(list) if list.get_ref().is_empty() => {
-                    return Err(self.error(list.span(), "store: endpoints is empty"))
-                }
-                Some(list) if list.get_ref().len() > MAX_ENDPOINTS => {
-                    return Err(self.error(
-                        list.span(),
-                        format!("store: more than {MAX_ENDPOINTS} endpoints"),
-                    ))
-                }
-                Some(list) => list.get_ref(),
-            };
-        let tls_wanted = s.ca_file.is_some();
-        let mut out = Vec::new();
-        for e in endpoints {
-            out.push(self.endpoint(e, tls_wanted)?);
+        // Endpoints, prefix, user and password, TLS: the orchestrator's `[store]`
+        // names the same keys, checked by the same code.
+        let access = EtcdKeys {
+            naming: Naming::Table("store"),
+            endpoints: s.endpoints.as_ref(),
+            prefix: s.prefix.as_ref(),
+            missing_at: s.backend.span(),
+            user: s.user.as_ref(),
+            password_file: s.password_file.as_ref(),
+            ca_file: s.ca_file.as_ref(),
+            cert_file: s.cert_file.as_ref(),
+            key_file: s.key_file.as_ref(),
         }
-        let prefix = match &s.prefix {
-            None => "/ferry".to_string(),
-            Some(p) => {
-                let v = p.get_ref();
-                let plain = v.bytes().all(|b| b.is_ascii_graphic());
-                if !v.starts_with('/') || v.trim_end_matches('/').is_empty() || !plain {
-                    return Err(self.error(
-                        p.span(),
-                        format!(
-                            "store: prefix {v:?} must start with '/', name something below it \
-                             and hold no spaces or control characters (e.g. \"/ferry\")"
-                        ),
-                    ));
-                }
-                v.trim_end_matches('/').to_string()
-            }
-        };
-        let password = self.secret(SecretKeys {
-            owner: "store",
-            key: "password",
-            inline: None,
-            file: s.password_file.as_ref(),
-            min_chars: 0,
-        })?;
-        let auth = match (&s.user, password) {
-            (None, None) => None,
-            (Some(u), Some(p)) if !u.get_ref().is_empty() => Some((u.get_ref().clone(), p)),
-            (Some(u), Some(_)) => {
-                return Err(self.error(u.span(), "store: user is empty"));
-            }
-            (Some(u), None) => {
-                return Err(self.error(
-                    u.span(),
-                    "store: user without password_file (a file readable by its owner only)",
-                ))
-            }
-            (None, Some(_)) => {
-                let span = s.password_file.as_ref().map(S::span).unwrap_or(0..0);
-                return Err(self.error(span, "store: password_file without user"));
-            }
-        };
-        let tls = self.etcd_tls(s)?;
+        .check(self.base)
+        .map_err(|e| self.src.locate(e))?;
         let lease_ttl =
             self.duration("store: lease_ttl", s.lease_ttl.as_ref(), DEFAULT_LEASE_TTL)?;
         if let Some(v) = &s.lease_ttl {
@@ -202,92 +152,13 @@ impl Cx<'_> {
             None => None,
         };
         Ok(EtcdSettings {
-            endpoints: out,
-            prefix,
-            auth,
-            tls,
+            endpoints: access.endpoints,
+            prefix: access.prefix,
+            auth: access.auth.map(|a| (a.user, a.password)),
+            tls: access.tls,
             lease_ttl,
             request_timeout,
             local_copy,
         })
-    }
-
-    /// `http://HOST:PORT` or `https://HOST:PORT` (the latter needs `ca_file`,
-    /// and `ca_file` needs the latter: one scheme for the whole cluster).
-    fn endpoint(&self, e: &S<String>, tls: bool) -> Result<String> {
-        let v = e.get_ref();
-        let (scheme, rest) = match v.split_once("://") {
-            Some((s @ ("http" | "https"), rest)) => (s, rest),
-            _ => {
-                return Err(self.error(
-                    e.span(),
-                    format!("store: endpoint {v:?} is not http://HOST:PORT or https://HOST:PORT"),
-                ))
-            }
-        };
-        if let Err(why) = super::check_host_port(rest) {
-            return Err(self.error(e.span(), format!("store: endpoint {v:?} {why}")));
-        }
-        match (scheme, tls) {
-            ("https", false) => Err(self.error(
-                e.span(),
-                format!("store: endpoint {v:?} is https: set ca_file (the members' CA)"),
-            )),
-            ("http", true) => Err(self.error(
-                e.span(),
-                format!("store: endpoint {v:?} is plain http while ca_file is set: use https://"),
-            )),
-            _ => Ok(v.clone()),
-        }
-    }
-
-    fn etcd_tls(&self, s: &RawStore) -> Result<Option<EtcdTls>> {
-        // Pairs first, so a missing half is named before any file is read.
-        match (&s.cert_file, &s.key_file) {
-            (Some(c), None) => {
-                return Err(self.error(c.span(), "store: cert_file without key_file"))
-            }
-            (None, Some(k)) => {
-                return Err(self.error(k.span(), "store: key_file without cert_file"))
-            }
-            _ => {}
-        }
-        let key = self.secret(SecretKeys {
-            owner: "store",
-            key: "key",
-            inline: None,
-            file: s.key_file.as_ref(),
-            min_chars: 0,
-        })?;
-        let cert = match &s.cert_file {
-            Some(c) => Some(self.read_named_file("store: cert_file", c)?),
-            None => None,
-        };
-        let identity = match (cert, key) {
-            (None, None) => None,
-            (Some(c), Some(k)) => Some((c, k)),
-            (Some(_), None) => {
-                let span = s.cert_file.as_ref().map(S::span).unwrap_or(0..0);
-                return Err(self.error(span, "store: cert_file without key_file"));
-            }
-            (None, Some(_)) => {
-                let span = s.key_file.as_ref().map(S::span).unwrap_or(0..0);
-                return Err(self.error(span, "store: key_file without cert_file"));
-            }
-        };
-        match &s.ca_file {
-            Some(ca) => Ok(Some(EtcdTls {
-                ca: self.read_named_file("store: ca_file", ca)?,
-                identity,
-            })),
-            None if identity.is_some() => {
-                let span = s.cert_file.as_ref().map(S::span).unwrap_or(0..0);
-                Err(self.error(
-                    span,
-                    "store: cert_file and key_file need ca_file (the members' CA)",
-                ))
-            }
-            None => Ok(None),
-        }
     }
 }

@@ -1,7 +1,9 @@
 //! A real etcd cluster for tests (Debian's `etcd-server`, installed by
 //! scripts/test.sh): members on free loopback ports in a temporary
 //! directory, killed by their process when the cluster is dropped. Shared by
-//! ferry-journal's and ferry-orch's etcd tests (`#[path]`).
+//! ferry-journal's, ferry-orch's and ferry's etcd tests (`#[path]`). With
+//! [`Tls`] the members serve clients over https only (their health is then
+//! read on a plain metrics listener).
 
 #![allow(dead_code)]
 
@@ -18,6 +20,8 @@ struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// Plain-http `/health` (and `/metrics`) beside an https client port.
+    metrics_port: u16,
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -27,15 +31,31 @@ struct Member {
 pub struct Cluster {
     _dir: tempfile::TempDir,
     members: Vec<Member>,
+    tls: bool,
+}
+
+/// PEM files of the members' TLS: the CA clients must trust, the members'
+/// certificate and key (for 127.0.0.1), and whether a client must present
+/// a certificate signed by the CA.
+pub struct Tls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_cert_auth: bool,
 }
 
 impl Cluster {
     /// Starts `n` members and waits until every one is healthy; on a port
     /// taken meanwhile by another process, the cluster starts again on new ones.
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, None)
+    }
+
+    /// The same, clients served over https only with `tls`.
+    pub fn start_with(n: usize, tls: Option<&Tls>) -> Cluster {
         let mut last = String::new();
         for _ in 0..3 {
-            match Cluster::try_start(n) {
+            match Cluster::try_start(n, tls) {
                 Ok(c) => return c,
                 Err(e) => last = e,
             }
@@ -43,9 +63,9 @@ impl Cluster {
         panic!("could not start an etcd cluster of {n}: {last}");
     }
 
-    fn try_start(n: usize) -> Result<Cluster, String> {
+    fn try_start(n: usize, tls: Option<&Tls>) -> Result<Cluster, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let listeners: Vec<TcpListener> = (0..2 * n)
+        let listeners: Vec<TcpListener> = (0..3 * n)
             .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
             .collect();
         let ports: Vec<u16> = listeners
@@ -56,8 +76,9 @@ impl Cluster {
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_port: ports[2 * i],
-                peer_port: ports[2 * i + 1],
+                client_port: ports[3 * i],
+                peer_port: ports[3 * i + 1],
+                metrics_port: ports[3 * i + 2],
                 data_dir: dir.path().join(format!("m{i}")),
                 log: dir.path().join(format!("m{i}.log")),
                 child: None,
@@ -68,12 +89,25 @@ impl Cluster {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
-        let mut c = Cluster { _dir: dir, members };
+        let mut c = Cluster {
+            _dir: dir,
+            members,
+            tls: tls.is_some(),
+        };
+        let scheme = if c.tls { "https" } else { "http" };
         for m in &mut c.members {
             let log = std::fs::File::create(&m.log).map_err(|e| e.to_string())?;
             let peer = format!("http://127.0.0.1:{}", m.peer_port);
-            let client = format!("http://127.0.0.1:{}", m.client_port);
-            let child = Command::new("etcd")
+            let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
+            let mut cmd = Command::new("etcd");
+            if let Some(t) = tls {
+                cmd.arg("--cert-file").arg(&t.cert);
+                cmd.arg("--key-file").arg(&t.key);
+                cmd.arg("--trusted-ca-file").arg(&t.ca);
+                cmd.arg(format!("--client-cert-auth={}", t.client_cert_auth));
+            }
+            let metrics = format!("http://127.0.0.1:{}", m.metrics_port);
+            let child = cmd
                 .args(["--name", &m.name])
                 .arg("--data-dir")
                 .arg(&m.data_dir)
@@ -88,6 +122,7 @@ impl Cluster {
                 // TTL is 1.5 election timeouts).
                 .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
                 .args(["--max-txn-ops", "1024"])
+                .args(["--listen-metrics-urls", &metrics])
                 .args(["--logger", "zap", "--log-outputs", "stderr"])
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().map_err(|e| e.to_string())?)
@@ -112,7 +147,7 @@ impl Cluster {
                 let log = std::fs::read_to_string(&m.log).unwrap_or_default();
                 return Err(format!("member {} exited ({status}): {log}", m.name));
             }
-            if health(m.client_port) {
+            if health(m.metrics_port) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -128,8 +163,36 @@ impl Cluster {
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| {
+                let scheme = if self.tls { "https" } else { "http" };
+                format!("{scheme}://127.0.0.1:{}", m.client_port)
+            })
             .collect()
+    }
+}
+
+impl Cluster {
+    /// Turns etcd authentication on (a cluster without TLS): `root`, which
+    /// etcd requires first, and `user`, both with `password` and the root
+    /// role. From then on every client must log in.
+    pub fn enable_auth(&self, user: &str, password: &str) {
+        let cfg = ferry_store::EtcdConfig::new(self.endpoints(), "/auth-setup");
+        let store = ferry_store::EtcdStore::connect(cfg).expect("connect to set up auth");
+        for name in ["root", user] {
+            let (name, pw) = (name.to_string(), password.to_string());
+            store
+                .call("add a user", move |mut c| {
+                    let (name, pw) = (name.clone(), pw.clone());
+                    async move {
+                        c.user_add(name.clone(), pw, None).await?;
+                        c.user_grant_role(name, "root").await
+                    }
+                })
+                .expect("add a user");
+        }
+        store
+            .call("enable auth", |mut c| async move { c.auth_enable().await })
+            .expect("enable auth");
     }
 }
 

@@ -6,10 +6,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawFreeze, RawRouter, RawStore, S};
+use super::raw::{RawConfig, RawFreeze, RawRouter, S};
 use super::{
-    CheckSettings, CopySettings, DbServerSpec, DbSettings, DcSpec, EtcdSettings, FilerSpec,
-    FreezeSettings, MigrateConfig, RouterSpec, StoreSettings, Window,
+    CheckSettings, CopySettings, DbServerSpec, DbSettings, DcSpec, FilerSpec, FreezeSettings,
+    MigrateConfig, RouterSpec, Window,
 };
 use crate::error::{OrchError, Result};
 
@@ -26,12 +26,12 @@ impl Cx<'_> {
         }
     }
 
-    fn err(&self, span: Range<usize>, message: impl Into<String>) -> OrchError {
+    pub(super) fn err(&self, span: Range<usize>, message: impl Into<String>) -> OrchError {
         self.source().error(span, message).into()
     }
 
     /// The config file's directory: relative paths inside are relative to it.
-    fn base(&self) -> &Path {
+    pub(super) fn base(&self) -> &Path {
         self.origin.parent().unwrap_or(Path::new(""))
     }
 
@@ -47,7 +47,12 @@ impl Cx<'_> {
         Ok(secret.map(|s| s.expose().to_string()))
     }
 
-    fn duration(&self, v: &Option<S<String>>, default: Duration, key: &str) -> Result<Duration> {
+    pub(super) fn duration(
+        &self,
+        v: &Option<S<String>>,
+        default: Duration,
+        key: &str,
+    ) -> Result<Duration> {
         match v {
             None => Ok(default),
             Some(s) => {
@@ -502,123 +507,6 @@ impl Cx<'_> {
             )
         })?;
         Ok(Some(addr))
-    }
-}
-
-impl Cx<'_> {
-    /// `[store]`: `backend = "sqlite"` (the default, nothing else allowed) or
-    /// `"etcd"` with its endpoints, prefix, run id and lease.
-    fn store(&self, raw: Option<&RawStore>) -> Result<StoreSettings> {
-        let Some(st) = raw else {
-            return Ok(StoreSettings::Sqlite);
-        };
-        match st.backend.get_ref().as_str() {
-            "sqlite" => {
-                let extra = [
-                    st.endpoints.as_ref().map(|e| ("endpoints", e.span())),
-                    st.prefix.as_ref().map(|e| ("prefix", e.span())),
-                    st.run.as_ref().map(|e| ("run", e.span())),
-                    st.lease_ttl.as_ref().map(|e| ("lease_ttl", e.span())),
-                    st.request_timeout
-                        .as_ref()
-                        .map(|e| ("request_timeout", e.span())),
-                    st.shared_records
-                        .as_ref()
-                        .map(|e| ("shared_records", e.span())),
-                ];
-                if let Some((key, span)) = extra.into_iter().flatten().next() {
-                    return Err(self.err(
-                        span,
-                        format!("store {key}: only with backend = \"etcd\" (the SQLite journal is --journal)"),
-                    ));
-                }
-                Ok(StoreSettings::Sqlite)
-            }
-            "etcd" => {
-                if !cfg!(feature = "etcd") {
-                    return Err(self.err(
-                        st.backend.span(),
-                        "store backend \"etcd\": this ferry was built without etcd support (cargo feature `etcd`)",
-                    ));
-                }
-                let Some(eps) = &st.endpoints else {
-                    return Err(self.err(
-                        st.backend.span(),
-                        "store backend \"etcd\" needs endpoints = [\"http://HOST:PORT\", ...]",
-                    ));
-                };
-                if eps.get_ref().is_empty() {
-                    return Err(self.err(eps.span(), "store endpoints: none given"));
-                }
-                let endpoints = eps
-                    .get_ref()
-                    .iter()
-                    .map(|e| {
-                        http_base(e.get_ref())
-                            .map_err(|m| self.err(e.span(), format!("store endpoints: {m}")))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let prefix = match &st.prefix {
-                    None => "/ferry".to_string(),
-                    Some(p) => {
-                        let v = p.get_ref();
-                        if !v.starts_with('/') || v.len() > 256 || v.chars().any(char::is_control) {
-                            return Err(self.err(
-                                p.span(),
-                                format!(
-                                    "store prefix {v:?}: expected a key prefix such as \"/ferry\""
-                                ),
-                            ));
-                        }
-                        v.trim_end_matches('/').to_string()
-                    }
-                };
-                let Some(run) = &st.run else {
-                    return Err(self.err(
-                        st.backend.span(),
-                        "store backend \"etcd\" needs run = \"ID\" (the journal goes under PREFIX/runs/ID/)",
-                    ));
-                };
-                let id = run.get_ref();
-                let ok = !id.is_empty()
-                    && id.len() <= 128
-                    && !id.bytes().all(|b| b == b'.')
-                    && id
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-                if !ok {
-                    return Err(self.err(
-                        run.span(),
-                        format!("store run {id:?}: 1 to 128 letters, digits, '.', '_' or '-'"),
-                    ));
-                }
-                let lease_ttl =
-                    self.duration(&st.lease_ttl, Duration::from_secs(10), "store lease_ttl")?;
-                if lease_ttl < Duration::from_secs(1) || lease_ttl > Duration::from_secs(3600) {
-                    let span = st
-                        .lease_ttl
-                        .as_ref()
-                        .map_or(st.backend.span(), |s| s.span());
-                    return Err(self.err(span, "store lease_ttl: between 1s and 1h"));
-                }
-                Ok(StoreSettings::Etcd(EtcdSettings {
-                    endpoints,
-                    prefix,
-                    run: id.clone(),
-                    lease_ttl,
-                    request_timeout: self.duration(
-                        &st.request_timeout,
-                        Duration::from_secs(5),
-                        "store request_timeout",
-                    )?,
-                    shared_records: st.shared_records.as_ref().is_some_and(|s| *s.get_ref()),
-                }))
-            }
-            other => Err(self.err(
-                st.backend.span(),
-                format!("store backend {other:?}: expected \"sqlite\" or \"etcd\""),
-            )),
-        }
     }
 }
 

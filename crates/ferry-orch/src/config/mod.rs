@@ -8,10 +8,13 @@
 
 mod check;
 mod raw;
+mod store;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub use ferry_conf::etcd::{EtcdAuth, EtcdTls};
 
 use crate::error::{OrchError, Result};
 use check::Cx;
@@ -48,17 +51,23 @@ pub enum StoreSettings {
     #[default]
     Sqlite,
     /// In etcd under `P/runs/<run>/`, with the run's lease
-    /// (docs/control-plane.md): another machine can resume the run.
-    Etcd(EtcdSettings),
+    /// (docs/control-plane.md): another machine can resume the run. Boxed:
+    /// the user and TLS files make it far larger than `Sqlite`.
+    Etcd(Box<EtcdSettings>),
 }
 
-/// `[store] backend = "etcd"`.
+/// `[store] backend = "etcd"`. The connection keys are a router's
+/// `[store]`'s, checked by the same code (ferry-conf's `etcd`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EtcdSettings {
-    /// `http://HOST:PORT` of the members.
+    /// `http://HOST:PORT` of the members (`https://` with `tls`).
     pub endpoints: Vec<String>,
     /// The key prefix `P` (default `/ferry`), as the routers' `[store]`.
     pub prefix: String,
+    /// `user` and the content of `password_file` (etcd authentication).
+    pub auth: Option<EtcdAuth>,
+    /// `ca_file`, and `cert_file` with `key_file`: TLS to the members.
+    pub tls: Option<EtcdTls>,
     /// The run id: the journal lives under `P/runs/<run>/`.
     pub run: String,
     /// TTL of the run's lease: how long after its runner stops (dies, is

@@ -122,6 +122,13 @@ pub(super) struct RawStore {
     pub(super) backend: S<String>,
     pub(super) endpoints: Option<S<Vec<S<String>>>>,
     pub(super) prefix: Option<S<String>>,
+    /// etcd authentication, as in a router's `[store]`.
+    pub(super) user: Option<S<String>>,
+    pub(super) password_file: Option<S<String>>,
+    /// TLS to the members, as in a router's `[store]`.
+    pub(super) ca_file: Option<S<String>>,
+    pub(super) cert_file: Option<S<String>>,
+    pub(super) key_file: Option<S<String>>,
     pub(super) run: Option<S<String>>,
     pub(super) lease_ttl: Option<S<String>>,
     pub(super) request_timeout: Option<S<String>>,

@@ -219,11 +219,21 @@ impl EtcdStore {
             None => options,
         };
         let endpoints = cfg.endpoints.clone();
-        let client = wait(&runtime, "connect", async move {
+        let connected = wait(&runtime, "connect", async move {
             Client::connect(endpoints, Some(options))
                 .await
                 .map_err(|e| etcd_err("connect", e))
-        })?;
+        });
+        let client = match connected {
+            Ok(client) => client,
+            Err(e) => {
+                // Not a plain drop: it waits for the runtime's threads, which
+                // panics inside the caller's own runtime (`ferry migrate`
+                // given a wrong etcd password did).
+                runtime.shutdown_background();
+                return Err(e);
+            }
+        };
         let keys = Keys::new(&cfg.prefix);
         let store = EtcdStore {
             inner: Arc::new(Inner {
