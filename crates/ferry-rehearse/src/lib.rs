@@ -220,16 +220,7 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
     };
     let etcd = members.as_ref().map(control::Members::endpoints_toml);
     let files = write_files(&exe, opts, work, out).await?;
-    let mut up = start_services(
-        &exe,
-        &net,
-        work,
-        &files.sites,
-        opts.filers,
-        etcd.as_deref(),
-        out,
-    )
-    .await?;
+    let mut up = start_services(&exe, &net, work, &files.sites, opts, etcd.as_deref(), out).await?;
     let link = measure_link(&net, out);
     let migrate_toml = work.join("migrate.toml");
     std::fs::write(
@@ -424,14 +415,24 @@ async fn start_services(
     net: &Net,
     work: &Path,
     sites: &[Site],
-    filers: u32,
+    opts: &Options,
     etcd: Option<&str>,
     out: &Out,
 ) -> anyhow::Result<Services> {
-    let agents = tokio::task::block_in_place(|| world::start_agents(exe, net, work, filers))?;
+    let agents = tokio::task::block_in_place(|| world::start_agents(exe, net, work, opts.filers))?;
+    // par-1 behind gates, for a scenario that cuts it off alone.
+    let gate_par_1 = matches!(opts.partition, Some(Partition::RouterCut(_)));
     let (apps, par_pool, gra_pool) = world::start_shops(net, work, sites).await?;
     let routers = tokio::task::block_in_place(|| {
-        world::start_routers(exe, net, work, sites, (&par_pool, &gra_pool), etcd)
+        world::start_routers(
+            exe,
+            net,
+            work,
+            sites,
+            (&par_pool, &gra_pool),
+            etcd,
+            gate_par_1,
+        )
     })?;
     out.progress(&format!(
         "up: {} agents, 4 shop servers, routers {}",

@@ -436,6 +436,9 @@ pub struct RouterAt {
     pub dc: &'static str,
     /// Its port number n (1 or 2): traffic 8080 + n, admin 9100 + n.
     pub n: u16,
+    /// In front of its etcd endpoints and its admin listener, when it is
+    /// the one a `router-cut` scenario cuts off ([`gate_router`]).
+    pub gate: Option<crate::delay::Gate>,
 }
 
 impl RouterAt {
@@ -467,6 +470,8 @@ impl RouterAt {
 /// sites in etcd, one record per site (`pool:par-web`, resolved by each
 /// router: its own pool or the other DC's routers); par-1 writes them there
 /// at its start, the others load them.
+/// `gate_par_1`: par-1 reaches etcd, and is reached on its admin
+/// listener, through a [`crate::delay::Gate`] (`router-cut` scenarios).
 pub fn start_routers(
     exe: &Path,
     net: &Net,
@@ -474,21 +479,86 @@ pub fn start_routers(
     sites: &[Site],
     pools: (&Pool, &Pool),
     etcd: Option<&str>,
+    gate_par_1: bool,
 ) -> anyhow::Result<Vec<RouterAt>> {
     let mut out = Vec::new();
     for (dc, pool) in [(SOURCE, pools.0), (DESTINATION, pools.1)] {
         for n in 1..=2u16 {
-            let conf = match etcd {
-                None => static_router_config(net, &format!("{dc}-{n}"), dc, n, pool, sites),
-                Some(endpoints) => {
+            let gated = gate_par_1 && dc == SOURCE && n == 1;
+            let gate = gated.then(crate::delay::Gate::new);
+            let conf = match (etcd, &gate) {
+                (None, _) => static_router_config(net, &format!("{dc}-{n}"), dc, n, pool, sites),
+                (Some(endpoints), gate) => {
                     let seeds = if dc == SOURCE && n == 1 { sites } else { &[] };
-                    etcd_router_config(net, &format!("{dc}-{n}"), dc, n, pool, seeds, endpoints)
+                    let (endpoints, admin) = match gate {
+                        Some(g) => gate_router(net, g, n, endpoints)?,
+                        None => (endpoints.to_string(), any(ADMIN_PORT + n)),
+                    };
+                    let r = RouterSpec {
+                        n,
+                        pool,
+                        seeds,
+                        admin,
+                    };
+                    etcd_router_config(net, &format!("{dc}-{n}"), dc, &r, &endpoints)
                 }
             };
-            out.push(start_router(exe, net, work, dc, n, &conf)?);
+            let mut r = start_router(exe, net, work, dc, n, &conf)?;
+            r.gate = gate;
+            out.push(r);
         }
     }
     Ok(out)
+}
+
+/// Where a gated router's gates listen: its ports + this, on lo in its
+/// namespace (etcd's 2379.. and admin 9100 + n are taken).
+const GATE_OFFSET: u16 = 20_000;
+
+/// Puts `gate` in front of source router n: its etcd endpoints become
+/// gates on lo in par, one per member; its admin listener moves to lo
+/// (port + [`GATE_OFFSET`]) and the gate takes its usual port, so the
+/// orchestrator and the other routers reach it as before. Its traffic and
+/// peer listeners stay direct: its clients still reach it. Returns its
+/// endpoints (TOML) and its admin listener.
+fn gate_router(
+    net: &Net,
+    gate: &crate::delay::Gate,
+    n: u16,
+    endpoints: &str,
+) -> anyhow::Result<(String, SocketAddr)> {
+    // `["http://IP:PORT", ...]`: a TOML array of strings is JSON too.
+    let members: Vec<String> = serde_json::from_str(endpoints)?;
+    let lo = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut gated = Vec::new();
+    let mut gates = Vec::new();
+    for m in &members {
+        let to: SocketAddr = m
+            .strip_prefix("http://")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("etcd endpoint {m:?}: not http://IP:PORT"))?;
+        let at = lo(to.port() + GATE_OFFSET);
+        gated.push(format!("http://{at}"));
+        gates.push((at, to));
+    }
+    let admin = lo(ADMIN_PORT + n + GATE_OFFSET);
+    gates.push((any(ADMIN_PORT + n), admin));
+    for (at, to) in gates {
+        // Bound here, in par (the namespace a socket is made in is its own).
+        let l = net.par.run(|| {
+            let l = std::net::TcpListener::bind(at)?;
+            l.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>(l)
+        })??;
+        let gate = gate.clone();
+        net.handle(Place::Par).spawn(async move {
+            // Fails only outside a runtime: this task runs in par's.
+            if let Ok(l) = tokio::net::TcpListener::from_std(l) {
+                gate.serve(l, to).await;
+            }
+        });
+    }
+    Ok((format!("{gated:?}"), admin))
 }
 
 /// Router `<dc>-<n>` with `conf`, in its DC's namespace; returns once ready.
@@ -509,6 +579,7 @@ pub fn start_router(
         name,
         dc,
         n,
+        gate: None,
     })
 }
 
@@ -578,16 +649,24 @@ fn static_router_config(
     )
 }
 
+/// Router n of a DC: its shop servers, the sites it writes to etcd at its
+/// start, its admin listener.
+struct RouterSpec<'a> {
+    n: u16,
+    pool: &'a Pool,
+    seeds: &'a [Site],
+    admin: SocketAddr,
+}
+
 /// A router that loads and watches the sites in etcd.
 fn etcd_router_config(
     net: &Net,
     name: &str,
     dc: &str,
-    n: u16,
-    pool: &Pool,
-    seeds: &[Site],
+    r: &RouterSpec<'_>,
     endpoints: &str,
 ) -> String {
+    let n = r.n;
     let remote = if dc == SOURCE {
         (DESTINATION, net.gra_seen_from_par(PEER_PORT + n), "gra-web")
     } else {
@@ -598,11 +677,11 @@ fn etcd_router_config(
             name,
             listen: any(TRAFFIC_PORT + n),
             peers: any(PEER_PORT + n),
-            admin: any(ADMIN_PORT + n),
+            admin: r.admin,
             pool: &format!("{dc}-web"),
-            servers: pool,
+            servers: r.pool,
             remote,
-            seeds,
+            seeds: r.seeds,
         },
         endpoints,
     )

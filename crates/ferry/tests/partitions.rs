@@ -216,3 +216,34 @@ fn the_wan_cut_inside_a_pre_copy_is_waited_out() {
     let d = detail(&doc, "partition");
     assert!(d.contains("an agent out of reach was asked again"), "{d}");
 }
+
+/// Scenario 1 for one router, before a freeze: par-1 alone cut off from
+/// etcd and the orchestrator (its clients still reach it, par-2 and the
+/// link stay up) cannot take the freeze: it is abandoned and tried again.
+#[test]
+fn a_router_cut_off_before_a_freeze_holds_the_freeze_until_it_is_back() {
+    let doc = rehearse("router-cut-before-freeze");
+    assert!(
+        attempts(&doc).iter().any(|&a| a >= 2),
+        "no unit needed a second attempt: {doc}"
+    );
+}
+
+/// Scenario 1 for one router, during a freeze: par-1 took the freeze, then
+/// was cut off; it keeps the unit's sites held (never serves them from the
+/// source again), the flip waits for it, and the data checks find every
+/// write once at the destination and none at the source after the freeze.
+#[test]
+fn a_router_cut_off_inside_a_freeze_keeps_its_sites_held() {
+    let doc = rehearse("router-cut-frozen");
+    assert!(detail(&doc, "partition").contains("par-1 cut off"), "{doc}");
+}
+
+/// Scenario 1 for one router, after a flip: par-1 misses the flip while
+/// cut off; the unfreeze does not count the silent router as holding
+/// nothing (it waits for its answer, or names it).
+#[test]
+fn a_router_cut_off_after_a_flip_is_waited_for_by_the_unfreeze() {
+    let doc = rehearse("router-cut-after-flip");
+    assert!(detail(&doc, "partition").contains("unfreeze: U1"), "{doc}");
+}

@@ -24,6 +24,13 @@ use crate::control::Members;
 use crate::world::{Net, Place, RouterAt};
 use crate::Task;
 
+mod cut;
+mod excused;
+
+use cut::{release_and_restore, wan_cut_failures, Cut};
+
+pub(crate) use excused::Excused;
+
 /// The check this module adds: the fault happened as the scenario says.
 pub const PARTITION: &str = "partition";
 
@@ -54,6 +61,11 @@ pub enum Partition {
     /// quorum and the orchestrator, their clients still reach them) at one
     /// moment of a unit; restored 8 s later.
     WanCut(CutAt),
+    /// One source router (par-1) cut off from etcd and the orchestrator at
+    /// one moment of a unit, its clients still reaching it (its etcd
+    /// endpoints and admin listener are behind a `Gate`); restored 8 s
+    /// later. par-2 and the link stay up.
+    RouterCut(CutAt),
     /// A third destination router (gra-3) started inside a freeze: it loads
     /// the sites from etcd, registers, and every later freeze waits for it.
     RouterJoins,
@@ -81,7 +93,7 @@ pub enum CutAt {
 }
 
 impl Partition {
-    pub const ALL: [Partition; 10] = [
+    pub const ALL: [Partition; 13] = [
         Partition::EtcdMember,
         Partition::EtcdQuorum,
         Partition::OrchestratorKilled,
@@ -90,6 +102,9 @@ impl Partition {
         Partition::WanCut(CutAt::BeforeFreeze),
         Partition::WanCut(CutAt::FinalCopy),
         Partition::WanCut(CutAt::AfterFlip),
+        Partition::RouterCut(CutAt::BeforeFreeze),
+        Partition::RouterCut(CutAt::FinalCopy),
+        Partition::RouterCut(CutAt::AfterFlip),
         Partition::RouterJoins,
         Partition::RouterRestart,
     ];
@@ -104,6 +119,10 @@ impl Partition {
             Partition::WanCut(CutAt::BeforeFreeze) => "wan-cut-before-freeze",
             Partition::WanCut(CutAt::FinalCopy) => "wan-cut",
             Partition::WanCut(CutAt::AfterFlip) => "wan-cut-after-flip",
+            Partition::RouterCut(CutAt::PreCopy) => "router-cut-pre-copy",
+            Partition::RouterCut(CutAt::BeforeFreeze) => "router-cut-before-freeze",
+            Partition::RouterCut(CutAt::FinalCopy) => "router-cut-frozen",
+            Partition::RouterCut(CutAt::AfterFlip) => "router-cut-after-flip",
             Partition::RouterJoins => "router-joins",
             Partition::RouterRestart => "router-restart",
         }
@@ -117,12 +136,28 @@ impl Partition {
             | Partition::OrchestratorPaused
             | Partition::RouterJoins => "freeze:inside=pause",
             Partition::OrchestratorKilled => "final_copy:inside=kill",
-            Partition::WanCut(CutAt::FinalCopy) | Partition::RouterRestart => {
-                "final_copy:before=pause"
-            }
-            Partition::WanCut(CutAt::PreCopy) => "pre_copy:inside=pause",
-            Partition::WanCut(CutAt::BeforeFreeze) => "freeze:before=pause",
-            Partition::WanCut(CutAt::AfterFlip) => "flip:after=pause",
+            Partition::WanCut(at) | Partition::RouterCut(at) => at.failpoint(),
+            Partition::RouterRestart => "final_copy:before=pause",
+        }
+    }
+}
+
+impl CutAt {
+    fn failpoint(self) -> &'static str {
+        match self {
+            CutAt::PreCopy => "pre_copy:inside=pause",
+            CutAt::BeforeFreeze => "freeze:before=pause",
+            CutAt::FinalCopy => "final_copy:before=pause",
+            CutAt::AfterFlip => "flip:after=pause",
+        }
+    }
+
+    fn when(self) -> &'static str {
+        match self {
+            CutAt::PreCopy => "inside a unit's pre-copy",
+            CutAt::BeforeFreeze => "before a unit's freeze",
+            CutAt::FinalCopy => "from a frozen unit's final copy",
+            CutAt::AfterFlip => "after a unit's flip",
         }
     }
 }
@@ -137,66 +172,6 @@ impl FromStr for Partition {
                 let names: Vec<&str> = Partition::ALL.iter().map(|p| p.as_str()).collect();
                 format!("unknown partition {s:?} (known: {})", names.join(", "))
             })
-    }
-}
-
-/// Failures a scenario causes on purpose, as documented for it
-/// (docs/control-plane.md, "Partitions rehearsed"): requests in flight
-/// between `from_ms` and `to_ms` (Unix ms) that failed with a reason
-/// starting with one of `reasons`. They are taken out of the request checks
-/// and listed in the scenario's own; every other failure still fails them.
-pub(crate) struct Excused {
-    pub from_ms: u64,
-    pub to_ms: u64,
-    pub reasons: &'static [&'static str],
-    /// Why, for the check's detail.
-    pub why: &'static str,
-}
-
-impl Excused {
-    fn covers(&self, sent_at_ms: u64, took: Duration, failed: Option<&String>) -> bool {
-        let ended = sent_at_ms + took.as_millis() as u64;
-        failed.is_some_and(|f| self.reasons.iter().any(|r| f.starts_with(r)))
-            && sent_at_ms <= self.to_ms
-            && ended >= self.from_ms
-    }
-
-    /// Takes the excused failures out of `load` and `mixed`; returns their
-    /// count by reason, as a sentence.
-    pub(crate) fn apply(
-        &self,
-        load: &mut ferry_demo::load::LoadResult,
-        mixed: &mut [crate::traffic::Record],
-    ) -> String {
-        let mut by_reason: std::collections::BTreeMap<String, u64> = Default::default();
-        for r in &mut load.log {
-            if self.covers(r.sent_at_ms, r.took, r.failed.as_ref()) {
-                let reason = r.failed.take().unwrap_or_default();
-                load.failed = load.failed.saturating_sub(1);
-                if let Some(n) = load.reasons.get_mut(&reason) {
-                    *n -= 1;
-                    if *n == 0 {
-                        load.reasons.remove(&reason);
-                    }
-                }
-                *by_reason.entry(reason).or_default() += 1;
-            }
-        }
-        for r in mixed.iter_mut() {
-            if self.covers(r.sent_at_ms, r.took, r.failed.as_ref()) {
-                *by_reason
-                    .entry(r.failed.take().unwrap_or_default())
-                    .or_default() += 1;
-            }
-        }
-        if by_reason.is_empty() {
-            return format!("; no request failed {}", self.why);
-        }
-        let list: Vec<String> = by_reason
-            .iter()
-            .map(|(r, n)| format!("{n} x {r}"))
-            .collect();
-        format!("; failed {} (documented): {}", self.why, list.join(", "))
     }
 }
 
@@ -393,40 +368,8 @@ async fn run_scenario(
                 Vec::new(),
             ))
         }
-        Partition::WanCut(at) => {
-            let when = match at {
-                CutAt::PreCopy => "inside a unit's pre-copy",
-                CutAt::BeforeFreeze => "before a unit's freeze",
-                CutAt::FinalCopy => "from a frozen unit's final copy",
-                CutAt::AfterFlip => "after a unit's flip",
-            };
-            let from_ms = crate::unix_ms();
-            block(|| night.net.wan.set_up(false))?;
-            night.out.progress(&format!(
-                "partition: the wan is cut (both ends down) {when}"
-            ));
-            let to_ms = release_and_restore(night, &pause).await?;
-            let last = finish(night, &mut first).await?;
-            let mut ok = last.status.success();
-            let mut detail = format!(
-                "the wan cut for 8 s {when}; the night ended: {}",
-                last.describe()
-            );
-            if at == CutAt::PreCopy {
-                // The copy must have been asked again, not failed the unit.
-                let asked = pre_copies_asked_again(night).await;
-                ok &= asked.as_ref().is_ok_and(|d| !d.is_empty());
-                detail.push_str(&match asked {
-                    Ok(d) if d.is_empty() => "; no pre-copy was asked again".to_string(),
-                    Ok(d) => format!("; pre-copy: {}", d.join("; ")),
-                    Err(e) => format!("; the run's status: {e:#}"),
-                });
-            }
-            Ok((
-                last.clone(),
-                Check::new(PARTITION, ok, detail),
-                vec![wan_cut_failures(from_ms, to_ms)],
-            ))
+        Partition::WanCut(at) | Partition::RouterCut(at) => {
+            cut::run(p, at, night, routers, &mut first, &pause).await
         }
         Partition::RouterJoins => {
             let joined = block(|| {
@@ -504,7 +447,7 @@ async fn run_scenario(
                 Ok(ms) => format!("partition: par-2 started again from its local copy in {ms} ms"),
                 Err(e) => format!("partition: par-2 did not start again: {e:#}"),
             });
-            let to_ms = release_and_restore(night, &pause).await?;
+            let to_ms = release_and_restore(night, &pause, &Cut::Wan).await?;
             let last = finish(night, &mut first).await?;
             let ok = last.status.success() && started.is_ok();
             let check = Check::new(
@@ -528,35 +471,6 @@ async fn run_scenario(
             Ok((last, check, vec![down, wan_cut_failures(killed_ms, to_ms)]))
         }
         Partition::OrchestratorKilled => unreachable!("handled above"),
-    }
-}
-
-/// Lets the paused runner go on into the cut wan, restores it 8 s later;
-/// returns when (Unix ms).
-async fn release_and_restore(night: &Night<'_>, pause: &Path) -> anyhow::Result<u64> {
-    let _ = std::fs::remove_file(pause);
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    block(|| night.net.wan.set_up(true))?;
-    night.out.progress("partition: the wan is back");
-    Ok(crate::unix_ms())
-}
-
-/// What a cut of the wan from `from_ms` to `to_ms` costs by design: a site
-/// still at the source, reached through the destination's routers, has no
-/// path to it (502), and downloads across the link break. A request of such
-/// a site already on its way across the link when a freeze begins is stuck
-/// there: the destination's router, which took the freeze, cuts it at the
-/// drain deadline (503) rather than let it hold the freeze.
-fn wan_cut_failures(from_ms: u64, to_ms: u64) -> Excused {
-    Excused {
-        from_ms,
-        // Connections across the wan open again within a second.
-        to_ms: to_ms + 1_000,
-        reasons: &[
-            "status 502",
-            "status 503 (site is being moved; the request was cut at the freeze's drain deadline",
-        ],
-        why: "through the other DC's routers while the wan was cut",
     }
 }
 
@@ -588,25 +502,6 @@ async fn run_status(night: &Night<'_>) -> anyhow::Result<ferry_orch::MigrationSt
         .handle(Place::Gra)
         .spawn(async move { demo_orch::status_with(&exe, &run_at).await })
         .await?
-}
-
-/// The pre-copy steps that ended ok after asking an agent again, as
-/// `U1: <the step's line>`.
-async fn pre_copies_asked_again(night: &Night<'_>) -> anyhow::Result<Vec<String>> {
-    let status = run_status(night).await?;
-    Ok(status
-        .units
-        .iter()
-        .flat_map(|u| u.steps.iter().map(move |r| (&u.id, r)))
-        .filter(|(_, r)| {
-            r.step == ferry_orch::Step::PreCopy
-                && r.outcome == Some(ferry_orch::Outcome::Ok)
-                && r.detail
-                    .as_deref()
-                    .is_some_and(|d| d.contains("asked again"))
-        })
-        .map(|(id, r)| format!("{id}: {}", r.detail.as_deref().unwrap_or_default()))
-        .collect())
 }
 
 /// GET / of every site (the first 500) through the joined router, in the
