@@ -165,13 +165,14 @@ pub fn ip_glue(prep: &Prepared<'_>, p: &Partition) -> Vec<IpGlue> {
     out
 }
 
-/// The jobs the scheduler sees for a partition.
-pub fn jobs(p: &Partition) -> Vec<Job> {
+/// The jobs the scheduler sees for a partition: a unit's pre-copy counts
+/// as the link time it takes (its bytes, its fixed and per-file costs).
+pub fn jobs(p: &Partition, params: &Params) -> Vec<Job> {
     p.stats()
         .iter()
         .map(|s| Job {
             freeze_s: s.freeze_s,
-            precopy_bytes: s.precopy_bytes() as f64,
+            precopy_bytes: s.precopy_link_bytes(params),
             final_bytes: s.final_bytes,
         })
         .collect()
@@ -228,7 +229,7 @@ pub fn scenario(
 ) -> (Scenario, Partition) {
     let p = Partition::compute_unordered(prep, params, constraints);
     let s = schedule(
-        &jobs(&p),
+        &jobs(&p, params),
         &Params {
             constraints,
             ..*params

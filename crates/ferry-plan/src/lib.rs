@@ -86,7 +86,7 @@ impl<'a> Plan<'a> {
         progress.begin("computing units", 1 + alternatives.len() as u64);
         let prep = Prepared::new(inv);
         let partition = Partition::compute(&prep, params, params.constraints);
-        let schedule = schedule::schedule(&explain::jobs(&partition), params);
+        let schedule = schedule::schedule(&explain::jobs(&partition, params), params);
         progress.advance(1);
         let run = |set: &[Constraints]| -> Vec<(Scenario, Option<Partition>)> {
             set.iter()

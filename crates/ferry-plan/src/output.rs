@@ -68,6 +68,8 @@ struct ParamsDoc {
     freeze_per_file_s: Option<f64>,
     db_check_rate_bytes_per_s: f64,
     freeze_overhead_s: f64,
+    precopy_overhead_s: f64,
+    precopy_per_file_s: f64,
     lead_s: f64,
 }
 
@@ -177,6 +179,27 @@ impl FreezeDoc {
     }
 }
 
+/// A unit's predicted pre-copy: `total_s` = `overhead_s` + `files_s` +
+/// `transfer_s` (its file and database bytes over the link).
+#[derive(Serialize)]
+struct PrecopyDoc {
+    total_s: f64,
+    overhead_s: f64,
+    files_s: f64,
+    transfer_s: f64,
+}
+
+impl PrecopyDoc {
+    fn new(st: &UnitStats, p: &Params) -> PrecopyDoc {
+        PrecopyDoc {
+            total_s: r3(st.precopy_s(p)),
+            overhead_s: r3(p.precopy_overhead),
+            files_s: r3(st.precopy_files_s),
+            transfer_s: r3(st.precopy_transfer_s(p)),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct IpDoc<'a> {
     ip: &'a str,
@@ -263,6 +286,7 @@ impl Serialize for UnitDoc<'_, '_> {
         self.slot(&mut m)?;
         m.serialize_entry("size", &SizeDoc::from(st))?;
         m.serialize_entry("freeze", &FreezeDoc::new(st, &self.plan.params))?;
+        m.serialize_entry("precopy", &PrecopyDoc::new(st, &self.plan.params))?;
         self.members(&mut m)?;
         m.end()
     }
@@ -360,6 +384,8 @@ impl From<&Params> for ParamsDoc {
             freeze_per_file_s: p.freeze_per_file,
             db_check_rate_bytes_per_s: p.db_check_rate,
             freeze_overhead_s: p.freeze_overhead,
+            precopy_overhead_s: p.precopy_overhead,
+            precopy_per_file_s: p.precopy_per_file,
             lead_s: p.lead,
         }
     }

@@ -358,6 +358,14 @@ pub struct Params {
     /// Fixed cost of every freeze (router acknowledgements, binlog catch-up,
     /// verification, flip), seconds.
     pub freeze_overhead: f64,
+    /// Fixed cost of every unit's pre-copy, seconds: the copy sessions with
+    /// both agents, their handshakes and the round trips of each pass
+    /// (`--precopy-overhead`, default 0: earlier plans unchanged).
+    pub precopy_overhead: f64,
+    /// Seconds a file-mode pre-copy spends per file of the unit besides its
+    /// bytes: the first pass walks and hashes it at both agents, the
+    /// converging passes walk it again (`--precopy-per-file`, default 0).
+    pub precopy_per_file: f64,
     /// Seconds between the start of pre-copy and the opening of night 1.
     pub lead: f64,
 }
@@ -381,6 +389,8 @@ impl Default for Params {
             freeze_per_file: None,
             db_check_rate: 500e6,
             freeze_overhead: 60.0,
+            precopy_overhead: 0.0,
+            precopy_per_file: 0.0,
             lead: 86_400.0,
         }
     }
@@ -428,6 +438,14 @@ impl Params {
                 return Err(ParamError::NotPositive {
                     what: "--freeze-per-file",
                 });
+            }
+        }
+        for (v, what) in [
+            (self.precopy_overhead, "--precopy-overhead"),
+            (self.precopy_per_file, "--precopy-per-file"),
+        ] {
+            if v.is_nan() || v < 0.0 {
+                return Err(ParamError::NotPositive { what });
             }
         }
         if self.copy_mode == Some(CopyMode::Blocks) && !self.constraints.contains(Constraint::Filer)

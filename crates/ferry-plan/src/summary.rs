@@ -83,6 +83,13 @@ fn overview(out: &mut String, plan: &Plan<'_>, inventory: &Path) {
     if let Some(c) = p.freeze_per_file {
         copy.push_str(&format!("; freeze {:.0} µs a file", c * 1e6));
     }
+    if p.precopy_overhead > 0.0 || p.precopy_per_file > 0.0 {
+        copy.push_str(&format!(
+            "; pre-copy {} + {:.0} µs a file",
+            human::duration(p.precopy_overhead),
+            p.precopy_per_file * 1e6
+        ));
+    }
     let _ = writeln!(
         out,
         "Parameters  constraints {}; window {} ({}); bandwidth {}; max freeze {}; change rate {:.3}%/day{copy}",

@@ -151,12 +151,31 @@ pub struct UnitStats {
     pub db_check_s: f64,
     /// overhead + find + final copy + database check.
     pub freeze_s: f64,
+    /// Seconds the pre-copy spends on the unit's files besides their bytes
+    /// (file mode: files x `--precopy-per-file`; block mode: 0).
+    pub precopy_files_s: f64,
 }
 
 impl UnitStats {
     /// What the pre-copy must carry before the unit's night.
     pub fn precopy_bytes(&self) -> u64 {
         self.file_bytes + self.db_bytes
+    }
+    /// Seconds the link carries the pre-copy's bytes.
+    pub fn precopy_transfer_s(&self, params: &Params) -> f64 {
+        self.precopy_bytes() as f64 / params.bandwidth
+    }
+    /// Predicted pre-copy: `--precopy-overhead` + the files' cost + the
+    /// bytes over the link (`docs/plan-format.md`).
+    pub fn precopy_s(&self, params: &Params) -> f64 {
+        params.precopy_overhead + self.precopy_files_s + self.precopy_transfer_s(params)
+    }
+    /// What the pre-copy takes of the link, in bytes: its bytes, plus the
+    /// link time its fixed and per-file costs hold (pre-copies are counted
+    /// one after another on the link). Exactly the bytes with both terms 0.
+    pub fn precopy_link_bytes(&self, params: &Params) -> f64 {
+        self.precopy_bytes() as f64
+            + params.bandwidth * (params.precopy_overhead + self.precopy_files_s)
     }
     pub fn final_copy_s(&self, params: &Params) -> f64 {
         self.final_bytes / params.bandwidth
@@ -355,6 +374,7 @@ impl Partition {
             for s in stats.iter_mut() {
                 s.pass_s = s.files as f64 / params.walk_rate;
                 s.find_s = params.freeze_files_s(s.files);
+                s.precopy_files_s = s.files as f64 * params.precopy_per_file;
             }
         }
         // Database servers checksum in parallel: the busiest one sets the time.

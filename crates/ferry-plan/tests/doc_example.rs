@@ -63,6 +63,9 @@ fn params_of(doc: &Value) -> Params {
         freeze_per_file: p["freeze_per_file_s"].as_f64(),
         db_check_rate: f("db_check_rate_bytes_per_s"),
         freeze_overhead: f("freeze_overhead_s"),
+        // Absent from plans written before the pre-copy terms: 0.
+        precopy_overhead: p["precopy_overhead_s"].as_f64().unwrap_or(0.0),
+        precopy_per_file: p["precopy_per_file_s"].as_f64().unwrap_or(0.0),
         lead: f("lead_s"),
     }
 }

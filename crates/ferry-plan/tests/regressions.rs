@@ -171,3 +171,113 @@ fn blocks_need_the_filer_constraint() {
         Err(ferry_plan::ParamError::BlocksWithoutFiler)
     ));
 }
+
+/// Issue 18: a pre-copy was predicted as bytes over the link only, while a
+/// file-mode pre-copy took about 1 s + 1 ms a file in the rehearsal. Its
+/// model is now `--precopy-overhead` + files x `--precopy-per-file` + bytes
+/// / bandwidth, and the nights budget that much of the link.
+#[test]
+fn precopy_counts_a_fixed_cost_and_each_file() {
+    let inv = example();
+    let bytes_only = Params {
+        copy_mode: Some(CopyMode::Files),
+        ..Params::default()
+    };
+    let (overhead, per_file) = (2.0, parse_short_duration("1ms").unwrap());
+    let with = Params {
+        precopy_overhead: overhead,
+        precopy_per_file: per_file,
+        ..bytes_only
+    };
+    let a = Plan::build(&inv, &bytes_only, &Quiet).unwrap();
+    let b = Plan::build(&inv, &with, &Quiet).unwrap();
+    let bw = with.bandwidth;
+    for (x, y) in a.partition.stats().iter().zip(b.partition.stats()) {
+        // Without the flags: the bytes over the link, as before.
+        assert_eq!(x.precopy_s(&bytes_only), x.precopy_bytes() as f64 / bw);
+        assert_eq!(x.precopy_link_bytes(&bytes_only), x.precopy_bytes() as f64);
+        let expected = overhead + y.files as f64 * per_file + y.precopy_bytes() as f64 / bw;
+        assert!((y.precopy_s(&with) - expected).abs() < 1e-9, "{y:?}");
+        assert!((y.precopy_link_bytes(&with) - bw * expected).abs() < 1e-3);
+        // The freeze does not change.
+        assert_eq!(x.freeze_s, y.freeze_s);
+    }
+    // Night 1 needs every unit's pre-copy on the link: bandwidth x precopy_s.
+    let needed: f64 = b
+        .partition
+        .stats()
+        .iter()
+        .map(|s| bw * s.precopy_s(&with))
+        .sum();
+    assert_eq!(b.schedule.nights.len(), 1);
+    assert!((b.schedule.nights[0].link_bytes_needed - needed).abs() < 1.0);
+}
+
+/// Block mode copies volumes, not files: only the fixed cost is added.
+#[test]
+fn block_mode_precopy_pays_no_per_file_cost() {
+    let inv = example();
+    let p = Params {
+        precopy_overhead: 3.0,
+        precopy_per_file: 0.01,
+        ..Params::default()
+    };
+    let plan = Plan::build(&inv, &p, &Quiet).unwrap();
+    for s in plan.partition.stats() {
+        assert_eq!(s.precopy_files_s, 0.0);
+        let expected = 3.0 + s.precopy_bytes() as f64 / p.bandwidth;
+        assert!((s.precopy_s(&p) - expected).abs() < 1e-9);
+    }
+}
+
+/// A night opens when the link has carried the pre-copy: with the lead just
+/// long enough for the bytes alone, the pre-copy's fixed and per-file costs
+/// push units to a later night.
+#[test]
+fn a_longer_precopy_moves_units_to_a_later_night() {
+    let inv = example();
+    let files = Params {
+        copy_mode: Some(CopyMode::Files),
+        ..Params::default()
+    };
+    let plan = Plan::build(&inv, &files, &Quiet).unwrap();
+    let bytes: f64 = plan
+        .partition
+        .stats()
+        .iter()
+        .map(|s| s.precopy_bytes() as f64)
+        .sum();
+    // Night 1 opens when the bytes are across, and not a second later.
+    let lead = bytes / files.bandwidth + 1.0;
+    let bytes_only = Params { lead, ..files };
+    let a = Plan::build(&inv, &bytes_only, &Quiet).unwrap();
+    assert_eq!(a.schedule.nights.len(), 1);
+    let with = Params {
+        precopy_overhead: 60.0,
+        precopy_per_file: 0.001,
+        ..bytes_only
+    };
+    let b = Plan::build(&inv, &with, &Quiet).unwrap();
+    // 3 units x 60 s alone exceed the second left: not all in night 1.
+    assert!(b.schedule.nights.len() > 1, "{:?}", b.schedule.nights);
+    for n in &b.schedule.nights {
+        assert!(n.link_bytes_needed <= n.link_bytes_available, "{n:?}");
+    }
+    assert_eq!(b.schedule.unscheduled(), 0);
+}
+
+#[test]
+fn negative_precopy_terms_are_refused() {
+    for p in [
+        Params {
+            precopy_overhead: -1.0,
+            ..Params::default()
+        },
+        Params {
+            precopy_per_file: f64::NAN,
+            ..Params::default()
+        },
+    ] {
+        assert!(p.validate().is_err(), "{p:?}");
+    }
+}

@@ -674,25 +674,54 @@ const FREEZE_ROUND_TRIPS: u32 = 4;
 /// measures it on a real fleet.
 const FREEZE_CPU_PER_FILE_US: f64 = if cfg!(debug_assertions) { 165.0 } else { 35.0 };
 
-/// `ferry plan`'s freeze model for this rehearsal: the fixed cost and the
-/// round trips at its latency, and a file's CPU time shared by the freezes
-/// that run at once (one per lane, at most one per filer) over this
-/// machine's cores, where both datacenters run.
-fn freeze_plan_args(opts: &Options) -> [String; 4] {
+/// What a unit's pre-copy costs besides its files and bytes: the copy
+/// sessions with both agents (opened for the first pass, again for the
+/// converging passes and the warm-up of the proof's hashes), the journal's
+/// writes. Fitted with the two constants below to 12 pre-copies of 224 to
+/// 11,004 files at 5 ms each way, 4 at once (BENCHMARKS.md, "ferry
+/// rehearse", issue 18); one run at 20 ms gave the round trips.
+const PRECOPY_FIXED: Duration = Duration::from_millis(1240);
+
+/// Round trips across the link a pre-copy waits for besides its files'
+/// (sessions, handshakes, the end of each pass): about 6 (0.17 s more at
+/// 20 ms than at 5 ms each way, 224-file units).
+const PRECOPY_ROUND_TRIPS: u32 = 6;
+
+/// CPU time a file of the unit costs its pre-copy (`ferry plan
+/// --precopy-per-file` on one core): the first pass walks, reads and
+/// hashes it at both agents, the converging passes walk it again, the
+/// warm-up hashes it for the proof. Debug, 4 lanes on 2 vCPUs: about 1 ms
+/// of wall time a file (2 pre-copies a core); release (earlier 2-lane runs,
+/// 1 a core, 55,004 files in 10.1-10.5 s): 160 us.
+const PRECOPY_CPU_PER_FILE_US: f64 = if cfg!(debug_assertions) { 500.0 } else { 160.0 };
+
+/// `ferry plan`'s freeze and pre-copy models for this rehearsal: each a
+/// fixed cost and round trips at its latency, and a file's CPU time shared
+/// by the units that run at once (one per lane, at most one per filer)
+/// over this machine's cores, where both datacenters run.
+fn freeze_plan_args(opts: &Options) -> [String; 8] {
     let overhead = FREEZE_FIXED + opts.latency * 2 * FREEZE_ROUND_TRIPS;
+    let precopy = PRECOPY_FIXED + opts.latency * 2 * PRECOPY_ROUND_TRIPS;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let at_once = opts.lanes.min(opts.filers).max(1);
-    let per_file_us = FREEZE_CPU_PER_FILE_US * f64::from(at_once) / cores as f64;
+    let share = f64::from(at_once) / cores as f64;
+    let per_file_us = FREEZE_CPU_PER_FILE_US * share;
+    let precopy_per_file_us = PRECOPY_CPU_PER_FILE_US * share;
     [
         "--freeze-overhead".to_string(),
         format!("{}ms", overhead.as_millis()),
         "--freeze-per-file".to_string(),
         format!("{per_file_us:.1}us"),
+        "--precopy-overhead".to_string(),
+        format!("{}ms", precopy.as_millis()),
+        "--precopy-per-file".to_string(),
+        format!("{precopy_per_file_us:.1}us"),
     ]
 }
 
 /// `ferry plan` as a child, with the link and lanes of this rehearsal and
-/// its freeze model (`freeze_plan_args`, written first in the plan's log).
+/// its freeze and pre-copy models (`freeze_plan_args`, written first in
+/// the plan's log).
 /// Units are whole filers (its copy jobs are per filer), copied file by
 /// file, as its migrate.toml says (`mode = "file"`).
 async fn run_plan(
@@ -720,7 +749,7 @@ async fn run_plan(
         .output()
         .await
         .context("running ferry plan")?;
-    let flags = format!("freeze model: {}\n", freeze.join(" "));
+    let flags = format!("freeze and pre-copy model: {}\n", freeze.join(" "));
     std::fs::write(
         log,
         [flags.as_bytes(), &out.stdout[..], &out.stderr[..]].concat(),

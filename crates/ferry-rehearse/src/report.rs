@@ -42,11 +42,11 @@ fn section(summary: &Summary, opts: &Options) -> String {
         summary.setup_s,
         summary.night_s
     );
-    h.push_str("<table>\n<tr><th>unit</th><th>night/lane</th><th>sites</th><th>state</th><th>attempts</th><th>freeze predicted</th><th>freeze</th><th>deviation</th><th>pre-copy predicted</th><th>pre-copy</th><th>held</th><th>cut</th><th>failed</th></tr>\n");
+    h.push_str("<table>\n<tr><th>unit</th><th>night/lane</th><th>sites</th><th>state</th><th>attempts</th><th>freeze predicted</th><th>freeze</th><th>deviation</th><th>pre-copy predicted</th><th>pre-copy</th><th>deviation</th><th>held</th><th>cut</th><th>failed</th></tr>\n");
     for r in &summary.units {
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&r.id),
             r.night.map_or("-".into(), |n| n.to_string()),
             r.lane.map_or("-".into(), |n| n.to_string()),
@@ -58,6 +58,7 @@ fn section(summary: &Summary, opts: &Options) -> String {
             units::deviation_percent(r).map_or("-".into(), |d| format!("{d:+.0} %")),
             ms(r.predicted_precopy_ms),
             ms(r.precopy_ms),
+            units::precopy_deviation_percent(r).map_or("-".into(), |d| format!("{d:+.0} %")),
             r.held,
             escape(&reasons(&r.cut)),
             escape(&reasons(&r.failed)),

@@ -41,7 +41,8 @@ struct Predicted {
 }
 
 /// Reads `plan.json`: per unit id, its night, lane, predicted freeze and
-/// pre-copy (the unit's file bytes at the planned link rate: the first pass).
+/// pre-copy (`precopy.total_s`: fixed cost, files, bytes over the link; a
+/// plan without it: the unit's file bytes at the planned link rate).
 fn predictions(plan: &serde_json::Value) -> HashMap<String, Predicted> {
     let rate = plan["parameters"]["bandwidth_bytes_per_s"]
         .as_f64()
@@ -60,7 +61,10 @@ fn predictions(plan: &serde_json::Value) -> HashMap<String, Predicted> {
                             night: u["night"].as_u64(),
                             lane: u["lane"].as_u64(),
                             freeze_ms: u["freeze"]["total_s"].as_f64().map(|s| (s * 1000.0) as u64),
-                            precopy_ms: bytes.zip(rate).map(|(b, r)| (b / r * 1000.0) as u64),
+                            precopy_ms: u["precopy"]["total_s"]
+                                .as_f64()
+                                .or_else(|| bytes.zip(rate).map(|(b, r)| b / r))
+                                .map(|s| (s * 1000.0) as u64),
                         },
                     ))
                 })
@@ -173,6 +177,12 @@ pub fn max_overlap(rows: &[UnitRow]) -> usize {
 /// How far a freeze was from its prediction, in percent (+: longer).
 pub fn deviation_percent(r: &UnitRow) -> Option<f64> {
     let (p, a) = (r.predicted_freeze_ms? as f64, r.freeze_ms? as f64);
+    (p > 0.0).then(|| (a - p) / p * 100.0)
+}
+
+/// How far a pre-copy was from its prediction, in percent (+: longer).
+pub fn precopy_deviation_percent(r: &UnitRow) -> Option<f64> {
+    let (p, a) = (r.predicted_precopy_ms? as f64, r.precopy_ms? as f64);
     (p > 0.0).then(|| (a - p) / p * 100.0)
 }
 

@@ -67,6 +67,16 @@ pub struct Args {
     /// verification, flip.
     #[arg(long, default_value = "60s", value_parser = ferry_plan::parse_duration)]
     freeze_overhead: f64,
+    /// Fixed cost of every unit's pre-copy, besides its bytes: the copy
+    /// sessions, handshakes and round trips of its passes (e.g. "1s").
+    #[arg(long, default_value = "0s", value_parser = ferry_plan::parse_duration)]
+    precopy_overhead: f64,
+    /// What a file-mode pre-copy spends per file of the unit besides its
+    /// bytes (the first pass walks and hashes it at both agents, the
+    /// converging passes walk it again), e.g. "500us". Default: 0 (bytes
+    /// over the link only).
+    #[arg(long, default_value = "0us", value_parser = ferry_plan::parse_short_duration)]
+    precopy_per_file: f64,
     /// Time from the start of pre-copy to the opening of night 1.
     #[arg(long, default_value = "24h", value_parser = ferry_plan::parse_duration)]
     lead: f64,
@@ -108,6 +118,8 @@ fn settings(a: &Args) -> Result<Params, ferry_plan::ParamError> {
         freeze_per_file: a.freeze_per_file,
         db_check_rate: a.db_check_rate,
         freeze_overhead: a.freeze_overhead,
+        precopy_overhead: a.precopy_overhead,
+        precopy_per_file: a.precopy_per_file,
         lead: a.lead,
     };
     p.validate()?;

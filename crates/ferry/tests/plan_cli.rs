@@ -265,6 +265,8 @@ fn bad_flags_exit_2() {
         ("--constraints", "filer,dns", "unknown constraint"),
         ("--max-freeze", "soon", "invalid duration"),
         ("--parallel", "0", "--parallel must be greater than zero"),
+        ("--precopy-per-file", "1", "a unit is needed"),
+        ("--precopy-overhead", "soon", "invalid duration"),
     ] {
         let o = ferry(
             &["plan", "--inventory", inv, "--out", "p.json", flag, value],
@@ -283,6 +285,48 @@ fn bad_flags_exit_2() {
     );
     assert_eq!(code(&o), 2);
     assert!(text(&o.stderr).contains("not a directory"));
+}
+
+/// Issue 18: `--precopy-overhead` and `--precopy-per-file` land in
+/// plan.json's parameters and in each unit's `precopy` (overhead + files x
+/// per file + bytes over the link).
+#[test]
+fn precopy_flags_feed_each_units_precopy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = ferry(
+        &[
+            "plan",
+            "--inventory",
+            example().to_str().unwrap(),
+            "--copy-mode",
+            "files",
+            "--precopy-overhead",
+            "2s",
+            "--precopy-per-file",
+            "500us",
+            "--out",
+            "plan.json",
+        ],
+        tmp.path(),
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("pre-copy 2s + 500 µs a file"));
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("plan.json")).unwrap()).unwrap();
+    let p = &doc["parameters"];
+    assert_eq!(p["precopy_overhead_s"], 2.0);
+    assert_eq!(p["precopy_per_file_s"], 0.0005);
+    let bandwidth = p["bandwidth_bytes_per_s"].as_f64().unwrap();
+    for u in doc["units"].as_array().unwrap() {
+        let (size, pre) = (&u["size"], &u["precopy"]);
+        let files = size["files"].as_f64().unwrap();
+        let bytes = size["file_bytes"].as_f64().unwrap() + size["db_bytes"].as_f64().unwrap();
+        let expected = 2.0 + files * 0.0005 + bytes / bandwidth;
+        let total = pre["total_s"].as_f64().unwrap();
+        // plan.json rounds to the millisecond.
+        assert!((total - expected).abs() < 0.002, "{u}");
+        assert_eq!(pre["overhead_s"], 2.0);
+    }
 }
 
 #[test]
