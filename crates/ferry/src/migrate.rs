@@ -133,8 +133,13 @@ struct RunArgs {
 }
 
 /// Where a run is when its journal is in etcd (the migrate config's
-/// `[store] backend = "etcd"`), instead of `--journal`.
+/// `[store] backend = "etcd"`), instead of `--journal`. The user and TLS
+/// flags (shared with `ferry ctl routers`) need `--control` here.
 #[derive(clap::Args)]
+#[command(mut_args(|a| match AccessArgs::IDS.contains(&a.get_id().as_str()) {
+    true => a.requires("control"),
+    false => a,
+}))]
 pub(crate) struct ControlArgs {
     /// `etcd`: the run's journal and lease are in etcd (`--etcd-endpoints`,
     /// `--etcd-prefix`, `--run`); another machine's dead run is taken over
@@ -160,45 +165,61 @@ pub(crate) struct ControlArgs {
     access: Box<AccessArgs>,
 }
 
-/// How `--control etcd` logs in: the keys of `[store]` as flags.
+/// How an etcd client logs in: the keys of `[store]` as flags, for
+/// `--control etcd` (ferry migrate, ferry update) and `ferry ctl routers`.
 #[derive(clap::Args)]
-struct AccessArgs {
+pub(crate) struct AccessArgs {
     /// etcd user (`[store] user`), with --etcd-password-file.
-    #[arg(long, requires = "control")]
+    #[arg(long)]
     etcd_user: Option<String>,
     /// File holding the etcd user's password, readable by its owner only
     /// (`[store] password_file`).
-    #[arg(long, requires = "control")]
+    #[arg(long)]
     etcd_password_file: Option<String>,
     /// The CA of the members' certificates (`[store] ca_file`): the
     /// endpoints are then https://.
-    #[arg(long, requires = "control")]
+    #[arg(long)]
     etcd_ca_file: Option<String>,
     /// Client certificate, when the cluster asks for one (`[store] cert_file`).
-    #[arg(long, requires = "control")]
+    #[arg(long)]
     etcd_cert_file: Option<String>,
     /// Its private key, readable by its owner only (`[store] key_file`).
-    #[arg(long, requires = "control")]
+    #[arg(long)]
     etcd_key_file: Option<String>,
 }
 
-impl ControlArgs {
-    /// The run in etcd these flags name, checked by the code that checks
-    /// `[store]` (ferry-conf's `etcd`: the same rules and messages, naming
-    /// the flags); relative files are relative to the working directory.
+impl AccessArgs {
+    /// The ids of these flags, for the commands that flatten them to adjust
+    /// (`requires`, `global`).
+    pub(crate) const IDS: [&'static str; 5] = [
+        "etcd_user",
+        "etcd_password_file",
+        "etcd_ca_file",
+        "etcd_cert_file",
+        "etcd_key_file",
+    ];
+
+    /// The cluster at `endpoints` and `prefix` with these flags, checked by
+    /// the code that checks `[store]` (ferry-conf's `etcd`: the same rules
+    /// and messages, naming the flags); relative files are relative to the
+    /// working directory. No run (empty), a lease TTL of 10 s, requests
+    /// bounded by 5 s.
     #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
-    pub(crate) fn settings(&self) -> Result<ferry_orch::config::EtcdSettings, Failure> {
+    pub(crate) fn settings(
+        &self,
+        endpoints: &[String],
+        prefix: &str,
+    ) -> Result<ferry_orch::config::EtcdSettings, Failure> {
         let flag = |v: &String| ferry_conf::etcd::Spanned::new(0..0, v.clone());
-        let endpoints =
-            ferry_conf::etcd::Spanned::new(0..0, self.etcd_endpoints.iter().map(flag).collect());
-        let a = &self.access;
+        let endpoints = ferry_conf::etcd::Spanned::new(0..0, endpoints.iter().map(flag).collect());
+        let prefix = prefix.to_string();
         let [prefix, user, password_file, ca_file, cert_file, key_file] = [
-            Some(&self.etcd_prefix),
-            a.etcd_user.as_ref(),
-            a.etcd_password_file.as_ref(),
-            a.etcd_ca_file.as_ref(),
-            a.etcd_cert_file.as_ref(),
-            a.etcd_key_file.as_ref(),
+            Some(&prefix),
+            self.etcd_user.as_ref(),
+            self.etcd_password_file.as_ref(),
+            self.etcd_ca_file.as_ref(),
+            self.etcd_cert_file.as_ref(),
+            self.etcd_key_file.as_ref(),
         ]
         .map(|v| v.map(flag));
         let access = ferry_conf::etcd::EtcdKeys {
@@ -219,12 +240,26 @@ impl ControlArgs {
             prefix: access.prefix,
             auth: access.auth,
             tls: access.tls,
+            run: String::new(),
+            lease_ttl: std::time::Duration::from_secs(10),
+            request_timeout: std::time::Duration::from_secs(5),
+            // Only a lease is taken with these (a run's placements follow
+            // the migrate.toml recorded in its journal), or the fleet read.
+            shared_records: false,
+        })
+    }
+}
+
+impl ControlArgs {
+    /// The run in etcd these flags name (see [`AccessArgs::settings`]).
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub(crate) fn settings(&self) -> Result<ferry_orch::config::EtcdSettings, Failure> {
+        Ok(ferry_orch::config::EtcdSettings {
             run: self.run.clone().unwrap_or_default(),
             lease_ttl: self.lease_ttl,
-            request_timeout: std::time::Duration::from_secs(5),
-            // Only the lease is taken with these: the run's placements
-            // follow the migrate.toml recorded in its journal.
-            shared_records: false,
+            ..self
+                .access
+                .settings(&self.etcd_endpoints, &self.etcd_prefix)?
         })
     }
 }

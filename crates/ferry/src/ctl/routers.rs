@@ -4,6 +4,12 @@
 //! for every registered router and every seen one that is not retired; an
 //! operator retires a router removed from the fleet for good so that it no
 //! longer blocks freezes.
+//!
+//! It logs in as `ferry migrate --control etcd` does: the same flags
+//! (`--etcd-user`, `--etcd-password-file`, `--etcd-ca-file`,
+//! `--etcd-cert-file`, `--etcd-key-file`: migrate's `AccessArgs`), checked by
+//! the same code and connected by the same function
+//! (`ferry_orch::lease::connect`); a password etcd refuses exits 3.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,12 +17,18 @@ use anyhow::anyhow;
 use serde::Serialize;
 
 use super::table::{Out, Table};
+use crate::migrate::AccessArgs;
 use crate::Failure;
+use ferry_orch::config::EtcdSettings;
 
 #[derive(clap::Args)]
+#[command(mut_args(|a| match AccessArgs::IDS.contains(&a.get_id().as_str()) {
+    true => a.global(true),
+    false => a,
+}))]
 pub(super) struct RoutersArgs {
-    /// The etcd members, comma-separated `http://HOST:PORT` (the routers'
-    /// `[store] endpoints`).
+    /// The etcd members, comma-separated `http://HOST:PORT` (`https://` with
+    /// --etcd-ca-file) (the routers' `[store] endpoints`).
     #[arg(
         long,
         env = "FERRY_ETCD_ENDPOINTS",
@@ -32,6 +44,10 @@ pub(super) struct RoutersArgs {
         global = true
     )]
     etcd_prefix: String,
+    /// User and TLS files, as `ferry migrate --control etcd` takes them
+    /// (boxed: rarely given).
+    #[command(flatten)]
+    access: Box<AccessArgs>,
     #[command(subcommand)]
     command: RoutersCmd,
 }
@@ -80,35 +96,16 @@ pub(super) fn run(
     timeout: std::time::Duration,
     args: RoutersArgs,
 ) -> Result<(), Failure> {
-    let endpoints = check_endpoints(&args.etcd_endpoints)?;
-    let prefix = args.etcd_prefix.trim_end_matches('/').to_string();
-    imp::run(out, timeout, endpoints, prefix, args.command)
-}
-
-fn check_endpoints(list: &[String]) -> Result<Vec<String>, Failure> {
-    if list.is_empty() {
+    if args.etcd_endpoints.is_empty() {
         return Err(Failure::usage(anyhow!(
             "--etcd-endpoints (or FERRY_ETCD_ENDPOINTS) is needed: the etcd members the routers use"
         )));
     }
-    let mut out = Vec::new();
-    for e in list {
-        let ok = e
-            .strip_prefix("http://")
-            .or_else(|| e.strip_prefix("https://"))
-            .is_some_and(|r| {
-                r.trim_end_matches('/')
-                    .rsplit_once(':')
-                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
-            });
-        if !ok {
-            return Err(Failure::usage(anyhow!(
-                "--etcd-endpoints {e:?}: expected http://HOST:PORT"
-            )));
-        }
-        out.push(e.trim_end_matches('/').to_string());
-    }
-    Ok(out)
+    let mut etcd = args
+        .access
+        .settings(&args.etcd_endpoints, &args.etcd_prefix)?;
+    etcd.request_timeout = timeout;
+    imp::run(out, &etcd, args.command)
 }
 
 /// The rows of `list` from what etcd holds (names sorted).
@@ -208,19 +205,20 @@ fn table(rows: &Vec<Row>) -> Table {
 #[cfg(feature = "etcd")]
 mod imp {
     use super::*;
-    use ferry_store::{EtcdConfig, EtcdStore};
+    use ferry_orch::OrchError;
 
-    pub(super) fn run(
-        out: &Out,
-        timeout: std::time::Duration,
-        endpoints: Vec<String>,
-        prefix: String,
-        cmd: RoutersCmd,
-    ) -> Result<(), Failure> {
-        let mut cfg = EtcdConfig::new(endpoints.clone(), prefix.clone());
-        cfg.request_timeout = timeout;
-        let at = format!("etcd {} prefix {prefix}", endpoints.join(","));
-        let etcd = EtcdStore::connect(cfg).map_err(|e| anyhow!("cannot reach {at}: {e}"))?;
+    pub(super) fn run(out: &Out, s: &EtcdSettings, cmd: RoutersCmd) -> Result<(), Failure> {
+        let prefix = &s.prefix;
+        let at = format!("etcd {} prefix {prefix}", s.endpoints.join(","));
+        // Connected as `ferry migrate` is; its words for why not (a
+        // refused password: exit 3, as migrate; anything else: exit 1).
+        let etcd = ferry_orch::lease::connect(s).map_err(|e| match e {
+            OrchError::Journal { message, .. } if message.starts_with("etcd refused") => {
+                Failure::refused(anyhow!("{at}: {message}"))
+            }
+            OrchError::Journal { message, .. } => Failure::from(anyhow!("{at}: {message}")),
+            e => Failure::from(anyhow!("{at}: {e}")),
+        })?;
         let fleet = etcd.fleet().map_err(|e| {
             anyhow!("cannot read {prefix}/routers/ and {prefix}/fleet/ in {at}: {e}")
         })?;
@@ -284,13 +282,7 @@ mod imp {
 mod imp {
     use super::*;
 
-    pub(super) fn run(
-        _out: &Out,
-        _timeout: std::time::Duration,
-        _endpoints: Vec<String>,
-        _prefix: String,
-        _cmd: RoutersCmd,
-    ) -> Result<(), Failure> {
+    pub(super) fn run(_out: &Out, _s: &EtcdSettings, _cmd: RoutersCmd) -> Result<(), Failure> {
         let _ = (rows, table);
         Err(Failure::usage(anyhow!(
             "ferry ctl routers: this ferry was built without etcd support (cargo feature `etcd`)"
