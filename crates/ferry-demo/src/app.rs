@@ -2,7 +2,10 @@
 //! files from its DC's copy of the filer, chosen by Host, and takes orders
 //! (`POST /order`), each appended as one line to the site's `orders.log`.
 //! Every accepted write says where and when it landed, which is what the
-//! checker reads afterwards.
+//! checker reads afterwards. For the rehearsal's traffic mix it also takes
+//! uploads (`POST /upload?id=ID`, stored whole as `uploads/ID` in the site,
+//! answered with the content's hash) and echoes WebSocket messages
+//! (`GET /ws`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -70,6 +73,7 @@ async fn serve(listener: TcpListener, config: Arc<AppConfig>, mut stop: watch::R
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
                 .await;
         });
         // Finished connections are reaped as we go, so the set stays small.
@@ -143,6 +147,8 @@ async fn handle(config: &AppConfig, req: Request<Incoming>) -> Response<Full<Byt
                 ),
             }
         }
+        (Method::POST, "/upload") => upload(&dir, req).await,
+        (Method::GET, "/ws") => websocket(req),
         (Method::GET | Method::HEAD, path) => {
             let Some(rel) = safe_path(path) else {
                 return reply(StatusCode::BAD_REQUEST, "bad path\n");
@@ -157,6 +163,109 @@ async fn handle(config: &AppConfig, req: Request<Incoming>) -> Response<Full<Byt
         }
         _ => reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
     }
+}
+
+/// The largest upload the app takes.
+const MAX_UPLOAD: usize = 4 << 20;
+
+/// `POST /upload?id=ID`: the body stored as the site's `uploads/ID`, whole
+/// or not at all (written aside, synced, renamed); answered 201 with
+/// `<bytes> <blake3 hex>`. `ID` is letters, digits and `-` only.
+async fn upload(dir: &std::path::Path, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let id = req
+        .uri()
+        .query()
+        .and_then(|q| q.strip_prefix("id="))
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= 64
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        .map(str::to_string);
+    let Some(id) = id else {
+        return reply(StatusCode::BAD_REQUEST, "upload needs ?id=[A-Za-z0-9-]+\n");
+    };
+    let body = match Limited::new(req.into_body(), MAX_UPLOAD).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return reply(StatusCode::BAD_REQUEST, "bad or too large body\n"),
+    };
+    let dir = dir.join("uploads");
+    let stored = tokio::task::spawn_blocking({
+        let body = body.clone();
+        move || -> std::io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            let tmp = dir.join(format!(".{id}.part"));
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, dir.join(&id))
+        }
+    })
+    .await;
+    match stored {
+        Ok(Ok(())) => reply(
+            StatusCode::CREATED,
+            format!("{} {}\n", body.len(), blake3::hash(&body).to_hex()),
+        ),
+        Ok(Err(e)) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("write failed: {e}\n"),
+        ),
+        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
+/// `GET /ws` with a WebSocket handshake: 101, then every text or binary
+/// message is sent back until the client closes.
+fn websocket(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let upgrade = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return reply(StatusCode::BAD_REQUEST, "not a WebSocket handshake\n");
+    };
+    if !upgrade {
+        return reply(StatusCode::BAD_REQUEST, "not a WebSocket handshake\n");
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(io) = on_upgrade.await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(io),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    r
 }
 
 /// One `write(2)` on an O_APPEND descriptor: concurrent orders never
@@ -199,5 +308,70 @@ mod tests {
         ] {
             assert_eq!(safe_path(bad), None, "{bad}");
         }
+    }
+
+    /// Raw HTTP/1.1 to the app: the status line and the body.
+    async fn ask(app: std::net::SocketAddr, req: &[u8]) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(app).await.unwrap();
+        c.write_all(req).await.unwrap();
+        let mut out = Vec::new();
+        c.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (
+            head.lines().next().unwrap_or("").to_string(),
+            body.to_string(),
+        )
+    }
+
+    /// An upload is stored whole under the site and answered with its
+    /// length and hash; an id that could name another path is refused and
+    /// writes nothing; a WebSocket message comes back.
+    #[tokio::test]
+    async fn uploads_are_stored_whole_by_id_and_websocket_messages_echo() {
+        use futures_util::{SinkExt, StreamExt};
+        let dir = tempfile::tempdir().unwrap();
+        let site = dir.path().join("a.test");
+        std::fs::create_dir_all(&site).unwrap();
+        let config = super::AppConfig {
+            dc: "par".into(),
+            name: "par-web-1".into(),
+            sites: [("a.test".to_string(), site.clone())].into(),
+        };
+        let app = super::AppServer::start(std::sync::Arc::new(config))
+            .await
+            .unwrap();
+
+        let body = b"hello upload";
+        let req = format!(
+            "POST /upload?id=u1-1 HTTP/1.1\r\nHost: a.test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let (status, answer) = ask(app.addr, &[req.as_bytes(), body].concat()).await;
+        assert!(status.contains("201"), "{status}");
+        let want = format!("{} {}", body.len(), blake3::hash(body).to_hex());
+        assert_eq!(answer.trim(), want);
+        assert_eq!(std::fs::read(site.join("uploads/u1-1")).unwrap(), body);
+
+        for id in ["..%2fx", "../x", "", "a/b", "a.b"] {
+            let req = format!(
+                "POST /upload?id={id} HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx"
+            );
+            let (status, _) = ask(app.addr, req.as_bytes()).await;
+            assert!(status.contains("400"), "{id}: {status}");
+        }
+        let stored: Vec<_> = std::fs::read_dir(site.join("uploads")).unwrap().collect();
+        assert_eq!(stored.len(), 1, "{stored:?}");
+
+        let stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async("ws://a.test/ws", stream)
+            .await
+            .unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text("ping"))
+            .await
+            .unwrap();
+        let back = ws.next().await.unwrap().unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), "ping");
     }
 }

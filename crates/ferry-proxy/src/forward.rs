@@ -19,6 +19,7 @@ use http_body_util::{Either, Empty};
 use hyper::body::{Body, Incoming};
 
 use crate::accesslog::Entry;
+use crate::answers::{no_server, text, unavailable};
 use crate::body::ProxyBody;
 use crate::deadline::BodyDeadline;
 use crate::headers::{
@@ -42,36 +43,6 @@ fn version_str(v: Version) -> &'static str {
         Version::HTTP_3 => "HTTP/3.0",
         _ => "HTTP/?",
     }
-}
-
-fn text(status: StatusCode, msg: &str) -> Response<ProxyBody> {
-    let mut r = Response::new(ProxyBody::full(format!("{msg}\n")));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-fn unavailable(retry_after: u32, html: Option<&str>, msg: &str) -> Response<ProxyBody> {
-    let mut r = match html {
-        Some(page) => {
-            let mut r = Response::new(ProxyBody::full(Bytes::copy_from_slice(page.as_bytes())));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            r
-        }
-        None => text(StatusCode::SERVICE_UNAVAILABLE, msg),
-    };
-    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
 }
 
 /// Entry point for every request on a traffic listener.
@@ -290,10 +261,7 @@ async fn route_request(
     };
     let (resp, upstream) = match straggler.unless_cut(forwarded).await {
         Some(forwarded) => forwarded,
-        None => (
-            crate::straggler::cut_answer(settings.retry_after),
-            "-".into(),
-        ),
+        None => (crate::answers::cut_answer(settings.retry_after), "-".into()),
     };
     Routed {
         resp,
@@ -662,21 +630,6 @@ async fn send_to_server(
         Err(_) => {}
     }
     result
-}
-
-/// No (other) server to send to: 503 with Retry-After when the pool had
-/// none, 502 when the one tried failed and no other is left.
-fn no_server(pool: &str, first: bool, retry_after: u32) -> Response<ProxyBody> {
-    if first {
-        let msg = format!("no server of pool {pool} is available");
-        let mut r = text(StatusCode::SERVICE_UNAVAILABLE, &msg);
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-        r
-    } else {
-        let msg = format!("no other server of pool {pool} could be reached");
-        text(StatusCode::BAD_GATEWAY, &msg)
-    }
 }
 
 /// The answer to a request whose server failed it (not retried).

@@ -16,6 +16,7 @@
 
 mod accesslog;
 mod admin;
+mod answers;
 mod body;
 mod client_hello;
 mod control;

@@ -618,35 +618,6 @@ where
     }
 }
 
-/// The answer to a request cut while it waited for its upstream: the site
-/// is being moved; the client retries and is held, then sent to where the
-/// site lives after the flip.
-pub(crate) fn cut_answer(retry_after: u32) -> http::Response<crate::body::ProxyBody> {
-    let mut r = http::Response::new(crate::body::ProxyBody::full(
-        "site is being moved; the request was cut at the freeze's drain deadline; retry shortly\n",
-    ));
-    *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-    let h = r.headers_mut();
-    h.insert(
-        http::header::RETRY_AFTER,
-        http::HeaderValue::from(retry_after),
-    );
-    h.insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    // The client may still be sending a body nobody will read.
-    h.insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("close"),
-    );
-    r
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! The traffic the demo's clients do not make: large downloads at full
 //! speed and slow readers (a large file read a few KiB at a time), over
-//! keep-alive HTTP/1.1 connections, some through the old address. Each
+//! keep-alive HTTP/1.1 connections, some through the old address; and the
+//! uploads and WebSocket sessions of `interactive.rs`. Each
 //! request is recorded (site, when, how long, why it failed) so the
 //! rehearsal can say, per unit, what its freeze held and what it cut.
 
@@ -14,42 +15,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
+use crate::exchange::read_head;
+pub use crate::exchange::{Kind, Record};
+use crate::interactive::{self, AckedUpload};
 use crate::world::LargeFile;
 
 /// Longer than the routers' hold_max (30 s): only a hang ends a request here.
 const TIMEOUT: Duration = Duration::from_secs(45);
-/// A response head larger than this is refused.
-const MAX_HEAD: usize = 16 * 1024;
-
-/// What kind of client sent a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Kind {
-    /// The demo's keep-alive browsers: pages, assets, orders.
-    Browser,
-    Download,
-    SlowReader,
-}
-
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Browser => "browser",
-            Kind::Download => "download",
-            Kind::SlowReader => "slow_reader",
-        }
-    }
-}
-
-/// One request as its client saw it.
-#[derive(Clone, Debug)]
-pub struct Record {
-    pub kind: Kind,
-    pub site: usize,
-    pub sent_at_ms: u64,
-    pub took: Duration,
-    pub failed: Option<String>,
-    pub bytes: u64,
-}
 
 /// Who sends what, where.
 pub struct MixConfig {
@@ -62,11 +34,16 @@ pub struct MixConfig {
     pub slow_readers: usize,
     /// A slow reader's pace: bytes per 20 ms tick.
     pub slow_chunk: usize,
+    /// Clients uploading, and clients holding WebSocket sessions
+    /// (`interactive.rs`), all through `entry`.
+    pub uploads: usize,
+    pub websockets: usize,
 }
 
 pub struct Mix {
     stop: Arc<AtomicBool>,
     tasks: JoinSet<Vec<Record>>,
+    acked: Arc<parking_lot::Mutex<Vec<AckedUpload>>>,
 }
 
 impl Mix {
@@ -74,8 +51,21 @@ impl Mix {
     pub fn start(c: MixConfig) -> Mix {
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = JoinSet::new();
+        let acked = Arc::default();
+        let shared = interactive::Shared {
+            sites: Arc::clone(&c.sites),
+            target: c.entry,
+            stop: Arc::clone(&stop),
+            acked: Arc::clone(&acked),
+        };
+        for n in 0..c.uploads {
+            tasks.spawn(interactive::uploads(shared.clone(), n));
+        }
+        for n in 0..c.websockets {
+            tasks.spawn(interactive::websockets(shared.clone(), n));
+        }
         if c.large.is_empty() {
-            return Mix { stop, tasks };
+            return Mix { stop, tasks, acked };
         }
         let total = c.downloads + c.slow_readers;
         for i in 0..total {
@@ -102,11 +92,12 @@ impl Mix {
             };
             tasks.spawn(client.run());
         }
-        Mix { stop, tasks }
+        Mix { stop, tasks, acked }
     }
 
-    /// Stops the clients after their current request; every record.
-    pub async fn finish(mut self) -> Vec<Record> {
+    /// Stops the clients after their current request; every record, and
+    /// the uploads the app acknowledged.
+    pub async fn finish(mut self) -> (Vec<Record>, Vec<AckedUpload>) {
         self.stop.store(true, Ordering::Relaxed);
         let mut all = Vec::new();
         while let Some(r) = self.tasks.join_next().await {
@@ -122,7 +113,8 @@ impl Mix {
                 }),
             }
         }
-        all
+        let acked = std::mem::take(&mut *self.acked.lock());
+        (all, acked)
     }
 }
 
@@ -191,7 +183,7 @@ impl Client {
         let (status, length, close, mut body) = read_head(&mut conn).await?;
         let mut got = body.len() as u64;
         // A failed answer's first bytes say why; a good one's are not kept.
-        let keep = if status == 200 { 0 } else { 200 };
+        let keep: usize = if status == 200 { 0 } else { 200 };
         body.truncate(keep);
         let mut buf = vec![0u8; self.chunk];
         while got < length {
@@ -221,48 +213,4 @@ impl Client {
         }
         Ok(got)
     }
-}
-
-/// Reads a response head: (status, content-length, connection: close, the
-/// body bytes read past the head).
-async fn read_head(conn: &mut TcpStream) -> Result<(u16, u64, bool, Vec<u8>), String> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut tmp = [0u8; 4096];
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err("response head too large".into());
-        }
-        let n = conn
-            .read(&mut tmp)
-            .await
-            .map_err(|_| "connection error".to_string())?;
-        if n == 0 {
-            return Err("connection error".into());
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| "bad status line".to_string())?;
-    let (mut length, mut close) = (None, false);
-    for l in lines {
-        let Some((k, v)) = l.split_once(':') else {
-            continue;
-        };
-        let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-        if k == "content-length" {
-            length = v.parse::<u64>().ok();
-        } else if k == "connection" && v.eq_ignore_ascii_case("close") {
-            close = true;
-        }
-    }
-    let length = length.ok_or_else(|| format!("status {status} without content-length"))?;
-    Ok((status, length, close, buf[end + 4..].to_vec()))
 }

@@ -465,7 +465,7 @@ async fn run_scenario(
             let down = Excused {
                 from_ms: killed_ms,
                 to_ms: ready_ms + 1_000,
-                reasons: &["connect error", "connection error"],
+                reasons: &["connect error", "connection error", "websocket cut"],
                 why: "at par-2 while it was down",
             };
             Ok((last, check, vec![down, wan_cut_failures(killed_ms, to_ms)]))
