@@ -569,8 +569,22 @@ pub fn run_pass_over(
     sender.small_files(&plan.small)?;
     sender.large_files(&plan.large)?;
     sender.hard_links(&mut plan, &view, &leaders)?;
-    // Leftover temporary files of interrupted passes.
-    for t in &dm.temps {
+    // Leftover temporary files of interrupted passes. A leftover staged
+    // directory (killed before its marker was written) bears the hidden
+    // name this pass staged the same directory under: staging already
+    // replaced it, and deleting that name now would delete this pass's copy.
+    let staged_now: HashSet<RelPath> = plan
+        .mkdirs
+        .iter()
+        .filter_map(|s| {
+            let hidden = crate::path::stage_name(&s.path);
+            match s.path.parent() {
+                Some(d) => d.join(&hidden).ok(),
+                None => RelPath::name(&hidden).ok(),
+            }
+        })
+        .collect();
+    for t in dm.temps.iter().filter(|t| !staged_now.contains(*t)) {
         dst.apply(Op::Delete { path: t.clone() })?;
         plan.touched_dirs.insert(t);
     }

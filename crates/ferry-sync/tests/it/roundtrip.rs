@@ -1,6 +1,7 @@
 //! Local-to-local passes on generated trees.
 
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 
 use ferry_sync::{run_pass, verify, Dest, LocalTree, Op, SyncError, SyncOptions};
@@ -334,6 +335,38 @@ fn new_directories_appear_whole_and_an_interrupted_first_copy_resumes_them() {
             .all(|p| !p.to_string_lossy().contains(".~ferry.")),
         "hidden names left behind"
     );
+    assert!(verify(&s, &d, 100).unwrap().equal());
+}
+
+/// A pass killed between making a staged directory and writing its
+/// marker leaves a hidden directory the next scan cannot name (a leftover
+/// temporary). The next pass stages the same directory under the same
+/// hidden name: cleaning the leftovers up must not delete that new copy
+/// (seen as "open directory: No such file or directory" when the pass
+/// revealed it, in the demo killed at `pre_copy:inside` and resumed).
+#[test]
+fn a_staged_directory_left_without_its_marker_does_not_break_the_next_pass() {
+    let t = tmp();
+    let (src, dst) = dirs(&t);
+    fs::create_dir_all(src.join("site/assets")).unwrap();
+    for i in 0..5 {
+        fs::write(
+            src.join("site/assets").join(format!("f{i}")),
+            bytes(i, 3000),
+        )
+        .unwrap();
+    }
+    fs::write(src.join("site/index.html"), b"hello").unwrap();
+    let rel = ferry_sync::RelPath::name(b"site").unwrap();
+    let hidden = ferry_sync::path::stage_name(&rel);
+    let leftover = dst.join(std::ffi::OsStr::from_bytes(&hidden));
+    fs::create_dir_all(&leftover).unwrap();
+    fs::write(leftover.join("stale"), b"from the killed pass").unwrap();
+
+    let (s, d) = (LocalTree::new(&src), LocalTree::new(&dst));
+    run_pass(&s, &d, &mirror_options(), 1, &no_events()).unwrap();
+    assert_same(&src, &dst);
+    assert!(!leftover.exists(), "the leftover is still there");
     assert!(verify(&s, &d, 100).unwrap().equal());
 }
 
