@@ -28,6 +28,7 @@ mod headers;
 mod health;
 mod hold;
 mod joined;
+mod linger;
 mod listen;
 mod metrics;
 mod mysql_handshake;

@@ -70,6 +70,8 @@ pub struct Metrics {
     pub stragglers: crate::stats::StragglerCounts,
     /// Upgraded connections (WebSockets): open, total, bytes, ends.
     pub upgrades: crate::stats::UpgradeStats,
+    /// Lingering closes of HTTP/1.1 connections (`linger.rs`).
+    pub lingering: crate::stats::LingerStats,
     upstream: RwLock<HashMap<String, Arc<Histogram>>>,
 }
 
@@ -183,6 +185,7 @@ impl Metrics {
         self.deadlines.render(out);
         self.stragglers.render(out);
         self.upgrades.render(out);
+        self.lingering.render(out);
         let map = self.upstream.read();
         let mut pools: Vec<_> = map.iter().collect();
         pools.sort_by(|a, b| a.0.cmp(b.0));

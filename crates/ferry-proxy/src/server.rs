@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use crate::deadline::{self, Activity, BoxError, Guarded, Prefixed, SendDeadline, Sniffed};
 use crate::forward;
 use crate::headers::ConnInfo;
+use crate::linger::Lingering;
 use crate::listen::{self, Cap};
 use crate::state::Shared;
 use crate::stats::ListenerKind;
@@ -400,12 +401,25 @@ where
         unread,
     } = cx;
     let activity = Activity::new();
+    // HTTP/1.1 connections the router closes read on a little before they
+    // are closed (`linger.rs`): a client still sending a body it was
+    // answered without gets that answer, not a reset.
+    let (io, linger) = Lingering::new(io, proto == Alpn::Http1, Arc::clone(&metrics));
     let svc = {
         let activity = Arc::clone(&activity);
         service_fn(move |req| {
             let active = activity.enter();
             let fut = handler(req);
-            async move { Ok::<_, Infallible>(fut.await.map(|b| Guarded::new(b, active))) }
+            let linger = linger.clone();
+            async move {
+                let resp = fut.await;
+                // The connection becomes a tunnel: what the client sends
+                // after its end of stream is the tunnel's.
+                if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    linger.off();
+                }
+                Ok::<_, Infallible>(resp.map(|b| Guarded::new(b, active)))
+            }
         })
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -82,6 +82,76 @@ impl DeadlineStats {
     }
 }
 
+/// How a lingering close ended (`linger.rs`), as counted in
+/// `ferry_lingering_closes_total{ended=...}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LingerEnd {
+    /// The client closed its side: every byte it sent was read.
+    ClientClosed,
+    /// The client sent nothing for the quiet bound.
+    Quiet,
+    /// The time bound passed while the client was still sending.
+    TimeLimit,
+    /// The byte bound was read while the client was still sending.
+    ByteLimit,
+    /// Reading failed (the client reset the connection).
+    Error,
+}
+
+const LINGER_ENDS: [(LingerEnd, &str); 5] = [
+    (LingerEnd::ClientClosed, "client_closed"),
+    (LingerEnd::Quiet, "quiet"),
+    (LingerEnd::TimeLimit, "time_limit"),
+    (LingerEnd::ByteLimit, "byte_limit"),
+    (LingerEnd::Error, "error"),
+];
+
+/// Lingering closes of HTTP/1.1 client connections, by how they ended, and
+/// the request bytes they read and discarded.
+#[derive(Default)]
+pub(crate) struct LingerStats {
+    ends: [AtomicU64; LINGER_ENDS.len()],
+    discarded: AtomicU64,
+}
+
+impl LingerStats {
+    pub fn count(&self, end: LingerEnd, discarded: u64) {
+        if let Some(i) = LINGER_ENDS.iter().position(|(x, _)| *x == end) {
+            self.ends[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.discarded.fetch_add(discarded, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    pub fn ended(&self, end: LingerEnd) -> u64 {
+        LINGER_ENDS
+            .iter()
+            .position(|(x, _)| *x == end)
+            .map_or(0, |i| self.ends[i].load(Ordering::Relaxed))
+    }
+
+    pub fn render(&self, out: &mut String) {
+        let name = "ferry_lingering_closes_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} HTTP/1.1 client connections closed by the router that read what the client still sent before closing, by how that ended.\n# TYPE {name} counter"
+        );
+        for ((_, label), v) in LINGER_ENDS.iter().zip(&self.ends) {
+            let _ = writeln!(
+                out,
+                "{name}{{ended=\"{label}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let name = "ferry_lingering_discarded_bytes_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Bytes read and discarded by lingering closes (request bodies the router answered without reading).\n# TYPE {name} counter\n{name} {}",
+            self.discarded.load(Ordering::Relaxed)
+        );
+    }
+}
+
 /// What a listener serves, for the metrics' `kind` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ListenerKind {
