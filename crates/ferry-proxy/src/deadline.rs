@@ -47,14 +47,22 @@ pub(crate) enum Sniffed {
     Http1,
 }
 
-/// Reads the first bytes of a plain connection (at most the 24 of the h2
-/// preface) by `deadline`. `None`: nothing (or not enough to decide)
-/// arrived in time, or the client closed.
+/// Reads the first bytes of a plain connection by `deadline`: at least
+/// enough to tell HTTP/1.1 from h2c (the 24 bytes of the h2 preface), and
+/// whatever the kernel already holds ([`ReadNow`]). `None`: nothing (or not
+/// enough to decide) arrived in time, or the client closed.
 pub(crate) async fn sniff<S>(stream: &mut S, deadline: Instant) -> Option<(Sniffed, Vec<u8>)>
 where
-    S: AsyncRead + Unpin,
+    S: AsyncRead + ReadNow + Unpin,
 {
-    let mut buf = Vec::with_capacity(H2_PREFACE.len());
+    let mut buf = match stream.read_now() {
+        Now::Bytes(b) => b,
+        Now::Closed => return None,
+        Now::Nothing => Vec::with_capacity(H2_PREFACE.len()),
+    };
+    if let Some(kind) = classify(&buf) {
+        return Some((kind, buf));
+    }
     let read = async {
         loop {
             let mut chunk = [0u8; 24];
@@ -64,16 +72,74 @@ where
                 return None;
             }
             buf.extend_from_slice(&chunk[..n]);
-            if buf[..] != H2_PREFACE[..buf.len()] {
-                return Some(Sniffed::Http1);
-            }
-            if buf.len() == H2_PREFACE.len() {
-                return Some(Sniffed::H2);
+            if let Some(kind) = classify(&buf) {
+                return Some(kind);
             }
         }
     };
     let kind = crate::settle::timeout_at(deadline, read).await.ok()??;
     Some((kind, buf))
+}
+
+/// What the first bytes say, if they say enough: anything that leaves the
+/// h2 preface is HTTP/1.1.
+fn classify(first: &[u8]) -> Option<Sniffed> {
+    let n = first.len().min(H2_PREFACE.len());
+    if first[..n] != H2_PREFACE[..n] {
+        Some(Sniffed::Http1)
+    } else if n == H2_PREFACE.len() {
+        Some(Sniffed::H2)
+    } else {
+        None
+    }
+}
+
+/// Bytes a fresh connection's first read takes at most without waiting
+/// (a request head of usual size; the rest is read as usual).
+const READ_NOW_MAX: usize = 4096;
+
+/// What [`ReadNow::read_now`] found.
+pub(crate) enum Now {
+    Bytes(Vec<u8>),
+    /// The peer closed (or the socket failed) before sending anything.
+    Closed,
+    /// Nothing yet (or the stream cannot tell): wait for it.
+    Nothing,
+}
+
+/// The first read of a connection just accepted, without waiting for the
+/// runtime. Tokio lets a socket be read only once its I/O driver has
+/// reported it readable, and a new socket has no readiness until the driver
+/// has run again (after every task queued before it, on a busy thread: the
+/// wait that new connections paid on top of busy keep-alive ones). A client
+/// has usually sent its request by the time its connection is accepted, so
+/// the kernel is asked directly, as HAProxy reads right after accepting.
+pub(crate) trait ReadNow {
+    fn read_now(&mut self) -> Now;
+}
+
+impl ReadNow for tokio::net::TcpStream {
+    fn read_now(&mut self) -> Now {
+        use std::io::Read;
+        let mut chunk = [0u8; READ_NOW_MAX];
+        // The socket is non-blocking: nothing there is WouldBlock. Bytes
+        // read here are not seen by tokio's readiness, which is only ever
+        // cleared by a read that would block: nothing is lost.
+        match (&*socket2::SockRef::from(&*self)).read(&mut chunk) {
+            Ok(0) => Now::Closed,
+            Ok(n) => Now::Bytes(chunk[..n].to_vec()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Now::Nothing,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Now::Nothing,
+            Err(_) => Now::Closed,
+        }
+    }
+}
+
+/// In-memory pipes (tests) are read the usual way.
+impl ReadNow for tokio::io::DuplexStream {
+    fn read_now(&mut self) -> Now {
+        Now::Nothing
+    }
 }
 
 /// A stream whose first bytes were already read: they are read again first.
@@ -533,6 +599,36 @@ mod tests {
         assert!(sniff(&mut server, Instant::now() + Duration::from_secs(1))
             .await
             .is_none());
+    }
+
+    #[tokio::test]
+    async fn sniff_reads_a_new_connection_without_waiting_for_the_runtime() {
+        use std::io::Write;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let request = b"GET / HTTP/1.1\r\nHost: a.com\r\n\r\n";
+        client.write_all(request).unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        // The request is in the kernel's buffer; the runtime has not run
+        // since the socket was registered, so it knows nothing of it.
+        let unread = crate::settle::Unread::of(&server);
+        let t0 = std::time::Instant::now();
+        while !unread.waiting() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "request not delivered"
+            );
+            std::thread::yield_now();
+        }
+        let mut sniffing =
+            std::pin::pin!(sniff(&mut server, Instant::now() + Duration::from_secs(5)));
+        let first = std::future::poll_fn(|cx| Poll::Ready(sniffing.as_mut().poll(cx))).await;
+        let Poll::Ready(Some((kind, bytes))) = first else {
+            panic!("the first read waited for the runtime");
+        };
+        assert!(matches!(kind, Sniffed::Http1));
+        // The whole request at once, for hyper to read again.
+        assert_eq!(bytes, request);
     }
 
     #[tokio::test(start_paused = true)]
