@@ -27,7 +27,14 @@ fn widen(h: u32) -> u64 {
     (u64::from(h) << 32) | u64::from(h)
 }
 
-fn hash32(hasher: &impl BuildHasher, key: &str) -> u32 {
+/// The bucket, of `buckets` ([`NameIndex::buckets`]), at which the probe for
+/// a key hashing to `h` starts: where in the table's memory it lands, by which
+/// a bulk load can order its inserts.
+pub(crate) fn bucket_of(h: u32, buckets: usize) -> usize {
+    (widen(h) as usize) & (buckets - 1)
+}
+
+pub(crate) fn hash32(hasher: &impl BuildHasher, key: &str) -> u32 {
     let h = hasher.hash_one(key);
     (h ^ (h >> 32)) as u32
 }
@@ -80,6 +87,42 @@ impl NameIndex {
                 });
                 Err(new_id)
             }
+        }
+    }
+
+    /// [`NameIndex::get_or_insert`] for a name already in `arena` as slot
+    /// `id`, whose key hashes to `h` ([`hash32`]): the id of an entry with
+    /// the same key (`Ok`), or `id` inserted (`Err`). For a bulk load that
+    /// hashed its names once and inserts them in bucket order.
+    pub(crate) fn get_or_insert_hashed(
+        &mut self,
+        h: u32,
+        id: u32,
+        arena: &NameArena,
+        key_of: KeyOf,
+    ) -> Result<u32, u32> {
+        // The names are read only when the whole hash matches: the entries
+        // come in bucket order, their names in another.
+        match self.table.entry(
+            widen(h),
+            |e| e.hash == h && key_of.key(arena.get(e.id)) == key_of.key(arena.get(id)),
+            |e| widen(e.hash),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(e) => Ok(e.get().id),
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(Entry { id, hash: h });
+                Err(id)
+            }
+        }
+    }
+
+    /// The table's number of buckets (a power of two).
+    pub(crate) fn buckets(&self) -> usize {
+        // hashbrown keeps 7/8 of its buckets usable (all but one when small).
+        match self.table.capacity() {
+            0 => 1,
+            c if c < 8 => (c + 1).next_power_of_two(),
+            c => (c * 8 / 7).next_power_of_two(),
         }
     }
 
@@ -192,6 +235,11 @@ impl NameArena {
     pub(crate) fn reserve(&mut self, names: usize, bytes: usize) {
         self.spans.reserve(names);
         self.bytes.reserve(bytes);
+    }
+
+    /// Gives back the names' spare room (after a reserve that guessed).
+    pub(crate) fn shrink_to_fit(&mut self) {
+        self.bytes.shrink_to_fit();
     }
 
     pub(crate) fn heap_bytes(&self) -> usize {

@@ -11,6 +11,7 @@ use crate::RouterError;
 use batch::Batch;
 
 mod batch;
+mod load;
 
 /// Epochs are packed into 46 bits next to the placement and state.
 pub const MAX_EPOCH: u64 = (1 << 46) - 1;
@@ -295,134 +296,6 @@ impl HostTable {
         }
     }
 
-    /// Fills the table with many sites at once, without the per-batch
-    /// bookkeeping of [`HostTable::apply`] (made for a start: a million sites
-    /// in tens of milliseconds). A site whose host the table already holds
-    /// replaces it only with a greater epoch; otherwise the table's record
-    /// stays and the site's position in `sites` is in [`Loaded::not_taken`].
-    /// A host given twice in `sites` is refused: its positions are in
-    /// [`Loaded::repeated`] and then nothing changed. Extras are untouched.
-    ///
-    /// Every site is checked (epochs, names, placements, room) before anything
-    /// changes: on error the table is as it was. Readers wait while the sites
-    /// go in (the write lock is held throughout).
-    ///
-    /// # Panics
-    ///
-    /// If a site's placement index is not below `placements.len()`.
-    pub fn load<'a, I>(&self, placements: &[Placement], sites: I) -> Result<Loaded, RouterError>
-    where
-        I: IntoIterator<Item = NewSite<'a>>,
-        I::IntoIter: Clone,
-    {
-        let sites = sites.into_iter();
-        let _w = self.writer.lock();
-        let mut inner = self.inner.write();
-        let (mut count, mut bytes) = (0usize, inner.name_bytes);
-        for site in sites.clone() {
-            assert!(
-                usize::from(site.placement) < placements.len(),
-                "placement index {} out of {}",
-                site.placement,
-                placements.len()
-            );
-            if site.epoch.0 > MAX_EPOCH {
-                return Err(match Hostname::parse(site.host) {
-                    Ok(host) => RouterError::EpochTooLarge {
-                        host,
-                        epoch: site.epoch,
-                    },
-                    Err(_) => RouterError::TableFull,
-                });
-            }
-            if site.host.is_empty() || site.host.len() > usize::from(u8::MAX) {
-                return Err(RouterError::TableFull);
-            }
-            count += 1;
-            bytes += site.host.len() as u64;
-        }
-        if bytes > u64::from(u32::MAX) || inner.slots.len() + count > u32::MAX as usize {
-            return Err(RouterError::TableFull);
-        }
-        let new_placements = placements
-            .iter()
-            .filter(|p| !inner.placement_ids.contains_key(*p))
-            .count();
-        if inner.placements.len() + new_placements > usize::from(u16::MAX) {
-            return Err(RouterError::TooManyPlacements);
-        }
-        // Nothing below can fail.
-        let ids: Vec<PlacementId> = placements.iter().map(|p| inner.intern(p)).collect();
-        let (base, base_bytes) = (inner.slots.len(), inner.name_bytes);
-        inner.slots.reserve(count);
-        let added_bytes = (bytes - inner.name_bytes) as usize;
-        inner.names.reserve(count, added_bytes);
-        inner.exact.reserve(count);
-        // Slots this load has met (a second meeting is a repeated host), one
-        // bit each; and the words it replaced, to undo.
-        let mut met = vec![0u64; (base + count).div_ceil(64)];
-        let mut replaced: Vec<(u32, u64)> = Vec::new();
-        let mut loaded = Loaded::default();
-        for (i, site) in sites.clone().enumerate() {
-            let word = pack(ids[usize::from(site.placement)], site.state, site.epoch);
-            let (id, fresh) = inner.load_one(site.host, word);
-            let (cell, bit) = (id as usize / 64, 1u64 << (id % 64));
-            if met[cell] & bit != 0 {
-                loaded.repeated.push((i, 0));
-                continue;
-            }
-            met[cell] |= bit;
-            if fresh {
-                continue;
-            }
-            let slot = &inner.slots[id as usize].word;
-            let old = slot.load(Ordering::Acquire);
-            if unpack(old).is_none_or(|(_, _, epoch)| site.epoch > epoch) {
-                slot.store(word, Ordering::Release);
-                replaced.push((id, old));
-            } else {
-                loaded.not_taken.push(i);
-            }
-        }
-        if loaded.repeated.is_empty() {
-            return Ok(loaded);
-        }
-        // Undo, then find each repeated host's first position.
-        for (id, old) in replaced {
-            inner.slots[id as usize].word.store(old, Ordering::Release);
-        }
-        let base32 = base as u32;
-        inner.exact.forget_from(base32);
-        inner.wildcard.forget_from(base32);
-        inner.names.truncate(base32);
-        inner.slots.truncate(base);
-        inner.name_bytes = base_bytes;
-        drop(inner);
-        // Each repeated host's first position (two more passes, on this
-        // error path only).
-        let mut at = loaded.repeated.iter().map(|&(i, _)| i).peekable();
-        let mut hosts: Vec<&str> = Vec::with_capacity(loaded.repeated.len());
-        for (i, s) in sites.clone().enumerate() {
-            if at.next_if_eq(&i).is_some() {
-                hosts.push(s.host);
-            }
-        }
-        let mut first: hashbrown::HashMap<&str, usize> =
-            hosts.iter().map(|h| (*h, usize::MAX)).collect();
-        for (i, s) in sites.enumerate() {
-            if let Some(f) = first.get_mut(s.host) {
-                if *f == usize::MAX {
-                    *f = i;
-                }
-            }
-        }
-        for ((_, f), h) in loaded.repeated.iter_mut().zip(&hosts) {
-            *f = first.get(h).copied().unwrap_or(0);
-        }
-        loaded.not_taken.clear();
-        Ok(loaded)
-    }
-
     /// The first site (in slot order) whose placement `refused` returns true
     /// for and whose name `matters` returns true for, as a record. Costs one
     /// call per distinct placement when no placement is refused, the common
@@ -625,40 +498,6 @@ impl Inner {
             None => self.exact.insert(name, id, &self.hasher),
         }
         Ok(id)
-    }
-
-    /// Adds `name` in a fresh slot with `word` (`(id, true)`), unless the
-    /// table holds it: then its slot comes back (`(id, false)`) and nothing
-    /// changes. Room was checked.
-    fn load_one(&mut self, name: &str, word: u64) -> (u32, bool) {
-        let Inner {
-            hasher,
-            names,
-            exact,
-            wildcard,
-            slots,
-            name_bytes,
-            ..
-        } = self;
-        let new_id = slots.len() as u32;
-        let found = match name.strip_prefix("*.") {
-            Some(d) => wildcard.get_or_insert(d, new_id, hasher, names, KeyOf::WildcardDomain),
-            None => exact.get_or_insert(name, new_id, hasher, names, KeyOf::Whole),
-        };
-        match found {
-            Ok(id) => (id, false),
-            Err(id) => {
-                // Room (names of at most 255 bytes, u32 offsets) was checked.
-                let _ = names.push(name);
-                *name_bytes += name.len() as u64;
-                slots.push(Slot {
-                    word: AtomicU64::new(word),
-                    in_flight: AtomicU32::new(0),
-                    held: AtomicU32::new(0),
-                });
-                (id, true)
-            }
-        }
     }
 
     fn remove(&mut self, host: &Hostname) -> bool {
