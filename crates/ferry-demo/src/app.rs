@@ -30,6 +30,9 @@ pub struct AppConfig {
     pub name: String,
     /// Host -> the site's directory in this DC's filer copy.
     pub sites: HashMap<String, PathBuf>,
+    /// This DC's database server and the sites' databases (the rehearsal's
+    /// `POST /db/order`); none in the demo.
+    pub db: Option<crate::app_db::AppDb>,
 }
 
 /// A running app server; stops (drops its connections) when `stop` is sent.
@@ -125,14 +128,7 @@ async fn handle(config: &AppConfig, req: Request<Incoming>) -> Response<Full<Byt
     match (req.method().clone(), req.uri().path()) {
         (Method::POST, "/order") => {
             // Sequence numbers are short; a larger body is not an order.
-            let body = match Limited::new(req.into_body(), 64).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => return reply(StatusCode::BAD_REQUEST, "bad body\n"),
-            };
-            let Some(seq) = std::str::from_utf8(&body)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-            else {
+            let Some(seq) = sequence(req).await else {
                 return reply(StatusCode::BAD_REQUEST, "body must be a sequence number\n");
             };
             let micros = SystemTime::now()
@@ -148,6 +144,7 @@ async fn handle(config: &AppConfig, req: Request<Incoming>) -> Response<Full<Byt
             }
         }
         (Method::POST, "/upload") => upload(&dir, req).await,
+        (Method::POST, "/db/order") => db_order(config, req).await,
         (Method::GET, "/ws") => websocket(req),
         (Method::GET | Method::HEAD, path) => {
             let Some(rel) = safe_path(path) else {
@@ -163,6 +160,32 @@ async fn handle(config: &AppConfig, req: Request<Incoming>) -> Response<Full<Byt
         }
         _ => reply(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
     }
+}
+
+/// `POST /db/order` with a sequence number as the body: one row in the
+/// site's database (201 with `<seq> <dc> <app>`), 503 when the database
+/// refused it, 404 for a site without one.
+async fn db_order(config: &AppConfig, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (Some(db), Some(host)) = (config.db.as_ref(), host_of(&req)) else {
+        return reply(StatusCode::NOT_FOUND, "no database here\n");
+    };
+    let Some(seq) = sequence(req).await else {
+        return reply(StatusCode::BAD_REQUEST, "body must be a sequence number\n");
+    };
+    match db.order(&host, seq, &config.dc, &config.name).await {
+        Ok(line) => reply(StatusCode::CREATED, line),
+        Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}
+
+/// A body of one sequence number (at most 64 bytes).
+async fn sequence(req: Request<Incoming>) -> Option<u64> {
+    let body = Limited::new(req.into_body(), 64).collect().await.ok()?;
+    std::str::from_utf8(&body.to_bytes())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The largest upload the app takes.
@@ -338,6 +361,7 @@ mod tests {
             dc: "par".into(),
             name: "par-web-1".into(),
             sites: [("a.test".to_string(), site.clone())].into(),
+            db: None,
         };
         let app = super::AppServer::start(std::sync::Arc::new(config))
             .await

@@ -57,7 +57,11 @@ struct Log {
 }
 
 fn read_log(path: &Path) -> Log {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    parse_log(&std::fs::read_to_string(path).unwrap_or_default())
+}
+
+/// Orders as `<seq> <dc> <server> <unix_micros>` lines, each ended by a newline.
+fn parse_log(text: &str) -> Log {
     let mut log = Log {
         orders: Vec::new(),
         malformed: 0,
@@ -155,12 +159,62 @@ pub fn check_units(status: &MigrationStatus) -> Check {
     )
 }
 
+/// The names of checks (c), (d), (e) and what they count: the orders in
+/// files or in databases.
+pub struct OrderChecks {
+    pub exactly_once: &'static str,
+    pub no_split_brain: &'static str,
+    pub no_early_writes: &'static str,
+    /// "lines", "rows".
+    pub noun: &'static str,
+}
+
+/// The demo's orders: one line a write in each site's `orders.log`.
+pub const FILE_ORDERS: OrderChecks = OrderChecks {
+    exactly_once: NOTHING_LOST,
+    no_split_brain: NO_SPLIT_BRAIN,
+    no_early_writes: NO_EARLY_WRITES,
+    noun: "lines",
+};
+
 /// (c), (d), (e): everything that needs the orders.log files.
 pub fn check_data(
     sites: &[Site],
     work: &Path,
     acked_writes: &[Vec<u64>],
     status: Option<&MigrationStatus>,
+) -> Vec<Check> {
+    let (src_root, dst_root) = (work.join(SOURCE), work.join(DESTINATION));
+    check_orders(&FILE_ORDERS, sites, acked_writes, status, |_, site| {
+        (
+            read_log(&site.dir(&src_root).join("orders.log")),
+            read_log(&site.dir(&dst_root).join("orders.log")),
+        )
+    })
+}
+
+/// (c), (d), (e) over orders kept elsewhere: `orders` gives site i's orders
+/// at the source and at the destination as `<seq> <dc> <server>
+/// <unix_micros>` lines (each ended by a newline).
+pub fn check_order_lines(
+    names: &OrderChecks,
+    sites: &[Site],
+    acked_writes: &[Vec<u64>],
+    status: Option<&MigrationStatus>,
+    orders: impl Fn(usize, &Site) -> (String, String),
+) -> Vec<Check> {
+    check_orders(names, sites, acked_writes, status, |i, site| {
+        let (src, dst) = orders(i, site);
+        (parse_log(&src), parse_log(&dst))
+    })
+}
+
+fn check_orders(
+    names: &OrderChecks,
+    sites: &[Site],
+    acked_writes: &[Vec<u64>],
+    status: Option<&MigrationStatus>,
+    logs: impl Fn(usize, &Site) -> (Log, Log),
 ) -> Vec<Check> {
     let units: HashMap<&str, &UnitStatus> = status
         .map(|s| {
@@ -170,11 +224,9 @@ pub fn check_data(
                 .collect()
         })
         .unwrap_or_default();
-    let (src_root, dst_root) = (work.join(SOURCE), work.join(DESTINATION));
     let mut tally = Tally::default();
     for (i, site) in sites.iter().enumerate() {
-        let src = read_log(&site.dir(&src_root).join("orders.log"));
-        let dst = read_log(&site.dir(&dst_root).join("orders.log"));
+        let (src, dst) = logs(i, site);
         tally.malformed += src.malformed + dst.malformed;
         tally.src_lines += src.orders.len();
         tally.dst_lines += dst.orders.len();
@@ -184,7 +236,7 @@ pub fn check_data(
         tally.fenced(site, unit.and_then(fenced_at_ms), flipped, &src, &dst);
         tally.not_early(site, flipped, &dst);
     }
-    tally.into_checks(status.is_some())
+    tally.into_checks(names, status.is_some())
 }
 
 /// What the orders.log files of every site showed, as counts and examples.
@@ -275,7 +327,7 @@ impl Tally {
     }
 
     /// The three checks; (d) needs the migration status to mean anything.
-    fn into_checks(self, have_status: bool) -> Vec<Check> {
+    fn into_checks(self, names: &OrderChecks, have_status: bool) -> Vec<Check> {
         let Tally {
             acked,
             lost,
@@ -290,9 +342,10 @@ impl Tally {
             gra_writes,
         } = self;
         let mut c_detail = format!(
-            "{acked} acknowledged writes; {} lost, {} doubled; {dst_lines} lines at {DESTINATION}",
+            "{acked} acknowledged writes; {} lost, {} doubled; {dst_lines} {} at {DESTINATION}",
             lost.len(),
-            doubled.len()
+            doubled.len(),
+            names.noun
         );
         if unacked_landed > 0 {
             let _ = write!(
@@ -301,7 +354,7 @@ impl Tally {
             );
         }
         if malformed > 0 {
-            let _ = write!(c_detail, "; {malformed} malformed lines");
+            let _ = write!(c_detail, "; {malformed} malformed {}", names.noun);
         }
         if !lost.is_empty() {
             let _ = write!(c_detail, "; lost: {}", examples(&lost));
@@ -333,16 +386,16 @@ impl Tally {
         }
         vec![
             Check::new(
-                NOTHING_LOST,
+                names.exactly_once,
                 acked > 0 && lost.is_empty() && doubled.is_empty() && malformed == 0,
                 c_detail,
             ),
             Check::new(
-                NO_SPLIT_BRAIN,
+                names.no_split_brain,
                 have_status && split.is_empty() && missing_copy.is_empty(),
                 d_detail,
             ),
-            Check::new(NO_EARLY_WRITES, early.is_empty(), e_detail),
+            Check::new(names.no_early_writes, early.is_empty(), e_detail),
         ]
     }
 }

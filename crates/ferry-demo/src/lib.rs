@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod app_db;
 pub mod check;
 pub mod etcd;
 mod faults;
@@ -295,6 +296,7 @@ impl Demo<'_> {
                         .iter()
                         .map(|s| (s.host.clone(), s.dir(root)))
                         .collect(),
+                    db: None,
                 });
                 let app = AppServer::start(config).await?;
                 pools.entry(dc).or_default().push((name, app.addr));

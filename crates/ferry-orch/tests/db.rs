@@ -404,3 +404,69 @@ async fn rollback_after_the_flip_moves_the_database_back_with_the_new_rows() {
         pre.event.detail
     );
 }
+
+/// Two lanes whose units' databases live on one server: the mover allows
+/// one move from a source into a destination at a time (a second
+/// replication connection from it would share its GTID positions), so the
+/// second unit waits for the first's turn instead of failing at prepare or
+/// pre-copy. Both move with equal rows, and their database moves (first
+/// step to done) do not overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_lanes_with_databases_on_one_server_take_turns_and_both_move() {
+    let d = db_world("").await;
+    d.src
+        .exec(
+            "CREATE DATABASE shop2; \
+             CREATE TABLE shop2.items (id INT PRIMARY KEY, v VARCHAR(20) NOT NULL); \
+             INSERT INTO shop2.items VALUES (1, 'one'), (2, 'two'), (3, 'three')",
+        )
+        .await;
+    // One unit a hosting, each with its database, in two lanes.
+    std::fs::write(
+        &d.w.plan,
+        r#"{"format":"ferry-plan","version":1,"generator":"test",
+"parameters":{"constraints":["declared-db"],"parallel":2},
+"units":[
+ {"id":"U1","status":"scheduled","night":1,"lane":0,"order":0,"filers":["fs-1"],"databases":["shop@sql1"],
+   "hostings":[{"name":"a","filer":"fs-1","directory":"/homes/a","sites":["a.example","www.a.example"]}]},
+ {"id":"U2","status":"scheduled","night":1,"lane":1,"order":1,"filers":["fs-1"],"databases":["shop2@sql1"],
+   "hostings":[{"name":"b","filer":"fs-1","directory":"/homes/b","sites":["b.example"]}]}
+]}"#,
+    )
+    .unwrap();
+    let o =
+        d.w.start(Options {
+            now: true,
+            parallel: Some(2),
+            ..Options::default()
+        })
+        .await;
+    let s = o.run().await.unwrap();
+    assert!(s.ok(), "{s:?}: {:?}", o.journal().status().unwrap());
+    d.w.assert_moved().await;
+    assert_eq!(rows(&d.src).await, rows(&d.dst).await, "shop differs");
+    let items = |db: &MariaDb| {
+        let url = db.url();
+        async move {
+            let opts = mysql_async::Opts::from_url(&url).unwrap();
+            let mut c = mysql_async::Conn::new(opts).await.unwrap();
+            let v: Vec<(i32, String)> = c
+                .query("SELECT id, v FROM shop2.items ORDER BY id")
+                .await
+                .unwrap();
+            v
+        }
+    };
+    assert_eq!(items(&d.dst).await.len(), 3, "shop2 not moved");
+    // Each unit's span, its first step begun to its last ended.
+    let span = |u: &str| {
+        let ev = o.journal().unit_events(u).unwrap();
+        let steps: Vec<_> = ev.iter().filter(|r| r.event.step.is_some()).collect();
+        (steps.first().unwrap().at_ms, steps.last().unwrap().at_ms)
+    };
+    let (a, b) = (span("U1"), span("U2"));
+    assert!(
+        a.1 <= b.0 || b.1 <= a.0,
+        "moves overlapped: U1 {a:?}, U2 {b:?}"
+    );
+}

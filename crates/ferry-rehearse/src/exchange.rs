@@ -18,6 +18,8 @@ pub enum Kind {
     SlowReader,
     Upload,
     Websocket,
+    /// An order written to the site's database (`POST /db/order`).
+    DbOrder,
 }
 
 impl Kind {
@@ -28,6 +30,7 @@ impl Kind {
             Kind::SlowReader => "slow_reader",
             Kind::Upload => "upload",
             Kind::Websocket => "websocket",
+            Kind::DbOrder => "db_order",
         }
     }
 }
@@ -41,6 +44,53 @@ pub struct Record {
     pub took: Duration,
     pub failed: Option<String>,
     pub bytes: u64,
+}
+
+/// The keep-alive connection in `conn` if the last exchange left one, else
+/// a new one to `target`.
+pub(crate) async fn reuse_or_connect(
+    conn: &mut Option<TcpStream>,
+    target: std::net::SocketAddr,
+) -> Result<TcpStream, String> {
+    if let Some(c) = conn.take() {
+        return Ok(c);
+    }
+    let c = TcpStream::connect(target)
+        .await
+        .map_err(|_| "connect error".to_string())?;
+    let _ = c.set_nodelay(true);
+    Ok(c)
+}
+
+/// `exchange` bounded by `limit`: its result, or a timeout as its failure.
+pub(crate) async fn within<T>(
+    limit: Duration,
+    exchange: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(limit, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("timeout after {}s", limit.as_secs())))
+}
+
+/// Reads the rest of a small answer's body (up to its first 4 KiB) after
+/// the bytes the head's read left in `answer`.
+pub(crate) async fn read_small_body(
+    conn: &mut TcpStream,
+    length: u64,
+    answer: &mut Vec<u8>,
+) -> Result<(), String> {
+    while (answer.len() as u64) < length.min(4096) {
+        let mut more = [0u8; 1024];
+        let n = conn
+            .read(&mut more)
+            .await
+            .map_err(|_| "body cut short".to_string())?;
+        if n == 0 {
+            return Err("body cut short".into());
+        }
+        answer.extend_from_slice(&more[..n]);
+    }
+    Ok(())
 }
 
 /// Reads a response head: (status, content-length, connection: close, the

@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::exchange::{read_head, Kind, Record};
+use crate::exchange::{read_head, read_small_body, reuse_or_connect, within, Kind, Record};
 
 /// Longer than the routers' hold_max (30 s): only a hang ends an exchange.
 const TIMEOUT: Duration = Duration::from_secs(45);
@@ -58,9 +58,9 @@ pub async fn uploads(c: Shared, n: usize) -> Vec<Record> {
         let body = body_of(&id);
         let (t0, sent_at_ms) = (Instant::now(), crate::unix_ms());
         let host = c.sites[site].host.clone();
-        let r = tokio::time::timeout(TIMEOUT, upload(&mut conn, c.target, &host, &id, &body)).await;
+        let r = within(TIMEOUT, upload(&mut conn, c.target, &host, &id, &body)).await;
         let failed = match r {
-            Ok(Ok(())) => {
+            Ok(()) => {
                 c.acked.lock().push(AckedUpload {
                     site,
                     id,
@@ -69,8 +69,7 @@ pub async fn uploads(c: Shared, n: usize) -> Vec<Record> {
                 });
                 None
             }
-            Ok(Err(reason)) => Some(reason),
-            Err(_) => Some(format!("timeout after {}s", TIMEOUT.as_secs())),
+            Err(reason) => Some(reason),
         };
         if failed.is_some() {
             conn = None;
@@ -109,16 +108,7 @@ async fn upload(
     id: &str,
     body: &[u8],
 ) -> Result<(), String> {
-    let mut c = match conn.take() {
-        Some(c) => c,
-        None => {
-            let c = TcpStream::connect(target)
-                .await
-                .map_err(|_| "connect error".to_string())?;
-            let _ = c.set_nodelay(true);
-            c
-        }
-    };
+    let mut c = reuse_or_connect(conn, target).await?;
     // As curl does for a large body: the body goes only after 100
     // Continue, so an answer given without reading it (a router that
     // cannot reach the site: 502) is read whole instead of lost to a reset.
@@ -139,16 +129,7 @@ async fn upload(
         // The body was never sent: the connection cannot carry another.
         (status, length, _, answer) => (status, length, true, answer),
     };
-    while (answer.len() as u64) < length.min(4096) {
-        let mut more = [0u8; 1024];
-        let n = tokio::io::AsyncReadExt::read(&mut c, &mut more)
-            .await
-            .map_err(|_| "body cut short".to_string())?;
-        if n == 0 {
-            return Err("body cut short".into());
-        }
-        answer.extend_from_slice(&more[..n]);
-    }
+    read_small_body(&mut c, length, &mut answer).await?;
     if status != 201 {
         return Err(ferry_demo::load::failure_reason(status, &answer));
     }

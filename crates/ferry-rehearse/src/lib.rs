@@ -22,6 +22,8 @@
 #![forbid(unsafe_code)]
 
 mod control;
+mod databases;
+mod db_orders;
 mod delay;
 mod exchange;
 mod interactive;
@@ -75,6 +77,9 @@ pub struct Options {
     pub control_etcd: bool,
     /// Something broken on purpose mid-night (needs `control_etcd`).
     pub partition: Option<Partition>,
+    /// Sites with a database on each filer (a MariaDB server per DC);
+    /// 0: no database servers. None in the partition scenarios.
+    pub databases: u32,
 }
 
 impl Options {
@@ -223,7 +228,36 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
     };
     let etcd = members.as_ref().map(control::Members::endpoints_toml);
     let files = write_files(&exe, opts, work, out).await?;
-    let mut up = start_services(&exe, &net, work, &files.sites, opts, etcd.as_deref(), out).await?;
+    let dbs = match files.with_db.is_empty() {
+        true => None,
+        false => {
+            let d = databases::Databases::start(
+                &net,
+                work,
+                &files.sites,
+                opts.filers,
+                files.with_db.clone(),
+            )
+            .await?;
+            out.progress(&format!(
+                "databases: {} mariadbd in {SOURCE} and in {DESTINATION} (one a filer); {} site databases at {SOURCE}, {DESTINATION} busy with its own",
+                opts.filers,
+                d.sites.len()
+            ));
+            Some(d)
+        }
+    };
+    let db_by_host = dbs.as_ref().map(|d| d.by_host(&files.sites));
+    let mut up = start_services(
+        &exe,
+        &net,
+        work,
+        (&files.sites, db_by_host.as_ref()),
+        opts,
+        etcd.as_deref(),
+        out,
+    )
+    .await?;
     let link = measure_link(&net, out);
     let migrate_toml = work.join("migrate.toml");
     std::fs::write(
@@ -237,13 +271,20 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
                 drain_timeout: Duration::from_secs(5),
             },
             etcd.as_deref(),
+            dbs.as_ref().map(|_| {
+                databases::migrate_section(opts.filers, |port| {
+                    world::source_port_for_orchestrator(&net, etcd.is_some(), port)
+                })
+            }),
         ),
     )?;
     let sites = Arc::new(files.sites);
-    let (load, mix) = start_traffic(&net, &up.routers, &sites, files.large, opts).await?;
-    out.progress(
-        "traffic: 16 browsers (2 via the old address), 3 downloads (1 old), 2 slow readers (1 old), 2 uploaders, 2 WebSocket clients",
-    );
+    let with_db: Vec<usize> = files.with_db.iter().map(|(i, _)| *i).collect();
+    let (load, mix) = start_traffic(&net, &up.routers, &sites, files.large, with_db, opts).await?;
+    out.progress(&format!(
+        "traffic: 16 browsers (2 via the old address), 3 downloads (1 old), 2 slow readers (1 old), 2 uploaders, 2 WebSocket clients{}",
+        if dbs.is_some() { ", 2 database writers (1 old)" } else { "" }
+    ));
     let warm_up = (opts.duration / 4).min(Duration::from_secs(10));
     tokio::time::sleep(warm_up).await;
     let setup_s = t0.elapsed().as_secs_f64();
@@ -283,7 +324,12 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     out.progress("stopping the traffic");
-    let (mut load, (mut mixed, uploads)) = tokio::join!(load.finish(), mix.finish());
+    let (mut load, mix_end) = tokio::join!(load.finish(), mix.finish());
+    let traffic::MixEnd {
+        records: mut mixed,
+        uploads,
+        db_orders,
+    } = mix_end;
     let partition_check = partition_check.map(|(mut check, excused)| {
         for e in excused {
             check.detail.push_str(&e.apply(&mut load, &mut mixed));
@@ -307,12 +353,20 @@ pub async fn run(opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Summa
     };
     drop(members);
     let judged = judge(load, mixed, &files.plan, &sites, work, &status).await?;
+    let db_checks = match dbs {
+        Some(d) => {
+            d.check(&net, &sites, db_orders, status.as_ref().ok().cloned())
+                .await
+        }
+        None => Vec::new(),
+    };
     let uploads_check = {
         let (s, w) = (Arc::clone(&sites), work.to_path_buf());
         tokio::task::spawn_blocking(move || interactive::check_uploads(&uploads, &s, &w)).await?
     };
     let mut checks = judged.checks;
     checks.push(uploads_check);
+    checks.extend(db_checks);
     checks.push(check_orchestrator(&end));
     checks.extend(partition_check);
     let report = std::path::absolute(&opts.report).unwrap_or_else(|_| opts.report.clone());
@@ -355,7 +409,8 @@ async fn open_net(opts: &Options, out: &Out) -> anyhow::Result<Net> {
         rate_bits: Some(opts.rate_bytes * 8),
         loss_percent: 0.0,
     };
-    let net = Net::create(&netem, opts.filers).await?;
+    let db_ports: Vec<u16> = (0..opts.filers).map(databases::port).collect();
+    let net = Net::create(&netem, opts.filers, &db_ports).await?;
     out.progress(&format!("namespaces: {}", net.names().join(", ")));
     Ok(net)
 }
@@ -368,6 +423,8 @@ struct Files {
     plan: serde_json::Value,
     /// Lanes the plan laid out.
     parallel: u64,
+    /// The sites with a database, and it.
+    with_db: Vec<(usize, ferry_demo::app_db::SiteDb)>,
 }
 
 async fn write_files(exe: &Path, opts: &Options, work: &Path, out: &Out) -> anyhow::Result<Files> {
@@ -389,6 +446,15 @@ async fn write_files(exe: &Path, opts: &Options, work: &Path, out: &Out) -> anyh
         tokio::task::spawn_blocking(move || topology::write_inventory(&inv, &s, f, &root))
             .await??;
     }
+    let per_filer = if opts.partition.is_some() {
+        0
+    } else {
+        opts.databases
+    };
+    let with_db = databases::pick(&sites, opts.filers, per_filer);
+    if !with_db.is_empty() {
+        databases::write_inventory(&inventory, &sites, opts.filers, &with_db)?;
+    }
     let plan_path = work.join("plan.json");
     plan_model::run_plan(exe, opts, &inventory, &plan_path, &work.join("plan.log")).await?;
     let plan: serde_json::Value =
@@ -406,6 +472,7 @@ async fn write_files(exe: &Path, opts: &Options, work: &Path, out: &Out) -> anyh
         plan_path,
         plan,
         parallel,
+        with_db,
     })
 }
 
@@ -422,7 +489,10 @@ async fn start_services(
     exe: &Path,
     net: &Net,
     work: &Path,
-    sites: &[Site],
+    (sites, db): (
+        &[Site],
+        Option<&std::collections::HashMap<String, ferry_demo::app_db::SiteDb>>,
+    ),
     opts: &Options,
     etcd: Option<&str>,
     out: &Out,
@@ -430,7 +500,7 @@ async fn start_services(
     let agents = tokio::task::block_in_place(|| world::start_agents(exe, net, work, opts.filers))?;
     // par-1 behind gates, for a scenario that cuts it off alone.
     let gate_par_1 = matches!(opts.partition, Some(Partition::RouterCut(_)));
-    let (apps, par_pool, gra_pool) = world::start_shops(net, work, sites).await?;
+    let (apps, par_pool, gra_pool) = world::start_shops(net, work, sites, db).await?;
     let routers = tokio::task::block_in_place(|| {
         world::start_routers(
             exe,
@@ -495,6 +565,7 @@ async fn start_traffic(
     routers: &[world::RouterAt],
     sites: &Arc<Vec<Site>>,
     large: Vec<world::LargeFile>,
+    with_db: Vec<usize>,
     opts: &Options,
 ) -> anyhow::Result<(Load, traffic::Mix)> {
     let (gra_1, gra_2) = (routers[2].public(), routers[3].public());
@@ -530,6 +601,8 @@ async fn start_traffic(
             // 502 every other request gets; not understood yet.
             uploads: if opts.partition.is_some() { 0 } else { 2 },
             websockets: 2,
+            db_writers: if with_db.is_empty() { 0 } else { 2 },
+            with_db,
         };
         inet.spawn(async move { traffic::Mix::start(config) })
             .await?

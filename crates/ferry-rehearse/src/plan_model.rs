@@ -52,13 +52,30 @@ const PRECOPY_ROUND_TRIPS: u32 = 6;
 /// 1 a core, 55,004 files in 10.1-10.5 s): 160 us.
 const PRECOPY_CPU_PER_FILE_US: f64 = if cfg!(debug_assertions) { 500.0 } else { 160.0 };
 
+/// What a unit's database server adds to its freeze (`--databases`: one
+/// server a unit, 2 small databases): the accounts locked and sessions
+/// ended at the source, the destination waited for at the freeze position,
+/// the rows changed since the online check compared, the accounts copied at
+/// the flip. Debug build, 2 and 4 lanes on 2 vCPUs: 1.2-1.5 s over the
+/// files-only model (BENCHMARKS.md, "ferry rehearse", databases).
+const DB_FREEZE: Duration = Duration::from_millis(1400);
+
+/// What a unit's database server adds to its pre-copy: the first copy
+/// (a snapshot, 4 tables), the catch-up, the online check of every row.
+/// Debug build: about 4.5 s over the files-only model.
+const DB_PRECOPY: Duration = Duration::from_millis(4500);
+
 /// `ferry plan`'s freeze and pre-copy models for this rehearsal: each a
 /// fixed cost and round trips at its latency, and a file's CPU time shared
 /// by the units that run at once (one per lane, at most one per filer)
 /// over this machine's cores, where both datacenters run.
 fn freeze_plan_args(opts: &Options) -> [String; 8] {
-    let overhead = FREEZE_FIXED + opts.latency * 2 * FREEZE_ROUND_TRIPS;
-    let precopy = PRECOPY_FIXED + opts.latency * 2 * PRECOPY_ROUND_TRIPS;
+    let mut overhead = FREEZE_FIXED + opts.latency * 2 * FREEZE_ROUND_TRIPS;
+    let mut precopy = PRECOPY_FIXED + opts.latency * 2 * PRECOPY_ROUND_TRIPS;
+    if opts.databases > 0 && opts.partition.is_none() {
+        overhead += DB_FREEZE;
+        precopy += DB_PRECOPY;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let at_once = opts.lanes.min(opts.filers).max(1);
     let share = f64::from(at_once) / cores as f64;
@@ -93,7 +110,7 @@ pub(crate) async fn run_plan(
         .arg("plan")
         .arg("--inventory")
         .arg(inventory)
-        .args(["--constraints", "filer", "--copy-mode", "files"])
+        .args(["--constraints", "filer,declared-db", "--copy-mode", "files"])
         .args(&freeze)
         .arg("--bandwidth")
         .arg(format!("{}B/s", opts.rate_bytes))

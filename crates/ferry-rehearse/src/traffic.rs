@@ -38,12 +38,26 @@ pub struct MixConfig {
     /// (`interactive.rs`), all through `entry`.
     pub uploads: usize,
     pub websockets: usize,
+    /// Indexes of the sites with a database, and clients writing orders to
+    /// them (`db_orders.rs`): one through `stale_entry`, the rest `entry`.
+    pub with_db: Vec<usize>,
+    pub db_writers: usize,
 }
 
 pub struct Mix {
     stop: Arc<AtomicBool>,
     tasks: JoinSet<Vec<Record>>,
     acked: Arc<parking_lot::Mutex<Vec<AckedUpload>>>,
+    db_acked: Arc<parking_lot::Mutex<Vec<Vec<u64>>>>,
+}
+
+/// What the mix's clients did.
+pub struct MixEnd {
+    pub records: Vec<Record>,
+    /// The uploads the app acknowledged.
+    pub uploads: Vec<AckedUpload>,
+    /// The database orders acknowledged, by site index.
+    pub db_orders: Vec<Vec<u64>>,
 }
 
 impl Mix {
@@ -64,8 +78,25 @@ impl Mix {
         for n in 0..c.websockets {
             tasks.spawn(interactive::websockets(shared.clone(), n));
         }
+        let db_acked = Arc::new(parking_lot::Mutex::new(vec![Vec::new(); c.sites.len()]));
+        let db = crate::db_orders::DbShared {
+            sites: Arc::clone(&c.sites),
+            with_db: Arc::new(c.with_db.clone()),
+            stop: Arc::clone(&stop),
+            next_seq: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            acked: Arc::clone(&db_acked),
+        };
+        for n in 0..c.db_writers {
+            let target = if n == 0 { c.stale_entry } else { c.entry };
+            tasks.spawn(crate::db_orders::writer(db.clone(), target, n));
+        }
         if c.large.is_empty() {
-            return Mix { stop, tasks, acked };
+            return Mix {
+                stop,
+                tasks,
+                acked,
+                db_acked,
+            };
         }
         let total = c.downloads + c.slow_readers;
         for i in 0..total {
@@ -92,12 +123,17 @@ impl Mix {
             };
             tasks.spawn(client.run());
         }
-        Mix { stop, tasks, acked }
+        Mix {
+            stop,
+            tasks,
+            acked,
+            db_acked,
+        }
     }
 
     /// Stops the clients after their current request; every record, and
-    /// the uploads the app acknowledged.
-    pub async fn finish(mut self) -> (Vec<Record>, Vec<AckedUpload>) {
+    /// the writes the app acknowledged.
+    pub async fn finish(mut self) -> MixEnd {
         self.stop.store(true, Ordering::Relaxed);
         let mut all = Vec::new();
         while let Some(r) = self.tasks.join_next().await {
@@ -113,8 +149,11 @@ impl Mix {
                 }),
             }
         }
-        let acked = std::mem::take(&mut *self.acked.lock());
-        (all, acked)
+        MixEnd {
+            records: all,
+            uploads: std::mem::take(&mut *self.acked.lock()),
+            db_orders: std::mem::take(&mut *self.db_acked.lock()),
+        }
     }
 }
 

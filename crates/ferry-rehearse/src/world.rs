@@ -97,8 +97,9 @@ pub enum Place {
 impl Net {
     /// Creates the namespaces and links; `netem` shapes the wan both ways.
     /// Without netem in the kernel, relays add the latency on the ports
-    /// that cross the wan (`filers` agents, the routers).
-    pub async fn create(netem: &Netem, filers: u32) -> anyhow::Result<Net> {
+    /// that cross the wan (`filers` agents, the routers, and `more` ports
+    /// of the source: its database servers).
+    pub async fn create(netem: &Netem, filers: u32, more: &[u16]) -> anyhow::Result<Net> {
         let mut net = tokio::task::block_in_place(|| Net::namespaces(netem))?;
         let missing = netem.delay.saturating_sub(net.applied.delay);
         if missing.is_zero() {
@@ -107,6 +108,7 @@ impl Net {
         net.ip_on_lo(&net.gra, RELAY_GRA)?;
         net.ip_on_lo(&net.par, RELAY_PAR)?;
         let mut par_ports: Vec<u16> = (1..=filers).map(|f| AGENT_PORT + f as u16).collect();
+        par_ports.extend(more);
         par_ports.extend([
             TRAFFIC_PORT + 1,
             TRAFFIC_PORT + 2,
@@ -397,10 +399,13 @@ pub type Pool = Vec<(String, SocketAddr)>;
 
 /// Two shop servers per DC (the demo's app), on that DC's runtime, each
 /// serving its DC's copy of the filers.
+/// With `db` (host -> database), each also writes the sites' orders to
+/// its DC's database server.
 pub async fn start_shops(
     net: &Net,
     work: &Path,
     sites: &[Site],
+    db: Option<&std::collections::HashMap<String, ferry_demo::app_db::SiteDb>>,
 ) -> anyhow::Result<(Vec<AppServer>, Pool, Pool)> {
     let mut apps = Vec::new();
     let mut pools = (Pool::new(), Pool::new());
@@ -415,6 +420,7 @@ pub async fn start_shops(
                     .iter()
                     .map(|s| (s.host.clone(), s.dir(&root)))
                     .collect(),
+                db: db.map(|d| ferry_demo::app_db::AppDb::new("127.0.0.1".into(), d.clone())),
             });
             let app = net.handle(place).spawn(AppServer::start(config)).await??;
             let pool = if dc == SOURCE {
@@ -693,17 +699,29 @@ pub struct FreezeSettings {
     pub drain_timeout: Duration,
 }
 
+/// A port of the source as the orchestrator reaches it: through its
+/// latency relay, or (`etcd`: an orchestrator may run in either DC) at its
+/// wan address.
+pub fn source_port_for_orchestrator(net: &Net, etcd: bool, port: u16) -> SocketAddr {
+    match etcd {
+        false => net.par_seen_from_gra(port),
+        true => SocketAddr::from((PAR_WAN, port)),
+    }
+}
+
 /// `migrate.toml` as the orchestrator in the destination DC sees the world;
 /// with `etcd` (the members' endpoints as TOML), as an orchestrator in
 /// either DC does (every address a wan address, none through a latency
 /// relay: a runner in the source takes a run over), with the journal, the
-/// lease and one record per site in etcd.
+/// lease and one record per site in etcd; `databases`: the `[db_servers]`
+/// and `[db]` sections.
 pub fn migrate_config(
     net: &Net,
     routers: &[RouterAt],
     filers: u32,
     freeze: &FreezeSettings,
     etcd: Option<&str>,
+    databases: Option<String>,
 ) -> String {
     let mut c = format!(
         "source = \"{SOURCE}\"\ndestination = \"{DESTINATION}\"\n\n[datacenters.{SOURCE}]\npool = \"{SOURCE}-web\"\n[datacenters.{DESTINATION}]\npool = \"{DESTINATION}-web\"\n"
@@ -739,6 +757,9 @@ pub fn migrate_config(
             c,
             "\n[filers.{filer}]\nsource = \"ferry://{par}/{filer}\"\ndestination = \"ferry://{gra}/{filer}\"\nkey = \"{AGENT_KEY}\"\n"
         );
+    }
+    if let Some(db) = databases {
+        c.push_str(&db);
     }
     if let Some(endpoints) = etcd {
         c.push_str(&ferry_demo::etcd::migrate_store(endpoints));

@@ -63,6 +63,11 @@ pub struct Args {
     /// (docs/control-plane.md, "Partitions rehearsed").
     #[arg(long, value_parser = |s: &str| s.parse::<ferry_rehearse::Partition>())]
     partition: Option<ferry_rehearse::Partition>,
+    /// Sites with a database on each filer: a MariaDB server per datacenter
+    /// (Debian's mariadb-server), the databases moved with their units' files
+    /// in the same freeze. 0: no database servers. Not used with --partition.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    databases: u32,
 }
 
 pub async fn run(args: Args) -> Result<(), Failure> {
@@ -77,6 +82,7 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         report: args.report.clone(),
         control_etcd: args.control == crate::demo::Control::Etcd,
         partition: args.partition,
+        databases: args.databases,
     };
     opts.check().map_err(|e| Failure::usage(anyhow!(e)))?;
     if opts.control_etcd && !cfg!(feature = "etcd") {

@@ -1,9 +1,10 @@
 //! `ferry rehearse` at the small size CI can afford: 200 sites on 4 filers,
 //! 1 ms each way (the copy pays round trips per file: 5 ms makes it
 //! minutes), two datacenters as network namespaces, the real routers,
-//! agents, planner and orchestrator. Asserts exit 0, every check in the JSON
-//! output, the per-unit numbers, and that no namespace of the run is left
-//! behind. CI runs as root; without root the first test fails (it does not
+//! agents, planner and orchestrator, a MariaDB server per filer in each
+//! DC. Asserts exit 0, every check in the JSON output (the databases'
+//! among them), the per-unit numbers, and that no namespace or database
+//! server of the run is left behind. CI runs as root; without root the first test fails (it does not
 //! skip). The second pins the not-root answer (exit 2 and its message),
 //! dropping root with `setpriv` when run as root.
 
@@ -86,6 +87,11 @@ fn a_small_night_passes_every_check_and_leaves_no_namespace() {
         "no_split_brain",
         "no_early_destination_writes",
         "verified_at_flip",
+        "uploads",
+        "db_writes_exactly_once",
+        "db_no_split_brain",
+        "db_no_early_destination_writes",
+        "destination_databases_untouched",
         "orchestrator",
         "report",
     ] {
@@ -103,7 +109,7 @@ fn a_small_night_passes_every_check_and_leaves_no_namespace() {
         assert!(u["predicted_freeze_ms"].as_u64().is_some(), "{u}");
         assert!(u["predicted_precopy_ms"].as_u64().is_some(), "{u}");
     }
-    for kind in ["browser", "download", "slow_reader"] {
+    for kind in ["browser", "download", "slow_reader", "db_order"] {
         assert!(
             doc["requests"][kind]["sent"].as_u64().unwrap_or(0) > 0,
             "{kind}: {}",
@@ -114,6 +120,24 @@ fn a_small_night_passes_every_check_and_leaves_no_namespace() {
     let page = std::fs::read_to_string(&report).unwrap();
     assert!(page.contains("The rehearsal") && page.contains("U1"));
     assert_eq!(namespaces_of(pid), Vec::<String>::new());
+    // The database servers it started (in its work directory) are gone too.
+    assert_eq!(rehearsal_databases(), Vec::<String>::new());
+}
+
+/// Command lines of `mariadbd` processes whose data lives in a rehearsal's
+/// work directory (`ferry-rehearse-*`).
+fn rehearsal_databases() -> Vec<String> {
+    let mut left = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("mariadbd") && cmd.contains("ferry-rehearse-") {
+            left.push(cmd);
+        }
+    }
+    left
 }
 
 #[test]

@@ -38,6 +38,7 @@
 mod abandon;
 mod budget;
 mod copy;
+mod db_turns;
 mod done;
 mod fencing;
 mod final_copy;
@@ -148,6 +149,8 @@ pub struct Orchestrator {
     lanes: Vec<Lane>,
     /// Every copy job's data goes through it (`--bwlimit`).
     budget: SharedBudget,
+    /// One database move per server at a time ([`db_turns`]).
+    db_turns: db_turns::DbTurns,
     /// Logs each journaled event and hands it to the observer.
     on_append: Box<OnAppend>,
 }
@@ -301,6 +304,7 @@ impl Orchestrator {
             parallel,
             lanes,
             budget,
+            db_turns: db_turns::DbTurns::default(),
             on_append,
         }
     }
@@ -394,6 +398,12 @@ impl Orchestrator {
             let mut rest = Vec::new();
             for id in &lane.units {
                 let p = UnitProgress::of(id, &self.journal.unit_events(id)?);
+                // A unit left mid-move keeps its database servers' turns.
+                if p.terminal.is_none() && (p.open.is_some() || p.last_end.is_some()) {
+                    let dir = p.direction.unwrap_or(Direction::Forward);
+                    let servers = self.db_servers_of(id, dir)?;
+                    self.db_turns.try_take(id, &servers);
+                }
                 if past_window(&p) {
                     first.push(id.clone());
                 } else {
@@ -437,6 +447,16 @@ impl Orchestrator {
             })
             .collect();
         Ok(RunSummary { units })
+    }
+
+    /// The database servers unit `id` moves databases of.
+    fn db_servers_of(&self, id: &str, dir: Direction) -> Result<Vec<String>> {
+        Ok(self
+            .unit(id, dir)?
+            .dbs
+            .into_iter()
+            .map(|g| g.server)
+            .collect())
     }
 
     /// One lane: its units back to back; with more than one lane, the
@@ -531,9 +551,11 @@ impl Orchestrator {
         let u = self.unit(id, dir)?;
         let lane = self.lane_of(id);
         tracing::info!(unit = id, lane, direction = ?dir, sites = u.sites.len(), "unit");
+        let servers: Vec<String> = u.dbs.iter().map(|g| g.server.clone()).collect();
         loop {
             self.pay_owed(&u, &mut p).await?;
             if let Some(t) = p.terminal {
+                self.db_turns.give_back(id);
                 return Ok(Some(t));
             }
             if let Some(until) = until {
@@ -549,6 +571,7 @@ impl Orchestrator {
                 }
             }
             let Some((step, replay, attempt)) = self.next_step(id, &p).await else {
+                self.db_turns.give_back(id);
                 return Ok(Some(match p.last_end {
                     Some(EndedStep {
                         outcome: Outcome::Ok,
@@ -557,6 +580,7 @@ impl Orchestrator {
                     _ => UnitState::Failed,
                 }));
             };
+            self.db_turns.take(id, &servers).await;
             // Attempts count freezes: the steps before the first one are attempt 1.
             let attempt = if step < Step::Freeze { 1 } else { attempt };
             let run = UnitRun {
