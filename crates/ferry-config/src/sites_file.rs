@@ -28,6 +28,10 @@ use ferry_model::{Epoch, Hostname, Placement, SiteRecord, SiteState, MAX_HOSTNAM
 
 use crate::Config;
 
+mod quick;
+
+use quick::{quick_line, Memo};
+
 /// At most this many bad lines are listed; the rest are counted.
 const MAX_LISTED: usize = 100;
 
@@ -214,31 +218,41 @@ pub fn read_sites_file_with(
     let mut placements = Vec::new();
     let mut line_no = 0u32;
     let mut at = 0usize;
+    let mut memo = Memo::default();
     while at < text.len() {
-        let end = text[at..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(text.len(), |n| at + n);
         line_no += 1;
-        let mut stop = end;
-        while stop > at && text[stop - 1] == b'\r' {
-            stop -= 1;
-        }
-        let line = &mut text[at..stop];
-        let parsed = match fast_line(line, &vocab) {
-            Fast::Skip => None,
-            Fast::Site(s) => Some(s),
-            Fast::Slow => match slow_line(line, &vocab) {
-                Ok(s) => s,
-                Err((column, message)) => {
-                    problems.report(line_no as usize, column, message);
-                    None
+        let (parsed, end) = match quick_line(&mut text[at..], &vocab, &mut memo) {
+            Some((site, len)) => (Some(site), at + len),
+            None => {
+                let end = text[at..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(text.len(), |n| at + n);
+                let mut stop = end;
+                while stop > at && text[stop - 1] == b'\r' {
+                    stop -= 1;
                 }
-            },
+                let line = &mut text[at..stop];
+                let parsed = match fast_line(line, &vocab) {
+                    Fast::Skip => None,
+                    Fast::Site(s) => Some(s),
+                    Fast::Slow => match slow_line(line, &vocab) {
+                        Ok(s) => s,
+                        Err((column, message)) => {
+                            problems.report(line_no as usize, column, message);
+                            None
+                        }
+                    },
+                };
+                if let Some(s) = &parsed {
+                    // The host, lowercase and without trailing dots, in place.
+                    let host = s.start as usize..s.start as usize + usize::from(s.len);
+                    line[host].make_ascii_lowercase();
+                }
+                (parsed, end)
+            }
         };
         if let Some(mut s) = parsed {
-            // The host, lowercase and without trailing dots, in place.
-            line[s.start as usize..s.start as usize + usize::from(s.len)].make_ascii_lowercase();
             s.start += at as u32;
             s.line = line_no;
             let index = &mut used[usize::from(s.placement)];
@@ -800,6 +814,66 @@ mod tests {
                 .contains("sites.txt:2:2: the line is not UTF-8 text"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_one_pass_reader_takes_only_what_the_general_path_reads_the_same() {
+        let config = config();
+        let vocab = Vocabulary::of(&config);
+        let lines = [
+            "a.example pool:web",
+            "a.example pool:web\nnext pool:web",
+            "A-b_c.Example9  \tremote:dc2 \t",
+            "a.example pool:web maintenance",
+            "a.example pool:web frozen 18446744073709551615 ",
+            "a.example pool:web active 18446744073709551616",
+            "a.example pool:web active 7 extra",
+            "a.example pool:web active +7",
+            "a.example pool:web Active",
+            "a.example pool:web\r",
+            "a.example pool:web active\r\n",
+            "a.example pool:nope",
+            "a.example web",
+            "a.example",
+            "a.example ",
+            "a.example\n",
+            "*.a.example pool:web",
+            "a.example. pool:web",
+            "a..example pool:web",
+            ".a.example pool:web",
+            "-a.example pool:web",
+            "a-.example pool:web",
+            " a.example pool:web",
+            "# a.example pool:web",
+            "caf\u{e9}.example pool:web",
+            "a.example\u{a0}pool:web",
+            "",
+        ];
+        let long_label = format!("{}.example pool:web", "a".repeat(64));
+        let long_host = format!("{}a pool:web", "abcdefghi.".repeat(26));
+        let (mut quick, mut memo) = (0, Memo::default());
+        for line in lines.iter().copied().chain([&*long_label, &*long_host]) {
+            let mut bytes = line.as_bytes().to_vec();
+            let Some((site, len)) = quick_line(&mut bytes, &vocab, &mut memo) else {
+                assert_eq!(bytes, line.as_bytes(), "{line:?} untouched");
+                continue;
+            };
+            quick += 1;
+            let own = &line.as_bytes()[..len];
+            assert!(!own.contains(&b'\n') && line.as_bytes().get(len).is_none_or(|&b| b == b'\n'));
+            let mut general = own.to_vec();
+            let Fast::Site(s) = fast_line(&general, &vocab) else {
+                panic!("{line:?}: only the one-pass reader takes it");
+            };
+            general[..usize::from(s.len)].make_ascii_lowercase();
+            assert_eq!(
+                (site.start, site.len, site.state, site.placement, site.epoch),
+                (s.start, s.len, s.state, s.placement, s.epoch),
+                "{line:?}"
+            );
+            assert_eq!(&bytes[..len], &general[..], "{line:?}");
+        }
+        assert_eq!(quick, 5, "the usual lines take the one pass");
     }
 
     #[test]
