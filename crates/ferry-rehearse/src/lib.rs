@@ -595,10 +595,10 @@ async fn start_traffic(
             downloads: 3,
             slow_readers: 2,
             slow_chunk: 16 * 1024,
-            // Not in the partition scenarios: an upload through the other
-            // DC's router while the link is cut fails as a closed
-            // connection (no answer) 1-4 ms after it is sent, not as the
-            // 502 every other request gets; not understood yet.
+            // Not in the partition scenarios: with the router's lingering
+            // close, uploads cut by a wan cut or a router restart still
+            // end as connection errors 4-12 ms after they are sent, not
+            // as the 502 other requests get (docs/control-plane.md).
             uploads: if opts.partition.is_some() { 0 } else { 2 },
             websockets: 2,
             db_writers: if with_db.is_empty() { 0 } else { 2 },
