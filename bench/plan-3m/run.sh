@@ -9,9 +9,11 @@
 # Also reports the plan itself: units, nights, and when the last night's last
 # freeze ends after its window opens (issue 18).
 #
-# Usage: bench/plan-3m/run.sh [--sites N] [--seed S] [--keep] [--ferry PATH]
+# Usage: bench/plan-3m/run.sh [--sites N] [--seed S] [--keep] [--ferry PATH] [-- PLAN FLAGS]
 #   --keep        keep the generated inventory and plan.json (in $WORK, printed)
 #   --ferry PATH  use this ferry binary instead of building the release one
+#   -- FLAGS      passed on to `ferry plan` (e.g. -- --precopy-overhead 1300ms
+#                 --precopy-per-file 160.0us); recorded in results.json
 # Honours CARGO_TARGET_DIR. Needs GNU time (/usr/bin/time); installs Debian's
 # `time` package when missing and running as root.
 set -euo pipefail
@@ -24,12 +26,14 @@ sites=3000000
 seed=1
 keep=0
 ferry=""
+plan_flags=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --sites) sites="$2"; shift 2 ;;
         --seed) seed="$2"; shift 2 ;;
         --keep) keep=1; shift ;;
         --ferry) ferry="$2"; shift 2 ;;
+        --) shift; plan_flags=("$@"); break ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -81,7 +85,7 @@ inv_bytes="$(du -sb "$WORK/inventory" | cut -f1)"
 
 echo "planning"
 read -r plan_s plan_rss plan_rc < <(measure "$WORK/plan" "$ferry" --log-level debug --log-format json plan \
-    --inventory "$WORK/inventory" --out "$WORK/plan.json")
+    --inventory "$WORK/inventory" --out "$WORK/plan.json" ${plan_flags[@]+"${plan_flags[@]}"})
 # Exit 1 with a written plan means "incomplete" (impossible units): still a run.
 if [ "$plan_rc" -ne 0 ] && [ "$plan_rc" -ne 1 ] || [ ! -s "$WORK/plan.json" ]; then
     cat "$WORK/plan.err" >&2
@@ -112,6 +116,7 @@ cat >"$here/results.json" <<JSON
   "machine": {"cpus": $(nproc), "cpu": "$cpu", "load_average_before": "$(cut -d' ' -f1-3 /proc/loadavg)"},
   "sites": $sites,
   "seed": $seed,
+  "plan_flags": "${plan_flags[*]+${plan_flags[*]}}",
   "inventory_bytes": $inv_bytes,
   "generate": {"seconds": $gen_s, "max_rss_kib": $gen_rss, "goal_seconds": 20},
   "plan": {
@@ -138,7 +143,7 @@ if [ "$keep" -eq 1 ]; then
 fi
 verdict() { awk -v v="$1" -v g="$2" 'BEGIN { print (v < g) ? "ok" : "MISSED" }'; }
 echo
-echo "== plan-3m figures ($sites sites; results in bench/plan-3m/results.json)"
+echo "== plan-3m figures ($sites sites${plan_flags[*]+, ferry plan ${plan_flags[*]}}; results in bench/plan-3m/results.json)"
 printf '  %-34s %10s   goal < %-8s %s\n' "generate" "${gen_s} s" "20 s" "$(verdict "$gen_s" 20)"
 printf '  %-34s %10s   goal < %-8s %s\n' "plan (load+units+waves+write)" "${plan_s} s" "10 s" "$(verdict "$plan_s" 10)"
 printf '  %-34s %10s\n' "  of which load" "${load_s:-?} s"
