@@ -97,6 +97,10 @@ fn filter(dbs: &[String]) -> String {
         .join(",")
 }
 
+/// How many times the start position is read again when the destination's
+/// own writes moved its binary log on between the read and the SET.
+const OWN_WRITES_RACED: u32 = 50;
+
 /// Creates (if missing) and starts connection `name`, applying the source's
 /// changes to `dbs`. A new connection starts at `from`, which names only
 /// the source's GTID domains; an existing one goes on from where the
@@ -135,21 +139,34 @@ pub(crate) async fn start(
                     .ctx(D, || format!("STOP SLAVE {r:?}"))?;
                 stopped.push(r.clone());
             }
-            let current = gtid_var(dest, D, "gtid_slave_pos").await?;
-            let own = gtid_var(dest, D, "gtid_binlog_pos").await?;
             // The destination's own domains at least as far as its binary
             // log (strict mode refuses a position that lacks them or is
             // behind, error 1948; the source has no such domain and skips
             // them), then the source's domains exactly at `from`. With
             // strict mode off, a shared domain's position behind the
             // destination's own binary log is a warning (1947), not an error.
-            let pos = GtidPos::overlaid(&GtidPos::newest(&current, &own), from);
-            dest.query_drop(format!(
-                "SET GLOBAL gtid_slave_pos = {}",
-                quote(&pos.to_string())
-            ))
-            .await
-            .ctx(D, || format!("SET GLOBAL gtid_slave_pos = {pos}"))?;
+            // A busy destination writes on between our read of its binary
+            // log and the SET: strict mode then refuses the position as
+            // behind (1947 or 1948), so it is read and set again (bounded;
+            // a source domain behind is refused by preflight, never here).
+            let mut tries = 0;
+            loop {
+                let current = gtid_var(dest, D, "gtid_slave_pos").await?;
+                let own = gtid_var(dest, D, "gtid_binlog_pos").await?;
+                let pos = GtidPos::overlaid(&GtidPos::newest(&current, &own), from);
+                let set = format!("SET GLOBAL gtid_slave_pos = {}", quote(&pos.to_string()));
+                match dest.query_drop(&set).await {
+                    Ok(()) => break,
+                    Err(mysql_async::Error::Server(e))
+                        if (e.code == 1947 || e.code == 1948) && tries < OWN_WRITES_RACED =>
+                    {
+                        tries += 1;
+                    }
+                    Err(e) => {
+                        return Err(e).ctx(D, || format!("SET GLOBAL gtid_slave_pos = {pos}"))
+                    }
+                }
+            }
             let sql = format!(
                 "CHANGE MASTER {lit} TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, \
                  MASTER_PASSWORD = {}, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1",

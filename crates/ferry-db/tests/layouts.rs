@@ -497,3 +497,56 @@ async fn what_cannot_work_is_refused_before_anything_changes_with_the_setting_to
         prep.warnings
     );
 }
+
+/// Strict GTIDs, distinct domains, and a destination writing as fast as it
+/// can in its own domain while catch-ups start: the start position is read
+/// from the destination's binary log and then set, and its own writes move
+/// that log on in between; strict mode refused the position as behind
+/// (error 1947, seen in `ferry rehearse` with a destination busy with its
+/// own databases). Eight small moves in a row each start their catch-up
+/// (then roll back); the destination's own writes are all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_starts_while_a_strict_destination_writes_in_its_own_domain() {
+    let (src, dst) = tokio::join!(MariaDb::start(51), MariaDb::start(52));
+    dst.exec(
+        "CREATE DATABASE own; CREATE TABLE own.t (id BIGINT AUTO_INCREMENT PRIMARY KEY, v BIGINT NOT NULL)",
+    )
+    .await;
+    // As fast as one connection goes: the race is between two statements.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let (s, mut c) = (stop.clone(), dst.conn().await);
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                n += 1;
+                c.query_drop(format!("INSERT INTO own.t (v) VALUES ({n})"))
+                    .await
+                    .unwrap_or_else(|e| panic!("the destination refused its own write {n}: {e}"));
+            }
+            n
+        })
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    for k in 0..8 {
+        let db = format!("tiny{k}");
+        src.exec(&format!(
+            "CREATE DATABASE {db}; CREATE TABLE {db}.t (id INT PRIMARY KEY); INSERT INTO {db}.t VALUES (1), (2)"
+        ))
+        .await;
+        let state = tmp.path().join(format!("{db}.json"));
+        let cfg =
+            ferry_db::MoverConfig::new(&src.url(), &dst.url(), vec![db.clone()], state).unwrap();
+        let mut m = Mover::open(cfg).await.unwrap();
+        m.prepare().await.unwrap();
+        m.first_copy(&|_| {}).await.unwrap();
+        m.catch_up()
+            .await
+            .unwrap_or_else(|e| panic!("move {k}: the catch-up did not start: {e}"));
+        m.rollback().await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let n = flood.await.unwrap();
+    assert!(n > 100, "the destination's writer wrote only {n} rows");
+    assert_eq!(one(&dst, "SELECT COUNT(*) FROM own.t").await, n.to_string());
+}

@@ -56,9 +56,12 @@ const PRECOPY_CPU_PER_FILE_US: f64 = if cfg!(debug_assertions) { 500.0 } else { 
 /// server a unit, 2 small databases): the accounts locked and sessions
 /// ended at the source, the destination waited for at the freeze position,
 /// the rows changed since the online check compared, the accounts copied at
-/// the flip. Debug build, 2 and 4 lanes on 2 vCPUs: 1.2-1.5 s over the
-/// files-only model (BENCHMARKS.md, "ferry rehearse", databases).
-const DB_FREEZE: Duration = Duration::from_millis(1400);
+/// the flip; a fixed part and the mover's statements to the source across
+/// the link. Debug build, 4 lanes on 2 vCPUs (BENCHMARKS.md, "ferry
+/// rehearse", databases): about 1.4 s over the files-only model at 1 ms
+/// each way, 2.2 s at 5 ms.
+const DB_FREEZE_FIXED: Duration = Duration::from_millis(1200);
+const DB_FREEZE_ROUND_TRIPS: u32 = 90;
 
 /// What a unit's database server adds to its pre-copy: the first copy
 /// (a snapshot, 4 tables), the catch-up, the online check of every row.
@@ -73,7 +76,7 @@ fn freeze_plan_args(opts: &Options) -> [String; 8] {
     let mut overhead = FREEZE_FIXED + opts.latency * 2 * FREEZE_ROUND_TRIPS;
     let mut precopy = PRECOPY_FIXED + opts.latency * 2 * PRECOPY_ROUND_TRIPS;
     if opts.databases > 0 && opts.partition.is_none() {
-        overhead += DB_FREEZE;
+        overhead += DB_FREEZE_FIXED + opts.latency * 2 * DB_FREEZE_ROUND_TRIPS;
         precopy += DB_PRECOPY;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
