@@ -710,7 +710,9 @@ impl Demo<'_> {
     }
 }
 
-fn check_orchestrator(end: &RunEnd) -> Check {
+/// Passes when `ferry migrate` exited 0; else says how it ended (the
+/// rehearsal's check too).
+pub fn check_orchestrator(end: &RunEnd) -> Check {
     Check::new(
         check::ORCHESTRATOR,
         end.status.success(),

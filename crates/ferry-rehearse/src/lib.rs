@@ -54,8 +54,9 @@ pub use partition::{Partition, PARTITION};
 pub use units::UnitRow;
 use world::{FreezeSettings, Net, Place};
 
+use ferry_demo::check_orchestrator;
+use verdict::check_mix;
 pub use verdict::TRAFFIC_MIX;
-use verdict::{check_mix, check_orchestrator};
 
 /// What to rehearse, as checked by the binary's flags.
 #[derive(Clone, Debug)]

@@ -1,33 +1,15 @@
-//! The rehearsal's own checks beside the demo's: the orchestrator's exit,
-//! and the traffic mix (downloads, slow readers, uploads, WebSocket
-//! sessions) per unit.
+//! The rehearsal's own check beside the demo's: the traffic mix
+//! (downloads, slow readers, uploads, WebSocket sessions) per unit.
 
 use std::collections::BTreeMap;
 
-use ferry_demo::check::{self, Check};
-use ferry_demo::orch as demo_orch;
+use ferry_demo::check::Check;
 
 use crate::traffic;
 use crate::units::UnitRow;
 
 /// Names of the checks this crate adds to the demo's.
 pub const TRAFFIC_MIX: &str = "traffic_mix";
-
-pub(crate) fn check_orchestrator(end: &demo_orch::RunEnd) -> Check {
-    Check::new(
-        check::ORCHESTRATOR,
-        end.status.success(),
-        if end.status.success() {
-            "ferry migrate finished (exit 0)".to_string()
-        } else {
-            format!(
-                "ferry migrate ended with {}: {}",
-                end.describe(),
-                end.stderr_tail
-            )
-        },
-    )
-}
 
 /// The downloads, slow readers, uploads and WebSocket sessions: some of
 /// each kind done, none failed outside a freeze; those cut across a freeze
