@@ -76,6 +76,29 @@ pub use state::ReloadReport;
 use server::{ConnCount, ListenerHandle};
 use state::Shared;
 
+/// What gives the allocator's freed pages back to the system now; set once by
+/// the binary ([`set_release_freed`]), none by default.
+static RELEASE_FREED: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what the router calls after a bulk change of its site table (the
+/// start's seeding, an admin batch of many sites): the `ferry` binary gives
+/// its allocator's collection, which returns the pages the change's
+/// temporary buffers held (the file read, the parsed list, the request
+/// bodies). Without it they stay resident until the allocator's own delayed
+/// purge, which runs only on later allocator activity. Called once; later
+/// calls are ignored.
+pub fn set_release_freed(release: fn()) {
+    let _ = RELEASE_FREED.set(release);
+}
+
+/// Gives freed pages back, if the binary said how (never on a request's path:
+/// only after a bulk change).
+pub(crate) fn release_freed() {
+    if let Some(release) = RELEASE_FREED.get() {
+        release();
+    }
+}
+
 /// One traffic listener's sockets, one per worker runtime.
 type ListenerGroup = Vec<(tokio::runtime::Handle, tokio::net::TcpListener)>;
 

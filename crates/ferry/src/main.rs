@@ -208,6 +208,8 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The router gives its bulk loads' freed pages back right away.
+    ferry_proxy::set_release_freed(ferry_alloc::release_freed);
     // Generated text only: no runtime, no logging.
     if let Some(code) = generated_text(&cli.command) {
         return code;

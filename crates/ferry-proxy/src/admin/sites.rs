@@ -224,11 +224,18 @@ pub(super) fn put_one(proxy: &Proxy, raw: &str, body: &[u8]) -> Resp {
     }
 }
 
+/// A batch of at least this many sites gives the pages of its parsed copy
+/// back once applied ([`crate::release_freed`]): a start through the API
+/// sends a million sites in batches of 100,000, and a change of a few sites
+/// does not pay for it.
+const RELEASE_AFTER_SITES: usize = 1000;
+
 pub(super) fn put_batch(proxy: &Proxy, body: &[u8]) -> Resp {
     let b: SiteBatch = match read_body(body) {
         Ok(b) => b,
         Err(r) => return r,
     };
+    let count = b.sites.len();
     let mut records = Vec::with_capacity(b.sites.len());
     for (i, s) in b.sites.into_iter().enumerate() {
         let Some(raw) = s.host.clone() else {
@@ -251,7 +258,11 @@ pub(super) fn put_batch(proxy: &Proxy, body: &[u8]) -> Resp {
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("sites[{i}]: {e}")),
         }
     }
-    apply(proxy, records)
+    let applied = apply(proxy, records);
+    if count >= RELEASE_AFTER_SITES {
+        crate::release_freed();
+    }
+    applied
 }
 
 /// The hosts of a [`HostList`], normalised, each once, in the order given.
