@@ -67,11 +67,17 @@ fn and_more(n: usize) -> String {
 
 /// The checked sites of a sites file, in file order, kept compact: the file's
 /// text (hosts lowercased in place) and, per site, where its host is, a small
-/// placement index, its state and epoch. No allocation per site.
+/// placement index, its state and epoch (16 bytes). No allocation per site.
 pub struct SitesList {
     text: String,
     sites: Vec<Listed>,
     placements: Vec<Placement>,
+    /// `(position, line)` of each site whose line is not the one after the
+    /// previous site's (the first site, and any after a comment or a blank
+    /// line): a site's line is its last break's line plus the sites between.
+    /// A file of one site a line has one, where a line a site would cost 4
+    /// bytes each.
+    breaks: Vec<(u32, u32)>,
 }
 
 #[derive(Clone, Copy)]
@@ -80,7 +86,6 @@ struct Listed {
     len: u8,
     state: SiteState,
     placement: u16,
-    line: u32,
     epoch: u64,
 }
 
@@ -122,12 +127,21 @@ impl SitesList {
 
     /// The sites in file order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = ListedSite<'_>> + Clone + '_ {
-        self.sites.iter().map(|s| self.site(s))
+        Sites {
+            list: self,
+            at: 0,
+            next_break: 0,
+            line: 0,
+        }
     }
 
     /// Site `i` (file order).
     pub fn get(&self, i: usize) -> Option<ListedSite<'_>> {
-        self.sites.get(i).map(|s| self.site(s))
+        let s = self.sites.get(i)?;
+        // The last break at or before `i` (the first site always has one).
+        let k = self.breaks.partition_point(|&(at, _)| at as usize <= i);
+        let (at, line) = self.breaks.get(k.checked_sub(1)?).copied()?;
+        Some(self.site(s, line + (i - at as usize) as u32))
     }
 
     /// Site `i` as an owned record (allocates its host and placement).
@@ -159,7 +173,7 @@ impl SitesList {
         twice
     }
 
-    fn site(&self, s: &Listed) -> ListedSite<'_> {
+    fn site(&self, s: &Listed, line: u32) -> ListedSite<'_> {
         let start = s.start as usize;
         ListedSite {
             // ASCII, checked when the file was read.
@@ -170,10 +184,44 @@ impl SitesList {
             placement: s.placement,
             state: s.state,
             epoch: Epoch(s.epoch),
-            line: s.line,
+            line,
         }
     }
 }
+
+/// [`SitesList::iter`]: the sites in order, each line found from the breaks
+/// as the walk passes them (no search a site).
+#[derive(Clone)]
+struct Sites<'a> {
+    list: &'a SitesList,
+    at: usize,
+    next_break: usize,
+    line: u32,
+}
+
+impl<'a> Iterator for Sites<'a> {
+    type Item = ListedSite<'a>;
+
+    fn next(&mut self) -> Option<ListedSite<'a>> {
+        let s = self.list.sites.get(self.at)?;
+        match self.list.breaks.get(self.next_break) {
+            Some(&(at, line)) if at as usize == self.at => {
+                self.line = line;
+                self.next_break += 1;
+            }
+            _ => self.line += 1,
+        }
+        self.at += 1;
+        Some(self.list.site(s, self.line))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.list.sites.len() - self.at;
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for Sites<'_> {}
 
 /// Reads the sites file at `path` and checks every line against `config`
 /// (placements name its pools or remotes; no host twice, nor in a
@@ -216,7 +264,8 @@ pub fn read_sites_file_with(
     let mut sites: Vec<Listed> = Vec::with_capacity(text.len() / 24 + 1);
     let mut used: Vec<Option<u16>> = vec![None; vocab.placements.len()];
     let mut placements = Vec::new();
-    let mut line_no = 0u32;
+    let mut breaks = Vec::new();
+    let (mut line_no, mut last_site_line) = (0u32, 0u32);
     let mut at = 0usize;
     let mut memo = Memo::default();
     while at < text.len() {
@@ -254,7 +303,10 @@ pub fn read_sites_file_with(
         };
         if let Some(mut s) = parsed {
             s.start += at as u32;
-            s.line = line_no;
+            if sites.is_empty() || line_no != last_site_line + 1 {
+                breaks.push((sites.len() as u32, line_no));
+            }
+            last_site_line = line_no;
             let index = &mut used[usize::from(s.placement)];
             s.placement = *index.get_or_insert_with(|| {
                 placements.push(vocab.placements[usize::from(s.placement)].clone());
@@ -272,6 +324,7 @@ pub fn read_sites_file_with(
         text: utf8(text),
         sites,
         placements,
+        breaks,
     };
     // Hosts that are also a [[site]] of the config.
     if !config.sites.is_empty() {
@@ -481,7 +534,6 @@ fn fast_line(line: &[u8], vocab: &Vocabulary) -> Fast {
         len,
         state,
         placement,
-        line: 0,
         epoch,
     })
 }
@@ -557,7 +609,6 @@ fn slow_line(line: &[u8], vocab: &Vocabulary) -> Result<Option<Listed>, (usize, 
                 len,
                 state: record.state,
                 placement,
-                line: 0,
                 epoch: record.epoch.0,
             }))
         }
@@ -762,6 +813,43 @@ mod tests {
         assert_eq!(
             list.record(1).expect("record").host.as_str(),
             "*.example.org"
+        );
+    }
+
+    #[test]
+    fn each_site_knows_its_line_across_comments_blank_and_bad_lines() {
+        // Sites on lines 1, 2, 5, 6, 7 and 10: the lines come from the breaks
+        // (the first site, and each after a gap), walking or by position.
+        let list = read(
+            "a.example pool:web\n\
+             b.example pool:web\n\
+             # a comment\n\
+             \n\
+             C.Example. pool:web frozen 2\n\
+             d.example pool:web\n\
+             e.example pool:web\n\
+             \t\n\
+             # another\n\
+             f.example remote:dc2\n",
+        )
+        .expect("read");
+        let walked: Vec<(String, u32)> = list.iter().map(|s| (s.host.into(), s.line)).collect();
+        let hosts = ["a", "b", "c", "d", "e", "f"].map(|h| format!("{h}.example"));
+        let lines = [1, 2, 5, 6, 7, 10];
+        assert_eq!(walked, hosts.iter().cloned().zip(lines).collect::<Vec<_>>());
+        for (i, line) in lines.into_iter().enumerate() {
+            assert_eq!(list.get(i).map(|s| s.line), Some(line), "site {i}");
+        }
+        assert!(list.get(6).is_none());
+        assert_eq!(list.iter().len(), 6);
+        assert_eq!(list.iter().skip(4).len(), 2);
+        // A host listed twice names both lines, past a gap.
+        let err = read("a.example pool:web\n#\nb.example pool:web\na.example pool:web\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sites.txt:4:1: site a.example is listed twice (first at line 1)"),
+            "{err}"
         );
     }
 

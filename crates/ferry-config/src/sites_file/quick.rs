@@ -107,7 +107,6 @@ fn quick_fields(
         len: len as u8,
         state,
         placement,
-        line: 0,
         epoch,
     };
     Some((site, at))
