@@ -1,20 +1,47 @@
 -- wrk: every request carries the Host of a site picked at random (uniformly)
 -- from PRED_HOSTS (one host a line). PRED_CLOSE=1 adds "Connection: close", so
 -- every request comes on a new connection (churn: clients without keep-alive).
-local hosts = {}
+--
+-- The names are kept as one string and the offsets of its lines, not as a
+-- table of a million strings: with them wrk itself stalled for up to
+-- 100-160 ms now and then (most likely LuaJIT's collector, which walks every
+-- live string in each of its cycles), delaying every request it had in
+-- flight, so the p99 measured wrk, not the router (BENCHMARKS.md,
+-- bench/predictor, "Churn at a million sites").
+local text = ""
+local starts = {}
 local n = 0
 local close = os.getenv("PRED_CLOSE") == "1"
 
 function init(args)
-    for line in io.lines(os.getenv("PRED_HOSTS")) do
-        n = n + 1
-        hosts[n] = line
+    local f = assert(io.open(os.getenv("PRED_HOSTS"), "rb"))
+    text = f:read("*a")
+    f:close()
+    if text:sub(-1) ~= "\n" then
+        text = text .. "\n"
+    end
+    local at = 1
+    while at <= #text do
+        local nl = text:find("\n", at, true)
+        if nl > at then
+            n = n + 1
+            starts[n] = at
+        end
+        at = nl + 1
     end
     math.randomseed(os.getenv("PRED_SEED") or 1)
 end
 
+-- The i-th name: from its line's start to the byte before its newline (the
+-- text always ends with one).
+local function host(i)
+    local s = starts[i]
+    local e = text:find("\n", s, true)
+    return text:sub(s, e - 1)
+end
+
 function request()
-    local h = hosts[math.random(n)]
+    local h = host(math.random(n))
     if close then
         return wrk.format("GET", "/", { Host = h, Connection = "close" })
     end
