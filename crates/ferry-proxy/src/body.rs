@@ -24,16 +24,17 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use ferry_router::{Pick, Tracked};
 use http_body_util::Full;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
 use crate::deadline::{BodyDeadline, BodyStalled, BoxError};
 use crate::stats::Stalled;
 use crate::straggler::Cuttable;
+use crate::upstream::UpstreamBody;
 
 pub enum ProxyBody {
     Full(Full<Bytes>),
     Upstream {
-        body: BodyDeadline<Cuttable<Incoming>>,
+        body: BodyDeadline<Cuttable<UpstreamBody>>,
         _in_flight: Option<Tracked>,
         _server: Option<Pick>,
     },
@@ -44,7 +45,7 @@ pub enum ProxyBody {
 /// What a [`ProxyBody::Watched`] shares with its watchdog.
 pub struct Slot {
     /// `None` once finished or cut.
-    body: Option<BodyDeadline<Cuttable<Incoming>>>,
+    body: Option<BodyDeadline<Cuttable<UpstreamBody>>>,
     counts: Option<(Option<Tracked>, Option<Pick>)>,
     /// When hyper last took a frame; `None` while it waits on the upstream
     /// (that stall is `BodyDeadline`'s to judge).
@@ -56,7 +57,7 @@ impl ProxyBody {
     /// An upstream body watched for a client that stops taking frames;
     /// starts its watchdog.
     pub fn watched(
-        body: BodyDeadline<Cuttable<Incoming>>,
+        body: BodyDeadline<Cuttable<UpstreamBody>>,
         in_flight: Option<Tracked>,
         server: Option<Pick>,
         timeout: Duration,

@@ -35,7 +35,8 @@ use crate::state::{Hop, Settings, Shared};
 use crate::stats::Stalled;
 use crate::straggler::{Cuttable, InFlight};
 use crate::tunnel_upgrade::{self, PendingTunnel};
-use crate::upstream::{UpBody, UpstreamError};
+use crate::upstream::{UpBody, UpstreamBody, UpstreamError};
+use crate::upstream_h1::request_head;
 
 fn version_str(v: Version) -> &'static str {
     match v {
@@ -424,7 +425,7 @@ impl Exchange<'_> {
     /// The upstream's response, handed to the client: hop-by-hop headers
     /// removed, the body cut if it stalls, the request counted in flight
     /// (and on its server) until the body ends.
-    fn respond(mut self, resp: Response<Incoming>, pick: Option<Pick>) -> Response<ProxyBody> {
+    fn respond(mut self, resp: Response<UpstreamBody>, pick: Option<Pick>) -> Response<ProxyBody> {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             return match self.client_upgrade.take() {
                 Some(client) => self.switch_protocols(resp, client, pick),
@@ -473,7 +474,7 @@ impl Exchange<'_> {
     /// for its site until the tunnel ends.
     fn switch_protocols(
         self,
-        mut resp: Response<Incoming>,
+        mut resp: Response<UpstreamBody>,
         client: hyper::upgrade::OnUpgrade,
         pick: Option<Pick>,
     ) -> Response<ProxyBody> {
@@ -618,20 +619,28 @@ async fn send_to_server(
     pick: &Pick,
     parts: &http::request::Parts,
     body: UpBody,
-) -> Result<Response<Incoming>, UpstreamError> {
+) -> Result<Response<UpstreamBody>, UpstreamError> {
     let upgrade = exchange.client_upgrade.is_some();
-    let head = outgoing_head(parts, exchange.conn, exchange.host, upgrade);
     let t0 = Instant::now();
-    let result = exchange
-        .shared
-        .upstream
-        .send_affine(
-            &exchange.conn.affinity,
-            pick.server.address,
-            Request::from_parts(head, body),
-            exchange.settings.request_timeout,
-        )
-        .await;
+    let upstream = &exchange.shared.upstream;
+    let (addr, timeout) = (pick.server.address, exchange.settings.request_timeout);
+    // No body and no upgrade (a request that may go twice): spoken by
+    // `upstream_h1` in this task; the rest through hyper's client.
+    let result = if !upgrade && matches!(body, Either::Right(_)) && parts.method != Method::CONNECT
+    {
+        let head = request_head(parts, exchange.conn, exchange.host);
+        let head_request = parts.method == Method::HEAD;
+        upstream
+            .send_own(&exchange.conn.affinity, addr, &head, head_request, timeout)
+            .await
+    } else {
+        let head = outgoing_head(parts, exchange.conn, exchange.host, upgrade);
+        let req = Request::from_parts(head, body);
+        upstream
+            .send_affine(&exchange.conn.affinity, addr, req, timeout)
+            .await
+            .map(|r| r.map(UpstreamBody::Hyper))
+    };
     match &result {
         Ok(_) => {
             pick.server.record_connect(true, target.passive_fall);
@@ -716,7 +725,7 @@ async fn forward_remote(
     match result {
         Ok(resp) => {
             histogram.observe(t0.elapsed().as_secs_f64());
-            (exchange.respond(resp, None), label)
+            (exchange.respond(resp.map(UpstreamBody::Hyper), None), label)
         }
         Err(UpstreamError::Timeout) => (
             text(

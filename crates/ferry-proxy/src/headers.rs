@@ -259,22 +259,37 @@ fn is_forwarding(name: &HeaderName) -> bool {
         || name == X_FORWARDED_PROTO
 }
 
-/// The head sent upstream for the client's request `parts`, which are left
-/// as they are (a retry builds its head from them again): hop-by-hop
-/// headers dropped, Host set, the client named in X-Forwarded-For,
-/// X-Forwarded-Proto and Forwarded (kept as they came from a trusted
-/// peer), origin-form URI, HTTP/1.1. The headers are copied once into a
-/// map sized for the additions (values are shared, not copied). With
-/// `upgrade` ([`UpgradeAsk::Forward`]) `Upgrade` and `Connection: upgrade`
-/// go up too.
-pub(crate) fn outgoing_head(parts: &Parts, conn: &ConnInfo, host: &str, upgrade: bool) -> Parts {
+/// Where the headers of an outgoing head go: a map (hyper's client) or
+/// the request's bytes on the wire (`upstream_h1.rs`). Each header comes
+/// once, in order; none of them is already there.
+pub(crate) trait HeadSink {
+    fn header(&mut self, name: &HeaderName, value: &HeaderValue);
+}
+
+impl HeadSink for HeaderMap {
+    fn header(&mut self, name: &HeaderName, value: &HeaderValue) {
+        self.append(name.clone(), value.clone());
+    }
+}
+
+/// The headers sent upstream for the client's request `parts`, into
+/// `sink`: hop-by-hop headers dropped, Host set, the client named in
+/// X-Forwarded-For, X-Forwarded-Proto and Forwarded (kept as they came
+/// from a trusted peer). With `upgrade` ([`UpgradeAsk::Forward`])
+/// `Upgrade` and `Connection: upgrade` go up too.
+pub(crate) fn outgoing_headers<S: HeadSink>(
+    parts: &Parts,
+    conn: &ConnInfo,
+    host: &str,
+    upgrade: bool,
+    sink: &mut S,
+) {
     // A name comparison per header, no lookup, tells whether `Connection` is there.
     let named = if parts.headers.keys().any(|n| n == header::CONNECTION) {
         connection_named(&parts.headers)
     } else {
         Vec::new()
     };
-    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
     let (mut has_host, mut has_xff, mut has_xfp, mut has_fwd) = (false, false, false, false);
     for (name, value) in &parts.headers {
         if is_hop_by_hop(name) || (!named.is_empty() && named.contains(name)) {
@@ -289,43 +304,56 @@ pub(crate) fn outgoing_head(parts: &Parts, conn: &ConnInfo, host: &str, upgrade:
             has_fwd |= name == header::FORWARDED;
         }
         has_host |= name == header::HOST;
-        headers.append(name.clone(), value.clone());
+        sink.header(name, value);
     }
     if upgrade {
-        keep_upgrade(&parts.headers, &mut headers);
+        for v in parts.headers.get_all(header::UPGRADE) {
+            sink.header(&header::UPGRADE, v);
+        }
+        sink.header(&header::CONNECTION, &CONNECTION_UPGRADE);
     }
     if !has_host {
         if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert(header::HOST, v);
+            sink.header(&header::HOST, &v);
         }
     }
     // A trusted peer (another router) already named the client, and knows
     // how the client reached it.
     if !has_xff {
-        headers.insert(&X_FORWARDED_FOR, conn.client_ip_header.clone());
+        sink.header(&X_FORWARDED_FOR, &conn.client_ip_header);
     }
     let proto = if conn.tls { "https" } else { "http" };
     if !has_xfp {
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        sink.header(&X_FORWARDED_PROTO, &HeaderValue::from_static(proto));
     }
     if !has_fwd {
         if let Some(v) = forwarded(conn, host, proto) {
-            headers.insert(header::FORWARDED, v);
+            sink.header(&header::FORWARDED, &v);
         }
     }
-    // HTTP/2 requests arrive in absolute form; HTTP/1 upstreams want origin form.
+}
+
+/// The request target sent upstream: origin form (HTTP/2 requests arrive
+/// in absolute form; HTTP/1 upstreams want origin form).
+pub(crate) fn origin_form(uri: &Uri) -> &str {
+    match uri.path_and_query() {
+        Some(pq) => pq.as_str(),
+        None => "/",
+    }
+}
+
+/// The head sent upstream for the client's request `parts`, which are left
+/// as they are (a retry builds its head from them again): the headers of
+/// [`outgoing_headers`], copied once into a map sized for the additions
+/// (values are shared, not copied), origin-form URI, HTTP/1.1.
+pub(crate) fn outgoing_head(parts: &Parts, conn: &ConnInfo, host: &str, upgrade: bool) -> Parts {
+    let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
+    outgoing_headers(parts, conn, host, upgrade, &mut headers);
     let uri = match parts.uri.authority() {
-        Some(_) => {
-            let pq = parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
-            Uri::builder()
-                .path_and_query(pq)
-                .build()
-                .unwrap_or_else(|_| parts.uri.clone())
-        }
+        Some(_) => Uri::builder()
+            .path_and_query(origin_form(&parts.uri))
+            .build()
+            .unwrap_or_else(|_| parts.uri.clone()),
         None => parts.uri.clone(),
     };
     let (mut out, ()) = Request::new(()).into_parts();

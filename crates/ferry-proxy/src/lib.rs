@@ -44,6 +44,7 @@ mod tls;
 mod tunnel;
 mod tunnel_upgrade;
 mod upstream;
+mod upstream_h1;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -38,7 +38,9 @@ use bytes::Bytes;
 use ferry_model::{Epoch, Hostname, SiteState};
 use ferry_router::{HostTable, SiteId, Tracked};
 use http::Method;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::upstream::UpstreamBody;
 use parking_lot::Mutex;
 
 use crate::deadline::BoxError;
@@ -521,9 +523,9 @@ impl InFlight {
     /// stays registered, and counted, until its body ends or is cut.
     pub fn answered(
         self,
-        body: Incoming,
+        body: UpstreamBody,
         tracked: Tracked,
-    ) -> (Cuttable<Incoming>, Option<Tracked>) {
+    ) -> (Cuttable<UpstreamBody>, Option<Tracked>) {
         let sent = self.entry.sent.load(Ordering::Acquire);
         if sent && body.size_hint().exact().is_some() {
             let e = &self.entry;

@@ -5,6 +5,9 @@
 //!   with no pool lookup or lock per request. When the client connection closes,
 //!   its upstream connections go to a shared idle pool ([`IdlePool`]) that other
 //!   client connections draw from before they dial.
+//! - Requests without a body or an upgrade go over connections spoken by
+//!   `upstream_h1.rs` in the client connection's own task; the others over
+//!   hyper's client connections. Each kind has its own slots in both sets.
 //! - Remote routers and health checks: hyper-util's pooled client.
 //!
 //! Every upstream connection can be upgraded: a 101 hands it to the
@@ -30,7 +33,46 @@ use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::deadline::BoxError;
 use crate::proxy_protocol;
+use crate::upstream_h1::{H1Conn, Home, OwnBody};
+
+/// An upstream response's body: from hyper's client, or read by
+/// `upstream_h1.rs`.
+pub(crate) enum UpstreamBody {
+    Hyper(Incoming),
+    Own(OwnBody),
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use std::pin::Pin;
+        match self.get_mut() {
+            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Own(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::Own(b) => b.size_hint(),
+        }
+    }
+}
 
 /// A request body on its way upstream: the client's (cut if it stalls for
 /// `body_timeout`) or none.
@@ -57,6 +99,7 @@ pub(crate) struct Upstream {
 #[derive(Default)]
 pub(crate) struct IdlePool {
     by_server: Mutex<HashMap<SocketAddr, Vec<IdleConn>>>,
+    own_by_server: Mutex<HashMap<SocketAddr, Vec<(Instant, H1Conn)>>>,
 }
 
 /// An idle connection and since when it has been idle.
@@ -99,11 +142,74 @@ impl IdlePool {
             list.push((Instant::now(), tx));
         }
     }
+
+    fn take_own(&self, addr: SocketAddr) -> Option<H1Conn> {
+        let mut map = self.own_by_server.lock();
+        let list = map.get_mut(&addr)?;
+        while let Some((since, mut conn)) = list.pop() {
+            if since.elapsed() < IDLE_FOR && conn.is_idle_open() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put_own(&self, mut conn: H1Conn) {
+        if !conn.is_idle_open() {
+            return;
+        }
+        let mut map = self.own_by_server.lock();
+        let list = map.entry(conn.server()).or_default();
+        // The oldest first out: they are the nearest to the server's
+        // idle timeout.
+        list.retain(|(since, _)| since.elapsed() < IDLE_FOR);
+        if list.len() < IDLE_PER_SERVER {
+            list.push((Instant::now(), conn));
+        }
+    }
+}
+
+/// The `upstream_h1` connections of one client connection, shared with
+/// the response bodies that bring them back when they end.
+pub(crate) struct OwnConns {
+    conns: Mutex<Vec<H1Conn>>,
+    idle: Arc<IdlePool>,
+}
+
+impl OwnConns {
+    fn take(&self, addr: SocketAddr) -> Option<H1Conn> {
+        let mut conns = self.conns.lock();
+        let i = conns.iter().position(|c| c.server() == addr)?;
+        let mut conn = conns.swap_remove(i);
+        drop(conns);
+        conn.is_idle_open().then_some(conn)
+    }
+}
+
+impl Home for OwnConns {
+    fn put_back(&self, conn: H1Conn) {
+        let mut conns = self.conns.lock();
+        if conns.len() < AFFINE_PER_CLIENT {
+            conns.push(conn);
+        } else {
+            drop(conns);
+            self.idle.put_own(conn);
+        }
+    }
+}
+
+impl Drop for OwnConns {
+    fn drop(&mut self) {
+        for conn in self.conns.get_mut().drain(..) {
+            self.idle.put_own(conn);
+        }
+    }
 }
 
 /// The upstream connections of one client connection.
 pub(crate) struct Affinity {
     conns: Mutex<Vec<(SocketAddr, SendRequest<UpBody>)>>,
+    own: Arc<OwnConns>,
     idle: Arc<IdlePool>,
 }
 
@@ -156,11 +262,15 @@ impl Upstream {
     pub fn affinity(&self) -> Affinity {
         Affinity {
             conns: Mutex::new(Vec::new()),
+            own: Arc::new(OwnConns {
+                conns: Mutex::new(Vec::new()),
+                idle: Arc::clone(&self.idle),
+            }),
             idle: Arc::clone(&self.idle),
         }
     }
 
-    async fn dial(&self, addr: SocketAddr) -> Result<SendRequest<UpBody>, UpstreamError> {
+    async fn connect(&self, addr: SocketAddr) -> Result<TcpStream, UpstreamError> {
         let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
         {
@@ -173,6 +283,53 @@ impl Upstream {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Sends a request without a body (its whole `head`, from
+    /// `upstream_h1::request_head`) to `addr`, over a connection this client
+    /// connection already holds, an idle one, or a new one; `upstream_h1`
+    /// speaks it in this task. Only for requests that may go twice
+    /// (idempotent, no body): one that a reused connection closed under
+    /// before any answer goes again on a new connection.
+    pub async fn send_own(
+        &self,
+        affinity: &Affinity,
+        addr: SocketAddr,
+        head: &[u8],
+        head_request: bool,
+        timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let home: Arc<dyn Home> = affinity.own.clone();
+        let exchange = async {
+            let reused = affinity.own.take(addr).or_else(|| self.idle.take_own(addr));
+            if let Some(conn) = reused {
+                match conn.exchange(head, head_request, Arc::clone(&home)).await {
+                    Ok(resp) => return Ok(resp.map(UpstreamBody::Own)),
+                    // The server closed it while it was idle: it never
+                    // saw the request.
+                    Err(e) if e.nothing_back => {}
+                    Err(e) => return Err(UpstreamError::Exchange(e.what)),
+                }
+            }
+            // Boxed: dialing happens once per upstream connection.
+            let stream = Box::pin(self.connect(addr)).await?;
+            match H1Conn::new(stream, addr)
+                .exchange(head, head_request, home)
+                .await
+            {
+                Ok(resp) => Ok(resp.map(UpstreamBody::Own)),
+                Err(e) => Err(UpstreamError::Exchange(e.what)),
+            }
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Err(_) => Err(UpstreamError::Timeout),
+            Ok(r) => r,
+        }
+    }
+
+    async fn dial(&self, addr: SocketAddr) -> Result<SendRequest<UpBody>, UpstreamError> {
+        let stream = self.connect(addr).await?;
         let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Connect(format!("handshake with {addr}: {e}")))?;
@@ -366,6 +523,73 @@ mod tests {
         let third = up.affinity();
         assert_eq!(get(&up, &third, addr).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A GET over `send_own`, as `forward.rs` sends one without a body.
+    async fn get_own(up: &Upstream, affinity: &Affinity, addr: SocketAddr) -> String {
+        let head = b"GET / HTTP/1.1\r\nhost: a.com\r\n\r\n";
+        let resp = up
+            .send_own(affinity, addr, head, false, Duration::from_secs(10))
+            .await
+            .expect("response");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    #[tokio::test]
+    async fn own_connections_follow_their_client_and_then_go_idle() {
+        let (addr, accepted) = server().await;
+        let up = Upstream::new(Duration::from_secs(1));
+        let first = up.affinity();
+        for _ in 0..3 {
+            assert_eq!(get_own(&up, &first, addr).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        drop(first);
+        let second = up.affinity();
+        assert_eq!(get_own(&up, &second, addr).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        let third = up.affinity();
+        assert_eq!(get_own(&up, &third, addr).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A server that answers one request per connection and closes it
+    /// without saying so (as one does when its idle timeout fires just as
+    /// the next request leaves): the request goes again on a new
+    /// connection, and the client never sees it.
+    #[tokio::test]
+    async fn a_reused_connection_the_server_closed_is_replaced_unseen() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    // Closed with the answer, unannounced.
+                });
+            }
+        });
+        let up = Upstream::new(Duration::from_secs(1));
+        let affinity = up.affinity();
+        for _ in 0..3 {
+            assert_eq!(get_own(&up, &affinity, addr).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
