@@ -26,8 +26,8 @@ use crate::answers::{no_server, text, unavailable};
 use crate::body::ProxyBody;
 use crate::deadline::BodyDeadline;
 use crate::headers::{
-    outgoing_head, outgoing_parts, strip_hop_by_hop, switching_protocols_headers, upgrade_asked,
-    ConnInfo, UpgradeAsk, FERRY_VIA,
+    outgoing_head, outgoing_parts, request_head, strip_hop_by_hop, switching_protocols_headers,
+    upgrade_asked, ConnInfo, UpgradeAsk, FERRY_VIA,
 };
 use crate::hold::{Hold, Unrouted};
 use crate::metrics::Histogram;
@@ -36,7 +36,6 @@ use crate::stats::Stalled;
 use crate::straggler::{Cuttable, InFlight};
 use crate::tunnel_upgrade::{self, PendingTunnel};
 use crate::upstream::{UpBody, UpstreamBody, UpstreamError};
-use crate::upstream_h1::request_head;
 
 fn version_str(v: Version) -> &'static str {
     match v {

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::{Request, Uri, Version};
+use http::{Method, Request, Uri, Version};
 
 /// Header a router adds when it forwards to another DC's router, naming itself.
 /// A router that receives it and would forward again answers 508 instead.
@@ -340,6 +340,42 @@ pub(crate) fn origin_form(uri: &Uri) -> &str {
         Some(pq) => pq.as_str(),
         None => "/",
     }
+}
+
+/// The request head for `parts` as it goes upstream: the same headers as
+/// hyper's client would send ([`outgoing_headers`]), written straight
+/// into the bytes of the head, for `upstream_h1.rs`.
+pub(crate) fn request_head(parts: &Parts, conn: &ConnInfo, host: &str) -> Vec<u8> {
+    struct Wire {
+        out: Vec<u8>,
+        has_length: bool,
+    }
+    impl HeadSink for Wire {
+        fn header(&mut self, name: &HeaderName, value: &HeaderValue) {
+            self.has_length |= name == header::CONTENT_LENGTH;
+            self.out.extend_from_slice(name.as_str().as_bytes());
+            self.out.extend_from_slice(b": ");
+            self.out.extend_from_slice(value.as_bytes());
+            self.out.extend_from_slice(b"\r\n");
+        }
+    }
+    let target = origin_form(&parts.uri);
+    let mut wire = Wire {
+        out: Vec::with_capacity(256 + target.len() + 48 * parts.headers.len()),
+        has_length: false,
+    };
+    wire.out.extend_from_slice(parts.method.as_str().as_bytes());
+    wire.out.push(b' ');
+    wire.out.extend_from_slice(target.as_bytes());
+    wire.out.extend_from_slice(b" HTTP/1.1\r\n");
+    outgoing_headers(parts, conn, host, false, &mut wire);
+    // This path carries no body; a method whose request has one by
+    // definition says it is empty (as hyper's client does).
+    if !wire.has_length && matches!(parts.method, Method::PUT | Method::POST | Method::PATCH) {
+        wire.out.extend_from_slice(b"content-length: 0\r\n");
+    }
+    wire.out.extend_from_slice(b"\r\n");
+    wire.out
 }
 
 /// The head sent upstream for the client's request `parts`, which are left

@@ -39,8 +39,6 @@ use ferry_model::{Epoch, Hostname, SiteState};
 use ferry_router::{HostTable, SiteId, Tracked};
 use http::Method;
 use hyper::body::{Body, Frame, SizeHint};
-
-use crate::upstream::UpstreamBody;
 use parking_lot::Mutex;
 
 use crate::deadline::BoxError;
@@ -521,11 +519,7 @@ impl InFlight {
     /// fixed length): it cannot carry a write any more; it leaves the
     /// registry and stops counting in flight (`tracked` is dropped). Else it
     /// stays registered, and counted, until its body ends or is cut.
-    pub fn answered(
-        self,
-        body: UpstreamBody,
-        tracked: Tracked,
-    ) -> (Cuttable<UpstreamBody>, Option<Tracked>) {
+    pub fn answered<B: Body>(self, body: B, tracked: Tracked) -> (Cuttable<B>, Option<Tracked>) {
         let sent = self.entry.sent.load(Ordering::Acquire);
         if sent && body.size_hint().exact().is_some() {
             let e = &self.entry;

@@ -27,13 +27,10 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::request::Parts;
-use http::{Method, Response, StatusCode, Version};
+use http::{Response, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-use crate::headers::{origin_form, outgoing_headers, ConnInfo, HeadSink};
 
 /// The largest response head read (HAProxy's `tune.bufsize` is 16 KB,
 /// nginx's `proxy_buffer_size` 4-8 KB; hyper's client allows ~400 KB).
@@ -73,42 +70,6 @@ fn failed(what: impl Into<String>, nothing_back: bool) -> ExchangeFailed {
         what: what.into(),
         nothing_back,
     }
-}
-
-/// The request head for `parts` as it goes upstream: the same headers as
-/// hyper's client would send (`headers::outgoing_headers`), written
-/// straight into the bytes of the head.
-pub(crate) fn request_head(parts: &Parts, conn: &ConnInfo, host: &str) -> Vec<u8> {
-    struct Wire {
-        out: Vec<u8>,
-        has_length: bool,
-    }
-    impl HeadSink for Wire {
-        fn header(&mut self, name: &HeaderName, value: &HeaderValue) {
-            self.has_length |= name == header::CONTENT_LENGTH;
-            self.out.extend_from_slice(name.as_str().as_bytes());
-            self.out.extend_from_slice(b": ");
-            self.out.extend_from_slice(value.as_bytes());
-            self.out.extend_from_slice(b"\r\n");
-        }
-    }
-    let target = origin_form(&parts.uri);
-    let mut wire = Wire {
-        out: Vec::with_capacity(256 + target.len() + 48 * parts.headers.len()),
-        has_length: false,
-    };
-    wire.out.extend_from_slice(parts.method.as_str().as_bytes());
-    wire.out.push(b' ');
-    wire.out.extend_from_slice(target.as_bytes());
-    wire.out.extend_from_slice(b" HTTP/1.1\r\n");
-    outgoing_headers(parts, conn, host, false, &mut wire);
-    // This path carries no body; a method whose request has one by
-    // definition says it is empty (as hyper's client does).
-    if !wire.has_length && matches!(parts.method, Method::PUT | Method::POST | Method::PATCH) {
-        wire.out.extend_from_slice(b"content-length: 0\r\n");
-    }
-    wire.out.extend_from_slice(b"\r\n");
-    wire.out
 }
 
 /// How the response's body ends (RFC 9112 6.3).
