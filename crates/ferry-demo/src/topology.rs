@@ -169,10 +169,23 @@ pub fn run_plan(exe: &Path, inventory: &Path, plan: &Path, log: &Path) -> anyhow
     Ok(())
 }
 
-/// A loopback port that was free a moment ago. Both routers must know each
-/// other's traffic address before either starts, so these are chosen up front.
+/// A loopback port that was free a moment ago, and not handed out before
+/// by this process. Both routers must know each other's traffic address
+/// before either starts, so these are chosen up front; the kernel may give
+/// a port it just gave back to the next `bind(0)`, and one port chosen for
+/// two routers made them one listening group (a router's `SO_REUSEPORT`
+/// sockets) until routers refused to join another's group.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("no loopback port that was not handed out already in 100 tries")
 }
 
 /// One router's config: its pool of two demo app servers, the other DC as a

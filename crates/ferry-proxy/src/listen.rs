@@ -19,7 +19,8 @@
 //!   current-thread runtime per thread (`ferry proxy --threads N`); each
 //!   has its own `SO_REUSEPORT` socket of every traffic listener
 //!   ([`bind_group`]), so a connection lives on one thread from accept to
-//!   close and the kernel spreads new connections over the threads.
+//!   close and the kernel spreads new connections over the threads. A port
+//!   another process listens on is refused, not shared (`claim`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -128,6 +129,9 @@ pub(crate) fn bind_group(
     let reuse_port = workers.count() > 1;
     let mut group = Vec::with_capacity(workers.count());
     let mut at = addr;
+    if reuse_port {
+        at = claim(addr)?;
+    }
     for handle in workers.handles() {
         let socket = bind_std(at, reuse_port)?;
         at = socket.local_addr().map_err(io)?;
@@ -136,6 +140,43 @@ pub(crate) fn bind_group(
         group.push((handle.clone(), TcpListener::from_std(socket).map_err(io)?));
     }
     Ok(group)
+}
+
+/// The port `addr` names (or, for port 0, a free one) if no other socket
+/// listens on it. `SO_REUSEPORT` alone would let this router join the
+/// listening group of another process of the same user on that port (a
+/// second router started by mistake, a test's port chosen twice) and share
+/// its connections without a word: each would get some of the other's
+/// traffic. A socket without the option cannot bind where anything listens,
+/// so it claims the port first and is closed just before the group binds.
+/// The window between the two is a few system calls; a second router
+/// racing into it exactly is not guarded against.
+fn claim(addr: SocketAddr) -> Result<SocketAddr, ProxyError> {
+    let probe = bind_unlistened(addr)?;
+    probe
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or_else(|| ProxyError::Bind {
+            addr,
+            source: std::io::Error::other("the claimed port has no address"),
+        })
+}
+
+/// A socket bound to `addr` with `SO_REUSEADDR` (a restarted router's
+/// connections in TIME_WAIT do not block it) but not `SO_REUSEPORT`, and
+/// not listening: dropped, it leaves the port free.
+fn bind_unlistened(addr: SocketAddr) -> Result<socket2::Socket, ProxyError> {
+    let io = |source| ProxyError::Bind { addr, source };
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+        .map_err(io)?;
+    socket.set_reuse_address(true).map_err(io)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(io)?;
+    }
+    socket.bind(&addr.into()).map_err(io)?;
+    Ok(socket)
 }
 
 fn bind_std(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener, ProxyError> {
@@ -369,6 +410,32 @@ mod tests {
         assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
         b.succeeded(None);
         assert_eq!(b.failed(&e, None), BACKOFF_MIN);
+    }
+
+    #[tokio::test]
+    async fn a_port_another_router_listens_on_is_refused_not_shared() {
+        // Another router of the same user, listening with SO_REUSEPORT: the
+        // kernel would let a second group join it and split the clients.
+        let other = bind_std("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let taken = other.local_addr().unwrap();
+        let workers = Workers::start(2).unwrap();
+        match bind_group(taken, &workers) {
+            Err(ProxyError::Bind { addr, source }) => {
+                assert_eq!(addr, taken);
+                assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse);
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("{taken} was joined, not refused"),
+        }
+        // A free port: one socket per worker, all on the port chosen.
+        let group = bind_group("127.0.0.1:0".parse().unwrap(), &workers).unwrap();
+        let ports: Vec<u16> = group
+            .iter()
+            .map(|(_, l)| l.local_addr().unwrap().port())
+            .collect();
+        assert_eq!(ports.len(), 2);
+        assert_eq!(ports[0], ports[1]);
+        assert_ne!(ports[0], taken.port());
     }
 
     #[test]
