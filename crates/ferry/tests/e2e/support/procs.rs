@@ -18,14 +18,24 @@ pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 /// Longest wait for a process to be ready or to exit: only there to catch hangs.
 const START_LIMIT: Duration = Duration::from_secs(30);
 
-/// A loopback port that was free a moment ago (bind to port 0, then close).
+/// A loopback port that was free a moment ago (bind to port 0, then close),
+/// never the same twice in this process: the tests run in parallel, and the
+/// kernel may hand a port just closed to the next `bind(0)`.
 /// For processes that cannot report the port they bound themselves (nginx),
 /// and for routers that must know each other's address before starting.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding 127.0.0.1:0")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("binding 127.0.0.1:0")
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Waits at most `limit` for `child` to exit.
