@@ -58,13 +58,41 @@ pub(crate) type Handling =
 /// around it then move a pointer, where they moved (memcpy) the whole
 /// future two or three times a request.
 pub(crate) fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Handling {
-    Box::pin(handle_request(shared, conn, req))
+    Box::pin(handle_request(shared, conn, req.map(ReqBody::Hyper)))
+}
+
+/// A request read without hyper (`h1_server.rs`), which has no body: the
+/// same phases as [`handle`], awaited in place by the connection's task.
+pub(crate) async fn handle_bodiless(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<()>,
+) -> Response<ProxyBody> {
+    match handle_request(shared, conn, req.map(|()| ReqBody::None)).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
+    }
+}
+
+/// A client request's body: hyper's, or none.
+pub(crate) enum ReqBody {
+    Hyper(Incoming),
+    None,
+}
+
+impl ReqBody {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Hyper(b) => b.is_end_stream(),
+            ReqBody::None => true,
+        }
+    }
 }
 
 async fn handle_request(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let logger = shared.access_log.load();
@@ -178,7 +206,7 @@ impl Routed {
 async fn route_request(
     shared: &Arc<Shared>,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    mut req: Request<ReqBody>,
     log: bool,
 ) -> Routed {
     let settings = shared.settings.load_full();
@@ -552,7 +580,7 @@ async fn forward_local(
     exchange: Exchange<'_>,
     route: &Route,
     pool_name: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> (Response<ProxyBody>, String) {
     let target = match choose_pool(exchange.shared, route, pool_name, req.uri().path()) {
         Ok(t) => t,
@@ -579,8 +607,8 @@ async fn forward_local(
             Either::Right(Empty::new())
         } else {
             match body.take() {
-                Some(b) => Either::Left(exchange.client_body(b)),
-                None => Either::Right(Empty::new()),
+                Some(ReqBody::Hyper(b)) => Either::Left(exchange.client_body(b)),
+                Some(ReqBody::None) | None => Either::Right(Empty::new()),
             }
         };
         let result = send_to_server(&exchange, &target, &pick, &parts, out_body).await;
@@ -681,7 +709,7 @@ fn failed_upstream(e: &UpstreamError, label: &str) -> Response<ProxyBody> {
 async fn forward_remote(
     exchange: Exchange<'_>,
     dc: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> (Response<ProxyBody>, String) {
     let (shared, settings) = (exchange.shared, exchange.settings);
     let label = format!("remote:{dc}");
@@ -710,7 +738,11 @@ async fn forward_remote(
     if let Ok(v) = HeaderValue::from_str(&via) {
         parts.headers.insert(&FERRY_VIA, v);
     }
-    let req = Request::from_parts(parts, Either::Left(exchange.client_body(body)));
+    let body = match body {
+        ReqBody::Hyper(b) => Either::Left(exchange.client_body(b)),
+        ReqBody::None => Either::Right(Empty::new()),
+    };
+    let req = Request::from_parts(parts, body);
     let t0 = Instant::now();
     let result = if remote.proxy_protocol {
         let client = exchange.conn.client;

@@ -24,6 +24,7 @@ mod deadline;
 mod forward;
 mod galera;
 mod galera_pool;
+mod h1_server;
 mod headers;
 mod health;
 mod hold;

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::deadline::{self, Activity, BoxError, Guarded, Prefixed, SendDeadline, Sniffed};
 use crate::forward;
+use crate::h1_server;
 use crate::headers::ConnInfo;
 use crate::linger::Lingering;
 use crate::listen::{self, Cap};
@@ -238,7 +239,6 @@ async fn serve_connection(
     );
     let conn = HttpConn {
         peer,
-        info,
         limits: HttpLimits {
             header_timeout: settings.header_timeout,
             keepalive_timeout: settings.keepalive_timeout,
@@ -248,8 +248,8 @@ async fn serve_connection(
     };
     drop(settings);
     match tls {
-        None => conn.serve_plain(shared, stream, first_bytes).await,
-        Some(t) => conn.serve_tls(shared, stream, t).await,
+        None => conn.serve_plain(shared, info, stream, first_bytes).await,
+        Some(t) => conn.serve_tls(shared, info, stream, t).await,
     }
 }
 
@@ -296,15 +296,22 @@ fn count_silent(shared: &Shared) {
 /// protocol is known.
 struct HttpConn {
     peer: SocketAddr,
-    info: ConnInfo,
     limits: HttpLimits,
     body_timeout: Duration,
     shutdown: watch::Receiver<bool>,
 }
 
 impl HttpConn {
-    /// Plain HTTP: the first bytes tell HTTP/1.1 from h2c.
-    async fn serve_plain(self, shared: Arc<Shared>, mut stream: TcpStream, first_bytes: Instant) {
+    /// Plain HTTP: the first bytes tell HTTP/1.1 from h2c. HTTP/1.1's
+    /// simple requests are served by `h1_server.rs` until one is not, then
+    /// hyper serves the rest of the connection.
+    async fn serve_plain(
+        self,
+        shared: Arc<Shared>,
+        mut info: ConnInfo,
+        mut stream: TcpStream,
+        first_bytes: Instant,
+    ) {
         let Some((kind, prefix)) = deadline::sniff(&mut stream, first_bytes).await else {
             count_silent(&shared);
             return;
@@ -313,16 +320,41 @@ impl HttpConn {
             Sniffed::H2 => Alpn::H2,
             Sniffed::Http1 => Alpn::Http1,
         };
+        info.h2 = proto == Alpn::H2;
+        let info = Arc::new(info);
         let unread = crate::settle::Unread::of(&stream);
         let io = SendDeadline::new(stream, self.body_timeout, Arc::clone(&shared.metrics));
+        let (io, prefix) = match kind {
+            Sniffed::H2 => (io, prefix),
+            Sniffed::Http1 => {
+                let own = h1_server::Own {
+                    shared: Arc::clone(&shared),
+                    info: Arc::clone(&info),
+                    header_timeout: self.limits.header_timeout,
+                    keepalive_timeout: self.limits.keepalive_timeout,
+                    shutdown: self.shutdown.clone(),
+                    unread: unread.clone(),
+                };
+                match h1_server::serve(own, io, prefix).await {
+                    h1_server::After::HandOver(io, rest) => (io, rest),
+                    h1_server::After::Closed => return,
+                }
+            }
+        };
         let io = Prefixed::new(prefix, io);
-        self.serve(shared, io, proto, false, unread).await
+        self.serve(shared, info, io, proto, false, unread).await
     }
 
     /// TLS: ALPN tells HTTP/2 from HTTP/1.1. No separate first-byte wait:
     /// `[tls] handshake_timeout` bounds the whole handshake, its first byte
     /// included.
-    async fn serve_tls(self, shared: Arc<Shared>, stream: TcpStream, tls: Arc<TlsState>) {
+    async fn serve_tls(
+        self,
+        shared: Arc<Shared>,
+        mut info: ConnInfo,
+        stream: TcpStream,
+        tls: Arc<TlsState>,
+    ) {
         let unread = crate::settle::Unread::of(&stream);
         let io = SendDeadline::new(stream, self.body_timeout, Arc::clone(&shared.metrics));
         let handshake = crate::tls::handshake(&tls, io, self.peer, &shared.metrics.tls);
@@ -331,12 +363,15 @@ impl HttpConn {
         };
         // Not kept for the connection's life: a reload may replace it.
         drop(tls);
-        self.serve(shared, stream, alpn, true, unread).await
+        info.h2 = alpn == Alpn::H2;
+        let info = Arc::new(info);
+        self.serve(shared, info, stream, alpn, true, unread).await
     }
 
     async fn serve<I>(
-        mut self,
+        self,
         shared: Arc<Shared>,
+        info: Arc<ConnInfo>,
         io: I,
         proto: Alpn,
         tls: bool,
@@ -344,9 +379,7 @@ impl HttpConn {
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        self.info.h2 = proto == Alpn::H2;
         let metrics = Arc::clone(&shared.metrics);
-        let info = Arc::new(self.info);
         let upgraded = Arc::clone(&info);
         let mut shutdown = self.shutdown.clone();
         let handler = move |req| {
