@@ -195,7 +195,9 @@ impl H1Conn {
     ///
     /// The buffer is frozen first so that the header values can share its
     /// bytes (no copy, no table of where they are); what follows the head
-    /// comes back with it.
+    /// comes back with it. `Keep-Alive`, and `Connection` unless it names
+    /// other headers, are read but left out of the map: hop-by-hop, they
+    /// would be removed before the client (`headers::strip_hop_by_hop`).
     fn parse_head(&mut self, head_request: bool) -> Result<Option<(Head, Bytes)>, ExchangeFailed> {
         let bytes = std::mem::take(&mut self.buf).freeze();
         let mut slots =
@@ -227,31 +229,44 @@ impl H1Conn {
             (None::<u64>, false, false, false);
         let mut close = version == Version::HTTP_10;
         for h in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| failed("bad response header name", false))?;
-            let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value))
-                .map_err(|_| failed(format!("bad value of response header {name}"), false))?;
-            if name == header::CONTENT_LENGTH {
-                match parse_length(value.as_bytes()) {
+            let (name, role) = header_name(h.name.as_bytes())?;
+            // httparse took only the bytes a `HeaderValue` may hold, so a
+            // header left out of the map below refuses nothing it would.
+            match role {
+                Role::ContentLength => match parse_length(h.value) {
                     Some(v) if length.is_none_or(|l| l == v) => length = Some(v),
                     Some(_) => lengths_differ = true,
                     None => return Err(failed("bad Content-Length in the response", false)),
+                },
+                Role::TransferEncoding => {
+                    // Only the last coding tells the framing (RFC 9112 6.3).
+                    let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+                    chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                    other_coding |= !chunked;
                 }
-            } else if name == header::TRANSFER_ENCODING {
-                // Only the last coding tells the framing (RFC 9112 6.3).
-                let last = value
-                    .as_bytes()
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .unwrap_or(b"");
-                chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
-                other_coding |= !chunked;
-            } else if name == header::CONNECTION {
-                close |= value
-                    .as_bytes()
-                    .split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+                Role::Connection => {
+                    let mut names_others = false;
+                    for t in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                        if t.eq_ignore_ascii_case(b"close") {
+                            close = true;
+                        } else if !(t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive")) {
+                            names_others = true;
+                        }
+                    }
+                    // Hop-by-hop, removed on the way to the client; kept
+                    // only when it names other headers to remove with it
+                    // (`headers::strip_hop_by_hop`). nginx sends
+                    // `Connection: keep-alive` with every answer.
+                    if !names_others {
+                        continue;
+                    }
+                }
+                // Hop-by-hop, removed on the way to the client anyway.
+                Role::KeepAlive => continue,
+                Role::Other => {}
             }
+            let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value))
+                .map_err(|_| failed(format!("bad value of response header {name}"), false))?;
             headers.append(name, value);
         }
         let bodiless = head_request || status.is_informational() || matches!(code, 204 | 304);
@@ -295,6 +310,53 @@ impl H1Conn {
             rest,
         )))
     }
+}
+
+/// What [`H1Conn::parse_head`] reads in a response header, besides
+/// passing it on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    KeepAlive,
+    Other,
+}
+
+/// `Keep-Alive`, which http has no constant for.
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// A response header's name and role. The names most answers carry are
+/// told by their length and one comparison; http's parser (a copy into a
+/// lowercase buffer, then its whole table of names) is for the others,
+/// which can only be [`Role::Other`]: any spelling of the four names with
+/// a role is found first.
+fn header_name(raw: &[u8]) -> Result<(HeaderName, Role), ExchangeFailed> {
+    let is = |name: &str| raw.eq_ignore_ascii_case(name.as_bytes());
+    let known = match raw.len() {
+        4 if is("date") => (header::DATE, Role::Other),
+        4 if is("etag") => (header::ETAG, Role::Other),
+        4 if is("vary") => (header::VARY, Role::Other),
+        6 if is("server") => (header::SERVER, Role::Other),
+        7 if is("expires") => (header::EXPIRES, Role::Other),
+        8 if is("location") => (header::LOCATION, Role::Other),
+        10 if is("connection") => (header::CONNECTION, Role::Connection),
+        10 if is("keep-alive") => (KEEP_ALIVE.clone(), Role::KeepAlive),
+        10 if is("set-cookie") => (header::SET_COOKIE, Role::Other),
+        12 if is("content-type") => (header::CONTENT_TYPE, Role::Other),
+        13 if is("last-modified") => (header::LAST_MODIFIED, Role::Other),
+        13 if is("accept-ranges") => (header::ACCEPT_RANGES, Role::Other),
+        13 if is("cache-control") => (header::CACHE_CONTROL, Role::Other),
+        14 if is("content-length") => (header::CONTENT_LENGTH, Role::ContentLength),
+        16 if is("content-encoding") => (header::CONTENT_ENCODING, Role::Other),
+        17 if is("transfer-encoding") => (header::TRANSFER_ENCODING, Role::TransferEncoding),
+        _ => {
+            let name = HeaderName::from_bytes(raw)
+                .map_err(|_| failed("bad response header name", false))?;
+            (name, Role::Other)
+        }
+    };
+    Ok(known)
 }
 
 /// Bytes back into a buffer to read more into: without a copy when nothing

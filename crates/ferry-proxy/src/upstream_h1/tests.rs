@@ -239,3 +239,89 @@ async fn a_connection_closed_while_idle_says_nothing_came_back() {
         .expect_err("closed");
     assert!(e.nothing_back, "{e:?}");
 }
+
+#[tokio::test]
+async fn connection_and_keep_alive_stay_behind_unless_connection_names_others() {
+    // nginx's usual: neither reaches the map (hop-by-hop, the client never
+    // sees them), and the connection is reused.
+    let usual: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok";
+    // `Connection` naming another header stays, for `strip_hop_by_hop`
+    // (forward.rs, `Exchange::respond`) to remove that header with it;
+    // `Keep-Alive` is left out all the same.
+    let naming: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-secret\r\nKeep-Alive: timeout=5\r\nX-Secret: 1\r\nContent-Length: 2\r\n\r\nok";
+    // `close` is still read: the connection is not reused.
+    let closing: &[u8] =
+        b"HTTP/1.1 200 OK\r\nconnection: Keep-Alive , CLOSE\r\ncontent-length: 2\r\n\r\nok";
+    let (addr, conns, _) = server(vec![usual, naming, closing]).await;
+    let home = Arc::new(Kept::default());
+
+    let resp = ask(addr, home.clone()).await.expect("usual");
+    assert!(resp.headers().get(header::CONNECTION).is_none());
+    assert!(resp.headers().get("keep-alive").is_none());
+    assert_eq!(resp.headers()[header::SERVER], "nginx");
+    assert_eq!(resp.headers()[header::CONTENT_LENGTH], "2");
+    assert_eq!(body_of(resp).await.expect("body").0, "ok");
+    let conn = home.0.lock().pop().expect("kept alive");
+
+    let resp = conn
+        .exchange(GET, false, home.clone())
+        .await
+        .expect("naming");
+    assert_eq!(
+        resp.headers()[header::CONNECTION],
+        "keep-alive, x-secret",
+        "named headers are removed with Connection, in respond()"
+    );
+    assert_eq!(resp.headers()["x-secret"], "1");
+    assert!(resp.headers().get("keep-alive").is_none());
+    assert_eq!(body_of(resp).await.expect("body").0, "ok");
+    let conn = home.0.lock().pop().expect("kept alive");
+
+    let resp = conn
+        .exchange(GET, false, home.clone())
+        .await
+        .expect("closing");
+    assert!(resp.headers().get(header::CONNECTION).is_none());
+    assert_eq!(body_of(resp).await.expect("body").0, "ok");
+    assert!(home.0.lock().is_empty(), "Connection: close is obeyed");
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn header_names_are_found_in_any_case_with_their_roles() {
+    for (raw, role) in [
+        ("Content-Length", Role::ContentLength),
+        ("TRANSFER-ENCODING", Role::TransferEncoding),
+        ("connection", Role::Connection),
+        ("Keep-Alive", Role::KeepAlive),
+        ("Date", Role::Other),
+        ("X-Content-Length", Role::Other),
+        ("Proxy-Connection", Role::Other),
+    ] {
+        let (name, got) = header_name(raw.as_bytes()).expect(raw);
+        assert_eq!(name.as_str(), raw.to_ascii_lowercase());
+        assert_eq!(got, role, "{raw}");
+    }
+    // The names told without http's parser are the ones it would give.
+    for raw in [
+        "DATE",
+        "ETag",
+        "Vary",
+        "Server",
+        "Expires",
+        "Location",
+        "Set-Cookie",
+        "Content-Type",
+        "Last-Modified",
+        "Accept-Ranges",
+        "Cache-Control",
+        "Content-Encoding",
+        "x-dat",
+        "dates",
+    ] {
+        let (name, got) = header_name(raw.as_bytes()).expect(raw);
+        assert_eq!(name, HeaderName::from_bytes(raw.as_bytes()).expect(raw));
+        assert_eq!(got, Role::Other, "{raw}");
+    }
+    assert!(header_name(b"bad name").is_err());
+}
