@@ -8,9 +8,11 @@
 # 50 connections), the counters are zeroed, N more requests are sent, the
 # counters are dumped. Prints per request: instructions, calls to malloc and
 # free (mimalloc's entry points), memcpy's share, then the top functions by
-# their own instructions. Loopback, nothing pinned, a few seconds per binary.
+# their own instructions, and who calls memcpy. Loopback, nothing pinned, a few
+# seconds per binary.
 #
-# Usage: bench/proxy-vs-haproxy/cg.sh [-n N] [-top K] FERRY_BIN [FERRY_BIN...]
+# Usage: bench/proxy-vs-haproxy/cg.sh [-n N] [-top K] [-keep DIR] FERRY_BIN...
+# -keep DIR copies each measured dump to DIR for callgrind_annotate.
 # Needs: valgrind, h2load (nghttp2-client), nginx, curl, python3.
 # Note: under valgrind a `rep movsb` counts once per byte-ish iteration, so
 # memcpy's share of instructions is far above its share of CPU time.
@@ -19,14 +21,16 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 n=10000
 top=25
+keep=""
 while [ $# -gt 0 ]; do
     case "$1" in
     -n) n="$2"; shift 2 ;;
     -top) top="$2"; shift 2 ;;
+    -keep) keep="$2"; shift 2 ;;
     *) break ;;
     esac
 done
-[ $# -gt 0 ] || { echo "usage: $0 [-n N] [-top K] FERRY_BIN..." >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: $0 [-n N] [-top K] [-keep DIR] FERRY_BIN..." >&2; exit 2; }
 PATH="$PATH:/usr/sbin:/sbin"
 for tool in valgrind callgrind_control h2load nginx curl python3; do
     command -v "$tool" >/dev/null || { echo "cg.sh: $tool is missing" >&2; exit 2; }
@@ -69,11 +73,13 @@ for bin in "$@"; do
     # The dump of the measured requests, before the one valgrind writes at exit.
     dump="$(ls -t "$tmp"/callgrind."$(basename "$bin")".* | head -n1)"
     ok="$(awk '/status codes:/ {print $3}' "$tmp/h2load.txt")"
+    [ -z "$keep" ] || cp "$dump" "$keep/callgrind.out.$(basename "$bin")"
     echo "== $bin: $n requests ($ok 2xx)"
     python3 - "$dump" "$n" "$top" <<'PY'
 import collections, re, sys
 path, n, top = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 names, own, calls = {}, collections.Counter(), collections.Counter()
+copiers = collections.Counter()
 def name(tok):
     m = re.match(r'\((\d+)\)(?: (.*))?', tok)
     if not m:
@@ -95,6 +101,8 @@ for line in open(path):
     elif line[:1].isdigit() or line[:1] in '+-*':
         if inclusive_next:
             inclusive_next = False
+            if 'memcpy' in cfn or 'memmove' in cfn:
+                copiers[fn] += int(line.split()[1])
         elif fn is not None and len(line.split()) >= 2:
             own[fn] += int(line.split()[1])
 total = sum(own.values())
@@ -105,6 +113,9 @@ print(f"malloc+realloc per request: {mallocs / n:.2f}, free per request: {calls[
 print("top functions, own instructions per request:")
 for f, c in own.most_common(top):
     print(f"  {c / n:8,.0f}  {100 * c / total:4.1f}%  {f[:120]}")
+print("memcpy/memmove by caller, instructions per request:")
+for f, c in copiers.most_common(8):
+    print(f"  {c / n:8,.0f}  {f[:120]}")
 PY
     kill "$pid"
     wait "$pid" 2>/dev/null || true

@@ -62,16 +62,14 @@ pub(crate) fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Inco
 }
 
 /// A request read without hyper (`h1_server.rs`), which has no body: the
-/// same phases as [`handle`], awaited in place by the connection's task.
-pub(crate) async fn handle_bodiless(
+/// same phases as [`handle`], boxed for the same reason (the connection's
+/// task then moves a pointer while it also watches the client's socket).
+pub(crate) fn handle_bodiless(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<()>,
-) -> Response<ProxyBody> {
-    match handle_request(shared, conn, req.map(|()| ReqBody::None)).await {
-        Ok(resp) => resp,
-        Err(never) => match never {},
-    }
+) -> Handling {
+    Box::pin(handle_request(shared, conn, req.map(|()| ReqBody::None)))
 }
 
 /// A client request's body: hyper's, or none.
@@ -283,7 +281,9 @@ async fn route_request(
     };
     // Cut at a freeze's drain deadline while it still waits for its answer
     // (`straggler.rs`): the exchange is dropped, the upstream connection with it.
-    let forwarded = async {
+    // Pinned where it is made: `unless_cut` and its `select!` then move a
+    // pointer, not the exchange's state (a memcpy of its whole size each).
+    let forwarded = std::pin::pin!(async {
         match shared.hop(&route.placement) {
             Hop::Local(pool_name) => forward_local(exchange, &route, pool_name, req).await,
             Hop::Remote(dc) if via == Via::OtherRouter => {
@@ -301,7 +301,7 @@ async fn route_request(
             // future, which is moved whole.
             Hop::Remote(dc) => Box::pin(forward_remote(exchange, &dc, req)).await,
         }
-    };
+    });
     let (resp, upstream) = match straggler.unless_cut(forwarded).await {
         Some(forwarded) => forwarded,
         None => (crate::answers::cut_answer(settings.retry_after), "-".into()),

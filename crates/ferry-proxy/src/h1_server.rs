@@ -93,8 +93,10 @@ where
         let head_request = req.method() == Method::HEAD;
         let handling =
             forward::handle_bodiless(Arc::clone(&own.shared), Arc::clone(&own.info), req);
-        let Some(resp) = unless_client_leaves(&mut io, &mut buf, handling).await else {
-            return After::Closed;
+        let resp = match unless_client_leaves(&mut io, &mut buf, handling).await {
+            Some(Ok(resp)) => resp,
+            Some(Err(never)) => match never {},
+            None => return After::Closed,
         };
         let close = *own.shutdown.borrow();
         match write_response(&mut io, resp, head_request, close, &mut out).await {
@@ -120,12 +122,15 @@ where
 /// after the hold). Bytes the client sends meanwhile (a pipelined request)
 /// are kept for after; then, as in hyper, the socket is not read again
 /// until the answer is out.
-async fn unless_client_leaves<S, F>(io: &mut S, buf: &mut BytesMut, answer: F) -> Option<F::Output>
+async fn unless_client_leaves<S, F>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    mut answer: F,
+) -> Option<F::Output>
 where
     S: AsyncRead + Unpin,
-    F: std::future::Future,
+    F: std::future::Future + Unpin,
 {
-    tokio::pin!(answer);
     let mut watching = buf.is_empty();
     loop {
         tokio::select! {
