@@ -5,12 +5,16 @@
 //! instructions a request (callgrind, `bench/proxy-vs-haproxy/cg.sh`).
 //!
 //! Only what is plainly simple is taken. Anything else (a body, an upgrade,
-//! `Expect`, `Connection: close`, HTTP/1.0, a head that did not arrive whole
-//! in one read, a head httparse or `http` refuses) is handed to hyper
+//! `Expect`, `Connection: close`, HTTP/1.0, a head httparse or `http`
+//! refuses, one over 64 KB) is handed to hyper
 //! (`server::serve_http`) at a request boundary, with the bytes read so far,
 //! and the connection stays hyper's to its end: hyper's limits, error
 //! answers, header deadline and lingering close apply to it unchanged. A
-//! client that trickles its head is hyper's from its first partial read.
+//! head split over reads (most often the first request of a connection
+//! accepted before its head arrived: the sniff reads its first 24 bytes
+//! alone) is read here within `header_timeout`, parsed again only when new
+//! bytes hold a newline; one not whole by then closes the connection, as
+//! hyper's header deadline does.
 //!
 //! Between requests the connection waits at most
 //! `min(header_timeout, keepalive_timeout)` (counted in
@@ -84,11 +88,28 @@ where
         if closing {
             return After::Closed;
         }
-        let req = match parse(&mut buf) {
-            Parsed::Simple(req) => req,
-            // What hyper reads better: everything not plainly simple, and
-            // a head split over reads (hyper's header deadline bounds it).
-            Parsed::Other | Parsed::Partial => return After::HandOver(io, buf.to_vec()),
+        let mut head_deadline = None;
+        let req = loop {
+            match parse(&mut buf) {
+                Parsed::Simple(req) => break req,
+                // Everything not plainly simple is hyper's; so is a head
+                // past hyper's bound, for hyper to refuse (431).
+                Parsed::Other => return After::HandOver(io, buf.to_vec()),
+                Parsed::Partial if buf.len() > MAX_HEAD => {
+                    return After::HandOver(io, buf.to_vec())
+                }
+                // A head split over reads: most often the first request of
+                // a connection accepted before its head arrived (the sniff
+                // read its first bytes alone). Read on within
+                // `header_timeout` of its first partial parse.
+                Parsed::Partial => {
+                    let deadline =
+                        *head_deadline.get_or_insert_with(|| Instant::now() + own.header_timeout);
+                    if !read_more_of_head(&mut own, &mut io, &mut buf, deadline).await {
+                        return After::Closed;
+                    }
+                }
+            }
         };
         let head_request = req.method() == Method::HEAD;
         let handling =
@@ -140,6 +161,37 @@ where
                 Ok(0) | Err(_) => return None,
                 Ok(_) => watching = false,
             },
+        }
+    }
+}
+
+/// Reads more of a request head that arrived in part, until its bytes
+/// may end it (a newline among the new ones: a trickling client is not
+/// parsed again for every byte); `false` when the connection is to close:
+/// the client left, the head is not whole by `deadline` (hyper's
+/// `header_read_timeout` closes such a connection too), a shutdown.
+async fn read_more_of_head<S: AsyncRead + Unpin>(
+    own: &mut Own,
+    io: &mut S,
+    buf: &mut BytesMut,
+    deadline: Instant,
+) -> bool {
+    let settled = crate::settle::sleep_until_read(deadline, own.unread.clone());
+    tokio::pin!(settled);
+    loop {
+        let from = buf.len();
+        buf.reserve(READ_CHUNK);
+        let more = tokio::select! {
+            biased;
+            read = io.read_buf(buf) => matches!(read, Ok(n) if n > 0),
+            _ = own.shutdown.changed() => false,
+            () = &mut settled => false,
+        };
+        if !more {
+            return false;
+        }
+        if buf[from..].contains(&b'\n') || buf.len() > MAX_HEAD {
+            return true;
         }
     }
 }

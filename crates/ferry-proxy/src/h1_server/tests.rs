@@ -373,3 +373,129 @@ async fn a_request_whose_client_leaves_is_dropped_not_answered() {
         .expect("task");
     assert!(matches!(after, After::Closed));
 }
+
+/// A client whose bytes arrive as the given reads, one read each, then
+/// nothing more (the connection stays open, silent), and that keeps what
+/// the router writes to it.
+struct Scripted {
+    reads: std::collections::VecDeque<Vec<u8>>,
+    written: Arc<parking_lot::Mutex<Vec<u8>>>,
+}
+
+impl Scripted {
+    fn new(reads: &[&[u8]]) -> (Scripted, Arc<parking_lot::Mutex<Vec<u8>>>) {
+        let written = Arc::default();
+        let s = Scripted {
+            reads: reads.iter().map(|r| r.to_vec()).collect(),
+            written: Arc::clone(&written),
+        };
+        (s, written)
+    }
+}
+
+impl AsyncRead for Scripted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.reads.pop_front() {
+            Some(chunk) => {
+                buf.put_slice(&chunk);
+                Poll::Ready(Ok(()))
+            }
+            // Silent: only a deadline or the answer wakes the reader.
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for Scripted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.written.lock().extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+async fn served_within_10s(served: tokio::task::JoinHandle<After<Scripted>>) -> After<Scripted> {
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("ended in time")
+        .expect("task")
+}
+
+#[tokio::test]
+async fn a_head_split_over_reads_is_read_here_not_handed_over() {
+    let (own, _stop) = own(router_with_upstream().await, Duration::from_secs(60));
+    // The sniff's first 24 bytes, the rest of the head in two more reads,
+    // then a POST (hyper's).
+    let post = b"POST /two HTTP/1.1\r\nHost: a.com\r\nContent-Length: 2\r\n\r\nhi";
+    let (io, written) = Scripted::new(&[b"Host: a.", b"com\r\n\r\n", post]);
+    let served = tokio::spawn(serve(own, io, b"GET /one HTTP/1.1\r\n".to_vec()));
+    match served_within_10s(served).await {
+        After::HandOver(_, rest) => assert_eq!(rest, post, "only the POST is hyper's"),
+        After::Closed => panic!("closed, not handed over"),
+    }
+    let got = String::from_utf8(written.lock().clone()).expect("utf-8");
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(got.ends_with("GET /one"), "{got}");
+}
+
+#[tokio::test]
+async fn a_head_that_trickles_is_read_here_until_whole() {
+    let (own, _stop) = own(router_with_upstream().await, Duration::from_secs(60));
+    let head = b"GET /one HTTP/1.1\r\nHost: a.com\r\nX-A: 1\r\n\r\n";
+    let post = b"POST /two HTTP/1.1\r\nHost: a.com\r\nContent-Length: 2\r\n\r\nhi";
+    let mut reads: Vec<&[u8]> = head[1..].chunks(1).collect();
+    reads.push(post);
+    let (io, written) = Scripted::new(&reads);
+    let served = tokio::spawn(serve(own, io, head[..1].to_vec()));
+    match served_within_10s(served).await {
+        After::HandOver(_, rest) => assert_eq!(rest, post, "only the POST is hyper's"),
+        After::Closed => panic!("closed, not handed over"),
+    }
+    let got = String::from_utf8(written.lock().clone()).expect("utf-8");
+    assert!(got.ends_with("GET /one"), "{got}");
+}
+
+#[tokio::test]
+async fn a_partial_head_over_64_kb_goes_to_hyper_whole() {
+    let (own, _stop) = own(router_with_upstream().await, Duration::from_secs(60));
+    let long = vec![b'a'; 8 * 1024];
+    let reads: Vec<&[u8]> = std::iter::repeat_n(&long[..], 9).collect();
+    let (io, written) = Scripted::new(&reads);
+    let first = b"GET /one HTTP/1.1\r\nHost: a.com\r\nX-Long: ".to_vec();
+    let served = tokio::spawn(serve(own, io, first.clone()));
+    match served_within_10s(served).await {
+        After::HandOver(_, rest) => {
+            assert!(rest.len() > MAX_HEAD, "{}", rest.len());
+            assert!(rest.starts_with(&first));
+            assert!(rest[first.len()..].iter().all(|&b| b == b'a'));
+        }
+        After::Closed => panic!("closed, not handed over"),
+    }
+    assert!(written.lock().is_empty(), "nothing answered here");
+}
+
+#[tokio::test]
+async fn a_head_not_whole_by_the_header_deadline_closes_the_connection() {
+    let (mut own, _stop) = own(router_with_upstream().await, Duration::from_secs(60));
+    own.header_timeout = Duration::from_millis(200);
+    let (io, written) = Scripted::new(&[b"Host: a."]);
+    let served = tokio::spawn(serve(own, io, b"GET /one HTTP/1.1\r\n".to_vec()));
+    assert!(matches!(served_within_10s(served).await, After::Closed));
+    assert!(written.lock().is_empty(), "nothing answered");
+}

@@ -521,3 +521,72 @@ async fn idle_keepalive_connections_are_closed() {
     );
     assert_eq!(counted, Some(2.0));
 }
+
+/// A request head trickled a byte at a time (slowloris): the connection is
+/// closed at `header_timeout` from its first partial head, whichever path
+/// reads it (the router's own HTTP/1.1 path reads split heads itself), and
+/// the trickler gets no answer while a normal client is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_trickled_a_byte_at_a_time_is_cut_at_the_header_timeout() {
+    let dir = workdir();
+    let web = Nginx::start("web");
+    let config = router_config(
+        "dc1",
+        "keepalive_timeout = \"60s\"\nheader_timeout = \"1s\"",
+    ) + &pool("web", &[("s1", web.addr())])
+        + &site(HOST, "pool:web", "");
+    let ferry = Ferry::start(dir.path(), &config);
+
+    let s = connect(ferry.addr(), None).await;
+    let (mut from_router, mut to_router) = s.into_split();
+    let started = Instant::now();
+    let trickle = tokio::spawn(async move {
+        let head = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n");
+        let _ = to_router.write_all(head.as_bytes()).await;
+        // Header lines that never end the head, a byte every 50 ms, for at
+        // most LIMIT (a router that never cuts fails the test below).
+        for b in b"X-Slow: 1\r\n".iter().cycle() {
+            if started.elapsed() > LIMIT || to_router.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(LIMIT, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match from_router.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    let took = started.elapsed();
+    trickle.abort();
+    let normal = client::get(&client::http1(), ferry.addr(), HOST, "/").await;
+    let served = matches!(&normal, Ok(reply) if reply.status == 200);
+    report::row(
+        "request head trickled a byte every 50 ms (header_timeout 1 s)",
+        &format!(
+            "closed after {:.1} s, {} bytes answered to it",
+            took.as_secs_f64(),
+            got.len()
+        ),
+        report::rss_kib(ferry.pid),
+        served,
+    );
+    assert!(closed, "the trickler was never cut");
+    assert!(
+        got.is_empty(),
+        "the trickler got an answer: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        took >= Duration::from_millis(900),
+        "cut before header_timeout: {took:?}"
+    );
+    assert!(served, "a normal client was not served: {normal:?}");
+}
