@@ -22,7 +22,7 @@
 //! shorter one, as hyper's path does), and closes at a shutdown. Writes
 //! keep `SendDeadline`'s bound on a client that stops reading.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -41,7 +41,7 @@ use crate::deadline::BoxError;
 use crate::forward;
 use crate::headers::ConnInfo;
 use crate::linger::Lingering;
-use crate::settle::Unread;
+use crate::settle::{Settled, Unread};
 use crate::state::Shared;
 
 /// hyper's default for a request head; a head with more goes to hyper.
@@ -82,9 +82,11 @@ where
     buf.extend_from_slice(&prefix);
     drop(prefix);
     let mut out = Vec::with_capacity(1024);
+    let mut waits = Waits::new(&own.shutdown);
     loop {
         let closing = buf.is_empty()
-            && (*own.shutdown.borrow() || !wait_for_request(&mut own, &mut io, &mut buf).await);
+            && (*own.shutdown.borrow()
+                || !wait_for_request(&own, &mut io, &mut buf, &mut waits).await);
         if closing {
             return After::Closed;
         }
@@ -196,23 +198,55 @@ async fn read_more_of_head<S: AsyncRead + Unpin>(
     }
 }
 
+/// What a connection waits on between requests, made once for its life:
+/// a timer or a shutdown waiter made for each wait was put in the runtime's
+/// timer wheel, and in the shutdown signal's waiter list, and taken out
+/// again, under their locks, at every request.
+struct Waits {
+    /// The idle deadline, moved on at each wait: while a deadline only
+    /// moves later, tokio leaves the timer where it is in its wheel.
+    idle: Option<Settled>,
+    /// Ready once the router shuts down (or its signal is gone).
+    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Waits {
+    fn new(shutdown: &watch::Receiver<bool>) -> Waits {
+        let mut shutdown = shutdown.clone();
+        Waits {
+            idle: None,
+            stopping: Box::pin(async move {
+                let _ = shutdown.changed().await;
+            }),
+        }
+    }
+}
+
 /// Waits for the next request's first bytes; `false` when the connection
 /// is to close (the client left, the idle deadline, a shutdown).
 async fn wait_for_request<S: AsyncRead + Unpin>(
-    own: &mut Own,
+    own: &Own,
     io: &mut S,
     buf: &mut BytesMut,
+    waits: &mut Waits,
 ) -> bool {
     let keepalive_first = own.keepalive_timeout <= own.header_timeout;
     let wait = own.keepalive_timeout.min(own.header_timeout);
-    let deadline = crate::settle::sleep_until_read(Instant::now() + wait, own.unread.clone());
+    let at = Instant::now() + wait;
+    let deadline = match &mut waits.idle {
+        Some(timer) => {
+            timer.reset(at);
+            timer
+        }
+        None => waits.idle.insert(Settled::watching(at, own.unread.clone())),
+    };
     buf.reserve(READ_CHUNK);
     tokio::select! {
         // The socket first: a request that arrived while the process was
         // not scheduled is read, not dropped with the connection.
         biased;
         read = io.read_buf(buf) => matches!(read, Ok(n) if n > 0),
-        _ = own.shutdown.changed() => false,
+        () = waits.stopping.as_mut() => false,
         () = deadline => {
             if keepalive_first {
                 let m = &own.shared.metrics;

@@ -83,7 +83,8 @@ impl Settled {
         }
     }
 
-    fn reset(&mut self, deadline: tokio::time::Instant) {
+    /// A new deadline, and a fresh yield and graces for it.
+    pub fn reset(&mut self, deadline: tokio::time::Instant) {
         self.sleep.as_mut().reset(deadline);
         self.yielded = None;
         self.graces = 0;
