@@ -74,7 +74,7 @@ pub(crate) enum After<S> {
 
 /// Serves the simple requests of a plain HTTP/1.1 connection whose first
 /// bytes are `prefix`, until one is not simple or the connection ends.
-pub(crate) async fn serve<S>(mut own: Own, mut io: S, prefix: Vec<u8>) -> After<S>
+pub(crate) async fn serve<S>(own: Own, mut io: S, prefix: Vec<u8>) -> After<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -107,7 +107,8 @@ where
                 Parsed::Partial => {
                     let deadline =
                         *head_deadline.get_or_insert_with(|| Instant::now() + own.header_timeout);
-                    if !read_more_of_head(&mut own, &mut io, &mut buf, deadline).await {
+                    let more = read_more_of_head(&own, &mut io, &mut buf, &mut waits, deadline);
+                    if !more.await {
                         return After::Closed;
                     }
                 }
@@ -173,9 +174,10 @@ where
 /// the client left, the head is not whole by `deadline` (hyper's
 /// `header_read_timeout` closes such a connection too), a shutdown.
 async fn read_more_of_head<S: AsyncRead + Unpin>(
-    own: &mut Own,
+    own: &Own,
     io: &mut S,
     buf: &mut BytesMut,
+    waits: &mut Waits,
     deadline: Instant,
 ) -> bool {
     let settled = crate::settle::sleep_until_read(deadline, own.unread.clone());
@@ -186,7 +188,7 @@ async fn read_more_of_head<S: AsyncRead + Unpin>(
         let more = tokio::select! {
             biased;
             read = io.read_buf(buf) => matches!(read, Ok(n) if n > 0),
-            _ = own.shutdown.changed() => false,
+            () = waits.stopping.as_mut() => false,
             () = &mut settled => false,
         };
         if !more {

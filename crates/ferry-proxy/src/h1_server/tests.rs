@@ -499,3 +499,13 @@ async fn a_head_not_whole_by_the_header_deadline_closes_the_connection() {
     assert!(matches!(served_within_10s(served).await, After::Closed));
     assert!(written.lock().is_empty(), "nothing answered");
 }
+
+#[tokio::test]
+async fn a_shutdown_closes_a_connection_waiting_for_the_rest_of_a_head() {
+    let (own, stop) = own(router_with_upstream().await, Duration::from_secs(60));
+    let (io, written) = Scripted::new(&[b"Host: a."]);
+    let served = tokio::spawn(serve(own, io, b"GET /one HTTP/1.1\r\n".to_vec()));
+    stop.send(true).expect("send");
+    assert!(matches!(served_within_10s(served).await, After::Closed));
+    assert!(written.lock().is_empty(), "nothing answered");
+}
