@@ -27,10 +27,15 @@
 #                   kernel has autogroups). -10 makes other jobs on a shared machine
 #                   yield to the bench, and slows them down while it runs. Needs root.
 #   BENCH_PERF=1    after ferry's run, profile it for 5 s under the same load with
-#                   `perf record -g` and write ferry-profile.txt (perf report) here
+#                   `perf record -g` and write ferry-profile.txt (perf report) here.
+#                   A list of proxies ("ferry haproxy") profiles each of them in its
+#                   last round and writes NAME-profile.txt: the kernel's share side by side
 #   FERRY_BIN       use this ferry binary instead of building one
 #   FERRY_BIN_B     a second ferry binary, run as the proxy "ferry-b" (add it to
 #                   BENCH_PROXIES): before/after comparisons in alternating rounds
+#   floor-tokio, floor-uring in BENCH_PROXIES: bench/proxy-floor, a relay doing
+#                   only the socket operations a request needs (epoll or io_uring),
+#                   built with cargo on first use: the kernel's floor under any proxy
 #   CARGO_TARGET_DIR  honoured when building ferry
 # Needs: haproxy, nginx, wrk, curl, taskset (Debian: haproxy nginx-light wrk curl
 # util-linux), and perf for BENCH_PERF (linux-perf).
@@ -55,7 +60,7 @@ for tool in haproxy nginx wrk curl taskset; do
     fi
 done
 PATH="$PATH:/usr/sbin:/sbin"
-if [ "${BENCH_PERF:-0}" = 1 ] && ! command -v perf >/dev/null 2>&1; then
+if [ "${BENCH_PERF:-0}" != 0 ] && ! command -v perf >/dev/null 2>&1; then
     echo "run.sh: BENCH_PERF=1 needs perf (Debian: apt-get install -y linux-perf)" >&2
     exit 2
 fi
@@ -248,6 +253,18 @@ busy_pct() {
         d = y[2] - x[2]; if (d > 0) printf "%.0f", 100 * (y[1] - x[1]) / d; else print 0 }'
 }
 
+# bench/proxy-floor's binary, built on first use (it is not in the workspace).
+floor_bin() {
+    local target="${CARGO_TARGET_DIR:-$root/target}/proxy-floor"
+    if [ ! -x "$target/release/proxy-floor" ]; then
+        CARGO_TARGET_DIR="$target" cargo build --release --quiet \
+            --manifest-path "$root/bench/proxy-floor/Cargo.toml" >&2
+    fi
+    echo "$target/release/proxy-floor"
+}
+
+case " $proxies " in *" floor-"*) floor_bin >/dev/null ;; esac
+
 # Starts proxy $1 on core $proxy_core and sets proxy_pid.
 start_proxy() {
     case "$1" in
@@ -272,8 +289,14 @@ start_proxy() {
         "${prefix[@]}" taskset -c "$proxy_core" \
             "$bin" --log-level warn proxy --threads 1 --config "$tmp/ferry.toml" >"$tmp/$1.out" 2>&1 &
         ;;
+    floor-tokio | floor-uring)
+        # bench/proxy-floor: the four socket operations a request needs and
+        # nothing else, driven by epoll (tokio) or by one io_uring.
+        "${prefix[@]}" taskset -c "$proxy_core" "$(floor_bin)" "${1#floor-}" \
+            "127.0.0.1:$proxy_port" "127.0.0.1:$upstream_port" >"$tmp/$1.out" 2>&1 &
+        ;;
     *)
-        echo "run.sh: unknown proxy $1 (BENCH_PROXIES takes direct, haproxy, nginx, ferry, ferry-b)" >&2
+        echo "run.sh: unknown proxy $1 (BENCH_PROXIES takes direct, haproxy, nginx, ferry, ferry-b, floor-tokio, floor-uring)" >&2
         exit 2
         ;;
     esac
@@ -368,25 +391,34 @@ measure() {
         echo "run.sh: could not read req/s or p99 from wrk's output for $name" >&2
         exit 1
     fi
-    if [ "$name" = ferry ] && [ "$round" = "$rounds" ] && [ "${BENCH_PERF:-0}" = 1 ]; then
-        echo "profiling ferry for 5 s (perf record -g)"
-        load 8s "$tmp/ferry-perf-load.txt" &
+    if [ "$round" = "$rounds" ] && profiled "$name"; then
+        echo "profiling $name for 5 s (perf record -g)"
+        load 8s "$tmp/$name-perf-load.txt" &
         local load_pid=$!
         pids+=("$load_pid")
         sleep 1
         perf record -g -o "$tmp/perf.data" -p "$pid" -- sleep 5 >/dev/null 2>&1
         wait "$load_pid" || true
         {
-            echo "# perf record -g -p <ferry> for 5 s under the bench load; flat profile, then by object"
+            echo "# perf record -g -p <$name> for 5 s under the bench load; flat profile, then by object"
             perf report -i "$tmp/perf.data" --no-children --stdio -g none --percent-limit 0.3 2>/dev/null |
                 grep -v '^#' | grep -v '^$' | sed 's/ *$//' | head -n 100 || true
             echo
             perf report -i "$tmp/perf.data" --no-children --stdio -g none --sort dso 2>/dev/null |
                 grep -v '^#' | grep -v '^$' | sed 's/ *$//' || true
-        } >"$here/ferry-profile.txt"
-        echo "wrote $here/ferry-profile.txt"
+        } >"$here/$name-profile.txt"
+        echo "wrote $here/$name-profile.txt"
     fi
     [ -z "$pid" ] || stop_pid "$pid"
+}
+
+# Whether BENCH_PERF asks for a profile of this proxy ("1" means ferry alone).
+profiled() {
+    local wanted="${BENCH_PERF:-0}"
+    [ "$wanted" = 1 ] && wanted=ferry
+    [ "$wanted" != 0 ] || return 1
+    case " $wanted " in *" $1 "*) return 0 ;; esac
+    return 1
 }
 
 # The median of the arguments ("null" ones left out).
