@@ -40,6 +40,8 @@
 # bench/proxy-vs-haproxy: non-zero runs everything the bench starts in its own
 # session with that niceness on its autogroup too; -10 makes other jobs on a
 # shared machine yield to the bench. Needs root).
+# BENCH_PERF="ferry haproxy": profile those routers in the last round under the
+# same load (perf record -g, 5 s) into NAME-profile.txt here; needs perf.
 # Needs: haproxy nginx wrk curl python3 taskset.
 set -euo pipefail
 
@@ -79,6 +81,10 @@ PATH="$PATH:/usr/sbin:/sbin"
 for tool in haproxy nginx wrk curl python3 taskset; do
     command -v "$tool" >/dev/null 2>&1 || { echo "run.sh: $tool is missing" >&2; exit 2; }
 done
+if [ -n "${BENCH_PERF:-}" ] && ! command -v perf >/dev/null 2>&1; then
+    echo "run.sh: BENCH_PERF needs perf (Debian: apt-get install -y linux-perf)" >&2
+    exit 2
+fi
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/ferry-predictor.XXXXXX")"
 chmod 755 "$tmp"  # nginx workers drop to an unprivileged user when started as root
@@ -386,6 +392,26 @@ measure() {
         "$who" "$round" "$startup" $mem_start $mem_end "$rps" "$p99" "${non2xx:-0}" "${errs:-0}" \
         "$rps_c" "$p99_c" "${non2xx_c:-0}" "${errs_c:-0}" "$cpu_us" "$cpu_pct" "$b0" "$b1" \
         "$(cut -d' ' -f1 /proc/loadavg)" "$((req + req_c))" >>"$results_tsv"
+    if [ "$round" = "$rounds" ] && case " ${BENCH_PERF:-} " in *" $who "*) true ;; *) false ;; esac; then
+        echo "   profiling $who for 5 s under the same load (perf record -g)"
+        PRED_HOSTS="$w/hosts.txt" "${prefix[@]}" taskset -c "$load_core" wrk -t1 -c"$connections" -d8s \
+            -s "$here/hosts.lua" "http://127.0.0.1:$port/" >/dev/null &
+        local wrk_perf=$!
+        pids+=("$wrk_perf")
+        nice_session "$wrk_perf"
+        sleep 1
+        perf record -g -o "$tmp/perf.data" -p "$pid" -- sleep 5 >/dev/null 2>&1
+        wait "$wrk_perf" || true
+        {
+            echo "# perf record -g -p <$who> for 5 s under the bench load; flat profile, then by object"
+            perf report -i "$tmp/perf.data" --no-children --stdio -g none --percent-limit 0.3 2>/dev/null |
+                grep -v '^#' | grep -v '^$' | sed 's/ *$//' | head -n 100 || true
+            echo
+            perf report -i "$tmp/perf.data" --no-children --stdio -g none --sort dso 2>/dev/null |
+                grep -v '^#' | grep -v '^$' | sed 's/ *$//' || true
+        } >"$here/$who-profile.txt"
+        echo "   wrote $here/$who-profile.txt"
+    fi
     stop_pid "$pid"
     [ -z "$pid2" ] || stop_pid "$pid2"
 }
