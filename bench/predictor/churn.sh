@@ -204,7 +204,8 @@ for round in $(seq "$rounds"); do
         fi
         tracer=""
         if [ "$trace" = 1 ]; then
-            secs=$(awk -v d="$duration" 'BEGIN { printf "%.1f", d + 1.5 }')
+            # wrk's run, and the seconds both wrks take to draw their requests first.
+            secs=$(awk -v d="$duration" 'BEGIN { printf "%.1f", d + 4 }')
             calls=()
             for e in syscalls:sys_exit_accept4 syscalls:sys_enter_write syscalls:sys_enter_writev \
                 syscalls:sys_enter_sendto syscalls:sys_enter_sendmsg syscalls:sys_enter_close; do
@@ -215,16 +216,22 @@ for round in $(seq "$rounds"); do
             tracer=$!
             sleep 0.5
         fi
-        c0="$(core_ticks "$proxy_core")"
         t0="$(proc_ticks "$pid")"
-        PRED_CLOSE=1 PRED_SEED=2 PRED_HOSTS="$close_list" "${prefix[@]}" taskset -c "$load_core" wrk -t1 -c10 \
-            -d"$duration" --latency -s "$here/hosts.lua" "http://127.0.0.1:$port/" >"$tmp/close.txt" &
+        rm -f "$tmp/ready-ka" "$tmp/ready-close"
+        PRED_READY="$tmp/ready-close" PRED_CLOSE=1 PRED_SEED=2 PRED_HOSTS="$close_list" "${prefix[@]}" taskset -c "$load_core" \
+            wrk -t1 -c10 -d"$duration" --latency -s "$here/hosts.lua" "http://127.0.0.1:$port/" >"$tmp/close.txt" &
         wc=$!
         nice_session "$wc"
-        PRED_HOSTS="$w/hosts.txt" "${prefix[@]}" taskset -c "$load_core" wrk -t1 -c50 -d"$duration" --latency \
+        PRED_READY="$tmp/ready-ka" PRED_HOSTS="$w/hosts.txt" "${prefix[@]}" taskset -c "$load_core" wrk -t1 -c50 -d"$duration" --latency \
             -s "$here/hosts.lua" "http://127.0.0.1:$port/" >"$tmp/ka.txt" &
         wk=$!
         nice_session "$wk"
+        # Core 0's busy share from when both wrks have drawn their requests.
+        for i in $(seq 1200); do
+            [ ! -e "$tmp/ready-ka" ] || [ ! -e "$tmp/ready-close" ] || break
+            sleep 0.05
+        done
+        c0="$(core_ticks "$proxy_core")"
         wait "$wk" "$wc"
         t1="$(proc_ticks "$pid")"
         c1="$(core_ticks "$proxy_core")"

@@ -1,7 +1,8 @@
 -- wrk: every request carries the Host of a site picked at random (uniformly)
 -- from PRED_HOSTS (one host a line). PRED_CLOSE=1 adds "Connection: close", so
 -- every request comes on a new connection (churn: clients without keep-alive).
--- PRED_SEED seeds the draws (1); PRED_DRAWS is how many are drawn (1,000,000).
+-- PRED_SEED seeds the draws (1); PRED_DRAWS is how many are drawn (1,000,000);
+-- PRED_READY names a file created when they are.
 --
 -- The draws are made, and their requests written out, in init, before wrk
 -- starts its clock: request() only hands out the next one, allocating
@@ -54,6 +55,12 @@ function init(args)
     -- What init allocated is collected now, not while wrk measures.
     starts, ends, text = nil, nil, nil
     collectgarbage("collect")
+    -- PRED_READY: a file created once the draws are made (about a second for
+    -- a million), for run.sh to start counting busy time from there.
+    local ready = os.getenv("PRED_READY")
+    if ready then
+        assert(io.open(ready, "w")):close()
+    end
 end
 
 function request()

@@ -251,6 +251,19 @@ wait_body() {
     done
 }
 
+# Waits until file $1 exists (a readiness signal written by hosts.lua) while
+# process $2 runs; gives up after 60 s.
+wait_file() {
+    local i
+    for i in $(seq 1200); do
+        [ ! -e "$1" ] || return 0
+        kill -0 "$2" 2>/dev/null || { echo "run.sh: wrk ended before it was ready ($1)" >&2; exit 1; }
+        sleep 0.05
+    done
+    echo "run.sh: wrk was not ready within 60 s ($1)" >&2
+    exit 1
+}
+
 # Starts contender $1 on core $2, listening on its port $3 (its config: $4 =
 # "" for the main router, "2" for the second one). Sets started_pid.
 start() {
@@ -342,22 +355,30 @@ measure() {
     fi
     PRED_HOSTS="$w/hosts.txt" "${prefix[@]}" taskset -c "$load_core" wrk -t1 -c"$connections" -d"$warmup" \
         -s "$here/hosts.lua" "http://127.0.0.1:$port/" >/dev/null
-    c0="$(core_ticks "$proxy_core")"
-    c1="$(core_ticks "$load_core")"
+    # The router's CPU time counts from before wrk starts (it is idle while
+    # wrk draws its requests); busy cores and the router's share of core 0
+    # from when the draws are made (hosts.lua creates the PRED_READY file).
     ticks0="$(proc_ticks "$pid")"
-    t0="$(date +%s.%N)"
+    local ready="$tmp/ready-$who-$round" ticks_ready
+    rm -f "$ready" "$ready-close"
     if [ "$mix" = 1 ]; then
-        PRED_CLOSE=1 PRED_SEED=2 PRED_HOSTS="$w/hosts.txt" "${prefix[@]}" taskset -c "$load_core" wrk -t1 -c"$close_connections" \
-            -d"$duration" --latency -s "$here/hosts.lua" "http://127.0.0.1:$port/" >"$out_close" &
+        PRED_READY="$ready-close" PRED_CLOSE=1 PRED_SEED=2 PRED_HOSTS="$w/hosts.txt" "${prefix[@]}" taskset -c "$load_core" \
+            wrk -t1 -c"$close_connections" -d"$duration" --latency -s "$here/hosts.lua" "http://127.0.0.1:$port/" >"$out_close" &
         wrk_close=$!
         pids+=("$wrk_close")
         nice_session "$wrk_close"
     fi
-    PRED_HOSTS="$w/hosts.txt" "${prefix[@]}" taskset -c "$load_core" wrk -t1 -c"$connections" -d"$duration" --latency \
+    PRED_READY="$ready" PRED_HOSTS="$w/hosts.txt" "${prefix[@]}" taskset -c "$load_core" wrk -t1 -c"$connections" -d"$duration" --latency \
         -s "$here/hosts.lua" "http://127.0.0.1:$port/" >"$out" &
     local wrk_main=$!
     pids+=("$wrk_main")
     nice_session "$wrk_main"
+    wait_file "$ready" "$wrk_main"
+    [ -z "$wrk_close" ] || wait_file "$ready-close" "$wrk_close"
+    c0="$(core_ticks "$proxy_core")"
+    c1="$(core_ticks "$load_core")"
+    ticks_ready="$(proc_ticks "$pid")"
+    t0="$(date +%s.%N)"
     wait "$wrk_main"
     [ -z "$wrk_close" ] || wait "$wrk_close"
     t1="$(date +%s.%N)"
@@ -384,7 +405,7 @@ measure() {
     local cpu_us cpu_pct
     cpu_us="$(awk -v d="$((ticks1 - ticks0))" -v hz="$clk_tck" -v n="$((req + req_c))" \
         'BEGIN { if (n > 0) printf "%.1f", 1e6 * d / hz / n; else print "null" }')"
-    cpu_pct="$(awk -v d="$((ticks1 - ticks0))" -v hz="$clk_tck" -v a="$t0" -v b="$t1" \
+    cpu_pct="$(awk -v d="$((ticks1 - ticks_ready))" -v hz="$clk_tck" -v a="$t0" -v b="$t1" \
         'BEGIN { printf "%.0f", 100 * d / hz / (b - a) }')"
     echo "   router CPU: $cpu_pct% of core $proxy_core, $cpu_us us per request; busy: core $proxy_core $b0%, core $load_core $b1%;" \
         "memory after the run (VmRSS VmHWM Pss kB): $mem_end; load average $(cut -d' ' -f1-3 /proc/loadavg)"
