@@ -423,14 +423,7 @@ measure() {
         sleep 1
         perf record -g -o "$tmp/perf.data" -p "$pid" -- sleep 5 >/dev/null 2>&1
         wait "$wrk_perf" || true
-        {
-            echo "# perf record -g -p <$who> for 5 s under the bench load; flat profile, then by object"
-            perf report -i "$tmp/perf.data" --no-children --stdio -g none --percent-limit 0.3 2>/dev/null |
-                grep -v '^#' | grep -v '^$' | sed 's/ *$//' | head -n 100 || true
-            echo
-            perf report -i "$tmp/perf.data" --no-children --stdio -g none --sort dso 2>/dev/null |
-                grep -v '^#' | grep -v '^$' | sed 's/ *$//' || true
-        } >"$here/$who-profile.txt"
+        bash "$root/bench/perf-report.sh" "$tmp/perf.data" "$who" "$here/$who-profile.txt"
         echo "   wrote $here/$who-profile.txt"
     fi
     stop_pid "$pid"

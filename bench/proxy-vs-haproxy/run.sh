@@ -399,14 +399,7 @@ measure() {
         sleep 1
         perf record -g -o "$tmp/perf.data" -p "$pid" -- sleep 5 >/dev/null 2>&1
         wait "$load_pid" || true
-        {
-            echo "# perf record -g -p <$name> for 5 s under the bench load; flat profile, then by object"
-            perf report -i "$tmp/perf.data" --no-children --stdio -g none --percent-limit 0.3 2>/dev/null |
-                grep -v '^#' | grep -v '^$' | sed 's/ *$//' | head -n 100 || true
-            echo
-            perf report -i "$tmp/perf.data" --no-children --stdio -g none --sort dso 2>/dev/null |
-                grep -v '^#' | grep -v '^$' | sed 's/ *$//' || true
-        } >"$here/$name-profile.txt"
+        bash "$root/bench/perf-report.sh" "$tmp/perf.data" "$name" "$here/$name-profile.txt"
         echo "wrote $here/$name-profile.txt"
     fi
     [ -z "$pid" ] || stop_pid "$pid"
