@@ -27,8 +27,14 @@ fn main() {
         eprintln!("usage: proxy-floor tokio|uring LISTEN_ADDR UPSTREAM_ADDR");
         std::process::exit(2);
     }
-    let listen: SocketAddr = args[2].parse().expect("LISTEN_ADDR: an ip:port");
-    let upstream: SocketAddr = args[3].parse().expect("UPSTREAM_ADDR: an ip:port");
+    let addr = |what: &str, text: &str| -> SocketAddr {
+        text.parse().unwrap_or_else(|e| {
+            eprintln!("proxy-floor: {what} {text:?} is not an ip:port ({e})");
+            std::process::exit(2);
+        })
+    };
+    let listen = addr("LISTEN_ADDR", &args[2]);
+    let upstream = addr("UPSTREAM_ADDR", &args[3]);
     let result = match args[1].as_str() {
         "tokio" => run_tokio(listen, upstream),
         "uring" => run_uring(listen, upstream),
